@@ -1,0 +1,9 @@
+"""cxr-anomaly: abnormal chest X-ray detection learned from normal films only.
+
+Implements Tang et al., "Abnormal chest X-ray identification with generative adversarial
+one-class learning", ICASSP 2019, with its ablations, pixel baselines and deployment tooling.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,235 @@
+"""Frozen configuration dataclasses, saved in full with every checkpoint.
+
+A configuration is a tree of frozen dataclasses. It round-trips through plain dictionaries
+(:func:`config_to_dict` / :func:`config_from_dict`) so that it can live in a JSON or TOML file
+(``--config FILE``) and inside a checkpoint without pickling any code.
+
+Symbols of the paper (Tang et al., ICASSP 2019) appear only in comments next to the field that
+holds them: λ1, λ2 and λ3 are the weights of eq. 5 and eq. 6.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from .errors import ConfigError
+
+Variant = Literal["u", "u+e", "u+d", "u+d+e"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+
+InitScheme = Literal["dcgan", "standard_normal"]
+Intensity = Literal["none", "per_image", "equalize"]
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network shapes and the ablation switch.
+
+    ``variant`` selects which networks exist: ``u`` (the U-Net alone), ``u+e`` (plus the second
+    encoder E), ``u+d`` (plus the discriminator D) and ``u+d+e`` (the full model of the paper).
+
+    ``init`` chooses the weight initialisation. The paper says "standard normal"; we default to
+    DCGAN practice, N(0, 0.02) for convolutions and N(1, 0.02) for BatchNorm scales, because
+    N(0, 1) weights in a 5-layer network without fan-in scaling saturate the Tanh output and the
+    LeakyReLUs at the first step. ``standard_normal`` is available to reproduce the text literally.
+    """
+
+    variant: Variant = "u+d+e"
+    image_size: int = 64
+    latent_dim: int = 100
+    base_channels: int = 64
+    init: InitScheme = "dcgan"
+    input_noise_std: float = 0.05  # std of the Gaussian noise added to U's input while training
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"model.variant={self.variant!r}; expected one of {VARIANTS}")
+        if self.image_size != 64:
+            raise ConfigError(
+                f"model.image_size={self.image_size}; the paper's 5-layer networks need 64"
+            )
+        if self.latent_dim < 1 or self.base_channels < 1:
+            raise ConfigError(
+                f"model.latent_dim={self.latent_dim}, model.base_channels={self.base_channels}; "
+                "both must be positive"
+            )
+        if self.init not in get_args(InitScheme):
+            raise ConfigError(f"model.init={self.init!r}; expected one of {get_args(InitScheme)}")
+        if self.input_noise_std < 0:
+            raise ConfigError(f"model.input_noise_std={self.input_noise_std}; must be >= 0")
+
+    @property
+    def has_discriminator(self) -> bool:
+        """Whether the variant builds D."""
+        return "d" in self.variant.split("+")
+
+    @property
+    def has_second_encoder(self) -> bool:
+        """Whether the variant builds E."""
+        return "e" in self.variant.split("+")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the training objective L = λ1·L_R + λ2·L_A + λ3·L_E + L_F (eq. 5)."""
+
+    weight_reconstruction: float = 20.0  # λ1 in eq. 5
+    weight_adversarial: float = 4.0  # λ2 in eq. 5
+    weight_latent: float = 8.0  # λ3 in eq. 5
+    weight_feature: float = 1.0  # weight of L_F, 1 in the paper
+
+    def __post_init__(self) -> None:
+        for name in ("weight_reconstruction", "weight_adversarial", "weight_latent", "weight_feature"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name}={getattr(self, name)}; weights must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; the defaults are the paper's."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    precision: Precision = "fp32"
+    num_workers: int = 0
+    calibration_fraction: float = 0.1  # normals held out by patient when no val split exists
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs={self.epochs}; must be >= 1")
+        if self.batch_size < 2:
+            raise ConfigError(f"train.batch_size={self.batch_size}; BatchNorm needs >= 2")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate={self.learning_rate}; must be > 0")
+        if self.precision not in get_args(Precision):
+            raise ConfigError(f"train.precision={self.precision!r}; expected {get_args(Precision)}")
+        if not 0.0 <= self.calibration_fraction < 1.0:
+            raise ConfigError(
+                f"train.calibration_fraction={self.calibration_fraction}; must be in [0, 1)"
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Preprocessing applied identically at training and scoring time."""
+
+    image_size: int = 64
+    intensity: Intensity = "none"  # per-film normalisation before the model sees it
+    max_image_pixels: int = 100_000_000  # larger images are refused as decompression bombs
+
+    def __post_init__(self) -> None:
+        if self.intensity not in get_args(Intensity):
+            raise ConfigError(f"data.intensity={self.intensity!r}; expected {get_args(Intensity)}")
+        if self.image_size < 8:
+            raise ConfigError(f"data.image_size={self.image_size}; must be >= 8")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Anomaly score A(x) = λ1·|x - x'|_1 + λ2·(1 - D(x')) + λ3·||z - z'||_2 (eq. 6).
+
+    Components of networks the variant lacks are left out of the sum.
+    """
+
+    weight_reconstruction: float = 20.0  # λ1 in eq. 6
+    weight_adversarial: float = 4.0  # λ2 in eq. 6
+    weight_latent: float = 8.0  # λ3 in eq. 6
+    target_specificity: float = 0.95  # operating point fitted on normal validation films
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_specificity < 1.0:
+            raise ConfigError(
+                f"score.target_specificity={self.target_specificity}; must be in (0, 1)"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.image_size != self.model.image_size:
+            raise ConfigError(
+                f"data.image_size={self.data.image_size} differs from "
+                f"model.image_size={self.model.image_size}"
+            )
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+    "data": DataConfig,
+    "score": ScoreConfig,
+}
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Return the configuration as nested plain dictionaries (JSON-serialisable)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dictionaries; unknown keys raise :class:`ConfigError`."""
+    sections: dict[str, Any] = {}
+    for section_name, section_values in values.items():
+        if section_name not in _SECTIONS:
+            raise ConfigError(f"unknown config section {section_name!r}; expected {list(_SECTIONS)}")
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"config section {section_name!r} must be a table, got {section_values!r}")
+        section_type = _SECTIONS[section_name]
+        known = {f.name for f in dataclasses.fields(section_type)}
+        unknown = set(section_values) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {sorted(unknown)} in config section {section_name!r}; "
+                f"expected some of {sorted(known)}"
+            )
+        sections[section_name] = section_type(**section_values)
+    return Config(**sections)
+
+
+def with_overrides(config: Config, section: str, **changes: Any) -> Config:
+    """Return a copy of ``config`` with fields of one section replaced (validated again)."""
+    if section not in _SECTIONS:
+        raise ConfigError(f"unknown config section {section!r}")
+    values = config_to_dict(config)
+    values[section].update(changes)
+    if section in ("model", "data") and "image_size" in changes:
+        values["model"]["image_size"] = values["data"]["image_size"] = changes["image_size"]
+    return config_from_dict(values)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a configuration from a ``.json`` or ``.toml`` file; missing keys take defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: expected a .json or .toml suffix")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid: {error}") from error
+    return config_from_dict(values)

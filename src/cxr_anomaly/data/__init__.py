@@ -1,0 +1,1 @@
+"""Data sources, manifests, pixel loading, caching and patient-disjoint splits."""

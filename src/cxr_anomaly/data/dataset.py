@@ -1,0 +1,159 @@
+"""Turn a manifest into model-ready pixels.
+
+Images are decoded, converted to grey, resized with antialiasing to ``image_size`` and stored
+as uint8; :func:`to_model_tensor` maps them to [-1, 1] floats, applying the per-film intensity
+normalisation of :class:`~cxr_anomaly.config.DataConfig`. Bad files either stop the run with an
+error naming the file (``on_bad_file="error"``) or are skipped and reported
+(``on_bad_file="skip"``); they are never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import DataConfig
+from ..errors import InputFileError, ManifestError, MissingFileError, UnreadableImageError
+from ..io import read_image, resize_grey
+from .manifest import NPZ_SEPARATOR
+
+logger = logging.getLogger(__name__)
+
+OnBadFile = Literal["error", "skip"]
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out under ``on_bad_file="skip"``, with the reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedImages:
+    """Pixels for the rows of a manifest that could be read.
+
+    Attributes:
+        pixels: uint8 array of shape (N, image_size, image_size).
+        manifest: the N manifest rows that ``pixels`` belong to, in the same order.
+        skipped: files that could not be read (only under ``on_bad_file="skip"``).
+    """
+
+    pixels: np.ndarray
+    manifest: pd.DataFrame
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def load_one(path: str, data_config: DataConfig) -> np.ndarray:
+    """Decode one manifest path (a file or ``FILE.npz#SPLIT/INDEX``) to a uint8 square image."""
+    if NPZ_SEPARATOR in path and path.split(NPZ_SEPARATOR, 1)[0].endswith(".npz"):
+        return _load_npz_members([path], data_config)[0]
+    image = read_image(path, max_pixels=data_config.max_image_pixels)
+    return resize_grey(image.array, data_config.image_size)
+
+
+def _load_npz_members(paths: list[str], data_config: DataConfig) -> list[np.ndarray]:
+    """Load images stored inside npz archives, opening each archive once."""
+    results: list[np.ndarray] = []
+    archives: dict[str, dict[str, np.ndarray]] = {}
+    for path in paths:
+        file_part, member = path.split(NPZ_SEPARATOR, 1)
+        if file_part not in archives:
+            if not Path(file_part).is_file():
+                raise MissingFileError(file_part, "npz file does not exist")
+            with np.load(file_part, allow_pickle=False) as archive:
+                archives[file_part] = {key: archive[key] for key in archive.files if key.endswith("_images")}
+        split_name, _, index_text = member.partition("/")
+        images = archives[file_part].get(f"{split_name}_images")
+        if images is None or not index_text.isdigit() or int(index_text) >= len(images):
+            raise ManifestError(path, f"no image {member!r} in {file_part}")
+        image = images[int(index_text)]
+        if image.ndim == 3:  # (H, W, C) RGB MedMNIST variants
+            image = image[..., :3].mean(axis=-1)
+        grey = image.astype(np.float32) / 255.0
+        results.append(resize_grey(grey, data_config.image_size))
+    return results
+
+
+def load_images(
+    manifest: pd.DataFrame,
+    data_config: DataConfig,
+    *,
+    on_bad_file: OnBadFile = "error",
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> LoadedImages:
+    """Load the pixels of every manifest row.
+
+    Args:
+        manifest: a table with a ``path`` column (see :mod:`cxr_anomaly.data.manifest`).
+        data_config: image size and decoding limits.
+        on_bad_file: ``"error"`` raises on the first unreadable file; ``"skip"`` leaves it out
+            and lists it in ``LoadedImages.skipped`` (and logs a warning for each).
+        cache_dir: folder of the preprocessing cache; None decodes without caching.
+        workers: decoding processes (None: all cores).
+        progress: show a progress bar.
+
+    Raises:
+        InputFileError: a file cannot be read and ``on_bad_file`` is ``"error"``.
+    """
+    if on_bad_file not in ("error", "skip"):
+        raise ValueError(f"on_bad_file={on_bad_file!r}; expected 'error' or 'skip'")
+    from .cache import decode_many  # the cache decides what must be decoded again
+
+    paths = manifest["path"].astype(str).tolist()
+    decoded = decode_many(paths, data_config, cache_dir=cache_dir, workers=workers, progress=progress)
+    keep: list[int] = []
+    skipped: list[SkippedFile] = []
+    for index, (path, result) in enumerate(zip(paths, decoded)):
+        if isinstance(result, InputFileError):
+            if on_bad_file == "error":
+                raise result
+            logger.warning("skipping %s: %s", path, result.reason)
+            skipped.append(SkippedFile(path, result.reason))
+        else:
+            keep.append(index)
+    size = data_config.image_size
+    pixels = (np.stack([decoded[i] for i in keep]) if keep
+              else np.zeros((0, size, size), dtype=np.uint8))
+    return LoadedImages(pixels, manifest.iloc[keep].reset_index(drop=True), skipped)
+
+
+def apply_intensity(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Per-film intensity normalisation of uint8 images (N, H, W), returning float32 in [0, 1].
+
+    ``none`` keeps the pixels; ``per_image`` stretches each film to zero mean and unit variance,
+    then maps ±3 std to [0, 1]; ``equalize`` applies histogram equalisation per film. Both remove
+    the exposure differences that separate portable AP films from PA ones.
+    """
+    images = pixels.astype(np.float32) / 255.0
+    if mode == "none":
+        return images
+    if mode == "per_image":
+        mean = images.mean(axis=(1, 2), keepdims=True)
+        std = images.std(axis=(1, 2), keepdims=True) + 1e-6
+        return np.clip((images - mean) / std / 6.0 + 0.5, 0.0, 1.0)
+    if mode == "equalize":
+        flat = pixels.reshape(len(pixels), -1)
+        out = np.empty(flat.shape, dtype=np.float32)
+        for row, values in enumerate(flat):
+            histogram = np.bincount(values, minlength=256)
+            cdf = np.cumsum(histogram).astype(np.float32)
+            cdf = (cdf - cdf[values.min()]) / max(cdf[-1] - cdf[values.min()], 1.0)
+            out[row] = np.clip(cdf[values], 0.0, 1.0)
+        return out.reshape(pixels.shape)
+    raise ValueError(f"intensity mode {mode!r}; expected 'none', 'per_image' or 'equalize'")
+
+
+def to_model_tensor(pixels: np.ndarray, data_config: DataConfig) -> torch.Tensor:
+    """Map uint8 images (N, H, W) to a float tensor (N, 1, H, W) in [-1, 1]."""
+    images = apply_intensity(pixels, data_config.intensity)
+    return torch.from_numpy(images * 2.0 - 1.0).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)

@@ -1,0 +1,201 @@
+"""The manifest table: one row per film, the common currency of every data source.
+
+Columns (see :data:`MANIFEST_COLUMNS`):
+
+- ``path``: absolute file path, or ``FILE.npz#SPLIT/INDEX`` for an image inside a MedMNIST npz;
+- ``label``: 0 normal, 1 abnormal, <NA> unknown (nullable integer);
+- ``split``: ``train``, ``val``, ``test`` or <NA>;
+- ``patient_id``: string or <NA>;
+- ``view``: ``PA``, ``AP``, ``LL``... or <NA>.
+
+Sources may add columns of their own (finding labels, age, ...); they are carried along.
+:func:`load_inputs` builds a manifest from a folder, a manifest CSV or an npz.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ManifestError, MissingFileError
+from ..io import IMAGE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id", "view")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+_NORMAL_FOLDERS = {"normal", "0_normal", "0", "negative", "no_finding"}
+_ABNORMAL_FOLDERS = {"abnormal", "1_abnormal", "1", "positive", "pneumonia", "opacity"}
+NPZ_SEPARATOR = "#"
+
+
+def empty_manifest() -> pd.DataFrame:
+    """Return a manifest with the standard columns and no rows."""
+    return normalise_manifest(pd.DataFrame({column: [] for column in MANIFEST_COLUMNS}), "<empty>")
+
+
+def normalise_manifest(table: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
+    """Give ``table`` the standard columns and dtypes, validating labels and splits.
+
+    Raises:
+        ManifestError: a label is not 0, 1 or empty, or a split is not train/val/test.
+    """
+    table = table.copy()
+    for column in MANIFEST_COLUMNS:
+        if column not in table.columns:
+            table[column] = pd.NA
+    labels = pd.to_numeric(table["label"].replace("", pd.NA), errors="coerce")
+    bad = table["label"].notna() & (table["label"].astype(str).str.strip() != "") & ~labels.isin([0, 1])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ManifestError(
+            origin, f"row {row + 1}: label {table['label'].iloc[row]!r} is not 0, 1 or empty"
+        )
+    table["label"] = labels.astype("Int64")
+    splits = table["split"].astype("string").str.strip().str.lower()
+    mapped = splits.map(lambda value: _SPLIT_ALIASES.get(value, "?") if isinstance(value, str) and value else pd.NA)
+    if (mapped == "?").any():
+        row = int(np.flatnonzero((mapped == "?").to_numpy())[0])
+        raise ManifestError(
+            origin, f"row {row + 1}: split {table['split'].iloc[row]!r} is not train, val or test"
+        )
+    table["split"] = mapped.astype("string")
+    for column in ("patient_id", "view"):
+        values = table[column].astype("string").str.strip()
+        table[column] = values.mask(values == "")
+    table["path"] = table["path"].astype(str)
+    ordered = list(MANIFEST_COLUMNS) + [c for c in table.columns if c not in MANIFEST_COLUMNS]
+    return table[ordered].reset_index(drop=True)
+
+
+def read_manifest_csv(csv_path: str | Path) -> pd.DataFrame:
+    """Read a manifest CSV; relative ``path`` values are resolved against the CSV's folder.
+
+    Raises:
+        MissingFileError: the CSV does not exist.
+        ManifestError: the CSV cannot be parsed, or lacks ``path``, or has bad labels or splits.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MissingFileError(csv_path, "manifest CSV does not exist")
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ManifestError(csv_path, f"cannot parse CSV: {error}") from error
+    table.columns = [str(column).strip() for column in table.columns]
+    if "path" not in table.columns:
+        raise ManifestError(
+            csv_path, f"missing required column 'path' (columns are {list(table.columns)})"
+        )
+    if "label" not in table.columns:
+        table["label"] = ""
+    if table["path"].str.strip().eq("").any():
+        row = int(np.flatnonzero(table["path"].str.strip().eq("").to_numpy())[0])
+        raise ManifestError(csv_path, f"row {row + 1}: empty path")
+    base = csv_path.resolve().parent
+    table["path"] = [_resolve(base, value.strip()) for value in table["path"]]
+    return normalise_manifest(table, csv_path)
+
+
+def _resolve(base: Path, value: str) -> str:
+    file_part, hash_sign, member = value.partition(NPZ_SEPARATOR)
+    resolved = Path(file_part) if Path(file_part).is_absolute() else base / file_part
+    return str(resolved) + (hash_sign + member if hash_sign and file_part.endswith(".npz") else "")
+
+
+def scan_folder(folder: str | Path) -> pd.DataFrame:
+    """List the image files under ``folder`` recursively, inferring labels and splits from folders.
+
+    A path component named like ``normal``/``0_normal`` gives label 0, ``abnormal``/``1_abnormal``/
+    ``pneumonia`` label 1; ``train``/``val``/``valid``/``test`` give the split. Files whose
+    suffix is not an image suffix are logged and listed nowhere else, never silently skipped:
+    :func:`scan_folder` logs each of them at WARNING level.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(folder, "folder does not exist")
+    rows = []
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file() or file.name.startswith("."):
+            continue
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            if file.suffix.lower() not in (".csv", ".txt", ".md", ".json"):
+                logger.warning("ignoring %s: suffix %r is not an image suffix", file, file.suffix)
+            continue
+        parts = [part.lower() for part in file.relative_to(folder).parts[:-1]]
+        label = pd.NA
+        split = pd.NA
+        for part in parts:
+            if part in _NORMAL_FOLDERS:
+                label = 0
+            elif part in _ABNORMAL_FOLDERS:
+                label = 1
+            if part in _SPLIT_ALIASES:
+                split = _SPLIT_ALIASES[part]
+        rows.append({"path": str(file.resolve()), "label": label, "split": split})
+    if not rows:
+        raise ManifestError(folder, "folder holds no image files (.png, .jpg, .jpeg, .dcm, ...)")
+    return normalise_manifest(pd.DataFrame(rows), folder)
+
+
+def read_npz_manifest(npz_path: str | Path) -> pd.DataFrame:
+    """List the images of a MedMNIST-style npz (``{split}_images`` and ``{split}_labels`` arrays).
+
+    The label is 0 when every label column is 0 (normal, "no finding") and 1 otherwise, which is
+    PneumoniaMNIST's label and ChestMNIST's "any of the 14 findings".
+    """
+    npz_path = Path(npz_path)
+    if not npz_path.is_file():
+        raise MissingFileError(npz_path, "npz file does not exist")
+    try:
+        archive = np.load(npz_path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ManifestError(npz_path, f"cannot open as npz: {error}") from error
+    rows = []
+    with archive:
+        found = [key for key in archive.files if key.endswith("_images")]
+        if not found:
+            raise ManifestError(npz_path, f"no '*_images' arrays (keys are {archive.files})")
+        for key in found:
+            split_name = key.removesuffix("_images")
+            labels_key = f"{split_name}_labels"
+            count = archive[key].shape[0]
+            labels = archive[labels_key].reshape(count, -1) if labels_key in archive.files else None
+            split = _SPLIT_ALIASES.get(split_name, pd.NA)
+            for index in range(count):
+                label = pd.NA if labels is None else int(labels[index].any())
+                rows.append({"path": f"{npz_path.resolve()}{NPZ_SEPARATOR}{split_name}/{index}",
+                             "label": label, "split": split})
+    return normalise_manifest(pd.DataFrame(rows), npz_path)
+
+
+def load_inputs(sources: list[str | Path] | str | Path) -> pd.DataFrame:
+    """Build one manifest from files, folders, manifest CSVs and npz archives.
+
+    Raises:
+        MissingFileError: a source does not exist.
+        ManifestError: a source is malformed or holds no images.
+    """
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    tables = []
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            tables.append(scan_folder(source))
+        elif source.suffix.lower() == ".csv":
+            tables.append(read_manifest_csv(source))
+        elif source.suffix.lower() == ".npz":
+            tables.append(read_npz_manifest(source))
+        elif source.is_file():
+            tables.append(normalise_manifest(pd.DataFrame({"path": [str(source.resolve())]}), source))
+        else:
+            raise MissingFileError(source, "input does not exist")
+    if not tables:
+        raise ManifestError("<inputs>", "no input given")
+    return normalise_manifest(pd.concat(tables, ignore_index=True), "<inputs>")

@@ -1,0 +1,1 @@
+"""Networks. Each model lives in its own folder with ``torch_model.py`` and ``loss.py``."""

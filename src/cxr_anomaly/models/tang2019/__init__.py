@@ -1,0 +1,15 @@
+"""Tang et al., ICASSP 2019: U-Net autoencoder U, discriminator D and second encoder E."""
+
+from .loss import DiscriminatorLoss, GeneratorLoss, GeneratorLossOutput
+from .torch_model import DetectorOutput, Discriminator, Encoder, OneClassDetector, UNet
+
+__all__ = [
+    "DetectorOutput",
+    "Discriminator",
+    "DiscriminatorLoss",
+    "Encoder",
+    "GeneratorLoss",
+    "GeneratorLossOutput",
+    "OneClassDetector",
+    "UNet",
+]

@@ -1,0 +1,249 @@
+"""Networks of Tang et al., ICASSP 2019.
+
+- :class:`Encoder` (UE, E, and the trunk of D): five 4x4 convolutions taking a 64x64 grey image
+  through 32, 16, 8 and 4 pixels to a 1x1 code. The first convolution is followed by LeakyReLU
+  only; the next three by BatchNorm and LeakyReLU; the last produces the code.
+- :class:`UNet` (U): UE followed by a decoder UD of five 4x4 transposed convolutions. Each of
+  the first four decoder outputs is concatenated with the encoder feature map of the same size
+  (the skips), and the last one ends in Tanh, since images live in [-1, 1].
+- :class:`Discriminator` (D): an encoder whose code has one channel, the real/fake logit.
+- :class:`OneClassDetector`: U plus D and E as the variant asks, and the three score components
+  of eq. 6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...config import ModelConfig
+
+LEAKY_SLOPE = 0.2
+
+
+@dataclass
+class EncoderOutput:
+    """Code and intermediate feature maps of an encoder.
+
+    Attributes:
+        code: (N, code_dim, 1, 1).
+        features: four maps of shapes (N, C, 32, 32), (N, 2C, 16, 16), (N, 4C, 8, 8), (N, 8C, 4, 4)
+            with C = base_channels.
+    """
+
+    code: torch.Tensor
+    features: list[torch.Tensor]
+
+
+class Encoder(nn.Module):
+    """Five 4x4 convolutions: (N, 1, 64, 64) -> (N, code_dim, 1, 1)."""
+
+    def __init__(self, code_dim: int, base_channels: int = 64, in_channels: int = 1) -> None:
+        super().__init__()
+        widths = [base_channels, base_channels * 2, base_channels * 4, base_channels * 8]
+        blocks: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(in_channels, widths[0], 4, 2, 1, bias=False),
+                nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+            )
+        ]
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(width_in, width_out, 4, 2, 1, bias=False),
+                    nn.BatchNorm2d(width_out),
+                    nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+                )
+            )
+        self.blocks = nn.ModuleList(blocks)
+        self.to_code = nn.Conv2d(widths[-1], code_dim, 4, 1, 0, bias=False)
+
+    def forward(self, images: torch.Tensor) -> EncoderOutput:
+        """Encode images (N, 1, 64, 64)."""
+        features = []
+        hidden = images
+        for block in self.blocks:
+            hidden = block(hidden)  # halves the side: 64 -> 32 -> 16 -> 8 -> 4
+            features.append(hidden)
+        return EncoderOutput(code=self.to_code(hidden), features=features)  # (N, code_dim, 1, 1)
+
+
+class Decoder(nn.Module):
+    """Five 4x4 transposed convolutions with concatenated skips: code -> (N, 1, 64, 64)."""
+
+    def __init__(self, latent_dim: int, base_channels: int = 64) -> None:
+        super().__init__()
+        widths = [base_channels * 8, base_channels * 4, base_channels * 2, base_channels]
+        self.from_code = nn.Sequential(
+            nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+        )
+        blocks = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            blocks.append(
+                nn.Sequential(
+                    # input doubles in width because the skip is concatenated
+                    nn.ConvTranspose2d(width_in * 2, width_out, 4, 2, 1, bias=False),
+                    nn.BatchNorm2d(width_out),
+                    nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+                )
+            )
+        self.blocks = nn.ModuleList(blocks)
+        self.to_image = nn.Sequential(
+            nn.ConvTranspose2d(widths[-1] * 2, 1, 4, 2, 1, bias=False),
+            nn.Tanh(),
+        )
+
+    def forward(self, code: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Decode a code (N, latent_dim, 1, 1) with the encoder's four feature maps."""
+        hidden = self.from_code(code)  # (N, 8C, 4, 4)
+        for block, skip in zip(self.blocks, reversed(skips[1:])):
+            hidden = block(torch.cat([hidden, skip], dim=1))  # 4 -> 8 -> 16 -> 32
+        return self.to_image(torch.cat([hidden, skips[0]], dim=1))  # (N, 1, 64, 64)
+
+
+@dataclass
+class UNetOutput:
+    """Reconstruction and the encoder's code and features."""
+
+    reconstruction: torch.Tensor  # (N, 1, 64, 64)
+    encoding: EncoderOutput
+
+
+class UNet(nn.Module):
+    """U = UD(UE(x)), the U-Net-like autoencoder."""
+
+    def __init__(self, latent_dim: int, base_channels: int = 64) -> None:
+        super().__init__()
+        self.encoder = Encoder(latent_dim, base_channels)
+        self.decoder = Decoder(latent_dim, base_channels)
+
+    def forward(self, images: torch.Tensor) -> UNetOutput:
+        """Reconstruct images (N, 1, 64, 64)."""
+        encoding = self.encoder(images)
+        return UNetOutput(self.decoder(encoding.code, encoding.features), encoding)
+
+
+@dataclass
+class DiscriminatorOutput:
+    """Real/fake logit and the last feature map."""
+
+    logit: torch.Tensor  # (N,)
+    features: torch.Tensor  # (N, 8C, 4, 4)
+
+
+class Discriminator(nn.Module):
+    """D: an encoder with a one-channel code, read as the logit of "real"."""
+
+    def __init__(self, base_channels: int = 64) -> None:
+        super().__init__()
+        self.encoder = Encoder(1, base_channels)
+
+    def forward(self, images: torch.Tensor) -> DiscriminatorOutput:
+        """Classify images (N, 1, 64, 64) as real (logit > 0) or reconstructed."""
+        encoding = self.encoder(images)
+        return DiscriminatorOutput(encoding.code.flatten(), encoding.features[-1])  # (N,1,1,1) -> (N,)
+
+
+@dataclass
+class DetectorOutput:
+    """Everything one forward pass of the detector produces.
+
+    Fields of networks the variant lacks are None.
+    """
+
+    reconstruction: torch.Tensor  # x', (N, 1, 64, 64)
+    latent: torch.Tensor  # z = UE(x), (N, latent_dim, 1, 1)
+    encoder_features: list[torch.Tensor]  # F_l(UE(x))
+    second_latent: torch.Tensor | None = None  # z' = E(x'), (N, latent_dim, 1, 1)
+    second_features: list[torch.Tensor] | None = None  # F_l(E(x'))
+
+
+@dataclass
+class ScoreComponents:
+    """Per-image components of eq. 6, unweighted; None where the variant lacks the network.
+
+    Attributes:
+        reconstruction: mean |x - x'| over pixels, shape (N,).
+        adversarial: 1 - D(x'), shape (N,).
+        latent: mean (z - z')² over code entries, shape (N,).
+    """
+
+    reconstruction: torch.Tensor
+    adversarial: torch.Tensor | None
+    latent: torch.Tensor | None
+    reconstruction_image: torch.Tensor  # x', (N, 1, 64, 64)
+
+
+class OneClassDetector(nn.Module):
+    """U, with D and E as ``config.variant`` asks. D and E are absent, not unused, when off."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = UNet(config.latent_dim, config.base_channels)
+        self.discriminator = Discriminator(config.base_channels) if config.has_discriminator else None
+        self.second_encoder = (
+            Encoder(config.latent_dim, config.base_channels) if config.has_second_encoder else None
+        )
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Parameters updated by the generator step: U and, when present, E."""
+        parameters = list(self.unet.parameters())
+        if self.second_encoder is not None:
+            parameters += list(self.second_encoder.parameters())
+        return parameters
+
+    def forward(self, images: torch.Tensor) -> DetectorOutput:
+        """Reconstruct images (N, 1, 64, 64) and, with E, re-encode the reconstruction."""
+        unet_output = self.unet(images)
+        output = DetectorOutput(
+            reconstruction=unet_output.reconstruction,
+            latent=unet_output.encoding.code,
+            encoder_features=unet_output.encoding.features,
+        )
+        if self.second_encoder is not None:
+            second = self.second_encoder(unet_output.reconstruction)
+            output.second_latent = second.code
+            output.second_features = second.features
+        return output
+
+    @torch.no_grad()
+    def score_components(self, images: torch.Tensor) -> ScoreComponents:
+        """The unweighted components of eq. 6 for images (N, 1, 64, 64), without input noise."""
+        output = self(images)
+        reconstruction = (images - output.reconstruction).abs().flatten(1).mean(dim=1)
+        adversarial = None
+        if self.discriminator is not None:
+            adversarial = 1.0 - torch.sigmoid(self.discriminator(output.reconstruction).logit)
+        latent = None
+        if output.second_latent is not None:
+            latent = (output.latent - output.second_latent).pow(2).flatten(1).mean(dim=1)
+        return ScoreComponents(
+            reconstruction.float(),
+            None if adversarial is None else adversarial.float(),
+            None if latent is None else latent.float(),
+            output.reconstruction.float(),
+        )
+
+
+def initialise_weights(module: nn.Module, scheme: str, generator: torch.Generator) -> None:
+    """Initialise convolutions and BatchNorm layers in place.
+
+    ``dcgan``: weights N(0, 0.02), BatchNorm scale N(1, 0.02) and shift 0 (Radford et al. 2016).
+    ``standard_normal``: weights N(0, 1), the paper's literal wording; BatchNorm as for dcgan.
+    """
+    std = {"dcgan": 0.02, "standard_normal": 1.0}.get(scheme)
+    if std is None:
+        raise ValueError(f"initialisation scheme {scheme!r}; expected 'dcgan' or 'standard_normal'")
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            with torch.no_grad():
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+        elif isinstance(layer, nn.BatchNorm2d):
+            with torch.no_grad():
+                layer.weight.copy_(1.0 + 0.02 * torch.randn(layer.weight.shape, generator=generator))
+                layer.bias.zero_()
