@@ -1,0 +1,148 @@
+"""Command-line interface: argument parsing only; the work is done in :mod:`cxr_anomaly.pipeline`.
+
+Run ``cxr-anomaly COMMAND --help`` for each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import VARIANTS, Config, load_config, with_overrides
+from .errors import CxrAnomalyError
+
+logger = logging.getLogger("cxr_anomaly")
+
+DESCRIPTION = """\
+Find abnormal chest X-rays with a detector trained on normal films only
+(Tang et al., ICASSP 2019: a U-Net autoencoder with a discriminator and a second encoder).
+
+Typical use:
+  cxr-anomaly train --data normals/ --out runs/first
+  cxr-anomaly evaluate --model runs/first/model.pt --data manifest.csv --out runs/first/eval
+  cxr-anomaly score --model runs/first/model.pt new_films/ --out scores.csv
+
+Data can be a folder of PNG/JPEG/DICOM files (subfolders named normal/abnormal give labels,
+train/val/test give splits), a manifest CSV (columns path, label [0 normal, 1 abnormal, empty
+unknown], and optionally split, patient_id, view) or a MedMNIST-style .npz file.
+"""
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that reads images."""
+    parser.add_argument("--on-bad-file", choices=("error", "skip"), default="error",
+                        help="what to do with an unreadable file: stop with an error naming it "
+                             "(default), or skip it and list it with its reason in *_skipped.csv")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="folder for the preprocessing cache (decoded, resized films); "
+                             "a second run with the same files and settings reuses it")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cxr-anomaly``."""
+    parser = argparse.ArgumentParser(prog="cxr-anomaly", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cxr-anomaly {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a detector on the normal films of a data set",
+        description="Train on the label-0 (normal) films of DATA; abnormal and unlabelled films are "
+                    "never used for training. With a split column, train rows train the model and "
+                    "normal val rows calibrate the score; without one, 10%% of the normals are held "
+                    "out by patient for calibration. Writes RUN_DIR/model.pt and prints its path.",
+    )
+    train.add_argument("--data", required=True, nargs="+", type=Path, metavar="MANIFEST_OR_DIR",
+                       help="folder, manifest CSV or .npz of training films")
+    train.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output folder")
+    train.add_argument("--variant", choices=VARIANTS, default=None,
+                       help="ablation variant: u, u+e, u+d or u+d+e (the paper's full model)")
+    train.add_argument("--epochs", type=int, default=None, help="training epochs (paper: 15)")
+    train.add_argument("--seed", type=int, default=None, help="seed of initialisation, order and noise")
+    train.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="TOML or JSON config file; command-line options override it")
+    train.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    train.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                       help="fp32 (default) or bf16 autocast")
+    add_data_options(train)
+
+    score = commands.add_parser(
+        "score", help="score films with a trained detector",
+        description="Score every film of each INPUT (a file, a folder or a manifest) and write a CSV "
+                    "with path, score and the score components (reconstruction, adversarial, latent).",
+    )
+    score.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
+    score.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="file, folder or manifest")
+    score.add_argument("--out", required=True, type=Path, metavar="CSV", help="scores CSV to write")
+    score.add_argument("--normalisation", choices=("calibrated", "minmax", "raw"), default="calibrated",
+                       help="what the score column holds: calibrated (default; a robust z-score against "
+                            "normal validation films, the same for a film alone or in a batch), minmax "
+                            "(the paper's, over this set) or raw (eq. 6)")
+    add_data_options(score)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="measure AUC and draw ROC and reconstruction figures on labelled films",
+        description="Score labelled films and write metrics.json (AUC, average precision, counts per "
+                    "class, AUC per view), roc.png, reconstructions.png and scores.csv into DIR.",
+    )
+    evaluate.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
+    evaluate.add_argument("--data", required=True, nargs="+", type=Path, metavar="MANIFEST_OR_DIR",
+                          help="labelled films")
+    evaluate.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    evaluate.add_argument("--split", choices=("auto", "train", "val", "test", "all"), default="auto",
+                          help="rows to evaluate; auto = the test split when the data has one, else all")
+    add_data_options(evaluate)
+    return parser
+
+
+def training_config(args: argparse.Namespace) -> Config:
+    """The config file (or defaults) with command-line overrides applied."""
+    config = load_config(args.config) if args.config else Config()
+    if args.variant is not None:
+        config = with_overrides(config, "model", variant=args.variant)
+    train_changes = {key: value for key, value in (
+        ("epochs", args.epochs), ("seed", args.seed), ("device", args.device),
+        ("precision", args.precision)) if value is not None}
+    if train_changes:
+        config = with_overrides(config, "train", **train_changes)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cxr-anomaly``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from . import pipeline  # after parsing, so --help stays fast
+
+    progress = not args.no_progress
+    try:
+        if args.command == "train":
+            outcome = pipeline.train_job(args.data, args.out, training_config(args),
+                                         on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
+                                         progress=progress)
+            print(f"trained on {outcome.num_train_images} normal images; checkpoint: {outcome.checkpoint}")
+        elif args.command == "score":
+            table = pipeline.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
+                                       on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
+                                       progress=progress)
+            print(f"scored {len(table)} images: {args.out}")
+        elif args.command == "evaluate":
+            outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
+                                            on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
+                                            progress=progress)
+            print(f"AUC {outcome.metrics.auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
+    except (CxrAnomalyError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

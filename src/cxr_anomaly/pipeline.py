@@ -1,0 +1,305 @@
+"""The three jobs behind the CLI: train, score and evaluate, from files to files.
+
+``cli.py`` only parses arguments and calls these functions, so every job can be run from Python
+as well. Each job states what it used: how many normal films trained the model, which files
+were skipped and why, which split was evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .checkpoint import LoadedModel, load_checkpoint, save_checkpoint, training_record
+from .config import Config, config_to_dict
+from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
+from .data.manifest import load_inputs
+from .errors import NoNormalImagesError
+from .evaluation import Metrics, compute_metrics, plot_roc, reconstruction_grid
+from .scoring import fit_calibration, min_max_normalise, score_pixels
+from .training import resolve_device, train_detector
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "model.pt"
+
+
+@dataclass
+class TrainingData:
+    """The normal films chosen for training and for calibration, and what was left out."""
+
+    train: pd.DataFrame
+    calibration: pd.DataFrame
+    calibration_source: str
+    ignored_counts: dict[str, int] = field(default_factory=dict)
+
+
+def select_training_rows(manifest: pd.DataFrame, config: Config, origin: str) -> TrainingData:
+    """Pick normal training films and normal calibration films from a manifest.
+
+    With a ``split`` column, training uses label-0 rows of ``train`` and calibration uses label-0
+    rows of ``val``. Without a split, or without validation normals, a ``calibration_fraction``
+    of the training normals is held out by patient (seeded). Abnormal and unlabelled films never
+    train the model.
+
+    Raises:
+        NoNormalImagesError: no training row is labelled normal.
+    """
+    has_split = manifest["split"].notna().any()
+    candidates = manifest[manifest["split"] == "train"] if has_split else manifest
+    normal = candidates[candidates["label"] == 0]
+    ignored = {
+        "abnormal": int((candidates["label"] == 1).sum()),
+        "unlabelled": int(candidates["label"].isna().sum()),
+        "not_train_split": int(len(manifest) - len(candidates)),
+    }
+    if normal.empty:
+        raise NoNormalImagesError(
+            f"{origin}: no normal (label 0) images to train on among {len(candidates)} "
+            f"{'train-split ' if has_split else ''}rows ({ignored['abnormal']} abnormal, "
+            f"{ignored['unlabelled']} unlabelled)"
+        )
+    validation = manifest[(manifest["split"] == "val") & (manifest["label"] == 0)] if has_split else normal.iloc[:0]
+    if len(validation) >= 2:
+        return TrainingData(normal, validation, "validation split normals", ignored)
+    fraction = config.train.calibration_fraction
+    if fraction == 0 or len(normal) < 10:
+        logger.warning("calibrating on the training normals themselves: scores will look optimistic")
+        return TrainingData(normal, normal, "training normals (no hold-out)", ignored)
+    groups = normal["patient_id"].fillna(pd.Series(normal.index.astype(str), index=normal.index))
+    unique_groups = np.array(sorted(groups.unique()))
+    rng = np.random.default_rng(config.train.seed)
+    held = set(rng.choice(unique_groups, size=max(1, round(fraction * len(unique_groups))), replace=False))
+    mask = groups.isin(held)
+    return TrainingData(normal[~mask], normal[mask], f"{mask.sum()} training normals held out by patient", ignored)
+
+
+def warn_on_patient_overlap(manifest: pd.DataFrame) -> int:
+    """Log a warning when a patient appears in more than one split; return how many do."""
+    known = manifest.dropna(subset=["patient_id", "split"])
+    splits_per_patient = known.groupby("patient_id")["split"].nunique()
+    shared = int((splits_per_patient > 1).sum())
+    if shared:
+        logger.warning(
+            "%d patients appear in more than one split; results will be optimistic. "
+            "Use `cxr-anomaly split` for a patient-disjoint split.", shared,
+        )
+    return shared
+
+
+def report_skipped(skipped: list[SkippedFile], path: Path) -> None:
+    """Write every skipped file with its reason to a CSV beside the job's outputs."""
+    if skipped:
+        pd.DataFrame([{"path": s.path, "reason": s.reason} for s in skipped]).to_csv(path, index=False)
+        logger.warning("%d files were skipped; see %s", len(skipped), path)
+
+
+@dataclass
+class TrainOutcome:
+    """What :func:`train_job` produced."""
+
+    checkpoint: Path
+    num_train_images: int
+    num_calibration_images: int
+    skipped: list[SkippedFile]
+
+
+def train_job(
+    data: list[str | Path],
+    out_dir: str | Path,
+    config: Config,
+    *,
+    on_bad_file: OnBadFile = "error",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TrainOutcome:
+    """Train on the normal films of ``data``, calibrate, and write ``out_dir/model.pt``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = load_inputs(data)
+    origin = ", ".join(str(source) for source in data)
+    warn_on_patient_overlap(manifest)
+    chosen = select_training_rows(manifest, config, origin)
+    train_images = load_images(chosen.train, config.data, on_bad_file=on_bad_file,
+                               cache_dir=cache_dir, progress=progress)
+    calibration_images = load_images(chosen.calibration, config.data, on_bad_file=on_bad_file,
+                                     cache_dir=cache_dir, progress=progress)
+    skipped = train_images.skipped + calibration_images.skipped
+    report_skipped(skipped, out_dir / "skipped_files.csv")
+    logger.info(
+        "training on %d normal images (ignored: %s); calibrating on %d (%s)",
+        len(train_images.pixels), chosen.ignored_counts, len(calibration_images.pixels),
+        chosen.calibration_source,
+    )
+    result = train_detector(config, train_images.pixels, progress=progress)
+    device = resolve_device(config.train.device)
+    calibration_scores = score_pixels(result.detector, calibration_images.pixels, config, device=device)
+    calibration = fit_calibration(calibration_scores.raw, config.score.target_specificity)
+    record = training_record(
+        result,
+        num_calibration_images=len(calibration_images.pixels),
+        calibration_source=chosen.calibration_source,
+        ignored_rows=chosen.ignored_counts,
+        skipped_files=len(skipped),
+        data=[str(source) for source in data],
+    )
+    checkpoint = save_checkpoint(out_dir / CHECKPOINT_NAME, result.detector, config,
+                                 calibration=calibration, training=record)
+    (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    (out_dir / "training_log.json").write_text(json.dumps(record, indent=2))
+    return TrainOutcome(checkpoint, len(train_images.pixels), len(calibration_images.pixels), skipped)
+
+
+def score_table(model: LoadedModel, images: LoadedImages, *, normalisation: str = "calibrated",
+                keep_reconstructions: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Score loaded images; return the table (path, score, components, ...) and reconstructions.
+
+    ``normalisation`` picks the ``score`` column: ``calibrated`` (robust z-score against normal
+    validation films, stored in the checkpoint), ``minmax`` (the paper's, over this set) or
+    ``raw`` (eq. 6 unnormalised). The other two are kept as columns too.
+    """
+    device = next(model.detector.parameters()).device
+    result = score_pixels(model.detector, images.pixels, model.config, device=device,
+                          keep_reconstructions=keep_reconstructions)
+    table = pd.DataFrame({"path": images.manifest["path"].to_numpy()})
+    minmax = min_max_normalise(result.raw)
+    calibrated = percentile = decision = None
+    if model.calibration is not None:
+        calibrated = model.calibration.standardise(result.raw)
+        percentile = model.calibration.percentile(result.raw)
+        decision = np.where(model.calibration.flag(result.raw), "flag", "normal")
+    if normalisation == "calibrated" and calibrated is None:
+        raise ValueError(f"{model.path}: checkpoint has no calibration; use --normalisation raw or minmax")
+    chosen = {"calibrated": calibrated, "minmax": minmax, "raw": result.raw}
+    if normalisation not in chosen:
+        raise ValueError(f"normalisation={normalisation!r}; expected calibrated, minmax or raw")
+    table["score"] = chosen[normalisation]
+    table["reconstruction"] = result.reconstruction
+    table["adversarial"] = result.adversarial
+    table["latent"] = result.latent
+    table["score_raw"] = result.raw
+    table["score_minmax"] = minmax
+    if calibrated is not None:
+        table["score_calibrated"] = calibrated
+        table["percentile"] = percentile
+        table["decision"] = decision
+    for column in ("label", "split", "view", "patient_id"):
+        if images.manifest[column].notna().any():
+            table[column] = images.manifest[column].to_numpy()
+    return table, result.reconstructions
+
+
+def score_job(
+    model_path: str | Path,
+    inputs: list[str | Path],
+    out_csv: str | Path,
+    *,
+    normalisation: str = "calibrated",
+    on_bad_file: OnBadFile = "error",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score files, folders or manifests and write a CSV (path, score, components, ...)."""
+    model = load_checkpoint(model_path)
+    manifest = load_inputs(inputs)
+    images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
+                         cache_dir=cache_dir, progress=progress)
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    report_skipped(images.skipped, out_csv.with_name(out_csv.stem + "_skipped.csv"))
+    table, _ = score_table(model, images, normalisation=normalisation)
+    table.to_csv(out_csv, index=False)
+    logger.info("scored %d images -> %s", len(table), out_csv)
+    return table
+
+
+@dataclass
+class EvaluationOutcome:
+    """What :func:`evaluate_job` wrote and measured."""
+
+    metrics: Metrics
+    split: str
+    metrics_path: Path
+    roc_path: Path
+    grid_path: Path
+    scores_path: Path
+
+
+def choose_evaluation_rows(manifest: pd.DataFrame, split: str) -> tuple[pd.DataFrame, str]:
+    """Rows to evaluate: ``auto`` means the test split when one exists, else every row."""
+    if split == "auto":
+        split = "test" if (manifest["split"] == "test").any() else "all"
+    if split == "all":
+        return manifest, split
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise ValueError(f"no rows with split {split!r} in the data")
+    return rows, split
+
+
+def evaluate_job(
+    model_path: str | Path,
+    data: list[str | Path],
+    out_dir: str | Path,
+    *,
+    split: str = "auto",
+    on_bad_file: OnBadFile = "error",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> EvaluationOutcome:
+    """Score labelled films and write metrics.json, roc.png, reconstructions.png and scores.csv."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_checkpoint(model_path)
+    manifest, split = choose_evaluation_rows(load_inputs(data), split)
+    unlabelled = int(manifest["label"].isna().sum())
+    if unlabelled:
+        logger.warning("%d films have no label and are scored but left out of the metrics", unlabelled)
+    images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
+                         cache_dir=cache_dir, progress=progress)
+    report_skipped(images.skipped, out_dir / "skipped_files.csv")
+    table, reconstructions = score_table(model, images, keep_reconstructions=True,
+                                         normalisation="calibrated" if model.calibration else "raw")
+    scores_path = out_dir / "scores.csv"
+    table.to_csv(scores_path, index=False)
+    labelled = images.manifest["label"].notna().to_numpy()
+    labels = images.manifest["label"].to_numpy()[labelled].astype(int)
+    raw = table["score_raw"].to_numpy()[labelled]
+    views = images.manifest["view"].to_numpy()[labelled] if images.manifest["view"].notna().any() else None
+    components = {name: table[name].to_numpy()[labelled]
+                  for name in ("reconstruction", "adversarial", "latent")}
+    metrics = compute_metrics(labels, raw, views=views, components=components)
+    summary = {
+        "model": str(model_path),
+        "variant": model.config.model.variant,
+        "split": split,
+        "num_images": len(table),
+        "num_unlabelled": unlabelled,
+        "num_skipped": len(images.skipped),
+        **metrics.to_dict(),
+    }
+    if model.calibration is not None and labelled.any():
+        flagged = model.calibration.flag(raw)
+        summary["threshold"] = model.calibration.threshold
+        summary["sensitivity_at_threshold"] = float(flagged[labels == 1].mean()) if (labels == 1).any() else None
+        summary["specificity_at_threshold"] = float((~flagged[labels == 0]).mean()) if (labels == 0).any() else None
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(summary, indent=2))
+    roc_path = plot_roc({model.config.model.variant: (labels, raw)}, out_dir / "roc.png",
+                        title=f"ROC, {split} split")
+    assert reconstructions is not None  # asked for above
+    pixels = images.pixels
+    label_column = images.manifest["label"]
+    groups = [(name, pixels[mask], reconstructions[mask])
+              for name, mask in (("normal", (label_column == 0).fillna(False).to_numpy(bool)),
+                                 ("abnormal", (label_column == 1).fillna(False).to_numpy(bool)),
+                                 ("unlabelled", label_column.isna().to_numpy()))]
+    grid_path = reconstruction_grid([group for group in groups if len(group[1])],
+                                    out_dir / "reconstructions.png")
+    logger.info("evaluated %d films on split %s: AUC %s", len(table), split, metrics.auc)
+    return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path)
