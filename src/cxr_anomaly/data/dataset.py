@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config import DataConfig
-from ..errors import InputFileError, ManifestError, MissingFileError, UnreadableImageError
-from ..io import read_image, resize_grey
-from .manifest import NPZ_SEPARATOR
+from ..errors import InputFileError
+from .cache import decode_file, decode_many, decode_npz_members, is_npz_member
+
+if TYPE_CHECKING:  # torch is imported lazily: decoding workers must start without it
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -53,33 +54,12 @@ class LoadedImages:
 
 def load_one(path: str, data_config: DataConfig) -> np.ndarray:
     """Decode one manifest path (a file or ``FILE.npz#SPLIT/INDEX``) to a uint8 square image."""
-    if NPZ_SEPARATOR in path and path.split(NPZ_SEPARATOR, 1)[0].endswith(".npz"):
-        return _load_npz_members([path], data_config)[0]
-    image = read_image(path, max_pixels=data_config.max_image_pixels)
-    return resize_grey(image.array, data_config.image_size)
-
-
-def _load_npz_members(paths: list[str], data_config: DataConfig) -> list[np.ndarray]:
-    """Load images stored inside npz archives, opening each archive once."""
-    results: list[np.ndarray] = []
-    archives: dict[str, dict[str, np.ndarray]] = {}
-    for path in paths:
-        file_part, member = path.split(NPZ_SEPARATOR, 1)
-        if file_part not in archives:
-            if not Path(file_part).is_file():
-                raise MissingFileError(file_part, "npz file does not exist")
-            with np.load(file_part, allow_pickle=False) as archive:
-                archives[file_part] = {key: archive[key] for key in archive.files if key.endswith("_images")}
-        split_name, _, index_text = member.partition("/")
-        images = archives[file_part].get(f"{split_name}_images")
-        if images is None or not index_text.isdigit() or int(index_text) >= len(images):
-            raise ManifestError(path, f"no image {member!r} in {file_part}")
-        image = images[int(index_text)]
-        if image.ndim == 3:  # (H, W, C) RGB MedMNIST variants
-            image = image[..., :3].mean(axis=-1)
-        grey = image.astype(np.float32) / 255.0
-        results.append(resize_grey(grey, data_config.image_size))
-    return results
+    if is_npz_member(path):
+        result = decode_npz_members([path], data_config)[0]
+        if isinstance(result, InputFileError):
+            raise result
+        return result
+    return decode_file(path, data_config)
 
 
 def load_images(
@@ -107,8 +87,6 @@ def load_images(
     """
     if on_bad_file not in ("error", "skip"):
         raise ValueError(f"on_bad_file={on_bad_file!r}; expected 'error' or 'skip'")
-    from .cache import decode_many  # the cache decides what must be decoded again
-
     paths = manifest["path"].astype(str).tolist()
     decoded = decode_many(paths, data_config, cache_dir=cache_dir, workers=workers, progress=progress)
     keep: list[int] = []
@@ -155,5 +133,14 @@ def apply_intensity(pixels: np.ndarray, mode: str) -> np.ndarray:
 
 def to_model_tensor(pixels: np.ndarray, data_config: DataConfig) -> torch.Tensor:
     """Map uint8 images (N, H, W) to a float tensor (N, 1, H, W) in [-1, 1]."""
+    import torch
+
     images = apply_intensity(pixels, data_config.intensity)
     return torch.from_numpy(images * 2.0 - 1.0).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
+
+
+def skipped_table(skipped: list[SkippedFile]) -> pd.DataFrame:
+    """The skipped files as a table (columns ``path``, ``reason``), for reports and CSV output."""
+    return pd.DataFrame({"path": [item.path for item in skipped],
+                         "reason": [item.reason for item in skipped]})
+

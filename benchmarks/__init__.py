@@ -1,0 +1,1 @@
+"""Benchmarks of cxr-anomaly; run each as ``python -m benchmarks.NAME``."""
