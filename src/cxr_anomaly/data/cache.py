@@ -36,6 +36,7 @@ import os
 import threading
 import time
 import uuid
+import zipfile
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -56,6 +57,8 @@ CACHE_FORMAT_VERSION = 1  # bump when decoding or resizing changes the pixels it
 DEFAULT_FLUSH_EVERY = 1024
 DEFAULT_FLUSH_SECONDS = 10.0
 COMPACT_ABOVE_SHARDS = 32
+# np.load of a damaged npz raises any of these
+_UNREADABLE_SHARD = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 SERIAL_BELOW = 16  # fewer misses than this are decoded in-process: a pool costs more
 
 
@@ -215,7 +218,7 @@ class PreprocessingCache:
             try:
                 with np.load(shard, allow_pickle=False) as archive:
                     keys = archive["keys"]
-            except (OSError, ValueError, KeyError, EOFError) as error:
+            except _UNREADABLE_SHARD as error:
                 self._set_aside(shard, error)
                 continue
             for row, key in enumerate(keys.astype(str)):
@@ -246,7 +249,7 @@ class PreprocessingCache:
             try:
                 with np.load(shard, allow_pickle=False) as archive:
                     pixels = archive["pixels"]  # (rows in shard, S, S) uint8
-            except (OSError, ValueError, KeyError, EOFError) as error:
+            except _UNREADABLE_SHARD as error:
                 self._set_aside(shard, error)
                 for key, _ in wanted:
                     self._index.pop(key, None)

@@ -1,0 +1,137 @@
+"""The persistent preprocessing cache, on copies of real NIH films."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_anomaly.config import DataConfig
+from cxr_anomaly.data import cache as cache_module
+from cxr_anomaly.data.cache import CacheReport, PreprocessingCache, CacheParameters, decode_file, decode_many
+from cxr_anomaly.errors import MissingFileError, UnreadableImageError
+
+CONFIG = DataConfig(image_size=32)
+
+
+@pytest.fixture()
+def films(shared_data: Path, tmp_path: Path) -> list[str]:
+    """24 real NIH1000 films copied to a scratch folder (so the test may edit them)."""
+    sources = sorted((shared_data / "nih1000" / "train" / "0_normal").glob("*.png"))[:24]
+    folder = tmp_path / "films"
+    folder.mkdir()
+    paths = []
+    for source in sources:
+        target = folder / source.name
+        shutil.copyfile(source, target)
+        paths.append(str(target))
+    return paths
+
+
+def run(paths: list[str], cache_dir: Path, *, workers: int = 1, config: DataConfig = CONFIG,
+        **options: object) -> tuple[list, CacheReport]:
+    reports: list[CacheReport] = []
+    results = decode_many(paths, config, cache_dir=cache_dir, workers=workers, report=reports, **options)
+    return results, reports[0]
+
+
+def test_second_run_reuses_everything(films: list[str], tmp_path: Path) -> None:
+    first, first_report = run(films, tmp_path / "cache")
+    second, second_report = run(films, tmp_path / "cache")
+    assert (first_report.decoded, first_report.reused) == (24, 0)
+    assert (second_report.decoded, second_report.reused) == (0, 24)
+    for path, cached in zip(films, second):
+        np.testing.assert_array_equal(cached, decode_file(path, CONFIG))
+        assert cached.shape == (32, 32) and cached.dtype == np.uint8
+
+
+def test_pool_gives_the_same_pixels_as_one_process(films: list[str], tmp_path: Path) -> None:
+    serial, _ = run(films, tmp_path / "serial", workers=1)
+    pooled, report = run(films, tmp_path / "pooled", workers=2)
+    assert report.workers == 2
+    for left, right in zip(serial, pooled):
+        np.testing.assert_array_equal(left, right)
+
+
+def test_changed_file_is_decoded_again(films: list[str], tmp_path: Path) -> None:
+    run(films, tmp_path / "cache")
+    shutil.copyfile(films[1], films[0])  # new content, size and mtime for the first film
+    os.utime(films[0], ns=(1, 1))
+    results, report = run(films, tmp_path / "cache")
+    assert (report.decoded, report.reused) == (1, 23)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_changed_parameter_builds_a_new_store(films: list[str], tmp_path: Path) -> None:
+    run(films, tmp_path / "cache")
+    results, report = run(films, tmp_path / "cache", config=DataConfig(image_size=16))
+    assert (report.decoded, report.reused) == (24, 0)
+    assert results[0].shape == (16, 16)
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2
+
+
+def test_interrupted_build_keeps_finished_films(films: list[str], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"count": 0}
+    real_decode = cache_module.decode_file
+
+    def decode_then_interrupt(path: str, data_config: DataConfig) -> np.ndarray:
+        calls["count"] += 1
+        if calls["count"] > 10:
+            raise KeyboardInterrupt
+        return real_decode(path, data_config)
+
+    monkeypatch.setattr(cache_module, "decode_file", decode_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(films, tmp_path / "cache", flush_every=1000, flush_seconds=1e9)
+    monkeypatch.setattr(cache_module, "decode_file", real_decode)
+    _, report = run(films, tmp_path / "cache")
+    assert (report.reused, report.decoded) == (10, 14)
+
+
+def test_half_written_or_corrupt_shards_are_never_trusted(films: list[str], tmp_path: Path) -> None:
+    first, _ = run(films, tmp_path / "cache")
+    store = PreprocessingCache(tmp_path / "cache", CacheParameters.from_config(CONFIG))
+    (shard,) = store.shards()
+    # A crash mid-write leaves only a temporary name; a damaged disk leaves a truncated shard.
+    shutil.copyfile(shard, store.folder / f".{shard.name}.partial")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    results, report = run(films, tmp_path / "cache")
+    assert (report.reused, report.decoded) == (0, 24)
+    for left, right in zip(first, results):
+        np.testing.assert_array_equal(left, right)
+    assert list(store.folder.glob("*.corrupt"))
+
+
+def test_bad_files_come_back_with_their_own_error_from_the_pool(films: list[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(Path(films[0]).read_bytes()[:300])
+    paths = films + [str(empty), str(truncated), str(tmp_path / "absent.png")]
+    results, report = run(paths, tmp_path / "cache", workers=2)
+    assert report.failed == 3
+    assert isinstance(results[-3], UnreadableImageError) and results[-3].path == str(empty)
+    assert isinstance(results[-2], UnreadableImageError) and results[-2].path == str(truncated)
+    assert isinstance(results[-1], MissingFileError)
+    _, again = run(paths, tmp_path / "cache", workers=2)
+    assert (again.reused, again.failed) == (24, 3)  # failures are retried, never cached
+
+
+def test_benchmark_smoke_mode_writes_its_json(tmp_path: Path, shared_data: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # the repository root
+    from benchmarks import bench_cache
+
+    output = tmp_path / "bench.json"
+    assert bench_cache.main(["--smoke", "--workers", "2", "--source", str(shared_data / "nih_fullres"),
+                             "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["films"] == 20 and result["cores"] == 2
+    assert result["reused_films"] == 20 and result["decoded_on_reuse"] == 0
+    assert result["single_core_rate"] > 0 and result["build_rate"] > 0
+    assert result["ceiling_rate"] == pytest.approx(2 * result["single_core_rate"])
