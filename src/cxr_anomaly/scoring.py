@@ -9,26 +9,29 @@ Normalisations:
 
 - :func:`min_max_normalise`: the paper's, over the scored set. It depends on the other films in
   the set, so it is for reproducing the paper's table only.
-- :class:`Calibration`: fitted on normal validation films and stored in the checkpoint. It maps a
-  raw score to a robust z-score against normal films and to a percentile among them, so a film
-  scored alone gets the same number as inside a batch.
+- :class:`~cxr_anomaly.calibration.Calibration` (re-exported here): fitted on validation films and
+  stored in the checkpoint. It maps a raw score to a robust z-score against normal films, to a
+  percentile among them and to a decision at a stated operating point, so a film scored alone gets
+  the same numbers as inside a batch.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .calibration import NUM_STORED_QUANTILES, Calibration, fit_calibration  # re-exported
 from .config import Config
 from .data.dataset import to_model_tensor
 from .models.tang2019 import OneClassDetector
 
 logger = logging.getLogger(__name__)
 
-NUM_STORED_QUANTILES = 1001
+__all__ = ["Calibration", "ScoreResult", "combine", "fit_calibration", "min_max_normalise", "score_pixels",
+           "NUM_STORED_QUANTILES"]
 
 
 @dataclass
@@ -48,77 +51,6 @@ class ScoreResult:
     adversarial: np.ndarray
     latent: np.ndarray
     reconstructions: np.ndarray | None = None
-
-
-@dataclass
-class Calibration:
-    """Where a raw score lies among the scores of normal validation films.
-
-    Attributes:
-        normal_quantiles: quantiles 0, 0.001, ..., 1 of the normal films' raw scores.
-        median: median of those scores.
-        scale: 1.4826 x their median absolute deviation (a robust standard deviation).
-        threshold: raw score above which a film is flagged; the ``target_specificity``
-            quantile of the normal scores.
-        target_specificity: the fraction of normal films meant to fall below ``threshold``.
-        num_normals: how many normal films the calibration saw.
-    """
-
-    normal_quantiles: list[float]
-    median: float
-    scale: float
-    threshold: float
-    target_specificity: float
-    num_normals: int
-
-    def standardise(self, raw: np.ndarray) -> np.ndarray:
-        """Robust z-score of raw scores against the normal films: 0 is a typical normal."""
-        return (np.asarray(raw, dtype=np.float64) - self.median) / self.scale
-
-    def percentile(self, raw: np.ndarray) -> np.ndarray:
-        """Percentile (0-100) of raw scores among the normal films, by interpolation."""
-        levels = np.linspace(0.0, 100.0, len(self.normal_quantiles))
-        quantiles = np.maximum.accumulate(np.asarray(self.normal_quantiles, dtype=np.float64))
-        return np.interp(np.asarray(raw, dtype=np.float64), quantiles, levels)
-
-    def flag(self, raw: np.ndarray) -> np.ndarray:
-        """True where a raw score exceeds the stored threshold."""
-        return np.asarray(raw) > self.threshold
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain values for a checkpoint."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, object]) -> Calibration:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**values)  # type: ignore[arg-type]
-
-
-def fit_calibration(normal_raw_scores: np.ndarray, target_specificity: float) -> Calibration:
-    """Fit a :class:`Calibration` on the raw scores of normal validation films.
-
-    Raises:
-        ValueError: fewer than 2 scores, or a non-finite score.
-    """
-    scores = np.asarray(normal_raw_scores, dtype=np.float64)
-    if scores.size < 2:
-        raise ValueError(f"calibration needs at least 2 normal scores, got {scores.size}")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("calibration scores contain NaN or infinity")
-    median = float(np.median(scores))
-    scale = 1.4826 * float(np.median(np.abs(scores - median)))
-    if scale <= 0.0:  # identical scores: fall back to the standard deviation, then to 1
-        scale = float(scores.std()) or 1.0
-    quantiles = np.quantile(scores, np.linspace(0.0, 1.0, NUM_STORED_QUANTILES))
-    return Calibration(
-        normal_quantiles=[float(value) for value in quantiles],
-        median=median,
-        scale=scale,
-        threshold=float(np.quantile(scores, target_specificity)),
-        target_specificity=target_specificity,
-        num_normals=int(scores.size),
-    )
 
 
 def min_max_normalise(raw: np.ndarray) -> np.ndarray:

@@ -1,0 +1,326 @@
+"""Operating points: what a raw score means among normal films, and where to draw the line.
+
+A raw score (eq. 6) has no unit: its scale changes with every trained model. A
+:class:`Calibration`, fitted on validation films and stored in the checkpoint, turns it into
+numbers that mean the same thing film by film:
+
+- the **percentile** of a film among the normal validation films (95 means "higher than 95% of
+  normal films"), and a robust z-score against them;
+- a **decision threshold** chosen for a stated operating point:
+
+  * from normal films alone, the ``target_specificity`` quantile of their scores (a film above it
+    is flagged; about ``1 - target_specificity`` of normal films will be flagged too);
+  * when the validation set also holds abnormal films and a ``target_sensitivity`` is asked
+    for, the highest threshold that flags at least that fraction of them, with the specificity
+    it costs on the validation normals.
+
+Thresholds are never guessed from a criterion that needs both classes when only one is there
+(anomalib's F1-adaptive threshold picks an absurd value on normal-only validation sets, issues
+#2433 and #3357): without abnormal films a sensitivity target falls back, with a logged
+warning and a note in the calibration, to the specificity target, and every threshold is a
+finite value inside the range of the validation scores.
+
+:func:`bootstrap_intervals` gives 95% confidence intervals for AUC, sensitivity and
+specificity on a labelled test set (stratified bootstrap: the class sizes stay fixed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+logger = logging.getLogger(__name__)
+
+NUM_STORED_QUANTILES = 1001
+MIN_RELIABLE_ABNORMALS = 20  # below this a sensitivity threshold is fitted but a warning is logged
+
+
+@dataclass
+class Calibration:
+    """Where a raw score lies among the scores of normal validation films, and the threshold.
+
+    Attributes:
+        normal_quantiles: quantiles 0, 0.001, ..., 1 of the normal films' raw scores.
+        median: median of those scores.
+        scale: 1.4826 x their median absolute deviation (a robust standard deviation).
+        threshold: raw score above which a film is flagged (the operating point in use).
+        target_specificity: the fraction of normal films meant to fall below
+            ``specificity_threshold``.
+        num_normals: how many normal films the calibration saw.
+        operating_point: ``"specificity"`` when ``threshold`` was chosen for
+            ``target_specificity``, ``"sensitivity"`` when chosen for ``target_sensitivity``.
+        target_sensitivity: the fraction of abnormal validation films meant to be flagged, if
+            one was asked for.
+        specificity_threshold: the ``target_specificity`` quantile of the normal scores (equal
+            to ``threshold`` under the specificity operating point).
+        validation_specificity: fraction of normal validation films at or below ``threshold``.
+        validation_sensitivity: fraction of abnormal validation films above ``threshold``; None
+            when the validation set held none.
+        num_abnormals: how many abnormal validation films were seen.
+        note: why the operating point differs from the one asked for, if it does.
+    """
+
+    normal_quantiles: list[float]
+    median: float
+    scale: float
+    threshold: float
+    target_specificity: float
+    num_normals: int
+    operating_point: str = "specificity"
+    target_sensitivity: float | None = None
+    specificity_threshold: float | None = None
+    validation_specificity: float | None = None
+    validation_sensitivity: float | None = None
+    num_abnormals: int = 0
+    note: str = ""
+
+    def standardise(self, raw: np.ndarray) -> np.ndarray:
+        """Robust z-score of raw scores against the normal films: 0 is a typical normal."""
+        return (np.asarray(raw, dtype=np.float64) - self.median) / self.scale
+
+    def percentile(self, raw: np.ndarray) -> np.ndarray:
+        """Percentile (0-100) of raw scores among the normal films, by interpolation."""
+        levels = np.linspace(0.0, 100.0, len(self.normal_quantiles))
+        quantiles = np.maximum.accumulate(np.asarray(self.normal_quantiles, dtype=np.float64))
+        return np.interp(np.asarray(raw, dtype=np.float64), quantiles, levels)
+
+    def flag(self, raw: np.ndarray) -> np.ndarray:
+        """True where a raw score exceeds the stored threshold."""
+        return np.asarray(raw) > self.threshold
+
+    def summary(self) -> dict[str, object]:
+        """The operating point without the stored quantiles, for reports and the API."""
+        values = self.to_dict()
+        values.pop("normal_quantiles")
+        return values
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain values for a checkpoint."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> Calibration:
+        """Inverse of :meth:`to_dict`; also reads calibrations written before fields were added.
+
+        Keys this version does not know (from a newer writer) are ignored with a warning.
+        """
+        known = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            logger.warning("ignoring unknown calibration fields %s (written by a newer version?)", unknown)
+        calibration = cls(**{key: value for key, value in values.items() if key in known})  # type: ignore[arg-type]
+        if calibration.specificity_threshold is None and calibration.operating_point == "specificity":
+            calibration.specificity_threshold = calibration.threshold
+        return calibration
+
+
+def _check_scores(scores: np.ndarray, what: str, minimum: int) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.size < minimum:
+        raise ValueError(f"calibration needs at least {minimum} {what} scores, got {scores.size}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"calibration {what} scores contain NaN or infinity")
+    return scores
+
+
+def sensitivity_threshold(abnormal_scores: np.ndarray, normal_scores: np.ndarray,
+                          target_sensitivity: float) -> float:
+    """The highest threshold t with mean(abnormal > t) >= ``target_sensitivity``.
+
+    t sits halfway between the k-th highest abnormal score (k = ceil(target x count)) and the
+    next lower validation score of either class, so it does not hug a single film's score.
+    """
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"target_sensitivity={target_sensitivity}; expected a value in (0, 1]")
+    abnormal = np.sort(_check_scores(abnormal_scores, "abnormal", 1))[::-1]  # highest first
+    needed = max(1, math.ceil(target_sensitivity * abnormal.size - 1e-9))
+    kth = float(abnormal[needed - 1])
+    everything = np.concatenate([abnormal, np.asarray(normal_scores, dtype=np.float64)])
+    lower = everything[everything < kth]
+    if lower.size:
+        return (kth + float(lower.max())) / 2.0
+    return float(np.nextafter(kth, -np.inf))
+
+
+def fit_calibration(
+    normal_raw_scores: np.ndarray,
+    target_specificity: float,
+    *,
+    abnormal_raw_scores: np.ndarray | None = None,
+    target_sensitivity: float | None = None,
+) -> Calibration:
+    """Fit a :class:`Calibration` on raw scores of validation films.
+
+    Args:
+        normal_raw_scores: raw scores of normal validation films (at least 2).
+        target_specificity: quantile of the normal scores used as the threshold when no
+            sensitivity target applies, in (0, 1).
+        abnormal_raw_scores: raw scores of abnormal validation films, if any.
+        target_sensitivity: when given and abnormal films exist, the threshold flags at least
+            this fraction of them; without abnormal films this falls back to the specificity
+            target (logged, and recorded in ``note``).
+
+    Raises:
+        ValueError: fewer than 2 normal scores, a non-finite score, or a target outside (0, 1).
+    """
+    if not 0.0 < target_specificity < 1.0:
+        raise ValueError(f"target_specificity={target_specificity}; expected a value in (0, 1)")
+    scores = _check_scores(normal_raw_scores, "normal", 2)
+    abnormal = (np.zeros(0) if abnormal_raw_scores is None
+                else _check_scores(abnormal_raw_scores, "abnormal", 0))
+    median = float(np.median(scores))
+    scale = 1.4826 * float(np.median(np.abs(scores - median)))
+    if scale <= 0.0:  # identical scores: fall back to the standard deviation, then to 1
+        scale = float(scores.std()) or 1.0
+    quantiles = np.quantile(scores, np.linspace(0.0, 1.0, NUM_STORED_QUANTILES))
+    specificity_cut = float(np.quantile(scores, target_specificity))
+    threshold, operating_point, note = specificity_cut, "specificity", ""
+    if target_sensitivity is not None:
+        if abnormal.size == 0:
+            note = (f"target sensitivity {target_sensitivity} asked for, but the validation set holds "
+                    f"no abnormal films: using the specificity target {target_specificity} instead")
+            logger.warning("%s", note)
+        else:
+            threshold = sensitivity_threshold(abnormal, scores, target_sensitivity)
+            operating_point = "sensitivity"
+            if abnormal.size < MIN_RELIABLE_ABNORMALS:
+                note = (f"sensitivity threshold fitted on only {abnormal.size} abnormal films; "
+                        "its sensitivity on new films is uncertain")
+                logger.warning("%s", note)
+    validation_specificity = float(np.mean(scores <= threshold))
+    validation_sensitivity = float(np.mean(abnormal > threshold)) if abnormal.size else None
+    if operating_point == "sensitivity":
+        logger.info("threshold %.4g for sensitivity %.3f costs specificity %.3f on %d validation normals",
+                    threshold, validation_sensitivity, validation_specificity, scores.size)
+    return Calibration(
+        normal_quantiles=[float(value) for value in quantiles],
+        median=median,
+        scale=scale,
+        threshold=float(threshold),
+        target_specificity=target_specificity,
+        num_normals=int(scores.size),
+        operating_point=operating_point,
+        target_sensitivity=target_sensitivity,
+        specificity_threshold=specificity_cut,
+        validation_specificity=validation_specificity,
+        validation_sensitivity=validation_sensitivity,
+        num_abnormals=int(abnormal.size),
+        note=note,
+    )
+
+
+@dataclass
+class Interval:
+    """A point estimate with its bootstrap confidence interval; all None when undefined."""
+
+    estimate: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass
+class BootstrapIntervals:
+    """Confidence intervals of ranking and decision quality on a labelled set.
+
+    Attributes:
+        auc: ROC AUC of the raw score.
+        sensitivity: fraction of abnormal films above the threshold.
+        specificity: fraction of normal films at or below the threshold.
+        threshold: the raw-score threshold the decisions used.
+        confidence: the interval's coverage (0.95 for 95%).
+        num_resamples: bootstrap resamples drawn.
+        seed: seed of the resampling generator.
+    """
+
+    auc: Interval
+    sensitivity: Interval
+    specificity: Interval
+    threshold: float
+    confidence: float
+    num_resamples: int
+    seed: int
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain values for JSON."""
+        return asdict(self)
+
+
+def _auc_from_ranks(abnormal: np.ndarray, normal: np.ndarray) -> float:
+    """Mann-Whitney AUC (ties count one half) of abnormal versus normal scores."""
+    ranks = rankdata(np.concatenate([abnormal, normal]))
+    rank_sum = float(ranks[:abnormal.size].sum())
+    return (rank_sum - abnormal.size * (abnormal.size + 1) / 2.0) / (abnormal.size * normal.size)
+
+
+def bootstrap_intervals(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    *,
+    num_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> BootstrapIntervals:
+    """Percentile-bootstrap intervals for AUC, sensitivity and specificity at ``threshold``.
+
+    Each resample draws normal and abnormal films with replacement within their class, so every
+    resample holds both classes in their original numbers. Metrics that need a missing class
+    are reported as None.
+
+    Args:
+        labels: 0 (normal) / 1 (abnormal) per film.
+        scores: raw scores, higher is more abnormal.
+        threshold: films with a score above it are flagged.
+        num_resamples: bootstrap resamples.
+        confidence: coverage of the intervals, in (0, 1).
+        seed: seed of the resampling generator.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence}; expected a value in (0, 1)")
+    if num_resamples < 1:
+        raise ValueError(f"num_resamples={num_resamples}; expected at least 1")
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in shape")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinity")
+    abnormal, normal = scores[labels == 1], scores[labels == 0]
+    rng = np.random.default_rng(seed)
+    tail = (1.0 - confidence) / 2.0
+
+    def interval(estimate: float | None, samples: list[float]) -> Interval:
+        if estimate is None:
+            return Interval(None, None, None)
+        low, high = np.quantile(np.asarray(samples), [tail, 1.0 - tail])
+        return Interval(float(estimate), float(low), float(high))
+
+    auc_samples: list[float] = []
+    sensitivity_samples: list[float] = []
+    specificity_samples: list[float] = []
+    for _ in range(num_resamples):
+        abnormal_draw = abnormal[rng.integers(0, abnormal.size, abnormal.size)] if abnormal.size else abnormal
+        normal_draw = normal[rng.integers(0, normal.size, normal.size)] if normal.size else normal
+        if abnormal.size:
+            sensitivity_samples.append(float(np.mean(abnormal_draw > threshold)))
+        if normal.size:
+            specificity_samples.append(float(np.mean(normal_draw <= threshold)))
+        if abnormal.size and normal.size:
+            auc_samples.append(_auc_from_ranks(abnormal_draw, normal_draw))
+    return BootstrapIntervals(
+        auc=interval(_auc_from_ranks(abnormal, normal) if abnormal.size and normal.size else None,
+                     auc_samples),
+        sensitivity=interval(float(np.mean(abnormal > threshold)) if abnormal.size else None,
+                             sensitivity_samples),
+        specificity=interval(float(np.mean(normal <= threshold)) if normal.size else None,
+                             specificity_samples),
+        threshold=float(threshold),
+        confidence=confidence,
+        num_resamples=num_resamples,
+        seed=seed,
+    )
