@@ -1,1 +1,19 @@
-"""Data sources, manifests, pixel loading, caching and patient-disjoint splits."""
+"""Data sources, manifests, pixel loading, caching and patient-disjoint splits.
+
+Modules:
+
+- :mod:`~cxr_anomaly.data.manifest`: the manifest table and :func:`load_inputs` (folders,
+  manifest CSVs, npz archives);
+- one module per collection, each building a manifest: :mod:`~cxr_anomaly.data.nih`
+  (:func:`build_nih_manifest`), :mod:`~cxr_anomaly.data.rsna` (:func:`build_rsna_manifest`),
+  :mod:`~cxr_anomaly.data.kermany` (:func:`build_kermany_manifest`) and
+  :mod:`~cxr_anomaly.data.medmnist` (:func:`build_medmnist_manifest`);
+- :mod:`~cxr_anomaly.data.splits`: the paper's exact-size patient-disjoint splits
+  (:func:`nih_paper_split`, :func:`rsna_paper_split`), :func:`patient_disjoint_split` and the
+  file-to-file :func:`resplit_manifest`;
+- :mod:`~cxr_anomaly.data.dataset`: :func:`load_images` (pixels of a manifest, bad files raised
+  or skipped and reported) and :func:`to_model_tensor`;
+- :mod:`~cxr_anomaly.data.cache`: decoding on all cores and the persistent uint8 cache.
+
+Submodules are imported on use, so that decoding workers start without torch.
+"""

@@ -29,6 +29,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id", "vi
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
+# Text labels accepted in manifest CSVs (case-insensitive), e.g. the Kermany copy's NORMAL/PNEUMONIA.
+_LABEL_ALIASES = {"normal": "0", "no finding": "0", "abnormal": "1", "pneumonia": "1"}
+# Other names of the patient column in shipped manifests.
+_PATIENT_ALIASES = ("patient_key", "patientid", "patient id")
 _NORMAL_FOLDERS = {"normal", "0_normal", "0", "negative", "no_finding"}
 _ABNORMAL_FOLDERS = {"abnormal", "1_abnormal", "1", "positive", "pneumonia", "opacity"}
 NPZ_SEPARATOR = "#"
@@ -76,6 +80,9 @@ def normalise_manifest(table: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
 def read_manifest_csv(csv_path: str | Path) -> pd.DataFrame:
     """Read a manifest CSV; relative ``path`` values are resolved against the CSV's folder.
 
+    Labels may be 0/1 or the words normal / "no finding" (0) and abnormal / pneumonia (1), in
+    any case. A ``patient_key`` or ``patientId`` column serves as ``patient_id`` when that is absent.
+
     Raises:
         MissingFileError: the CSV does not exist.
         ManifestError: the CSV cannot be parsed, or lacks ``path``, or has bad labels or splits.
@@ -94,6 +101,11 @@ def read_manifest_csv(csv_path: str | Path) -> pd.DataFrame:
         )
     if "label" not in table.columns:
         table["label"] = ""
+    table["label"] = table["label"].map(lambda value: _LABEL_ALIASES.get(value.strip().lower(), value))
+    if "patient_id" not in table.columns:
+        alias = next((column for column in table.columns if column.lower() in _PATIENT_ALIASES), None)
+        if alias is not None:
+            table["patient_id"] = table[alias]
     if table["path"].str.strip().eq("").any():
         row = int(np.flatnonzero(table["path"].str.strip().eq("").to_numpy())[0])
         raise ManifestError(csv_path, f"row {row + 1}: empty path")
@@ -177,6 +189,11 @@ def read_npz_manifest(npz_path: str | Path) -> pd.DataFrame:
 def load_inputs(sources: list[str | Path] | str | Path) -> pd.DataFrame:
     """Build one manifest from files, folders, manifest CSVs and npz archives.
 
+    A folder holding a ``manifest.csv`` is read through that manifest (which carries patient
+    ids and views, as NIH1000's does); a Kermany-style folder (``NORMAL``/``PNEUMONIA``) through
+    :func:`cxr_anomaly.data.kermany.build_kermany_manifest`, which derives patient keys from
+    the file names; any other folder is scanned with :func:`scan_folder`.
+
     Raises:
         MissingFileError: a source does not exist.
         ManifestError: a source is malformed or holds no images.
@@ -186,8 +203,13 @@ def load_inputs(sources: list[str | Path] | str | Path) -> pd.DataFrame:
     tables = []
     for source in sources:
         source = Path(source)
-        if source.is_dir():
-            tables.append(scan_folder(source))
+        if source.is_dir() and (source / "manifest.csv").is_file():
+            logger.info("reading %s through its manifest.csv", source)
+            tables.append(read_manifest_csv(source / "manifest.csv"))
+        elif source.is_dir():
+            from .kermany import build_kermany_manifest, is_kermany_folder  # kermany imports this module
+
+            tables.append(build_kermany_manifest(source) if is_kermany_folder(source) else scan_folder(source))
         elif source.suffix.lower() == ".csv":
             tables.append(read_manifest_csv(source))
         elif source.suffix.lower() == ".npz":

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, ManifestError, MissingFileError
+from ..errors import ConfigError, ManifestError
 from .manifest import SPLITS, load_inputs, normalise_manifest
 
 logger = logging.getLogger(__name__)
@@ -289,24 +289,6 @@ def patient_disjoint_split(
     return normalise_manifest(result, "<patient_disjoint_split>")
 
 
-def load_split_source(input_path: str | Path) -> pd.DataFrame:
-    """A manifest from a manifest CSV, an npz, a folder with a ``manifest.csv``, or a Kermany tree.
-
-    Kermany folders (``NORMAL``/``PNEUMONIA`` subfolders) go through
-    :func:`cxr_anomaly.data.kermany.build_kermany_manifest` so that patient keys come from the
-    file names; anything else through :func:`cxr_anomaly.data.manifest.load_inputs`.
-    """
-    input_path = Path(input_path)
-    if not input_path.exists():
-        raise MissingFileError(input_path, "input to split does not exist")
-    if input_path.is_dir() and not (input_path / "manifest.csv").is_file():
-        from .kermany import build_kermany_manifest, is_kermany_folder
-
-        if is_kermany_folder(input_path):
-            return build_kermany_manifest(input_path)
-    return load_inputs(input_path)
-
-
 def resplit_manifest(
     input_path: str | Path,
     output_csv: str | Path,
@@ -318,8 +300,9 @@ def resplit_manifest(
     """Write a patient-disjoint re-split of a data set as a manifest CSV (absolute paths).
 
     Args:
-        input_path: a manifest CSV, an npz, a folder holding ``manifest.csv`` (NIH1000, the
-            Kermany copy) or a Kermany ``chest_xray`` tree.
+        input_path: anything :func:`cxr_anomaly.data.manifest.load_inputs` reads: a manifest
+            CSV, a folder holding ``manifest.csv`` (NIH1000, the Kermany copy), a Kermany
+            ``chest_xray`` tree (patient keys from file names).
         output_csv: where to write the new manifest (its folder is created).
         seed: seed of the split.
         val_fraction: share of films for validation.
@@ -329,7 +312,7 @@ def resplit_manifest(
         ManifestError: the input holds no patient ids (every row would be its own patient, so
             patient-disjointness would mean nothing) or is malformed.
     """
-    manifest = load_split_source(input_path)
+    manifest = load_inputs(input_path)
     if manifest["patient_id"].isna().all():
         raise ManifestError(
             input_path, "no patient ids (column 'patient_id'): a patient-disjoint split needs them"
