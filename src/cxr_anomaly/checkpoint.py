@@ -14,9 +14,10 @@ import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -30,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cxr-anomaly-checkpoint"
 FORMAT_VERSION = 1  # bump when the layout changes incompatibly
+TRAINING_STATE_FORMAT = "cxr-anomaly-training-state"
+TRAINING_STATE_VERSION = 1  # bump when the training-state layout changes incompatibly
+TEMPORARY_SUFFIX = ".tmp"
 
 
 @dataclass
@@ -44,14 +48,19 @@ class LoadedModel:
     path: str = ""
 
 
-def atomic_torch_save(payload: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through ``write(stream)`` atomically: temporary file, fsync, rename.
+
+    A process killed at any moment leaves either the previous file or the new one under
+    ``path``, never a partial one; at worst a hidden ``.NAME.*.tmp`` file remains, which
+    :func:`remove_stale_temporaries` deletes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -63,6 +72,33 @@ def atomic_torch_save(payload: dict[str, Any], path: str | Path) -> None:
         os.fsync(directory)  # make the rename itself durable
     finally:
         os.close(directory)
+
+
+def atomic_torch_save(payload: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    atomic_write(path, lambda stream: torch.save(payload, stream))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the hidden temporary files that a killed :func:`atomic_write` left in ``folder``.
+
+    Call it only when no other process is writing to ``folder``. Returns the deleted paths.
+    """
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for candidate in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+            if candidate.is_file():
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+    if removed:
+        logger.info("removed %d temporary files left by an interrupted write in %s", len(removed), folder)
+    return removed
 
 
 def save_checkpoint(
@@ -89,8 +125,19 @@ def save_checkpoint(
     return Path(path)
 
 
-def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
+def read_checkpoint_payload(
+    path: str | Path,
+    *,
+    expected_format: str = CHECKPOINT_FORMAT,
+    supported_version: int = FORMAT_VERSION,
+) -> dict[str, Any]:
     """Load a checkpoint's raw dictionary safely and check its format and version.
+
+    Args:
+        path: the file.
+        expected_format: the ``format`` marker it must carry (a model checkpoint by default,
+            or :data:`TRAINING_STATE_FORMAT`).
+        supported_version: the newest layout version this package reads for that format.
 
     Raises:
         CheckpointError: missing file, unsafe content (a pickle that would run code), not a
@@ -107,15 +154,16 @@ def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(path, f"not a readable checkpoint: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(path, "not a cxr-anomaly checkpoint (no 'format' marker)")
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(path, f"not a {expected_format} file (format marker {found!r})")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > supported_version:
         raise CheckpointError(
             path,
             f"checkpoint format version {version} written by cxr-anomaly "
             f"{payload.get('package_version')} is newer than this cxr-anomaly {__version__} "
-            f"understands (format version {FORMAT_VERSION}); upgrade cxr-anomaly",
+            f"understands (format version {supported_version}); upgrade cxr-anomaly",
         )
     return payload
 
@@ -131,12 +179,14 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     try:
         config = config_from_dict(payload["config"])
     except (ConfigError, KeyError, TypeError) as error:
-        raise CheckpointError(path, f"invalid stored configuration: {error}") from error
+        raise CheckpointError(path, f"invalid stored configuration: {error}{_version_note(payload)}") from error
     detector = OneClassDetector(config.model)
     try:
         detector.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as error:
-        raise CheckpointError(path, f"weights do not match the stored configuration: {error}") from error
+        raise CheckpointError(
+            path, f"weights do not match the stored configuration: {error}{_version_note(payload)}"
+        ) from error
     detector.to(device).eval()
     calibration = payload.get("calibration")
     return LoadedModel(
@@ -157,3 +207,127 @@ def training_record(result: Any, **extra: Any) -> dict[str, Any]:
         "history": [asdict(log) for log in result.history],
         **extra,
     }
+
+
+def _version_note(payload: dict[str, Any]) -> str:
+    """A hint naming both versions when a file comes from another cxr-anomaly release."""
+    written_by = payload.get("package_version")
+    if written_by == __version__:
+        return ""
+    return (
+        f" (the file was written by cxr-anomaly {written_by}; this is cxr-anomaly {__version__}, "
+        "which does not understand it: use the version that wrote it, or retrain)"
+    )
+
+
+@dataclass
+class TrainingState:
+    """Everything needed to continue an interrupted training run exactly where it stopped.
+
+    Only tensors and plain values, so the file loads with ``weights_only=True``. Random
+    generator states are stored as the uint8 tensors that ``torch.Generator.get_state`` returns.
+
+    Attributes:
+        config: the run's configuration.
+        model_state: the detector's ``state_dict`` (CPU tensors).
+        generator_optimizer: state of the optimiser of U (and E).
+        discriminator_optimizer: state of the optimiser of D, None without D.
+        scaler: loss-scaler state; None because bf16 and fp32 training need no loss scaling.
+        epochs_done: completed epochs.
+        next_step: index of the next step within epoch ``epochs_done + 1`` (0 at an epoch boundary).
+        global_step: optimisation steps taken so far.
+        order_rng_state: state of the batch-order generator at the start of the current epoch.
+        noise_rng_states: state of each rank's input-noise generator, in rank order.
+        epoch_sums: loss sums of the current epoch so far (for its log line).
+        epoch_seconds: wall time spent in the current epoch so far.
+        history: the logs of completed epochs, as dictionaries.
+        collapse_streak: consecutive steps in which D(x') stayed below the collapse threshold.
+        world_size: how many processes trained.
+        data_fingerprint: digest of the training pixels, so a resume cannot switch data silently.
+        seconds: training wall time so far.
+        package_version: the cxr-anomaly version that wrote the state.
+    """
+
+    config: Config
+    model_state: dict[str, torch.Tensor]
+    generator_optimizer: dict[str, Any]
+    discriminator_optimizer: dict[str, Any] | None
+    scaler: dict[str, Any] | None
+    epochs_done: int
+    next_step: int
+    global_step: int
+    order_rng_state: torch.Tensor
+    noise_rng_states: list[torch.Tensor]
+    epoch_sums: dict[str, float]
+    epoch_seconds: float
+    history: list[dict[str, Any]]
+    collapse_streak: int
+    world_size: int
+    data_fingerprint: str
+    seconds: float
+    package_version: str = __version__
+
+
+def save_training_state(path: str | Path, state: TrainingState) -> Path:
+    """Write a training state atomically and return its path."""
+    payload = {
+        "format": TRAINING_STATE_FORMAT,
+        "format_version": TRAINING_STATE_VERSION,
+        "package_version": state.package_version,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "config": config_to_dict(state.config),
+        "model_state": {key: value.detach().cpu() for key, value in state.model_state.items()},
+        "generator_optimizer": state.generator_optimizer,
+        "discriminator_optimizer": state.discriminator_optimizer,
+        "scaler": state.scaler,
+        "epochs_done": state.epochs_done,
+        "next_step": state.next_step,
+        "global_step": state.global_step,
+        "order_rng_state": state.order_rng_state.cpu(),
+        "noise_rng_states": [rng_state.cpu() for rng_state in state.noise_rng_states],
+        "epoch_sums": dict(state.epoch_sums),
+        "epoch_seconds": state.epoch_seconds,
+        "history": list(state.history),
+        "collapse_streak": state.collapse_streak,
+        "world_size": state.world_size,
+        "data_fingerprint": state.data_fingerprint,
+        "seconds": state.seconds,
+    }
+    atomic_torch_save(payload, path)
+    logger.debug("wrote training state %s (epoch %d, step %d)", path, state.epochs_done, state.next_step)
+    return Path(path)
+
+
+def load_training_state(path: str | Path) -> TrainingState:
+    """Read a training state written by :func:`save_training_state`.
+
+    Raises:
+        CheckpointError: unreadable, unsafe, not a training state, from a newer version, or
+            missing fields.
+    """
+    payload = read_checkpoint_payload(
+        path, expected_format=TRAINING_STATE_FORMAT, supported_version=TRAINING_STATE_VERSION
+    )
+    try:
+        return TrainingState(
+            config=config_from_dict(payload["config"]),
+            model_state=dict(payload["model_state"]),
+            generator_optimizer=payload["generator_optimizer"],
+            discriminator_optimizer=payload["discriminator_optimizer"],
+            scaler=payload["scaler"],
+            epochs_done=int(payload["epochs_done"]),
+            next_step=int(payload["next_step"]),
+            global_step=int(payload["global_step"]),
+            order_rng_state=payload["order_rng_state"],
+            noise_rng_states=list(payload["noise_rng_states"]),
+            epoch_sums={key: float(value) for key, value in payload["epoch_sums"].items()},
+            epoch_seconds=float(payload["epoch_seconds"]),
+            history=list(payload["history"]),
+            collapse_streak=int(payload["collapse_streak"]),
+            world_size=int(payload["world_size"]),
+            data_fingerprint=str(payload["data_fingerprint"]),
+            seconds=float(payload["seconds"]),
+            package_version=str(payload["package_version"]),
+        )
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(path, f"incomplete or invalid training state: {error}{_version_note(payload)}") from error

@@ -104,6 +104,16 @@ class TrainConfig:
     precision: Precision = "fp32"
     num_workers: int = 0
     calibration_fraction: float = 0.1  # normals held out by patient when no val split exists
+    # Robustness (issue 7). A training state is written to the run folder after every epoch and,
+    # when checkpoint_every_steps > 0, also every that many optimisation steps.
+    checkpoint_every_steps: int = 0
+    # Under DDP, BatchNorm normalises with each rank's own batch statistics unless this is set:
+    # SyncBatchNorm then pools them over the global batch, as a single-process run would (CUDA only).
+    sync_batchnorm: bool = False
+    # GAN guard: stop when D(x') stays below collapse_threshold for every image of the global
+    # batch for collapse_patience_steps consecutive steps (0 disables the guard).
+    collapse_patience_steps: int = 500
+    collapse_threshold: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -118,6 +128,13 @@ class TrainConfig:
             raise ConfigError(
                 f"train.calibration_fraction={self.calibration_fraction}; must be in [0, 1)"
             )
+        if self.checkpoint_every_steps < 0 or self.collapse_patience_steps < 0:
+            raise ConfigError(
+                f"train.checkpoint_every_steps={self.checkpoint_every_steps}, "
+                f"train.collapse_patience_steps={self.collapse_patience_steps}; both must be >= 0"
+            )
+        if not 0.0 < self.collapse_threshold < 1.0:
+            raise ConfigError(f"train.collapse_threshold={self.collapse_threshold}; must be in (0, 1)")
 
 
 @dataclass(frozen=True)

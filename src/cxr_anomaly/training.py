@@ -6,27 +6,67 @@ normal films only: the caller passes the pixels of label-0 images and nothing el
 
 All randomness (initialisation, batch order, input noise) comes from ``config.train.seed``
 through explicit :class:`torch.Generator` objects, never from the global RNG.
+
+Robustness (issue 7):
+
+- With ``run_dir``, a training state (weights, optimisers, generator states, epoch and step) is
+  written atomically to ``run_dir/training_state.pt`` after every epoch and, with
+  ``train.checkpoint_every_steps``, every that many steps. ``resume=True`` continues from it and
+  reproduces the uninterrupted run exactly (same batches, same noise, same final epoch count).
+- A GAN guard stops the run with :class:`TrainingDivergedError` when a loss is not finite, when
+  weights stop being finite, or when the discriminator wins outright (D(x') below
+  ``train.collapse_threshold`` for every film of the batch) for ``train.collapse_patience_steps``
+  consecutive steps. The last good training state is kept and the event is appended to
+  ``run_dir/training_events.jsonl``.
+- Under ``torchrun`` the networks are wrapped in DistributedDataParallel; see
+  :mod:`cxr_anomaly.distributed` for the choices made there.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from .config import Config
+from . import distributed
+from .checkpoint import (
+    TrainingState,
+    load_training_state,
+    remove_stale_temporaries,
+    save_training_state,
+)
+from .config import Config, config_from_dict, config_to_dict
 from .data.dataset import to_model_tensor
-from .errors import NoNormalImagesError, TrainingDivergedError
-from .models.tang2019 import DiscriminatorLoss, GeneratorLoss, OneClassDetector
-from .models.tang2019.torch_model import initialise_weights
+from .errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
+from .models.tang2019 import GeneratorLoss, OneClassDetector
+from .models.tang2019.torch_model import DetectorOutput, initialise_weights
 
 logger = logging.getLogger(__name__)
+
+TRAINING_STATE_NAME = "training_state.pt"
+EVENTS_NAME = "training_events.jsonl"
+LOSS_NAMES: tuple[str, ...] = (
+    "generator_total", "reconstruction", "adversarial", "latent", "feature", "discriminator",
+)
+# Settings that may change between an interrupted run and its resumption: where it runs and how
+# often it saves, but nothing that changes the arithmetic of training.
+RESUMABLE_CHANGES: frozenset[str] = frozenset({"device", "num_workers", "checkpoint_every_steps"})
 
 
 @dataclass
@@ -46,12 +86,26 @@ class EpochLog:
 
 @dataclass
 class TrainingResult:
-    """A trained detector and the record of how it was trained."""
+    """A trained detector and the record of how it was trained.
+
+    Attributes:
+        detector: the trained networks, in eval mode, plain BatchNorm, not wrapped in DDP.
+        history: one log per epoch, including epochs done before a resumption.
+        num_train_images: training films (all ranks together).
+        seconds: training wall time, including time spent before a resumption.
+        world_size: how many processes trained together.
+        resumed_from: ``(epochs_done, next_step)`` of the state the run resumed from, or None.
+        rank_weight_difference: largest difference between any rank's weights and rank 0's after
+            training (0.0 for one process; DDP keeps it 0).
+    """
 
     detector: OneClassDetector
     history: list[EpochLog] = field(default_factory=list)
     num_train_images: int = 0
     seconds: float = 0.0
+    world_size: int = 1
+    resumed_from: tuple[int, int] | None = None
+    rank_weight_difference: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,24 +128,138 @@ def build_detector(config: Config) -> OneClassDetector:
     return detector
 
 
+def discriminator_loss_from_logits(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
+    """BCE of D on real films (target 1) and reconstructions (target 0), as DiscriminatorLoss.
+
+    The loop computes D's logits itself because the GAN guard needs D(x') of every film.
+    """
+    return 0.5 * (
+        functional.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+        + functional.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+    )
+
+
+def data_fingerprint(train_pixels: np.ndarray) -> str:
+    """A digest of the training films (shape and bytes) that a resumed run must match."""
+    digest = hashlib.sha256(str(train_pixels.shape).encode())
+    digest.update(np.ascontiguousarray(train_pixels).tobytes())
+    return digest.hexdigest()
+
+
+def resume_config(run_dir: str | Path, config: Config) -> Config:
+    """The configuration a resumed run must use: the stored one, with where-it-runs settings new.
+
+    Without a training state in ``run_dir`` the given ``config`` is returned unchanged. Settings
+    that change the arithmetic of training (epochs, batch size, seed, variant...) come from the
+    stored state, so a resumed run ends exactly where the interrupted one would have; a warning
+    names any that the caller asked to change.
+
+    Raises:
+        CheckpointError: the training state exists but cannot be read.
+    """
+    path = Path(run_dir) / TRAINING_STATE_NAME
+    if not path.is_file():
+        return config
+    stored = load_training_state(path).config
+    differences = config_differences(stored, config)
+    if differences:
+        logger.warning(
+            "resuming %s with its stored settings; ignoring the requested changes %s", path,
+            differences,
+        )
+    values = config_to_dict(stored)
+    new_values = config_to_dict(config)
+    for name in RESUMABLE_CHANGES:
+        values["train"][name] = new_values["train"][name]
+    return config_from_dict(values)
+
+
+def config_differences(stored: Config, requested: Config) -> dict[str, tuple[Any, Any]]:
+    """``section.key -> (stored, requested)`` for every setting a resumption may not change."""
+    stored_values, requested_values = config_to_dict(stored), config_to_dict(requested)
+    differences = {}
+    for section, values in stored_values.items():
+        for key, value in values.items():
+            if section == "train" and key in RESUMABLE_CHANGES:
+                continue
+            if requested_values[section][key] != value:
+                differences[f"{section}.{key}"] = (value, requested_values[section][key])
+    return differences
+
+
+class GeneratorNetworks(nn.Module):
+    """U and E of a detector as one module, so that DDP synchronises exactly their gradients.
+
+    D is deliberately not a submodule: the generator step reads D without updating it, and D's
+    own DDP wrapper synchronises D's gradients in the discriminator step.
+    """
+
+    def __init__(self, detector: OneClassDetector) -> None:
+        super().__init__()
+        self.unet = detector.unet
+        self.second_encoder = detector.second_encoder
+        object.__setattr__(self, "detector", detector)  # a plain attribute, not a submodule
+
+    def forward(self, images: torch.Tensor) -> DetectorOutput:
+        """The detector's forward pass (U, then E on the reconstruction)."""
+        return self.detector(images)
+
+
+class RunLog:
+    """Appends events (start, resume, checkpoint, epoch end, divergence) to the run's JSONL log.
+
+    Each event is one ``write`` of a whole line to a file opened for appending, then fsync, so a
+    killed process leaves complete lines only. Only rank 0 writes.
+    """
+
+    def __init__(self, run_dir: Path | None, enabled: bool) -> None:
+        self.path = None if run_dir is None or not enabled else run_dir / EVENTS_NAME
+
+    def record(self, event: str, **details: Any) -> None:
+        """Append one event with a UTC timestamp."""
+        if self.path is None:
+            return
+        entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(), "event": event, **details}
+        line = (json.dumps(entry) + "\n").encode("utf-8")
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
 def train_detector(
     config: Config,
     train_pixels: np.ndarray,
     *,
     progress: bool = False,
     on_epoch_end: Callable[[OneClassDetector, EpochLog], None] | None = None,
+    on_step_end: Callable[[int], None] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> TrainingResult:
-    """Train a detector on normal films.
+    """Train a detector on normal films, in this process or as one rank of a DDP job.
 
     Args:
         config: the whole run configuration (model variant, loss weights, optimiser, seed).
-        train_pixels: uint8 images (N, H, W) of normal films only.
-        progress: show a progress bar over batches.
+        train_pixels: uint8 images (N, H, W) of normal films only. Under DDP every rank passes
+            the same films; a distributed sampler gives each rank its share.
+        progress: show a progress bar over batches (rank 0 only).
         on_epoch_end: called after each epoch with the detector (in eval mode) and the epoch's log.
+        on_step_end: called after each optimisation step with the number of steps taken so far.
+        run_dir: folder for the training state and the event log; None keeps nothing on disk.
+        resume: continue from ``run_dir/training_state.pt`` when it exists (a fresh start when
+            it does not, so a run killed before its first checkpoint can be resumed too).
 
     Raises:
-        NoNormalImagesError: ``train_pixels`` is empty.
-        TrainingDivergedError: a loss became NaN or infinite.
+        NoNormalImagesError: ``train_pixels`` is empty or holds a single film.
+        TrainingDivergedError: a loss or weight became NaN or infinite, or D won outright for
+            ``train.collapse_patience_steps`` consecutive steps.
+        ConfigError: ``resume`` without ``run_dir``, a batch too small for the number of ranks,
+            or SyncBatchNorm asked for on CPU.
+        CheckpointError: the stored training state is unreadable or belongs to other settings,
+            other data or another number of processes.
     """
     if len(train_pixels) == 0:
         raise NoNormalImagesError("no normal (label 0) training images: nothing to learn from")
@@ -99,12 +267,38 @@ def train_detector(
         raise NoNormalImagesError(
             f"only {len(train_pixels)} normal training image; BatchNorm needs at least 2"
         )
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs run_dir, the folder holding training_state.pt")
     train_config = config.train
-    device = resolve_device(train_config.device)
-    detector = build_detector(config).to(device)
+    context = distributed.current_context()
+    device = distributed.training_device(train_config.device, context)
+    run_path = None if run_dir is None else Path(run_dir)
+    state_path = None if run_path is None else run_path / TRAINING_STATE_NAME
+    if run_path is not None and context.is_main:
+        run_path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_path)
+    distributed.barrier(context)
+    run_log = RunLog(run_path, context.is_main)
+    fingerprint = data_fingerprint(train_pixels)
+
+    state: TrainingState | None = None
+    if resume and state_path is not None and state_path.is_file():
+        state = load_training_state(state_path)
+        check_resumable(state, config, fingerprint, context, state_path)
+    elif resume:
+        logger.info("no training state in %s yet: starting from the beginning", run_path)
+
+    detector = build_detector(config)
+    if state is not None:
+        detector.load_state_dict(state.model_state)
+    detector.to(device)
+    if train_config.sync_batchnorm:
+        if context.is_distributed:
+            distributed.convert_sync_batchnorm(detector, device)
+        else:
+            logger.info("train.sync_batchnorm has no effect in a single process")
     images = to_model_tensor(train_pixels, config.data)  # (N, H, W) uint8 -> (N, 1, H, W) in [-1, 1]
     generator_loss = GeneratorLoss(config.loss)
-    discriminator_loss = DiscriminatorLoss()
     betas = (train_config.beta1, train_config.beta2)
     generator_optimizer = torch.optim.Adam(
         detector.generator_parameters(), lr=train_config.learning_rate, betas=betas
@@ -114,73 +308,193 @@ def train_detector(
         discriminator_optimizer = torch.optim.Adam(
             detector.discriminator.parameters(), lr=train_config.learning_rate, betas=betas
         )
-    # Separate streams so that changing the noise level does not change the batch order.
+    if state is not None:
+        generator_optimizer.load_state_dict(state.generator_optimizer)
+        if discriminator_optimizer is not None and state.discriminator_optimizer is not None:
+            discriminator_optimizer.load_state_dict(state.discriminator_optimizer)
+
+    # DDP averages gradients over ranks; each network gets its own wrapper so that the
+    # generator step synchronises U and E only, and the discriminator step D only.
+    generator_module: nn.Module = detector
+    discriminator_module: nn.Module | None = detector.discriminator
+    if context.is_distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        generator_module = DistributedDataParallel(GeneratorNetworks(detector), device_ids=device_ids)
+        if detector.discriminator is not None:
+            discriminator_module = DistributedDataParallel(detector.discriminator, device_ids=device_ids)
+
+    # Separate streams so that changing the noise level does not change the batch order; each
+    # rank draws its own noise.
     order_generator = torch.Generator().manual_seed(train_config.seed + 1)
-    noise_generator = torch.Generator().manual_seed(train_config.seed + 2)
-    noise_std = config.model.input_noise_std
-    count = len(images)
-    batch_size = min(train_config.batch_size, count)
-    steps_per_epoch = math.ceil(count / batch_size)
-    logger.info(
-        "training %s on %d normal images, %d epochs of %d steps, on %s (%s)",
-        config.model.variant, count, train_config.epochs, steps_per_epoch, device,
-        train_config.precision,
+    noise_generator = torch.Generator().manual_seed(
+        distributed.rank_seed(train_config.seed + 2, context.rank)
     )
+    count = len(images)
+    sampler = None
+    rank_count = count
+    rank_batch_size = min(train_config.batch_size, count)
+    if context.is_distributed:
+        # The global batch is train.batch_size; each rank takes its share of it.
+        sampler = DistributedSampler(range(count), num_replicas=context.world_size, rank=context.rank,
+                                     shuffle=True, seed=train_config.seed + 1, drop_last=False)
+        rank_count = len(sampler)
+        rank_batch_size = min(train_config.batch_size // context.world_size, rank_count)
+        if rank_batch_size < 2:
+            raise ConfigError(
+                f"train.batch_size={train_config.batch_size} over {context.world_size} processes "
+                f"gives {rank_batch_size} film(s) per rank; BatchNorm needs at least 2"
+            )
+    steps_per_epoch = math.ceil(rank_count / rank_batch_size)
+
     history: list[EpochLog] = []
+    first_epoch, first_step, global_step, collapse_streak = 1, 0, 0, 0
+    seconds_before = 0.0
+    epoch_sums = dict.fromkeys((*LOSS_NAMES, "films"), 0.0)
+    epoch_seconds_before = 0.0
+    resumed_from = None
+    if state is not None:
+        history = [EpochLog(**log) for log in state.history]
+        first_epoch, first_step = state.epochs_done + 1, state.next_step
+        global_step, collapse_streak = state.global_step, state.collapse_streak
+        seconds_before = state.seconds
+        order_generator.set_state(state.order_rng_state)
+        noise_generator.set_state(state.noise_rng_states[context.rank])
+        if first_step > 0:
+            epoch_sums = dict(state.epoch_sums)
+            epoch_seconds_before = state.epoch_seconds
+        resumed_from = (state.epochs_done, state.next_step)
+        logger.info("resuming %s after epoch %d, step %d of the next (%d steps done)",
+                    state_path, state.epochs_done, state.next_step, global_step)
+        run_log.record("resume", epochs_done=state.epochs_done, next_step=state.next_step,
+                       global_step=global_step)
+    else:
+        run_log.record("start", epochs=train_config.epochs, images=count, world_size=context.world_size,
+                       steps_per_epoch=steps_per_epoch)
+    logger.info(
+        "training %s on %d normal images, %d epochs of %d steps, on %s (%s), %d process(es)",
+        config.model.variant, count, train_config.epochs, steps_per_epoch, device,
+        train_config.precision, context.world_size,
+    )
+
+    def write_state(epochs_done: int, next_step: int, epoch_order_state: torch.Tensor,
+                    sums: dict[str, float], epoch_seconds: float) -> None:
+        """Save the training state (every rank takes part: the noise states are gathered)."""
+        if state_path is None:
+            return
+        check_weights_finite(detector, epochs_done, next_step, state_path, run_log)
+        noise_states = distributed.all_gather_bytes(noise_generator.get_state(), context)
+        if context.is_main:
+            save_training_state(state_path, TrainingState(
+                config=config,
+                model_state=detector.state_dict(),
+                generator_optimizer=generator_optimizer.state_dict(),
+                discriminator_optimizer=(None if discriminator_optimizer is None
+                                         else discriminator_optimizer.state_dict()),
+                scaler=None,
+                epochs_done=epochs_done,
+                next_step=next_step,
+                global_step=global_step,
+                order_rng_state=epoch_order_state,
+                noise_rng_states=noise_states,
+                epoch_sums=sums,
+                epoch_seconds=epoch_seconds,
+                history=[asdict(log) for log in history],
+                collapse_streak=collapse_streak,
+                world_size=context.world_size,
+                data_fingerprint=fingerprint,
+                seconds=seconds_before + time.perf_counter() - started,
+            ))
+            run_log.record("checkpoint", epochs_done=epochs_done, next_step=next_step,
+                           global_step=global_step)
+        distributed.barrier(context)
+
     started = time.perf_counter()
-    bar = tqdm(total=train_config.epochs * steps_per_epoch, desc="training", unit="step",
-               disable=not progress)
-    for epoch in range(1, train_config.epochs + 1):
+    bar = tqdm(total=train_config.epochs * steps_per_epoch, initial=global_step, desc="training",
+               unit="step", disable=not (progress and context.is_main))
+    for epoch in range(first_epoch, train_config.epochs + 1):
         detector.train()
         epoch_started = time.perf_counter()
-        sums = dict.fromkeys(
-            ("generator_total", "reconstruction", "adversarial", "latent", "feature", "discriminator"), 0.0
-        )
-        permutation = torch.randperm(count, generator=order_generator)
-        for step in range(steps_per_epoch):
-            indices = permutation[step * batch_size:(step + 1) * batch_size]
+        start_step = first_step if epoch == first_epoch else 0
+        if start_step == 0:
+            epoch_sums = dict.fromkeys((*LOSS_NAMES, "films"), 0.0)
+            epoch_seconds_before = 0.0
+        epoch_order_state = order_generator.get_state()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler), dtype=torch.long)  # this rank's share, shuffled
+        else:
+            order = torch.randperm(count, generator=order_generator)
+        for step in range(start_step, steps_per_epoch):
+            indices = order[step * rank_batch_size:(step + 1) * rank_batch_size]
+            # Every rank holds as many films as the others, so all ranks skip the same steps.
             if len(indices) < 2:  # a lone last image would break BatchNorm's batch statistics
                 continue
             clean = images[indices].to(device, non_blocking=True)  # (B, 1, 64, 64)
-            noise = torch.randn(clean.shape, generator=noise_generator).to(device) * noise_std
+            noise = torch.randn(clean.shape, generator=noise_generator).to(device) * config.model.input_noise_std
             with autocast_context(device, train_config.precision):
-                output = detector(clean + noise)
+                output = generator_module(clean + noise)
                 losses = generator_loss(clean, output, detector.discriminator)
             generator_optimizer.zero_grad(set_to_none=True)
             losses.total.backward()
             generator_optimizer.step()
 
-            discriminator_value = 0.0
-            if detector.discriminator is not None and discriminator_optimizer is not None:
+            discriminator_value = torch.zeros((), dtype=torch.float64)
+            collapsed = 0.0
+            if discriminator_module is not None and discriminator_optimizer is not None:
                 with autocast_context(device, train_config.precision):
-                    loss_d = discriminator_loss(
-                        detector.discriminator, clean, output.reconstruction.detach()
-                    )
+                    real_logit = discriminator_module(clean).logit.float()  # (B,)
+                    fake_logit = discriminator_module(output.reconstruction.detach()).logit.float()  # (B,)
+                    loss_d = discriminator_loss_from_logits(real_logit, fake_logit)
                 discriminator_optimizer.zero_grad(set_to_none=True)
                 loss_d.backward()
                 discriminator_optimizer.step()
-                discriminator_value = float(loss_d.detach())
+                discriminator_value = loss_d.detach().double().cpu()
+                fake_probability = torch.sigmoid(fake_logit.detach()).max()
+                collapsed = float(fake_probability < train_config.collapse_threshold)
 
-            values = {
-                "generator_total": float(losses.total.detach()),
-                "reconstruction": float(losses.reconstruction),
-                "adversarial": float(losses.adversarial),
-                "latent": float(losses.latent),
-                "feature": float(losses.feature),
-                "discriminator": discriminator_value,
-            }
+            # One reduction per step: loss sums weighted by batch size, film count and how many
+            # ranks saw D win outright. A NaN on any rank makes every rank's sum NaN, so all
+            # ranks stop together.
+            local = torch.stack([
+                losses.total.detach().double().cpu(), losses.reconstruction.double().cpu(),
+                losses.adversarial.double().cpu(), losses.latent.double().cpu(),
+                losses.feature.double().cpu(), discriminator_value,
+            ]) * len(indices)
+            reduced = distributed.all_reduce_sum(
+                torch.cat([local, torch.tensor([float(len(indices)), collapsed], dtype=torch.float64)]),
+                context,
+            )
+            films = float(reduced[len(LOSS_NAMES)])
+            values = {name: float(reduced[index]) / films for index, name in enumerate(LOSS_NAMES)}
+            global_step += 1
             if not all(math.isfinite(value) for value in values.values()):
-                raise TrainingDivergedError(
-                    f"non-finite loss at epoch {epoch}, step {step + 1}: {values}"
-                )
-            for key, value in values.items():
-                sums[key] += value * len(indices)
+                stop_run(run_log, "diverged", state_path,
+                         f"non-finite loss at epoch {epoch}, step {step + 1}: {values}",
+                         epoch=epoch, step=step + 1, losses=values)
+            collapse_streak = collapse_streak + 1 if reduced[-1] >= context.world_size - 0.5 else 0
+            if discriminator_module is not None and 0 < train_config.collapse_patience_steps <= collapse_streak:
+                stop_run(run_log, "collapsed", state_path,
+                         f"the discriminator won outright: D(x') < {train_config.collapse_threshold} "
+                         f"for every film of {collapse_streak} consecutive batches (epoch {epoch}, "
+                         f"step {step + 1}); lower the learning rate or the adversarial weight",
+                         epoch=epoch, step=step + 1, streak=collapse_streak)
+            for name, value in values.items():
+                epoch_sums[name] += value * films
+            epoch_sums["films"] += films
             bar.update(1)
             bar.set_postfix(epoch=epoch, rec=f"{values['reconstruction']:.4f}")
+            if on_step_end is not None:
+                on_step_end(global_step)
+            every = train_config.checkpoint_every_steps
+            if every > 0 and global_step % every == 0 and step + 1 < steps_per_epoch:
+                write_state(epoch - 1, step + 1, epoch_order_state, epoch_sums,
+                            epoch_seconds_before + time.perf_counter() - epoch_started)
+        # All ranks keep rank 0's BatchNorm running statistics, so every rank holds one model.
+        distributed.broadcast_buffers(detector, context)
         log = EpochLog(
             epoch=epoch,
-            **{key: value / count for key, value in sums.items()},
-            seconds=time.perf_counter() - epoch_started,
+            **{name: epoch_sums[name] / max(epoch_sums["films"], 1.0) for name in LOSS_NAMES},
+            seconds=epoch_seconds_before + time.perf_counter() - epoch_started,
             images=count,
         )
         history.append(log)
@@ -189,9 +503,65 @@ def train_detector(
             epoch, train_config.epochs, log.generator_total, log.reconstruction, log.adversarial,
             log.latent, log.feature, log.discriminator, log.seconds,
         )
+        write_state(epoch, 0, order_generator.get_state(), dict.fromkeys((*LOSS_NAMES, "films"), 0.0), 0.0)
         detector.eval()
         if on_epoch_end is not None:
             on_epoch_end(detector, log)
     bar.close()
+    difference = distributed.max_parameter_difference(detector, context)
+    if difference > 0:
+        logger.warning("ranks ended with different weights (largest difference %.3g)", difference)
+    if train_config.sync_batchnorm and context.is_distributed:
+        plain = OneClassDetector(config.model)  # SyncBatchNorm layers back to BatchNorm2d
+        plain.load_state_dict(detector.state_dict())
+        detector = plain.to(device)
     detector.eval()
-    return TrainingResult(detector, history, count, time.perf_counter() - started)
+    total_seconds = seconds_before + time.perf_counter() - started
+    run_log.record("finished", epochs=train_config.epochs, global_step=global_step,
+                   seconds=total_seconds, rank_weight_difference=difference)
+    return TrainingResult(detector, history, count, total_seconds, context.world_size,
+                          resumed_from, difference)
+
+
+def check_resumable(state: TrainingState, config: Config, fingerprint: str,
+                    context: distributed.DistributedContext, path: Path) -> None:
+    """Refuse a training state that belongs to other settings, other data or another world size.
+
+    Raises:
+        CheckpointError: naming what differs.
+    """
+    differences = config_differences(state.config, config)
+    if differences:
+        raise CheckpointError(
+            path, f"the training state was written with other settings {differences} "
+                  "(stored, requested); resume with the stored settings (see resume_config)"
+        )
+    if state.data_fingerprint != fingerprint:
+        raise CheckpointError(
+            path, "the training films differ from those the interrupted run used; "
+                  "resume with the same data or start a new run folder"
+        )
+    if state.world_size != context.world_size:
+        raise CheckpointError(
+            path, f"the training state was written by {state.world_size} process(es); "
+                  f"resume with the same number, not {context.world_size}"
+        )
+
+
+def check_weights_finite(detector: nn.Module, epochs_done: int, next_step: int,
+                         state_path: Path, run_log: RunLog) -> None:
+    """Stop before a checkpoint would store NaN or infinite weights over the last good one."""
+    for name, tensor in detector.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            stop_run(run_log, "diverged", state_path,
+                     f"non-finite values in {name} after epoch {epochs_done}, step {next_step}",
+                     tensor=name, epochs_done=epochs_done, next_step=next_step)
+
+
+def stop_run(run_log: RunLog, event: str, state_path: Path | None, message: str, **details: Any) -> None:
+    """Record the failure in the run's event log and raise :class:`TrainingDivergedError`."""
+    kept = (f"; the last good training state is kept in {state_path}"
+            if state_path is not None and state_path.is_file() else "")
+    logger.error("training stopped: %s%s", message, kept)
+    run_log.record(event, message=message, **details)
+    raise TrainingDivergedError(f"training stopped: {message}{kept}")
