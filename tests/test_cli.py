@@ -1,0 +1,91 @@
+"""End to end through the CLI on real NIH1000 films: train one short epoch, score, evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cxr_anomaly.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_manifest(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 train normals, 12 val normals and 10 + 10 test films of NIH1000, patient-disjoint."""
+    root = shared_data / "nih1000"
+    table = pd.read_csv(root / "manifest.csv")
+    table["path"] = [str(root / path) for path in table["path"]]
+    test = pd.concat([table[(table.split == "test") & (table.label == label)].head(10) for label in (0, 1)])
+    rest = table[~table.patient_id.isin(test.patient_id)]
+    train = rest[(rest.split == "train") & (rest.label == 0)].head(48)
+    val = rest[(rest.split == "valid") & (rest.label == 0)].head(12)
+    manifest = pd.concat([train, val.assign(split="val"), test])
+    path = tmp_path_factory.mktemp("nih") / "manifest.csv"
+    manifest[["path", "label", "split", "patient_id", "view"]].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(small_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    code = main(["train", "--data", str(small_manifest), "--out", str(run_dir), "--epochs", "1",
+                 "--seed", "1", "--no-progress"])
+    assert code == 0
+    return run_dir / "model.pt"
+
+
+def test_train_writes_checkpoint_and_logs_what_it_used(trained_checkpoint: Path) -> None:
+    assert trained_checkpoint.is_file()
+    record = json.loads((trained_checkpoint.parent / "training_log.json").read_text())
+    assert record["num_train_images"] == 48
+    assert record["num_calibration_images"] == 12
+    assert record["ignored_rows"]["abnormal"] == 0
+
+
+def test_score_writes_path_score_and_components(trained_checkpoint: Path, shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "nih1000" / "test" / "1_abnormal"
+    one_file = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
+    out = tmp_path / "scores.csv"
+    assert main(["score", "--model", str(trained_checkpoint), str(one_file), str(folder), "--out", str(out),
+                 "--no-progress"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns[:5]) == ["path", "score", "reconstruction", "adversarial", "latent"]
+    assert len(table) == 1 + len(list(folder.glob("*.png")))
+    assert table["score"].notna().all() and table["percentile"].between(0, 100).all()
+
+
+def test_evaluate_writes_metrics_roc_and_grid(trained_checkpoint: Path, small_manifest: Path, tmp_path: Path) -> None:
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(small_manifest),
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["split"] == "test"
+    assert (metrics["num_normal"], metrics["num_abnormal"]) == (10, 10)
+    assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["average_precision"] <= 1.0
+    assert set(metrics["auc_per_view"]) <= {"PA", "AP"} and metrics["auc_per_view"]
+    assert (tmp_path / "roc.png").stat().st_size > 1000
+    assert (tmp_path / "reconstructions.png").stat().st_size > 1000
+
+
+def test_training_on_abnormal_films_only_fails_with_a_clear_error(shared_data: Path, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    folder = shared_data / "nih1000" / "test" / "1_abnormal"
+    manifest = tmp_path / "abnormal.csv"
+    pd.DataFrame({"path": sorted(str(p) for p in folder.glob("*.png"))[:5], "label": 1}).to_csv(manifest, index=False)
+    assert main(["train", "--data", str(manifest), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "no normal (label 0) images" in caplog.text and "abnormal.csv" in caplog.text
+
+
+def test_missing_input_names_the_file(trained_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "nope.png"
+    assert main(["score", "--model", str(trained_checkpoint), str(missing), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "nope.png" in caplog.text
+
+
+def test_console_script_help_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "cxr_anomaly.cli", "train", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--variant" in result.stdout and "normal" in result.stdout
