@@ -159,7 +159,9 @@ def paper_split(
     if max_images_per_patient is not None and max_images_per_patient < 1:
         raise ConfigError(f"max_images_per_patient={max_images_per_patient}; must be >= 1 or None")
     table = _filter_view(manifest, view)
-    table = table[table["label"].isin([0, 1]).fillna(False).to_numpy()].reset_index(drop=True)
+    table = table[table["label"].isin([0, 1]).fillna(False).to_numpy()]
+    # A canonical row order makes the split depend on the table's content, not its order.
+    table = table.sort_values("path", kind="stable").reset_index(drop=True)
     rng = np.random.default_rng(seed)
     groups = patient_groups(table, group_column)
     unique_groups = np.array(sorted(groups.unique()), dtype=object)
