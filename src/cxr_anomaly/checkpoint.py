@@ -59,6 +59,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(handle, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide the file from the group
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
@@ -72,6 +73,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         os.fsync(directory)  # make the rename itself durable
     finally:
         os.close(directory)
+
+
+def _current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(payload: dict[str, Any], path: str | Path) -> None:

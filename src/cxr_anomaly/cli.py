@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     train.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                        help="fp32 (default) or bf16 autocast")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from RUN_DIR/training_state.pt (with its stored "
+                            "settings; a fresh start when there is none yet)")
+    train.add_argument("--checkpoint-every-steps", type=int, default=None, metavar="N",
+                       help="also save the training state every N steps (default: after each epoch only)")
+    train.add_argument("--sync-batchnorm", action="store_true",
+                       help="under torchrun, pool BatchNorm statistics over all GPUs (SyncBatchNorm; "
+                            "CUDA only) instead of each rank's own batch")
     add_data_options(train)
 
     score = commands.add_parser(
@@ -108,7 +117,8 @@ def training_config(args: argparse.Namespace) -> Config:
         config = with_overrides(config, "model", variant=args.variant)
     train_changes = {key: value for key, value in (
         ("epochs", args.epochs), ("seed", args.seed), ("device", args.device),
-        ("precision", args.precision)) if value is not None}
+        ("precision", args.precision), ("checkpoint_every_steps", args.checkpoint_every_steps),
+        ("sync_batchnorm", True if args.sync_batchnorm else None)) if value is not None}
     if train_changes:
         config = with_overrides(config, "train", **train_changes)
     return config
@@ -126,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             outcome = pipeline.train_job(args.data, args.out, training_config(args),
                                          on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
-                                         progress=progress)
-            print(f"trained on {outcome.num_train_images} normal images; checkpoint: {outcome.checkpoint}")
+                                         progress=progress, resume=args.resume)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+                print(f"trained on {outcome.num_train_images} normal images; checkpoint: {outcome.checkpoint}")
         elif args.command == "score":
             table = pipeline.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
                                        on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,

@@ -117,10 +117,11 @@ def quiet_other_ranks(context: DistributedContext) -> None:
         logging.getLogger("cxr_anomaly").setLevel(logging.WARNING)
 
 
-def shutdown(context: DistributedContext) -> None:
-    """Leave the process group (after a last barrier so no rank exits while others write)."""
+def shutdown(context: DistributedContext, *, wait: bool = True) -> None:
+    """Leave the process group; with ``wait``, after a barrier so no rank exits while others write."""
     if context.is_distributed and torch_distributed.is_initialized():
-        torch_distributed.barrier()
+        if wait:
+            torch_distributed.barrier()
         torch_distributed.destroy_process_group()
 
 

@@ -22,7 +22,9 @@ from .data.manifest import load_inputs
 from .errors import NoNormalImagesError
 from .evaluation import Metrics, compute_metrics, plot_roc, reconstruction_grid
 from .scoring import fit_calibration, min_max_normalise, score_pixels
-from .training import resolve_device, train_detector
+from . import distributed
+from .checkpoint import atomic_write_text
+from .training import resolve_config_for_resume, resolve_device, train_detector
 
 logger = logging.getLogger(__name__)
 
@@ -117,26 +119,67 @@ def train_job(
     on_bad_file: OnBadFile = "error",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> TrainOutcome:
-    """Train on the normal films of ``data``, calibrate, and write ``out_dir/model.pt``."""
+    """Train on the normal films of ``data``, calibrate, and write ``out_dir/model.pt``.
+
+    Training states go to ``out_dir/training_state.pt`` (every epoch, and every
+    ``train.checkpoint_every_steps`` steps); ``resume`` continues from the last one with its
+    stored settings. Started by ``torchrun`` with several processes, every rank trains
+    (DistributedDataParallel) and only rank 0 calibrates and writes files.
+    """
+    context = distributed.initialise_from_environment(config.train.device)
+    try:
+        outcome = _train_job(data, out_dir, config, on_bad_file=on_bad_file, cache_dir=cache_dir,
+                             progress=progress, resume=resume, context=context)
+    except BaseException:
+        distributed.shutdown(context, wait=False)  # the other ranks may be gone already
+        raise
+    distributed.shutdown(context)
+    return outcome
+
+
+def _train_job(
+    data: list[str | Path],
+    out_dir: str | Path,
+    config: Config,
+    *,
+    on_bad_file: OnBadFile,
+    cache_dir: str | Path | None,
+    progress: bool,
+    resume: bool,
+    context: distributed.DistributedContext,
+) -> TrainOutcome:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        config = resolve_config_for_resume(out_dir, config)
+    progress = progress and context.is_main
     manifest = load_inputs(data)
     origin = ", ".join(str(source) for source in data)
     warn_on_patient_overlap(manifest)
     chosen = select_training_rows(manifest, config, origin)
+    if not context.is_main:
+        distributed.barrier(context)  # rank 0 fills the preprocessing cache first
     train_images = load_images(chosen.train, config.data, on_bad_file=on_bad_file,
                                cache_dir=cache_dir, progress=progress)
     calibration_images = load_images(chosen.calibration, config.data, on_bad_file=on_bad_file,
                                      cache_dir=cache_dir, progress=progress)
+    if context.is_main:
+        distributed.barrier(context)
     skipped = train_images.skipped + calibration_images.skipped
-    report_skipped(skipped, out_dir / "skipped_files.csv")
+    if context.is_main:
+        report_skipped(skipped, out_dir / "skipped_files.csv")
     logger.info(
         "training on %d normal images (ignored: %s); calibrating on %d (%s)",
         len(train_images.pixels), chosen.ignored_counts, len(calibration_images.pixels),
         chosen.calibration_source,
     )
-    result = train_detector(config, train_images.pixels, progress=progress)
+    result = train_detector(config, train_images.pixels, progress=progress, run_dir=out_dir,
+                            resume=resume)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    if not context.is_main:  # rank 0 alone calibrates and writes
+        return TrainOutcome(checkpoint_path, len(train_images.pixels), len(calibration_images.pixels), skipped)
     device = resolve_device(config.train.device)
     calibration_scores = score_pixels(result.detector, calibration_images.pixels, config, device=device)
     calibration = fit_calibration(calibration_scores.raw, config.score.target_specificity)
@@ -147,11 +190,15 @@ def train_job(
         ignored_rows=chosen.ignored_counts,
         skipped_files=len(skipped),
         data=[str(source) for source in data],
+        world_size=result.world_size,
+        resumed_from=None if result.resumed_from is None else list(result.resumed_from),
+        rank_weight_difference=result.rank_weight_difference,
     )
-    checkpoint = save_checkpoint(out_dir / CHECKPOINT_NAME, result.detector, config,
+    checkpoint = save_checkpoint(checkpoint_path, result.detector, config,
                                  calibration=calibration, training=record)
-    (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
-    (out_dir / "training_log.json").write_text(json.dumps(record, indent=2))
+    # Written atomically too, so that a run killed at any moment leaves no truncated file.
+    atomic_write_text(out_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
+    atomic_write_text(out_dir / "training_log.json", json.dumps(record, indent=2))
     return TrainOutcome(checkpoint, len(train_images.pixels), len(calibration_images.pixels), skipped)
 
 

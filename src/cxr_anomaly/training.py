@@ -146,7 +146,7 @@ def data_fingerprint(train_pixels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def resume_config(run_dir: str | Path, config: Config) -> Config:
+def resolve_config_for_resume(run_dir: str | Path, config: Config) -> Config:
     """The configuration a resumed run must use: the stored one, with where-it-runs settings new.
 
     Without a training state in ``run_dir`` the given ``config`` is returned unchanged. Settings
@@ -534,7 +534,7 @@ def check_resumable(state: TrainingState, config: Config, fingerprint: str,
     if differences:
         raise CheckpointError(
             path, f"the training state was written with other settings {differences} "
-                  "(stored, requested); resume with the stored settings (see resume_config)"
+                  "(stored, requested); resume with the stored settings (see resolve_config_for_resume)"
         )
     if state.data_fingerprint != fingerprint:
         raise CheckpointError(
