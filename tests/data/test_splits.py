@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from cxr_anomaly.data.manifest import read_manifest_csv
-from cxr_anomaly.data.nih import read_nih_table
 from cxr_anomaly.data.rsna import build_rsna_manifest
 from cxr_anomaly.data.splits import (
     NIH_PAPER_SIZES,
@@ -24,11 +23,6 @@ from cxr_anomaly.errors import ConfigError, ManifestError
 
 NIH_EXPECTED = {("train", 0): 4479, ("val", 0): 849, ("val", 1): 857, ("test", 0): 677, ("test", 1): 667}
 RSNA_EXPECTED = {("train", 0): 6000, ("val", 0): 1025, ("val", 1): 1025, ("test", 0): 1000, ("test", 1): 1000}
-
-
-@pytest.fixture(scope="module")
-def nih_table(shared_data: Path) -> pd.DataFrame:
-    return read_nih_table(shared_data / "labels" / "Data_Entry_2017_v2020.csv.gz")
 
 
 @pytest.fixture(scope="module")

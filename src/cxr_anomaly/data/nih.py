@@ -72,6 +72,8 @@ def nih_label(finding_labels: str, origin: str | Path = "<nih table>", row: int 
     where = f"row {row}: " if row is not None else ""
     if tokens == [NO_FINDING]:
         return 0
+    if NO_FINDING in tokens:
+        raise ManifestError(origin, f"{where}Finding Labels {finding_labels!r} mixes {NO_FINDING!r} with findings")
     unknown = [token for token in tokens if token not in NIH_FINDINGS]
     if unknown:
         raise ManifestError(
@@ -104,13 +106,23 @@ def read_nih_table(labels_csv: str | Path) -> pd.DataFrame:
     if table.empty:
         raise ManifestError(labels_csv, "the NIH label table has no rows")
     findings = table["Finding Labels"].str.strip()
-    # Whole-token matching; ``nih_label`` names the first bad row.
-    token_sets = findings.str.split("|").map(lambda tokens: frozenset(token.strip() for token in tokens))
-    known = frozenset(NIH_FINDINGS)
-    valid = token_sets.map(lambda tokens: tokens == {NO_FINDING} or tokens <= known)
-    if not valid.all():
-        row = int(np.flatnonzero(~valid.to_numpy())[0])
-        nih_label(findings.iloc[row], labels_csv, row + 2)  # raises with the row of the file
+    # Whole-token matching: one indicator column per distinct token (never a substring test).
+    tokens = findings.str.get_dummies(sep="|")
+    tokens.columns = [str(column).strip() for column in tokens.columns]
+    tokens = tokens.T.groupby(level=0).max().T  # merge tokens that differed only by spaces
+    allowed = set(NIH_FINDINGS) | {NO_FINDING}
+    unknown_tokens = [token for token in tokens.columns if token not in allowed]
+    mixed = tokens[NO_FINDING].astype(bool) & (tokens.sum(axis=1) > 1) if NO_FINDING in tokens else None
+    bad = tokens[unknown_tokens].any(axis=1) if unknown_tokens else pd.Series(False, index=tokens.index)
+    if mixed is not None:
+        bad |= mixed
+    bad |= tokens.sum(axis=1) == 0  # an empty Finding Labels
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        value = findings.iloc[row]
+        if value and not unknown_tokens and mixed is not None and mixed.iloc[row]:
+            raise ManifestError(labels_csv, f"row {row + 2}: Finding Labels {value!r} mixes {NO_FINDING!r} with findings")
+        nih_label(value, labels_csv, row + 2)  # raises with the row of the file
     manifest = pd.DataFrame({
         "path": table["Image Index"].str.strip(),
         "label": (findings != NO_FINDING).astype(int),
@@ -123,7 +135,7 @@ def read_nih_table(labels_csv: str | Path) -> pd.DataFrame:
         if source in table.columns:
             manifest[target] = table[source].str.strip()
     for finding in NIH_FINDINGS:
-        manifest[finding_column(finding)] = token_sets.map(lambda tokens, f=finding: int(f in tokens))
+        manifest[finding_column(finding)] = tokens[finding].to_numpy() if finding in tokens else 0
     if manifest["image_index"].duplicated().any():
         duplicate = manifest.loc[manifest["image_index"].duplicated(), "image_index"].iloc[0]
         raise ManifestError(labels_csv, f"image {duplicate!r} appears more than once")
