@@ -93,7 +93,55 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what the score column holds: calibrated (default; a robust z-score against "
                             "normal validation films, the same for a film alone or in a batch), minmax "
                             "(the paper's, over this set) or raw (eq. 6)")
+    score.add_argument("--report", type=Path, default=None, metavar="HTML",
+                       help="also write a self-contained HTML worklist (thumbnail, reconstruction, "
+                            "heatmap, score, percentile, decision per film) and rank the CSV by score, "
+                            "most suspicious first")
+    score.add_argument("--keep-patient-identifiers", action="store_true",
+                       help="write DICOM PatientName, PatientID and PatientBirthDate into the CSV and "
+                            "report (off by default; StudyInstanceUID and SOPInstanceUID are always kept)")
     add_data_options(score)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="refit a checkpoint's operating point on labelled validation films",
+        description="Score the labelled films of SPLIT and store a new calibration in the checkpoint: "
+                    "percentiles among the normal films and a threshold for --target-specificity, or, "
+                    "when the films include abnormal ones and --target-sensitivity is given, the "
+                    "threshold that flags that fraction of them (its specificity is reported). "
+                    "Without abnormal films a sensitivity target falls back to the specificity target.",
+    )
+    calibrate.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint to update")
+    calibrate.add_argument("--data", required=True, nargs="+", type=Path, metavar="MANIFEST_OR_DIR",
+                           help="labelled validation films")
+    calibrate.add_argument("--split", choices=("val", "train", "test", "all", "auto"), default="val",
+                           help="rows to calibrate on (default val)")
+    calibrate.add_argument("--target-specificity", type=float, default=None,
+                           help="fraction of normal films below the threshold (default: the config's, 0.95)")
+    calibrate.add_argument("--target-sensitivity", type=float, default=None,
+                           help="fraction of abnormal validation films the threshold must flag")
+    calibrate.add_argument("--out", type=Path, default=None, metavar="CKPT",
+                           help="write the updated checkpoint here instead of in place")
+    add_data_options(calibrate)
+
+    serve = commands.add_parser(
+        "serve", help="run the scoring REST service and web page (FastAPI under uvicorn)",
+        description="Serve POST /v1/score (PNG, JPEG or DICOM in; score, components, percentile, "
+                    "decision and model version out; optional heatmap), GET /healthz, GET /v1/model, "
+                    "the OpenAPI schema at /openapi.json and a web page at /.",
+    )
+    serve.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--token", default=None,
+                       help="bearer token every scoring request must carry (default: the "
+                            "CXR_ANOMALY_TOKEN environment variable; none = open)")
+    serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted upload (MB)")
+    serve.add_argument("--max-image-side", type=int, default=8192,
+                       help="largest accepted image width or height, in pixels")
+    serve.add_argument("--max-batch-size", type=int, default=32,
+                       help="most concurrent requests scored together in one forward pass")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0,
+                       help="how long the first request of a batch waits for others to join")
 
     evaluate = commands.add_parser(
         "evaluate", help="measure AUC and draw ROC and reconstruction figures on labelled films",
@@ -131,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from . import pipeline  # after parsing, so --help stays fast
 
-    progress = not args.no_progress
+    progress = not getattr(args, "no_progress", False)  # serve has no progress bars
     try:
         if args.command == "train":
             outcome = pipeline.train_job(args.data, args.out, training_config(args),
@@ -142,8 +190,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "score":
             table = pipeline.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
                                        on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
-                                       progress=progress)
+                                       progress=progress, report=args.report,
+                                       keep_patient_identifiers=args.keep_patient_identifiers)
             print(f"scored {len(table)} images: {args.out}")
+            if args.report is not None:
+                flagged = int((table["decision"] == "flag").sum()) if "decision" in table else None
+                print(f"worklist report: {args.report}" +
+                      ("" if flagged is None else f" ({flagged} of {len(table)} flagged)"))
+        elif args.command == "calibrate":
+            outcome = pipeline.calibrate_job(
+                args.model, args.data, split=args.split, target_specificity=args.target_specificity,
+                target_sensitivity=args.target_sensitivity, out_path=args.out,
+                on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
+            calibration = outcome.calibration
+            sensitivity = ("n/a (no abnormal films)" if calibration.validation_sensitivity is None
+                           else f"{calibration.validation_sensitivity:.3f}")
+            print(f"operating point: {calibration.operating_point}, threshold {calibration.threshold:.4g}; on "
+                  f"{outcome.num_normal} normal + {outcome.num_abnormal} abnormal {outcome.split} films: "
+                  f"specificity {calibration.validation_specificity:.3f}, sensitivity {sensitivity}; "
+                  f"stored in {outcome.checkpoint}")
+            if calibration.note:
+                print(f"note: {calibration.note}")
+        elif args.command == "serve":
+            from .serve import ServiceSettings, run_server
+
+            settings = ServiceSettings.from_environment(
+                token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                max_image_side=args.max_image_side, max_batch_size=args.max_batch_size,
+                batch_wait_seconds=args.batch_wait_ms / 1000.0)
+            run_server(args.model, settings, host=args.host, port=args.port)
         elif args.command == "evaluate":
             outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
                                             on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,

@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checkpoint import LoadedModel, load_checkpoint, save_checkpoint, training_record
+from .calibration import Calibration, bootstrap_intervals
+from .checkpoint import (LoadedModel, atomic_torch_save, load_checkpoint, read_checkpoint_payload,
+                         save_checkpoint, training_record)
 from .config import Config, config_to_dict
 from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import load_inputs
 from .errors import NoNormalImagesError
 from .evaluation import Metrics, compute_metrics, plot_roc, reconstruction_grid
+from .report import add_dicom_links, explain_rows, rank_table, write_html_report
 from .scoring import fit_calibration, min_max_normalise, score_pixels
 from . import distributed
 from .checkpoint import atomic_write_text
@@ -250,8 +253,16 @@ def score_job(
     on_bad_file: OnBadFile = "error",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    report: str | Path | None = None,
+    keep_patient_identifiers: bool = False,
 ) -> pd.DataFrame:
-    """Score files, folders or manifests and write a CSV (path, score, components, ...)."""
+    """Score files, folders or manifests and write a CSV (path, score, components, ...).
+
+    DICOM inputs get their StudyInstanceUID and SOPInstanceUID for linking; patient name, ID and
+    birth date only with ``keep_patient_identifiers``. With ``report`` (an HTML path) the CSV is
+    a worklist ranked by score, most suspicious first, and a self-contained HTML report with
+    thumbnails, reconstructions and heatmaps is written too (see :mod:`cxr_anomaly.report`).
+    """
     model = load_checkpoint(model_path)
     manifest = load_inputs(inputs)
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
@@ -259,7 +270,18 @@ def score_job(
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     report_skipped(images.skipped, out_csv.with_name(out_csv.stem + "_skipped.csv"))
-    table, _ = score_table(model, images, normalisation=normalisation)
+    table, reconstructions = score_table(model, images, normalisation=normalisation,
+                                         keep_reconstructions=report is not None)
+    table = add_dicom_links(table, keep_patient_identifiers=keep_patient_identifiers)
+    if report is not None:
+        assert reconstructions is not None  # asked for above
+        ranked = rank_table(table)
+        explanations = explain_rows(ranked.table, images.pixels[ranked.order],
+                                    reconstructions[ranked.order], model.config.data)
+        write_html_report(report, ranked.table, explanations, calibration=model.calibration,
+                          model_description=f"{Path(model_path).name} ({model.config.model.variant}, "
+                                            f"cxr-anomaly {model.package_version})")
+        table = ranked.table
     table.to_csv(out_csv, index=False)
     logger.info("scored %d images -> %s", len(table), out_csv)
     return table
@@ -298,8 +320,15 @@ def evaluate_job(
     on_bad_file: OnBadFile = "error",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    bootstrap_resamples: int = 1000,
+    bootstrap_seed: int = 0,
 ) -> EvaluationOutcome:
-    """Score labelled films and write metrics.json, roc.png, reconstructions.png and scores.csv."""
+    """Score labelled films and write metrics.json, roc.png, reconstructions.png and scores.csv.
+
+    With a calibrated checkpoint, metrics.json also holds sensitivity and specificity at the
+    stored threshold and 95% stratified-bootstrap intervals (``bootstrap_resamples`` resamples,
+    seeded by ``bootstrap_seed``) for AUC, sensitivity and specificity.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(model_path)
@@ -331,10 +360,13 @@ def evaluate_job(
         **metrics.to_dict(),
     }
     if model.calibration is not None and labelled.any():
-        flagged = model.calibration.flag(raw)
+        intervals = bootstrap_intervals(labels, raw, model.calibration.threshold, seed=bootstrap_seed,
+                                        num_resamples=bootstrap_resamples)
         summary["threshold"] = model.calibration.threshold
-        summary["sensitivity_at_threshold"] = float(flagged[labels == 1].mean()) if (labels == 1).any() else None
-        summary["specificity_at_threshold"] = float((~flagged[labels == 0]).mean()) if (labels == 0).any() else None
+        summary["operating_point"] = model.calibration.summary()
+        summary["sensitivity_at_threshold"] = intervals.sensitivity.estimate
+        summary["specificity_at_threshold"] = intervals.specificity.estimate
+        summary["bootstrap_95ci"] = intervals.to_dict()
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(summary, indent=2))
     roc_path = plot_roc({model.config.model.variant: (labels, raw)}, out_dir / "roc.png",
@@ -350,3 +382,64 @@ def evaluate_job(
                                     out_dir / "reconstructions.png")
     logger.info("evaluated %d films on split %s: AUC %s", len(table), split, metrics.auc)
     return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path)
+
+
+@dataclass
+class CalibrationOutcome:
+    """What :func:`calibrate_job` stored in the checkpoint."""
+
+    calibration: Calibration
+    checkpoint: Path
+    split: str
+    num_normal: int
+    num_abnormal: int
+
+
+def calibrate_job(
+    model_path: str | Path,
+    data: list[str | Path],
+    *,
+    split: str = "val",
+    target_specificity: float | None = None,
+    target_sensitivity: float | None = None,
+    out_path: str | Path | None = None,
+    on_bad_file: OnBadFile = "error",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> CalibrationOutcome:
+    """Refit a checkpoint's operating point on labelled validation films and store it.
+
+    The normal films give the percentiles and the ``target_specificity`` threshold (default:
+    the config's); with abnormal films and a ``target_sensitivity``, the threshold flags at
+    least that fraction of them instead (see :func:`cxr_anomaly.calibration.fit_calibration`).
+    Everything else in the checkpoint is kept; it is rewritten atomically at ``out_path``
+    (default: in place).
+
+    Raises:
+        NoNormalImagesError: the chosen rows hold fewer than 2 normal films.
+    """
+    model = load_checkpoint(model_path)
+    manifest, split = choose_evaluation_rows(load_inputs(data), split)
+    images = load_images(manifest[manifest["label"].notna()], model.config.data, on_bad_file=on_bad_file,
+                         cache_dir=cache_dir, progress=progress)
+    labels = images.manifest["label"].to_numpy().astype(int)
+    if int((labels == 0).sum()) < 2:
+        raise NoNormalImagesError(f"{', '.join(map(str, data))}: calibration needs at least 2 normal "
+                                  f"(label 0) films in split {split!r}, found {int((labels == 0).sum())}")
+    device = next(model.detector.parameters()).device
+    raw = score_pixels(model.detector, images.pixels, model.config, device=device).raw
+    calibration = fit_calibration(
+        raw[labels == 0],
+        target_specificity if target_specificity is not None else model.config.score.target_specificity,
+        abnormal_raw_scores=raw[labels == 1],
+        target_sensitivity=target_sensitivity,
+    )
+    payload = read_checkpoint_payload(model_path)
+    payload["calibration"] = calibration.to_dict()
+    payload.setdefault("training", {})["calibration_source"] = (
+        f"recalibrated on split {split!r} of {', '.join(map(str, data))}")
+    destination = Path(out_path) if out_path is not None else Path(model_path)
+    atomic_torch_save(payload, destination)
+    logger.info("stored operating point %s (threshold %.4g) in %s", calibration.operating_point,
+                calibration.threshold, destination)
+    return CalibrationOutcome(calibration, destination, split, int((labels == 0).sum()), int((labels == 1).sum()))

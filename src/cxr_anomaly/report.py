@@ -1,0 +1,261 @@
+"""The worklist: films ranked by score, as a CSV and as a self-contained HTML report.
+
+The paper's promise is a shorter queue for radiologists: suspicious films first, normal-looking
+ones last. :func:`rank_table` orders a score table by raw score (every normalisation is
+monotone in it) and numbers the rows; :func:`write_html_report` writes one HTML file with every
+image embedded as a base64 PNG (thumbnail, reconstruction, heatmap), so it can be mailed or
+archived without its inputs.
+
+DICOM linking: :func:`add_dicom_links` adds the StudyInstanceUID and SOPInstanceUID of DICOM
+inputs so a worklist row can be matched to the study in a PACS. Patient name, ID and birth date
+are never written unless the caller asks for them explicitly (``keep_patient_identifiers``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .calibration import Calibration
+from .config import DataConfig
+from .errors import InputFileError
+from .explain import Explanation, explain_film, png_data_uri
+from .io import read_image, sniff_format
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 192  # pixels of the longer side of each image in the HTML report
+LINK_TAGS = {"study_instance_uid": "StudyInstanceUID", "sop_instance_uid": "SOPInstanceUID"}
+PATIENT_TAGS = {"patient_name": "PatientName", "patient_id_dicom": "PatientID",
+                "patient_birth_date": "PatientBirthDate"}
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when the file's bytes say DICOM (the extension is not trusted)."""
+    try:
+        with Path(path).open("rb") as handle:
+            return sniff_format(handle.read(132)) == "dicom"
+    except OSError:
+        return False
+
+
+def dicom_link_fields(path: str | Path, *, keep_patient_identifiers: bool = False) -> dict[str, str | None]:
+    """StudyInstanceUID and SOPInstanceUID of a DICOM file (and patient tags only when asked).
+
+    Only the header is read. Values that are absent are None.
+    """
+    import pydicom
+
+    tags = dict(LINK_TAGS)
+    if keep_patient_identifiers:
+        tags.update(PATIENT_TAGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's warnings quote header values
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(tags.values()))
+    fields: dict[str, str | None] = {}
+    for column, keyword in tags.items():
+        value = dataset.get(keyword)
+        fields[column] = None if value is None or str(value) == "" else str(value)
+    return fields
+
+
+def add_dicom_links(table: pd.DataFrame, *, keep_patient_identifiers: bool = False) -> pd.DataFrame:
+    """Add DICOM linking columns to a score table whose ``path`` column names files.
+
+    Nothing is added when no input is DICOM. An unreadable header leaves the row's values empty
+    and logs a warning naming the file.
+    """
+    dicom_rows = [index for index, path in enumerate(table["path"].astype(str)) if is_dicom_file(path)]
+    if not dicom_rows:
+        return table
+    table = table.copy()
+    columns = list(LINK_TAGS) + (list(PATIENT_TAGS) if keep_patient_identifiers else [])
+    values: dict[str, list[str | None]] = {column: [None] * len(table) for column in columns}
+    for index in dicom_rows:
+        path = str(table["path"].iloc[index])
+        try:
+            fields = dicom_link_fields(path, keep_patient_identifiers=keep_patient_identifiers)
+        except Exception as error:  # pydicom raises many types for damaged headers
+            logger.warning("%s: cannot read DICOM UIDs (%s)", path, type(error).__name__)
+            continue
+        for column in columns:
+            values[column][index] = fields.get(column)
+    for column in columns:
+        table[column] = values[column]
+    return table
+
+
+@dataclass
+class RankedTable:
+    """A score table in worklist order.
+
+    Attributes:
+        table: the rows sorted by ``score_raw``, highest first, with a 1-based ``rank`` column.
+        order: ``table`` row i is row ``order[i]`` of the unsorted table (to reorder images).
+    """
+
+    table: pd.DataFrame
+    order: np.ndarray
+
+
+def rank_table(table: pd.DataFrame) -> RankedTable:
+    """Sort a score table by ``score_raw``, highest (most suspicious) first; ties keep input order."""
+    order = np.argsort(-table["score_raw"].to_numpy(dtype=np.float64), kind="stable")
+    ranked = table.iloc[order].reset_index(drop=True)
+    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
+    return RankedTable(ranked, order)
+
+
+def explain_rows(
+    table: pd.DataFrame,
+    pixels: np.ndarray,
+    reconstructions: np.ndarray,
+    data_config: DataConfig,
+    *,
+    max_side: int = THUMBNAIL_SIDE,
+) -> list[Explanation]:
+    """One :class:`~cxr_anomaly.explain.Explanation` per row, in the table's order.
+
+    The heatmap is laid over the film re-read at its original resolution (then shrunk to
+    ``max_side``); a row whose file cannot be re-read (an .npz member, say) uses the 64x64
+    model input instead.
+    """
+    explanations = []
+    for index, path in enumerate(table["path"].astype(str)):
+        try:
+            film = read_image(path, max_pixels=data_config.max_image_pixels).array  # (H0, W0) float
+        except InputFileError:
+            film = pixels[index]
+        explanations.append(explain_film(film, pixels[index], reconstructions[index], data_config,
+                                         max_side=max_side))
+    return explanations
+
+
+@dataclass
+class ReportSummary:
+    """Counts shown at the top of the report."""
+
+    num_films: int
+    num_flagged: int | None
+    threshold: float | None
+    operating_point: str
+
+
+def _format(value: object, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "—"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.{digits}f}"
+    return html.escape(str(value))
+
+
+def summarise(table: pd.DataFrame, calibration: Calibration | None) -> ReportSummary:
+    """How many films the stored operating point flags, and which point that is."""
+    if calibration is None or "decision" not in table:
+        return ReportSummary(len(table), None, None, "none (the checkpoint has no calibration)")
+    flagged = int((table["decision"] == "flag").sum())
+    if calibration.operating_point == "sensitivity":
+        point = (f"target sensitivity {calibration.target_sensitivity:.0%} on validation abnormal films "
+                 f"(validation specificity {_format(calibration.validation_specificity)})")
+    else:
+        point = f"target specificity {calibration.target_specificity:.0%} on {calibration.num_normals} normal validation films"
+    return ReportSummary(len(table), flagged, calibration.threshold, point)
+
+
+PAGE_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em}table{border-collapse:collapse}
+th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:middle;font-size:.9em}
+th{background:#f3f3f3;position:sticky;top:0}
+img{display:block;width:128px;height:auto;image-rendering:auto}
+.flag{color:#fff;background:#b3261e;padding:2px 6px;border-radius:3px;font-weight:600}
+.normal{color:#1b5e20;background:#e3f2e5;padding:2px 6px;border-radius:3px}
+.summary{background:#f7f7fa;border:1px solid #ddd;padding:.8em 1em;margin-bottom:1em;max-width:60em}
+.path{max-width:18em;word-break:break-all;font-family:monospace;font-size:.8em}
+"""
+
+
+def write_html_report(
+    path: str | Path,
+    ranked: pd.DataFrame,
+    explanations: list[Explanation],
+    *,
+    calibration: Calibration | None,
+    model_description: str,
+    title: str = "cxr-anomaly worklist",
+) -> Path:
+    """Write the self-contained HTML worklist for a ranked table (see :func:`rank_table`).
+
+    Args:
+        path: HTML file to write.
+        ranked: the ranked score table; row i is explained by ``explanations[i]``.
+        explanations: thumbnail, reconstruction and heatmap of each row.
+        calibration: the checkpoint's operating point, for the summary.
+        model_description: which checkpoint scored the films (shown in the summary).
+        title: the page title.
+    """
+    if len(ranked) != len(explanations):
+        raise ValueError(f"{len(ranked)} rows but {len(explanations)} explanations")
+    summary = summarise(ranked, calibration)
+    flagged_text = ("no operating point stored: scores only" if summary.num_flagged is None else
+                    f"<b>{summary.num_flagged}</b> of {summary.num_films} films would be flagged "
+                    f"({summary.num_flagged / max(summary.num_films, 1):.0%}); "
+                    f"{summary.num_films - summary.num_flagged} go to the back of the queue")
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    extra_columns = [column for column in ("label", "view", *LINK_TAGS, *PATIENT_TAGS) if column in ranked]
+    header_cells = "".join(f"<th>{html.escape(column)}</th>" for column in (
+        "rank", "film", "reconstruction", "heatmap", "score (z)", "raw score", "percentile",
+        "decision", "file", *extra_columns))
+    rows = []
+    for (_, row), explanation in zip(ranked.iterrows(), explanations):
+        decision = row.get("decision")
+        decision_cell = (f'<span class="{html.escape(str(decision))}">{html.escape(str(decision))}</span>'
+                         if isinstance(decision, str) else "—")
+        calibrated = row.get("score_calibrated")
+        cells = [
+            f"<td>{int(row['rank'])}</td>",
+            f'<td><img alt="film" src="{png_data_uri(explanation.original)}"></td>',
+            f'<td><img alt="reconstruction" src="{png_data_uri(explanation.reconstruction)}"></td>',
+            f'<td><img alt="heatmap" src="{png_data_uri(explanation.overlay)}"></td>',
+            f"<td>{_format(calibrated, 2)}</td>",
+            f"<td>{_format(row['score_raw'], 4)}</td>",
+            f"<td>{_format(row.get('percentile'), 1)}</td>",
+            f'<td class="decision">{decision_cell}</td>',
+            f'<td class="path">{html.escape(str(row["path"]))}</td>',
+            *(f"<td>{_format(row[column])}</td>" for column in extra_columns),
+        ]
+        rows.append(f'<tr class="film-row">{"".join(cells)}</tr>')
+    threshold_text = "—" if summary.threshold is None else f"{summary.threshold:.4g}"
+    document = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{PAGE_STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<div class="summary" id="summary">
+<p id="flagged-summary">{flagged_text}.</p>
+<p>Operating point: {html.escape(summary.operating_point)}; raw-score threshold {threshold_text}.
+Films are sorted by score, most suspicious first. The percentile is the film's place among normal
+validation films; the heatmap shows |x − x'| (where the model's reconstruction of a normal film
+differs from this one) over the film at its original resolution.</p>
+<p>Model: {html.escape(model_description)}. Generated {generated} by cxr-anomaly {__version__}.
+This is a triage aid for prioritising reading, not a diagnosis.</p>
+</div>
+<table id="worklist"><thead><tr>{header_cells}</tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table>
+</body></html>
+"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    logger.info("wrote worklist report of %d films -> %s", len(ranked), path)
+    return path
