@@ -6,6 +6,8 @@ repository root (present in CI); they skip with a clear message only where that 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,73 @@ def shared_data() -> Path:
             "public chest X-ray collections beside the repository checkout"
         )
     return SHARED_DATA
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A detector trained for one epoch on 64 NIH1000 training normals, for tests that need one.
+
+    Attributes:
+        checkpoint: the calibrated ``model.pt`` (calibrated on 24 validation normals).
+        manifest: CSV of the training rows plus 24 normal and 24 abnormal validation rows.
+        nih1000: the NIH1000 folder.
+    """
+
+    checkpoint: Path
+    manifest: Path
+    nih1000: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_nih_model(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Train a small real detector once per test session (1 epoch, 64 normals, 16 base channels)."""
+    import pandas as pd
+
+    from cxr_anomaly.config import Config, with_overrides
+    from cxr_anomaly.pipeline import train_job
+
+    nih1000 = shared_data / "nih1000"
+    manifest = pd.read_csv(nih1000 / "manifest.csv")
+    manifest["path"] = [str(nih1000 / path) for path in manifest["path"]]
+    train = manifest[(manifest["split"] == "train") & (manifest["label"] == 0)].head(64)
+    validation = manifest[manifest["split"] == "valid"].groupby("label").head(24)
+    folder = tmp_path_factory.mktemp("tiny_nih_model")
+    manifest_path = folder / "manifest.csv"
+    pd.concat([train, validation]).to_csv(manifest_path, index=False)
+    config = with_overrides(Config(), "model", base_channels=16, latent_dim=32)
+    config = with_overrides(config, "train", epochs=1, batch_size=32, seed=0, device="cpu")
+    outcome = train_job([manifest_path], folder / "run", config, progress=False)
+    return TinyModel(outcome.checkpoint, manifest_path, nih1000)
+
+
+PATIENT_IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "PID-93417", "PatientBirthDate": "19610203"}
+
+
+def write_dicom_film(pixels: object, path: Path, *, study_uid: str, sop_uid: str) -> Path:
+    """Save uint8 pixels (rows, columns) as a DICOM DX film carrying fake patient identifiers."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = SecondaryCaptureImageStorage
+    dataset.SOPInstanceUID = sop_uid
+    dataset.StudyInstanceUID = study_uid
+    dataset.Modality = "DX"
+    for keyword, value in PATIENT_IDENTIFIERS.items():
+        setattr(dataset, keyword, value)
+    dataset.set_pixel_data(np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2",
+                           bits_stored=8)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dicom_writer() -> Callable[..., Path]:
+    """:func:`write_dicom_film`, for tests in other folders that cannot import this module."""
+    return write_dicom_film
