@@ -138,9 +138,3 @@ def to_model_tensor(pixels: np.ndarray, data_config: DataConfig) -> torch.Tensor
     images = apply_intensity(pixels, data_config.intensity)
     return torch.from_numpy(images * 2.0 - 1.0).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
 
-
-def skipped_table(skipped: list[SkippedFile]) -> pd.DataFrame:
-    """The skipped files as a table (columns ``path``, ``reason``), for reports and CSV output."""
-    return pd.DataFrame({"path": [item.path for item in skipped],
-                         "reason": [item.reason for item in skipped]})
-

@@ -1,0 +1,73 @@
+"""Manifest CSVs and folders: the real shipped manifests and malformed tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxr_anomaly.data.manifest import load_inputs, read_manifest_csv
+from cxr_anomaly.errors import ManifestError, MissingFileError
+
+
+def test_folder_with_manifest_csv_keeps_patient_ids(shared_data: Path) -> None:
+    manifest = load_inputs(shared_data / "nih1000")
+    assert len(manifest) == 1000
+    assert manifest["patient_id"].notna().all() and manifest["view"].isin(["PA", "AP"]).all()
+    assert manifest["path"].map(lambda path: Path(path).is_file()).all()
+
+
+def test_text_labels_and_patient_key_of_the_kermany_copy(shared_data: Path) -> None:
+    manifest = read_manifest_csv(shared_data / "kermany224" / "manifest.csv")
+    assert manifest["label"].value_counts().to_dict() == {1: 4273, 0: 1583}
+    assert manifest["patient_id"].notna().all()
+
+
+def test_kermany_tree_gets_patient_keys(shared_data: Path) -> None:
+    manifest = load_inputs(shared_data / "kermany224" / "data")
+    assert len(manifest) == 5856 and manifest["patient_id"].notna().all()
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "manifest.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("file,label\na.png,0\n", "missing required column 'path'"),
+    ("path,label\na.png,maybe\n", "row 1: label 'maybe' is not 0, 1 or empty"),
+    ("path,label,split\na.png,0,holdout\n", "row 1: split 'holdout' is not train, val or test"),
+    ("path,label\na.png,0\n ,1\n", "row 2: empty path"),
+    ("path,label\na.png,2\n", "label '2'"),
+    (b"path,label\n\xff\xfe\x00\x81,0\n", "cannot parse CSV"),
+    ("", "cannot parse CSV"),
+])
+def test_malformed_csv_names_the_file_and_the_problem(tmp_path: Path, content: str | bytes, message: str) -> None:
+    path = write(tmp_path, content)
+    with pytest.raises(ManifestError) as caught:
+        read_manifest_csv(path)
+    assert caught.value.path == str(path)
+    assert message in caught.value.reason
+
+
+def test_missing_inputs(tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError):
+        read_manifest_csv(tmp_path / "absent.csv")
+    with pytest.raises(MissingFileError):
+        load_inputs(tmp_path / "absent_folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no image files"):
+        load_inputs(tmp_path / "empty")
+
+
+def test_npz_without_images(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = tmp_path / "labels_only.npz"
+    np.savez(path, train_labels=np.zeros((3, 1)))
+    with pytest.raises(ManifestError, match="_images"):
+        load_inputs(path)
+    broken = write(tmp_path, b"not a zip archive", "broken.npz")
+    with pytest.raises(ManifestError, match="cannot open as npz"):
+        load_inputs(broken)

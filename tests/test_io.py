@@ -1,0 +1,107 @@
+"""Image reading on real films, and each kind of hostile file."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_anomaly.errors import DecompressionBombError, MissingFileError, UnreadableImageError
+from cxr_anomaly.io import read_image, resize_grey, sniff_format
+
+
+@pytest.fixture(scope="module")
+def full_film(shared_data: Path) -> Path:
+    return shared_data / "nih_fullres" / "00000427_000.png"
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` grey pixels but holds one row."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1))) + chunk(b"IEND", b""))
+
+
+def test_real_rgb_png_becomes_grey_in_unit_range(shared_data: Path) -> None:
+    path = next((shared_data / "nih1000" / "train" / "0_normal").glob("*.png"))
+    read = read_image(path)
+    with Image.open(path) as image:
+        assert image.mode in ("RGB", "RGBA")
+        expected = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    assert read.array.shape == (64, 64) and read.array.dtype == np.float32
+    np.testing.assert_allclose(read.array, expected, atol=1e-6)
+    assert read.metadata["format"] == "png"
+
+
+def test_format_is_sniffed_not_taken_from_the_suffix(shared_data: Path, tmp_path: Path) -> None:
+    jpeg = next((shared_data / "kermany224" / "data" / "train" / "NORMAL").glob("*.jpeg"))
+    disguised = tmp_path / "film.png"
+    disguised.write_bytes(jpeg.read_bytes())
+    assert read_image(disguised).metadata["format"] == "jpeg"
+    assert sniff_format(b"\x89PNG\r\n\x1a\n") == "png" and sniff_format(b"GIF89a") is None
+
+
+def test_full_size_film_resizes_with_antialiasing(full_film: Path) -> None:
+    array = read_image(full_film).array  # (1024, 1024)
+    small = resize_grey(array, 64).astype(np.float64) / 255.0  # (64, 64)
+    block_means = array.reshape(64, 16, 64, 16).mean(axis=(1, 3))  # (1024, 1024) -> (64, 64)
+    assert np.abs(small - block_means).mean() < 0.02
+    assert np.abs(small - array[::16, ::16]).mean() > np.abs(small - block_means).mean()
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError) as caught:
+        read_image(tmp_path / "absent.png")
+    assert caught.value.path == str(tmp_path / "absent.png")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(UnreadableImageError, match="empty") as caught:
+        read_image(path)
+    assert caught.value.path == str(path)
+
+
+def test_truncated_png(full_film: Path, tmp_path: Path) -> None:
+    path = tmp_path / "truncated.png"
+    path.write_bytes(full_film.read_bytes()[:50_000])
+    with pytest.raises(UnreadableImageError, match="cannot decode PNG") as caught:
+        read_image(path)
+    assert caught.value.path == str(path)
+
+
+def test_corrupt_png(full_film: Path, tmp_path: Path) -> None:
+    content = bytearray(full_film.read_bytes())
+    content[200:5000] = bytes(4800)  # zero the start of the compressed pixel data
+    path = tmp_path / "corrupt.png"
+    path.write_bytes(bytes(content))
+    with pytest.raises(UnreadableImageError, match="cannot decode PNG"):
+        read_image(path)
+
+
+def test_non_image_file(tmp_path: Path) -> None:
+    path = tmp_path / "report.png"
+    path.write_text("patient,finding\n1,effusion\n")
+    with pytest.raises(UnreadableImageError, match="not a PNG, JPEG") as caught:
+        read_image(path)
+    assert caught.value.path == str(path)
+
+
+def test_decompression_bomb_declared_in_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(40_000, 40_000))  # 1.6e9 pixels in a few hundred bytes
+    with pytest.raises(DecompressionBombError) as caught:
+        read_image(path)
+    assert caught.value.path == str(path)
+
+
+def test_pixel_limit_applies_to_real_films(full_film: Path) -> None:
+    with pytest.raises(DecompressionBombError, match="1048576 pixels exceeds the limit of 1000000"):
+        read_image(full_film, max_pixels=1_000_000)
