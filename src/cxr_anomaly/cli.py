@@ -155,6 +155,58 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("auto", "train", "val", "test", "all"), default="auto",
                           help="rows to evaluate; auto = the test split when the data has one, else all")
     add_data_options(evaluate)
+
+    split = commands.add_parser(
+        "split", help="write a patient-disjoint split of a data set as a manifest CSV",
+        description="Re-split INPUT (a manifest CSV, a folder with manifest.csv, a Kermany tree) so that "
+                    "no patient is in two splits; or, with --paper, build Tang et al.'s exact-size split "
+                    "from the official NIH or RSNA tables (INPUT is then the label table).",
+    )
+    split.add_argument("input", type=Path, metavar="INPUT", help="data set, or the label table with --paper")
+    split.add_argument("--out", required=True, type=Path, metavar="CSV", help="manifest CSV to write")
+    split.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    split.add_argument("--val-fraction", type=float, default=0.15, help="share of films for validation")
+    split.add_argument("--test-fraction", type=float, default=0.15, help="share of films for testing")
+    split.add_argument("--paper", choices=("nih", "rsna"), default=None,
+                       help="build experiment 1 (nih) or 2 (rsna) of the paper from the official tables")
+    split.add_argument("--images", type=Path, default=None, help="with --paper: folder of the films")
+    split.add_argument("--view", choices=("all", "PA", "AP"), default="all", help="with --paper: view filter")
+    split.add_argument("--class-info", type=Path, default=None,
+                       help="with --paper rsna: stage_2_detailed_class_info.csv")
+    split.add_argument("--headers", type=Path, default=None,
+                       help="with --paper rsna: DICOM header table giving ViewPosition")
+    split.add_argument("--skip-missing-images", action="store_true",
+                       help="with --paper and --images: leave out films absent from --images")
+
+    reproduce = commands.add_parser(
+        "reproduce", help="the paper's Table 1 and Figure 2 on labelled data, with baselines",
+        description="Train and score every ablation variant for every seed on one patient-disjoint "
+                    "split, beside PCA and kNN baselines fitted on the same training normals, and "
+                    "write table.md, table.csv, roc.png and figure2.png into DIR. Finished (variant, "
+                    "seed) cells are kept in DIR/cells; running again skips them.",
+    )
+    reproduce.add_argument("--data", required=True, nargs="+", type=Path, metavar="MANIFEST_OR_DIR",
+                           help="labelled films (normal and abnormal); only normals train")
+    reproduce.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    reproduce.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default 5)")
+    reproduce.add_argument("--variants", default=",".join(VARIANTS),
+                           help=f"comma-separated variants (default {','.join(VARIANTS)})")
+    reproduce.add_argument("--split", dest="split_strategy", choices=("resplit", "given"), default="resplit",
+                           help="resplit (default): a new patient-disjoint train/val/test split; "
+                                "given: the data's own split column")
+    reproduce.add_argument("--split-seed", type=int, default=0, help="seed of the re-split")
+    reproduce.add_argument("--val-fraction", type=float, default=0.2, help="validation share (by patient)")
+    reproduce.add_argument("--test-fraction", type=float, default=0.2, help="test share (by patient)")
+    reproduce.add_argument("--view", default=None, help="keep only films of this view, e.g. PA")
+    reproduce.add_argument("--max-train-normals", type=int, default=None,
+                           help="train on at most this many normals (seeded draw), for short runs")
+    reproduce.add_argument("--epochs", type=int, default=None, help="training epochs per cell")
+    reproduce.add_argument("--config", type=Path, default=None, metavar="FILE",
+                           help="TOML or JSON config file; command-line options override it")
+    reproduce.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    reproduce.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                           help="fp32 (default) or bf16 autocast")
+    add_data_options(reproduce)
     return parser
 
 
@@ -224,6 +276,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                             progress=progress)
             print(f"AUC {outcome.metrics.auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
+        elif args.command == "split":
+            from .data.splits import resplit_manifest, write_paper_split
+
+            if args.paper is not None:
+                written = write_paper_split(
+                    args.paper, args.out, labels_csv=args.input, seed=args.seed, view=args.view,
+                    image_root=args.images, class_info_csv=args.class_info, headers_csv=args.headers,
+                    on_missing="skip" if args.skip_missing_images else "error")
+                films = written.summary.films
+            else:
+                films = resplit_manifest(args.input, args.out, seed=args.seed, val_fraction=args.val_fraction,
+                                         test_fraction=args.test_fraction).summary.films
+            counts = ", ".join(f"{name} {films.get((name, 0), 0)} normal + {films.get((name, 1), 0)} abnormal"
+                               for name in ("train", "val", "test"))
+            print(f"patient-disjoint split written to {args.out}: {counts}")
+        elif args.command == "reproduce":
+            from .reproduce import ReproduceOptions, reproduce_job
+
+            config = load_config(args.config) if args.config else Config()
+            train_changes = {key: value for key, value in (
+                ("epochs", args.epochs), ("device", args.device), ("precision", args.precision))
+                if value is not None}
+            if train_changes:
+                config = with_overrides(config, "train", **train_changes)
+            options = ReproduceOptions(
+                variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                seeds=tuple(range(args.seeds)), split=args.split_strategy, split_seed=args.split_seed,
+                val_fraction=args.val_fraction, test_fraction=args.test_fraction, view=args.view,
+                max_train_normals=args.max_train_normals)
+            outcome = reproduce_job(args.data, args.out, config, options, on_bad_file=args.on_bad_file,
+                                    cache_dir=args.cache_dir, progress=progress)
+            print(outcome.table_md.read_text())
+            print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} reused; "
+                  f"table: {outcome.table_md}, figures: {outcome.roc_path}, {outcome.figure2_path}")
     except (CxrAnomalyError, ValueError) as error:
         logger.error("%s", error)
         return 2

@@ -158,6 +158,9 @@ def paper_split(
     """
     if max_images_per_patient is not None and max_images_per_patient < 1:
         raise ConfigError(f"max_images_per_patient={max_images_per_patient}; must be >= 1 or None")
+    if view != "all" and manifest["view"].isna().all():
+        raise ManifestError(origin, f"view={view} asked for, but the table has no view information "
+                                    "(for RSNA pass the DICOM header table or the image folder)")
     table = _filter_view(manifest, view)
     table = table[table["label"].isin([0, 1]).fillna(False).to_numpy()]
     # A canonical row order makes the split depend on the table's content, not its order.
@@ -336,3 +339,70 @@ def resplit_manifest(
 def with_sizes(sizes: PaperSplitSizes, **changes: int) -> PaperSplitSizes:
     """A copy of ``sizes`` with some fields changed."""
     return replace(sizes, **changes)
+
+
+@dataclass(frozen=True)
+class PaperSplitReport:
+    """What :func:`write_paper_split` wrote."""
+
+    experiment: str
+    output_csv: str
+    seed: int
+    view: str
+    summary: SplitSummary
+
+
+def write_paper_split(
+    experiment: Literal["nih", "rsna"],
+    output_csv: str | Path,
+    *,
+    labels_csv: str | Path,
+    seed: int,
+    view: View = "all",
+    image_root: str | Path | None = None,
+    class_info_csv: str | Path | None = None,
+    headers_csv: str | Path | None = None,
+    sizes: PaperSplitSizes | None = None,
+    on_missing: Literal["error", "skip"] = "error",
+) -> PaperSplitReport:
+    """Build a paper split from the official tables and write it as a manifest CSV.
+
+    The CSV feeds ``cxr-anomaly train`` / ``evaluate`` directly (columns path, label, split,
+    patient_id, view and the source's own). With ``image_root``, paths are the films found
+    there; without it, bare file names (for inspecting the split before the images arrive).
+
+    Args:
+        experiment: ``"nih"`` (``labels_csv`` = ``Data_Entry_2017*.csv``) or ``"rsna"``
+            (``labels_csv`` = ``stage_2_train_labels.csv``, plus ``class_info_csv``).
+        output_csv: where to write.
+        labels_csv: the official label table.
+        seed: seed of the split.
+        view: ``PA``, ``AP`` or ``all``.
+        image_root: folder of the films, searched recursively.
+        class_info_csv: RSNA ``stage_2_detailed_class_info.csv``.
+        headers_csv: RSNA DICOM header table, for views without opening the DICOM files.
+        sizes: split sizes; the paper's by default.
+        on_missing: films of the table absent from ``image_root``: ``"error"``, or ``"skip"``
+            (left out before the split is drawn, and logged).
+    """
+    if experiment == "nih":
+        from .nih import build_nih_manifest
+
+        table = build_nih_manifest(image_root, labels_csv, on_missing=on_missing)
+        result = nih_paper_split(table, seed=seed, view=view, sizes=sizes or NIH_PAPER_SIZES)
+    elif experiment == "rsna":
+        from .rsna import build_rsna_manifest
+
+        if class_info_csv is None:
+            raise ConfigError("the RSNA split needs class_info_csv (stage_2_detailed_class_info.csv)")
+        table = build_rsna_manifest(image_root, labels_csv, class_info_csv, headers_csv=headers_csv,
+                                    on_missing=on_missing)
+        result = rsna_paper_split(table, seed=seed, view=view, sizes=sizes or RSNA_PAPER_SIZES)
+    else:
+        raise ConfigError(f"experiment={experiment!r}; expected 'nih' or 'rsna'")
+    output_csv = Path(output_csv)
+    output_csv.parent.mkdir(parents=True, exist_ok=True)
+    result.to_csv(output_csv, index=False)
+    summary = summarise_split(result)
+    logger.info("wrote %s: %s split, view %s, seed %d: %s", output_csv, experiment, view, seed, summary.films)
+    return PaperSplitReport(experiment, str(output_csv), seed, view, summary)
