@@ -143,3 +143,33 @@ def test_resplit_refuses_data_without_patient_ids(shared_data: Path, tmp_path: P
     with pytest.raises(ManifestError, match="patient"):
         resplit_manifest(shared_data / "medmnist" / "pneumoniamnist.npz", tmp_path / "x.csv",
                          seed=0, val_fraction=0.1, test_fraction=0.1)
+
+
+def test_split_command_builds_the_nih_paper_split(shared_data: Path, tmp_path: Path) -> None:
+    from cxr_anomaly.cli import main
+
+    output = tmp_path / "nih_paper.csv"
+    table = shared_data / "labels" / "Data_Entry_2017_v2020.csv.gz"
+    assert main(["split", str(table), "--paper", "nih", "--view", "PA", "--seed", "2", "--out", str(output)]) == 0
+    written = pd.read_csv(output, dtype={"patient_id": str})
+    assert summarise_split(written).films == NIH_EXPECTED and set(written["view"]) == {"PA"}
+
+
+def test_paper_split_with_images_on_disk(shared_data: Path, tmp_path: Path) -> None:
+    from cxr_anomaly.data.splits import write_paper_split
+
+    sizes = PaperSplitSizes(train_normal=4, val_normal=2, val_abnormal=2, test_normal=2, test_abnormal=2)
+    report = write_paper_split("nih", tmp_path / "small.csv", seed=0, sizes=sizes, on_missing="skip",
+                               labels_csv=shared_data / "labels" / "Data_Entry_2017_v2020.csv.gz",
+                               image_root=shared_data / "nih_fullres")
+    written = read_manifest_csv(tmp_path / "small.csv")
+    assert len(written) == 12 and report.summary.crossing_patients == []
+    assert written["path"].map(lambda path: Path(path).is_file()).all()
+
+
+def test_rsna_view_filter_without_views_is_explained(shared_data: Path) -> None:
+    labels = shared_data / "labels"
+    table = build_rsna_manifest(None, labels / "kaggle_stage_2_train_labels.csv.zip",
+                                labels / "stage_2_detailed_class_info.csv")
+    with pytest.raises(ManifestError, match="no view information"):
+        rsna_paper_split(table, seed=0, view="PA")
