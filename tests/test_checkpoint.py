@@ -1,0 +1,223 @@
+"""Checkpoints: round trip, safety against pickle payloads, versions, atomic writes (issues 2, 7)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxr_anomaly import __version__
+from cxr_anomaly.checkpoint import (
+    CHECKPOINT_FORMAT,
+    TrainingState,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+    load_checkpoint,
+    load_training_state,
+    remove_stale_temporaries,
+    save_checkpoint,
+    save_training_state,
+)
+from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.errors import CheckpointError
+from cxr_anomaly.io import read_image, resize_grey
+from cxr_anomaly.scoring import fit_calibration, score_pixels
+from cxr_anomaly.training import build_detector, train_detector
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny networks train faster on one thread than on two contended ones."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def films(shared_data: Path) -> np.ndarray:
+    """24 real NIH normals (64x64 uint8)."""
+    folder = shared_data / "nih1000"
+    manifest = pd.read_csv(folder / "manifest.csv")
+    rows = manifest[(manifest["split"] == "train") & (manifest["label"] == 0)].head(24)
+    return np.stack([resize_grey(read_image(folder / path).array, 64) for path in rows["path"]])
+
+
+def non_default_config() -> Config:
+    """A configuration with a value changed in every section."""
+    config = with_overrides(Config(), "model", base_channels=8, latent_dim=12, variant="u+d+e",
+                            input_noise_std=0.03)
+    config = with_overrides(config, "loss", weight_adversarial=3.5)
+    config = with_overrides(config, "train", epochs=1, batch_size=8, seed=11, device="cpu",
+                            checkpoint_every_steps=2)
+    config = with_overrides(config, "data", intensity="per_image")
+    return with_overrides(config, "score", target_specificity=0.9)
+
+
+class CodeExecution:
+    """Unpickling this object would create ``marker``: the attack a checkpoint must not allow."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_round_trip_keeps_weights_config_calibration_and_version(films: np.ndarray, tmp_path: Path) -> None:
+    config = non_default_config()
+    result = train_detector(config, films)
+    calibration = fit_calibration(score_pixels(result.detector, films, config).raw, 0.9)
+    path = save_checkpoint(tmp_path / "model.pt", result.detector, config, calibration=calibration,
+                           training={"note": "round trip", "epochs": [1]})
+
+    loaded = load_checkpoint(path)
+    assert loaded.config == config
+    assert loaded.package_version == __version__
+    assert loaded.calibration == calibration
+    assert loaded.training == {"note": "round trip", "epochs": [1]}
+    assert not loaded.detector.training
+    saved_state, loaded_state = result.detector.state_dict(), loaded.detector.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    for key, value in saved_state.items():
+        assert torch.equal(value, loaded_state[key]), key
+    assert np.array_equal(score_pixels(result.detector, films, config).raw,
+                          score_pixels(loaded.detector, films, loaded.config).raw)
+
+
+def test_a_pickle_payload_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
+    malicious = {
+        "format": CHECKPOINT_FORMAT, "format_version": 1, "package_version": __version__,
+        "config": {}, "state_dict": detector.state_dict(), "calibration": None,
+        "training": {"hook": CodeExecution(marker)},
+    }
+    zip_format = tmp_path / "evil.pt"
+    torch.save(malicious, zip_format)
+    legacy_format = tmp_path / "evil_legacy.pt"
+    legacy_format.write_bytes(pickle.dumps(malicious))
+    for path in (zip_format, legacy_format):
+        with pytest.raises(CheckpointError) as caught:
+            load_checkpoint(path)
+        assert str(path) in str(caught.value)
+        assert not marker.exists(), f"loading {path.name} ran the embedded code"
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(zip_format)
+    with pytest.raises(CheckpointError):
+        load_training_state(zip_format)
+    assert not marker.exists()
+    # The trap is real: an unrestricted unpickler does run it.
+    pickle.loads(legacy_format.read_bytes())
+    assert marker.exists()
+
+
+def test_a_newer_format_names_both_versions(tmp_path: Path) -> None:
+    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
+    path = save_checkpoint(tmp_path / "model.pt", detector, Config())
+    payload = torch.load(path, weights_only=True)
+    payload.update(format_version=99, package_version="9.4.0")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="upgrade") as caught:
+        load_checkpoint(path)
+    assert "9.4.0" in str(caught.value) and __version__ in str(caught.value)
+
+
+def test_a_newer_config_layout_names_both_versions(tmp_path: Path) -> None:
+    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
+    path = save_checkpoint(tmp_path / "model.pt", detector, with_overrides(Config(), "model", base_channels=8))
+    payload = torch.load(path, weights_only=True)
+    payload["package_version"] = "2.0.0"
+    payload["config"]["model"]["attention_heads"] = 4  # a setting this version does not know
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="attention_heads") as caught:
+        load_checkpoint(path)
+    assert "2.0.0" in str(caught.value) and __version__ in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "text", "not_a_dict", "other_format"])
+def test_damaged_or_foreign_files_raise_checkpoint_error(damage: str, tmp_path: Path) -> None:
+    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
+    path = save_checkpoint(tmp_path / "model.pt", detector, Config())
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "text":
+        path.write_text("path,label\nx.png,0\n")
+    elif damage == "not_a_dict":
+        torch.save([torch.zeros(2)], path)
+    else:
+        torch.save({"format": "someone-else", "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_training_state_round_trip_is_weights_only(films: np.ndarray, tmp_path: Path) -> None:
+    config = non_default_config()
+    train_detector(config, films, run_dir=tmp_path)
+    path = tmp_path / "training_state.pt"
+    # The file holds tensors and plain values only.
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "cxr-anomaly-training-state"
+    state = load_training_state(path)
+    assert state.config == config
+    assert (state.epochs_done, state.next_step, state.world_size) == (1, 0, 1)
+    assert state.order_rng_state.dtype == torch.uint8 and len(state.noise_rng_states) == 1
+    assert "state" in state.generator_optimizer and state.discriminator_optimizer is not None
+    save_training_state(tmp_path / "copy.pt", state)
+    copy = load_training_state(tmp_path / "copy.pt")
+    assert copy.history == state.history and copy.data_fingerprint == state.data_fingerprint
+    assert torch.equal(copy.order_rng_state, state.order_rng_state)
+    with pytest.raises(CheckpointError, match="cxr-anomaly-training-state"):
+        load_training_state(save_checkpoint(tmp_path / "model.pt", build_detector(config), config))
+
+
+def test_training_state_from_a_newer_version_names_both_versions(tmp_path: Path) -> None:
+    state = TrainingState(
+        config=Config(), model_state={}, generator_optimizer={}, discriminator_optimizer=None,
+        scaler=None, epochs_done=0, next_step=0, global_step=0,
+        order_rng_state=torch.Generator().get_state(), noise_rng_states=[], epoch_sums={},
+        epoch_seconds=0.0, history=[], collapse_streak=0, world_size=1, data_fingerprint="x",
+        seconds=0.0, package_version="3.1.0",
+    )
+    path = save_training_state(tmp_path / "state.pt", state)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 2
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_training_state(path)
+    assert "3.1.0" in str(caught.value) and __version__ in str(caught.value)
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    atomic_torch_save({"value": torch.ones(3)}, path)
+
+    def fail_halfway(stream: object) -> None:
+        stream.write(b"partial")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail_halfway)
+    assert torch.equal(torch.load(path, weights_only=True)["value"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+
+
+def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "config.json", "{}")
+    (tmp_path / ".training_state.pt.abc123.tmp").write_bytes(b"half a file")
+    (tmp_path / "keep.tmp").write_text("not ours: not hidden")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [p.name for p in removed] == [".training_state.pt.abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "keep.tmp"]
