@@ -177,6 +177,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --paper rsna: DICOM header table giving ViewPosition")
     split.add_argument("--skip-missing-images", action="store_true",
                        help="with --paper and --images: leave out films absent from --images")
+
+    reproduce = commands.add_parser(
+        "reproduce", help="the paper's Table 1 and Figure 2 on labelled data, with baselines",
+        description="Train and score every ablation variant for every seed on one patient-disjoint "
+                    "split, beside PCA and kNN baselines fitted on the same training normals, and "
+                    "write table.md, table.csv, roc.png and figure2.png into DIR. Finished (variant, "
+                    "seed) cells are kept in DIR/cells; running again skips them.",
+    )
+    reproduce.add_argument("--data", required=True, nargs="+", type=Path, metavar="MANIFEST_OR_DIR",
+                           help="labelled films (normal and abnormal); only normals train")
+    reproduce.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    reproduce.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default 5)")
+    reproduce.add_argument("--variants", default=",".join(VARIANTS),
+                           help=f"comma-separated variants (default {','.join(VARIANTS)})")
+    reproduce.add_argument("--split", dest="split_strategy", choices=("resplit", "given"), default="resplit",
+                           help="resplit (default): a new patient-disjoint train/val/test split; "
+                                "given: the data's own split column")
+    reproduce.add_argument("--split-seed", type=int, default=0, help="seed of the re-split")
+    reproduce.add_argument("--val-fraction", type=float, default=0.2, help="validation share (by patient)")
+    reproduce.add_argument("--test-fraction", type=float, default=0.2, help="test share (by patient)")
+    reproduce.add_argument("--view", default=None, help="keep only films of this view, e.g. PA")
+    reproduce.add_argument("--max-train-normals", type=int, default=None,
+                           help="train on at most this many normals (seeded draw), for short runs")
+    reproduce.add_argument("--epochs", type=int, default=None, help="training epochs per cell")
+    reproduce.add_argument("--config", type=Path, default=None, metavar="FILE",
+                           help="TOML or JSON config file; command-line options override it")
+    reproduce.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    reproduce.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                           help="fp32 (default) or bf16 autocast")
+    add_data_options(reproduce)
     return parser
 
 
@@ -261,6 +291,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts = ", ".join(f"{name} {films.get((name, 0), 0)} normal + {films.get((name, 1), 0)} abnormal"
                                for name in ("train", "val", "test"))
             print(f"patient-disjoint split written to {args.out}: {counts}")
+        elif args.command == "reproduce":
+            from .reproduce import ReproduceOptions, reproduce_job
+
+            config = load_config(args.config) if args.config else Config()
+            train_changes = {key: value for key, value in (
+                ("epochs", args.epochs), ("device", args.device), ("precision", args.precision))
+                if value is not None}
+            if train_changes:
+                config = with_overrides(config, "train", **train_changes)
+            options = ReproduceOptions(
+                variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                seeds=tuple(range(args.seeds)), split=args.split_strategy, split_seed=args.split_seed,
+                val_fraction=args.val_fraction, test_fraction=args.test_fraction, view=args.view,
+                max_train_normals=args.max_train_normals)
+            outcome = reproduce_job(args.data, args.out, config, options, on_bad_file=args.on_bad_file,
+                                    cache_dir=args.cache_dir, progress=progress)
+            print(outcome.table_md.read_text())
+            print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} reused; "
+                  f"table: {outcome.table_md}, figures: {outcome.roc_path}, {outcome.figure2_path}")
     except (CxrAnomalyError, ValueError) as error:
         logger.error("%s", error)
         return 2

@@ -1,0 +1,476 @@
+"""Table 1 and Figure 2 of Tang et al. (ICASSP 2019) on any labelled collection, with baselines.
+
+:func:`reproduce_job` trains and scores every ablation variant (U, U+E, U+D, U+D+E) for every
+seed on one patient-disjoint split, fits the pixel baselines (PCA reconstruction error and
+k-nearest-neighbour distance, :mod:`cxr_anomaly.baselines`) on the same training normals and
+the same preprocessed pixels, and writes:
+
+- ``table.md`` and ``table.csv``: AUC mean ± std over seeds per variant and baseline, average
+  precision, AUC per view (when views are known), the AUC of each score component, and the
+  validation AUC (which a user may select on; the test AUC must not be selected on);
+- ``roc.png``: one ROC curve per variant (first seed) and per baseline;
+- ``figure2.png``: training, normal test and abnormal test films, each above its reconstruction;
+- ``split.csv``: the manifest with the split used; ``cells/VARIANT-seedN/``: one finished
+  (variant, seed) cell each.
+
+A cell is written atomically once finished, with a fingerprint of its configuration and of the
+split; a second run with the same settings skips finished cells, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
+from .config import VARIANTS, Config, config_to_dict, with_overrides
+from .data.dataset import OnBadFile, load_images
+from .data.manifest import load_inputs
+from .data.splits import patient_disjoint_split
+from .errors import ConfigError, NoNormalImagesError
+from .evaluation import compute_metrics, plot_roc, reconstruction_grid
+from .scoring import ScoreResult, score_pixels
+from .training import resolve_device, train_detector
+
+logger = logging.getLogger(__name__)
+
+# AUCs of Table 1 of the paper (NIH ChestX-ray14, all views), shown beside ours for reference.
+PAPER_TABLE1_AUC: dict[str, float] = {"u": 0.627, "u+e": 0.687, "u+d": 0.737, "u+d+e": 0.841}
+COMPONENTS: tuple[str, ...] = ("reconstruction", "adversarial", "latent")
+FIGURE_FILMS_PER_ROW = 8
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """What to run and on which split.
+
+    Attributes:
+        variants: ablation variants to train, in table order.
+        seeds: training seeds; every variant runs once per seed.
+        split: ``resplit`` re-draws a patient-disjoint train/val/test split from ``split_seed``
+            (the default: the given splits of NIH1000 and Kermany share patients); ``given``
+            keeps the data's own ``split`` column.
+        split_seed: seed of the patient-disjoint re-split.
+        val_fraction: share of films (by patient) put in validation by the re-split.
+        test_fraction: share of films (by patient) put in test by the re-split.
+        view: keep only films of this view position (e.g. ``PA``); None keeps all.
+        pca_components: components of the PCA baseline.
+        neighbours: k of the kNN baseline.
+        max_train_normals: keep at most this many training normals (seeded draw), for short runs.
+    """
+
+    variants: tuple[str, ...] = VARIANTS
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    split: str = "resplit"
+    split_seed: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    view: str | None = None
+    pca_components: int = DEFAULT_PCA_COMPONENTS
+    neighbours: int = DEFAULT_NEIGHBOURS
+    max_train_normals: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [variant for variant in self.variants if variant not in VARIANTS]
+        if unknown or not self.variants:
+            raise ConfigError(f"variants={list(self.variants)}; expected some of {VARIANTS}")
+        if len(set(self.variants)) != len(self.variants):
+            raise ConfigError(f"variants={list(self.variants)} lists a variant twice")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={list(self.seeds)}; need at least one, each once")
+        if self.split not in ("resplit", "given"):
+            raise ConfigError(f"split={self.split!r}; expected 'resplit' or 'given'")
+        if self.max_train_normals is not None and self.max_train_normals < 2:
+            raise ConfigError(f"max_train_normals={self.max_train_normals}; must be >= 2")
+
+
+@dataclass
+class SplitData:
+    """Pixels of one split, ready for training and scoring.
+
+    Attributes:
+        manifest: every kept row, with the ``split`` column used.
+        train_normals: uint8 (N, H, W) normal training films, the only films anything learns from.
+        val_pixels: uint8 (V, H, W) labelled validation films; ``val_labels`` (V,) 0/1.
+        test_pixels: uint8 (T, H, W) labelled test films; ``test_labels`` (T,) 0/1.
+        test_views: view of each test film, or None when views are unknown.
+        fingerprint: hash of the paths in each split, to tell whether a finished cell used it.
+    """
+
+    manifest: pd.DataFrame
+    train_normals: np.ndarray
+    val_pixels: np.ndarray
+    val_labels: np.ndarray
+    test_pixels: np.ndarray
+    test_labels: np.ndarray
+    test_views: np.ndarray | None
+    fingerprint: str
+
+
+@dataclass
+class CellResult:
+    """One finished (variant, seed) cell.
+
+    Attributes:
+        test: metrics of the combined score on the test split (AUC, AP, per view, components).
+        val: the same on the validation split (for model selection; never select on test).
+        seconds: training and scoring wall time.
+    """
+
+    variant: str
+    seed: int
+    seconds: float
+    test: dict[str, object]
+    val: dict[str, object]
+    final_reconstruction_loss: float
+    fingerprint: str
+
+
+@dataclass
+class ReproduceOutcome:
+    """What :func:`reproduce_job` wrote and measured."""
+
+    table: pd.DataFrame
+    table_md: Path
+    table_csv: Path
+    roc_path: Path
+    figure2_path: Path | None
+    cells_run: list[str] = field(default_factory=list)
+    cells_skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def prepare_split(manifest: pd.DataFrame, pixels: np.ndarray, options: ReproduceOptions) -> SplitData:
+    """Apply the view filter and the split, and gather pixels per split.
+
+    Args:
+        manifest: rows of loaded films; ``pixels`` (N, H, W) are in the same order.
+        pixels: uint8 films.
+        options: view, split strategy and fractions.
+
+    Raises:
+        NoNormalImagesError: no normal training film, or a split lacks one of the classes.
+    """
+    manifest = manifest.reset_index(drop=True)
+    keep = manifest["label"].notna().to_numpy()
+    if options.view is not None:
+        keep &= (manifest["view"].astype("string").str.upper() == options.view.upper()).fillna(False).to_numpy()
+    manifest, pixels = manifest[keep].reset_index(drop=True), pixels[keep]
+    if options.split == "resplit":
+        manifest = patient_disjoint_split(manifest, seed=options.split_seed,
+                                          val_fraction=options.val_fraction,
+                                          test_fraction=options.test_fraction)
+    split = manifest["split"].astype("string").to_numpy()
+    labels = manifest["label"].to_numpy().astype(int)
+    train_mask = (split == "train") & (labels == 0)
+    if options.max_train_normals is not None and train_mask.sum() > options.max_train_normals:
+        chosen = np.random.default_rng(options.split_seed).choice(
+            np.flatnonzero(train_mask), size=options.max_train_normals, replace=False)
+        train_mask = np.zeros_like(train_mask)
+        train_mask[chosen] = True
+    val_mask, test_mask = split == "val", split == "test"
+    for name, mask in (("validation", val_mask), ("test", test_mask)):
+        if len(np.unique(labels[mask])) < 2:
+            raise NoNormalImagesError(
+                f"the {name} split holds {int((labels[mask] == 0).sum())} normal and "
+                f"{int((labels[mask] == 1).sum())} abnormal films; AUC needs both")
+    if train_mask.sum() < 2:
+        raise NoNormalImagesError(f"only {int(train_mask.sum())} normal training films")
+    paths = manifest["path"].astype(str).to_numpy()
+    digest = hashlib.sha256()
+    for name, mask in (("train", train_mask), ("val", val_mask), ("test", test_mask)):
+        digest.update(name.encode() + "\n".join(sorted(paths[mask])).encode())
+    views = manifest["view"].to_numpy()[test_mask] if manifest["view"].notna().any() else None
+    manifest = manifest.assign(used_for=np.select([train_mask, val_mask, test_mask],
+                                                  ["train_normal", "val", "test"], "unused"))
+    return SplitData(manifest, pixels[train_mask], pixels[val_mask], labels[val_mask],
+                     pixels[test_mask], labels[test_mask], views, digest.hexdigest()[:16])
+
+
+def cell_name(variant: str, seed: int) -> str:
+    """Folder name of a (variant, seed) cell."""
+    return f"{variant}-seed{seed}"
+
+
+def cell_fingerprint(config: Config, split: SplitData) -> str:
+    """Hash of everything that determines a cell's result."""
+    payload = json.dumps({"config": config_to_dict(config), "split": split.fingerprint}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename, so no half file remains."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _metrics_dict(labels: np.ndarray, scores: ScoreResult, views: np.ndarray | None) -> dict[str, object]:
+    components = {name: getattr(scores, name) for name in COMPONENTS}
+    return compute_metrics(labels, scores.raw, views=views, components=components).to_dict()
+
+
+def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
+    """Train one variant with one seed, score validation and test films, and store the cell.
+
+    ``cell_dir`` receives ``scores.npz`` (test and validation scores and components, and films
+    with their reconstructions for Figure 2) and, last, ``result.json``, whose presence marks
+    the cell finished.
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.train.device)
+    training = train_detector(config, split.train_normals)
+    detector = training.detector
+    test = score_pixels(detector, split.test_pixels, config, device=device, keep_reconstructions=True)
+    val = score_pixels(detector, split.val_pixels, config, device=device)
+    train_shown = split.train_normals[:FIGURE_FILMS_PER_ROW]
+    train_reconstructed = score_pixels(detector, train_shown, config, device=device,
+                                       keep_reconstructions=True).reconstructions
+    assert test.reconstructions is not None and train_reconstructed is not None  # asked for above
+    normal_index = np.flatnonzero(split.test_labels == 0)[:FIGURE_FILMS_PER_ROW]
+    abnormal_index = np.flatnonzero(split.test_labels == 1)[:FIGURE_FILMS_PER_ROW]
+    arrays = {
+        **{f"test_{name}": getattr(test, name) for name in ("raw", *COMPONENTS)},
+        **{f"val_{name}": getattr(val, name) for name in ("raw", *COMPONENTS)},
+        "figure_train": train_shown, "figure_train_reconstruction": train_reconstructed,
+        "figure_normal": split.test_pixels[normal_index],
+        "figure_normal_reconstruction": test.reconstructions[normal_index],
+        "figure_abnormal": split.test_pixels[abnormal_index],
+        "figure_abnormal_reconstruction": test.reconstructions[abnormal_index],
+    }
+    def write_scores(path: Path) -> None:
+        with open(path, "wb") as handle:  # a file object, so numpy does not append ".npz"
+            np.savez(handle, **arrays)
+
+    _atomic_write(cell_dir / "scores.npz", write_scores)
+    result = CellResult(
+        variant=config.model.variant,
+        seed=config.train.seed,
+        seconds=time.perf_counter() - started,
+        test=_metrics_dict(split.test_labels, test, split.test_views),
+        val=_metrics_dict(split.val_labels, val, None),
+        final_reconstruction_loss=training.history[-1].reconstruction,
+        fingerprint=cell_fingerprint(config, split),
+    )
+    _atomic_write(cell_dir / "result.json",
+                  lambda path: path.write_text(json.dumps(result.__dict__, indent=2)))
+    return result
+
+
+def load_finished_cell(cell_dir: Path, fingerprint: str) -> CellResult | None:
+    """The stored cell when it is finished and was made with the same settings, else None."""
+    path = cell_dir / "result.json"
+    if not path.is_file() or not (cell_dir / "scores.npz").is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+        result = CellResult(**values)
+    except (json.JSONDecodeError, TypeError) as error:
+        logger.warning("%s is unreadable (%s); running the cell again", path, error)
+        return None
+    if result.fingerprint != fingerprint:
+        logger.warning("%s was made with other settings or another split; running it again", cell_dir)
+        return None
+    return result
+
+
+def _format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the defined values."""
+    defined = [float(value) for value in values if value is not None and math.isfinite(value)]
+    if not defined:
+        return math.nan, math.nan, 0
+    std = float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0
+    return float(np.mean(defined)), std, len(defined)
+
+
+def summarise(cells: dict[str, list[CellResult]], baselines: dict[str, dict[str, dict[str, object]]],
+              views: Sequence[str]) -> pd.DataFrame:
+    """One row per variant (mean and std over seeds) and per baseline (deterministic: std 0)."""
+    rows = []
+
+    def add(method: str, kind: str, tests: list[dict], vals: list[dict]) -> None:
+        row: dict[str, object] = {"method": method, "kind": kind, "runs": len(tests)}
+        for prefix, metrics in (("", tests), ("val_", vals)):
+            for key in ("auc", "average_precision"):
+                mean, std, _ = _mean_std([m.get(key) for m in metrics])  # type: ignore[misc]
+                row[f"{prefix}{key}_mean"], row[f"{prefix}{key}_std"] = mean, std
+        for view in views:
+            mean, std, _ = _mean_std([m["auc_per_view"].get(view) for m in tests])  # type: ignore[index]
+            row[f"auc_{view}_mean"], row[f"auc_{view}_std"] = mean, std
+        for component in COMPONENTS:
+            mean, _, _ = _mean_std([m["component_auc"].get(component) for m in tests])  # type: ignore[index]
+            row[f"auc_{component}_only"] = mean
+        row["paper_auc"] = PAPER_TABLE1_AUC.get(method, math.nan) if kind == "model" else math.nan
+        rows.append(row)
+
+    for variant, results in cells.items():
+        add(variant, "model", [r.test for r in results], [r.val for r in results])
+    for name, metrics in baselines.items():
+        add(name, "baseline", [metrics["test"]], [metrics["val"]])
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: object, std: object) -> str:
+    if not isinstance(mean, float) or math.isnan(mean):
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str) -> str:
+    """The table as Markdown, AUC mean ± std per method, like the paper's Table 1."""
+    columns = ["method", "runs", "test AUC", "test AP", *[f"AUC {view}" for view in views],
+               "val AUC", "AUC of L1 alone", "paper AUC (NIH)"]
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in table.to_dict("records"):
+        paper = row["paper_auc"]
+        cells = [
+            f"{row['method']}" + (" (baseline)" if row["kind"] == "baseline" else ""),
+            str(row["runs"]),
+            _pm(row["auc_mean"], row["auc_std"]),
+            _pm(row["average_precision_mean"], row["average_precision_std"]),
+            *[_pm(row[f"auc_{view}_mean"], row[f"auc_{view}_std"]) for view in views],
+            _pm(row["val_auc_mean"], row["val_auc_std"]),
+            "-" if math.isnan(row["auc_reconstruction_only"]) else f"{row['auc_reconstruction_only']:.3f}",
+            "-" if math.isnan(paper) else f"{paper:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reproduce_job(
+    data: list[str | Path],
+    out_dir: str | Path,
+    config: Config,
+    options: ReproduceOptions,
+    *,
+    on_bad_file: OnBadFile = "error",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ReproduceOutcome:
+    """Run the ablation and the baselines on one split and write the table and figures.
+
+    Args:
+        data: labelled films (folders, manifests or npz); abnormal films are only scored.
+        out_dir: output folder; finished cells already in it are reused when their settings match.
+        config: the base configuration; each cell overrides ``model.variant`` and ``train.seed``.
+        options: variants, seeds, split and baselines.
+        on_bad_file: ``error`` or ``skip`` unreadable files.
+        cache_dir: preprocessing cache folder.
+        progress: show decoding progress.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = load_inputs(data)
+    images = load_images(manifest, config.data, on_bad_file=on_bad_file, cache_dir=cache_dir,
+                         progress=progress)
+    split = prepare_split(images.manifest, images.pixels, options)
+    split.manifest.to_csv(out_dir / "split.csv", index=False)
+    views = sorted({str(v) for v in split.test_views if isinstance(v, str) and v}) if split.test_views is not None else []
+    logger.info("split %s: %d training normals; validation %d normal + %d abnormal; test %d normal + %d abnormal",
+                split.fingerprint, len(split.train_normals), int((split.val_labels == 0).sum()),
+                int((split.val_labels == 1).sum()), int((split.test_labels == 0).sum()),
+                int((split.test_labels == 1).sum()))
+
+    baseline_scores = fit_and_score_baselines(
+        split.train_normals, {"val": split.val_pixels, "test": split.test_pixels}, config.data,
+        pca_components=options.pca_components, neighbours=options.neighbours)
+    baseline_metrics: dict[str, dict[str, dict[str, object]]] = {}
+    for name in baseline_scores["test"].scores:
+        baseline_metrics[name] = {
+            "test": compute_metrics(split.test_labels, baseline_scores["test"].scores[name],
+                                    views=split.test_views).to_dict(),
+            "val": compute_metrics(split.val_labels, baseline_scores["val"].scores[name]).to_dict(),
+        }
+    (out_dir / "baselines.json").write_text(json.dumps(baseline_metrics, indent=2))
+
+    plan = [(variant, seed) for variant in options.variants for seed in options.seeds]
+    cells: dict[str, list[CellResult]] = {variant: [] for variant in options.variants}
+    run_names: list[str] = []
+    skipped_names: list[str] = []
+    durations: dict[str, list[float]] = {}
+    for index, (variant, seed) in enumerate(plan, start=1):
+        cell_config = with_overrides(with_overrides(config, "model", variant=variant), "train", seed=seed)
+        name = cell_name(variant, seed)
+        cell_dir = out_dir / "cells" / name
+        finished = load_finished_cell(cell_dir, cell_fingerprint(cell_config, split))
+        if finished is not None:
+            logger.info("cell %d/%d %s: finished earlier, skipped", index, len(plan), name)
+            cells[variant].append(finished)
+            skipped_names.append(name)
+            continue
+        remaining = plan[index - 1:]
+        all_durations = [d for values in durations.values() for d in values]
+        if all_durations:
+            estimate = sum(np.mean(durations.get(v, all_durations)) for v, _ in remaining)
+            eta = f"about {_format_duration(float(estimate))} left for {len(remaining)} cells"
+        else:
+            eta = f"{len(remaining)} cells left, time unknown until one finishes"
+        logger.info("cell %d/%d %s: training (%s)", index, len(plan), name, eta)
+        result = run_cell(cell_config, split, cell_dir)
+        durations.setdefault(variant, []).append(result.seconds)
+        logger.info("cell %d/%d %s: test AUC %s, validation AUC %s (%s)", index, len(plan), name,
+                    _fmt(result.test["auc"]), _fmt(result.val["auc"]), _format_duration(result.seconds))
+        cells[variant].append(result)
+        run_names.append(name)
+
+    table = summarise(cells, baseline_metrics, views)
+    table_csv = out_dir / "table.csv"
+    table.to_csv(table_csv, index=False)
+    header = (f"Split {split.fingerprint} ({options.split}, view {options.view or 'all'}): "
+              f"{len(split.train_normals)} training normals, validation "
+              f"{int((split.val_labels == 0).sum())} N + {int((split.val_labels == 1).sum())} A, test "
+              f"{int((split.test_labels == 0).sum())} N + {int((split.test_labels == 1).sum())} A. "
+              f"{config.train.epochs} epochs, base_channels {config.model.base_channels}, "
+              f"intensity {config.data.intensity}. AUC mean ± sample std over seeds {list(options.seeds)}.")
+    table_md = out_dir / "table.md"
+    table_md.write_text(render_markdown(table, views, header))
+
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    first_seed = options.seeds[0]
+    for variant in options.variants:
+        stored = np.load(out_dir / "cells" / cell_name(variant, first_seed) / "scores.npz")
+        curves[f"{variant} (seed {first_seed})"] = (split.test_labels, stored["test_raw"])
+    for name in baseline_scores["test"].scores:
+        curves[f"{name} (baseline)"] = (split.test_labels, baseline_scores["test"].scores[name])
+    roc_path = plot_roc(curves, out_dir / "roc.png", title="ROC on the test split")
+
+    figure_variant = "u+d+e" if "u+d+e" in options.variants else options.variants[-1]
+    stored = np.load(out_dir / "cells" / cell_name(figure_variant, first_seed) / "scores.npz")
+    figure2_path = reconstruction_grid([
+        ("training films", stored["figure_train"], stored["figure_train_reconstruction"]),
+        ("normal test films", stored["figure_normal"], stored["figure_normal_reconstruction"]),
+        ("abnormal test films", stored["figure_abnormal"], stored["figure_abnormal_reconstruction"]),
+    ], out_dir / "figure2.png", per_row=FIGURE_FILMS_PER_ROW)
+    seconds = time.perf_counter() - started
+    logger.info("reproduce finished in %s: %d cells run, %d reused; %s", _format_duration(seconds),
+                len(run_names), len(skipped_names), table_md)
+    return ReproduceOutcome(table, table_md, table_csv, roc_path, figure2_path, run_names,
+                            skipped_names, seconds)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "n/a"
