@@ -87,6 +87,7 @@ def write_dicom_film(pixels: object, path: Path, *, study_uid: str, sop_uid: str
         setattr(dataset, keyword, value)
     dataset.set_pixel_data(np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2",
                            bits_stored=8)
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = sop_uid  # set_pixel_data made a new one
     dataset.save_as(path, enforce_file_format=True)
     return path
 
