@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr_anomaly.data.nih import NIH_FINDINGS, build_nih_manifest, nih_label, read_nih_table
+from cxr_anomaly.data.nih import NIH_FINDINGS, attach_image_paths, index_image_files, nih_label, read_nih_table
 from cxr_anomaly.errors import ManifestError, MissingFileError
 
 HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
@@ -77,13 +77,13 @@ def test_missing_or_empty_table(tmp_path: Path) -> None:
         read_nih_table(empty)
 
 
-def test_manifest_with_images_on_disk(shared_data: Path) -> None:
-    table = shared_data / "labels" / "Data_Entry_2017_v2020.csv.gz"
+def test_manifest_with_images_on_disk(shared_data: Path, nih_table: pd.DataFrame) -> None:
     folder = shared_data / "nih_fullres"
+    files = index_image_files(folder)
     with pytest.raises(MissingFileError, match="not under the image folder"):
-        build_nih_manifest(folder, table)
-    manifest = build_nih_manifest(folder, table, on_missing="skip")
-    assert len(manifest) == 20 and len(manifest.attrs["absent_files"]) == 112_100
+        attach_image_paths(nih_table, files, "Data_Entry_2017_v2020.csv.gz", "error")
+    manifest = attach_image_paths(nih_table, files, "Data_Entry_2017_v2020.csv.gz", "skip")
+    assert len(manifest) == 20 and manifest.attrs["absent_files_count"] == 112_100
     assert manifest["path"].map(lambda path: Path(path).is_file()).all()
     reference = pd.read_csv(folder / "manifest.csv").set_index("image_index")
     expected = reference.loc[manifest["image_index"], "abnormal"].to_numpy()

@@ -171,7 +171,9 @@ def attach_image_paths(manifest: pd.DataFrame, files: dict[str, str], origin: st
                        len(absent), len(names), origin, absent[:5])
     result = manifest[present.to_numpy()].copy()
     result["path"] = result["path"].map(files)
-    result.attrs["absent_files"] = [] if present.all() else names[~present].tolist()
+    # attrs travel (deep-copied) with every derived frame, so they hold a count, not 100k names.
+    result.attrs["absent_files_count"] = int((~present).sum())
+    result.attrs["absent_files_examples"] = names[~present].head(10).tolist()
     return result.reset_index(drop=True)
 
 
@@ -184,7 +186,7 @@ def build_nih_manifest(image_root: str | Path | None, labels_csv: str | Path, *,
         labels_csv: ``Data_Entry_2017_v2020.csv`` (or ``.csv.gz``).
         on_missing: a film of the table absent from ``image_root`` raises
             :class:`MissingFileError` (``"error"``) or is left out and listed in
-            ``manifest.attrs["absent_files"]`` and the log (``"skip"``).
+            counted in ``manifest.attrs["absent_files_count"]`` and logged (``"skip"``).
     """
     manifest = read_nih_table(labels_csv)
     if image_root is None:

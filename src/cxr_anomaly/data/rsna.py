@@ -178,7 +178,7 @@ def build_rsna_manifest(
         headers_csv: optional DICOM header table giving ``ViewPosition`` without opening files.
         include_not_normal: keep "No Lung Opacity / Not Normal" as label 1.
         on_missing: a film absent from ``image_root`` raises (``"error"``) or is left out and
-            listed in ``manifest.attrs["absent_files"]`` and the log (``"skip"``).
+            counted in ``manifest.attrs["absent_files_count"]`` and logged (``"skip"``).
     """
     manifest = read_rsna_tables(labels_csv, class_info_csv, include_not_normal=include_not_normal)
     if headers_csv is not None:
