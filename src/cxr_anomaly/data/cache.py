@@ -111,6 +111,7 @@ class CacheReport:
         failed: files that could not be decoded.
         workers: decoding processes used (1 means in-process).
         seconds: wall time of the call.
+        cpu_seconds: CPU time of the call: this process plus the decoding done in workers.
     """
 
     total: int
@@ -119,6 +120,7 @@ class CacheReport:
     failed: int
     workers: int
     seconds: float
+    cpu_seconds: float
 
 
 def is_npz_member(path: str) -> bool:
@@ -166,15 +168,24 @@ def _open_npz_images(file_part: str) -> dict[str, np.ndarray] | InputFileError:
         return errors.UnreadableImageError(file_part, f"cannot open as npz: {error}")
 
 
-def _decode_chunk(paths: list[str], data_config: DataConfig) -> list[np.ndarray | DecodeFailure]:
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a worker sends back for one chunk of files."""
+
+    outcomes: list[np.ndarray | DecodeFailure]
+    cpu_seconds: float
+
+
+def _decode_chunk(paths: list[str], data_config: DataConfig) -> ChunkResult:
     """Worker entry point: decode a chunk, turning expected errors into picklable failures."""
-    results: list[np.ndarray | DecodeFailure] = []
+    cpu_started = time.process_time()
+    outcomes: list[np.ndarray | DecodeFailure] = []
     for path in paths:
         try:
-            results.append(decode_file(path, data_config))
+            outcomes.append(decode_file(path, data_config))
         except InputFileError as error:
-            results.append(DecodeFailure.from_error(error))
-    return results
+            outcomes.append(DecodeFailure.from_error(error))
+    return ChunkResult(outcomes, time.process_time() - cpu_started)
 
 
 def file_key(path: str) -> str | None:
@@ -301,17 +312,19 @@ def _atomic_write_bytes(path: Path, content: bytes) -> None:
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """Fork where it is safe (one thread, POSIX): workers start in milliseconds, without
-    importing the package again; otherwise forkserver or spawn."""
+    """Forkserver with this module preloaded, or spawn where there is no forkserver.
+
+    Plain fork is avoided: numpy's BLAS (and torch, in a training process) run threads, and
+    forking a threaded process can deadlock a child on a lock held by a thread that did not
+    come along. The fork server imports the decoding code once; each worker is then forked
+    from it in milliseconds, without importing anything again.
+    """
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods:
-        try:
-            single_threaded = len(os.listdir("/proc/self/task")) == 1
-        except OSError:
-            single_threaded = threading.active_count() == 1
-        if single_threaded:
-            return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # ignored once the server runs
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def decode_many(
@@ -341,6 +354,8 @@ def decode_many(
         One entry per path, in order: the pixels, or the :class:`InputFileError` for that file.
     """
     started = time.perf_counter()
+    cpu_started = time.process_time()
+    worker_cpu = [0.0]  # CPU seconds reported by pool workers
     results: list[np.ndarray | InputFileError | None] = [None] * len(paths)
     npz_rows = [row for row, path in enumerate(paths) if is_npz_member(path)]
     if npz_rows:
@@ -408,7 +423,7 @@ def decode_many(
                     accept(key, error)
                 bar.update(1)
         else:
-            _decode_in_pool(missing_keys, path_of_key, data_config, worker_count, accept, bar)
+            worker_cpu[0] = _decode_in_pool(missing_keys, path_of_key, data_config, worker_count, accept, bar)
     finally:
         # Runs on Ctrl-C too: what was decoded is stored before the interrupt propagates.
         flush()
@@ -419,7 +434,8 @@ def decode_many(
     failed = sum(isinstance(result, InputFileError) for result in results)
     if report is not None:
         report.append(CacheReport(len(paths), reused, decoded, failed, worker_count,
-                                  time.perf_counter() - started))
+                                  time.perf_counter() - started,
+                                  time.process_time() - cpu_started + worker_cpu[0]))
     logger.info("decoded %d films, reused %d from the cache, %d failed, %d workers",
                 decoded, reused, failed, worker_count)
     if any(result is None for result in results):  # a bug here must not pass as a silent drop
@@ -434,11 +450,13 @@ def _decode_in_pool(
     worker_count: int,
     accept: Callable[[str, np.ndarray | DecodeFailure], None],
     bar: tqdm,
-) -> None:
+) -> float:
+    """Decode ``keys`` in a process pool, passing each outcome to ``accept``; return worker CPU seconds."""
     # Chunks amortise the per-task cost; several per worker keep the cores busy at the end.
     chunk_size = max(1, min(64, math.ceil(len(keys) / (worker_count * 8))))
     chunks = [keys[start:start + chunk_size] for start in range(0, len(keys), chunk_size)]
     executor = ProcessPoolExecutor(max_workers=worker_count, mp_context=_pool_context())
+    cpu_seconds = 0.0
     try:
         in_flight: dict[Future, list[str]] = {}
         next_chunk = 0
@@ -452,10 +470,13 @@ def _decode_in_pool(
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 chunk = in_flight.pop(future)
-                for key, outcome in zip(chunk, future.result()):
+                chunk_result = future.result()
+                cpu_seconds += chunk_result.cpu_seconds
+                for key, outcome in zip(chunk, chunk_result.outcomes):
                     accept(key, outcome)
                 bar.update(len(chunk))
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
     executor.shutdown(wait=True)
+    return cpu_seconds
