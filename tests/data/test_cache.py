@@ -135,3 +135,43 @@ def test_benchmark_smoke_mode_writes_its_json(tmp_path: Path, shared_data: Path,
     assert result["reused_films"] == 20 and result["decoded_on_reuse"] == 0
     assert result["single_core_rate"] > 0 and result["build_rate"] > 0
     assert result["ceiling_rate"] == pytest.approx(2 * result["single_core_rate"])
+
+
+KILLED_BUILD = """
+import sys, time
+from cxr_anomaly.config import DataConfig
+from cxr_anomaly.data import cache
+
+real_decode = cache.decode_file
+def slow_decode(path, data_config):
+    time.sleep(0.03)  # long enough for the parent to kill the build half-way
+    return real_decode(path, data_config)
+cache.decode_file = slow_decode
+paths = sys.argv[2:]
+print("started", flush=True)
+cache.decode_many(paths, DataConfig(image_size=32), cache_dir=sys.argv[1], workers=1, flush_every=4)
+"""
+
+
+def test_killed_build_leaves_only_whole_shards(films: list[str], tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # 24 films at 30 ms each; the build is killed as soon as its first shard of 4 appears.
+    process = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(tmp_path / "cache"), *films],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "cache").glob("*/shard-*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)  # no finally block runs: the hardest interruption
+    process.wait()
+    store = PreprocessingCache(tmp_path / "cache", CacheParameters.from_config(CONFIG))
+    kept = len(store)
+    assert 0 < kept < 24 and kept % 4 == 0  # whole shards of 4 films, never a partial one
+    results, report = run(films, tmp_path / "cache")
+    assert (report.reused, report.decoded) == (kept, 24 - kept)
+    for path, pixels in zip(films, results):
+        np.testing.assert_array_equal(pixels, decode_file(path, CONFIG))
