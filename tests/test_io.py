@@ -105,3 +105,12 @@ def test_decompression_bomb_declared_in_the_header(tmp_path: Path) -> None:
 def test_pixel_limit_applies_to_real_films(full_film: Path) -> None:
     with pytest.raises(DecompressionBombError, match="1048576 pixels exceeds the limit of 1000000"):
         read_image(full_film, max_pixels=1_000_000)
+
+
+def test_unreadable_path_names_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "looks_like_a_film.png"
+    folder.mkdir()
+    (folder / "inner").write_text("x")
+    with pytest.raises((UnreadableImageError, MissingFileError)) as caught:
+        read_image(folder)
+    assert caught.value.path == str(folder)

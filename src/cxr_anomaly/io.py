@@ -72,8 +72,11 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(path, "file does not exist")
-    with path.open("rb") as handle:
-        head = handle.read(132)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError as error:  # permissions, a folder named like a file, I/O errors
+        raise UnreadableImageError(path, f"cannot read the file: {error.strerror or error}") from error
     if not head:
         raise UnreadableImageError(path, "file is empty")
     kind = sniff_format(head)

@@ -175,3 +175,15 @@ def test_killed_build_leaves_only_whole_shards(films: list[str], tmp_path: Path)
     assert (report.reused, report.decoded) == (kept, 24 - kept)
     for path, pixels in zip(films, results):
         np.testing.assert_array_equal(pixels, decode_file(path, CONFIG))
+
+
+def test_many_small_runs_are_compacted(films: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "COMPACT_ABOVE_SHARDS", 4)
+    for count in range(1, 8):  # seven runs, each adding one film: seven one-film shards
+        run(films[:count], tmp_path / "cache")
+    store = PreprocessingCache(tmp_path / "cache", CacheParameters.from_config(CONFIG))
+    assert len(store.shards()) <= 4 and len(store) == 7
+    results, report = run(films[:7], tmp_path / "cache")
+    assert report.reused == 7
+    for path, pixels in zip(films, results):
+        np.testing.assert_array_equal(pixels, decode_file(path, CONFIG))

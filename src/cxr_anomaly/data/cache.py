@@ -288,21 +288,29 @@ class PreprocessingCache:
                 self._index[key] = (shard, row)
         return shard
 
-    def compact(self) -> None:
-        """Merge all shards into one when there are many small ones (after many runs)."""
-        shards = self.shards()
-        if len(shards) <= COMPACT_ABOVE_SHARDS:
+    def compact(self, small_below: int = DEFAULT_FLUSH_EVERY) -> None:
+        """Merge the small shards (fewer than ``small_below`` live films) when there are many.
+
+        Many short runs each leave a small shard; full shards of a big build are left alone,
+        so compaction never has to hold the whole store in memory.
+        """
+        live: dict[Path, int] = {}
+        for shard, _ in self._index.values():
+            live[shard] = live.get(shard, 0) + 1
+        small = [shard for shard in self.shards() if live.get(shard, 0) < small_below]
+        if len(small) <= COMPACT_ABOVE_SHARDS:
             return
-        keys = list(self._index)
+        small_set = set(small)
+        keys = [key for key, (shard, _) in self._index.items() if shard in small_set]
         pixels = self.get_many(keys)
         keys = [key for key in keys if key in pixels]
         merged = self.add(keys, [pixels[key] for key in keys])
         # The merged shard is complete before the old ones go; a crash in between only
         # leaves duplicates of identical films.
-        for shard in shards:
+        for shard in small:
             if shard != merged:
                 shard.unlink(missing_ok=True)
-        logger.info("compacted %d cache shards into %s", len(shards), merged)
+        logger.info("compacted %d small cache shards into %s", len(small), merged)
 
 
 def _atomic_write_bytes(path: Path, content: bytes) -> None:
