@@ -200,3 +200,15 @@ def test_dicom_decompression_bomb_is_refused_before_decoding(tmp_path: Path, fil
     dataset.Columns = 60000  # declares 3.6e9 pixels but holds 256
     with pytest.raises(DecompressionBombError, match="exceeds the limit"):
         read_image(save(dataset, tmp_path / "bomb.dcm"))
+
+
+def test_voi_lut_sequence_is_applied(film: np.ndarray, tmp_path: Path) -> None:
+    dataset = make_dataset(film)
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 8]
+    item.LUTData = [255 - value for value in range(256)]  # an inverting LUT
+    dataset.VOILUTSequence = [item]
+    dataset["VOILUTSequence"].value[0]["LUTData"].VR = "US"
+    read = read_image(save(dataset, tmp_path / "voi_lut.dcm"))
+    assert read.metadata["voi_lut"] == "voi_lut_sequence"
+    np.testing.assert_allclose(read.array, 1.0 - film / 255.0, atol=1e-6)

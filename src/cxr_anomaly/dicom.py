@@ -167,14 +167,15 @@ def _modality(stored: np.ndarray, dataset: Any) -> tuple[np.ndarray, float, floa
 def _voi(values: np.ndarray, low: float, high: float, dataset: Any) -> tuple[np.ndarray, float, float, str]:
     """Apply the VOI LUT or the first window; return values and the range they can take."""
     if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence):
+        from pydicom.pixels import apply_voi  # reads LUTData in any of its VRs (US, OW)
+
         item = dataset.VOILUTSequence[0]
-        descriptor = [int(value) for value in item.LUTDescriptor]
-        entries, first_mapped = descriptor[0] or 65536, descriptor[1]
-        table = np.asarray(item.LUTData, dtype=np.float64).ravel()[:entries]
-        indices = np.clip(np.rint(values) - first_mapped, 0, len(table) - 1).astype(np.int64)
-        output_bits = descriptor[2]
-        top = float(2**output_bits - 1) if 8 <= output_bits <= 16 else float(table.max() or 1.0)
-        return table[indices], 0.0, top, "voi_lut_sequence"
+        output_bits = int(item.LUTDescriptor[2])
+        table = apply_voi(np.rint(values).astype(np.int64), dataset, index=0).astype(np.float64)
+        # The descriptor's bit depth is the LUT's range; some writers get it wrong, so fall back
+        # to the largest entry when it is implausible.
+        top = float(2**output_bits - 1) if 8 <= output_bits <= 16 else max(float(table.max()), 1.0)
+        return table, 0.0, top, "voi_lut_sequence"
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         center = _first_number(dataset.WindowCenter)
         width = _first_number(dataset.WindowWidth)
