@@ -14,6 +14,7 @@ of having its largest small residual painted as bright as a real lesion.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ def shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
+@functools.lru_cache(maxsize=1)
 def _inferno_table() -> np.ndarray:
     """The 256-entry RGB table of matplotlib's perceptually uniform 'inferno' colormap."""
     import matplotlib
@@ -149,7 +151,8 @@ def explain_film(
 def png_bytes(image: np.ndarray) -> bytes:
     """Encode a grey (H, W) or RGB (H, W, 3) uint8 image as PNG."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", optimize=True)
+    # compress_level 1: a 1024² heatmap encodes ~10x faster than with optimize, ~20% larger
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import importlib.resources
@@ -33,6 +34,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -343,7 +345,13 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     scorer: BatchScorer[FilmScore] = BatchScorer(make_batch_scorer(model), max_batch_size=settings.max_batch_size,
                                                  max_wait_seconds=settings.batch_wait_seconds)
     bearer = HTTPBearer(auto_error=False, description="required when the service runs with a token")
-    app = FastAPI(title="cxr-anomaly", version=__version__,
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        scorer.close()  # stop the batching task and its thread with the server
+
+    app = FastAPI(title="cxr-anomaly", version=__version__, lifespan=lifespan,
                   description="Triage of chest X-rays by a detector trained on normal films only "
                               "(Tang et al., ICASSP 2019). A triage aid, not a diagnosis.")
     app.state.scorer = scorer

@@ -121,7 +121,9 @@ class BatchScorer(Generic[ResultT]):
                     future.set_result(result)
 
     def close(self) -> None:
-        """Stop the worker task and its thread."""
+        """Stop the worker task and its thread; a later :meth:`score` starts fresh ones."""
         if self._worker is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._worker.cancel)
+        self._worker = None
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-score")
