@@ -59,12 +59,14 @@ def test_reproduce_writes_table_and_figures_and_resumes(
     for name in ("table.md", "table.csv", "roc.png", "figure2.png", "split.csv", "baselines.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "table.csv")
-    assert table["method"].tolist() == ["u", "u+d+e", "pca5", "knn5"]
-    assert table["kind"].tolist() == ["model", "model", "baseline", "baseline"]
+    assert table["method"].tolist() == ["u", "u", "u+d+e", "u+d+e", "pca5", "knn5"]
+    assert table["score"].fillna("").tolist() == ["eq6", "code_knn", "eq6", "code_knn", "", ""]
+    assert table["kind"].tolist() == ["model"] * 4 + ["baseline"] * 2
     assert table["auc_mean"].between(0.0, 1.0).all()
     assert {"auc_PA_mean", "auc_AP_mean", "average_precision_mean", "val_auc_mean"} <= set(table.columns)
     markdown = (out / "table.md").read_text()
-    assert "| u+d+e | 1 |" in markdown and "knn5 (baseline)" in markdown and "AUC PA" in markdown
+    assert "| u+d+e | eq. 6 | 1 |" in markdown and "| u+d+e | code kNN | 1 |" in markdown
+    assert "knn5 (baseline)" in markdown and "AUC PA" in markdown
 
     split = pd.read_csv(out / "split.csv")
     patients_per_split = split.groupby("patient_id")["split"].nunique()
@@ -73,8 +75,12 @@ def test_reproduce_writes_table_and_figures_and_resumes(
     assert len(trained) == 40 and (trained["label"] == 0).all()
 
     cell = json.loads((out / "cells" / "u+d+e-seed0" / "result.json").read_text())
-    assert cell["test"]["num_normal"] + cell["test"]["num_abnormal"] == int((split["split"] == "test").sum())
-    assert set(cell["test"]["component_auc"]) == {"reconstruction", "adversarial", "latent"}
+    for method in ("eq6", "code_knn"):
+        metrics = cell["test"][method]
+        assert metrics["num_normal"] + metrics["num_abnormal"] == int((split["split"] == "test").sum())
+        assert set(metrics["component_auc"]) == {"reconstruction", "adversarial", "latent", "code_distance"}
+    # The code kNN score is the code distance component itself; eq. 6 is not.
+    assert cell["test"]["code_knn"]["auc"] == cell["test"]["code_knn"]["component_auc"]["code_distance"]
     modified = {name: (out / "cells" / name / "result.json").stat().st_mtime_ns
                 for name in ("u-seed0", "u+d+e-seed0")}
 

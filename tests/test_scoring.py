@@ -69,3 +69,48 @@ def test_calibration_percentile_and_threshold() -> None:
     assert calibration.percentile(np.array([1000.0]))[0] == 100.0
     assert calibration.flag(np.array([99.0, 10.0])).tolist() == [True, False]
     assert calibration.standardise(np.array([calibration.median]))[0] == 0.0
+
+
+def test_training_stores_normal_codes_for_the_code_knn_score(trained: tuple[Config, object]) -> None:
+    config, detector = trained
+    assert tuple(detector.normal_codes.shape) == (16, config.model.latent_dim)
+    assert int(detector.code_neighbours) == config.score.neighbours
+    knn_config = with_overrides(config, "score", method="code_knn")
+    result = score_pixels(detector, random_pixels(5, seed=5), knn_config)
+    assert result.code_distance is not None and np.all(np.isfinite(result.code_distance))
+    np.testing.assert_array_equal(result.raw, result.code_distance)
+    # eq. 6 ignores the code distance.
+    eq6 = score_pixels(detector, random_pixels(5, seed=5), with_overrides(config, "score", method="eq6"))
+    np.testing.assert_allclose(eq6.raw, 20 * eq6.reconstruction + 4 * eq6.adversarial + 8 * eq6.latent, rtol=1e-6)
+
+
+def test_code_distance_of_a_stored_normal_to_itself_is_zero(trained: tuple[Config, object]) -> None:
+    import copy
+
+    from cxr_anomaly.scoring import store_normal_codes
+
+    config, detector = trained
+    detector = copy.deepcopy(detector)
+    normals = random_pixels(16, seed=0)
+    store_normal_codes(detector, normals, with_overrides(config, "score", neighbours=1))
+    distances = score_pixels(detector, normals[:4], config).code_distance
+    np.testing.assert_allclose(distances, 0.0, atol=1e-3)
+    assert np.all(score_pixels(detector, random_pixels(4, seed=9), config).code_distance > 1e-3)
+
+
+def test_normal_codes_travel_in_the_state_dict_and_old_state_dicts_still_load(
+        trained: tuple[Config, object]) -> None:
+    from cxr_anomaly.models.tang2019 import OneClassDetector
+
+    config, detector = trained
+    copy_of = OneClassDetector(config.model)
+    copy_of.load_state_dict(detector.state_dict())
+    assert np.array_equal(copy_of.normal_codes.numpy(), detector.normal_codes.numpy())
+    old = {key: value for key, value in detector.state_dict().items()
+           if key not in ("normal_codes", "code_neighbours")}
+    restored = OneClassDetector(config.model)
+    restored.load_state_dict(old)
+    assert len(restored.normal_codes) == 0
+    restored.eval()
+    with pytest.raises(ValueError, match="no codes of training normals"):
+        score_pixels(restored, random_pixels(2, seed=6), with_overrides(config, "score", method="code_knn"))

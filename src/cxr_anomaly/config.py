@@ -25,6 +25,7 @@ VARIANTS: tuple[str, ...] = get_args(Variant)
 InitScheme = Literal["dcgan", "standard_normal"]
 Intensity = Literal["none", "per_image", "equalize"]
 Precision = Literal["fp32", "bf16"]
+ScoreMethod = Literal["eq6", "code_knn"]
 
 
 @dataclass(frozen=True)
@@ -154,17 +155,29 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Anomaly score A(x) = λ1·|x - x'|_1 + λ2·(1 - D(x')) + λ3·||z - z'||_2 (eq. 6).
+    """Which anomaly score a film gets.
 
-    Components of networks the variant lacks are left out of the sum.
+    ``method="eq6"`` is the paper's A(x) = λ1·|x - x'|_1 + λ2·(1 - D(x')) + λ3·||z - z'||_2 (eq. 6);
+    components of networks the variant lacks are left out of the sum.
+    ``method="code_knn"`` is the mean Euclidean distance from the code z = UE(x) to the
+    ``neighbours`` nearest codes of the training normals, stored with the model after training.
+    It is a one-class score too (only normal films are stored). Measured on NIH1000 and Kermany
+    (docs/results.md, "What moves the AUC"): raw reconstruction error ranks abnormal films as
+    *easier* to reconstruct (AUC < 0.5), while the learnt code separates them.
     """
 
+    method: ScoreMethod = "eq6"
+    neighbours: int = 5  # k of the code-space kNN distance
     weight_reconstruction: float = 20.0  # λ1 in eq. 6
     weight_adversarial: float = 4.0  # λ2 in eq. 6
     weight_latent: float = 8.0  # λ3 in eq. 6
     target_specificity: float = 0.95  # operating point fitted on normal validation films
 
     def __post_init__(self) -> None:
+        if self.method not in get_args(ScoreMethod):
+            raise ConfigError(f"score.method={self.method!r}; expected one of {get_args(ScoreMethod)}")
+        if self.neighbours < 1:
+            raise ConfigError(f"score.neighbours={self.neighbours}; must be >= 1")
         if not 0.0 < self.target_specificity < 1.0:
             raise ConfigError(
                 f"score.target_specificity={self.target_specificity}; must be in (0, 1)"

@@ -40,14 +40,18 @@ from .data.manifest import load_inputs
 from .data.splits import patient_disjoint_split
 from .errors import ConfigError, NoNormalImagesError
 from .evaluation import compute_metrics, plot_roc, reconstruction_grid
-from .scoring import ScoreResult, score_pixels
+from .scoring import ScoreResult, combine, score_pixels
 from .training import resolve_device, train_detector
 
 logger = logging.getLogger(__name__)
 
 # AUCs of Table 1 of the paper (NIH ChestX-ray14, all views), shown beside ours for reference.
 PAPER_TABLE1_AUC: dict[str, float] = {"u": 0.627, "u+e": 0.687, "u+d": 0.737, "u+d+e": 0.841}
-COMPONENTS: tuple[str, ...] = ("reconstruction", "adversarial", "latent")
+COMPONENTS: tuple[str, ...] = ("reconstruction", "adversarial", "latent", "code_distance")
+# Every cell is scored both ways: the training does not depend on the score, so the table shows
+# what the score choice alone changes, on the same trained networks.
+SCORE_METHODS: tuple[str, ...] = ("eq6", "code_knn")
+SCORE_LABELS: dict[str, str] = {"eq6": "eq. 6", "code_knn": "code kNN"}
 FIGURE_FILMS_PER_ROW = 8
 
 
@@ -123,7 +127,8 @@ class CellResult:
     """One finished (variant, seed) cell.
 
     Attributes:
-        test: metrics of the combined score on the test split (AUC, AP, per view, components).
+        test: score method (``eq6``, ``code_knn``) -> metrics on the test split (AUC, AP, per
+            view, AUC of each component).
         val: the same on the validation split (for model selection; never select on test).
         seconds: training and scoring wall time.
     """
@@ -131,8 +136,8 @@ class CellResult:
     variant: str
     seed: int
     seconds: float
-    test: dict[str, object]
-    val: dict[str, object]
+    test: dict[str, dict[str, object]]
+    val: dict[str, dict[str, object]]
     final_reconstruction_loss: float
     fingerprint: str
 
@@ -204,8 +209,10 @@ def cell_name(variant: str, seed: int) -> str:
 
 
 def cell_fingerprint(config: Config, split: SplitData) -> str:
-    """Hash of everything that determines a cell's result."""
-    payload = json.dumps({"config": config_to_dict(config), "split": split.fingerprint}, sort_keys=True)
+    """Hash of everything that determines a cell's result (every score method is stored)."""
+    values = config_to_dict(config)
+    values["score"].pop("method")
+    payload = json.dumps({"config": values, "split": split.fingerprint}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -222,9 +229,16 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(temporary)
 
 
-def _metrics_dict(labels: np.ndarray, scores: ScoreResult, views: np.ndarray | None) -> dict[str, object]:
+def _metrics_by_method(config: Config, labels: np.ndarray, scores: ScoreResult,
+                       views: np.ndarray | None) -> dict[str, dict[str, object]]:
+    """Metrics of each score method, with the AUC of each component."""
     components = {name: getattr(scores, name) for name in COMPONENTS}
-    return compute_metrics(labels, scores.raw, views=views, components=components).to_dict()
+    results = {}
+    for method in SCORE_METHODS:
+        raw = combine(with_overrides(config, "score", method=method), scores.reconstruction,
+                      scores.adversarial, scores.latent, scores.code_distance)
+        results[method] = compute_metrics(labels, raw, views=views, components=components).to_dict()
+    return results
 
 
 def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
@@ -264,8 +278,8 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
         variant=config.model.variant,
         seed=config.train.seed,
         seconds=time.perf_counter() - started,
-        test=_metrics_dict(split.test_labels, test, split.test_views),
-        val=_metrics_dict(split.val_labels, val, None),
+        test=_metrics_by_method(config, split.test_labels, test, split.test_views),
+        val=_metrics_by_method(config, split.val_labels, val, None),
         final_reconstruction_loss=training.history[-1].reconstruction,
         fingerprint=cell_fingerprint(config, split),
     )
@@ -311,8 +325,8 @@ def summarise(cells: dict[str, list[CellResult]], baselines: dict[str, dict[str,
     """One row per variant (mean and std over seeds) and per baseline (deterministic: std 0)."""
     rows = []
 
-    def add(method: str, kind: str, tests: list[dict], vals: list[dict]) -> None:
-        row: dict[str, object] = {"method": method, "kind": kind, "runs": len(tests)}
+    def add(method: str, kind: str, tests: list[dict], vals: list[dict], score: str = "") -> None:
+        row: dict[str, object] = {"method": method, "score": score, "kind": kind, "runs": len(tests)}
         for prefix, metrics in (("", tests), ("val_", vals)):
             for key in ("auc", "average_precision"):
                 mean, std, _ = _mean_std([m.get(key) for m in metrics])  # type: ignore[misc]
@@ -323,11 +337,13 @@ def summarise(cells: dict[str, list[CellResult]], baselines: dict[str, dict[str,
         for component in COMPONENTS:
             mean, _, _ = _mean_std([m["component_auc"].get(component) for m in tests])  # type: ignore[index]
             row[f"auc_{component}_only"] = mean
-        row["paper_auc"] = PAPER_TABLE1_AUC.get(method, math.nan) if kind == "model" else math.nan
+        row["paper_auc"] = PAPER_TABLE1_AUC.get(method, math.nan) if score == "eq6" else math.nan
         rows.append(row)
 
     for variant, results in cells.items():
-        add(variant, "model", [r.test for r in results], [r.val for r in results])
+        for method in SCORE_METHODS:
+            add(variant, "model", [r.test[method] for r in results], [r.val[method] for r in results],
+                method)
     for name, metrics in baselines.items():
         add(name, "baseline", [metrics["test"]], [metrics["val"]])
     return pd.DataFrame(rows)
@@ -341,13 +357,14 @@ def _pm(mean: object, std: object) -> str:
 
 def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str) -> str:
     """The table as Markdown, AUC mean ± std per method, like the paper's Table 1."""
-    columns = ["method", "runs", "test AUC", "test AP", *[f"AUC {view}" for view in views],
+    columns = ["method", "score", "runs", "test AUC", "test AP", *[f"AUC {view}" for view in views],
                "val AUC", "AUC of L1 alone", "paper AUC (NIH)"]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
         paper = row["paper_auc"]
         cells = [
             f"{row['method']}" + (" (baseline)" if row["kind"] == "baseline" else ""),
+            SCORE_LABELS.get(str(row["score"]), "pixels"),
             str(row["runs"]),
             _pm(row["auc_mean"], row["auc_std"]),
             _pm(row["average_precision_mean"], row["average_precision_std"]),
@@ -432,8 +449,10 @@ def reproduce_job(
         logger.info("cell %d/%d %s: training (%s)", index, len(plan), name, eta)
         result = run_cell(cell_config, split, cell_dir)
         durations.setdefault(variant, []).append(result.seconds)
-        logger.info("cell %d/%d %s: test AUC %s, validation AUC %s (%s)", index, len(plan), name,
-                    _fmt(result.test["auc"]), _fmt(result.val["auc"]), _format_duration(result.seconds))
+        method = config.score.method
+        logger.info("cell %d/%d %s: %s score: test AUC %s, validation AUC %s (%s)", index, len(plan), name,
+                    method, _fmt(result.test[method]["auc"]), _fmt(result.val[method]["auc"]),
+                    _format_duration(result.seconds))
         cells[variant].append(result)
         run_names.append(name)
 
@@ -445,7 +464,9 @@ def reproduce_job(
               f"{int((split.val_labels == 0).sum())} N + {int((split.val_labels == 1).sum())} A, test "
               f"{int((split.test_labels == 0).sum())} N + {int((split.test_labels == 1).sum())} A. "
               f"{config.train.epochs} epochs, base_channels {config.model.base_channels}, "
-              f"intensity {config.data.intensity}. AUC mean ± sample std over seeds {list(options.seeds)}.")
+              f"intensity {config.data.intensity}, default score {SCORE_LABELS[config.score.method]}. "
+              f"AUC mean ± sample std over seeds {list(options.seeds)}; each model row is the same "
+              f"trained networks scored by eq. 6 or by the code kNN distance.")
     table_md = out_dir / "table.md"
     table_md.write_text(render_markdown(table, views, header))
 
@@ -453,7 +474,10 @@ def reproduce_job(
     first_seed = options.seeds[0]
     for variant in options.variants:
         stored = np.load(out_dir / "cells" / cell_name(variant, first_seed) / "scores.npz")
-        curves[f"{variant} (seed {first_seed})"] = (split.test_labels, stored["test_raw"])
+        for method in SCORE_METHODS:
+            raw = combine(with_overrides(config, "score", method=method), stored["test_reconstruction"],
+                          stored["test_adversarial"], stored["test_latent"], stored["test_code_distance"])
+            curves[f"{variant}, {SCORE_LABELS[method]} (seed {first_seed})"] = (split.test_labels, raw)
     for name in baseline_scores["test"].scores:
         curves[f"{name} (baseline)"] = (split.test_labels, baseline_scores["test"].scores[name])
     roc_path = plot_roc(curves, out_dir / "roc.png", title="ROC on the test split")

@@ -44,6 +44,8 @@ class ScoreResult:
         adversarial: 1 - D(x'); NaN for variants without D.
         latent: mean (z - z')² over code entries; NaN for variants without E.
         reconstructions: x' as uint8 images (N, H, W) when asked for, else None.
+        code_distance: mean distance of z = UE(x) to the nearest training normals' codes; NaN
+            when the detector stores no codes.
     """
 
     raw: np.ndarray
@@ -51,6 +53,7 @@ class ScoreResult:
     adversarial: np.ndarray
     latent: np.ndarray
     reconstructions: np.ndarray | None = None
+    code_distance: np.ndarray | None = None
 
 
 def min_max_normalise(raw: np.ndarray) -> np.ndarray:
@@ -63,9 +66,22 @@ def min_max_normalise(raw: np.ndarray) -> np.ndarray:
 
 
 def combine(config: Config, reconstruction: np.ndarray, adversarial: np.ndarray,
-            latent: np.ndarray) -> np.ndarray:
-    """The weighted sum of eq. 6; NaN components (absent networks) contribute nothing."""
+            latent: np.ndarray, code_distance: np.ndarray | None = None) -> np.ndarray:
+    """The raw score of ``config.score.method``.
+
+    ``eq6``: the weighted sum of eq. 6; NaN components (absent networks) contribute nothing.
+    ``code_knn``: the code distance itself.
+
+    Raises:
+        ValueError: ``code_knn`` asked for but the detector stores no training codes.
+    """
     weights = config.score
+    if weights.method == "code_knn":
+        if code_distance is None or (len(code_distance) and np.all(np.isnan(code_distance))):
+            raise ValueError(
+                "score.method='code_knn' but the detector stores no codes of training normals "
+                "(a checkpoint from an older version?); retrain, or set score.method='eq6'")
+        return code_distance
     total = weights.weight_reconstruction * reconstruction
     if not np.all(np.isnan(adversarial)):
         total = total + weights.weight_adversarial * adversarial
@@ -90,7 +106,7 @@ def score_pixels(
     """
     detector.eval()
     device = torch.device(device)
-    parts: dict[str, list[np.ndarray]] = {"rec": [], "adv": [], "lat": [], "img": []}
+    parts: dict[str, list[np.ndarray]] = {"rec": [], "adv": [], "lat": [], "img": [], "code": []}
     for start in range(0, len(pixels), batch_size):
         batch = to_model_tensor(pixels[start:start + batch_size], config.data).to(device)  # (B, 1, H, W)
         components = detector.score_components(batch)
@@ -100,6 +116,8 @@ def score_pixels(
                             else components.adversarial.cpu().numpy())
         parts["lat"].append(np.full(size, np.nan) if components.latent is None
                             else components.latent.cpu().numpy())
+        parts["code"].append(np.full(size, np.nan) if components.code_distance is None
+                             else components.code_distance.cpu().numpy())
         if keep_reconstructions:
             image = (components.reconstruction_image.squeeze(1).cpu().numpy() + 1.0) * 127.5
             parts["img"].append(np.clip(np.rint(image), 0, 255).astype(np.uint8))  # (B, H, W)
@@ -108,15 +126,41 @@ def score_pixels(
         return np.concatenate(parts[key]).astype(np.float64) if parts[key] else np.zeros(0)
 
     reconstruction, adversarial, latent = join("rec"), join("adv"), join("lat")
+    code_distance = join("code")
     reconstructions = None
     if keep_reconstructions:
         size = config.data.image_size
         reconstructions = (np.concatenate(parts["img"]) if parts["img"]
                            else np.zeros((0, size, size), dtype=np.uint8))
     return ScoreResult(
-        raw=combine(config, reconstruction, adversarial, latent),
+        raw=combine(config, reconstruction, adversarial, latent, code_distance),
         reconstruction=reconstruction,
         adversarial=adversarial,
         latent=latent,
         reconstructions=reconstructions,
+        code_distance=code_distance,
     )
+
+
+@torch.no_grad()
+def store_normal_codes(
+    detector: OneClassDetector,
+    train_pixels: np.ndarray,
+    config: Config,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Encode the training normals (N, H, W) in eval mode and store their codes in the detector.
+
+    Afterwards :func:`score_pixels` also returns ``code_distance``, the ``score.method="code_knn"``
+    score. Only normal films may be passed: they define what "near" means.
+    """
+    detector.eval()
+    device = torch.device(device)
+    codes = []
+    for start in range(0, len(train_pixels), batch_size):
+        batch = to_model_tensor(train_pixels[start:start + batch_size], config.data).to(device)  # (B, 1, H, W)
+        codes.append(detector.unet.encoder(batch).code.flatten(1).float())  # (B, latent_dim)
+    detector.store_normal_codes(torch.cat(codes), config.score.neighbours)
+    logger.info("stored the codes of %d training normals for the code-space kNN score", len(train_pixels))

@@ -56,6 +56,7 @@ from .data.dataset import to_model_tensor
 from .errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
 from .models.tang2019 import GeneratorLoss, OneClassDetector
 from .models.tang2019.torch_model import DetectorOutput, initialise_weights
+from .scoring import store_normal_codes
 
 logger = logging.getLogger(__name__)
 
@@ -516,6 +517,9 @@ def train_detector(
         plain.load_state_dict(detector.state_dict())
         detector = plain.to(device)
     detector.eval()
+    # The codes of the training normals make the code-space kNN score (score.method="code_knn")
+    # available to every checkpoint, whichever method the config picks.
+    store_normal_codes(detector, train_pixels, config, device=device)
     total_seconds = seconds_before + time.perf_counter() - started
     run_log.record("finished", epochs=train_config.epochs, global_step=global_step,
                    seconds=total_seconds, rank_weight_difference=difference)

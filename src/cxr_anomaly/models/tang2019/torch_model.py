@@ -170,12 +170,16 @@ class ScoreComponents:
         reconstruction: mean |x - x'| over pixels, shape (N,).
         adversarial: 1 - D(x'), shape (N,).
         latent: mean (z - z')² over code entries, shape (N,).
+        code_distance: mean Euclidean distance from z = UE(x) to its nearest codes of training
+            normals (see :meth:`OneClassDetector.store_normal_codes`), shape (N,); None when no
+            codes are stored.
     """
 
     reconstruction: torch.Tensor
     adversarial: torch.Tensor | None
     latent: torch.Tensor | None
     reconstruction_image: torch.Tensor  # x', (N, 1, 64, 64)
+    code_distance: torch.Tensor | None = None
 
 
 class OneClassDetector(nn.Module):
@@ -189,6 +193,33 @@ class OneClassDetector(nn.Module):
         self.second_encoder = (
             Encoder(config.latent_dim, config.base_channels) if config.has_second_encoder else None
         )
+        # Codes z of the training normals and the k of the kNN code distance; buffers, so they
+        # travel in the state_dict (and an exported graph) with the weights. Empty until stored.
+        self.register_buffer("normal_codes", torch.zeros(0, config.latent_dim))
+        self.register_buffer("code_neighbours", torch.tensor(0, dtype=torch.long))
+
+    def store_normal_codes(self, codes: torch.Tensor, neighbours: int) -> None:
+        """Keep the codes (M, latent_dim) of training normals for the kNN code distance."""
+        if codes.ndim != 2 or codes.shape[1] != self.config.latent_dim or len(codes) == 0:
+            raise ValueError(f"normal codes of shape {tuple(codes.shape)}; expected (M>0, "
+                             f"{self.config.latent_dim})")
+        if neighbours < 1:
+            raise ValueError(f"neighbours={neighbours}; must be >= 1")
+        self.normal_codes = codes.detach().float().to(self.normal_codes.device)
+        self.code_neighbours = torch.tensor(min(neighbours, len(codes)), dtype=torch.long,
+                                            device=self.normal_codes.device)
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object,
+                              **kwargs: object) -> None:
+        # The number of stored codes varies between checkpoints: take the stored shape, and
+        # accept checkpoints written before codes were stored (no code distance then).
+        for name, empty in (("normal_codes", torch.zeros(0, self.config.latent_dim)),
+                            ("code_neighbours", torch.tensor(0, dtype=torch.long))):
+            key = prefix + name
+            if key not in state_dict:
+                state_dict[key] = empty
+            setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """Parameters updated by the generator step: U and, when present, E."""
@@ -222,11 +253,18 @@ class OneClassDetector(nn.Module):
         latent = None
         if output.second_latent is not None:
             latent = (output.latent - output.second_latent).pow(2).flatten(1).mean(dim=1)
+        code_distance = None
+        if len(self.normal_codes) > 0:
+            codes = output.latent.flatten(1).float()  # (N, latent_dim, 1, 1) -> (N, latent_dim)
+            distances = torch.cdist(codes, self.normal_codes)  # (N, M)
+            nearest = distances.topk(int(self.code_neighbours), dim=1, largest=False).values  # (N, k)
+            code_distance = nearest.mean(dim=1)
         return ScoreComponents(
             reconstruction.float(),
             None if adversarial is None else adversarial.float(),
             None if latent is None else latent.float(),
             output.reconstruction.float(),
+            code_distance,
         )
 
 
