@@ -180,3 +180,5 @@ def test_evaluate_reports_sensitivity_and_specificity_with_bootstrap_intervals(
         assert intervals[name]["high"] - intervals[name]["low"] > 0.0
     assert metrics["operating_point"]["operating_point"] == "specificity"
     assert intervals["threshold"] == metrics["threshold"]
+    assert outcome.intervals is not None and outcome.intervals.to_dict() == intervals
+    assert outcome.intervals.auc.describe().startswith(f"{metrics['auc']:.3f} [")

@@ -222,6 +222,12 @@ class Interval:
     low: float | None
     high: float | None
 
+    def describe(self, digits: int = 3) -> str:
+        """``estimate [low, high]``, or ``n/a`` when undefined."""
+        if self.estimate is None or self.low is None or self.high is None:
+            return "n/a"
+        return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
 
 @dataclass
 class BootstrapIntervals:

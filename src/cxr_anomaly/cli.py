@@ -276,6 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                             progress=progress)
             print(f"AUC {outcome.metrics.auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
+            if outcome.intervals is not None:
+                intervals = outcome.intervals
+                print(f"at the stored threshold {intervals.threshold:.4g}: sensitivity "
+                      f"{intervals.sensitivity.describe()}, specificity {intervals.specificity.describe()}, "
+                      f"AUC {intervals.auc.describe()} (95% bootstrap intervals)")
         elif args.command == "split":
             from .data.splits import resplit_manifest, write_paper_split
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .calibration import Calibration, bootstrap_intervals
+from .calibration import BootstrapIntervals, Calibration, bootstrap_intervals
 from .checkpoint import (LoadedModel, atomic_torch_save, load_checkpoint, read_checkpoint_payload,
                          save_checkpoint, training_record)
 from .config import Config, config_to_dict
@@ -297,6 +297,7 @@ class EvaluationOutcome:
     roc_path: Path
     grid_path: Path
     scores_path: Path
+    intervals: BootstrapIntervals | None = None  # at the stored threshold; None without calibration
 
 
 def choose_evaluation_rows(manifest: pd.DataFrame, split: str) -> tuple[pd.DataFrame, str]:
@@ -359,6 +360,7 @@ def evaluate_job(
         "num_skipped": len(images.skipped),
         **metrics.to_dict(),
     }
+    intervals = None
     if model.calibration is not None and labelled.any():
         intervals = bootstrap_intervals(labels, raw, model.calibration.threshold, seed=bootstrap_seed,
                                         num_resamples=bootstrap_resamples)
@@ -381,7 +383,7 @@ def evaluate_job(
     grid_path = reconstruction_grid([group for group in groups if len(group[1])],
                                     out_dir / "reconstructions.png")
     logger.info("evaluated %d films on split %s: AUC %s", len(table), split, metrics.auc)
-    return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path)
+    return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path, intervals)
 
 
 @dataclass
