@@ -115,3 +115,15 @@ def test_options_are_validated() -> None:
         ReproduceOptions(seeds=())
     with pytest.raises(ConfigError, match="split"):
         ReproduceOptions(split="random")
+
+
+def test_several_seeds_add_a_seed_ensemble_row(small_manifest: Path, tmp_path: Path) -> None:
+    config = with_overrides(with_overrides(Config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
+    options = ReproduceOptions(variants=("u",), seeds=(0, 1), max_train_normals=24)
+    outcome = reproduce_job([small_manifest], tmp_path, config, options, progress=False)
+    table = outcome.table.set_index(["method", "score"])
+    assert table.loc[("u", "code_knn"), "runs"] == 2
+    ensemble = table.loc[("u ensemble", "code_knn")]
+    assert ensemble["kind"] == "ensemble" and ensemble["runs"] == 1
+    assert 0.0 <= ensemble["auc_mean"] <= 1.0
+    assert "u ensemble of 2 seeds" in outcome.table_md.read_text()
