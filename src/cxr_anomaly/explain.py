@@ -24,7 +24,7 @@ from PIL import Image
 from .config import DataConfig
 from .data.dataset import apply_intensity
 
-DEFAULT_RESIDUAL_SCALE = 0.25  # residual that gets the full colour (a quarter of the grey range)
+DEFAULT_RESIDUAL_SCALE = 0.5  # residual that gets the full colour (half the grey range)
 MAX_OVERLAY_OPACITY = 0.65  # the film stays visible under the strongest colour
 
 
