@@ -184,6 +184,8 @@ def max_parameter_difference(module: nn.Module, context: DistributedContext) -> 
         return 0.0
     largest = torch.zeros((), dtype=torch.float64)
     for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.numel() == 0:
+            continue
         reference = tensor.detach().clone()
         torch_distributed.broadcast(reference, src=0)
         difference = (tensor.detach().double() - reference.double()).abs().max().cpu()
