@@ -119,6 +119,7 @@ def test_dicom_worklist_keeps_uids_and_drops_patient_identifiers_unless_asked(
     assert set(worklist["sop_instance_uid"]) == {f"1.2.826.0.1.3680043.8.498.1.{i}" for i in (1, 2, 3)}
     assert set(worklist["study_instance_uid"]) == {"1.2.826.0.1.3680043.8.498.1"}
     for text in ((out / "w.csv").read_text(), (out / "r.html").read_text()):
+        text = re.sub(r'data:image/png;base64,[A-Za-z0-9+/=]+', "", text)  # base64 may spell anything
         for secret in ("Doe", "Jane", "PID-93417", "19610203"):
             assert secret not in text
         assert "1.2.826.0.1.3680043.8.498.1.2" in text
