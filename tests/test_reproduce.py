@@ -127,3 +127,18 @@ def test_several_seeds_add_a_seed_ensemble_row(small_manifest: Path, tmp_path: P
     assert ensemble["kind"] == "ensemble" and ensemble["runs"] == 1
     assert 0.0 <= ensemble["auc_mean"] <= 1.0
     assert "u ensemble of 2 seeds" in outcome.table_md.read_text()
+
+
+def test_view_filter_and_patient_disjoint_split(small_manifest: Path) -> None:
+    import numpy as np
+
+    from cxr_anomaly.data.manifest import load_inputs
+    from cxr_anomaly.reproduce import prepare_split
+
+    manifest = load_inputs([small_manifest])
+    pixels = np.zeros((len(manifest), 64, 64), dtype=np.uint8)
+    split = prepare_split(manifest, pixels, ReproduceOptions(view="PA", split_seed=3))
+    assert set(split.manifest["view"]) == {"PA"}
+    assert (split.manifest.groupby("patient_id")["split"].nunique() == 1).all()
+    assert len(split.train_normals) == int(((split.manifest["split"] == "train") & (split.manifest["label"] == 0)).sum())
+    assert split.test_views is not None and set(split.test_views) == {"PA"}

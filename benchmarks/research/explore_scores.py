@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     parser.add_argument("--epoch-zero", action="store_true", help="also score the untrained network")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -128,10 +129,11 @@ def main() -> None:
                                                       "test": aucs(split.test_labels, {"s": baseline["test"].scores[name]}, split.test_views)}
                                                for name in baseline["test"].scores},
                                  "runs": []}
-    name = f"{args.data}_{args.view or 'all'}_{args.variant}_{args.intensity}_e{args.epochs}_c{args.base_channels}_n{args.noise}{args.tag}"
+    name = f"{args.data}_{args.view or 'all'}_{args.variant}_{args.intensity}_e{args.epochs}_c{args.base_channels}_n{args.noise}_b{args.batch_size}{args.tag}"
     LOGS.mkdir(exist_ok=True)
     for seed in args.seeds:
-        run_config = with_overrides(with_overrides(config, "train", seed=seed, epochs=args.epochs), "model",
+        run_config = with_overrides(with_overrides(config, "train", seed=seed, epochs=args.epochs,
+                                                   batch_size=args.batch_size), "model",
                                     variant=args.variant)
         epochs: list[dict[str, object]] = []
 

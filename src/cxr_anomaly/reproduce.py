@@ -170,7 +170,8 @@ def prepare_split(manifest: pd.DataFrame, pixels: np.ndarray, options: Reproduce
     manifest = manifest.reset_index(drop=True)
     keep = manifest["label"].notna().to_numpy()
     if options.view is not None:
-        keep &= (manifest["view"].astype("string").str.upper() == options.view.upper()).fillna(False).to_numpy()
+        # not in place: pandas may hand out read-only arrays
+        keep = keep & (manifest["view"].astype("string").str.upper() == options.view.upper()).fillna(False).to_numpy()
     manifest, pixels = manifest[keep].reset_index(drop=True), pixels[keep]
     if options.split == "resplit":
         manifest = patient_disjoint_split(manifest, seed=options.split_seed,
