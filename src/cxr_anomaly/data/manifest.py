@@ -95,6 +95,9 @@ def read_manifest_csv(csv_path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ManifestError(csv_path, f"cannot parse CSV: {error}") from error
     table.columns = [str(column).strip() for column in table.columns]
+    duplicated = sorted({column for column in table.columns if list(table.columns).count(column) > 1})
+    if duplicated:
+        raise ManifestError(csv_path, f"duplicate column name(s) {duplicated}")
     if "path" not in table.columns:
         raise ManifestError(
             csv_path, f"missing required column 'path' (columns are {list(table.columns)})"

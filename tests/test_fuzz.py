@@ -1,0 +1,282 @@
+"""Property-based fuzzing of the image readers and the manifest parser (issue 7).
+
+Inputs are mutated bytes of real files from ``../shared/data`` (NIH PNGs, Kermany JPEGs, DICOM
+files built from a real NIH film, the shipped manifest CSVs) and random CSV tables. Every input
+must either read cleanly (a finite float32 grey image in [0, 1]; a manifest with the documented
+columns and values) or raise one of the project's documented errors (:class:`CxrAnomalyError`
+subclasses). Anything else (an ``IndexError`` from deep inside a decoder, say) fails the test.
+
+CI runs a few hundred examples (deterministically); ``benchmarks/fuzz_long.py`` runs more via
+``CXR_ANOMALY_FUZZ_EXAMPLES`` (examples per test) and tallies outcomes via ``CXR_ANOMALY_FUZZ_TALLY``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from cxr_anomaly.data.manifest import MANIFEST_COLUMNS, load_inputs
+from cxr_anomaly.errors import CxrAnomalyError
+from cxr_anomaly.io import read_image
+
+EXAMPLES = int(os.environ.get("CXR_ANOMALY_FUZZ_EXAMPLES", "80"))
+LONG_RUN = "CXR_ANOMALY_FUZZ_EXAMPLES" in os.environ
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # a shared 2-core machine makes timings meaningless
+    derandomize=not LONG_RUN,  # CI sees the same inputs every run; the long run explores
+    database=None,  # nothing written into the repository
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.function_scoped_fixture],
+)
+TALLY: Counter[str] = Counter()
+HEADER_BYTES = 512  # half of all mutations land here, where the formats keep their structure
+INTERESTING_VALUES = (b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00\x00\x00", b"\xff\xff\xff\xff",
+                      b"\x7f\xff\xff\xff", b"\x00\x00\xff\xff", b"\xff\xfe", b"-1", b"1e309", b"nan")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tally() -> Iterator[Counter[str]]:
+    """Count outcomes per reader; written to ``CXR_ANOMALY_FUZZ_TALLY`` (JSON) when set."""
+    yield TALLY
+    target = os.environ.get("CXR_ANOMALY_FUZZ_TALLY")
+    if target:
+        Path(target).write_text(json.dumps(dict(sorted(TALLY.items())), indent=2))
+
+
+@st.composite
+def mutations(draw: st.DrawFn, seed: bytes) -> bytes:
+    """Apply 1-8 random byte-level mutations to ``seed``."""
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(1, 8))):
+        if not data:
+            data.extend(draw(st.binary(min_size=1, max_size=16)))
+            continue
+        limit = len(data) - 1
+        position = draw(st.one_of(st.integers(0, min(HEADER_BYTES, limit)), st.integers(0, limit)))
+        kind = draw(st.sampled_from(("flip", "byte", "interesting", "insert", "delete", "truncate",
+                                     "duplicate")))
+        if kind == "flip":
+            data[position] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "byte":
+            data[position] = draw(st.integers(0, 255))
+        elif kind == "interesting":
+            value = draw(st.sampled_from(INTERESTING_VALUES))
+            data[position:position + len(value)] = value
+        elif kind == "insert":
+            data[position:position] = draw(st.binary(min_size=1, max_size=64))
+        elif kind == "delete":
+            del data[position:position + draw(st.integers(1, 64))]
+        elif kind == "truncate":
+            del data[position:]
+        else:
+            length = draw(st.integers(1, 256))
+            data[position:position] = data[position:position + length]
+    return bytes(data)
+
+
+def check_image(data: bytes, path: Path, reader: str) -> None:
+    """Write ``data`` to ``path`` and read it: a valid image or a documented error, nothing else."""
+    path.write_bytes(data)
+    try:
+        result = read_image(path)
+    except CxrAnomalyError as error:
+        TALLY[f"{reader}: {type(error).__name__}"] += 1
+        assert str(path) in str(error), f"the error does not name the file: {error}"
+        return
+    array = result.array
+    assert array.ndim == 2 and array.size > 0 and array.dtype == np.float32
+    assert bool(np.isfinite(array).all()), "non-finite pixels"
+    assert float(array.min()) >= 0.0 and float(array.max()) <= 1.0, (array.min(), array.max())
+    TALLY[f"{reader}: read"] += 1
+
+
+def real_files(folder: Path, pattern: str, count: int) -> list[bytes]:
+    """The bytes of the first ``count`` files matching ``pattern`` (sorted, so CI is stable)."""
+    files = sorted(folder.glob(pattern))[:count]
+    assert files, f"no {pattern} under {folder}"
+    return [path.read_bytes() for path in files]
+
+
+@pytest.fixture(scope="module")
+def png_seeds(shared_data: Path) -> list[bytes]:
+    """Three 64x64 NIH PNGs (RGB) and one full-resolution NIH PNG."""
+    small = real_files(shared_data / "nih1000", "test/0_normal/*.png", 3)
+    return small + real_files(shared_data / "nih_fullres", "*.png", 1)
+
+
+@pytest.fixture(scope="module")
+def jpeg_seeds(shared_data: Path) -> list[bytes]:
+    """Two Kermany 224x224 JPEGs."""
+    return real_files(shared_data / "kermany224", "data/test/NORMAL/*.jpeg", 2)
+
+
+def dicom_bytes(pixels: np.ndarray, *, bits_stored: int, photometric: str, compress: bool,
+                rescale: bool, window: bool) -> bytes:
+    """A DICOM file of a real film, encoded as asked."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.PatientName = "FUZZ^PATIENT"
+    dataset.PatientID = "FUZZ-0001"
+    dataset.Modality = "DX"
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = 8 if bits_stored == 8 else 16
+    dataset.BitsStored = bits_stored
+    dataset.HighBit = bits_stored - 1
+    dataset.PixelRepresentation = 0
+    stored = pixels.astype(np.uint8 if bits_stored == 8 else np.uint16)
+    if bits_stored != 8:
+        stored = (pixels.astype(np.uint32) * ((1 << bits_stored) - 1) // 255).astype(np.uint16)
+    dataset.PixelData = stored.tobytes()
+    if rescale:
+        dataset.RescaleSlope, dataset.RescaleIntercept = "2", "-100"
+    if window:
+        dataset.WindowCenter, dataset.WindowWidth = "1800", "3000"
+    if compress:
+        dataset.compress(RLELossless, stored)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def dicom_seeds(shared_data: Path) -> list[bytes]:
+    """DICOM files of a real NIH film (128x128): 8-bit, 12-bit windowed, MONOCHROME1, RLE."""
+    film = sorted((shared_data / "nih_fullres").glob("*.png"))[0]
+    with Image.open(film) as image:
+        pixels = np.asarray(image.convert("L").resize((128, 128)), dtype=np.uint8)
+    return [
+        dicom_bytes(pixels, bits_stored=8, photometric="MONOCHROME2", compress=False, rescale=False,
+                    window=False),
+        dicom_bytes(pixels, bits_stored=12, photometric="MONOCHROME2", compress=False, rescale=True,
+                    window=True),
+        dicom_bytes(pixels, bits_stored=12, photometric="MONOCHROME1", compress=False, rescale=False,
+                    window=False),
+        dicom_bytes(pixels, bits_stored=8, photometric="MONOCHROME2", compress=True, rescale=False,
+                    window=False),
+    ]
+
+
+def test_seed_files_read_cleanly(png_seeds: list[bytes], jpeg_seeds: list[bytes],
+                                 dicom_seeds: list[bytes], tmp_path: Path) -> None:
+    # Without this, a fuzz run over broken seeds would only ever exercise the error paths.
+    for index, seed in enumerate(png_seeds + jpeg_seeds + dicom_seeds):
+        path = tmp_path / f"seed_{index}"
+        path.write_bytes(seed)
+        assert read_image(path).array.ndim == 2
+    assert pydicom.dcmread(io.BytesIO(dicom_seeds[3])).file_meta.TransferSyntaxUID == RLELossless
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_png_reader_on_mutated_real_files(png_seeds: list[bytes], tmp_path: Path, data: st.DataObject) -> None:
+    seed = data.draw(st.sampled_from(png_seeds))
+    check_image(data.draw(mutations(seed)), tmp_path / "input.png", "png")
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_jpeg_reader_on_mutated_real_files(jpeg_seeds: list[bytes], tmp_path: Path, data: st.DataObject) -> None:
+    seed = data.draw(st.sampled_from(jpeg_seeds))
+    check_image(data.draw(mutations(seed)), tmp_path / "input.jpeg", "jpeg")
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_dicom_reader_on_mutated_real_files(dicom_seeds: list[bytes], tmp_path: Path, data: st.DataObject) -> None:
+    seed = data.draw(st.sampled_from(dicom_seeds))
+    check_image(data.draw(mutations(seed)), tmp_path / "input.dcm", "dicom")
+
+
+def check_manifest(data: bytes, path: Path, origin: str) -> None:
+    """Parse ``data`` as a manifest CSV: a valid manifest or a documented error, nothing else."""
+    path.write_bytes(data)
+    try:
+        manifest = load_inputs([path])
+    except CxrAnomalyError as error:
+        TALLY[f"{origin}: {type(error).__name__}"] += 1
+        return
+    assert list(manifest.columns[: len(MANIFEST_COLUMNS)]) == list(MANIFEST_COLUMNS)
+    assert str(manifest["label"].dtype) == "Int64"
+    assert set(manifest["label"].dropna().unique()) <= {0, 1}
+    assert set(manifest["split"].dropna().unique()) <= {"train", "val", "test"}
+    assert manifest["path"].map(lambda value: isinstance(value, str) and value != "").all()
+    TALLY[f"{origin}: parsed"] += 1
+
+
+@pytest.fixture(scope="module")
+def manifest_seeds(shared_data: Path) -> list[bytes]:
+    """The first 20 lines of the NIH1000 and Kermany manifests."""
+    seeds = []
+    for folder in ("nih1000", "kermany224"):
+        lines = (shared_data / folder / "manifest.csv").read_bytes().splitlines(keepends=True)
+        seeds.append(b"".join(lines[:20]))
+    return seeds
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_manifest_parser_on_mutated_real_manifests(manifest_seeds: list[bytes], tmp_path: Path,
+                                                   data: st.DataObject) -> None:
+    seed = data.draw(st.sampled_from(manifest_seeds))
+    check_manifest(data.draw(mutations(seed)), tmp_path / "manifest.csv", "manifest (mutated)")
+
+
+CELL_VALUES = st.one_of(
+    st.sampled_from(["", "0", "1", "2", "-1", "0.0", "1.0", "normal", "Normal", "ABNORMAL", "pneumonia",
+                     "No Finding", "train", "val", "valid", "Test", "training", "nan", "NaN", "NA",
+                     "None", " ", "PA", "AP", "a.png", "sub/b.png", "/abs/c.png", "x.npz#train/0",
+                     "#", "\"", ",", "\n"]),
+    st.text(max_size=12),
+    st.integers(-5, 5).map(str),
+)
+COLUMN_NAMES = st.one_of(
+    st.sampled_from(["path", "label", "split", "patient_id", "view", "patient_key", "PatientID",
+                     " path ", "Label", "path", ""]),
+    st.text(max_size=8),
+)
+
+
+@st.composite
+def random_tables(draw: st.DrawFn) -> bytes:
+    """A CSV table with random columns (usually including ``path``) and random cell values."""
+    columns = draw(st.lists(COLUMN_NAMES, min_size=0, max_size=7))
+    if draw(st.booleans()):
+        columns = ["path", *columns]
+    rows = draw(st.lists(st.lists(CELL_VALUES, min_size=len(columns), max_size=len(columns)),
+                         max_size=8))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    encoding = draw(st.sampled_from(["utf-8", "utf-16", "latin-1"]))
+    return text.getvalue().encode(encoding, errors="replace")
+
+
+@FUZZ_SETTINGS
+@given(table=random_tables())
+def test_manifest_parser_on_random_tables(table: bytes, tmp_path: Path) -> None:
+    check_manifest(table, tmp_path / "manifest.csv", "manifest (random)")
