@@ -63,8 +63,9 @@ def normalise_manifest(table: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
     table["label"] = labels.astype("Int64")
     splits = table["split"].astype("string").str.strip().str.lower()
     mapped = splits.map(lambda value: _SPLIT_ALIASES.get(value, "?") if isinstance(value, str) and value else pd.NA)
-    if (mapped == "?").any():
-        row = int(np.flatnonzero((mapped == "?").to_numpy())[0])
+    invalid = (mapped == "?").fillna(False).to_numpy(dtype=bool)  # empty splits compare as NA
+    if invalid.any():
+        row = int(np.flatnonzero(invalid)[0])
         raise ManifestError(
             origin, f"row {row + 1}: split {table['split'].iloc[row]!r} is not train, val or test"
         )
