@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="the server's PyTorch threads (serve --threads)")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the result")
     args = parser.parse_args(argv)
 
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "cxr_anomaly.cli", "serve", "--model", str(args.model), "--port", str(port),
                "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms)]
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
     environment = {key: value for key, value in os.environ.items() if key != "CXR_ANOMALY_TOKEN"}
     load_before = os.getloadavg()
     server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model),
         "max_batch_size": args.max_batch_size,
         "batch_wait_ms": args.batch_wait_ms,
+        "server_torch_threads": args.threads,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),

@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most concurrent requests scored together in one forward pass")
     serve.add_argument("--batch-wait-ms", type=float, default=5.0,
                        help="how long the first request of a batch waits for others to join")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="PyTorch threads for scoring (default: one per core; 1 is faster when the "
+                            "cores are shared with other busy processes)")
 
     evaluate = commands.add_parser(
         "evaluate", help="measure AUC and draw ROC and reconstruction figures on labelled films",
@@ -270,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                 max_image_side=args.max_image_side, max_batch_size=args.max_batch_size,
                 batch_wait_seconds=args.batch_wait_ms / 1000.0)
-            run_server(args.model, settings, host=args.host, port=args.port)
+            run_server(args.model, settings, host=args.host, port=args.port, torch_threads=args.threads)
         elif args.command == "evaluate":
             outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
                                             on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,

@@ -500,10 +500,21 @@ def start_background_server(app: FastAPI, *, host: str = "127.0.0.1", startup_ti
 
 
 def run_server(model_path: str | Path, settings: ServiceSettings, *, host: str = "127.0.0.1",
-               port: int = 8000) -> None:
-    """Load the checkpoint and serve it with uvicorn until interrupted."""
+               port: int = 8000, torch_threads: int | None = None) -> None:
+    """Load the checkpoint and serve it with uvicorn until interrupted.
+
+    Args:
+        torch_threads: intra-op threads of this server process (``torch.set_num_threads``); None
+            keeps PyTorch's default (one per core). One thread is faster on a machine whose cores
+            are shared with other busy processes, where spinning OpenMP threads wait on each other.
+    """
+    import torch
     import uvicorn
 
+    if torch_threads is not None:
+        if torch_threads < 1:
+            raise ValueError(f"torch_threads={torch_threads}; expected at least 1")
+        torch.set_num_threads(torch_threads)
     app = create_app(model_path, settings)
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without a bearer token: anyone who can reach it can score films", host)
