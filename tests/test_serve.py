@@ -213,3 +213,28 @@ def test_small_load_test_on_loopback_has_no_errors_and_batches(tiny_nih_model, f
     assert 0 < result.p50_ms <= result.p99_ms <= result.max_ms
     assert health["films_scored"] == 64
     assert health["largest_batch"] > 1  # concurrent requests shared forward passes
+
+
+def test_serve_command_passes_its_options_and_the_environment_token(tiny_nih_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxr_anomaly.serve
+    from cxr_anomaly.cli import main
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(cxr_anomaly.serve, "run_server",
+                        lambda model, settings, **options: calls.append({"model": model, "settings": settings,
+                                                                         **options}))
+    monkeypatch.setenv("CXR_ANOMALY_TOKEN", TOKEN)
+    assert main(["serve", "--model", str(tiny_nih_model.checkpoint), "--port", "8123", "--max-upload-mb", "2",
+                 "--max-image-side", "4096", "--batch-wait-ms", "20", "--threads", "1"]) == 0
+    (call,) = calls
+    settings = call["settings"]
+    assert call["port"] == 8123 and call["host"] == "127.0.0.1" and call["torch_threads"] == 1
+    assert settings.token == TOKEN and settings.max_upload_bytes == 2 * 1024 * 1024
+    assert settings.max_image_side == 4096 and settings.batch_wait_seconds == pytest.approx(0.02)
+
+
+def test_run_server_refuses_a_thread_count_below_one(tiny_nih_model) -> None:
+    from cxr_anomaly.serve import run_server
+
+    with pytest.raises(ValueError, match="torch_threads=0"):
+        run_server(tiny_nih_model.checkpoint, ServiceSettings(), torch_threads=0)
