@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import importlib.resources
@@ -34,7 +35,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -199,7 +200,7 @@ def _optional(value: float) -> float | None:
     return None if not np.isfinite(value) else float(value)
 
 
-def make_batch_scorer(model: LoadedModel) -> Any:
+def make_batch_scorer(model: LoadedModel) -> Callable[[np.ndarray], list[FilmScore]]:
     """A function scoring uint8 films (B, S, S) with the model, one :class:`FilmScore` each."""
     device = next(model.detector.parameters()).device
 
@@ -299,14 +300,10 @@ async def extract_file(request: Request, settings: ServiceSettings) -> bytes:
     return data
 
 
-WEB_PAGE_CACHE: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=1)
 def web_page() -> str:
-    """The single-page web interface (``cxr_anomaly/web/index.html``)."""
-    if "index" not in WEB_PAGE_CACHE:
-        WEB_PAGE_CACHE["index"] = (importlib.resources.files("cxr_anomaly") / "web" / "index.html").read_text("utf-8")
-    return WEB_PAGE_CACHE["index"]
+    """The single-page web interface (``cxr_anomaly/web/index.html``), read once."""
+    return (importlib.resources.files("cxr_anomaly") / "web" / "index.html").read_text("utf-8")
 
 
 SCORE_REQUEST_BODY: dict[str, Any] = {
