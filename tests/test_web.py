@@ -24,7 +24,8 @@ def browser_context() -> Iterator[object]:
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package (apt-get install -y chromium), "
                     "as .ci/run does")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    from playwright import sync_api as playwright_api  # in the dev extra: missing it is a failure, not a skip
+
     profile = tempfile.mkdtemp(prefix="cxr-chromium-")
     with playwright_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
