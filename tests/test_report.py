@@ -155,3 +155,13 @@ def test_report_without_calibration_says_so(tmp_path: Path) -> None:
     assert re.search(r"would be flagged", document) is None
     with pytest.raises(ValueError, match="1 rows but 0 explanations"):
         write_html_report(tmp_path / "s.html", ranked, [], calibration=None, model_description="test")
+
+
+def test_rows_that_cannot_be_reread_are_explained_on_the_model_input(tmp_path: Path) -> None:
+    from cxr_anomaly.config import DataConfig
+    from cxr_anomaly.report import explain_rows
+
+    pixels = np.full((1, 64, 64), 90, dtype=np.uint8)
+    table = pd.DataFrame({"path": [f"{tmp_path}/pneumoniamnist.npz#test/0"]})  # an npz member, not a file
+    (explanation,) = explain_rows(table, pixels, pixels, DataConfig())
+    assert explanation.original.shape == (64, 64) and explanation.overlay.shape == (64, 64, 3)
