@@ -3,8 +3,11 @@
 The longer version of ``tests/test_resume.py``, for one process or for a ``torchrun`` job of
 several (the whole process group is killed, as a lost node or an out-of-memory kill would)::
 
-    .venv/bin/python -m benchmarks.kill_resume --data MANIFEST --config tiny.toml --out runs/kills \\
-        --trials 5 --kills-per-trial 3 [--processes 2]
+    .venv/bin/python -m benchmarks.kill_resume --data ../shared/data/nih1000/manifest.csv \\
+        --train-normals 48 --out runs/kills --trials 5 --kills-per-trial 3 [--processes 2]
+
+With ``--train-normals N`` the first N train-split normals and 8 other normals of the manifest
+are used; without ``--config`` the run uses the test's small settings (:data:`SMALL_CONFIG`).
 
 For each trial it checks that every file left after each kill opens (training state, checkpoint,
 JSON, CSV), then resumes until the run finishes and requires the final ``model.pt`` to equal the
@@ -27,6 +30,17 @@ import pandas as pd
 import torch
 
 from cxr_anomaly.checkpoint import load_checkpoint, load_training_state
+
+SMALL_CONFIG = """\
+[model]
+base_channels = 8
+latent_dim = 16
+[train]
+epochs = 3
+batch_size = 8
+checkpoint_every_steps = 2
+device = "cpu"
+"""
 
 
 def train_command(data: Path, config: Path, run_dir: Path, processes: int, resume: bool) -> list[str]:
@@ -92,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the trials and report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--train-normals", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--kills-per-trial", type=int, default=3)
@@ -102,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.train_normals is not None:
+        table = pd.read_csv(args.data)
+        normals = table[table["label"] == 0]
+        rows = pd.concat([normals[normals["split"] == "train"].head(args.train_normals),
+                          normals[normals["split"] != "train"].head(8)]).copy()
+        rows["path"] = [str((args.data.parent / path).resolve()) for path in rows["path"]]
+        args.data = args.out / "manifest.csv"
+        rows.to_csv(args.data, index=False)
+    if args.config is None:
+        args.config = args.out / "config.toml"
+        args.config.write_text(SMALL_CONFIG)
     started = time.perf_counter()
     reference_dir = args.out / "reference"
     subprocess.run(train_command(args.data, args.config, reference_dir, args.processes, False),
