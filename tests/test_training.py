@@ -211,3 +211,28 @@ def test_discriminator_loss_from_logits_matches_the_loss_module() -> None:
     expected = DiscriminatorLoss()(discriminator, real, fake)
     got = discriminator_loss_from_logits(discriminator(real).logit, discriminator(fake).logit)
     assert torch.allclose(expected, got)
+
+
+def test_batchnorm_statistics_are_re_estimated_after_a_short_run(normals: np.ndarray) -> None:
+    """After a few steps the running variances still remember their initial 1; re-estimating them
+    over the training normals makes eval-mode reconstructions match train-mode ones."""
+    from cxr_anomaly.data.dataset import to_model_tensor
+
+    images = to_model_tensor(normals, Config().data)  # (40, 1, 64, 64)
+
+    def l1_by_mode(detector: torch.nn.Module) -> tuple[float, float]:
+        with torch.no_grad():
+            detector.train()
+            batch_statistics = (images - detector(images).reconstruction).abs().mean().item()
+            detector.eval()
+            running_statistics = (images - detector(images).reconstruction).abs().mean().item()
+        return batch_statistics, running_statistics
+
+    plain_u = with_overrides(tiny_config(), "model", variant="u")
+    kept = train_detector(with_overrides(plain_u, "train", recalibrate_batchnorm=False), normals).detector
+    recalibrated = train_detector(plain_u, normals).detector
+    kept_train, kept_eval = l1_by_mode(kept)
+    new_train, new_eval = l1_by_mode(recalibrated)
+    assert kept_eval > 1.1 * kept_train, "the short run should show the stale-statistics gap"
+    assert new_eval < kept_eval
+    assert new_eval == pytest.approx(new_train, rel=0.05)

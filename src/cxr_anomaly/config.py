@@ -115,6 +115,11 @@ class TrainConfig:
     # batch for collapse_patience_steps consecutive steps (0 disables the guard).
     collapse_patience_steps: int = 500
     collapse_threshold: float = 1e-3
+    # Re-estimate BatchNorm running statistics over the training normals after training. With
+    # few steps the running variances still remember their initial 1 while DCGAN-initialised
+    # activations are far smaller, so eval-mode reconstructions come out flat grey (measured on
+    # NIH1000, 15 steps: validation-normal L1 0.42 in eval mode against 0.16 in train mode).
+    recalibrate_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

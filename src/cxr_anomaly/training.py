@@ -230,6 +230,35 @@ class RunLog:
             os.close(descriptor)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(detector: OneClassDetector, train_pixels: np.ndarray, config: Config,
+                          device: torch.device, batch_size: int = 64) -> None:
+    """Re-estimate every BatchNorm's running mean and variance over the training normals.
+
+    One pass without input noise and without weight updates, averaging the batch statistics
+    cumulatively (momentum None): U and E see what they see at scoring time, D sees the real
+    films and their reconstructions, as in its training steps.
+    """
+    layers = [layer for layer in detector.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    detector.train()
+    for start in range(0, len(train_pixels), batch_size):
+        batch = to_model_tensor(train_pixels[start:start + batch_size], config.data).to(device)  # (B, 1, H, W)
+        if len(batch) < 2:  # a lone film has no batch variance
+            continue
+        output = detector(batch)
+        if detector.discriminator is not None:
+            detector.discriminator(torch.cat([batch, output.reconstruction]))  # (2B, 1, H, W)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    detector.eval()
+    logger.info("re-estimated BatchNorm statistics of %d layers over %d training normals",
+                len(layers), len(train_pixels))
+
+
 def train_detector(
     config: Config,
     train_pixels: np.ndarray,
@@ -516,6 +545,8 @@ def train_detector(
         plain = OneClassDetector(config.model)  # SyncBatchNorm layers back to BatchNorm2d
         plain.load_state_dict(detector.state_dict())
         detector = plain.to(device)
+    if train_config.recalibrate_batchnorm:
+        recalibrate_batchnorm(detector, train_pixels, config, device)
     detector.eval()
     # The codes of the training normals make the code-space kNN score (score.method="code_knn")
     # available to every checkpoint, whichever method the config picks.
