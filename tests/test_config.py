@@ -55,3 +55,18 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Config().train.epochs = 3  # type: ignore[misc]
+
+
+def test_paper_preset_and_config_files_applied_over_a_preset(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cxr_anomaly.config import load_config, paper_config, preset_config
+
+    paper = paper_config()
+    assert paper.score.method == "eq6" and paper.train.recalibrate_batchnorm is False
+    assert preset_config("default") == Config()
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        preset_config("fast")
+    path = tmp_path / "small.toml"
+    path.write_text("[model]\nbase_channels = 16\n")
+    over_paper = load_config(path, base=paper)
+    assert over_paper.model.base_channels == 16 and over_paper.score.method == "eq6"
+    assert load_config(path).score.method == Config().score.method

@@ -16,6 +16,7 @@ Writes one JSON per run into ``benchmarks/research/logs/``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ from cxr_anomaly.data.dataset import to_model_tensor
 from cxr_anomaly.evaluation import safe_auc
 from cxr_anomaly.models.tang2019 import OneClassDetector
 from cxr_anomaly.reproduce import ReproduceOptions, SplitData, prepare_split
-from cxr_anomaly.training import EpochLog, train_detector
+from cxr_anomaly.training import EpochLog, recalibrate_batchnorm, train_detector
 
 LOGS = Path(__file__).resolve().parent / "logs"
 
@@ -109,6 +110,8 @@ def main() -> None:
     parser.add_argument("--epoch-zero", action="store_true", help="also score the untrained network")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-epochs", type=int, nargs="*", default=[], help="epochs to score (default all)")
+    parser.add_argument("--recalibrate", action="store_true", help="re-estimate BatchNorm statistics first")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -129,7 +132,7 @@ def main() -> None:
                                                       "test": aucs(split.test_labels, {"s": baseline["test"].scores[name]}, split.test_views)}
                                                for name in baseline["test"].scores},
                                  "runs": []}
-    name = f"{args.data}_{args.view or 'all'}_{args.variant}_{args.intensity}_e{args.epochs}_c{args.base_channels}_n{args.noise}_b{args.batch_size}{args.tag}"
+    name = f"{args.data}_{args.view or 'all'}_{args.variant}_{args.intensity}_e{args.epochs}_c{args.base_channels}_n{args.noise}_b{args.batch_size}{'_bnre' if args.recalibrate else ''}{args.tag}"
     LOGS.mkdir(exist_ok=True)
     for seed in args.seeds:
         run_config = with_overrides(with_overrides(config, "train", seed=seed, epochs=args.epochs,
@@ -138,6 +141,11 @@ def main() -> None:
         epochs: list[dict[str, object]] = []
 
         def on_epoch_end(detector: OneClassDetector, log: EpochLog) -> None:
+            if args.eval_epochs and log.epoch not in args.eval_epochs:
+                return
+            if args.recalibrate:  # score a copy with re-estimated BatchNorm statistics, as the library does
+                detector = copy.deepcopy(detector)
+                recalibrate_batchnorm(detector, split.train_normals, run_config, torch.device("cpu"))
             train_codes = candidate_scores(detector, split.train_normals, None, run_config)["train_codes"]
             val = candidate_scores(detector, split.val_pixels, train_codes, run_config)
             test = candidate_scores(detector, split.test_pixels, train_codes, run_config)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import VARIANTS, Config, load_config, with_overrides
+from .config import VARIANTS, Config, load_config, preset_config, with_overrides
 from .errors import CxrAnomalyError
 
 logger = logging.getLogger("cxr_anomaly")
@@ -204,8 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--max-train-normals", type=int, default=None,
                            help="train on at most this many normals (seeded draw), for short runs")
     reproduce.add_argument("--epochs", type=int, default=None, help="training epochs per cell")
+    reproduce.add_argument("--preset", choices=("default", "paper"), default="default",
+                           help="base configuration: default, or paper (eq. 6 score, BatchNorm "
+                                "running statistics from training)")
     reproduce.add_argument("--config", type=Path, default=None, metavar="FILE",
-                           help="TOML or JSON config file; command-line options override it")
+                           help="TOML or JSON config file, applied over the preset; command-line "
+                                "options override it")
     reproduce.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     reproduce.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                            help="fp32 (default) or bf16 autocast")
@@ -302,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "reproduce":
             from .reproduce import ReproduceOptions, reproduce_job
 
-            config = load_config(args.config) if args.config else Config()
+            config = (load_config(args.config, base=preset_config(args.preset)) if args.config
+                      else preset_config(args.preset))
             train_changes = {key: value for key, value in (
                 ("epochs", args.epochs), ("device", args.device), ("precision", args.precision))
                 if value is not None}
