@@ -159,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rows to evaluate; auto = the test split when the data has one, else all")
     add_data_options(evaluate)
 
+    export = commands.add_parser(
+        "export", help="export a checkpoint's scoring graph to ONNX",
+        description="Write the whole scoring graph (model tensor (N, 1, 64, 64) in [-1, 1] -> raw score "
+                    "and its components) as an ONNX file for onnxruntime, with the config and "
+                    "calibration in its metadata.",
+    )
+    export.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
+    export.add_argument("--out", required=True, type=Path, metavar="ONNX", help="ONNX file to write")
+
     split = commands.add_parser(
         "split", help="write a patient-disjoint split of a data set as a manifest CSV",
         description="Re-split INPUT (a manifest CSV, a folder with manifest.csv, a Kermany tree) so that "
@@ -288,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"at the stored threshold {intervals.threshold:.4g}: sensitivity "
                       f"{intervals.sensitivity.describe()}, specificity {intervals.specificity.describe()}, "
                       f"AUC {intervals.auc.describe()} (95% bootstrap intervals)")
+        elif args.command == "export":
+            from .export import export_checkpoint
+
+            exported = export_checkpoint(args.model, args.out)
+            print(f"exported the {exported.variant} scoring graph: {exported.path} ({exported.size_bytes} bytes)")
         elif args.command == "split":
             from .data.splits import resplit_manifest, write_paper_split
 

@@ -1,0 +1,118 @@
+"""Fast inference settings: precision, memory layout, threads and host-to-device copies.
+
+What measured faster on the project's 2-core CPU (AMD EPYC, AVX2, no native bf16) is on by
+default here; the figures are in ``docs/results.md`` ("Speed (issue 5)") and come from
+``make bench``.
+
+- **Precision.** ``"fp32"`` is the default and the reference. ``"bf16"`` runs the networks under
+  bf16 autocast. ``"auto"`` picks bf16 only where the hardware computes it natively (oneDNN's
+  AVX512-BF16/AMX check on CPU, ``torch.cuda.is_bf16_supported`` on CUDA) and fp32 elsewhere,
+  because emulated bf16 convolutions on an AVX2 CPU run many times *slower* than fp32.
+  An explicit ``"bf16"`` is honoured everywhere (it gives the same scores within bf16 rounding),
+  with a warning where it is emulated.
+- **Layout.** channels_last (NHWC) lets oneDNN (CPU) and cuDNN (CUDA) pick their fastest
+  convolution kernels; :func:`to_channels_last` converts a module's weights in place, which keeps
+  their values.
+- **Threads.** :func:`recommended_threads` is the number of cores this process may run on.
+- **Copies.** :func:`to_device` pins host memory and copies without blocking when the target is
+  a CUDA device, so the copy overlaps the previous batch's compute. (No GPU was available when this
+  was written: the CUDA path is exercised by code review only, not measured.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ScorePrecision = Literal["fp32", "bf16", "auto"]
+SCORE_PRECISIONS: tuple[str, ...] = get_args(ScorePrecision)
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 convolutions in hardware (not by emulation)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        # oneDNN answers True only with AVX512-BF16 or AMX; AVX2 CPUs emulate bf16 slowly.
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            return False
+    return False
+
+
+def resolve_precision(requested: str, device: torch.device | str) -> str:
+    """Map a requested score precision to the one used: ``"fp32"`` or ``"bf16"``.
+
+    ``"auto"`` becomes bf16 only where :func:`native_bf16` holds. An explicit ``"bf16"`` is
+    kept (the caller asked for it) but logged as slow where it is emulated.
+
+    Raises:
+        ConfigError: ``requested`` is not one of :data:`SCORE_PRECISIONS`.
+    """
+    if requested not in SCORE_PRECISIONS:
+        raise ConfigError(f"precision={requested!r}; expected one of {SCORE_PRECISIONS}")
+    native = native_bf16(device)
+    if requested == "auto":
+        return "bf16" if native else "fp32"
+    if requested == "bf16" and not native:
+        logger.warning("bf16 requested on %s, which has no native bf16 support: it is emulated "
+                       "and slower than fp32 there (use precision 'auto' to fall back)", device)
+    return requested
+
+
+def inference_autocast(device: torch.device | str,
+                       precision: str) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast for ``precision == "bf16"``, otherwise a context that changes nothing."""
+    device = torch.device(device)
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Convert the 4-D weights of ``module`` to channels_last in place; values are unchanged."""
+    return module.to(memory_format=torch.channels_last)
+
+
+def to_device(batch: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Copy a host tensor to ``device``; pinned and non-blocking when the target is CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
+def recommended_threads() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1.
+
+    On the project's 2-core machine this is torch's default already; it matters in containers
+    whose CPU quota is smaller than the host's core count.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(num_threads: int | None) -> int:
+    """Set torch's intra-op threads (None: :func:`recommended_threads`); return the number set.
+
+    Raises:
+        ConfigError: ``num_threads`` is below 1.
+    """
+    threads = recommended_threads() if num_threads is None else num_threads
+    if threads < 1:
+        raise ConfigError(f"num_threads={threads}; must be >= 1")
+    torch.set_num_threads(threads)
+    return threads
