@@ -1,0 +1,125 @@
+"""All benchmarks in one command: ``make bench`` (= ``.venv/bin/python -m benchmarks.run``).
+
+Runs :mod:`benchmarks.bench_model` (scoring and training throughput against the convolution and
+GEMM ceilings measured in the same run, single-film latency, bf16, torch.compile, onnxruntime,
+profiles) and :mod:`benchmarks.bench_cache` (full-size PNG preprocessing rate against the
+decode rate), prints a summary and writes everything to ``benchmarks/results.json``.
+
+``--smoke`` is the tiny mode CI runs: it checks that every benchmark works, not how fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.bench_model import ModelBenchmarkResult, run_model_benchmark
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
+
+
+def git_commit() -> str:
+    """Short hash of the checked-out commit, or 'unknown' outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_cache_benchmark(smoke: bool) -> dict[str, Any]:
+    """The preprocessing benchmark of :mod:`benchmarks.bench_cache`, or why it could not run."""
+    try:
+        from benchmarks.bench_cache import DEFAULT_SOURCE, run_benchmark
+    except ImportError as error:
+        return {"skipped": f"benchmarks.bench_cache unavailable: {error}"}
+    if not DEFAULT_SOURCE.is_dir():
+        return {"skipped": f"no full-size films at {DEFAULT_SOURCE}"}
+    copies, single_films = (1, 5) if smoke else (30, 60)
+    with tempfile.TemporaryDirectory(prefix="bench_cache_") as work_dir:
+        result = run_benchmark(DEFAULT_SOURCE, copies, single_films, None, Path(work_dir))
+    return asdict(result)
+
+
+def summary_lines(model: ModelBenchmarkResult, cache: dict[str, Any]) -> list[str]:
+    """Human-readable lines of the headline figures."""
+    lines = [
+        f"CPU {model.cpu_model}, {model.threads} threads, native bf16: {model.native_bf16}; "
+        f"load {model.load_average_before[0]:.2f} -> {model.load_average_after[0]:.2f}",
+        f"FLOPs per image: scoring {model.scoring_gflop_per_image:.3f} GFLOP, "
+        f"training step {model.training_gflop_per_image:.3f} GFLOP",
+        "ceilings (median): conv " + ", ".join(f"{k} {v:.1f}" for k, v in model.conv_ceiling_gflops.items())
+        + " GFLOP/s; GEMM " + ", ".join(f"{k} {v:.1f}" for k, v in model.gemm_gflops.items()) + " GFLOP/s",
+    ]
+    for title, results, batch in (("scoring", model.scoring, model.scoring_batch),
+                                  ("training", model.training, model.training_batch)):
+        lines.append(f"{title} (batch {batch}): images/s | conv ceiling | fraction | GEMM ceiling | fraction")
+        for item in results:
+            lines.append(f"  {item.name:<48} {item.images_per_second:8.1f} | {item.ceiling_images_per_second:8.1f}"
+                         f" | {item.fraction_of_ceiling:5.2f} | {item.gemm_ceiling_images_per_second:8.1f}"
+                         f" | {item.fraction_of_gemm_ceiling:5.2f}" + (f"  ({item.note})" if item.note else ""))
+    lines.append(f"single-film latency ({model.latency.calls} calls): p50 {model.latency.p50_ms:.1f} ms, "
+                 f"p99 {model.latency.p99_ms:.1f} ms")
+    if "skipped" in cache:
+        lines.append(f"preprocessing: skipped ({cache['skipped']})")
+    else:
+        lines.append(f"preprocessing of {cache['films']} full-size PNGs: {cache['build_rate']:.1f} films/s against "
+                     f"a decode ceiling of {cache['ceiling_rate']:.1f} ({cache['cores']} x "
+                     f"{cache['single_core_rate']:.1f} single-core) = {100 * cache['efficiency']:.0f}%")
+    lines.extend(f"note: {note}" for note in model.notes)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks, print the summary, write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny run for CI (checks that it works)")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats of the model figures (default 5)")
+    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    parser.add_argument("--no-cache", action="store_true", help="leave the preprocessing benchmark out")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file to write")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    model = run_model_benchmark(smoke=arguments.smoke, repeats=arguments.repeats,
+                                include_compile=False if arguments.no_compile else None)
+    cache = {"skipped": "--no-cache"} if arguments.no_cache else run_cache_benchmark(arguments.smoke)
+    results = {
+        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "seconds": time.perf_counter() - started,
+        "model": asdict(model),
+        "preprocessing": cache,
+    }
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(results, indent=2) + "\n")
+    for line in summary_lines(model, cache):
+        print(line)
+    for profile in model.profiles:
+        print(f"\nprofile: {profile.what}\n{profile.table}")
+    print(f"written to {arguments.output} in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
