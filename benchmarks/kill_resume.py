@@ -36,7 +36,7 @@ SMALL_CONFIG = """\
 base_channels = 8
 latent_dim = 16
 [train]
-epochs = 3
+epochs = {epochs}
 batch_size = 8
 checkpoint_every_steps = 2
 device = "cpu"
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--train-normals", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the small settings")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--kills-per-trial", type=int, default=3)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.to_csv(args.data, index=False)
     if args.config is None:
         args.config = args.out / "config.toml"
-        args.config.write_text(SMALL_CONFIG)
+        args.config.write_text(SMALL_CONFIG.format(epochs=args.epochs))
     started = time.perf_counter()
     reference_dir = args.out / "reference"
     subprocess.run(train_command(args.data, args.config, reference_dir, args.processes, False),
