@@ -66,7 +66,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(
     assert {"auc_PA_mean", "auc_AP_mean", "average_precision_mean", "val_auc_mean"} <= set(table.columns)
     markdown = (out / "table.md").read_text()
     assert "| u+d+e | eq. 6 | 1 |" in markdown and "| u+d+e | code kNN | 1 |" in markdown
-    assert "knn5 (baseline)" in markdown and "AUC PA" in markdown
+    assert "knn5 (baseline)" in markdown and "AUC, PA films" in markdown
 
     split = pd.read_csv(out / "split.csv")
     patients_per_split = split.groupby("patient_id")["split"].nunique()

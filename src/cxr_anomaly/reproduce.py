@@ -388,7 +388,7 @@ def _pm(mean: object, std: object) -> str:
 
 def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str, seeds: Sequence[int] = ()) -> str:
     """The table as Markdown, AUC mean ± std per method, like the paper's Table 1."""
-    columns = ["method", "score", "runs", "test AUC", "test AP", *[f"AUC {view}" for view in views],
+    columns = ["method", "score", "runs", "test AUC", "test AP", *[f"AUC, {view} films" for view in views],
                "val AUC", "AUC of L1 alone", "paper AUC (NIH)"]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
