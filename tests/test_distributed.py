@@ -128,3 +128,14 @@ def test_single_process_context_and_rank_seeds(monkeypatch: pytest.MonkeyPatch) 
     for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.setenv(name, "0")
     assert not distributed.launched_by_torchrun()  # a one-process torchrun needs no group
+
+
+def test_train_options_reach_the_config() -> None:
+    from cxr_anomaly.cli import build_parser, training_config
+
+    arguments = build_parser().parse_args(["train", "--data", "x.csv", "--out", "run", "--sync-batchnorm",
+                                           "--checkpoint-every-steps", "25", "--resume"])
+    config = training_config(arguments)
+    assert config.train.sync_batchnorm and config.train.checkpoint_every_steps == 25 and arguments.resume
+    plain = training_config(build_parser().parse_args(["train", "--data", "x.csv", "--out", "run"]))
+    assert not plain.train.sync_batchnorm and plain.train.checkpoint_every_steps == 0
