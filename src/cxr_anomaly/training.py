@@ -321,13 +321,15 @@ def train_detector(
     detector = build_detector(config)
     if state is not None:
         detector.load_state_dict(state.model_state)
-    detector.to(device)
+    detector.to(device, memory_format=torch.channels_last)  # the faster conv layout of oneDNN and cuDNN
     if train_config.sync_batchnorm:
         if context.is_distributed:
             distributed.convert_sync_batchnorm(detector, device)
         else:
             logger.info("train.sync_batchnorm has no effect in a single process")
     images = to_model_tensor(train_pixels, config.data)  # (N, H, W) uint8 -> (N, 1, H, W) in [-1, 1]
+    if device.type == "cuda":  # the films fit in GPU memory: no host-to-device copy per step
+        images = images.to(device)
     generator_loss = GeneratorLoss(config.loss)
     betas = (train_config.beta1, train_config.beta2)
     generator_optimizer = torch.optim.Adam(
