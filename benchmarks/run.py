@@ -84,6 +84,22 @@ def summary_lines(model: ModelBenchmarkResult, cache: dict[str, Any]) -> list[st
     return lines
 
 
+def markdown_tables(model: ModelBenchmarkResult) -> str:
+    """The throughput figures as Markdown tables, for docs/results.md."""
+    rows = []
+    for title, results, batch, flops in (
+            ("scoring", model.scoring, model.scoring_batch, model.scoring_gflop_per_image),
+            ("training", model.training, model.training_batch, model.training_gflop_per_image)):
+        rows.append(f"\n{title}, batch {batch}, {flops:.3f} GFLOP per image; medians of {model.repeats} repeats\n")
+        rows.append("| variant | images/s | conv ceiling, images/s | fraction | GEMM ceiling, images/s | fraction | note |")
+        rows.append("|---|---|---|---|---|---|---|")
+        for item in results:
+            rows.append(f"| {item.name} | {item.images_per_second:.1f} | {item.ceiling_images_per_second:.1f} | "
+                        f"{item.fraction_of_ceiling:.2f} | {item.gemm_ceiling_images_per_second:.1f} | "
+                        f"{item.fraction_of_gemm_ceiling:.2f} | {item.note} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks, print the summary, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -117,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     for profile in model.profiles:
         print(f"\nprofile: {profile.what}\n{profile.table}")
+    print(markdown_tables(model))
     print(f"written to {arguments.output} in {results['seconds']:.0f} s")
     return 0
 
