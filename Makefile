@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(CXR_ANOMALY_DATA),../shared/data/nih1000)
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m cxr_anomaly.demo --data $(DATA) --out $(DEMO_OUT)
 
-test: setup
+# tests/test_web.py drives Debian's Chromium through Playwright (no `playwright install` download).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then apt-get update && apt-get install -y chromium; fi
+
+test: setup browser
 	$(PY) -m pytest -q --timeout=900
 
 bench: setup
