@@ -40,7 +40,7 @@ LOGS = Path(__file__).resolve().parent / "logs"
 
 @torch.no_grad()
 def candidate_scores(detector: OneClassDetector, pixels: np.ndarray,
-                     train_codes: tuple[np.ndarray, np.ndarray] | None,
+                     train_codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
                      config: Config) -> dict[str, np.ndarray]:
     """Every candidate score for uint8 films (N, H, W)."""
     detector.eval()
@@ -55,6 +55,8 @@ def candidate_scores(detector: OneClassDetector, pixels: np.ndarray,
             "code": output.latent.flatten(1),
             # global average of each encoder feature map: (B, C+2C+4C+8C), a multi-scale descriptor
             "pooled": torch.cat([feature.mean(dim=(2, 3)) for feature in output.encoder_features], dim=1),
+            # the deepest encoder map (B, 8C, 4, 4), which the decoder receives beside the code
+            "deep": output.encoder_features[-1].flatten(1),
         }
         reencoded = detector.unet.encoder(output.reconstruction)
         parts["feature"] = torch.stack([
@@ -70,8 +72,11 @@ def candidate_scores(detector: OneClassDetector, pixels: np.ndarray,
     scores = {key: np.concatenate(value) for key, value in out.items()}
     codes = scores.pop("code")
     pooled = scores.pop("pooled")
+    deep = scores.pop("deep")
     if train_codes is not None:
-        train_code, train_pooled = train_codes
+        train_code, train_pooled, train_deep = train_codes
+        distances, _ = NearestNeighbors(n_neighbors=5).fit(train_deep).kneighbors(deep)
+        scores["deep_knn"] = distances.mean(1)
         distances, _ = NearestNeighbors(n_neighbors=5).fit(train_code).kneighbors(codes)
         scores["code_knn"] = distances.mean(1)
         # standardise each pooled channel on the training normals so no scale dominates
@@ -79,7 +84,7 @@ def candidate_scores(detector: OneClassDetector, pixels: np.ndarray,
         distances, _ = NearestNeighbors(n_neighbors=5).fit((train_pooled - mean) / std).kneighbors((pooled - mean) / std)
         scores["pooled_knn"] = distances.mean(1)
     else:
-        scores["train_codes"] = (codes, pooled)
+        scores["train_codes"] = (codes, pooled, deep)
     return scores
 
 
