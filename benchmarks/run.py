@@ -112,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
     load_before = os.getloadavg()
+    commit = git_commit()  # before the run: others may commit while it lasts
     model = run_model_benchmark(smoke=arguments.smoke, repeats=arguments.repeats,
                                 include_compile=False if arguments.no_compile else None)
     cache = {"skipped": "--no-cache"} if arguments.no_cache else run_cache_benchmark(arguments.smoke)
     results = {
         "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": commit,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
