@@ -205,9 +205,17 @@ def _train_job(
     return TrainOutcome(checkpoint, len(train_images.pixels), len(calibration_images.pixels), skipped)
 
 
+@dataclass
+class ScoredTable:
+    """Per-film scores and, when asked for, the reconstructions x' (uint8, (N, H, W))."""
+
+    table: pd.DataFrame
+    reconstructions: np.ndarray | None
+
+
 def score_table(model: LoadedModel, images: LoadedImages, *, normalisation: str = "calibrated",
-                keep_reconstructions: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """Score loaded images; return the table (path, score, components, ...) and reconstructions.
+                keep_reconstructions: bool = False) -> ScoredTable:
+    """Score loaded images into a table (path, score, components, ...) and reconstructions.
 
     ``normalisation`` picks the ``score`` column: ``calibrated`` (robust z-score against normal
     validation films, stored in the checkpoint), ``minmax`` (the paper's, over this set) or
@@ -241,7 +249,7 @@ def score_table(model: LoadedModel, images: LoadedImages, *, normalisation: str 
     for column in ("label", "split", "view", "patient_id"):
         if images.manifest[column].notna().any():
             table[column] = images.manifest[column].to_numpy()
-    return table, result.reconstructions
+    return ScoredTable(table, result.reconstructions)
 
 
 def score_job(
@@ -270,8 +278,9 @@ def score_job(
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     report_skipped(images.skipped, out_csv.with_name(out_csv.stem + "_skipped.csv"))
-    table, reconstructions = score_table(model, images, normalisation=normalisation,
-                                         keep_reconstructions=report is not None)
+    scored = score_table(model, images, normalisation=normalisation,
+                         keep_reconstructions=report is not None)
+    table, reconstructions = scored.table, scored.reconstructions
     table = add_dicom_links(table, keep_patient_identifiers=keep_patient_identifiers)
     if report is not None:
         assert reconstructions is not None  # asked for above
@@ -300,16 +309,24 @@ class EvaluationOutcome:
     intervals: BootstrapIntervals | None = None  # at the stored threshold; None without calibration
 
 
-def choose_evaluation_rows(manifest: pd.DataFrame, split: str) -> tuple[pd.DataFrame, str]:
+@dataclass
+class ChosenRows:
+    """The manifest rows a job works on and the split they came from (``all`` for every row)."""
+
+    manifest: pd.DataFrame
+    split: str
+
+
+def choose_evaluation_rows(manifest: pd.DataFrame, split: str) -> ChosenRows:
     """Rows to evaluate: ``auto`` means the test split when one exists, else every row."""
     if split == "auto":
         split = "test" if (manifest["split"] == "test").any() else "all"
     if split == "all":
-        return manifest, split
+        return ChosenRows(manifest, split)
     rows = manifest[manifest["split"] == split]
     if rows.empty:
         raise ValueError(f"no rows with split {split!r} in the data")
-    return rows, split
+    return ChosenRows(rows, split)
 
 
 def evaluate_job(
@@ -333,15 +350,17 @@ def evaluate_job(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(model_path)
-    manifest, split = choose_evaluation_rows(load_inputs(data), split)
+    chosen = choose_evaluation_rows(load_inputs(data), split)
+    manifest, split = chosen.manifest, chosen.split
     unlabelled = int(manifest["label"].isna().sum())
     if unlabelled:
         logger.warning("%d films have no label and are scored but left out of the metrics", unlabelled)
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
                          cache_dir=cache_dir, progress=progress)
     report_skipped(images.skipped, out_dir / "skipped_files.csv")
-    table, reconstructions = score_table(model, images, keep_reconstructions=True,
-                                         normalisation="calibrated" if model.calibration else "raw")
+    scored = score_table(model, images, keep_reconstructions=True,
+                         normalisation="calibrated" if model.calibration else "raw")
+    table, reconstructions = scored.table, scored.reconstructions
     scores_path = out_dir / "scores.csv"
     table.to_csv(scores_path, index=False)
     labelled = images.manifest["label"].notna().to_numpy()
@@ -421,7 +440,8 @@ def calibrate_job(
         NoNormalImagesError: the chosen rows hold fewer than 2 normal films.
     """
     model = load_checkpoint(model_path)
-    manifest, split = choose_evaluation_rows(load_inputs(data), split)
+    chosen = choose_evaluation_rows(load_inputs(data), split)
+    manifest, split = chosen.manifest, chosen.split
     images = load_images(manifest[manifest["label"].notna()], model.config.data, on_bad_file=on_bad_file,
                          cache_dir=cache_dir, progress=progress)
     labels = images.manifest["label"].to_numpy().astype(int)
