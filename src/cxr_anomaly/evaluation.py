@@ -132,7 +132,7 @@ def reconstruction_grid(
     groups = [(title, inputs[:per_row], outputs[:per_row]) for title, inputs, outputs in rows if len(inputs)]
     if not groups:
         raise ValueError("reconstruction_grid: no images to show")
-    figure, axes = plt.subplots(2 * len(groups), per_row, figsize=(per_row * 1.1, 2.4 * len(groups)),
+    figure, axes = plt.subplots(2 * len(groups), per_row, figsize=(per_row * 1.0, 2.3 * len(groups)),
                                 dpi=100, squeeze=False)
     for group_index, (title, inputs, outputs) in enumerate(groups):
         for column in range(per_row):
@@ -143,7 +143,8 @@ def reconstruction_grid(
                     axis.imshow(images[column], cmap="gray", vmin=0, vmax=255)
         axes[2 * group_index, 0].set_title(f"{title}: input (top), reconstruction (bottom)",
                                             loc="left", fontsize=8)
-    figure.tight_layout()
+    # Films sit edge to edge, with room only for each group's title.
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.03, hspace=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
