@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from cxr_anomaly.data.manifest import load_inputs, read_manifest_csv
+from cxr_anomaly.data.manifest import load_inputs, read_manifest_csv, scan_folder
 from cxr_anomaly.errors import ManifestError, MissingFileError
 
 
@@ -71,3 +73,20 @@ def test_npz_without_images(tmp_path: Path) -> None:
     broken = write(tmp_path, b"not a zip archive", "broken.npz")
     with pytest.raises(ManifestError, match="cannot open as npz"):
         load_inputs(broken)
+
+
+def test_scan_folder_finds_dicom_files_without_a_suffix(tmp_path: Path, shared_data: Path,
+                                                          dicom_writer: Callable[..., Path],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from PIL import Image
+
+    film = np.asarray(Image.open(shared_data / "nih_fullres" / "00000427_000.png").convert("L"))
+    series = tmp_path / "series"
+    series.mkdir()
+    dicom_writer(film, series / "IM0001", study_uid="1.2.3", sop_uid="1.2.3.1")
+    dicom_writer(film, series / "1.2.840.10008.99", study_uid="1.2.3", sop_uid="1.2.3.2")
+    (series / "notes.bin").write_bytes(b"not an image at all")
+    with caplog.at_level("WARNING"):
+        table = scan_folder(series)
+    assert sorted(Path(p).name for p in table["path"]) == ["1.2.840.10008.99", "IM0001"]
+    assert "notes.bin" in caplog.text

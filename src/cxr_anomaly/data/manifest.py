@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ManifestError, MissingFileError
-from ..io import IMAGE_SUFFIXES
+from ..io import IMAGE_SUFFIXES, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +124,23 @@ def _resolve(base: Path, value: str) -> str:
     return str(resolved) + (hash_sign + member if hash_sign and file_part.endswith(".npz") else "")
 
 
+def looks_like_image(path: Path) -> bool:
+    """Whether a file's leading bytes are those of a PNG, JPEG, DICOM, BMP or TIFF file."""
+    try:
+        with path.open("rb") as handle:
+            return sniff_format(handle.read(132)) is not None
+    except OSError:
+        return False
+
+
 def scan_folder(folder: str | Path) -> pd.DataFrame:
     """List the image files under ``folder`` recursively, inferring labels and splits from folders.
 
     A path component named like ``normal``/``0_normal`` gives label 0, ``abnormal``/``1_abnormal``/
-    ``pneumonia`` label 1; ``train``/``val``/``valid``/``test`` give the split. Files whose
-    suffix is not an image suffix are logged and listed nowhere else, never silently skipped:
-    :func:`scan_folder` logs each of them at WARNING level.
+    ``pneumonia`` label 1; ``train``/``val``/``valid``/``test`` give the split. A file with
+    another suffix, or none (DICOM series from a PACS often have none), is listed when its
+    leading bytes are those of an image; otherwise it is left out with a WARNING naming it, never
+    silently.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -139,9 +149,10 @@ def scan_folder(folder: str | Path) -> pd.DataFrame:
     for file in sorted(folder.rglob("*")):
         if not file.is_file() or file.name.startswith("."):
             continue
-        if file.suffix.lower() not in IMAGE_SUFFIXES:
+        if file.suffix.lower() not in IMAGE_SUFFIXES and not looks_like_image(file):
             if file.suffix.lower() not in (".csv", ".txt", ".md", ".json"):
-                logger.warning("ignoring %s: suffix %r is not an image suffix", file, file.suffix)
+                logger.warning("ignoring %s: neither its suffix %r nor its first bytes are those of an "
+                               "image", file, file.suffix)
             continue
         parts = [part.lower() for part in file.relative_to(folder).parts[:-1]]
         label = pd.NA
