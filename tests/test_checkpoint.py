@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -27,27 +25,17 @@ from cxr_anomaly.checkpoint import (
 )
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.errors import CheckpointError
-from cxr_anomaly.io import read_image, resize_grey
 from cxr_anomaly.scoring import fit_calibration, score_pixels
 from cxr_anomaly.training import build_detector, train_detector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny networks train faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def films(shared_data: Path) -> np.ndarray:
+def films(nih_train_normals: np.ndarray) -> np.ndarray:
     """24 real NIH normals (64x64 uint8)."""
-    folder = shared_data / "nih1000"
-    manifest = pd.read_csv(folder / "manifest.csv")
-    rows = manifest[(manifest["split"] == "train") & (manifest["label"] == 0)].head(24)
-    return np.stack([resize_grey(read_image(folder / path).array, 64) for path in rows["path"]])
+    return nih_train_normals[:24]
 
 
 def non_default_config() -> Config:

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings

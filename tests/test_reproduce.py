@@ -6,12 +6,10 @@ Two variants, one seed, one short epoch of a narrow network (8 base channels) on
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from cxr_anomaly.cli import main
 from cxr_anomaly.config import Config, with_overrides
@@ -19,13 +17,7 @@ from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.reproduce import ReproduceOptions, reproduce_job
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny networks train faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

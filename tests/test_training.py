@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from cxr_anomaly.checkpoint import load_training_state
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError
-from cxr_anomaly.io import read_image, resize_grey
 from cxr_anomaly.models.tang2019 import DiscriminatorLoss
 from cxr_anomaly.models.tang2019.torch_model import Discriminator
 from cxr_anomaly.training import (
@@ -30,26 +27,11 @@ from cxr_anomaly.training import (
 )
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 class Interrupted(Exception):
     """Raised from a callback to simulate a crash at a chosen step."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny networks train several times faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def normals(shared_data: Path) -> np.ndarray:
-    """40 real normal NIH films, 64x64 uint8."""
-    folder = shared_data / "nih1000"
-    manifest = pd.read_csv(folder / "manifest.csv")
-    rows = manifest[(manifest["split"] == "train") & (manifest["label"] == 0)].head(40)
-    return np.stack([resize_grey(read_image(folder / path).array, 64) for path in rows["path"]])
 
 
 def tiny_config(**train_changes: object) -> Config:
@@ -72,19 +54,19 @@ def assert_same_weights(first: torch.nn.Module, second: torch.nn.Module) -> None
         assert torch.equal(value, second_state[key]), key
 
 
-def test_resume_mid_epoch_reproduces_the_uninterrupted_run(normals: np.ndarray, tmp_path: Path) -> None:
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(nih_train_normals: np.ndarray, tmp_path: Path) -> None:
     config = tiny_config(checkpoint_every_steps=1)
-    reference = train_detector(config, normals, run_dir=tmp_path / "reference")
+    reference = train_detector(config, nih_train_normals, run_dir=tmp_path / "reference")
 
     def crash_at_step_five(step: int) -> None:
         if step == 5:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_detector(config, normals, run_dir=tmp_path / "run", on_step_end=crash_at_step_five)
+        train_detector(config, nih_train_normals, run_dir=tmp_path / "run", on_step_end=crash_at_step_five)
     stored = load_training_state(tmp_path / "run" / TRAINING_STATE_NAME)
     assert (stored.epochs_done, stored.next_step, stored.global_step) == (1, 1, 4)
-    resumed = train_detector(config, normals, run_dir=tmp_path / "run", resume=True)
+    resumed = train_detector(config, nih_train_normals, run_dir=tmp_path / "run", resume=True)
 
     assert resumed.resumed_from == (1, 1)
     assert [log.epoch for log in resumed.history] == [1, 2]
@@ -98,39 +80,39 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(normals: np.ndarray, 
     assert (final.epochs_done, final.next_step, final.global_step) == (2, 0, 6)
 
 
-def test_resume_of_a_finished_run_trains_no_further(normals: np.ndarray, tmp_path: Path) -> None:
+def test_resume_of_a_finished_run_trains_no_further(nih_train_normals: np.ndarray, tmp_path: Path) -> None:
     config = tiny_config(epochs=1)
-    first = train_detector(config, normals, run_dir=tmp_path)
-    again = train_detector(config, normals, run_dir=tmp_path, resume=True)
+    first = train_detector(config, nih_train_normals, run_dir=tmp_path)
+    again = train_detector(config, nih_train_normals, run_dir=tmp_path, resume=True)
     assert again.resumed_from == (1, 0)
     assert len(again.history) == 1
     assert_same_weights(first.detector, again.detector)
 
 
-def test_resume_without_a_state_starts_from_the_beginning(normals: np.ndarray, tmp_path: Path) -> None:
+def test_resume_without_a_state_starts_from_the_beginning(nih_train_normals: np.ndarray, tmp_path: Path) -> None:
     config = tiny_config(epochs=1)
-    result = train_detector(config, normals, run_dir=tmp_path, resume=True)
+    result = train_detector(config, nih_train_normals, run_dir=tmp_path, resume=True)
     assert result.resumed_from is None
     assert load_training_state(tmp_path / TRAINING_STATE_NAME).epochs_done == 1
 
 
-def test_resume_needs_a_run_folder(normals: np.ndarray) -> None:
+def test_resume_needs_a_run_folder(nih_train_normals: np.ndarray) -> None:
     with pytest.raises(ConfigError, match="run_dir"):
-        train_detector(tiny_config(), normals, resume=True)
+        train_detector(tiny_config(), nih_train_normals, resume=True)
 
 
-def test_resume_refuses_other_settings_and_other_data(normals: np.ndarray, tmp_path: Path) -> None:
+def test_resume_refuses_other_settings_and_other_data(nih_train_normals: np.ndarray, tmp_path: Path) -> None:
     config = tiny_config(epochs=1)
-    train_detector(config, normals, run_dir=tmp_path)
+    train_detector(config, nih_train_normals, run_dir=tmp_path)
     with pytest.raises(CheckpointError, match="train.seed"):
-        train_detector(with_overrides(config, "train", seed=7), normals, run_dir=tmp_path, resume=True)
+        train_detector(with_overrides(config, "train", seed=7), nih_train_normals, run_dir=tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="training films differ"):
-        train_detector(config, normals[:-1], run_dir=tmp_path, resume=True)
+        train_detector(config, nih_train_normals[:-1], run_dir=tmp_path, resume=True)
 
 
-def test_resolve_config_for_resume_keeps_the_stored_arithmetic(normals: np.ndarray, tmp_path: Path) -> None:
+def test_resolve_config_for_resume_keeps_the_stored_arithmetic(nih_train_normals: np.ndarray, tmp_path: Path) -> None:
     config = tiny_config(epochs=1)
-    train_detector(config, normals, run_dir=tmp_path)
+    train_detector(config, nih_train_normals, run_dir=tmp_path)
     requested = with_overrides(config, "train", epochs=15, checkpoint_every_steps=3)
     resolved = resolve_config_for_resume(tmp_path, requested)
     assert resolved.train.epochs == 1  # the interrupted run's length
@@ -139,14 +121,14 @@ def test_resolve_config_for_resume_keeps_the_stored_arithmetic(normals: np.ndarr
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(
-    normals: np.ndarray, tmp_path: Path
+    nih_train_normals: np.ndarray, tmp_path: Path
 ) -> None:
     def poison_weights(detector: torch.nn.Module, _log: object) -> None:
         with torch.no_grad():
             detector.unet.encoder.to_code.weight.fill_(float("nan"))
 
     with pytest.raises(TrainingDivergedError, match="non-finite loss at epoch 2, step 1") as caught:
-        train_detector(tiny_config(), normals, run_dir=tmp_path, on_epoch_end=poison_weights)
+        train_detector(tiny_config(), nih_train_normals, run_dir=tmp_path, on_epoch_end=poison_weights)
     assert str(tmp_path / TRAINING_STATE_NAME) in str(caught.value)
     kept = load_training_state(tmp_path / TRAINING_STATE_NAME)
     assert kept.epochs_done == 1
@@ -157,7 +139,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(
     assert all(math.isnan(value) for key, value in last["losses"].items() if key != "discriminator")
 
 
-def test_non_finite_weights_are_never_checkpointed(normals: np.ndarray, tmp_path: Path) -> None:
+def test_non_finite_weights_are_never_checkpointed(nih_train_normals: np.ndarray, tmp_path: Path) -> None:
     config = tiny_config(checkpoint_every_steps=1)
     holder: dict[str, torch.nn.Module] = {}
 
@@ -170,35 +152,35 @@ def test_non_finite_weights_are_never_checkpointed(normals: np.ndarray, tmp_path
                 holder["detector"].unet.encoder.to_code.weight[0, 0, 0, 0] = float("inf")
 
     with pytest.raises(TrainingDivergedError, match="non-finite values in unet"):
-        train_detector(config, normals, run_dir=tmp_path, on_epoch_end=remember,
+        train_detector(config, nih_train_normals, run_dir=tmp_path, on_epoch_end=remember,
                        on_step_end=poison_after_step_four)
     assert load_training_state(tmp_path / TRAINING_STATE_NAME).global_step == 3
     assert events(tmp_path)[-1]["event"] == "diverged"
 
 
 def test_collapse_guard_stops_when_the_discriminator_wins_outright(
-    normals: np.ndarray, tmp_path: Path
+    nih_train_normals: np.ndarray, tmp_path: Path
 ) -> None:
     # A threshold of 0.999999 counts every batch of an untrained D as "won outright".
     config = tiny_config(collapse_threshold=0.999999, collapse_patience_steps=2)
     with pytest.raises(TrainingDivergedError, match="discriminator won outright"):
-        train_detector(config, normals, run_dir=tmp_path)
+        train_detector(config, nih_train_normals, run_dir=tmp_path)
     last = events(tmp_path)[-1]
     assert last["event"] == "collapsed" and last["streak"] == 2
     # The guard is off at 0, and the variant without D never triggers it.
-    train_detector(with_overrides(config, "train", collapse_patience_steps=0, epochs=1), normals)
-    train_detector(with_overrides(with_overrides(config, "model", variant="u+e"), "train", epochs=1), normals)
+    train_detector(with_overrides(config, "train", collapse_patience_steps=0, epochs=1), nih_train_normals)
+    train_detector(with_overrides(with_overrides(config, "model", variant="u+e"), "train", epochs=1), nih_train_normals)
 
 
-def test_default_thresholds_leave_a_normal_run_alone(normals: np.ndarray) -> None:
-    result = train_detector(tiny_config(epochs=1), normals)
+def test_default_thresholds_leave_a_normal_run_alone(nih_train_normals: np.ndarray) -> None:
+    result = train_detector(tiny_config(epochs=1), nih_train_normals)
     assert len(result.history) == 1 and math.isfinite(result.history[0].generator_total)
 
 
-def test_training_without_a_run_folder_writes_nothing(normals: np.ndarray, tmp_path: Path,
+def test_training_without_a_run_folder_writes_nothing(nih_train_normals: np.ndarray, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    train_detector(tiny_config(epochs=1), normals)
+    train_detector(tiny_config(epochs=1), nih_train_normals)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -213,12 +195,12 @@ def test_discriminator_loss_from_logits_matches_the_loss_module() -> None:
     assert torch.allclose(expected, got)
 
 
-def test_batchnorm_statistics_are_re_estimated_after_a_short_run(normals: np.ndarray) -> None:
+def test_batchnorm_statistics_are_re_estimated_after_a_short_run(nih_train_normals: np.ndarray) -> None:
     """After a few steps the running variances still remember their initial 1; re-estimating them
     over the training normals makes eval-mode reconstructions match train-mode ones."""
     from cxr_anomaly.data.dataset import to_model_tensor
 
-    images = to_model_tensor(normals, Config().data)  # (40, 1, 64, 64)
+    images = to_model_tensor(nih_train_normals, Config().data)  # (40, 1, 64, 64)
 
     def l1_by_mode(detector: torch.nn.Module) -> tuple[float, float]:
         with torch.no_grad():
@@ -229,8 +211,8 @@ def test_batchnorm_statistics_are_re_estimated_after_a_short_run(normals: np.nda
         return batch_statistics, running_statistics
 
     plain_u = with_overrides(tiny_config(), "model", variant="u")
-    kept = train_detector(with_overrides(plain_u, "train", recalibrate_batchnorm=False), normals).detector
-    recalibrated = train_detector(plain_u, normals).detector
+    kept = train_detector(with_overrides(plain_u, "train", recalibrate_batchnorm=False), nih_train_normals).detector
+    recalibrated = train_detector(plain_u, nih_train_normals).detector
     kept_train, kept_eval = l1_by_mode(kept)
     new_train, new_eval = l1_by_mode(recalibrated)
     assert kept_eval > 1.1 * kept_train, "the short run should show the stale-statistics gap"
