@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .baselines import fit_and_score_baselines
 from .config import Config, with_overrides
 from .data.dataset import load_images
 from .data.manifest import load_inputs
@@ -41,30 +42,17 @@ def drop_test_patients(manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest[~leaking].reset_index(drop=True)
 
 
-def pixel_baselines(manifest: pd.DataFrame, config: Config, seed: int) -> dict[str, dict[str, object]]:
-    """PCA(5) reconstruction error and 5-NN distance, trained on train+val normals, on test.
-
-    Returns metrics per baseline; empty when scikit-learn's baselines module is unavailable.
-    """
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import NearestNeighbors
-
-    from .data.dataset import apply_intensity
-
+def pixel_baselines(manifest: pd.DataFrame, config: Config) -> dict[str, dict[str, object]]:
+    """Metrics of the PCA(5) and 5-NN pixel baselines, fitted on train+val normals, on test."""
     normals = manifest[(manifest["split"] != "test") & (manifest["label"] == 0)]
     test = manifest[manifest["split"] == "test"]
-    train_pixels = apply_intensity(load_images(normals, config.data).pixels, config.data.intensity)
-    test_pixels = apply_intensity(load_images(test, config.data).pixels, config.data.intensity)
-    train_flat = train_pixels.reshape(len(train_pixels), -1)  # (N, H*W)
-    test_flat = test_pixels.reshape(len(test_pixels), -1)
-    pca = PCA(n_components=5, random_state=seed).fit(train_flat)
-    pca_error = ((test_flat - pca.inverse_transform(pca.transform(test_flat))) ** 2).mean(axis=1)
-    neighbours = NearestNeighbors(n_neighbors=5).fit(train_flat)
-    knn_distance = neighbours.kneighbors(test_flat)[0].mean(axis=1)
+    scored = fit_and_score_baselines(load_images(normals, config.data).pixels,
+                                     {"test": load_images(test, config.data).pixels}, config.data)
     labels = test["label"].to_numpy().astype(int)
     views = test["view"].to_numpy() if test["view"].notna().any() else None
-    return {name: compute_metrics(labels, scores, views=views).to_dict()
-            for name, scores in (("PCA(5) reconstruction", pca_error), ("5-NN distance", knn_distance))}
+    names = {"pca5": "PCA(5) reconstruction", "knn5": "5-NN distance"}
+    return {names[key]: compute_metrics(labels, scores, views=views).to_dict()
+            for key, scores in scored["test"].scores.items()}
 
 
 def git_commit() -> str:
@@ -140,7 +128,7 @@ def run_demo(data: Path, out_dir: Path, *, epochs: int, seed: int, progress: boo
     evaluation = evaluate_job(trained.checkpoint, [manifest_path], out_dir / "eval", split="test",
                               progress=progress)
     metrics = json.loads(evaluation.metrics_path.read_text())
-    baselines = pixel_baselines(manifest, config, seed)
+    baselines = pixel_baselines(manifest, config)
     (out_dir / "baselines.json").write_text(json.dumps(baselines, indent=2))
     facts = {
         "data": str(data), "num_train": trained.num_train_images, "epochs": epochs, "seed": seed,
