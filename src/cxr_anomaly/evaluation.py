@@ -115,7 +115,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
 
 
 def reconstruction_grid(
-    rows: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, per_row: int = 8
+    rows: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, per_row: int = 8, title: str = ""
 ) -> Path:
     """Write a grid like the paper's Figure 2: for each titled group, inputs above reconstructions.
 
@@ -123,28 +123,26 @@ def reconstruction_grid(
         rows: (title, inputs uint8 (N, H, W), reconstructions uint8 (N, H, W)) per group.
         path: PNG to write.
         per_row: films shown per group.
+        title: a line above the whole figure.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(title, inputs[:per_row], outputs[:per_row]) for title, inputs, outputs in rows if len(inputs)]
+    groups = [(name, inputs[:per_row], outputs[:per_row]) for name, inputs, outputs in rows if len(inputs)]
     if not groups:
         raise ValueError("reconstruction_grid: no images to show")
-    figure, axes = plt.subplots(2 * len(groups), per_row, figsize=(per_row * 1.0, 2.3 * len(groups)),
-                                dpi=100, squeeze=False)
-    for group_index, (title, inputs, outputs) in enumerate(groups):
-        for column in range(per_row):
-            for offset, images in ((0, inputs), (1, outputs)):
-                axis = axes[2 * group_index + offset, column]
-                axis.axis("off")
-                if column < len(images):
-                    axis.imshow(images[column], cmap="gray", vmin=0, vmax=255)
-        axes[2 * group_index, 0].set_title(f"{title}: input (top), reconstruction (bottom)",
-                                            loc="left", fontsize=8)
-    # Films sit edge to edge, with room only for each group's title.
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.03, hspace=0.3)
+    figure, axes = plt.subplots(len(groups), 1, figsize=(8, 2.3 * len(groups)), dpi=100, squeeze=False)
+    for axis, (name, inputs, outputs) in zip(axes[:, 0], groups):
+        # (N, H, W) films side by side: (H, N*W); inputs stacked above outputs: (2H, N*W)
+        mosaic = np.concatenate([np.concatenate(list(inputs), axis=1), np.concatenate(list(outputs), axis=1)])
+        axis.imshow(mosaic, cmap="gray", vmin=0, vmax=255)
+        axis.set_title(f"{name}: input (top), reconstruction (bottom)", fontsize=9, loc="left")
+        axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

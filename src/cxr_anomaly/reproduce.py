@@ -39,7 +39,7 @@ from .data.dataset import OnBadFile, load_images
 from .data.manifest import load_inputs
 from .data.splits import patient_disjoint_split
 from .errors import ConfigError, NoNormalImagesError
-from .evaluation import compute_metrics, plot_roc
+from .evaluation import compute_metrics, plot_roc, reconstruction_grid
 from .scoring import ScoreResult, combine, fit_calibration, score_pixels
 from .training import resolve_device, train_detector
 
@@ -409,29 +409,6 @@ def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str, seed
     return "\n".join(lines) + "\n"
 
 
-def plot_figure2(groups: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
-    """Figure 2 of the paper: per group, a strip of films (N, H, W) above their reconstructions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = [group for group in groups if len(group[1])]
-    figure, axes = plt.subplots(len(groups), 1, figsize=(8, 2.3 * len(groups)), dpi=100, squeeze=False)
-    for axis, (name, inputs, outputs) in zip(axes[:, 0], groups):
-        # (N, H, W) films side by side: (H, N*W); inputs stacked above outputs: (2H, N*W)
-        mosaic = np.concatenate([np.concatenate(list(inputs), axis=1), np.concatenate(list(outputs), axis=1)])
-        axis.imshow(mosaic, cmap="gray", vmin=0, vmax=255)
-        axis.set_title(name, fontsize=9, loc="left")
-        axis.axis("off")
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
 def reproduce_job(
     data: list[str | Path],
     out_dir: str | Path,
@@ -545,11 +522,14 @@ def reproduce_job(
 
     figure_variant = "u+d+e" if "u+d+e" in options.variants else options.variants[-1]
     stored = np.load(out_dir / "cells" / cell_name(figure_variant, first_seed) / "scores.npz")
-    figure2_path = plot_figure2([
+    figure_groups = [
         ("training films", stored["figure_train"], stored["figure_train_reconstruction"]),
         ("normal test films", stored["figure_normal"], stored["figure_normal_reconstruction"]),
         ("abnormal test films", stored["figure_abnormal"], stored["figure_abnormal_reconstruction"]),
-    ], out_dir / "figure2.png", title=f"{figure_variant}, seed {first_seed}: input (top), reconstruction (bottom)")
+    ]
+    figure2_path = reconstruction_grid(figure_groups, out_dir / "figure2.png",
+                                       per_row=max(len(group[1]) for group in figure_groups),
+                                       title=f"{figure_variant}, seed {first_seed}")
     seconds = time.perf_counter() - started
     logger.info("reproduce finished in %s: %d cells run, %d reused; %s", _format_duration(seconds),
                 len(run_names), len(skipped_names), table_md)
