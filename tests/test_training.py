@@ -16,12 +16,11 @@ import torch
 from cxr_anomaly.checkpoint import load_training_state
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError
-from cxr_anomaly.models.tang2019 import DiscriminatorLoss
+from cxr_anomaly.models.tang2019 import DiscriminatorLoss, discriminator_loss_from_logits
 from cxr_anomaly.models.tang2019.torch_model import Discriminator
 from cxr_anomaly.training import (
     EVENTS_NAME,
     TRAINING_STATE_NAME,
-    discriminator_loss_from_logits,
     resolve_config_for_resume,
     train_detector,
 )

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
@@ -54,7 +53,7 @@ from .checkpoint import (
 from .config import Config, config_from_dict, config_to_dict
 from .data.dataset import to_model_tensor
 from .errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
-from .models.tang2019 import GeneratorLoss, OneClassDetector
+from .models.tang2019 import GeneratorLoss, OneClassDetector, discriminator_loss_from_logits
 from .models.tang2019.torch_model import DetectorOutput, initialise_weights
 from .scoring import store_normal_codes
 
@@ -127,17 +126,6 @@ def build_detector(config: Config) -> OneClassDetector:
     generator = torch.Generator().manual_seed(config.train.seed)
     initialise_weights(detector, config.model.init, generator)
     return detector
-
-
-def discriminator_loss_from_logits(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
-    """BCE of D on real films (target 1) and reconstructions (target 0), as DiscriminatorLoss.
-
-    The loop computes D's logits itself because the GAN guard needs D(x') of every film.
-    """
-    return 0.5 * (
-        functional.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
-        + functional.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
-    )
 
 
 def data_fingerprint(train_pixels: np.ndarray) -> str:

@@ -1,6 +1,6 @@
 """Tang et al., ICASSP 2019: U-Net autoencoder U, discriminator D and second encoder E."""
 
-from .loss import DiscriminatorLoss, GeneratorLoss, GeneratorLossOutput
+from .loss import DiscriminatorLoss, GeneratorLoss, GeneratorLossOutput, discriminator_loss_from_logits
 from .torch_model import DetectorOutput, Discriminator, Encoder, OneClassDetector, UNet
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "GeneratorLossOutput",
     "OneClassDetector",
     "UNet",
+    "discriminator_loss_from_logits",
 ]

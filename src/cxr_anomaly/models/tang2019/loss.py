@@ -76,15 +76,19 @@ class GeneratorLoss(nn.Module):
                                    latent.detach(), feature.detach())
 
 
+def discriminator_loss_from_logits(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
+    """BCE of D's logits on real films (target 1) and on reconstructions (target 0), each (N,)."""
+    real, fake = real_logit.float(), fake_logit.float()
+    return 0.5 * (
+        functional.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+        + functional.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    )
+
+
 class DiscriminatorLoss(nn.Module):
     """BCE of D on real images (target 1) and on reconstructions (target 0)."""
 
     def forward(self, discriminator: Discriminator, images: torch.Tensor,
                 reconstruction: torch.Tensor) -> torch.Tensor:
         """Loss of D; ``reconstruction`` should be detached from U's graph."""
-        real = discriminator(images).logit.float()
-        fake = discriminator(reconstruction).logit.float()
-        return 0.5 * (
-            functional.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-            + functional.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-        )
+        return discriminator_loss_from_logits(discriminator(images).logit, discriminator(reconstruction).logit)
