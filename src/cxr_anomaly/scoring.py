@@ -118,14 +118,11 @@ def score_pixels(
         batch = to_device(to_model_tensor(pixels[start:start + batch_size], config.data), device)  # (B, 1, H, W)
         with torch.inference_mode(), inference_autocast(device, precision):
             components = detector.score_components(batch)
-        parts["rec"].append(components.reconstruction.cpu().numpy())
         size = len(batch)
-        parts["adv"].append(np.full(size, np.nan) if components.adversarial is None
-                            else components.adversarial.cpu().numpy())
-        parts["lat"].append(np.full(size, np.nan) if components.latent is None
-                            else components.latent.cpu().numpy())
-        parts["code"].append(np.full(size, np.nan) if components.code_distance is None
-                             else components.code_distance.cpu().numpy())
+        for key, values in (("rec", components.reconstruction), ("adv", components.adversarial),
+                            ("lat", components.latent), ("code", components.code_distance)):
+            # A network the variant lacks gives no values: NaN marks the component as absent.
+            parts[key].append(np.full(size, np.nan) if values is None else values.cpu().numpy())
         if keep_reconstructions:
             image = (components.reconstruction_image.squeeze(1).cpu().numpy() + 1.0) * 127.5
             parts["img"].append(np.clip(np.rint(image), 0, 255).astype(np.uint8))  # (B, H, W)
