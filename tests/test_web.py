@@ -1,10 +1,15 @@
-"""The web page at / in a real headless Chromium (Debian's package, driven by Playwright)."""
+"""The web page at / in a real headless Chromium, driven by Playwright.
+
+The browser is Debian's ``/usr/bin/chromium`` or Playwright's own download, whichever ``make
+browser`` installed; ``make test`` installs neither, so without one these tests skip and say how
+to get one.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,20 +21,54 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "page-token-51e2"
+NO_BROWSER = ("no Chromium for the page test (looked for {system} and Playwright's own download): "
+              "run `make browser` to install one (Debian's chromium as root, else Playwright's download), "
+              "as .ci/run does")
+
+
+def playwright_chromium() -> Path | None:
+    """Where Playwright's own Chromium download lives (whether or not it has been downloaded)."""
+    from playwright import sync_api as playwright_api  # in the dev extra: missing it is a failure, not a skip
+
+    with playwright_api.sync_playwright() as playwright:
+        location = playwright.chromium.executable_path
+    return Path(location) if location else None
+
+
+def locate_chromium(system: Path = CHROMIUM,
+                    downloaded: Callable[[], Path | None] = playwright_chromium) -> Path:
+    """Debian's Chromium, else Playwright's download; skip naming `make browser` when neither is there."""
+    if system.is_file():
+        return system
+    own = downloaded()
+    if own is not None and own.is_file():
+        return own
+    pytest.skip(NO_BROWSER.format(system=system))
+
+
+def test_without_a_browser_the_page_tests_skip_naming_make_browser(tmp_path: Path) -> None:
+    with pytest.raises(pytest.skip.Exception, match=r"run `make browser` to install one") as skipped:
+        locate_chromium(tmp_path / "chromium", lambda: tmp_path / "ms-playwright" / "chrome")
+    assert str(tmp_path / "chromium") in str(skipped.value)
+
+
+def test_a_browser_found_is_the_one_used(tmp_path: Path) -> None:
+    downloaded = tmp_path / "chrome"
+    downloaded.write_bytes(b"")
+    assert locate_chromium(tmp_path / "chromium", lambda: downloaded) == downloaded
+    assert locate_chromium(downloaded, lambda: None) == downloaded
 
 
 @pytest.fixture(scope="module")
 def browser_context() -> Iterator[object]:
-    """A Chromium context with a fresh profile; skipped only where Chromium is not installed."""
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package (apt-get install -y chromium), "
-                    "as .ci/run does")
-    from playwright import sync_api as playwright_api  # in the dev extra: missing it is a failure, not a skip
+    """A Chromium context with a fresh profile; skipped only where no Chromium is installed."""
+    chromium = locate_chromium()
+    from playwright import sync_api as playwright_api
 
     profile = tempfile.mkdtemp(prefix="cxr-chromium-")
     with playwright_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+            profile, executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS)
         try:
             yield context
         finally:
