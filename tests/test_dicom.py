@@ -17,6 +17,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    RLELossless,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -212,3 +213,165 @@ def test_voi_lut_sequence_is_applied(film: np.ndarray, tmp_path: Path) -> None:
     read = read_image(save(dataset, tmp_path / "voi_lut.dcm"))
     assert read.metadata["voi_lut"] == "voi_lut_sequence"
     np.testing.assert_allclose(read.array, 1.0 - film / 255.0, atol=1e-6)
+
+
+# Issue 13: hostile and unusual films, round 2 -------------------------------------------------
+
+
+def _rle_frame(pixels: np.ndarray) -> bytes:
+    """One RLE Lossless frame (the bytes of one fragment) of uint8 ``pixels``."""
+    from pydicom.encaps import generate_frames
+
+    dataset = make_dataset(pixels, identifying=False)
+    dataset.compress(RLELossless)
+    return next(iter(generate_frames(dataset.PixelData, number_of_frames=1)))
+
+
+def _multi_frame_rle(film: np.ndarray, frames: int, path: Path) -> Path:
+    """An RLE file whose first frame is ``film`` and whose other frames are flat grey.
+
+    Flat frames compress about 100:1, which is what makes such a file small on disk and huge
+    once every frame is decoded.
+    """
+    first, flat = _rle_frame(film), _rle_frame(np.full_like(film, 128))
+    dataset = make_dataset(film)
+    dataset.file_meta.TransferSyntaxUID = RLELossless
+    dataset.NumberOfFrames = frames
+    dataset.PixelData = encapsulate([first] + [flat] * (frames - 1))
+    dataset["PixelData"].VR = "OB"
+    return save(dataset, path)
+
+
+def _peak_bytes(path: Path, **kwargs: object) -> tuple[int, np.ndarray, dict]:
+    """Peak traced memory while reading ``path`` (numpy and pydicom allocations are traced)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        read = read_image(path, **kwargs)  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, read.array, read.metadata
+
+
+def test_multi_frame_rle_decodes_only_the_first_frame(film: np.ndarray, tmp_path: Path) -> None:
+    crop = np.ascontiguousarray(film[:256, :256])  # a real NIH film, 256x256
+    single = _multi_frame_rle(crop, 1, tmp_path / "one.dcm")
+    many = _multi_frame_rle(crop, 64, tmp_path / "many.dcm")
+    assert many.stat().st_size < 3 * single.stat().st_size  # 64 frames, barely bigger on disk
+    read_image(single)  # warm pydicom's imports so that they do not count below
+    single_peak, single_array, _ = _peak_bytes(single)
+    many_peak, many_array, metadata = _peak_bytes(many)
+    # Decoding all 64 frames would hold 64 x 64 KiB of uint8 and their float64 copies.
+    assert many_peak < 1.5 * single_peak + 256 * 1024, (many_peak, single_peak)
+    np.testing.assert_array_equal(many_array, single_array)
+    np.testing.assert_allclose(many_array, crop / 255.0, atol=1e-6)
+    assert metadata["frames"] == 64 and metadata["multi_frame"] is True and metadata["frame_decoded"] == 0
+
+
+def test_every_frame_counts_in_the_pixel_limit(film: np.ndarray, tmp_path: Path) -> None:
+    crop = np.ascontiguousarray(film[:256, :256])
+    many = _multi_frame_rle(crop, 64, tmp_path / "many.dcm")
+    limit = 256 * 256 * 10  # ten frames' worth
+    assert read_image(_multi_frame_rle(crop, 1, tmp_path / "one.dcm"), max_pixels=limit).array.shape == (256, 256)
+    with pytest.raises(DecompressionBombError, match="64 frame") as caught:
+        read_image(many, max_pixels=limit)
+    assert caught.value.path == str(many)
+
+
+def test_linear_window_of_width_1_is_the_standards_threshold(film: np.ndarray, tmp_path: Path) -> None:
+    stored = np.rint(film.astype(np.float64) / 255.0 * 4095.0).astype(np.uint16)
+    dataset = make_dataset(stored, bits_stored=12)
+    level = int(np.median(stored))  # a value the film holds, so that some pixels sit on c - 0.5
+    dataset.WindowCenter = f"{level}.5"
+    dataset.WindowWidth = "1"  # PS3.3 C.11.2.1.2.1: x <= c - 0.5 gives the minimum, above it the maximum
+    read = read_image(save(dataset, tmp_path / "width1.dcm"))
+    assert bool(np.isfinite(read.array).all()), "width 1 divided by zero"
+    np.testing.assert_array_equal(read.array, (stored > level).astype(np.float32))
+    assert read.metadata["voi_lut"] == "window_linear"
+
+
+@pytest.mark.parametrize("function", ["LINEAR_EXACT", "SIGMOID"])
+def test_other_window_functions_follow_the_standard(film: np.ndarray, tmp_path: Path, function: str) -> None:
+    stored = np.rint(film.astype(np.float64) / 255.0 * 4095.0).astype(np.uint16)
+    dataset = make_dataset(stored, bits_stored=12)
+    dataset.WindowCenter, dataset.WindowWidth, dataset.VOILUTFunction = "1800", "900", function
+    read = read_image(save(dataset, tmp_path / f"{function}.dcm"))
+    values = stored.astype(np.float64)
+    expected = (np.clip((values - 1350.0) / 900.0, 0.0, 1.0) if function == "LINEAR_EXACT"
+                else 1.0 / (1.0 + np.exp(-4.0 * (values - 1800.0) / 900.0)))
+    np.testing.assert_allclose(read.array, expected, atol=1e-6)
+    assert read.metadata["voi_lut"] == f"window_{function.lower()}"
+
+
+def test_dicom_without_preamble_is_read(film: np.ndarray, tmp_path: Path) -> None:
+    from cxr_anomaly.data.manifest import scan_folder
+
+    whole = save(make_dataset(film), tmp_path / "whole.dcm").read_bytes()
+    folder = tmp_path / "series"
+    folder.mkdir()
+    bare = folder / "IM0001"  # no preamble, no DICM prefix, no suffix: as some PACS exports are
+    bare.write_bytes(whole[132:])
+    read = read_image(bare)
+    np.testing.assert_allclose(read.array, film / 255.0, atol=1e-6)
+    assert read.metadata["format"] == "dicom"
+    assert list(scan_folder(folder)["path"]) == [str(bare.resolve())]
+
+
+def test_dicom_data_set_without_file_meta_is_read(film: np.ndarray, tmp_path: Path) -> None:
+    dataset = make_dataset(film)
+    del dataset.file_meta  # an ACR-NEMA style data set: implicit VR little endian from byte 0
+    path = tmp_path / "no_meta.dcm"
+    pydicom.dcmwrite(path, dataset, implicit_vr=True, little_endian=True)
+    assert path.read_bytes()[:2] == b"\x08\x00"
+    read = read_image(path)
+    np.testing.assert_allclose(read.array, film / 255.0, atol=1e-6)
+    assert read.metadata["transfer_syntax"] == "1.2.840.10008.1.2"
+
+
+def test_bytes_that_only_resemble_a_data_set_are_not_dicom(tmp_path: Path) -> None:
+    from cxr_anomaly.errors import UnreadableImageError
+    from cxr_anomaly.io import sniff_format
+
+    assert sniff_format(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100") == "dicom"
+    assert sniff_format(b"\x08\x00hello world, not a data set at all" + b"\x00" * 100) is None
+    path = tmp_path / "text.dcm"
+    path.write_bytes(b"\x02\x00 is how this note starts, but it is text")
+    with pytest.raises(UnreadableImageError):
+        read_image(path)
+
+
+def test_palette_color_goes_through_its_palette(film: np.ndarray, tmp_path: Path) -> None:
+    dataset = make_dataset(film)
+    dataset.PhotometricInterpretation = "PALETTE COLOR"
+    inverted = (65535 - np.arange(256, dtype=np.uint16) * 257).astype("<u2")  # 16-bit entries
+    for colour in ("Red", "Green", "Blue"):
+        setattr(dataset, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(dataset, f"{colour}PaletteColorLookupTableData", inverted.tobytes())
+    read = read_image(save(dataset, tmp_path / "palette.dcm"))
+    np.testing.assert_allclose(read.array, 1.0 - film / 255.0, atol=1e-6)  # not the indices
+    assert read.metadata["voi_lut"] == "palette_color"
+
+
+@pytest.mark.parametrize(("photometric", "shape", "stored_is_inverted"), [
+    ("MONOCHROME2", "INVERSE", True),  # an inverse presentation of a MONOCHROME2 film
+    ("MONOCHROME1", "INVERSE", True),  # DX's required pairing: one inversion, not two
+    ("MONOCHROME2", "IDENTITY", False),
+])
+def test_presentation_lut_shape_is_applied(film: np.ndarray, tmp_path: Path, photometric: str, shape: str,
+                                           stored_is_inverted: bool) -> None:
+    dataset = make_dataset(255 - film if stored_is_inverted else film, photometric=photometric)
+    dataset.PresentationLUTShape = shape
+    read = read_image(save(dataset, tmp_path / "presentation.dcm"))
+    np.testing.assert_allclose(read.array, film / 255.0, atol=1e-6)
+    assert read.metadata["presentation_lut_shape"] == shape
+
+
+def test_pydicom_older_than_3_is_named_not_a_misleading_error(film: np.ndarray, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save(make_dataset(film), tmp_path / "film.dcm")
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")
+    with pytest.raises(DicomError, match=r"pydicom >= 3\.0.*2\.4\.4") as caught:
+        read_image(path)
+    assert caught.value.path == str(path)

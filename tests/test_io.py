@@ -114,3 +114,24 @@ def test_unreadable_path_names_the_file(tmp_path: Path) -> None:
     with pytest.raises((UnreadableImageError, MissingFileError)) as caught:
         read_image(folder)
     assert caught.value.path == str(folder)
+
+
+def test_exif_rotated_jpeg_is_read_upright(shared_data: Path, tmp_path: Path) -> None:
+    # A photographed film: a real Kermany JPEG cropped to a portrait 160x224, stored lying on its
+    # side with EXIF Orientation 6 ("rotate 90 degrees clockwise to display"), as phones write it.
+    source = shared_data / "kermany224" / "data" / "test" / "NORMAL" / "IM-0005-0001.jpeg"
+    with Image.open(source) as image:
+        upright = image.convert("L").crop((32, 0, 192, 224))  # (width 160, height 224)
+    reference, rotated = tmp_path / "upright.jpeg", tmp_path / "rotated.jpeg"
+    upright.save(reference, quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    upright.transpose(Image.Transpose.ROTATE_90).save(rotated, quality=95, exif=exif.tobytes())
+    with Image.open(rotated) as stored:
+        assert stored.size == (224, 160)  # what a reader that ignores EXIF would score
+    expected = read_image(reference).array
+    read = read_image(rotated)
+    assert read.array.shape == expected.shape == (224, 160)
+    assert np.abs(read.array - expected).mean() < 2.0 / 255.0  # JPEG re-encoding only
+    assert read.metadata["exif_orientation"] == 6
+    assert (read.metadata["width"], read.metadata["height"]) == (160, 224)

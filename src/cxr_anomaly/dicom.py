@@ -2,29 +2,44 @@
 
 The display pipeline of DICOM PS3.3 C.11 is applied in order:
 
-1. stored values, masked to ``BitsStored`` by pydicom's decoders (12 of 16 allocated bits, say);
+1. stored values of the **first frame only** (a multi-frame file is never decoded whole: the
+   size limit counts every frame, and the metadata says how many there were), masked to
+   ``BitsStored`` by pydicom's decoders (12 of 16 allocated bits, say);
 2. the Modality LUT: ``RescaleSlope`` / ``RescaleIntercept``, or a Modality LUT Sequence;
 3. the VOI LUT: a VOI LUT Sequence, or the first ``WindowCenter`` / ``WindowWidth`` pair with
-   its ``VOILUTFunction`` (LINEAR, LINEAR_EXACT or SIGMOID); without either, the full range that
-   the stored bits and the rescale can produce maps to [0, 1] (not the film's own min and max,
-   so exposure differences survive as they do for PNG input);
-4. ``MONOCHROME1`` films (where low values are white) are inverted so that bone is white.
+   its ``VOILUTFunction`` (LINEAR, LINEAR_EXACT or SIGMOID, computed by pydicom's
+   ``apply_windowing``; a LINEAR window of width 1 is the standard's threshold); without
+   either, the full range that the stored bits and the rescale can produce maps to [0, 1] (not
+   the film's own min and max, so exposure differences survive as they do for PNG input);
+4. ``MONOCHROME1`` films (where low values are white), and films whose
+   ``PresentationLUTShape`` is ``INVERSE``, are inverted so that bone is white.
+
+``PALETTE COLOR`` films go through their palette (pydicom's ``apply_color_lut``) and then to
+luma, like RGB and YBR films. Files without the 128-byte preamble and ``DICM`` prefix (older
+writers) are read once :func:`cxr_anomaly.io.sniff_format` has recognised a DICOM data set at
+their first byte.
 
 Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, HTJ2K) need one of pydicom's optional
 pixel data handlers; install them with ``pip install 'cxr-anomaly[dicom]'`` (pylibjpeg,
 pylibjpeg-libjpeg, pylibjpeg-openjpeg). A missing handler is reported as a :class:`DicomError`
 naming the file, the transfer syntax and the packages to install. RLE Lossless and the
-uncompressed syntaxes need nothing extra.
+uncompressed syntaxes need nothing extra. pydicom 3 or newer is required (``pixel_array`` with
+a frame index); an older one is reported as a :class:`DicomError` naming both versions.
 
 Privacy: no patient-identifying header value (name, id, birth date, accession number,
 institution, physicians...) is put in the returned metadata, in a log record or in an error
-message; pydicom's own warnings are silenced while reading because they quote element values,
-and messages of errors are scrubbed of identifying values as a second line of defence.
+message. pydicom's own warnings and log records quote element values, so
+:func:`silence_pydicom` keeps them out of every output: it is installed once per process (the
+service calls it at start-up, before any request thread runs; ``warnings.catch_warnings`` is not
+thread-safe, so no per-read filter is used). Messages of errors are scrubbed of identifying
+values as a second line of defence.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DecompressionBombError, DicomError, MissingFileError
-from .io import DEFAULT_MAX_PIXELS, ImageRead
+from .io import DEFAULT_MAX_PIXELS, ImageRead, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +55,7 @@ DICOM_HANDLER_HINT = (
     "install a pixel data handler: pip install 'cxr-anomaly[dicom]' "
     "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
 )
+MIN_PYDICOM_VERSION: tuple[int, int] = (3, 0)
 
 # Header keywords whose values identify a patient, a visit or a person; their values are
 # removed from any text this module emits (DICOM PS3.15 Annex E basic profile, abridged).
@@ -52,32 +68,97 @@ IDENTIFYING_KEYWORDS: tuple[str, ...] = (
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "DeviceSerialNumber",
     "StudyDate", "StudyTime", "AcquisitionDateTime", "ContentDate",
 )
+WINDOW_FUNCTIONS: tuple[str, ...] = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+# Warnings raised in pydicom, or attributed by pydicom's stacklevel to this module (its caller).
+_PYDICOM_WARNING_MODULES = r"(pydicom|cxr_anomaly\.dicom)(\.|$)"
+_silence_lock = threading.Lock()
+
+
+def silence_pydicom() -> None:
+    """Keep pydicom's warnings and log records out of every output; idempotent.
+
+    pydicom reports invalid header values both as a warning and as a record of its ``pydicom``
+    logger, quoting the value (a patient name written into a code string, say). This adds one
+    ``ignore`` warning filter for pydicom's modules and stops the ``pydicom`` logger (and its
+    children) from propagating to the application's handlers. It changes process-wide state on
+    purpose: per-read ``warnings.catch_warnings()`` is not thread-safe, so under concurrent
+    reads it lets warnings through. The filter is added again if something removed it (pytest
+    restores the warning filters after each test).
+    """
+    with _silence_lock:
+        installed = any(
+            action == "ignore" and module is not None and module.pattern == _PYDICOM_WARNING_MODULES
+            for action, _, _, module, _ in warnings.filters
+        )
+        if not installed:
+            warnings.filterwarnings("ignore", module=_PYDICOM_WARNING_MODULES)
+        pydicom_logger = logging.getLogger("pydicom")
+        if pydicom_logger.propagate:
+            pydicom_logger.propagate = False
+            logger.debug("pydicom's warnings and log records are silenced: they quote header values")
+
+
+def check_pydicom_version(path: str | Path) -> None:
+    """Raise :class:`DicomError` when the installed pydicom is older than 3.0.
+
+    pydicom 2.x lacks ``pydicom.pixels`` and the frame index of ``pixel_array``; without this
+    check every DICOM would fail with a misleading import error.
+    """
+    import pydicom
+
+    installed = str(getattr(pydicom, "__version__", "0"))
+    try:
+        major_minor = tuple(int(part) for part in installed.split(".")[:2])
+    except ValueError:  # not two leading numbers: treat as too old rather than guess
+        major_minor = (0, 0)
+    if major_minor < MIN_PYDICOM_VERSION:
+        needed = ".".join(str(part) for part in MIN_PYDICOM_VERSION)
+        raise DicomError(
+            path, f"reading DICOM needs pydicom >= {needed}, but pydicom {installed} is installed; "
+                  f"pip install 'pydicom>={needed}'"
+        )
 
 
 def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRead:
     """Read a DICOM file as a grey float32 image of shape (rows, columns) in [0, 1].
 
-    Multi-frame files give their first frame (the count is in the metadata). Colour files
-    (RGB, YBR) are converted to luma.
+    Multi-frame files give their first frame, and only that frame is decoded; the metadata's
+    ``frames`` holds the count and ``multi_frame`` says whether there were several. Colour files
+    (RGB, YBR, PALETTE COLOR) are converted to luma.
 
     Raises:
         MissingFileError: the file does not exist.
-        DecompressionBombError: Rows x Columns exceeds ``max_pixels``; checked before decoding.
-        DicomError: the header cannot be parsed, pixel data is missing or corrupt, or the
-            transfer syntax needs a handler that is not installed.
+        DecompressionBombError: Rows x Columns x NumberOfFrames exceeds ``max_pixels``; checked
+            before decoding.
+        DicomError: the file is not DICOM, the header cannot be parsed, pixel data is missing
+            or corrupt, the transfer syntax needs a handler that is not installed, or pydicom
+            is older than 3.0.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(path, "file does not exist")
+    check_pydicom_version(path)
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    silence_pydicom()
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError as error:
+        raise DicomError(path, f"cannot read the file: {error.strerror or error}") from None
+    if sniff_format(head) != "dicom":
+        raise DicomError(path, f"not a DICOM file (starts with {head[:8]!r})")
+    has_preamble = head[128:132] == b"DICM"
     dataset = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's warnings quote header values
-            dataset = pydicom.dcmread(path)
-            return _decode(path, dataset, max_pixels)
+        # Without the preamble pydicom needs force=True; sniff_format has already seen a data
+        # set's first element there, so force does not open arbitrary bytes.
+        dataset = pydicom.dcmread(path, force=not has_preamble)
+        if not has_preamble:
+            _set_transfer_syntax_from_encoding(path, dataset)
+        return _decode(path, dataset, max_pixels)
     except (DicomError, DecompressionBombError):
         raise
     except InvalidDicomError as error:
@@ -89,8 +170,41 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise DicomError(path, reason) from None
 
 
+def _set_transfer_syntax_from_encoding(path: Path, dataset: Any) -> None:
+    """A data set without file meta information has no transfer syntax; pydicom's decoders need
+    one, so take the encoding pydicom detected while parsing (always native, never compressed)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if getattr(dataset, "file_meta", None) is None:
+        dataset.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" in dataset.file_meta:
+        return
+    implicit, little = dataset.original_encoding
+    syntaxes = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+                (False, False): ExplicitVRBigEndian}
+    if (implicit, little) not in syntaxes:
+        raise DicomError(path, "no file meta information and an implicit VR big endian encoding, "
+                               "which DICOM does not define")
+    dataset.file_meta.TransferSyntaxUID = syntaxes[(implicit, little)]
+
+
+def _frame_count(path: Path, dataset: Any) -> int:
+    """NumberOfFrames (1 when absent or empty); a value that is not a positive integer is refused."""
+    value = dataset.get("NumberOfFrames")
+    if value is None or str(value).strip() == "":
+        return 1
+    try:
+        frames = int(value)
+    except (TypeError, ValueError):
+        raise DicomError(path, f"NumberOfFrames={str(value)[:32]!r} is not an integer") from None
+    if frames < 1:
+        raise DicomError(path, f"NumberOfFrames={frames}; a film has at least one frame")
+    return frames
+
+
 def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels import get_decoder, pixel_array
 
     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
         raise DicomError(path, "no pixel data element (7FE0,0010)")
@@ -98,9 +212,13 @@ def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
     columns = int(dataset.get("Columns", 0) or 0)
     if rows <= 0 or columns <= 0:
         raise DicomError(path, f"Rows={rows}, Columns={columns}; the image has no pixels")
-    if rows * columns > max_pixels:
+    frames = _frame_count(path, dataset)
+    # Every frame counts: a small file of many compressed frames is a decompression bomb even
+    # though only the first frame is ever decoded here.
+    declared = rows * columns * frames
+    if declared > max_pixels:
         raise DecompressionBombError(
-            path, f"{columns}x{rows} = {rows * columns} pixels exceeds the limit of {max_pixels}"
+            path, f"{columns}x{rows} x {frames} frame(s) = {declared} pixels exceeds the limit of {max_pixels}"
         )
     file_meta = getattr(dataset, "file_meta", None)
     transfer_syntax = getattr(file_meta, "TransferSyntaxUID", None) if file_meta else None
@@ -117,11 +235,13 @@ def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
                 f"compressed transfer syntax {transfer_syntax.name} ({transfer_syntax}) cannot "
                 f"be decoded: no pixel data handler is installed; {DICOM_HANDLER_HINT}",
             )
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    stored = np.asarray(dataset.pixel_array)
     if frames > 1:
-        stored = stored[0]  # (frames, rows, columns[, samples]) -> first frame
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        logger.info("%s holds %d frames; only the first is decoded and scored", path, frames)
+    stored = np.asarray(pixel_array(dataset, index=0))  # (rows, columns[, samples]), frame 0 only
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR" and stored.ndim == 2:
+        array = _palette_to_grey(stored, dataset)
+        return ImageRead(array, _metadata(dataset, transfer_syntax, frames, "none", "palette_color"))
     if stored.ndim == 3:  # (rows, columns, 3) colour: pydicom has converted YBR to RGB
         grey = stored[..., 0] * 0.299 + stored[..., 1] * 0.587 + stored[..., 2] * 0.114
         top = float(2 ** int(dataset.get("BitsStored", 8)) - 1)
@@ -129,14 +249,34 @@ def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
         return ImageRead(array, _metadata(dataset, transfer_syntax, frames, "none", "none"))
     if stored.ndim != 2:
         raise DicomError(path, f"unexpected pixel array shape {stored.shape}")
-    values, low, high, modality_step = _modality(stored, dataset)
+    values, low, high, modality_step = _modality(path, stored, dataset)
     values, low, high, voi_step = _voi(values, low, high, dataset)
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     array = np.clip(scaled, 0.0, 1.0)
-    if photometric == "MONOCHROME1":
-        array = 1.0 - array  # low values are white in MONOCHROME1
+    if photometric == "MONOCHROME1" or _presentation_shape(dataset) == "INVERSE":
+        # Low values are white in MONOCHROME1. PS3.3 C.8.11.7 pairs MONOCHROME1 with INVERSE,
+        # which names the same inversion, so the two together still invert once.
+        array = 1.0 - array
     metadata = _metadata(dataset, transfer_syntax, frames, modality_step, voi_step)
     return ImageRead(array.astype(np.float32), metadata)
+
+
+def _presentation_shape(dataset: Any) -> str:
+    """``PresentationLUTShape`` (IDENTITY or INVERSE), upper case; empty when absent."""
+    return str(dataset.get("PresentationLUTShape", "") or "").strip().upper()
+
+
+def _palette_to_grey(stored: np.ndarray, dataset: Any) -> np.ndarray:
+    """A PALETTE COLOR frame through its red, green and blue tables, then to luma in [0, 1]."""
+    from pydicom.pixels import apply_color_lut
+
+    colour = np.asarray(apply_color_lut(stored, dataset))[..., :3]  # an alpha table is dropped
+    # apply_color_lut returns uint8 for 8-bit tables and uint16 for 16-bit ones (the descriptor's
+    # third value), so the dtype is the range.
+    top = 255.0 if colour.dtype == np.uint8 else 65535.0
+    colour = colour.astype(np.float64)
+    grey = colour[..., 0] * 0.299 + colour[..., 1] * 0.587 + colour[..., 2] * 0.114
+    return np.clip(grey / top, 0.0, 1.0).astype(np.float32)
 
 
 def _stored_range(dataset: Any) -> tuple[float, float]:
@@ -146,7 +286,17 @@ def _stored_range(dataset: Any) -> tuple[float, float]:
     return 0.0, float(2**bits_stored - 1)
 
 
-def _modality(stored: np.ndarray, dataset: Any) -> tuple[np.ndarray, float, float, str]:
+def _finite(path: Path, keyword: str, value: Any, default: float) -> float:
+    """A header number, refused with a DicomError naming the key when it is not finite."""
+    if value is None or str(value).strip() == "":
+        return default
+    number = float(value)
+    if not math.isfinite(number):
+        raise DicomError(path, f"{keyword}={number} is not a finite number")
+    return number
+
+
+def _modality(path: Path, stored: np.ndarray, dataset: Any) -> tuple[np.ndarray, float, float, str]:
     """Apply the Modality LUT; return values and the range they can take."""
     low, high = _stored_range(dataset)
     if "ModalityLUTSequence" in dataset and len(dataset.ModalityLUTSequence):
@@ -156,8 +306,9 @@ def _modality(stored: np.ndarray, dataset: Any) -> tuple[np.ndarray, float, floa
         output_bits = int(item.LUTDescriptor[2])
         values = apply_modality_lut(stored, dataset).astype(np.float64)
         return values, 0.0, float(2**output_bits - 1), "modality_lut_sequence"
-    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+    # A slope of 0 would erase the film; writers that store it mean "no rescale".
+    slope = _finite(path, "RescaleSlope", dataset.get("RescaleSlope"), 1.0) or 1.0
+    intercept = _finite(path, "RescaleIntercept", dataset.get("RescaleIntercept"), 0.0)
     values = stored.astype(np.float64) * slope + intercept
     ends = sorted((low * slope + intercept, high * slope + intercept))
     step = "rescale" if (slope, intercept) != (1.0, 0.0) else "none"
@@ -179,31 +330,49 @@ def _voi(values: np.ndarray, low: float, high: float, dataset: Any) -> tuple[np.
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         center = _first_number(dataset.WindowCenter)
         width = _first_number(dataset.WindowWidth)
-        function = str(dataset.get("VOILUTFunction", "LINEAR")).upper()
-        if width is not None and center is not None and width > 0:
+        function = str(dataset.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+        if function not in WINDOW_FUNCTIONS:
+            logger.debug("VOILUTFunction %r is not one of %s; using LINEAR, the standard's default",
+                         function[:16], WINDOW_FUNCTIONS)
+            function = "LINEAR"
+        if center is not None and width is not None and width > 0:
             return _window(values, center, width, function), 0.0, 1.0, f"window_{function.lower()}"
     return values, low, high, "none"
 
 
 def _first_number(value: Any) -> float | None:
-    """WindowCenter/WindowWidth may be multi-valued; the first pair is the default view."""
+    """WindowCenter/WindowWidth may be multi-valued; the first pair is the default view.
+
+    None when the value is missing, not a number, or not finite.
+    """
     try:
         if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
             value = list(value)[0]
-        return float(value)
-    except (TypeError, ValueError, IndexError):
+        number = float(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """Windowing of DICOM PS3.3 C.11.2.1.2, mapped to [0, 1]."""
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((values - (center - width / 2.0)) / width, 0.0, 1.0)
-    if width < 1:  # LINEAR requires width >= 1; treat a narrower one as a threshold
-        return (values > center - 0.5).astype(np.float64)
-    return np.clip(((values - (center - 0.5)) / (width - 1.0)) + 0.5, 0.0, 1.0)
+    """Windowing of DICOM PS3.3 C.11.2.1.2 by pydicom's ``apply_windowing``, mapped to [0, 1]."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+
+    if function == "LINEAR" and width < 1.0:
+        width = 1.0  # the standard requires >= 1 and pydicom refuses less; 1 is its threshold limit
+    # apply_windowing maps onto the output range it derives from BitsStored and the rescale. A
+    # proxy holding the window and a 1-bit unsigned range makes that range exactly [0, 1]; the
+    # file's own bits and rescale are accounted for by the caller (a negative slope would turn
+    # pydicom's range upside down).
+    proxy = Dataset()
+    proxy.PhotometricInterpretation = "MONOCHROME2"
+    proxy.PixelRepresentation = 0
+    proxy.BitsStored = 1
+    proxy.add_new(0x00281050, "FD", center)  # WindowCenter, as a float (no DS formatting)
+    proxy.add_new(0x00281051, "FD", width)  # WindowWidth
+    proxy.VOILUTFunction = function
+    return np.asarray(apply_windowing(values, proxy), dtype=np.float64)
 
 
 def _metadata(dataset: Any, transfer_syntax: Any, frames: int, modality_step: str, voi_step: str) -> dict[str, Any]:
@@ -217,10 +386,13 @@ def _metadata(dataset: Any, transfer_syntax: Any, frames: int, modality_step: st
         "width": int(dataset.Columns),
         "height": int(dataset.Rows),
         "frames": frames,
+        "multi_frame": frames > 1,
+        "frame_decoded": 0,
         "modality": str(dataset.get("Modality", "")),
         "view": str(dataset.get("ViewPosition", "")) or None,
         "modality_lut": modality_step,
         "voi_lut": voi_step,
+        "presentation_lut_shape": _presentation_shape(dataset) or None,
     }
 
 

@@ -5,7 +5,8 @@ Following MONAI, a reader returns ``(array, metadata)`` (here as the named :clas
 ``metadata`` holds what was learnt from the file that is safe to log (never patient identifiers).
 
 PNG and JPEG go through Pillow; RGB and RGBA are converted to grey (alpha is dropped after
-compositing on black, which is how an RGBA export of a grey film is meant to be seen).
+compositing on black, which is how an RGBA export of a grey film is meant to be seen), and an
+EXIF Orientation tag (photographed or scanned films) is applied, so the film is scored upright.
 The format is sniffed from the file's bytes, never trusted from its extension.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import DecompressionBombError, MissingFileError, UnreadableImageError
 
@@ -42,7 +43,12 @@ class ImageRead:
 
 
 def sniff_format(head: bytes) -> str | None:
-    """Return ``"png"``, ``"jpeg"``, ``"dicom"``, ``"bmp"``, ``"tiff"`` or None from leading bytes."""
+    """Return ``"png"``, ``"jpeg"``, ``"dicom"``, ``"bmp"``, ``"tiff"`` or None from leading bytes.
+
+    ``head`` should hold the first 132 bytes. DICOM is recognised by the ``DICM`` prefix after
+    the 128-byte preamble, or, for files written without preamble and prefix, by a first data
+    element of group 0002 (file meta) or 0008 (identification) in little endian byte order.
+    """
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -53,7 +59,31 @@ def sniff_format(head: bytes) -> str | None:
         return "bmp"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
+    if _starts_with_dicom_element(head):
+        return "dicom"
     return None
+
+
+# Value representations of DICOM PS3.5 table 6.2-1, as they appear in explicit VR encodings.
+_DICOM_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV "
+                       b"TM UC UI UL UN UR US UT UV".split())
+_FIRST_DICOM_GROUPS = (0x0002, 0x0008)
+
+
+def _starts_with_dicom_element(head: bytes) -> bool:
+    """Whether ``head`` starts with a DICOM data element of group 0002 or 0008 (no preamble).
+
+    Explicit VR: tag, then a known two-letter VR. Implicit VR: tag, then a 4-byte length, and
+    the next element (when it lies within ``head``) is of the same groups; both checks keep
+    ordinary files that happen to start with 08 00 or 02 00 out.
+    """
+    if len(head) < 8 or int.from_bytes(head[0:2], "little") not in _FIRST_DICOM_GROUPS:
+        return False
+    if head[4:6] in _DICOM_VRS:
+        return True
+    following = 8 + int.from_bytes(head[4:8], "little")
+    return following + 2 <= len(head) and int.from_bytes(head[following:following + 2], "little") \
+        in _FIRST_DICOM_GROUPS
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRead:
@@ -103,7 +133,12 @@ def _read_with_pillow(path: Path, kind: str, max_pixels: int) -> ImageRead:
                     )
                 mode = image.mode
                 image.load()
-                array = pil_to_grey(image)
+                orientation = _exif_orientation(image)
+                # A photographed or scanned film carries its rotation in EXIF; the pixels are
+                # stored unrotated, so without this a rotated film would be scored rotated.
+                upright = ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+                array = pil_to_grey(upright)
+                width, height = upright.size
     except DecompressionBombError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -112,7 +147,19 @@ def _read_with_pillow(path: Path, kind: str, max_pixels: int) -> ImageRead:
         raise UnreadableImageError(path, f"cannot decode {kind.upper()}: {error}") from error
     if array.size == 0:
         raise UnreadableImageError(path, "image has no pixels")
-    return ImageRead(array, {"format": kind, "mode": mode, "width": width, "height": height})
+    metadata: dict[str, Any] = {"format": kind, "mode": mode, "width": width, "height": height}
+    if orientation not in (None, 1):
+        metadata["exif_orientation"] = orientation
+    return ImageRead(array, metadata)
+
+
+def _exif_orientation(image: Image.Image) -> int | None:
+    """The EXIF Orientation tag (1-8; 1 is upright), or None when absent or unreadable."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation)
+    except (OSError, ValueError, SyntaxError, EOFError, KeyError, TypeError):
+        return None  # a damaged EXIF block is no reason to refuse the pixels
+    return value if isinstance(value, int) and 1 <= value <= 8 else None
 
 
 def pil_to_grey(image: Image.Image) -> np.ndarray:
