@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxr_anomaly.data.manifest import load_inputs, read_manifest_csv, scan_folder
@@ -90,3 +91,40 @@ def test_scan_folder_finds_dicom_files_without_a_suffix(tmp_path: Path, shared_d
         table = scan_folder(series)
     assert sorted(Path(p).name for p in table["path"]) == ["1.2.840.10008.99", "IM0001"]
     assert "notes.bin" in caplog.text
+
+
+def test_a_pacs_series_folder_named_1_gives_no_label(tmp_path: Path, shared_data: Path,
+                                                      dicom_writer: Callable[..., Path],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # A PACS export: study/series folders numbered 0 and 1, beside a documented normal/ folder.
+    from PIL import Image
+
+    film = np.asarray(Image.open(shared_data / "nih_fullres" / "00000427_000.png").convert("L"))[::4, ::4]
+    export = tmp_path / "export"
+    for index, series in enumerate(("1.2.3/1", "1.2.3/0", "positive")):
+        (export / series).mkdir(parents=True)
+        dicom_writer(film, export / series / "IM0001", study_uid="1.2.3", sop_uid=f"1.2.3.{index}")
+    (export / "Normal" / "test").mkdir(parents=True)
+    nih_normal = next((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))
+    (export / "Normal" / "test" / nih_normal.name).write_bytes(nih_normal.read_bytes())
+    with caplog.at_level("INFO", logger="cxr_anomaly.data.manifest"):
+        table = scan_folder(export)
+    labels = {Path(path).relative_to(export.resolve()).as_posix(): label
+              for path, label in zip(table["path"], table["label"])}
+    assert labels.keys() == {"1.2.3/1/IM0001", "1.2.3/0/IM0001", "positive/IM0001", f"Normal/test/{nih_normal.name}"}
+    assert all(labels[name] is pd.NA for name in ("1.2.3/1/IM0001", "1.2.3/0/IM0001", "positive/IM0001"))
+    assert labels[f"Normal/test/{nih_normal.name}"] == 0
+    assert list(table["split"].dropna()) == ["test"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("1.2.3/1: 1 film(s) without a label" in text and "'1' is not read as a label" in text
+               for text in messages) == 1
+    assert sum("Normal/test: 1 film(s) labelled 0 from the folder name 'Normal'" in text for text in messages) == 1
+
+
+def test_folders_naming_two_labels_are_refused(tmp_path: Path, shared_data: Path) -> None:
+    nih_normal = next((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))
+    confused = tmp_path / "root" / "abnormal" / "normal"
+    confused.mkdir(parents=True)
+    (confused / nih_normal.name).write_bytes(nih_normal.read_bytes())
+    with pytest.raises(ManifestError, match="'abnormal', 'normal' name different labels"):
+        scan_folder(tmp_path / "root")

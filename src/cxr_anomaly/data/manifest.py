@@ -15,6 +15,8 @@ Sources may add columns of their own (finding labels, age, ...); they are carrie
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +35,12 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _LABEL_ALIASES = {"normal": "0", "no finding": "0", "abnormal": "1", "pneumonia": "1"}
 # Other names of the patient column in shipped manifests.
 _PATIENT_ALIASES = ("patient_key", "patientid", "patient id")
-_NORMAL_FOLDERS = {"normal", "0_normal", "0", "negative", "no_finding"}
-_ABNORMAL_FOLDERS = {"abnormal", "1_abnormal", "1", "positive", "pneumonia", "opacity"}
+# The folder names README documents as labels (case-insensitive), and no others: a PACS series
+# folder named "1" or a study folder named "positive" says nothing about the film.
+NORMAL_FOLDERS: frozenset[str] = frozenset({"normal", "0_normal"})
+ABNORMAL_FOLDERS: frozenset[str] = frozenset({"abnormal", "1_abnormal", "pneumonia"})
+# Names other tools read as labels; seeing one is logged, so a user who expected a label knows why.
+_NOT_LABELS = frozenset({"0", "1", "negative", "positive", "no_finding", "opacity"})
 NPZ_SEPARATOR = "#"
 
 
@@ -133,19 +139,64 @@ def looks_like_image(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class FolderLabel:
+    """The label that a film's folders give.
+
+    Attributes:
+        label: 0, 1, or None when no folder names a label.
+        source: the folder name the label came from (as written), or None.
+    """
+
+    label: int | None
+    source: str | None
+
+
+def folder_label(folder: str | Path, relative_parts: tuple[str, ...]) -> FolderLabel:
+    """The label that the folders of a path (relative to the scanned ``folder``) give.
+
+    Only the names README documents count, case-insensitively: ``normal``/``0_normal`` give 0,
+    ``abnormal``/``1_abnormal``/``pneumonia`` give 1, at any depth below the scanned folder.
+
+    Raises:
+        ManifestError: two folders of the path name different labels (``normal/.../abnormal``).
+    """
+    found: list[tuple[int, str]] = []
+    for part in relative_parts:
+        name = part.lower()
+        if name in NORMAL_FOLDERS:
+            found.append((0, part))
+        elif name in ABNORMAL_FOLDERS:
+            found.append((1, part))
+    if not found:
+        return FolderLabel(None, None)
+    if len({label for label, _ in found}) > 1:
+        names = ", ".join(repr(part) for _, part in found)
+        raise ManifestError(folder, f"{Path(*relative_parts)}: folders {names} name different labels")
+    return FolderLabel(*found[-1])
+
+
 def scan_folder(folder: str | Path) -> pd.DataFrame:
     """List the image files under ``folder`` recursively, inferring labels and splits from folders.
 
-    A path component named like ``normal``/``0_normal`` gives label 0, ``abnormal``/``1_abnormal``/
-    ``pneumonia`` label 1; ``train``/``val``/``valid``/``test`` give the split. A file with
-    another suffix, or none (DICOM series from a PACS often have none), is listed when its
+    A folder below ``folder`` named ``normal``/``0_normal`` gives label 0, ``abnormal``/
+    ``1_abnormal``/``pneumonia`` label 1 (see :func:`folder_label`); no other name does, so a
+    PACS series folder ``1/`` leaves its films unlabelled. ``train``/``val``/``valid``/``test`` give
+    the split. Where each folder's labels come from is logged at INFO, once per folder. A file
+    with another suffix, or none (DICOM series from a PACS often have none), is listed when its
     leading bytes are those of an image; otherwise it is left out with a WARNING naming it, never
     silently.
+
+    Raises:
+        MissingFileError: ``folder`` does not exist.
+        ManifestError: it holds no image, or a path's folders name two different labels.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(folder, "folder does not exist")
     rows = []
+    labels: dict[Path, FolderLabel] = {}
+    films_per_folder: Counter[Path] = Counter()
     for file in sorted(folder.rglob("*")):
         if not file.is_file() or file.name.startswith("."):
             continue
@@ -154,20 +205,33 @@ def scan_folder(folder: str | Path) -> pd.DataFrame:
                 logger.warning("ignoring %s: neither its suffix %r nor its first bytes are those of an "
                                "image", file, file.suffix)
             continue
-        parts = [part.lower() for part in file.relative_to(folder).parts[:-1]]
-        label = pd.NA
+        parts = file.relative_to(folder).parts[:-1]
+        if file.parent not in labels:
+            labels[file.parent] = folder_label(folder, parts)
+        films_per_folder[file.parent] += 1
+        label = labels[file.parent].label
         split = pd.NA
         for part in parts:
-            if part in _NORMAL_FOLDERS:
-                label = 0
-            elif part in _ABNORMAL_FOLDERS:
-                label = 1
-            if part in _SPLIT_ALIASES:
-                split = _SPLIT_ALIASES[part]
-        rows.append({"path": str(file.resolve()), "label": label, "split": split})
+            split = _SPLIT_ALIASES.get(part.lower(), split)
+        rows.append({"path": str(file.resolve()), "label": pd.NA if label is None else label, "split": split})
     if not rows:
         raise ManifestError(folder, "folder holds no image files (.png, .jpg, .jpeg, .dcm, ...)")
+    for parent, found in labels.items():
+        _log_label_source(folder, parent, found, films_per_folder[parent])
     return normalise_manifest(pd.DataFrame(rows), folder)
+
+
+def _log_label_source(root: Path, parent: Path, found: FolderLabel, count: int) -> None:
+    """One INFO line per folder: which label its films got and from which folder name."""
+    relative = parent.relative_to(root).as_posix()
+    if found.label is not None:
+        logger.info("%s/%s: %d film(s) labelled %d from the folder name %r", root, relative, count,
+                    found.label, found.source)
+        return
+    lookalikes = sorted({part for part in parent.relative_to(root).parts if part.lower() in _NOT_LABELS})
+    reason = (f"; {', '.join(map(repr, lookalikes))} is not read as a label" if lookalikes else "")
+    logger.info("%s/%s: %d film(s) without a label (no folder named %s)%s", root, relative, count,
+                "/".join(sorted(NORMAL_FOLDERS | ABNORMAL_FOLDERS)), reason)
 
 
 def read_npz_manifest(npz_path: str | Path) -> pd.DataFrame:
