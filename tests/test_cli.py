@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxr_anomaly import pipeline
 from cxr_anomaly.cli import main
 
 
@@ -83,6 +85,113 @@ def test_missing_input_names_the_file(trained_checkpoint: Path, tmp_path: Path, 
     missing = tmp_path / "nope.png"
     assert main(["score", "--model", str(trained_checkpoint), str(missing), "--out", str(tmp_path / "s.csv")]) == 2
     assert "nope.png" in caplog.text
+
+
+def model_command(command: str, model: Path, film: Path, out: Path) -> list[str]:
+    """A command line of ``command`` that reads ``model`` and writes under ``out``."""
+    return {
+        "score": ["score", "--model", str(model), str(film), "--out", str(out / "scores.csv")],
+        "evaluate": ["evaluate", "--model", str(model), "--data", str(film), "--out", str(out / "eval")],
+        "calibrate": ["calibrate", "--model", str(model), "--data", str(film), "--out", str(out / "new.pt")],
+        "export": ["export", "--model", str(model), "--out", str(out / "model.onnx")],
+        "serve": ["serve", "--model", str(model), "--port", "0"],
+    }[command]
+
+
+def assert_one_line_error(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+                          *fragments: str) -> str:
+    """The run logged exactly one error, on one line, holding every fragment, and no traceback."""
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert "\n" not in errors[0], errors[0]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    assert "Traceback" not in capsys.readouterr().err
+    return errors[0]
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate", "calibrate", "export", "serve"])
+@pytest.mark.parametrize("wrong", ["text", "png", "folder"])
+def test_a_model_that_is_not_a_checkpoint_gives_one_line_and_exit_2(
+        command: str, wrong: str, shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    film = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
+    expected = {"text": "the file is text, not a checkpoint", "png": "the file is a PNG image, not a checkpoint",
+                "folder": "is a folder, not a checkpoint file"}[wrong]
+    if wrong == "text":
+        model = tmp_path / "model.pt"
+        model.write_text("path,label\nfilm.png,0\n")
+    elif wrong == "png":
+        model = film
+    else:
+        model = tmp_path / "run"
+        model.mkdir()
+    assert main(model_command(command, model, film, tmp_path)) == 2
+    assert_one_line_error(caplog, capsys, str(model), expected)
+
+
+def test_a_truncated_checkpoint_gives_one_line_and_exit_2(trained_checkpoint: Path, shared_data: Path,
+                                                           tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "model.pt"
+    model.write_bytes(trained_checkpoint.read_bytes()[:5000])
+    film = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
+    assert main(model_command("score", model, film, tmp_path)) == 2
+    assert_one_line_error(caplog, capsys, str(model), "damaged or truncated")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+def test_an_out_file_in_proc_is_refused_before_any_work(trained_checkpoint: Path, shared_data: Path,
+                                                        caplog: pytest.LogCaptureFixture,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    film = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
+    assert main(["score", "--model", str(trained_checkpoint), str(film), "--out", "/proc/x.csv"]) == 2
+    assert_one_line_error(caplog, capsys, "/proc/x.csv", "cannot write --out")
+    assert not any("scored" in record.getMessage() for record in caplog.records)  # refused before scoring
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate", "export", "calibrate"])
+def test_an_out_of_the_wrong_kind_gives_one_line_and_exit_2(
+        command: str, trained_checkpoint: Path, shared_data: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    film = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
+    arguments = model_command(command, trained_checkpoint, film, tmp_path)
+    if command == "evaluate":  # a folder is wanted: give it an existing file
+        wrong = tmp_path / "eval"
+        wrong.write_text("")
+        expected = "--out needs a folder, but this is a file"
+    else:  # a file is wanted: give it an existing folder
+        wrong = tmp_path / "a-folder"
+        wrong.mkdir()
+        arguments[arguments.index("--out") + 1] = str(wrong)
+        expected = "--out needs a file name, but this is a folder"
+    assert main(arguments) == 2
+    assert_one_line_error(caplog, capsys, str(wrong), expected)
+
+
+def test_an_out_below_a_file_gives_one_line_and_exit_2(trained_checkpoint: Path, shared_data: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    film = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
+    (tmp_path / "scores.csv").write_text("")
+    out = tmp_path / "scores.csv" / "worklist.html"
+    assert main(["score", "--model", str(trained_checkpoint), str(film), "--out", str(tmp_path / "s.csv"),
+                 "--report", str(out)]) == 2
+    assert_one_line_error(caplog, capsys, str(out), "is a file, not a folder")
+
+
+def test_a_write_that_fails_during_the_job_gives_one_line_and_exit_2(
+        trained_checkpoint: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "scores.csv"
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(pipeline, "score_job", disk_full)
+    film = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
+    assert main(["score", "--model", str(trained_checkpoint), str(film), "--out", str(out)]) == 2
+    assert_one_line_error(caplog, capsys, f"{out}: No space left on device")
 
 
 def test_console_script_help_runs() -> None:

@@ -1,10 +1,12 @@
-"""Property-based fuzzing of the image readers and the manifest parser (issue 7).
+"""Property-based fuzzing of the image readers, the manifest parser and the checkpoint loader.
 
 Inputs are mutated bytes of real files from ``../shared/data`` (NIH PNGs, Kermany JPEGs, DICOM
-files built from a real NIH film, the shipped manifest CSVs) and random CSV tables. Every input
-must either read cleanly (a finite float32 grey image in [0, 1]; a manifest with the documented
-columns and values) or raise one of the project's documented errors (:class:`CxrAnomalyError`
-subclasses). Anything else (an ``IndexError`` from deep inside a decoder, say) fails the test.
+files built from a real NIH film, the shipped manifest CSVs), random CSV tables, and, for
+``--model`` (issue 12), mutated and truncated real checkpoints, random bytes and files of other
+types. Every input must either read cleanly (a finite float32 grey image in [0, 1]; a manifest
+with the documented columns and values; a detector) or raise one of the project's documented
+errors (:class:`CxrAnomalyError` subclasses). Anything else (an ``IndexError`` from deep inside a
+decoder, say) fails the test.
 
 CI runs a few hundred examples (deterministically); ``benchmarks/fuzz_long.py`` runs more via
 ``CXR_ANOMALY_FUZZ_EXAMPLES`` (examples per test) and tallies outcomes via ``CXR_ANOMALY_FUZZ_TALLY``.
@@ -16,6 +18,7 @@ import csv
 import io
 import json
 import os
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -24,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
+from cxr_anomaly.checkpoint import LoadedModel, load_checkpoint
 from cxr_anomaly.data.manifest import MANIFEST_COLUMNS, load_inputs
 from cxr_anomaly.errors import CxrAnomalyError
 from cxr_anomaly.io import read_image
@@ -299,3 +304,71 @@ def random_tables(draw: st.DrawFn) -> bytes:
 @given(table=random_tables())
 def test_manifest_parser_on_random_tables(table: bytes, tmp_path: Path) -> None:
     check_manifest(table, tmp_path / "manifest.csv", "manifest (random)")
+
+
+def check_checkpoint(data: bytes, path: Path, origin: str) -> None:
+    """Load ``data`` as ``--model`` does: a detector or a documented error naming the file."""
+    path.write_bytes(data)
+    try:
+        loaded = load_checkpoint(path)
+    except CxrAnomalyError as error:
+        TALLY[f"{origin}: {type(error).__name__}"] += 1
+        assert str(path) in str(error), f"the error does not name the file: {error}"
+        return
+    assert isinstance(loaded, LoadedModel)
+    TALLY[f"{origin}: loaded"] += 1
+
+
+@pytest.fixture(scope="module")
+def checkpoint_seed(tiny_nih_model) -> bytes:
+    """A real calibrated checkpoint, as ``cxr-anomaly train`` writes it."""
+    return tiny_nih_model.checkpoint.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def foreign_seeds(png_seeds: list[bytes], jpeg_seeds: list[bytes], dicom_seeds: list[bytes],
+                  manifest_seeds: list[bytes]) -> list[bytes]:
+    """Files that are not checkpoints but get passed as one: films, CSVs, other torch and zip files."""
+    buffer = io.BytesIO()
+    torch.save({"weights": torch.zeros(3)}, buffer)  # a torch file of someone else's
+    other_torch = buffer.getvalue()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", b"not a pickle")
+    zip_file = buffer.getvalue()
+    buffer = io.BytesIO()
+    np.savez(buffer, train_images=np.zeros((2, 4, 4), np.uint8))
+    return [png_seeds[0], jpeg_seeds[0], dicom_seeds[0], manifest_seeds[0], other_torch, zip_file,
+            buffer.getvalue(), b"", b"hello world\n", b"\x80\x04K\x01."]
+
+
+def test_checkpoint_seed_loads(checkpoint_seed: bytes, tmp_path: Path) -> None:
+    # Without this, a fuzz run over a broken seed would only ever exercise the error paths.
+    path = tmp_path / "model.pt"
+    path.write_bytes(checkpoint_seed)
+    assert load_checkpoint(path).calibration is not None
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_model_loader_on_mutated_and_truncated_real_checkpoints(checkpoint_seed: bytes, tmp_path: Path,
+                                                                data: st.DataObject) -> None:
+    if data.draw(st.booleans()):
+        damaged = checkpoint_seed[: data.draw(st.integers(0, len(checkpoint_seed) - 1))]
+        check_checkpoint(damaged, tmp_path / "model.pt", "checkpoint (truncated)")
+    else:
+        check_checkpoint(data.draw(mutations(checkpoint_seed)), tmp_path / "model.pt", "checkpoint (mutated)")
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_model_loader_on_random_bytes_and_other_file_types(foreign_seeds: list[bytes], tmp_path: Path,
+                                                           data: st.DataObject) -> None:
+    kind = data.draw(st.sampled_from(("random", "foreign", "mutated foreign")))
+    if kind == "random":
+        candidate = data.draw(st.binary(max_size=2048))
+    else:
+        candidate = data.draw(st.sampled_from(foreign_seeds))
+        if kind == "mutated foreign":
+            candidate = data.draw(mutations(candidate))
+    check_checkpoint(candidate, tmp_path / "model.pt", f"not a checkpoint ({kind})")

@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from . import __version__
 from .config import Config, config_from_dict, config_to_dict
 from .errors import CheckpointError, ConfigError
+from .io import sniff_format
 from .models.tang2019 import OneClassDetector
 from .scoring import Calibration
 
@@ -152,16 +154,37 @@ def read_checkpoint_payload(
             cxr-anomaly checkpoint, or a format newer than this package understands.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "model.pt"
+        raise CheckpointError(path, "is a folder, not a checkpoint file" +
+                              (f" (did you mean {inside}?)" if inside.is_file() else ""))
     if not path.is_file():
         raise CheckpointError(path, "checkpoint file does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb") as stream:
+            head = stream.read(132)  # enough for sniff_format to recognise DICOM's preamble
+    except OSError as error:
+        raise CheckpointError(path, f"cannot read the checkpoint: {error.strerror or error}") from error
+    foreign = _describe_foreign_file(head)
+    if foreign is not None:
+        raise CheckpointError(path, foreign)
+    try:
+        with warnings.catch_warnings():
+            # torch asks for an issue to be filed whenever a pickle's protocol is not the one it
+            # writes; only foreign files do that, and they are refused below with a plain message.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            path, f"refused to load: the file holds objects other than tensors and plain values ({error})"
+            path, "refused to load: the file holds objects other than tensors and plain values "
+                  f"({_unpickler_reason(error)})"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(path, f"not a readable checkpoint: {error}") from error
+    except Exception as error:
+        # On damaged bytes torch.load fails with whatever its reader trips over (RuntimeError,
+        # KeyError, AttributeError, UnicodeDecodeError, ...): all of them mean "damaged file".
+        raise CheckpointError(
+            path, f"not a readable checkpoint, damaged or truncated ({type(error).__name__}: {_one_line(error)})"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(path, f"not a {expected_format} file (format marker {found!r})")
@@ -174,6 +197,44 @@ def read_checkpoint_payload(
             f"understands (format version {supported_version}); upgrade cxr-anomaly",
         )
     return payload
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+PICKLE_PROTOCOL = b"\x80"  # the legacy torch.save format opens with a pickle PROTO opcode
+
+
+def _describe_foreign_file(head: bytes) -> str | None:
+    """Why a file opening with ``head`` cannot be a checkpoint, or None when it may be one.
+
+    Recognising images and text before ``torch.load`` sees them gives the most common mistake
+    (an image or a CSV passed as ``--model``) a plain answer instead of an unpickler's.
+    """
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTOCOL):
+        return None
+    if not head:
+        return "the file is empty, not a checkpoint"
+    image_format = sniff_format(head)
+    if image_format is not None:
+        return (f"the file is a {image_format.upper()} image, not a checkpoint "
+                "(--model takes the model.pt that `cxr-anomaly train` writes)")
+    if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return "the file is text, not a checkpoint (--model takes the model.pt that `cxr-anomaly train` writes)"
+    return "not a checkpoint: the file is neither a PyTorch zip archive nor a pickle"
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line, shortened: torch's run over many lines."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The restricted unpickler's own reason, without torch's advice to turn the restriction off."""
+    text = " ".join(str(error).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0].strip()
+    return _one_line(RuntimeError(text))
 
 
 def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
@@ -208,7 +269,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
 
 
 def training_record(result: Any, **extra: Any) -> dict[str, Any]:
-    """Plain-value summary of a :class:`~cxr_anomaly.training.TrainingResult` for a checkpoint."""
+    """Plain-value summary of a :class:`~cxr_anomaly.models.tang2019.training.TrainingResult` for a checkpoint."""
     return {
         "num_train_images": result.num_train_images,
         "seconds": result.seconds,

@@ -9,12 +9,14 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
 from .config import VARIANTS, Config, load_config, preset_config, with_overrides
-from .errors import CxrAnomalyError
+from .errors import CxrAnomalyError, OutputPathError
 
 logger = logging.getLogger("cxr_anomaly")
 
@@ -240,6 +242,68 @@ def training_config(args: argparse.Namespace) -> Config:
     return config
 
 
+@dataclass(frozen=True)
+class OutputPath:
+    """A path a command will write, checked before any work starts.
+
+    Attributes:
+        path: the file or folder.
+        option: the option that named it, for the message (``--out``).
+        kind: ``file`` or ``folder``.
+    """
+
+    path: Path
+    option: str
+    kind: str
+
+
+def output_paths(args: argparse.Namespace) -> list[OutputPath]:
+    """The files and folders the parsed command will write."""
+    folders = {"train", "evaluate", "reproduce"}
+    outputs = []
+    if getattr(args, "out", None) is not None:
+        outputs.append(OutputPath(args.out, "--out", "folder" if args.command in folders else "file"))
+    if getattr(args, "report", None) is not None:
+        outputs.append(OutputPath(args.report, "--report", "file"))
+    if args.command == "calibrate" and args.out is None:  # the checkpoint is rewritten in place
+        outputs.append(OutputPath(args.model, "--model (rewritten in place without --out)", "file"))
+    return outputs
+
+
+def check_output_path(output: OutputPath) -> None:
+    """Fail before any work when ``output`` cannot be written, naming it and the problem.
+
+    Leaves nothing behind: a temporary file is made and removed in the nearest existing folder, which
+    is the only test that also catches read-only mounts and pseudo file systems such as /proc.
+
+    Raises:
+        OutputPathError: the path is of the wrong kind, or its folder cannot be written.
+    """
+    path = output.path
+    if output.kind == "folder" and path.exists() and not path.is_dir():
+        raise OutputPathError(path, f"{output.option} needs a folder, but this is a file")
+    if output.kind == "file" and path.is_dir():
+        raise OutputPathError(path, f"{output.option} needs a file name, but this is a folder")
+    start = path if output.kind == "folder" else path.parent
+    existing = next((candidate for candidate in (start, *start.parents) if candidate.exists()), Path("."))
+    if not existing.is_dir():
+        raise OutputPathError(path, f"cannot write {output.option}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise OutputPathError(
+            path, f"cannot write {output.option} in {existing}: {error.strerror or error}") from error
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line naming the file and the problem of an ``OSError``, without a traceback."""
+    if error.filename is None:
+        return str(error)
+    also = f" -> {error.filename2}" if error.filename2 is not None else ""
+    return f"{error.filename}{also}: {error.strerror or error}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cxr-anomaly``; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -249,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     progress = not getattr(args, "no_progress", False)  # serve has no progress bars
     try:
+        for output in output_paths(args):  # minutes of scoring must not end on an unwritable path
+            check_output_path(output)
         if args.command == "train":
             outcome = pipeline.train_job(args.data, args.out, training_config(args),
                                          on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
@@ -338,7 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} reused; "
                   f"table: {outcome.table_md}, figures: {outcome.roc_path}, {outcome.figure2_path}")
     except (CxrAnomalyError, ValueError) as error:
-        logger.error("%s", error)
+        logger.error("%s", " ".join(str(error).split()))  # one line, even where torch's text has many
+        return 2
+    except OSError as error:  # a write that failed after the checks (disk full, a folder removed)
+        logger.error("%s", describe_os_error(error))
         return 2
     return 0
 

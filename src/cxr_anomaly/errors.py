@@ -70,5 +70,14 @@ class CheckpointError(CxrAnomalyError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class OutputPathError(CxrAnomalyError):
+    """An output file or folder cannot be written; the message names it and the problem."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
 class TrainingDivergedError(CxrAnomalyError, RuntimeError):
     """Training stopped because the losses became non-finite or the GAN collapsed."""
