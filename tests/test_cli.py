@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,82 @@ def test_a_write_that_fails_during_the_job_gives_one_line_and_exit_2(
     film = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
     assert main(["score", "--model", str(trained_checkpoint), str(film), "--out", str(out)]) == 2
     assert_one_line_error(caplog, capsys, f"{out}: No space left on device")
+
+
+@pytest.fixture(scope="module")
+def fullres_without_labels(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nih_fullres's 20 films with their labels in a column named ``outcome``, none named ``label``."""
+    root = shared_data / "nih_fullres"
+    table = pd.read_csv(root / "manifest.csv")
+    table["path"] = [str(root / path) for path in table["path"]]
+    table = table.rename(columns={"abnormal": "outcome"})
+    assert "label" not in table.columns and set(table["outcome"]) == {0, 1}
+    path = tmp_path_factory.mktemp("fullres") / "manifest.csv"
+    table[["path", "patient_id", "finding_labels", "outcome", "view"]].to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_without_labels_fails_naming_the_columns_found_and_the_one_needed(
+        trained_checkpoint: Path, fullres_without_labels: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(fullres_without_labels),
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
+    message = assert_one_line_error(caplog, capsys, str(fullres_without_labels), "nothing to measure",
+                                    "needs column 'label'", "--label-column")
+    found = message.split("columns found: ", 1)[1].split(" (", 1)[0].split(", ")
+    assert sorted(found) == ["finding_labels", "outcome", "path", "patient_id", "view"]
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_evaluate_reads_labels_from_the_label_column_and_prints_rounded_metrics(
+        trained_checkpoint: Path, fullres_without_labels: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(fullres_without_labels),
+                 "--label-column", "outcome", "--out", str(tmp_path), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["num_normal"], metrics["num_abnormal"]) == (10, 10)
+    printed = capsys.readouterr().out
+    assert re.search(r"^AUC [01]\.\d{3} on all split", printed, re.MULTILINE), printed
+    assert re.search(r"sensitivity [01]\.\d{3} \[[01]\.\d{3}, [01]\.\d{3}\]", printed), printed
+
+
+@pytest.mark.parametrize("column, expected", [
+    ("nope", "no column 'nope' to read labels from"),
+    ("finding_labels", "finding_labels 'No Finding' is not 0 (normal), 1 (abnormal) or empty"),
+])
+def test_evaluate_with_an_unusable_label_column_says_why(
+        column: str, expected: str, trained_checkpoint: Path, fullres_without_labels: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(fullres_without_labels),
+                 "--label-column", column, "--out", str(tmp_path), "--no-progress"]) == 2
+    assert_one_line_error(caplog, capsys, str(fullres_without_labels), expected)
+
+
+def test_evaluate_on_one_class_says_auc_needs_both(trained_checkpoint: Path, small_manifest: Path,
+                                                   tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    table = pd.read_csv(small_manifest)
+    normals = tmp_path / "normals.csv"
+    table[(table.split == "test") & (table.label == 0)].to_csv(normals, index=False)
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(normals),
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
+    assert_one_line_error(caplog, capsys, str(normals), "AUC needs both classes", "10 normal and 0 abnormal")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_evaluate_fails_when_skipped_files_leave_one_class(trained_checkpoint: Path, small_manifest: Path,
+                                                           tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    table = pd.read_csv(small_manifest)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    rows = pd.concat([table[(table.split == "test") & (table.label == 0)].head(4),
+                      pd.DataFrame({"path": [str(broken)], "label": [1], "split": ["test"]})])
+    manifest = tmp_path / "manifest.csv"
+    rows.to_csv(manifest, index=False)
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(manifest), "--on-bad-file", "skip",
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
+    assert_one_line_error(caplog, capsys, "AUC needs both classes", "4 normal and 0 abnormal")
 
 
 def test_console_script_help_runs() -> None:

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     evaluate.add_argument("--split", choices=("auto", "train", "val", "test", "all"), default="auto",
                           help="rows to evaluate; auto = the test split when the data has one, else all")
+    evaluate.add_argument("--label-column", default="label", metavar="NAME",
+                          help="manifest column holding the labels, 0 normal and 1 abnormal (default "
+                               "label; e.g. abnormal for NIH's nih_fullres manifest)")
     add_data_options(evaluate)
 
     export = commands.add_parser(
@@ -355,9 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_server(args.model, settings, host=args.host, port=args.port, torch_threads=args.threads)
         elif args.command == "evaluate":
             outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
+                                            label_column=args.label_column,
                                             on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                             progress=progress)
-            print(f"AUC {outcome.metrics.auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
+            auc = "n/a" if outcome.metrics.auc is None else f"{outcome.metrics.auc:.3f}"
+            print(f"AUC {auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
             if outcome.intervals is not None:
                 intervals = outcome.intervals
                 print(f"at the stored threshold {intervals.threshold:.4g}: sensitivity "

@@ -21,7 +21,7 @@ from .checkpoint import (LoadedModel, atomic_torch_save, load_checkpoint, read_c
 from .config import Config, config_to_dict
 from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import load_inputs
-from .errors import NoNormalImagesError
+from .errors import ManifestError, NoNormalImagesError
 from .evaluation import Metrics, compute_metrics, plot_roc, reconstruction_grid
 from .report import add_dicom_links, explain_rows, rank_table, write_html_report
 from .scoring import fit_calibration, min_max_normalise, score_pixels
@@ -317,6 +317,57 @@ class ChosenRows:
     split: str
 
 
+def columns_with_values(manifest: pd.DataFrame) -> list[str]:
+    """The manifest's columns that hold at least one value (the standard ones are added empty)."""
+    return [str(column) for column in manifest.columns
+            if manifest[column].astype("string").str.strip().replace("", pd.NA).notna().any()]
+
+
+def read_label_column(manifest: pd.DataFrame, label_column: str, origin: str) -> pd.DataFrame:
+    """Take the labels (0 normal, 1 abnormal, empty unknown) from ``label_column`` instead of ``label``.
+
+    Raises:
+        ManifestError: the column is absent (the message lists the columns there) or holds a
+            value other than 0, 1 or empty.
+    """
+    if label_column == "label":
+        return manifest
+    if label_column not in manifest.columns:
+        raise ManifestError(origin, f"no column {label_column!r} to read labels from (--label-column); "
+                                    f"columns found: {', '.join(columns_with_values(manifest))}")
+    text = manifest[label_column].astype("string").str.strip()
+    text = text.mask(text == "")
+    numbers = pd.to_numeric(text, errors="coerce")
+    bad = (text.notna() & ~numbers.isin([0, 1])).to_numpy(dtype=bool)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ManifestError(origin, f"{manifest['path'].iloc[row]}: {label_column} {text.iloc[row]!r} is not "
+                                    "0 (normal), 1 (abnormal) or empty")
+    return manifest.assign(label=numbers.astype("Int64"))
+
+
+def require_both_classes(manifest: pd.DataFrame, origin: str, label_column: str, split: str) -> None:
+    """Refuse an evaluation that could measure nothing: no labels at all, or one class only.
+
+    Raises:
+        ManifestError: no film has a label (the message names the columns found and the one
+            needed), or every labelled film is of one class (AUC needs both).
+    """
+    labels = manifest["label"]
+    where = "" if split == "all" else f" of the {split} split"
+    if labels.isna().all():
+        raise ManifestError(
+            origin, f"none of the {len(manifest)} films{where} has a label, so there is nothing to measure: "
+                    f"evaluate needs column {label_column!r} holding 0 (normal) or 1 (abnormal); columns "
+                    f"found: {', '.join(columns_with_values(manifest))} (--label-column NAME reads the "
+                    "labels from another column)")
+    normal, abnormal = int((labels == 0).sum()), int((labels == 1).sum())
+    if normal == 0 or abnormal == 0:
+        raise ManifestError(
+            origin, f"AUC needs both classes, but the labelled films{where} are {normal} normal and "
+                    f"{abnormal} abnormal (column {label_column!r})")
+
+
 def choose_evaluation_rows(manifest: pd.DataFrame, split: str) -> ChosenRows:
     """Rows to evaluate: ``auto`` means the test split when one exists, else every row."""
     if split == "auto":
@@ -340,24 +391,34 @@ def evaluate_job(
     progress: bool = True,
     bootstrap_resamples: int = 1000,
     bootstrap_seed: int = 0,
+    label_column: str = "label",
 ) -> EvaluationOutcome:
     """Score labelled films and write metrics.json, roc.png, reconstructions.png and scores.csv.
 
     With a calibrated checkpoint, metrics.json also holds sensitivity and specificity at the
     stored threshold and 95% stratified-bootstrap intervals (``bootstrap_resamples`` resamples,
     seeded by ``bootstrap_seed``) for AUC, sensitivity and specificity.
+
+    ``label_column`` names the column that holds the labels (0 normal, 1 abnormal, empty unknown).
+
+    Raises:
+        ManifestError: no film of the chosen split has a label, or the labelled films are all of
+            one class: such a run would measure nothing.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(model_path)
+    origin = ", ".join(str(source) for source in data)
     chosen = choose_evaluation_rows(load_inputs(data), split)
-    manifest, split = chosen.manifest, chosen.split
+    manifest, split = read_label_column(chosen.manifest, label_column, origin), chosen.split
+    require_both_classes(manifest, origin, label_column, split)  # before minutes of scoring
     unlabelled = int(manifest["label"].isna().sum())
     if unlabelled:
         logger.warning("%d films have no label and are scored but left out of the metrics", unlabelled)
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
                          cache_dir=cache_dir, progress=progress)
     report_skipped(images.skipped, out_dir / "skipped_files.csv")
+    require_both_classes(images.manifest, origin, label_column, split)  # skipped files may leave one class
     scored = score_table(model, images, keep_reconstructions=True,
                          normalisation="calibrated" if model.calibration else "raw")
     table, reconstructions = scored.table, scored.reconstructions
@@ -401,7 +462,8 @@ def evaluate_job(
                                  ("unlabelled", label_column.isna().to_numpy()))]
     grid_path = reconstruction_grid([group for group in groups if len(group[1])],
                                     out_dir / "reconstructions.png")
-    logger.info("evaluated %d films on split %s: AUC %s", len(table), split, metrics.auc)
+    logger.info("evaluated %d films on split %s: AUC %s", len(table), split,
+                "n/a" if metrics.auc is None else f"{metrics.auc:.3f}")
     return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path, intervals)
 
 
