@@ -84,17 +84,57 @@ def select_training_rows(manifest: pd.DataFrame, config: Config, origin: str) ->
     return TrainingData(normal[~mask], normal[mask], f"{mask.sum()} training normals held out by patient", ignored)
 
 
-def warn_on_patient_overlap(manifest: pd.DataFrame) -> int:
-    """Log a warning when a patient appears in more than one split; return how many do."""
+@dataclass
+class PatientOverlap:
+    """Patients found in more than one split of a manifest, per pair of splits.
+
+    Attributes:
+        patients: patients in more than one split (each counted once).
+        train_test: patients in both train and test: the model has seen them.
+        val_test: patients in both val and test: the operating point was fitted on them.
+        train_val: patients in both train and val: only the calibration is affected.
+    """
+
+    patients: int = 0
+    train_test: int = 0
+    val_test: int = 0
+    train_val: int = 0
+
+
+def _patients(count: int) -> str:
+    """``1 patient``, ``3 patients``."""
+    return f"{count} patient" if count == 1 else f"{count} patients"
+
+
+def warn_on_patient_overlap(manifest: pd.DataFrame) -> PatientOverlap:
+    """Warn about patients shared between splits, saying which splits share them and what it costs.
+
+    Overlaps with test make the test results optimistic. An overlap of train and val alone leaves
+    the test results honest: it only fits the operating point on normals of patients the model
+    trained on, so that scores of new patients sit higher than calibrated.
+    """
     known = manifest.dropna(subset=["patient_id", "split"])
-    splits_per_patient = known.groupby("patient_id")["split"].nunique()
-    shared = int((splits_per_patient > 1).sum())
-    if shared:
+    splits_of = known.groupby("patient_id")["split"].agg(frozenset)
+
+    def both(first: str, second: str) -> int:
+        """Patients with films in both splits."""
+        return int(splits_of.map(lambda splits: first in splits and second in splits).sum())
+
+    overlap = PatientOverlap(patients=int((splits_of.map(len) > 1).sum()), train_test=both("train", "test"),
+                             val_test=both("val", "test"), train_val=both("train", "val"))
+    if overlap.train_test or overlap.val_test:
         logger.warning(
-            "%d patients appear in more than one split; results will be optimistic. "
-            "Use `cxr-anomaly split` for a patient-disjoint split.", shared,
+            "%s in both train and test and %d in both val and test: the test results will be optimistic "
+            "(the model or its operating point has seen these patients). Use `cxr-anomaly split` for a "
+            "patient-disjoint split.", _patients(overlap.train_test), overlap.val_test,
         )
-    return shared
+    if overlap.train_val:
+        logger.warning(
+            "%s in both train and val: this affects only the calibration (the operating point is fitted "
+            "on normals of patients the model trained on, so it may flag more new films than intended); "
+            "the test results are not affected.", _patients(overlap.train_val),
+        )
+    return overlap
 
 
 def report_skipped(skipped: list[SkippedFile], path: Path) -> None:
