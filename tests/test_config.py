@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -70,3 +72,64 @@ def test_paper_preset_and_config_files_applied_over_a_preset(tmp_path) -> None: 
     over_paper = load_config(path, base=paper)
     assert over_paper.model.base_channels == 16 and over_paper.score.method == "eq6"
     assert load_config(path).score.method == Config().score.method
+
+
+@pytest.mark.parametrize(("toml_text", "message"), [
+    ('[train]\nrecalibrate_batchnorm = "false"\n', r"train\.recalibrate_batchnorm='false' has type str; expected bool"),
+    ("[train]\nrecalibrate_batchnorm = 0\n", r"train\.recalibrate_batchnorm=0 has type int; expected bool"),
+    ("[train]\nepochs = 2.5\n", r"train\.epochs=2\.5 has type float; expected int"),
+    ('[train]\nepochs = "3"\n', r"train\.epochs='3' has type str; expected int"),
+    ("[train]\nepochs = true\n", r"train\.epochs=True has type bool; expected int"),
+    ('[loss]\nweight_latent = "8"\n', r"loss\.weight_latent='8' has type str; expected float"),
+    ("[loss]\nweight_latent = false\n", r"loss\.weight_latent=False has type bool; expected float"),
+    ("[model]\nvariant = 1\n", r"model\.variant=1 has type int; expected one of 'u', 'u\+e'"),
+    ("[train]\ndevice = 0\n", r"train\.device=0 has type int; expected str"),
+])
+def test_config_files_with_wrong_types_name_key_value_and_type(tmp_path: Path, toml_text: str, message: str) -> None:
+    path = tmp_path / "typed.toml"
+    path.write_text(toml_text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_an_int_is_a_float_and_the_right_types_pass(tmp_path: Path) -> None:
+    path = tmp_path / "fine.toml"
+    path.write_text("[loss]\nweight_latent = 8\n[train]\nepochs = 3\nrecalibrate_batchnorm = false\nlearning_rate = 1e-3\n")
+    config = load_config(path)
+    assert config.loss.weight_latent == 8 and config.train.epochs == 3
+    assert config.train.recalibrate_batchnorm is False and config.train.learning_rate == 1e-3
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(config)))) == config
+
+
+@dataclass(frozen=True)
+class FutureSection:
+    """A section that does not exist yet (module level, so that its annotations resolve)."""
+
+    mode: Literal["a", "b"] = "a"
+    sizes: tuple[int, ...] = (8,)
+    ratio: float | None = None
+
+
+def test_the_type_check_follows_the_declared_fields() -> None:
+    # Driven by the dataclass annotations: a section or field added later is checked unchanged.
+    from cxr_anomaly.config import _check_field_types
+
+    Future = FutureSection
+    _check_field_types(Future, {"mode": "b", "sizes": [8, 16], "ratio": None}, "future")
+    _check_field_types(Future, {"ratio": 2}, "future")
+    for values, message in (({"mode": "c"}, "future.mode='c'"), ({"sizes": [8, 2.5]}, r"future.sizes=\[8, 2.5\]"),
+                            ({"ratio": "0.5"}, "expected float \\(or int\\) or None")):
+        with pytest.raises(ConfigError, match=message):
+            _check_field_types(Future, values, "future")
+
+
+def test_top_level_scalar_keys_are_type_checked_too() -> None:
+    import typing
+
+    scalars = {name: hint for name, hint in typing.get_type_hints(Config).items()
+               if typing.get_origin(hint) is Literal}
+    if not scalars:
+        pytest.skip("this configuration has no top-level scalar key (such as method) to check")
+    for name, hint in scalars.items():
+        with pytest.raises(ConfigError, match=rf"^{name}=1 has type int; expected one of {typing.get_args(hint)[0]!r}"):
+            config_from_dict({name: 1})

@@ -222,8 +222,82 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(config)
 
 
+def _check_field_types(section_type: type, values: dict[str, Any], section_name: str) -> None:
+    """Check each value of ``values`` against the declared type of its field in ``section_type``.
+
+    Driven by :func:`dataclasses.fields` and :func:`typing.get_type_hints`, so sections and fields
+    added later are checked without changes here. TOML and JSON give the right Python types, so
+    nothing is coerced: ``"false"`` is not a bool (it would be true), ``2.5`` and ``"3"`` are not
+    ints. A bool is neither an int nor a float; an int is accepted where a float is declared.
+    Literal types accept only their listed values; tuples and lists are checked item by item.
+    Keys that are not fields of ``section_type`` are left to the caller's unknown-key check.
+
+    Raises:
+        ConfigError: naming the key (``section.key``, or ``key`` at the top level), the value,
+            its type and the declared type.
+    """
+    import numbers
+    import types
+    import typing
+
+    def matches(value: Any, hint: Any) -> bool:
+        origin = typing.get_origin(hint)
+        arguments = typing.get_args(hint)
+        if hint is Any:
+            return True
+        if origin is Literal:  # 1 == True, so the type must match as well as the value
+            return any(type(value) is type(option) and value == option for option in arguments)
+        if origin in (typing.Union, types.UnionType):
+            return any(matches(value, option) for option in arguments)
+        if hint is type(None):
+            return value is None
+        if hint is bool:
+            return isinstance(value, bool)
+        if hint is int:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if hint is float:
+            return isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if origin in (tuple, list):
+            if not isinstance(value, (tuple, list)):
+                return False
+            if origin is tuple and arguments and arguments[-1] is not Ellipsis:
+                return len(value) == len(arguments) and all(map(matches, value, arguments))
+            return all(matches(item, arguments[0]) for item in value) if arguments else True
+        if origin is dict:
+            return isinstance(value, dict) and (not arguments or all(
+                matches(key, arguments[0]) and matches(item, arguments[1]) for key, item in value.items()))
+        if isinstance(hint, type):
+            return isinstance(value, hint)
+        return True  # a typing construct not used in the config yet: accept rather than refuse
+
+    def describe(hint: Any) -> str:
+        origin = typing.get_origin(hint)
+        arguments = typing.get_args(hint)
+        if origin is Literal:
+            return "one of " + ", ".join(repr(option) for option in arguments)
+        if origin in (typing.Union, types.UnionType):
+            return " or ".join(describe(option) for option in arguments)
+        if hint is float:
+            return "float (or int)"
+        if origin in (tuple, list):
+            return f"a list of {describe(arguments[0])}" if arguments else "a list"
+        if hint is type(None):
+            return "None"
+        return getattr(hint, "__name__", str(hint))
+
+    hints = typing.get_type_hints(section_type)
+    for item in dataclasses.fields(section_type):
+        if item.name not in values:
+            continue
+        value, hint = values[item.name], hints[item.name]
+        if not matches(value, hint):
+            key = f"{section_name}.{item.name}" if section_name else item.name
+            raise ConfigError(f"{key}={value!r} has type {type(value).__name__}; expected {describe(hint)}")
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build a :class:`Config` from nested dictionaries; unknown keys raise :class:`ConfigError`."""
+    _check_field_types(Config, {key: value for key, value in values.items() if key not in _SECTIONS}, "")
     sections: dict[str, Any] = {}
     for section_name, section_values in values.items():
         if section_name not in _SECTIONS:
@@ -238,6 +312,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
                 f"unknown key(s) {sorted(unknown)} in config section {section_name!r}; "
                 f"expected some of {sorted(known)}"
             )
+        _check_field_types(section_type, section_values, section_name)
         sections[section_name] = section_type(**section_values)
     return Config(**sections)
 
