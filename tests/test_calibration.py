@@ -182,3 +182,63 @@ def test_evaluate_reports_sensitivity_and_specificity_with_bootstrap_intervals(
     assert intervals["threshold"] == metrics["threshold"]
     assert outcome.intervals is not None and outcome.intervals.to_dict() == intervals
     assert outcome.intervals.auc.describe().startswith(f"{metrics['auc']:.3f} [")
+
+
+@pytest.fixture(scope="module")
+def real_darkness_scores(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A real score of real films: 1 - mean brightness of 30 normal and 30 abnormal NIH1000 test
+    films (abnormal NIH films are darker, so this is a weak pixel detector)."""
+    from cxr_anomaly.io import read_image
+
+    folder = shared_data / "nih1000"
+    manifest = pd.read_csv(folder / "manifest.csv")
+    test = manifest[manifest["split"] == "test"]
+    scores = {label: np.array([1.0 - read_image(folder / path).array.mean()
+                               for path in test[test["label"] == label]["path"].head(30)])
+              for label in (0, 1)}
+    return scores[0], scores[1]
+
+
+def test_thirty_of_thirty_is_not_reported_as_certain(real_darkness_scores) -> None:
+    normal, abnormal = real_darkness_scores
+    labels = np.r_[np.zeros(30), np.ones(30)]
+    # All correct: every abnormal film scored above every normal one, threshold between them.
+    separated = np.r_[normal, abnormal - abnormal.min() + normal.max() + 0.01]
+    intervals = bootstrap_intervals(labels, separated, threshold=normal.max() + 0.005, num_resamples=200)
+    for interval in (intervals.sensitivity, intervals.specificity):
+        assert interval.estimate == 1.0 and interval.method == "wilson"
+        assert (interval.low, interval.high) == pytest.approx((0.8865, 1.0), abs=1e-4)  # not [1, 1]
+    assert intervals.auc.estimate == 1.0 and intervals.auc.method == "bamber_wilson"
+    assert intervals.auc.low == pytest.approx(0.8865, abs=1e-4) and intervals.auc.high == 1.0
+    # None correct: the same films with the classes' scores swapped.
+    swapped = np.r_[separated[30:], separated[:30]]
+    intervals = bootstrap_intervals(labels, swapped, threshold=normal.max() + 0.005, num_resamples=200)
+    for interval in (intervals.sensitivity, intervals.specificity, intervals.auc):
+        assert interval.estimate == 0.0
+        assert interval.low == 0.0 and interval.high == pytest.approx(0.1135, abs=1e-4)
+
+
+def test_a_tiny_class_gets_a_wide_interval(real_darkness_scores) -> None:
+    normal, abnormal = real_darkness_scores
+    labels = np.r_[np.zeros(30), np.ones(1)]
+    scores = np.r_[normal, abnormal[:1]]
+    intervals = bootstrap_intervals(labels, scores, threshold=float(np.median(normal)), num_resamples=200)
+    sensitivity = intervals.sensitivity
+    assert sensitivity.estimate in (0.0, 1.0) and sensitivity.high - sensitivity.low > 0.75  # one film
+    auc = intervals.auc
+    assert auc.method == "bamber_wilson" and auc.low <= auc.estimate <= auc.high
+    assert auc.high - auc.low > 0.5  # a percentile bootstrap resamples that one film every time
+
+
+def test_auc_interval_is_bca_on_real_scores_and_reproducible(real_darkness_scores) -> None:
+    normal, abnormal = real_darkness_scores
+    labels = np.r_[np.zeros(30), np.ones(30)]
+    scores = np.r_[normal, abnormal]
+    intervals = bootstrap_intervals(labels, scores, threshold=float(np.median(scores)), num_resamples=500, seed=3)
+    auc = intervals.auc
+    assert auc.method == "bca_bootstrap" and auc.low < auc.estimate < auc.high
+    assert 0.1 < auc.high - auc.low < 0.5  # 30 films a class: about +-0.15
+    assert bootstrap_intervals(labels, scores, threshold=float(np.median(scores)), num_resamples=500,
+                               seed=3) == intervals
+    assert bootstrap_intervals(labels, scores, threshold=float(np.median(scores)), num_resamples=500,
+                               seed=4).auc != auc

@@ -20,8 +20,9 @@ Thresholds are never guessed from a criterion that needs both classes when only 
 warning and a note in the calibration, to the specificity target, and every threshold is a
 finite value inside the range of the validation scores.
 
-:func:`bootstrap_intervals` gives 95% confidence intervals for AUC, sensitivity and
-specificity on a labelled test set (stratified bootstrap: the class sizes stay fixed).
+:func:`bootstrap_intervals` gives 95% confidence intervals on a labelled test set: Wilson
+intervals for sensitivity and specificity, and a stratified BCa bootstrap for the AUC that falls
+back to Bamber's variance bound where the bootstrap collapses (AUC 0 or 1, a class of a few films).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
+from scipy.stats import bootstrap as stats_bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -214,13 +216,27 @@ def fit_calibration(
     )
 
 
+MIN_FILMS_FOR_AUC_BOOTSTRAP = 10  # per class; fewer give too few distinct resamples to trust BCa
+
+
 @dataclass
 class Interval:
-    """A point estimate with its bootstrap confidence interval; all None when undefined."""
+    """A point estimate with its confidence interval; all None when undefined.
+
+    Attributes:
+        estimate: the value measured on the films.
+        low: lower end of the interval.
+        high: upper end of the interval.
+        method: how the interval was computed: ``wilson`` (a binomial proportion),
+            ``bca_bootstrap`` (the AUC, by bias-corrected and accelerated stratified bootstrap) or
+            ``bamber_wilson`` (the AUC, where the bootstrap cannot resolve it; see
+            :func:`bootstrap_intervals`); empty when undefined.
+    """
 
     estimate: float | None
     low: float | None
     high: float | None
+    method: str = ""
 
     def describe(self, digits: int = 3) -> str:
         """``estimate [low, high]``, or ``n/a`` when undefined."""
@@ -239,7 +255,7 @@ class BootstrapIntervals:
         specificity: fraction of normal films at or below the threshold.
         threshold: the raw-score threshold the decisions used.
         confidence: the interval's coverage (0.95 for 95%).
-        num_resamples: bootstrap resamples drawn.
+        num_resamples: bootstrap resamples drawn for the AUC.
         seed: seed of the resampling generator.
     """
 
@@ -256,11 +272,69 @@ class BootstrapIntervals:
         return asdict(self)
 
 
-def _auc_from_ranks(abnormal: np.ndarray, normal: np.ndarray) -> float:
-    """Mann-Whitney AUC (ties count one half) of abnormal versus normal scores."""
-    ranks = rankdata(np.concatenate([abnormal, normal]))
-    rank_sum = float(ranks[:abnormal.size].sum())
-    return (rank_sum - abnormal.size * (abnormal.size + 1) / 2.0) / (abnormal.size * normal.size)
+def _auc_from_ranks(abnormal: np.ndarray, normal: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mann-Whitney AUC (ties count one half) of abnormal versus normal scores along ``axis``.
+
+    Leading dimensions broadcast, so one call scores a whole batch of bootstrap or jackknife
+    resamples.
+    """
+    abnormal = np.moveaxis(np.asarray(abnormal, dtype=np.float64), axis, -1)
+    normal = np.moveaxis(np.asarray(normal, dtype=np.float64), axis, -1)
+    leading = np.broadcast_shapes(abnormal.shape[:-1], normal.shape[:-1])
+    abnormal = np.broadcast_to(abnormal, leading + abnormal.shape[-1:])
+    normal = np.broadcast_to(normal, leading + normal.shape[-1:])
+    count_abnormal, count_normal = abnormal.shape[-1], normal.shape[-1]
+    ranks = rankdata(np.concatenate([abnormal, normal], axis=-1), axis=-1)
+    rank_sum = ranks[..., :count_abnormal].sum(axis=-1)
+    return (rank_sum - count_abnormal * (count_abnormal + 1) / 2.0) / (count_abnormal * count_normal)
+
+
+def wilson_interval(estimate: float, count: int, confidence: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``estimate`` observed on ``count`` trials.
+
+    Unlike the normal approximation or a percentile bootstrap, it does not collapse to a point
+    at 0 or 1: 30 of 30 gives [0.886, 1] at 95%.
+    """
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    denominator = 1.0 + z * z / count
+    centre = (estimate + z * z / (2.0 * count)) / denominator
+    half = z / denominator * math.sqrt(max(estimate * (1.0 - estimate), 0.0) / count + z * z / (4.0 * count * count))
+    # At 0 and 1 an end equals the estimate exactly; rounding would leave 0.9999999999999999.
+    low = 0.0 if estimate <= 0.0 else max(0.0, centre - half)
+    high = 1.0 if estimate >= 1.0 else min(1.0, centre + half)
+    return low, high
+
+
+def _proportion(hits: np.ndarray, confidence: float) -> Interval:
+    if hits.size == 0:
+        return Interval(None, None, None)
+    estimate = float(np.mean(hits))
+    low, high = wilson_interval(estimate, int(hits.size), confidence)
+    return Interval(estimate, low, high, "wilson")
+
+
+def _auc_interval(abnormal: np.ndarray, normal: np.ndarray, confidence: float, num_resamples: int,
+                  rng: np.random.Generator) -> Interval:
+    """BCa bootstrap of the AUC, or Bamber's bound where the bootstrap cannot resolve it."""
+    estimate = float(_auc_from_ranks(abnormal, normal))
+    smaller = min(abnormal.size, normal.size)
+    # At AUC 0 or 1, or with one score for every film, every resample gives the same AUC: the
+    # bootstrap distribution has collapsed and BCa would return NaN (with a warning).
+    collapsed = estimate in (0.0, 1.0) or float(np.ptp(np.concatenate([abnormal, normal]))) == 0.0
+    low = high = math.nan
+    if smaller >= MIN_FILMS_FOR_AUC_BOOTSTRAP and not collapsed:
+        result = stats_bootstrap((abnormal, normal), _auc_from_ranks, n_resamples=num_resamples,
+                                 batch=100, vectorized=True, confidence_level=confidence,
+                                 method="BCa", rng=rng)
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if math.isfinite(low) and math.isfinite(high) and high > low:
+        # BCa can shift the interval past the estimate on very skewed resamples; keep it inside.
+        return Interval(estimate, min(low, estimate), max(high, estimate), "bca_bootstrap")
+    # Bamber (1975): var(AUC) <= AUC (1 - AUC) / min(n_abnormal, n_normal). Inverting that bound as
+    # Wilson inverts the binomial variance gives an interval that stays open at AUC 0 or 1 and
+    # with a class of one film, where every bootstrap resample is the same.
+    low, high = wilson_interval(estimate, smaller, confidence)
+    return Interval(estimate, low, high, "bamber_wilson")
 
 
 def bootstrap_intervals(
@@ -272,19 +346,28 @@ def bootstrap_intervals(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> BootstrapIntervals:
-    """Percentile-bootstrap intervals for AUC, sensitivity and specificity at ``threshold``.
+    """Confidence intervals for AUC, sensitivity and specificity at ``threshold``.
 
-    Each resample draws normal and abnormal films with replacement within their class, so every
-    resample holds both classes in their original numbers. Metrics that need a missing class
-    are reported as None.
+    Sensitivity and specificity are binomial proportions and get Wilson score intervals, which
+    stay honest at 0 and 1 and on small classes (a percentile bootstrap reports 1.000
+    [1.000, 1.000] for 30 normal films all below the threshold; Wilson gives [0.886, 1]). The AUC
+    gets a BCa interval from ``scipy.stats.bootstrap``, resampling normal and abnormal films
+    within their class so every resample holds both classes in their original numbers. Where
+    that bootstrap cannot resolve the AUC (its resamples all agree, as at AUC 0 or 1, or the
+    smaller class has fewer than 10 films), the interval comes from Bamber's variance bound
+    (see ``Interval.method``). Metrics that need a missing class are reported as None.
 
     Args:
         labels: 0 (normal) / 1 (abnormal) per film.
         scores: raw scores, higher is more abnormal.
         threshold: films with a score above it are flagged.
-        num_resamples: bootstrap resamples.
+        num_resamples: bootstrap resamples for the AUC.
         confidence: coverage of the intervals, in (0, 1).
         seed: seed of the resampling generator.
+
+    Raises:
+        ValueError: a confidence outside (0, 1), fewer than 1 resample, labels and scores of
+            different shapes, or non-finite scores.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence}; expected a value in (0, 1)")
@@ -298,33 +381,12 @@ def bootstrap_intervals(
         raise ValueError("scores contain NaN or infinity")
     abnormal, normal = scores[labels == 1], scores[labels == 0]
     rng = np.random.default_rng(seed)
-    tail = (1.0 - confidence) / 2.0
-
-    def interval(estimate: float | None, samples: list[float]) -> Interval:
-        if estimate is None:
-            return Interval(None, None, None)
-        low, high = np.quantile(np.asarray(samples), [tail, 1.0 - tail])
-        return Interval(float(estimate), float(low), float(high))
-
-    auc_samples: list[float] = []
-    sensitivity_samples: list[float] = []
-    specificity_samples: list[float] = []
-    for _ in range(num_resamples):
-        abnormal_draw = abnormal[rng.integers(0, abnormal.size, abnormal.size)] if abnormal.size else abnormal
-        normal_draw = normal[rng.integers(0, normal.size, normal.size)] if normal.size else normal
-        if abnormal.size:
-            sensitivity_samples.append(float(np.mean(abnormal_draw > threshold)))
-        if normal.size:
-            specificity_samples.append(float(np.mean(normal_draw <= threshold)))
-        if abnormal.size and normal.size:
-            auc_samples.append(_auc_from_ranks(abnormal_draw, normal_draw))
+    auc = (_auc_interval(abnormal, normal, confidence, num_resamples, rng)
+           if abnormal.size and normal.size else Interval(None, None, None))
     return BootstrapIntervals(
-        auc=interval(_auc_from_ranks(abnormal, normal) if abnormal.size and normal.size else None,
-                     auc_samples),
-        sensitivity=interval(float(np.mean(abnormal > threshold)) if abnormal.size else None,
-                             sensitivity_samples),
-        specificity=interval(float(np.mean(normal <= threshold)) if normal.size else None,
-                             specificity_samples),
+        auc=auc,
+        sensitivity=_proportion(abnormal > threshold, confidence),
+        specificity=_proportion(normal <= threshold, confidence),
         threshold=float(threshold),
         confidence=confidence,
         num_resamples=num_resamples,
