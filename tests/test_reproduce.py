@@ -134,3 +134,28 @@ def test_view_filter_and_patient_disjoint_split(small_manifest: Path) -> None:
     assert (split.manifest.groupby("patient_id")["split"].nunique() == 1).all()
     assert len(split.train_normals) == int(((split.manifest["split"] == "train") & (split.manifest["label"] == 0)).sum())
     assert split.test_views is not None and set(split.test_views) == {"PA"}
+
+
+def test_cell_files_are_written_durably(small_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 13 point 9: scores.npz and result.json go through checkpoint.atomic_write (fsync of
+    # the file, rename, fsync of the folder), not a rename of an unsynced file.
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    config = with_overrides(with_overrides(Config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
+    options = ReproduceOptions(variants=("u",), seeds=(0,), max_train_normals=24)
+    reproduce_job([small_manifest], tmp_path, config, options, progress=False)
+    cell = tmp_path / "cells" / "u-seed0"
+    names = [Path(path).name for path in synced]
+    for final in ("scores.npz", "result.json"):
+        assert (cell / final).is_file()
+        assert any(name.startswith(f".{final}.") for name in names), (final, synced)
+    assert names.count(cell.name) >= 2, synced
+    assert not [path.name for path in cell.iterdir() if path.name.startswith(".")]

@@ -23,10 +23,8 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
+from .checkpoint import atomic_write, atomic_write_text
 from .config import VARIANTS, Config, config_to_dict, with_overrides
 from .data.dataset import OnBadFile, load_images
 from .data.manifest import load_inputs
@@ -217,19 +216,6 @@ def cell_fingerprint(config: Config, split: SplitData) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename, so no half file remains."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def _metrics_by_method(config: Config, labels: np.ndarray, scores: ScoreResult,
                        views: np.ndarray | None) -> dict[str, dict[str, object]]:
     """Metrics of each score method, with the AUC of each component."""
@@ -270,11 +256,8 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
         "figure_abnormal": split.test_pixels[abnormal_index],
         "figure_abnormal_reconstruction": test.reconstructions[abnormal_index],
     }
-    def write_scores(path: Path) -> None:
-        with open(path, "wb") as handle:  # a file object, so numpy does not append ".npz"
-            np.savez(handle, **arrays)
-
-    _atomic_write(cell_dir / "scores.npz", write_scores)
+    # Temporary file, fsync, rename, fsync of the folder: a crash leaves the old file or the new.
+    atomic_write(cell_dir / "scores.npz", lambda stream: np.savez(stream, **arrays))  # a stream: no ".npz" added
     result = CellResult(
         variant=config.model.variant,
         seed=config.train.seed,
@@ -284,8 +267,7 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
         final_reconstruction_loss=training.history[-1].reconstruction,
         fingerprint=cell_fingerprint(config, split),
     )
-    _atomic_write(cell_dir / "result.json",
-                  lambda path: path.write_text(json.dumps(result.__dict__, indent=2)))
+    atomic_write_text(cell_dir / "result.json", json.dumps(result.__dict__, indent=2))
     return result
 
 

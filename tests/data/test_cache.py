@@ -187,3 +187,43 @@ def test_many_small_runs_are_compacted(films: list[str], tmp_path: Path, monkeyp
     assert report.reused == 7
     for path, pixels in zip(films, results):
         np.testing.assert_array_equal(pixels, decode_file(path, CONFIG))
+
+
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Paths of the files and folders that ``os.fsync`` is called on (Linux: /proc/self/fd)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_cache_writes_are_durable(films: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 13 point 9: shard and parameters.json go through checkpoint.atomic_write, which also
+    # fsyncs the folder so that the rename itself survives a power cut.
+    synced = record_fsyncs(monkeypatch)
+    run(films[:8], tmp_path / "cache")
+    store = PreprocessingCache(tmp_path / "cache", CacheParameters.from_config(CONFIG))
+    (shard,) = store.shards()
+    names = [Path(path).name for path in synced]
+    assert any(name.startswith(f".{shard.name}.") for name in names), synced  # the shard's temporary
+    assert any(name.startswith(".parameters.json.") for name in names), synced
+    assert names.count(store.folder.name) >= 2, synced  # the folder, after each rename
+
+
+def test_a_failed_shard_write_leaves_nothing(films: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = PreprocessingCache(tmp_path / "cache", CacheParameters.from_config(CONFIG))
+    pixels = [decode_file(path, CONFIG) for path in films[:4]]
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module.np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        store.add(["a", "b", "c", "d"], pixels)
+    assert sorted(path.name for path in store.folder.iterdir()) == ["parameters.json"]
+    assert len(store) == 0

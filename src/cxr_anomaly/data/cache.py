@@ -15,8 +15,9 @@ edited file gets a new key and is decoded again; the parameters digest covers ev
 changes the pixels (image size, pixel limit, the decoder version), so changing a parameter
 builds a new store beside the old one.
 
-Crash safety: a shard is written to a temporary name, flushed to disk and renamed with
-:func:`os.replace`, which is atomic, so a reader sees a whole shard or none. Decoded films are
+Crash safety: a shard is written with :func:`cxr_anomaly.checkpoint.atomic_write` (a hidden
+temporary name, fsync, :func:`os.replace`, fsync of the folder), so a reader sees a whole shard
+or none, and a shard that :meth:`PreprocessingCache.add` has returned survives a power cut. Decoded films are
 written every ``flush_every`` films or ``flush_seconds`` seconds and when the build is
 interrupted (Ctrl-C), so an interrupted build keeps what it finished; only files named
 ``shard-*.npz`` are trusted, and a shard that fails to load is set aside, never half-used.
@@ -39,7 +40,7 @@ import uuid
 import zipfile
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import IO, Callable
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,8 @@ class PreprocessingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         description = self.folder / "parameters.json"
         if not description.exists():
-            _atomic_write_bytes(description, json.dumps(asdict(parameters), indent=2).encode())
+            content = json.dumps(asdict(parameters), indent=2).encode()
+            _atomic_write(description, lambda stream: stream.write(content))
         self._index: dict[str, tuple[Path, int]] = {}
         self._lock = threading.Lock()
         self._load_index()
@@ -277,12 +279,8 @@ class PreprocessingCache:
         stacked = np.stack(pixels).astype(np.uint8, copy=False).reshape(len(keys), size, size)
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         shard = self.folder / name
-        buffer_path = self.folder / f".{name}.partial"
-        with open(buffer_path, "wb") as handle:
-            np.savez(handle, keys=np.asarray(keys, dtype="S32"), pixels=stacked)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(buffer_path, shard)  # atomic: readers see the whole shard or none
+        # Readers see the whole shard or none, and it survives a power cut once add() returns.
+        _atomic_write(shard, lambda stream: np.savez(stream, keys=np.asarray(keys, dtype="S32"), pixels=stacked))
         with self._lock:
             for row, key in enumerate(keys):
                 self._index[key] = (shard, row)
@@ -313,10 +311,15 @@ class PreprocessingCache:
         logger.info("compacted %d small cache shards into %s", len(small), merged)
 
 
-def _atomic_write_bytes(path: Path, content: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """The project's one atomic write (temporary file, fsync, rename, fsync of the folder).
+
+    Imported here, not at the top: the fork server preloads this module for the decoding
+    workers, which should not import torch with the checkpoint module.
+    """
+    from ..checkpoint import atomic_write
+
+    atomic_write(path, write)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
