@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DATA ?= $(or $(CXR_ANOMALY_DATA),../shared/data/nih1000)
+DATA ?= $(or $(CXR_ANOMALY_DATA),../shared/data)
 DEMO_OUT ?= runs/demo
 
 .PHONY: demo test bench setup browser clean
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Train on NIH1000's normals, evaluate on a patient-disjoint test split, write the report.
+# Fit the default detector on rsna_normal224, test on NIH1000 test and nih_pneumonia256, write the report.
 demo: setup
 	$(PY) -m cxr_anomaly.demo --data $(DATA) --out $(DEMO_OUT)
 

@@ -16,7 +16,7 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,13 +26,14 @@ from . import __version__
 from .config import Config, config_from_dict, config_to_dict
 from .errors import CheckpointError, ConfigError
 from .io import sniff_format
-from .models.tang2019 import OneClassDetector
+from .models.base import AnomalyDetector
+from .models.registry import build_detector
 from .scoring import Calibration
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cxr-anomaly-checkpoint"
-FORMAT_VERSION = 1  # bump when the layout changes incompatibly
+FORMAT_VERSION = 2  # bump when the layout changes incompatibly (2: several detector families)
 TRAINING_STATE_FORMAT = "cxr-anomaly-training-state"
 TRAINING_STATE_VERSION = 1  # bump when the training-state layout changes incompatibly
 TEMPORARY_SUFFIX = ".tmp"
@@ -42,7 +43,7 @@ TEMPORARY_SUFFIX = ".tmp"
 class LoadedModel:
     """A detector ready to score, with everything its checkpoint recorded."""
 
-    detector: OneClassDetector
+    detector: AnomalyDetector
     config: Config
     calibration: Calibration | None
     package_version: str
@@ -113,7 +114,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 def save_checkpoint(
     path: str | Path,
-    detector: OneClassDetector,
+    detector: AnomalyDetector,
     config: Config,
     *,
     calibration: Calibration | None = None,
@@ -246,12 +247,23 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     """
     payload = read_checkpoint_payload(path)
     try:
-        config = config_from_dict(payload["config"])
+        stored_config = payload.get("config")
+        if payload.get("format_version") == 1 and isinstance(stored_config, dict):
+            stored_config = {**stored_config, "method": "tang2019"}  # version 1 knew one family
+        config = config_from_dict(stored_config)
     except (ConfigError, KeyError, TypeError) as error:
         raise CheckpointError(path, f"invalid stored configuration: {error}{_version_note(payload)}") from error
-    detector = OneClassDetector(config.model)
+
+    state_dict = payload["state_dict"]
+    if payload.get("format_version") == 1:
+        # Version 1 held only the tang2019 networks, at the top level of the state_dict.
+        state_dict = {f"networks.{key}": value for key, value in state_dict.items()}
     try:
-        detector.load_state_dict(payload["state_dict"])
+        detector = build_detector(config, pretrained=False)
+    except ConfigError as error:
+        raise CheckpointError(path, f"cannot build its {config.method} detector: {error}") from error
+    try:
+        detector.load_state_dict(state_dict)
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(
             path, f"weights do not match the stored configuration: {error}{_version_note(payload)}"
@@ -266,16 +278,6 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
         training=dict(payload.get("training") or {}),
         path=str(path),
     )
-
-
-def training_record(result: Any, **extra: Any) -> dict[str, Any]:
-    """Plain-value summary of a :class:`~cxr_anomaly.models.tang2019.training.TrainingResult` for a checkpoint."""
-    return {
-        "num_train_images": result.num_train_images,
-        "seconds": result.seconds,
-        "history": [asdict(log) for log in result.history],
-        **extra,
-    }
 
 
 def _version_note(payload: dict[str, Any]) -> str:

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import VARIANTS, Config, load_config, preset_config, with_overrides
-from .errors import CxrAnomalyError, OutputPathError
+from .config import METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
+from .errors import ConfigError, CxrAnomalyError, OutputPathError
 
 logger = logging.getLogger("cxr_anomaly")
 
 DESCRIPTION = """\
-Find abnormal chest X-rays with a detector trained on normal films only
-(Tang et al., ICASSP 2019: a U-Net autoencoder with a discriminator and a second encoder).
+Find abnormal chest X-rays with a detector fitted on normal films only. The default method,
+features, models the normals' features under a frozen ImageNet CNN; --method tang2019 trains the
+paper's GAN (Tang et al., ICASSP 2019: a U-Net autoencoder, a discriminator, a second encoder).
 
 Typical use:
   cxr-anomaly train --data normals/ --out runs/first
@@ -64,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, nargs="+", type=Path, metavar="MANIFEST_OR_DIR",
                        help="folder, manifest CSV or .npz of training films")
     train.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output folder")
+    train.add_argument("--method", choices=METHODS, default=None,
+                       help="detector family: features (default: a frozen ImageNet CNN with one-class "
+                            "models of its features) or tang2019 (the paper's GAN)")
     train.add_argument("--variant", choices=VARIANTS, default=None,
-                       help="ablation variant: u, u+e, u+d or u+d+e (the paper's full model)")
+                       help="with --method tang2019: ablation variant u, u+e, u+d or u+d+e (the paper's full model)")
     train.add_argument("--epochs", type=int, default=None, help="training epochs (paper: 15)")
     train.add_argument("--seed", type=int, default=None, help="seed of initialisation, order and noise")
     train.add_argument("--config", type=Path, default=None, metavar="FILE",
@@ -218,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--max-train-normals", type=int, default=None,
                            help="train on at most this many normals (seeded draw), for short runs")
     reproduce.add_argument("--epochs", type=int, default=None, help="training epochs per cell")
-    reproduce.add_argument("--preset", choices=("default", "paper"), default="default",
-                           help="base configuration: default, or paper (eq. 6 score, BatchNorm "
-                                "running statistics from training)")
+    reproduce.add_argument("--preset", choices=("tang2019", "paper"), default="tang2019",
+                           help="base configuration of the tang2019 networks: this package's defaults "
+                                "(tang2019), or paper (eq. 6 score, BatchNorm running statistics from training)")
     reproduce.add_argument("--config", type=Path, default=None, metavar="FILE",
                            help="TOML or JSON config file, applied over the preset; command-line "
                                 "options override it")
@@ -228,13 +232,63 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                            help="fp32 (default) or bf16 autocast")
     add_data_options(reproduce)
+
+    benchmark = commands.add_parser(
+        "benchmark", help="fit methods on one collection's normals and test them on several, per view",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Fit every method and seed on the normal films of --train (its train split when it has one; normal
+val films, else 10% of the normals held out by patient, calibrate) and score each --test collection
+(its test split when it has one, else every labelled film). Writes into DIR:
+  table.csv, table.md  a row per method, per pixel baseline (PCA(5) reconstruction error and 5-NN
+                       distance at 64 px, fitted on the same normals) and for the view-only score
+                       (AP = 1); per test collection the AUC overall, within PA and AP, view-balanced,
+                       adults' AUC within each view (where ages are known) and how well the score
+                       predicts AP among normals: mean ± std over seeds, each seed in the CSV
+  roc_NAME.png         ROC curves per test collection, a panel per view
+  films_NAME_KIND.png  highest-scoring normal and abnormal films with heatmaps (and reconstructions
+                       for tang2019), per test collection and fitted detector
+  cells/KIND-seedN/    one finished fit each; a rerun with the same settings reuses it
+
+Methods (comma-separated): features (the configured feature score), features:gaussian,
+features:pooled_knn, features:patch_knn (the three come from one fit), tang2019:u, tang2019:u+e,
+tang2019:u+d, tang2019:u+d+e.""",
+    )
+    benchmark.add_argument("--train", required=True, nargs="+", type=Path, metavar="DATA",
+                           help="folder, manifest CSV or .npz whose normal films train every method")
+    benchmark.add_argument("--test", required=True, nargs="+", metavar="NAME=DATA",
+                           help="test collections, each a name (letters, digits, _.-) and a folder, manifest or .npz")
+    benchmark.add_argument("--methods", default="features",
+                           help="comma-separated method rows (default features), e.g. "
+                                "features:gaussian,features:patch_knn,tang2019:u,tang2019:u+d+e")
+    benchmark.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
+    benchmark.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    benchmark.add_argument("--max-train-normals", type=int, default=None, metavar="K",
+                           help="fit on at most K training normals (a seeded draw; smaller K gives a subset "
+                                "of a larger one's films)")
+    benchmark.add_argument("--epochs", type=int, default=None, help="tang2019 training epochs (paper: 15)")
+    benchmark.add_argument("--config", type=Path, default=None, metavar="FILE",
+                           help="TOML or JSON config applied over each family's preset ([features] for "
+                                "features, [model]/[loss] for tang2019, [data]/[train]/[score] for both); "
+                                "must not set method")
+    benchmark.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    benchmark.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                           help="tang2019 training precision: fp32 (default) or bf16 autocast")
+    benchmark.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
+                           help="resamples of the 95%% bootstrap intervals (default 1000; 0: none)")
+    add_data_options(benchmark)
     return parser
 
 
 def training_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with command-line overrides applied."""
-    config = load_config(args.config) if args.config else Config()
+    base = preset_config(args.method or "features")
+    config = load_config(args.config, base=base) if args.config else base
+    if args.method is not None and config.method != args.method:
+        raise ConfigError(f"--method {args.method} but {args.config} sets method = {config.method!r}")
     if args.variant is not None:
+        if config.method != "tang2019":
+            raise ConfigError(f"--variant {args.variant} applies to --method tang2019, not {config.method}")
         config = with_overrides(config, "model", variant=args.variant)
     train_changes = {key: value for key, value in (
         ("epochs", args.epochs), ("seed", args.seed), ("device", args.device),
@@ -262,7 +316,7 @@ class OutputPath:
 
 def output_paths(args: argparse.Namespace) -> list[OutputPath]:
     """The files and folders the parsed command will write."""
-    folders = {"train", "evaluate", "reproduce"}
+    folders = {"train", "evaluate", "reproduce", "benchmark"}
     outputs = []
     if getattr(args, "out", None) is not None:
         outputs.append(OutputPath(args.out, "--out", "folder" if args.command in folders else "file"))
@@ -372,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .export import export_checkpoint
 
             exported = export_checkpoint(args.model, args.out)
-            print(f"exported the {exported.variant} scoring graph: {exported.path} ({exported.size_bytes} bytes)")
+            print(f"exported the {exported.detector} scoring graph: {exported.path} ({exported.size_bytes} bytes)")
         elif args.command == "split":
             from .data.splits import resplit_manifest, write_paper_split
 
@@ -408,6 +462,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(outcome.table_md.read_text())
             print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} reused; "
                   f"table: {outcome.table_md}, figures: {outcome.roc_path}, {outcome.figure2_path}")
+        elif args.command == "benchmark":
+            from .benchmark import BenchmarkOptions, benchmark_configs, benchmark_job, parse_test_collections
+
+            configs = benchmark_configs(args.config, epochs=args.epochs, device=args.device,
+                                        precision=args.precision)
+            options = BenchmarkOptions(
+                methods=tuple(method.strip() for method in args.methods.split(",") if method.strip()),
+                seeds=tuple(range(args.seeds)), max_train_normals=args.max_train_normals,
+                bootstrap_resamples=args.bootstrap_resamples)
+            outcome = benchmark_job(args.train, parse_test_collections(args.test), args.out, configs, options,
+                                    on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
+            print(outcome.table_md.read_text())
+            print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_reused)} reused; table: "
+                  f"{outcome.table_md}; figures: {', '.join(str(path) for path in outcome.roc_paths.values())} "
+                  f"and {len(outcome.film_grids)} film grids")
     except (CxrAnomalyError, ValueError) as error:
         logger.error("%s", " ".join(str(error).split()))  # one line, even where torch's text has many
         return 2

@@ -27,6 +27,12 @@ InitScheme = Literal["dcgan", "standard_normal"]
 Intensity = Literal["none", "per_image", "equalize"]
 Precision = Literal["fp32", "bf16"]
 ScoreMethod = Literal["eq6", "code_knn"]
+Method = Literal["features", "tang2019"]
+METHODS: tuple[str, ...] = get_args(Method)
+FeatureScore = Literal["gaussian", "patch_knn", "pooled_knn"]
+FEATURE_SCORES: tuple[str, ...] = get_args(FeatureScore)
+# The input size each family reads films at when the data section does not say.
+METHOD_IMAGE_SIZES: dict[str, int] = {"features": 224, "tang2019": 64}
 
 
 @dataclass(frozen=True)
@@ -151,12 +157,22 @@ class DataConfig:
     image_size: int = 64
     intensity: Intensity = "none"  # per-film normalisation before the model sees it
     max_image_pixels: int = 100_000_000  # larger images are refused as decompression bombs
+    # Fraction of each side cut away before the model sees the film (exporters differ in their
+    # borders, labels and collimation; the lungs are in the middle). 0 keeps the whole film.
+    border_crop: float = 0.0
+    # Shrink every film to this side and back before the model sees it, so that films from a
+    # 64 px exporter and a 1024 px one carry the same detail. 0 keeps the input's detail.
+    detail_size: int = 0
 
     def __post_init__(self) -> None:
         if self.intensity not in get_args(Intensity):
             raise ConfigError(f"data.intensity={self.intensity!r}; expected {get_args(Intensity)}")
         if self.image_size < 8:
             raise ConfigError(f"data.image_size={self.image_size}; must be >= 8")
+        if not 0.0 <= self.border_crop < 0.5:
+            raise ConfigError(f"data.border_crop={self.border_crop}; must be in [0, 0.5)")
+        if self.detail_size < 0 or (0 < self.detail_size < 8):
+            raise ConfigError(f"data.detail_size={self.detail_size}; must be 0 (off) or >= 8")
 
 
 @dataclass(frozen=True)
@@ -191,21 +207,80 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
-class Config:
-    """The whole configuration of one run."""
+class FeatureConfig:
+    """The pretrained-feature detector (``method = "features"``, :mod:`cxr_anomaly.models.features`).
 
+    A frozen ImageNet CNN turns each film into feature maps at strides 8, 16 and 32. Two
+    one-class models are fitted on the normals' features in one pass:
+
+    - a Gaussian on the globally average-pooled maps of ``pooled_strides`` (mean and a
+      Ledoit-Wolf shrinkage covariance); its score is the Mahalanobis distance;
+    - a PatchCore-style memory bank of local patch features (maps of ``patch_strides``, each
+      averaged over 3x3 neighbours and resized to a ``patch_grid`` x ``patch_grid`` grid),
+      subsampled to ``memory_bank_size`` patches by greedy coreset selection; a patch's score is
+      the distance to its nearest bank patch, the film's is its worst patch, and the map of
+      patch scores is the heatmap.
+
+    ``score`` picks the film's raw score: ``gaussian``, ``patch_knn`` or ``pooled_knn`` (mean
+    cosine distance of the pooled features to the ``neighbours`` nearest training normals).
+    All three are computed and reported as components.
+    """
+
+    backbone: str = "efficientnet_lite0"  # efficientnet_lite0/1/2 (pip packages), or "timm:NAME"
+    weights_path: str = ""  # a local state_dict file; empty: the packaged ImageNet weights
+    score: FeatureScore = "pooled_knn"
+    pooled_strides: tuple[int, ...] = (8, 16, 32)
+    patch_strides: tuple[int, ...] = (8, 16)
+    patch_grid: int = 28
+    memory_bank_size: int = 16384  # patches kept by the coreset
+    coreset_projection_dim: int = 128  # random projection that speeds up coreset selection
+    neighbours: int = 5  # k of the pooled-feature kNN
+    pooled_bank_size: int = 8192  # normals kept for the pooled kNN (all when fewer)
+    batch_size: int = 32
+    seed: int = 0  # coreset start and projection
+
+    def __post_init__(self) -> None:
+        for name in ("pooled_strides", "patch_strides"):
+            value = tuple(getattr(self, name))  # TOML and JSON give lists
+            object.__setattr__(self, name, value)
+            if not value or any(stride not in (8, 16, 32) for stride in value):
+                raise ConfigError(f"features.{name}={list(value)}; expected a non-empty subset of [8, 16, 32]")
+        if self.score not in FEATURE_SCORES:
+            raise ConfigError(f"features.score={self.score!r}; expected one of {FEATURE_SCORES}")
+        for name in ("patch_grid", "memory_bank_size", "coreset_projection_dim", "neighbours",
+                     "pooled_bank_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"features.{name}={getattr(self, name)}; must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one run.
+
+    ``method`` names the detector family: ``features`` (the default, a frozen pretrained CNN with
+    one-class models of its features; section ``features``) or ``tang2019`` (the paper's GAN;
+    sections ``model``, ``loss`` and ``train``). ``data`` and ``score`` apply to both.
+    """
+
+    method: Method = "features"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(image_size=METHOD_IMAGE_SIZES["features"]))
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
-        if self.data.image_size != self.model.image_size:
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}; expected one of {METHODS}")
+        if self.method == "tang2019" and self.data.image_size != self.model.image_size:
             raise ConfigError(
                 f"data.image_size={self.data.image_size} differs from "
-                f"model.image_size={self.model.image_size}"
+                f"model.image_size={self.model.image_size}; the tang2019 networks read 64 px films"
             )
+        if self.method == "features" and (self.data.image_size < 64 or self.data.image_size % 32):
+            raise ConfigError(f"data.image_size={self.data.image_size}; the features method needs a "
+                              "multiple of 32, at least 64 (224 by default)")
 
 
 _SECTIONS: dict[str, type] = {
@@ -214,12 +289,24 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "data": DataConfig,
     "score": ScoreConfig,
+    "features": FeatureConfig,
 }
 
 
-def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """Return the configuration as nested plain dictionaries (JSON-serialisable)."""
-    return dataclasses.asdict(config)
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Return the configuration as plain values: ``method`` and one dictionary per section.
+
+    Tuples become lists, so the result is JSON- and TOML-serialisable and loads with
+    ``torch.load(weights_only=True)`` inside a checkpoint.
+    """
+    def plain(value: Any) -> Any:
+        if isinstance(value, (tuple, list)):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
 
 
 def _check_field_types(section_type: type, values: dict[str, Any], section_name: str) -> None:
@@ -296,9 +383,21 @@ def _check_field_types(section_type: type, values: dict[str, Any], section_name:
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Build a :class:`Config` from nested dictionaries; unknown keys raise :class:`ConfigError`."""
+    """Build a :class:`Config` from nested dictionaries; unknown keys raise :class:`ConfigError`.
+
+    The top-level ``method`` picks the family; without it the configuration is the default
+    family's. A ``data`` section without ``image_size`` gets the family's input size.
+    """
+    values = dict(values)
     _check_field_types(Config, {key: value for key, value in values.items() if key not in _SECTIONS}, "")
-    sections: dict[str, Any] = {}
+    method = values.pop("method", "features")
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r}; expected one of {METHODS}")
+    data_values = dict(values.get("data") or {}) if isinstance(values.get("data", {}), dict) else values["data"]
+    if isinstance(data_values, dict):
+        data_values.setdefault("image_size", METHOD_IMAGE_SIZES[method])
+        values["data"] = data_values
+    sections: dict[str, Any] = {"method": method}
     for section_name, section_values in values.items():
         if section_name not in _SECTIONS:
             raise ConfigError(f"unknown config section {section_name!r}; expected {list(_SECTIONS)}")
@@ -323,23 +422,30 @@ def with_overrides(config: Config, section: str, **changes: Any) -> Config:
         raise ConfigError(f"unknown config section {section!r}")
     values = config_to_dict(config)
     values[section].update(changes)
-    if section in ("model", "data") and "image_size" in changes:
+    if section in ("model", "data") and "image_size" in changes and config.method == "tang2019":
         values["model"]["image_size"] = values["data"]["image_size"] = changes["image_size"]
     return config_from_dict(values)
 
 
 def paper_config() -> Config:
-    """The paper's method as literally as this package can run it.
+    """The paper's method (``method = "tang2019"``) as literally as this package can run it.
 
     The score is eq. 6 and BatchNorm keeps the running statistics gathered during training;
     everything else is the default (which follows the paper: 15 epochs, batches of 64, Adam
     5e-4 with betas (0.5, 0.999), loss weights 20/4/8/1). The default ``Config()`` differs only
     where docs/results.md ("What moves the AUC") measured a reason to.
     """
-    return config_from_dict({"score": {"method": "eq6"}, "train": {"recalibrate_batchnorm": False}})
+    return config_from_dict({"method": "tang2019", "score": {"method": "eq6"},
+                             "train": {"recalibrate_batchnorm": False}})
 
 
-PRESETS: dict[str, Callable[[], Config]] = {"default": Config, "paper": paper_config}
+def tang2019_config() -> Config:
+    """The tang2019 family with this package's defaults (64 px films, eq. 6, BatchNorm re-estimated)."""
+    return config_from_dict({"method": "tang2019"})
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"default": Config, "features": Config, "tang2019": tang2019_config,
+                                            "paper": paper_config}
 
 
 def preset_config(name: str) -> Config:
@@ -368,6 +474,8 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid: {error}") from error
     if base is not None:
+        if values.get("method", base.method) != base.method:
+            base = preset_config(values["method"]) if values["method"] in METHODS else base
         merged = config_to_dict(base)
         for section, section_values in values.items():
             if section in merged and isinstance(section_values, dict):

@@ -1,12 +1,16 @@
-"""``make demo``: train on NIH1000's normals, evaluate on its test split, write a report.
+"""``make demo``: fit the default detector on one collection, test it on others, write a verdict.
 
-NIH1000's given splits share patients between train and test. The demo keeps the given test
-split (so its numbers compare with the pixel baselines quoted in the data's README) and removes
-from train and validation every film of a patient who also appears in test, so that no patient
-crosses splits. Pixel baselines (PCA reconstruction error, k-NN distance) run on the same
-training normals and the same test films, beside the detector.
+The detector is fitted on the normal films of ``rsna_normal224`` (RSNA challenge "Normal" films,
+exported by another pipeline than the NIH PNGs) and tested on NIH collections it never saw:
+NIH1000's test split and the test half of ``nih_pneumonia256`` (half of its patients; the other
+half is the validation half on which settings were chosen, see docs/results.md). Pixel
+baselines (PCA(5) reconstruction error and 5-NN distance on 64 px films), fitted on the same
+normals, and the view alone (AP = abnormal) are scored on the same films. The report gives AUC
+overall, within each view, view-balanced and for adults, with 95% bootstrap intervals, and says
+in words whether the detector beats each baseline within each view.
 
-Usage: ``python -m cxr_anomaly.demo --data ../shared/data/nih1000 --out runs/demo``
+Usage: ``python -m cxr_anomaly.demo --out runs/demo`` (data from ``$CXR_ANOMALY_DATA`` or
+``../shared/data``).
 """
 
 from __future__ import annotations
@@ -15,44 +19,71 @@ import argparse
 import json
 import logging
 import os
+import platform
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .baselines import fit_and_score_baselines
-from .config import Config, with_overrides
+from .checkpoint import atomic_write_text
+from .config import DataConfig, preset_config, with_overrides
 from .data.dataset import load_images
 from .data.manifest import load_inputs
-from .evaluation import compute_metrics
+from .data.splits import split_patients_in_halves
+from .evaluation import Interval, compute_metrics
+from .inference import native_bf16
 from .pipeline import evaluate_job, train_job
 
 logger = logging.getLogger(__name__)
 
-
-def drop_test_patients(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Remove train and val films of patients who have a film in the test split."""
-    test_patients = set(manifest.loc[manifest["split"] == "test", "patient_id"].dropna())
-    leaking = (manifest["split"] != "test") & manifest["patient_id"].isin(test_patients)
-    logger.info("removing %d train/val films of %d patients who also appear in test",
-                int(leaking.sum()), len(test_patients & set(manifest.loc[leaking, "patient_id"])))
-    return manifest[~leaking].reset_index(drop=True)
+BASELINE_NAMES = {"pca5": "PCA(5) reconstruction, 64 px", "knn5": "5-NN pixel distance, 64 px"}
+VIEWS = ("PA", "AP")
 
 
-def pixel_baselines(manifest: pd.DataFrame, config: Config) -> dict[str, dict[str, object]]:
-    """Metrics of the PCA(5) and 5-NN pixel baselines, fitted on train+val normals, on test."""
-    normals = manifest[(manifest["split"] != "test") & (manifest["label"] == 0)]
-    test = manifest[manifest["split"] == "test"]
-    scored = fit_and_score_baselines(load_images(normals, config.data).pixels,
-                                     {"test": load_images(test, config.data).pixels}, config.data)
-    labels = test["label"].to_numpy().astype(int)
-    views = test["view"].to_numpy() if test["view"].notna().any() else None
-    names = {"pca5": "PCA(5) reconstruction", "knn5": "5-NN distance"}
-    return {names[key]: compute_metrics(labels, scores, views=views).to_dict()
-            for key, scores in scored["test"].scores.items()}
+@dataclass
+class TestCollection:
+    """A labelled collection the demo tests on, and which of its rows form the test part."""
+
+    name: str
+    manifest: pd.DataFrame
+
+
+def test_collections(data_root: Path) -> list[TestCollection]:
+    """NIH1000's given test split and the test half (by patient) of nih_pneumonia256."""
+    collections = []
+    nih1000 = data_root / "nih1000" / "manifest.csv"
+    if nih1000.is_file():
+        manifest = load_inputs(nih1000)
+        collections.append(TestCollection("NIH1000 test", manifest[manifest["split"] == "test"]))
+    pneumonia = data_root / "nih_pneumonia256" / "manifest.csv"
+    if pneumonia.is_file():
+        halves = split_patients_in_halves(load_inputs(pneumonia), seed=0)
+        collections.append(TestCollection("nih_pneumonia256 test half", halves[halves["split"] == "test"]))
+    return collections
+
+
+def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
+                     num_resamples: int) -> dict[str, dict[str, dict[str, object]]]:
+    """Metrics of the pixel baselines, fitted on the training normals at 64 px, per test collection."""
+    data_config = DataConfig(image_size=64)
+    normals = load_images(train_manifest[train_manifest["label"] == 0], data_config).pixels
+    sets = {test.name: load_images(test.manifest, data_config).pixels for test in tests}
+    scored = fit_and_score_baselines(normals, sets, data_config)
+    results: dict[str, dict[str, dict[str, object]]] = {}
+    for test in tests:
+        labels = test.manifest["label"].to_numpy().astype(int)
+        results[test.name] = {
+            BASELINE_NAMES[key]: compute_metrics(
+                labels, scores, views=test.manifest["view"].to_numpy(),
+                ages=test.manifest["age"].to_numpy() if "age" in test.manifest else None,
+                num_resamples=num_resamples).to_dict()
+            for key, scores in scored[test.name].scores.items()}
+    return results
 
 
 def git_commit() -> str:
@@ -64,95 +95,184 @@ def git_commit() -> str:
         return "unknown"
 
 
-def format_auc(value: object) -> str:
-    """An AUC for a table cell."""
-    return "n/a" if value is None else f"{float(value):.3f}"
+def machine_description() -> str:
+    """CPU model, cores and whether bf16 is native: every speed figure needs it."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores, bf16 {'native' if native_bf16('cpu') else 'not native'}")
 
 
-def write_report(out_dir: Path, metrics: dict[str, object], baselines: dict[str, dict[str, object]],
-                 facts: dict[str, object]) -> Path:
-    """Write ``report.md``: the detector's metrics beside the baselines, per view, with figures."""
-    views = sorted(metrics.get("auc_per_view", {}))  # type: ignore[union-attr]
-    header = "| method | AUC | average precision | " + " | ".join(f"AUC {v}" for v in views) + " |"
+def cell(metrics: dict[str, object], key: str) -> str:
+    """A metric with its interval for a table cell."""
+    intervals = metrics.get("intervals") or {}
+    value = intervals.get(key) if isinstance(intervals, dict) else None
+    if not isinstance(value, dict):
+        return "n/a"
+    return Interval(value.get("estimate"), value.get("low"), value.get("high")).describe()
+
+
+def adult_cell(metrics: dict[str, object], key: str) -> str:
+    """The adults' figure of a metric, or n/a."""
+    adults = metrics.get("adults")
+    return cell(adults, key) if isinstance(adults, dict) else "n/a"
+
+
+def interval_of(metrics: dict[str, object], key: str) -> Interval:
+    """The interval of a metric key as an :class:`Interval`."""
+    intervals = metrics.get("intervals") or {}
+    value = intervals.get(key) if isinstance(intervals, dict) else None
+    return Interval(None) if not isinstance(value, dict) else Interval(value["estimate"], value["low"], value["high"])
+
+
+def verdict(detector: dict[str, object], baselines: dict[str, dict[str, object]]) -> list[str]:
+    """Sentences saying whether the detector beats each baseline overall and within each view."""
+    lines = []
+    view_only = interval_of(detector, "auc_view_only").estimate
+    overall = interval_of(detector, "auc").estimate
+    if overall is not None and view_only is not None:
+        lines.append(f"- Against the view alone (AP = abnormal, AUC {view_only:.3f}): the detector's overall AUC "
+                     f"is {overall:.3f}, {'above' if overall > view_only else 'NOT above'} it.")
+    for view in VIEWS:
+        inside = interval_of(detector, f"auc_view_{view}")
+        if inside.estimate is None:
+            continue
+        certain = inside.low is not None and inside.low > 0.5
+        lines.append(f"- Within {view} films, where the view says nothing (0.5): {inside.describe()}, "
+                     f"{'above 0.5 with 95% confidence' if certain else 'not clearly above 0.5'}.")
+    for name, values in baselines.items():
+        wins = []
+        for key, label in (("auc", "overall"), *((f"auc_view_{view}", f"within {view}") for view in VIEWS)):
+            ours, theirs = interval_of(detector, key).estimate, interval_of(values, key).estimate
+            if ours is None or theirs is None:
+                continue
+            wins.append(f"{label} {ours:.3f} vs {theirs:.3f} ({'beats' if ours > theirs else 'does NOT beat'})")
+        per_view_wins = all(interval_of(detector, f"auc_view_{view}").estimate is not None
+                            and interval_of(values, f"auc_view_{view}").estimate is not None
+                            and interval_of(detector, f"auc_view_{view}").estimate  # type: ignore[operator]
+                            > interval_of(values, f"auc_view_{view}").estimate for view in VIEWS)
+        lines.append(f"- Against {name}: {'; '.join(wins)}. "
+                     f"{'Beats it within each view.' if per_view_wins else 'Does not beat it within each view.'}")
+    return lines
+
+
+def write_report(out_dir: Path, results: dict[str, dict[str, object]],
+                 baselines: dict[str, dict[str, dict[str, object]]], facts: dict[str, object]) -> Path:
+    """Write ``report.md``: per test collection a table (detector, baselines, view only) and a verdict."""
     lines = [
         "# cxr-anomaly demo report",
         "",
-        f"Data: {facts['data']} ({facts['num_train']} normal training films, test split "
-        f"{metrics['num_normal']} normal + {metrics['num_abnormal']} abnormal). "
-        f"Variant {metrics['variant']}, {facts['epochs']} epochs, seed {facts['seed']}, "
-        f"commit {facts['commit']}, {facts['machine']}, {facts['seconds']:.0f} s in all.",
+        f"Detector: {facts['detector']}, fitted on {facts['num_train']} normal films of {facts['train_data']} "
+        f"({facts['num_calibration']} more held out for calibration). Commit {facts['commit']}; machine: "
+        f"{facts['machine']}; {facts['seconds']:.0f} s in all (fit {facts['fit_seconds']:.0f} s).",
         "",
-        header,
-        "|" + "---|" * (3 + len(views)),
-    ]
-
-    def row(name: str, values: dict[str, object]) -> str:
-        per_view = values.get("auc_per_view", {})
-        cells = " | ".join(format_auc(per_view.get(v)) for v in views)  # type: ignore[union-attr]
-        return (f"| {name} | {format_auc(values.get('auc'))} | "
-                f"{format_auc(values.get('average_precision'))} | {cells} |")
-
-    lines.append(row(f"detector ({metrics['variant']})", metrics))
-    lines += [row(name, values) for name, values in baselines.items()]
-    lines += ["", "AUC of each score component alone: " + ", ".join(
-        f"{name} {format_auc(value)}" for name, value in metrics["component_auc"].items()  # type: ignore[union-attr]
-    ) + ".", ""]
-    if metrics.get("threshold") is not None:
-        lines += [f"At the stored threshold (95% specificity on normal validation films): sensitivity "
-                  f"{format_auc(metrics.get('sensitivity_at_threshold'))}, specificity "
-                  f"{format_auc(metrics.get('specificity_at_threshold'))}.", ""]
-    lines += [
-        "View position confounds abnormality here (abnormal films are more often AP); read the "
-        "per-view columns before the overall AUC.",
-        "",
-        "![ROC](eval/roc.png)",
-        "",
-        "![Reconstructions](eval/reconstructions.png)",
+        "AUC with 95% stratified-bootstrap intervals. *View-balanced* is the mean of the PA and AP AUCs; "
+        "*view only* scores a film 1 when it is AP; *score predicts AP* is the AUC of the score for AP "
+        "against PA among normal films (0.5: the score ignores the view). Adults: age 18 or more.",
         "",
     ]
+    for name, metrics in results.items():
+        counts = metrics.get("num_per_view") or {}
+        count_text = ", ".join(f"{view} {values['normal']} normal + {values['abnormal']} abnormal"
+                               for view, values in counts.items())  # type: ignore[union-attr]
+        lines += [
+            f"## {name}",
+            "",
+            f"{metrics['num_normal']} normal + {metrics['num_abnormal']} abnormal films ({count_text}).",
+            "",
+            "| score | overall | PA | AP | view-balanced | PA, adults | AP, adults | score predicts AP |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        rows = [(f"**detector** ({facts['detector']})", metrics)] + list(baselines[name].items())
+        for row_name, values in rows:
+            lines.append(f"| {row_name} | {cell(values, 'auc')} | {cell(values, 'auc_view_PA')} | "
+                         f"{cell(values, 'auc_view_AP')} | {cell(values, 'auc_view_balanced')} | "
+                         f"{adult_cell(values, 'auc_view_PA')} | {adult_cell(values, 'auc_view_AP')} | "
+                         f"{cell(values, 'auc_score_predicts_ap_in_normals')} |")
+        lines.append(f"| view only (AP = abnormal) | {cell(metrics, 'auc_view_only')} | 0.5 | 0.5 | 0.5 | | | |")
+        components = metrics.get("component_auc") or {}
+        lines += ["", "Each component alone (overall AUC): " + ", ".join(
+            f"{component} {value:.3f}" for component, value in components.items()  # type: ignore[union-attr]
+            if value is not None) + ".", ""]
+        if metrics.get("sensitivity_at_threshold") is not None:
+            ci = metrics["bootstrap_95ci"]
+            lines += [f"At the stored threshold (95% specificity on held-out training-collection normals): "
+                      f"sensitivity {Interval(**ci['sensitivity']).describe()}, specificity "  # type: ignore[index]
+                      f"{Interval(**ci['specificity']).describe()}.", ""]  # type: ignore[index]
+        lines += ["Verdict:", "", *verdict(metrics, baselines[name]), "",
+                  f"![ROC, {name}](eval/{facts['folders'][name]}/roc.png)",  # type: ignore[index]
+                  "", f"![Films and heatmaps, {name}](eval/{facts['folders'][name]}/films.png)", ""]  # type: ignore[index]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 
-def run_demo(data: Path, out_dir: Path, *, epochs: int, seed: int, progress: bool = True) -> Path:
-    """Run the whole demo and return the report's path."""
+def folder_name(name: str) -> str:
+    """A file-system-safe folder name for a collection."""
+    return "".join(character if character.isalnum() else "_" for character in name).strip("_").lower()
+
+
+def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: int = 0,
+             max_train_normals: int | None = None, num_resamples: int = 1000, progress: bool = True) -> Path:
+    """Fit on ``rsna_normal224``, test on the NIH collections, and return the report's path."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    source = data / "manifest.csv" if (data / "manifest.csv").is_file() else data
-    manifest = drop_test_patients(load_inputs(source))
-    manifest_path = out_dir / "manifest_patient_disjoint.csv"
-    manifest.to_csv(manifest_path, index=False)
-    config = with_overrides(Config(), "train", epochs=epochs, seed=seed)
-    trained = train_job([manifest_path], out_dir / "run", config, progress=progress)
-    evaluation = evaluate_job(trained.checkpoint, [manifest_path], out_dir / "eval", split="test",
-                              progress=progress)
-    metrics = json.loads(evaluation.metrics_path.read_text())
-    baselines = pixel_baselines(manifest, config)
-    (out_dir / "baselines.json").write_text(json.dumps(baselines, indent=2))
+    train_manifest = load_inputs(data_root / "rsna_normal224" / "manifest.csv")
+    if max_train_normals is not None:
+        train_manifest = train_manifest.iloc[:max_train_normals]
+    train_path = out_dir / "train_manifest.csv"
+    train_manifest.to_csv(train_path, index=False)
+    config = preset_config(method)
+    if method == "tang2019":
+        config = with_overrides(config, "train", seed=seed)
+    trained = train_job([train_path], out_dir / "run", config, progress=progress)
+    fit_seconds = time.perf_counter() - started
+    tests = test_collections(data_root)
+    results: dict[str, dict[str, object]] = {}
+    folders = {}
+    for test in tests:
+        folders[test.name] = folder_name(test.name)
+        test_path = out_dir / f"test_{folders[test.name]}.csv"
+        test.manifest.to_csv(test_path, index=False)
+        evaluation = evaluate_job(trained.checkpoint, [test_path], out_dir / "eval" / folders[test.name],
+                                  split="all", progress=progress, bootstrap_resamples=num_resamples)
+        results[test.name] = json.loads(evaluation.metrics_path.read_text())
+    baselines = baseline_metrics(train_manifest, tests, num_resamples)
+    atomic_write_text(out_dir / "baselines.json", json.dumps(baselines, indent=2))
     facts = {
-        "data": str(data), "num_train": trained.num_train_images, "epochs": epochs, "seed": seed,
-        "commit": git_commit(), "machine": f"{os.cpu_count()} CPU cores",
-        "seconds": time.perf_counter() - started,
+        "detector": results[tests[0].name]["detector"] if tests else method,
+        "train_data": str(data_root / "rsna_normal224"), "num_train": trained.num_train_images,
+        "num_calibration": trained.num_calibration_images, "commit": git_commit(),
+        "machine": machine_description(), "seconds": time.perf_counter() - started,
+        "fit_seconds": fit_seconds, "folders": folders,
     }
-    return write_report(out_dir, metrics, baselines, facts)
+    return write_report(out_dir, results, baselines, facts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cxr_anomaly.demo``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path,
-                        default=Path(os.environ.get("CXR_ANOMALY_DATA", "../shared/data/nih1000")),
-                        help="NIH1000 folder (with manifest.csv); default $CXR_ANOMALY_DATA or ../shared/data/nih1000")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CXR_ANOMALY_DATA", "../shared/data")),
+                        help="folder holding rsna_normal224, nih1000 and nih_pneumonia256 "
+                             "(default $CXR_ANOMALY_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--epochs", type=int, default=Config().train.epochs, help="training epochs")
-    parser.add_argument("--seed", type=int, default=0, help="seed")
+    parser.add_argument("--method", choices=("features", "tang2019"), default="features",
+                        help="detector family (default features)")
+    parser.add_argument("--max-train-normals", type=int, default=None,
+                        help="fit on the first N normals of rsna_normal224 only (default: all 5,000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (tang2019 training)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not args.data.exists():
-        logger.error("data folder %s does not exist; set CXR_ANOMALY_DATA or pass --data", args.data)
+    if not (args.data / "rsna_normal224" / "manifest.csv").is_file():
+        logger.error("%s holds no rsna_normal224/manifest.csv; set CXR_ANOMALY_DATA or pass --data", args.data)
         return 2
-    report = run_demo(args.data, args.out, epochs=args.epochs, seed=args.seed)
+    report = run_demo(args.data, args.out, method=args.method, seed=args.seed,
+                      max_train_normals=args.max_train_normals)
     print(f"report: {report}")
     print(report.read_text())
     return 0

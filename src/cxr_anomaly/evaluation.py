@@ -1,8 +1,23 @@
-"""Metrics and figures: AUC, average precision, per-view AUC, ROC curves, reconstruction grids.
+"""Metrics and figures: AUC within and across views, the view shortcut, ROC curves, film grids.
 
 AUC and average precision need both classes; where one is missing they are reported as None
-with the reason, never as a made-up number. View position (PA/AP) confounds abnormality in NIH
-data, so AUC is also reported per view whenever views are known.
+with the reason, never as a made-up number.
+
+View position (PA/AP) carries much of the label in chest X-ray collections (portable AP films
+are taken of sicker patients), so an overall AUC alone can reward a detector for recognising how
+a film was taken. :func:`compute_metrics` therefore reports, beside the overall AUC:
+
+- ``auc_per_view``: the AUC within each view;
+- ``auc_view_balanced``: the mean of the per-view AUCs (views that hold both classes);
+- ``auc_view_only``: the AUC of the view alone as a score (AP = 1) on the same films, the
+  number a detector that only recognises the view would get;
+- ``auc_score_predicts_ap_in_normals``: how well the score separates AP from PA among normal
+  films (0.5: the score ignores the view; far from 0.5: it encodes it);
+- the same for adults (age >= 18) where ages are known (``adults``), since children's films
+  look unusual to a model of adult normals for reasons unrelated to disease;
+
+each with a 95% stratified-bootstrap interval (``intervals``). A detector beats a baseline only
+when it does within each view.
 """
 
 from __future__ import annotations
@@ -12,9 +27,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 logger = logging.getLogger(__name__)
+
+
+VIEW_ORDER: tuple[str, ...] = ("PA", "AP")
+ADULT_AGE = 18
+
+
+@dataclass
+class Interval:
+    """An estimate with its bootstrap interval; all None when undefined."""
+
+    estimate: float | None
+    low: float | None = None
+    high: float | None = None
+
+    def describe(self, digits: int = 3) -> str:
+        """``estimate [low, high]``, ``estimate`` without an interval, or ``n/a``."""
+        if self.estimate is None:
+            return "n/a"
+        if self.low is None or self.high is None:
+            return f"{self.estimate:.{digits}f}"
+        return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
 @dataclass
@@ -26,8 +64,15 @@ class Metrics:
         average_precision: area under the precision-recall curve, or None likewise.
         num_normal: labelled normal films scored.
         num_abnormal: labelled abnormal films scored.
-        auc_per_view: AUC within each view position that holds both classes.
+        auc_per_view: AUC within each view position (None where a class is missing).
+        auc_view_balanced: mean of the per-view AUCs that are defined; None without views.
+        auc_view_only: AUC of "view is AP" as the score on the same films; None without views.
+        auc_score_predicts_ap_in_normals: AUC of the score for AP against PA among normals.
         component_auc: AUC of each score component on its own.
+        adults: the same metrics on films of patients aged 18 or more, when ages are known.
+        intervals: 95% stratified-bootstrap intervals, keyed like the metrics above
+            (``auc``, ``auc_view_balanced``, ``auc_view_only``, ``auc_score_predicts_ap_in_normals``,
+            ``auc_view_PA``, ...).
         note: why a metric is missing, if one is.
     """
 
@@ -36,12 +81,22 @@ class Metrics:
     num_normal: int
     num_abnormal: int
     auc_per_view: dict[str, float | None] = field(default_factory=dict)
+    auc_view_balanced: float | None = None
+    auc_view_only: float | None = None
+    auc_score_predicts_ap_in_normals: float | None = None
     component_auc: dict[str, float | None] = field(default_factory=dict)
+    adults: dict[str, object] | None = None
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    num_per_view: dict[str, dict[str, int]] = field(default_factory=dict)
     note: str = ""
 
     def to_dict(self) -> dict[str, object]:
         """Plain values for JSON."""
         return asdict(self)
+
+    def interval(self, key: str) -> Interval:
+        """The interval of a metric key, or an undefined one."""
+        return self.intervals.get(key, Interval(None))
 
 
 def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -53,14 +108,89 @@ def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
+def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUC (ties count one half) for resamples that hold both classes."""
+    ranks = rankdata(scores)
+    positives = labels == 1
+    count_positive = int(positives.sum())
+    count_negative = len(labels) - count_positive
+    return float((ranks[positives].sum() - count_positive * (count_positive + 1) / 2.0)
+                 / (count_positive * count_negative))
+
+
+def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, strata: np.ndarray | None = None, *,
+                  num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
+                  balanced_over: np.ndarray | None = None) -> Interval:
+    """AUC with a percentile interval from a bootstrap stratified by class (and ``strata``).
+
+    Resampling within each (stratum, class) cell keeps every cell's size, so no resample loses
+    a class. With ``balanced_over`` (a view per film), the statistic is the mean of the AUCs
+    within each value that holds both classes (the view-balanced AUC).
+    """
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    groups = np.zeros(len(labels), dtype=object) if balanced_over is None else np.asarray(balanced_over, dtype=object)
+
+    def statistic(chosen: np.ndarray) -> float | None:
+        values = []
+        for group in _defined_groups(labels[chosen], groups[chosen]):
+            mask = groups[chosen] == group
+            values.append(_rank_auc(labels[chosen][mask], scores[chosen][mask]))
+        return float(np.mean(values)) if values else None
+
+    everything = np.arange(len(labels))
+    if not np.all(np.isfinite(scores)):
+        return Interval(None)
+    estimate = statistic(everything)
+    if estimate is None:
+        return Interval(None)
+    cells = np.asarray([f"{stratum}|{group}|{label}" for stratum, group, label in zip(
+        np.zeros(len(labels)) if strata is None else strata, groups, labels)], dtype=object)
+    members = [np.flatnonzero(cells == cell) for cell in np.unique(cells)]
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(num_resamples):
+        chosen = np.concatenate([rng.choice(member, size=len(member), replace=True) for member in members])
+        value = statistic(chosen)
+        if value is not None:
+            samples.append(value)
+    if not samples:  # num_resamples = 0: the estimate alone
+        return Interval(estimate)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(np.asarray(samples), [tail, 1.0 - tail])
+    return Interval(estimate, float(low), float(high))
+
+
+def _defined_groups(labels: np.ndarray, groups: np.ndarray) -> list[object]:
+    """Groups that hold both classes."""
+    return [group for group in dict.fromkeys(groups.tolist())
+            if len(np.unique(labels[groups == group])) == 2]
+
+
+def _known_views(views: np.ndarray | None, count: int) -> np.ndarray | None:
+    """Views as an object array with "" for unknown, or None when no film has a view."""
+    if views is None:
+        return None
+    values = np.asarray([value if isinstance(value, str) else "" for value in views], dtype=object)
+    if len(values) != count or not any(values):
+        return None
+    return values
+
+
 def compute_metrics(
     labels: np.ndarray,
     scores: np.ndarray,
     *,
     views: np.ndarray | None = None,
     components: dict[str, np.ndarray] | None = None,
+    ages: np.ndarray | None = None,
+    num_resamples: int = 1000,
+    seed: int = 0,
 ) -> Metrics:
-    """Metrics of ``scores`` (higher = more abnormal) against 0/1 ``labels``."""
+    """Metrics of ``scores`` (higher = more abnormal) against 0/1 ``labels``; see the module docstring.
+
+    ``num_resamples = 0`` skips the bootstrap intervals.
+    """
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     num_abnormal = int((labels == 1).sum())
@@ -69,43 +199,90 @@ def compute_metrics(
     if num_abnormal == 0 or num_normal == 0:
         note = f"AUC undefined: {num_normal} normal and {num_abnormal} abnormal films"
     auc = safe_auc(labels, scores)
-    average_precision = (
-        float(average_precision_score(labels, scores)) if auc is not None else None
-    )
+    average_precision = float(average_precision_score(labels, scores)) if auc is not None else None
+    view_values = _known_views(views, len(labels))
+
+    def with_interval(key: str, values_labels: np.ndarray, values: np.ndarray, **options: object) -> float | None:
+        if num_resamples:
+            interval = bootstrap_auc(values_labels, values, num_resamples=num_resamples, seed=seed, **options)
+        else:
+            estimate = (safe_auc(values_labels, values) if "balanced_over" not in options
+                        else bootstrap_auc(values_labels, values, num_resamples=0, **options).estimate)
+            interval = Interval(estimate)
+        intervals[key] = interval
+        return interval.estimate
+
+    intervals: dict[str, Interval] = {}
+    with_interval("auc", labels, scores)
     per_view: dict[str, float | None] = {}
-    if views is not None:
-        view_values = np.asarray(views, dtype=object)
-        for view in sorted({str(v) for v in view_values if isinstance(v, str) and v}):
+    num_per_view: dict[str, dict[str, int]] = {}
+    balanced = view_only = view_from_score = None
+    if view_values is not None:
+        present = sorted({str(v) for v in view_values if v}, key=lambda v: (VIEW_ORDER + (v,)).index(v))
+        for view in present:
             mask = view_values == view
-            per_view[view] = safe_auc(labels[mask], scores[mask])
+            num_per_view[view] = {"normal": int((labels[mask] == 0).sum()), "abnormal": int((labels[mask] == 1).sum())}
+            per_view[view] = with_interval(f"auc_view_{view}", labels[mask], scores[mask])
+        known = view_values != ""
+        balanced = with_interval("auc_view_balanced", labels[known], scores[known],
+                                 balanced_over=view_values[known])
+        is_ap = (view_values == "AP").astype(np.float64)
+        view_only = with_interval("auc_view_only", labels[known], is_ap[known])
+        normal_known = known & (labels == 0)
+        view_from_score = with_interval("auc_score_predicts_ap_in_normals",
+                                        is_ap[normal_known].astype(int), scores[normal_known])
     component_auc = {
         name: safe_auc(labels, values)
         for name, values in (components or {}).items()
         if not np.all(np.isnan(values))
     }
-    return Metrics(auc, average_precision, num_normal, num_abnormal, per_view, component_auc, note)
+    adults = None
+    if ages is not None:
+        age_values = np.asarray(pd.to_numeric(pd.Series(ages), errors="coerce"), dtype=np.float64)
+        adult = age_values >= ADULT_AGE
+        if adult.any() and (~adult).any():
+            adult_metrics = compute_metrics(
+                labels[adult], scores[adult], views=None if view_values is None else view_values[adult],
+                num_resamples=num_resamples, seed=seed)
+            adults = {key: value for key, value in adult_metrics.to_dict().items()
+                      if key not in ("adults", "component_auc", "average_precision", "note")}
+            adults["num_excluded_minors_or_unknown_age"] = int((~adult).sum())
+    return Metrics(auc, average_precision, num_normal, num_abnormal, per_view, balanced, view_only,
+                   view_from_score, component_auc, adults, intervals, num_per_view, note)
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> Path:
     """Write one ROC plot with a curve per name; ``curves`` maps name -> (labels, scores)."""
+    return plot_roc_panels({title: curves}, path)
+
+
+def plot_roc_panels(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: str | Path,
+                    title: str = "") -> Path:
+    """Write ROC plots side by side, one panel per title (e.g. all films, PA films, AP films).
+
+    ``panels`` maps a panel title -> curves, each curve name -> (labels, scores).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(4.5, 4.5), dpi=110)
-    for name, (labels, scores) in curves.items():
-        auc = safe_auc(labels, scores)
-        if auc is None:
-            logger.warning("no ROC curve for %s: one class only", name)
-            continue
-        false_positive, true_positive, _ = roc_curve(np.asarray(labels).astype(int), scores)
-        axis.plot(false_positive, true_positive, label=f"{name} (AUC {auc:.3f})")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    axis.set_xlabel("false positive rate (1 - specificity)")
-    axis.set_ylabel("true positive rate (sensitivity)")
-    axis.set_title(title)
-    axis.legend(loc="lower right", fontsize=7)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5), dpi=110, squeeze=False)
+    for axis, (panel_title, curves) in zip(axes[0], panels.items()):
+        for name, (labels, scores) in curves.items():
+            auc = safe_auc(labels, scores)
+            if auc is None:
+                logger.warning("no ROC curve for %s in %s: one class only", name, panel_title)
+                continue
+            false_positive, true_positive, _ = roc_curve(np.asarray(labels).astype(int), scores)
+            axis.plot(false_positive, true_positive, label=f"{name} (AUC {auc:.3f})")
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel("false positive rate (1 - specificity)")
+        axis.set_ylabel("true positive rate (sensitivity)")
+        axis.set_title(panel_title)
+        axis.legend(loc="lower right", fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +319,74 @@ def reconstruction_grid(
         axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+@dataclass
+class FilmGroup:
+    """Films of one kind for :func:`explanation_grid`.
+
+    Attributes:
+        title: e.g. "normal" or "abnormal".
+        pixels: uint8 (N, S, S) films as the detector read them.
+        anomaly_maps: float (N, h, w) maps of the detector.
+        scores: raw scores (N,).
+        reconstructions: uint8 (N, S, S) for families that reconstruct, else None.
+    """
+
+    title: str
+    pixels: np.ndarray
+    anomaly_maps: np.ndarray
+    scores: np.ndarray
+    reconstructions: np.ndarray | None = None
+
+
+def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float, per_row: int = 6,
+                     title: str = "") -> Path:
+    """Write a figure of films per group, highest scores first: each film with its score above,
+    its heatmap below it, and its reconstruction where the family makes one (the paper's Figure 2
+    layout, with the residual map that the paper's figure leaves implicit).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .explain import overlay_heatmap
+
+    groups = [group for group in groups if len(group.pixels)]
+    if not groups:
+        raise ValueError("explanation_grid: no films to show")
+    rows_per_group = 3 if any(group.reconstructions is not None for group in groups) else 2
+    figure, axes = plt.subplots(rows_per_group * len(groups), per_row, squeeze=False,
+                                figsize=(1.5 * per_row, 1.65 * rows_per_group * len(groups)), dpi=100)
+    for group_index, group in enumerate(groups):
+        order = np.argsort(-group.scores, kind="stable")[:per_row]
+        for column in range(per_row):
+            cells = axes[group_index * rows_per_group:(group_index + 1) * rows_per_group, column]
+            for axis in cells:
+                axis.axis("off")
+            if column >= len(order):
+                continue
+            index = order[column]
+            cells[0].imshow(group.pixels[index], cmap="gray", vmin=0, vmax=255)
+            cells[0].set_title(f"{group.title}\nscore {group.scores[index]:.3g}", fontsize=7)
+            cells[1].imshow(overlay_heatmap(group.pixels[index], group.anomaly_maps[index], scale=scale))
+            if group.reconstructions is not None:
+                cells[2].imshow(group.reconstructions[index], cmap="gray", vmin=0, vmax=255)
+        axes[group_index * rows_per_group + 1, 0].text(
+            -0.1, 0.5, "heatmap", transform=axes[group_index * rows_per_group + 1, 0].transAxes,
+            rotation=90, va="center", ha="right", fontsize=7)
+        if group.reconstructions is not None:
+            axes[group_index * rows_per_group + 2, 0].text(
+                -0.1, 0.5, "reconstruction", transform=axes[group_index * rows_per_group + 2, 0].transAxes,
+                rotation=90, va="center", ha="right", fontsize=7)
+    figure.suptitle(title or f"Highest-scoring films per group; heatmap full colour at {scale:.3g}", fontsize=8)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

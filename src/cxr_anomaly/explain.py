@@ -1,14 +1,15 @@
-"""Explanations a radiologist can glance at: the reconstruction and a residual heatmap.
+"""Explanations a radiologist can glance at: where the detector found the film unusual.
 
-The detector reconstructs a 64x64 version of the film; where the film differs from what the
-model expects of a normal film, the residual |x - x'| is large. The residual is computed in the
-model's own input space (after the per-film intensity normalisation of the config), upsampled
-bilinearly to the film's original resolution and blended over it: transparent where the
-residual is small, opaque "inferno" colours where it is large.
+Every detector family returns an anomaly map with its scores (see
+:class:`~cxr_anomaly.models.base.AnomalyOutput`): the residual |x - x'| of the tang2019
+autoencoder, the nearest-normal-patch distance of the features detector. The map is upsampled
+bilinearly to the film's original resolution and blended over it: transparent where the map is
+small, opaque "inferno" colours where it is large.
 
-The colour scale is fixed (``residual_scale``, in units of the [0, 1] intensity range) rather
-than stretched per film: a film that the model reconstructs well stays nearly uncoloured instead
-of having its largest small residual painted as bright as a real lesion.
+The colour scale is fixed per model (``AnomalyDetector.anomaly_map_scale``: for the features
+detector twice the farthest a normal training patch lies from the memory bank) rather than
+stretched per film: a film that looks normal stays nearly uncoloured instead of having its
+largest small value painted as bright as a real lesion.
 """
 
 from __future__ import annotations
@@ -21,45 +22,29 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .config import DataConfig
-from .data.dataset import apply_intensity
-
-DEFAULT_RESIDUAL_SCALE = 0.5  # residual that gets the full colour (half the grey range)
+DEFAULT_RESIDUAL_SCALE = 0.5  # map value that gets the full colour when a model states none
 MAX_OVERLAY_OPACITY = 0.65  # the film stays visible under the strongest colour
 
 
 @dataclass
 class Explanation:
-    """What the detector saw and reconstructed for one film, and where they differ.
+    """What the detector saw for one film, and where it found it unusual.
 
     Attributes:
         original: grey uint8 film (H0, W0), at the original resolution or shrunk to ``max_side``.
-        model_input: grey uint8 (S, S) image as the detector saw it (before intensity normalisation).
-        reconstruction: the detector's output x', uint8 (S, S) in the model's intensity space.
-        residual: |x - x'| in [0, 1], float32 (S, S).
-        overlay: RGB uint8 (H0, W0, 3): the residual heatmap blended over ``original``.
+        model_input: grey uint8 (S, S) image as the detector read it.
+        anomaly_map: the detector's map, float32 (h, w), in units of ``scale``.
+        scale: the map value painted at full colour.
+        overlay: RGB uint8 (H0, W0, 3): the heatmap blended over ``original``.
+        reconstruction: the autoencoder's output x', uint8 (S, S); None for families without one.
     """
 
     original: np.ndarray
     model_input: np.ndarray
-    reconstruction: np.ndarray
-    residual: np.ndarray
+    anomaly_map: np.ndarray
+    scale: float
     overlay: np.ndarray
-
-
-def residual_maps(pixels: np.ndarray, reconstructions: np.ndarray, data_config: DataConfig) -> np.ndarray:
-    """|x - x'| per pixel, float32 (N, S, S) in [0, 1].
-
-    Args:
-        pixels: the films as loaded, uint8 (N, S, S).
-        reconstructions: the detector's outputs as uint8 (N, S, S) (see
-            :func:`cxr_anomaly.scoring.score_pixels` with ``keep_reconstructions``).
-        data_config: gives the intensity normalisation the detector's input went through.
-    """
-    if pixels.shape != reconstructions.shape:
-        raise ValueError(f"pixels {pixels.shape} and reconstructions {reconstructions.shape} differ in shape")
-    model_input = apply_intensity(pixels, data_config.intensity)  # (N, S, S) float32 in [0, 1]
-    return np.abs(model_input - reconstructions.astype(np.float32) / 255.0).astype(np.float32)
+    reconstruction: np.ndarray | None = None
 
 
 def to_uint8_grey(image: np.ndarray) -> np.ndarray:
@@ -90,27 +75,27 @@ def _inferno_table() -> np.ndarray:
 
 def overlay_heatmap(
     film: np.ndarray,
-    residual: np.ndarray,
+    anomaly_map: np.ndarray,
     *,
-    residual_scale: float = DEFAULT_RESIDUAL_SCALE,
+    scale: float = DEFAULT_RESIDUAL_SCALE,
 ) -> np.ndarray:
-    """Blend a residual heatmap, upsampled to the film's size, over the film.
+    """Blend a heatmap, upsampled to the film's size, over the film.
 
     Args:
         film: grey uint8 (H0, W0) or float in [0, 1], at any resolution.
-        residual: |x - x'| float (S, S) in [0, 1] from :func:`residual_maps`.
-        residual_scale: residual value that gets the full colour and opacity.
+        anomaly_map: float (h, w), any resolution up to the film's.
+        scale: map value that gets the full colour and opacity.
 
     Returns:
         RGB uint8 (H0, W0, 3).
     """
-    if residual_scale <= 0:
-        raise ValueError(f"residual_scale={residual_scale}; expected a positive number")
+    if not scale > 0:
+        raise ValueError(f"scale={scale}; expected a positive number")
     grey = to_uint8_grey(film)
     height, width = grey.shape
-    upsampled = Image.fromarray(np.asarray(residual, dtype=np.float32), mode="F").resize(
+    upsampled = Image.fromarray(np.asarray(anomaly_map, dtype=np.float32), mode="F").resize(
         (width, height), Image.Resampling.BILINEAR)
-    strength = np.clip(np.asarray(upsampled, dtype=np.float32) / residual_scale, 0.0, 1.0)  # (H0, W0)
+    strength = np.clip(np.asarray(upsampled, dtype=np.float32) / scale, 0.0, 1.0)  # (H0, W0)
     colours = _inferno_table()[np.rint(strength * 255.0).astype(np.int64)]  # (H0, W0, 3)
     opacity = (strength * MAX_OVERLAY_OPACITY)[..., None]  # (H0, W0, 1)
     base = np.repeat(grey[..., None].astype(np.float32), 3, axis=2)  # (H0, W0, 3)
@@ -121,31 +106,38 @@ def overlay_heatmap(
 def explain_film(
     film: np.ndarray,
     model_input: np.ndarray,
-    reconstruction: np.ndarray,
-    data_config: DataConfig,
+    anomaly_map: np.ndarray,
+    scale: float,
     *,
+    reconstruction: np.ndarray | None = None,
     max_side: int | None = None,
-    residual_scale: float = DEFAULT_RESIDUAL_SCALE,
 ) -> Explanation:
     """The :class:`Explanation` of one film.
 
     Args:
         film: the film at its original resolution, grey float in [0, 1] or uint8 (H0, W0).
         model_input: the uint8 (S, S) image the detector scored.
-        reconstruction: the detector's uint8 (S, S) reconstruction of it.
-        data_config: the detector's data settings (intensity normalisation).
+        anomaly_map: the detector's float (h, w) map of the film.
+        scale: the map value painted at full colour (the detector's ``anomaly_map_scale``).
+        reconstruction: the autoencoder's uint8 (S, S) reconstruction, if the family makes one.
         max_side: shrink the film first so its longer side is at most this (for thumbnails).
-        residual_scale: see :func:`overlay_heatmap`.
     """
-    residual = residual_maps(model_input[None], reconstruction[None], data_config)[0]  # (S, S)
     original = shrink(to_uint8_grey(film), max_side)
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     return Explanation(
         original=original,
         model_input=model_input,
+        anomaly_map=anomaly_map,
+        scale=float(scale),
+        overlay=overlay_heatmap(original, anomaly_map, scale=scale),
         reconstruction=reconstruction,
-        residual=residual,
-        overlay=overlay_heatmap(original, residual, residual_scale=residual_scale),
     )
+
+
+def colour_bar(scale: float, *, width: int = 256, height: int = 12) -> np.ndarray:
+    """An RGB uint8 (height, width, 3) legend of the heatmap colours from 0 to ``scale``."""
+    colours = _inferno_table()[np.linspace(0, 255, width).round().astype(np.int64)]  # (width, 3)
+    return np.repeat(colours[None], height, axis=0).astype(np.uint8)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -37,6 +37,13 @@ ScorePrecision = Literal["fp32", "bf16", "auto"]
 SCORE_PRECISIONS: tuple[str, ...] = get_args(ScorePrecision)
 
 
+def resolve_device(name: str) -> torch.device:
+    """Map ``"auto"`` to CUDA when available, else CPU; pass other names through."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` computes bf16 convolutions in hardware (not by emulation)."""
     device = torch.device(device)

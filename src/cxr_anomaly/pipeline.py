@@ -15,19 +15,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import distributed
 from .calibration import BootstrapIntervals, Calibration, bootstrap_intervals
-from .checkpoint import (LoadedModel, atomic_torch_save, load_checkpoint, read_checkpoint_payload,
-                         save_checkpoint, training_record)
+from .checkpoint import (LoadedModel, atomic_torch_save, atomic_write_text, load_checkpoint,
+                         read_checkpoint_payload, save_checkpoint)
 from .config import Config, config_to_dict
 from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import load_inputs
 from .errors import ManifestError, NoNormalImagesError
-from .evaluation import Metrics, compute_metrics, plot_roc, reconstruction_grid
+from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, plot_roc
+from .inference import resolve_device
+from .models.registry import fit_detector
 from .report import add_dicom_links, explain_rows, rank_table, write_html_report
-from .scoring import fit_calibration, min_max_normalise, score_pixels
-from . import distributed
-from .checkpoint import atomic_write_text
-from .training import resolve_config_for_resume, resolve_device, train_detector
+from .scoring import fit_calibration, min_max_normalise, score_films
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +118,11 @@ def warn_on_patient_overlap(manifest: pd.DataFrame) -> PatientOverlap:
 
     def both(first: str, second: str) -> int:
         """Patients with films in both splits."""
-        return int(splits_of.map(lambda splits: first in splits and second in splits).sum())
+        # sum() of an empty object Series is "", not 0: count explicitly
+        return sum(1 for splits in splits_of if first in splits and second in splits)
 
-    overlap = PatientOverlap(patients=int((splits_of.map(len) > 1).sum()), train_test=both("train", "test"),
+    overlap = PatientOverlap(patients=sum(1 for splits in splits_of if len(splits) > 1),
+                             train_test=both("train", "test"),
                              val_test=both("val", "test"), train_val=both("train", "val"))
     if overlap.train_test or overlap.val_test:
         logger.warning(
@@ -195,7 +197,9 @@ def _train_job(
 ) -> TrainOutcome:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
+    if resume and config.method == "tang2019":  # the features fit is one pass: nothing to resume
+        from .models.tang2019.training import resolve_config_for_resume
+
         config = resolve_config_for_resume(out_dir, config)
     progress = progress and context.is_main
     manifest = load_inputs(data)
@@ -218,25 +222,22 @@ def _train_job(
         len(train_images.pixels), chosen.ignored_counts, len(calibration_images.pixels),
         chosen.calibration_source,
     )
-    result = train_detector(config, train_images.pixels, progress=progress, run_dir=out_dir,
-                            resume=resume)
+    device = resolve_device(config.train.device)
+    result = fit_detector(config, train_images.pixels, device=device, progress=progress, run_dir=out_dir,
+                          resume=resume)
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if not context.is_main:  # rank 0 alone calibrates and writes
         return TrainOutcome(checkpoint_path, len(train_images.pixels), len(calibration_images.pixels), skipped)
-    device = resolve_device(config.train.device)
-    calibration_scores = score_pixels(result.detector, calibration_images.pixels, config, device=device)
+    calibration_scores = score_films(result.detector, calibration_images.pixels, device=device)
     calibration = fit_calibration(calibration_scores.raw, config.score.target_specificity)
-    record = training_record(
-        result,
-        num_calibration_images=len(calibration_images.pixels),
-        calibration_source=chosen.calibration_source,
-        ignored_rows=chosen.ignored_counts,
-        skipped_files=len(skipped),
-        data=[str(source) for source in data],
-        world_size=result.world_size,
-        resumed_from=None if result.resumed_from is None else list(result.resumed_from),
-        rank_weight_difference=result.rank_weight_difference,
-    )
+    record = {
+        **result.record,
+        "num_calibration_images": len(calibration_images.pixels),
+        "calibration_source": chosen.calibration_source,
+        "ignored_rows": chosen.ignored_counts,
+        "skipped_files": len(skipped),
+        "data": [str(source) for source in data],
+    }
     checkpoint = save_checkpoint(checkpoint_path, result.detector, config,
                                  calibration=calibration, training=record)
     # Written atomically too, so that a run killed at any moment leaves no truncated file.
@@ -247,23 +248,28 @@ def _train_job(
 
 @dataclass
 class ScoredTable:
-    """Per-film scores and, when asked for, the reconstructions x' (uint8, (N, H, W))."""
+    """Per-film scores and, when asked for, the anomaly maps and reconstructions.
+
+    Attributes:
+        table: path, score, the family's components, raw/min-max/calibrated scores, ...
+        anomaly_maps: float32 (N, h, w) when asked for, else None.
+        reconstructions: uint8 (N, S, S) when asked for and the family reconstructs, else None.
+    """
 
     table: pd.DataFrame
-    reconstructions: np.ndarray | None
+    anomaly_maps: np.ndarray | None = None
+    reconstructions: np.ndarray | None = None
 
 
 def score_table(model: LoadedModel, images: LoadedImages, *, normalisation: str = "calibrated",
-                keep_reconstructions: bool = False) -> ScoredTable:
-    """Score loaded images into a table (path, score, components, ...) and reconstructions.
+                keep_maps: bool = False) -> ScoredTable:
+    """Score loaded images into a table (path, score, components, ...) with maps when asked for.
 
     ``normalisation`` picks the ``score`` column: ``calibrated`` (robust z-score against normal
     validation films, stored in the checkpoint), ``minmax`` (the paper's, over this set) or
-    ``raw`` (eq. 6 unnormalised). The other two are kept as columns too.
+    ``raw`` (the detector's own scale). The other two are kept as columns too.
     """
-    device = next(model.detector.parameters()).device
-    result = score_pixels(model.detector, images.pixels, model.config, device=device,
-                          keep_reconstructions=keep_reconstructions)
+    result = score_films(model.detector, images.pixels, keep_maps=keep_maps)
     table = pd.DataFrame({"path": images.manifest["path"].to_numpy()})
     minmax = min_max_normalise(result.raw)
     calibrated = percentile = decision = None
@@ -277,19 +283,18 @@ def score_table(model: LoadedModel, images: LoadedImages, *, normalisation: str 
     if normalisation not in chosen:
         raise ValueError(f"normalisation={normalisation!r}; expected calibrated, minmax or raw")
     table["score"] = chosen[normalisation]
-    table["reconstruction"] = result.reconstruction
-    table["adversarial"] = result.adversarial
-    table["latent"] = result.latent
+    for name, values in result.components.items():
+        table[name] = values
     table["score_raw"] = result.raw
     table["score_minmax"] = minmax
     if calibrated is not None:
         table["score_calibrated"] = calibrated
         table["percentile"] = percentile
         table["decision"] = decision
-    for column in ("label", "split", "view", "patient_id"):
-        if images.manifest[column].notna().any():
+    for column in ("label", "split", "view", "patient_id", "age"):
+        if column in images.manifest and images.manifest[column].notna().any():
             table[column] = images.manifest[column].to_numpy()
-    return ScoredTable(table, result.reconstructions)
+    return ScoredTable(table, result.anomaly_maps, result.reconstructions)
 
 
 def score_job(
@@ -318,17 +323,18 @@ def score_job(
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     report_skipped(images.skipped, out_csv.with_name(out_csv.stem + "_skipped.csv"))
-    scored = score_table(model, images, normalisation=normalisation,
-                         keep_reconstructions=report is not None)
-    table, reconstructions = scored.table, scored.reconstructions
-    table = add_dicom_links(table, keep_patient_identifiers=keep_patient_identifiers)
+    scored = score_table(model, images, normalisation=normalisation, keep_maps=report is not None)
+    table = add_dicom_links(scored.table, keep_patient_identifiers=keep_patient_identifiers)
     if report is not None:
-        assert reconstructions is not None  # asked for above
+        assert scored.anomaly_maps is not None  # asked for above
         ranked = rank_table(table)
-        explanations = explain_rows(ranked.table, images.pixels[ranked.order],
-                                    reconstructions[ranked.order], model.config.data)
+        order = ranked.order
+        explanations = explain_rows(
+            ranked.table, images.pixels[order], scored.anomaly_maps[order], model.detector.anomaly_map_scale,
+            reconstructions=None if scored.reconstructions is None else scored.reconstructions[order],
+            max_image_pixels=model.config.data.max_image_pixels)
         write_html_report(report, ranked.table, explanations, calibration=model.calibration,
-                          model_description=f"{Path(model_path).name} ({model.config.model.variant}, "
+                          model_description=f"{Path(model_path).name} ({model.detector.description}, "
                                             f"cxr-anomaly {model.package_version})")
         table = ranked.table
     table.to_csv(out_csv, index=False)
@@ -433,11 +439,14 @@ def evaluate_job(
     bootstrap_seed: int = 0,
     label_column: str = "label",
 ) -> EvaluationOutcome:
-    """Score labelled films and write metrics.json, roc.png, reconstructions.png and scores.csv.
+    """Score labelled films and write metrics.json, roc.png, films.png and scores.csv.
 
-    With a calibrated checkpoint, metrics.json also holds sensitivity and specificity at the
-    stored threshold and 95% stratified-bootstrap intervals (``bootstrap_resamples`` resamples,
-    seeded by ``bootstrap_seed``) for AUC, sensitivity and specificity.
+    metrics.json holds the overall AUC beside the AUC within each view, the view-balanced AUC,
+    the view-only AUC and how well the score predicts AP among normal films (and the same for
+    adults where ages are known), each with a 95% stratified-bootstrap interval
+    (``bootstrap_resamples`` resamples seeded by ``bootstrap_seed``; see
+    :func:`cxr_anomaly.evaluation.compute_metrics`). With a calibrated checkpoint it also holds
+    sensitivity and specificity at the stored threshold with their intervals.
 
     ``label_column`` names the column that holds the labels (0 normal, 1 abnormal, empty unknown).
 
@@ -459,21 +468,23 @@ def evaluate_job(
                          cache_dir=cache_dir, progress=progress)
     report_skipped(images.skipped, out_dir / "skipped_files.csv")
     require_both_classes(images.manifest, origin, label_column, split)  # skipped files may leave one class
-    scored = score_table(model, images, keep_reconstructions=True,
+    scored = score_table(model, images, keep_maps=True,
                          normalisation="calibrated" if model.calibration else "raw")
-    table, reconstructions = scored.table, scored.reconstructions
+    table = scored.table
     scores_path = out_dir / "scores.csv"
     table.to_csv(scores_path, index=False)
     labelled = images.manifest["label"].notna().to_numpy()
     labels = images.manifest["label"].to_numpy()[labelled].astype(int)
     raw = table["score_raw"].to_numpy()[labelled]
     views = images.manifest["view"].to_numpy()[labelled] if images.manifest["view"].notna().any() else None
-    components = {name: table[name].to_numpy()[labelled]
-                  for name in ("reconstruction", "adversarial", "latent")}
-    metrics = compute_metrics(labels, raw, views=views, components=components)
+    ages = images.manifest["age"].to_numpy()[labelled] if "age" in images.manifest else None
+    components = {name: table[name].to_numpy()[labelled] for name in model.detector.component_names}
+    metrics = compute_metrics(labels, raw, views=views, components=components, ages=ages,
+                              num_resamples=bootstrap_resamples, seed=bootstrap_seed)
     summary = {
         "model": str(model_path),
-        "variant": model.config.model.variant,
+        "method": model.config.method,
+        "detector": model.detector.description,
         "split": split,
         "num_images": len(table),
         "num_unlabelled": unlabelled,
@@ -490,18 +501,26 @@ def evaluate_job(
         summary["specificity_at_threshold"] = intervals.specificity.estimate
         summary["bootstrap_95ci"] = intervals.to_dict()
     metrics_path = out_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(summary, indent=2))
-    roc_path = plot_roc({model.config.model.variant: (labels, raw)}, out_dir / "roc.png",
-                        title=f"ROC, {split} split")
-    assert reconstructions is not None  # asked for above
-    pixels = images.pixels
+    atomic_write_text(metrics_path, json.dumps(summary, indent=2))
+    curves = {model.detector.description: (labels, raw)}
+    if views is not None:
+        view_array = np.asarray(views, dtype=object)
+        for view in metrics.auc_per_view:
+            mask = view_array == view
+            curves[f"{view} films only"] = (labels[mask], raw[mask])
+        curves["view only (AP = 1)"] = (labels, (view_array == "AP").astype(float))
+    roc_path = plot_roc(curves, out_dir / "roc.png", title=f"ROC, {split} split")
+    assert scored.anomaly_maps is not None  # asked for above
     label_column = images.manifest["label"]
-    groups = [(name, pixels[mask], reconstructions[mask])
-              for name, mask in (("normal", (label_column == 0).fillna(False).to_numpy(bool)),
-                                 ("abnormal", (label_column == 1).fillna(False).to_numpy(bool)),
-                                 ("unlabelled", label_column.isna().to_numpy()))]
-    grid_path = reconstruction_grid([group for group in groups if len(group[1])],
-                                    out_dir / "reconstructions.png")
+    groups = []
+    for name, mask in (("normal", (label_column == 0).fillna(False).to_numpy(bool)),
+                       ("abnormal", (label_column == 1).fillna(False).to_numpy(bool)),
+                       ("unlabelled", label_column.isna().to_numpy())):
+        if mask.any():
+            groups.append(FilmGroup(name, images.pixels[mask], scored.anomaly_maps[mask],
+                                    table["score_raw"].to_numpy()[mask],
+                                    None if scored.reconstructions is None else scored.reconstructions[mask]))
+    grid_path = explanation_grid(groups, out_dir / "films.png", scale=model.detector.anomaly_map_scale)
     logger.info("evaluated %d films on split %s: AUC %s", len(table), split,
                 "n/a" if metrics.auc is None else f"{metrics.auc:.3f}")
     return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path, intervals)
@@ -550,8 +569,7 @@ def calibrate_job(
     if int((labels == 0).sum()) < 2:
         raise NoNormalImagesError(f"{', '.join(map(str, data))}: calibration needs at least 2 normal "
                                   f"(label 0) films in split {split!r}, found {int((labels == 0).sum())}")
-    device = next(model.detector.parameters()).device
-    raw = score_pixels(model.detector, images.pixels, model.config, device=device).raw
+    raw = score_films(model.detector, images.pixels).raw
     calibration = fit_calibration(
         raw[labels == 0],
         target_specificity if target_specificity is not None else model.config.score.target_specificity,

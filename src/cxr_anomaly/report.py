@@ -3,8 +3,8 @@
 The paper's promise is a shorter queue for radiologists: suspicious films first, normal-looking
 ones last. :func:`rank_table` orders a score table by raw score (every normalisation is
 monotone in it) and numbers the rows; :func:`write_html_report` writes one HTML file with every
-image embedded as a base64 PNG (thumbnail, reconstruction, heatmap), so it can be mailed or
-archived without its inputs.
+image embedded as a base64 PNG (thumbnail, heatmap, and the reconstruction for families that
+make one), so it can be mailed or archived without its inputs.
 
 DICOM linking: :func:`add_dicom_links` adds the StudyInstanceUID and SOPInstanceUID of DICOM
 inputs so a worklist row can be matched to the study in a PACS. Patient name, ID and birth date
@@ -25,9 +25,8 @@ import pandas as pd
 
 from . import __version__
 from .calibration import Calibration
-from .config import DataConfig
 from .errors import InputFileError
-from .explain import Explanation, explain_film, png_data_uri
+from .explain import Explanation, colour_bar, explain_film, png_data_uri
 from .io import read_image, sniff_format
 
 logger = logging.getLogger(__name__)
@@ -117,25 +116,37 @@ def rank_table(table: pd.DataFrame) -> RankedTable:
 def explain_rows(
     table: pd.DataFrame,
     pixels: np.ndarray,
-    reconstructions: np.ndarray,
-    data_config: DataConfig,
+    anomaly_maps: np.ndarray,
+    scale: float,
     *,
+    reconstructions: np.ndarray | None = None,
+    max_image_pixels: int = 100_000_000,
     max_side: int = THUMBNAIL_SIDE,
 ) -> list[Explanation]:
     """One :class:`~cxr_anomaly.explain.Explanation` per row, in the table's order.
 
+    Args:
+        table: rows with a ``path`` column; row i belongs to ``pixels[i]`` and ``anomaly_maps[i]``.
+        pixels: the films as the detector read them, uint8 (N, S, S).
+        anomaly_maps: the detector's maps, float (N, h, w).
+        scale: the map value painted at full colour (the detector's ``anomaly_map_scale``).
+        reconstructions: uint8 (N, S, S) for families that reconstruct, else None.
+        max_image_pixels: decompression-bomb limit when re-reading a film.
+        max_side: longer side of the thumbnails.
+
     The heatmap is laid over the film re-read at its original resolution (then shrunk to
-    ``max_side``); a row whose file cannot be re-read (an .npz member, say) uses the 64x64
-    model input instead.
+    ``max_side``); a row whose file cannot be re-read (an .npz member, say) uses the model
+    input instead.
     """
     explanations = []
     for index, path in enumerate(table["path"].astype(str)):
         try:
-            film = read_image(path, max_pixels=data_config.max_image_pixels).array  # (H0, W0) float
+            film = read_image(path, max_pixels=max_image_pixels).array  # (H0, W0) float
         except InputFileError:
             film = pixels[index]
-        explanations.append(explain_film(film, pixels[index], reconstructions[index], data_config,
-                                         max_side=max_side))
+        explanations.append(explain_film(
+            film, pixels[index], anomaly_maps[index], scale, max_side=max_side,
+            reconstruction=None if reconstructions is None else reconstructions[index]))
     return explanations
 
 
@@ -211,9 +222,11 @@ def write_html_report(
                     f"{summary.num_films - summary.num_flagged} go to the back of the queue")
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     extra_columns = [column for column in ("label", "view", *LINK_TAGS, *PATIENT_TAGS) if column in ranked]
+    show_reconstruction = bool(explanations) and explanations[0].reconstruction is not None
     header_cells = "".join(f"<th>{html.escape(column)}</th>" for column in (
-        "rank", "film", "reconstruction", "heatmap", "score (z)", "raw score", "percentile",
-        "decision", "file", *extra_columns))
+        "rank", "film", *(("reconstruction",) if show_reconstruction else ()), "heatmap", "score (z)",
+        "raw score", "percentile", "decision", "file", *extra_columns))
+    scale = explanations[0].scale if explanations else 1.0
     rows = []
     for (_, row), explanation in zip(ranked.iterrows(), explanations):
         decision = row.get("decision")
@@ -223,7 +236,8 @@ def write_html_report(
         cells = [
             f"<td>{int(row['rank'])}</td>",
             f'<td><img alt="film" src="{png_data_uri(explanation.original)}"></td>',
-            f'<td><img alt="reconstruction" src="{png_data_uri(explanation.reconstruction)}"></td>',
+            *((f'<td><img alt="reconstruction" src="{png_data_uri(explanation.reconstruction)}"></td>',)
+              if show_reconstruction and explanation.reconstruction is not None else ()),
             f'<td><img alt="heatmap" src="{png_data_uri(explanation.overlay)}"></td>',
             f"<td>{_format(calibrated, 2)}</td>",
             f"<td>{_format(row['score_raw'], 4)}</td>",
@@ -243,8 +257,11 @@ def write_html_report(
 <p id="flagged-summary">{flagged_text}.</p>
 <p>Operating point: {html.escape(summary.operating_point)}; raw-score threshold {threshold_text}.
 Films are sorted by score, most suspicious first. The percentile is the film's place among normal
-validation films; the heatmap shows |x − x'| (where the model's reconstruction of a normal film
-differs from this one) over the film at its original resolution.</p>
+validation films; the heatmap shows where the model found the film unlike the normal films it
+learnt from, laid over the film at its original resolution.</p>
+<p id="colour-scale">Heatmap colours: <img alt="colour scale" style="display:inline;width:256px;height:12px;vertical-align:middle"
+src="{png_data_uri(colour_bar(scale))}"> from 0 (transparent) to {scale:.3g} and above (opaque);
+the scale is fixed for this model, so colour means the same on every film.</p>
 <p>Model: {html.escape(model_description)}. Generated {generated} by cxr-anomaly {__version__}.
 This is a triage aid for prioritising reading, not a diagnosis.</p>
 </div>

@@ -39,8 +39,10 @@ from .data.manifest import load_inputs
 from .data.splits import patient_disjoint_split
 from .errors import ConfigError, NoNormalImagesError
 from .evaluation import compute_metrics, plot_roc, reconstruction_grid
-from .scoring import ScoreResult, combine, fit_calibration, score_pixels
-from .training import resolve_device, train_detector
+from .models.tang2019 import Tang2019Detector, weighted_score
+from .scoring import ScoreResult, fit_calibration, score_films
+from .inference import resolve_device
+from .models.tang2019.training import train_detector
 
 logger = logging.getLogger(__name__)
 
@@ -216,15 +218,25 @@ def cell_fingerprint(config: Config, split: SplitData) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def combine(config: Config, components: dict[str, np.ndarray] | np.lib.npyio.NpzFile,
+            prefix: str = "") -> np.ndarray:
+    """The raw score of ``config.score.method`` from stored components; all-NaN ones are absent."""
+    def part(name: str) -> np.ndarray | None:
+        values = np.asarray(components[prefix + name], dtype=np.float64)
+        return None if values.size and np.all(np.isnan(values)) else values
+
+    return weighted_score(config.score, part("reconstruction"), part("adversarial"), part("latent"),
+                          part("code_distance"))
+
+
 def _metrics_by_method(config: Config, labels: np.ndarray, scores: ScoreResult,
                        views: np.ndarray | None) -> dict[str, dict[str, object]]:
     """Metrics of each score method, with the AUC of each component."""
-    components = {name: getattr(scores, name) for name in COMPONENTS}
     results = {}
     for method in SCORE_METHODS:
-        raw = combine(with_overrides(config, "score", method=method), scores.reconstruction,
-                      scores.adversarial, scores.latent, scores.code_distance)
-        results[method] = compute_metrics(labels, raw, views=views, components=components).to_dict()
+        raw = combine(with_overrides(config, "score", method=method), scores.components)
+        results[method] = compute_metrics(labels, raw, views=views, components=scores.components,
+                                          num_resamples=0).to_dict()
     return results
 
 
@@ -238,18 +250,18 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
     started = time.perf_counter()
     device = resolve_device(config.train.device)
     training = train_detector(config, split.train_normals)
-    detector = training.detector
-    test = score_pixels(detector, split.test_pixels, config, device=device, keep_reconstructions=True)
-    val = score_pixels(detector, split.val_pixels, config, device=device)
+    detector = Tang2019Detector(config, training.detector)
+    test = score_films(detector, split.test_pixels, device=device, keep_maps=True)
+    val = score_films(detector, split.val_pixels, device=device)
     train_shown = split.train_normals[:FIGURE_FILMS_PER_ROW]
-    train_reconstructed = score_pixels(detector, train_shown, config, device=device,
-                                       keep_reconstructions=True).reconstructions
+    train_reconstructed = score_films(detector, train_shown, device=device, keep_maps=True).reconstructions
     assert test.reconstructions is not None and train_reconstructed is not None  # asked for above
     normal_index = np.flatnonzero(split.test_labels == 0)[:FIGURE_FILMS_PER_ROW]
     abnormal_index = np.flatnonzero(split.test_labels == 1)[:FIGURE_FILMS_PER_ROW]
     arrays = {
-        **{f"test_{name}": getattr(test, name) for name in ("raw", *COMPONENTS)},
-        **{f"val_{name}": getattr(val, name) for name in ("raw", *COMPONENTS)},
+        "test_raw": test.raw, "val_raw": val.raw,
+        **{f"test_{name}": test.components[name] for name in COMPONENTS},
+        **{f"val_{name}": val.components[name] for name in COMPONENTS},
         "figure_train": train_shown, "figure_train_reconstruction": train_reconstructed,
         "figure_normal": split.test_pixels[normal_index],
         "figure_normal_reconstruction": test.reconstructions[normal_index],
@@ -314,9 +326,7 @@ def seed_ensemble(config: Config, split: SplitData, out_dir: Path, variant: str,
     standardised: dict[str, list[np.ndarray]] = {"val": [], "test": []}
     for seed in seeds:
         stored = np.load(out_dir / "cells" / cell_name(variant, seed) / "scores.npz")
-        raws = {part: combine(method_config, stored[f"{part}_reconstruction"], stored[f"{part}_adversarial"],
-                              stored[f"{part}_latent"], stored[f"{part}_code_distance"])
-                for part in ("val", "test")}
+        raws = {part: combine(method_config, stored, prefix=f"{part}_") for part in ("val", "test")}
         calibration = fit_calibration(raws["val"][split.val_labels == 0], config.score.target_specificity)
         for part, raw in raws.items():
             standardised[part].append(calibration.standardise(raw))
@@ -495,8 +505,7 @@ def reproduce_job(
     for variant in options.variants:
         stored = np.load(out_dir / "cells" / cell_name(variant, first_seed) / "scores.npz")
         for method in SCORE_METHODS:
-            raw = combine(with_overrides(config, "score", method=method), stored["test_reconstruction"],
-                          stored["test_adversarial"], stored["test_latent"], stored["test_code_distance"])
+            raw = combine(with_overrides(config, "score", method=method), stored, prefix="test_")
             curves[f"{variant}, {SCORE_LABELS[method]} (seed {first_seed})"] = (split.test_labels, raw)
     for name in baseline_scores["test"].scores:
         curves[f"{name} (baseline)"] = (split.test_labels, baseline_scores["test"].scores[name])

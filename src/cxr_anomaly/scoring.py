@@ -1,9 +1,8 @@
-"""Anomaly scores (eq. 6) and their two normalisations.
+"""Scoring films with any detector family, and the normalisations of a raw score.
 
-A(x) = λ1·|x - x'|_1 + λ2·(1 - D(x')) + λ3·||z - z'||_2, where λ1, λ2 and λ3 are
-``ScoreConfig.weight_reconstruction``, ``weight_adversarial`` and ``weight_latent``. The
-components are kept beside the combined score, so users see which one carries the signal.
-Components of networks that the variant lacks are absent (NaN in tables) and left out of the sum.
+:func:`score_films` runs a fitted :class:`~cxr_anomaly.models.base.AnomalyDetector` over uint8
+films in batches and returns the raw score (higher is more abnormal), the family's named
+components and, when asked for, the anomaly maps (heatmaps) and reconstructions.
 
 Normalisations:
 
@@ -18,43 +17,39 @@ Normalisations:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .calibration import NUM_STORED_QUANTILES, Calibration, fit_calibration  # re-exported
-from .config import Config
-from .data.dataset import to_model_tensor
 from .inference import inference_autocast, resolve_precision, to_channels_last, to_device
-from .models.tang2019 import OneClassDetector
+from .models.base import AnomalyDetector
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Calibration", "ScoreResult", "combine", "fit_calibration", "min_max_normalise", "score_pixels",
+__all__ = ["Calibration", "ScoreResult", "fit_calibration", "min_max_normalise", "score_films",
            "NUM_STORED_QUANTILES"]
+
+DEFAULT_BATCH_SIZE = 64
 
 
 @dataclass
 class ScoreResult:
-    """Per-image scores, all arrays of shape (N,).
+    """Per-film scores of one detector.
 
     Attributes:
-        raw: the weighted sum of eq. 6.
-        reconstruction: mean |x - x'| over pixels.
-        adversarial: 1 - D(x'); NaN for variants without D.
-        latent: mean (z - z')² over code entries; NaN for variants without E.
-        reconstructions: x' as uint8 images (N, H, W) when asked for, else None.
-        code_distance: mean distance of z = UE(x) to the nearest training normals' codes; NaN
-            when the detector stores no codes.
+        raw: the detector's raw score, (N,).
+        components: the family's components by name, each (N,) float64; NaN where absent.
+        anomaly_maps: float32 (N, h, w) anomaly maps when asked for, else None.
+        reconstructions: uint8 (N, S, S) reconstructions when asked for and the family
+            reconstructs (tang2019), else None.
     """
 
     raw: np.ndarray
-    reconstruction: np.ndarray
-    adversarial: np.ndarray
-    latent: np.ndarray
+    components: dict[str, np.ndarray] = field(default_factory=dict)
+    anomaly_maps: np.ndarray | None = None
     reconstructions: np.ndarray | None = None
-    code_distance: np.ndarray | None = None
 
 
 def min_max_normalise(raw: np.ndarray) -> np.ndarray:
@@ -66,106 +61,55 @@ def min_max_normalise(raw: np.ndarray) -> np.ndarray:
     return (raw - low) / (high - low) if high > low else np.zeros_like(raw)
 
 
-def combine(config: Config, reconstruction: np.ndarray, adversarial: np.ndarray,
-            latent: np.ndarray, code_distance: np.ndarray | None = None) -> np.ndarray:
-    """The raw score of ``config.score.method``.
-
-    ``eq6``: the weighted sum of eq. 6; NaN components (absent networks) contribute nothing.
-    ``code_knn``: the code distance itself.
-
-    Raises:
-        ValueError: ``code_knn`` asked for but the detector stores no training codes.
-    """
-    weights = config.score
-    if weights.method == "code_knn":
-        if code_distance is None or (len(code_distance) and np.all(np.isnan(code_distance))):
-            raise ValueError(
-                "score.method='code_knn' but the detector stores no codes of training normals "
-                "(a checkpoint from an older version?); retrain, or set score.method='eq6'")
-        return code_distance
-    total = weights.weight_reconstruction * reconstruction
-    if not np.all(np.isnan(adversarial)):
-        total = total + weights.weight_adversarial * adversarial
-    if not np.all(np.isnan(latent)):
-        total = total + weights.weight_latent * latent
-    return total
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """Model-space images (N, 1, S, S) in [-1, 1] -> uint8 (N, S, S)."""
+    grey = (images.squeeze(1).float().cpu().numpy() + 1.0) * 127.5
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
 @torch.no_grad()
-def score_pixels(
-    detector: OneClassDetector,
+def score_films(
+    detector: AnomalyDetector,
     pixels: np.ndarray,
-    config: Config,
     *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    keep_reconstructions: bool = False,
-    precision: str = "fp32",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: torch.device | str | None = None,
+    keep_maps: bool = False,
+    precision: str = "auto",
 ) -> ScoreResult:
-    """Score uint8 images (N, H, W) with a detector in eval mode (no input noise).
+    """Score uint8 films (N, S, S), decoded at the detector's input size, in eval mode.
 
-    BatchNorm uses its running statistics, so a film's score does not depend on its batch.
-    ``precision`` is ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 only where the device
-    computes it natively; see :mod:`cxr_anomaly.inference`). The detector's weights are put in
-    channels_last layout in place (their values are unchanged): the faster layout on CPU and CUDA.
+    A film's score does not depend on its batch (BatchNorm uses running statistics; feature
+    banks are fixed). ``precision`` is ``"auto"`` (bf16 autocast where the device computes bf16
+    natively, fp32 elsewhere; see :mod:`cxr_anomaly.inference`), ``"fp32"`` or ``"bf16"``.
+    ``device`` defaults to where the detector's weights are. The weights are put in
+    channels_last layout in place (values unchanged): the faster layout on CPU and CUDA.
     """
     detector.eval()
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else next(detector.parameters()).device
     precision = resolve_precision(precision, device)
     to_channels_last(detector)
-    parts: dict[str, list[np.ndarray]] = {"rec": [], "adv": [], "lat": [], "img": [], "code": []}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("raw", *detector.component_names)}
+    maps: list[np.ndarray] = []
+    reconstructions: list[np.ndarray] = []
     for start in range(0, len(pixels), batch_size):
-        batch = to_device(to_model_tensor(pixels[start:start + batch_size], config.data), device)  # (B, 1, H, W)
+        batch = to_device(detector.model_input(pixels[start:start + batch_size]), device)  # (B, C, S, S)
         with torch.inference_mode(), inference_autocast(device, precision):
-            components = detector.score_components(batch)
-        size = len(batch)
-        for key, values in (("rec", components.reconstruction), ("adv", components.adversarial),
-                            ("lat", components.latent), ("code", components.code_distance)):
-            # A network the variant lacks gives no values: NaN marks the component as absent.
-            parts[key].append(np.full(size, np.nan) if values is None else values.cpu().numpy())
-        if keep_reconstructions:
-            image = (components.reconstruction_image.squeeze(1).cpu().numpy() + 1.0) * 127.5
-            parts["img"].append(np.clip(np.rint(image), 0, 255).astype(np.uint8))  # (B, H, W)
+            output = detector(batch)
+        parts["raw"].append(output.score.float().cpu().numpy())
+        for name in detector.component_names:
+            parts[name].append(output.components[name].float().cpu().numpy())
+        if keep_maps:
+            maps.append(output.anomaly_map.squeeze(1).float().cpu().numpy())  # (B, h, w)
+            if output.reconstruction is not None:
+                reconstructions.append(to_uint8_images(output.reconstruction))
 
-    def join(key: str) -> np.ndarray:
-        return np.concatenate(parts[key]).astype(np.float64) if parts[key] else np.zeros(0)
+    def join(name: str) -> np.ndarray:
+        return np.concatenate(parts[name]).astype(np.float64) if parts[name] else np.zeros(0)
 
-    reconstruction, adversarial, latent = join("rec"), join("adv"), join("lat")
-    code_distance = join("code")
-    reconstructions = None
-    if keep_reconstructions:
-        size = config.data.image_size
-        reconstructions = (np.concatenate(parts["img"]) if parts["img"]
-                           else np.zeros((0, size, size), dtype=np.uint8))
     return ScoreResult(
-        raw=combine(config, reconstruction, adversarial, latent, code_distance),
-        reconstruction=reconstruction,
-        adversarial=adversarial,
-        latent=latent,
-        reconstructions=reconstructions,
-        code_distance=code_distance,
+        raw=join("raw"),
+        components={name: join(name) for name in detector.component_names},
+        anomaly_maps=(np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32)) if keep_maps else None,
+        reconstructions=np.concatenate(reconstructions) if reconstructions else None,
     )
-
-
-@torch.no_grad()
-def store_normal_codes(
-    detector: OneClassDetector,
-    train_pixels: np.ndarray,
-    config: Config,
-    *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-) -> None:
-    """Encode the training normals (N, H, W) in eval mode and store their codes in the detector.
-
-    Afterwards :func:`score_pixels` also returns ``code_distance``, the ``score.method="code_knn"``
-    score. Only normal films may be passed: they define what "near" means.
-    """
-    detector.eval()
-    device = torch.device(device)
-    codes = []
-    for start in range(0, len(train_pixels), batch_size):
-        batch = to_model_tensor(train_pixels[start:start + batch_size], config.data).to(device)  # (B, 1, H, W)
-        codes.append(detector.unet.encoder(batch).code.flatten(1).float())  # (B, latent_dim)
-    detector.store_normal_codes(torch.cat(codes), config.score.neighbours)
-    logger.info("stored the codes of %d training normals for the code-space kNN score", len(train_pixels))

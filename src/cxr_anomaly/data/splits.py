@@ -406,3 +406,21 @@ def write_paper_split(
     summary = summarise_split(result)
     logger.info("wrote %s: %s split, view %s, seed %d: %s", output_csv, experiment, view, seed, summary.films)
     return PaperSplitReport(experiment, str(output_csv), seed, view, summary)
+
+
+def split_patients_in_halves(manifest: pd.DataFrame, *, seed: int = 0,
+                             group_column: str = "patient_id") -> pd.DataFrame:
+    """A copy of ``manifest`` whose ``split`` puts half of the patients in ``val``, the rest in ``test``.
+
+    For collections that only test a detector fitted elsewhere: settings are chosen on the
+    ``val`` half and results reported on the ``test`` half, and no patient is in both. The
+    ``val`` patients are ``numpy.random.default_rng(seed).choice`` of half of the sorted patient
+    ids (films without a patient id count as their own patient).
+    """
+    result = manifest.copy()
+    groups = patient_groups(result, group_column).astype(str)
+    patients = np.array(sorted(groups.unique()))
+    rng = np.random.default_rng(seed)
+    validation = set(rng.choice(patients, size=len(patients) // 2, replace=False))
+    result["split"] = np.where(groups.isin(validation), "val", "test")
+    return normalise_manifest(result, "<split_patients_in_halves>")

@@ -8,7 +8,7 @@ Endpoints:
   ``?heatmap=true`` adds the residual heatmap as a base64 PNG, ``?format=png`` returns the heatmap
   PNG itself (score and decision in ``X-`` headers).
 - ``GET /healthz``: liveness, with batching statistics.
-- ``GET /v1/model``: what is being served (variant, versions, operating point, limits).
+- ``GET /v1/model``: what is being served (method, detector, versions, operating point, limits).
 - ``GET /``: a web page to drop a film on; ``GET /openapi.json`` and ``/docs``: the schema.
 
 Inputs are checked before any decoding the service can avoid: the upload size while it streams
@@ -50,10 +50,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..checkpoint import LoadedModel, load_checkpoint
+from ..dicom import silence_pydicom
 from ..errors import DecompressionBombError, InputFileError
 from ..explain import explain_film, png_bytes
 from ..io import read_image, resize_grey, sniff_format
-from ..scoring import score_pixels
+from ..scoring import score_films
 from .batching import BatchScorer
 
 logger = logging.getLogger(__name__)
@@ -119,12 +120,6 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-class ScoreComponents(BaseModel):
-    reconstruction: float = Field(description="mean |x - x'| over pixels")
-    adversarial: float | None = Field(description="1 - D(x'); null for variants without D")
-    latent: float | None = Field(description="mean (z - z')² over code entries; null without E")
-
-
 class ImageInfo(BaseModel):
     format: str
     width: int
@@ -135,8 +130,12 @@ class ScoreResponse(BaseModel):
     score: float = Field(description="robust z-score against normal validation films "
                                      "(the raw score when the model has no calibration)")
     score_kind: Literal["calibrated", "raw"]
-    score_raw: float = Field(description="weighted sum of eq. 6")
-    components: ScoreComponents
+    score_raw: float = Field(description="the detector's raw score (features: the configured feature score; "
+                                         "tang2019: eq. 6)")
+    components: dict[str, float | None] = Field(
+        description="the family's score components by name; null where the model lacks one "
+                    "(features: gaussian, pooled_knn, patch_knn; tang2019: reconstruction, adversarial, "
+                    "latent, code_distance)")
     percentile: float | None = Field(description="percentile (0-100) among normal validation films")
     decision: Literal["flag", "normal"] | None = Field(description="at the stored operating point")
     threshold: float | None = Field(description="raw-score threshold of the stored operating point")
@@ -158,7 +157,8 @@ class ModelResponse(BaseModel):
     model_version: str
     package_version: str
     server_version: str
-    variant: str
+    method: str
+    detector: str
     image_size: int
     checkpoint: str
     calibration: dict[str, Any] | None
@@ -172,10 +172,8 @@ class FilmScore:
     """The detector's output for one film."""
 
     raw: float
-    reconstruction: float
-    adversarial: float | None
-    latent: float | None
-    reconstruction_image: np.ndarray  # uint8 (S, S)
+    components: dict[str, float | None]
+    anomaly_map: np.ndarray  # float32 (h, w)
 
 
 @dataclass
@@ -202,14 +200,13 @@ def _optional(value: float) -> float | None:
 
 def make_batch_scorer(model: LoadedModel) -> Callable[[np.ndarray], list[FilmScore]]:
     """A function scoring uint8 films (B, S, S) with the model, one :class:`FilmScore` each."""
-    device = next(model.detector.parameters()).device
 
     def score_batch(films: np.ndarray) -> list[FilmScore]:
-        result = score_pixels(model.detector, films, model.config, device=device, keep_reconstructions=True)
-        assert result.reconstructions is not None  # asked for above
-        return [FilmScore(float(result.raw[index]), float(result.reconstruction[index]),
-                          _optional(result.adversarial[index]), _optional(result.latent[index]),
-                          result.reconstructions[index]) for index in range(len(films))]
+        result = score_films(model.detector, films, keep_maps=True)
+        assert result.anomaly_maps is not None  # asked for above
+        return [FilmScore(float(result.raw[index]),
+                          {name: _optional(values[index]) for name, values in result.components.items()},
+                          result.anomaly_maps[index]) for index in range(len(films))]
 
     return score_batch
 
@@ -336,6 +333,9 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         CheckpointError: the checkpoint cannot be loaded.
     """
     settings = settings or ServiceSettings()
+    # Once, before any request thread exists: pydicom's warnings and log records quote header
+    # values (patient names), and per-read warnings.catch_warnings() is not thread-safe.
+    silence_pydicom()
     model = load_checkpoint(model_path, device=device)
     version = model_version(model_path)
     image_size = model.config.data.image_size
@@ -349,8 +349,8 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         scorer.close()  # stop the batching task and its thread with the server
 
     app = FastAPI(title="cxr-anomaly", version=__version__, lifespan=lifespan,
-                  description="Triage of chest X-rays by a detector trained on normal films only "
-                              "(Tang et al., ICASSP 2019). A triage aid, not a diagnosis.")
+                  description="Triage of chest X-rays by a detector fitted on normal films only "
+                              f"({model.detector.description}). A triage aid, not a diagnosis.")
     app.state.scorer = scorer
     app.state.model = model
     app.state.settings = settings
@@ -394,12 +394,13 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
 
     @app.get("/v1/model", response_model=ModelResponse)
     async def model_info() -> ModelResponse:
-        """What is being served: variant, versions, operating point and limits."""
+        """What is being served: method, detector, versions, operating point and limits."""
         training = {key: model.training.get(key) for key in
                     ("num_train_images", "num_calibration_images", "calibration_source") if key in model.training}
         return ModelResponse(
             model_version=version, package_version=model.package_version, server_version=__version__,
-            variant=model.config.model.variant, image_size=image_size, checkpoint=Path(model_path).name,
+            method=model.config.method, detector=model.detector.description, image_size=image_size,
+            checkpoint=Path(model_path).name,
             calibration=None if model.calibration is None else model.calibration.summary(),
             training=training, auth_required=settings.token is not None,
             limits={"max_upload_bytes": settings.max_upload_bytes, "max_image_side": settings.max_image_side,
@@ -433,8 +434,8 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         overlay_png = None
         if heatmap or response_format == "png":
             explanation = await asyncio.to_thread(
-                explain_film, decoded.film, decoded.model_input, result.reconstruction_image, model.config.data,
-                max_side=settings.heatmap_max_side)
+                explain_film, decoded.film, decoded.model_input, result.anomaly_map,
+                model.detector.anomaly_map_scale, max_side=settings.heatmap_max_side)
             overlay_png = await asyncio.to_thread(png_bytes, explanation.overlay)
         height, width = decoded.film.shape
         if response_format == "png":
@@ -447,8 +448,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
             return Response(overlay_png, media_type="image/png", headers=headers)
         return ScoreResponse(
             score=score_value, score_kind=score_kind, score_raw=result.raw,
-            components=ScoreComponents(reconstruction=result.reconstruction, adversarial=result.adversarial,
-                                       latent=result.latent),
+            components=result.components,
             percentile=percentile, decision=decision, threshold=threshold, model_version=version,
             package_version=model.package_version, image=ImageInfo(format=decoded.format, width=width, height=height),
             heatmap_png=None if overlay_png is None else base64.b64encode(overlay_png).decode("ascii"),

@@ -1,7 +1,8 @@
 """Tang et al., ICASSP 2019: U-Net autoencoder U, discriminator D and second encoder E."""
 
 from .loss import DiscriminatorLoss, GeneratorLoss, GeneratorLossOutput, discriminator_loss_from_logits
-from .torch_model import DetectorOutput, Discriminator, Encoder, OneClassDetector, UNet
+from .torch_model import (DetectorOutput, Discriminator, Encoder, OneClassDetector, Tang2019Detector, UNet,
+                          weighted_score)
 
 __all__ = [
     "DetectorOutput",
@@ -11,6 +12,8 @@ __all__ = [
     "GeneratorLoss",
     "GeneratorLossOutput",
     "OneClassDetector",
+    "Tang2019Detector",
     "UNet",
     "discriminator_loss_from_logits",
+    "weighted_score",
 ]

@@ -9,16 +9,23 @@
 - :class:`Discriminator` (D): an encoder whose code has one channel, the real/fake logit.
 - :class:`OneClassDetector`: U plus D and E as the variant asks, and the three score components
   of eq. 6.
+- :class:`Tang2019Detector`: the family's face to the rest of the package
+  (:class:`~cxr_anomaly.models.base.AnomalyDetector`): the networks, the score of
+  ``config.score.method`` and the residual |x - x'| as anomaly map.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from ...config import ModelConfig
+from ...config import Config, ModelConfig, ScoreConfig
+from ...data.dataset import to_model_tensor
+from ..base import AnomalyDetector, AnomalyOutput
 
 LEAKY_SLOPE = 0.2
 
@@ -266,6 +273,74 @@ class OneClassDetector(nn.Module):
             output.reconstruction.float(),
             code_distance,
         )
+
+
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
+
+
+def weighted_score(score_config: ScoreConfig, reconstruction: Array, adversarial: Array | None,
+                   latent: Array | None, code_distance: Array | None) -> Array:
+    """The raw score of ``score_config.method`` from the unweighted components (tensors or arrays).
+
+    ``eq6``: λ1·reconstruction + λ2·adversarial + λ3·latent (eq. 6); a component the variant
+    lacks (None) contributes nothing. ``code_knn``: the code distance itself.
+
+    Raises:
+        ValueError: ``code_knn`` asked for but no training codes are stored (``code_distance`` None).
+    """
+    if score_config.method == "code_knn":
+        if code_distance is None:
+            raise ValueError("score.method='code_knn' but the detector stores no codes of training normals "
+                             "(a checkpoint from an older version?); retrain, or set score.method='eq6'")
+        return code_distance
+    total = score_config.weight_reconstruction * reconstruction
+    if adversarial is not None:
+        total = total + score_config.weight_adversarial * adversarial
+    if latent is not None:
+        total = total + score_config.weight_latent * latent
+    return total
+
+
+class Tang2019Detector(AnomalyDetector):
+    """The paper's networks behind the common detector contract.
+
+    Components: ``reconstruction`` (mean |x - x'|), ``adversarial`` (1 - D(x')), ``latent``
+    (mean (z - z')²) and ``code_distance`` (kNN distance of z to the training normals' codes);
+    NaN where the variant lacks the network or no codes are stored. The anomaly map is
+    |x - x'| / 2, the residual in units of the [0, 1] grey range.
+    """
+
+    family = "tang2019"
+    component_names = ("reconstruction", "adversarial", "latent", "code_distance")
+
+    def __init__(self, config: Config, networks: OneClassDetector | None = None) -> None:
+        super().__init__(config)
+        self.networks = networks if networks is not None else OneClassDetector(config.model)
+
+    @property
+    def description(self) -> str:
+        """Family and variant."""
+        return f"tang2019 ({self.config.model.variant}, {self.config.score.method})"
+
+    def model_input(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 films (N, 64, 64) -> (N, 1, 64, 64) in [-1, 1]."""
+        return to_model_tensor(pixels, self.config.data)
+
+    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+        """Score images (N, 1, 64, 64) without input noise."""
+        parts = self.networks.score_components(images)
+        missing = torch.full_like(parts.reconstruction, float("nan"))
+        score = weighted_score(self.config.score, parts.reconstruction, parts.adversarial, parts.latent,
+                               parts.code_distance)
+        components = {
+            "reconstruction": parts.reconstruction,
+            "adversarial": missing if parts.adversarial is None else parts.adversarial,
+            "latent": missing if parts.latent is None else parts.latent,
+            "code_distance": missing if parts.code_distance is None else parts.code_distance,
+        }
+        anomaly_map = (images - parts.reconstruction_image).abs() / 2.0  # (N, 1, 64, 64) in [0, 1]
+        return AnomalyOutput(score=score.float(), components=components, anomaly_map=anomaly_map,
+                             reconstruction=parts.reconstruction_image)
 
 
 def initialise_weights(module: nn.Module, scheme: str, generator: torch.Generator) -> None:

@@ -43,19 +43,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from . import distributed
-from .checkpoint import (
+from ... import distributed
+from ...checkpoint import (
     TrainingState,
     load_training_state,
     remove_stale_temporaries,
     save_training_state,
 )
-from .config import Config, config_from_dict, config_to_dict
-from .data.dataset import to_model_tensor
-from .errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
-from .models.tang2019 import GeneratorLoss, OneClassDetector, discriminator_loss_from_logits
-from .models.tang2019.torch_model import DetectorOutput, initialise_weights
-from .scoring import store_normal_codes
+from ...config import Config, config_from_dict, config_to_dict
+from ...data.dataset import to_model_tensor
+from ...errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
+from .loss import GeneratorLoss, discriminator_loss_from_logits
+from .torch_model import DetectorOutput, OneClassDetector, initialise_weights
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +107,6 @@ class TrainingResult:
     rank_weight_difference: float = 0.0
 
 
-def resolve_device(name: str) -> torch.device:
-    """Map ``"auto"`` to CUDA when available, else CPU; pass other names through."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def autocast_context(device: torch.device, precision: str) -> torch.autocast:
     """bf16 autocast when asked for (CPU or CUDA); a disabled context for fp32."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -126,6 +118,29 @@ def build_detector(config: Config) -> OneClassDetector:
     generator = torch.Generator().manual_seed(config.train.seed)
     initialise_weights(detector, config.model.init, generator)
     return detector
+
+
+@torch.no_grad()
+def store_normal_codes(
+    detector: OneClassDetector,
+    train_pixels: np.ndarray,
+    config: Config,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Encode the training normals (N, H, W) in eval mode and store their codes in the detector.
+
+    Afterwards the detector also scores ``code_distance``, the ``score.method="code_knn"`` score.
+    Only normal films may be passed: they define what "near" means.
+    """
+    detector.eval()
+    codes = []
+    for start in range(0, len(train_pixels), batch_size):
+        batch = to_model_tensor(train_pixels[start:start + batch_size], config.data).to(device)  # (B, 1, H, W)
+        codes.append(detector.unet.encoder(batch).code.flatten(1).float())  # (B, latent_dim)
+    detector.store_normal_codes(torch.cat(codes), config.score.neighbours)
+    logger.info("stored the codes of %d training normals for the code-space kNN score", len(train_pixels))
 
 
 def data_fingerprint(train_pixels: np.ndarray) -> str:
@@ -168,6 +183,10 @@ def config_differences(stored: Config, requested: Config) -> dict[str, tuple[Any
     stored_values, requested_values = config_to_dict(stored), config_to_dict(requested)
     differences = {}
     for section, values in stored_values.items():
+        if not isinstance(values, dict):  # a top-level key (method), not a section
+            if requested_values.get(section) != values:
+                differences[section] = (values, requested_values.get(section))
+            continue
         for key, value in values.items():
             if section == "train" and key in RESUMABLE_CHANGES:
                 continue

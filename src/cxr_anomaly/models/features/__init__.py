@@ -1,0 +1,7 @@
+"""A frozen pretrained CNN and one-class models of its features (PaDiM/PatchCore family)."""
+
+from .backbone import build_backbone
+from .fitting import FeatureFitResult, fit_features
+from .torch_model import FeatureDetector
+
+__all__ = ["FeatureDetector", "FeatureFitResult", "build_backbone", "fit_features"]

@@ -1,0 +1,127 @@
+"""Fitting the feature detector: one pass of the frozen backbone over the normal films.
+
+Nothing is trained. The pass collects every normal film's pooled features and patch features;
+then the Gaussian (mean, Ledoit-Wolf shrinkage covariance), the pooled-feature bank and the
+patch memory bank (greedy k-centre coreset, as PatchCore) are computed and stored as buffers.
+
+Coreset selection is exact greedy k-centre on a random projection of a random candidate subset
+of at most ``16 x memory_bank_size`` patches: the full greedy pass over millions of patches of
+5,000 films would cost tens of minutes on a CPU, and the covering radius it gains is small.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from tqdm.auto import tqdm
+
+from ...config import Config
+from ...errors import NoNormalImagesError
+from ...inference import inference_autocast, resolve_precision, to_device
+from .torch_model import FeatureDetector, squared_distances
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES_PER_BANK_ENTRY = 16
+
+
+@dataclass
+class FeatureFitResult:
+    """A fitted :class:`FeatureDetector` and what the fit did."""
+
+    detector: FeatureDetector
+    num_train_images: int
+    num_patches_seen: int
+    memory_bank_size: int
+    patch_radius: float
+    seconds: float
+
+    def record(self) -> dict[str, float | int | str]:
+        """Plain values for the checkpoint's training record."""
+        return {"family": "features", "num_train_images": self.num_train_images,
+                "num_patches_seen": self.num_patches_seen, "memory_bank_size": self.memory_bank_size,
+                "patch_radius": self.patch_radius, "seconds": self.seconds}
+
+
+def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of ``size`` rows of points (P, C) chosen by greedy k-centre selection.
+
+    Each step adds the point farthest from everything chosen so far, so the chosen set covers
+    the rare patches that random sampling would miss.
+    """
+    if size >= len(points):
+        return torch.arange(len(points))
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = torch.randint(len(points), (1,), generator=generator)
+    nearest = squared_distances(points, points[chosen[0]][None]).squeeze(1)  # (P,)
+    for step in range(1, size):
+        chosen[step] = torch.argmax(nearest)
+        nearest = torch.minimum(nearest, squared_distances(points, points[chosen[step]][None]).squeeze(1))
+    return chosen
+
+
+def fit_features(
+    config: Config,
+    train_pixels: np.ndarray,
+    *,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+    progress: bool = True,
+) -> FeatureFitResult:
+    """Fit a :class:`FeatureDetector` on uint8 normal films (N, S, S) in one pass.
+
+    Raises:
+        NoNormalImagesError: fewer normal films than ``features.neighbours + 1``.
+    """
+    settings = config.features
+    if len(train_pixels) < settings.neighbours + 1:
+        raise NoNormalImagesError(f"the features method needs at least {settings.neighbours + 1} normal "
+                                  f"training films, got {len(train_pixels)}")
+    start = time.perf_counter()
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    detector = FeatureDetector(config).to(device).eval()
+    pooled_parts: list[torch.Tensor] = []
+    patch_parts: list[torch.Tensor] = []
+    batches = range(0, len(train_pixels), settings.batch_size)
+    for begin in tqdm(batches, desc="features of the normals", unit="batch", disable=not progress):
+        images = to_device(detector.model_input(train_pixels[begin:begin + settings.batch_size]), device)
+        with torch.inference_mode(), inference_autocast(device, precision):
+            pooled, patches = detector.embed(images)  # (B, D), (B, C, g, g)
+        pooled_parts.append(pooled.float().cpu())
+        # float16 halves the memory of millions of patches; distances need no more precision
+        patch_parts.append(patches.float().permute(0, 2, 3, 1).reshape(-1, patches.shape[1]).half().cpu())
+    pooled_all = torch.cat(pooled_parts)  # (N, D)
+    patches_all = torch.cat(patch_parts)  # (N*g*g, C)
+
+    covariance = LedoitWolf().fit(pooled_all.double().numpy())
+    generator = torch.Generator().manual_seed(settings.seed)
+    unit = pooled_all / pooled_all.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if len(unit) > settings.pooled_bank_size:
+        unit = unit[torch.randperm(len(unit), generator=generator)[:settings.pooled_bank_size]]
+
+    candidate_count = min(len(patches_all), CANDIDATES_PER_BANK_ENTRY * settings.memory_bank_size)
+    candidates = patches_all[torch.randperm(len(patches_all), generator=generator)[:candidate_count]].float()
+    projection = torch.randn(candidates.shape[1], settings.coreset_projection_dim, generator=generator)
+    chosen = greedy_coreset(candidates @ projection, settings.memory_bank_size, generator)
+    bank = candidates[chosen]  # (M, C)
+    # How far normal patches lie from the bank: the scale of "normal" for the heatmap.
+    sample = patches_all[torch.randperm(len(patches_all), generator=generator)[:50_000]].float()
+    radius = max(float(torch.cat([squared_distances(part, bank).min(dim=1).values
+                                  for part in sample.split(4096)]).sqrt().quantile(0.999)), 1e-6)
+
+    with torch.no_grad():
+        detector.gaussian_mean = torch.from_numpy(covariance.location_).float().to(device)
+        detector.gaussian_precision = torch.from_numpy(covariance.precision_).float().to(device)
+        detector.pooled_bank = unit.to(device)
+        detector.patch_bank = bank.to(device)
+        detector.patch_radius = torch.tensor(radius, device=device)
+    seconds = time.perf_counter() - start
+    logger.info("fitted the features detector on %d normal films in %.1f s: %d patches seen, memory bank "
+                "%d, normal patch radius %.3f", len(train_pixels), seconds, len(patches_all), len(bank), radius)
+    return FeatureFitResult(detector, len(train_pixels), len(patches_all), len(bank), radius, seconds)

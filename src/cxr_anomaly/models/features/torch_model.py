@@ -1,0 +1,138 @@
+"""One-class models on the features of a frozen pretrained CNN (PaDiM/PatchCore family).
+
+:class:`FeatureDetector` holds the frozen backbone (:mod:`.backbone`) and three fitted models of
+the normal films' features, each giving one score component (see
+:class:`~cxr_anomaly.config.FeatureConfig` for the settings):
+
+- ``gaussian``: Mahalanobis distance of the pooled multi-scale features to a Gaussian of the
+  normals (mean and Ledoit-Wolf shrinkage covariance), as in PaDiM but per film;
+- ``pooled_knn``: mean cosine distance of the pooled features to the k nearest normals;
+- ``patch_knn``: the largest distance of any local patch feature to its nearest patch in a
+  coreset memory bank of normal patches (PatchCore); the patch distances form the anomaly map.
+
+Nearest-neighbour distances are written with matrix products (|a|² - 2ab + |b|²) rather than
+``torch.cdist``, so the graph exports to ONNX and runs under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...config import Config
+from ...data.dataset import preprocess_films
+from ..base import AnomalyDetector, AnomalyOutput
+from .backbone import build_backbone
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS: tuple[str, ...] = ("gaussian", "pooled_knn", "patch_knn")
+
+
+def squared_distances(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (Q, M) between rows of queries (Q, C) and bank (M, C)."""
+    cross = queries @ bank.T  # (Q, M)
+    squared = queries.pow(2).sum(dim=1, keepdim=True) - 2.0 * cross + bank.pow(2).sum(dim=1)[None, :]
+    return squared.clamp_min(0.0)
+
+
+def to_grid(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize (N, C, h, h) to (N, C, grid, grid): average when shrinking by a whole factor, else bilinear.
+
+    Sizes are read as Python ints so that an exported graph holds fixed kernel sizes.
+    """
+    size = int(feature_map.shape[-1])
+    if size == grid:
+        return feature_map
+    if size > grid and size % grid == 0:
+        return F.avg_pool2d(feature_map, size // grid)
+    return F.interpolate(feature_map, size=(grid, grid), mode="bilinear", align_corners=False)
+
+
+class FeatureDetector(AnomalyDetector):
+    """A frozen CNN and one-class models of its features; see the module docstring.
+
+    Buffers filled by :func:`cxr_anomaly.models.features.fitting.fit_features` (empty before):
+    ``gaussian_mean`` (D,), ``gaussian_precision`` (D, D), ``pooled_bank`` (K, D) of unit
+    vectors, ``patch_bank`` (M, C), and ``patch_radius`` (), the largest distance of a training
+    patch to the bank, which scales the heatmap.
+    """
+
+    family = "features"
+    component_names = COMPONENTS
+
+    def __init__(self, config: Config, *, pretrained: bool = True) -> None:
+        super().__init__(config)
+        settings = config.features
+        # Without ``pretrained`` a checkpoint brings the weights; the packaged ones need not be read.
+        self.backbone, _ = build_backbone(settings.backbone, settings.weights_path or None, pretrained=pretrained)
+        channels = self.backbone.channels  # {stride: channels}
+        pooled_dim = sum(channels[stride] for stride in settings.pooled_strides)
+        patch_dim = sum(channels[stride] for stride in settings.patch_strides)
+        self.register_buffer("gaussian_mean", torch.zeros(pooled_dim))
+        self.register_buffer("gaussian_precision", torch.zeros(pooled_dim, pooled_dim))
+        self.register_buffer("pooled_bank", torch.zeros(0, pooled_dim))
+        self.register_buffer("patch_bank", torch.zeros(0, patch_dim))
+        self.register_buffer("patch_radius", torch.tensor(1.0))
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object,
+                              **kwargs: object) -> None:
+        # The banks' sizes depend on the data they were fitted on: take the stored shapes.
+        for name in ("pooled_bank", "patch_bank"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the memory banks hold normal films."""
+        return len(self.pooled_bank) > 0 and len(self.patch_bank) > 0
+
+    @property
+    def anomaly_map_scale(self) -> float:
+        """Heatmaps are painted at full colour at twice the farthest any normal patch lies."""
+        return 2.0 * float(self.patch_radius)
+
+    @property
+    def description(self) -> str:
+        """Backbone and score."""
+        return f"features ({self.config.features.backbone}, {self.config.features.score})"
+
+    def model_input(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 films (N, S, S) -> (N, 3, S, S) in [-1, 1], the grey film in all three channels."""
+        images = torch.from_numpy(preprocess_films(pixels, self.config.data) * 2.0 - 1.0)  # (N, S, S)
+        return images[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, S, S)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features (N, D) and patch features (N, C, g, g) of model inputs (N, 3, S, S)."""
+        settings = self.config.features
+        maps = self.backbone(images)  # {stride: (N, C_s, S/s, S/s)}
+        pooled = torch.cat([maps[stride].float().mean(dim=(2, 3)) for stride in settings.pooled_strides], dim=1)
+        # A patch sees its 3x3 neighbourhood (PatchCore's local aggregation); every stride is
+        # brought to one grid so that a location's features line up.
+        patches = torch.cat([to_grid(F.avg_pool2d(maps[stride].float(), 3, 1, 1), settings.patch_grid)
+                             for stride in settings.patch_strides], dim=1)  # (N, C, g, g)
+        return pooled, patches
+
+    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+        """Score model inputs (N, 3, S, S); every component is computed, the score is the chosen one."""
+        pooled, patches = self.embed(images)
+        pooled, patches = pooled.float(), patches.float()
+        centred = pooled - self.gaussian_mean  # (N, D)
+        gaussian = ((centred @ self.gaussian_precision) * centred).sum(dim=1).clamp_min(0.0).sqrt()
+        unit = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        similarity = unit @ self.pooled_bank.T  # (N, K)
+        neighbours = min(self.config.features.neighbours, max(len(self.pooled_bank), 1))
+        pooled_knn = 1.0 - similarity.topk(neighbours, dim=1).values.mean(dim=1)
+        count, channels, grid, _ = patches.shape
+        flat = patches.permute(0, 2, 3, 1).reshape(-1, channels)  # (N*g*g, C)
+        nearest = squared_distances(flat, self.patch_bank).min(dim=1).values.sqrt()  # (N*g*g,)
+        anomaly_map = nearest.reshape(count, 1, grid, grid)
+        patch_knn = anomaly_map.flatten(1).max(dim=1).values
+        components = {"gaussian": gaussian, "pooled_knn": pooled_knn, "patch_knn": patch_knn}
+        return AnomalyOutput(score=components[self.config.features.score], components=components,
+                             anomaly_map=anomaly_map)

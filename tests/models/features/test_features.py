@@ -1,0 +1,212 @@
+"""The pretrained-feature detector: backbone, fitting, scoring, checkpoint, ONNX, heatmaps, CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
+from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.data.manifest import load_inputs
+from cxr_anomaly.errors import CheckpointError, ConfigError, NoNormalImagesError
+from cxr_anomaly.models.features.backbone import (EfficientNetLite, _load_weights, build_backbone,
+                                                  packaged_weights_path)
+from cxr_anomaly.models.features.fitting import greedy_coreset
+from cxr_anomaly.models.registry import build_detector, fit_detector
+from cxr_anomaly.scoring import fit_calibration, score_films
+
+SMALL = with_overrides(Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16)
+
+
+@dataclass(frozen=True)
+class FittedFeatures:
+    """A features detector fitted on 48 rsna_normal224 films, and NIH1000 test films to score."""
+
+    detector: torch.nn.Module
+    config: Config
+    train_pixels: np.ndarray
+    test_pixels: np.ndarray
+    test_labels: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def fitted(shared_data: Path) -> FittedFeatures:
+    train = load_inputs(shared_data / "rsna_normal224" / "manifest.csv").iloc[:48]
+    nih = load_inputs(shared_data / "nih1000" / "manifest.csv")
+    test = pd.concat([nih[(nih["split"] == "test") & (nih["label"] == label)].head(8) for label in (0, 1)])
+    train_pixels = load_images(train, SMALL.data, workers=1).pixels
+    test_pixels = load_images(test, SMALL.data, workers=1).pixels
+    result = fit_detector(SMALL, train_pixels, progress=False)
+    return FittedFeatures(result.detector, SMALL, train_pixels, test_pixels, test["label"].to_numpy().astype(int))
+
+
+def test_backbone_gives_three_scales_and_folding_keeps_outputs() -> None:
+    folded, weights = build_backbone("efficientnet_lite0")
+    assert weights.num_tensors > 250 and "efficientnet-lite0" in weights.source
+    plain = EfficientNetLite("efficientnet_lite0")
+    _load_weights(plain, packaged_weights_path("efficientnet_lite0"), "efficientnet_lite0")
+    plain.eval()
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        ours, reference = folded(images), plain(images)
+    assert {stride: tuple(value.shape) for stride, value in ours.items()} == {
+        8: (2, 40, 28, 28), 16: (2, 112, 14, 14), 32: (2, 320, 7, 7)}
+    for stride in ours:  # BatchNorm folded into the convolutions changes nothing but rounding
+        assert torch.allclose(ours[stride], reference[stride], atol=1e-3, rtol=1e-4)
+    assert not any(parameter.requires_grad for parameter in folded.parameters())
+
+
+def test_backbone_errors_name_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="features.backbone='resnet9'"):
+        build_backbone("resnet9")
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_backbone("efficientnet_lite0", str(tmp_path / "missing.pth"))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"layer.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(ConfigError, match="do not fit"):
+        build_backbone("efficientnet_lite0", str(wrong))
+    with pytest.raises(ConfigError, match="timm"):
+        build_backbone("timm:resnet18", str(wrong))
+
+
+def test_a_local_weights_file_is_used(tmp_path: Path) -> None:
+    state = torch.load(packaged_weights_path("efficientnet_lite0"), weights_only=True)
+    state["_conv_stem.weight"] = torch.zeros_like(state["_conv_stem.weight"])
+    local = tmp_path / "local.pth"
+    torch.save({"state_dict": state}, local)
+    backbone, weights = build_backbone("efficientnet_lite0", str(local))
+    assert weights.source == str(local)
+    assert float(backbone._conv_stem.weight.abs().sum()) == 0.0
+
+
+def test_greedy_coreset_covers_every_cluster() -> None:
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [50.0, 50.0]])
+    # one big cluster and three small ones: random sampling of 4 would likely miss a small one
+    points = torch.cat([centres[0] + torch.randn(2000, 2, generator=generator)] +
+                       [centre + torch.randn(5, 2, generator=generator) for centre in centres[1:]])
+    chosen = points[greedy_coreset(points, 4, generator)]
+    nearest_centre = torch.cdist(chosen, centres).argmin(dim=1)
+    assert sorted(nearest_centre.tolist()) == [0, 1, 2, 3]
+
+
+def test_fit_stores_banks_and_scores_real_films(fitted: FittedFeatures) -> None:
+    detector = fitted.detector
+    assert detector.is_fitted and len(detector.patch_bank) == 256 and len(detector.pooled_bank) == 48
+    assert float(detector.patch_radius) > 0
+    result = score_films(detector, fitted.test_pixels, keep_maps=True, precision="fp32")
+    assert result.raw.shape == (16,) and np.all(np.isfinite(result.raw))
+    assert set(result.components) == {"gaussian", "pooled_knn", "patch_knn"}
+    assert np.array_equal(result.raw, result.components[SMALL.features.score])
+    assert result.anomaly_maps is not None and result.anomaly_maps.shape == (16, 28, 28)
+    assert result.reconstructions is None  # this family does not reconstruct
+    # the film's patch score is its worst patch
+    assert np.allclose(result.components["patch_knn"], result.anomaly_maps.reshape(16, -1).max(axis=1), atol=1e-5)
+    # a film scored alone gets the same score as inside a batch
+    alone = score_films(detector, fitted.test_pixels[3:4], precision="fp32").raw
+    assert np.allclose(alone, result.raw[3:4], atol=1e-5)
+    # training normals lie nearer their own banks than the NIH films of another pipeline
+    train = score_films(detector, fitted.train_pixels[:16], precision="fp32")
+    assert np.median(train.components["pooled_knn"]) < np.median(result.components["pooled_knn"])
+
+
+def test_fit_refuses_too_few_normals() -> None:
+    with pytest.raises(NoNormalImagesError, match="at least 6"):
+        fit_detector(SMALL, np.zeros((3, 224, 224), np.uint8), progress=False)
+
+
+def test_checkpoint_round_trip_and_pickle_refused(fitted: FittedFeatures, tmp_path: Path) -> None:
+    before = score_films(fitted.detector, fitted.test_pixels, precision="fp32")
+    calibration = fit_calibration(score_films(fitted.detector, fitted.train_pixels, precision="fp32").raw, 0.95)
+    path = save_checkpoint(tmp_path / "model.pt", fitted.detector, fitted.config, calibration=calibration)
+    loaded = load_checkpoint(path)
+    assert loaded.config == fitted.config and loaded.detector.family == "features"
+    after = score_films(loaded.detector, fitted.test_pixels, precision="fp32")
+    assert np.array_equal(before.raw, after.raw)
+    payload = torch.load(path, weights_only=True)
+    assert all(isinstance(value, torch.Tensor) for value in payload["state_dict"].values())
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("pwned",))
+
+    hostile = tmp_path / "hostile.pt"
+    hostile.write_bytes(pickle.dumps({"format": "cxr-anomaly-checkpoint", "x": Payload()}))
+    with pytest.raises(CheckpointError, match="refused|not a readable"):
+        load_checkpoint(hostile)
+
+
+def test_onnx_export_matches_torch_on_real_films(fitted: FittedFeatures, tmp_path: Path) -> None:
+    from cxr_anomaly.export import OnnxScorer, export_onnx
+
+    exported = export_onnx(fitted.detector, fitted.config, tmp_path / "model.onnx")
+    assert exported.output_names == ("score", "gaussian", "pooled_knn", "patch_knn", "anomaly_map")
+    torch_scores = score_films(fitted.detector, fitted.test_pixels, precision="fp32")
+    onnx_scores = OnnxScorer(exported.path).score_films(fitted.test_pixels)
+    assert np.max(np.abs(onnx_scores.raw - torch_scores.raw)) <= 1e-4
+    for name, values in torch_scores.components.items():
+        scale = max(1.0, float(np.abs(values).max()))
+        assert np.max(np.abs(onnx_scores.components[name] - values)) <= 1e-4 * scale, name
+
+
+def test_bf16_scores_rank_like_fp32(fitted: FittedFeatures) -> None:
+    fp32 = score_films(fitted.detector, fitted.test_pixels, precision="fp32").raw
+    bf16 = score_films(fitted.detector, fitted.test_pixels, precision="bf16").raw
+    correlation = np.corrcoef(np.argsort(np.argsort(fp32)), np.argsort(np.argsort(bf16)))[0, 1]
+    assert correlation > 0.9  # bf16 rounding reorders at most near-ties
+
+
+def test_config_rejects_bad_feature_settings() -> None:
+    with pytest.raises(ConfigError, match="features.pooled_strides"):
+        with_overrides(Config(), "features", pooled_strides=[4])
+    with pytest.raises(ConfigError, match="features.score"):
+        with_overrides(Config(), "features", score="median")
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        with_overrides(Config(), "data", image_size=100)
+
+
+def test_unfitted_detector_builds_without_pretrained_weights() -> None:
+    detector = build_detector(SMALL, pretrained=False)
+    assert detector.family == "features" and not detector.is_fitted
+
+
+def test_cli_fits_on_rsna_and_scores_nih_test_with_a_report(shared_data: Path, tmp_path: Path) -> None:
+    from cxr_anomaly.cli import main
+
+    train = pd.read_csv(shared_data / "rsna_normal224" / "manifest.csv").head(200)
+    train["path"] = [str(shared_data / "rsna_normal224" / path) for path in train["path"]]
+    train_csv = tmp_path / "train.csv"
+    train.to_csv(train_csv, index=False)
+    config_file = tmp_path / "small.toml"
+    config_file.write_text('method = "features"\n[features]\nmemory_bank_size = 512\n')
+    assert main(["train", "--data", str(train_csv), "--out", str(tmp_path / "run"), "--config", str(config_file),
+                 "--no-progress"]) == 0
+    model = tmp_path / "run" / "model.pt"
+    record = load_checkpoint(model).training
+    assert record["family"] == "features" and record["num_train_images"] + record["num_calibration_images"] == 200
+    nih = pd.read_csv(shared_data / "nih1000" / "manifest.csv")
+    test = nih[nih["split"] == "test"].groupby("label").head(10).copy()
+    test["path"] = [str(shared_data / "nih1000" / path) for path in test["path"]]
+    test_csv = tmp_path / "test.csv"
+    test.to_csv(test_csv, index=False)
+    assert main(["score", "--model", str(model), str(test_csv), "--out", str(tmp_path / "scores.csv"),
+                 "--report", str(tmp_path / "worklist.html"), "--no-progress"]) == 0
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert len(scores) == 20 and {"gaussian", "pooled_knn", "patch_knn", "percentile", "decision"} <= set(scores)
+    page = (tmp_path / "worklist.html").read_text()
+    assert page.count('alt="heatmap"') == 20 and 'alt="reconstruction"' not in page and "colour-scale" in page
+    assert main(["evaluate", "--model", str(model), "--data", str(test_csv), "--out", str(tmp_path / "eval"),
+                 "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["method"] == "features" and set(metrics["auc_per_view"]) <= {"PA", "AP"}
+    for key in ("auc_view_only", "auc_view_balanced", "auc_score_predicts_ap_in_normals", "adults", "intervals"):
+        assert key in metrics
+    assert (tmp_path / "eval" / "films.png").stat().st_size > 0
