@@ -246,8 +246,8 @@ val films, else 10% of the normals held out by patient, calibrate) and score eac
                        adults' AUC within each view (where ages are known) and how well the score
                        predicts AP among normals: mean ± std over seeds, each seed in the CSV
   roc_NAME.png         ROC curves per test collection, a panel per view
-  films_NAME_KIND.png  highest-scoring normal and abnormal films with heatmaps (and reconstructions
-                       for tang2019), per test collection and fitted detector
+  films_NAME_CELL.png  highest-scoring normal and abnormal films with heatmaps (and reconstructions
+                       for tang2019), per test collection and fitted detector (first seed)
   cells/KIND-seedN/    one finished fit each; a rerun with the same settings reuses it
 
 Methods (comma-separated): features (the configured feature score), features:gaussian,

@@ -32,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
-from .checkpoint import atomic_write, atomic_write_text
+from .cells import (describe_remaining, format_duration, mean_std, plus_minus, read_finished_cell,
+                    settings_fingerprint, write_cell_result)
+from .checkpoint import atomic_write
 from .config import VARIANTS, Config, config_to_dict, with_overrides
 from .data.dataset import OnBadFile, load_images
 from .data.manifest import load_inputs
@@ -214,8 +216,7 @@ def cell_fingerprint(config: Config, split: SplitData) -> str:
     """Hash of everything that determines a cell's result (every score method is stored)."""
     values = config_to_dict(config)
     values["score"].pop("method")
-    payload = json.dumps({"config": values, "split": split.fingerprint}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return settings_fingerprint({"config": values, "split": split.fingerprint})
 
 
 def combine(config: Config, components: dict[str, np.ndarray] | np.lib.npyio.NpzFile,
@@ -279,40 +280,20 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
         final_reconstruction_loss=training.history[-1].reconstruction,
         fingerprint=cell_fingerprint(config, split),
     )
-    atomic_write_text(cell_dir / "result.json", json.dumps(result.__dict__, indent=2))
+    write_cell_result(cell_dir, result.__dict__)  # last: its presence marks the cell finished
     return result
 
 
 def load_finished_cell(cell_dir: Path, fingerprint: str) -> CellResult | None:
     """The stored cell when it is finished and was made with the same settings, else None."""
-    path = cell_dir / "result.json"
-    if not path.is_file() or not (cell_dir / "scores.npz").is_file():
+    values = read_finished_cell(cell_dir, fingerprint, ("scores.npz",))
+    if values is None:
         return None
     try:
-        values = json.loads(path.read_text())
-        result = CellResult(**values)
-    except (json.JSONDecodeError, TypeError) as error:
-        logger.warning("%s is unreadable (%s); running the cell again", path, error)
+        return CellResult(**values)
+    except TypeError as error:
+        logger.warning("%s is unreadable (%s); running the cell again", cell_dir / "result.json", error)
         return None
-    if result.fingerprint != fingerprint:
-        logger.warning("%s was made with other settings or another split; running it again", cell_dir)
-        return None
-    return result
-
-
-def _format_duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def _mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the defined values."""
-    defined = [float(value) for value in values if value is not None and math.isfinite(value)]
-    if not defined:
-        return math.nan, math.nan, 0
-    std = float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0
-    return float(np.mean(defined)), std, len(defined)
 
 
 def seed_ensemble(config: Config, split: SplitData, out_dir: Path, variant: str, seeds: Sequence[int],
@@ -350,13 +331,13 @@ def summarise(cells: dict[str, list[CellResult]], baselines: dict[str, dict[str,
         row: dict[str, object] = {"method": method, "score": score, "kind": kind, "runs": len(tests)}
         for prefix, metrics in (("", tests), ("val_", vals)):
             for key in ("auc", "average_precision"):
-                mean, std, _ = _mean_std([m.get(key) for m in metrics])  # type: ignore[misc]
+                mean, std, _ = mean_std([m.get(key) for m in metrics])  # type: ignore[misc]
                 row[f"{prefix}{key}_mean"], row[f"{prefix}{key}_std"] = mean, std
         for view in views:
-            mean, std, _ = _mean_std([m["auc_per_view"].get(view) for m in tests])  # type: ignore[index]
+            mean, std, _ = mean_std([m["auc_per_view"].get(view) for m in tests])  # type: ignore[index]
             row[f"auc_{view}_mean"], row[f"auc_{view}_std"] = mean, std
         for component in COMPONENTS:
-            mean, _, _ = _mean_std([m["component_auc"].get(component) for m in tests])  # type: ignore[index]
+            mean, _, _ = mean_std([m["component_auc"].get(component) for m in tests])  # type: ignore[index]
             row[f"auc_{component}_only"] = mean
         row["paper_auc"] = PAPER_TABLE1_AUC.get(method, math.nan) if score == "eq6" else math.nan
         rows.append(row)
@@ -372,12 +353,6 @@ def summarise(cells: dict[str, list[CellResult]], baselines: dict[str, dict[str,
     return pd.DataFrame(rows)
 
 
-def _pm(mean: object, std: object) -> str:
-    if not isinstance(mean, float) or math.isnan(mean):
-        return "-"
-    return f"{mean:.3f} ± {std:.3f}"
-
-
 def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str, seeds: Sequence[int] = ()) -> str:
     """The table as Markdown, AUC mean ± std per method, like the paper's Table 1."""
     columns = ["method", "score", "runs", "test AUC", "test AP", *[f"AUC, {view} films" for view in views],
@@ -390,10 +365,10 @@ def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str, seed
             + (f" of {len(seeds)} seeds" if row["kind"] == "ensemble" else ""),
             SCORE_LABELS.get(str(row["score"]), "pixels"),
             str(row["runs"]),
-            _pm(row["auc_mean"], row["auc_std"]),
-            _pm(row["average_precision_mean"], row["average_precision_std"]),
-            *[_pm(row[f"auc_{view}_mean"], row[f"auc_{view}_std"]) for view in views],
-            _pm(row["val_auc_mean"], row["val_auc_std"]),
+            plus_minus(row["auc_mean"], row["auc_std"]),
+            plus_minus(row["average_precision_mean"], row["average_precision_std"]),
+            *[plus_minus(row[f"auc_{view}_mean"], row[f"auc_{view}_std"]) for view in views],
+            plus_minus(row["val_auc_mean"], row["val_auc_std"]),
             "-" if math.isnan(row["auc_reconstruction_only"]) else f"{row['auc_reconstruction_only']:.3f}",
             "-" if math.isnan(paper) else f"{paper:.3f}",
         ]
@@ -463,20 +438,14 @@ def reproduce_job(
             cells[variant].append(finished)
             skipped_names.append(name)
             continue
-        remaining = plan[index - 1:]
-        all_durations = [d for values in durations.values() for d in values]
-        if all_durations:
-            estimate = sum(np.mean(durations.get(v, all_durations)) for v, _ in remaining)
-            eta = f"about {_format_duration(float(estimate))} left for {len(remaining)} cells"
-        else:
-            eta = f"{len(remaining)} cells left, time unknown until one finishes"
+        eta = describe_remaining(durations, [remaining for remaining, _ in plan[index - 1:]])
         logger.info("cell %d/%d %s: training (%s)", index, len(plan), name, eta)
         result = run_cell(cell_config, split, cell_dir)
         durations.setdefault(variant, []).append(result.seconds)
         method = config.score.method
         logger.info("cell %d/%d %s: %s score: test AUC %s, validation AUC %s (%s)", index, len(plan), name,
                     method, _fmt(result.test[method]["auc"]), _fmt(result.val[method]["auc"]),
-                    _format_duration(result.seconds))
+                    format_duration(result.seconds))
         cells[variant].append(result)
         run_names.append(name)
 
@@ -522,7 +491,7 @@ def reproduce_job(
                                        per_row=max(len(group[1]) for group in figure_groups),
                                        title=f"{figure_variant}, seed {first_seed}")
     seconds = time.perf_counter() - started
-    logger.info("reproduce finished in %s: %d cells run, %d reused; %s", _format_duration(seconds),
+    logger.info("reproduce finished in %s: %d cells run, %d reused; %s", format_duration(seconds),
                 len(run_names), len(skipped_names), table_md)
     return ReproduceOutcome(table, table_md, table_csv, roc_path, figure2_path, run_names,
                             skipped_names, seconds)

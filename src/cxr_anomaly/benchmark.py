@@ -1,0 +1,807 @@
+"""Cross-collection benchmark: fit on one collection's normals, test on several, per view.
+
+:func:`benchmark_job` fits every method row and seed on the normal films of one training
+collection and scores several test collections. A method row is a detector family with its
+setting: ``features`` (the configured feature score), ``features:SCORE`` (``gaussian``,
+``pooled_knn`` or ``patch_knn``) or ``tang2019:VARIANT`` (``u``, ``u+e``, ``u+d``, ``u+d+e``).
+The three feature scores are components of one fit, so they share a cell: one fit per seed gives
+all three rows.
+
+Films are chosen as the other commands choose them. Training: the normal films of the training
+collection (of its ``train`` split when it has one); normal ``val`` films calibrate, else 10% of
+the normals are held out by patient (:func:`~cxr_anomaly.pipeline.select_training_rows`).
+Testing: the ``test`` split of a test collection when it has one, else every labelled film.
+
+Written into the output folder:
+
+- ``table.csv``: one row per method row, per pixel baseline (PCA reconstruction error and k-NN
+  distance at 64 px, :mod:`cxr_anomaly.baselines`, fitted on the same training normals) and for
+  the view-only score (AP = 1); per test collection the AUC overall, within each view, the
+  view-balanced AUC, adults' AUC within each view (where ages are known) and how well the score
+  predicts AP among the normal films: mean and sample std over seeds, each seed's value, and
+  the 95% bootstrap interval where a row has one run;
+- ``table.md``: the same, one section per test collection, and whether each method beats every
+  baseline and the view-only score within every view (the only win that counts: view position
+  carries much of the label in these collections);
+- ``roc_<name>.png``: ROC curves per test collection, one panel for all films and one per view;
+- ``films_<name>_<kind>-seed<N>.png``: per test collection and fitted detector (first seed), the
+  highest-scoring normal and abnormal films with their heatmaps, and reconstructions for
+  tang2019 (the paper's Figure 2 layout);
+- ``cells/<kind>-seed<N>/``: one finished fit each (:mod:`cxr_anomaly.cells`): scores of the
+  calibration normals and of each test collection (npz) and, written last, ``result.json`` with
+  the settings fingerprint and the metrics. A rerun with the same settings and films reuses
+  finished cells; new rows of a finished features cell need no refit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
+from .cells import (describe_remaining, format_duration, mean_std, paths_fingerprint, plus_minus,
+                    read_finished_cell, settings_fingerprint, write_cell_result)
+from .checkpoint import atomic_write, atomic_write_text
+from .config import FEATURE_SCORES, VARIANTS, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
+from .data.dataset import OnBadFile, SkippedFile, load_images
+from .data.manifest import load_inputs
+from .errors import ConfigError, ManifestError
+from .evaluation import ADULT_AGE, VIEW_ORDER, FilmGroup, Interval, compute_metrics, explanation_grid, plot_roc_panels
+from .inference import resolve_device
+from .models.registry import fit_detector
+from .pipeline import (choose_evaluation_rows, report_skipped, require_both_classes, select_training_rows,
+                       warn_on_patient_overlap)
+from .scoring import ScoreResult, score_films
+
+logger = logging.getLogger(__name__)
+
+FAMILIES: tuple[str, ...] = ("features", "tang2019")
+# The score key of a tang2019 cell: its configured score (eq. 6 by default), stored as "raw".
+RAW = "raw"
+VIEW_ONLY = "view only (AP = 1)"
+# The config sections each family's fit and scores depend on (besides ``data``).
+FAMILY_SECTIONS: dict[str, tuple[str, ...]] = {"features": ("features",),
+                                               "tang2019": ("model", "loss", "train", "score")}
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """One model row of the table, parsed from ``--methods``.
+
+    Attributes:
+        spec: as written: ``features``, ``features:gaussian``, ``tang2019:u+d+e``.
+        family: ``features`` or ``tang2019``.
+        variant: the tang2019 variant; empty for features.
+        score: the feature score component; empty for ``features`` (the configured score) and
+            for tang2019 (its configured score).
+    """
+
+    spec: str
+    family: str
+    variant: str = ""
+    score: str = ""
+
+    @property
+    def kind(self) -> str:
+        """The fitted detector this row reads: ``features`` or ``tang2019-VARIANT``."""
+        return self.family if self.family == "features" else f"{self.family}-{self.variant}"
+
+
+def parse_method(spec: str) -> MethodRow:
+    """``features``, ``features:SCORE`` or ``tang2019:VARIANT`` -> :class:`MethodRow`.
+
+    Raises:
+        ConfigError: an unknown family, score or variant, or tang2019 without a variant.
+    """
+    family, _, setting = spec.strip().partition(":")
+    if family == "features":
+        if setting and setting not in FEATURE_SCORES:
+            raise ConfigError(f"method {spec!r}: unknown feature score {setting!r}; expected one of {FEATURE_SCORES}")
+        return MethodRow(spec.strip(), family, score=setting)
+    if family == "tang2019":
+        if setting not in VARIANTS:
+            raise ConfigError(f"method {spec!r}: tang2019 needs a variant, one of {VARIANTS} "
+                              "(e.g. tang2019:u+d+e)")
+        return MethodRow(spec.strip(), family, variant=setting)
+    raise ConfigError(f"method {spec!r}: unknown family {family!r}; expected features, features:SCORE "
+                      f"or tang2019:VARIANT")
+
+
+def parse_test_collections(specs: Sequence[str]) -> dict[str, Path]:
+    """``NAME=DATA`` arguments -> {name: path}; names become file names (``roc_NAME.png``).
+
+    Raises:
+        ConfigError: no ``=``, a name with characters other than letters, digits, ``_.-``, or a
+            name given twice.
+    """
+    collections: dict[str, Path] = {}
+    for spec in specs:
+        name, separator, path = spec.partition("=")
+        if not separator or not path:
+            raise ConfigError(f"--test {spec!r}: expected NAME=DATA, e.g. nih1000=../shared/data/nih1000")
+        if not COLLECTION_NAME.match(name):
+            raise ConfigError(f"--test {spec!r}: the name {name!r} must be letters, digits, '_', '.' or '-'")
+        if name in collections:
+            raise ConfigError(f"--test {spec!r}: the name {name!r} is given twice")
+        collections[name] = Path(path)
+    if not collections:
+        raise ConfigError("benchmark needs at least one --test NAME=DATA")
+    return collections
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """What to fit and how to report it.
+
+    Attributes:
+        methods: method rows in table order (see :func:`parse_method`).
+        seeds: every fitted detector runs once per seed (``train.seed``, and ``features.seed``
+            for the coreset draw).
+        max_train_normals: fit on at most this many training normals (the first of one seeded
+            permutation, so smaller sets are subsets of larger ones); None: all.
+        selection_seed: seed of the calibration hold-out and of the ``max_train_normals`` draw,
+            the same for every row, so every row and baseline sees the same training films.
+        pca_components: components of the PCA baseline.
+        neighbours: k of the k-NN baseline.
+        baseline_image_size: side of the films the pixel baselines read.
+        bootstrap_resamples: resamples of the 95% intervals (0: none).
+        figure_films: films per class in the film grids.
+    """
+
+    methods: tuple[str, ...] = ("features",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    max_train_normals: int | None = None
+    selection_seed: int = 0
+    pca_components: int = DEFAULT_PCA_COMPONENTS
+    neighbours: int = DEFAULT_NEIGHBOURS
+    baseline_image_size: int = 64
+    bootstrap_resamples: int = 1000
+    figure_films: int = 6
+
+    def __post_init__(self) -> None:
+        rows = self.rows  # parses every method: names the bad one
+        if not rows:
+            raise ConfigError("methods=[]; expected at least one of features, features:SCORE, tang2019:VARIANT")
+        if len({row.spec for row in rows}) != len(rows):
+            raise ConfigError(f"methods={list(self.methods)} lists a method twice")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={list(self.seeds)}; need at least one, each once")
+        if self.max_train_normals is not None and self.max_train_normals < 2:
+            raise ConfigError(f"max_train_normals={self.max_train_normals}; must be >= 2")
+        if self.bootstrap_resamples < 0:
+            raise ConfigError(f"bootstrap_resamples={self.bootstrap_resamples}; must be >= 0")
+        if self.figure_films < 1:
+            raise ConfigError(f"figure_films={self.figure_films}; must be >= 1")
+
+    @property
+    def rows(self) -> tuple[MethodRow, ...]:
+        """The parsed method rows."""
+        return tuple(parse_method(spec) for spec in self.methods)
+
+
+def benchmark_configs(config_path: str | Path | None = None, *, epochs: int | None = None,
+                      device: str | None = None, precision: str | None = None) -> dict[str, Config]:
+    """Each family's configuration: its preset, the file's values over it, then the options.
+
+    One file serves both families (its ``features`` section is read by one, ``model``/``loss``
+    by the other; ``data``, ``train`` and ``score`` by both); it must not set ``method``, which
+    the method rows choose.
+
+    Raises:
+        ConfigError: the file sets ``method``, or a value is invalid for a family.
+    """
+    configs = {}
+    for family in FAMILIES:
+        config = load_config(config_path, base=preset_config(family)) if config_path else preset_config(family)
+        if config.method != family:
+            raise ConfigError(f"{config_path} sets method = {config.method!r}; benchmark takes the methods from "
+                              "--methods, so leave method out of the file")
+        changes = {key: value for key, value in (("epochs", epochs), ("device", device), ("precision", precision))
+                   if value is not None}
+        configs[family] = with_overrides(config, "train", **changes) if changes else config
+    return configs
+
+
+@dataclass
+class FilmSet:
+    """Labelled films of one set, decoded at every input size the benchmark needs.
+
+    Attributes:
+        name: ``train``, ``calibration`` or a test collection's name.
+        manifest: the N rows that could be read, in the order of every pixel array.
+        pixels: data config -> uint8 (N, S, S) films decoded with it.
+        fingerprint: hash of the rows' paths.
+    """
+
+    name: str
+    manifest: pd.DataFrame
+    pixels: dict[DataConfig, np.ndarray]
+    fingerprint: str
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """0/1 labels (N,)."""
+        return self.manifest["label"].to_numpy().astype(int)
+
+    @property
+    def views(self) -> np.ndarray | None:
+        """View of each film (N,) (None where unknown), or None when no film has one."""
+        return self.manifest["view"].to_numpy() if self.manifest["view"].notna().any() else None
+
+    @property
+    def ages(self) -> np.ndarray | None:
+        """Age of each film's patient (N,), or None when the manifest has no ages."""
+        if "age" in self.manifest and self.manifest["age"].notna().any():
+            return self.manifest["age"].to_numpy()
+        return None
+
+    @property
+    def view_names(self) -> list[str]:
+        """The views present, PA and AP first."""
+        present = {str(view) for view in self.manifest["view"].dropna() if str(view)}
+        return sorted(present, key=lambda view: (VIEW_ORDER.index(view) if view in VIEW_ORDER else len(VIEW_ORDER), view))
+
+
+def load_film_set(name: str, manifest: pd.DataFrame, data_configs: Sequence[DataConfig], *,
+                  on_bad_file: OnBadFile, cache_dir: str | Path | None, progress: bool) -> FilmSet:
+    """Decode a set's films at each data config (the preprocessing cache keys on each).
+
+    Raises:
+        ManifestError: skipped files left different films at two sizes (the rows must align).
+    """
+    pixels: dict[DataConfig, np.ndarray] = {}
+    kept: pd.DataFrame | None = None
+    skipped: list[SkippedFile] = []
+    for data_config in dict.fromkeys(data_configs):  # each config once, in order
+        images = load_images(manifest, data_config, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress)
+        if kept is None:
+            kept, skipped = images.manifest, images.skipped
+        elif images.manifest["path"].tolist() != kept["path"].tolist():
+            raise ManifestError(name, f"the films readable at {data_config.image_size} px differ from those "
+                                      "read at another size; fix or remove the unreadable files")
+        pixels[data_config] = images.pixels  # (N, S, S) uint8
+    assert kept is not None  # data_configs is never empty
+    return FilmSet(name, kept.reset_index(drop=True), pixels, paths_fingerprint(kept["path"].astype(str).tolist()),
+                   skipped)
+
+
+def choose_training_films(data: Sequence[str | Path], config: Config,
+                          options: BenchmarkOptions) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Training normals and calibration normals, as ``train`` chooses them; then at most
+    ``options.max_train_normals`` training normals. Returns (train rows, calibration rows, source)."""
+    manifest = load_inputs(list(data))
+    warn_on_patient_overlap(manifest)
+    selection = with_overrides(config, "train", seed=options.selection_seed)
+    chosen = select_training_rows(manifest, selection, ", ".join(map(str, data)))
+    train = chosen.train
+    if options.max_train_normals is not None and len(train) > options.max_train_normals:
+        order = np.random.default_rng(options.selection_seed).permutation(len(train))
+        train = train.iloc[np.sort(order[:options.max_train_normals])]
+    logger.info("training on %d normal films of %s (ignored: %s); calibrating on %d (%s)", len(train),
+                ", ".join(map(str, data)), chosen.ignored_counts, len(chosen.calibration), chosen.calibration_source)
+    return train, chosen.calibration, chosen.calibration_source
+
+
+def choose_test_films(name: str, source: Path) -> tuple[pd.DataFrame, str]:
+    """The labelled films of a test collection's ``test`` split, or of every row without one.
+
+    Raises:
+        ManifestError: no labelled film, or one class only.
+    """
+    chosen = choose_evaluation_rows(load_inputs([source]), "auto")
+    require_both_classes(chosen.manifest, f"{name}={source}", "label", chosen.split)
+    return chosen.manifest[chosen.manifest["label"].notna()], chosen.split
+
+
+def warn_on_shared_films(train: FilmSet, collection: FilmSet) -> None:
+    """Warn when a test collection holds training films or films of training patients."""
+    shared_paths = set(train.manifest["path"]) & set(collection.manifest["path"])
+    train_patients = set(train.manifest["patient_id"].dropna())
+    shared_patients = train_patients & set(collection.manifest["patient_id"].dropna())
+    if shared_paths or shared_patients:
+        logger.warning("test collection %s shares %d films and %d patients with the training films: its "
+                       "results will be optimistic", collection.name, len(shared_paths), len(shared_patients))
+
+
+def cell_config(configs: Mapping[str, Config], kind_row: MethodRow, seed: int) -> Config:
+    """The configuration of one fit: the family's, with the row's variant and the seed."""
+    config = configs[kind_row.family]
+    if kind_row.family == "features":
+        config = with_overrides(config, "features", seed=seed)
+    else:
+        config = with_overrides(config, "model", variant=kind_row.variant)
+    return with_overrides(config, "train", seed=seed)
+
+
+def cell_fingerprint(config: Config, train: FilmSet, calibration: FilmSet, collections: Sequence[FilmSet],
+                     figure_films: int) -> str:
+    """Hash of everything that determines a cell's stored scores.
+
+    Only the sections the family reads count, so that, say, more tang2019 epochs do not refit the
+    features cells. The feature score is left out too: all three are stored as components.
+    """
+    values = {section: value for section, value in config_to_dict(config).items()
+              if section in ("method", "data", *FAMILY_SECTIONS[config.method])}
+    if config.method == "features":
+        values["features"].pop("score")
+    return settings_fingerprint({
+        "config": values, "train": train.fingerprint, "calibration": calibration.fingerprint,
+        "tests": {collection.name: collection.fingerprint for collection in collections},
+        "figure_films": figure_films,
+    })
+
+
+def score_key(row: MethodRow, config: Config) -> str:
+    """Which stored array holds the row's scores: a feature component, or tang2019's raw score."""
+    if row.family == "features":
+        return row.score or config.features.score
+    return RAW
+
+
+def metrics_of(scores: np.ndarray, collection: FilmSet, options: BenchmarkOptions) -> dict[str, Any]:
+    """Plain-value metrics (overall, per view, view-balanced, adults, ...) of one score vector."""
+    return compute_metrics(collection.labels, scores, views=collection.views, ages=collection.ages,
+                           num_resamples=options.bootstrap_resamples, seed=0).to_dict()
+
+
+def figure_indices(labels: np.ndarray, raw: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` highest-scoring normal films, then of the abnormal ones."""
+    chosen = []
+    for label in (0, 1):
+        members = np.flatnonzero(labels == label)
+        chosen.append(members[np.argsort(-raw[members], kind="stable")[:count]])
+    return np.concatenate(chosen)
+
+
+def save_scores(path: Path, scores: ScoreResult, index: np.ndarray | None = None) -> None:
+    """Store raw scores and components (and the figure films' maps at ``index``) atomically."""
+    arrays: dict[str, np.ndarray] = {RAW: scores.raw, **scores.components}
+    if index is not None:
+        assert scores.anomaly_maps is not None  # scored with keep_maps
+        arrays["figure_index"] = index
+        arrays["figure_maps"] = scores.anomaly_maps[index]  # (F, h, w)
+        if scores.reconstructions is not None:
+            arrays["figure_reconstructions"] = scores.reconstructions[index]  # (F, S, S) uint8
+    # a stream, not a name: np.savez would add ".npz" to a temporary name
+    atomic_write(path, lambda stream: np.savez(stream, **arrays))
+
+
+def run_cell(name: str, config: Config, score_keys: Sequence[str], train: FilmSet, calibration: FilmSet,
+             collections: Sequence[FilmSet], cell_dir: Path, fingerprint: str, options: BenchmarkOptions, *,
+             progress: bool) -> dict[str, Any]:
+    """Fit one detector, score the calibration normals and each test collection, store the cell.
+
+    ``cell_dir`` receives ``calibration.npz``, ``scores_<collection>.npz`` and, last,
+    ``result.json`` (with the metrics of ``score_keys`` on each collection).
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.train.device)
+    fitted = fit_detector(config, train.pixels[config.data], device=device, progress=progress)
+    save_scores(cell_dir / "calibration.npz", score_films(fitted.detector, calibration.pixels[config.data], device=device))
+    metrics: dict[str, dict[str, Any]] = {}
+    for collection in collections:
+        scores = score_films(fitted.detector, collection.pixels[config.data], device=device, keep_maps=True)
+        save_scores(cell_dir / f"scores_{collection.name}.npz", scores,
+                    figure_indices(collection.labels, scores.raw, options.figure_films))
+        stored = {RAW: scores.raw, **scores.components}
+        metrics[collection.name] = {key: metrics_of(stored[key], collection, options) for key in score_keys}
+    result = {
+        "cell": name, "method": config.method, "variant": config.model.variant if config.method == "tang2019" else "",
+        "seed": config.train.seed, "fingerprint": fingerprint, "seconds": time.perf_counter() - started,
+        "description": fitted.detector.description, "anomaly_map_scale": fitted.detector.anomaly_map_scale,
+        "num_train_films": len(train.manifest), "num_calibration_films": len(calibration.manifest),
+        "fit": fitted.record, "bootstrap_resamples": options.bootstrap_resamples, "metrics": metrics,
+    }
+    write_cell_result(cell_dir, result)  # last: its presence marks the cell finished
+    logger.info("cell %s: %s score: %s (%s)", name, score_keys[0], ", ".join(
+        f"{collection} AUC {_format(values[score_keys[0]]['auc'])}" for collection, values in metrics.items()),
+        format_duration(result["seconds"]))
+    return result
+
+
+def metric_intervals(metrics: Mapping[str, Any], views: Sequence[str]) -> dict[str, Interval]:
+    """The table's metrics of one run on one collection, each with its interval.
+
+    Keys: ``auc``, ``auc_<VIEW>``, ``auc_view_balanced``, ``adults_auc_<VIEW>`` (where ages are
+    known), ``auc_score_predicts_ap_in_normals``.
+    """
+    def read(intervals: Mapping[str, Any] | None, key: str) -> Interval:
+        value = (intervals or {}).get(key) or {}
+        return Interval(value.get("estimate"), value.get("low"), value.get("high"))
+
+    intervals = metrics.get("intervals") or {}
+    adults = metrics.get("adults") or {}
+    values = {"auc": read(intervals, "auc")}
+    values.update({f"auc_{view}": read(intervals, f"auc_view_{view}") for view in views})
+    values["auc_view_balanced"] = read(intervals, "auc_view_balanced")
+    values.update({f"adults_auc_{view}": read(adults.get("intervals"), f"auc_view_{view}") for view in views})
+    values["auc_score_predicts_ap_in_normals"] = read(intervals, "auc_score_predicts_ap_in_normals")
+    return values
+
+
+METRIC_LABELS: dict[str, str] = {"auc": "AUC", "auc_view_balanced": "view-balanced",
+                                 "auc_score_predicts_ap_in_normals": "score predicts AP in normals"}
+
+
+def metric_label(key: str) -> str:
+    """Column heading of a metric key (``auc_PA`` -> ``PA``, ``adults_auc_AP`` -> ``adults AP``)."""
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    return key.replace("adults_auc_", "adults ").replace("auc_", "")
+
+
+@dataclass
+class TableRow:
+    """One row of the table before formatting: metrics per collection, one dict per run.
+
+    Attributes:
+        method: the row's name (``features:gaussian``, ``knn5``, ``view only (AP = 1)``).
+        kind: ``model``, ``baseline`` or ``view_only``.
+        score: what the score is (feature component, tang2019 score method, ``pixels``, ``view``).
+        seeds: the seed of each run; empty for deterministic rows (baselines, view only).
+        runs: collection -> one plain metrics dict per run.
+    """
+
+    method: str
+    kind: str
+    score: str
+    seeds: list[int]
+    runs: dict[str, list[Mapping[str, Any]]]
+
+
+def summarise(rows: Sequence[TableRow], collections: Sequence[FilmSet]) -> pd.DataFrame:
+    """One table row per method, baseline and the view-only score.
+
+    Per collection and metric: ``_mean`` and ``_std`` over runs, ``_seed<N>`` per run of a model,
+    and ``_low``/``_high`` (the 95% bootstrap interval) for rows of one run; and whether a model
+    beats every baseline and the view-only score within every view.
+    """
+    records = []
+    for row in rows:
+        record: dict[str, object] = {"method": row.method, "kind": row.kind, "score": row.score,
+                                     "runs": max(len(runs) for runs in row.runs.values())}
+        for collection in collections:
+            runs = [metric_intervals(metrics, collection.view_names) for metrics in row.runs[collection.name]]
+            for key in runs[0]:
+                prefix = f"{collection.name}:{key}"
+                mean, std, _ = mean_std([run[key].estimate for run in runs])
+                record[f"{prefix}_mean"], record[f"{prefix}_std"] = mean, std
+                for seed, run in zip(row.seeds, runs):
+                    record[f"{prefix}_seed{seed}"] = _number(run[key].estimate)
+                if len(runs) == 1:
+                    record[f"{prefix}_low"], record[f"{prefix}_high"] = _number(runs[0][key].low), _number(runs[0][key].high)
+        records.append(record)
+    table = pd.DataFrame(records)
+    for collection in collections:
+        table[f"{collection.name}:beats_baselines_in_every_view"] = beats_in_every_view(table, collection)
+    return table
+
+
+def beats_in_every_view(table: pd.DataFrame, collection: FilmSet) -> list[object]:
+    """Per row: whether a model's mean AUC beats every baseline and the view-only score within each
+    view that has both classes (None for other rows, or without views)."""
+    views = [view for view in collection.view_names
+             if f"{collection.name}:auc_{view}_mean" in table and table[f"{collection.name}:auc_{view}_mean"].notna().any()]
+    others = table[table["kind"] != "model"]
+    verdicts: list[object] = []
+    for _, row in table.iterrows():
+        if row["kind"] != "model" or not views:
+            verdicts.append(None)
+            continue
+        verdicts.append(all(
+            row[f"{collection.name}:auc_{view}_mean"] > others[f"{collection.name}:auc_{view}_mean"].max()
+            for view in views))
+    return verdicts
+
+
+def describe_family(config: Config) -> str:
+    """The settings of a family that a reader of the table needs, in a few words."""
+    data = f"{config.data.image_size} px, intensity {config.data.intensity}"
+    if config.method == "features":
+        return f"features: {config.features.backbone}, {data}"
+    return (f"tang2019: {config.train.epochs} epochs, base_channels {config.model.base_channels}, score "
+            f"{config.score.method}, {data}")
+
+
+def describe_collection(collection: FilmSet, split: str) -> str:
+    """``test split: 100 normal + 100 abnormal; PA 75 + 47, AP 25 + 53; ages known``."""
+    labels = collection.labels
+    text = (f"{'test split' if split == 'test' else 'all rows'}: {int((labels == 0).sum())} normal + "
+            f"{int((labels == 1).sum())} abnormal")
+    views = collection.manifest["view"].astype("string")
+    counts = [f"{view} {int(((views == view) & (collection.manifest['label'] == 0)).sum())} + "
+              f"{int(((views == view) & (collection.manifest['label'] == 1)).sum())}" for view in collection.view_names]
+    if counts:
+        text += "; " + ", ".join(counts)
+    if collection.ages is not None:
+        minors = int((pd.to_numeric(collection.manifest["age"], errors="coerce") < ADULT_AGE).sum())
+        text += f"; ages known, {minors} under {ADULT_AGE}"
+    return text
+
+
+def render_markdown(table: pd.DataFrame, collections: Sequence[FilmSet], splits: Mapping[str, str],
+                    header: str) -> str:
+    """The table as Markdown, one section per test collection.
+
+    A row of several runs shows mean ± sample std over seeds; a row of one run its 95%
+    bootstrap interval.
+    """
+    lines = [header, ""]
+    for collection in collections:
+        # adults' columns only where some films are of minors (else they repeat the columns of all films)
+        keys = [key for key in metric_intervals({}, collection.view_names)
+                if not key.startswith("adults_") or table[f"{collection.name}:{key}_mean"].notna().any()]
+        columns = ["method", "score", "runs", *[metric_label(key) for key in keys],
+                   "beats baselines and view only in every view"]
+        lines += [f"### {collection.name} ({describe_collection(collection, splits[collection.name])})", "",
+                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for record in table.to_dict("records"):
+            cells = [str(record["method"]) + (" (baseline)" if record["kind"] == "baseline" else ""),
+                     str(record["score"]), str(record["runs"])]
+            for key in keys:
+                prefix = f"{collection.name}:{key}"
+                if record["runs"] == 1:
+                    cells.append(Interval(_number(record.get(f"{prefix}_mean")), _number(record.get(f"{prefix}_low")),
+                                          _number(record.get(f"{prefix}_high"))).describe())
+                else:
+                    cells.append(plus_minus(record.get(f"{prefix}_mean"), record.get(f"{prefix}_std")))
+            verdict = record.get(f"{collection.name}:beats_baselines_in_every_view")
+            cells.append("-" if verdict is None or (isinstance(verdict, float) and math.isnan(verdict))
+                         else ("yes" if verdict else "no"))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _number(value: object) -> float | None:
+    """A finite float, or None (NaN and missing values from pandas included)."""
+    if value is None or isinstance(value, str):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
+
+
+def _format(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "n/a"
+
+
+@dataclass
+class FinishedCells:
+    """The finished cells of a run: each one's ``result.json`` values and its stored scores.
+
+    Attributes:
+        folder: ``DIR/cells``.
+        results: (kind, seed) -> the cell's ``result.json`` values.
+    """
+
+    folder: Path
+    results: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+
+    def scores(self, kind: str, seed: int, collection: FilmSet) -> dict[str, np.ndarray]:
+        """The stored arrays of one collection: ``raw``, the components, the figure films' maps."""
+        with np.load(self.folder / f"{kind}-seed{seed}" / f"scores_{collection.name}.npz") as stored:
+            return {key: stored[key] for key in stored.files}
+
+    def metrics(self, row: MethodRow, seed: int, collection: FilmSet, key: str,
+                options: BenchmarkOptions) -> Mapping[str, Any]:
+        """The row's metrics on a collection for one seed.
+
+        A cell stores the metrics of the rows it was fitted for; another row of the same fit
+        (another feature score) or another number of bootstrap resamples is computed from the
+        cell's stored scores.
+        """
+        result = self.results[(row.kind, seed)]
+        cached = result.get("metrics", {}).get(collection.name, {}).get(key)
+        if cached is not None and result.get("bootstrap_resamples") == options.bootstrap_resamples:
+            return cached
+        return metrics_of(self.scores(row.kind, seed, collection)[key], collection, options)
+
+
+def view_only_scores(collection: FilmSet) -> np.ndarray:
+    """The view as the score: 1 for AP films, 0 for the others (N,)."""
+    views = collection.manifest["view"].astype("string").fillna("")
+    return (views == "AP").to_numpy(dtype=np.float64)
+
+
+def table_rows(rows: Sequence[MethodRow], cells: FinishedCells, configs: Mapping[str, Config],
+               baseline_scores: Mapping[str, BaselineScores], collections: Sequence[FilmSet],
+               options: BenchmarkOptions) -> list[TableRow]:
+    """The model rows from the cells, then the pixel baselines and the view-only score."""
+    result = []
+    for row in rows:
+        key = score_key(row, configs[row.family])
+        score = key if row.family == "features" else configs[row.family].score.method
+        result.append(TableRow(row.spec, "model", score, list(options.seeds), {
+            c.name: [cells.metrics(row, seed, c, key, options) for seed in options.seeds] for c in collections}))
+    for baseline in baseline_scores[collections[0].name].scores:
+        result.append(TableRow(baseline, "baseline", f"pixels, {options.baseline_image_size} px", [], {
+            c.name: [metrics_of(baseline_scores[c.name].scores[baseline], c, options)] for c in collections}))
+    result.append(TableRow(VIEW_ONLY, "view_only", "view", [], {
+        c.name: [metrics_of(view_only_scores(c), c, options) if c.views is not None else {}] for c in collections}))
+    return result
+
+
+def write_roc_figure(collection: FilmSet, curves: Mapping[str, np.ndarray], path: Path) -> Path:
+    """ROC curves of each named score (N,) on a collection: all films, then one panel per view.
+
+    The view-only curve is drawn on all films only: within one view it is the diagonal.
+    """
+    labels = collection.labels
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
+        "all films": {name: (labels, values) for name, values in curves.items()}}
+    if collection.views is not None:
+        panels["all films"][VIEW_ONLY] = (labels, view_only_scores(collection))
+        views = collection.manifest["view"].astype("string").fillna("").to_numpy()
+        for view in collection.view_names:
+            mask = views == view
+            panels[f"{view} films"] = {name: (labels[mask], values[mask]) for name, values in curves.items()}
+    return plot_roc_panels(panels, path, title=f"{collection.name}: ROC per view")
+
+
+def write_film_grid(collection: FilmSet, kind: str, seed: int, cells: FinishedCells, data_config: DataConfig,
+                    path: Path, options: BenchmarkOptions) -> Path:
+    """The highest-scoring normal and abnormal films of one fitted detector, with heatmaps (and
+    reconstructions), as stored in its cell; kept when already drawn since the cell finished."""
+    result_path = cells.folder / f"{kind}-seed{seed}" / "result.json"
+    if path.is_file() and path.stat().st_mtime_ns >= result_path.stat().st_mtime_ns:
+        return path  # drawing costs seconds per figure; the cell has not changed since
+    result = cells.results[(kind, seed)]
+    stored = cells.scores(kind, seed, collection)
+    pixels = collection.pixels[data_config]  # (N, S, S) as the detector read them
+    index = stored["figure_index"]
+    labels = collection.labels[index]
+    reconstructions = stored.get("figure_reconstructions")
+    groups = [FilmGroup(title, pixels[index[mask]], stored["figure_maps"][mask], stored[RAW][index[mask]],
+                        None if reconstructions is None else reconstructions[mask])
+              for title, mask in (("normal", labels == 0), ("abnormal", labels == 1))]
+    return explanation_grid(groups, path, scale=float(result["anomaly_map_scale"]), per_row=options.figure_films,
+                            title=f"{collection.name}: {result['description']}, seed {seed}; "
+                                  "highest-scoring films per class")
+
+
+@dataclass
+class BenchmarkOutcome:
+    """What :func:`benchmark_job` wrote and measured.
+
+    Attributes:
+        table: the table of ``table.csv``.
+        roc_paths: test collection -> ``roc_<name>.png``.
+        film_grids: the ``films_<name>_<kind>-seed<N>.png`` figures.
+        cells_run: cells fitted by this run; ``cells_reused``: finished earlier and reused.
+    """
+
+    table: pd.DataFrame
+    table_csv: Path
+    table_md: Path
+    roc_paths: dict[str, Path]
+    film_grids: list[Path]
+    cells_run: list[str] = field(default_factory=list)
+    cells_reused: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def benchmark_job(
+    train_data: Sequence[str | Path],
+    test_data: Mapping[str, str | Path],
+    out_dir: str | Path,
+    configs: Mapping[str, Config],
+    options: BenchmarkOptions,
+    *,
+    on_bad_file: OnBadFile = "error",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> BenchmarkOutcome:
+    """Fit every method row and seed on one collection's normals, test on several; see the module docstring.
+
+    Args:
+        train_data: the training collection (folders, manifests or npz); only its normals are used.
+        test_data: test collection name -> folder, manifest or npz.
+        out_dir: output folder; finished cells in it are reused when their fingerprint matches.
+        configs: family -> configuration (:func:`benchmark_configs`).
+        options: method rows, seeds and reporting.
+        on_bad_file: ``error`` or ``skip`` unreadable files (listed in ``skipped_files.csv``).
+        cache_dir: preprocessing cache folder.
+        progress: show progress bars.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = options.rows
+    kinds: dict[str, MethodRow] = {}  # one fit per kind and seed, in table order
+    for row in rows:
+        kinds.setdefault(row.kind, row)
+    baseline_data = dataclasses.replace(configs["tang2019"].data, image_size=options.baseline_image_size)
+    # Each family reads films at its own size; the pixel baselines at 64 px.
+    data_configs = [*dict.fromkeys(configs[row.family].data for row in rows), baseline_data]
+
+    # 1. The films: training and calibration normals, and each test collection's test films.
+    train_rows, calibration_rows, calibration_source = choose_training_films(train_data, configs[rows[0].family], options)
+
+    def load(name: str, manifest: pd.DataFrame) -> FilmSet:
+        return load_film_set(name, manifest, data_configs, on_bad_file=on_bad_file, cache_dir=cache_dir,
+                             progress=progress)
+
+    train, calibration = load("train", train_rows), load("calibration", calibration_rows)
+    collections: list[FilmSet] = []
+    splits: dict[str, str] = {}
+    for name, source in test_data.items():
+        manifest, splits[name] = choose_test_films(name, Path(source))
+        collections.append(load(name, manifest))
+        require_both_classes(collections[-1].manifest, f"{name}={source}", "label", splits[name])  # after skips
+        warn_on_shared_films(train, collections[-1])
+        logger.info("test collection %s (%s)", name, describe_collection(collections[-1], splits[name]))
+    report_skipped([skip for films in (train, calibration, *collections) for skip in films.skipped],
+                   out_dir / "skipped_files.csv")
+
+    # 2. The pixel baselines, fitted on the same training normals.
+    baseline_scores = fit_and_score_baselines(
+        train.pixels[baseline_data], {c.name: c.pixels[baseline_data] for c in collections}, baseline_data,
+        pca_components=options.pca_components, neighbours=options.neighbours)
+
+    # 3. The cells: one fit per kind and seed, reused when finished with the same settings.
+    plan = [(kind, seed) for kind in kinds for seed in options.seeds]
+    cells = FinishedCells(out_dir / "cells")
+    cells_run: list[str] = []
+    cells_reused: list[str] = []
+    durations: dict[str, list[float]] = {}
+    for index, (kind, seed) in enumerate(plan, start=1):
+        config = cell_config(configs, kinds[kind], seed)
+        name = f"{kind}-seed{seed}"
+        cell_dir = cells.folder / name
+        fingerprint = cell_fingerprint(config, train, calibration, collections, options.figure_films)
+        required = ["calibration.npz", *[f"scores_{collection.name}.npz" for collection in collections]]
+        finished = read_finished_cell(cell_dir, fingerprint, required)
+        if finished is not None:
+            logger.info("cell %d/%d %s: finished earlier, reused", index, len(plan), name)
+            cells.results[(kind, seed)] = finished
+            cells_reused.append(name)
+            continue
+        logger.info("cell %d/%d %s: fitting on %d normals (%s)", index, len(plan), name, len(train.manifest),
+                    describe_remaining(durations, [remaining for remaining, _ in plan[index - 1:]]))
+        keys = list(dict.fromkeys(score_key(row, config) for row in rows if row.kind == kind))
+        cells.results[(kind, seed)] = run_cell(name, config, keys, train, calibration, collections, cell_dir,
+                                               fingerprint, options, progress=progress)
+        durations.setdefault(kind, []).append(cells.results[(kind, seed)]["seconds"])
+        cells_run.append(name)
+
+    # 4. The table.
+    table = summarise(table_rows(rows, cells, configs, baseline_scores, collections, options), collections)
+    table_csv = out_dir / "table.csv"
+    atomic_write_text(table_csv, table.to_csv(index=False))
+    header = (f"Fitted on {len(train.manifest)} normal films of {', '.join(map(str, train_data))} (films "
+              f"{train.fingerprint}; calibration: {calibration_source}); seeds {list(options.seeds)}; "
+              + "; ".join(describe_family(configs[family]) for family in dict.fromkeys(row.family for row in rows))
+              + f". Several runs: mean ± sample std over seeds; one run: the estimate [95% bootstrap interval, "
+              f"{options.bootstrap_resamples} resamples]. A method beats a baseline only when it does within every view.")
+    table_md = out_dir / "table.md"
+    atomic_write_text(table_md, render_markdown(table, collections, splits, header))
+
+    # 5. The figures, from the first seed: ROC curves per view and the film grids.
+    first_seed = options.seeds[0]
+    roc_paths: dict[str, Path] = {}
+    film_grids: list[Path] = []
+    for collection in collections:
+        curves = {f"{row.spec} (seed {first_seed})": cells.scores(row.kind, first_seed, collection)[score_key(row, configs[row.family])]
+                  for row in rows}
+        curves.update({f"{name} (baseline)": values for name, values in baseline_scores[collection.name].scores.items()})
+        roc_paths[collection.name] = write_roc_figure(collection, curves, out_dir / f"roc_{collection.name}.png")
+        for kind, kind_row in kinds.items():
+            film_grids.append(write_film_grid(collection, kind, first_seed, cells, configs[kind_row.family].data,
+                                              out_dir / f"films_{collection.name}_{kind}-seed{first_seed}.png", options))
+
+    seconds = time.perf_counter() - started
+    logger.info("benchmark finished in %s: %d cells run, %d reused; %s", format_duration(seconds),
+                len(cells_run), len(cells_reused), table_md)
+    return BenchmarkOutcome(table, table_csv, table_md, roc_paths, film_grids, cells_run, cells_reused, seconds)
