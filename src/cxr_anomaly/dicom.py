@@ -80,11 +80,11 @@ def silence_pydicom() -> None:
 
     pydicom reports invalid header values both as a warning and as a record of its ``pydicom``
     logger, quoting the value (a patient name written into a code string, say). This adds one
-    ``ignore`` warning filter for pydicom's modules and stops the ``pydicom`` logger (and its
-    children) from propagating to the application's handlers. It changes process-wide state on
-    purpose: per-read ``warnings.catch_warnings()`` is not thread-safe, so under concurrent
-    reads it lets warnings through. The filter is added again if something removed it (pytest
-    restores the warning filters after each test).
+    ``ignore`` warning filter for pydicom's modules and raises the ``pydicom`` logger's level above
+    CRITICAL (its children inherit it). It changes process-wide state on purpose: per-read
+    ``warnings.catch_warnings()`` is not thread-safe, so under concurrent reads it lets warnings
+    through. Both are set again if something undid them (pytest restores the warning filters
+    after each test; ``pydicom.config.debug()`` resets the level).
     """
     with _silence_lock:
         installed = any(
@@ -93,9 +93,11 @@ def silence_pydicom() -> None:
         )
         if not installed:
             warnings.filterwarnings("ignore", module=_PYDICOM_WARNING_MODULES)
+        # Above CRITICAL, pydicom and its child loggers create no record at all, so no handler
+        # (the application's, or one attached to pydicom's logger directly) can receive one.
         pydicom_logger = logging.getLogger("pydicom")
-        if pydicom_logger.propagate:
-            pydicom_logger.propagate = False
+        if pydicom_logger.level <= logging.CRITICAL:
+            pydicom_logger.setLevel(logging.CRITICAL + 1)
             logger.debug("pydicom's warnings and log records are silenced: they quote header values")
 
 
