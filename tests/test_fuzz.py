@@ -3,7 +3,9 @@
 Inputs are mutated bytes of real files from ``../shared/data`` (NIH PNGs, Kermany JPEGs, DICOM
 files built from a real NIH film, the shipped manifest CSVs), random CSV tables, and, for
 ``--model`` (issue 12), mutated and truncated real checkpoints, random bytes and files of other
-types. Every input must either read cleanly (a finite float32 grey image in [0, 1]; a manifest
+types; and (issue 13) DICOM files of a real film whose attributes are drawn (frames, window,
+photometric interpretation, bits, rescale, presentation shape, preamble and file meta) and folder
+trees of real films whose names are drawn from label, split and PACS series names. Every input must either read cleanly (a finite float32 grey image in [0, 1]; a manifest
 with the documented columns and values; a detector) or raise one of the project's documented
 errors (:class:`CxrAnomalyError` subclasses). Anything else (an ``IndexError`` from deep inside a
 decoder, say) fails the test.
@@ -372,3 +374,223 @@ def test_model_loader_on_random_bytes_and_other_file_types(foreign_seeds: list[b
         if kind == "mutated foreign":
             candidate = data.draw(mutations(candidate))
     check_checkpoint(candidate, tmp_path / "model.pt", f"not a checkpoint ({kind})")
+
+
+# Issue 13: strategies over DICOM attributes and folder layouts ---------------------------------
+#
+# Byte mutations seldom produce a well-formed file that says something odd; these build valid
+# DICOM files of a real NIH film whose attributes are drawn (frames, window, photometric
+# interpretation, bits, rescale, presentation shape, preamble), and folder trees whose names are
+# drawn from label, split and PACS series names, with real films and other files in them.
+
+WINDOW_VALUES = st.one_of(
+    st.sampled_from(["0", "1", "-1", "0.5", "1.5", "2048", "4095", "40\\400", "1e300", "-1e300",
+                     "nan", "inf", "-inf", "", "abc", "1e-300"]),
+    st.floats(-1e6, 1e6, allow_nan=False).map(lambda value: f"{value:.6g}"),
+)
+PHOTOMETRIC = st.one_of(st.sampled_from(["MONOCHROME2", "MONOCHROME1", "PALETTE COLOR"]),  # mostly valid
+                        st.sampled_from(["MONOCHROME2", "MONOCHROME1", "PALETTE COLOR", "RGB", "YBR_FULL",
+                                         "monochrome2", "", "HSV", "MONOCHROME3"]))
+
+
+@pytest.fixture(scope="module")
+def attribute_film(shared_data: Path) -> np.ndarray:
+    """A real NIH film reduced to 48x40 uint8 (rows, columns), the pixels of every drawn file."""
+    film = sorted((shared_data / "nih_fullres").glob("*.png"))[1]
+    with Image.open(film) as image:
+        return np.asarray(image.convert("L").resize((40, 48)), dtype=np.uint8)
+
+
+def _text_element(dataset: Dataset, keyword: str, value: str) -> None:
+    """Set ``keyword`` to ``value`` as written text, even where its VR would refuse it ("abc" as
+    a DS): written as LO, which an explicit VR file keeps and an implicit VR file forgets."""
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    dataset.add_new(tag, "LO", value)
+
+
+@st.composite
+def dicom_attribute_files(draw: st.DrawFn, film: np.ndarray) -> bytes:
+    """A DICOM file of ``film`` whose frames, window, photometric, bits and more are drawn."""
+    from pydicom.config import disable_value_validation
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    frames = draw(st.integers(1, 5))
+    samples = draw(st.sampled_from([1, 1, 1, 3]))
+    bits_allocated = draw(st.sampled_from([8, 16]))
+    bits_stored = draw(st.integers(1, bits_allocated))
+    signed = draw(st.booleans())
+    top = (1 << bits_stored) - 1
+    scaled = (film.astype(np.int64) * top) // 255  # (rows, columns) in [0, 2**bits - 1]
+    if signed:
+        scaled -= 1 << (bits_stored - 1)
+    stack = np.stack([np.roll(scaled, shift, axis=1) for shift in range(frames)])  # (frames, rows, columns)
+    if samples == 3:
+        stack = np.repeat(stack[..., None], 3, axis=-1)  # (frames, rows, columns, 3)
+    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}
+    stored = stack.astype(dtype[(bits_allocated, signed)])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.PatientName = "FUZZ^ATTRIBUTES"
+    dataset.Modality = "DX"
+    dataset.Rows, dataset.Columns = film.shape
+    dataset.SamplesPerPixel = samples
+    if samples == 3:
+        dataset.PlanarConfiguration = 0
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = bits_allocated, bits_stored, bits_stored - 1
+    dataset.PixelRepresentation = int(signed)
+    dataset.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
+    if frames > 1 or draw(st.booleans()):
+        dataset.NumberOfFrames = frames
+    dataset.PixelData = stored.tobytes()
+    with disable_value_validation():
+        if draw(st.booleans()):
+            try:
+                dataset.compress(RLELossless, stored if frames > 1 else stored[0])
+            except Exception:  # an encoder that refuses these bits: the file stays native
+                pass
+        # Attributes drawn after the pixels are encoded, so they may contradict them.
+        dataset.PhotometricInterpretation = draw(PHOTOMETRIC)
+        if dataset.PhotometricInterpretation == "PALETTE COLOR" and draw(st.booleans()):
+            entries = draw(st.sampled_from([256, 16, 4096]))
+            depth = draw(st.sampled_from([8, 16]))
+            table = (np.linspace(0, (1 << depth) - 1, entries)[::-1]).astype("<u2")
+            for colour in ("Red", "Green", "Blue"):
+                setattr(dataset, f"{colour}PaletteColorLookupTableDescriptor", [entries, 0, depth])
+                setattr(dataset, f"{colour}PaletteColorLookupTableData", table.tobytes())
+        frames_text = draw(st.one_of(st.none(), st.none(), st.sampled_from(["0", "-1", "abc", "", "1e9", "99999999"]),
+                                     st.integers(1, 12).map(str)))
+        if frames_text is not None:
+            _text_element(dataset, "NumberOfFrames", frames_text)
+        for keyword in ("BitsStored", "BitsAllocated", "HighBit", "PixelRepresentation"):
+            if draw(st.integers(0, 19)) == 0:
+                setattr(dataset, keyword, draw(st.sampled_from([0, 1, 7, 8, 12, 15, 16, 17, 32, 64])))
+        if draw(st.booleans()):
+            _text_element(dataset, "WindowCenter", draw(WINDOW_VALUES))
+            _text_element(dataset, "WindowWidth", draw(WINDOW_VALUES))
+            if draw(st.booleans()):
+                dataset.VOILUTFunction = draw(st.sampled_from(["LINEAR", "LINEAR_EXACT", "SIGMOID", "", "BOGUS"]))
+        if draw(st.integers(0, 3)) == 0:
+            _text_element(dataset, "RescaleSlope", draw(WINDOW_VALUES))
+            _text_element(dataset, "RescaleIntercept", draw(WINDOW_VALUES))
+        if draw(st.integers(0, 3)) == 0:
+            dataset.PresentationLUTShape = draw(st.sampled_from(["IDENTITY", "INVERSE", "", "FOO"]))
+        layout = draw(st.sampled_from(["file", "file", "no preamble", "no file meta"]))
+        buffer = io.BytesIO()
+        if layout == "no file meta":
+            del dataset.file_meta
+            if "PixelData" in dataset and dataset["PixelData"].VR == "OB" and dataset["PixelData"].is_undefined_length:
+                dataset.file_meta = meta  # encapsulated pixels need their transfer syntax
+                dataset.save_as(buffer, enforce_file_format=True)
+                layout = "file"
+            else:
+                meta.TransferSyntaxUID = ImplicitVRLittleEndian
+                pydicom.dcmwrite(buffer, dataset, implicit_vr=True, little_endian=True)
+        else:
+            dataset.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    return data[132:] if layout == "no preamble" else data
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_dicom_reader_on_drawn_attributes_of_a_real_film(attribute_film: np.ndarray, tmp_path: Path,
+                                                         data: st.DataObject) -> None:
+    import warnings
+
+    with warnings.catch_warnings():  # building the file warns about the odd values, by design
+        warnings.simplefilter("ignore")
+        dicom = data.draw(dicom_attribute_files(attribute_film))
+    path = tmp_path / "attributes"  # no suffix, as in a PACS export: the bytes decide
+    check_image(dicom, path, "dicom attributes")
+
+
+FOLDER_NAMES = st.sampled_from([
+    "normal", "Normal", "NORMAL", "0_normal", "abnormal", "1_abnormal", "pneumonia", "Pneumonia",
+    "0", "1", "2", "positive", "negative", "no_finding", "train", "val", "valid", "Test", "series",
+    "1.2.840.113619.2.1", "study 2", "normal_old", "abnormalities", ".hidden",
+])
+FILE_KINDS = st.sampled_from(["png", "jpeg", "dicom", "dicom without suffix", "dicom without preamble",
+                              "text", "empty", "hidden png", "csv"])
+
+
+@st.composite
+def folder_layouts(draw: st.DrawFn) -> list[tuple[tuple[str, ...], str]]:
+    """1-6 files as (folder names below the root, kind of file)."""
+    return draw(st.lists(st.tuples(st.lists(FOLDER_NAMES, max_size=3).map(tuple), FILE_KINDS),
+                         min_size=1, max_size=6))
+
+
+@pytest.fixture(scope="module")
+def layout_files(png_seeds: list[bytes], jpeg_seeds: list[bytes], dicom_seeds: list[bytes]) -> dict[str, bytes]:
+    """The bytes of each kind of file a drawn folder holds (real films, and some that are not)."""
+    return {"png": png_seeds[0], "jpeg": jpeg_seeds[0], "dicom": dicom_seeds[0],
+            "dicom without suffix": dicom_seeds[3], "dicom without preamble": dicom_seeds[1][132:],
+            "text": b"reading notes, not a film\n", "empty": b"", "hidden png": png_seeds[1],
+            "csv": b"path,label\nmissing.png,0\n"}
+
+
+def expected_folder_label(parts: tuple[str, ...]) -> int | None | str:
+    """The label README promises for a file under ``parts``; "conflict" when two are named."""
+    labels = {0 if part.lower() in ("normal", "0_normal") else 1 for part in parts
+              if part.lower() in ("normal", "0_normal", "abnormal", "1_abnormal", "pneumonia")}
+    return "conflict" if len(labels) > 1 else (labels.pop() if labels else None)
+
+
+@FUZZ_SETTINGS
+@given(layout=folder_layouts())
+def test_folder_scan_on_drawn_layouts_of_real_films(layout_files: dict[str, bytes],
+                                                    layout: list[tuple[tuple[str, ...], str]]) -> None:
+    import tempfile
+
+    import pandas as pd
+
+    from cxr_anomaly.data.manifest import scan_folder
+
+    suffixes = {"png": ".png", "jpeg": ".jpeg", "dicom": ".dcm", "dicom without suffix": "",
+                "dicom without preamble": "", "text": ".txt", "empty": ".png", "hidden png": ".png",
+                "csv": ".csv"}
+    with tempfile.TemporaryDirectory() as scratch:  # a fresh tree per example
+        root = Path(scratch) / "root"
+        root.mkdir()
+        films: dict[str, tuple[str, ...]] = {}
+        for index, (parts, kind) in enumerate(layout):
+            folder = root.joinpath(*parts)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{'.' if kind == 'hidden png' else ''}f{index}{suffixes[kind]}"
+            (folder / name).write_bytes(layout_files[kind])
+            if kind in ("png", "jpeg", "dicom", "dicom without suffix", "dicom without preamble", "empty"):
+                films[str((folder / name).resolve())] = parts
+        try:
+            manifest = scan_folder(root)
+        except CxrAnomalyError as error:
+            TALLY[f"folder layout: {type(error).__name__}"] += 1
+            expected = [expected_folder_label(parts) for parts in films.values()]
+            assert not films or "conflict" in expected, f"{error} for a tree with films {films}"
+            return
+        TALLY["folder layout: scanned"] += 1
+        # Every film is listed (an empty .png too: its suffix is an image's), nothing else, and
+        # each label is the one the documented folder names give: never from "0", "1", ...
+        assert sorted(manifest["path"]) == sorted(films)
+        for path, label, split in zip(manifest["path"], manifest["label"], manifest["split"]):
+            expected = expected_folder_label(films[path])
+            assert expected != "conflict"
+            assert (None if label is pd.NA else int(label)) == expected, (films[path], label)
+            named_splits = [SPLIT_NAMES[part.lower()] for part in films[path] if part.lower() in SPLIT_NAMES]
+            assert (None if split is pd.NA else split) == (named_splits[-1] if named_splits else None)
+        # The whole input path (manifest.csv, Kermany layout, folder scan) raises documented errors only.
+        try:
+            load_inputs([root])
+        except CxrAnomalyError as error:
+            TALLY[f"folder layout (load_inputs): {type(error).__name__}"] += 1
+
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "test": "test"}

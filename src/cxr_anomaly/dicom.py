@@ -192,17 +192,22 @@ def _set_transfer_syntax_from_encoding(path: Path, dataset: Any) -> None:
 
 
 def _frame_count(path: Path, dataset: Any) -> int:
-    """NumberOfFrames (1 when absent or empty); a value that is not a positive integer is refused."""
+    """NumberOfFrames: 1 when absent, empty or 0 (as pydicom reads 0; an empty value is set to 1
+    on ``dataset`` so that pydicom's decoders agree); other values that are not a positive
+    integer are refused."""
     value = dataset.get("NumberOfFrames")
-    if value is None or str(value).strip() == "":
+    if value is None:
+        return 1
+    if str(value).strip() == "":
+        dataset.NumberOfFrames = 1
         return 1
     try:
         frames = int(value)
     except (TypeError, ValueError):
         raise DicomError(path, f"NumberOfFrames={str(value)[:32]!r} is not an integer") from None
-    if frames < 1:
+    if frames < 0:
         raise DicomError(path, f"NumberOfFrames={frames}; a film has at least one frame")
-    return frames
+    return max(frames, 1)
 
 
 def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
