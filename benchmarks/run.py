@@ -2,8 +2,11 @@
 
 Runs :mod:`benchmarks.bench_model` (scoring and training throughput against the convolution and
 GEMM ceilings measured in the same run, single-film latency, bf16, torch.compile, onnxruntime,
-profiles) and :mod:`benchmarks.bench_cache` (full-size PNG preprocessing rate against the
-decode rate), prints a summary and writes everything to ``benchmarks/results.json``.
+profiles), :mod:`benchmarks.bench_cache` (full-size PNG preprocessing rate against the
+decode rate) and :mod:`benchmarks.bench_features` (the features detector: fit time for 5,000
+normals, scoring throughput from 1024 px PNG and DICOM against the backbone's convolution
+ceiling, the speed-ups tried), prints a summary and writes everything to
+``benchmarks/results.json``.
 
 ``--smoke`` is the tiny mode CI runs: it checks that every benchmark works, not how fast.
 """
@@ -15,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,19 +28,21 @@ from typing import Any
 import torch
 
 from benchmarks.bench_model import ModelBenchmarkResult, run_model_benchmark
+from benchmarks import bench_features
+from benchmarks.bench_features import DEFAULT_DATA, FeaturesBenchmarkResult, run_features_benchmark
+from benchmarks.common import git_commit
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 
 
-def git_commit() -> str:
-    """Short hash of the checked-out commit, or 'unknown' outside a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def run_features(smoke: bool) -> FeaturesBenchmarkResult | dict[str, str]:
+    """The features-detector benchmark of :mod:`benchmarks.bench_features`, or why it could not run."""
+    missing = [name for name in ("rsna_normal224", "nih_fullres") if not (DEFAULT_DATA / name).is_dir()]
+    if missing:
+        return {"skipped": f"no {', '.join(missing)} under {DEFAULT_DATA}"}
+    return run_features_benchmark(smoke=smoke)
 
 
 def run_cache_benchmark(smoke: bool) -> dict[str, Any]:
@@ -100,6 +104,19 @@ def markdown_tables(model: ModelBenchmarkResult) -> str:
     return "\n".join(rows)
 
 
+def print_features(result: FeaturesBenchmarkResult | dict[str, str]) -> None:
+    """The features benchmark's summary and table, or why it was skipped."""
+    if isinstance(result, dict):
+        print(f"\nfeatures detector: skipped ({result['skipped']})")
+        return
+    print()
+    for line in bench_features.summary_lines(result):
+        print(line)
+    print(bench_features.markdown_table(result))
+    if result.profile:
+        print(f"\nprofile: one features scoring batch\n{result.profile}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks, print the summary, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="repeats of the model figures (default 5)")
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument("--no-cache", action="store_true", help="leave the preprocessing benchmark out")
+    parser.add_argument("--no-features", action="store_true", help="leave the features-detector benchmark out")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file to write")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -116,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     model = run_model_benchmark(smoke=arguments.smoke, repeats=arguments.repeats,
                                 include_compile=False if arguments.no_compile else None)
     cache = {"skipped": "--no-cache"} if arguments.no_cache else run_cache_benchmark(arguments.smoke)
+    features = {"skipped": "--no-features"} if arguments.no_features else run_features(arguments.smoke)
     results = {
         "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
@@ -127,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
         "model": asdict(model),
         "preprocessing": cache,
+        "features": features if isinstance(features, dict) else asdict(features),
     }
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2) + "\n")
@@ -135,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for profile in model.profiles:
         print(f"\nprofile: {profile.what}\n{profile.table}")
     print(markdown_tables(model))
+    print_features(features)
     print(f"written to {arguments.output} in {results['seconds']:.0f} s")
     return 0
 
