@@ -19,7 +19,7 @@ before the model, so that load from other processes hits both alike):
   fp32, channels_last, inference_mode, torch.compile, bf16 autocast, onnxruntime).
 - **training**: images/s of one full training step (generator and discriminator updates, all
   three networks) at batch 64, for each variant.
-- **latency**: p50/p99 of one film scored alone through :func:`cxr_anomaly.scoring.score_pixels`.
+- **latency**: p50/p99 of one film scored alone through :func:`cxr_anomaly.scoring.score_films`.
 """
 
 from __future__ import annotations
@@ -42,13 +42,18 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cxr_anomaly.config import Config
+from cxr_anomaly.config import Config, tang2019_config
 from cxr_anomaly.inference import inference_autocast, native_bf16, to_channels_last
-from cxr_anomaly.models.tang2019 import DiscriminatorLoss, GeneratorLoss, OneClassDetector
-from cxr_anomaly.scoring import score_pixels
-from cxr_anomaly.training import build_detector
+from cxr_anomaly.models.tang2019 import DiscriminatorLoss, GeneratorLoss, OneClassDetector, Tang2019Detector
+from cxr_anomaly.models.tang2019.training import build_detector
+from cxr_anomaly.scoring import ScoreResult, score_films
 
 logger = logging.getLogger(__name__)
+
+
+def score_pixels(detector: OneClassDetector, pixels: np.ndarray, config: Config, **options: object) -> ScoreResult:
+    """The library's scoring path (uint8 films in) for the tang2019 networks, in fp32."""
+    return score_films(Tang2019Detector(config, detector), pixels, precision="fp32", **options)
 
 SCORE_BATCH = 256
 TRAIN_BATCH = 64
@@ -90,7 +95,7 @@ def scoring_flops_per_image(detector: OneClassDetector, image_size: int = 64) ->
 def training_step(detector: OneClassDetector, config: Config, generator_optimizer: torch.optim.Optimizer,
                   discriminator_optimizer: torch.optim.Optimizer | None, images: torch.Tensor,
                   precision: str) -> None:
-    """One generator and one discriminator update, as :func:`cxr_anomaly.training.train_detector` does."""
+    """One generator and one discriminator update, as :func:`cxr_anomaly.models.tang2019.training.train_detector` does."""
     generator_loss = GeneratorLoss(config.loss)
     autocast = inference_autocast(images.device, precision)
     with autocast:
@@ -266,7 +271,7 @@ def scoring_variants(detector: OneClassDetector, config: Config, images: torch.T
         from cxr_anomaly.export import OnnxScorer, export_onnx
 
         onnx_path = work_dir / "bench.onnx"
-        export_onnx(copy.deepcopy(detector), config, onnx_path)
+        export_onnx(Tang2019Detector(config, copy.deepcopy(detector)), config, onnx_path)
         scorer = OnnxScorer(onnx_path)
         array = images.numpy()
         variants.append(ScoringVariant("onnxruntime fp32", "fp32", lambda: scorer.score_tensor(array),
@@ -439,7 +444,7 @@ def run_model_benchmark(*, smoke: bool = False, repeats: int | None = None, incl
     ``smoke`` shrinks everything (batches of 8, one repeat, no torch.compile) so that CI checks
     that the benchmark runs, not how fast.
     """
-    config = Config()
+    config = tang2019_config()
     repeats = (1 if smoke else 5) if repeats is None else repeats
     include_compile = (not smoke) if include_compile is None else include_compile
     include_bf16 = (not smoke) if include_bf16 is None else include_bf16

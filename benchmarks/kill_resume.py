@@ -32,6 +32,7 @@ import torch
 from cxr_anomaly.checkpoint import load_checkpoint, load_training_state
 
 SMALL_CONFIG = """\
+method = "tang2019"  # the GAN training loop is what can be killed and resumed
 [model]
 base_channels = 8
 latent_dim = 16

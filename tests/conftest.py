@@ -30,7 +30,7 @@ def shared_data() -> Path:
 
 @dataclass(frozen=True)
 class TinyModel:
-    """A detector trained for one epoch on 64 NIH1000 training normals, for tests that need one.
+    """A tang2019 detector trained for one epoch on 64 NIH1000 training normals, for tests that need one.
 
     Attributes:
         checkpoint: the calibrated ``model.pt`` (calibrated on 24 validation normals).
@@ -45,10 +45,10 @@ class TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_nih_model(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    """Train a small real detector once per test session (1 epoch, 64 normals, 16 base channels)."""
+    """Train a small real tang2019 detector once per test session (1 epoch, 64 normals, 16 base channels)."""
     import pandas as pd
 
-    from cxr_anomaly.config import Config, with_overrides
+    from cxr_anomaly.config import tang2019_config, with_overrides
     from cxr_anomaly.pipeline import train_job
 
     nih1000 = shared_data / "nih1000"
@@ -59,7 +59,7 @@ def tiny_nih_model(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     folder = tmp_path_factory.mktemp("tiny_nih_model")
     manifest_path = folder / "manifest.csv"
     pd.concat([train, validation]).to_csv(manifest_path, index=False)
-    config = with_overrides(Config(), "model", base_channels=16, latent_dim=32)
+    config = with_overrides(tang2019_config(), "model", base_channels=16, latent_dim=32)
     config = with_overrides(config, "train", epochs=1, batch_size=32, seed=0, device="cpu")
     outcome = train_job([manifest_path], folder / "run", config, progress=False)
     return TinyModel(outcome.checkpoint, manifest_path, nih1000)

@@ -21,10 +21,10 @@ from benchmarks.bench_model import scoring_conv_calls, scoring_flops_per_image  
 
 def test_flop_count_matches_the_layer_arithmetic() -> None:
     """torch's FLOP counter agrees with a hand count of the 20 convolutions of U+D+E."""
-    from cxr_anomaly.config import Config
-    from cxr_anomaly.training import build_detector
+    from cxr_anomaly.config import tang2019_config
+    from cxr_anomaly.models.tang2019.training import build_detector
 
-    detector = build_detector(Config())
+    detector = build_detector(tang2019_config())
     calls = scoring_conv_calls(detector, batch_size=2)
     assert len(calls) == 20  # UE 5 + UD 5 + E 5 + D 5
     by_hand = 0

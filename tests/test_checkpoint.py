@@ -13,6 +13,7 @@ import torch
 from cxr_anomaly import __version__
 from cxr_anomaly.checkpoint import (
     CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
     TrainingState,
     atomic_torch_save,
     atomic_write,
@@ -23,10 +24,11 @@ from cxr_anomaly.checkpoint import (
     save_checkpoint,
     save_training_state,
 )
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import Config, config_to_dict, tang2019_config, with_overrides
 from cxr_anomaly.errors import CheckpointError
-from cxr_anomaly.scoring import fit_calibration, score_pixels
-from cxr_anomaly.training import build_detector, train_detector
+from cxr_anomaly.models.tang2019 import OneClassDetector, Tang2019Detector
+from cxr_anomaly.models.tang2019.training import build_detector, train_detector
+from cxr_anomaly.scoring import fit_calibration, score_films
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,9 +40,15 @@ def films(nih_train_normals: np.ndarray) -> np.ndarray:
     return nih_train_normals[:24]
 
 
+def tiny_detector(config: Config | None = None) -> Tang2019Detector:
+    """Untrained tang2019 networks with 8 base channels behind the common interface."""
+    config = config or with_overrides(tang2019_config(), "model", base_channels=8)
+    return Tang2019Detector(config, build_detector(config))
+
+
 def non_default_config() -> Config:
-    """A configuration with a value changed in every section."""
-    config = with_overrides(Config(), "model", base_channels=8, latent_dim=12, variant="u+d+e",
+    """A tang2019 configuration with a value changed in every section."""
+    config = with_overrides(tang2019_config(), "model", base_channels=8, latent_dim=12, variant="u+d+e",
                             input_noise_std=0.03)
     config = with_overrides(config, "loss", weight_adversarial=3.5)
     config = with_overrides(config, "train", epochs=1, batch_size=8, seed=11, device="cpu",
@@ -62,8 +70,9 @@ class CodeExecution:
 def test_round_trip_keeps_weights_config_calibration_and_version(films: np.ndarray, tmp_path: Path) -> None:
     config = non_default_config()
     result = train_detector(config, films)
-    calibration = fit_calibration(score_pixels(result.detector, films, config).raw, 0.9)
-    path = save_checkpoint(tmp_path / "model.pt", result.detector, config, calibration=calibration,
+    detector = Tang2019Detector(config, result.detector).eval()
+    calibration = fit_calibration(score_films(detector, films).raw, 0.9)
+    path = save_checkpoint(tmp_path / "model.pt", detector, config, calibration=calibration,
                            training={"note": "round trip", "epochs": [1]})
 
     loaded = load_checkpoint(path)
@@ -72,17 +81,42 @@ def test_round_trip_keeps_weights_config_calibration_and_version(films: np.ndarr
     assert loaded.calibration == calibration
     assert loaded.training == {"note": "round trip", "epochs": [1]}
     assert not loaded.detector.training
-    saved_state, loaded_state = result.detector.state_dict(), loaded.detector.state_dict()
+    assert isinstance(loaded.detector, Tang2019Detector) and loaded.detector.family == "tang2019"
+    assert isinstance(loaded.detector.networks, OneClassDetector)
+    saved_state, loaded_state = detector.state_dict(), loaded.detector.state_dict()
     assert saved_state.keys() == loaded_state.keys()
     for key, value in saved_state.items():
         assert torch.equal(value, loaded_state[key]), key
-    assert np.array_equal(score_pixels(result.detector, films, config).raw,
-                          score_pixels(loaded.detector, films, loaded.config).raw)
+    assert np.array_equal(score_films(detector, films).raw, score_films(loaded.detector, films).raw)
+    assert torch.load(path, weights_only=True)["format_version"] == FORMAT_VERSION == 2
+
+
+def test_a_version_1_checkpoint_still_loads(films: np.ndarray, tmp_path: Path) -> None:
+    """Version 1 held the tang2019 networks alone: no ``method``, keys without ``networks.``."""
+    config = with_overrides(non_default_config(), "score", method="code_knn")
+    networks = train_detector(config, films[:8]).detector
+    values = config_to_dict(config)
+    del values["method"], values["features"]
+    legacy = {
+        "format": CHECKPOINT_FORMAT, "format_version": 1, "package_version": "0.9.0",
+        "created": "2024-01-01T00:00:00+00:00", "config": values,
+        "state_dict": {key: value.detach().cpu() for key, value in networks.state_dict().items()},
+        "calibration": None, "training": {"note": "version 1"},
+    }
+    path = tmp_path / "model_v1.pt"
+    torch.save(legacy, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config == config and loaded.config.method == "tang2019"
+    assert isinstance(loaded.detector, Tang2019Detector) and loaded.training == {"note": "version 1"}
+    for key, value in networks.state_dict().items():
+        assert torch.equal(value, loaded.detector.networks.state_dict()[key]), key
+    np.testing.assert_array_equal(score_films(loaded.detector, films[:4]).raw,
+                                  score_films(Tang2019Detector(config, networks), films[:4]).raw)
 
 
 def test_a_pickle_payload_is_refused_without_running_it(tmp_path: Path) -> None:
     marker = tmp_path / "payload_ran"
-    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
+    detector = build_detector(with_overrides(tang2019_config(), "model", base_channels=8))
     malicious = {
         "format": CHECKPOINT_FORMAT, "format_version": 1, "package_version": __version__,
         "config": {}, "state_dict": detector.state_dict(), "calibration": None,
@@ -108,8 +142,8 @@ def test_a_pickle_payload_is_refused_without_running_it(tmp_path: Path) -> None:
 
 
 def test_a_newer_format_names_both_versions(tmp_path: Path) -> None:
-    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
-    path = save_checkpoint(tmp_path / "model.pt", detector, Config())
+    detector = tiny_detector()
+    path = save_checkpoint(tmp_path / "model.pt", detector, detector.config)
     payload = torch.load(path, weights_only=True)
     payload.update(format_version=99, package_version="9.4.0")
     torch.save(payload, path)
@@ -119,8 +153,8 @@ def test_a_newer_format_names_both_versions(tmp_path: Path) -> None:
 
 
 def test_a_newer_config_layout_names_both_versions(tmp_path: Path) -> None:
-    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
-    path = save_checkpoint(tmp_path / "model.pt", detector, with_overrides(Config(), "model", base_channels=8))
+    detector = tiny_detector()
+    path = save_checkpoint(tmp_path / "model.pt", detector, detector.config)
     payload = torch.load(path, weights_only=True)
     payload["package_version"] = "2.0.0"
     payload["config"]["model"]["attention_heads"] = 4  # a setting this version does not know
@@ -132,8 +166,8 @@ def test_a_newer_config_layout_names_both_versions(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["truncate", "empty", "text", "not_a_dict", "other_format"])
 def test_damaged_or_foreign_files_raise_checkpoint_error(damage: str, tmp_path: Path) -> None:
-    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
-    path = save_checkpoint(tmp_path / "model.pt", detector, Config())
+    detector = tiny_detector()
+    path = save_checkpoint(tmp_path / "model.pt", detector, detector.config)
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
@@ -168,12 +202,12 @@ def test_training_state_round_trip_is_weights_only(films: np.ndarray, tmp_path: 
     assert copy.history == state.history and copy.data_fingerprint == state.data_fingerprint
     assert torch.equal(copy.order_rng_state, state.order_rng_state)
     with pytest.raises(CheckpointError, match="cxr-anomaly-training-state"):
-        load_training_state(save_checkpoint(tmp_path / "model.pt", build_detector(config), config))
+        load_training_state(save_checkpoint(tmp_path / "model.pt", tiny_detector(config), config))
 
 
 def test_training_state_from_a_newer_version_names_both_versions(tmp_path: Path) -> None:
     state = TrainingState(
-        config=Config(), model_state={}, generator_optimizer={}, discriminator_optimizer=None,
+        config=tang2019_config(), model_state={}, generator_optimizer={}, discriminator_optimizer=None,
         scaler=None, epochs_done=0, next_step=0, global_step=0,
         order_rng_state=torch.Generator().get_state(), noise_rng_states=[], epoch_sums={},
         epoch_seconds=0.0, history=[], collapse_streak=0, world_size=1, data_fingerprint="x",

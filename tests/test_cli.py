@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from cxr_anomaly import pipeline
+from cxr_anomaly.checkpoint import load_checkpoint
 from cxr_anomaly.cli import main
 
 
@@ -56,7 +57,10 @@ def test_score_writes_path_score_and_components(trained_checkpoint: Path, shared
     assert main(["score", "--model", str(trained_checkpoint), str(one_file), str(folder), "--out", str(out),
                  "--no-progress"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns[:5]) == ["path", "score", "reconstruction", "adversarial", "latent"]
+    # the score, then the components of the detector's family: the default is the features family
+    components = load_checkpoint(trained_checkpoint).detector.component_names
+    assert components == ("gaussian", "pooled_knn", "patch_knn")
+    assert list(table.columns[:2 + len(components)]) == ["path", "score", *components]
     assert len(table) == 1 + len(list(folder.glob("*.png")))
     assert table["score"].notna().all() and table["percentile"].between(0, 100).all()
 
@@ -69,8 +73,11 @@ def test_evaluate_writes_metrics_roc_and_grid(trained_checkpoint: Path, small_ma
     assert (metrics["num_normal"], metrics["num_abnormal"]) == (10, 10)
     assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["average_precision"] <= 1.0
     assert set(metrics["auc_per_view"]) <= {"PA", "AP"} and metrics["auc_per_view"]
+    assert metrics["method"] == "features" and metrics["detector"].startswith("features")
+    assert "variant" not in metrics
     assert (tmp_path / "roc.png").stat().st_size > 1000
-    assert (tmp_path / "reconstructions.png").stat().st_size > 1000
+    assert (tmp_path / "films.png").stat().st_size > 1000
+    assert not (tmp_path / "reconstructions.png").exists()
 
 
 def test_training_on_abnormal_films_only_fails_with_a_clear_error(shared_data: Path, tmp_path: Path,

@@ -133,3 +133,40 @@ def test_top_level_scalar_keys_are_type_checked_too() -> None:
     for name, hint in scalars.items():
         with pytest.raises(ConfigError, match=rf"^{name}=1 has type int; expected one of {typing.get_args(hint)[0]!r}"):
             config_from_dict({name: 1})
+
+
+def test_method_picks_the_family_and_its_input_size() -> None:
+    from cxr_anomaly.config import METHODS, paper_config, preset_config, tang2019_config
+
+    assert METHODS == ("features", "tang2019")
+    default = Config()
+    assert default.method == "features" and default.data.image_size == 224
+    tang = tang2019_config()
+    assert tang.method == "tang2019" and tang.data.image_size == 64 == tang.model.image_size
+    assert paper_config().method == "tang2019"
+    assert preset_config("features") == preset_config("default") == default
+    assert preset_config("tang2019") == tang and preset_config("paper") == paper_config()
+    assert config_from_dict({"method": "tang2019"}) == tang
+    assert config_from_dict({}) == default
+    values = config_to_dict(tang)
+    assert values["method"] == "tang2019"
+    strides = values["features"]["pooled_strides"]  # a list, not a tuple: JSON and TOML take it
+    assert isinstance(strides, list) and strides == list(tang.features.pooled_strides)
+    assert config_from_dict(json.loads(json.dumps(values))) == tang
+    with pytest.raises(ConfigError, match="method='gan'"):
+        config_from_dict({"method": "gan"})
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        config_from_dict({"data": {"image_size": 100}})
+    with pytest.raises(ConfigError, match="64 px"):
+        config_from_dict({"method": "tang2019", "data": {"image_size": 128}})
+
+
+def test_a_config_file_naming_a_method_starts_from_that_family(tmp_path: Path) -> None:
+    from cxr_anomaly.config import tang2019_config
+
+    path = tmp_path / "tang.toml"
+    path.write_text('method = "tang2019"\n[model]\nbase_channels = 16\n')
+    config = load_config(path, base=Config())
+    assert config.method == "tang2019" and config.data.image_size == 64 and config.model.base_channels == 16
+    assert config == with_overrides(tang2019_config(), "model", base_channels=16)
+    assert load_config(path) == config

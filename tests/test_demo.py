@@ -1,25 +1,146 @@
-"""The demo's patient-disjoint clean-up and its pixel baselines, on the real NIH1000 manifest."""
+"""The demo's pieces, cheaply: its test collections (patient-disjoint halves), the pixel baselines,
+the verdict and the report. The full demo (fit on rsna_normal224, test on NIH) is not run here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cxr_anomaly.config import Config
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_anomaly import demo  # the module, not its names: pytest would collect ``test_collections``
 from cxr_anomaly.data.manifest import load_inputs
-from cxr_anomaly.demo import drop_test_patients, pixel_baselines
+from cxr_anomaly.data.splits import split_patients_in_halves
+from cxr_anomaly.evaluation import compute_metrics
 
 
-def test_no_patient_crosses_into_test_and_baselines_score_every_test_film(shared_data: Path) -> None:
-    manifest = load_inputs(shared_data / "nih1000" / "manifest.csv")
-    cleaned = drop_test_patients(manifest)
-    test_patients = set(cleaned.loc[cleaned["split"] == "test", "patient_id"])
-    assert not test_patients & set(cleaned.loc[cleaned["split"] != "test", "patient_id"])
-    assert (cleaned["split"] == "test").sum() == (manifest["split"] == "test").sum()
-    assert len(cleaned) < len(manifest)  # the given split shares patients: some films must go
+def test_split_patients_in_halves_keeps_each_patient_in_one_half(shared_data: Path) -> None:
+    manifest = load_inputs(shared_data / "nih_pneumonia256" / "manifest.csv")
+    halves = split_patients_in_halves(manifest, seed=0)
+    assert len(halves) == len(manifest) and set(halves["split"]) == {"val", "test"}
+    val_patients = set(halves.loc[halves["split"] == "val", "patient_id"])
+    test_patients = set(halves.loc[halves["split"] == "test", "patient_id"])
+    assert not val_patients & test_patients
+    assert len(val_patients) == len(set(manifest["patient_id"])) // 2
+    assert halves["split"].tolist() == split_patients_in_halves(manifest, seed=0)["split"].tolist()  # seeded
+    assert halves["split"].tolist() != split_patients_in_halves(manifest, seed=1)["split"].tolist()
+    assert "split" not in manifest or manifest["split"].isna().all()  # the input is not changed
 
-    baselines = pixel_baselines(cleaned, Config())
-    assert set(baselines) == {"PCA(5) reconstruction", "5-NN distance"}
+
+def test_films_without_a_patient_id_count_as_their_own_patient() -> None:
+    manifest = pd.DataFrame({"path": [f"f{index}.png" for index in range(6)], "label": [0, 1, 0, 1, 0, 1],
+                             "patient_id": ["a", "a", None, None, None, "b"]})
+    for seed in range(6):
+        halves = split_patients_in_halves(manifest, seed=seed)
+        assert halves.loc[0, "split"] == halves.loc[1, "split"]  # patient a stays together
+        # five patients (a, b and three films of their own): two of them in val
+        val = halves[halves["split"] == "val"]
+        assert len(val) - int(val["patient_id"].eq("a").sum() > 0) == 2
+
+
+def test_the_demo_tests_on_nih1000_test_and_the_test_half_of_nih_pneumonia256(shared_data: Path,
+                                                                              tmp_path: Path) -> None:
+    collections = demo.test_collections(shared_data)
+    assert [collection.name for collection in collections] == ["NIH1000 test", "nih_pneumonia256 test half"]
+    nih, pneumonia = (collection.manifest for collection in collections)
+    assert (nih["split"] == "test").all() and len(nih) == 200
+    assert set(nih["label"]) == {0, 1}
+    full = load_inputs(shared_data / "nih_pneumonia256" / "manifest.csv")
+    halves = split_patients_in_halves(full, seed=0)
+    assert pneumonia["path"].tolist() == halves.loc[halves["split"] == "test", "path"].tolist()
+    # no patient of the test half is in the validation half on which settings were chosen
+    assert not set(pneumonia["patient_id"]) & set(halves.loc[halves["split"] == "val", "patient_id"])
+    assert set(pneumonia["label"]) == {0, 1} and set(pneumonia["view"]) == {"AP", "PA"}
+    assert demo.test_collections(tmp_path) == []  # collections that are absent are left out
+
+
+def test_pixel_baselines_score_every_test_film(shared_data: Path, tmp_path: Path) -> None:
+    train = load_inputs(shared_data / "rsna_normal224" / "manifest.csv").iloc[:40]
+    nih = load_inputs(shared_data / "nih1000" / "manifest.csv")
+    test = nih[nih["split"] == "test"].groupby("label").head(10)
+    collection = demo.TestCollection("small", test)
+    results = demo.baseline_metrics(train, [collection], num_resamples=20)
+    assert set(results.metrics) == set(results.scores) == {"small"}
+    baselines = results.metrics["small"]
+    assert set(baselines) == set(results.scores["small"]) == set(demo.BASELINE_NAMES.values())
+    for scores in results.scores["small"].values():
+        assert scores.shape == (20,) and np.all(np.isfinite(scores))
+    # the ROC figure of the report: detector, baselines and the view alone, overall and per view
+    darkness = np.arange(20, dtype=np.float64)
+    figure = demo.roc_panels(collection, "detector", darkness, results.scores["small"], tmp_path / "roc.png")
+    assert figure.is_file() and figure.stat().st_size > 1000
     for metrics in baselines.values():
-        assert (metrics["num_normal"], metrics["num_abnormal"]) == (100, 100)
+        assert (metrics["num_normal"], metrics["num_abnormal"]) == (10, 10)
         assert 0.0 <= metrics["auc"] <= 1.0
-        assert set(metrics["auc_per_view"]) == {"AP", "PA"}
+        assert set(metrics["auc_per_view"]) <= {"AP", "PA"} and metrics["auc_per_view"]
+        assert metrics["intervals"]["auc"]["low"] <= metrics["auc"] <= metrics["intervals"]["auc"]["high"]
+
+
+def fake_metrics(strength_pa: float, strength_ap: float, seed: int = 0) -> dict[str, object]:
+    """Metrics as ``evaluate_job`` writes them, of a score that separates PA films by
+    ``strength_pa`` and AP films by ``strength_ap`` (standard deviations); 40 films per view."""
+    rng = np.random.default_rng(seed)
+    labels = np.tile([0, 1], 40)
+    views = np.repeat(["PA", "AP"], 40)
+    strength = np.where(views == "PA", strength_pa, strength_ap)
+    scores = rng.normal(size=80) + labels * strength
+    ages = np.where(np.arange(80) % 4 == 0, 10, 50)
+    return compute_metrics(labels, scores, views=views, ages=ages, num_resamples=50,
+                           components={"part": scores}).to_dict()
+
+
+def test_verdict_says_where_the_detector_beats_each_baseline() -> None:
+    detector = fake_metrics(3.0, 3.0)
+    weak, strong = fake_metrics(0.0, 0.0, seed=1), fake_metrics(6.0, 0.0, seed=2)
+    lines = demo.verdict(detector, {"weak": weak, "strong in PA": strong})
+    text = "\n".join(lines)
+    assert "Against the view alone" in text
+    assert "Within PA films" in text and "Within AP films" in text
+    assert "above 0.5 with 95% confidence" in text
+    (weak_line,) = [line for line in lines if line.startswith("- Against weak")]
+    assert "Beats it within each view." in weak_line and "does NOT beat" not in weak_line
+    (strong_line,) = [line for line in lines if line.startswith("- Against strong in PA")]
+    assert "within PA" in strong_line and "does NOT beat" in strong_line
+    assert "Does not beat it within each view." in strong_line
+    # a detector no better than chance is not called better than 0.5
+    chance = demo.verdict(fake_metrics(0.0, 0.0, seed=3), {})
+    assert any("not clearly above 0.5" in line for line in chance)
+
+
+def test_report_has_a_table_and_a_verdict_per_collection(tmp_path: Path) -> None:
+    detector = {**fake_metrics(2.0, 1.0), "detector": "features (pooled_knn)"}
+    detector["sensitivity_at_threshold"] = 0.5
+    detector["bootstrap_95ci"] = {name: {"estimate": 0.5, "low": 0.3, "high": 0.7}
+                                  for name in ("sensitivity", "specificity")}
+    baselines = {name: fake_metrics(0.5, 0.5, seed=index) for index, name in enumerate(demo.BASELINE_NAMES.values())}
+    facts = {"detector": "features (pooled_knn)", "train_data": "rsna_normal224", "num_train": 100,
+             "num_calibration": 10, "commit": "abc1234", "machine": "test machine", "seconds": 12.0,
+             "fit_seconds": 3.0, "folders": {"NIH1000 test": demo.folder_name("NIH1000 test")}}
+    path = demo.write_report(tmp_path, {"NIH1000 test": detector}, {"NIH1000 test": baselines}, facts)
+    assert path == tmp_path / "report.md"
+    text = path.read_text()
+    assert text.startswith("# cxr-anomaly demo report")
+    assert "## NIH1000 test" in text and "40 normal + 40 abnormal films" in text
+    assert "PA 20 normal + 20 abnormal" in text
+    assert "| **detector** (features (pooled_knn)) | " in text
+    for name in demo.BASELINE_NAMES.values():
+        assert f"| {name} | " in text
+    assert "| view only (AP = abnormal) |" in text
+    assert demo.cell(detector, "auc") in text  # "0.xxx [low, high]"
+    assert "Each component alone (overall AUC): part " in text
+    assert "sensitivity 0.500 [0.300, 0.700]" in text
+    assert "Verdict:" in text and "- Against PCA(5) reconstruction, 64 px:" in text
+    assert "](eval/nih1000_test/roc" in text and "](eval/nih1000_test/films.png)" in text
+    assert "Commit abc1234" in text
+
+
+def test_small_helpers() -> None:
+    assert demo.folder_name("nih_pneumonia256 test half") == "nih_pneumonia256_test_half"
+    metrics = {"intervals": {"auc": {"estimate": 0.61, "low": 0.5, "high": 0.7}},
+               "adults": {"intervals": {"auc": {"estimate": 0.7, "low": None, "high": None}}}}
+    assert demo.cell(metrics, "auc") == "0.610 [0.500, 0.700]"
+    assert demo.cell(metrics, "auc_view_PA") == "n/a" and demo.cell({}, "auc") == "n/a"
+    assert demo.adult_cell(metrics, "auc") == "0.700" and demo.adult_cell({}, "auc") == "n/a"
+    assert demo.interval_of(metrics, "auc").estimate == pytest.approx(0.61)
+    assert demo.interval_of(metrics, "absent").estimate is None

@@ -14,21 +14,21 @@ import torch
 
 from cxr_anomaly import distributed
 from cxr_anomaly.checkpoint import load_checkpoint, load_training_state
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
-from cxr_anomaly.training import EVENTS_NAME, build_detector
+from cxr_anomaly.models.tang2019.training import EVENTS_NAME, build_detector
 
 WORLD_SIZE = 2
 
 
 def small_config() -> Config:
     """A narrow detector; a global batch of 16 is 8 films per rank, 4 steps per epoch on 64 films."""
-    config = with_overrides(Config(), "model", base_channels=8, latent_dim=16)
+    config = with_overrides(tang2019_config(), "model", base_channels=8, latent_dim=16)
     return with_overrides(config, "train", epochs=1, batch_size=16, device="cpu")
 
 
-# The real CLI under torchrun, with pipeline.train_detector wrapped so that each rank also saves
-# its own final weights: the test, not the library, compares them. A script file, because
+# The real CLI under torchrun, with the tang2019 training loop (which fit_detector calls) wrapped so
+# that each rank also saves its own final weights: the test, not the library, compares them. A script file, because
 # pytest's importlib mode keeps test modules out of reach of other processes.
 WORKER = """
 import sys
@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 
-from cxr_anomaly import cli, pipeline
+from cxr_anomaly import cli
 from cxr_anomaly.distributed import current_context
+from cxr_anomaly.models.tang2019 import training
 
 weights_dir = Path(sys.argv[1])
-train_detector = pipeline.train_detector
+train_detector = training.train_detector
 
 
 def train_and_save_rank_weights(*args, **kwargs):
@@ -52,7 +53,7 @@ def train_and_save_rank_weights(*args, **kwargs):
 
 
 if __name__ == "__main__":  # the image decoder's process pool re-imports this file
-    pipeline.train_detector = train_and_save_rank_weights
+    training.train_detector = train_and_save_rank_weights
     sys.exit(cli.main(sys.argv[2:]))
 """
 
@@ -74,7 +75,7 @@ def test_torchrun_trains_identical_ranks_and_writes_one_loadable_checkpoint(
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={WORLD_SIZE}", str(tmp_path / "worker.py"), str(tmp_path),
-               "train", "--data", str(tmp_path / "manifest.csv"), "--out", str(run_dir),
+               "train", "--method", "tang2019", "--data", str(tmp_path / "manifest.csv"), "--out", str(run_dir),
                "--config", str(tmp_path / "config.toml"), "--no-progress"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -100,7 +101,8 @@ def test_torchrun_trains_identical_ranks_and_writes_one_loadable_checkpoint(
     assert model.calibration is not None and len(model.training["history"]) == 1
     assert model.training["world_size"] == WORLD_SIZE
     assert model.training["rank_weight_difference"] == 0.0
-    for key, value in model.detector.state_dict().items():
+    assert model.config.method == "tang2019"
+    for key, value in model.detector.networks.state_dict().items():
         assert torch.equal(value, ranks[0]["state"][key]), key
     events = [json.loads(line) for line in (run_dir / EVENTS_NAME).read_text().splitlines()]
     assert [event["event"] for event in events].count("start") == 1
@@ -111,7 +113,7 @@ def test_torchrun_trains_identical_ranks_and_writes_one_loadable_checkpoint(
 
 
 def test_sync_batchnorm_needs_cuda() -> None:
-    detector = build_detector(with_overrides(Config(), "model", base_channels=8))
+    detector = build_detector(with_overrides(tang2019_config(), "model", base_channels=8))
     with pytest.raises(ConfigError, match="sync_batchnorm"):
         distributed.convert_sync_batchnorm(detector, torch.device("cpu"))
 
@@ -139,3 +141,10 @@ def test_train_options_reach_the_config() -> None:
     assert config.train.sync_batchnorm and config.train.checkpoint_every_steps == 25 and arguments.resume
     plain = training_config(build_parser().parse_args(["train", "--data", "x.csv", "--out", "run"]))
     assert not plain.train.sync_batchnorm and plain.train.checkpoint_every_steps == 0
+    assert plain.method == "features" and config.method == "features"  # the default family
+    tang = training_config(build_parser().parse_args(["train", "--data", "x.csv", "--out", "run", "--method",
+                                                      "tang2019", "--variant", "u", "--sync-batchnorm"]))
+    assert tang.method == "tang2019" and tang.model.variant == "u" and tang.train.sync_batchnorm
+    assert tang.data.image_size == 64
+    with pytest.raises(ConfigError, match="--variant u applies to --method tang2019"):
+        training_config(build_parser().parse_args(["train", "--data", "x.csv", "--out", "run", "--variant", "u"]))

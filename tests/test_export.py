@@ -9,12 +9,14 @@ import pytest
 
 from cxr_anomaly.checkpoint import load_checkpoint
 from cxr_anomaly.cli import main
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import tang2019_config, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.export import ExportError, OnnxScorer, export_checkpoint, export_onnx
-from cxr_anomaly.scoring import score_pixels
-from cxr_anomaly.training import build_detector
+from cxr_anomaly.models.base import output_names
+from cxr_anomaly.models.tang2019 import Tang2019Detector
+from cxr_anomaly.models.tang2019.training import build_detector
+from cxr_anomaly.scoring import score_films
 
 pytest.importorskip("onnxruntime")
 
@@ -23,7 +25,7 @@ def real_test_films(nih1000: Path, count: int) -> np.ndarray:
     """uint8 films (count, 64, 64): the first normal and abnormal NIH1000 test films."""
     manifest = load_inputs(nih1000 / "manifest.csv")
     rows = manifest[manifest["split"] == "test"].groupby("label").head(count // 2).reset_index(drop=True)
-    return load_images(rows, Config().data, workers=1).pixels
+    return load_images(rows, tang2019_config().data, workers=1).pixels
 
 
 def test_onnx_scores_match_pytorch_on_real_films(tiny_nih_model: object, tmp_path: Path) -> None:
@@ -32,38 +34,52 @@ def test_onnx_scores_match_pytorch_on_real_films(tiny_nih_model: object, tmp_pat
     assert main(["export", "--model", str(tiny_nih_model.checkpoint), "--out", str(onnx_path)]) == 0
     loaded = load_checkpoint(tiny_nih_model.checkpoint)
     pixels = real_test_films(tiny_nih_model.nih1000, 40)
-    reference = score_pixels(loaded.detector, pixels, loaded.config)
+    reference = score_films(loaded.detector, pixels, precision="fp32", keep_maps=True)
     scorer = OnnxScorer(onnx_path)
+    assert scorer.output_names == output_names(loaded.detector) == (
+        "score", "reconstruction", "adversarial", "latent", "code_distance", "anomaly_map")
     # batches of 16 exercise the dynamic batch dimension (the export traced a batch of 2)
-    exported = scorer.score_pixels(pixels, batch_size=16)
-    for name in ("raw", "reconstruction", "adversarial", "latent", "code_distance"):
-        difference = np.max(np.abs(getattr(exported, name) - getattr(reference, name)))
+    exported = scorer.score_films(pixels, batch_size=16)
+    difference = np.max(np.abs(exported.raw - reference.raw))
+    assert difference <= 1e-4, ("raw", difference)
+    assert set(exported.components) == set(reference.components)
+    for name in ("reconstruction", "adversarial", "latent", "code_distance"):
+        difference = np.max(np.abs(exported.components[name] - reference.components[name]))
         assert difference <= 1e-4, (name, difference)
+    # the anomaly map (the residual heatmap) is exported too
+    maps = scorer.score_tensor(loaded.detector.model_input(pixels[:4]).numpy())["anomaly_map"]  # (4, 1, 64, 64)
+    assert maps.shape == (4, 1, 64, 64)
+    assert np.max(np.abs(maps[:, 0] - reference.anomaly_maps[:4])) <= 1e-4
     assert scorer.config == loaded.config
     assert scorer.calibration is not None and scorer.calibration.to_dict() == loaded.calibration.to_dict()
 
 
 def test_variant_without_discriminator_exports_nan_components(tmp_path: Path) -> None:
-    config = with_overrides(Config(), "model", variant="u", base_channels=8, latent_dim=8)
-    detector = build_detector(config)
+    config = with_overrides(tang2019_config(), "model", variant="u", base_channels=8, latent_dim=8)
+    detector = Tang2019Detector(config, build_detector(config))
     result = export_onnx(detector, config, tmp_path / "u.onnx")
-    assert result.variant == "u" and result.size_bytes == (tmp_path / "u.onnx").stat().st_size
+    assert result.detector == detector.description and "(u," in result.detector
+    assert result.output_names == output_names(detector)
+    assert result.size_bytes == (tmp_path / "u.onnx").stat().st_size
     pixels = np.random.default_rng(0).integers(0, 256, size=(3, 64, 64), dtype=np.uint8)
-    exported = OnnxScorer(result.path).score_pixels(pixels)
-    reference = score_pixels(detector, pixels, config)
-    assert np.all(np.isnan(exported.adversarial)) and np.all(np.isnan(exported.latent))
-    assert np.all(np.isnan(exported.code_distance))  # a fresh detector stores no training codes
+    exported = OnnxScorer(result.path).score_films(pixels)
+    reference = score_films(detector, pixels, precision="fp32")
+    assert np.all(np.isnan(exported.components["adversarial"])) and np.all(np.isnan(exported.components["latent"]))
+    assert np.all(np.isnan(exported.components["code_distance"]))  # a fresh detector stores no training codes
     np.testing.assert_allclose(exported.raw, reference.raw, atol=1e-4, rtol=0)
 
 
 def test_code_knn_score_is_exported(tiny_nih_model: object, tmp_path: Path) -> None:
     loaded = load_checkpoint(tiny_nih_model.checkpoint)
     config = with_overrides(loaded.config, "score", method="code_knn")
-    result = export_onnx(loaded.detector, config, tmp_path / "knn.onnx")
+    # the score is the detector's: the same trained networks under the code_knn score
+    detector = Tang2019Detector(config, loaded.detector.networks)
+    result = export_onnx(detector, config, tmp_path / "knn.onnx")
     pixels = real_test_films(tiny_nih_model.nih1000, 8)
-    exported = OnnxScorer(result.path).score_pixels(pixels)
-    reference = score_pixels(loaded.detector, pixels, config)
+    exported = OnnxScorer(result.path).score_films(pixels)
+    reference = score_films(detector, pixels, precision="fp32")
     assert np.all(np.isfinite(exported.raw))
+    np.testing.assert_allclose(exported.raw, exported.components["code_distance"], atol=0, rtol=0)
     np.testing.assert_allclose(exported.raw, reference.raw, atol=1e-4, rtol=0)
 
 

@@ -1,4 +1,4 @@
-"""Tests of cxr_anomaly.inference and of score_pixels' precision and layout handling."""
+"""Tests of cxr_anomaly.inference and of score_films' precision and layout handling."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.evaluation import safe_auc
 from cxr_anomaly.inference import (
@@ -17,6 +17,7 @@ from cxr_anomaly.inference import (
     inference_autocast,
     native_bf16,
     recommended_threads,
+    resolve_device,
     resolve_precision,
     set_threads,
     to_channels_last,
@@ -24,8 +25,15 @@ from cxr_anomaly.inference import (
 )
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
-from cxr_anomaly.scoring import score_pixels
-from cxr_anomaly.training import build_detector, train_detector
+from cxr_anomaly.models.tang2019 import Tang2019Detector
+from cxr_anomaly.models.tang2019.training import build_detector, train_detector
+from cxr_anomaly.scoring import score_films
+
+
+def test_resolve_device_maps_auto_to_what_is_there() -> None:
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
 
 
 def test_auto_precision_follows_native_bf16_support() -> None:
@@ -56,7 +64,7 @@ def test_autocast_only_for_bf16() -> None:
 
 
 def test_channels_last_keeps_weight_values() -> None:
-    detector = build_detector(Config())
+    detector = build_detector(tang2019_config())
     before = {name: value.clone() for name, value in detector.state_dict().items()}
     to_channels_last(detector)
     weight = detector.unet.encoder.blocks[1][0].weight
@@ -84,18 +92,19 @@ def test_thread_setting() -> None:
 
 
 def test_fp32_scores_do_not_depend_on_the_layout() -> None:
-    """score_pixels switches the detector to channels_last; fp32 scores stay those of NCHW."""
-    config = Config()
-    detector = build_detector(config).eval()
+    """score_films switches the detector to channels_last; fp32 scores stay those of NCHW."""
+    config = tang2019_config()
+    networks = build_detector(config).eval()
     pixels = np.random.default_rng(0).integers(0, 256, size=(6, 64, 64), dtype=np.uint8)
     images = torch.from_numpy(pixels / 127.5 - 1.0).float().unsqueeze(1)  # (N, 1, 64, 64)
     with torch.no_grad():
-        reference = detector.score_components(images)  # NCHW weights
-    result = score_pixels(detector, pixels, config)
-    assert detector.unet.encoder.blocks[1][0].weight.is_contiguous(memory_format=torch.channels_last)
-    np.testing.assert_allclose(result.reconstruction, reference.reconstruction.numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(result.adversarial, reference.adversarial.numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(result.latent, reference.latent.numpy(), rtol=1e-4, atol=1e-9)
+        reference = networks.score_components(images)  # NCHW weights
+    result = score_films(Tang2019Detector(config, networks), pixels, precision="fp32")
+    assert networks.unet.encoder.blocks[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    components = result.components
+    np.testing.assert_allclose(components["reconstruction"], reference.reconstruction.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(components["adversarial"], reference.adversarial.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(components["latent"], reference.latent.numpy(), rtol=1e-4, atol=1e-9)
 
 
 def nih_split(nih1000: Path, split: str, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +113,7 @@ def nih_split(nih1000: Path, split: str, label: int | None = None) -> tuple[np.n
     rows = manifest[manifest["split"] == split]
     if label is not None:
         rows = rows[rows["label"] == label]
-    loaded = load_images(rows.reset_index(drop=True), Config().data, workers=1)
+    loaded = load_images(rows.reset_index(drop=True), tang2019_config().data, workers=1)
     return loaded.pixels, loaded.manifest["label"].to_numpy(dtype=int)
 
 
@@ -119,11 +128,11 @@ def test_bf16_scores_match_fp32_auc_on_real_films(shared_data: Path) -> None:
     nih1000 = shared_data / "nih1000"
     train_pixels, _ = nih_split(nih1000, "train", label=0)
     test_pixels, test_labels = nih_split(nih1000, "test")
-    config = with_overrides(Config(), "model", base_channels=16)
+    config = with_overrides(tang2019_config(), "model", base_channels=16)
     config = with_overrides(config, "train", epochs=2, seed=0, device="cpu")
-    detector = train_detector(config, train_pixels).detector
-    fp32 = score_pixels(detector, test_pixels, config, precision="fp32")
-    bf16 = score_pixels(detector, test_pixels, config, precision="bf16")
+    detector = Tang2019Detector(config, train_detector(config, train_pixels).detector)
+    fp32 = score_films(detector, test_pixels, precision="fp32")
+    bf16 = score_films(detector, test_pixels, precision="bf16")
     assert not np.allclose(fp32.raw, bf16.raw, rtol=0, atol=0)  # bf16 really ran
     np.testing.assert_allclose(bf16.raw, fp32.raw, rtol=0.05)
     auc_fp32 = safe_auc(test_labels, fp32.raw)

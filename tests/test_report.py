@@ -89,7 +89,9 @@ def test_score_report_on_nih1000_ranks_films_and_writes_a_self_contained_html(
     parser = ReportParser()
     parser.feed(document)
     assert len(parser.rows) == 40
-    assert len(parser.image_sources) == 3 * 40  # thumbnail, reconstruction, heatmap per film
+    # thumbnail, reconstruction (tang2019 reconstructs), heatmap per film, and the colour-scale legend
+    assert len(parser.image_sources) == 3 * 40 + 1
+    assert "<th>reconstruction</th>" in document and 'id="colour-scale"' in document
     assert all(source.startswith("data:image/png;base64,") for source in parser.image_sources)
     assert parser.scripts == 0 and parser.links == []  # nothing fetched from elsewhere
     assert f"<b>{flagged}</b> of 40 films would be flagged" in document
@@ -142,26 +144,39 @@ def test_tables_without_dicom_inputs_get_no_link_columns(tmp_path: Path) -> None
 
 def test_report_without_calibration_says_so(tmp_path: Path) -> None:
     from cxr_anomaly.explain import explain_film
-    from cxr_anomaly.config import DataConfig
     from cxr_anomaly.report import write_html_report
 
     pixels = np.full((64, 64), 90, dtype=np.uint8)
+    anomaly_map = np.full((8, 8), 0.1, dtype=np.float32)
     ranked = rank_table(pd.DataFrame({"path": ["x.png"], "score_raw": [2.5]})).table
-    explanation = explain_film(pixels, pixels, pixels, DataConfig())
+    explanation = explain_film(pixels, pixels, anomaly_map, 0.4)
     path = write_html_report(tmp_path / "r.html", ranked, [explanation], calibration=None,
                              model_description="test")
     document = path.read_text()
     assert "no operating point stored" in document
     assert re.search(r"would be flagged", document) is None
+    # a family without reconstructions gets no reconstruction column; the legend names the model's scale
+    parser = ReportParser()
+    parser.feed(document)
+    assert "reconstruction" not in document and len(parser.image_sources) == 2 + 1
+    assert 'id="colour-scale"' in document and "to 0.4 and above" in document
+    assert float(parser.rows[0][4]) == pytest.approx(2.5)  # rank, film, heatmap, score (z), raw score
+    with_reconstruction = explain_film(pixels, pixels, anomaly_map, 0.4, reconstruction=pixels)
+    document = write_html_report(tmp_path / "t.html", ranked, [with_reconstruction], calibration=None,
+                                 model_description="test").read_text()
+    assert "<th>reconstruction</th>" in document and 'alt="reconstruction"' in document
     with pytest.raises(ValueError, match="1 rows but 0 explanations"):
         write_html_report(tmp_path / "s.html", ranked, [], calibration=None, model_description="test")
 
 
 def test_rows_that_cannot_be_reread_are_explained_on_the_model_input(tmp_path: Path) -> None:
-    from cxr_anomaly.config import DataConfig
     from cxr_anomaly.report import explain_rows
 
     pixels = np.full((1, 64, 64), 90, dtype=np.uint8)
+    anomaly_maps = np.zeros((1, 8, 8), dtype=np.float32)
     table = pd.DataFrame({"path": [f"{tmp_path}/pneumoniamnist.npz#test/0"]})  # an npz member, not a file
-    (explanation,) = explain_rows(table, pixels, pixels, DataConfig())
+    (explanation,) = explain_rows(table, pixels, anomaly_maps, 0.5)
     assert explanation.original.shape == (64, 64) and explanation.overlay.shape == (64, 64, 3)
+    assert explanation.reconstruction is None and explanation.scale == 0.5
+    (explanation,) = explain_rows(table, pixels, anomaly_maps, 0.5, reconstructions=pixels)
+    assert explanation.reconstruction is not None and explanation.reconstruction.shape == (64, 64)

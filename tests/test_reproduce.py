@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cxr_anomaly.cli import main
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.reproduce import ReproduceOptions, reproduce_job
 
@@ -86,7 +86,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(
 
 
 def test_a_half_written_or_changed_cell_is_run_again(small_manifest: Path, tmp_path: Path) -> None:
-    config = with_overrides(with_overrides(Config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
+    config = with_overrides(with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
     options = ReproduceOptions(variants=("u",), seeds=(0,), max_train_normals=24)
     first = reproduce_job([small_manifest], tmp_path, config, options, progress=False)
     assert first.cells_run == ["u-seed0"]
@@ -110,7 +110,7 @@ def test_options_are_validated() -> None:
 
 
 def test_several_seeds_add_a_seed_ensemble_row(small_manifest: Path, tmp_path: Path) -> None:
-    config = with_overrides(with_overrides(Config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
+    config = with_overrides(with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
     options = ReproduceOptions(variants=("u",), seeds=(0, 1), max_train_normals=24)
     outcome = reproduce_job([small_manifest], tmp_path, config, options, progress=False)
     table = outcome.table.set_index(["method", "score"])
@@ -149,7 +149,7 @@ def test_cell_files_are_written_durably(small_manifest: Path, tmp_path: Path, mo
         real_fsync(descriptor)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    config = with_overrides(with_overrides(Config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
+    config = with_overrides(with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
     options = ReproduceOptions(variants=("u",), seeds=(0,), max_train_normals=24)
     reproduce_job([small_manifest], tmp_path, config, options, progress=False)
     cell = tmp_path / "cells" / "u-seed0"

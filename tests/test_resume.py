@@ -29,6 +29,7 @@ TRIALS = int(os.environ.get("CXR_ANOMALY_KILL_TRIALS", "2"))
 KILLS_PER_TRIAL = int(os.environ.get("CXR_ANOMALY_KILLS_PER_TRIAL", "2"))
 LATEST_KILL_SECONDS = 4.0  # training takes 3-5 s here, so some kills land after it
 CONFIG = """\
+method = "tang2019"  # the GAN training loop is what can be killed and resumed
 [model]
 base_channels = 8
 latent_dim = 16

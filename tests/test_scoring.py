@@ -1,23 +1,29 @@
-"""Eq. 6, its components, and the two normalisations."""
+"""Eq. 6, its components, and the two normalisations (scored through the common detector interface)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cxr_anomaly.config import Config, with_overrides
-from cxr_anomaly.scoring import combine, fit_calibration, min_max_normalise, score_pixels
-from cxr_anomaly.training import train_detector
+from cxr_anomaly.config import Config, tang2019_config, with_overrides
+from cxr_anomaly.models.tang2019 import Tang2019Detector, weighted_score
+from cxr_anomaly.models.tang2019.training import train_detector
+from cxr_anomaly.scoring import ScoreResult, fit_calibration, min_max_normalise, score_films
 
 
 def random_pixels(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(count, 64, 64), dtype=np.uint8)
 
 
+def score_pixels(networks: object, pixels: np.ndarray, config: Config, **options: object) -> ScoreResult:
+    """Score with the trained networks behind the common interface, under ``config``'s score."""
+    return score_films(Tang2019Detector(config, networks), pixels, **options)
+
+
 @pytest.fixture(scope="module")
 def trained() -> tuple[Config, object]:
     """A detector trained for one short epoch, so BatchNorm holds real running statistics."""
-    config = with_overrides(Config(), "train", epochs=1, batch_size=8, seed=0)
+    config = with_overrides(tang2019_config(), "train", epochs=1, batch_size=8, seed=0)
     result = train_detector(config, random_pixels(16, seed=0))
     return config, result.detector
 
@@ -25,16 +31,24 @@ def trained() -> tuple[Config, object]:
 def test_combined_score_is_the_weighted_sum_of_components(trained: tuple[Config, object]) -> None:
     config, detector = trained
     result = score_pixels(detector, random_pixels(5, seed=1), config)
-    expected = 20 * result.reconstruction + 4 * result.adversarial + 8 * result.latent
+    parts = result.components
+    assert set(parts) == {"reconstruction", "adversarial", "latent", "code_distance"}
+    expected = 20 * parts["reconstruction"] + 4 * parts["adversarial"] + 8 * parts["latent"]
     np.testing.assert_allclose(result.raw, expected, rtol=1e-6)
     assert result.raw.shape == (5,)
 
 
 def test_absent_components_are_nan_and_left_out() -> None:
     reconstruction = np.array([0.1, 0.2])
-    missing = np.full(2, np.nan)
-    total = combine(Config(), reconstruction, missing, missing)
+    total = weighted_score(tang2019_config().score, reconstruction, None, None, None)
     np.testing.assert_allclose(total, 20 * reconstruction)
+    # A variant without D and E: its missing components are NaN and the score is λ1·L_R alone.
+    config = with_overrides(with_overrides(tang2019_config(), "model", variant="u", base_channels=8, latent_dim=16),
+                            "train", epochs=1, batch_size=8, seed=0)
+    networks = train_detector(config, random_pixels(8, seed=0)).detector
+    result = score_pixels(networks, random_pixels(3, seed=1), config)
+    assert np.all(np.isnan(result.components["adversarial"])) and np.all(np.isnan(result.components["latent"]))
+    np.testing.assert_allclose(result.raw, 20 * result.components["reconstruction"], rtol=1e-6)
 
 
 def test_a_film_scored_alone_gets_the_same_calibrated_score_as_in_a_batch(trained: tuple[Config, object]) -> None:
@@ -52,9 +66,13 @@ def test_a_film_scored_alone_gets_the_same_calibrated_score_as_in_a_batch(traine
 
 def test_reconstructions_are_returned_as_uint8_images(trained: tuple[Config, object]) -> None:
     config, detector = trained
-    result = score_pixels(detector, random_pixels(3, seed=4), config, keep_reconstructions=True)
+    result = score_pixels(detector, random_pixels(3, seed=4), config, keep_maps=True)
     assert result.reconstructions is not None
     assert result.reconstructions.shape == (3, 64, 64) and result.reconstructions.dtype == np.uint8
+    # The anomaly map is the residual |x - x'| / 2, in [0, 1].
+    assert result.anomaly_maps is not None and result.anomaly_maps.shape == (3, 64, 64)
+    assert result.anomaly_maps.min() >= 0.0 and result.anomaly_maps.max() <= 1.0
+    assert score_pixels(detector, random_pixels(3, seed=4), config).reconstructions is None
 
 
 def test_min_max_of_constant_scores_is_zero() -> None:
@@ -77,25 +95,28 @@ def test_training_stores_normal_codes_for_the_code_knn_score(trained: tuple[Conf
     assert int(detector.code_neighbours) == config.score.neighbours
     knn_config = with_overrides(config, "score", method="code_knn")
     result = score_pixels(detector, random_pixels(5, seed=5), knn_config)
-    assert result.code_distance is not None and np.all(np.isfinite(result.code_distance))
-    np.testing.assert_array_equal(result.raw, result.code_distance)
+    code_distance = result.components["code_distance"]
+    assert np.all(np.isfinite(code_distance))
+    np.testing.assert_array_equal(result.raw, code_distance)
     # eq. 6 ignores the code distance.
     eq6 = score_pixels(detector, random_pixels(5, seed=5), with_overrides(config, "score", method="eq6"))
-    np.testing.assert_allclose(eq6.raw, 20 * eq6.reconstruction + 4 * eq6.adversarial + 8 * eq6.latent, rtol=1e-6)
+    parts = eq6.components
+    np.testing.assert_allclose(eq6.raw, 20 * parts["reconstruction"] + 4 * parts["adversarial"] + 8 * parts["latent"],
+                               rtol=1e-6)
 
 
 def test_code_distance_of_a_stored_normal_to_itself_is_zero(trained: tuple[Config, object]) -> None:
     import copy
 
-    from cxr_anomaly.scoring import store_normal_codes
+    from cxr_anomaly.models.tang2019.training import store_normal_codes
 
     config, detector = trained
     detector = copy.deepcopy(detector)
     normals = random_pixels(16, seed=0)
     store_normal_codes(detector, normals, with_overrides(config, "score", neighbours=1))
-    distances = score_pixels(detector, normals[:4], config).code_distance
+    distances = score_pixels(detector, normals[:4], config).components["code_distance"]
     np.testing.assert_allclose(distances, 0.0, atol=1e-3)
-    assert np.all(score_pixels(detector, random_pixels(4, seed=9), config).code_distance > 1e-3)
+    assert np.all(score_pixels(detector, random_pixels(4, seed=9), config).components["code_distance"] > 1e-3)
 
 
 def test_normal_codes_travel_in_the_state_dict_and_old_state_dicts_still_load(
@@ -112,5 +133,6 @@ def test_normal_codes_travel_in_the_state_dict_and_old_state_dicts_still_load(
     restored.load_state_dict(old)
     assert len(restored.normal_codes) == 0
     restored.eval()
+    assert np.all(np.isnan(score_pixels(restored, random_pixels(2, seed=6), config).components["code_distance"]))
     with pytest.raises(ValueError, match="no codes of training normals"):
         score_pixels(restored, random_pixels(2, seed=6), with_overrides(config, "score", method="code_knn"))

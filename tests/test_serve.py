@@ -17,7 +17,7 @@ from PIL import Image
 
 from cxr_anomaly.checkpoint import load_checkpoint
 from cxr_anomaly.io import read_image, resize_grey
-from cxr_anomaly.scoring import score_pixels
+from cxr_anomaly.scoring import score_films
 from cxr_anomaly.serve import BatchScorer, ServiceSettings, create_app, start_background_server
 from cxr_anomaly.serve.loadtest import run_load_test
 
@@ -35,20 +35,24 @@ def client(tiny_nih_model) -> TestClient:
         yield test_client
 
 
-def offline_scores(checkpoint: Path, path: Path) -> dict[str, float]:
+def offline_scores(checkpoint: Path, path: Path) -> dict[str, object]:
     """What the library computes for a file, to compare the service with."""
     model = load_checkpoint(checkpoint)
     pixels = resize_grey(read_image(path).array, model.config.data.image_size)[None]  # (1, S, S)
-    raw = score_pixels(model.detector, pixels, model.config).raw
+    result = score_films(model.detector, pixels)
+    raw = result.raw
     return {"raw": float(raw[0]), "percentile": float(model.calibration.percentile(raw)[0]),
             "z": float(model.calibration.standardise(raw)[0]),
-            "flag": bool(model.calibration.flag(raw)[0])}
+            "flag": bool(model.calibration.flag(raw)[0]),
+            "components": {name: float(values[0]) for name, values in result.components.items()}}
 
 
 def test_health_model_and_openapi(client: TestClient, tiny_nih_model) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     info = client.get("/v1/model").json()
-    assert info["model_version"].startswith("sha256:") and info["variant"] == "u+d+e"
+    assert info["model_version"].startswith("sha256:") and info["method"] == "tang2019"
+    assert info["detector"] == load_checkpoint(tiny_nih_model.checkpoint).detector.description
+    assert "u+d+e" in info["detector"] and "variant" not in info
     assert info["calibration"]["threshold"] == load_checkpoint(tiny_nih_model.checkpoint).calibration.threshold
     assert "normal_quantiles" not in info["calibration"] and info["auth_required"] is False
     schema = client.get("/openapi.json").json()
@@ -72,7 +76,10 @@ def test_score_png_matches_the_library_and_the_calibration(client: TestClient, t
     assert body["image"] == {"format": "png", "width": 64, "height": 64}
     assert body["heatmap_png"] is None
     components = body["components"]
-    assert components["adversarial"] is not None and components["latent"] is not None
+    assert set(components) == {"reconstruction", "adversarial", "latent", "code_distance"}
+    assert all(value is not None for value in components.values())
+    for name, value in components.items():
+        assert value == pytest.approx(expected["components"][name], rel=1e-5), name
 
 
 def test_raw_body_jpeg_and_dicom_are_sniffed_and_scored(client: TestClient, tmp_path: Path, shared_data: Path,

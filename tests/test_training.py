@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from cxr_anomaly.checkpoint import load_training_state
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError
 from cxr_anomaly.models.tang2019 import DiscriminatorLoss, discriminator_loss_from_logits
 from cxr_anomaly.models.tang2019.torch_model import Discriminator
-from cxr_anomaly.training import (
+from cxr_anomaly.models.tang2019.training import (
     EVENTS_NAME,
     TRAINING_STATE_NAME,
     resolve_config_for_resume,
@@ -35,7 +35,7 @@ class Interrupted(Exception):
 
 def tiny_config(**train_changes: object) -> Config:
     """A narrow detector, 2 epochs of 3 steps (batch 16 of 40 films), on CPU."""
-    config = with_overrides(Config(), "model", base_channels=8, latent_dim=16)
+    config = with_overrides(tang2019_config(), "model", base_channels=8, latent_dim=16)
     values = {"epochs": 2, "batch_size": 16, "device": "cpu", **train_changes}
     return with_overrides(config, "train", **values)
 
@@ -199,7 +199,7 @@ def test_batchnorm_statistics_are_re_estimated_after_a_short_run(nih_train_norma
     over the training normals makes eval-mode reconstructions match train-mode ones."""
     from cxr_anomaly.data.dataset import to_model_tensor
 
-    images = to_model_tensor(nih_train_normals, Config().data)  # (40, 1, 64, 64)
+    images = to_model_tensor(nih_train_normals, tang2019_config().data)  # (40, 1, 64, 64)
 
     def l1_by_mode(detector: torch.nn.Module) -> tuple[float, float]:
         with torch.no_grad():
@@ -217,3 +217,24 @@ def test_batchnorm_statistics_are_re_estimated_after_a_short_run(nih_train_norma
     assert kept_eval > 1.1 * kept_train, "the short run should show the stale-statistics gap"
     assert new_eval < kept_eval
     assert new_eval == pytest.approx(new_train, rel=0.05)
+
+
+def test_fit_detector_trains_tang2019_behind_the_common_interface(nih_train_normals: np.ndarray,
+                                                                   tmp_path: Path) -> None:
+    from cxr_anomaly.models.registry import build_detector, fit_detector
+    from cxr_anomaly.models.tang2019 import OneClassDetector, Tang2019Detector
+
+    config = tiny_config(epochs=1)
+    result = fit_detector(config, nih_train_normals[:24], progress=False, run_dir=tmp_path)
+    detector = result.detector
+    assert isinstance(detector, Tang2019Detector) and isinstance(detector.networks, OneClassDetector)
+    assert not detector.training and detector.family == "tang2019" and result.world_size == 1
+    assert detector.component_names == ("reconstruction", "adversarial", "latent", "code_distance")
+    record = result.record
+    assert record["family"] == "tang2019" and record["num_train_images"] == 24 and record["world_size"] == 1
+    assert [entry["epoch"] for entry in record["history"]] == [1] and record["resumed_from"] is None
+    json.dumps(record)  # plain values only, for the checkpoint and training_log.json
+    assert (tmp_path / TRAINING_STATE_NAME).is_file()
+    assert len(detector.networks.normal_codes) == 24  # the code-space kNN score is available
+    # an unfitted detector of the same configuration has the same state layout
+    assert build_detector(config).state_dict().keys() == detector.state_dict().keys()

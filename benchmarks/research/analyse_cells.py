@@ -15,9 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import tang2019_config, with_overrides
 from cxr_anomaly.evaluation import safe_auc
-from cxr_anomaly.scoring import combine
+from cxr_anomaly.models.tang2019 import weighted_score
+
+
+def combine(config, reconstruction, adversarial, latent, code_distance):  # type: ignore[no-untyped-def]
+    """The raw score of ``config.score.method`` from stored components; all-NaN ones are absent."""
+    def present(values: np.ndarray) -> np.ndarray | None:
+        return None if np.all(np.isnan(values)) else values
+
+    return weighted_score(config.score, reconstruction, present(adversarial), present(latent), present(code_distance))
 
 
 def view_standardised(scores: np.ndarray, views: np.ndarray, reference: np.ndarray,
@@ -46,7 +54,7 @@ def main() -> None:
         variant = cell.name.rsplit("-seed", 1)[0]
         stored = np.load(cell / "scores.npz")
         for method in ("eq6", "code_knn"):
-            config = with_overrides(Config(), "score", method=method)
+            config = with_overrides(tang2019_config(), "score", method=method)
             raw = {part: combine(config, stored[f"{part}_reconstruction"], stored[f"{part}_adversarial"],
                                  stored[f"{part}_latent"], stored[f"{part}_code_distance"])
                    for part in ("val", "test")}

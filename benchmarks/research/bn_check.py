@@ -16,12 +16,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import tang2019_config, with_overrides
 from cxr_anomaly.data.dataset import to_model_tensor
 from cxr_anomaly.evaluation import safe_auc
+from cxr_anomaly.models.tang2019 import Tang2019Detector
+from cxr_anomaly.models.tang2019.training import store_normal_codes, train_detector
 from cxr_anomaly.reproduce import ReproduceOptions, prepare_split
-from cxr_anomaly.scoring import score_pixels, store_normal_codes
-from cxr_anomaly.training import train_detector
+from cxr_anomaly.scoring import score_films
 
 
 def recalibrate_batchnorm(detector: nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
@@ -50,20 +51,21 @@ def main() -> None:
     manifest = pd.read_csv(f"/tmp/cxr_research/{args.data}_manifest_loaded.csv")
     manifest["label"] = manifest["label"].astype("Int64")
     split = prepare_split(manifest, pixels, ReproduceOptions(val_fraction=args.val_fraction, max_train_normals=500))
-    config = with_overrides(Config(), "model", base_channels=16, variant=args.variant)
+    config = with_overrides(tang2019_config(), "model", base_channels=16, variant=args.variant)
     config = with_overrides(config, "train", epochs=args.epochs, batch_size=args.batch_size)
     detector = train_detector(config, split.train_normals).detector
     normal = split.val_labels == 0
     result = {}
 
     def measure(name: str) -> None:
-        scores = score_pixels(detector, split.val_pixels, config)
-        test = score_pixels(detector, split.test_pixels, config)
-        result[name] = {"val_normal_l1": float(scores.reconstruction[normal].mean()),
-                        "val_auc_l1": safe_auc(split.val_labels, scores.reconstruction),
-                        "val_auc_code_knn": safe_auc(split.val_labels, scores.code_distance),
-                        "test_auc_l1": safe_auc(split.test_labels, test.reconstruction),
-                        "test_auc_code_knn": safe_auc(split.test_labels, test.code_distance),
+        scores = score_films(Tang2019Detector(config, detector), split.val_pixels, precision="fp32")
+        test = score_films(Tang2019Detector(config, detector), split.test_pixels, precision="fp32")
+        val_parts, test_parts = scores.components, test.components
+        result[name] = {"val_normal_l1": float(val_parts["reconstruction"][normal].mean()),
+                        "val_auc_l1": safe_auc(split.val_labels, val_parts["reconstruction"]),
+                        "val_auc_code_knn": safe_auc(split.val_labels, val_parts["code_distance"]),
+                        "test_auc_l1": safe_auc(split.test_labels, test_parts["reconstruction"]),
+                        "test_auc_code_knn": safe_auc(split.test_labels, test_parts["code_distance"]),
                         "test_auc_eq6": safe_auc(split.test_labels, test.raw)}
 
     measure("eval_running_stats")

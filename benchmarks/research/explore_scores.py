@@ -28,12 +28,12 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from cxr_anomaly.baselines import fit_and_score_baselines
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.data.dataset import to_model_tensor
 from cxr_anomaly.evaluation import safe_auc
 from cxr_anomaly.models.tang2019 import OneClassDetector
 from cxr_anomaly.reproduce import ReproduceOptions, SplitData, prepare_split
-from cxr_anomaly.training import EpochLog, recalibrate_batchnorm, train_detector
+from cxr_anomaly.models.tang2019.training import EpochLog, recalibrate_batchnorm, train_detector
 
 LOGS = Path(__file__).resolve().parent / "logs"
 
@@ -126,7 +126,7 @@ def main() -> None:
     options = ReproduceOptions(view=args.view, val_fraction=args.val_fraction,
                                test_fraction=args.test_fraction, max_train_normals=args.max_train_normals)
     split: SplitData = prepare_split(manifest, pixels, options)
-    config = with_overrides(Config(), "model", variant=args.variant, base_channels=args.base_channels,
+    config = with_overrides(tang2019_config(), "model", variant=args.variant, base_channels=args.base_channels,
                             input_noise_std=args.noise)
     config = with_overrides(config, "data", intensity=args.intensity)
     baseline = fit_and_score_baselines(split.train_normals, {"val": split.val_pixels, "test": split.test_pixels},
@@ -166,7 +166,7 @@ def main() -> None:
 
         started = time.perf_counter()
         if args.epoch_zero:  # the untrained network: how much of the signal needs no learning
-            from cxr_anomaly.training import build_detector
+            from cxr_anomaly.models.tang2019.training import build_detector
             on_epoch_end(build_detector(run_config).eval(), EpochLog(0, *[0.0] * 7, 0))
         train_detector(run_config, split.train_normals, on_epoch_end=on_epoch_end)
         record["runs"].append({"seed": seed, "seconds": time.perf_counter() - started, "epochs": epochs})

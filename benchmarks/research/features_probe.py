@@ -64,6 +64,8 @@ PREPROCESSING: dict[str, dict[str, object]] = {
     "detail64+equalize": {"detail_size": 64, "intensity": "equalize"},
     "crop10+equalize": {"border_crop": 0.1, "intensity": "equalize"},
     "crop10+detail64+equalize": {"border_crop": 0.1, "detail_size": 64, "intensity": "equalize"},
+    "crop20+detail64+equalize": {"border_crop": 0.2, "detail_size": 64, "intensity": "equalize"},
+    "crop20+detail32+equalize": {"border_crop": 0.2, "detail_size": 32, "intensity": "equalize"},
 }
 
 
@@ -143,7 +145,7 @@ def score(args: argparse.Namespace) -> None:
         train = dict(np.load(train_file))
         evals = {name: dict(np.load(args.work / f"{tag}_{name}.npz")) for name in args.sets}
         manifests = {name: pd.read_csv(args.work / f"manifest_{name}.csv") for name in args.sets}
-        for strides in ([8, 16, 32], [16, 32], [8, 16], [32]):
+        for strides in args.pooled:
             x = pooled(train, strides)
             gauss = LedoitWolf().fit(x)
             mean = x.mean(0)
@@ -157,7 +159,7 @@ def score(args: argparse.Namespace) -> None:
                     rows.append({"tag": tag, "strides": str(strides), "score": score_name, "set": name,
                                  **per_view(values, manifests[name])})
         if args.patch:
-            for strides, grid in (([8, 16], 28), ([16, 32], 14), ([8, 16], 14)):
+            for strides, grid in (([16, 32], 14), ([8, 16], 28)):
                 bank = patches(train, strides, grid)  # (N, P, C)
                 generator = torch.Generator().manual_seed(0)
                 flat = bank.reshape(-1, bank.shape[-1])
@@ -165,9 +167,9 @@ def score(args: argparse.Namespace) -> None:
                 for name in args.sets:
                     query = patches(evals[name], strides, grid)
                     film_scores = []
-                    for film in query:
-                        d = torch.cdist(film, chosen).min(dim=1).values
-                        film_scores.append(d.max().item())
+                    for block in query.split(16):
+                        d = torch.cdist(block.reshape(-1, block.shape[-1]), chosen).min(dim=1).values
+                        film_scores += d.reshape(len(block), -1).max(dim=1).values.tolist()
                     rows.append({"tag": tag, "strides": str(strides) + f"g{grid}", "score": "patch_max",
                                  "set": name, **per_view(np.array(film_scores), manifests[name])})
         print(pd.DataFrame(rows).round(3).to_string(), flush=True)
@@ -189,6 +191,8 @@ def main() -> None:
     parser.add_argument("--train-films", type=int, default=2000)
     parser.add_argument("--only", nargs="*", default=[])
     parser.add_argument("--patch", action="store_true")
+    parser.add_argument("--pooled", type=json.loads, default=[[8, 16, 32], [16, 32], [8, 16], [32]],
+                        help="JSON list of stride lists for the pooled scores")
     parser.add_argument("--bank", type=int, default=50000)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

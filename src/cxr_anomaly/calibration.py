@@ -65,6 +65,10 @@ class Calibration:
             when the validation set held none.
         num_abnormals: how many abnormal validation films were seen.
         note: why the operating point differs from the one asked for, if it does.
+        map_floor: anomaly-map value of a typical normal location (the median over the normal
+            validation films' maps): heatmaps are transparent at and below it.
+        map_ceiling: the 99.9th percentile of those values: heatmaps are opaque at and above it.
+            Both None for calibrations made without maps.
     """
 
     normal_quantiles: list[float]
@@ -80,6 +84,24 @@ class Calibration:
     validation_sensitivity: float | None = None
     num_abnormals: int = 0
     note: str = ""
+    map_floor: float | None = None
+    map_ceiling: float | None = None
+
+    def with_map_range(self, normal_maps: np.ndarray) -> Calibration:
+        """A copy whose heatmap range comes from the anomaly maps (N, h, w) of normal validation films.
+
+        A fixed range per model, learnt from normal films, makes a colour mean the same on every
+        film: a normal film stays nearly transparent, and only locations more unusual than almost
+        every normal location are painted at full strength.
+        """
+        values = np.asarray(normal_maps, dtype=np.float64).ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return self
+        floor, ceiling = float(np.median(values)), float(np.quantile(values, 0.999))
+        if not ceiling > floor:
+            ceiling = floor + max(abs(floor), 1.0) * 1e-3
+        return dataclasses.replace(self, map_floor=floor, map_ceiling=ceiling)
 
     def standardise(self, raw: np.ndarray) -> np.ndarray:
         """Robust z-score of raw scores against the normal films: 0 is a typical normal."""
@@ -239,9 +261,11 @@ class Interval:
     method: str = ""
 
     def describe(self, digits: int = 3) -> str:
-        """``estimate [low, high]``, or ``n/a`` when undefined."""
-        if self.estimate is None or self.low is None or self.high is None:
+        """``estimate [low, high]``, the estimate alone without an interval, or ``n/a``."""
+        if self.estimate is None:
             return "n/a"
+        if self.low is None or self.high is None:
+            return f"{self.estimate:.{digits}f}"
         return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
@@ -335,6 +359,20 @@ def _auc_interval(abnormal: np.ndarray, normal: np.ndarray, confidence: float, n
     # with a class of one film, where every bootstrap resample is the same.
     low, high = wilson_interval(estimate, smaller, confidence)
     return Interval(estimate, low, high, "bamber_wilson")
+
+
+def auc_interval(labels: np.ndarray, scores: np.ndarray, *, num_resamples: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> Interval:
+    """The AUC of ``scores`` against 0/1 ``labels`` with the interval of :func:`bootstrap_intervals`.
+
+    An undefined interval (all None) when a class is missing or a score is not finite.
+    """
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    abnormal, normal = scores[labels == 1], scores[labels == 0]
+    if not abnormal.size or not normal.size or not np.all(np.isfinite(scores)):
+        return Interval(None, None, None)
+    return _auc_interval(abnormal, normal, confidence, num_resamples, np.random.default_rng(seed))
 
 
 def bootstrap_intervals(

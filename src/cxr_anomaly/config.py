@@ -31,8 +31,14 @@ Method = Literal["features", "tang2019"]
 METHODS: tuple[str, ...] = get_args(Method)
 FeatureScore = Literal["gaussian", "patch_knn", "pooled_knn"]
 FEATURE_SCORES: tuple[str, ...] = get_args(FeatureScore)
-# The input size each family reads films at when the data section does not say.
-METHOD_IMAGE_SIZES: dict[str, int] = {"features": 224, "tang2019": 64}
+# Preprocessing of each family when the data section does not say. The features family's was
+# chosen on validation films (docs/results.md, "Choosing the features detector"): equalised
+# histograms, a 20% border crop and 64 px of detail made the frozen features see the chest rather
+# than the exporter; tang2019 keeps the paper's plain films.
+METHOD_DATA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "features": {"image_size": 224, "intensity": "equalize", "border_crop": 0.2, "detail_size": 64},
+    "tang2019": {"image_size": 64},
+}
 
 
 @dataclass(frozen=True)
@@ -228,10 +234,12 @@ class FeatureConfig:
 
     backbone: str = "efficientnet_lite0"  # efficientnet_lite0/1/2 (pip packages), or "timm:NAME"
     weights_path: str = ""  # a local state_dict file; empty: the packaged ImageNet weights
+    # Defaults chosen on validation films only (docs/results.md, "Choosing the features detector"):
+    # the stride-8 maps see how a film was exported more than what it shows.
     score: FeatureScore = "pooled_knn"
-    pooled_strides: tuple[int, ...] = (8, 16, 32)
-    patch_strides: tuple[int, ...] = (8, 16)
-    patch_grid: int = 28
+    pooled_strides: tuple[int, ...] = (32,)
+    patch_strides: tuple[int, ...] = (16, 32)
+    patch_grid: int = 14
     memory_bank_size: int = 16384  # patches kept by the coreset
     coreset_projection_dim: int = 128  # random projection that speeds up coreset selection
     neighbours: int = 5  # k of the pooled-feature kNN
@@ -266,7 +274,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(image_size=METHOD_IMAGE_SIZES["features"]))
+    data: DataConfig = field(default_factory=lambda: DataConfig(**METHOD_DATA_DEFAULTS["features"]))
     score: ScoreConfig = field(default_factory=ScoreConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
@@ -386,7 +394,8 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     """Build a :class:`Config` from nested dictionaries; unknown keys raise :class:`ConfigError`.
 
     The top-level ``method`` picks the family; without it the configuration is the default
-    family's. A ``data`` section without ``image_size`` gets the family's input size.
+    family's. Keys missing from the ``data`` section take the family's defaults
+    (:data:`METHOD_DATA_DEFAULTS`: input size and preprocessing).
     """
     values = dict(values)
     _check_field_types(Config, {key: value for key, value in values.items() if key not in _SECTIONS}, "")
@@ -395,7 +404,8 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         raise ConfigError(f"method={method!r}; expected one of {METHODS}")
     data_values = dict(values.get("data") or {}) if isinstance(values.get("data", {}), dict) else values["data"]
     if isinstance(data_values, dict):
-        data_values.setdefault("image_size", METHOD_IMAGE_SIZES[method])
+        for key, value in METHOD_DATA_DEFAULTS[method].items():
+            data_values.setdefault(key, value)
         values["data"] = data_values
     sections: dict[str, Any] = {"method": method}
     for section_name, section_values in values.items():

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .baselines import fit_and_score_baselines
@@ -35,7 +36,7 @@ from .config import DataConfig, preset_config, with_overrides
 from .data.dataset import load_images
 from .data.manifest import load_inputs
 from .data.splits import split_patients_in_halves
-from .evaluation import Interval, compute_metrics
+from .evaluation import Interval, compute_metrics, plot_roc_panels
 from .inference import native_bf16
 from .pipeline import evaluate_job, train_job
 
@@ -67,23 +68,53 @@ def test_collections(data_root: Path) -> list[TestCollection]:
     return collections
 
 
+@dataclass
+class BaselineResults:
+    """Pixel-baseline scores and metrics per test collection.
+
+    Attributes:
+        scores: collection -> baseline name -> scores (N,) in the collection's row order.
+        metrics: collection -> baseline name -> :meth:`Metrics.to_dict` values.
+    """
+
+    scores: dict[str, dict[str, np.ndarray]]
+    metrics: dict[str, dict[str, dict[str, object]]]
+
+
 def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
-                     num_resamples: int) -> dict[str, dict[str, dict[str, object]]]:
-    """Metrics of the pixel baselines, fitted on the training normals at 64 px, per test collection."""
+                     num_resamples: int) -> BaselineResults:
+    """The pixel baselines, fitted on the training normals at 64 px, scored on every test collection."""
     data_config = DataConfig(image_size=64)
     normals = load_images(train_manifest[train_manifest["label"] == 0], data_config).pixels
     sets = {test.name: load_images(test.manifest, data_config).pixels for test in tests}
     scored = fit_and_score_baselines(normals, sets, data_config)
-    results: dict[str, dict[str, dict[str, object]]] = {}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    metrics: dict[str, dict[str, dict[str, object]]] = {}
     for test in tests:
         labels = test.manifest["label"].to_numpy().astype(int)
-        results[test.name] = {
-            BASELINE_NAMES[key]: compute_metrics(
-                labels, scores, views=test.manifest["view"].to_numpy(),
-                ages=test.manifest["age"].to_numpy() if "age" in test.manifest else None,
-                num_resamples=num_resamples).to_dict()
-            for key, scores in scored[test.name].scores.items()}
-    return results
+        scores[test.name] = {BASELINE_NAMES[key]: values for key, values in scored[test.name].scores.items()}
+        metrics[test.name] = {
+            name: compute_metrics(labels, values, views=test.manifest["view"].to_numpy(),
+                                  ages=test.manifest["age"].to_numpy() if "age" in test.manifest else None,
+                                  num_resamples=num_resamples).to_dict()
+            for name, values in scores[test.name].items()}
+    return BaselineResults(scores, metrics)
+
+
+def roc_panels(test: TestCollection, detector_name: str, detector_scores: np.ndarray,
+               baseline_scores: dict[str, np.ndarray], path: Path) -> Path:
+    """ROC curves of the detector, the baselines and the view alone: all films, PA films, AP films."""
+    labels = test.manifest["label"].to_numpy().astype(int)
+    views = test.manifest["view"].to_numpy(dtype=object)
+    curves = {detector_name: detector_scores, **baseline_scores}
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
+        "all films": {**{name: (labels, values) for name, values in curves.items()},
+                      "view only (AP = abnormal)": (labels, (views == "AP").astype(float))}}
+    for view in VIEWS:
+        mask = views == view
+        if mask.any():
+            panels[f"{view} films"] = {name: (labels[mask], values[mask]) for name, values in curves.items()}
+    return plot_roc_panels(panels, path, title=test.name)
 
 
 def git_commit() -> str:
@@ -114,7 +145,7 @@ def cell(metrics: dict[str, object], key: str) -> str:
     value = intervals.get(key) if isinstance(intervals, dict) else None
     if not isinstance(value, dict):
         return "n/a"
-    return Interval(value.get("estimate"), value.get("low"), value.get("high")).describe()
+    return Interval(**value).describe()
 
 
 def adult_cell(metrics: dict[str, object], key: str) -> str:
@@ -127,7 +158,7 @@ def interval_of(metrics: dict[str, object], key: str) -> Interval:
     """The interval of a metric key as an :class:`Interval`."""
     intervals = metrics.get("intervals") or {}
     value = intervals.get(key) if isinstance(intervals, dict) else None
-    return Interval(None) if not isinstance(value, dict) else Interval(value["estimate"], value["low"], value["high"])
+    return Interval(None, None, None) if not isinstance(value, dict) else Interval(**value)
 
 
 def verdict(detector: dict[str, object], baselines: dict[str, dict[str, object]]) -> list[str]:
@@ -205,7 +236,7 @@ def write_report(out_dir: Path, results: dict[str, dict[str, object]],
                       f"sensitivity {Interval(**ci['sensitivity']).describe()}, specificity "  # type: ignore[index]
                       f"{Interval(**ci['specificity']).describe()}.", ""]  # type: ignore[index]
         lines += ["Verdict:", "", *verdict(metrics, baselines[name]), "",
-                  f"![ROC, {name}](eval/{facts['folders'][name]}/roc.png)",  # type: ignore[index]
+                  f"![ROC, {name}](eval/{facts['folders'][name]}/roc_with_baselines.png)",  # type: ignore[index]
                   "", f"![Films and heatmaps, {name}](eval/{facts['folders'][name]}/films.png)", ""]  # type: ignore[index]
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
@@ -234,6 +265,7 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
     fit_seconds = time.perf_counter() - started
     tests = test_collections(data_root)
     results: dict[str, dict[str, object]] = {}
+    detector_scores: dict[str, np.ndarray] = {}
     folders = {}
     for test in tests:
         folders[test.name] = folder_name(test.name)
@@ -242,8 +274,12 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
         evaluation = evaluate_job(trained.checkpoint, [test_path], out_dir / "eval" / folders[test.name],
                                   split="all", progress=progress, bootstrap_resamples=num_resamples)
         results[test.name] = json.loads(evaluation.metrics_path.read_text())
+        detector_scores[test.name] = pd.read_csv(evaluation.scores_path)["score_raw"].to_numpy()
     baselines = baseline_metrics(train_manifest, tests, num_resamples)
-    atomic_write_text(out_dir / "baselines.json", json.dumps(baselines, indent=2))
+    atomic_write_text(out_dir / "baselines.json", json.dumps(baselines.metrics, indent=2))
+    for test in tests:
+        roc_panels(test, "detector", detector_scores[test.name], baselines.scores[test.name],
+                   out_dir / "eval" / folders[test.name] / "roc_with_baselines.png")
     facts = {
         "detector": results[tests[0].name]["detector"] if tests else method,
         "train_data": str(data_root / "rsna_normal224"), "num_train": trained.num_train_images,
@@ -251,7 +287,7 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
         "machine": machine_description(), "seconds": time.perf_counter() - started,
         "fit_seconds": fit_seconds, "folders": folders,
     }
-    return write_report(out_dir, results, baselines, facts)
+    return write_report(out_dir, results, baselines.metrics, facts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

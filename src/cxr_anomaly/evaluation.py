@@ -31,28 +31,13 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from .calibration import Interval, auc_interval
+
 logger = logging.getLogger(__name__)
 
 
 VIEW_ORDER: tuple[str, ...] = ("PA", "AP")
 ADULT_AGE = 18
-
-
-@dataclass
-class Interval:
-    """An estimate with its bootstrap interval; all None when undefined."""
-
-    estimate: float | None
-    low: float | None = None
-    high: float | None = None
-
-    def describe(self, digits: int = 3) -> str:
-        """``estimate [low, high]``, ``estimate`` without an interval, or ``n/a``."""
-        if self.estimate is None:
-            return "n/a"
-        if self.low is None or self.high is None:
-            return f"{self.estimate:.{digits}f}"
-        return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
 @dataclass
@@ -96,7 +81,7 @@ class Metrics:
 
     def interval(self, key: str) -> Interval:
         """The interval of a metric key, or an undefined one."""
-        return self.intervals.get(key, Interval(None))
+        return self.intervals.get(key, Interval(None, None, None))
 
 
 def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -118,18 +103,18 @@ def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
                  / (count_positive * count_negative))
 
 
-def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, strata: np.ndarray | None = None, *,
-                  num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
-                  balanced_over: np.ndarray | None = None) -> Interval:
-    """AUC with a percentile interval from a bootstrap stratified by class (and ``strata``).
+def balanced_auc_interval(labels: np.ndarray, scores: np.ndarray, balanced_over: np.ndarray, *,
+                          num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> Interval:
+    """The mean of the AUCs within each value of ``balanced_over`` (a view per film) that holds
+    both classes, with a percentile interval from a bootstrap stratified by view and class.
 
-    Resampling within each (stratum, class) cell keeps every cell's size, so no resample loses
-    a class. With ``balanced_over`` (a view per film), the statistic is the mean of the AUCs
-    within each value that holds both classes (the view-balanced AUC).
+    Resampling within each (view, class) cell keeps every cell's size, so no resample loses a
+    class. (The plain AUCs use :func:`cxr_anomaly.calibration.auc_interval`, BCa with a bound
+    where the bootstrap collapses; a mean of AUCs has no such closed-form bound.)
     """
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
-    groups = np.zeros(len(labels), dtype=object) if balanced_over is None else np.asarray(balanced_over, dtype=object)
+    groups = np.asarray(balanced_over, dtype=object)
 
     def statistic(chosen: np.ndarray) -> float | None:
         values = []
@@ -140,12 +125,11 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, strata: np.ndarray | N
 
     everything = np.arange(len(labels))
     if not np.all(np.isfinite(scores)):
-        return Interval(None)
+        return Interval(None, None, None)
     estimate = statistic(everything)
-    if estimate is None:
-        return Interval(None)
-    cells = np.asarray([f"{stratum}|{group}|{label}" for stratum, group, label in zip(
-        np.zeros(len(labels)) if strata is None else strata, groups, labels)], dtype=object)
+    if estimate is None or num_resamples == 0:
+        return Interval(estimate, None, None)
+    cells = np.asarray([f"{group}|{label}" for group, label in zip(groups, labels)], dtype=object)
     members = [np.flatnonzero(cells == cell) for cell in np.unique(cells)]
     rng = np.random.default_rng(seed)
     samples = []
@@ -155,10 +139,10 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, strata: np.ndarray | N
         if value is not None:
             samples.append(value)
     if not samples:  # num_resamples = 0: the estimate alone
-        return Interval(estimate)
+        return Interval(estimate, None, None)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(np.asarray(samples), [tail, 1.0 - tail])
-    return Interval(estimate, float(low), float(high))
+    return Interval(estimate, float(low), float(high), "percentile_bootstrap")
 
 
 def _defined_groups(labels: np.ndarray, groups: np.ndarray) -> list[object]:
@@ -202,13 +186,15 @@ def compute_metrics(
     average_precision = float(average_precision_score(labels, scores)) if auc is not None else None
     view_values = _known_views(views, len(labels))
 
-    def with_interval(key: str, values_labels: np.ndarray, values: np.ndarray, **options: object) -> float | None:
-        if num_resamples:
-            interval = bootstrap_auc(values_labels, values, num_resamples=num_resamples, seed=seed, **options)
+    def with_interval(key: str, values_labels: np.ndarray, values: np.ndarray,
+                      balanced_over: np.ndarray | None = None) -> float | None:
+        if balanced_over is not None:
+            interval = balanced_auc_interval(values_labels, values, balanced_over,
+                                             num_resamples=num_resamples, seed=seed)
+        elif num_resamples:
+            interval = auc_interval(values_labels, values, num_resamples=num_resamples, seed=seed)
         else:
-            estimate = (safe_auc(values_labels, values) if "balanced_over" not in options
-                        else bootstrap_auc(values_labels, values, num_resamples=0, **options).estimate)
-            interval = Interval(estimate)
+            interval = Interval(safe_auc(values_labels, values), None, None)
         intervals[key] = interval
         return interval.estimate
 
@@ -240,7 +226,7 @@ def compute_metrics(
     if ages is not None:
         age_values = np.asarray(pd.to_numeric(pd.Series(ages), errors="coerce"), dtype=np.float64)
         adult = age_values >= ADULT_AGE
-        if adult.any() and (~adult).any():
+        if adult.any():  # also when every film is an adult, so that tables have no hole
             adult_metrics = compute_metrics(
                 labels[adult], scores[adult], views=None if view_values is None else view_values[adult],
                 num_resamples=num_resamples, seed=seed)
@@ -346,8 +332,8 @@ class FilmGroup:
     reconstructions: np.ndarray | None = None
 
 
-def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float, per_row: int = 6,
-                     title: str = "") -> Path:
+def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float, floor: float = 0.0,
+                     border_crop: float = 0.0, per_row: int = 6, title: str = "") -> Path:
     """Write a figure of films per group, highest scores first: each film with its score above,
     its heatmap below it, and its reconstruction where the family makes one (the paper's Figure 2
     layout, with the residual map that the paper's figure leaves implicit).
@@ -376,7 +362,8 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
             index = order[column]
             cells[0].imshow(group.pixels[index], cmap="gray", vmin=0, vmax=255)
             cells[0].set_title(f"{group.title}\nscore {group.scores[index]:.3g}", fontsize=7)
-            cells[1].imshow(overlay_heatmap(group.pixels[index], group.anomaly_maps[index], scale=scale))
+            cells[1].imshow(overlay_heatmap(group.pixels[index], group.anomaly_maps[index], scale=scale,
+                                            floor=floor, border_crop=border_crop))
             if group.reconstructions is not None:
                 cells[2].imshow(group.reconstructions[index], cmap="gray", vmin=0, vmax=255)
         axes[group_index * rows_per_group + 1, 0].text(
@@ -386,7 +373,8 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
             axes[group_index * rows_per_group + 2, 0].text(
                 -0.1, 0.5, "reconstruction", transform=axes[group_index * rows_per_group + 2, 0].transAxes,
                 rotation=90, va="center", ha="right", fontsize=7)
-    figure.suptitle(title or f"Highest-scoring films per group; heatmap full colour at {scale:.3g}", fontsize=8)
+    figure.suptitle(title or f"Highest-scoring films per group; heatmap transparent at {floor:.3g}, "
+                             f"full colour at {scale:.3g}", fontsize=8)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

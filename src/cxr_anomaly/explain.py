@@ -6,10 +6,11 @@ autoencoder, the nearest-normal-patch distance of the features detector. The map
 bilinearly to the film's original resolution and blended over it: transparent where the map is
 small, opaque "inferno" colours where it is large.
 
-The colour scale is fixed per model (``AnomalyDetector.anomaly_map_scale``: for the features
-detector twice the farthest a normal training patch lies from the memory bank) rather than
-stretched per film: a film that looks normal stays nearly uncoloured instead of having its
-largest small value painted as bright as a real lesion.
+The colour scale is fixed per model rather than stretched per film: transparent at a typical
+normal location's value and opaque at the 99.9th percentile of normal locations, both measured on
+the normal validation films and stored with the calibration
+(:meth:`~cxr_anomaly.calibration.Calibration.with_map_range`). A film that looks normal stays
+nearly uncoloured instead of having its largest small value painted as bright as a real lesion.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class Explanation:
     Attributes:
         original: grey uint8 film (H0, W0), at the original resolution or shrunk to ``max_side``.
         model_input: grey uint8 (S, S) image as the detector read it.
-        anomaly_map: the detector's map, float32 (h, w), in units of ``scale``.
-        scale: the map value painted at full colour.
+        anomaly_map: the detector's map, float32 (h, w).
+        floor: the map value painted transparent (and everything below it).
+        scale: the map value painted at full colour (and everything above it).
         overlay: RGB uint8 (H0, W0, 3): the heatmap blended over ``original``.
         reconstruction: the autoencoder's output x', uint8 (S, S); None for families without one.
     """
@@ -45,6 +47,7 @@ class Explanation:
     scale: float
     overlay: np.ndarray
     reconstruction: np.ndarray | None = None
+    floor: float = 0.0
 
 
 def to_uint8_grey(image: np.ndarray) -> np.ndarray:
@@ -78,6 +81,8 @@ def overlay_heatmap(
     anomaly_map: np.ndarray,
     *,
     scale: float = DEFAULT_RESIDUAL_SCALE,
+    floor: float = 0.0,
+    border_crop: float = 0.0,
 ) -> np.ndarray:
     """Blend a heatmap, upsampled to the film's size, over the film.
 
@@ -85,17 +90,23 @@ def overlay_heatmap(
         film: grey uint8 (H0, W0) or float in [0, 1], at any resolution.
         anomaly_map: float (h, w), any resolution up to the film's.
         scale: map value that gets the full colour and opacity.
+        floor: map value (and below) that stays transparent.
+        border_crop: the fraction of each side the model cut away before it looked
+            (``DataConfig.border_crop``): the map covers the rest, and the border stays uncoloured.
 
     Returns:
         RGB uint8 (H0, W0, 3).
     """
-    if not scale > 0:
-        raise ValueError(f"scale={scale}; expected a positive number")
+    if not scale > floor:
+        raise ValueError(f"scale={scale}, floor={floor}; the scale must exceed the floor")
     grey = to_uint8_grey(film)
     height, width = grey.shape
-    upsampled = Image.fromarray(np.asarray(anomaly_map, dtype=np.float32), mode="F").resize(
-        (width, height), Image.Resampling.BILINEAR)
-    strength = np.clip(np.asarray(upsampled, dtype=np.float32) / scale, 0.0, 1.0)  # (H0, W0)
+    top, left = int(round(height * border_crop)), int(round(width * border_crop))
+    inner = (max(1, width - 2 * left), max(1, height - 2 * top))
+    upsampled = np.asarray(Image.fromarray(np.asarray(anomaly_map, dtype=np.float32), mode="F").resize(
+        inner, Image.Resampling.BILINEAR), dtype=np.float32)  # (H0 - 2 top, W0 - 2 left)
+    strength = np.zeros((height, width), dtype=np.float32)
+    strength[top:top + inner[1], left:left + inner[0]] = np.clip((upsampled - floor) / (scale - floor), 0.0, 1.0)
     colours = _inferno_table()[np.rint(strength * 255.0).astype(np.int64)]  # (H0, W0, 3)
     opacity = (strength * MAX_OVERLAY_OPACITY)[..., None]  # (H0, W0, 1)
     base = np.repeat(grey[..., None].astype(np.float32), 3, axis=2)  # (H0, W0, 3)
@@ -109,6 +120,8 @@ def explain_film(
     anomaly_map: np.ndarray,
     scale: float,
     *,
+    floor: float = 0.0,
+    border_crop: float = 0.0,
     reconstruction: np.ndarray | None = None,
     max_side: int | None = None,
 ) -> Explanation:
@@ -118,7 +131,9 @@ def explain_film(
         film: the film at its original resolution, grey float in [0, 1] or uint8 (H0, W0).
         model_input: the uint8 (S, S) image the detector scored.
         anomaly_map: the detector's float (h, w) map of the film.
-        scale: the map value painted at full colour (the detector's ``anomaly_map_scale``).
+        scale: the map value painted at full colour (see :func:`heatmap_range`).
+        floor: the map value painted transparent.
+        border_crop: the fraction of each side the model did not look at (see :func:`overlay_heatmap`).
         reconstruction: the autoencoder's uint8 (S, S) reconstruction, if the family makes one.
         max_side: shrink the film first so its longer side is at most this (for thumbnails).
     """
@@ -129,13 +144,31 @@ def explain_film(
         model_input=model_input,
         anomaly_map=anomaly_map,
         scale=float(scale),
-        overlay=overlay_heatmap(original, anomaly_map, scale=scale),
+        overlay=overlay_heatmap(original, anomaly_map, scale=scale, floor=floor, border_crop=border_crop),
         reconstruction=reconstruction,
+        floor=float(floor),
     )
 
 
-def colour_bar(scale: float, *, width: int = 256, height: int = 12) -> np.ndarray:
-    """An RGB uint8 (height, width, 3) legend of the heatmap colours from 0 to ``scale``."""
+@dataclass(frozen=True)
+class HeatmapRange:
+    """The map values painted transparent (``floor``) and at full colour (``scale``)."""
+
+    floor: float
+    scale: float
+
+
+def heatmap_range(calibration: object | None, default_scale: float) -> HeatmapRange:
+    """The range stored with a calibration, or ``[0, default_scale]`` for one made without maps."""
+    floor = getattr(calibration, "map_floor", None)
+    ceiling = getattr(calibration, "map_ceiling", None)
+    if floor is None or ceiling is None:
+        return HeatmapRange(0.0, float(default_scale))
+    return HeatmapRange(float(floor), float(ceiling))
+
+
+def colour_bar(*, width: int = 256, height: int = 12) -> np.ndarray:
+    """An RGB uint8 (height, width, 3) legend of the heatmap colours, weakest to strongest."""
     colours = _inferno_table()[np.linspace(0, 255, width).round().astype(np.int64)]  # (width, 3)
     return np.repeat(colours[None], height, axis=0).astype(np.uint8)
 

@@ -26,6 +26,7 @@ from .errors import ManifestError, NoNormalImagesError
 from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, plot_roc
 from .inference import resolve_device
 from .models.registry import fit_detector
+from .explain import heatmap_range
 from .report import add_dicom_links, explain_rows, rank_table, write_html_report
 from .scoring import fit_calibration, min_max_normalise, score_films
 
@@ -228,8 +229,9 @@ def _train_job(
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if not context.is_main:  # rank 0 alone calibrates and writes
         return TrainOutcome(checkpoint_path, len(train_images.pixels), len(calibration_images.pixels), skipped)
-    calibration_scores = score_films(result.detector, calibration_images.pixels, device=device)
+    calibration_scores = score_films(result.detector, calibration_images.pixels, device=device, keep_maps=True)
     calibration = fit_calibration(calibration_scores.raw, config.score.target_specificity)
+    calibration = calibration.with_map_range(calibration_scores.anomaly_maps)
     record = {
         **result.record,
         "num_calibration_images": len(calibration_images.pixels),
@@ -329,8 +331,10 @@ def score_job(
         assert scored.anomaly_maps is not None  # asked for above
         ranked = rank_table(table)
         order = ranked.order
+        heat = heatmap_range(model.calibration, model.detector.anomaly_map_scale)
         explanations = explain_rows(
-            ranked.table, images.pixels[order], scored.anomaly_maps[order], model.detector.anomaly_map_scale,
+            ranked.table, images.pixels[order], scored.anomaly_maps[order], heat.scale, floor=heat.floor,
+            border_crop=model.config.data.border_crop,
             reconstructions=None if scored.reconstructions is None else scored.reconstructions[order],
             max_image_pixels=model.config.data.max_image_pixels)
         write_html_report(report, ranked.table, explanations, calibration=model.calibration,
@@ -520,7 +524,9 @@ def evaluate_job(
             groups.append(FilmGroup(name, images.pixels[mask], scored.anomaly_maps[mask],
                                     table["score_raw"].to_numpy()[mask],
                                     None if scored.reconstructions is None else scored.reconstructions[mask]))
-    grid_path = explanation_grid(groups, out_dir / "films.png", scale=model.detector.anomaly_map_scale)
+    heat = heatmap_range(model.calibration, model.detector.anomaly_map_scale)
+    grid_path = explanation_grid(groups, out_dir / "films.png", scale=heat.scale, floor=heat.floor,
+                                 border_crop=model.config.data.border_crop)
     logger.info("evaluated %d films on split %s: AUC %s", len(table), split,
                 "n/a" if metrics.auc is None else f"{metrics.auc:.3f}")
     return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path, intervals)
@@ -569,13 +575,14 @@ def calibrate_job(
     if int((labels == 0).sum()) < 2:
         raise NoNormalImagesError(f"{', '.join(map(str, data))}: calibration needs at least 2 normal "
                                   f"(label 0) films in split {split!r}, found {int((labels == 0).sum())}")
-    raw = score_films(model.detector, images.pixels).raw
+    scored = score_films(model.detector, images.pixels, keep_maps=True)
+    raw = scored.raw
     calibration = fit_calibration(
         raw[labels == 0],
         target_specificity if target_specificity is not None else model.config.score.target_specificity,
         abnormal_raw_scores=raw[labels == 1],
         target_sensitivity=target_sensitivity,
-    )
+    ).with_map_range(scored.anomaly_maps[labels == 0])
     payload = read_checkpoint_payload(model_path)
     payload["calibration"] = calibration.to_dict()
     payload.setdefault("training", {})["calibration_source"] = (

@@ -119,6 +119,8 @@ def explain_rows(
     anomaly_maps: np.ndarray,
     scale: float,
     *,
+    floor: float = 0.0,
+    border_crop: float = 0.0,
     reconstructions: np.ndarray | None = None,
     max_image_pixels: int = 100_000_000,
     max_side: int = THUMBNAIL_SIDE,
@@ -129,7 +131,8 @@ def explain_rows(
         table: rows with a ``path`` column; row i belongs to ``pixels[i]`` and ``anomaly_maps[i]``.
         pixels: the films as the detector read them, uint8 (N, S, S).
         anomaly_maps: the detector's maps, float (N, h, w).
-        scale: the map value painted at full colour (the detector's ``anomaly_map_scale``).
+        scale: the map value painted at full colour; ``floor``: the value painted transparent
+            (:func:`cxr_anomaly.explain.heatmap_range`).
         reconstructions: uint8 (N, S, S) for families that reconstruct, else None.
         max_image_pixels: decompression-bomb limit when re-reading a film.
         max_side: longer side of the thumbnails.
@@ -145,7 +148,7 @@ def explain_rows(
         except InputFileError:
             film = pixels[index]
         explanations.append(explain_film(
-            film, pixels[index], anomaly_maps[index], scale, max_side=max_side,
+            film, pixels[index], anomaly_maps[index], scale, floor=floor, border_crop=border_crop, max_side=max_side,
             reconstruction=None if reconstructions is None else reconstructions[index]))
     return explanations
 
@@ -226,7 +229,7 @@ def write_html_report(
     header_cells = "".join(f"<th>{html.escape(column)}</th>" for column in (
         "rank", "film", *(("reconstruction",) if show_reconstruction else ()), "heatmap", "score (z)",
         "raw score", "percentile", "decision", "file", *extra_columns))
-    scale = explanations[0].scale if explanations else 1.0
+    floor, scale = (explanations[0].floor, explanations[0].scale) if explanations else (0.0, 1.0)
     rows = []
     for (_, row), explanation in zip(ranked.iterrows(), explanations):
         decision = row.get("decision")
@@ -260,8 +263,9 @@ Films are sorted by score, most suspicious first. The percentile is the film's p
 validation films; the heatmap shows where the model found the film unlike the normal films it
 learnt from, laid over the film at its original resolution.</p>
 <p id="colour-scale">Heatmap colours: <img alt="colour scale" style="display:inline;width:256px;height:12px;vertical-align:middle"
-src="{png_data_uri(colour_bar(scale))}"> from 0 (transparent) to {scale:.3g} and above (opaque);
-the scale is fixed for this model, so colour means the same on every film.</p>
+src="{png_data_uri(colour_bar())}"> from {floor:.3g} (transparent: a typical location of a normal validation
+film) to {scale:.3g} and above (opaque: more unusual than 99.9% of normal locations); the scale is fixed for
+this model, so a colour means the same on every film.</p>
 <p>Model: {html.escape(model_description)}. Generated {generated} by cxr-anomaly {__version__}.
 This is a triage aid for prioritising reading, not a diagnosis.</p>
 </div>

@@ -52,7 +52,7 @@ from .. import __version__
 from ..checkpoint import LoadedModel, load_checkpoint
 from ..dicom import silence_pydicom
 from ..errors import DecompressionBombError, InputFileError
-from ..explain import explain_film, png_bytes
+from ..explain import explain_film, heatmap_range, png_bytes
 from ..io import read_image, resize_grey, sniff_format
 from ..scoring import score_films
 from .batching import BatchScorer
@@ -339,6 +339,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     model = load_checkpoint(model_path, device=device)
     version = model_version(model_path)
     image_size = model.config.data.image_size
+    heat = heatmap_range(model.calibration, model.detector.anomaly_map_scale)
     scorer: BatchScorer[FilmScore] = BatchScorer(make_batch_scorer(model), max_batch_size=settings.max_batch_size,
                                                  max_wait_seconds=settings.batch_wait_seconds)
     bearer = HTTPBearer(auto_error=False, description="required when the service runs with a token")
@@ -434,8 +435,8 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         overlay_png = None
         if heatmap or response_format == "png":
             explanation = await asyncio.to_thread(
-                explain_film, decoded.film, decoded.model_input, result.anomaly_map,
-                model.detector.anomaly_map_scale, max_side=settings.heatmap_max_side)
+                explain_film, decoded.film, decoded.model_input, result.anomaly_map, heat.scale,
+                floor=heat.floor, border_crop=model.config.data.border_crop, max_side=settings.heatmap_max_side)
             overlay_png = await asyncio.to_thread(png_bytes, explanation.overlay)
         height, width = decoded.film.shape
         if response_format == "png":

@@ -106,7 +106,7 @@ def test_fit_stores_banks_and_scores_real_films(fitted: FittedFeatures) -> None:
     assert result.raw.shape == (16,) and np.all(np.isfinite(result.raw))
     assert set(result.components) == {"gaussian", "pooled_knn", "patch_knn"}
     assert np.array_equal(result.raw, result.components[SMALL.features.score])
-    assert result.anomaly_maps is not None and result.anomaly_maps.shape == (16, 28, 28)
+    assert result.anomaly_maps is not None and result.anomaly_maps.shape == (16, 14, 14)
     assert result.reconstructions is None  # this family does not reconstruct
     # the film's patch score is its worst patch
     assert np.allclose(result.components["patch_knn"], result.anomaly_maps.reshape(16, -1).max(axis=1), atol=1e-5)

@@ -58,10 +58,13 @@ def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) 
         return torch.arange(len(points))
     chosen = torch.empty(size, dtype=torch.long)
     chosen[0] = torch.randint(len(points), (1,), generator=generator)
-    nearest = squared_distances(points, points[chosen[0]][None]).squeeze(1)  # (P,)
+    # |p|² once, not once per step: each step then reads the points once (a matrix-vector product)
+    points_squared = points.pow(2).sum(dim=1, keepdim=True)  # (P, 1)
+    nearest = squared_distances(points, points[chosen[0]][None], points_squared).squeeze(1)  # (P,)
     for step in range(1, size):
         chosen[step] = torch.argmax(nearest)
-        nearest = torch.minimum(nearest, squared_distances(points, points[chosen[step]][None]).squeeze(1))
+        nearest = torch.minimum(nearest, squared_distances(points, points[chosen[step]][None],
+                                                           points_squared).squeeze(1))
     return chosen
 
 
@@ -110,10 +113,14 @@ def fit_features(
     projection = torch.randn(candidates.shape[1], settings.coreset_projection_dim, generator=generator)
     chosen = greedy_coreset(candidates @ projection, settings.memory_bank_size, generator)
     bank = candidates[chosen]  # (M, C)
-    # How far normal patches lie from the bank: the scale of "normal" for the heatmap.
+    # How far normal patches lie from the bank, a fallback heatmap scale for uncalibrated models.
+    # A patch that is itself in the bank lies at distance 0: take its nearest *other* bank patch.
     sample = patches_all[torch.randperm(len(patches_all), generator=generator)[:50_000]].float()
-    radius = max(float(torch.cat([squared_distances(part, bank).min(dim=1).values
-                                  for part in sample.split(4096)]).sqrt().quantile(0.999)), 1e-6)
+    nearest_two = torch.cat([squared_distances(part, bank).topk(min(2, len(bank)), dim=1, largest=False).values
+                             for part in sample.split(4096)]).sqrt()  # (S, 2)
+    own = nearest_two[:, 0] <= 1e-6
+    nearest = torch.where(own, nearest_two[:, -1], nearest_two[:, 0])
+    radius = max(float(nearest.quantile(0.999)), 1e-6)
 
     with torch.no_grad():
         detector.gaussian_mean = torch.from_numpy(covariance.location_).float().to(device)
