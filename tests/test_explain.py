@@ -114,3 +114,22 @@ def test_real_full_resolution_film_gets_a_heatmap_at_its_own_resolution(tiny_nih
     assert png_data_uri(explanation.reconstruction).startswith("data:image/png;base64,")
     thumbnail = explain_film(film, model_input, result.anomaly_maps[0], scale, max_side=192)
     assert thumbnail.overlay.shape == (192, 192, 3) and thumbnail.reconstruction is None
+
+
+def test_heatmap_range_floor_is_transparent_and_border_crop_stays_uncoloured() -> None:
+    from cxr_anomaly.calibration import fit_calibration
+    from cxr_anomaly.explain import heatmap_range, overlay_heatmap
+
+    film = np.full((100, 100), 128, dtype=np.uint8)
+    high = np.full((10, 10), 5.0, dtype=np.float32)
+    # at or below the floor nothing is painted, whatever the map's values
+    assert np.array_equal(overlay_heatmap(film, high, scale=9.0, floor=5.0)[..., 0], film)
+    painted = overlay_heatmap(film, high, scale=5.0, floor=1.0, border_crop=0.2)
+    assert np.array_equal(painted[:20, :, 0], film[:20])  # the model never saw the border
+    assert np.array_equal(painted[:, 80:, 0], film[:, 80:])
+    assert not np.array_equal(painted[30:70, 30:70, 0], film[30:70, 30:70])
+    normal_maps = np.random.default_rng(0).normal(3.0, 1.0, size=(20, 14, 14))
+    calibration = fit_calibration(np.random.default_rng(1).normal(size=50), 0.95).with_map_range(normal_maps)
+    heat = heatmap_range(calibration, default_scale=99.0)
+    assert abs(heat.floor - np.median(normal_maps)) < 1e-9 and heat.scale == np.quantile(normal_maps, 0.999)
+    assert heatmap_range(None, default_scale=0.5).floor == 0.0 and heatmap_range(None, 0.5).scale == 0.5

@@ -421,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 intervals = outcome.intervals
                 print(f"at the stored threshold {intervals.threshold:.4g}: sensitivity "
                       f"{intervals.sensitivity.describe()}, specificity {intervals.specificity.describe()}, "
-                      f"AUC {intervals.auc.describe()} (95% bootstrap intervals)")
+                      f"AUC {intervals.auc.describe()} (95% intervals: Wilson for sensitivity and specificity, "
+                      f"bootstrap for the AUC)")
         elif args.command == "export":
             from .export import export_checkpoint
 

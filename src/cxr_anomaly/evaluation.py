@@ -237,6 +237,18 @@ def compute_metrics(
                    view_from_score, component_auc, adults, intervals, num_per_view, note)
 
 
+def save_figure(figure: object, path: str | Path) -> Path:
+    """Lay out a matplotlib figure, write it (creating the folder) and close it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()  # type: ignore[attr-defined]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)  # type: ignore[attr-defined]
+    plt.close(figure)  # type: ignore[arg-type]
+    return path
+
+
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> Path:
     """Write one ROC plot with a curve per name; ``curves`` maps name -> (labels, scores)."""
     return plot_roc_panels({title: curves}, path)
@@ -269,12 +281,7 @@ def plot_roc_panels(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
         axis.legend(loc="lower right", fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def reconstruction_grid(
@@ -305,12 +312,7 @@ def reconstruction_grid(
         axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 @dataclass
@@ -375,9 +377,4 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
                 rotation=90, va="center", ha="right", fontsize=7)
     figure.suptitle(title or f"Highest-scoring films per group; heatmap transparent at {floor:.3g}, "
                              f"full colour at {scale:.3g}", fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -77,20 +77,26 @@ class ExportResult:
     size_bytes: int
 
 
-def export_onnx(detector: AnomalyDetector, config: Config, out_path: str | Path, *,
+def export_onnx(detector: AnomalyDetector, config: Config | None, out_path: str | Path, *,
                 calibration: Calibration | None = None,
                 opset_version: int = OPSET_VERSION) -> ExportResult:
     """Export the scoring graph of ``detector`` to ``out_path`` (written atomically).
 
-    The batch dimension is dynamic. The detector is put in eval mode, as scoring uses it, and
-    left there.
+    The configuration written to the metadata is the detector's own (the graph computes with
+    it); a ``config`` given here must be the same. The batch dimension is dynamic. The detector
+    is put in eval mode, as scoring uses it, and left there.
 
     Raises:
-        ExportError: the exporter failed, or wrote a file that onnx cannot read.
+        ExportError: ``config`` differs from the detector's, the exporter failed, or it wrote a
+            file that onnx cannot read.
     """
     import onnx
 
     out_path = Path(out_path)
+    if config is not None and config != detector.config:
+        raise ExportError(f"{out_path}: the configuration given differs from the detector's own; the "
+                          "graph would compute with one and the metadata describe the other")
+    config = detector.config
     detector = detector.to("cpu").eval()
     graph = ScoringGraph(detector).eval()
     size = config.data.image_size

@@ -298,6 +298,9 @@ def train_detector(
         CheckpointError: the stored training state is unreadable or belongs to other settings,
             other data or another number of processes.
     """
+    if config.method != "tang2019":
+        raise ConfigError(f"method={config.method!r}: this loop trains the tang2019 networks; "
+                          "use models.registry.fit_detector, which picks each family's fitting")
     if len(train_pixels) == 0:
         raise NoNormalImagesError("no normal (label 0) training images: nothing to learn from")
     if len(train_pixels) < 2:
