@@ -531,6 +531,7 @@ class FeaturesBenchmarkResult:
     gemm_gflops: float
     whole_graph_ceiling_films_per_second: float
     ceiling_seconds_by_kind: dict[str, float]
+    ceiling_gflops_by_kind: dict[str, float]  # each kind of convolution's rate, channels_last
     conv_layers: int
     scoring: list[VariantFigures]
     bf16: Bf16Probe | None
@@ -642,7 +643,8 @@ def run_features_benchmark(*, smoke: bool = False, repeats: int | None = None, f
         data={"fit": str(data_root / "rsna_normal224"), "scoring": str(data_root / "nih_fullres")
               + f" ({len(sources)} films replicated to {settings.file_films}; DICOM copies written with pydicom)"},
         settings=asdict(settings),
-        config={"image_size": config.data.image_size, **{key: getattr(config.features, key) for key in (
+        config={**{key: getattr(config.data, key) for key in ("image_size", "intensity", "border_crop", "detail_size")},
+                **{key: getattr(config.features, key) for key in (
             "backbone", "score", "patch_grid", "memory_bank_size", "pooled_bank_size", "batch_size")}},
         precision_auto=precision, backbone_gflop_per_film=backbone_flops / 1e9,
         scoring_gflop_per_film=scoring_flops / 1e9, fit=fit, ceiling_films_per_second=ceiling_median,
@@ -651,7 +653,9 @@ def run_features_benchmark(*, smoke: bool = False, repeats: int | None = None, f
                                              if ceilings[0].one_thread_films_per_second else None),
         best_layout_ceiling_films_per_second=statistics.median(c.best_layout_films_per_second for c in ceilings),
         gemm_gflops=gemm, whole_graph_ceiling_films_per_second=whole_graph_median,
-        ceiling_seconds_by_kind=by_kind, conv_layers=len(calls), scoring=figures, bf16=bf16,
+        ceiling_seconds_by_kind=by_kind, conv_layers=len(calls),
+        ceiling_gflops_by_kind={kind: sum(call.flops for call in calls if layer_kind(call) == kind) / seconds / 1e9
+                                for kind, seconds in by_kind.items()}, scoring=figures, bf16=bf16,
         profile=profile_table, seconds=time.perf_counter() - started, notes=notes)
 
 
@@ -698,6 +702,9 @@ def summary_lines(result: FeaturesBenchmarkResult) -> list[str]:
            if result.one_thread_ceiling_films_per_second else "") + ");"
         f" GEMM {result.gemm_gflops:.1f} GFLOP/s; whole-graph ceiling {result.whole_graph_ceiling_films_per_second:.2f}"
         " films/s",
+        "ceiling by kind of convolution (seconds per batch, GFLOP/s): " + ", ".join(
+            f"{kind} {seconds:.2f} s, {result.ceiling_gflops_by_kind[kind]:.1f}"
+            for kind, seconds in result.ceiling_seconds_by_kind.items()),
         "scoring: films/s | fraction of the ceiling | of the whole-graph ceiling | seconds per film by stage",
     ]
     for item in result.scoring:
