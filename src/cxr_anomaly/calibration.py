@@ -296,7 +296,7 @@ class BootstrapIntervals:
         return asdict(self)
 
 
-def _auc_from_ranks(abnormal: np.ndarray, normal: np.ndarray, axis: int = -1) -> np.ndarray:
+def auc_from_ranks(abnormal: np.ndarray, normal: np.ndarray, axis: int = -1) -> np.ndarray:
     """Mann-Whitney AUC (ties count one half) of abnormal versus normal scores along ``axis``.
 
     Leading dimensions broadcast, so one call scores a whole batch of bootstrap or jackknife
@@ -340,14 +340,14 @@ def _proportion(hits: np.ndarray, confidence: float) -> Interval:
 def _auc_interval(abnormal: np.ndarray, normal: np.ndarray, confidence: float, num_resamples: int,
                   rng: np.random.Generator) -> Interval:
     """BCa bootstrap of the AUC, or Bamber's bound where the bootstrap cannot resolve it."""
-    estimate = float(_auc_from_ranks(abnormal, normal))
+    estimate = float(auc_from_ranks(abnormal, normal))
     smaller = min(abnormal.size, normal.size)
     # At AUC 0 or 1, or with one score for every film, every resample gives the same AUC: the
     # bootstrap distribution has collapsed and BCa would return NaN (with a warning).
     collapsed = estimate in (0.0, 1.0) or float(np.ptp(np.concatenate([abnormal, normal]))) == 0.0
     low = high = math.nan
     if smaller >= MIN_FILMS_FOR_AUC_BOOTSTRAP and not collapsed:
-        result = stats_bootstrap((abnormal, normal), _auc_from_ranks, n_resamples=num_resamples,
+        result = stats_bootstrap((abnormal, normal), auc_from_ranks, n_resamples=num_resamples,
                                  batch=100, vectorized=True, confidence_level=confidence,
                                  method="BCa", rng=rng)
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)

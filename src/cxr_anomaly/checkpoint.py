@@ -254,7 +254,9 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     except (ConfigError, KeyError, TypeError) as error:
         raise CheckpointError(path, f"invalid stored configuration: {error}{_version_note(payload)}") from error
 
-    state_dict = payload["state_dict"]
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(path, f"no weights in the checkpoint (state_dict is {type(state_dict).__name__})")
     if payload.get("format_version") == 1:
         # Version 1 held only the tang2019 networks, at the top level of the state_dict.
         state_dict = {f"networks.{key}": value for key, value in state_dict.items()}

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from .calibration import Interval, auc_interval
+from .calibration import Interval, auc_from_ranks, auc_interval
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +92,6 @@ def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUC (ties count one half) for resamples that hold both classes."""
-    ranks = rankdata(scores)
-    positives = labels == 1
-    count_positive = int(positives.sum())
-    count_negative = len(labels) - count_positive
-    return float((ranks[positives].sum() - count_positive * (count_positive + 1) / 2.0)
-                 / (count_positive * count_negative))
-
-
 def balanced_auc_interval(labels: np.ndarray, scores: np.ndarray, balanced_over: np.ndarray, *,
                           num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> Interval:
     """The mean of the AUCs within each value of ``balanced_over`` (a view per film) that holds
@@ -120,7 +109,8 @@ def balanced_auc_interval(labels: np.ndarray, scores: np.ndarray, balanced_over:
         values = []
         for group in _defined_groups(labels[chosen], groups[chosen]):
             mask = groups[chosen] == group
-            values.append(_rank_auc(labels[chosen][mask], scores[chosen][mask]))
+            values.append(float(auc_from_ranks(scores[chosen][mask][labels[chosen][mask] == 1],
+                                               scores[chosen][mask][labels[chosen][mask] == 0])))
         return float(np.mean(values)) if values else None
 
     everything = np.arange(len(labels))
