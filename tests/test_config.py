@@ -170,3 +170,14 @@ def test_a_config_file_naming_a_method_starts_from_that_family(tmp_path: Path) -
     assert config.method == "tang2019" and config.data.image_size == 64 and config.model.base_channels == 16
     assert config == with_overrides(tang2019_config(), "model", base_channels=16)
     assert load_config(path) == config
+
+
+def test_model_describe_names_channels_latent_and_skips() -> None:
+    assert ModelConfig().describe() == "base_channels 64, latent 100, skips 32/16/8/4"
+    assert ModelConfig(skip_connections=(), latent_dim=4).describe() == "base_channels 64, latent 4, skips none"
+
+
+def test_skip_connections_round_trip_through_a_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "skips.toml"
+    path.write_text('method = "tang2019"\n[model]\nskip_connections = [16, 8, 4]\n')
+    assert load_config(path).model.skip_connections == (16, 8, 4)

@@ -54,8 +54,10 @@ def test_onnx_scores_match_pytorch_on_real_films(tiny_nih_model: object, tmp_pat
     assert scorer.calibration is not None and scorer.calibration.to_dict() == loaded.calibration.to_dict()
 
 
-def test_variant_without_discriminator_exports_nan_components(tmp_path: Path) -> None:
-    config = with_overrides(tang2019_config(), "model", variant="u", base_channels=8, latent_dim=8)
+@pytest.mark.parametrize("skips", [(32, 16, 8, 4), (8, 4)])
+def test_variant_without_discriminator_exports_nan_components(tmp_path: Path, skips: tuple[int, ...]) -> None:
+    config = with_overrides(tang2019_config(), "model", variant="u", base_channels=8, latent_dim=8,
+                            skip_connections=skips)
     detector = Tang2019Detector(config, build_detector(config))
     result = export_onnx(detector, config, tmp_path / "u.onnx")
     assert result.detector == detector.description and "(u," in result.detector

@@ -511,7 +511,7 @@ def describe_family(config: Config) -> str:
     data = f"{config.data.image_size} px, intensity {config.data.intensity}"
     if config.method == "features":
         return f"features: {config.features.backbone}, {data}"
-    return (f"tang2019: {config.train.epochs} epochs, base_channels {config.model.base_channels}, score "
+    return (f"tang2019: {config.train.epochs} epochs, {config.model.describe()}, score "
             f"{config.score.method}, {data}")
 
 

@@ -22,6 +22,8 @@ from .errors import ConfigError
 
 Variant = Literal["u", "u+e", "u+d", "u+d+e"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
+# Sides (px) of the encoder maps of the 64 px networks, each a possible skip into the decoder.
+SKIP_SIDES: tuple[int, ...] = (32, 16, 8, 4)
 
 InitScheme = Literal["dcgan", "standard_normal"]
 Intensity = Literal["none", "per_image", "equalize"]
@@ -52,18 +54,29 @@ class ModelConfig:
     DCGAN practice, N(0, 0.02) for convolutions and N(1, 0.02) for BatchNorm scales, because
     N(0, 1) weights in a 5-layer network without fan-in scaling saturate the Tanh output and the
     LeakyReLUs at the first step. ``standard_normal`` is available to reproduce the text literally.
+
+    ``skip_connections`` lists the sides (in pixels) of the encoder maps that U's decoder
+    concatenates: the paper's U-Net has all four, 32, 16, 8 and 4. Leaving out 32 keeps the
+    decoder from copying the film's fine detail around the code; an empty tuple makes U a plain
+    autoencoder, whose only path from input to output is the ``latent_dim``-dimensional code.
     """
 
     variant: Variant = "u+d+e"
     image_size: int = 64
     latent_dim: int = 100
     base_channels: int = 64
+    skip_connections: tuple[int, ...] = SKIP_SIDES
     init: InitScheme = "dcgan"
     input_noise_std: float = 0.05  # std of the Gaussian noise added to U's input while training
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"model.variant={self.variant!r}; expected one of {VARIANTS}")
+        skips = tuple(self.skip_connections)  # TOML and JSON give lists
+        object.__setattr__(self, "skip_connections", skips)
+        if any(side not in SKIP_SIDES for side in skips) or len(set(skips)) != len(skips):
+            raise ConfigError(f"model.skip_connections={list(skips)}; expected distinct sides out of "
+                              f"{list(SKIP_SIDES)} (empty: no skips)")
         if self.image_size != 64:
             raise ConfigError(
                 f"model.image_size={self.image_size}; the paper's 5-layer networks need 64"
@@ -77,6 +90,11 @@ class ModelConfig:
             raise ConfigError(f"model.init={self.init!r}; expected one of {get_args(InitScheme)}")
         if self.input_noise_std < 0:
             raise ConfigError(f"model.input_noise_std={self.input_noise_std}; must be >= 0")
+
+    def describe(self) -> str:
+        """The network shape in a few words, for table headers: ``base_channels 64, latent 100, skips 32/16/8/4``."""
+        skips = "/".join(map(str, self.skip_connections)) or "none"
+        return f"base_channels {self.base_channels}, latent {self.latent_dim}, skips {skips}"
 
     @property
     def has_discriminator(self) -> bool:

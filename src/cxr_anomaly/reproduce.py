@@ -461,7 +461,7 @@ def reproduce_job(
               f"{len(split.train_normals)} training normals, validation "
               f"{int((split.val_labels == 0).sum())} N + {int((split.val_labels == 1).sum())} A, test "
               f"{int((split.test_labels == 0).sum())} N + {int((split.test_labels == 1).sum())} A. "
-              f"{config.train.epochs} epochs, base_channels {config.model.base_channels}, "
+              f"{config.train.epochs} epochs, {config.model.describe()}, "
               f"intensity {config.data.intensity}, default score {SCORE_LABELS[config.score.method]}. "
               f"AUC mean ± sample std over seeds {list(options.seeds)}; each model row is the same "
               f"trained networks scored by eq. 6 or by the code kNN distance; an ensemble row averages "

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cxr_anomaly.config import VARIANTS, ModelConfig
+from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.models.tang2019 import Discriminator, Encoder, OneClassDetector, UNet
 from cxr_anomaly.models.tang2019.torch_model import initialise_weights
 
@@ -50,6 +51,37 @@ def test_skips_carry_information() -> None:
         a = unet.decoder(encoding.code, encoding.features)
         b = unet.decoder(encoding.code, other.features)
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("sides, widths", [((16, 8, 4), [100, 1024, 512, 256, 64]),
+                                           ((), [100, 512, 256, 128, 64])])
+def test_left_out_skips_narrow_their_convolution_and_cut_the_path(sides: tuple[int, ...], widths: list[int]) -> None:
+    unet = UNet(100, skip_sides=sides).eval()
+    transposed = [m for m in unet.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [t.in_channels for t in transposed] == widths
+    encoding = unet.encoder(images(2, seed=1))
+    other = unet.encoder(images(2, seed=2)).features
+    # Only the 32 px map differs: without the 32 px skip the output must not change.
+    mixed = [other[0], *encoding.features[1:]]
+    with torch.no_grad():
+        same = unet.decoder(encoding.code, encoding.features)
+        swapped = unet.decoder(encoding.code, mixed)
+    assert torch.equal(same, swapped)
+    assert unet(images(2)).reconstruction.shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("sides", [(64,), (32, 32), (7,)])
+def test_skip_connections_outside_the_four_sides_are_refused(sides: tuple[int, ...]) -> None:
+    with pytest.raises(ConfigError, match="skip_connections"):
+        ModelConfig(skip_connections=sides)
+
+
+def test_skip_connections_from_a_list_build_the_networks() -> None:
+    config = ModelConfig(variant="u", skip_connections=[8, 4], latent_dim=4, base_channels=8)  # type: ignore[arg-type]
+    assert config.skip_connections == (8, 4)
+    detector = OneClassDetector(config)
+    assert detector.unet.decoder.skip_sides == (8, 4)
+    assert detector(images(2)).latent.shape == (2, 4, 1, 1)
 
 
 def test_discriminator_gives_one_logit_per_image() -> None:

@@ -5,7 +5,8 @@
   only; the next three by BatchNorm and LeakyReLU; the last produces the code.
 - :class:`UNet` (U): UE followed by a decoder UD of five 4x4 transposed convolutions. Each of
   the first four decoder outputs is concatenated with the encoder feature map of the same size
-  (the skips), and the last one ends in Tanh, since images live in [-1, 1].
+  (the skips; ``model.skip_connections`` can leave out any of them), and the last one ends in
+  Tanh, since images live in [-1, 1].
 - :class:`Discriminator` (D): an encoder whose code has one channel, the real/fake logit.
 - :class:`OneClassDetector`: U plus D and E as the variant asks, and the three score components
   of eq. 6.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...config import Config, ModelConfig, ScoreConfig
+from ...config import SKIP_SIDES, Config, ModelConfig, ScoreConfig
 from ...data.dataset import to_model_tensor
 from ..base import AnomalyDetector, AnomalyOutput
 
@@ -78,38 +79,54 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Five 4x4 transposed convolutions with concatenated skips: code -> (N, 1, 64, 64)."""
+    """Five 4x4 transposed convolutions with concatenated skips: code -> (N, 1, 64, 64).
 
-    def __init__(self, latent_dim: int, base_channels: int = 64) -> None:
+    ``skip_sides`` names the encoder maps (by side: 4, 8, 16, 32) concatenated into the decoder
+    before the convolution that reads that side; the others are not passed on.
+    """
+
+    def __init__(self, latent_dim: int, base_channels: int = 64,
+                 skip_sides: tuple[int, ...] = SKIP_SIDES) -> None:
         super().__init__()
         widths = [base_channels * 8, base_channels * 4, base_channels * 2, base_channels]
+        self.skip_sides = tuple(skip_sides)
         self.from_code = nn.Sequential(
             nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
+        # The decoder reads sides 4, 8, 16 (blocks) and 32 (to_image); a skip at that side
+        # doubles the input width, since the encoder map of the same width is concatenated.
+        sides = (4, 8, 16, 32)
         blocks = []
-        for width_in, width_out in zip(widths[:-1], widths[1:]):
+        for width_in, width_out, side in zip(widths[:-1], widths[1:], sides):
             blocks.append(
                 nn.Sequential(
-                    # input doubles in width because the skip is concatenated
-                    nn.ConvTranspose2d(width_in * 2, width_out, 4, 2, 1, bias=False),
+                    nn.ConvTranspose2d(width_in * self._widening(side), width_out, 4, 2, 1, bias=False),
                     nn.BatchNorm2d(width_out),
                     nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
                 )
             )
         self.blocks = nn.ModuleList(blocks)
         self.to_image = nn.Sequential(
-            nn.ConvTranspose2d(widths[-1] * 2, 1, 4, 2, 1, bias=False),
+            nn.ConvTranspose2d(widths[-1] * self._widening(sides[-1]), 1, 4, 2, 1, bias=False),
             nn.Tanh(),
         )
 
+    def _widening(self, side: int) -> int:
+        return 2 if side in self.skip_sides else 1
+
+    def _join(self, hidden: torch.Tensor, skip: torch.Tensor, side: int) -> torch.Tensor:
+        if side not in self.skip_sides:
+            return hidden
+        return torch.cat([hidden, skip], dim=1)  # (N, C', s, s) -> (N, 2C', s, s)
+
     def forward(self, code: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        """Decode a code (N, latent_dim, 1, 1) with the encoder's four feature maps."""
+        """Decode a code (N, latent_dim, 1, 1) with the encoder's four feature maps (sides 32, 16, 8, 4)."""
         hidden = self.from_code(code)  # (N, 8C, 4, 4)
-        for block, skip in zip(self.blocks, reversed(skips[1:])):
-            hidden = block(torch.cat([hidden, skip], dim=1))  # 4 -> 8 -> 16 -> 32
-        return self.to_image(torch.cat([hidden, skips[0]], dim=1))  # (N, 1, 64, 64)
+        for block, skip, side in zip(self.blocks, reversed(skips[1:]), (4, 8, 16)):
+            hidden = block(self._join(hidden, skip, side))  # 4 -> 8 -> 16 -> 32
+        return self.to_image(self._join(hidden, skips[0], 32))  # (N, 1, 64, 64)
 
 
 @dataclass
@@ -123,10 +140,11 @@ class UNetOutput:
 class UNet(nn.Module):
     """U = UD(UE(x)), the U-Net-like autoencoder."""
 
-    def __init__(self, latent_dim: int, base_channels: int = 64) -> None:
+    def __init__(self, latent_dim: int, base_channels: int = 64,
+                 skip_sides: tuple[int, ...] = SKIP_SIDES) -> None:
         super().__init__()
         self.encoder = Encoder(latent_dim, base_channels)
-        self.decoder = Decoder(latent_dim, base_channels)
+        self.decoder = Decoder(latent_dim, base_channels, skip_sides)
 
     def forward(self, images: torch.Tensor) -> UNetOutput:
         """Reconstruct images (N, 1, 64, 64)."""
@@ -195,7 +213,7 @@ class OneClassDetector(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.unet = UNet(config.latent_dim, config.base_channels)
+        self.unet = UNet(config.latent_dim, config.base_channels, config.skip_connections)
         self.discriminator = Discriminator(config.base_channels) if config.has_discriminator else None
         self.second_encoder = (
             Encoder(config.latent_dim, config.base_channels) if config.has_second_encoder else None
