@@ -12,7 +12,8 @@ import pytest
 
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data import cache as cache_module
-from cxr_anomaly.data.cache import CacheReport, PreprocessingCache, CacheParameters, decode_file, decode_many
+from cxr_anomaly.data.cache import (SERIAL_BELOW, CacheParameters, CacheReport, PreprocessingCache, decode_file,
+                                     decode_many)
 from cxr_anomaly.errors import MissingFileError, UnreadableImageError
 
 CONFIG = DataConfig(image_size=32)
@@ -51,10 +52,17 @@ def test_second_run_reuses_everything(films: list[str], tmp_path: Path) -> None:
 
 def test_pool_gives_the_same_pixels_as_one_process(films: list[str], tmp_path: Path) -> None:
     serial, _ = run(films, tmp_path / "serial", workers=1)
-    pooled, report = run(films, tmp_path / "pooled", workers=2)
+    pooled, report = run(films, tmp_path / "pooled", workers=2, serial_below=0)
     assert report.workers == 2
     for left, right in zip(serial, pooled):
         np.testing.assert_array_equal(left, right)
+
+
+def test_few_films_are_decoded_in_process_whatever_the_workers(films: list[str], tmp_path: Path) -> None:
+    _, report = run(films[:SERIAL_BELOW - 1], tmp_path / "few", workers=2)
+    assert report.workers == 1
+    _, report = run(films[:4], tmp_path / "forced", workers=2, serial_below=0)
+    assert report.workers == 2
 
 
 def test_changed_file_is_decoded_again(films: list[str], tmp_path: Path) -> None:
@@ -113,12 +121,12 @@ def test_bad_files_come_back_with_their_own_error_from_the_pool(films: list[str]
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(Path(films[0]).read_bytes()[:300])
     paths = films + [str(empty), str(truncated), str(tmp_path / "absent.png")]
-    results, report = run(paths, tmp_path / "cache", workers=2)
+    results, report = run(paths, tmp_path / "cache", workers=2, serial_below=0)
     assert report.failed == 3
     assert isinstance(results[-3], UnreadableImageError) and results[-3].path == str(empty)
     assert isinstance(results[-2], UnreadableImageError) and results[-2].path == str(truncated)
     assert isinstance(results[-1], MissingFileError)
-    _, again = run(paths, tmp_path / "cache", workers=2)
+    _, again = run(paths, tmp_path / "cache", workers=2, serial_below=0)
     assert (again.reused, again.failed) == (24, 3)  # failures are retried, never cached
 
 

@@ -60,7 +60,7 @@ DEFAULT_FLUSH_SECONDS = 10.0
 COMPACT_ABOVE_SHARDS = 32
 # np.load of a damaged npz raises any of these
 _UNREADABLE_SHARD = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
-SERIAL_BELOW = 16  # fewer misses than this are decoded in-process: a pool costs more
+SERIAL_BELOW = 32  # fewer misses than this are decoded in-process: starting a pool costs ~0.6 s (bench_decode_pool)
 
 
 @dataclass(frozen=True)
@@ -348,6 +348,7 @@ def decode_many(
     flush_every: int = DEFAULT_FLUSH_EVERY,
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     report: list[CacheReport] | None = None,
+    serial_below: int = SERIAL_BELOW,
 ) -> list[np.ndarray | InputFileError]:
     """Decode every path to a uint8 (image_size, image_size) image, or to the error that stopped it.
 
@@ -360,6 +361,8 @@ def decode_many(
         flush_every: write a shard after this many newly decoded films.
         flush_seconds: ... or after this many seconds since the last shard.
         report: if given, a :class:`CacheReport` of this call is appended to it.
+        serial_below: fewer films to decode than this are decoded in this process whatever
+            ``workers`` says, since starting the pool costs more (``benchmarks/bench_decode_pool.py``).
 
     Returns:
         One entry per path, in order: the pixels, or the :class:`InputFileError` for that file.
@@ -394,7 +397,7 @@ def decode_many(
             reused += len(rows_by_key[key])
     missing_keys = [key for key in rows_by_key if results[rows_by_key[key][0]] is None]
     worker_count = default_workers() if workers is None else max(1, int(workers))
-    if len(missing_keys) < SERIAL_BELOW:
+    if len(missing_keys) < serial_below:
         worker_count = 1
     decoded = 0
 
