@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from cxr_anomaly import inference
 from cxr_anomaly.checkpoint import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError
 from cxr_anomaly.models.tang2019 import DiscriminatorLoss, discriminator_loss_from_logits
+from cxr_anomaly.models.tang2019 import training
 from cxr_anomaly.models.tang2019.torch_model import Discriminator
 from cxr_anomaly.models.tang2019.training import (
     EVENTS_NAME,
@@ -238,3 +240,24 @@ def test_fit_detector_trains_tang2019_behind_the_common_interface(nih_train_norm
     assert len(detector.networks.normal_codes) == 24  # the code-space kNN score is available
     # an unfitted detector of the same configuration has the same state layout
     assert build_detector(config).state_dict().keys() == detector.state_dict().keys()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_bf16_exactly_where_it_is_native(nih_train_normals: np.ndarray, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    monkeypatch.setattr(inference, "native_bf16", lambda device: native)
+    assert tang2019_config().train.precision == "auto"
+    used: list[bool] = []
+    real_autocast = training.autocast_context
+
+    def spy(device: torch.device, precision: str) -> torch.autocast:
+        context = real_autocast(device, precision)
+        used.append(bool(context._enabled))
+        return context
+
+    monkeypatch.setattr(training, "autocast_context", spy)
+    result = train_detector(tiny_config(epochs=1), nih_train_normals[:32], run_dir=tmp_path)
+    expected = "bf16" if native else "fp32"
+    assert result.precision == expected
+    assert used and all(enabled == native for enabled in used)
+    assert events(tmp_path)[0]["precision"] == expected

@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="TOML or JSON config file; command-line options override it")
     train.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    train.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                       help="fp32 (default) or bf16 autocast")
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                       help="tang2019 training: auto (default: bf16 autocast where the device computes "
+                            "bf16 natively, else fp32), fp32 or bf16")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run from RUN_DIR/training_state.pt (with its stored "
                             "settings; a fresh start when there is none yet)")
@@ -229,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="TOML or JSON config file, applied over the preset; command-line "
                                 "options override it")
     reproduce.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    reproduce.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                           help="fp32 (default) or bf16 autocast")
+    reproduce.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                           help="training precision: auto (default: bf16 where native), fp32 or bf16")
     add_data_options(reproduce)
 
     benchmark = commands.add_parser(
@@ -272,8 +273,8 @@ tang2019:u+d, tang2019:u+d+e.""",
                                 "features, [model]/[loss] for tang2019, [data]/[train]/[score] for both); "
                                 "must not set method")
     benchmark.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    benchmark.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                           help="tang2019 training precision: fp32 (default) or bf16 autocast")
+    benchmark.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                           help="tang2019 training precision: auto (default: bf16 where native), fp32 or bf16")
     benchmark.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
                            help="resamples of the 95%% bootstrap intervals (default 1000; 0: none)")
     add_data_options(benchmark)

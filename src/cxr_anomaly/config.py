@@ -27,7 +27,7 @@ SKIP_SIDES: tuple[int, ...] = (32, 16, 8, 4)
 
 InitScheme = Literal["dcgan", "standard_normal"]
 Intensity = Literal["none", "per_image", "equalize"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 ScoreMethod = Literal["eq6", "code_knn"]
 Method = Literal["features", "tang2019"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -133,7 +133,9 @@ class TrainConfig:
     beta2: float = 0.999
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    precision: Precision = "fp32"
+    # "auto": bf16 autocast where the device computes bf16 natively (AVX512-BF16, AMX, most
+    # CUDA GPUs), fp32 elsewhere, where bf16 is emulated and slower; the record names the one used.
+    precision: Precision = "auto"
     num_workers: int = 0
     calibration_fraction: float = 0.1  # normals held out by patient when no val split exists
     # Robustness (issue 7). A training state is written to the run folder after every epoch and,

@@ -24,17 +24,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import nn
 
+from .config import Precision
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-ScorePrecision = Literal["fp32", "bf16", "auto"]
-SCORE_PRECISIONS: tuple[str, ...] = get_args(ScorePrecision)
+SCORE_PRECISIONS: tuple[str, ...] = get_args(Precision)  # training and scoring take the same names
 
 
 def resolve_device(name: str) -> torch.device:

@@ -86,6 +86,7 @@ def fit_detector(
             "world_size": result.world_size,
             "resumed_from": None if result.resumed_from is None else list(result.resumed_from),
             "rank_weight_difference": result.rank_weight_difference,
+            "precision": result.precision,
         }
         return FitResult(Tang2019Detector(config, result.detector).eval(), record, result.world_size)
     raise ConfigError(f"method={config.method!r}; expected one of {METHODS}")

@@ -53,6 +53,7 @@ from ...checkpoint import (
 from ...config import Config, config_from_dict, config_to_dict
 from ...data.dataset import to_model_tensor
 from ...errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
+from ...inference import resolve_precision
 from .loss import GeneratorLoss, discriminator_loss_from_logits
 from .torch_model import DetectorOutput, OneClassDetector, initialise_weights
 
@@ -96,6 +97,8 @@ class TrainingResult:
         resumed_from: ``(epochs_done, next_step)`` of the state the run resumed from, or None.
         rank_weight_difference: largest difference between any rank's weights and rank 0's after
             training (0.0 for one process; DDP keeps it 0).
+        precision: the precision the steps ran in, ``fp32`` or ``bf16`` (``train.precision``
+            resolved for the device).
     """
 
     detector: OneClassDetector
@@ -105,6 +108,7 @@ class TrainingResult:
     world_size: int = 1
     resumed_from: tuple[int, int] | None = None
     rank_weight_difference: float = 0.0
+    precision: str = "fp32"
 
 
 def autocast_context(device: torch.device, precision: str) -> torch.autocast:
@@ -312,6 +316,7 @@ def train_detector(
     train_config = config.train
     context = distributed.current_context()
     device = distributed.training_device(train_config.device, context)
+    precision = resolve_precision(train_config.precision, device)  # "auto": bf16 where native
     run_path = None if run_dir is None else Path(run_dir)
     state_path = None if run_path is None else run_path / TRAINING_STATE_NAME
     if run_path is not None and context.is_main:
@@ -411,11 +416,12 @@ def train_detector(
                        global_step=global_step)
     else:
         run_log.record("start", epochs=train_config.epochs, images=count, world_size=context.world_size,
+                       precision=precision,
                        steps_per_epoch=steps_per_epoch)
     logger.info(
         "training %s on %d normal images, %d epochs of %d steps, on %s (%s), %d process(es)",
         config.model.variant, count, train_config.epochs, steps_per_epoch, device,
-        train_config.precision, context.world_size,
+        precision, context.world_size,
     )
 
     def write_state(epochs_done: int, next_step: int, epoch_order_state: torch.Tensor,
@@ -473,7 +479,7 @@ def train_detector(
                 continue
             clean = images[indices].to(device, non_blocking=True)  # (B, 1, 64, 64)
             noise = torch.randn(clean.shape, generator=noise_generator).to(device) * config.model.input_noise_std
-            with autocast_context(device, train_config.precision):
+            with autocast_context(device, precision):
                 output = generator_module(clean + noise)
                 losses = generator_loss(clean, output, detector.discriminator)
             generator_optimizer.zero_grad(set_to_none=True)
@@ -483,7 +489,7 @@ def train_detector(
             discriminator_value = torch.zeros((), dtype=torch.float64)
             collapsed = 0.0
             if discriminator_module is not None and discriminator_optimizer is not None:
-                with autocast_context(device, train_config.precision):
+                with autocast_context(device, precision):
                     real_logit = discriminator_module(clean).logit.float()  # (B,)
                     fake_logit = discriminator_module(output.reconstruction.detach()).logit.float()  # (B,)
                     loss_d = discriminator_loss_from_logits(real_logit, fake_logit)
@@ -567,7 +573,7 @@ def train_detector(
     run_log.record("finished", epochs=train_config.epochs, global_step=global_step,
                    seconds=total_seconds, rank_weight_difference=difference)
     return TrainingResult(detector, history, count, total_seconds, context.world_size,
-                          resumed_from, difference)
+                          resumed_from, difference, precision)
 
 
 def check_resumable(state: TrainingState, config: Config, fingerprint: str,
