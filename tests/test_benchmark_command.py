@@ -117,6 +117,15 @@ def test_benchmark_writes_table_and_figures_and_reuses_cells(
     assert again["method"].tolist()[3] == "features:patch_knn"
     assert again.drop(index=3).reset_index(drop=True)["nih1000:auc_mean"].tolist() == table["nih1000:auc_mean"].tolist()
 
+    # --first-seed adds a seed without refitting the earlier one's cells.
+    seed_one = arguments[:]
+    seed_one[seed_one.index("--methods") + 1] = "tang2019:u"
+    seed_one += ["--first-seed", "1"]
+    assert main(seed_one) == 0
+    assert "1 cells run, 0 reused" in capsys.readouterr().out
+    assert (out / "cells" / "tang2019-u-seed1" / "result.json").is_file()
+    assert "nih1000:auc_seed1" in pd.read_csv(out / "table.csv")
+
 
 def test_methods_test_collections_and_config_are_checked(tmp_path: Path) -> None:
     assert parse_method("tang2019:u+d+e").kind == "tang2019-u+d+e"

@@ -263,6 +263,8 @@ tang2019:u+d, tang2019:u+d+e.""",
                            help="comma-separated method rows (default features), e.g. "
                                 "features:gaussian,features:patch_knn,tang2019:u,tang2019:u+d+e")
     benchmark.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
+    benchmark.add_argument("--first-seed", type=int, default=0, metavar="K",
+                           help="start the seeds at K (K..K+N-1), to add seeds to a table run before")
     benchmark.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     benchmark.add_argument("--max-train-normals", type=int, default=None, metavar="K",
                            help="fit on at most K training normals (a seeded draw; smaller K gives a subset "
@@ -471,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         precision=args.precision)
             options = BenchmarkOptions(
                 methods=tuple(method.strip() for method in args.methods.split(",") if method.strip()),
-                seeds=tuple(range(args.seeds)), max_train_normals=args.max_train_normals,
+                seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
+                max_train_normals=args.max_train_normals,
                 bootstrap_resamples=args.bootstrap_resamples)
             outcome = benchmark_job(args.train, parse_test_collections(args.test), args.out, configs, options,
                                     on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
