@@ -34,7 +34,7 @@ for stage in $STAGES; do
     case $stage in
     variants) run variants --out "$OUT/variants" --seeds 1 \
         --methods tang2019:u,tang2019:u+e,tang2019:u+d,tang2019:u+d+e ;;
-    seeds) run seed1 --out "$OUT/seed1" --first-seed 1 --seeds 1 --methods tang2019:u,tang2019:u+d+e ;;
+    seeds) run seed1 --out "$OUT/seed1" --first-seed 1 --seeds 1 --methods tang2019:u+d+e ;;
     curve) for count in 500 1000 2000; do
         run "curve$count" --out "$OUT/curve$count" --seeds 1 --max-train-normals $count --methods tang2019:u+d+e
     done ;;
