@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/paper_scale}
 CLI=".venv/bin/cxr-anomaly"
 CONFIG=${CONFIG:-benchmarks/research/paper_scale.toml}
-STAGES=${STAGES:-"variants options curve seeds useeds"}
+STAGES=${STAGES:-"variants options curve seeds useeds seed2 options_full"}
 mkdir -p "$OUT"
 # The demo's test part of nih_pneumonia256: the half of its patients that settings were not chosen on.
 HALVES="$OUT/nih_pneumonia256_halves.csv"
@@ -36,6 +36,9 @@ for stage in $STAGES; do
         --methods tang2019:u,tang2019:u+e,tang2019:u+d,tang2019:u+d+e ;;
     seeds) run seed1 --out "$OUT/seed1" --first-seed 1 --seeds 1 --methods tang2019:u+d+e ;;
     useeds) run useeds --out "$OUT/useeds" --first-seed 1 --seeds 2 --methods tang2019:u ;;
+    seed2) run seed2 --out "$OUT/seed2" --first-seed 2 --seeds 1 --methods tang2019:u+d+e ;;
+    options_full) CONFIG=benchmarks/research/paper_scale_no_skip32.toml run no_skip32_full \
+        --out "$OUT/no_skip32_full" --seeds 1 --methods tang2019:u+d+e ;;
     curve) for count in 500 1000 2000; do
         run "curve$count" --out "$OUT/curve$count" --seeds 1 --max-train-normals $count --methods tang2019:u+d+e
     done ;;
