@@ -12,7 +12,6 @@ validation views (the selection criterion of docs/results.md). No film runs thro
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
