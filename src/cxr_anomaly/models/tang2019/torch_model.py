@@ -29,6 +29,8 @@ from ...data.dataset import to_model_tensor
 from ..base import AnomalyDetector, AnomalyOutput
 
 LEAKY_SLOPE = 0.2
+# Sides of the maps U's decoder reads, in order: three blocks (4, 8, 16) and the output layer (32).
+DECODER_SIDES: tuple[int, ...] = (4, 8, 16, 32)
 
 
 @dataclass
@@ -95,11 +97,10 @@ class Decoder(nn.Module):
             nn.BatchNorm2d(widths[0]),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
-        # The decoder reads sides 4, 8, 16 (blocks) and 32 (to_image); a skip at that side
-        # doubles the input width, since the encoder map of the same width is concatenated.
-        sides = (4, 8, 16, 32)
+        # A skip at a side doubles the input width there: the encoder map of the same width is
+        # concatenated.
         blocks = []
-        for width_in, width_out, side in zip(widths[:-1], widths[1:], sides):
+        for width_in, width_out, side in zip(widths[:-1], widths[1:], DECODER_SIDES):
             blocks.append(
                 nn.Sequential(
                     nn.ConvTranspose2d(width_in * self._widening(side), width_out, 4, 2, 1, bias=False),
@@ -109,7 +110,7 @@ class Decoder(nn.Module):
             )
         self.blocks = nn.ModuleList(blocks)
         self.to_image = nn.Sequential(
-            nn.ConvTranspose2d(widths[-1] * self._widening(sides[-1]), 1, 4, 2, 1, bias=False),
+            nn.ConvTranspose2d(widths[-1] * self._widening(DECODER_SIDES[-1]), 1, 4, 2, 1, bias=False),
             nn.Tanh(),
         )
 
@@ -124,9 +125,9 @@ class Decoder(nn.Module):
     def forward(self, code: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """Decode a code (N, latent_dim, 1, 1) with the encoder's four feature maps (sides 32, 16, 8, 4)."""
         hidden = self.from_code(code)  # (N, 8C, 4, 4)
-        for block, skip, side in zip(self.blocks, reversed(skips[1:]), (4, 8, 16)):
+        for block, skip, side in zip(self.blocks, reversed(skips[1:]), DECODER_SIDES):
             hidden = block(self._join(hidden, skip, side))  # 4 -> 8 -> 16 -> 32
-        return self.to_image(self._join(hidden, skips[0], 32))  # (N, 1, 64, 64)
+        return self.to_image(self._join(hidden, skips[0], DECODER_SIDES[-1]))  # (N, 1, 64, 64)
 
 
 @dataclass
