@@ -33,7 +33,7 @@ TESTS=(--test nih1000_test="$DATA/nih1000/manifest.csv" nih_pneumonia256_test_ha
 TRAIN=(--train "$DATA/rsna_normal224/manifest.csv")
 run() {  # run NAME ARGS...: one benchmark invocation, timed, logged to $OUT/NAME.log
     local name=$1; shift
-    echo "$(date -u +%FT%TZ) start $name (commit $(git rev-parse --short HEAD 2>/dev/null || echo none))" >> "$OUT/progress.log"
+    echo "$(date -u +%FT%TZ) start $name, config $CONFIG (commit $(git rev-parse --short HEAD 2>/dev/null || echo none))" >> "$OUT/progress.log"
     # shellcheck disable=SC2086  # CLI and EXTRA are word lists
     ( time $CLI benchmark "${TRAIN[@]}" "${TESTS[@]}" --config "$CONFIG" --no-progress $EXTRA "$@" ) \
         > "$OUT/$name.log" 2>&1
@@ -48,6 +48,11 @@ for stage in $STAGES; do
     seed2) run seed2 --out "$OUT/seed2" --first-seed 2 --seeds 1 --methods tang2019:u+d+e ;;
     all_seed1|all_seed2) run "$stage" --out "$OUT/$stage" --first-seed "${stage#all_seed}" --seeds 1 \
         --methods tang2019:u,tang2019:u+e,tang2019:u+d,tang2019:u+d+e ;;
+    seeds:*)  # seeds:VARIANT:FIRST:COUNT[:OPTION], OPTION a config beside CONFIG (without .toml)
+        IFS=: read -r _ variant first count option <<< "$stage"
+        name="${variant}_seeds${first}-$((first + count - 1))${option:+_$option}"
+        config=$CONFIG; [ -z "$option" ] || config="$(dirname "$CONFIG")/$option.toml"
+        CONFIG=$config run "$name" --out "$OUT/$name" --first-seed "$first" --seeds "$count" --methods "tang2019:$variant" ;;
     seeds34) run seeds34 --out "$OUT/seeds34" --first-seed 3 --seeds 2 --methods tang2019:u,tang2019:u+d+e ;;
     options_full) CONFIG=benchmarks/research/paper_scale_no_skip32.toml run no_skip32_full \
         --out "$OUT/no_skip32_full" --seeds 1 --methods tang2019:u+d+e ;;
