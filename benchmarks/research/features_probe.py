@@ -34,14 +34,14 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 logger = logging.getLogger("probe")
 
 
-def collections(seed: int = 0) -> dict[str, pd.DataFrame]:
+def collections(seed: int = 0, data: Path = DATA) -> dict[str, pd.DataFrame]:
     """rsna (train), nih1000 valid/test, nih_pneumonia256 split 50/50 by patient into val/test."""
-    rsna = load_inputs(DATA / "rsna_normal224" / "manifest.csv")
-    nih = load_inputs(DATA / "nih1000" / "manifest.csv")
-    pneu = load_inputs(DATA / "nih_pneumonia256" / "manifest.csv")
-    raw = pd.read_csv(DATA / "nih_pneumonia256" / "manifest.csv")
+    rsna = load_inputs(data / "rsna_normal224" / "manifest.csv")
+    nih = load_inputs(data / "nih1000" / "manifest.csv")
+    pneu = load_inputs(data / "nih_pneumonia256" / "manifest.csv")
+    raw = pd.read_csv(data / "nih_pneumonia256" / "manifest.csv")
     pneu["age"] = raw["age"].to_numpy()
-    rawn = pd.read_csv(DATA / "nih1000" / "manifest.csv")
+    rawn = pd.read_csv(data / "nih1000" / "manifest.csv")
     nih["age"] = rawn["age"].to_numpy()
     patients = np.array(sorted(pneu["patient_id"].astype(str).unique()))
     rng = np.random.default_rng(seed)

@@ -1,0 +1,226 @@
+"""Fine-tune the features detector's backbone on normal films with mean-shifted contrastive
+learning (issue 10, point 6), and score validation films after every epoch.
+
+MSC (Reiss & Hoshen, "Mean-Shifted Contrastive Loss for Anomaly Detection", AAAI 2023): the
+pretrained embedding of the normals is normalised, its mean ``c`` is fixed, and the backbone is
+trained so that two augmented views of a film agree *as directions from c* (an NT-Xent loss on
+``(z - c) / |z - c|``, temperature 0.25), which adapts the features to the normal class without
+the collapse of centre-based losses. The embedding here is the default detector's: the
+stride-32 map of EfficientNet-Lite0, average-pooled, on ``crop20+detail64+equalize`` films at
+224 px; the score is its kNN (5 nearest normals, cosine), plus the Ledoit-Wolf Gaussian for
+reference. Epoch 0 is the frozen backbone, i.e. the default detector (0.585 worst validation view
+in docs/results.md), computed in the same run.
+
+Augmentations are geometric (scale 0.8-1, shift, rotation up to 10 degrees; no flips: a flipped
+chest is not a normal chest) and photometric (gamma 0.7-1.4, contrast 0.8-1.2), the latter
+because the pipeline differences the detector must ignore are intensity curves.
+
+Only validation films are scored (NIH1000 ``val`` and the validation half of nih_pneumonia256,
+the films of docs/results.md's choice table); the criterion is the worst of the four views.
+
+    python -m benchmarks.research.msc_finetune --train-films 1000 --epochs 3 --out runs/msc
+
+On a GPU machine (``--device cuda``), ``--data`` names a copy of the films it reads
+(``--pack DIR`` writes one: the first ``--train-films`` of rsna_normal224 and the validation
+films, as they are) and ``--weights`` the Lite0 weight file, since neither package nor data is
+there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import LedoitWolf
+
+from benchmarks.research.features_probe import DATA, collections, per_view, preprocess
+from cxr_anomaly.config import DataConfig
+from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.models.features.backbone import build_backbone
+
+PREPROCESSING = "crop20+detail64+equalize"
+VALIDATION = ("nih1000_val", "pneu_val")
+logger = logging.getLogger("msc")
+
+
+@dataclass(frozen=True)
+class MscSettings:
+    """The fine-tuning run; saved beside its results."""
+
+    train_films: int = 1000
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 5e-5
+    temperature: float = 0.25
+    trainable_from: int = 0  # index of the first trainable block; earlier ones stay frozen
+    seed: int = 0
+    size: int = 224
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random view of each model input (N, 3, S, S) in [-1, 1]: affine warp, gamma, contrast."""
+    count = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, generator=generator)
+
+    angle = uniform(-10, 10) * torch.pi / 180  # parameters drawn on the CPU generator, then moved
+    scale = uniform(0.8, 1.0)
+    shift_x, shift_y = uniform(-0.08, 0.08), uniform(-0.08, 0.08)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = scale * torch.cos(angle), -scale * torch.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = scale * torch.sin(angle), scale * torch.cos(angle)
+    theta[:, 0, 2], theta[:, 1, 2] = shift_x, shift_y
+    gamma = uniform(0.7, 1.4).view(-1, 1, 1, 1).to(images.device)
+    contrast = uniform(0.8, 1.2).view(-1, 1, 1, 1).to(images.device)
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    warped = F.grid_sample(images, grid, padding_mode="border", align_corners=False)  # (N, 3, S, S)
+    unit = (warped + 1) / 2  # [0, 1]
+    unit = unit.clamp(0, 1) ** gamma
+    mean = unit.mean(dim=(1, 2, 3), keepdim=True)
+    unit = ((unit - mean) * contrast + mean).clamp(0, 1)
+    return unit * 2 - 1
+
+
+def embed(backbone: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, S, S) -> (N, C) average-pooled stride-32 features, the default detector's."""
+    return backbone(images)[32].float().mean(dim=(2, 3))
+
+
+def embed_all(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    device = next(backbone.parameters()).device
+    with torch.inference_mode():
+        return np.concatenate([embed(backbone, images[begin:begin + batch_size].to(device)).cpu().numpy()
+                               for begin in range(0, len(images), batch_size)])
+
+
+def msc_loss(first: torch.Tensor, second: torch.Tensor, centre: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent on mean-shifted directions of two views' embeddings (N, C) each."""
+    first = F.normalize(F.normalize(first, dim=1) - centre, dim=1)
+    second = F.normalize(F.normalize(second, dim=1) - centre, dim=1)
+    both = torch.cat([first, second])  # (2N, C)
+    logits = both @ both.T / temperature  # (2N, 2N)
+    logits.fill_diagonal_(float("-inf"))
+    count = first.shape[0]
+    targets = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(logits.device)
+    return F.cross_entropy(logits, targets)
+
+
+def evaluate(train: np.ndarray, sets: dict[str, np.ndarray], manifests: dict) -> dict[str, dict[str, float]]:
+    """kNN-5 cosine and Ledoit-Wolf Gaussian AUCs per view of each validation set, and the worst view."""
+    unit_train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    gaussian = LedoitWolf().fit(train)
+    results: dict[str, dict[str, float]] = {}
+    for score_name in ("knn5", "gauss"):
+        row: dict[str, float] = {}
+        for name, features in sets.items():
+            if score_name == "knn5":
+                unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+                scores = 1 - np.sort(unit @ unit_train.T, axis=1)[:, -5:].mean(axis=1)
+            else:
+                scores = gaussian.mahalanobis(features)
+            for view, auc in per_view(scores, manifests[name]).items():
+                row[f"{name}_{view}"] = round(float(auc), 4)
+        row["worst"] = min(row[f"{name}_{view}"] for name in sets for view in ("PA", "AP"))
+        results[score_name] = row
+    return results
+
+
+def pack(manifests: dict, data: Path, out: Path) -> None:
+    """Copy the manifests and the image files of the sets this run reads from ``data`` to ``out``."""
+    import shutil
+
+    folders = {"rsna": "rsna_normal224", "nih1000_val": "nih1000", "pneu_val": "nih_pneumonia256"}
+    for name, folder in folders.items():
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / folder / "manifest.csv", out / folder / "manifest.csv")
+        for path in manifests[name]["path"]:
+            relative = Path(path).resolve().relative_to((data / folder).resolve())
+            (out / folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, out / folder / relative)
+    logger.info("packed %s into %s", {name: len(manifests[name]) for name in folders}, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for field_name, default in asdict(MscSettings()).items():
+        parser.add_argument(f"--{field_name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/probe_cache"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=DATA, help="folder of the collections")
+    parser.add_argument("--weights", default=None, help="Lite0 state_dict file (default: the package's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pack", type=Path, default=None, help="write the films this run reads to DIR and stop")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    settings = MscSettings(**{name: getattr(args, name) for name in asdict(MscSettings())})
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    manifests = collections(data=args.data)
+    manifests["rsna"] = manifests["rsna"].iloc[:settings.train_films].reset_index(drop=True)
+    if args.pack is not None:
+        pack(manifests, args.data, args.pack)
+        return
+    config = DataConfig(image_size=settings.size)
+    inputs = {name: preprocess(load_images(manifests[name], config, cache_dir=args.cache, workers=2).pixels,
+                               PREPROCESSING, settings.size)
+              for name in ("rsna", *VALIDATION)}  # (N, 3, S, S) each
+    backbone, _ = build_backbone("efficientnet_lite0", args.weights)
+    backbone = backbone.to(args.device)
+    device = torch.device(args.device)
+
+    history = []
+
+    def record(epoch: int, loss: float, seconds: float) -> None:
+        train = embed_all(backbone, inputs["rsna"])
+        results = evaluate(train, {name: embed_all(backbone, inputs[name]) for name in VALIDATION},
+                           {name: manifests[name] for name in VALIDATION})
+        history.append({"epoch": epoch, "loss": loss, "train_seconds": seconds, **results})
+        logger.info("epoch %d loss %.4f: knn5 %s | gauss worst %.3f", epoch, loss, results["knn5"],
+                    results["gauss"]["worst"])
+        (args.out / "history.json").write_text(json.dumps({"settings": asdict(settings), "history": history}, indent=1))
+
+    record(0, float("nan"), 0.0)
+    with torch.inference_mode():
+        centre = F.normalize(torch.from_numpy(embed_all(backbone, inputs["rsna"])), dim=1).mean(dim=0).to(device)
+    blocks = list(backbone._blocks)  # EfficientNet-Lite: 16 inverted-residual blocks
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(True)
+    for block in blocks[:settings.trainable_from]:
+        for parameter in block.parameters():
+            parameter.requires_grad_(False)
+    trainable = [parameter for parameter in backbone.parameters() if parameter.requires_grad]
+    optimiser = torch.optim.SGD(trainable, lr=settings.learning_rate, momentum=0.9,
+                                weight_decay=settings.weight_decay)
+    train_inputs = inputs["rsna"]
+    for epoch in range(1, settings.epochs + 1):
+        started = time.perf_counter()
+        order = torch.randperm(len(train_inputs), generator=generator)
+        losses = []
+        backbone.train()
+        for begin in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
+            batch = train_inputs[order[begin:begin + settings.batch_size]].to(device)
+            loss = msc_loss(embed(backbone, augment(batch, generator)), embed(backbone, augment(batch, generator)),
+                            centre, settings.temperature)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        backbone.eval()
+        record(epoch, float(np.mean(losses)), time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
