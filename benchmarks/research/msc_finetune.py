@@ -11,9 +11,9 @@ stride-32 map of EfficientNet-Lite0, average-pooled, on ``crop20+detail64+equali
 reference. Epoch 0 is the frozen backbone, i.e. the default detector (0.585 worst validation view
 in docs/results.md), computed in the same run.
 
-Augmentations are geometric (scale 0.8-1, shift, rotation up to 10 degrees; no flips: a flipped
-chest is not a normal chest) and photometric (gamma 0.7-1.4, contrast 0.8-1.2), the latter
-because the pipeline differences the detector must ignore are intensity curves.
+The augmentations and the loss are the package's (:mod:`cxr_anomaly.models.features.finetune`,
+which ``features.finetune_epochs`` runs inside the fit); this script adds the per-epoch scoring
+that chose its settings.
 
 Only validation films are scored (NIH1000 ``val`` and the validation half of nih_pneumonia256,
 the films of docs/results.md's choice table); the criterion is the worst of the four views.
@@ -44,6 +44,7 @@ from benchmarks.research.features_probe import DATA, collections, per_view, prep
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.backbone import build_backbone
+from cxr_anomaly.models.features.finetune import augment, mean_shifted_contrastive_loss
 
 PREPROCESSING = "crop20+detail64+equalize"
 VALIDATION = ("nih1000_val", "pneu_val")
@@ -65,31 +66,6 @@ class MscSettings:
     size: int = 224
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random view of each model input (N, 3, S, S) in [-1, 1]: affine warp, gamma, contrast."""
-    count = images.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(count, generator=generator)
-
-    angle = uniform(-10, 10) * torch.pi / 180  # parameters drawn on the CPU generator, then moved
-    scale = uniform(0.8, 1.0)
-    shift_x, shift_y = uniform(-0.08, 0.08), uniform(-0.08, 0.08)
-    theta = torch.zeros(count, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = scale * torch.cos(angle), -scale * torch.sin(angle)
-    theta[:, 1, 0], theta[:, 1, 1] = scale * torch.sin(angle), scale * torch.cos(angle)
-    theta[:, 0, 2], theta[:, 1, 2] = shift_x, shift_y
-    gamma = uniform(0.7, 1.4).view(-1, 1, 1, 1).to(images.device)
-    contrast = uniform(0.8, 1.2).view(-1, 1, 1, 1).to(images.device)
-    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
-    warped = F.grid_sample(images, grid, padding_mode="border", align_corners=False)  # (N, 3, S, S)
-    unit = (warped + 1) / 2  # [0, 1]
-    unit = unit.clamp(0, 1) ** gamma
-    mean = unit.mean(dim=(1, 2, 3), keepdim=True)
-    unit = ((unit - mean) * contrast + mean).clamp(0, 1)
-    return unit * 2 - 1
-
-
 def embed(backbone: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """(N, 3, S, S) -> (N, C) average-pooled stride-32 features, the default detector's."""
     return backbone(images)[32].float().mean(dim=(2, 3))
@@ -100,18 +76,6 @@ def embed_all(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int =
     with torch.inference_mode():
         return np.concatenate([embed(backbone, images[begin:begin + batch_size].to(device)).cpu().numpy()
                                for begin in range(0, len(images), batch_size)])
-
-
-def msc_loss(first: torch.Tensor, second: torch.Tensor, centre: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent on mean-shifted directions of two views' embeddings (N, C) each."""
-    first = F.normalize(F.normalize(first, dim=1) - centre, dim=1)
-    second = F.normalize(F.normalize(second, dim=1) - centre, dim=1)
-    both = torch.cat([first, second])  # (2N, C)
-    logits = both @ both.T / temperature  # (2N, 2N)
-    logits.fill_diagonal_(float("-inf"))
-    count = first.shape[0]
-    targets = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(logits.device)
-    return F.cross_entropy(logits, targets)
 
 
 def evaluate(train: np.ndarray, sets: dict[str, np.ndarray], manifests: dict) -> dict[str, dict[str, float]]:
@@ -212,8 +176,8 @@ def main() -> None:
         backbone.train()
         for begin in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
             batch = train_inputs[order[begin:begin + settings.batch_size]].to(device)
-            loss = msc_loss(embed(backbone, augment(batch, generator)), embed(backbone, augment(batch, generator)),
-                            centre, settings.temperature)
+            loss = mean_shifted_contrastive_loss(embed(backbone, augment(batch, generator)),
+                                                 embed(backbone, augment(batch, generator)), centre, settings.temperature)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

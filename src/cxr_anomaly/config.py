@@ -265,9 +265,21 @@ class FeatureConfig:
     neighbours: int = 5  # k of the pooled-feature kNN
     pooled_bank_size: int = 8192  # normals kept for the pooled kNN (all when fewer)
     batch_size: int = 32
-    seed: int = 0  # coreset start and projection
+    seed: int = 0  # coreset start and projection; fine-tuning's batch order and augmentations
+    # Mean-shifted contrastive fine-tuning of the backbone on the normals before the fit
+    # (models/features/finetune.py). 0 keeps the ImageNet backbone frozen, the default: on
+    # validation films it raised the worst view by about 0.03, at about 3 min an epoch per 1,000
+    # normals on a 2-core CPU (docs/results.md, "Fine-tuning the backbone").
+    finetune_epochs: int = 0
+    finetune_learning_rate: float = 3e-5
+    finetune_temperature: float = 0.25
 
     def __post_init__(self) -> None:
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"features.finetune_epochs={self.finetune_epochs}; must be >= 0")
+        for name in ("finetune_learning_rate", "finetune_temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"features.{name}={getattr(self, name)}; must be > 0")
         for name in ("pooled_strides", "patch_strides"):
             value = tuple(getattr(self, name))  # TOML and JSON give lists
             object.__setattr__(self, name, value)

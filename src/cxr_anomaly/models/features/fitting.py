@@ -1,6 +1,7 @@
 """Fitting the feature detector: one pass of the frozen backbone over the normal films.
 
-Nothing is trained. The pass collects every normal film's pooled features and patch features;
+Nothing is trained, unless ``features.finetune_epochs`` asks for the backbone to be fine-tuned
+on the normals first (:mod:`.finetune`). The pass collects every normal film's pooled features and patch features;
 then the Gaussian (mean, Ledoit-Wolf shrinkage covariance), the pooled-feature bank and the
 patch memory bank (greedy k-centre coreset, as PatchCore) are computed and stored as buffers.
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from ...config import Config
 from ...errors import NoNormalImagesError
 from ...inference import inference_autocast, resolve_precision, to_device
+from .finetune import finetune_backbone
 from .torch_model import FeatureDetector, squared_distances
 
 logger = logging.getLogger(__name__)
@@ -40,12 +42,14 @@ class FeatureFitResult:
     memory_bank_size: int
     patch_radius: float
     seconds: float
+    finetune_losses: list[float] = field(default_factory=list)  # mean loss per epoch; empty: frozen
 
-    def record(self) -> dict[str, float | int | str]:
+    def record(self) -> dict[str, float | int | str | list[float]]:
         """Plain values for the checkpoint's training record."""
         return {"family": "features", "num_train_images": self.num_train_images,
                 "num_patches_seen": self.num_patches_seen, "memory_bank_size": self.memory_bank_size,
-                "patch_radius": self.patch_radius, "seconds": self.seconds}
+                "patch_radius": self.patch_radius, "seconds": self.seconds,
+                "finetune_losses": self.finetune_losses}
 
 
 def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -89,6 +93,10 @@ def fit_features(
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     detector = FeatureDetector(config).to(device).eval()
+    finetune_losses: list[float] = []
+    if settings.finetune_epochs > 0:
+        finetune_losses = finetune_backbone(detector, train_pixels, device=device, precision=precision,
+                                            progress=progress).epoch_losses
     pooled_parts: list[torch.Tensor] = []
     patch_parts: list[torch.Tensor] = []
     batches = range(0, len(train_pixels), settings.batch_size)
@@ -131,4 +139,5 @@ def fit_features(
     seconds = time.perf_counter() - start
     logger.info("fitted the features detector on %d normal films in %.1f s: %d patches seen, memory bank "
                 "%d, normal patch radius %.3f", len(train_pixels), seconds, len(patches_all), len(bank), radius)
-    return FeatureFitResult(detector, len(train_pixels), len(patches_all), len(bank), radius, seconds)
+    return FeatureFitResult(detector, len(train_pixels), len(patches_all), len(bank), radius, seconds,
+                            finetune_losses)

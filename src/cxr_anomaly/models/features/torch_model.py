@@ -133,11 +133,20 @@ class FeatureDetector(AnomalyDetector):
         images = torch.from_numpy(preprocess_films(pixels, self.config.data) * 2.0 - 1.0)  # (N, S, S)
         return images[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, S, S)
 
+    def _pool(self, maps: dict[int, torch.Tensor]) -> torch.Tensor:
+        """{stride: (N, C_s, h, w)} -> (N, D): the average-pooled maps of ``pooled_strides``."""
+        return torch.cat([maps[stride].float().mean(dim=(2, 3)) for stride in self.config.features.pooled_strides],
+                         dim=1)
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, D) of model inputs (N, 3, S, S): what the Gaussian and pooled kNN read."""
+        return self._pool(self.backbone(images))
+
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled features (N, D) and patch features (N, C, g, g) of model inputs (N, 3, S, S)."""
         settings = self.config.features
         maps = self.backbone(images)  # {stride: (N, C_s, S/s, S/s)}
-        pooled = torch.cat([maps[stride].float().mean(dim=(2, 3)) for stride in settings.pooled_strides], dim=1)
+        pooled = self._pool(maps)
         # A patch sees its 3x3 neighbourhood (PatchCore's local aggregation); every stride is
         # brought to one grid so that a location's features line up.
         patches = torch.cat([to_grid(F.avg_pool2d(maps[stride].float(), 3, 1, 1), settings.patch_grid)
