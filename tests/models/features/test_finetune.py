@@ -58,6 +58,7 @@ def test_finetuned_fit_changes_the_backbone_records_losses_and_round_trips(share
     result = fit_detector(FINETUNED, pixels, progress=False)
     losses = result.record["finetune_losses"]
     assert len(losses) == 2 and all(np.isfinite(losses))
+    assert 0 < result.record["finetune_seconds"] < result.record["seconds"]
     pretrained, _ = build_backbone("efficientnet_lite0")
     tuned = result.detector.backbone.state_dict()
     changed = [name for name, value in pretrained.state_dict().items() if not torch.equal(value, tuned[name])]

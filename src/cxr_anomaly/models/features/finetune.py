@@ -124,7 +124,7 @@ def finetune_backbone(
                               unit="batch", disable=not progress):
                 films = train_pixels[np.sort(order[begin:begin + batch_size])]
                 images = to_device(detector.model_input(films), device)  # (B, 3, S, S)
-                with inference_autocast(device, precision):
+                with inference_autocast(device, precision):  # bf16 where native, as for scoring
                     first = detector.pooled_features(augment(images, generator))  # (B, D)
                     second = detector.pooled_features(augment(images, generator))
                 loss = mean_shifted_contrastive_loss(first.float(), second.float(), centre,

@@ -1,8 +1,8 @@
 """Fitting the feature detector: one pass of the frozen backbone over the normal films.
 
 Nothing is trained, unless ``features.finetune_epochs`` asks for the backbone to be fine-tuned
-on the normals first (:mod:`.finetune`). The pass collects every normal film's pooled features and patch features;
-then the Gaussian (mean, Ledoit-Wolf shrinkage covariance), the pooled-feature bank and the
+on the normals first (:mod:`.finetune`). The pass collects every normal film's pooled features
+and patch features; then the Gaussian (mean, Ledoit-Wolf shrinkage covariance), the pooled-feature bank and the
 patch memory bank (greedy k-centre coreset, as PatchCore) are computed and stored as buffers.
 
 Coreset selection is exact greedy k-centre on a random projection of a random candidate subset
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ...config import Config
 from ...errors import NoNormalImagesError
 from ...inference import inference_autocast, resolve_precision, to_device
-from .finetune import finetune_backbone
+from .finetune import FinetuneResult, finetune_backbone
 from .torch_model import FeatureDetector, squared_distances
 
 logger = logging.getLogger(__name__)
@@ -43,13 +43,14 @@ class FeatureFitResult:
     patch_radius: float
     seconds: float
     finetune_losses: list[float] = field(default_factory=list)  # mean loss per epoch; empty: frozen
+    finetune_seconds: float = 0.0  # part of ``seconds``
 
     def record(self) -> dict[str, float | int | str | list[float]]:
         """Plain values for the checkpoint's training record."""
         return {"family": "features", "num_train_images": self.num_train_images,
                 "num_patches_seen": self.num_patches_seen, "memory_bank_size": self.memory_bank_size,
                 "patch_radius": self.patch_radius, "seconds": self.seconds,
-                "finetune_losses": self.finetune_losses}
+                "finetune_losses": self.finetune_losses, "finetune_seconds": self.finetune_seconds}
 
 
 def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -93,10 +94,9 @@ def fit_features(
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     detector = FeatureDetector(config).to(device).eval()
-    finetune_losses: list[float] = []
+    finetuned = FinetuneResult([], 0.0)
     if settings.finetune_epochs > 0:
-        finetune_losses = finetune_backbone(detector, train_pixels, device=device, precision=precision,
-                                            progress=progress).epoch_losses
+        finetuned = finetune_backbone(detector, train_pixels, device=device, precision=precision, progress=progress)
     pooled_parts: list[torch.Tensor] = []
     patch_parts: list[torch.Tensor] = []
     batches = range(0, len(train_pixels), settings.batch_size)
@@ -140,4 +140,4 @@ def fit_features(
     logger.info("fitted the features detector on %d normal films in %.1f s: %d patches seen, memory bank "
                 "%d, normal patch radius %.3f", len(train_pixels), seconds, len(patches_all), len(bank), radius)
     return FeatureFitResult(detector, len(train_pixels), len(patches_all), len(bank), radius, seconds,
-                            finetune_losses)
+                            finetuned.epoch_losses, finetuned.seconds)
