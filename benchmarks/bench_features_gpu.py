@@ -1,0 +1,133 @@
+"""Speed of the features detector on a CUDA GPU (issue 10, point 5), beside its ceiling there.
+
+Run on a machine with a GPU, from the repository root::
+
+    python -m benchmarks.bench_features_gpu --data DATA [--weights FILE] --output result.json
+
+``DATA`` holds ``rsna_normal224`` and ``nih_fullres`` (or a copy with their manifests and the
+films named there); ``--weights`` is the Lite0 weight file where the package that ships it is
+not installed. :mod:`benchmarks.bench_features` is the CPU benchmark; this one measures what a
+GPU changes. The detector is the default one, ``Config()``, fitted on ``--fit-films`` normals.
+
+What it measures (medians of ``--repeats`` runs after one warm-up):
+
+- **decode**: :func:`cxr_anomaly.data.dataset.load_images` of ``--films`` 1024 px PNGs
+  (``nih_fullres`` replicated), every core, no cache;
+- **scoring**: :func:`cxr_anomaly.scoring.score_films` on the decoded films (batch 64) in fp32
+  and bf16, split into preprocessing (``model_input``, on the CPU) and the rest (GPU work and
+  copies; each batch's scores are copied to the host, which synchronises);
+- **the ceiling**: the backbone's forward pass alone on a batch of 64 model inputs already on
+  the GPU, channels_last, synchronised: the films/s of a scorer that did nothing else;
+- **from files**: decode and scoring together, as ``cxr-anomaly score`` runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_features import fullres_paths, replicate, rsna_rows
+from benchmarks.common import StageClock, git_commit, uncommitted_files
+from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.inference import inference_autocast, to_channels_last
+from cxr_anomaly.models.registry import fit_detector
+from cxr_anomaly.scoring import score_films
+
+logger = logging.getLogger("bench_features_gpu")
+
+
+def median_seconds(run: Callable[[], object], repeats: int, synchronise: bool) -> tuple[float, list[float]]:
+    """Median wall seconds of ``run`` over ``repeats`` calls after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        if synchronise:  # GPU work is asynchronous: wait for it on both sides of the clock
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        if synchronise:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--weights", default="", help="Lite0 state_dict file (default: the package's)")
+    parser.add_argument("--fit-films", type=int, default=256)
+    parser.add_argument("--films", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--device", default="cuda", help="cuda (the point), or cpu for a smoke test")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_features_gpu: no CUDA device; benchmarks.bench_features measures the CPU")
+    on_gpu = device.type == "cuda"
+    config = with_overrides(Config(), "features", weights_path=args.weights)
+    train = load_images(rsna_rows(args.data, args.fit_films), config.data).pixels
+    started = time.perf_counter()
+    detector = fit_detector(config, train, device=device, progress=False).detector
+    fit_seconds = time.perf_counter() - started
+
+    work = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
+    try:
+        rows = replicate(fullres_paths(args.data), args.films, work / "png", ".png")
+        decode_seconds, _ = median_seconds(lambda: load_images(rows, config.data), args.repeats, synchronise=False)
+        pixels = load_images(rows, config.data).pixels
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result: dict[str, object] = {
+        "commit": git_commit(), "uncommitted": uncommitted_files("src", "benchmarks"),
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu", "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+        "fit_films": args.fit_films, "fit_seconds": fit_seconds, "films": args.films, "repeats": args.repeats,
+        "decode_films_per_s": args.films / decode_seconds,
+    }
+    to_channels_last(detector)
+    batch = detector.model_input(pixels[:64]).to(device).contiguous(memory_format=torch.channels_last)  # (64, 3, S, S)
+    for precision in ("fp32", "bf16"):
+        def backbone_only() -> None:
+            with torch.inference_mode(), inference_autocast(device, precision):
+                detector.backbone(batch)
+
+        ceiling_seconds, _ = median_seconds(backbone_only, args.repeats * 5, on_gpu)
+        clock = StageClock()
+
+        def scoring() -> None:
+            score_films(detector, pixels, device=device, precision=precision)
+
+        with clock.watch({"preprocessing": (detector, "model_input")}):
+            score_seconds, _ = median_seconds(scoring, args.repeats, on_gpu)
+        preprocessing = clock.seconds["preprocessing"] / (args.repeats + 1)  # the warm-up ran too
+        ceiling = len(batch) / ceiling_seconds
+        scored = args.films / score_seconds
+        from_files = args.films / (decode_seconds + score_seconds)
+        result[precision] = {
+            "ceiling_films_per_s": ceiling, "scoring_films_per_s": scored,
+            "scoring_share_of_ceiling": scored / ceiling,
+            "preprocessing_seconds_share": preprocessing / score_seconds,
+            "from_files_films_per_s": from_files, "from_files_share_of_ceiling": from_files / ceiling,
+        }
+        logger.info("%s: ceiling %.0f films/s, scoring %.0f (%.0f%%; preprocessing %.0f%% of it), "
+                    "from files %.0f films/s", precision, ceiling, scored, 100 * scored / ceiling,
+                    100 * preprocessing / score_seconds, from_files)
+    args.output.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
