@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cxr_anomaly.config import Config, DataConfig
-from cxr_anomaly.data.dataset import load_images, to_model_tensor
+from cxr_anomaly.data.dataset import PARALLEL_FROM_FILMS, load_images, preprocess_films, to_model_tensor
 from cxr_anomaly.errors import (
     DecompressionBombError,
     DicomError,
@@ -108,3 +108,14 @@ def test_training_set_without_normal_images_is_refused(shared_data: Path) -> Non
     abnormal_only = manifest[manifest["label"] == 1].assign(path=lambda table: table["path"].astype(str))
     with pytest.raises(NoNormalImagesError, match="nih1000-abnormal"):
         select_training_rows(abnormal_only.reset_index(drop=True), Config(), "nih1000-abnormal")
+
+
+@pytest.mark.parametrize("threads", [2, 3, 64])
+def test_threaded_preprocessing_gives_every_film_the_same_pixels(threads: int) -> None:
+    rng = np.random.default_rng(0)
+    films = (rng.random((PARALLEL_FROM_FILMS + 5, 96, 96)) * 255).astype(np.uint8)
+    config = Config().data  # the features detector's: border crop, detail limit, equalisation
+    alone = preprocess_films(films, config)
+    threaded = preprocess_films(films, config, threads=threads)
+    assert threaded.dtype == np.float32 and np.array_equal(threaded, alone)
+    assert np.array_equal(preprocess_films(films[:3], config, threads=threads), alone[:3])  # small: one thread

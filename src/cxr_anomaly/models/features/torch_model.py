@@ -130,7 +130,9 @@ class FeatureDetector(AnomalyDetector):
 
     def model_input(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 films (N, S, S) -> (N, 3, S, S) in [-1, 1], the grey film in all three channels."""
-        images = torch.from_numpy(preprocess_films(pixels, self.config.data) * 2.0 - 1.0)  # (N, S, S)
+        # as many preprocessing threads as torch computes with (serve --threads, set_threads)
+        films = preprocess_films(pixels, self.config.data, threads=torch.get_num_threads())
+        images = torch.from_numpy(films * 2.0 - 1.0)  # (N, S, S)
         return images[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, S, S)
 
     def _pool(self, maps: dict[int, torch.Tensor]) -> torch.Tensor:
