@@ -106,3 +106,26 @@ def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ExportError, match="not a cxr-anomaly scoring graph"):
         OnnxScorer(path)
+
+
+def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_model: object, tmp_path: Path) -> None:
+    """``score --model model.onnx`` (onnxruntime) writes the table and worklist ``--model model.pt`` does."""
+    import pandas as pd
+
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--model", str(tiny_nih_model.checkpoint), "--out", str(onnx_path)]) == 0
+    films = tiny_nih_model.nih1000 / "test"
+    tables = {}
+    for name, model in (("torch", tiny_nih_model.checkpoint), ("onnx", onnx_path)):
+        out = tmp_path / f"{name}.csv"
+        assert main(["score", "--model", str(model), str(films), "--out", str(out),
+                     "--report", str(tmp_path / f"{name}.html"), "--no-progress"]) == 0
+        tables[name] = pd.read_csv(out).sort_values("path").reset_index(drop=True)
+        assert (tmp_path / f"{name}.html").stat().st_size > 10_000  # thumbnails and heatmaps inline
+    torch_table, onnx_table = tables["torch"], tables["onnx"]
+    assert list(onnx_table["path"]) == list(torch_table["path"]) and len(onnx_table) == 200
+    for column in ("score", "score_raw", "reconstruction", "latent", "percentile"):
+        assert np.max(np.abs(onnx_table[column] - torch_table[column])) <= 1e-3, column
+    assert list(onnx_table["decision"]) == list(torch_table["decision"])
+    scorer = OnnxScorer(onnx_path)
+    assert scorer.anomaly_map_scale == load_checkpoint(tiny_nih_model.checkpoint).anomaly_map_scale

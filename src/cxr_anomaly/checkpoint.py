@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -28,7 +29,7 @@ from .errors import CheckpointError, ConfigError
 from .io import sniff_format
 from .models.base import AnomalyDetector
 from .models.registry import build_detector
-from .scoring import Calibration
+from .scoring import Calibration, ScoreResult, score_films
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,20 @@ class LoadedModel:
     package_version: str
     training: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+
+    @property
+    def description(self) -> str:
+        """The detector's one-line description (family, backbone or variant, score)."""
+        return self.detector.description
+
+    @property
+    def anomaly_map_scale(self) -> float:
+        """The detector's heatmap scale for films scored without a calibrated range."""
+        return self.detector.anomaly_map_scale
+
+    def score_films(self, pixels: np.ndarray, *, keep_maps: bool = False) -> ScoreResult:
+        """Score uint8 films (N, S, S) with the detector: :func:`cxr_anomaly.scoring.score_films`."""
+        return score_films(self.detector, pixels, keep_maps=keep_maps)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:

@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score every film of each INPUT (a file, a folder or a manifest) and write a CSV "
                     "with path, score and the score components (reconstruction, adversarial, latent).",
     )
-    score.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
+    score.add_argument("--model", required=True, type=Path, metavar="MODEL",
+                       help="checkpoint (model.pt), or a graph from `cxr-anomaly export` (*.onnx), "
+                            "scored with onnxruntime (pip install 'cxr-anomaly[onnx]')")
     score.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="file, folder or manifest")
     score.add_argument("--out", required=True, type=Path, metavar="CSV", help="scores CSV to write")
     score.add_argument("--normalisation", choices=("calibrated", "minmax", "raw"), default="calibrated",

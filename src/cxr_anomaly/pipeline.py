@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,9 @@ from .models.registry import fit_detector
 from .explain import heatmap_range
 from .report import add_dicom_links, explain_rows, rank_table, write_html_report
 from .scoring import fit_calibration, min_max_normalise, score_films
+
+if TYPE_CHECKING:  # onnxruntime is optional: imported only to score an .onnx model
+    from .export import OnnxScorer
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +267,20 @@ class ScoredTable:
     reconstructions: np.ndarray | None = None
 
 
-def score_table(model: LoadedModel, images: LoadedImages, *, normalisation: str = "calibrated",
+def load_scoring_model(model_path: str | Path) -> LoadedModel | OnnxScorer:
+    """A checkpoint (``model.pt``), or an exported graph (``*.onnx``) scored with onnxruntime.
+
+    Both give the configuration, calibration, description, heatmap scale and ``score_films``
+    that scoring and the worklist report use.
+    """
+    if Path(model_path).suffix.lower() == ".onnx":
+        from .export import OnnxScorer
+
+        return OnnxScorer(model_path)
+    return load_checkpoint(model_path)
+
+
+def score_table(model: LoadedModel | OnnxScorer, images: LoadedImages, *, normalisation: str = "calibrated",
                 keep_maps: bool = False) -> ScoredTable:
     """Score loaded images into a table (path, score, components, ...) with maps when asked for.
 
@@ -271,7 +288,7 @@ def score_table(model: LoadedModel, images: LoadedImages, *, normalisation: str 
     validation films, stored in the checkpoint), ``minmax`` (the paper's, over this set) or
     ``raw`` (the detector's own scale). The other two are kept as columns too.
     """
-    result = score_films(model.detector, images.pixels, keep_maps=keep_maps)
+    result = model.score_films(images.pixels, keep_maps=keep_maps)
     table = pd.DataFrame({"path": images.manifest["path"].to_numpy()})
     minmax = min_max_normalise(result.raw)
     calibrated = percentile = decision = None
@@ -317,8 +334,9 @@ def score_job(
     birth date only with ``keep_patient_identifiers``. With ``report`` (an HTML path) the CSV is
     a worklist ranked by score, most suspicious first, and a self-contained HTML report with
     thumbnails, reconstructions and heatmaps is written too (see :mod:`cxr_anomaly.report`).
+    ``model_path`` is a checkpoint or an exported ONNX graph (:func:`load_scoring_model`).
     """
-    model = load_checkpoint(model_path)
+    model = load_scoring_model(model_path)
     manifest = load_inputs(inputs)
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
                          cache_dir=cache_dir, progress=progress)
@@ -331,14 +349,14 @@ def score_job(
         assert scored.anomaly_maps is not None  # asked for above
         ranked = rank_table(table)
         order = ranked.order
-        heat = heatmap_range(model.calibration, model.detector.anomaly_map_scale)
+        heat = heatmap_range(model.calibration, model.anomaly_map_scale)
         explanations = explain_rows(
             ranked.table, images.pixels[order], scored.anomaly_maps[order], heat.scale, floor=heat.floor,
             border_crop=model.config.data.border_crop,
             reconstructions=None if scored.reconstructions is None else scored.reconstructions[order],
             max_image_pixels=model.config.data.max_image_pixels)
         write_html_report(report, ranked.table, explanations, calibration=model.calibration,
-                          model_description=f"{Path(model_path).name} ({model.detector.description}, "
+                          model_description=f"{Path(model_path).name} ({model.description}, "
                                             f"cxr-anomaly {model.package_version})")
         table = ranked.table
     table.to_csv(out_csv, index=False)
