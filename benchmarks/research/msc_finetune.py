@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
 from benchmarks.research.features_probe import DATA, collections, per_view, preprocess
+from benchmarks.research.features_variants import knn
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.backbone import build_backbone
@@ -80,17 +81,12 @@ def embed_all(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int =
 
 def evaluate(train: np.ndarray, sets: dict[str, np.ndarray], manifests: dict) -> dict[str, dict[str, float]]:
     """kNN-5 cosine and Ledoit-Wolf Gaussian AUCs per view of each validation set, and the worst view."""
-    unit_train = train / np.linalg.norm(train, axis=1, keepdims=True)
     gaussian = LedoitWolf().fit(train)
     results: dict[str, dict[str, float]] = {}
     for score_name in ("knn5", "gauss"):
         row: dict[str, float] = {}
         for name, features in sets.items():
-            if score_name == "knn5":
-                unit = features / np.linalg.norm(features, axis=1, keepdims=True)
-                scores = 1 - np.sort(unit @ unit_train.T, axis=1)[:, -5:].mean(axis=1)
-            else:
-                scores = gaussian.mahalanobis(features)
+            scores = knn(train, features, 5) if score_name == "knn5" else gaussian.mahalanobis(features)
             for view, auc in per_view(scores, manifests[name]).items():
                 row[f"{name}_{view}"] = round(float(auc), 4)
         row["worst"] = min(row[f"{name}_{view}"] for name in sets for view in ("PA", "AP"))

@@ -593,7 +593,7 @@ def calibrate_job(
     if int((labels == 0).sum()) < 2:
         raise NoNormalImagesError(f"{', '.join(map(str, data))}: calibration needs at least 2 normal "
                                   f"(label 0) films in split {split!r}, found {int((labels == 0).sum())}")
-    scored = score_films(model.detector, images.pixels, keep_maps=True)
+    scored = model.score_films(images.pixels, keep_maps=True)
     raw = scored.raw
     calibration = fit_calibration(
         raw[labels == 0],

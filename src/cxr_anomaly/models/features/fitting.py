@@ -2,8 +2,9 @@
 
 Nothing is trained, unless ``features.finetune_epochs`` asks for the backbone to be fine-tuned
 on the normals first (:mod:`.finetune`). The pass collects every normal film's pooled features
-and patch features; then the Gaussian (mean, Ledoit-Wolf shrinkage covariance), the pooled-feature bank and the
-patch memory bank (greedy k-centre coreset, as PatchCore) are computed and stored as buffers.
+and patch features; then the Gaussian (mean, Ledoit-Wolf shrinkage covariance), the
+pooled-feature bank and the patch memory bank (greedy k-centre coreset, as PatchCore) are
+computed and stored as buffers.
 
 Coreset selection is exact greedy k-centre on a random projection of a random candidate subset
 of at most ``16 x memory_bank_size`` patches: the full greedy pass over millions of patches of
