@@ -267,10 +267,11 @@ class FeatureConfig:
     batch_size: int = 32
     seed: int = 0  # coreset start and projection; fine-tuning's batch order and augmentations
     # Mean-shifted contrastive fine-tuning of the backbone on the normals before the fit
-    # (models/features/finetune.py). 0 keeps the ImageNet backbone frozen, the default: on
-    # validation films it raised the worst view by about 0.03, at about 3 min an epoch per 1,000
-    # normals on a 2-core CPU (docs/results.md, "Fine-tuning the backbone").
-    finetune_epochs: int = 0
+    # (models/features/finetune.py). Chosen on validation films: 2 epochs at lr 3e-5 raised the
+    # worst validation view by 0.03 (1,000 normals) and 0.05 (2,000), at about 3 min an epoch per
+    # 1,000 normals on a 2-core CPU and seconds on a GPU (docs/results.md, "Fine-tuning the
+    # backbone"). 0 keeps the ImageNet backbone frozen.
+    finetune_epochs: int = 2
     finetune_learning_rate: float = 3e-5
     finetune_temperature: float = 0.25
 

@@ -49,7 +49,7 @@ def test_config_rejects_bad_finetune_settings() -> None:
         with_overrides(Config(), "features", finetune_epochs=-1)
     with pytest.raises(ConfigError, match="features.finetune_learning_rate=0"):
         with_overrides(Config(), "features", finetune_learning_rate=0)
-    assert Config().features.finetune_epochs == 0  # the default backbone stays frozen
+    assert Config().features.finetune_epochs == 2  # the default, chosen on validation films
 
 
 def test_finetuned_fit_changes_the_backbone_records_losses_and_round_trips(shared_data: Path, tmp_path: Path) -> None:
