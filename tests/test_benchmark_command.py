@@ -52,7 +52,7 @@ def manifests(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "small.toml"
-    path.write_text("[features]\nmemory_bank_size = 256\npooled_bank_size = 64\nbatch_size = 16\n"
+    path.write_text("[features]\nmemory_bank_size = 256\npooled_bank_size = 64\nbatch_size = 16\nfinetune_epochs = 0\n"
                     "[model]\nbase_channels = 8\n[train]\nepochs = 1\nbatch_size = 16\n")
     return path
 

@@ -35,11 +35,11 @@ def client(tiny_nih_model) -> TestClient:
         yield test_client
 
 
-def offline_scores(checkpoint: Path, path: Path) -> dict[str, object]:
+def offline_scores(checkpoint: Path, path: Path, precision: str = "auto") -> dict[str, object]:
     """What the library computes for a file, to compare the service with."""
     model = load_checkpoint(checkpoint)
     pixels = resize_grey(read_image(path).array, model.config.data.image_size)[None]  # (1, S, S)
-    result = score_films(model.detector, pixels)
+    result = score_films(model.detector, pixels, precision=precision)
     raw = result.raw
     return {"raw": float(raw[0]), "percentile": float(model.calibration.percentile(raw)[0]),
             "z": float(model.calibration.standardise(raw)[0]),
@@ -80,6 +80,30 @@ def test_score_png_matches_the_library_and_the_calibration(client: TestClient, t
     assert all(value is not None for value in components.values())
     for name, value in components.items():
         assert value == pytest.approx(expected["components"][name], rel=1e-5), name
+
+
+def test_an_exported_onnx_graph_is_served_like_its_checkpoint(tiny_nih_model, film_path: Path, tmp_path: Path) -> None:
+    """``serve --model model.onnx``: onnxruntime scores, and the answers match the fp32 library."""
+    pytest.importorskip("onnxruntime")
+    from cxr_anomaly.export import export_checkpoint
+
+    onnx_path = export_checkpoint(tiny_nih_model.checkpoint, tmp_path / "model.onnx").path
+    expected = offline_scores(tiny_nih_model.checkpoint, film_path, precision="fp32")
+    checkpoint = load_checkpoint(tiny_nih_model.checkpoint)
+    with TestClient(create_app(onnx_path, ServiceSettings(), onnx_threads=1)) as onnx_client:
+        info = onnx_client.get("/v1/model").json()
+        assert info["detector"] == f"{checkpoint.detector.description}, onnxruntime"
+        assert info["checkpoint"] == "model.onnx" and info["method"] == "tang2019"
+        assert info["calibration"]["threshold"] == checkpoint.calibration.threshold
+        assert info["training"]["num_train_images"] == checkpoint.training["num_train_images"]
+        body = onnx_client.post("/v1/score?heatmap=true", files={"file": ("x.png", film_path.read_bytes())}).json()
+    assert body["score_raw"] == pytest.approx(expected["raw"], rel=1e-4, abs=1e-5)
+    assert body["decision"] == ("flag" if expected["flag"] else "normal")
+    for name, value in body["components"].items():
+        assert value == pytest.approx(expected["components"][name], rel=1e-4, abs=1e-5), name
+    assert Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))).size == (64, 64)
+    with pytest.raises(ValueError, match="model.onnx.*device='cuda'"):
+        create_app(onnx_path, ServiceSettings(), device="cuda")
 
 
 def test_raw_body_jpeg_and_dicom_are_sniffed_and_scored(client: TestClient, tmp_path: Path, shared_data: Path,
@@ -235,7 +259,7 @@ def test_serve_command_passes_its_options_and_the_environment_token(tiny_nih_mod
                  "--max-image-side", "4096", "--batch-wait-ms", "20", "--threads", "1"]) == 0
     (call,) = calls
     settings = call["settings"]
-    assert call["port"] == 8123 and call["host"] == "127.0.0.1" and call["torch_threads"] == 1
+    assert call["port"] == 8123 and call["host"] == "127.0.0.1" and call["threads"] == 1
     assert settings.token == TOKEN and settings.max_upload_bytes == 2 * 1024 * 1024
     assert settings.max_image_side == 4096 and settings.batch_wait_seconds == pytest.approx(0.02)
 
@@ -243,5 +267,5 @@ def test_serve_command_passes_its_options_and_the_environment_token(tiny_nih_mod
 def test_run_server_refuses_a_thread_count_below_one(tiny_nih_model) -> None:
     from cxr_anomaly.serve import run_server
 
-    with pytest.raises(ValueError, match="torch_threads=0"):
-        run_server(tiny_nih_model.checkpoint, ServiceSettings(), torch_threads=0)
+    with pytest.raises(ValueError, match="threads=0"):
+        run_server(tiny_nih_model.checkpoint, ServiceSettings(), threads=0)

@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "decision and model version out; optional heatmap), GET /healthz, GET /v1/model, "
                     "the OpenAPI schema at /openapi.json and a web page at /.",
     )
-    serve.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
+    serve.add_argument("--model", required=True, type=Path, metavar="CKPT",
+                       help="checkpoint (model.pt), or a graph written by export (*.onnx, scored "
+                            "with onnxruntime on the CPU)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--token", default=None,
@@ -152,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-wait-ms", type=float, default=5.0,
                        help="how long the first request of a batch waits for others to join")
     serve.add_argument("--threads", type=int, default=None,
-                       help="PyTorch threads for scoring (default: one per core; 1 is faster when the "
-                            "cores are shared with other busy processes)")
+                       help="threads for scoring, PyTorch's and onnxruntime's (default: one per core; "
+                            "1 is faster when the cores are shared with other busy processes)")
 
     evaluate = commands.add_parser(
         "evaluate", help="measure AUC and draw ROC and reconstruction figures on labelled films",
@@ -414,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                 max_image_side=args.max_image_side, max_batch_size=args.max_batch_size,
                 batch_wait_seconds=args.batch_wait_ms / 1000.0)
-            run_server(args.model, settings, host=args.host, port=args.port, torch_threads=args.threads)
+            run_server(args.model, settings, host=args.host, port=args.port, threads=args.threads)
         elif args.command == "evaluate":
             outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
                                             label_column=args.label_column,

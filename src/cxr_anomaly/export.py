@@ -47,6 +47,7 @@ CONFIG_METADATA_KEY = "cxr_anomaly.config"
 CALIBRATION_METADATA_KEY = "cxr_anomaly.calibration"
 VERSION_METADATA_KEY = "cxr_anomaly.version"
 ANOMALY_MAP_SCALE_METADATA_KEY = "cxr_anomaly.anomaly_map_scale"
+TRAINING_METADATA_KEY = "cxr_anomaly.training"  # the checkpoint's training record (counts, sources)
 # The features graph holds a (batch x patches, memory bank) distance matrix and its intermediates:
 # several GB at a batch of 64 films, a few hundred MB at 16, where onnxruntime was also fastest.
 ONNX_BATCH_SIZE = 16
@@ -84,13 +85,15 @@ class ExportResult:
 
 
 def export_onnx(detector: AnomalyDetector, config: Config | None, out_path: str | Path, *,
-                calibration: Calibration | None = None,
+                calibration: Calibration | None = None, training: dict[str, object] | None = None,
                 opset_version: int = OPSET_VERSION) -> ExportResult:
     """Export the scoring graph of ``detector`` to ``out_path`` (written atomically).
 
     The configuration written to the metadata is the detector's own (the graph computes with
     it); a ``config`` given here must be the same. The batch dimension is dynamic. The detector
-    is put in eval mode, as scoring uses it, and left there.
+    is put in eval mode, as scoring uses it, and left there. ``calibration`` and ``training`` (the
+    checkpoint's record) travel in the metadata, so that a service of the graph reports what a
+    service of the checkpoint does.
 
     Raises:
         ExportError: ``config`` differs from the detector's, the exporter failed, or it wrote a
@@ -134,6 +137,8 @@ def export_onnx(detector: AnomalyDetector, config: Config | None, out_path: str 
     }
     if calibration is not None:
         metadata[CALIBRATION_METADATA_KEY] = json.dumps(calibration.to_dict())
+    if training is not None:
+        metadata[TRAINING_METADATA_KEY] = json.dumps(training, default=str)
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -154,7 +159,7 @@ def export_checkpoint(model_path: str | Path, out_path: str | Path, *,
     """
     loaded = load_checkpoint(model_path)
     return export_onnx(loaded.detector, loaded.config, out_path, calibration=loaded.calibration,
-                       opset_version=opset_version)
+                       training=loaded.training, opset_version=opset_version)
 
 
 class OnnxScorer:
@@ -195,6 +200,7 @@ class OnnxScorer:
         self.calibration = (Calibration.from_dict(json.loads(metadata[CALIBRATION_METADATA_KEY]))
                             if CALIBRATION_METADATA_KEY in metadata else None)
         self.package_version = metadata.get(VERSION_METADATA_KEY, "unknown")
+        self.training: dict[str, object] = json.loads(metadata.get(TRAINING_METADATA_KEY, "{}"))
         self.description = f"{self.preprocessor.description}, onnxruntime"
         if ANOMALY_MAP_SCALE_METADATA_KEY in metadata:
             self.anomaly_map_scale = float(json.loads(metadata[ANOMALY_MAP_SCALE_METADATA_KEY]))

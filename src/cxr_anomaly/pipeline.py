@@ -267,17 +267,28 @@ class ScoredTable:
     reconstructions: np.ndarray | None = None
 
 
-def load_scoring_model(model_path: str | Path) -> LoadedModel | OnnxScorer:
+def load_scoring_model(model_path: str | Path, *, device: str = "cpu",
+                       onnx_threads: int | None = None) -> LoadedModel | OnnxScorer:
     """A checkpoint (``model.pt``), or an exported graph (``*.onnx``) scored with onnxruntime.
 
-    Both give the configuration, calibration, description, heatmap scale and ``score_films``
-    that scoring and the worklist report use.
+    Both give the configuration, calibration, training record, description, heatmap scale and
+    ``score_films`` that scoring, the worklist report and the service use.
+
+    Args:
+        device: where a checkpoint's detector runs; an ONNX graph runs on the CPU only.
+        onnx_threads: onnxruntime's intra-op threads for an ONNX graph (None: its default).
+
+    Raises:
+        ValueError: an ONNX graph asked to run on another device than the CPU.
     """
     if Path(model_path).suffix.lower() == ".onnx":
         from .export import OnnxScorer
 
-        return OnnxScorer(model_path)
-    return load_checkpoint(model_path)
+        if device != "cpu":
+            raise ValueError(f"{model_path}: an ONNX graph is scored on the CPU (onnxruntime's CPU "
+                             f"provider), not on device={device!r}; serve the checkpoint (model.pt) instead")
+        return OnnxScorer(model_path, num_threads=onnx_threads)
+    return load_checkpoint(model_path, device=device)
 
 
 def score_table(model: LoadedModel | OnnxScorer, images: LoadedImages, *, normalisation: str = "calibrated",

@@ -11,6 +11,10 @@ Endpoints:
 - ``GET /v1/model``: what is being served (method, detector, versions, operating point, limits).
 - ``GET /``: a web page to drop a film on; ``GET /openapi.json`` and ``/docs``: the schema.
 
+The model is a checkpoint (``model.pt``, scored with PyTorch) or its exported graph (``*.onnx``,
+scored with onnxruntime on the CPU, 1.4-1.7x as fast for the features family on a 2-core CPU);
+both answer the same.
+
 Inputs are checked before any decoding the service can avoid: the upload size while it streams
 in, the format from the file's first bytes (the name and the declared type are not trusted), the
 declared image dimensions before pixels are decoded. Every refusal is a 4xx JSON body
@@ -38,7 +42,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
@@ -49,13 +53,16 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..checkpoint import LoadedModel, load_checkpoint
+from ..checkpoint import LoadedModel
 from ..dicom import silence_pydicom
 from ..errors import DecompressionBombError, InputFileError
 from ..explain import explain_film, heatmap_range, png_bytes
 from ..io import read_image, resize_grey, sniff_format
-from ..scoring import score_films
+from ..pipeline import load_scoring_model
 from .batching import BatchScorer
+
+if TYPE_CHECKING:  # onnxruntime is optional: imported only to serve an .onnx graph
+    from ..export import OnnxScorer
 
 logger = logging.getLogger(__name__)
 
@@ -198,11 +205,11 @@ def _optional(value: float) -> float | None:
     return None if not np.isfinite(value) else float(value)
 
 
-def make_batch_scorer(model: LoadedModel) -> Callable[[np.ndarray], list[FilmScore]]:
+def make_batch_scorer(model: LoadedModel | OnnxScorer) -> Callable[[np.ndarray], list[FilmScore]]:
     """A function scoring uint8 films (B, S, S) with the model, one :class:`FilmScore` each."""
 
     def score_batch(films: np.ndarray) -> list[FilmScore]:
-        result = score_films(model.detector, films, keep_maps=True)
+        result = model.score_films(films, keep_maps=True)
         assert result.anomaly_maps is not None  # asked for above
         return [FilmScore(float(result.raw[index]),
                           {name: _optional(values[index]) for name, values in result.components.items()},
@@ -326,20 +333,24 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(model_path: str | Path, settings: ServiceSettings | None = None, *,
-               device: str = "cpu") -> FastAPI:
-    """Build the service for a checkpoint.
+               device: str = "cpu", onnx_threads: int | None = None) -> FastAPI:
+    """Build the service for a checkpoint (``model.pt``) or an exported graph (``*.onnx``).
+
+    An ONNX graph is scored with onnxruntime on the CPU (``onnx_threads`` intra-op threads; None:
+    its default); the service behaves the same either way.
 
     Raises:
         CheckpointError: the checkpoint cannot be loaded.
+        ExportError: the ONNX graph cannot be opened, or onnxruntime is not installed.
     """
     settings = settings or ServiceSettings()
     # Once, before any request thread exists: pydicom's warnings and log records quote header
     # values (patient names), and per-read warnings.catch_warnings() is not thread-safe.
     silence_pydicom()
-    model = load_checkpoint(model_path, device=device)
+    model = load_scoring_model(model_path, device=device, onnx_threads=onnx_threads)
     version = model_version(model_path)
     image_size = model.config.data.image_size
-    heat = heatmap_range(model.calibration, model.detector.anomaly_map_scale)
+    heat = heatmap_range(model.calibration, model.anomaly_map_scale)
     scorer: BatchScorer[FilmScore] = BatchScorer(make_batch_scorer(model), max_batch_size=settings.max_batch_size,
                                                  max_wait_seconds=settings.batch_wait_seconds)
     bearer = HTTPBearer(auto_error=False, description="required when the service runs with a token")
@@ -351,7 +362,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
 
     app = FastAPI(title="cxr-anomaly", version=__version__, lifespan=lifespan,
                   description="Triage of chest X-rays by a detector fitted on normal films only "
-                              f"({model.detector.description}). A triage aid, not a diagnosis.")
+                              f"({model.description}). A triage aid, not a diagnosis.")
     app.state.scorer = scorer
     app.state.model = model
     app.state.settings = settings
@@ -400,7 +411,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
                     ("num_train_images", "num_calibration_images", "calibration_source") if key in model.training}
         return ModelResponse(
             model_version=version, package_version=model.package_version, server_version=__version__,
-            method=model.config.method, detector=model.detector.description, image_size=image_size,
+            method=model.config.method, detector=model.description, image_size=image_size,
             checkpoint=Path(model_path).name,
             calibration=None if model.calibration is None else model.calibration.summary(),
             training=training, auth_required=settings.token is not None,
@@ -498,22 +509,23 @@ def start_background_server(app: FastAPI, *, host: str = "127.0.0.1", startup_ti
 
 
 def run_server(model_path: str | Path, settings: ServiceSettings, *, host: str = "127.0.0.1",
-               port: int = 8000, torch_threads: int | None = None) -> None:
-    """Load the checkpoint and serve it with uvicorn until interrupted.
+               port: int = 8000, threads: int | None = None) -> None:
+    """Load the checkpoint or ONNX graph and serve it with uvicorn until interrupted.
 
     Args:
-        torch_threads: intra-op threads of this server process (``torch.set_num_threads``); None
-            keeps PyTorch's default (one per core). One thread is faster on a machine whose cores
-            are shared with other busy processes, where spinning OpenMP threads wait on each other.
+        threads: intra-op threads of this server process, for PyTorch (``torch.set_num_threads``)
+            and for onnxruntime when serving a graph; None keeps their defaults (one per core).
+            One thread is faster on a machine whose cores are shared with other busy processes,
+            where spinning OpenMP threads wait on each other.
     """
     import torch
     import uvicorn
 
-    if torch_threads is not None:
-        if torch_threads < 1:
-            raise ValueError(f"torch_threads={torch_threads}; expected at least 1")
-        torch.set_num_threads(torch_threads)
-    app = create_app(model_path, settings)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads}; expected at least 1")
+        torch.set_num_threads(threads)
+    app = create_app(model_path, settings, onnx_threads=threads)
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without a bearer token: anyone who can reach it can score films", host)
     logger.info("serving %s (%s) on http://%s:%d", model_path, model_version(model_path), host, port)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import pickle
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
 from cxr_anomaly.config import Config, with_overrides
@@ -23,7 +26,10 @@ from cxr_anomaly.models.features.fitting import greedy_coreset
 from cxr_anomaly.models.registry import build_detector, fit_detector
 from cxr_anomaly.scoring import fit_calibration, score_films
 
-SMALL = with_overrides(Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16)
+# Frozen backbone: fine-tuning (on by default) has its own tests in test_finetune.py, and the CLI
+# test at the end of this file fits the default, fine-tuning included.
+SMALL = with_overrides(Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16,
+                       finetune_epochs=0)
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,32 @@ def test_onnx_export_matches_torch_on_real_films(fitted: FittedFeatures, tmp_pat
         assert np.max(np.abs(onnx_scores.components[name] - values)) <= 1e-4 * scale, name
 
 
+def test_service_of_the_onnx_graph_answers_like_the_library(fitted: FittedFeatures, shared_data: Path,
+                                                            tmp_path: Path) -> None:
+    """``serve --model model.onnx`` for the features family: score, decision and a film-sized heatmap."""
+    pytest.importorskip("onnxruntime")
+    from fastapi.testclient import TestClient
+
+    from cxr_anomaly.export import export_checkpoint
+    from cxr_anomaly.io import read_image, resize_grey
+    from cxr_anomaly.serve import ServiceSettings, create_app
+
+    calibration = fit_calibration(score_films(fitted.detector, fitted.train_pixels, precision="fp32").raw, 0.95)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", fitted.detector, fitted.config, calibration=calibration)
+    onnx_path = export_checkpoint(checkpoint, tmp_path / "model.onnx").path
+    film = shared_data / "nih_fullres" / "00000427_000.png"
+    pixels = resize_grey(read_image(film).array, fitted.config.data.image_size)[None]  # (1, 224, 224)
+    expected = score_films(fitted.detector, pixels, precision="fp32")
+    with TestClient(create_app(onnx_path, ServiceSettings())) as client:
+        body = client.post("/v1/score?heatmap=true", files={"file": ("f.png", film.read_bytes())}).json()
+    assert body["score_raw"] == pytest.approx(float(expected.raw[0]), rel=1e-4)
+    assert body["decision"] == ("flag" if calibration.flag(expected.raw)[0] else "normal")
+    assert set(body["components"]) == {"gaussian", "pooled_knn", "patch_knn"}
+    for name, values in expected.components.items():
+        assert body["components"][name] == pytest.approx(float(values[0]), rel=1e-4), name
+    assert Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))).size == (1024, 1024)
+
+
 def test_bf16_scores_rank_like_fp32(fitted: FittedFeatures) -> None:
     fp32 = score_films(fitted.detector, fitted.test_pixels, precision="fp32").raw
     bf16 = score_films(fitted.detector, fitted.test_pixels, precision="bf16").raw
@@ -192,6 +224,7 @@ def test_cli_fits_on_rsna_and_scores_nih_test_with_a_report(shared_data: Path, t
     model = tmp_path / "run" / "model.pt"
     record = load_checkpoint(model).training
     assert record["family"] == "features" and record["num_train_images"] + record["num_calibration_images"] == 200
+    assert len(record["finetune_losses"]) == 2  # the default fine-tunes the backbone for 2 epochs
     nih = pd.read_csv(shared_data / "nih1000" / "manifest.csv")
     test = nih[nih["split"] == "test"].groupby("label").head(10).copy()
     test["path"] = [str(shared_data / "nih1000" / path) for path in test["path"]]

@@ -109,7 +109,8 @@ def finetune_backbone(
     with torch.no_grad():  # not inference_mode: the centre takes part in the loss's graph
         parts = [detector.pooled_features(to_device(detector.model_input(train_pixels[begin:begin + batch_size]),
                                                      device)).float()
-                 for begin in range(0, len(train_pixels), batch_size)]  # (B, D) each
+                 for begin in tqdm(range(0, len(train_pixels), batch_size), desc="fine-tuning, centre of the normals",
+                                   unit="batch", disable=not progress)]  # (B, D) each
         centre = F.normalize(torch.cat(parts), dim=1).mean(dim=0)  # (D,)
     parameters = list(detector.backbone.parameters())
     for parameter in parameters:
