@@ -68,4 +68,5 @@ def test_finetuned_fit_changes_the_backbone_records_losses_and_round_trips(share
     path = save_checkpoint(tmp_path / "model.pt", result.detector, FINETUNED)
     loaded = load_checkpoint(path)  # the checkpoint carries the fine-tuned weights, not ImageNet's
     assert loaded.config.features.finetune_epochs == 2
+    assert loaded.description == "features (efficientnet_lite0 fine-tuned 2 epochs (MSC), pooled_knn)"
     assert np.array_equal(score_films(loaded.detector, pixels[:6], precision="fp32").raw, scores)

@@ -125,8 +125,10 @@ class FeatureDetector(AnomalyDetector):
 
     @property
     def description(self) -> str:
-        """Backbone and score."""
-        return f"features ({self.config.features.backbone}, {self.config.features.score})"
+        """Backbone, whether it was fine-tuned on the normals, and score."""
+        settings = self.config.features
+        tuned = f" fine-tuned {settings.finetune_epochs} epochs (MSC)" if settings.finetune_epochs else ""
+        return f"features ({settings.backbone}{tuned}, {settings.score})"
 
     def model_input(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 films (N, S, S) -> (N, 3, S, S) in [-1, 1], the grey film in all three channels."""
