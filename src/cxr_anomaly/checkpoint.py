@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import Config, config_from_dict, config_to_dict
+from .config import Config, config_to_dict, stored_config_from_dict
 from .errors import CheckpointError, ConfigError
 from .io import sniff_format
 from .models.base import AnomalyDetector
@@ -265,7 +265,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
         stored_config = payload.get("config")
         if payload.get("format_version") == 1 and isinstance(stored_config, dict):
             stored_config = {**stored_config, "method": "tang2019"}  # version 1 knew one family
-        config = config_from_dict(stored_config)
+        config = stored_config_from_dict(stored_config)
     except (ConfigError, KeyError, TypeError) as error:
         raise CheckpointError(path, f"invalid stored configuration: {error}{_version_note(payload)}") from error
 
@@ -398,7 +398,7 @@ def load_training_state(path: str | Path) -> TrainingState:
     )
     try:
         return TrainingState(
-            config=config_from_dict(payload["config"]),
+            config=stored_config_from_dict(payload["config"]),
             model_state=dict(payload["model_state"]),
             generator_optimizer=payload["generator_optimizer"],
             discriminator_optimizer=payload["discriminator_optimizer"],

@@ -459,6 +459,26 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return Config(**sections)
 
 
+# Keys added to a section after files were already being written, with the value every file
+# written before them was made with. A stored configuration (checkpoint, exported graph,
+# training state) lacking one of them gets that value, not today's default: a checkpoint
+# fitted before fine-tuning existed holds ImageNet's weights, whatever the default is now.
+STORED_KEY_DEFAULTS: dict[str, dict[str, Any]] = {"features": {"finetune_epochs": 0}}
+
+
+def stored_config_from_dict(values: dict[str, Any]) -> Config:
+    """:func:`config_from_dict` for a configuration written by the package, possibly an older one.
+
+    Keys of :data:`STORED_KEY_DEFAULTS` missing from a stored section take the value they had
+    before they existed; anything else as :func:`config_from_dict`.
+    """
+    values = dict(values)
+    for section, defaults in STORED_KEY_DEFAULTS.items():
+        if isinstance(values.get(section), dict):
+            values[section] = {**defaults, **values[section]}
+    return config_from_dict(values)
+
+
 def with_overrides(config: Config, section: str, **changes: Any) -> Config:
     """Return a copy of ``config`` with fields of one section replaced (validated again)."""
     if section not in _SECTIONS:

@@ -191,9 +191,9 @@ class OnnxScorer:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_METADATA_KEY not in metadata:
             raise ExportError(f"{self.path}: not a cxr-anomaly scoring graph (no {CONFIG_METADATA_KEY})")
-        from .config import config_from_dict
+        from .config import stored_config_from_dict
 
-        self.config = config_from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        self.config = stored_config_from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
         # The graph holds the weights; the detector here only lends its preprocessing.
         self.preprocessor = build_detector(self.config, pretrained=False)
         self.output_names = tuple(output.name for output in self.session.get_outputs())

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
-from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.config import Config, config_from_dict, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import CheckpointError, ConfigError, NoNormalImagesError
@@ -148,6 +148,23 @@ def test_checkpoint_round_trip_and_pickle_refused(fitted: FittedFeatures, tmp_pa
     hostile.write_bytes(pickle.dumps({"format": "cxr-anomaly-checkpoint", "x": Payload()}))
     with pytest.raises(CheckpointError, match="refused|not a readable"):
         load_checkpoint(hostile)
+
+
+def test_a_checkpoint_from_before_fine_tuning_loads_as_frozen(fitted: FittedFeatures, tmp_path: Path) -> None:
+    """Fine-tuning became the default after checkpoints without its keys were written: those held
+    ImageNet's weights, so they load with ``finetune_epochs = 0``, while a config file without the
+    key still gets today's default."""
+    path = save_checkpoint(tmp_path / "model.pt", fitted.detector, fitted.config)
+    payload = torch.load(path, weights_only=True)
+    for key in ("finetune_epochs", "finetune_learning_rate", "finetune_temperature"):
+        del payload["config"]["features"][key]
+    torch.save(payload, tmp_path / "older.pt")
+    older = load_checkpoint(tmp_path / "older.pt")
+    assert older.config.features.finetune_epochs == 0 and "fine-tuned" not in older.description
+    assert older.config == fitted.config
+    assert np.array_equal(score_films(older.detector, fitted.test_pixels[:4], precision="fp32").raw,
+                          score_films(fitted.detector, fitted.test_pixels[:4], precision="fp32").raw)
+    assert config_from_dict({"features": payload["config"]["features"]}).features.finetune_epochs == 2
 
 
 def test_onnx_export_matches_torch_on_real_films(fitted: FittedFeatures, tmp_path: Path) -> None:

@@ -1,0 +1,69 @@
+"""Validation AUC of fitted checkpoints: the criterion that chose the features settings.
+
+Scores NIH1000's ``val`` split and the validation half of nih_pneumonia256
+(:func:`benchmarks.research.features_probe.collections`, the films every choice in
+docs/results.md was made on) with each checkpoint, and prints the AUC within PA and AP films of
+each collection and the worst of the four, for the raw score and each component. No test film
+is read.
+
+    python -m benchmarks.research.validate_checkpoints \\
+        --model fine-tuned=runs/demo/run/model.pt frozen=runs/val4500/frozen/model.pt \\
+        --output runs/val4500/validation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.research.features_probe import collections, per_view
+from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.data.dataset import load_images
+
+VALIDATION = ("nih1000_val", "pneu_val")
+VIEWS = ("PA", "AP")
+
+
+def named_path(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` -> (NAME, PATH)."""
+    name, separator, path = text.partition("=")
+    if not separator or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH")
+    return name, Path(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=named_path, nargs="+", required=True, metavar="NAME=CKPT")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file for the figures")
+    args = parser.parse_args()
+    sets = collections()
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name, path in args.model:
+        started = time.perf_counter()
+        model = load_checkpoint(path)
+        rows: dict[str, dict[str, float]] = {}
+        for collection in VALIDATION:
+            manifest = sets[collection]
+            pixels = load_images(manifest, model.config.data, workers=2).pixels
+            result = model.score_films(pixels)
+            for score_name, scores in {"score": result.raw, **result.components}.items():
+                aucs = per_view(np.asarray(scores), manifest)
+                rows.setdefault(score_name, {}).update(
+                    {f"{collection} {view}": aucs[view] for view in VIEWS})
+        for score_name, row in rows.items():
+            row["worst"] = min(row.values())
+            print(f"{name} ({model.description}), {score_name}: "
+                  + ", ".join(f"{key} {value:.3f}" for key, value in row.items()))
+        print(f"{name}: {time.perf_counter() - started:.0f} s")
+        results[name] = rows
+    if args.output is not None:
+        args.output.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
