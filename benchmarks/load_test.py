@@ -60,13 +60,13 @@ def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout_secon
 def main(argv: list[str] | None = None) -> int:
     """Start the service, run the load test, print and optionally save the result as JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, type=Path, help="checkpoint to serve")
+    parser.add_argument("--model", required=True, type=Path, help="checkpoint (model.pt) or exported graph (*.onnx) to serve")
     parser.add_argument("--film", type=Path, default=DEFAULT_FILM, help="film to post (PNG, JPEG or DICOM)")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=None, help="the server's PyTorch threads (serve --threads)")
+    parser.add_argument("--threads", type=int, default=None, help="the server's threads, PyTorch's and onnxruntime's (serve --threads)")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the result")
     args = parser.parse_args(argv)
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model),
         "max_batch_size": args.max_batch_size,
         "batch_wait_ms": args.batch_wait_ms,
-        "server_torch_threads": args.threads,
+        "server_threads": args.threads,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),

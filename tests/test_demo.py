@@ -144,3 +144,25 @@ def test_small_helpers() -> None:
     assert demo.adult_cell(metrics, "auc") == "0.700" and demo.adult_cell({}, "auc") == "n/a"
     assert demo.interval_of(metrics, "auc").estimate == pytest.approx(0.61)
     assert demo.interval_of(metrics, "absent").estimate is None
+
+
+def test_a_fit_is_reused_only_when_it_was_made_the_same_way(tiny_nih_model, tmp_path: Path) -> None:
+    """``--reuse-fit`` scores the run folder's checkpoint only if settings and films match."""
+    from cxr_anomaly.checkpoint import load_checkpoint
+    from cxr_anomaly.config import with_overrides
+    from cxr_anomaly.errors import CheckpointError
+
+    run_dir = tiny_nih_model.checkpoint.parent
+    loaded = load_checkpoint(tiny_nih_model.checkpoint)
+    record = loaded.training
+    data = Path(record["data"][0])
+    used = record["num_train_images"] + record["num_calibration_images"]
+    reused = demo.reuse_fit(run_dir, loaded.config, data, used)
+    assert reused.outcome.checkpoint == tiny_nih_model.checkpoint
+    assert reused.outcome.num_train_images == record["num_train_images"] and reused.seconds == record["seconds"]
+    with pytest.raises(CheckpointError, match=r"other settings \{'train.seed'"):
+        demo.reuse_fit(run_dir, with_overrides(loaded.config, "train", seed=loaded.config.train.seed + 1), data, used)
+    with pytest.raises(CheckpointError, match="fitted on"):
+        demo.reuse_fit(run_dir, loaded.config, data, used + 1)
+    with pytest.raises(CheckpointError, match="no fitted model to reuse"):
+        demo.reuse_fit(tmp_path, loaded.config, data, used)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -477,6 +477,23 @@ def stored_config_from_dict(values: dict[str, Any]) -> Config:
         if isinstance(values.get(section), dict):
             values[section] = {**defaults, **values[section]}
     return config_from_dict(values)
+
+
+def config_differences(stored: Config, requested: Config, *,
+                       ignore: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """``section.key -> (stored, requested)`` for every setting that differs (``method`` by its
+    own name), leaving out the ``section.key`` names in ``ignore``."""
+    stored_values, requested_values = config_to_dict(stored), config_to_dict(requested)
+    differences = {}
+    for section, values in stored_values.items():
+        if not isinstance(values, dict):  # a top-level key (method), not a section
+            if requested_values.get(section) != values:
+                differences[section] = (values, requested_values.get(section))
+            continue
+        for key, value in values.items():
+            if f"{section}.{key}" not in ignore and requested_values[section][key] != value:
+                differences[f"{section}.{key}"] = (value, requested_values[section][key])
+    return differences
 
 
 def with_overrides(config: Config, section: str, **changes: Any) -> Config:

@@ -31,14 +31,15 @@ import numpy as np
 import pandas as pd
 
 from .baselines import fit_and_score_baselines
-from .checkpoint import atomic_write_text
-from .config import DataConfig, preset_config, with_overrides
+from .checkpoint import atomic_write_text, load_checkpoint
+from .config import Config, DataConfig, config_differences, preset_config, with_overrides
 from .data.dataset import load_images
 from .data.manifest import load_inputs
 from .data.splits import split_patients_in_halves
 from .evaluation import Interval, compute_metrics, plot_roc_panels
 from .inference import native_bf16
-from .pipeline import evaluate_job, train_job
+from .errors import CheckpointError
+from .pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,10 @@ def write_report(out_dir: Path, results: dict[str, dict[str, object]],
         "",
         f"Detector: {facts['detector']}, fitted on {facts['num_train']} normal films of {facts['train_data']} "
         f"({facts['num_calibration']} more held out for calibration). Commit {facts['commit']}; machine: "
-        f"{facts['machine']}; {facts['seconds']:.0f} s in all (fit {facts['fit_seconds']:.0f} s).",
+        f"{facts['machine']}; "
+        + (f"fit reused from an earlier run (it took {facts['fit_seconds']:.0f} s then), "
+           f"{facts['seconds']:.0f} s for the rest." if facts.get("fit_reused") else
+           f"{facts['seconds']:.0f} s in all (fit {facts['fit_seconds']:.0f} s)."),
         "",
         "AUC with 95% stratified-bootstrap intervals. *View-balanced* is the mean of the PA and AP AUCs; "
         "*view only* scores a film 1 when it is AP; *score predicts AP* is the AUC of the score for AP "
@@ -243,9 +247,50 @@ def folder_name(name: str) -> str:
     return "".join(character if character.isalnum() else "_" for character in name).strip("_").lower()
 
 
+@dataclass
+class ReusedFit:
+    """A fit found in the demo's run folder, and how long it took when it ran."""
+
+    outcome: TrainOutcome
+    seconds: float
+
+
+def reuse_fit(run_dir: Path, config: Config, train_path: Path, num_normals: int) -> ReusedFit:
+    """The checkpoint a previous demo wrote in ``run_dir``, when it was fitted as this one would be.
+
+    It must hold the same configuration and have been trained and calibrated on ``train_path``
+    with ``num_normals`` films in all, so that the report describes the model it scores.
+
+    Raises:
+        CheckpointError: no checkpoint there, or one fitted with other settings or other films.
+    """
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(path, "no fitted model to reuse; run the demo without --reuse-fit")
+    loaded = load_checkpoint(path)
+    record = loaded.training
+    differences = config_differences(loaded.config, config)
+    if differences:
+        raise CheckpointError(path, f"fitted with other settings {differences} (stored, now); "
+                                    "run the demo without --reuse-fit")
+    used = record.get("num_train_images", 0) + record.get("num_calibration_images", 0)
+    if record.get("data") != [str(train_path)] or used != num_normals:
+        raise CheckpointError(path, f"fitted on {used} films of {record.get('data')}, not on the {num_normals} "
+                                    f"of {train_path}; run the demo without --reuse-fit")
+    logger.info("reusing the fit in %s (%d training films, fitted in %.0f s)", path,
+                record["num_train_images"], record.get("seconds", float("nan")))
+    outcome = TrainOutcome(path, int(record["num_train_images"]), int(record["num_calibration_images"]), [])
+    return ReusedFit(outcome, float(record.get("seconds", float("nan"))))
+
+
 def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: int = 0,
-             max_train_normals: int | None = None, num_resamples: int = 1000, progress: bool = True) -> Path:
-    """Fit on ``rsna_normal224``, test on the NIH collections, and return the report's path."""
+             max_train_normals: int | None = None, num_resamples: int = 1000, progress: bool = True,
+             reuse: bool = False) -> Path:
+    """Fit on ``rsna_normal224``, test on the NIH collections, and return the report's path.
+
+    With ``reuse`` the checkpoint a previous run left in ``out_dir/run`` is scored instead of
+    fitting again (:func:`reuse_fit` checks that it was fitted the same way).
+    """
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     train_manifest = load_inputs(data_root / "rsna_normal224" / "manifest.csv")
@@ -256,8 +301,12 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
     config = preset_config(method)
     if method == "tang2019":
         config = with_overrides(config, "train", seed=seed)
-    trained = train_job([train_path], out_dir / "run", config, progress=progress)
-    fit_seconds = time.perf_counter() - started
+    if reuse:
+        reused = reuse_fit(out_dir / "run", config, train_path, len(train_manifest))
+        trained, fit_seconds = reused.outcome, reused.seconds
+    else:
+        trained = train_job([train_path], out_dir / "run", config, progress=progress)
+        fit_seconds = time.perf_counter() - started
     tests = test_collections(data_root)
     results: dict[str, dict[str, object]] = {}
     detector_scores: dict[str, np.ndarray] = {}
@@ -280,7 +329,7 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
         "train_data": str(data_root / "rsna_normal224"), "num_train": trained.num_train_images,
         "num_calibration": trained.num_calibration_images, "commit": git_commit(),
         "machine": machine_description(), "seconds": time.perf_counter() - started,
-        "fit_seconds": fit_seconds, "folders": folders,
+        "fit_seconds": fit_seconds, "fit_reused": reuse, "folders": folders,
     }
     return write_report(out_dir, results, baselines.metrics, facts)
 
@@ -297,13 +346,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-train-normals", type=int, default=None,
                         help="fit on the first N normals of rsna_normal224 only (default: all 5,000)")
     parser.add_argument("--seed", type=int, default=0, help="seed (tang2019 training)")
+    parser.add_argument("--reuse-fit", action="store_true",
+                        help="score the model a previous run left in OUT/run instead of fitting again "
+                             "(refused unless it was fitted with the same settings on the same films)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not (args.data / "rsna_normal224" / "manifest.csv").is_file():
         logger.error("%s holds no rsna_normal224/manifest.csv; set CXR_ANOMALY_DATA or pass --data", args.data)
         return 2
     report = run_demo(args.data, args.out, method=args.method, seed=args.seed,
-                      max_train_normals=args.max_train_normals)
+                      max_train_normals=args.max_train_normals, reuse=args.reuse_fit)
     print(f"report: {report}")
     print(report.read_text())
     return 0

@@ -50,7 +50,7 @@ from ...checkpoint import (
     remove_stale_temporaries,
     save_training_state,
 )
-from ...config import Config, config_from_dict, config_to_dict
+from ...config import Config, config_differences, config_from_dict, config_to_dict
 from ...data.dataset import to_model_tensor
 from ...errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
 from ...inference import resolve_precision
@@ -169,7 +169,7 @@ def resolve_config_for_resume(run_dir: str | Path, config: Config) -> Config:
     if not path.is_file():
         return config
     stored = load_training_state(path).config
-    differences = config_differences(stored, config)
+    differences = resumption_differences(stored, config)
     if differences:
         logger.warning(
             "resuming %s with its stored settings; ignoring the requested changes %s", path,
@@ -182,21 +182,9 @@ def resolve_config_for_resume(run_dir: str | Path, config: Config) -> Config:
     return config_from_dict(values)
 
 
-def config_differences(stored: Config, requested: Config) -> dict[str, tuple[Any, Any]]:
+def resumption_differences(stored: Config, requested: Config) -> dict[str, tuple[Any, Any]]:
     """``section.key -> (stored, requested)`` for every setting a resumption may not change."""
-    stored_values, requested_values = config_to_dict(stored), config_to_dict(requested)
-    differences = {}
-    for section, values in stored_values.items():
-        if not isinstance(values, dict):  # a top-level key (method), not a section
-            if requested_values.get(section) != values:
-                differences[section] = (values, requested_values.get(section))
-            continue
-        for key, value in values.items():
-            if section == "train" and key in RESUMABLE_CHANGES:
-                continue
-            if requested_values[section][key] != value:
-                differences[f"{section}.{key}"] = (value, requested_values[section][key])
-    return differences
+    return config_differences(stored, requested, ignore={f"train.{name}" for name in RESUMABLE_CHANGES})
 
 
 class GeneratorNetworks(nn.Module):
@@ -583,7 +571,7 @@ def check_resumable(state: TrainingState, config: Config, fingerprint: str,
     Raises:
         CheckpointError: naming what differs.
     """
-    differences = config_differences(state.config, config)
+    differences = resumption_differences(state.config, config)
     if differences:
         raise CheckpointError(
             path, f"the training state was written with other settings {differences} "
