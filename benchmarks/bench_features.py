@@ -194,7 +194,8 @@ def measure_fit(config: Config, rows: pd.DataFrame) -> tuple[Any, FitFigures]:
     pixels = load_images(rows, config.data).pixels  # (N, 224, 224) uint8
     decode_seconds = time.perf_counter() - started
     clock = StageClock()
-    with clock.watch({"preprocessing": (FeatureDetector, "model_input"),
+    with clock.watch({"fine-tuning (MSC; its preprocessing counted under preprocessing)": (fitting, "finetune_backbone"),
+                      "preprocessing": (FeatureDetector, "model_input"),
                       "backbone pass": (FeatureDetector, "embed"),
                       "coreset selection": (fitting, "greedy_coreset"),
                       "Gaussian (Ledoit-Wolf)": (LedoitWolf, "fit")}):

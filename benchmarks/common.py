@@ -142,12 +142,17 @@ class StageClock:
     restores it afterwards; an owner may be a class (every instance is timed, also those created
     inside the call) or an instance. Owners that lack the attribute are left out and listed in
     :attr:`missing`, so a renamed library function gives a missing stage, not a crash.
+
+    Stages are timed exclusively: the time of a watched call made inside another watched call
+    is charged to the inner stage only (preprocessing inside fine-tuning counts as preprocessing),
+    so the stages never add up to more than the wall time.
     """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.missing: list[str] = []
+        self._nested_seconds: list[float] = []  # per active watched call: time spent in watched calls inside it
 
     @contextlib.contextmanager
     def watch(self, targets: dict[str, tuple[object, str]]) -> Iterator[StageClock]:
@@ -176,10 +181,14 @@ class StageClock:
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
+            self._nested_seconds.append(0.0)
             try:
                 return function(*args, **kwargs)
             finally:
-                self.seconds[stage] += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                self.seconds[stage] += elapsed - self._nested_seconds.pop()
+                if self._nested_seconds:
+                    self._nested_seconds[-1] += elapsed
                 self.calls[stage] += 1
 
         return timed

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,30 @@ sys.path.insert(0, str(REPOSITORY_ROOT))  # benchmarks/ is a folder of the repos
 
 from benchmarks import run  # noqa: E402
 from benchmarks.bench_model import scoring_conv_calls, scoring_flops_per_image  # noqa: E402
+from benchmarks.common import StageClock  # noqa: E402
+
+
+def test_stage_clock_charges_nested_calls_to_the_inner_stage_only() -> None:
+    """A watched call inside another is not counted twice: stages add up to the wall time."""
+    work = types.SimpleNamespace()
+    work.inner = lambda: time.sleep(0.1)
+
+    def outer() -> None:
+        time.sleep(0.03)
+        work.inner()
+        work.inner()
+
+    work.outer = outer
+    clock = StageClock()
+    started = time.perf_counter()
+    with clock.watch({"outer": (work, "outer"), "inner": (work, "inner"), "absent": (work, "nothing")}):
+        work.outer()
+        work.inner()
+    wall = time.perf_counter() - started
+    assert clock.calls == {"outer": 1, "inner": 3} and clock.missing == ["absent"]
+    assert clock.seconds["inner"] >= 0.3
+    assert 0.03 <= clock.seconds["outer"] < 0.2  # the inner calls' 0.2 s are not in it
+    assert sum(clock.seconds.values()) <= wall
 
 
 def test_flop_count_matches_the_layer_arithmetic() -> None:
