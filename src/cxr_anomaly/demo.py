@@ -36,9 +36,9 @@ from .config import Config, DataConfig, config_differences, preset_config, with_
 from .data.dataset import load_images
 from .data.manifest import load_inputs
 from .data.splits import split_patients_in_halves
+from .errors import CheckpointError
 from .evaluation import Interval, compute_metrics, plot_roc_panels
 from .inference import native_bf16
-from .errors import CheckpointError
 from .pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job
 
 logger = logging.getLogger(__name__)
