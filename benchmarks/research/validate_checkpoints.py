@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.research.features_probe import collections, per_view
 from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.dataset import load_images
 
 VALIDATION = ("nih1000_val", "pneu_val")
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the figures")
     args = parser.parse_args()
     sets = collections()
+    decoded: dict[tuple[str, DataConfig], np.ndarray] = {}  # films decoded once per collection and input settings
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, path in args.model:
         started = time.perf_counter()
@@ -49,7 +51,10 @@ def main() -> None:
         rows: dict[str, dict[str, float]] = {}
         for collection in VALIDATION:
             manifest = sets[collection]
-            pixels = load_images(manifest, model.config.data, workers=2).pixels
+            key = (collection, model.config.data)
+            if key not in decoded:
+                decoded[key] = load_images(manifest, model.config.data, workers=2).pixels
+            pixels = decoded[key]
             result = model.score_films(pixels)
             for score_name, scores in {"score": result.raw, **result.components}.items():
                 aucs = per_view(np.asarray(scores), manifest)

@@ -277,10 +277,11 @@ def reuse_fit(run_dir: Path, config: Config, train_path: Path, num_normals: int)
     if record.get("data") != [str(train_path)] or used != num_normals:
         raise CheckpointError(path, f"fitted on {used} films of {record.get('data')}, not on the {num_normals} "
                                     f"of {train_path}; run the demo without --reuse-fit")
+    seconds = float(record.get("seconds", float("nan")))
     logger.info("reusing the fit in %s (%d training films, fitted in %.0f s)", path,
-                record["num_train_images"], record.get("seconds", float("nan")))
+                record["num_train_images"], seconds)
     outcome = TrainOutcome(path, int(record["num_train_images"]), int(record["num_calibration_images"]), [])
-    return ReusedFit(outcome, float(record.get("seconds", float("nan"))))
+    return ReusedFit(outcome, seconds)
 
 
 def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: int = 0,

@@ -12,7 +12,8 @@ does not ask which family it holds.
 The model's configuration and calibration travel in the ONNX file's metadata (JSON under the keys
 ``cxr_anomaly.config`` and ``cxr_anomaly.calibration``), so a consumer without this package can
 reproduce the preprocessing and the calibrated score; ``cxr_anomaly.anomaly_map_scale`` holds the
-fitted heatmap scale of an uncalibrated model. ``cxr-anomaly score --model model.onnx`` scores
+fitted heatmap scale of an uncalibrated model and ``cxr_anomaly.training`` the checkpoint's
+training record. ``cxr-anomaly score --model model.onnx`` and ``serve --model model.onnx`` score
 through :class:`OnnxScorer`.
 
 Export uses torch's TorchScript-based exporter (``dynamo=False``): the newer exporter needs the

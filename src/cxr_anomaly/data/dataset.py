@@ -181,10 +181,9 @@ def preprocess_films(pixels: np.ndarray, data_config: DataConfig, *, threads: in
     """
     if threads <= 1 or len(pixels) < PARALLEL_FROM_FILMS:
         return _preprocess_in_this_thread(pixels, data_config)
-    chunks = [chunk for chunk in np.array_split(np.arange(len(pixels)), threads) if len(chunk)]
+    chunks = [chunk for chunk in np.array_split(pixels, threads) if len(chunk)]  # views, in order
     with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-        parts = list(pool.map(lambda chunk: _preprocess_in_this_thread(pixels[chunk[0]:chunk[-1] + 1], data_config),
-                              chunks))
+        parts = list(pool.map(lambda chunk: _preprocess_in_this_thread(chunk, data_config), chunks))
     return np.concatenate(parts)
 
 
