@@ -1,8 +1,9 @@
 """Speed of the features detector (issue 10, point 5): fitting, and scoring against the backbone's ceiling.
 
 Run: ``.venv/bin/python -m benchmarks.bench_features [--smoke] [--output FILE]`` (``make bench``
-runs it through :mod:`benchmarks.run`). The detector is the default one, ``Config()``: a frozen
-ImageNet EfficientNet-Lite0 at 224 px with a Gaussian, a pooled kNN and a patch memory bank.
+runs it through :mod:`benchmarks.run`). The detector is the default one, ``Config()``: ImageNet
+EfficientNet-Lite0 at 224 px, fine-tuned on the normals (MSC, ``features.finetune_epochs``), with
+a Gaussian, a pooled kNN and a patch memory bank.
 
 What it measures (figures are medians over ``repeats`` unless said otherwise):
 

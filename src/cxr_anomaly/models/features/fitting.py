@@ -74,6 +74,27 @@ def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) 
     return chosen
 
 
+def patch_memory_bank(patches: torch.Tensor, size: int, projection_dim: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """The coreset memory bank (M, C) of normal patches (P, C): see the module docstring."""
+    candidate_count = min(len(patches), CANDIDATES_PER_BANK_ENTRY * size)
+    candidates = patches[torch.randperm(len(patches), generator=generator)[:candidate_count]].float()
+    projection = torch.randn(candidates.shape[1], projection_dim, generator=generator)
+    return candidates[greedy_coreset(candidates @ projection, size, generator)]  # (M, C)
+
+
+def normal_patch_radius(patches: torch.Tensor, bank: torch.Tensor, generator: torch.Generator) -> float:
+    """How far normal patches (P, C) lie from the bank (M, C): the 99.9th percentile of up to
+    50,000 of them, a fallback heatmap scale for uncalibrated models."""
+    sample = patches[torch.randperm(len(patches), generator=generator)[:50_000]].float()
+    nearest_two = torch.cat([squared_distances(part, bank).topk(min(2, len(bank)), dim=1, largest=False).values
+                             for part in sample.split(4096)]).sqrt()  # (S, 2)
+    # A patch that is itself in the bank lies at distance 0: take its nearest *other* bank patch.
+    own = nearest_two[:, 0] <= 1e-6
+    nearest = torch.where(own, nearest_two[:, -1], nearest_two[:, 0])
+    return max(float(nearest.quantile(0.999)), 1e-6)
+
+
 def fit_features(
     config: Config,
     train_pixels: np.ndarray,
@@ -117,19 +138,8 @@ def fit_features(
     if len(unit) > settings.pooled_bank_size:
         unit = unit[torch.randperm(len(unit), generator=generator)[:settings.pooled_bank_size]]
 
-    candidate_count = min(len(patches_all), CANDIDATES_PER_BANK_ENTRY * settings.memory_bank_size)
-    candidates = patches_all[torch.randperm(len(patches_all), generator=generator)[:candidate_count]].float()
-    projection = torch.randn(candidates.shape[1], settings.coreset_projection_dim, generator=generator)
-    chosen = greedy_coreset(candidates @ projection, settings.memory_bank_size, generator)
-    bank = candidates[chosen]  # (M, C)
-    # How far normal patches lie from the bank, a fallback heatmap scale for uncalibrated models.
-    # A patch that is itself in the bank lies at distance 0: take its nearest *other* bank patch.
-    sample = patches_all[torch.randperm(len(patches_all), generator=generator)[:50_000]].float()
-    nearest_two = torch.cat([squared_distances(part, bank).topk(min(2, len(bank)), dim=1, largest=False).values
-                             for part in sample.split(4096)]).sqrt()  # (S, 2)
-    own = nearest_two[:, 0] <= 1e-6
-    nearest = torch.where(own, nearest_two[:, -1], nearest_two[:, 0])
-    radius = max(float(nearest.quantile(0.999)), 1e-6)
+    bank = patch_memory_bank(patches_all, settings.memory_bank_size, settings.coreset_projection_dim, generator)
+    radius = normal_patch_radius(patches_all, bank, generator)
 
     with torch.no_grad():
         detector.gaussian_mean = torch.from_numpy(covariance.location_).float().to(device)

@@ -148,14 +148,15 @@ class FeatureDetector(AnomalyDetector):
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled features (N, D) and patch features (N, C, g, g) of model inputs (N, 3, S, S)."""
-        settings = self.config.features
         maps = self.backbone(images)  # {stride: (N, C_s, S/s, S/s)}
-        pooled = self._pool(maps)
+        return self._pool(maps), self.patch_features(maps, self.config.features.patch_grid)
+
+    def patch_features(self, maps: dict[int, torch.Tensor], grid: int) -> torch.Tensor:
+        """{stride: (N, C_s, h, w)} -> (N, C, grid, grid): the patch features of ``patch_strides``."""
         # A patch sees its 3x3 neighbourhood (PatchCore's local aggregation); every stride is
         # brought to one grid so that a location's features line up.
-        patches = torch.cat([to_grid(F.avg_pool2d(maps[stride].float(), 3, 1, 1), settings.patch_grid)
-                             for stride in settings.patch_strides], dim=1)  # (N, C, g, g)
-        return pooled, patches
+        return torch.cat([to_grid(F.avg_pool2d(maps[stride].float(), 3, 1, 1), grid)
+                          for stride in self.config.features.patch_strides], dim=1)  # (N, C, g, g)
 
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
         """Score model inputs (N, 3, S, S); every component is computed, the score is the chosen one."""
