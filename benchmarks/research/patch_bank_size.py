@@ -56,6 +56,7 @@ def embed_patches(detector: FeatureDetector, pixels: np.ndarray, grids: list[int
 
 
 def main() -> None:
+    """Command-line entry point; prints one line per bank and writes them as JSON with ``--output``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--train-manifest", type=Path, required=True,
@@ -65,7 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     model = load_checkpoint(args.model)
     detector = model.detector
-    assert isinstance(detector, FeatureDetector), f"{args.model}: not a features checkpoint"
+    if not isinstance(detector, FeatureDetector):
+        raise TypeError(f"{args.model}: a {detector.family} checkpoint; this script needs a features one")
     settings = model.config.features
     stored_grid = settings.patch_grid
     grids = sorted({grid for _, grid in args.banks} | {stored_grid})
