@@ -92,6 +92,26 @@ def test_16bit_with_bits_stored_12_uses_the_12_bit_range(film: np.ndarray, tmp_p
     assert read.metadata["bits_stored"] == 12
 
 
+def test_twelve_bit_data_declared_as_sixteen_bits_is_stretched_without_a_window(film: np.ndarray,
+                                                                                 tmp_path: Path) -> None:
+    # A writer that declares 16 stored bits for 12-bit data: against 65535 the film would span
+    # 1/16 of the range and keep 17 grey levels in its 8-bit copy, so its own range is used.
+    stored = np.rint(film.astype(np.float64) / 255.0 * 4095.0).astype(np.uint16)
+    read = read_image(save(make_dataset(stored, bits_stored=16), tmp_path / "sixteen.dcm"))
+    low, high = float(stored.min()), float(stored.max())
+    np.testing.assert_allclose(read.array, (stored - low) / (high - low), atol=1e-6)
+    assert read.metadata["range_stretched_from"] == pytest.approx((high - low) / 65535, abs=1e-4)
+
+
+def test_a_window_is_never_second_guessed_by_the_stretch(film: np.ndarray, tmp_path: Path) -> None:
+    stored = np.rint(film.astype(np.float64) / 255.0 * 4095.0).astype(np.uint16)
+    dataset = make_dataset(stored, bits_stored=16)
+    dataset.WindowCenter, dataset.WindowWidth = "32768", "65536"
+    read = read_image(save(dataset, tmp_path / "windowed.dcm"))
+    assert "range_stretched_from" not in read.metadata
+    assert float(read.array.max()) < 0.1  # the window shows the film dark, as its writer asked
+
+
 def test_rescale_slope_and_intercept_keep_the_image(film: np.ndarray, tmp_path: Path) -> None:
     stored = np.rint(film.astype(np.float64) / 255.0 * 4095.0).astype(np.uint16)
     dataset = make_dataset(stored, bits_stored=12)

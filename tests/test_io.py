@@ -135,3 +135,34 @@ def test_exif_rotated_jpeg_is_read_upright(shared_data: Path, tmp_path: Path) ->
     assert np.abs(read.array - expected).mean() < 2.0 / 255.0  # JPEG re-encoding only
     assert read.metadata["exif_orientation"] == 6
     assert (read.metadata["width"], read.metadata["height"]) == (160, 224)
+
+
+def test_sixteen_bit_png_of_twelve_bit_data_is_stretched_to_its_own_range(tmp_path: Path) -> None:
+    # 12-bit data in a 16-bit PNG spans 1/16 of the 16-bit range: against 65535 its 8-bit copy
+    # would keep 17 grey levels, so it is read against its own range, and the metadata says so.
+    ramp = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))
+    path = tmp_path / "twelve_in_sixteen.png"
+    Image.fromarray(ramp).save(path)
+    read = read_image(path)
+    np.testing.assert_allclose(read.array, ramp / 4095.0, atol=1e-6)
+    assert read.metadata["range_stretched_from"] == pytest.approx(4095 / 65535, abs=1e-4)
+    assert len(np.unique(resize_grey(read.array, 64))) == 64
+
+
+def test_sixteen_bit_png_over_most_of_its_range_keeps_the_range(tmp_path: Path) -> None:
+    ramp = np.tile(np.linspace(1000, 60000, 64).astype(np.uint16), (64, 1))
+    path = tmp_path / "wide.png"
+    Image.fromarray(ramp).save(path)
+    read = read_image(path)
+    np.testing.assert_allclose(read.array, ramp / 65535.0, atol=1e-6)
+    assert "range_stretched_from" not in read.metadata
+
+
+def test_a_dark_eight_bit_png_is_not_stretched(tmp_path: Path) -> None:
+    # 8 bits gain no grey levels from a stretch; exposure differences between films survive.
+    ramp = np.tile(np.linspace(0, 40, 64).astype(np.uint8), (64, 1))
+    path = tmp_path / "dark.png"
+    Image.fromarray(ramp).save(path)
+    read = read_image(path)
+    np.testing.assert_allclose(read.array, ramp / 255.0, atol=1e-6)
+    assert "range_stretched_from" not in read.metadata

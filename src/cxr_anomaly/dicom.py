@@ -10,7 +10,10 @@ The display pipeline of DICOM PS3.3 C.11 is applied in order:
    its ``VOILUTFunction`` (LINEAR, LINEAR_EXACT or SIGMOID, computed by pydicom's
    ``apply_windowing``; a LINEAR window of width 1 is the standard's threshold); without
    either, the full range that the stored bits and the rescale can produce maps to [0, 1] (not
-   the film's own min and max, so exposure differences survive as they do for PNG input);
+   the film's own min and max, so exposure differences survive as they do for PNG input),
+   unless the film spans less than a quarter of that range (12-bit data declared as 16 bits,
+   say): then its own min and max, since the 8-bit copy every film is stored as would keep only
+   a few dozen of its grey levels (:func:`cxr_anomaly.io.stretch_narrow_range`);
 4. ``MONOCHROME1`` films (where low values are white), and films whose
    ``PresentationLUTShape`` is ``INVERSE``, are inverted so that bone is white.
 
@@ -47,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DecompressionBombError, DicomError, MissingFileError
-from .io import DEFAULT_MAX_PIXELS, ImageRead, sniff_format
+from .io import DEFAULT_MAX_PIXELS, ImageRead, sniff_format, stretch_narrow_range
 
 logger = logging.getLogger(__name__)
 
@@ -260,11 +263,20 @@ def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
     values, low, high, voi_step = _voi(values, low, high, dataset)
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     array = np.clip(scaled, 0.0, 1.0)
+    used_fraction = None
+    if voi_step == "none":  # a window or VOI LUT says how to show the film: never second-guessed
+        stretch = stretch_narrow_range(array, levels=int(high - low) + 1)
+        array, used_fraction = stretch.array, stretch.used_fraction
     if photometric == "MONOCHROME1" or _presentation_shape(dataset) == "INVERSE":
         # Low values are white in MONOCHROME1. PS3.3 C.8.11.7 pairs MONOCHROME1 with INVERSE,
         # which names the same inversion, so the two together still invert once.
         array = 1.0 - array
     metadata = _metadata(dataset, transfer_syntax, frames, modality_step, voi_step)
+    if used_fraction is not None:
+        metadata["range_stretched_from"] = round(used_fraction, 4)
+        logger.info("%s: its values span %.1f%% of the range of %d stored bits and it has no window; "
+                    "stretched to its own minimum and maximum", path, 100 * used_fraction,
+                    metadata.get("bits_stored", 0))
     return ImageRead(array.astype(np.float32), metadata)
 
 

@@ -7,6 +7,8 @@ Following MONAI, a reader returns ``(array, metadata)`` (here as the named :clas
 PNG and JPEG go through Pillow; RGB and RGBA are converted to grey (alpha is dropped after
 compositing on black, which is how an RGBA export of a grey film is meant to be seen), and an
 EXIF Orientation tag (photographed or scanned films) is applied, so the film is scored upright.
+A 16-bit image is read against the 16-bit range, unless its values span less than a quarter of
+it (12-bit data in a 16-bit PNG): then against its own range (:func:`stretch_narrow_range`).
 The format is sniffed from the file's bytes, never trusted from its extension.
 """
 
@@ -26,6 +28,10 @@ from .errors import DecompressionBombError, MissingFileError, UnreadableImageErr
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# A film with more than 8 bits whose values span less than this fraction of the range its format
+# declares is stretched to its own minimum and maximum: stored as 8 bits (the cache), it would
+# otherwise keep fewer than 64 grey levels (12-bit data declared as 16 bits keeps 17).
+NARROW_RANGE_FRACTION = 0.25
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
 
 
@@ -147,9 +153,15 @@ def _read_with_pillow(path: Path, kind: str, max_pixels: int) -> ImageRead:
         raise UnreadableImageError(path, f"cannot decode {kind.upper()}: {error}") from error
     if array.size == 0:
         raise UnreadableImageError(path, "image has no pixels")
+    stretch = stretch_narrow_range(array, levels=65536 if mode.startswith("I;16") else 256)
+    array = stretch.array
     metadata: dict[str, Any] = {"format": kind, "mode": mode, "width": width, "height": height}
     if orientation not in (None, 1):
         metadata["exif_orientation"] = orientation
+    if stretch.used_fraction is not None:
+        metadata["range_stretched_from"] = round(stretch.used_fraction, 4)
+        logger.info("%s: a 16-bit image whose values span %.1f%% of the 16-bit range; stretched to its own "
+                    "minimum and maximum", path, 100 * stretch.used_fraction)
     return ImageRead(array, metadata)
 
 
@@ -183,6 +195,38 @@ def pil_to_grey(image: Image.Image) -> np.ndarray:
     if mode != "L":
         image = image.convert("L")  # ITU-R 601-2 luma for RGB, CMYK, YCbCr, P
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class RangeStretch:
+    """A grey image after :func:`stretch_narrow_range`.
+
+    Attributes:
+        array: the image in [0, 1], stretched or as it came.
+        used_fraction: the fraction of [0, 1] the input spanned when it was stretched; None when
+            it was left as it came.
+    """
+
+    array: np.ndarray
+    used_fraction: float | None
+
+
+def stretch_narrow_range(array: np.ndarray, levels: int) -> RangeStretch:
+    """Stretch a grey [0, 1] image of ``levels`` possible values to its own range when it is narrow.
+
+    Only images of more than 256 levels whose values span less than
+    :data:`NARROW_RANGE_FRACTION` of [0, 1] are stretched (12-bit data in a 16-bit PNG, or a
+    DICOM without a window whose ``BitsStored`` overstates the data): the 8-bit copy every film
+    is stored as would keep too few grey levels of them. Everything else is left alone, so
+    exposure differences between ordinary films survive.
+    """
+    if levels <= 256 or array.size == 0:
+        return RangeStretch(array, None)
+    low, high = float(array.min()), float(array.max())
+    span = high - low
+    if span <= 0.0 or span >= NARROW_RANGE_FRACTION:
+        return RangeStretch(array, None)
+    return RangeStretch((array - low) / span, span)
 
 
 def resize_grey(array: np.ndarray, size: int) -> np.ndarray:

@@ -54,7 +54,8 @@ from ..io import read_image, resize_grey
 logger = logging.getLogger(__name__)
 
 NPZ_SEPARATOR = "#"
-CACHE_FORMAT_VERSION = 1  # bump when decoding or resizing changes the pixels it produces
+# Bump when decoding or resizing changes the pixels it produces (2: narrow 16-bit films stretched).
+CACHE_FORMAT_VERSION = 2
 DEFAULT_FLUSH_EVERY = 1024
 DEFAULT_FLUSH_SECONDS = 10.0
 COMPACT_ABOVE_SHARDS = 32
