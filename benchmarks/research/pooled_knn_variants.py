@@ -1,0 +1,81 @@
+"""Validation AUC of variants of the pooled kNN score on a fitted checkpoint (no refit).
+
+The checkpoint's pooled bank holds the unit pooled features of its training normals (all of
+them below ``features.pooled_bank_size``), so variants of the kNN need only the validation
+films' features: the number of neighbours k, and centring the features on the normals' mean,
+with or without the leading principal components of the normals removed (what a Gaussian
+"whitening" of the pipeline's global differences would do). Validation films only
+(:mod:`benchmarks.research.validate_checkpoints`' two collections).
+
+    python -m benchmarks.research.pooled_knn_variants --model runs/demo/run/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks.research.features_probe import collections, per_view
+from benchmarks.research.validate_checkpoints import VALIDATION, VIEWS
+from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.models.features.torch_model import FeatureDetector
+
+
+def knn_distance(queries: torch.Tensor, bank: torch.Tensor, neighbours: int) -> torch.Tensor:
+    """Mean cosine distance (Q,) of queries (Q, D) to their ``neighbours`` nearest bank rows (M, D)."""
+    queries = queries / queries.norm(dim=1, keepdim=True)
+    bank = bank / bank.norm(dim=1, keepdim=True)
+    return 1.0 - (queries @ bank.T).topk(neighbours, dim=1).values.mean(dim=1)
+
+
+def main() -> None:
+    """Command-line entry point; prints one line per variant and writes them as JSON with ``--output``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    model = load_checkpoint(args.model)
+    detector = model.detector
+    if not isinstance(detector, FeatureDetector):
+        raise TypeError(f"{args.model}: a {detector.family} checkpoint; this script needs a features one")
+    sets = collections()
+    features: dict[str, torch.Tensor] = {}
+    for name in VALIDATION:
+        pixels = load_images(sets[name], model.config.data, workers=2).pixels
+        with torch.inference_mode():
+            pooled = torch.cat([detector.pooled_features(detector.model_input(pixels[begin:begin + 32]))
+                                for begin in range(0, len(pixels), 32)]).double()  # (N, D)
+        features[name] = pooled / pooled.norm(dim=1, keepdim=True)  # unit vectors, like the bank's
+    bank = detector.pooled_bank.double()  # (K, D) unit vectors of the training normals
+    mean = bank.mean(dim=0)
+    _, _, directions = torch.linalg.svd(bank - mean, full_matrices=False)  # (D, D) rows: principal axes
+
+    variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        f"k={k}": (lambda queries, k=k: knn_distance(queries, bank, k)) for k in (1, 3, 5, 10, 20, 50)}
+    variants["k=5, centred on the normals' mean"] = lambda queries: knn_distance(queries - mean, bank - mean, 5)
+    for dropped in (1, 2, 4, 8, 16):
+        kept = directions[dropped:].T  # (D, D - dropped)
+        variants[f"k=5, centred, leading {dropped} principal components removed"] = (
+            lambda queries, kept=kept: knn_distance((queries - mean) @ kept, (bank - mean) @ kept, 5))
+
+    results: dict[str, dict[str, float]] = {}
+    for name, score in variants.items():
+        row: dict[str, float] = {}
+        for collection in VALIDATION:
+            aucs = per_view(score(features[collection]).numpy(), sets[collection])
+            row.update({f"{collection} {view}": aucs[view] for view in VIEWS})
+        row["worst"] = min(row.values())
+        results[name] = row
+        print(name, json.dumps({key: round(value, 3) for key, value in row.items()}))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
