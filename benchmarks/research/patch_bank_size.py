@@ -20,13 +20,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
-from benchmarks.research.features_probe import collections, per_view
-from benchmarks.research.validate_checkpoints import VALIDATION, VIEWS
-from cxr_anomaly.checkpoint import load_checkpoint
+from benchmarks.research.features_probe import collections
+from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.models.features.fitting import patch_memory_bank
@@ -64,10 +64,8 @@ def main() -> None:
     parser.add_argument("--banks", type=bank_setting, nargs="+", required=True, metavar="SIZE:GRID")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    model = load_checkpoint(args.model)
-    detector = model.detector
-    if not isinstance(detector, FeatureDetector):
-        raise TypeError(f"{args.model}: a {detector.family} checkpoint; this script needs a features one")
+    model = load_features_model(args.model)
+    detector = cast(FeatureDetector, model.detector)
     settings = model.config.features
     stored_grid = settings.patch_grid
     grids = sorted({grid for _, grid in args.banks} | {stored_grid})
@@ -93,20 +91,17 @@ def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
     for name, (bank, grid, seconds) in banks.items():
-        row: dict[str, float] = {"coreset_seconds": seconds}
+        timings: dict[str, float] = {"coreset_seconds": seconds}
+        scores = {}
         for collection in VALIDATION:
             patches = validation[collection][grid]  # (N, g*g, C)
             started = time.perf_counter()
             nearest = nearest_distances(patches.flatten(0, 1).float(), bank).reshape(len(patches), -1)
-            row[f"{collection} search ms/film"] = 1000 * (time.perf_counter() - started) / len(patches)
-            aucs = per_view(nearest.max(dim=1).values.numpy(), sets[collection])
-            row.update({f"{collection} {view}": aucs[view] for view in VIEWS})
-        row["worst"] = min(row[f"{collection} {view}"] for collection in VALIDATION for view in VIEWS)
-        results[name] = row
-        print(name, json.dumps({key: round(value, 3) for key, value in row.items()}))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
+            timings[f"{collection} search ms/film"] = 1000 * (time.perf_counter() - started) / len(patches)
+            scores[collection] = nearest.max(dim=1).values.numpy()  # the patch score of each film
+        results[name] = {**timings, **view_row(scores, sets)}
+        print(name, json.dumps({key: round(value, 3) for key, value in results[name].items()}))
+    write_rows(results, args.output)
 
 
 if __name__ == "__main__":

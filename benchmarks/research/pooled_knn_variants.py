@@ -16,12 +16,12 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from benchmarks.research.features_probe import collections, per_view
-from benchmarks.research.validate_checkpoints import VALIDATION, VIEWS
-from cxr_anomaly.checkpoint import load_checkpoint
+from benchmarks.research.features_probe import collections
+from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.torch_model import FeatureDetector
 
@@ -39,10 +39,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    model = load_checkpoint(args.model)
-    detector = model.detector
-    if not isinstance(detector, FeatureDetector):
-        raise TypeError(f"{args.model}: a {detector.family} checkpoint; this script needs a features one")
+    model = load_features_model(args.model)
+    detector = cast(FeatureDetector, model.detector)
     sets = collections()
     features: dict[str, torch.Tensor] = {}
     for name in VALIDATION:
@@ -65,16 +63,9 @@ def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
     for name, score in variants.items():
-        row: dict[str, float] = {}
-        for collection in VALIDATION:
-            aucs = per_view(score(features[collection]).numpy(), sets[collection])
-            row.update({f"{collection} {view}": aucs[view] for view in VIEWS})
-        row["worst"] = min(row.values())
-        results[name] = row
-        print(name, json.dumps({key: round(value, 3) for key, value in row.items()}))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
+        results[name] = view_row({collection: score(features[collection]).numpy() for collection in VALIDATION}, sets)
+        print(name, json.dumps({key: round(value, 3) for key, value in results[name].items()}))
+    write_rows(results, args.output)
 
 
 if __name__ == "__main__":

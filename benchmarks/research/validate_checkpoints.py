@@ -19,14 +19,44 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.research.features_probe import collections, per_view
-from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.checkpoint import LoadedModel, load_checkpoint
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.models.features.torch_model import FeatureDetector
 
 VALIDATION = ("nih1000_val", "pneu_val")
 VIEWS = ("PA", "AP")
+
+
+def view_row(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """AUC within each view of each validation collection, and the worst of them.
+
+    ``scores`` maps each of :data:`VALIDATION` to the scores (N,) of its films, in manifest order.
+    """
+    row: dict[str, float] = {}
+    for collection in VALIDATION:
+        aucs = per_view(np.asarray(scores[collection]), sets[collection])
+        row.update({f"{collection} {view}": aucs[view] for view in VIEWS})
+    row["worst"] = min(row.values())
+    return row
+
+
+def write_rows(rows: dict[str, dict[str, float]], output: Path | None) -> None:
+    """Write named rows as JSON to ``output`` (nothing when None)."""
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def load_features_model(path: Path) -> LoadedModel:
+    """A features checkpoint, loaded; any other family is refused with a TypeError naming it."""
+    model = load_checkpoint(path)
+    if not isinstance(model.detector, FeatureDetector):
+        raise TypeError(f"{path}: a {model.detector.family} checkpoint; this script needs a features one")
+    return model
 
 
 def named_path(text: str) -> tuple[str, Path]:
