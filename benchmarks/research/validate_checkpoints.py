@@ -68,6 +68,7 @@ def named_path(text: str) -> tuple[str, Path]:
 
 
 def main() -> None:
+    """Command-line entry point; prints each checkpoint's rows and writes them as JSON with ``--output``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=named_path, nargs="+", required=True, metavar="NAME=CKPT")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the figures")
@@ -78,26 +79,21 @@ def main() -> None:
     for name, path in args.model:
         started = time.perf_counter()
         model = load_checkpoint(path)
-        rows: dict[str, dict[str, float]] = {}
+        scored: dict[str, dict[str, np.ndarray]] = {}  # collection -> score name -> (N,)
         for collection in VALIDATION:
-            manifest = sets[collection]
             key = (collection, model.config.data)
             if key not in decoded:
-                decoded[key] = load_images(manifest, model.config.data, workers=2).pixels
-            pixels = decoded[key]
-            result = model.score_films(pixels)
-            for score_name, scores in {"score": result.raw, **result.components}.items():
-                aucs = per_view(np.asarray(scores), manifest)
-                rows.setdefault(score_name, {}).update(
-                    {f"{collection} {view}": aucs[view] for view in VIEWS})
+                decoded[key] = load_images(sets[collection], model.config.data, workers=2).pixels
+            result = model.score_films(decoded[key])
+            scored[collection] = {"score": result.raw, **result.components}
+        rows = {score_name: view_row({collection: scored[collection][score_name] for collection in VALIDATION}, sets)
+                for score_name in scored[VALIDATION[0]]}
         for score_name, row in rows.items():
-            row["worst"] = min(row.values())
             print(f"{name} ({model.description}), {score_name}: "
                   + ", ".join(f"{key} {value:.3f}" for key, value in row.items()))
         print(f"{name}: {time.perf_counter() - started:.0f} s")
         results[name] = rows
-    if args.output is not None:
-        args.output.write_text(json.dumps(results, indent=2))
+    write_rows(results, args.output)
 
 
 if __name__ == "__main__":
