@@ -14,24 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from benchmarks.bench_features import DEFAULT_DATA
+from benchmarks.bench_model import time_call
 from cxr_anomaly.io import read_image, resize_grey
-
-
-def best_time(step: Callable[[], object], repeats: int) -> float:
-    """Smallest wall time of ``repeats`` calls of a no-argument callable, in seconds."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:
@@ -49,8 +38,10 @@ def main() -> None:
     read_ms, resize_ms = [], []
     for path in files:
         image = read_image(path)
-        read_ms.append(1000 * best_time(lambda: read_image(path), args.repeats))
-        resize_ms.append(1000 * best_time(lambda: resize_grey(image.array, args.size), args.repeats))
+        read = time_call(lambda: read_image(path), args.repeats, warmup=0)
+        read_ms.append(1000 * min(read.seconds))
+        resize = time_call(lambda: resize_grey(image.array, args.size), args.repeats, warmup=0)
+        resize_ms.append(1000 * min(resize.seconds))
     print(f"{len(files)} films of {image.array.shape[1]}x{image.array.shape[0]} px, 1 thread, "
           f"load {os.getloadavg()[0]:.2f}: read {statistics.median(read_ms):.1f} ms, "
           f"resize to {args.size} px {statistics.median(resize_ms):.1f} ms (medians per film)")
