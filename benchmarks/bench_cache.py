@@ -6,17 +6,17 @@ The films are the real 1024² NIH PNGs of ``../shared/data/nih_fullres``, copied
 times into a temporary folder (distinct paths, so each copy is a distinct cache entry; the
 copies stay outside the repository and are deleted afterwards). In the same run:
 
-1. the single-core rate: the same decode-and-resize function the workers use, in this process,
+1. the single-core rate: the same decode-and-resize function the decoding threads use, in one thread,
    measured before and after the build and averaged, so load drifting during the run is shared;
-2. the build rate: :func:`decode_many` with a fresh cache and one worker per core, timed from the
+2. the build rate: :func:`decode_many` with a fresh cache and one decoding thread per core, timed from the
    call to its return (pool start, shard writes and fsync included);
 3. the reuse time: the same call again, which must decode nothing.
 
 ``efficiency = build rate / (cores x single-core rate)``; the target is >= 0.90. The machine's
 load average is recorded because other processes on the cores lower the build rate. On a busy
 machine wall-clock rates say more about the neighbours than about the cache, so the CPU cost is
-reported too: ``cpu_efficiency`` = films per CPU-second of the build (this process plus its
-workers) / films per CPU-second of the single-core decode; 1.0 means the pool, the transfers
+reported too: ``cpu_efficiency`` = films per CPU-second of the build (the process, all its
+threads) / films per CPU-second of the single-core decode; 1.0 means the pool, the hand-over
 and the shard writes cost nothing beyond the decoding itself.
 """
 
@@ -108,7 +108,7 @@ def run_benchmark(source: Path, copies: int, single_films: int, workers: int | N
     started = time.perf_counter()
     decode_many(paths, data_config, cache_dir=work_dir / "cache", workers=cores, report=reports)
     build_seconds = time.perf_counter() - started
-    build_cpu = reports[0].cpu_seconds  # this process plus what the workers report
+    build_cpu = reports[0].cpu_seconds  # the process's CPU time: every thread's
     after = single_core_rate(probe, data_config)
     load_after = os.getloadavg()
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of full-size PNG films")
     parser.add_argument("--copies", type=int, default=30, help="copies of each film (20 films each)")
     parser.add_argument("--single-films", type=int, default=60, help="films timed on one core")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
     parser.add_argument("--output", type=Path, default=Path("runs/bench_cache.json"))
     parser.add_argument("--smoke", action="store_true", help="tiny run for CI: 1 copy, 5 timed films")
     arguments = parser.parse_args(argv)

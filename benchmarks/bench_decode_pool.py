@@ -1,20 +1,29 @@
-"""Where the decoding pool starts to pay: ``decode_many`` in-process against its worker pool.
+"""Where parallel decoding starts to pay: ``decode_many`` in the calling thread against its pool.
 
-Run: ``.venv/bin/python -m benchmarks.bench_decode_pool [--counts 16 64 128 256 512] [--repeats 3]``
+Run: ``.venv/bin/python -m benchmarks.bench_decode_pool [--counts 16 64 128 256 512] [--repeats 3]
+[--format png|dicom] [--import-torch]``
 
 The films are the real 1024² NIH PNGs of ``../shared/data/nih_fullres``, copied into a temporary
-folder (distinct paths, so each copy is decoded; deleted afterwards), read with the features
-detector's data settings (224 px, equalised, border crop, 64 px detail) and no cache, as
-``score`` reads films it has not seen. Each timing is one call in a fresh Python process, as one
-``cxr-anomaly score`` is, so the pool's start (forkserver, imports in the workers) is counted;
-``--warm`` times repeated calls in one process instead, the service's case. For each count the
-two ways run alternately, ``--repeats`` times; the medians of wall milliseconds per film are
-printed with the load average, since other processes on the cores slow the pool (two processes)
-more than the in-process decode (one).
-``data/cache.py``'s ``SERIAL_BELOW`` is chosen from this table.
+folder (distinct paths, so each copy is decoded; deleted afterwards), or with ``--format dicom``
+uncompressed 8-bit DICOM copies of them; they are read with the features detector's data
+settings (224 px) and no cache, as ``score`` reads films it has not seen. Each timing is one
+call in a fresh Python process, as one ``cxr-anomaly score`` is, so starting the pool is
+counted; ``--warm`` times repeated calls in one process instead, the service's case.
+``--import-torch`` makes that process's main module import torch first, as a user's script, a
+notebook exported to a script, or this project's benchmarks do: a pool of worker *processes*
+re-imported that module in every worker (the decoding pool up to commit 41bb588); a pool of
+threads does not. For each count the two ways run alternately,
+``--repeats`` times; the medians of wall milliseconds per film are printed with the load
+average. ``data/cache.py``'s ``SERIAL_BELOW`` is chosen from this table.
 """
 
 from __future__ import annotations
+
+import importlib
+import sys
+
+if "--import-torch" in sys.argv:  # at the top of the main module, where a script imports it
+    importlib.import_module("torch")
 
 import argparse
 import json
@@ -22,7 +31,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,11 +41,15 @@ from cxr_anomaly.data.cache import decode_many, default_workers
 SOURCE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nih_fullres"
 
 
-def copies_of_films(source: Path, count: int, folder: Path) -> list[str]:
-    """``count`` distinct paths, cycling through the source PNGs."""
+def copies_of_films(source: Path, count: int, folder: Path, file_format: str = "png") -> list[str]:
+    """``count`` distinct paths, cycling through the source PNGs (or DICOM versions of them)."""
     originals = sorted(source.glob("*.png"))
     if not originals:
         raise FileNotFoundError(f"no PNG films in {source}")
+    if file_format == "dicom":
+        from benchmarks.bench_features import dicom_copies  # imports torch: only in the parent
+
+        return dicom_copies(originals, count, folder)["path"].tolist()
     paths = []
     for index in range(count):
         target = folder / f"{index:05d}_{originals[index % len(originals)].name}"
@@ -47,23 +59,28 @@ def copies_of_films(source: Path, count: int, folder: Path) -> list[str]:
 
 
 def time_call(paths: list[str], workers: int) -> float:
-    """Milliseconds per film of one ``decode_many`` call without cache or in-process threshold."""
+    """Milliseconds per film of one ``decode_many`` call without cache or in-thread threshold."""
     started = time.perf_counter()
     decode_many(paths, preset_config("features").data, workers=workers, progress=False, serial_below=0)
     return (time.perf_counter() - started) / len(paths) * 1000
 
 
-def time_fresh_call(paths: list[str], workers: int) -> float:
+def time_fresh_call(paths: list[str], workers: int, import_torch: bool = False) -> float:
     """:func:`time_call` in a new Python process (imports not counted, the pool's start is)."""
-    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_decode_pool", "--one-call", str(workers),
-                             *paths], check=True, capture_output=True, text=True)
+    command = [sys.executable, "-m", "benchmarks.bench_decode_pool", "--one-call", str(workers)]
+    result = subprocess.run([*command, *(["--import-torch"] if import_torch else []), *paths], check=True,
+                            capture_output=True, text=True)
     return float(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; prints one JSON row per film count."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[16, 64, 128, 256, 512])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--format", choices=("png", "dicom"), default="png")
+    parser.add_argument("--import-torch", action="store_true",
+                        help="the timed process's main module imports torch (see the module docstring)")
     parser.add_argument("--warm", action="store_true", help="repeated calls in this process")
     parser.add_argument("--output", type=Path, default=None, help="JSON of the table")
     parser.add_argument("--one-call", type=int, default=None, help=argparse.SUPPRESS)  # WORKERS PATH...
@@ -72,19 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         print(time_call(rest, args.one_call))
         return 0
     workers = default_workers()
-    timer = time_call if args.warm else time_fresh_call
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_decode_pool_") as folder:
-        paths = copies_of_films(SOURCE, max(args.counts), Path(folder))
+        paths = copies_of_films(SOURCE, max(args.counts), Path(folder), args.format)
         time_call(paths[:2], workers=1)  # imports and page cache
         for count in args.counts:
             timings: dict[str, list[float]] = {"in_process": [], "pool": []}
             load_before = os.getloadavg()[0]
             for _ in range(args.repeats):
                 for way, way_workers in (("in_process", 1), ("pool", workers)):
-                    timings[way].append(timer(paths[:count], way_workers))
-            row = {"films": count, "workers": workers, "fresh_process": not args.warm,
-                   "load_average": [load_before, os.getloadavg()[0]],
+                    timings[way].append(time_call(paths[:count], way_workers) if args.warm
+                                        else time_fresh_call(paths[:count], way_workers, args.import_torch))
+            row = {"films": count, "format": args.format, "workers": workers, "fresh_process": not args.warm,
+                   "main_imports_torch": args.import_torch, "load_average": [load_before, os.getloadavg()[0]],
                    **{f"{way}_ms_per_film": statistics.median(values) for way, values in timings.items()}}
             row["pool_speedup"] = row["in_process_ms_per_film"] / row["pool_ms_per_film"]
             rows.append(row)

@@ -91,7 +91,6 @@ class Settings:
     def for_run(cls, smoke: bool, repeats: int | None = None, fit_films: int | None = None) -> Settings:
         """The full run's sizes, or the smoke run's."""
         if smoke:
-            # below cache.SERIAL_BELOW films, so decoding starts no worker pool
             return cls(True, fit_films or 12, 2, 2, repeats or 1, 2, 1, 2)
         return cls(False, fit_films or 5000, 128, DEFAULT_BATCH_SIZE, repeats or 3, DEFAULT_BATCH_SIZE, 2, 16)
 

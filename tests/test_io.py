@@ -107,6 +107,29 @@ def test_pixel_limit_applies_to_real_films(full_film: Path) -> None:
         read_image(full_film, max_pixels=1_000_000)
 
 
+def test_pillows_bomb_warning_is_an_error_in_parallel_reads_and_leaves_the_filters_alone(
+        full_film: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above Pillow's own limit (but under ours) Pillow only warns; the read refuses the film,
+    from several threads at once, and the process's warning filters are as they were."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600_000)  # 1024² = 1,048,576: a warning, not an error
+    filters_before = list(warnings.filters)
+
+    def outcome(_: int) -> str:
+        try:
+            read_image(full_film)
+        except DecompressionBombError as error:
+            return error.path
+        return "read"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(outcome, range(32)))
+    assert outcomes == [str(full_film)] * 32
+    assert list(warnings.filters) == filters_before
+
+
 def test_unreadable_path_names_the_file(tmp_path: Path) -> None:
     folder = tmp_path / "looks_like_a_film.png"
     folder.mkdir()

@@ -261,8 +261,12 @@ def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
         raise DicomError(path, f"unexpected pixel array shape {stored.shape}")
     values, low, high, modality_step = _modality(path, stored, dataset)
     values, low, high, voi_step = _voi(values, low, high, dataset)
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    array = np.clip(scaled, 0.0, 1.0)
+    if high > low:
+        values -= low  # in place: `values` is always a fresh array of this function's own
+        values /= high - low
+        array = np.clip(values, 0.0, 1.0, out=values)
+    else:
+        array = np.zeros_like(values)
     used_fraction = None
     if voi_step == "none":  # a window or VOI LUT says how to show the film: never second-guessed
         stretch = stretch_narrow_range(array, levels=int(high - low) + 1)
@@ -277,7 +281,7 @@ def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
         logger.info("%s: its values span %.1f%% of the range of %d stored bits and it has no window; "
                     "stretched to its own minimum and maximum", path, 100 * used_fraction,
                     metadata.get("bits_stored", 0))
-    return ImageRead(array.astype(np.float32), metadata)
+    return ImageRead(array.astype(np.float32, copy=False), metadata)
 
 
 def _presentation_shape(dataset: Any) -> str:
@@ -328,7 +332,13 @@ def _modality(path: Path, stored: np.ndarray, dataset: Any) -> tuple[np.ndarray,
     # A slope of 0 would erase the film; writers that store it mean "no rescale".
     slope = _finite(path, "RescaleSlope", dataset.get("RescaleSlope"), 1.0) or 1.0
     intercept = _finite(path, "RescaleIntercept", dataset.get("RescaleIntercept"), 0.0)
-    values = stored.astype(np.float64) * slope + intercept
+    # float32 holds every 8- and 16-bit stored value exactly; each full-size temporary costs
+    # page faults that rival the arithmetic, so the rescale works in place.
+    values = stored.astype(np.float32 if stored.dtype.itemsize <= 2 else np.float64)
+    if slope != 1.0:
+        values *= slope
+    if intercept != 0.0:
+        values += intercept
     ends = sorted((low * slope + intercept, high * slope + intercept))
     step = "rescale" if (slope, intercept) != (1.0, 0.0) else "none"
     return values, ends[0], ends[1], step

@@ -15,6 +15,7 @@ The format is sniffed from the file's bytes, never trusted from its extension.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # declares is stretched to its own minimum and maximum: stored as 8 bits (the cache), it would
 # otherwise keep fewer than 64 grey levels (12-bit data declared as 16 bits keeps 17).
 NARROW_RANGE_FRACTION = 0.25
+# warnings.catch_warnings() swaps the process-wide filter list; two threads inside it at once can
+# restore each other's filters, so a bomb warning could pass as a mere warning.
+_WARNING_FILTERS_LOCK = threading.Lock()
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
 
 
@@ -127,24 +131,35 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     return _read_with_pillow(path, kind, max_pixels)
 
 
+def _open_refusing_bombs(path: Path) -> Image.Image:
+    """``Image.open`` with Pillow's decompression-bomb warning raised as an error.
+
+    Pillow checks the declared size when it opens a file (it warns above
+    ``Image.MAX_IMAGE_PIXELS``); only the header is read there, so the lock that makes the
+    warning filter thread-safe is held for a fraction of a millisecond, and decoding threads
+    still decode side by side.
+    """
+    with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def _read_with_pillow(path: Path, kind: str, max_pixels: int) -> ImageRead:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DecompressionBombError(
-                        path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-                    )
-                mode = image.mode
-                image.load()
-                orientation = _exif_orientation(image)
-                # A photographed or scanned film carries its rotation in EXIF; the pixels are
-                # stored unrotated, so without this a rotated film would be scored rotated.
-                upright = ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
-                array = pil_to_grey(upright)
-                width, height = upright.size
+        with _open_refusing_bombs(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecompressionBombError(
+                    path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+                )
+            mode = image.mode
+            image.load()
+            orientation = _exif_orientation(image)
+            # A photographed or scanned film carries its rotation in EXIF; the pixels are
+            # stored unrotated, so without this a rotated film would be scored rotated.
+            upright = ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+            array = pil_to_grey(upright)
+            width, height = upright.size
     except DecompressionBombError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

@@ -50,7 +50,7 @@ def test_second_run_reuses_everything(films: list[str], tmp_path: Path) -> None:
         assert cached.shape == (32, 32) and cached.dtype == np.uint8
 
 
-def test_pool_gives_the_same_pixels_as_one_process(films: list[str], tmp_path: Path) -> None:
+def test_threads_give_the_same_pixels_as_one_thread(films: list[str], tmp_path: Path) -> None:
     serial, _ = run(films, tmp_path / "serial", workers=1)
     pooled, report = run(films, tmp_path / "pooled", workers=2, serial_below=0)
     assert report.workers == 2
@@ -58,7 +58,29 @@ def test_pool_gives_the_same_pixels_as_one_process(films: list[str], tmp_path: P
         np.testing.assert_array_equal(left, right)
 
 
-def test_few_films_are_decoded_in_process_whatever_the_workers(films: list[str], tmp_path: Path) -> None:
+STDIN_SCRIPT = """
+import sys
+from cxr_anomaly.config import DataConfig
+from cxr_anomaly.data.cache import decode_many
+results = decode_many(sys.argv[1:], DataConfig(image_size=32), workers=2, serial_below=0)
+print(sum(result.shape == (32, 32) for result in results))
+"""
+
+
+def test_parallel_decoding_works_from_a_script_on_stdin(films: list[str]) -> None:
+    """Worker processes re-imported the caller's main module, and one read from stdin cannot be
+    (the pool broke); decoding threads share the caller's modules."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-", *films[:4]], input=STDIN_SCRIPT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "4"
+
+
+def test_few_films_are_decoded_in_the_calling_thread_whatever_the_workers(films: list[str],
+                                                                          tmp_path: Path) -> None:
     _, report = run(films[:SERIAL_BELOW - 1], tmp_path / "few", workers=2)
     assert report.workers == 1
     _, report = run(films[:4], tmp_path / "forced", workers=2, serial_below=0)

@@ -4,7 +4,11 @@ Decoding a 1024² NIH PNG and shrinking it to 64² costs about 9 ms of one core,
 films of ChestX-ray14 take more than half an hour on one core but their 64² uint8 copies fill
 only 460 MB. :func:`decode_many` therefore
 
-- decodes in a pool of worker processes (all cores by default), in chunks of files;
+- decodes in a pool of threads (one per core by default), in chunks of files. Threads, not
+  processes: Pillow's decoders and resizers, and NumPy's array work, release the GIL, so the
+  threads run side by side; and a thread costs nothing to start, where a worker process
+  re-imports the caller's ``__main__`` module (with torch, 1-2 s per worker per call, more than
+  decoding 128 full-size films takes; ``benchmarks/bench_decode_pool.py``);
 - with a ``cache_dir``, keeps every decoded film in a compact uint8 store and decodes next
   time only the files that are new or changed.
 
@@ -32,13 +36,12 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import threading
 import time
 import uuid
 import zipfile
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import IO, Callable
 from pathlib import Path
@@ -61,7 +64,7 @@ DEFAULT_FLUSH_SECONDS = 10.0
 COMPACT_ABOVE_SHARDS = 32
 # np.load of a damaged npz raises any of these
 _UNREADABLE_SHARD = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
-SERIAL_BELOW = 32  # fewer misses than this are decoded in-process: starting a pool costs ~0.6 s (bench_decode_pool)
+SERIAL_BELOW = 2  # a lone film is decoded in the calling thread; threads pay from 2 films on (bench_decode_pool)
 
 
 @dataclass(frozen=True)
@@ -84,25 +87,6 @@ class CacheParameters:
 
 
 @dataclass(frozen=True)
-class DecodeFailure:
-    """An :class:`InputFileError` in a picklable form (its constructor takes two arguments)."""
-
-    error_type: str
-    path: str
-    reason: str
-
-    @classmethod
-    def from_error(cls, error: InputFileError) -> DecodeFailure:
-        return cls(type(error).__name__, error.path, error.reason)
-
-    def to_error(self) -> InputFileError:
-        error_class = getattr(errors, self.error_type, InputFileError)
-        if not (isinstance(error_class, type) and issubclass(error_class, InputFileError)):
-            error_class = InputFileError
-        return error_class(self.path, self.reason)
-
-
-@dataclass(frozen=True)
 class CacheReport:
     """What one :func:`decode_many` call did.
 
@@ -111,9 +95,9 @@ class CacheReport:
         reused: films found in the cache.
         decoded: films decoded in this call (and stored, when a cache is used).
         failed: files that could not be decoded.
-        workers: decoding processes used (1 means in-process).
+        workers: decoding threads used (1 means this thread only).
         seconds: wall time of the call.
-        cpu_seconds: CPU time of the call: this process plus the decoding done in workers.
+        cpu_seconds: CPU time of the process during the call (every thread's, the decoding threads' included).
     """
 
     total: int
@@ -170,24 +154,15 @@ def _open_npz_images(file_part: str) -> dict[str, np.ndarray] | InputFileError:
         return errors.UnreadableImageError(file_part, f"cannot open as npz: {error}")
 
 
-@dataclass(frozen=True)
-class ChunkResult:
-    """What a worker sends back for one chunk of files."""
-
-    outcomes: list[np.ndarray | DecodeFailure]
-    cpu_seconds: float
-
-
-def _decode_chunk(paths: list[str], data_config: DataConfig) -> ChunkResult:
-    """Worker entry point: decode a chunk, turning expected errors into picklable failures."""
-    cpu_started = time.process_time()
-    outcomes: list[np.ndarray | DecodeFailure] = []
+def _decode_chunk(paths: list[str], data_config: DataConfig) -> list[np.ndarray | InputFileError]:
+    """Decode a chunk of files in a decoding thread; a file that cannot be read gives its error."""
+    outcomes: list[np.ndarray | InputFileError] = []
     for path in paths:
         try:
             outcomes.append(decode_file(path, data_config))
         except InputFileError as error:
-            outcomes.append(DecodeFailure.from_error(error))
-    return ChunkResult(outcomes, time.process_time() - cpu_started)
+            outcomes.append(error)
+    return outcomes
 
 
 def file_key(path: str) -> str | None:
@@ -315,28 +290,12 @@ class PreprocessingCache:
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """The project's one atomic write (temporary file, fsync, rename, fsync of the folder).
 
-    Imported here, not at the top: the fork server preloads this module for the decoding
-    workers, which should not import torch with the checkpoint module.
+    Imported here, not at the top: the checkpoint module imports torch, which decoding alone
+    does not need (``cxr-anomaly`` starts faster without it).
     """
     from ..checkpoint import atomic_write
 
     atomic_write(path, write)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """Forkserver with this module preloaded, or spawn where there is no forkserver.
-
-    Plain fork is avoided: numpy's BLAS (and torch, in a training process) run threads, and
-    forking a threaded process can deadlock a child on a lock held by a thread that did not
-    come along. The fork server imports the decoding code once; each worker is then forked
-    from it in milliseconds, without importing anything again.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    if "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])  # ignored once the server runs
-        return context
-    return multiprocessing.get_context("spawn")
 
 
 def decode_many(
@@ -357,20 +316,19 @@ def decode_many(
         paths: image files, or ``FILE.npz#SPLIT/INDEX`` members (decoded in-process, not cached).
         data_config: image size and the pixel limit.
         cache_dir: folder of the persistent cache; None decodes everything without storing.
-        workers: decoding processes; None uses every core, 1 decodes in this process.
+        workers: decoding threads; None uses one per core, 1 decodes in the calling thread.
         progress: show a progress bar.
         flush_every: write a shard after this many newly decoded films.
         flush_seconds: ... or after this many seconds since the last shard.
         report: if given, a :class:`CacheReport` of this call is appended to it.
-        serial_below: fewer films to decode than this are decoded in this process whatever
-            ``workers`` says, since starting the pool costs more (``benchmarks/bench_decode_pool.py``).
+        serial_below: fewer films to decode than this are decoded in the calling thread whatever
+            ``workers`` says (``benchmarks/bench_decode_pool.py``).
 
     Returns:
         One entry per path, in order: the pixels, or the :class:`InputFileError` for that file.
     """
     started = time.perf_counter()
     cpu_started = time.process_time()
-    worker_cpu = [0.0]  # CPU seconds reported by pool workers
     results: list[np.ndarray | InputFileError | None] = [None] * len(paths)
     npz_rows = [row for row, path in enumerate(paths) if is_npz_member(path)]
     if npz_rows:
@@ -414,10 +372,8 @@ def decode_many(
         pending_pixels.clear()
         last_flush = time.monotonic()
 
-    def accept(key: str, outcome: np.ndarray | DecodeFailure | InputFileError) -> None:
+    def accept(key: str, outcome: np.ndarray | InputFileError) -> None:
         nonlocal decoded
-        if isinstance(outcome, DecodeFailure):
-            outcome = outcome.to_error()
         for row in rows_by_key[key]:
             results[row] = outcome
         if isinstance(outcome, np.ndarray):
@@ -438,7 +394,7 @@ def decode_many(
                     accept(key, error)
                 bar.update(1)
         else:
-            worker_cpu[0] = _decode_in_pool(missing_keys, path_of_key, data_config, worker_count, accept, bar)
+            _decode_in_threads(missing_keys, path_of_key, data_config, worker_count, accept, bar)
     finally:
         # Runs on Ctrl-C too: what was decoded is stored before the interrupt propagates.
         flush()
@@ -450,7 +406,7 @@ def decode_many(
     if report is not None:
         report.append(CacheReport(len(paths), reused, decoded, failed, worker_count,
                                   time.perf_counter() - started,
-                                  time.process_time() - cpu_started + worker_cpu[0]))
+                                  time.process_time() - cpu_started))
     logger.info("decoded %d films, reused %d from the cache, %d failed, %d workers",
                 decoded, reused, failed, worker_count)
     if any(result is None for result in results):  # a bug here must not pass as a silent drop
@@ -458,25 +414,25 @@ def decode_many(
     return results  # type: ignore[return-value]
 
 
-def _decode_in_pool(
+def _decode_in_threads(
     keys: list[str],
     path_of_key: dict[str, str],
     data_config: DataConfig,
     worker_count: int,
-    accept: Callable[[str, np.ndarray | DecodeFailure], None],
+    accept: Callable[[str, np.ndarray | InputFileError], None],
     bar: tqdm,
-) -> float:
-    """Decode ``keys`` in a process pool, passing each outcome to ``accept``; return worker CPU seconds."""
-    # Chunks amortise the per-task cost; several per worker keep the cores busy at the end.
-    chunk_size = max(1, min(64, math.ceil(len(keys) / (worker_count * 8))))
+) -> None:
+    """Decode ``keys`` in ``worker_count`` threads, passing each outcome to ``accept`` in this thread."""
+    # Several chunks per thread keep the cores busy to the end; a chunk's results are stored
+    # (and flushed to the cache) as soon as it is done.
+    chunk_size = max(1, min(16, math.ceil(len(keys) / (worker_count * 8))))
     chunks = [keys[start:start + chunk_size] for start in range(0, len(keys), chunk_size)]
-    executor = ProcessPoolExecutor(max_workers=worker_count, mp_context=_pool_context())
-    cpu_seconds = 0.0
+    executor = ThreadPoolExecutor(max_workers=worker_count, thread_name_prefix="cxr-anomaly-decode")
     try:
         in_flight: dict[Future, list[str]] = {}
         next_chunk = 0
         while next_chunk < len(chunks) or in_flight:
-            # Bounded submission: results stream back and are stored as they come.
+            # Bounded submission: at most a few chunks of decoded films wait in memory.
             while next_chunk < len(chunks) and len(in_flight) < worker_count * 3:
                 chunk = chunks[next_chunk]
                 future = executor.submit(_decode_chunk, [path_of_key[key] for key in chunk], data_config)
@@ -485,13 +441,11 @@ def _decode_in_pool(
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 chunk = in_flight.pop(future)
-                chunk_result = future.result()
-                cpu_seconds += chunk_result.cpu_seconds
-                for key, outcome in zip(chunk, chunk_result.outcomes):
+                for key, outcome in zip(chunk, future.result()):
                     accept(key, outcome)
                 bar.update(len(chunk))
     except BaseException:
+        # On Ctrl-C the threads finish the chunk in hand (at most 16 films) and take no more.
         executor.shutdown(wait=False, cancel_futures=True)
         raise
     executor.shutdown(wait=True)
-    return cpu_seconds

@@ -81,7 +81,7 @@ def load_images(
         on_bad_file: ``"error"`` raises on the first unreadable file; ``"skip"`` leaves it out
             and lists it in ``LoadedImages.skipped`` (and logs a warning for each).
         cache_dir: folder of the preprocessing cache; None decodes without caching.
-        workers: decoding processes (None: all cores).
+        workers: decoding threads (None: one per core).
         progress: show a progress bar.
 
     Raises:
