@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Calibration", "ScoreResult", "fit_calibration", "min_max_normalise", "score_films",
            "NUM_STORED_QUANTILES"]
 
-DEFAULT_BATCH_SIZE = 64
-
 
 @dataclass
 class ScoreResult:
@@ -72,7 +70,7 @@ def score_films(
     detector: AnomalyDetector,
     pixels: np.ndarray,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     keep_maps: bool = False,
     precision: str = "auto",
@@ -82,11 +80,19 @@ def score_films(
     A film's score does not depend on its batch (BatchNorm uses running statistics; feature
     banks are fixed). ``precision`` is ``"auto"`` (bf16 autocast where the device computes bf16
     natively, fp32 elsewhere; see :mod:`cxr_anomaly.inference`), ``"fp32"`` or ``"bf16"``.
-    ``device`` defaults to where the detector's weights are. The weights are put in
-    channels_last layout in place (values unchanged): the faster layout on CPU and CUDA.
+    ``device`` defaults to where the detector's weights are. ``batch_size`` defaults to the
+    detector's :meth:`~cxr_anomaly.models.base.AnomalyDetector.scoring_batch_size` for that
+    device. The weights are put in channels_last layout in place (values unchanged): the faster
+    layout on CPU and CUDA.
+
+    Raises:
+        ValueError: ``batch_size`` is below 1.
     """
     detector.eval()
     device = torch.device(device) if device is not None else next(detector.parameters()).device
+    batch_size = detector.scoring_batch_size(device) if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; expected at least 1")
     precision = resolve_precision(precision, device)
     to_channels_last(detector)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ("raw", *detector.component_names)}

@@ -23,6 +23,8 @@ from torch import nn
 
 from ..config import Config
 
+DEFAULT_SCORING_BATCH_SIZE = 64
+
 
 @dataclass
 class AnomalyOutput:
@@ -63,6 +65,10 @@ class AnomalyDetector(nn.Module):
     def anomaly_map_scale(self) -> float:
         """The anomaly-map value a heatmap paints at full colour (a "clearly abnormal" patch)."""
         return 0.5
+
+    def scoring_batch_size(self, device: torch.device) -> int:
+        """Films per forward pass when scoring on ``device``: ``score_films``' default."""
+        return DEFAULT_SCORING_BATCH_SIZE
 
     def model_input(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 films (N, S, S) -> the float tensor ``forward`` takes (on the CPU)."""

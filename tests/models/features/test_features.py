@@ -22,7 +22,9 @@ from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import CheckpointError, ConfigError, NoNormalImagesError
 from cxr_anomaly.models.features.backbone import (EfficientNetLite, _load_weights, build_backbone,
                                                   packaged_weights_path)
+from cxr_anomaly.models.base import DEFAULT_SCORING_BATCH_SIZE
 from cxr_anomaly.models.features.fitting import greedy_coreset
+from cxr_anomaly.models.features.torch_model import CPU_SCORING_BATCH_SIZE
 from cxr_anomaly.models.registry import build_detector, fit_detector
 from cxr_anomaly.scoring import fit_calibration, score_films
 
@@ -122,6 +124,23 @@ def test_fit_stores_banks_and_scores_real_films(fitted: FittedFeatures) -> None:
     # training normals lie nearer their own banks than the NIH films of another pipeline
     train = score_films(detector, fitted.train_pixels[:16], precision="fp32")
     assert np.median(train.components["pooled_knn"]) < np.median(result.components["pooled_knn"])
+
+
+def test_scoring_batch_is_the_detectors_for_the_device(fitted: FittedFeatures, monkeypatch: pytest.MonkeyPatch) -> None:
+    detector = fitted.detector
+    assert detector.scoring_batch_size(torch.device("cpu")) == CPU_SCORING_BATCH_SIZE == 16
+    assert detector.scoring_batch_size(torch.device("cuda")) == DEFAULT_SCORING_BATCH_SIZE
+    sizes: list[int] = []
+    real_input = detector.model_input
+    monkeypatch.setattr(detector, "model_input", lambda pixels: (sizes.append(len(pixels)), real_input(pixels))[1])
+    films = np.concatenate([fitted.test_pixels, fitted.test_pixels[:4]])  # 20 films
+    default = score_films(detector, films, precision="fp32").raw
+    assert sizes == [16, 4]
+    sizes.clear()
+    assert np.allclose(score_films(detector, films, batch_size=7, precision="fp32").raw, default, atol=1e-5)
+    assert sizes == [7, 7, 6]
+    with pytest.raises(ValueError, match="batch_size=0"):
+        score_films(detector, films, batch_size=0)
 
 
 def test_fit_refuses_too_few_normals() -> None:
