@@ -87,3 +87,17 @@ def test_smoke_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     if "skipped" not in cache:
         assert cache["build_rate"] > 0 and cache["ceiling_rate"] > 0
     assert "scoring (batch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("file_format", ["png", "dicom"])
+def test_decode_pool_benchmark_times_both_ways_on_real_films(file_format: str, shared_data: Path,
+                                                             tmp_path: Path) -> None:
+    from benchmarks import bench_decode_pool
+
+    output = tmp_path / "decode_pool.json"
+    assert bench_decode_pool.main(["--counts", "2", "--repeats", "1", "--warm", "--format", file_format,
+                                   "--output", str(output)]) == 0
+    (row,) = json.loads(output.read_text())
+    assert (row["films"], row["format"], row["fresh_process"]) == (2, file_format, False)
+    assert row["in_process_ms_per_film"] > 0 and row["pool_ms_per_film"] > 0
+    assert row["pool_speedup"] == pytest.approx(row["in_process_ms_per_film"] / row["pool_ms_per_film"])
