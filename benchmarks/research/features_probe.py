@@ -148,7 +148,6 @@ def score(args: argparse.Namespace) -> None:
         for strides in args.pooled:
             x = pooled(train, strides)
             gauss = LedoitWolf().fit(x)
-            mean = x.mean(0)
             xn = x / np.linalg.norm(x, axis=1, keepdims=True)
             for name in args.sets:
                 y = pooled(evals[name], strides)
