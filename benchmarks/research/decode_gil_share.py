@@ -4,8 +4,8 @@
 that release the GIL: Pillow's PNG decoder and resizer, and NumPy's casts and clips. This
 profiles :func:`cxr_anomaly.data.cache.decode_file` in one thread, and counts the time spent
 in those calls. The rest is an upper bound on the GIL-held share ``h``, because NumPy
-arithmetic written inline in a Python function is counted with that function. Threads cannot
-decode faster than ``1 / h`` cores' worth, whatever the core count.
+arithmetic written inline in a Python function is counted with that function. The GIL alone
+keeps threads from decoding faster than ``1 / h`` cores' worth, whatever the core count.
 
     python -m benchmarks.research.decode_gil_share --films 64
 
@@ -65,8 +65,8 @@ def main() -> None:
         for kind, paths in kinds.items():
             milliseconds, share = releasing_share(paths)
             print(f"{kind}: {milliseconds:.1f} ms a film under the profiler, {100 * share:.0f}% in GIL-releasing "
-                  f"calls: GIL held at most {100 * (1 - share):.0f}%, so threads scale to at least "
-                  f"{1 / max(1 - share, 1e-9):.1f} cores' worth")
+                  f"calls: GIL held at most {100 * (1 - share):.0f}%, so the GIL alone caps threads at no less "
+                  f"than {1 / max(1 - share, 1e-9):.1f} cores' worth")
 
 
 if __name__ == "__main__":
