@@ -14,7 +14,6 @@ film is scored.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from benchmarks.bench_features import DEFAULT_DATA
 from benchmarks.research.features_probe import collections
 from benchmarks.research.pooled_knn_variants import knn_distance
-from benchmarks.research.pooled_tta import unit_pooled
+from benchmarks.research.pooled_tta import rebuilt_bank_parser, unit_pooled
 from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.torch_model import FeatureDetector
@@ -42,12 +41,8 @@ def kermany_train_normals(data_root: Path) -> pd.DataFrame:
 
 def main() -> None:
     """Command-line entry point; prints one line per bank and writes them as JSON with ``--output``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True, help="the checkpoint's training manifest")
-    parser.add_argument("--normals", type=int, default=4500)
+    parser = rebuilt_bank_parser(__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     model = load_features_model(args.model)
     detector = cast(FeatureDetector, model.detector)

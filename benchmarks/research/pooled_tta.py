@@ -63,14 +63,19 @@ def unit_pooled(detector: FeatureDetector, pixels: np.ndarray, batch: int = 32) 
     return pooled / pooled.norm(dim=1, keepdim=True)
 
 
-def main() -> None:
-    """Command-line entry point; prints one line per set of views and writes them as JSON with ``--output``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def rebuilt_bank_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the scripts that rebuild a checkpoint's pooled bank from its training films."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True, help="the checkpoint's training manifest")
-    parser.add_argument("--normals", type=int, default=4500)
+    parser.add_argument("--normals", type=int, default=4500, help="the first NORMALS films of the manifest")
     parser.add_argument("--output", type=Path, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Command-line entry point; prints one line per set of views and writes them as JSON with ``--output``."""
+    args = rebuilt_bank_parser(__doc__.splitlines()[0]).parse_args()
     model = load_features_model(args.model)
     detector = cast(FeatureDetector, model.detector)
     torch.manual_seed(0)  # nothing here draws; set so that a later change cannot draw unseeded
