@@ -122,6 +122,21 @@ def test_rescale_slope_and_intercept_keep_the_image(film: np.ndarray, tmp_path: 
     np.testing.assert_allclose(read.array, film / 255.0, atol=0.6 / 4095.0)
 
 
+@pytest.mark.parametrize("slope, intercept", [("1", "0"), ("1", "-1024"), ("2", "100"), ("0.37", "11.5")])
+def test_rescale_gives_the_float64_reference_bit_for_bit(film: np.ndarray, tmp_path: Path, slope: str,
+                                                         intercept: str) -> None:
+    """The rescale runs in place, in float32 where that is exact; the pixels equal the plain
+    float64 computation, so films cached before the change need no new cache format."""
+    stored = np.rint(film.astype(np.float64) / 255.0 * 4000.0 + 50).astype(np.uint16)
+    dataset = make_dataset(stored, bits_stored=12, identifying=False)
+    dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
+    read = read_image(save(dataset, tmp_path / "rescaled.dcm"))
+    low, high = sorted((0.0 * float(slope) + float(intercept), 4095.0 * float(slope) + float(intercept)))
+    expected = np.clip((stored.astype(np.float64) * float(slope) + float(intercept) - low) / (high - low), 0.0, 1.0)
+    assert read.array.dtype == np.float32
+    np.testing.assert_array_equal(read.array, expected.astype(np.float32))
+
+
 def test_window_center_and_width_are_applied(film: np.ndarray, tmp_path: Path) -> None:
     stored = np.rint(film.astype(np.float64) / 255.0 * 4095.0).astype(np.uint16)
     dataset = make_dataset(stored, bits_stored=12)

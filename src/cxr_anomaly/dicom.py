@@ -332,14 +332,18 @@ def _modality(path: Path, stored: np.ndarray, dataset: Any) -> tuple[np.ndarray,
     # A slope of 0 would erase the film; writers that store it mean "no rescale".
     slope = _finite(path, "RescaleSlope", dataset.get("RescaleSlope"), 1.0) or 1.0
     intercept = _finite(path, "RescaleIntercept", dataset.get("RescaleIntercept"), 0.0)
-    # float32 holds every 8- and 16-bit stored value exactly; each full-size temporary costs
-    # page faults that rival the arithmetic, so the rescale works in place.
-    values = stored.astype(np.float32 if stored.dtype.itemsize <= 2 else np.float64)
+    ends = sorted((low * slope + intercept, high * slope + intercept))
+    # Each full-size temporary costs page faults that rival the arithmetic, so the rescale works
+    # in place, and in float32 where that is exact (integers below 2**24: 8- to 16-bit values
+    # under an integer rescale, the usual case). A fractional rescale stays in float64, so the
+    # pixels are the same as before either way.
+    exact_in_float32 = (stored.dtype.itemsize <= 2 and slope.is_integer() and intercept.is_integer()
+                        and max(abs(ends[0]), abs(ends[1])) < 2**24)
+    values = stored.astype(np.float32 if exact_in_float32 else np.float64)
     if slope != 1.0:
         values *= slope
     if intercept != 0.0:
         values += intercept
-    ends = sorted((low * slope + intercept, high * slope + intercept))
     step = "rescale" if (slope, intercept) != (1.0, 0.0) else "none"
     return values, ends[0], ends[1], step
 
