@@ -28,7 +28,6 @@ if "--import-torch" in sys.argv:  # at the top of the main module, where a scrip
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -46,16 +45,11 @@ def copies_of_films(source: Path, count: int, folder: Path, file_format: str = "
     originals = sorted(source.glob("*.png"))
     if not originals:
         raise FileNotFoundError(f"no PNG films in {source}")
-    if file_format == "dicom":
-        from benchmarks.bench_features import dicom_copies  # imports torch: only in the parent
+    from benchmarks.bench_features import dicom_copies, replicate  # imports torch: only in the parent
 
+    if file_format == "dicom":
         return dicom_copies(originals, count, folder)["path"].tolist()
-    paths = []
-    for index in range(count):
-        target = folder / f"{index:05d}_{originals[index % len(originals)].name}"
-        shutil.copyfile(originals[index % len(originals)], target)
-        paths.append(str(target))
-    return paths
+    return replicate(originals, count, folder, ".png")["path"].tolist()
 
 
 def time_call(paths: list[str], workers: int) -> float:

@@ -24,19 +24,18 @@ import torch
 
 from benchmarks.bench_features import DEFAULT_DATA
 from benchmarks.research.features_probe import collections
-from benchmarks.research.pooled_knn_variants import knn_distance
-from benchmarks.research.pooled_tta import rebuilt_bank_parser, unit_pooled
+from benchmarks.research.pooled_knn_variants import knn_distance, unit_pooled
+from benchmarks.research.pooled_tta import rebuilt_bank_parser
 from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
 from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.models.features.torch_model import FeatureDetector
 
 
 def kermany_train_normals(data_root: Path) -> pd.DataFrame:
-    """The NORMAL films of the Kermany train split, with absolute paths."""
-    folder = data_root / "kermany224"
-    table = pd.read_csv(folder / "manifest.csv")
-    chosen = table[(table["split"] == "train") & (table["label"] == "NORMAL")]
-    return pd.DataFrame({"path": [str(folder / path) for path in chosen["path"]]})
+    """The normal films (label 0) of the Kermany train split, read as every manifest is."""
+    table = load_inputs(data_root / "kermany224" / "manifest.csv")
+    return table[(table["split"] == "train") & (table["label"] == 0)].reset_index(drop=True)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.bench_decode_pool import copies_of_films
 from benchmarks.bench_features import DEFAULT_DATA
 from cxr_anomaly.checkpoint import LoadedModel, load_checkpoint
 from cxr_anomaly.data.dataset import load_images
@@ -63,19 +63,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     model = load_checkpoint(args.model)
-    sources = sorted((args.data / "nih_fullres").glob("*.png"))
-    if not sources:
-        raise FileNotFoundError(f"no PNG in {args.data / 'nih_fullres'}")
     ways: dict[str, Callable[[LoadedModel, pd.DataFrame, int], float]] = {
         "sequential": sequential, "overlapped": overlapped}
     rates: dict[str, list[float]] = {name: [] for name in ways}
     with tempfile.TemporaryDirectory(prefix="overlap_probe_") as folder:
-        paths = []
-        for index in range(args.films):  # distinct copies: each is decoded
-            target = Path(folder) / f"{index:05d}.png"
-            shutil.copyfile(sources[index % len(sources)], target)
-            paths.append(str(target))
-        rows = pd.DataFrame({"path": paths})
+        rows = pd.DataFrame({"path": copies_of_films(args.data / "nih_fullres", args.films, Path(folder))})
         model.score_films(load_images(rows.iloc[:16], model.config.data).pixels)  # warm-up
         for _ in range(args.repeats):
             for name, way in ways.items():

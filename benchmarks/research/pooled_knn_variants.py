@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import torch
 
 from benchmarks.research.features_probe import collections
@@ -33,6 +34,16 @@ def knn_distance(queries: torch.Tensor, bank: torch.Tensor, neighbours: int) -> 
     return 1.0 - (queries @ bank.T).topk(neighbours, dim=1).values.mean(dim=1)
 
 
+def unit_pooled(detector: FeatureDetector, pixels: np.ndarray, batch: int = 32) -> torch.Tensor:
+    """Unit pooled features (N, D) of uint8 films (N, S, S), as the detector's pooled bank stores them."""
+    parts = []
+    with torch.inference_mode():
+        for begin in range(0, len(pixels), batch):
+            parts.append(detector.pooled_features(detector.model_input(pixels[begin:begin + batch])).double())
+    pooled = torch.cat(parts)
+    return pooled / pooled.norm(dim=1, keepdim=True)
+
+
 def main() -> None:
     """Command-line entry point; prints one line per variant and writes them as JSON with ``--output``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,11 +55,7 @@ def main() -> None:
     sets = collections()
     features: dict[str, torch.Tensor] = {}
     for name in VALIDATION:
-        pixels = load_images(sets[name], model.config.data, workers=2).pixels
-        with torch.inference_mode():
-            pooled = torch.cat([detector.pooled_features(detector.model_input(pixels[begin:begin + 32]))
-                                for begin in range(0, len(pixels), 32)]).double()  # (N, D)
-        features[name] = pooled / pooled.norm(dim=1, keepdim=True)  # unit vectors, like the bank's
+        features[name] = unit_pooled(detector, load_images(sets[name], model.config.data, workers=2).pixels)
     bank = detector.pooled_bank.double()  # (K, D) unit vectors of the training normals
     mean = bank.mean(dim=0)
     _, _, directions = torch.linalg.svd(bank - mean, full_matrices=False)  # (D, D) rows: principal axes

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from benchmarks.research.features_probe import collections
-from benchmarks.research.pooled_knn_variants import knn_distance
+from benchmarks.research.pooled_knn_variants import knn_distance, unit_pooled
 from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.torch_model import FeatureDetector
@@ -51,16 +51,6 @@ def centre_crop(pixels: np.ndarray, keep: float = 0.9) -> np.ndarray:
 
 VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "plain": lambda pixels: pixels, "mirror": mirrored, "crop90": centre_crop}
-
-
-def unit_pooled(detector: FeatureDetector, pixels: np.ndarray, batch: int = 32) -> torch.Tensor:
-    """Unit pooled features (N, D) of uint8 films, as the detector's bank stores them."""
-    parts = []
-    with torch.inference_mode():
-        for begin in range(0, len(pixels), batch):
-            parts.append(detector.pooled_features(detector.model_input(pixels[begin:begin + batch])).double())
-    pooled = torch.cat(parts)
-    return pooled / pooled.norm(dim=1, keepdim=True)
 
 
 def rebuilt_bank_parser(description: str) -> argparse.ArgumentParser:
