@@ -26,12 +26,12 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.bench_features import replicate
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.cache import CacheReport, decode_file, decode_many, default_workers
 
@@ -91,13 +91,7 @@ def run_benchmark(source: Path, copies: int, single_films: int, workers: int | N
     if not originals:
         raise FileNotFoundError(f"no PNG films in {source}")
     films_dir = work_dir / "films"
-    films_dir.mkdir(parents=True)
-    paths: list[str] = []
-    for copy in range(copies):
-        for original in originals:
-            target = films_dir / f"{copy:03d}_{original.name}"
-            shutil.copyfile(original, target)
-            paths.append(str(target))
+    paths = replicate(originals, copies * len(originals), films_dir, ".png")["path"].tolist()
     data_config = DataConfig(image_size=image_size)
     cores = default_workers() if workers is None else workers
     probe = paths[: max(2, min(single_films, len(paths)))]

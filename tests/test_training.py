@@ -16,6 +16,7 @@ import torch
 from cxr_anomaly import inference
 from cxr_anomaly.checkpoint import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
+from cxr_anomaly.distributed import DistributedContext
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError
 from cxr_anomaly.models.tang2019 import DiscriminatorLoss, discriminator_loss_from_logits
 from cxr_anomaly.models.tang2019 import training
@@ -261,3 +262,40 @@ def test_auto_precision_trains_in_bf16_exactly_where_it_is_native(nih_train_norm
     assert result.precision == expected
     assert used and all(enabled == native for enabled in used)
     assert events(tmp_path)[0]["precision"] == expected
+
+
+def test_batch_plan_shares_the_global_batch_out_over_the_ranks() -> None:
+    train_config = tiny_config(batch_size=16).train
+    alone = training.batch_plan(40, train_config, DistributedContext())
+    assert (alone.sampler, alone.batch_size, alone.steps_per_epoch) == (None, 16, 3)
+    second_of_two = training.batch_plan(40, train_config, DistributedContext(rank=1, world_size=2))
+    assert second_of_two.sampler is not None and len(second_of_two.sampler) == 20
+    assert (second_of_two.batch_size, second_of_two.steps_per_epoch) == (8, 3)
+    assert training.batch_plan(5, train_config, DistributedContext()).batch_size == 5  # never beyond the films
+
+
+def test_batch_plan_refuses_fewer_than_two_films_a_rank() -> None:
+    with pytest.raises(ConfigError, match=r"train.batch_size=4 over 4 processes gives 1 film"):
+        training.batch_plan(40, tiny_config(batch_size=4).train, DistributedContext(rank=0, world_size=4))
+
+
+def step_result(loss: float, collapsed: bool) -> training.StepResult:
+    """A reduced step with every loss at ``loss``."""
+    return training.StepResult(dict.fromkeys(training.LOSS_NAMES, loss), 16.0, collapsed)
+
+
+def test_guard_step_counts_collapsed_steps_and_stops_at_the_patience(tmp_path: Path) -> None:
+    train_config = tiny_config(collapse_patience_steps=3).train
+    run_log = training.RunLog(tmp_path, enabled=True)
+    guard = {"train_config": train_config, "has_discriminator": True, "run_log": run_log, "state_path": None}
+    streak = training.guard_step(step_result(1.0, True), 0, 1, 1, **guard)
+    streak = training.guard_step(step_result(1.0, True), streak, 1, 2, **guard)
+    assert streak == 2
+    assert training.guard_step(step_result(1.0, False), streak, 1, 3, **guard) == 0  # one normal step resets it
+    with pytest.raises(TrainingDivergedError, match="won outright"):
+        training.guard_step(step_result(1.0, True), 2, 1, 4, **guard)
+    # a variant without D never collapses, whatever the flag says
+    assert training.guard_step(step_result(1.0, True), 5, 1, 5, **{**guard, "has_discriminator": False}) == 6
+    with pytest.raises(TrainingDivergedError, match="non-finite loss at epoch 2, step 7"):
+        training.guard_step(step_result(math.nan, False), 0, 2, 7, **guard)
+    assert [event["event"] for event in events(tmp_path)] == ["collapsed", "diverged"]

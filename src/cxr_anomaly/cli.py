@@ -1,4 +1,5 @@
-"""Command-line interface: argument parsing only; the work is done in :mod:`cxr_anomaly.pipeline`.
+"""Command-line interface: argument parsing and one short handler a command; the work is done in
+:mod:`cxr_anomaly.pipeline` and the modules it names.
 
 Run ``cxr-anomaly COMMAND --help`` for each command's options.
 """
@@ -10,7 +11,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,6 +285,8 @@ tang2019:u+d, tang2019:u+d+e.""",
     benchmark.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
                            help="resamples of the 95%% bootstrap intervals (default 1000; 0: none)")
     add_data_options(benchmark)
+    for name, command in commands.choices.items():  # main() calls the chosen command's handler
+        command.set_defaults(handler=HANDLERS[name])
     return parser
 
 
@@ -368,124 +371,164 @@ def describe_os_error(error: OSError) -> str:
     return f"{error.filename}{also}: {error.strerror or error}"
 
 
+def run_train(args: argparse.Namespace, progress: bool) -> None:
+    """``train``: fit a detector on the normal films of ``--data`` and write RUN_DIR/model.pt."""
+    from . import pipeline  # after parsing, so --help stays fast
+
+    outcome = pipeline.train_job(args.data, args.out, training_config(args),
+                                 on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
+                                 progress=progress, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        print(f"trained on {outcome.num_train_images} normal images; checkpoint: {outcome.checkpoint}")
+
+
+def run_score(args: argparse.Namespace, progress: bool) -> None:
+    """``score``: score films with a checkpoint, write the CSV and, with ``--report``, the worklist."""
+    from . import pipeline  # after parsing, so --help stays fast
+
+    table = pipeline.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
+                               on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
+                               progress=progress, report=args.report,
+                               keep_patient_identifiers=args.keep_patient_identifiers)
+    print(f"scored {len(table)} images: {args.out}")
+    if args.report is not None:
+        flagged = int((table["decision"] == "flag").sum()) if "decision" in table else None
+        print(f"worklist report: {args.report}" +
+              ("" if flagged is None else f" ({flagged} of {len(table)} flagged)"))
+
+
+def run_calibrate(args: argparse.Namespace, progress: bool) -> None:
+    """``calibrate``: refit a checkpoint's operating point on labelled films."""
+    from . import pipeline  # after parsing, so --help stays fast
+
+    outcome = pipeline.calibrate_job(
+        args.model, args.data, split=args.split, target_specificity=args.target_specificity,
+        target_sensitivity=args.target_sensitivity, out_path=args.out,
+        on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
+    calibration = outcome.calibration
+    sensitivity = ("n/a (no abnormal films)" if calibration.validation_sensitivity is None
+                   else f"{calibration.validation_sensitivity:.3f}")
+    print(f"operating point: {calibration.operating_point}, threshold {calibration.threshold:.4g}; on "
+          f"{outcome.num_normal} normal + {outcome.num_abnormal} abnormal {outcome.split} films: "
+          f"specificity {calibration.validation_specificity:.3f}, sensitivity {sensitivity}; "
+          f"stored in {outcome.checkpoint}")
+    if calibration.note:
+        print(f"note: {calibration.note}")
+
+
+def run_serve(args: argparse.Namespace, progress: bool) -> None:
+    """``serve``: the triage service and its page."""
+    from .serve import ServiceSettings, run_server
+
+    settings = ServiceSettings.from_environment(
+        token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_image_side=args.max_image_side, max_batch_size=args.max_batch_size,
+        batch_wait_seconds=args.batch_wait_ms / 1000.0)
+    run_server(args.model, settings, host=args.host, port=args.port, threads=args.threads)
+
+
+def run_evaluate(args: argparse.Namespace, progress: bool) -> None:
+    """``evaluate``: metrics, ROC and film grid of a checkpoint on labelled films."""
+    from . import pipeline  # after parsing, so --help stays fast
+
+    outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
+                                    label_column=args.label_column,
+                                    on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
+                                    progress=progress)
+    auc = "n/a" if outcome.metrics.auc is None else f"{outcome.metrics.auc:.3f}"
+    print(f"AUC {auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
+    if outcome.intervals is not None:
+        intervals = outcome.intervals
+        print(f"at the stored threshold {intervals.threshold:.4g}: sensitivity "
+              f"{intervals.sensitivity.describe()}, specificity {intervals.specificity.describe()}, "
+              f"AUC {intervals.auc.describe()} (95% intervals: Wilson for sensitivity and specificity, "
+              f"bootstrap for the AUC)")
+
+
+def run_export(args: argparse.Namespace, progress: bool) -> None:
+    """``export``: the checkpoint's scoring graph as ONNX."""
+    from .export import export_checkpoint
+
+    exported = export_checkpoint(args.model, args.out)
+    print(f"exported the {exported.detector} scoring graph: {exported.path} ({exported.size_bytes} bytes)")
+
+
+def run_split(args: argparse.Namespace, progress: bool) -> None:
+    """``split``: a patient-disjoint train/val/test manifest (or the paper's split)."""
+    from .data.splits import resplit_manifest, write_paper_split
+
+    if args.paper is not None:
+        written = write_paper_split(
+            args.paper, args.out, labels_csv=args.input, seed=args.seed, view=args.view,
+            image_root=args.images, class_info_csv=args.class_info, headers_csv=args.headers,
+            on_missing="skip" if args.skip_missing_images else "error")
+        films = written.summary.films
+    else:
+        films = resplit_manifest(args.input, args.out, seed=args.seed, val_fraction=args.val_fraction,
+                                 test_fraction=args.test_fraction).summary.films
+    counts = ", ".join(f"{name} {films.get((name, 0), 0)} normal + {films.get((name, 1), 0)} abnormal"
+                       for name in ("train", "val", "test"))
+    print(f"patient-disjoint split written to {args.out}: {counts}")
+
+
+def run_reproduce(args: argparse.Namespace, progress: bool) -> None:
+    """``reproduce``: the paper's Table 1 with baselines."""
+    from .reproduce import ReproduceOptions, reproduce_job
+
+    config = (load_config(args.config, base=preset_config(args.preset)) if args.config
+              else preset_config(args.preset))
+    train_changes = {key: value for key, value in (
+        ("epochs", args.epochs), ("device", args.device), ("precision", args.precision))
+        if value is not None}
+    if train_changes:
+        config = with_overrides(config, "train", **train_changes)
+    options = ReproduceOptions(
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        seeds=tuple(range(args.seeds)), split=args.split_strategy, split_seed=args.split_seed,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, view=args.view,
+        max_train_normals=args.max_train_normals)
+    outcome = reproduce_job(args.data, args.out, config, options, on_bad_file=args.on_bad_file,
+                            cache_dir=args.cache_dir, progress=progress)
+    print(outcome.table_md.read_text())
+    print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} reused; "
+          f"table: {outcome.table_md}, figures: {outcome.roc_path}, {outcome.figure2_path}")
+
+
+def run_benchmark(args: argparse.Namespace, progress: bool) -> None:
+    """``benchmark``: every method and seed against the baselines on test collections."""
+    from .benchmark import BenchmarkOptions, benchmark_configs, benchmark_job, parse_test_collections
+
+    configs = benchmark_configs(args.config, epochs=args.epochs, device=args.device,
+                                precision=args.precision)
+    options = BenchmarkOptions(
+        methods=tuple(method.strip() for method in args.methods.split(",") if method.strip()),
+        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
+        max_train_normals=args.max_train_normals,
+        bootstrap_resamples=args.bootstrap_resamples)
+    outcome = benchmark_job(args.train, parse_test_collections(args.test), args.out, configs, options,
+                            on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
+    print(outcome.table_md.read_text())
+    print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_reused)} reused; table: "
+          f"{outcome.table_md}; figures: {', '.join(str(path) for path in outcome.roc_paths.values())} "
+          f"and {len(outcome.film_grids)} film grids")
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
+    "train": run_train, "score": run_score, "calibrate": run_calibrate, "serve": run_serve,
+    "evaluate": run_evaluate, "export": run_export, "split": run_split, "reproduce": run_reproduce,
+    "benchmark": run_benchmark}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cxr-anomaly``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from . import pipeline  # after parsing, so --help stays fast
-
     progress = not getattr(args, "no_progress", False)  # serve has no progress bars
     try:
         for output in output_paths(args):  # minutes of scoring must not end on an unwritable path
             check_output_path(output)
-        if args.command == "train":
-            outcome = pipeline.train_job(args.data, args.out, training_config(args),
-                                         on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
-                                         progress=progress, resume=args.resume)
-            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
-                print(f"trained on {outcome.num_train_images} normal images; checkpoint: {outcome.checkpoint}")
-        elif args.command == "score":
-            table = pipeline.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
-                                       on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
-                                       progress=progress, report=args.report,
-                                       keep_patient_identifiers=args.keep_patient_identifiers)
-            print(f"scored {len(table)} images: {args.out}")
-            if args.report is not None:
-                flagged = int((table["decision"] == "flag").sum()) if "decision" in table else None
-                print(f"worklist report: {args.report}" +
-                      ("" if flagged is None else f" ({flagged} of {len(table)} flagged)"))
-        elif args.command == "calibrate":
-            outcome = pipeline.calibrate_job(
-                args.model, args.data, split=args.split, target_specificity=args.target_specificity,
-                target_sensitivity=args.target_sensitivity, out_path=args.out,
-                on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
-            calibration = outcome.calibration
-            sensitivity = ("n/a (no abnormal films)" if calibration.validation_sensitivity is None
-                           else f"{calibration.validation_sensitivity:.3f}")
-            print(f"operating point: {calibration.operating_point}, threshold {calibration.threshold:.4g}; on "
-                  f"{outcome.num_normal} normal + {outcome.num_abnormal} abnormal {outcome.split} films: "
-                  f"specificity {calibration.validation_specificity:.3f}, sensitivity {sensitivity}; "
-                  f"stored in {outcome.checkpoint}")
-            if calibration.note:
-                print(f"note: {calibration.note}")
-        elif args.command == "serve":
-            from .serve import ServiceSettings, run_server
-
-            settings = ServiceSettings.from_environment(
-                token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                max_image_side=args.max_image_side, max_batch_size=args.max_batch_size,
-                batch_wait_seconds=args.batch_wait_ms / 1000.0)
-            run_server(args.model, settings, host=args.host, port=args.port, threads=args.threads)
-        elif args.command == "evaluate":
-            outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
-                                            label_column=args.label_column,
-                                            on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
-                                            progress=progress)
-            auc = "n/a" if outcome.metrics.auc is None else f"{outcome.metrics.auc:.3f}"
-            print(f"AUC {auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
-            if outcome.intervals is not None:
-                intervals = outcome.intervals
-                print(f"at the stored threshold {intervals.threshold:.4g}: sensitivity "
-                      f"{intervals.sensitivity.describe()}, specificity {intervals.specificity.describe()}, "
-                      f"AUC {intervals.auc.describe()} (95% intervals: Wilson for sensitivity and specificity, "
-                      f"bootstrap for the AUC)")
-        elif args.command == "export":
-            from .export import export_checkpoint
-
-            exported = export_checkpoint(args.model, args.out)
-            print(f"exported the {exported.detector} scoring graph: {exported.path} ({exported.size_bytes} bytes)")
-        elif args.command == "split":
-            from .data.splits import resplit_manifest, write_paper_split
-
-            if args.paper is not None:
-                written = write_paper_split(
-                    args.paper, args.out, labels_csv=args.input, seed=args.seed, view=args.view,
-                    image_root=args.images, class_info_csv=args.class_info, headers_csv=args.headers,
-                    on_missing="skip" if args.skip_missing_images else "error")
-                films = written.summary.films
-            else:
-                films = resplit_manifest(args.input, args.out, seed=args.seed, val_fraction=args.val_fraction,
-                                         test_fraction=args.test_fraction).summary.films
-            counts = ", ".join(f"{name} {films.get((name, 0), 0)} normal + {films.get((name, 1), 0)} abnormal"
-                               for name in ("train", "val", "test"))
-            print(f"patient-disjoint split written to {args.out}: {counts}")
-        elif args.command == "reproduce":
-            from .reproduce import ReproduceOptions, reproduce_job
-
-            config = (load_config(args.config, base=preset_config(args.preset)) if args.config
-                      else preset_config(args.preset))
-            train_changes = {key: value for key, value in (
-                ("epochs", args.epochs), ("device", args.device), ("precision", args.precision))
-                if value is not None}
-            if train_changes:
-                config = with_overrides(config, "train", **train_changes)
-            options = ReproduceOptions(
-                variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-                seeds=tuple(range(args.seeds)), split=args.split_strategy, split_seed=args.split_seed,
-                val_fraction=args.val_fraction, test_fraction=args.test_fraction, view=args.view,
-                max_train_normals=args.max_train_normals)
-            outcome = reproduce_job(args.data, args.out, config, options, on_bad_file=args.on_bad_file,
-                                    cache_dir=args.cache_dir, progress=progress)
-            print(outcome.table_md.read_text())
-            print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} reused; "
-                  f"table: {outcome.table_md}, figures: {outcome.roc_path}, {outcome.figure2_path}")
-        elif args.command == "benchmark":
-            from .benchmark import BenchmarkOptions, benchmark_configs, benchmark_job, parse_test_collections
-
-            configs = benchmark_configs(args.config, epochs=args.epochs, device=args.device,
-                                        precision=args.precision)
-            options = BenchmarkOptions(
-                methods=tuple(method.strip() for method in args.methods.split(",") if method.strip()),
-                seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
-                max_train_normals=args.max_train_normals,
-                bootstrap_resamples=args.bootstrap_resamples)
-            outcome = benchmark_job(args.train, parse_test_collections(args.test), args.out, configs, options,
-                                    on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
-            print(outcome.table_md.read_text())
-            print(f"{len(outcome.cells_run)} cells run, {len(outcome.cells_reused)} reused; table: "
-                  f"{outcome.table_md}; figures: {', '.join(str(path) for path in outcome.roc_paths.values())} "
-                  f"and {len(outcome.film_grids)} film grids")
+        args.handler(args, progress)
     except (CxrAnomalyError, ValueError) as error:
         logger.error("%s", " ".join(str(error).split()))  # one line, even where torch's text has many
         return 2

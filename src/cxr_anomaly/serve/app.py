@@ -332,6 +332,27 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error the service returns has one JSON shape: ``{"error": {"code", "message"}}``."""
+
+    @app.exception_handler(ApiError)
+    async def api_error_handler(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"error": {"code": error.code, "message": error.message}},
+                            status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg')}"
+                             for item in error.errors())
+        return JSONResponse({"error": {"code": "invalid_request", "message": problems}}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error_handler(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(error.detail)}},
+                            status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
 def create_app(model_path: str | Path, settings: ServiceSettings | None = None, *,
                device: str = "cpu", onnx_threads: int | None = None) -> FastAPI:
     """Build the service for a checkpoint (``model.pt``) or an exported graph (``*.onnx``).
@@ -367,22 +388,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     app.state.model = model
     app.state.settings = settings
 
-    @app.exception_handler(ApiError)
-    async def api_error_handler(_: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"error": {"code": error.code, "message": error.message}},
-                            status_code=error.status_code, headers=error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg')}"
-                             for item in error.errors())
-        return JSONResponse({"error": {"code": "invalid_request", "message": problems}}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error_handler(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return JSONResponse({"error": {"code": code, "message": str(error.detail)}},
-                            status_code=error.status_code, headers=getattr(error, "headers", None))
+    add_error_handlers(app)
 
     async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if settings.token is None:

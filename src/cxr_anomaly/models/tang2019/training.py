@@ -50,7 +50,7 @@ from ...checkpoint import (
     remove_stale_temporaries,
     save_training_state,
 )
-from ...config import Config, config_differences, config_from_dict, config_to_dict
+from ...config import Config, TrainConfig, config_differences, config_from_dict, config_to_dict
 from ...data.dataset import to_model_tensor
 from ...errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
 from ...inference import resolve_precision
@@ -258,6 +258,166 @@ def recalibrate_batchnorm(detector: OneClassDetector, train_pixels: np.ndarray, 
                 len(layers), len(train_pixels))
 
 
+@dataclass
+class BatchPlan:
+    """How this rank cuts the training films into steps.
+
+    Attributes:
+        sampler: the distributed sampler giving this rank its share of each epoch (None in one
+            process, where the order comes from the run's order generator).
+        batch_size: films per step on this rank (the global ``train.batch_size`` shared out).
+        steps_per_epoch: steps this rank takes per epoch, the same on every rank.
+    """
+
+    sampler: DistributedSampler | None
+    batch_size: int
+    steps_per_epoch: int
+
+
+def batch_plan(count: int, train_config: TrainConfig, context: distributed.DistributedContext) -> BatchPlan:
+    """The steps of an epoch over ``count`` films for this rank.
+
+    Raises:
+        ConfigError: the global batch gives a rank fewer than 2 films (BatchNorm needs 2).
+    """
+    if not context.is_distributed:
+        batch_size = min(train_config.batch_size, count)
+        return BatchPlan(None, batch_size, math.ceil(count / batch_size))
+    # The global batch is train.batch_size; each rank takes its share of it.
+    sampler = DistributedSampler(range(count), num_replicas=context.world_size, rank=context.rank,
+                                 shuffle=True, seed=train_config.seed + 1, drop_last=False)
+    batch_size = min(train_config.batch_size // context.world_size, len(sampler))
+    if batch_size < 2:
+        raise ConfigError(
+            f"train.batch_size={train_config.batch_size} over {context.world_size} processes "
+            f"gives {batch_size} film(s) per rank; BatchNorm needs at least 2"
+        )
+    return BatchPlan(sampler, batch_size, math.ceil(len(sampler) / batch_size))
+
+
+@dataclass
+class TrainingParts:
+    """The modules the steps call and the optimisers they step.
+
+    Under DDP each network has its own wrapper, so that the generator step synchronises the
+    gradients of U and E only, and the discriminator step those of D only.
+
+    Attributes:
+        generator_module: U and E (the detector itself in one process).
+        discriminator_module: D, or None for variants without one.
+        generator_optimizer: Adam over U and E.
+        discriminator_optimizer: Adam over D, or None.
+    """
+
+    generator_module: nn.Module
+    discriminator_module: nn.Module | None
+    generator_optimizer: torch.optim.Optimizer
+    discriminator_optimizer: torch.optim.Optimizer | None
+
+
+def training_parts(detector: OneClassDetector, train_config: TrainConfig, state: TrainingState | None,
+                   context: distributed.DistributedContext, device: torch.device) -> TrainingParts:
+    """Optimisers (restored from ``state`` when resuming) and, under DDP, the wrapped networks."""
+    betas = (train_config.beta1, train_config.beta2)
+    generator_optimizer = torch.optim.Adam(detector.generator_parameters(), lr=train_config.learning_rate,
+                                           betas=betas)
+    discriminator_optimizer = None
+    if detector.discriminator is not None:
+        discriminator_optimizer = torch.optim.Adam(detector.discriminator.parameters(),
+                                                   lr=train_config.learning_rate, betas=betas)
+    if state is not None:
+        generator_optimizer.load_state_dict(state.generator_optimizer)
+        if discriminator_optimizer is not None and state.discriminator_optimizer is not None:
+            discriminator_optimizer.load_state_dict(state.discriminator_optimizer)
+    generator_module: nn.Module = detector
+    discriminator_module: nn.Module | None = detector.discriminator
+    if context.is_distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        generator_module = DistributedDataParallel(GeneratorNetworks(detector), device_ids=device_ids)
+        if detector.discriminator is not None:
+            discriminator_module = DistributedDataParallel(detector.discriminator, device_ids=device_ids)
+    return TrainingParts(generator_module, discriminator_module, generator_optimizer, discriminator_optimizer)
+
+
+@dataclass
+class StepResult:
+    """One optimisation step, reduced over all ranks.
+
+    Attributes:
+        losses: mean of each of :data:`LOSS_NAMES` over the step's films (all ranks).
+        films: films in the step (all ranks).
+        all_ranks_collapsed: D won outright (D(x') below ``train.collapse_threshold`` for every
+            film) on every rank.
+    """
+
+    losses: dict[str, float]
+    films: float
+    all_ranks_collapsed: bool
+
+
+def train_step(parts: TrainingParts, detector: OneClassDetector, generator_loss: GeneratorLoss,
+               clean: torch.Tensor, noisy: torch.Tensor, *, precision: str, collapse_threshold: float,
+               context: distributed.DistributedContext) -> StepResult:
+    """One generator step (eq. 5) then one discriminator step on a batch (B, 1, S, S) of films."""
+    device = clean.device
+    with autocast_context(device, precision):
+        output = parts.generator_module(noisy)
+        losses = generator_loss(clean, output, detector.discriminator)
+    parts.generator_optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()
+    parts.generator_optimizer.step()
+
+    discriminator_value = torch.zeros((), dtype=torch.float64)
+    collapsed = 0.0
+    if parts.discriminator_module is not None and parts.discriminator_optimizer is not None:
+        with autocast_context(device, precision):
+            real_logit = parts.discriminator_module(clean).logit.float()  # (B,)
+            fake_logit = parts.discriminator_module(output.reconstruction.detach()).logit.float()  # (B,)
+            loss_d = discriminator_loss_from_logits(real_logit, fake_logit)
+        parts.discriminator_optimizer.zero_grad(set_to_none=True)
+        loss_d.backward()
+        parts.discriminator_optimizer.step()
+        discriminator_value = loss_d.detach().double().cpu()
+        collapsed = float(torch.sigmoid(fake_logit.detach()).max() < collapse_threshold)
+
+    # One reduction per step: loss sums weighted by batch size, film count and how many ranks
+    # saw D win outright. A NaN on any rank makes every rank's sum NaN, so all ranks stop together.
+    batch = len(clean)
+    local = torch.stack([
+        losses.total.detach().double().cpu(), losses.reconstruction.double().cpu(),
+        losses.adversarial.double().cpu(), losses.latent.double().cpu(),
+        losses.feature.double().cpu(), discriminator_value,
+    ]) * batch
+    reduced = distributed.all_reduce_sum(
+        torch.cat([local, torch.tensor([float(batch), collapsed], dtype=torch.float64)]), context)
+    films = float(reduced[len(LOSS_NAMES)])
+    values = {name: float(reduced[index]) / films for index, name in enumerate(LOSS_NAMES)}
+    return StepResult(values, films, bool(reduced[-1] >= context.world_size - 0.5))
+
+
+def guard_step(result: StepResult, collapse_streak: int, epoch: int, step: int, *, train_config: TrainConfig,
+               has_discriminator: bool, run_log: RunLog, state_path: Path | None) -> int:
+    """The GAN guard after step ``step`` of ``epoch``; returns the updated count of consecutive
+    steps in which D won outright.
+
+    Raises:
+        TrainingDivergedError: a loss is not finite, or D won outright for
+            ``train.collapse_patience_steps`` consecutive steps (via :func:`stop_run`).
+    """
+    values = result.losses
+    if not all(math.isfinite(value) for value in values.values()):
+        stop_run(run_log, "diverged", state_path, f"non-finite loss at epoch {epoch}, step {step}: {values}",
+                 epoch=epoch, step=step, losses=values)
+    collapse_streak = collapse_streak + 1 if result.all_ranks_collapsed else 0
+    if has_discriminator and 0 < train_config.collapse_patience_steps <= collapse_streak:
+        stop_run(run_log, "collapsed", state_path,
+                 f"the discriminator won outright: D(x') < {train_config.collapse_threshold} "
+                 f"for every film of {collapse_streak} consecutive batches (epoch {epoch}, "
+                 f"step {step}); lower the learning rate or the adversarial weight",
+                 epoch=epoch, step=step, streak=collapse_streak)
+    return collapse_streak
+
+
 def train_detector(
     config: Config,
     train_pixels: np.ndarray,
@@ -334,29 +494,7 @@ def train_detector(
     if device.type == "cuda":  # the films fit in GPU memory: no host-to-device copy per step
         images = images.to(device)
     generator_loss = GeneratorLoss(config.loss)
-    betas = (train_config.beta1, train_config.beta2)
-    generator_optimizer = torch.optim.Adam(
-        detector.generator_parameters(), lr=train_config.learning_rate, betas=betas
-    )
-    discriminator_optimizer = None
-    if detector.discriminator is not None:
-        discriminator_optimizer = torch.optim.Adam(
-            detector.discriminator.parameters(), lr=train_config.learning_rate, betas=betas
-        )
-    if state is not None:
-        generator_optimizer.load_state_dict(state.generator_optimizer)
-        if discriminator_optimizer is not None and state.discriminator_optimizer is not None:
-            discriminator_optimizer.load_state_dict(state.discriminator_optimizer)
-
-    # DDP averages gradients over ranks; each network gets its own wrapper so that the
-    # generator step synchronises U and E only, and the discriminator step D only.
-    generator_module: nn.Module = detector
-    discriminator_module: nn.Module | None = detector.discriminator
-    if context.is_distributed:
-        device_ids = [device.index] if device.type == "cuda" else None
-        generator_module = DistributedDataParallel(GeneratorNetworks(detector), device_ids=device_ids)
-        if detector.discriminator is not None:
-            discriminator_module = DistributedDataParallel(detector.discriminator, device_ids=device_ids)
+    parts = training_parts(detector, train_config, state, context, device)
 
     # Separate streams so that changing the noise level does not change the batch order; each
     # rank draws its own noise.
@@ -365,21 +503,8 @@ def train_detector(
         distributed.rank_seed(train_config.seed + 2, context.rank)
     )
     count = len(images)
-    sampler = None
-    rank_count = count
-    rank_batch_size = min(train_config.batch_size, count)
-    if context.is_distributed:
-        # The global batch is train.batch_size; each rank takes its share of it.
-        sampler = DistributedSampler(range(count), num_replicas=context.world_size, rank=context.rank,
-                                     shuffle=True, seed=train_config.seed + 1, drop_last=False)
-        rank_count = len(sampler)
-        rank_batch_size = min(train_config.batch_size // context.world_size, rank_count)
-        if rank_batch_size < 2:
-            raise ConfigError(
-                f"train.batch_size={train_config.batch_size} over {context.world_size} processes "
-                f"gives {rank_batch_size} film(s) per rank; BatchNorm needs at least 2"
-            )
-    steps_per_epoch = math.ceil(rank_count / rank_batch_size)
+    plan = batch_plan(count, train_config, context)
+    steps_per_epoch = plan.steps_per_epoch
 
     history: list[EpochLog] = []
     first_epoch, first_step, global_step, collapse_streak = 1, 0, 0, 0
@@ -423,9 +548,9 @@ def train_detector(
             save_training_state(state_path, TrainingState(
                 config=config,
                 model_state=detector.state_dict(),
-                generator_optimizer=generator_optimizer.state_dict(),
-                discriminator_optimizer=(None if discriminator_optimizer is None
-                                         else discriminator_optimizer.state_dict()),
+                generator_optimizer=parts.generator_optimizer.state_dict(),
+                discriminator_optimizer=(None if parts.discriminator_optimizer is None
+                                         else parts.discriminator_optimizer.state_dict()),
                 scaler=None,
                 epochs_done=epochs_done,
                 next_step=next_step,
@@ -455,65 +580,25 @@ def train_detector(
             epoch_sums = dict.fromkeys((*LOSS_NAMES, "films"), 0.0)
             epoch_seconds_before = 0.0
         epoch_order_state = order_generator.get_state()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler), dtype=torch.long)  # this rank's share, shuffled
+        if plan.sampler is not None:
+            plan.sampler.set_epoch(epoch)
+            order = torch.tensor(list(plan.sampler), dtype=torch.long)  # this rank's share, shuffled
         else:
             order = torch.randperm(count, generator=order_generator)
         for step in range(start_step, steps_per_epoch):
-            indices = order[step * rank_batch_size:(step + 1) * rank_batch_size]
+            indices = order[step * plan.batch_size:(step + 1) * plan.batch_size]
             # Every rank holds as many films as the others, so all ranks skip the same steps.
             if len(indices) < 2:  # a lone last image would break BatchNorm's batch statistics
                 continue
             clean = images[indices].to(device, non_blocking=True)  # (B, 1, 64, 64)
             noise = torch.randn(clean.shape, generator=noise_generator).to(device) * config.model.input_noise_std
-            with autocast_context(device, precision):
-                output = generator_module(clean + noise)
-                losses = generator_loss(clean, output, detector.discriminator)
-            generator_optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            generator_optimizer.step()
-
-            discriminator_value = torch.zeros((), dtype=torch.float64)
-            collapsed = 0.0
-            if discriminator_module is not None and discriminator_optimizer is not None:
-                with autocast_context(device, precision):
-                    real_logit = discriminator_module(clean).logit.float()  # (B,)
-                    fake_logit = discriminator_module(output.reconstruction.detach()).logit.float()  # (B,)
-                    loss_d = discriminator_loss_from_logits(real_logit, fake_logit)
-                discriminator_optimizer.zero_grad(set_to_none=True)
-                loss_d.backward()
-                discriminator_optimizer.step()
-                discriminator_value = loss_d.detach().double().cpu()
-                fake_probability = torch.sigmoid(fake_logit.detach()).max()
-                collapsed = float(fake_probability < train_config.collapse_threshold)
-
-            # One reduction per step: loss sums weighted by batch size, film count and how many
-            # ranks saw D win outright. A NaN on any rank makes every rank's sum NaN, so all
-            # ranks stop together.
-            local = torch.stack([
-                losses.total.detach().double().cpu(), losses.reconstruction.double().cpu(),
-                losses.adversarial.double().cpu(), losses.latent.double().cpu(),
-                losses.feature.double().cpu(), discriminator_value,
-            ]) * len(indices)
-            reduced = distributed.all_reduce_sum(
-                torch.cat([local, torch.tensor([float(len(indices)), collapsed], dtype=torch.float64)]),
-                context,
-            )
-            films = float(reduced[len(LOSS_NAMES)])
-            values = {name: float(reduced[index]) / films for index, name in enumerate(LOSS_NAMES)}
+            result = train_step(parts, detector, generator_loss, clean, clean + noise, precision=precision,
+                                collapse_threshold=train_config.collapse_threshold, context=context)
+            values, films = result.losses, result.films
             global_step += 1
-            if not all(math.isfinite(value) for value in values.values()):
-                stop_run(run_log, "diverged", state_path,
-                         f"non-finite loss at epoch {epoch}, step {step + 1}: {values}",
-                         epoch=epoch, step=step + 1, losses=values)
-            collapse_streak = collapse_streak + 1 if reduced[-1] >= context.world_size - 0.5 else 0
-            if discriminator_module is not None and 0 < train_config.collapse_patience_steps <= collapse_streak:
-                stop_run(run_log, "collapsed", state_path,
-                         f"the discriminator won outright: D(x') < {train_config.collapse_threshold} "
-                         f"for every film of {collapse_streak} consecutive batches (epoch {epoch}, "
-                         f"step {step + 1}); lower the learning rate or the adversarial weight",
-                         epoch=epoch, step=step + 1, streak=collapse_streak)
+            collapse_streak = guard_step(result, collapse_streak, epoch, step + 1, train_config=train_config,
+                                         has_discriminator=parts.discriminator_module is not None,
+                                         run_log=run_log, state_path=state_path)
             for name, value in values.items():
                 epoch_sums[name] += value * films
             epoch_sums["films"] += films
