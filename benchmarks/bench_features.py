@@ -14,8 +14,8 @@ What it measures (figures are medians over ``repeats`` unless said otherwise):
   real call (:class:`benchmarks.common.StageClock`). Fitting 5,000 films takes tens of minutes
   here, so it runs once: its figures are one measurement, not a median.
 - **scoring from files**: films/s of the package's own path, decode included:
-  ``load_images`` (its worker pool, no cache) then :func:`cxr_anomaly.scoring.score_films`
-  (its default batch of 64 and precision ``auto``), from 1024 px PNG (``nih_fullres``,
+  ``load_images`` (its decoding threads, no cache) then :func:`cxr_anomaly.scoring.score_films`
+  (the detector's scoring batch for the device and precision ``auto``), from 1024 px PNG (``nih_fullres``,
   replicated) and from DICOM copies of the same films written with pydicom, with the time split
   into decode, preprocessing, backbone, nearest-neighbour search (patch memory bank) and the
   other heads.
@@ -346,7 +346,7 @@ def staged_score(detector: Any, pixels: np.ndarray, **options: Any) -> dict[str,
 
 
 def score_from_files(detector: Any, rows: pd.DataFrame, config: Config) -> tuple[int, dict[str, float]]:
-    """The package's path from files: load_images (its workers, no cache), then score_films."""
+    """The package's path from files: load_images (its decoding threads, no cache), then score_films."""
     started = time.perf_counter()
     pixels = load_images(rows, config.data).pixels
     decode = time.perf_counter() - started
@@ -579,11 +579,14 @@ def run_features_benchmark(*, smoke: bool = False, repeats: int | None = None, f
         calls = backbone_conv_calls(detector, pixels[:settings.score_batch])
         batch = min(settings.score_batch, len(pixels))
         backbone_flops_batch = sum(call.flops for call in calls)
+        library_batch = detector.scoring_batch_size(torch.device("cpu"))  # what score_films uses here
         file_variants = [
             Variant("from 1024 px PNG: load_images + score_films", precision,
-                    lambda: score_from_files(detector, png_rows, config), "decode included", decode_included=True),
+                    lambda: score_from_files(detector, png_rows, config), "decode included", decode_included=True,
+                    batch=library_batch),
             Variant("from DICOM: load_images + score_films", precision,
-                    lambda: score_from_files(detector, dicom_rows, config), "decode included", decode_included=True),
+                    lambda: score_from_files(detector, dicom_rows, config), "decode included", decode_included=True,
+                    batch=library_batch),
         ]
         variants = file_variants + speed_variants(detector, config, pixels, settings, precision, work_dir)
         for variant in variants:  # warm-up: oneDNN primitives (cached by shape), onnxruntime's arenas
