@@ -395,10 +395,10 @@ def grid_variant(detector: Any, grid: int) -> Any:
 
 
 def speed_variants(detector: Any, config: Config, pixels: np.ndarray, settings: Settings, precision: str,
-                   work_dir: Path) -> list[Variant]:
-    """The speed-ups to compare on decoded films (decode excluded)."""
+                   work_dir: Path, library_batch: int) -> list[Variant]:
+    """The speed-ups to compare on decoded films (decode excluded); ``library_batch`` is
+    ``score_films``' own batch here, the detector's ``scoring_batch_size`` on the CPU."""
     batch = settings.score_batch
-    library_batch = detector.scoring_batch_size(torch.device("cpu"))
     naive = copy.deepcopy(detector).to(memory_format=torch.contiguous_format).eval()
     fast = to_channels_last(copy.deepcopy(detector).eval())
     bank = len(detector.patch_bank)
@@ -588,7 +588,8 @@ def run_features_benchmark(*, smoke: bool = False, repeats: int | None = None, f
                     lambda: score_from_files(detector, dicom_rows, config), "decode included", decode_included=True,
                     batch=library_batch),
         ]
-        variants = file_variants + speed_variants(detector, config, pixels, settings, precision, work_dir)
+        variants = file_variants + speed_variants(detector, config, pixels, settings, precision, work_dir,
+                                                  library_batch)
         for variant in variants:  # warm-up: oneDNN primitives (cached by shape), onnxruntime's arenas
             if variant.warm_up and not variant.decode_included:
                 variant.run()

@@ -39,9 +39,9 @@ import pandas as pd
 import torch
 
 from benchmarks.bench_features import DEFAULT_DATA
-from benchmarks.research.features_probe import collections, per_view
+from benchmarks.research.features_probe import collections
 from benchmarks.research.pooled_knn_variants import knn_distance, unit_pooled
-from benchmarks.research.validate_checkpoints import load_features_model, write_rows
+from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
 from cxr_anomaly.baselines import KNNBaseline
 from cxr_anomaly.config import tang2019_config
 from cxr_anomaly.data.dataset import load_images
@@ -51,7 +51,6 @@ from cxr_anomaly.models.features.torch_model import FeatureDetector
 FOLDS = 5
 DRAWS = 3
 SITE_COUNTS = (0, 10, 25, 50, 100, 200, -1)  # -1: every site normal there is
-VALIDATION = ("nih1000_val", "pneu_val")
 TEST = ("nih1000_test", "pneu_test")
 
 
@@ -108,17 +107,6 @@ def draw(pool: np.ndarray, count: int, generator: np.random.Generator) -> np.nda
     if count < 0 or count >= len(pool):
         return pool
     return np.sort(generator.choice(pool, size=count, replace=False))
-
-
-def view_aucs(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame],
-              names: tuple[str, ...]) -> dict[str, float]:
-    """AUC within PA and AP films of each named collection, and the worst of them."""
-    row: dict[str, float] = {}
-    for name in names:
-        aucs = per_view(scores[name], sets[name])
-        row.update({f"{name} PA": aucs["PA"], f"{name} AP": aucs["AP"]})
-    row["worst"] = min(row.values())
-    return row
 
 
 def main() -> None:
@@ -198,15 +186,15 @@ def main() -> None:
         for count in SITE_COUNTS:
             seeds = range(1 if count in (0, -1) else DRAWS)
             record(f"{part}: RSNA bank + {'all' if count < 0 else count} site normals",
-                   [view_aucs(scores_with(count, seed, scored), sets, scored) for seed in seeds])
+                   [view_row(scores_with(count, seed, scored), sets, scored) for seed in seeds])
         for label, options in variants.items():
-            record(f"{part}: {label}", [view_aucs(scores_with(-1, 0, scored, **options), sets, scored)])
+            record(f"{part}: {label}", [view_row(scores_with(-1, 0, scored, **options), sets, scored)])
         for count in (10, 25, 50, 100):
             record(f"{part}: RSNA bank; site films shifted by the mean of {count} site normals",
-                   [view_aucs(scores_with(count, seed, scored, align="mean"), sets, scored) for seed in range(DRAWS)])
+                   [view_row(scores_with(count, seed, scored, align="mean"), sets, scored) for seed in range(DRAWS)])
         for count in (0, -1):
             record(f"{part}: 5-NN pixel distance, 64 px, RSNA {args.rsna_films} + {'all' if count < 0 else count} "
-                   "site normals", [view_aucs(scores_with(count, 0, scored, pixel=True), sets, scored)])
+                   "site normals", [view_row(scores_with(count, 0, scored, pixel=True), sets, scored)])
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
     write_rows(results, args.output)
 

@@ -31,13 +31,14 @@ VALIDATION = ("nih1000_val", "pneu_val")
 VIEWS = ("PA", "AP")
 
 
-def view_row(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> dict[str, float]:
-    """AUC within each view of each validation collection, and the worst of them.
+def view_row(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame],
+             names: tuple[str, ...] = VALIDATION) -> dict[str, float]:
+    """AUC within each view of each named collection (default: :data:`VALIDATION`), and the worst.
 
-    ``scores`` maps each of :data:`VALIDATION` to the scores (N,) of its films, in manifest order.
+    ``scores`` maps each name to the scores (N,) of its films, in manifest order.
     """
     row: dict[str, float] = {}
-    for collection in VALIDATION:
+    for collection in names:
         aucs = per_view(np.asarray(scores[collection]), sets[collection])
         row.update({f"{collection} {view}": aucs[view] for view in VIEWS})
     row["worst"] = min(row.values())
