@@ -30,6 +30,8 @@ from cxr_anomaly.data.dataset import load_images, preprocess_films
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.models.features.backbone import build_backbone
 
+from .lung_field import crop_lung_fields
+
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 logger = logging.getLogger("probe")
 
@@ -66,12 +68,16 @@ PREPROCESSING: dict[str, dict[str, object]] = {
     "crop10+detail64+equalize": {"border_crop": 0.1, "detail_size": 64, "intensity": "equalize"},
     "crop20+detail64+equalize": {"border_crop": 0.2, "detail_size": 64, "intensity": "equalize"},
     "crop20+detail32+equalize": {"border_crop": 0.2, "detail_size": 32, "intensity": "equalize"},
+    # lung_field.crop_lung_fields first, then the rest as named
+    "lung+detail64+equalize": {"detail_size": 64, "intensity": "equalize"},
 }
 
 
 def preprocess(pixels: np.ndarray, prep: str, size: int) -> torch.Tensor:
     """uint8 (N, S, S) -> (N, 3, S, S) in [-1, 1] under a named preprocessing of the package."""
     config = DataConfig(image_size=size, **PREPROCESSING[prep])  # type: ignore[arg-type]
+    if prep.startswith("lung+"):
+        pixels = crop_lung_fields(pixels)
     images = torch.from_numpy(preprocess_films(pixels, config) * 2 - 1)
     return images[:, None].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
