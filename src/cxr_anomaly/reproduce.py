@@ -376,6 +376,115 @@ def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str, seed
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class CellRuns:
+    """The finished cells of one reproduction, by variant, and which were run or reused."""
+
+    cells: dict[str, list[CellResult]]
+    run_names: list[str]
+    skipped_names: list[str]
+
+
+@dataclass
+class BaselineRuns:
+    """The pixel baselines of one reproduction.
+
+    Attributes:
+        test_scores: baseline name -> its scores of the test films, shape (N,).
+        metrics: baseline name -> ``{"test": metrics, "val": metrics}`` (``baselines.json``).
+    """
+
+    test_scores: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, dict[str, object]]]
+
+
+def score_baselines(split: SplitData, config: Config, options: ReproduceOptions, out_dir: Path) -> BaselineRuns:
+    """Fit the pixel baselines on the training normals, score both held-out parts, write ``baselines.json``."""
+    baseline_scores = fit_and_score_baselines(
+        split.train_normals, {"val": split.val_pixels, "test": split.test_pixels}, config.data,
+        pca_components=options.pca_components, neighbours=options.neighbours)
+    metrics: dict[str, dict[str, dict[str, object]]] = {}
+    for name in baseline_scores["test"].scores:
+        metrics[name] = {
+            "test": compute_metrics(split.test_labels, baseline_scores["test"].scores[name],
+                                    views=split.test_views).to_dict(),
+            "val": compute_metrics(split.val_labels, baseline_scores["val"].scores[name]).to_dict(),
+        }
+    (out_dir / "baselines.json").write_text(json.dumps(metrics, indent=2))
+    return BaselineRuns(dict(baseline_scores["test"].scores), metrics)
+
+
+def run_cells(config: Config, split: SplitData, options: ReproduceOptions, out_dir: Path) -> CellRuns:
+    """Train and score every (variant, seed) cell, reusing the finished ones with matching settings."""
+    plan = [(variant, seed) for variant in options.variants for seed in options.seeds]
+    runs = CellRuns({variant: [] for variant in options.variants}, [], [])
+    durations: dict[str, list[float]] = {}
+    for index, (variant, seed) in enumerate(plan, start=1):
+        cell_config = with_overrides(with_overrides(config, "model", variant=variant), "train", seed=seed)
+        name = cell_name(variant, seed)
+        cell_dir = out_dir / "cells" / name
+        finished = load_finished_cell(cell_dir, cell_fingerprint(cell_config, split))
+        if finished is not None:
+            logger.info("cell %d/%d %s: finished earlier, skipped", index, len(plan), name)
+            runs.cells[variant].append(finished)
+            runs.skipped_names.append(name)
+            continue
+        eta = describe_remaining(durations, [remaining for remaining, _ in plan[index - 1:]])
+        logger.info("cell %d/%d %s: training (%s)", index, len(plan), name, eta)
+        result = run_cell(cell_config, split, cell_dir)
+        durations.setdefault(variant, []).append(result.seconds)
+        method = config.score.method
+        logger.info("cell %d/%d %s: %s score: test AUC %s, validation AUC %s (%s)", index, len(plan), name,
+                    method, _fmt(result.test[method]["auc"]), _fmt(result.val[method]["auc"]),
+                    format_duration(result.seconds))
+        runs.cells[variant].append(result)
+        runs.run_names.append(name)
+    return runs
+
+
+def table_header(config: Config, split: SplitData, options: ReproduceOptions) -> str:
+    """The sentence above Table 1: the split, its counts and the settings every cell shares."""
+    return (f"Split {split.fingerprint} ({options.split}, view {options.view or 'all'}): "
+            f"{len(split.train_normals)} training normals, validation "
+            f"{int((split.val_labels == 0).sum())} N + {int((split.val_labels == 1).sum())} A, test "
+            f"{int((split.test_labels == 0).sum())} N + {int((split.test_labels == 1).sum())} A. "
+            f"{config.train.epochs} epochs, {config.model.describe()}, "
+            f"intensity {config.data.intensity}, default score {SCORE_LABELS[config.score.method]}. "
+            f"AUC mean ± sample std over seeds {list(options.seeds)}; each model row is the same "
+            f"trained networks scored by eq. 6 or by the code kNN distance; an ensemble row averages "
+            f"the seeds' scores, each standardised on the validation normals.")
+
+
+def plot_test_roc(config: Config, split: SplitData, options: ReproduceOptions, out_dir: Path,
+                  baseline_test_scores: dict[str, np.ndarray]) -> Path:
+    """``roc.png``: each variant's first seed under both scores, and each baseline, on the test split."""
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    first_seed = options.seeds[0]
+    for variant in options.variants:
+        stored = np.load(out_dir / "cells" / cell_name(variant, first_seed) / "scores.npz")
+        for method in SCORE_METHODS:
+            raw = combine(with_overrides(config, "score", method=method), stored, prefix="test_")
+            curves[f"{variant}, {SCORE_LABELS[method]} (seed {first_seed})"] = (split.test_labels, raw)
+    for name, scores in baseline_test_scores.items():
+        curves[f"{name} (baseline)"] = (split.test_labels, scores)
+    return plot_roc(curves, out_dir / "roc.png", title="ROC on the test split")
+
+
+def plot_figure2(options: ReproduceOptions, out_dir: Path) -> Path:
+    """``figure2.png``: films above their reconstructions, from U+D+E (or the last variant), first seed."""
+    first_seed = options.seeds[0]
+    figure_variant = "u+d+e" if "u+d+e" in options.variants else options.variants[-1]
+    stored = np.load(out_dir / "cells" / cell_name(figure_variant, first_seed) / "scores.npz")
+    figure_groups = [
+        ("training films", stored["figure_train"], stored["figure_train_reconstruction"]),
+        ("normal test films", stored["figure_normal"], stored["figure_normal_reconstruction"]),
+        ("abnormal test films", stored["figure_abnormal"], stored["figure_abnormal_reconstruction"]),
+    ]
+    return reconstruction_grid(figure_groups, out_dir / "figure2.png",
+                               per_row=max(len(group[1]) for group in figure_groups),
+                               title=f"{figure_variant}, seed {first_seed}")
+
+
 def reproduce_job(
     data: list[str | Path],
     out_dir: str | Path,
@@ -411,90 +520,27 @@ def reproduce_job(
                 int((split.val_labels == 1).sum()), int((split.test_labels == 0).sum()),
                 int((split.test_labels == 1).sum()))
 
-    baseline_scores = fit_and_score_baselines(
-        split.train_normals, {"val": split.val_pixels, "test": split.test_pixels}, config.data,
-        pca_components=options.pca_components, neighbours=options.neighbours)
-    baseline_metrics: dict[str, dict[str, dict[str, object]]] = {}
-    for name in baseline_scores["test"].scores:
-        baseline_metrics[name] = {
-            "test": compute_metrics(split.test_labels, baseline_scores["test"].scores[name],
-                                    views=split.test_views).to_dict(),
-            "val": compute_metrics(split.val_labels, baseline_scores["val"].scores[name]).to_dict(),
-        }
-    (out_dir / "baselines.json").write_text(json.dumps(baseline_metrics, indent=2))
-
-    plan = [(variant, seed) for variant in options.variants for seed in options.seeds]
-    cells: dict[str, list[CellResult]] = {variant: [] for variant in options.variants}
-    run_names: list[str] = []
-    skipped_names: list[str] = []
-    durations: dict[str, list[float]] = {}
-    for index, (variant, seed) in enumerate(plan, start=1):
-        cell_config = with_overrides(with_overrides(config, "model", variant=variant), "train", seed=seed)
-        name = cell_name(variant, seed)
-        cell_dir = out_dir / "cells" / name
-        finished = load_finished_cell(cell_dir, cell_fingerprint(cell_config, split))
-        if finished is not None:
-            logger.info("cell %d/%d %s: finished earlier, skipped", index, len(plan), name)
-            cells[variant].append(finished)
-            skipped_names.append(name)
-            continue
-        eta = describe_remaining(durations, [remaining for remaining, _ in plan[index - 1:]])
-        logger.info("cell %d/%d %s: training (%s)", index, len(plan), name, eta)
-        result = run_cell(cell_config, split, cell_dir)
-        durations.setdefault(variant, []).append(result.seconds)
-        method = config.score.method
-        logger.info("cell %d/%d %s: %s score: test AUC %s, validation AUC %s (%s)", index, len(plan), name,
-                    method, _fmt(result.test[method]["auc"]), _fmt(result.val[method]["auc"]),
-                    format_duration(result.seconds))
-        cells[variant].append(result)
-        run_names.append(name)
+    baselines = score_baselines(split, config, options, out_dir)
+    runs = run_cells(config, split, options, out_dir)
 
     ensembles = {}
     if len(options.seeds) > 1:
         for variant in options.variants:
             for method in SCORE_METHODS:
                 ensembles[(variant, method)] = seed_ensemble(config, split, out_dir, variant, options.seeds, method)
-    table = summarise(cells, baseline_metrics, views, ensembles)
+    table = summarise(runs.cells, baselines.metrics, views, ensembles)
     table_csv = out_dir / "table.csv"
     table.to_csv(table_csv, index=False)
-    header = (f"Split {split.fingerprint} ({options.split}, view {options.view or 'all'}): "
-              f"{len(split.train_normals)} training normals, validation "
-              f"{int((split.val_labels == 0).sum())} N + {int((split.val_labels == 1).sum())} A, test "
-              f"{int((split.test_labels == 0).sum())} N + {int((split.test_labels == 1).sum())} A. "
-              f"{config.train.epochs} epochs, {config.model.describe()}, "
-              f"intensity {config.data.intensity}, default score {SCORE_LABELS[config.score.method]}. "
-              f"AUC mean ± sample std over seeds {list(options.seeds)}; each model row is the same "
-              f"trained networks scored by eq. 6 or by the code kNN distance; an ensemble row averages "
-              f"the seeds' scores, each standardised on the validation normals.")
     table_md = out_dir / "table.md"
-    table_md.write_text(render_markdown(table, views, header, options.seeds))
+    table_md.write_text(render_markdown(table, views, table_header(config, split, options), options.seeds))
 
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    first_seed = options.seeds[0]
-    for variant in options.variants:
-        stored = np.load(out_dir / "cells" / cell_name(variant, first_seed) / "scores.npz")
-        for method in SCORE_METHODS:
-            raw = combine(with_overrides(config, "score", method=method), stored, prefix="test_")
-            curves[f"{variant}, {SCORE_LABELS[method]} (seed {first_seed})"] = (split.test_labels, raw)
-    for name in baseline_scores["test"].scores:
-        curves[f"{name} (baseline)"] = (split.test_labels, baseline_scores["test"].scores[name])
-    roc_path = plot_roc(curves, out_dir / "roc.png", title="ROC on the test split")
-
-    figure_variant = "u+d+e" if "u+d+e" in options.variants else options.variants[-1]
-    stored = np.load(out_dir / "cells" / cell_name(figure_variant, first_seed) / "scores.npz")
-    figure_groups = [
-        ("training films", stored["figure_train"], stored["figure_train_reconstruction"]),
-        ("normal test films", stored["figure_normal"], stored["figure_normal_reconstruction"]),
-        ("abnormal test films", stored["figure_abnormal"], stored["figure_abnormal_reconstruction"]),
-    ]
-    figure2_path = reconstruction_grid(figure_groups, out_dir / "figure2.png",
-                                       per_row=max(len(group[1]) for group in figure_groups),
-                                       title=f"{figure_variant}, seed {first_seed}")
+    roc_path = plot_test_roc(config, split, options, out_dir, baselines.test_scores)
+    figure2_path = plot_figure2(options, out_dir)
     seconds = time.perf_counter() - started
     logger.info("reproduce finished in %s: %d cells run, %d reused; %s", format_duration(seconds),
-                len(run_names), len(skipped_names), table_md)
-    return ReproduceOutcome(table, table_md, table_csv, roc_path, figure2_path, run_names,
-                            skipped_names, seconds)
+                len(runs.run_names), len(runs.skipped_names), table_md)
+    return ReproduceOutcome(table, table_md, table_csv, roc_path, figure2_path, runs.run_names,
+                            runs.skipped_names, seconds)
 
 
 def _fmt(value: object) -> str:

@@ -53,6 +53,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..calibration import Calibration
 from ..checkpoint import LoadedModel
 from ..dicom import silence_pydicom
 from ..errors import DecompressionBombError, InputFileError
@@ -353,6 +354,53 @@ def add_error_handlers(app: FastAPI) -> None:
                             status_code=error.status_code, headers=getattr(error, "headers", None))
 
 
+@dataclass(frozen=True)
+class PlacedScore:
+    """A raw score read against the model's operating point (all but ``score`` None without one).
+
+    Attributes:
+        score: the calibrated score (standardised on the calibration normals), or the raw one.
+        kind: ``calibrated`` or ``raw``.
+        percentile: the share of calibration normals scoring below the film.
+        decision: ``flag`` above the stored threshold, else ``normal``.
+        threshold: the stored threshold on the calibrated scale.
+    """
+
+    score: float
+    kind: Literal["calibrated", "raw"]
+    percentile: float | None = None
+    decision: Literal["flag", "normal"] | None = None
+    threshold: float | None = None
+
+
+def place_on_operating_point(raw_score: float, calibration: Calibration | None) -> PlacedScore:
+    """Calibrate one raw score, or pass it through when the model has no operating point."""
+    if calibration is None:
+        return PlacedScore(raw_score, "raw")
+    raw = np.asarray([raw_score])
+    return PlacedScore(float(calibration.standardise(raw)[0]), "calibrated",
+                       percentile=float(calibration.percentile(raw)[0]),
+                       decision="flag" if bool(calibration.flag(raw)[0]) else "normal",
+                       threshold=calibration.threshold)
+
+
+def describe_model(model: LoadedModel | OnnxScorer, model_path: str | Path, version: str,
+                   settings: ServiceSettings) -> ModelResponse:
+    """The body of ``GET /v1/model``: method, detector, versions, operating point and limits."""
+    training = {key: model.training.get(key) for key in
+                ("num_train_images", "num_calibration_images", "calibration_source") if key in model.training}
+    return ModelResponse(
+        model_version=version, package_version=model.package_version, server_version=__version__,
+        method=model.config.method, detector=model.description, image_size=model.config.data.image_size,
+        checkpoint=Path(model_path).name,
+        calibration=None if model.calibration is None else model.calibration.summary(),
+        training=training, auth_required=settings.token is not None,
+        limits={"max_upload_bytes": settings.max_upload_bytes, "max_image_side": settings.max_image_side,
+                "min_image_side": MIN_IMAGE_SIDE, "accepted_formats": list(ACCEPTED_FORMATS),
+                "max_batch_size": settings.max_batch_size},
+    )
+
+
 def create_app(model_path: str | Path, settings: ServiceSettings | None = None, *,
                device: str = "cpu", onnx_threads: int | None = None) -> FastAPI:
     """Build the service for a checkpoint (``model.pt``) or an exported graph (``*.onnx``).
@@ -413,18 +461,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     @app.get("/v1/model", response_model=ModelResponse)
     async def model_info() -> ModelResponse:
         """What is being served: method, detector, versions, operating point and limits."""
-        training = {key: model.training.get(key) for key in
-                    ("num_train_images", "num_calibration_images", "calibration_source") if key in model.training}
-        return ModelResponse(
-            model_version=version, package_version=model.package_version, server_version=__version__,
-            method=model.config.method, detector=model.description, image_size=image_size,
-            checkpoint=Path(model_path).name,
-            calibration=None if model.calibration is None else model.calibration.summary(),
-            training=training, auth_required=settings.token is not None,
-            limits={"max_upload_bytes": settings.max_upload_bytes, "max_image_side": settings.max_image_side,
-                    "min_image_side": MIN_IMAGE_SIDE, "accepted_formats": list(ACCEPTED_FORMATS),
-                    "max_batch_size": settings.max_batch_size},
-        )
+        return describe_model(model, model_path, version, settings)
 
     @app.post("/v1/score", response_model=ScoreResponse, responses={
         **ERROR_RESPONSES, 200: {"content": {"image/png": {}},
@@ -440,15 +477,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         data = await extract_file(request, settings)
         decoded = await asyncio.to_thread(decode_upload, data, settings, image_size)
         result = await scorer.score(decoded.model_input)
-        calibration = model.calibration
-        percentile = decision = threshold = None
-        score_value, score_kind = result.raw, "raw"
-        if calibration is not None:
-            raw = np.asarray([result.raw])
-            score_value, score_kind = float(calibration.standardise(raw)[0]), "calibrated"
-            percentile = float(calibration.percentile(raw)[0])
-            decision = "flag" if bool(calibration.flag(raw)[0]) else "normal"
-            threshold = calibration.threshold
+        placed = place_on_operating_point(result.raw, model.calibration)
         overlay_png = None
         if heatmap or response_format == "png":
             explanation = await asyncio.to_thread(
@@ -458,16 +487,17 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         height, width = decoded.film.shape
         if response_format == "png":
             assert overlay_png is not None  # made above
-            headers = {"X-Score": f"{score_value:.6g}", "X-Score-Raw": f"{result.raw:.6g}",
+            headers = {"X-Score": f"{placed.score:.6g}", "X-Score-Raw": f"{result.raw:.6g}",
                        "X-Model-Version": version}
-            if decision is not None:
-                headers["X-Decision"] = decision
-                headers["X-Percentile"] = f"{percentile:.3f}"
+            if placed.decision is not None:
+                headers["X-Decision"] = placed.decision
+                headers["X-Percentile"] = f"{placed.percentile:.3f}"
             return Response(overlay_png, media_type="image/png", headers=headers)
         return ScoreResponse(
-            score=score_value, score_kind=score_kind, score_raw=result.raw,
+            score=placed.score, score_kind=placed.kind, score_raw=result.raw,
             components=result.components,
-            percentile=percentile, decision=decision, threshold=threshold, model_version=version,
+            percentile=placed.percentile, decision=placed.decision, threshold=placed.threshold,
+            model_version=version,
             package_version=model.package_version, image=ImageInfo(format=decoded.format, width=width, height=height),
             heatmap_png=None if overlay_png is None else base64.b64encode(overlay_png).decode("ascii"),
         )
