@@ -70,6 +70,8 @@ PREPROCESSING: dict[str, dict[str, object]] = {
     "crop20+detail32+equalize": {"border_crop": 0.2, "detail_size": 32, "intensity": "equalize"},
     # lung_field.crop_lung_fields first, then the rest as named
     "lung+detail64+equalize": {"detail_size": 64, "intensity": "equalize"},
+    # the default's preprocessing, then the film mirrored left to right (benchmarks/research/asymmetry.py)
+    "crop20+detail64+equalize+mirror": {"border_crop": 0.2, "detail_size": 64, "intensity": "equalize"},
 }
 
 
@@ -78,7 +80,9 @@ def preprocess(pixels: np.ndarray, prep: str, size: int) -> torch.Tensor:
     config = DataConfig(image_size=size, **PREPROCESSING[prep])  # type: ignore[arg-type]
     if prep.startswith("lung+"):
         pixels = crop_lung_fields(pixels)
-    images = torch.from_numpy(preprocess_films(pixels, config) * 2 - 1)
+    images = torch.from_numpy(preprocess_films(pixels, config) * 2 - 1)  # (N, S, S)
+    if prep.endswith("+mirror"):
+        images = images.flip(-1)
     return images[:, None].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
 
