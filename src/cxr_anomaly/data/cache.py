@@ -298,6 +298,75 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     atomic_write(path, write)
 
 
+@dataclass
+class PathGroups:
+    """The files of one :func:`decode_many` call, each decoded once however often it is listed.
+
+    Attributes:
+        rows_by_key: cache key of a file -> the positions in ``paths`` that name it.
+        path_of_key: cache key -> the first path that named it.
+    """
+
+    rows_by_key: dict[str, list[int]]
+    path_of_key: dict[str, str]
+
+
+def group_paths(paths: list[str], results: list[np.ndarray | InputFileError | None]) -> PathGroups:
+    """Group the paths that still have no result by file; a missing file gets its error in ``results``."""
+    groups = PathGroups({}, {})
+    for row, path in enumerate(paths):
+        if results[row] is not None:
+            continue
+        key = file_key(path)
+        if key is None:
+            results[row] = MissingFileError(path, "file does not exist")
+            continue
+        groups.rows_by_key.setdefault(key, []).append(row)
+        groups.path_of_key.setdefault(key, path)
+    return groups
+
+
+class DecodedFilms:
+    """Takes each decoded outcome into the results and writes the films to the cache in shards.
+
+    A shard is written after ``flush_every`` new films or ``flush_seconds`` since the last one,
+    so a killed run keeps most of what it decoded.
+    """
+
+    def __init__(self, results: list[np.ndarray | InputFileError | None], groups: PathGroups,
+                 cache: PreprocessingCache | None, flush_every: int, flush_seconds: float) -> None:
+        self.results = results
+        self.groups = groups
+        self.cache = cache
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self.decoded = 0  # films (rows of ``paths``) decoded in this call
+        self.pending_keys: list[str] = []
+        self.pending_pixels: list[np.ndarray] = []
+        self.last_flush = time.monotonic()
+
+    def accept(self, key: str, outcome: np.ndarray | InputFileError) -> None:
+        """Give every row naming ``key`` its outcome; queue a decoded film for the cache."""
+        for row in self.groups.rows_by_key[key]:
+            self.results[row] = outcome
+        if isinstance(outcome, np.ndarray):
+            self.decoded += len(self.groups.rows_by_key[key])
+            if self.cache is not None:
+                self.pending_keys.append(key)
+                self.pending_pixels.append(outcome)
+                if (len(self.pending_keys) >= self.flush_every
+                        or time.monotonic() - self.last_flush >= self.flush_seconds):
+                    self.flush()
+
+    def flush(self) -> None:
+        """Write the queued films to the cache as one shard."""
+        if self.cache is not None and self.pending_keys:
+            self.cache.add(list(self.pending_keys), list(self.pending_pixels))
+        self.pending_keys.clear()
+        self.pending_pixels.clear()
+        self.last_flush = time.monotonic()
+
+
 def decode_many(
     paths: list[str],
     data_config: DataConfig,
@@ -334,81 +403,46 @@ def decode_many(
     if npz_rows:
         for row, result in zip(npz_rows, decode_npz_members([paths[r] for r in npz_rows], data_config)):
             results[row] = result
-
-    rows_by_key: dict[str, list[int]] = {}  # duplicate paths are decoded once
-    path_of_key: dict[str, str] = {}
-    for row, path in enumerate(paths):
-        if results[row] is not None:
-            continue
-        key = file_key(path)
-        if key is None:
-            results[row] = MissingFileError(path, "file does not exist")
-            continue
-        rows_by_key.setdefault(key, []).append(row)
-        path_of_key.setdefault(key, path)
+    groups = group_paths(paths, results)
 
     cache = PreprocessingCache(cache_dir, CacheParameters.from_config(data_config)) if cache_dir else None
     reused = 0
     if cache is not None:
-        for key, pixels in cache.get_many(list(rows_by_key)).items():
-            for row in rows_by_key[key]:
+        for key, pixels in cache.get_many(list(groups.rows_by_key)).items():
+            for row in groups.rows_by_key[key]:
                 results[row] = pixels
-            reused += len(rows_by_key[key])
-    missing_keys = [key for key in rows_by_key if results[rows_by_key[key][0]] is None]
+            reused += len(groups.rows_by_key[key])
+    missing_keys = [key for key, rows in groups.rows_by_key.items() if results[rows[0]] is None]
     worker_count = default_workers() if workers is None else max(1, int(workers))
     if len(missing_keys) < serial_below:
         worker_count = 1
-    decoded = 0
 
-    pending_keys: list[str] = []
-    pending_pixels: list[np.ndarray] = []
-    last_flush = time.monotonic()
-
-    def flush() -> None:
-        nonlocal last_flush
-        if cache is not None and pending_keys:
-            cache.add(list(pending_keys), list(pending_pixels))
-        pending_keys.clear()
-        pending_pixels.clear()
-        last_flush = time.monotonic()
-
-    def accept(key: str, outcome: np.ndarray | InputFileError) -> None:
-        nonlocal decoded
-        for row in rows_by_key[key]:
-            results[row] = outcome
-        if isinstance(outcome, np.ndarray):
-            decoded += len(rows_by_key[key])
-            if cache is not None:
-                pending_keys.append(key)
-                pending_pixels.append(outcome)
-                if len(pending_keys) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
-                    flush()
-
+    films = DecodedFilms(results, groups, cache, flush_every, flush_seconds)
     bar = tqdm(total=len(missing_keys), desc="decoding", disable=not progress, unit="img")
     try:
         if worker_count == 1:
             for key in missing_keys:
                 try:
-                    accept(key, decode_file(path_of_key[key], data_config))
+                    films.accept(key, decode_file(groups.path_of_key[key], data_config))
                 except InputFileError as error:
-                    accept(key, error)
+                    films.accept(key, error)
                 bar.update(1)
         else:
-            _decode_in_threads(missing_keys, path_of_key, data_config, worker_count, accept, bar)
+            _decode_in_threads(missing_keys, groups.path_of_key, data_config, worker_count, films.accept, bar)
     finally:
         # Runs on Ctrl-C too: what was decoded is stored before the interrupt propagates.
-        flush()
+        films.flush()
         bar.close()
         if cache is not None:
             cache.compact()
 
     failed = sum(isinstance(result, InputFileError) for result in results)
     if report is not None:
-        report.append(CacheReport(len(paths), reused, decoded, failed, worker_count,
+        report.append(CacheReport(len(paths), reused, films.decoded, failed, worker_count,
                                   time.perf_counter() - started,
                                   time.process_time() - cpu_started))
     logger.info("decoded %d films, reused %d from the cache, %d failed, %d workers",
-                decoded, reused, failed, worker_count)
+                films.decoded, reused, failed, worker_count)
     if any(result is None for result in results):  # a bug here must not pass as a silent drop
         raise RuntimeError("decode_many: internal error, some paths got no result")
     return results  # type: ignore[return-value]
