@@ -584,10 +584,13 @@ class FinishedCells:
     Attributes:
         folder: ``DIR/cells``.
         results: (kind, seed) -> the cell's ``result.json`` values.
+        run, reused: the names of the cells fitted by this run and of those reused.
     """
 
     folder: Path
     results: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    run: list[str] = field(default_factory=list)  # cells fitted by this run
+    reused: list[str] = field(default_factory=list)  # cells finished earlier with the same settings
 
     def scores(self, kind: str, seed: int, collection: FilmSet) -> dict[str, np.ndarray]:
         """The stored arrays of one collection: ``raw``, the components, the figure films' maps."""
@@ -692,6 +695,61 @@ class BenchmarkOutcome:
     seconds: float = 0.0
 
 
+def run_cells(configs: Mapping[str, Config], kinds: Mapping[str, MethodRow], train: FilmSet, calibration: FilmSet,
+              collections: list[FilmSet], folder: Path, options: BenchmarkOptions, *,
+              progress: bool) -> FinishedCells:
+    """Fit and score one cell per kind and seed; a finished cell with the same fingerprint is reused."""
+    plan = [(kind, seed) for kind in kinds for seed in options.seeds]
+    cells = FinishedCells(folder)
+    durations: dict[str, list[float]] = {}
+    for index, (kind, seed) in enumerate(plan, start=1):
+        config = cell_config(configs, kinds[kind], seed)
+        name = f"{kind}-seed{seed}"
+        cell_dir = cells.folder / name
+        fingerprint = cell_fingerprint(config, train, calibration, collections, options.figure_films)
+        required = ["calibration.npz", *[f"scores_{collection.name}.npz" for collection in collections]]
+        finished = read_finished_cell(cell_dir, fingerprint, required)
+        if finished is not None:
+            logger.info("cell %d/%d %s: finished earlier, reused", index, len(plan), name)
+            cells.results[(kind, seed)] = finished
+            cells.reused.append(name)
+            continue
+        logger.info("cell %d/%d %s: fitting on %d normals (%s)", index, len(plan), name, len(train.manifest),
+                    describe_remaining(durations, [remaining for remaining, _ in plan[index - 1:]]))
+        keys = list(dict.fromkeys(score_key(row, config) for row in options.rows if row.kind == kind))
+        cells.results[(kind, seed)] = run_cell(name, config, keys, train, calibration, collections, cell_dir,
+                                               fingerprint, options, progress=progress)
+        durations.setdefault(kind, []).append(cells.results[(kind, seed)]["seconds"])
+        cells.run.append(name)
+    return cells
+
+
+@dataclass(frozen=True)
+class BenchmarkFigures:
+    """The figures of a run: ``roc_<name>.png`` by test collection, and the film grids."""
+
+    roc_paths: dict[str, Path]
+    film_grids: list[Path]
+
+
+def write_figures(collections: list[FilmSet], kinds: Mapping[str, MethodRow], cells: FinishedCells,
+                  configs: Mapping[str, Config], baseline_scores: Mapping[str, BaselineScores], out_dir: Path,
+                  options: BenchmarkOptions) -> BenchmarkFigures:
+    """ROC curves (every method row and baseline) and film grids of each collection, from the first seed."""
+    first_seed = options.seeds[0]
+    figures = BenchmarkFigures({}, [])
+    for collection in collections:
+        curves = {f"{row.spec} (seed {first_seed})": cells.scores(row.kind, first_seed, collection)[score_key(row, configs[row.family])]
+                  for row in options.rows}
+        curves.update({f"{name} (baseline)": values for name, values in baseline_scores[collection.name].scores.items()})
+        figures.roc_paths[collection.name] = write_roc_figure(collection, curves, out_dir / f"roc_{collection.name}.png")
+        for kind, kind_row in kinds.items():
+            figures.film_grids.append(write_film_grid(
+                collection, kind, first_seed, cells, configs[kind_row.family].data,
+                out_dir / f"films_{collection.name}_{kind}-seed{first_seed}.png", options))
+    return figures
+
+
 def benchmark_job(
     train_data: Sequence[str | Path],
     test_data: Mapping[str, str | Path],
@@ -751,30 +809,7 @@ def benchmark_job(
         pca_components=options.pca_components, neighbours=options.neighbours)
 
     # 3. The cells: one fit per kind and seed, reused when finished with the same settings.
-    plan = [(kind, seed) for kind in kinds for seed in options.seeds]
-    cells = FinishedCells(out_dir / "cells")
-    cells_run: list[str] = []
-    cells_reused: list[str] = []
-    durations: dict[str, list[float]] = {}
-    for index, (kind, seed) in enumerate(plan, start=1):
-        config = cell_config(configs, kinds[kind], seed)
-        name = f"{kind}-seed{seed}"
-        cell_dir = cells.folder / name
-        fingerprint = cell_fingerprint(config, train, calibration, collections, options.figure_films)
-        required = ["calibration.npz", *[f"scores_{collection.name}.npz" for collection in collections]]
-        finished = read_finished_cell(cell_dir, fingerprint, required)
-        if finished is not None:
-            logger.info("cell %d/%d %s: finished earlier, reused", index, len(plan), name)
-            cells.results[(kind, seed)] = finished
-            cells_reused.append(name)
-            continue
-        logger.info("cell %d/%d %s: fitting on %d normals (%s)", index, len(plan), name, len(train.manifest),
-                    describe_remaining(durations, [remaining for remaining, _ in plan[index - 1:]]))
-        keys = list(dict.fromkeys(score_key(row, config) for row in rows if row.kind == kind))
-        cells.results[(kind, seed)] = run_cell(name, config, keys, train, calibration, collections, cell_dir,
-                                               fingerprint, options, progress=progress)
-        durations.setdefault(kind, []).append(cells.results[(kind, seed)]["seconds"])
-        cells_run.append(name)
+    cells = run_cells(configs, kinds, train, calibration, collections, out_dir / "cells", options, progress=progress)
 
     # 4. The table.
     table = summarise(table_rows(rows, cells, configs, baseline_scores, collections, options), collections)
@@ -789,19 +824,10 @@ def benchmark_job(
     atomic_write_text(table_md, render_markdown(table, collections, splits, header))
 
     # 5. The figures, from the first seed: ROC curves per view and the film grids.
-    first_seed = options.seeds[0]
-    roc_paths: dict[str, Path] = {}
-    film_grids: list[Path] = []
-    for collection in collections:
-        curves = {f"{row.spec} (seed {first_seed})": cells.scores(row.kind, first_seed, collection)[score_key(row, configs[row.family])]
-                  for row in rows}
-        curves.update({f"{name} (baseline)": values for name, values in baseline_scores[collection.name].scores.items()})
-        roc_paths[collection.name] = write_roc_figure(collection, curves, out_dir / f"roc_{collection.name}.png")
-        for kind, kind_row in kinds.items():
-            film_grids.append(write_film_grid(collection, kind, first_seed, cells, configs[kind_row.family].data,
-                                              out_dir / f"films_{collection.name}_{kind}-seed{first_seed}.png", options))
+    figures = write_figures(collections, kinds, cells, configs, baseline_scores, out_dir, options)
 
     seconds = time.perf_counter() - started
     logger.info("benchmark finished in %s: %d cells run, %d reused; %s", format_duration(seconds),
-                len(cells_run), len(cells_reused), table_md)
-    return BenchmarkOutcome(table, table_csv, table_md, roc_paths, film_grids, cells_run, cells_reused, seconds)
+                len(cells.run), len(cells.reused), table_md)
+    return BenchmarkOutcome(table, table_csv, table_md, figures.roc_paths, figures.film_grids, cells.run,
+                            cells.reused, seconds)
