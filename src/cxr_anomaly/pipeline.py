@@ -459,6 +459,36 @@ def choose_evaluation_rows(manifest: pd.DataFrame, split: str) -> ChosenRows:
     return ChosenRows(rows, split)
 
 
+def plot_evaluation_roc(description: str, labels: np.ndarray, raw: np.ndarray, views: np.ndarray | None,
+                        metrics: Metrics, split: str, path: Path) -> Path:
+    """``roc.png``: the detector over all films, within each view, and the view-only score."""
+    curves = {description: (labels, raw)}
+    if views is not None:
+        view_array = np.asarray(views, dtype=object)
+        for view in metrics.auc_per_view:
+            mask = view_array == view
+            curves[f"{view} films only"] = (labels[mask], raw[mask])
+        curves["view only (AP = 1)"] = (labels, (view_array == "AP").astype(float))
+    return plot_roc(curves, path, title=f"ROC, {split} split")
+
+
+def plot_film_groups(model: LoadedModel, images: LoadedImages, raw: np.ndarray, scored: ScoredTable,
+                     path: Path) -> Path:
+    """``films.png``: normal, abnormal and unlabelled films (all rows, labelled or not) with their heatmaps."""
+    assert scored.anomaly_maps is not None  # the caller scored with keep_maps=True
+    label_column = images.manifest["label"]
+    groups = []
+    for name, mask in (("normal", (label_column == 0).fillna(False).to_numpy(bool)),
+                       ("abnormal", (label_column == 1).fillna(False).to_numpy(bool)),
+                       ("unlabelled", label_column.isna().to_numpy())):
+        if mask.any():
+            groups.append(FilmGroup(name, images.pixels[mask], scored.anomaly_maps[mask], raw[mask],
+                                    None if scored.reconstructions is None else scored.reconstructions[mask]))
+    heat = heatmap_range(model.calibration, model.detector.anomaly_map_scale)
+    return explanation_grid(groups, path, scale=heat.scale, floor=heat.floor,
+                            border_crop=model.config.data.border_crop)
+
+
 def evaluate_job(
     model_path: str | Path,
     data: list[str | Path],
@@ -535,27 +565,9 @@ def evaluate_job(
         summary["bootstrap_95ci"] = intervals.to_dict()
     metrics_path = out_dir / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(summary, indent=2))
-    curves = {model.detector.description: (labels, raw)}
-    if views is not None:
-        view_array = np.asarray(views, dtype=object)
-        for view in metrics.auc_per_view:
-            mask = view_array == view
-            curves[f"{view} films only"] = (labels[mask], raw[mask])
-        curves["view only (AP = 1)"] = (labels, (view_array == "AP").astype(float))
-    roc_path = plot_roc(curves, out_dir / "roc.png", title=f"ROC, {split} split")
-    assert scored.anomaly_maps is not None  # asked for above
-    label_column = images.manifest["label"]
-    groups = []
-    for name, mask in (("normal", (label_column == 0).fillna(False).to_numpy(bool)),
-                       ("abnormal", (label_column == 1).fillna(False).to_numpy(bool)),
-                       ("unlabelled", label_column.isna().to_numpy())):
-        if mask.any():
-            groups.append(FilmGroup(name, images.pixels[mask], scored.anomaly_maps[mask],
-                                    table["score_raw"].to_numpy()[mask],
-                                    None if scored.reconstructions is None else scored.reconstructions[mask]))
-    heat = heatmap_range(model.calibration, model.detector.anomaly_map_scale)
-    grid_path = explanation_grid(groups, out_dir / "films.png", scale=heat.scale, floor=heat.floor,
-                                 border_crop=model.config.data.border_crop)
+    roc_path = plot_evaluation_roc(model.detector.description, labels, raw, views, metrics, split,
+                                   out_dir / "roc.png")
+    grid_path = plot_film_groups(model, images, table["score_raw"].to_numpy(), scored, out_dir / "films.png")
     logger.info("evaluated %d films on split %s: AUC %s", len(table), split,
                 "n/a" if metrics.auc is None else f"{metrics.auc:.3f}")
     return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path, intervals)
