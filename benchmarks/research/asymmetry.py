@@ -53,7 +53,7 @@ from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.torch_model import FeatureDetector
 
 from .features_probe import collections, per_view, pooled
-from .pooled_knn_variants import knn_distance
+from .features_variants import knn
 from .pooled_tta import mirrored
 from .validate_checkpoints import load_features_model, view_row, write_rows
 
@@ -87,11 +87,6 @@ def self_mirror_map(film: np.ndarray) -> np.ndarray:
     return distance_map(left, right)
 
 
-def knn5(train: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Mean cosine distance of each query row (Q, D) to its 5 nearest training rows (M, D)."""
-    return knn_distance(torch.from_numpy(query).double(), torch.from_numpy(train).double(), 5).numpy()
-
-
 def scores_for_stride(work: Path, backbone: str, stride: int) -> dict[str, dict[str, np.ndarray]]:
     """Every asymmetry score of one stride, for every scored set: {score: {set: (N,)}}."""
     train = load_maps(work, backbone, PREP, "rsna", stride)
@@ -110,8 +105,8 @@ def scores_for_stride(work: Path, backbone: str, stride: int) -> dict[str, dict[
         out.setdefault(f"asym_z (s{stride})", {})[name] = ((dmap - mean) / std).mean(axis=1)
         out.setdefault(f"asym_gauss (s{stride})", {})[name] = gaussian.mahalanobis(dmap)
         out.setdefault(f"asym_self_gauss (s{stride})", {})[name] = self_gaussian.mahalanobis(self_mirror_map(film))
-        out.setdefault(f"asym_knn (s{stride})", {})[name] = knn5(
-            train_pooled_diff, np.abs(film - mirror).mean(axis=(2, 3)))
+        out.setdefault(f"asym_knn (s{stride})", {})[name] = knn(
+            train_pooled_diff, np.abs(film - mirror).mean(axis=(2, 3)), 5)
     return out
 
 
@@ -172,7 +167,7 @@ def main() -> None:
     scores: dict[str, dict[str, np.ndarray]] = {}
     train = pooled({"s32": load_maps(args.work, args.backbone, PREP, "rsna", 32)}, [32])
     scores["default: knn5 (s32)"] = {
-        name: knn5(train, pooled({"s32": load_maps(args.work, args.backbone, PREP, name, 32)}, [32]))
+        name: knn(train, pooled({"s32": load_maps(args.work, args.backbone, PREP, name, 32)}, [32]), 5)
         for name in SETS}
     for stride in (32, 16, 8):
         scores.update(scores_for_stride(args.work, args.backbone, stride))

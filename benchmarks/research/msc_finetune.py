@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="Lite0 state_dict file (default: the package's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pack", type=Path, default=None, help="write the films this run reads to DIR and stop")
+    parser.add_argument("--save-embeddings", action="store_true",
+                        help="also write each epoch's pooled features to OUT/embeddings_epochN.npz "
+                             "(for ensembles over seeds: benchmarks/research/msc_seed_ensemble.py)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = MscSettings(**{name: getattr(args, name) for name in asdict(MscSettings())})
@@ -145,8 +148,10 @@ def main() -> None:
 
     def record(epoch: int, loss: float, seconds: float) -> None:
         train = embed_all(backbone, inputs["rsna"])
-        results = evaluate(train, {name: embed_all(backbone, inputs[name]) for name in VALIDATION},
-                           {name: manifests[name] for name in VALIDATION})
+        validation = {name: embed_all(backbone, inputs[name]) for name in VALIDATION}
+        results = evaluate(train, validation, {name: manifests[name] for name in VALIDATION})
+        if args.save_embeddings:
+            np.savez(args.out / f"embeddings_epoch{epoch}.npz", rsna=train, **validation)
         history.append({"epoch": epoch, "loss": loss, "train_seconds": seconds, **results})
         logger.info("epoch %d loss %.4f: knn5 %s | gauss worst %.3f", epoch, loss, results["knn5"],
                     results["gauss"]["worst"])
