@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ManifestError, MissingFileError
-from .manifest import normalise_manifest
+from .table import normalise_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -1,15 +1,7 @@
-"""The manifest table: one row per film, the common currency of every data source.
+"""Manifests from folders, manifest CSVs and npz files: :func:`load_inputs`.
 
-Columns (see :data:`MANIFEST_COLUMNS`):
-
-- ``path``: absolute file path, or ``FILE.npz#SPLIT/INDEX`` for an image inside a MedMNIST npz;
-- ``label``: 0 normal, 1 abnormal, <NA> unknown (nullable integer);
-- ``split``: ``train``, ``val``, ``test`` or <NA>;
-- ``patient_id``: string or <NA>;
-- ``view``: ``PA``, ``AP``, ``LL``... or <NA>.
-
-Sources may add columns of their own (finding labels, age, ...); they are carried along.
-:func:`load_inputs` builds a manifest from a folder, a manifest CSV or an npz.
+The table itself (its columns, :func:`normalise_manifest`) is defined in :mod:`.table` and
+re-exported here.
 """
 
 from __future__ import annotations
@@ -24,13 +16,15 @@ import pandas as pd
 
 from ..errors import ManifestError, MissingFileError
 from ..io import IMAGE_SUFFIXES, sniff_format
+from .kermany import build_kermany_manifest, is_kermany_folder
+from .table import MANIFEST_COLUMNS, SPLIT_ALIASES, SPLITS, empty_manifest, normalise_manifest
+
+__all__ = ["ABNORMAL_FOLDERS", "MANIFEST_COLUMNS", "NORMAL_FOLDERS", "NPZ_SEPARATOR", "SPLITS", "FolderLabel",
+           "empty_manifest", "folder_label", "load_inputs", "looks_like_image", "normalise_manifest",
+           "read_manifest_csv", "read_npz_manifest", "scan_folder"]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id", "view")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}
 # Text labels accepted in manifest CSVs (case-insensitive), e.g. the Kermany copy's NORMAL/PNEUMONIA.
 _LABEL_ALIASES = {"normal": "0", "no finding": "0", "abnormal": "1", "pneumonia": "1"}
 # Other names of the patient column in shipped manifests.
@@ -42,46 +36,6 @@ ABNORMAL_FOLDERS: frozenset[str] = frozenset({"abnormal", "1_abnormal", "pneumon
 # Names other tools read as labels; seeing one is logged, so a user who expected a label knows why.
 _NOT_LABELS = frozenset({"0", "1", "negative", "positive", "no_finding", "opacity"})
 NPZ_SEPARATOR = "#"
-
-
-def empty_manifest() -> pd.DataFrame:
-    """Return a manifest with the standard columns and no rows."""
-    return normalise_manifest(pd.DataFrame({column: [] for column in MANIFEST_COLUMNS}), "<empty>")
-
-
-def normalise_manifest(table: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
-    """Give ``table`` the standard columns and dtypes, validating labels and splits.
-
-    Raises:
-        ManifestError: a label is not 0, 1 or empty, or a split is not train/val/test.
-    """
-    table = table.copy()
-    for column in MANIFEST_COLUMNS:
-        if column not in table.columns:
-            table[column] = pd.NA
-    labels = pd.to_numeric(table["label"].replace("", pd.NA), errors="coerce")
-    bad = table["label"].notna() & (table["label"].astype(str).str.strip() != "") & ~labels.isin([0, 1])
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ManifestError(
-            origin, f"row {row + 1}: label {table['label'].iloc[row]!r} is not 0, 1 or empty"
-        )
-    table["label"] = labels.astype("Int64")
-    splits = table["split"].astype("string").str.strip().str.lower()
-    mapped = splits.map(lambda value: _SPLIT_ALIASES.get(value, "?") if isinstance(value, str) and value else pd.NA)
-    invalid = (mapped == "?").fillna(False).to_numpy(dtype=bool)  # empty splits compare as NA
-    if invalid.any():
-        row = int(np.flatnonzero(invalid)[0])
-        raise ManifestError(
-            origin, f"row {row + 1}: split {table['split'].iloc[row]!r} is not train, val or test"
-        )
-    table["split"] = mapped.astype("string")
-    for column in ("patient_id", "view"):
-        values = table[column].astype("string").str.strip()
-        table[column] = values.mask(values == "")
-    table["path"] = table["path"].astype(str)
-    ordered = list(MANIFEST_COLUMNS) + [c for c in table.columns if c not in MANIFEST_COLUMNS]
-    return table[ordered].reset_index(drop=True)
 
 
 def read_manifest_csv(csv_path: str | Path) -> pd.DataFrame:
@@ -212,7 +166,7 @@ def scan_folder(folder: str | Path) -> pd.DataFrame:
         label = labels[file.parent].label
         split = pd.NA
         for part in parts:
-            split = _SPLIT_ALIASES.get(part.lower(), split)
+            split = SPLIT_ALIASES.get(part.lower(), split)
         rows.append({"path": str(file.resolve()), "label": pd.NA if label is None else label, "split": split})
     if not rows:
         raise ManifestError(folder, "folder holds no image files (.png, .jpg, .jpeg, .dcm, ...)")
@@ -257,7 +211,7 @@ def read_npz_manifest(npz_path: str | Path) -> pd.DataFrame:
             labels_key = f"{split_name}_labels"
             count = archive[key].shape[0]
             labels = archive[labels_key].reshape(count, -1) if labels_key in archive.files else None
-            split = _SPLIT_ALIASES.get(split_name, pd.NA)
+            split = SPLIT_ALIASES.get(split_name, pd.NA)
             for index in range(count):
                 label = pd.NA if labels is None else int(labels[index].any())
                 rows.append({"path": f"{npz_path.resolve()}{NPZ_SEPARATOR}{split_name}/{index}",
@@ -286,8 +240,6 @@ def load_inputs(sources: list[str | Path] | str | Path) -> pd.DataFrame:
             logger.info("reading %s through its manifest.csv", source)
             tables.append(read_manifest_csv(source / "manifest.csv"))
         elif source.is_dir():
-            from .kermany import build_kermany_manifest, is_kermany_folder  # kermany imports this module
-
             tables.append(build_kermany_manifest(source) if is_kermany_folder(source) else scan_folder(source))
         elif source.suffix.lower() == ".csv":
             tables.append(read_manifest_csv(source))
