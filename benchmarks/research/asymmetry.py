@@ -127,7 +127,6 @@ def checkpoint_rows(model_path: Path, manifest: Path, normals: int, stride: int 
     """The default, asym_gauss and their rank mean under a checkpoint, per view of every scored set."""
     model = load_features_model(model_path)
     detector = cast(FeatureDetector, model.detector)
-    torch.manual_seed(0)  # nothing here draws; set so that a later change cannot draw unseeded
     started = time.perf_counter()
     train = load_images(pd.read_csv(manifest).head(normals), model.config.data).pixels
     gaussian = LedoitWolf().fit(checkpoint_distance_maps(detector, train, stride))
