@@ -13,9 +13,10 @@ What it measures (medians of ``--repeats`` runs after one warm-up):
 
 - **decode**: :func:`cxr_anomaly.data.dataset.load_images` of ``--films`` 1024 px PNGs
   (``nih_fullres`` replicated), every core, no cache;
-- **scoring**: :func:`cxr_anomaly.scoring.score_films` on the decoded films (batch 64) in fp32
-  and bf16, split into preprocessing (``model_input``, on the CPU) and the rest (GPU work and
-  copies; each batch's scores are copied to the host, which synchronises);
+- **scoring**: :func:`cxr_anomaly.scoring.score_films` on the decoded films in fp32 and bf16, at
+  the detector's GPU batch (64) and at each other size in ``--batches``, split into
+  preprocessing (``model_input``, on the CPU's threads) and the rest (GPU work and copies; each
+  batch's scores are copied to the host, which synchronises);
 - **the ceiling**: the backbone's forward pass alone on a batch of 64 model inputs already on
   the GPU, channels_last, synchronised: the films/s of a scorer that did nothing else;
 - **from files**: decode and scoring together, as ``cxr-anomaly score`` runs them.
@@ -40,7 +41,7 @@ from benchmarks.bench_features import fullres_paths, replicate, rsna_rows
 from benchmarks.common import StageClock, git_commit, uncommitted_files
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import load_images
-from cxr_anomaly.inference import inference_autocast, to_channels_last
+from cxr_anomaly.inference import inference_autocast, native_bf16, to_channels_last
 from cxr_anomaly.models.registry import fit_detector
 from cxr_anomaly.scoring import score_films
 
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--films", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--batches", type=int, nargs="*", default=[16],
+                        help="scoring batch sizes timed beside the detector's own GPU batch")
     parser.add_argument("--device", default="cuda", help="cuda (the point), or cpu for a smoke test")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -94,6 +97,7 @@ def main() -> None:
     result: dict[str, object] = {
         "commit": git_commit(), "uncommitted": uncommitted_files("src", "benchmarks"),
         "device": torch.cuda.get_device_name() if on_gpu else "cpu", "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "cpu_native_bf16": native_bf16("cpu"),
         "fit_films": args.fit_films, "fit_seconds": fit_seconds, "films": args.films, "repeats": args.repeats,
         "decode_films_per_s": args.films / decode_seconds,
     }
@@ -105,26 +109,29 @@ def main() -> None:
                 detector.backbone(batch)
 
         ceiling_seconds, _ = median_seconds(backbone_only, args.repeats * 5, on_gpu)
-        clock = StageClock()
-
-        def scoring() -> None:
-            score_films(detector, pixels, device=device, precision=precision)
-
-        with clock.watch({"preprocessing": (detector, "model_input")}):
-            score_seconds, _ = median_seconds(scoring, args.repeats, on_gpu)
-        preprocessing = clock.seconds["preprocessing"] / (args.repeats + 1)  # the warm-up ran too
         ceiling = len(batch) / ceiling_seconds
-        scored = args.films / score_seconds
-        from_files = args.films / (decode_seconds + score_seconds)
-        result[precision] = {
-            "ceiling_films_per_s": ceiling, "scoring_films_per_s": scored,
-            "scoring_share_of_ceiling": scored / ceiling,
-            "preprocessing_seconds_share": preprocessing / score_seconds,
-            "from_files_films_per_s": from_files, "from_files_share_of_ceiling": from_files / ceiling,
-        }
-        logger.info("%s: ceiling %.0f films/s, scoring %.0f (%.0f%%; preprocessing %.0f%% of it), "
-                    "from files %.0f films/s", precision, ceiling, scored, 100 * scored / ceiling,
-                    100 * preprocessing / score_seconds, from_files)
+        figures: dict[str, object] = {"ceiling_films_per_s": ceiling}
+        library_batch = detector.scoring_batch_size(device)
+        for batch_size in [library_batch] + sorted(set(args.batches) - {library_batch}):
+            clock = StageClock()
+
+            def scoring() -> None:
+                score_films(detector, pixels, device=device, precision=precision, batch_size=batch_size)
+
+            with clock.watch({"preprocessing": (detector, "model_input")}):
+                score_seconds, _ = median_seconds(scoring, args.repeats, on_gpu)
+            preprocessing = clock.seconds["preprocessing"] / (args.repeats + 1)  # the warm-up ran too
+            scored = args.films / score_seconds
+            from_files = args.films / (decode_seconds + score_seconds)
+            figures[f"batch_{batch_size}"] = {
+                "scoring_films_per_s": scored, "scoring_share_of_ceiling": scored / ceiling,
+                "preprocessing_seconds_share": preprocessing / score_seconds,
+                "from_files_films_per_s": from_files, "from_files_share_of_ceiling": from_files / ceiling,
+            }
+            logger.info("%s, batch %d: ceiling %.0f films/s, scoring %.0f (%.0f%%; preprocessing %.0f%% of it), "
+                        "from files %.0f films/s", precision, batch_size, ceiling, scored, 100 * scored / ceiling,
+                        100 * preprocessing / score_seconds, from_files)
+        result[precision] = figures
     args.output.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
