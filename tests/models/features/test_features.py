@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cxr_anomaly import inference
 from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
 from cxr_anomaly.config import Config, config_from_dict, with_overrides
 from cxr_anomaly.data.dataset import load_images
@@ -24,7 +25,6 @@ from cxr_anomaly.models.features.backbone import (EfficientNetLite, _load_weight
                                                   packaged_weights_path)
 from cxr_anomaly.models.base import DEFAULT_SCORING_BATCH_SIZE
 from cxr_anomaly.models.features.fitting import greedy_coreset
-from cxr_anomaly.models.features.torch_model import CPU_SCORING_BATCH_SIZE
 from cxr_anomaly.models.registry import build_detector, fit_detector
 from cxr_anomaly.scoring import fit_calibration, score_films
 
@@ -128,8 +128,14 @@ def test_fit_stores_banks_and_scores_real_films(fitted: FittedFeatures) -> None:
 
 def test_scoring_batch_is_the_detectors_for_the_device(fitted: FittedFeatures, monkeypatch: pytest.MonkeyPatch) -> None:
     detector = fitted.detector
-    assert detector.scoring_batch_size(torch.device("cpu")) == CPU_SCORING_BATCH_SIZE == 16
     assert detector.scoring_batch_size(torch.device("cuda")) == DEFAULT_SCORING_BATCH_SIZE
+    # 64 on a CPU only with both 16 threads or more and native bf16, where it was measured faster
+    for native, threads, expected in [(False, 2, 16), (True, 8, 16), (False, 16, 16), (True, 16, 64)]:
+        with monkeypatch.context() as patch:
+            patch.setattr(inference, "native_bf16", lambda device, native=native: native)
+            patch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+            assert detector.scoring_batch_size(torch.device("cpu")) == expected, (native, threads)
+    monkeypatch.setattr(inference, "native_bf16", lambda device: False)  # the batches below are the 16 of a CPU
     sizes: list[int] = []
     real_input = detector.model_input
     monkeypatch.setattr(detector, "model_input", lambda pixels: (sizes.append(len(pixels)), real_input(pixels))[1])

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ... import inference
 from ...config import Config
 from ...data.dataset import preprocess_films
 from ..base import AnomalyDetector, AnomalyOutput
@@ -32,10 +33,15 @@ logger = logging.getLogger(__name__)
 COMPONENTS: tuple[str, ...] = ("gaussian", "pooled_knn", "patch_knn")
 
 
-# Scoring batch on a CPU: batch 16 beat 64 in 8 of 9 repeats over three runs of the features
-# benchmark on a 2-core AMD EPYC (medians +8% to +34%; docs/results.md, "Decoding in threads").
-# Elsewhere (a GPU) the base class's larger batch stands: not measured against 16 there.
+# Scoring batch on a CPU (docs/results.md, "Speed of the features detector"). On a 2-core AMD
+# EPYC (fp32) 16 beat 64 in 11 of 12 repeats over four runs of the features benchmark. On a
+# 16-core Xeon with native bf16 (AMX), 16 was also fastest on 2, 4 and 8 threads, in fp32 and bf16,
+# but on all 16 threads in bf16 64 beat it (1.16x, and 1.77x in the features benchmark on a
+# second such machine), while in fp32 there they tied. On a GPU the base class's 64 stands: it
+# beat 16 by 1.7-2.0x on an H100.
 CPU_SCORING_BATCH_SIZE = 16
+MANY_CORE_BF16_SCORING_BATCH_SIZE = 64
+MANY_CORE_THREADS = 16  # the fewest torch threads at which the larger batch was measured faster
 NEAREST_CHUNK = 4096  # query rows per block in nearest_distances: a (4096, M) block, not (Q, M)
 
 
@@ -122,8 +128,14 @@ class FeatureDetector(AnomalyDetector):
         return len(self.pooled_bank) > 0 and len(self.patch_bank) > 0
 
     def scoring_batch_size(self, device: torch.device) -> int:
-        """16 films a pass on a CPU (:data:`CPU_SCORING_BATCH_SIZE`), the base default elsewhere."""
-        return CPU_SCORING_BATCH_SIZE if device.type == "cpu" else super().scoring_batch_size(device)
+        """Films a pass: on a CPU 16 (:data:`CPU_SCORING_BATCH_SIZE`), or 64 where torch has at
+        least :data:`MANY_CORE_THREADS` threads and the CPU computes bf16 natively (where ``auto``
+        precision scores in bf16); the base default (64) on other devices."""
+        if device.type != "cpu":
+            return super().scoring_batch_size(device)
+        if torch.get_num_threads() >= MANY_CORE_THREADS and inference.native_bf16("cpu"):
+            return MANY_CORE_BF16_SCORING_BATCH_SIZE
+        return CPU_SCORING_BATCH_SIZE
 
     @property
     def anomaly_map_scale(self) -> float:
