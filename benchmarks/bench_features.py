@@ -63,7 +63,7 @@ from benchmarks.common import StageClock, git_commit, machine_facts, record_conv
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
-from cxr_anomaly.inference import native_bf16, resolve_precision, to_channels_last
+from cxr_anomaly.inference import inference_autocast, native_bf16, resolve_precision, to_channels_last
 from cxr_anomaly.models.registry import build_detector, fit_detector
 from cxr_anomaly.models.base import DEFAULT_SCORING_BATCH_SIZE
 from cxr_anomaly.scoring import score_films
@@ -355,16 +355,17 @@ def score_from_files(detector: Any, rows: pd.DataFrame, config: Config) -> tuple
     return len(pixels), seconds
 
 
-def manual_score(detector: Any, pixels: np.ndarray, batch: int, inference_mode: bool,
+def manual_score(detector: Any, pixels: np.ndarray, batch: int, inference_mode: bool, precision: str,
                  channels_last_input: bool = False) -> tuple[int, dict[str, float]]:
-    """A hand loop over batches (no output handling), under no_grad or inference_mode."""
+    """A hand loop over batches (no output handling), under no_grad or inference_mode, in ``precision``
+    (bf16 autocast or fp32, as the library scores)."""
     started = time.perf_counter()
     context = torch.inference_mode if inference_mode else torch.no_grad
     for begin in range(0, len(pixels), batch):
         images = detector.model_input(pixels[begin:begin + batch])
         if channels_last_input:
             images = images.contiguous(memory_format=torch.channels_last)
-        with context():
+        with context(), inference_autocast(torch.device("cpu"), precision):
             detector(images)
     return len(pixels), {"total": time.perf_counter() - started}
 
@@ -411,19 +412,20 @@ def speed_variants(detector: Any, config: Config, pixels: np.ndarray, settings: 
         started = time.perf_counter()
         for begin in range(0, len(pixels), batch):
             images = fast.model_input(pixels[begin:begin + batch])
-            with torch.inference_mode():
+            with torch.inference_mode(), inference_autocast(torch.device("cpu"), precision):
                 fast.backbone(images)
         return len(pixels), {"total": time.perf_counter() - started}
 
     variants = [
         Variant("naive: contiguous weights, no_grad", precision,
-                lambda: manual_score(naive, pixels, batch, inference_mode=False)),
+                lambda: manual_score(naive, pixels, batch, inference_mode=False, precision=precision)),
         Variant("channels_last weights, no_grad", precision,
-                lambda: manual_score(fast, pixels, batch, inference_mode=False)),
+                lambda: manual_score(fast, pixels, batch, inference_mode=False, precision=precision)),
         Variant("channels_last weights + inference_mode", precision,
-                lambda: manual_score(fast, pixels, batch, inference_mode=True)),
+                lambda: manual_score(fast, pixels, batch, inference_mode=True, precision=precision)),
         Variant("channels_last weights and input + inference_mode", precision,
-                lambda: manual_score(fast, pixels, batch, inference_mode=True, channels_last_input=True)),
+                lambda: manual_score(fast, pixels, batch, inference_mode=True, precision=precision,
+                                     channels_last_input=True)),
         Variant(f"score_films (library defaults, batch {library_batch})", precision, library(),
                 "channels_last, inference_mode, precision auto", batch=library_batch),
     ]
