@@ -418,6 +418,158 @@ def guard_step(result: StepResult, collapse_streak: int, epoch: int, step: int, 
     return collapse_streak
 
 
+def empty_epoch_sums() -> dict[str, float]:
+    """The loss sums (weighted by films) and the film count of an epoch not yet begun."""
+    return dict.fromkeys((*LOSS_NAMES, "films"), 0.0)
+
+
+@dataclass
+class LoopPosition:
+    """Where the training loop stands: what a training state stores and a resumed run restores.
+
+    Attributes:
+        history: the logs of completed epochs.
+        first_epoch: the epoch the loop starts (or restarts) in, from 1.
+        first_step: the step within ``first_epoch`` it starts at (0 unless resumed mid-epoch).
+        global_step: optimisation steps taken so far.
+        collapse_streak: consecutive steps in which D won outright (the GAN guard's count).
+        seconds_before: training wall time spent by the processes before this one.
+        epoch_sums: the current epoch's loss sums so far (see :func:`empty_epoch_sums`).
+        epoch_seconds_before: the current epoch's wall time before this process took it up.
+    """
+
+    history: list[EpochLog] = field(default_factory=list)
+    first_epoch: int = 1
+    first_step: int = 0
+    global_step: int = 0
+    collapse_streak: int = 0
+    seconds_before: float = 0.0
+    epoch_sums: dict[str, float] = field(default_factory=empty_epoch_sums)
+    epoch_seconds_before: float = 0.0
+
+
+def restore_position(state: TrainingState, order_generator: torch.Generator, noise_generator: torch.Generator,
+                     rank: int) -> LoopPosition:
+    """The loop position of a stored training state; sets both generators to their stored states."""
+    order_generator.set_state(state.order_rng_state)
+    noise_generator.set_state(state.noise_rng_states[rank])
+    mid_epoch = state.next_step > 0
+    return LoopPosition(
+        history=[EpochLog(**log) for log in state.history], first_epoch=state.epochs_done + 1,
+        first_step=state.next_step, global_step=state.global_step, collapse_streak=state.collapse_streak,
+        seconds_before=state.seconds, epoch_sums=dict(state.epoch_sums) if mid_epoch else empty_epoch_sums(),
+        epoch_seconds_before=state.epoch_seconds if mid_epoch else 0.0,
+    )
+
+
+@dataclass
+class StateWriter:
+    """Writes the training state at checkpoints; None as ``path`` keeps nothing on disk.
+
+    Every rank calls :meth:`write`, since the ranks' noise-generator states are gathered; rank 0
+    alone writes the file.
+    """
+
+    path: Path | None
+    config: Config
+    detector: OneClassDetector
+    parts: TrainingParts
+    noise_generator: torch.Generator
+    context: distributed.DistributedContext
+    run_log: RunLog
+    fingerprint: str
+
+    def write(self, position: LoopPosition, *, epochs_done: int, next_step: int, epoch_order_state: torch.Tensor,
+              epoch_sums: dict[str, float], epoch_seconds: float, seconds: float) -> None:
+        """Save the state after ``epochs_done`` epochs and ``next_step`` steps of the next one."""
+        if self.path is None:
+            return
+        check_weights_finite(self.detector, epochs_done, next_step, self.path, self.run_log)
+        noise_states = distributed.all_gather_bytes(self.noise_generator.get_state(), self.context)
+        if self.context.is_main:
+            discriminator_optimizer = self.parts.discriminator_optimizer
+            save_training_state(self.path, TrainingState(
+                config=self.config,
+                model_state=self.detector.state_dict(),
+                generator_optimizer=self.parts.generator_optimizer.state_dict(),
+                discriminator_optimizer=(None if discriminator_optimizer is None
+                                         else discriminator_optimizer.state_dict()),
+                scaler=None,
+                epochs_done=epochs_done,
+                next_step=next_step,
+                global_step=position.global_step,
+                order_rng_state=epoch_order_state,
+                noise_rng_states=noise_states,
+                epoch_sums=epoch_sums,
+                epoch_seconds=epoch_seconds,
+                history=[asdict(log) for log in position.history],
+                collapse_streak=position.collapse_streak,
+                world_size=self.context.world_size,
+                data_fingerprint=self.fingerprint,
+                seconds=seconds,
+            ))
+            self.run_log.record("checkpoint", epochs_done=epochs_done, next_step=next_step,
+                                global_step=position.global_step)
+        distributed.barrier(self.context)
+
+
+def check_training_inputs(config: Config, train_pixels: np.ndarray, resume: bool, run_dir: str | Path | None) -> None:
+    """Refuse what :func:`train_detector` cannot train on (see its Raises)."""
+    if config.method != "tang2019":
+        raise ConfigError(f"method={config.method!r}: this loop trains the tang2019 networks; "
+                          "use models.registry.fit_detector, which picks each family's fitting")
+    if len(train_pixels) == 0:
+        raise NoNormalImagesError("no normal (label 0) training images: nothing to learn from")
+    if len(train_pixels) < 2:
+        raise NoNormalImagesError(
+            f"only {len(train_pixels)} normal training image; BatchNorm needs at least 2"
+        )
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs run_dir, the folder holding training_state.pt")
+
+
+def prepared_detector(config: Config, state: TrainingState | None, device: torch.device,
+                      context: distributed.DistributedContext) -> OneClassDetector:
+    """The networks to train: freshly initialised or the stored state's, on ``device``."""
+    detector = build_detector(config)
+    if state is not None:
+        detector.load_state_dict(state.model_state)
+    detector.to(device, memory_format=torch.channels_last)  # the faster conv layout of oneDNN and cuDNN
+    if config.train.sync_batchnorm:
+        if context.is_distributed:
+            distributed.convert_sync_batchnorm(detector, device)
+        else:
+            logger.info("train.sync_batchnorm has no effect in a single process")
+    return detector
+
+
+@dataclass
+class FinishedDetector:
+    """The trained detector in eval mode, and the largest weight difference between ranks (0 in one process)."""
+
+    detector: OneClassDetector
+    rank_weight_difference: float
+
+
+def finished_detector(detector: OneClassDetector, config: Config, train_pixels: np.ndarray,
+                      device: torch.device, context: distributed.DistributedContext) -> FinishedDetector:
+    """After the last epoch: plain BatchNorm layers again, recalibrated statistics, the normals' codes."""
+    difference = distributed.max_parameter_difference(detector, context)
+    if difference > 0:
+        logger.warning("ranks ended with different weights (largest difference %.3g)", difference)
+    if config.train.sync_batchnorm and context.is_distributed:
+        plain = OneClassDetector(config.model)  # SyncBatchNorm layers back to BatchNorm2d
+        plain.load_state_dict(detector.state_dict())
+        detector = plain.to(device)
+    if config.train.recalibrate_batchnorm:
+        recalibrate_batchnorm(detector, train_pixels, config, device)
+    detector.eval()
+    # The codes of the training normals make the code-space kNN score (score.method="code_knn")
+    # available to every checkpoint, whichever method the config picks.
+    store_normal_codes(detector, train_pixels, config, device=device)
+    return FinishedDetector(detector, difference)
+
+
 def train_detector(
     config: Config,
     train_pixels: np.ndarray,
@@ -450,17 +602,7 @@ def train_detector(
         CheckpointError: the stored training state is unreadable or belongs to other settings,
             other data or another number of processes.
     """
-    if config.method != "tang2019":
-        raise ConfigError(f"method={config.method!r}: this loop trains the tang2019 networks; "
-                          "use models.registry.fit_detector, which picks each family's fitting")
-    if len(train_pixels) == 0:
-        raise NoNormalImagesError("no normal (label 0) training images: nothing to learn from")
-    if len(train_pixels) < 2:
-        raise NoNormalImagesError(
-            f"only {len(train_pixels)} normal training image; BatchNorm needs at least 2"
-        )
-    if resume and run_dir is None:
-        raise ConfigError("resume=True needs run_dir, the folder holding training_state.pt")
+    check_training_inputs(config, train_pixels, resume, run_dir)
     train_config = config.train
     context = distributed.current_context()
     device = distributed.training_device(train_config.device, context)
@@ -481,15 +623,7 @@ def train_detector(
     elif resume:
         logger.info("no training state in %s yet: starting from the beginning", run_path)
 
-    detector = build_detector(config)
-    if state is not None:
-        detector.load_state_dict(state.model_state)
-    detector.to(device, memory_format=torch.channels_last)  # the faster conv layout of oneDNN and cuDNN
-    if train_config.sync_batchnorm:
-        if context.is_distributed:
-            distributed.convert_sync_batchnorm(detector, device)
-        else:
-            logger.info("train.sync_batchnorm has no effect in a single process")
+    detector = prepared_detector(config, state, device, context)
     images = to_model_tensor(train_pixels, config.data)  # (N, H, W) uint8 -> (N, 1, H, W) in [-1, 1]
     if device.type == "cuda":  # the films fit in GPU memory: no host-to-device copy per step
         images = images.to(device)
@@ -505,80 +639,35 @@ def train_detector(
     count = len(images)
     plan = batch_plan(count, train_config, context)
     steps_per_epoch = plan.steps_per_epoch
+    writer = StateWriter(state_path, config, detector, parts, noise_generator, context, run_log, fingerprint)
 
-    history: list[EpochLog] = []
-    first_epoch, first_step, global_step, collapse_streak = 1, 0, 0, 0
-    seconds_before = 0.0
-    epoch_sums = dict.fromkeys((*LOSS_NAMES, "films"), 0.0)
-    epoch_seconds_before = 0.0
+    position = LoopPosition()
     resumed_from = None
     if state is not None:
-        history = [EpochLog(**log) for log in state.history]
-        first_epoch, first_step = state.epochs_done + 1, state.next_step
-        global_step, collapse_streak = state.global_step, state.collapse_streak
-        seconds_before = state.seconds
-        order_generator.set_state(state.order_rng_state)
-        noise_generator.set_state(state.noise_rng_states[context.rank])
-        if first_step > 0:
-            epoch_sums = dict(state.epoch_sums)
-            epoch_seconds_before = state.epoch_seconds
+        position = restore_position(state, order_generator, noise_generator, context.rank)
         resumed_from = (state.epochs_done, state.next_step)
         logger.info("resuming %s after epoch %d, step %d of the next (%d steps done)",
-                    state_path, state.epochs_done, state.next_step, global_step)
+                    state_path, state.epochs_done, state.next_step, position.global_step)
         run_log.record("resume", epochs_done=state.epochs_done, next_step=state.next_step,
-                       global_step=global_step)
+                       global_step=position.global_step)
     else:
         run_log.record("start", epochs=train_config.epochs, images=count, world_size=context.world_size,
-                       precision=precision,
-                       steps_per_epoch=steps_per_epoch)
+                       precision=precision, steps_per_epoch=steps_per_epoch)
     logger.info(
         "training %s on %d normal images, %d epochs of %d steps, on %s (%s), %d process(es)",
         config.model.variant, count, train_config.epochs, steps_per_epoch, device,
         precision, context.world_size,
     )
 
-    def write_state(epochs_done: int, next_step: int, epoch_order_state: torch.Tensor,
-                    sums: dict[str, float], epoch_seconds: float) -> None:
-        """Save the training state (every rank takes part: the noise states are gathered)."""
-        if state_path is None:
-            return
-        check_weights_finite(detector, epochs_done, next_step, state_path, run_log)
-        noise_states = distributed.all_gather_bytes(noise_generator.get_state(), context)
-        if context.is_main:
-            save_training_state(state_path, TrainingState(
-                config=config,
-                model_state=detector.state_dict(),
-                generator_optimizer=parts.generator_optimizer.state_dict(),
-                discriminator_optimizer=(None if parts.discriminator_optimizer is None
-                                         else parts.discriminator_optimizer.state_dict()),
-                scaler=None,
-                epochs_done=epochs_done,
-                next_step=next_step,
-                global_step=global_step,
-                order_rng_state=epoch_order_state,
-                noise_rng_states=noise_states,
-                epoch_sums=sums,
-                epoch_seconds=epoch_seconds,
-                history=[asdict(log) for log in history],
-                collapse_streak=collapse_streak,
-                world_size=context.world_size,
-                data_fingerprint=fingerprint,
-                seconds=seconds_before + time.perf_counter() - started,
-            ))
-            run_log.record("checkpoint", epochs_done=epochs_done, next_step=next_step,
-                           global_step=global_step)
-        distributed.barrier(context)
-
     started = time.perf_counter()
-    bar = tqdm(total=train_config.epochs * steps_per_epoch, initial=global_step, desc="training",
+    bar = tqdm(total=train_config.epochs * steps_per_epoch, initial=position.global_step, desc="training",
                unit="step", disable=not (progress and context.is_main))
-    for epoch in range(first_epoch, train_config.epochs + 1):
+    for epoch in range(position.first_epoch, train_config.epochs + 1):
         detector.train()
         epoch_started = time.perf_counter()
-        start_step = first_step if epoch == first_epoch else 0
+        start_step = position.first_step if epoch == position.first_epoch else 0
         if start_step == 0:
-            epoch_sums = dict.fromkeys((*LOSS_NAMES, "films"), 0.0)
-            epoch_seconds_before = 0.0
+            position.epoch_sums, position.epoch_seconds_before = empty_epoch_sums(), 0.0
         epoch_order_state = order_generator.get_state()
         if plan.sampler is not None:
             plan.sampler.set_epoch(epoch)
@@ -594,59 +683,52 @@ def train_detector(
             noise = torch.randn(clean.shape, generator=noise_generator).to(device) * config.model.input_noise_std
             result = train_step(parts, detector, generator_loss, clean, clean + noise, precision=precision,
                                 collapse_threshold=train_config.collapse_threshold, context=context)
-            values, films = result.losses, result.films
-            global_step += 1
-            collapse_streak = guard_step(result, collapse_streak, epoch, step + 1, train_config=train_config,
-                                         has_discriminator=parts.discriminator_module is not None,
-                                         run_log=run_log, state_path=state_path)
-            for name, value in values.items():
-                epoch_sums[name] += value * films
-            epoch_sums["films"] += films
+            position.global_step += 1
+            position.collapse_streak = guard_step(
+                result, position.collapse_streak, epoch, step + 1, train_config=train_config,
+                has_discriminator=parts.discriminator_module is not None, run_log=run_log, state_path=state_path)
+            for name, value in result.losses.items():
+                position.epoch_sums[name] += value * result.films
+            position.epoch_sums["films"] += result.films
             bar.update(1)
-            bar.set_postfix(epoch=epoch, rec=f"{values['reconstruction']:.4f}")
+            bar.set_postfix(epoch=epoch, rec=f"{result.losses['reconstruction']:.4f}")
             if on_step_end is not None:
-                on_step_end(global_step)
+                on_step_end(position.global_step)
             every = train_config.checkpoint_every_steps
-            if every > 0 and global_step % every == 0 and step + 1 < steps_per_epoch:
-                write_state(epoch - 1, step + 1, epoch_order_state, epoch_sums,
-                            epoch_seconds_before + time.perf_counter() - epoch_started)
+            if every > 0 and position.global_step % every == 0 and step + 1 < steps_per_epoch:
+                now = time.perf_counter()
+                writer.write(position, epochs_done=epoch - 1, next_step=step + 1, epoch_order_state=epoch_order_state,
+                             epoch_sums=position.epoch_sums,
+                             epoch_seconds=position.epoch_seconds_before + now - epoch_started,
+                             seconds=position.seconds_before + now - started)
         # All ranks keep rank 0's BatchNorm running statistics, so every rank holds one model.
         distributed.broadcast_buffers(detector, context)
+        sums = position.epoch_sums
         log = EpochLog(
             epoch=epoch,
-            **{name: epoch_sums[name] / max(epoch_sums["films"], 1.0) for name in LOSS_NAMES},
-            seconds=epoch_seconds_before + time.perf_counter() - epoch_started,
+            **{name: sums[name] / max(sums["films"], 1.0) for name in LOSS_NAMES},
+            seconds=position.epoch_seconds_before + time.perf_counter() - epoch_started,
             images=count,
         )
-        history.append(log)
+        position.history.append(log)
         logger.info(
             "epoch %d/%d: L=%.4f L_R=%.4f L_A=%.4f L_E=%.4f L_F=%.4f L_D=%.4f (%.1fs)",
             epoch, train_config.epochs, log.generator_total, log.reconstruction, log.adversarial,
             log.latent, log.feature, log.discriminator, log.seconds,
         )
-        write_state(epoch, 0, order_generator.get_state(), dict.fromkeys((*LOSS_NAMES, "films"), 0.0), 0.0)
+        writer.write(position, epochs_done=epoch, next_step=0, epoch_order_state=order_generator.get_state(),
+                     epoch_sums=empty_epoch_sums(), epoch_seconds=0.0,
+                     seconds=position.seconds_before + time.perf_counter() - started)
         detector.eval()
         if on_epoch_end is not None:
             on_epoch_end(detector, log)
     bar.close()
-    difference = distributed.max_parameter_difference(detector, context)
-    if difference > 0:
-        logger.warning("ranks ended with different weights (largest difference %.3g)", difference)
-    if train_config.sync_batchnorm and context.is_distributed:
-        plain = OneClassDetector(config.model)  # SyncBatchNorm layers back to BatchNorm2d
-        plain.load_state_dict(detector.state_dict())
-        detector = plain.to(device)
-    if train_config.recalibrate_batchnorm:
-        recalibrate_batchnorm(detector, train_pixels, config, device)
-    detector.eval()
-    # The codes of the training normals make the code-space kNN score (score.method="code_knn")
-    # available to every checkpoint, whichever method the config picks.
-    store_normal_codes(detector, train_pixels, config, device=device)
-    total_seconds = seconds_before + time.perf_counter() - started
-    run_log.record("finished", epochs=train_config.epochs, global_step=global_step,
-                   seconds=total_seconds, rank_weight_difference=difference)
-    return TrainingResult(detector, history, count, total_seconds, context.world_size,
-                          resumed_from, difference, precision)
+    finished = finished_detector(detector, config, train_pixels, device, context)
+    total_seconds = position.seconds_before + time.perf_counter() - started
+    run_log.record("finished", epochs=train_config.epochs, global_step=position.global_step,
+                   seconds=total_seconds, rank_weight_difference=finished.rank_weight_difference)
+    return TrainingResult(finished.detector, position.history, count, total_seconds, context.world_size,
+                          resumed_from, finished.rank_weight_difference, precision)
 
 
 def check_resumable(state: TrainingState, config: Config, fingerprint: str,
