@@ -48,14 +48,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``cxr-anomaly``."""
-    parser = argparse.ArgumentParser(prog="cxr-anomaly", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"cxr-anomaly {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly train``: train a detector on the normal films of a data set."""
     train = commands.add_parser(
         "train", help="train a detector on the normal films of a data set",
         description="Train on the label-0 (normal) films of DATA; abnormal and unlabelled films are "
@@ -89,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "CUDA only) instead of each rank's own batch")
     add_data_options(train)
 
+
+def add_score_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly score``: score films with a trained detector."""
     score = commands.add_parser(
         "score", help="score films with a trained detector",
         description="Score every film of each INPUT (a file, a folder or a manifest) and write a CSV "
@@ -112,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "report (off by default; StudyInstanceUID and SOPInstanceUID are always kept)")
     add_data_options(score)
 
+
+def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly calibrate``: refit a checkpoint's operating point on labelled validation films."""
     calibrate = commands.add_parser(
         "calibrate", help="refit a checkpoint's operating point on labelled validation films",
         description="Score the labelled films of SPLIT and store a new calibration in the checkpoint: "
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="write the updated checkpoint here instead of in place")
     add_data_options(calibrate)
 
+
+def add_serve_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly serve``: run the scoring REST service and web page (FastAPI under uvicorn)."""
     serve = commands.add_parser(
         "serve", help="run the scoring REST service and web page (FastAPI under uvicorn)",
         description="Serve POST /v1/score (PNG, JPEG or DICOM in; score, components, percentile, "
@@ -158,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads for scoring, PyTorch's and onnxruntime's (default: one per core; "
                             "1 is faster when the cores are shared with other busy processes)")
 
+
+def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly evaluate``: measure AUC and draw ROC and reconstruction figures on labelled films."""
     evaluate = commands.add_parser(
         "evaluate", help="measure AUC and draw ROC and reconstruction figures on labelled films",
         description="Score labelled films and write metrics.json (AUC, average precision, counts per "
@@ -174,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "label; e.g. abnormal for NIH's nih_fullres manifest)")
     add_data_options(evaluate)
 
+
+def add_export_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly export``: export a checkpoint's scoring graph to ONNX."""
     export = commands.add_parser(
         "export", help="export a checkpoint's scoring graph to ONNX",
         description="Write the whole scoring graph (model tensor (N, 1, 64, 64) in [-1, 1] -> raw score "
@@ -183,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
     export.add_argument("--out", required=True, type=Path, metavar="ONNX", help="ONNX file to write")
 
+
+def add_split_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly split``: write a patient-disjoint split of a data set as a manifest CSV."""
     split = commands.add_parser(
         "split", help="write a patient-disjoint split of a data set as a manifest CSV",
         description="Re-split INPUT (a manifest CSV, a folder with manifest.csv, a Kermany tree) so that "
@@ -205,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--skip-missing-images", action="store_true",
                        help="with --paper and --images: leave out films absent from --images")
 
+
+def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly reproduce``: the paper's Table 1 and Figure 2 on labelled data, with baselines."""
     reproduce = commands.add_parser(
         "reproduce", help="the paper's Table 1 and Figure 2 on labelled data, with baselines",
         description="Train and score every ablation variant for every seed on one patient-disjoint "
@@ -239,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="training precision: auto (default: bf16 where native), fp32 or bf16")
     add_data_options(reproduce)
 
+
+def add_benchmark_command(commands: argparse._SubParsersAction) -> None:
+    """``cxr-anomaly benchmark``: fit methods on one collection's normals and test them on several, per view."""
     benchmark = commands.add_parser(
         "benchmark", help="fit methods on one collection's normals and test them on several, per view",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -285,6 +303,24 @@ tang2019:u+d, tang2019:u+d+e.""",
     benchmark.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
                            help="resamples of the 95%% bootstrap intervals (default 1000; 0: none)")
     add_data_options(benchmark)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cxr-anomaly``."""
+    parser = argparse.ArgumentParser(prog="cxr-anomaly", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cxr-anomaly {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_command(commands)
+    add_score_command(commands)
+    add_calibrate_command(commands)
+    add_serve_command(commands)
+    add_evaluate_command(commands)
+    add_export_command(commands)
+    add_split_command(commands)
+    add_reproduce_command(commands)
+    add_benchmark_command(commands)
     for name, command in commands.choices.items():  # main() calls the chosen command's handler
         command.set_defaults(handler=HANDLERS[name])
     return parser
