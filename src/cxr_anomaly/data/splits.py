@@ -131,6 +131,61 @@ def _filter_view(manifest: pd.DataFrame, view: str) -> pd.DataFrame:
     return manifest[(manifest["view"].astype("string").str.upper() == view).fillna(False).to_numpy()]
 
 
+def _visiting_order(table: pd.DataFrame, groups: pd.Series, rng: np.random.Generator,
+                    max_images_per_patient: int | None) -> pd.DataFrame:
+    """The films in the order :func:`paper_split` visits them: patients in a random order, each
+    patient's films by label, then in a random order, at most ``max_images_per_patient`` a label.
+
+    Returns a frame indexed by ``table``'s rows with columns rank (the patient's place), label, draw.
+    """
+    unique_groups = np.array(sorted(groups.unique()), dtype=object)
+    patient_rank = pd.Series(rng.permutation(len(unique_groups)), index=unique_groups)
+    # Sorting by a random draw first makes the sort (and so the choice) independent of the
+    # table's own order; the path breaks no ties because draws are distinct.
+    order = pd.DataFrame({
+        "rank": groups.map(patient_rank).to_numpy(),
+        "label": table["label"].astype(int).to_numpy(),
+        "draw": rng.permutation(len(table)),
+    })
+    order = order.sort_values(["rank", "label", "draw"], kind="stable")
+    if max_images_per_patient is not None:
+        order = order[order.groupby(["rank", "label"]).cumcount() < max_images_per_patient]
+    return order
+
+
+def _assign_patients(order: pd.DataFrame, needs: dict[tuple[str, int], int]) -> dict[int, str]:
+    """Give each patient, in ``order``, whole to the first split (test, val, train) that still
+    needs a film of a label the patient has; ``needs`` counts down as films are taken.
+
+    Returns the split of each chosen row of the table.
+    """
+    remaining = sum(needs.values())
+    assigned: dict[int, str] = {}
+    ranks = order["rank"].to_numpy()
+    order_labels = order["label"].to_numpy()
+    order_rows = order.index.to_numpy()
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(ranks)) + 1])  # first row of each patient
+    ends = np.concatenate([starts[1:], [len(ranks)]])
+    for start, end in zip(starts, ends):
+        if remaining == 0:
+            break
+        patient_labels = order_labels[start:end]
+        patient_rows = order_rows[start:end]
+        by_label = {label: patient_rows[patient_labels == label] for label in (0, 1)
+                    if (patient_labels == label).any()}
+        split = next((name for name in ("test", "val", "train")
+                      if any(needs[(name, label)] > 0 for label in by_label)), None)
+        if split is None:
+            continue
+        for label, rows in by_label.items():
+            take = min(needs[(split, label)], len(rows))
+            for row in rows[:take]:
+                assigned[int(row)] = split
+            needs[(split, label)] -= take
+            remaining -= take
+    return assigned
+
+
 def paper_split(
     manifest: pd.DataFrame,
     sizes: PaperSplitSizes,
@@ -167,50 +222,16 @@ def paper_split(
     table = table.sort_values("path", kind="stable").reset_index(drop=True)
     rng = np.random.default_rng(seed)
     groups = patient_groups(table, group_column)
-    unique_groups = np.array(sorted(groups.unique()), dtype=object)
-    patient_rank = pd.Series(rng.permutation(len(unique_groups)), index=unique_groups)
-    # Sorting by a random draw first makes the sort (and so the choice) independent of the
-    # table's own order; the path breaks no ties because draws are distinct.
-    order = pd.DataFrame({
-        "rank": groups.map(patient_rank).to_numpy(),
-        "label": table["label"].astype(int).to_numpy(),
-        "draw": rng.permutation(len(table)),
-    })
-    order = order.sort_values(["rank", "label", "draw"], kind="stable")
-    if max_images_per_patient is not None:
-        order = order[order.groupby(["rank", "label"]).cumcount() < max_images_per_patient]
-
+    order = _visiting_order(table, groups, rng, max_images_per_patient)
     needs = sizes.needs()
+    assigned = _assign_patients(order, needs)  # fills ``needs`` down, as far as the patients allow
     remaining = sum(needs.values())
-    assigned: dict[int, str] = {}
-    ranks = order["rank"].to_numpy()
-    order_labels = order["label"].to_numpy()
-    order_rows = order.index.to_numpy()
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(ranks)) + 1])  # first row of each patient
-    ends = np.concatenate([starts[1:], [len(ranks)]])
-    for start, end in zip(starts, ends):
-        if remaining == 0:
-            break
-        patient_labels = order_labels[start:end]
-        patient_rows = order_rows[start:end]
-        by_label = {label: patient_rows[patient_labels == label] for label in (0, 1)
-                    if (patient_labels == label).any()}
-        split = next((name for name in ("test", "val", "train")
-                      if any(needs[(name, label)] > 0 for label in by_label)), None)
-        if split is None:
-            continue
-        for label, rows in by_label.items():
-            take = min(needs[(split, label)], len(rows))
-            for row in rows[:take]:
-                assigned[int(row)] = split
-            needs[(split, label)] -= take
-            remaining -= take
     if remaining:
         short = {f"{split}/{'abnormal' if label else 'normal'}": count
                  for (split, label), count in needs.items() if count}
         raise ManifestError(
             origin, f"view={view}: not enough patients to fill the split; still missing {short} "
-            f"(from {len(table)} labelled films of {len(unique_groups)} patients, at most "
+            f"(from {len(table)} labelled films of {len(groups.unique())} patients, at most "
             f"{max_images_per_patient} film(s) per patient and label)"
         )
     chosen = table.loc[sorted(assigned)].copy()
