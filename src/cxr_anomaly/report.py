@@ -197,6 +197,27 @@ img{display:block;width:128px;height:auto;image-rendering:auto}
 """
 
 
+def film_row(row: pd.Series, explanation: Explanation, show_reconstruction: bool, extra_columns: list[str]) -> str:
+    """One film's row of the worklist table: its images, scores, decision, file and extra columns."""
+    decision = row.get("decision")
+    decision_cell = (f'<span class="{html.escape(str(decision))}">{html.escape(str(decision))}</span>'
+                     if isinstance(decision, str) else "—")
+    cells = [
+        f"<td>{int(row['rank'])}</td>",
+        f'<td><img alt="film" src="{png_data_uri(explanation.original)}"></td>',
+        *((f'<td><img alt="reconstruction" src="{png_data_uri(explanation.reconstruction)}"></td>',)
+          if show_reconstruction and explanation.reconstruction is not None else ()),
+        f'<td><img alt="heatmap" src="{png_data_uri(explanation.overlay)}"></td>',
+        f"<td>{_format(row.get('score_calibrated'), 2)}</td>",
+        f"<td>{_format(row['score_raw'], 4)}</td>",
+        f"<td>{_format(row.get('percentile'), 1)}</td>",
+        f'<td class="decision">{decision_cell}</td>',
+        f'<td class="path">{html.escape(str(row["path"]))}</td>',
+        *(f"<td>{_format(row[column])}</td>" for column in extra_columns),
+    ]
+    return f'<tr class="film-row">{"".join(cells)}</tr>'
+
+
 def write_html_report(
     path: str | Path,
     ranked: pd.DataFrame,
@@ -230,26 +251,8 @@ def write_html_report(
         "rank", "film", *(("reconstruction",) if show_reconstruction else ()), "heatmap", "score (z)",
         "raw score", "percentile", "decision", "file", *extra_columns))
     floor, scale = (explanations[0].floor, explanations[0].scale) if explanations else (0.0, 1.0)
-    rows = []
-    for (_, row), explanation in zip(ranked.iterrows(), explanations):
-        decision = row.get("decision")
-        decision_cell = (f'<span class="{html.escape(str(decision))}">{html.escape(str(decision))}</span>'
-                         if isinstance(decision, str) else "—")
-        calibrated = row.get("score_calibrated")
-        cells = [
-            f"<td>{int(row['rank'])}</td>",
-            f'<td><img alt="film" src="{png_data_uri(explanation.original)}"></td>',
-            *((f'<td><img alt="reconstruction" src="{png_data_uri(explanation.reconstruction)}"></td>',)
-              if show_reconstruction and explanation.reconstruction is not None else ()),
-            f'<td><img alt="heatmap" src="{png_data_uri(explanation.overlay)}"></td>',
-            f"<td>{_format(calibrated, 2)}</td>",
-            f"<td>{_format(row['score_raw'], 4)}</td>",
-            f"<td>{_format(row.get('percentile'), 1)}</td>",
-            f'<td class="decision">{decision_cell}</td>',
-            f'<td class="path">{html.escape(str(row["path"]))}</td>',
-            *(f"<td>{_format(row[column])}</td>" for column in extra_columns),
-        ]
-        rows.append(f'<tr class="film-row">{"".join(cells)}</tr>')
+    rows = [film_row(row, explanation, show_reconstruction, extra_columns)
+            for (_, row), explanation in zip(ranked.iterrows(), explanations)]
     threshold_text = "—" if summary.threshold is None else f"{summary.threshold:.4g}"
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
