@@ -7,8 +7,10 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -78,6 +80,27 @@ def test_evaluate_writes_metrics_roc_and_grid(trained_checkpoint: Path, small_ma
     assert (tmp_path / "roc.png").stat().st_size > 1000
     assert (tmp_path / "films.png").stat().st_size > 1000
     assert not (tmp_path / "reconstructions.png").exists()
+
+
+def test_evaluate_on_a_dicom_folder_reports_each_view_from_the_headers(
+        trained_checkpoint: Path, small_manifest: Path, tmp_path: Path, dicom_writer: Callable[..., Path]) -> None:
+    # A site's collection as it comes from a PACS: DICOM files in normal/ and abnormal/ folders,
+    # no manifest, the view only in each file's ViewPosition.
+    from PIL import Image
+
+    test = pd.read_csv(small_manifest).query("split == 'test'")
+    for index, row in enumerate(test.itertuples()):
+        folder = tmp_path / "site" / ("abnormal" if row.label else "normal")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.asarray(Image.open(row.path).convert("L"))
+        dicom_writer(pixels, folder / f"IM{index:04d}", study_uid="1.2.3", sop_uid=f"1.2.3.{index}", view=row.view)
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(tmp_path / "site"),
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    expected = test.groupby("view")["label"].agg(lambda labels: {"normal": int((labels == 0).sum()),
+                                                                  "abnormal": int((labels == 1).sum())}).to_dict()
+    assert metrics["num_per_view"] == expected
+    assert set(metrics["auc_per_view"]) == set(expected) and metrics["auc_view_only"] is not None
 
 
 def test_training_on_abnormal_films_only_fails_with_a_clear_error(shared_data: Path, tmp_path: Path,

@@ -129,6 +129,28 @@ def check_pydicom_version(path: str | Path) -> None:
         )
 
 
+def read_view_positions(paths: list[str]) -> list[str | None]:
+    """``ViewPosition`` of each DICOM file (``"PA"``, ``"AP"``, ``"LL"``...), upper-case, read
+    without its pixel data; None where the tag is absent or empty.
+
+    A header that cannot be read gives None and a warning naming the file and the error's type
+    (never its text, which may quote header values); the pixel read reports it in full later.
+    """
+    import pydicom
+
+    silence_pydicom()
+    views: list[str | None] = []
+    for path in paths:
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition"])
+            value = str(dataset.get("ViewPosition", "")).strip().upper()
+        except Exception as error:  # pydicom raises many types for damaged headers
+            logger.warning("cannot read ViewPosition of %s: %s", path, type(error).__name__)
+            value = ""
+        views.append(value or None)
+    return views
+
+
 def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRead:
     """Read a DICOM file as a grey float32 image of shape (rows, columns) in [0, 1].
 

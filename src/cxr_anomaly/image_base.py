@@ -8,6 +8,7 @@ Nothing here needs Pillow or pydicom.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,16 @@ def sniff_format(head: bytes) -> str | None:
     if _starts_with_dicom_element(head):
         return "dicom"
     return None
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when the file's first bytes say DICOM (the extension is not trusted); False for a
+    file that cannot be opened, whose error the reader reports."""
+    try:
+        with Path(path).open("rb") as handle:
+            return sniff_format(handle.read(132)) == "dicom"
+    except OSError:
+        return False
 
 
 # Value representations of DICOM PS3.5 table 6.2-1, as they appear in explicit VR encodings.

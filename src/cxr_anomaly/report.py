@@ -27,7 +27,8 @@ from . import __version__
 from .calibration import Calibration
 from .errors import InputFileError
 from .explain import Explanation, colour_bar, explain_film, png_data_uri
-from .io import read_image, sniff_format
+from .image_base import is_dicom_file
+from .io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,6 @@ THUMBNAIL_SIDE = 192  # pixels of the longer side of each image in the HTML repo
 LINK_TAGS = {"study_instance_uid": "StudyInstanceUID", "sop_instance_uid": "SOPInstanceUID"}
 PATIENT_TAGS = {"patient_name": "PatientName", "patient_id_dicom": "PatientID",
                 "patient_birth_date": "PatientBirthDate"}
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """True when the file's bytes say DICOM (the extension is not trusted)."""
-    try:
-        with Path(path).open("rb") as handle:
-            return sniff_format(handle.read(132)) == "dicom"
-    except OSError:
-        return False
 
 
 def dicom_link_fields(path: str | Path, *, keep_patient_identifiers: bool = False) -> dict[str, str | None]:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_anomaly.data.manifest import load_inputs, read_manifest_csv, scan_folder
+from cxr_anomaly.data.manifest import (fill_views_from_dicom, load_inputs, normalise_manifest, read_manifest_csv,
+                                       scan_folder)
 from cxr_anomaly.errors import ManifestError, MissingFileError
 
 
@@ -128,3 +129,23 @@ def test_folders_naming_two_labels_are_refused(tmp_path: Path, shared_data: Path
     (confused / nih_normal.name).write_bytes(nih_normal.read_bytes())
     with pytest.raises(ManifestError, match="'abnormal', 'normal' name different labels"):
         scan_folder(tmp_path / "root")
+
+
+def test_views_of_dicom_films_come_from_their_headers_where_the_manifest_has_none(
+        tmp_path: Path, shared_data: Path, dicom_writer: Callable[..., Path]) -> None:
+    film = np.zeros((8, 8), np.uint8)
+    paths = [dicom_writer(film, tmp_path / f"{index}.dcm", study_uid="1.2.3", sop_uid=f"1.2.3.{index}", view=view)
+             for index, view in enumerate(["pa ", "AP", None, "LL", "AP"])]
+    png = next((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))
+    table = normalise_manifest(pd.DataFrame({
+        "path": [str(path) for path in paths] + [str(png), str(tmp_path / "absent.dcm")],
+        "label": [0, 1, 0, 1, 0, 0, 1],
+        "view": [None, None, None, None, "PA", None, None],  # the manifest names the last film's view
+    }), "test")
+    filled = fill_views_from_dicom(table)
+    # upper-case and stripped; a manifest's own view wins over the header; PNG, missing file and
+    # a header without the tag stay empty; the input table is left as it was
+    assert filled["view"].fillna("-").tolist() == ["PA", "AP", "-", "LL", "PA", "-", "-"]
+    assert table["view"].isna().sum() == 6
+    only_png = filled.iloc[[5]]
+    assert fill_views_from_dicom(only_png) is only_png  # no DICOM film without a view: nothing read

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 CLASS_FOLDERS: dict[str, int] = {"NORMAL": 0, "PNEUMONIA": 1}
 SPLIT_FOLDERS: dict[str, str] = {"train": "train", "val": "val", "test": "test"}
+# Label folders of other layouts (see cxr_anomaly.data.manifest.folder_label): a tree holding one
+# is not Kermany's, whatever else it holds.
+OTHER_LABEL_FOLDERS: frozenset[str] = frozenset({"ABNORMAL", "0_NORMAL", "1_ABNORMAL"})
 KERMANY_SUFFIXES = (".jpeg", ".jpg", ".png")
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 _NORMAL_SERIES = re.compile(r"^(?:NORMAL(\d+)-)?IM-(\d+)-\d+", re.IGNORECASE)
@@ -57,8 +60,23 @@ def kermany_patient_key(file_name: str) -> str | None:
 
 
 def is_kermany_folder(root: str | Path) -> bool:
-    """Whether ``root`` holds ``NORMAL`` or ``PNEUMONIA`` folders somewhere below it."""
-    return any(path.is_dir() and path.name.upper() in CLASS_FOLDERS for path in Path(root).rglob("*"))
+    """Whether ``root`` is laid out as the Kermany data set, so that :func:`build_kermany_manifest`
+    reads it whole: ``NORMAL`` or ``PNEUMONIA`` folders below it and no other folder named for a
+    label (``abnormal``, ``0_normal``, ``1_abnormal``), every file under them a .jpeg, .jpg or .png,
+    and at least one file name that gives a Kermany patient key.
+
+    Anything else, such as a site's ``normal/`` and ``abnormal/`` folders or DICOM files, is not:
+    :func:`cxr_anomaly.data.manifest.scan_folder` lists every image file of such a folder and
+    leaves none out silently.
+    """
+    directories = [path for path in Path(root).rglob("*") if path.is_dir()]
+    names = {path.name.upper() for path in directories}
+    if not names & set(CLASS_FOLDERS) or names & OTHER_LABEL_FOLDERS:
+        return False
+    files = [file for directory in directories if directory.name.upper() in CLASS_FOLDERS
+             for file in directory.rglob("*") if file.is_file() and not file.name.startswith(".")]
+    return (bool(files) and all(file.suffix.lower() in KERMANY_SUFFIXES for file in files)
+            and any(kermany_patient_key(file.name) is not None for file in files))
 
 
 def build_kermany_manifest(root: str | Path) -> pd.DataFrame:
@@ -76,13 +94,15 @@ def build_kermany_manifest(root: str | Path) -> pd.DataFrame:
     if not root.is_dir():
         raise MissingFileError(root, "Kermany folder does not exist")
     rows = []
-    unmatched = []
+    unmatched: list[str] = []
+    outside: list[str] = []  # images under no class folder: no label, so not listed
     for file in sorted(root.rglob("*")):
         if not file.is_file() or file.suffix.lower() not in KERMANY_SUFFIXES or file.name.startswith("."):
             continue
         parts = file.relative_to(root).parts[:-1]
         classes = [CLASS_FOLDERS[part.upper()] for part in parts if part.upper() in CLASS_FOLDERS]
         if not classes:
+            outside.append(file.name)
             continue
         splits = [SPLIT_FOLDERS[part.lower()] for part in parts if part.lower() in SPLIT_FOLDERS]
         key = kermany_patient_key(file.name)
@@ -101,6 +121,9 @@ def build_kermany_manifest(root: str | Path) -> pd.DataFrame:
         })
     if not rows:
         raise ManifestError(root, "no .jpeg/.jpg/.png image under a NORMAL or PNEUMONIA folder")
+    if outside:
+        logger.warning("%d image file(s) of %s under neither a NORMAL nor a PNEUMONIA folder left out, e.g. %s",
+                       len(outside), root, outside[:5])
     if unmatched:
         logger.warning("%d Kermany file names give no patient key (each kept as its own patient), e.g. %s",
                        len(unmatched), unmatched[:5])

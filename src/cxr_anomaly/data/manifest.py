@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ManifestError, MissingFileError
+from ..dicom import read_view_positions
+from ..image_base import is_dicom_file
 from ..io import IMAGE_SUFFIXES, sniff_format
 from .kermany import build_kermany_manifest, is_kermany_folder
 from .table import MANIFEST_COLUMNS, SPLIT_ALIASES, SPLITS, empty_manifest, normalise_manifest
@@ -252,3 +254,28 @@ def load_inputs(sources: list[str | Path] | str | Path) -> pd.DataFrame:
     if not tables:
         raise ManifestError("<inputs>", "no input given")
     return normalise_manifest(pd.concat(tables, ignore_index=True), "<inputs>")
+
+
+def fill_views_from_dicom(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Fill the empty ``view`` cells of DICOM rows from each file's ``ViewPosition`` header.
+
+    A folder of DICOM films, or a manifest without views, then gets the same per-view AUCs and
+    worklist column as a manifest that names the views. A view the manifest gives is kept, also
+    where the header says otherwise. Rows that are not DICOM files (by their first bytes) or whose
+    header has no ViewPosition keep an empty view. Only headers are read; a missing file is left
+    for the pixel read to report.
+    """
+    missing = np.flatnonzero(manifest["view"].isna().to_numpy())
+    dicom_rows = [row for row in missing if is_dicom_file(str(manifest["path"].iloc[row]))]
+    if not dicom_rows:
+        return manifest
+    views = read_view_positions([str(manifest["path"].iloc[row]) for row in dicom_rows])
+    filled = manifest.copy()
+    column = filled.columns.get_loc("view")
+    for row, view in zip(dicom_rows, views):
+        if view is not None:
+            filled.iat[row, column] = view
+    found = sum(view is not None for view in views)
+    logger.info("view of %d of %d DICOM film(s) without one in the manifest read from ViewPosition: %s",
+                found, len(dicom_rows), dict(Counter(view for view in views if view is not None)))
+    return filled

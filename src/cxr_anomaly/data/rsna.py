@@ -43,6 +43,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ..dicom import read_view_positions
 from ..errors import ManifestError, MissingFileError
 from .manifest import normalise_manifest
 from .nih import attach_image_paths, index_image_files
@@ -141,22 +142,6 @@ def read_rsna_headers(headers_csv: str | Path) -> pd.DataFrame:
     if "PatientSex" in table.columns:
         result["sex"] = table["PatientSex"].str.strip().to_numpy()
     return result[~result.index.duplicated()]
-
-
-def read_view_positions(paths: list[str]) -> list[str | None]:
-    """``ViewPosition`` of each DICOM file, read without its pixel data (None when absent)."""
-    import pydicom
-
-    views: list[str | None] = []
-    for path in paths:
-        try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition"])
-            value = str(dataset.get("ViewPosition", "")).strip().upper()
-        except Exception as error:  # a damaged header is reported when the pixels are read
-            logger.warning("cannot read ViewPosition of %s: %s", path, type(error).__name__)
-            value = ""
-        views.append(value or None)
-    return views
 
 
 def build_rsna_manifest(
