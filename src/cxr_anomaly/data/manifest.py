@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ManifestError, MissingFileError
 from ..dicom import read_view_positions
+from ..errors import ManifestError, MissingFileError
 from ..image_base import is_dicom_file
 from ..io import IMAGE_SUFFIXES, sniff_format
 from .kermany import build_kermany_manifest, is_kermany_folder
