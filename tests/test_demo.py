@@ -116,7 +116,8 @@ def test_report_has_a_table_and_a_verdict_per_collection(tmp_path: Path) -> None
     baselines = {name: fake_metrics(0.5, 0.5, seed=index) for index, name in enumerate(demo.BASELINE_NAMES.values())}
     facts = {"detector": "features (pooled_knn)", "train_data": "rsna_normal224", "num_train": 100,
              "num_calibration": 10, "commit": "abc1234", "machine": "test machine", "seconds": 12.0,
-             "fit_seconds": 3.0, "folders": {"NIH1000 test": demo.folder_name("NIH1000 test")}}
+             "fit_seconds": 3.0, "folders": {"NIH1000 test": demo.folder_name("NIH1000 test")},
+             "copies": {"NIH1000 test": []}}
     path = demo.write_report(tmp_path, {"NIH1000 test": detector}, {"NIH1000 test": baselines}, facts)
     assert path == tmp_path / "report.md"
     text = path.read_text()
@@ -133,6 +134,10 @@ def test_report_has_a_table_and_a_verdict_per_collection(tmp_path: Path) -> None
     assert "Verdict:" in text and "- Against PCA(5) reconstruction, 64 px:" in text
     assert "](eval/nih1000_test/roc" in text and "](eval/nih1000_test/films.png)" in text
     assert "Commit abc1234" in text
+    assert "No film here is a copy of a training film" in text
+    copied = demo.write_report(tmp_path, {"NIH1000 test": detector}, {"NIH1000 test": baselines},
+                               {**facts, "copies": {"NIH1000 test": ["a.png (normal, 0.9990)"]}}).read_text()
+    assert "**1 film(s) here are copies of training films**" in copied and "a.png (normal, 0.9990)" in copied
 
 
 def test_small_helpers() -> None:

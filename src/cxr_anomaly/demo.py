@@ -33,6 +33,7 @@ import pandas as pd
 from .baselines import fit_and_score_baselines
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config, DataConfig, config_differences, preset_config, with_overrides
+from .data.copies import COPY_CORRELATION, FilmCopy, find_copies
 from .data.dataset import load_images
 from .data.manifest import load_inputs
 from .data.splits import split_patients_in_halves
@@ -76,18 +77,22 @@ class BaselineResults:
     Attributes:
         scores: collection -> baseline name -> scores (N,) in the collection's row order.
         metrics: collection -> baseline name -> :meth:`Metrics.to_dict` values.
+        copies: collection -> its films that are copies of training films (:mod:`.data.copies`).
     """
 
     scores: dict[str, dict[str, np.ndarray]]
     metrics: dict[str, dict[str, dict[str, object]]]
+    copies: dict[str, list[FilmCopy]]
 
 
 def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
                      num_resamples: int) -> BaselineResults:
-    """The pixel baselines, fitted on the training normals at 64 px, scored on every test collection."""
+    """The pixel baselines, fitted on the training normals at 64 px, scored on every test collection;
+    and, from the same pixels, the test films that are copies of training films."""
     data_config = DataConfig(image_size=64)
     normals = load_images(train_manifest[train_manifest["label"] == 0], data_config).pixels
     sets = {test.name: load_images(test.manifest, data_config).pixels for test in tests}
+    copies = {name: find_copies(pixels, normals) for name, pixels in sets.items()}
     scored = fit_and_score_baselines(normals, sets, data_config)
     scores: dict[str, dict[str, np.ndarray]] = {}
     metrics: dict[str, dict[str, dict[str, object]]] = {}
@@ -99,7 +104,7 @@ def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
                                   ages=test.manifest["age"].to_numpy() if "age" in test.manifest else None,
                                   num_resamples=num_resamples).to_dict()
             for name, values in scores[test.name].items()}
-    return BaselineResults(scores, metrics)
+    return BaselineResults(scores, metrics, copies)
 
 
 def roc_panels(test: TestCollection, detector_name: str, detector_scores: np.ndarray,
@@ -188,6 +193,25 @@ def verdict(detector: dict[str, object], baselines: dict[str, dict[str, object]]
     return lines
 
 
+def describe_copy(manifest: pd.DataFrame, copy: FilmCopy) -> str:
+    """``file name (normal|abnormal, correlation)`` of a test film that copies a training film."""
+    row = manifest.iloc[copy.film]
+    label = "abnormal" if row["label"] == 1 else "normal"
+    return f"{Path(str(row['path'])).name} ({label}, {copy.correlation:.4f})"
+
+
+def copies_lines(copies: list[str] | None) -> list[str]:
+    """The report's sentence on test films that are copies of training films (none without a check)."""
+    if copies is None:
+        return []
+    rule = (f"same film through another pipeline: signatures correlating at {COPY_CORRELATION} or more, "
+            "see cxr_anomaly.data.copies")
+    if not copies:
+        return [f"No film here is a copy of a training film ({rule}).", ""]
+    return [f"**{len(copies)} film(s) here are copies of training films** ({rule}); a normal one makes the "
+            f"results optimistic: {', '.join(copies)}.", ""]
+
+
 def write_report(out_dir: Path, results: dict[str, dict[str, object]],
                  baselines: dict[str, dict[str, dict[str, object]]], facts: dict[str, object]) -> Path:
     """Write ``report.md``: per test collection a table (detector, baselines, view only) and a verdict."""
@@ -215,6 +239,7 @@ def write_report(out_dir: Path, results: dict[str, dict[str, object]],
             "",
             f"{metrics['num_normal']} normal + {metrics['num_abnormal']} abnormal films ({count_text}).",
             "",
+            *copies_lines(facts.get("copies", {}).get(name)),  # type: ignore[union-attr]
             "| score | overall | PA | AP | view-balanced | PA, adults | AP, adults | score predicts AP |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -322,6 +347,10 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
         detector_scores[test.name] = pd.read_csv(evaluation.scores_path)["score_raw"].to_numpy()
     baselines = baseline_metrics(train_manifest, tests, num_resamples)
     atomic_write_text(out_dir / "baselines.json", json.dumps(baselines.metrics, indent=2))
+    copies = {test.name: [describe_copy(test.manifest, copy) for copy in baselines.copies[test.name]] for test in tests}
+    for name, found in copies.items():
+        if found:
+            logger.warning("%s: %d film(s) are copies of training films: %s", name, len(found), found)
     for test in tests:
         roc_panels(test, "detector", detector_scores[test.name], baselines.scores[test.name],
                    out_dir / "eval" / folders[test.name] / "roc_with_baselines.png")
@@ -330,7 +359,7 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
         "train_data": str(data_root / "rsna_normal224"), "num_train": trained.num_train_images,
         "num_calibration": trained.num_calibration_images, "commit": git_commit(),
         "machine": machine_description(), "seconds": time.perf_counter() - started,
-        "fit_seconds": fit_seconds, "fit_reused": reuse, "folders": folders,
+        "fit_seconds": fit_seconds, "fit_reused": reuse, "folders": folders, "copies": copies,
     }
     return write_report(out_dir, results, baselines.metrics, facts)
 
