@@ -25,6 +25,7 @@ from cxr_anomaly.checkpoint import (
     save_training_state,
 )
 from cxr_anomaly.config import Config, config_to_dict, tang2019_config, with_overrides
+from cxr_anomaly.data.copies import film_signatures, matching_signatures
 from cxr_anomaly.errors import CheckpointError
 from cxr_anomaly.models.tang2019 import OneClassDetector, Tang2019Detector
 from cxr_anomaly.models.tang2019.training import build_detector, train_detector
@@ -72,11 +73,19 @@ def test_round_trip_keeps_weights_config_calibration_and_version(films: np.ndarr
     result = train_detector(config, films)
     detector = Tang2019Detector(config, result.detector).eval()
     calibration = fit_calibration(score_films(detector, films).raw, 0.9)
+    signatures = film_signatures(films)
     path = save_checkpoint(tmp_path / "model.pt", detector, config, calibration=calibration,
-                           training={"note": "round trip", "epochs": [1]})
+                           training={"note": "round trip", "epochs": [1]}, training_signatures=signatures)
 
     loaded = load_checkpoint(path)
     assert loaded.config == config
+    # the training films' signatures come back as int8 (1 KB a film), each film still its own copy
+    assert torch.load(path, weights_only=True)["training_signatures"].dtype == torch.int8
+    assert loaded.training_signatures is not None and loaded.training_signatures.shape == signatures.shape
+    assert np.abs(loaded.training_signatures - signatures).max() < 0.01
+    assert [(copy.film, copy.source) for copy in matching_signatures(signatures, loaded.training_signatures)] == [
+        (index, index) for index in range(len(films))]
+    assert load_checkpoint(save_checkpoint(tmp_path / "bare.pt", detector, config)).training_signatures is None
     assert loaded.package_version == __version__
     assert loaded.calibration == calibration
     assert loaded.training == {"note": "round trip", "epochs": [1]}

@@ -73,6 +73,7 @@ def test_evaluate_writes_metrics_roc_and_grid(trained_checkpoint: Path, small_ma
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["split"] == "test"
     assert (metrics["num_normal"], metrics["num_abnormal"]) == (10, 10)
+    assert metrics["copies_of_training_films"] == []  # the test films are patient-disjoint from training
     assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["average_precision"] <= 1.0
     assert set(metrics["auc_per_view"]) <= {"PA", "AP"} and metrics["auc_per_view"]
     assert metrics["method"] == "features" and metrics["detector"].startswith("features")
@@ -101,6 +102,30 @@ def test_evaluate_on_a_dicom_folder_reports_each_view_from_the_headers(
                                                                   "abnormal": int((labels == 1).sum())}).to_dict()
     assert metrics["num_per_view"] == expected
     assert set(metrics["auc_per_view"]) == set(expected) and metrics["auc_view_only"] is not None
+
+
+def test_evaluate_names_a_test_film_that_is_a_training_film_through_another_pipeline(
+        trained_checkpoint: Path, small_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    from PIL import Image
+
+    table = pd.read_csv(small_manifest)
+    trained_on = Image.open(table.query("split == 'train'")["path"].iloc[3]).convert("L")
+    # another exporter: upscaled, another contrast curve, JPEG
+    larger = np.asarray(trained_on.resize((256, 256), Image.Resampling.LANCZOS)) / 255.0
+    buffer = io.BytesIO()
+    Image.fromarray((255 * larger ** 0.8).astype(np.uint8)).save(buffer, format="JPEG", quality=85)
+    copy = tmp_path / "exported.jpg"
+    copy.write_bytes(buffer.getvalue())
+    test = table.query("split == 'test'")[["path", "label", "view"]]
+    manifest = tmp_path / "with_copy.csv"
+    pd.concat([test, pd.DataFrame({"path": [str(copy)], "label": [0], "view": ["PA"]})]).to_csv(manifest, index=False)
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(manifest),
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["copies_of_training_films"] == [str(copy)]
+    assert "1 evaluated film(s) are copies of training films" in caplog.text and "exported.jpg" in caplog.text
 
 
 def test_training_on_abnormal_films_only_fails_with_a_clear_error(shared_data: Path, tmp_path: Path,

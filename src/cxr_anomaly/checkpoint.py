@@ -25,6 +25,7 @@ import torch
 
 from . import __version__
 from .config import Config, config_to_dict, stored_config_from_dict
+from .data.copies import pack_signatures, unpack_signatures
 from .errors import CheckpointError, ConfigError
 from .io import sniff_format
 from .models.base import AnomalyDetector
@@ -50,6 +51,7 @@ class LoadedModel:
     package_version: str
     training: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    training_signatures: np.ndarray | None = None  # (N, 1024), see data.copies; None in older checkpoints
 
     @property
     def description(self) -> str:
@@ -134,8 +136,14 @@ def save_checkpoint(
     *,
     calibration: Calibration | None = None,
     training: dict[str, Any] | None = None,
+    training_signatures: np.ndarray | None = None,
 ) -> Path:
-    """Write a checkpoint atomically and return its path."""
+    """Write a checkpoint atomically and return its path.
+
+    ``training_signatures`` (:func:`cxr_anomaly.data.copies.film_signatures` of the training
+    films) let ``evaluate`` find test films that are copies of training films; stored as int8,
+    1 KB a film.
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -145,6 +153,7 @@ def save_checkpoint(
         "state_dict": {key: value.detach().cpu() for key, value in detector.state_dict().items()},
         "calibration": None if calibration is None else calibration.to_dict(),
         "training": training or {},
+        "training_signatures": None if training_signatures is None else pack_signatures(training_signatures),
     }
     atomic_torch_save(payload, path)
     logger.info("wrote checkpoint %s", path)
@@ -294,7 +303,16 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
         package_version=str(payload.get("package_version")),
         training=dict(payload.get("training") or {}),
         path=str(path),
+        training_signatures=_training_signatures(payload),
     )
+
+
+def _training_signatures(payload: dict[str, Any]) -> np.ndarray | None:
+    """The stored signatures of the training films; None in checkpoints written without them."""
+    stored = payload.get("training_signatures")
+    if not isinstance(stored, torch.Tensor) or stored.ndim != 2 or stored.dtype != torch.int8:
+        return None
+    return unpack_signatures(stored)
 
 
 def _version_note(payload: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from .calibration import BootstrapIntervals, Calibration, bootstrap_intervals
 from .checkpoint import (LoadedModel, atomic_torch_save, atomic_write_text, load_checkpoint,
                          read_checkpoint_payload, save_checkpoint)
 from .config import Config, config_to_dict
+from .data.copies import film_signatures, matching_signatures
 from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_views_from_dicom, load_inputs
 from .errors import ManifestError, NoNormalImagesError
@@ -244,8 +245,8 @@ def _train_job(
         "skipped_files": len(skipped),
         "data": [str(source) for source in data],
     }
-    checkpoint = save_checkpoint(checkpoint_path, result.detector, config,
-                                 calibration=calibration, training=record)
+    checkpoint = save_checkpoint(checkpoint_path, result.detector, config, calibration=calibration, training=record,
+                                 training_signatures=film_signatures(train_images.pixels))
     # Written atomically too, so that a run killed at any moment leaves no truncated file.
     atomic_write_text(out_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
     atomic_write_text(out_dir / "training_log.json", json.dumps(record, indent=2))
@@ -489,6 +490,22 @@ def plot_film_groups(model: LoadedModel, images: LoadedImages, raw: np.ndarray, 
                             border_crop=model.config.data.border_crop)
 
 
+def copies_of_training_films(model: LoadedModel, images: LoadedImages) -> list[str] | None:
+    """Paths of the evaluated films that are copies of the checkpoint's training films (the same
+    film through another pipeline, :mod:`cxr_anomaly.data.copies`), with a warning naming them;
+    None when the checkpoint holds no training signatures (written by an older version)."""
+    if model.training_signatures is None:
+        logger.info("the checkpoint holds no signatures of its training films: copies of them among the "
+                    "evaluated films are not checked (retrain with this version to check)")
+        return None
+    found = matching_signatures(film_signatures(images.pixels), model.training_signatures)
+    paths = [str(images.manifest["path"].iloc[copy.film]) for copy in found]
+    if paths:
+        logger.warning("%d evaluated film(s) are copies of training films (the same film through another "
+                       "pipeline); a normal one makes the results optimistic: %s", len(paths), paths)
+    return paths
+
+
 def evaluate_job(
     model_path: str | Path,
     data: list[str | Path],
@@ -553,6 +570,7 @@ def evaluate_job(
         "num_images": len(table),
         "num_unlabelled": unlabelled,
         "num_skipped": len(images.skipped),
+        "copies_of_training_films": copies_of_training_films(model, images),
         **metrics.to_dict(),
     }
     intervals = None

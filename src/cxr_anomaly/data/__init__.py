@@ -15,7 +15,9 @@ Modules:
   file-to-file :func:`resplit_manifest`;
 - :mod:`~cxr_anomaly.data.dataset`: :func:`load_images` (pixels of a manifest, bad files raised
   or skipped and reported) and :func:`to_model_tensor`;
-- :mod:`~cxr_anomaly.data.cache`: decoding in threads on all cores and the persistent uint8 cache.
+- :mod:`~cxr_anomaly.data.cache`: decoding in threads on all cores and the persistent uint8 cache;
+- :mod:`~cxr_anomaly.data.copies`: one film in two sets (the same film through two pipelines),
+  found by content.
 
 Submodules are imported on use, so that decoding workers start without torch.
 """
