@@ -10,9 +10,10 @@ duplicates were removed; the same film through two pipelines (another resizer, a
 would not be an exact duplicate. A test film present in the bank would sit at distance ~0 from it
 and inflate a nearest-neighbour detector's AUC if it is normal.
 
-How: every film decoded at 32 px; its pixels replaced by their ranks within the film (so that any
-monotone contrast curve, one pipeline's gamma against another's, changes nothing), centred and
-scaled to unit length; the correlation of each NIH film with its most similar RSNA film. The RSNA films' correlation with their most similar *other*
+How: every film decoded at ``--size`` px (64, what the pixel baselines read) and turned into the
+package's signature (:mod:`cxr_anomaly.data.copies`: 32 px, each pixel's rank within the film, so
+that no monotone contrast curve changes anything, centred, unit length); the correlation of each
+NIH film with its most similar RSNA film. The RSNA films' correlation with their most similar *other*
 RSNA film is the yardstick: two different films of this archive reach that much by chance. A
 film of another collection far above it would be a copy.
 """
@@ -25,10 +26,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 from benchmarks.common import git_commit
 from cxr_anomaly.config import DataConfig
+from cxr_anomaly.data.copies import film_signatures
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 
@@ -37,20 +38,17 @@ QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
 
 def unit_films(manifest_path: Path, size: int) -> tuple[np.ndarray, list[str]]:
-    """Films (N, size²) as ranks within each film, centred and scaled to unit length, and their paths."""
+    """The films' signatures (:func:`cxr_anomaly.data.copies.film_signatures`, from the films
+    decoded at ``size`` px), and their paths."""
     manifest = load_inputs(manifest_path)
-    pixels = load_images(manifest, DataConfig(image_size=size)).pixels.reshape(len(manifest), -1)
-    ranks = rankdata(pixels, axis=1)  # ties share their mean rank
-    ranks -= ranks.mean(axis=1, keepdims=True)
-    ranks /= np.linalg.norm(ranks, axis=1, keepdims=True) + 1e-9
-    return ranks.astype(np.float32), manifest["path"].tolist()
+    return film_signatures(load_images(manifest, DataConfig(image_size=size)).pixels), manifest["path"].tolist()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64, help="decoding size before the signature")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rsna, rsna_paths = unit_films(args.data / "rsna_normal224" / "manifest.csv", args.size)
