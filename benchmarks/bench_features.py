@@ -132,8 +132,10 @@ def replicate(sources: list[Path], count: int, folder: Path, suffix: str) -> pd.
     return pd.DataFrame({"path": paths})
 
 
-def write_dicom(pixels: np.ndarray, path: Path, uid_suffix: int) -> Path:
-    """Save uint8 grey pixels (rows, columns) as an uncompressed 8-bit MONOCHROME2 DICOM film.
+def write_dicom(pixels: np.ndarray, path: Path, uid_suffix: int, *, view: str | None = None,
+                age: str | None = None) -> Path:
+    """Save uint8 grey pixels (rows, columns) as an uncompressed 8-bit MONOCHROME2 DICOM film,
+    with ``ViewPosition`` and ``PatientAge`` (``"042Y"``) when given.
 
     As ``tests/conftest.py``'s ``write_dicom_film`` does, without patient identifiers.
     """
@@ -149,6 +151,10 @@ def write_dicom(pixels: np.ndarray, path: Path, uid_suffix: int) -> Path:
     dataset.SOPClassUID = SecondaryCaptureImageStorage
     dataset.StudyInstanceUID = uid + ".1"
     dataset.Modality = "DX"
+    if view is not None:
+        dataset.ViewPosition = view
+    if age is not None:
+        dataset.PatientAge = age
     dataset.set_pixel_data(np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2",
                            bits_stored=8)
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = uid

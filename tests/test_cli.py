@@ -83,7 +83,7 @@ def test_evaluate_writes_metrics_roc_and_grid(trained_checkpoint: Path, small_ma
     assert not (tmp_path / "reconstructions.png").exists()
 
 
-def test_evaluate_on_a_dicom_folder_reports_each_view_from_the_headers(
+def test_evaluate_on_a_dicom_folder_reports_each_view_and_adults_from_the_headers(
         trained_checkpoint: Path, small_manifest: Path, tmp_path: Path, dicom_writer: Callable[..., Path]) -> None:
     # A site's collection as it comes from a PACS: DICOM files in normal/ and abnormal/ folders,
     # no manifest, the view only in each file's ViewPosition.
@@ -94,7 +94,8 @@ def test_evaluate_on_a_dicom_folder_reports_each_view_from_the_headers(
         folder = tmp_path / "site" / ("abnormal" if row.label else "normal")
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.asarray(Image.open(row.path).convert("L"))
-        dicom_writer(pixels, folder / f"IM{index:04d}", study_uid="1.2.3", sop_uid=f"1.2.3.{index}", view=row.view)
+        dicom_writer(pixels, folder / f"IM{index:04d}", study_uid="1.2.3", sop_uid=f"1.2.3.{index}", view=row.view,
+                     age="015Y" if index == 0 else "040Y")
     assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(tmp_path / "site"),
                  "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -102,6 +103,8 @@ def test_evaluate_on_a_dicom_folder_reports_each_view_from_the_headers(
                                                                   "abnormal": int((labels == 1).sum())}).to_dict()
     assert metrics["num_per_view"] == expected
     assert set(metrics["auc_per_view"]) == set(expected) and metrics["auc_view_only"] is not None
+    # ages from PatientAge: the adults' figures leave out the one film of a 15-year-old
+    assert metrics["adults"]["num_excluded_minors_or_unknown_age"] == 1
 
 
 def test_evaluate_names_a_test_film_that_is_a_training_film_through_another_pipeline(

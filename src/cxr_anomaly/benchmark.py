@@ -55,7 +55,7 @@ from .checkpoint import atomic_write, atomic_write_text
 from .config import FEATURE_SCORES, VARIANTS, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
 from .data.copies import find_copies
 from .data.dataset import OnBadFile, SkippedFile, load_images
-from .data.manifest import fill_views_from_dicom, load_inputs
+from .data.manifest import fill_from_dicom_headers, load_inputs
 from .errors import ConfigError, ManifestError
 from .evaluation import ADULT_AGE, VIEW_ORDER, FilmGroup, Interval, compute_metrics, explanation_grid, plot_roc_panels
 from .inference import resolve_device
@@ -304,7 +304,7 @@ def choose_test_films(name: str, source: Path) -> tuple[pd.DataFrame, str]:
     chosen = choose_evaluation_rows(load_inputs([source]), "auto")
     require_both_classes(chosen.manifest, f"{name}={source}", "label", chosen.split)
     labelled = chosen.manifest[chosen.manifest["label"].notna()]
-    return fill_views_from_dicom(labelled), chosen.split  # per-view AUCs for DICOM films without a view
+    return fill_from_dicom_headers(labelled), chosen.split  # per-view and adult AUCs for DICOM films
 
 
 def warn_on_shared_films(train: FilmSet, collection: FilmSet, data_config: DataConfig) -> None:

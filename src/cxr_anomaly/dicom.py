@@ -48,6 +48,7 @@ import logging
 import math
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,26 +130,57 @@ def check_pydicom_version(path: str | Path) -> None:
         )
 
 
-def read_view_positions(paths: list[str]) -> list[str | None]:
-    """``ViewPosition`` of each DICOM file (``"PA"``, ``"AP"``, ``"LL"``...), upper-case, read
-    without its pixel data; None where the tag is absent or empty.
+@dataclass(frozen=True)
+class FilmHeader:
+    """What a DICOM header says of a film that a manifest may lack.
 
-    A header that cannot be read gives None and a warning naming the file and the error's type
-    (never its text, which may quote header values); the pixel read reports it in full later.
+    Attributes:
+        view: ``ViewPosition`` upper-case (``"PA"``, ``"AP"``, ``"LL"``...), None when absent or empty.
+        age: ``PatientAge`` in years (``"042Y"`` -> 42.0, ``"006M"`` -> 0.5), None when absent or
+            not of the standard's ``nnnD/W/M/Y`` form.
+    """
+
+    view: str | None
+    age: float | None
+
+
+_AGE_UNITS_PER_YEAR = {"Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
+
+
+def parse_patient_age(value: object) -> float | None:
+    """Years from a DICOM Age String (``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY``); None otherwise."""
+    text = str(value or "").strip().upper()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in _AGE_UNITS_PER_YEAR:
+        return None
+    return int(text[:3]) / _AGE_UNITS_PER_YEAR[text[3]]
+
+
+def read_film_headers(paths: list[str]) -> list[FilmHeader]:
+    """``ViewPosition`` and ``PatientAge`` of each DICOM file, read without its pixel data.
+
+    A header that cannot be read gives an empty :class:`FilmHeader` and a warning naming the file
+    and the error's type (never its text, which may quote header values); the pixel read reports
+    it in full later.
     """
     import pydicom
 
     silence_pydicom()
-    views: list[str | None] = []
+    headers: list[FilmHeader] = []
     for path in paths:
         try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition"])
-            value = str(dataset.get("ViewPosition", "")).strip().upper()
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition", "PatientAge"])
         except Exception as error:  # pydicom raises many types for damaged headers
-            logger.warning("cannot read ViewPosition of %s: %s", path, type(error).__name__)
-            value = ""
-        views.append(value or None)
-    return views
+            logger.warning("cannot read the header of %s: %s", path, type(error).__name__)
+            headers.append(FilmHeader(None, None))
+            continue
+        view = str(dataset.get("ViewPosition", "") or "").strip().upper()
+        headers.append(FilmHeader(view or None, parse_patient_age(dataset.get("PatientAge"))))
+    return headers
+
+
+def read_view_positions(paths: list[str]) -> list[str | None]:
+    """``ViewPosition`` of each DICOM file, upper-case, None where absent (see :func:`read_film_headers`)."""
+    return [header.view for header in read_film_headers(paths)]
 
 
 def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRead:

@@ -23,7 +23,7 @@ from .checkpoint import (LoadedModel, atomic_torch_save, atomic_write_text, load
 from .config import Config, config_to_dict
 from .data.copies import film_signatures, matching_signatures
 from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
-from .data.manifest import fill_views_from_dicom, load_inputs
+from .data.manifest import fill_from_dicom_headers, load_inputs
 from .errors import ManifestError, NoNormalImagesError
 from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, plot_roc
 from .inference import resolve_device
@@ -349,7 +349,7 @@ def score_job(
     ``model_path`` is a checkpoint or an exported ONNX graph (:func:`load_scoring_model`).
     """
     model = load_scoring_model(model_path)
-    manifest = fill_views_from_dicom(load_inputs(inputs))  # the worklist's view column
+    manifest = fill_from_dicom_headers(load_inputs(inputs))  # the worklist's view and age columns
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
                          cache_dir=cache_dir, progress=progress)
     out_csv = Path(out_csv)
@@ -541,7 +541,7 @@ def evaluate_job(
     chosen = choose_evaluation_rows(load_inputs(data), split)
     manifest, split = read_label_column(chosen.manifest, label_column, origin), chosen.split
     require_both_classes(manifest, origin, label_column, split)  # before minutes of scoring
-    manifest = fill_views_from_dicom(manifest)  # per-view AUCs for DICOM films the manifest gives no view
+    manifest = fill_from_dicom_headers(manifest)  # per-view and adult AUCs for DICOM films
     unlabelled = int(manifest["label"].isna().sum())
     if unlabelled:
         logger.warning("%d films have no label and are scored but left out of the metrics", unlabelled)

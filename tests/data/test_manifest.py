@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_anomaly.data.manifest import (fill_views_from_dicom, load_inputs, normalise_manifest, read_manifest_csv,
+from cxr_anomaly.data.manifest import (fill_from_dicom_headers, load_inputs, normalise_manifest, read_manifest_csv,
                                        scan_folder)
+from cxr_anomaly.dicom import parse_patient_age
 from cxr_anomaly.errors import ManifestError, MissingFileError
 
 
@@ -131,21 +132,32 @@ def test_folders_naming_two_labels_are_refused(tmp_path: Path, shared_data: Path
         scan_folder(tmp_path / "root")
 
 
-def test_views_of_dicom_films_come_from_their_headers_where_the_manifest_has_none(
+def test_views_and_ages_of_dicom_films_come_from_their_headers_where_the_manifest_has_none(
         tmp_path: Path, shared_data: Path, dicom_writer: Callable[..., Path]) -> None:
     film = np.zeros((8, 8), np.uint8)
-    paths = [dicom_writer(film, tmp_path / f"{index}.dcm", study_uid="1.2.3", sop_uid=f"1.2.3.{index}", view=view)
-             for index, view in enumerate(["pa ", "AP", None, "LL", "AP"])]
+    headers = [("pa ", "042Y"), ("AP", "006M"), (None, None), ("LL", "bad"), ("AP", "070Y")]
+    paths = [dicom_writer(film, tmp_path / f"{index}.dcm", study_uid="1.2.3", sop_uid=f"1.2.3.{index}", view=view,
+                          age=age) for index, (view, age) in enumerate(headers)]
     png = next((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))
     table = normalise_manifest(pd.DataFrame({
         "path": [str(path) for path in paths] + [str(png), str(tmp_path / "absent.dcm")],
         "label": [0, 1, 0, 1, 0, 0, 1],
-        "view": [None, None, None, None, "PA", None, None],  # the manifest names the last film's view
+        "view": [None, None, None, None, "PA", None, None],  # the manifest names the fifth film's view
     }), "test")
-    filled = fill_views_from_dicom(table)
+    filled = fill_from_dicom_headers(table)
     # upper-case and stripped; a manifest's own view wins over the header; PNG, missing file and
     # a header without the tag stay empty; the input table is left as it was
     assert filled["view"].fillna("-").tolist() == ["PA", "AP", "-", "LL", "PA", "-", "-"]
-    assert table["view"].isna().sum() == 6
+    assert filled["age"].fillna(-1).tolist() == [42.0, 0.5, -1, -1, 70.0, -1, -1]
+    assert table["view"].isna().sum() == 6 and "age" not in table
+    # an age the manifest gives is kept
+    with_ages = fill_from_dicom_headers(table.assign(age=[30, None, None, None, None, None, None]))
+    assert with_ages["age"].tolist()[:2] == [30.0, 0.5]
     only_png = filled.iloc[[5]]
-    assert fill_views_from_dicom(only_png) is only_png  # no DICOM film without a view: nothing read
+    assert fill_from_dicom_headers(only_png) is only_png  # no DICOM film lacking a value: nothing read
+
+
+@pytest.mark.parametrize(("value", "years"), [("042Y", 42.0), ("018M", 1.5), ("026W", 0.5), ("365D", 1.0),
+                                               ("42Y", None), ("042", None), ("", None), (None, None)])
+def test_dicom_age_strings(value: object, years: float | None) -> None:
+    assert parse_patient_age(value) == years

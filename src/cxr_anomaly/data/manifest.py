@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..dicom import read_view_positions
+from ..dicom import read_film_headers
 from ..errors import ManifestError, MissingFileError
 from ..image_base import is_dicom_file
 from ..io import IMAGE_SUFFIXES, sniff_format
@@ -256,26 +256,35 @@ def load_inputs(sources: list[str | Path] | str | Path) -> pd.DataFrame:
     return normalise_manifest(pd.concat(tables, ignore_index=True), "<inputs>")
 
 
-def fill_views_from_dicom(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Fill the empty ``view`` cells of DICOM rows from each file's ``ViewPosition`` header.
+def fill_from_dicom_headers(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Fill the empty ``view`` and ``age`` cells of DICOM rows from each file's ``ViewPosition``
+    and ``PatientAge`` headers.
 
-    A folder of DICOM films, or a manifest without views, then gets the same per-view AUCs and
-    worklist column as a manifest that names the views. A view the manifest gives is kept, also
-    where the header says otherwise. Rows that are not DICOM files (by their first bytes) or whose
-    header has no ViewPosition keep an empty view. Only headers are read; a missing file is left
-    for the pixel read to report.
+    A folder of DICOM films, or a manifest without those columns, then gets the same per-view and
+    adult AUCs, and worklist columns, as a manifest that names them. A value the manifest gives is
+    kept, also where the header says otherwise. Rows that are not DICOM files (by their first
+    bytes), or whose header lacks the tag, keep an empty cell. Only headers are read; a missing
+    file is left for the pixel read to report. An ``age`` column is added when the table has none
+    and a header gives an age.
     """
-    missing = np.flatnonzero(manifest["view"].isna().to_numpy())
-    dicom_rows = [row for row in missing if is_dicom_file(str(manifest["path"].iloc[row]))]
+    ages = manifest["age"] if "age" in manifest else pd.Series(pd.NA, index=manifest.index, dtype="Float64")
+    ages = pd.to_numeric(ages, errors="coerce")
+    incomplete = np.flatnonzero((manifest["view"].isna() | ages.isna()).to_numpy())
+    dicom_rows = [row for row in incomplete if is_dicom_file(str(manifest["path"].iloc[row]))]
     if not dicom_rows:
         return manifest
-    views = read_view_positions([str(manifest["path"].iloc[row]) for row in dicom_rows])
+    headers = read_film_headers([str(manifest["path"].iloc[row]) for row in dicom_rows])
     filled = manifest.copy()
-    column = filled.columns.get_loc("view")
-    for row, view in zip(dicom_rows, views):
-        if view is not None:
-            filled.iat[row, column] = view
-    found = sum(view is not None for view in views)
-    logger.info("view of %d of %d DICOM film(s) without one in the manifest read from ViewPosition: %s",
-                found, len(dicom_rows), dict(Counter(view for view in views if view is not None)))
+    views, ages = filled["view"].copy(), ages.astype("Float64")
+    for row, header in zip(dicom_rows, headers):
+        if pd.isna(views.iat[row]) and header.view is not None:
+            views.iat[row] = header.view
+        if pd.isna(ages.iat[row]) and header.age is not None:
+            ages.iat[row] = header.age
+    filled["view"] = views
+    if "age" in filled or ages.notna().any():
+        filled["age"] = ages
+    found_views = Counter(header.view for header in headers if header.view is not None)
+    logger.info("from the headers of %d DICOM film(s) without a view or an age in the manifest: views %s, "
+                "%d age(s)", len(dicom_rows), dict(found_views), sum(header.age is not None for header in headers))
     return filled
