@@ -112,7 +112,7 @@ def test_dicom_worklist_keeps_uids_and_drops_patient_identifiers_unless_asked(
         pixels = np.asarray(Image.open(film).convert("L"))
         # no .dcm suffix: the format must be recognised from the bytes
         dicom_writer(pixels, folder / f"IM{index:04d}", study_uid="1.2.826.0.1.3680043.8.498.1",
-                     sop_uid=f"1.2.826.0.1.3680043.8.498.1.{index + 1}", view=("AP", "PA", None)[index])
+                     sop_uid=f"1.2.826.0.1.3680043.8.498.1.{index + 1}", view=("AP", "PA", None)[index], age="052Y")
     series = [str(path) for path in sorted(folder.iterdir())]  # a series of files, as a PACS export gives
     out = tmp_path / "default"
     assert main(["score", "--model", str(tiny_nih_model.checkpoint), *series, "--out", str(out / "w.csv"),
@@ -124,6 +124,7 @@ def test_dicom_worklist_keeps_uids_and_drops_patient_identifiers_unless_asked(
     views = dict(zip(worklist["sop_instance_uid"], worklist["view"]))
     assert [views[f"1.2.826.0.1.3680043.8.498.1.{i}"] for i in (1, 2)] == ["AP", "PA"]
     assert pd.isna(views["1.2.826.0.1.3680043.8.498.1.3"])
+    assert "age" not in worklist  # a patient attribute the worklist does not need
     for text in ((out / "w.csv").read_text(), (out / "r.html").read_text()):
         text = re.sub(r'data:image/png;base64,[A-Za-z0-9+/=]+', "", text)  # base64 may spell anything
         for secret in ("Doe", "Jane", "PID-93417", "19610203"):

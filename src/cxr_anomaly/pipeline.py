@@ -349,7 +349,8 @@ def score_job(
     ``model_path`` is a checkpoint or an exported ONNX graph (:func:`load_scoring_model`).
     """
     model = load_scoring_model(model_path)
-    manifest = fill_from_dicom_headers(load_inputs(inputs))  # the worklist's view and age columns
+    # the worklist's view column; not the age, a patient attribute the worklist does not need
+    manifest = fill_from_dicom_headers(load_inputs(inputs), ages=False)
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
                          cache_dir=cache_dir, progress=progress)
     out_csv = Path(out_csv)

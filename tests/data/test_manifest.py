@@ -153,6 +153,9 @@ def test_views_and_ages_of_dicom_films_come_from_their_headers_where_the_manifes
     # an age the manifest gives is kept
     with_ages = fill_from_dicom_headers(table.assign(age=[30, None, None, None, None, None, None]))
     assert with_ages["age"].tolist()[:2] == [30.0, 0.5]
+    # without ages (the worklist's case) only views are filled and no age column appears
+    views_only = fill_from_dicom_headers(table, ages=False)
+    assert views_only["view"].fillna("-").tolist() == filled["view"].fillna("-").tolist() and "age" not in views_only
     only_png = filled.iloc[[5]]
     assert fill_from_dicom_headers(only_png) is only_png  # no DICOM film lacking a value: nothing read
 

@@ -256,35 +256,35 @@ def load_inputs(sources: list[str | Path] | str | Path) -> pd.DataFrame:
     return normalise_manifest(pd.concat(tables, ignore_index=True), "<inputs>")
 
 
-def fill_from_dicom_headers(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Fill the empty ``view`` and ``age`` cells of DICOM rows from each file's ``ViewPosition``
-    and ``PatientAge`` headers.
+def fill_from_dicom_headers(manifest: pd.DataFrame, *, ages: bool = True) -> pd.DataFrame:
+    """Fill the empty ``view`` and (with ``ages``) ``age`` cells of DICOM rows from each file's
+    ``ViewPosition`` and ``PatientAge`` headers.
 
     A folder of DICOM films, or a manifest without those columns, then gets the same per-view and
-    adult AUCs, and worklist columns, as a manifest that names them. A value the manifest gives is
-    kept, also where the header says otherwise. Rows that are not DICOM files (by their first
-    bytes), or whose header lacks the tag, keep an empty cell. Only headers are read; a missing
-    file is left for the pixel read to report. An ``age`` column is added when the table has none
-    and a header gives an age.
+    adult AUCs as a manifest that names them. A value the manifest gives is kept, also where the
+    header says otherwise. Rows that are not DICOM files (by their first bytes), or whose header
+    lacks the tag, keep an empty cell. Only headers are read; a missing file is left for the pixel
+    read to report. An ``age`` column is added when the table has none and a header gives an age.
     """
-    ages = manifest["age"] if "age" in manifest else pd.Series(pd.NA, index=manifest.index, dtype="Float64")
-    ages = pd.to_numeric(ages, errors="coerce")
-    incomplete = np.flatnonzero((manifest["view"].isna() | ages.isna()).to_numpy())
-    dicom_rows = [row for row in incomplete if is_dicom_file(str(manifest["path"].iloc[row]))]
+    age_column = manifest["age"] if "age" in manifest else pd.Series(pd.NA, index=manifest.index)
+    known_ages = pd.to_numeric(age_column, errors="coerce").astype("Float64")
+    lacking = manifest["view"].isna().to_numpy() | (known_ages.isna().to_numpy() if ages else False)
+    dicom_rows = [row for row in np.flatnonzero(lacking) if is_dicom_file(str(manifest["path"].iloc[row]))]
     if not dicom_rows:
         return manifest
     headers = read_film_headers([str(manifest["path"].iloc[row]) for row in dicom_rows])
     filled = manifest.copy()
-    views, ages = filled["view"].copy(), ages.astype("Float64")
+    views = filled["view"].copy()
     for row, header in zip(dicom_rows, headers):
         if pd.isna(views.iat[row]) and header.view is not None:
             views.iat[row] = header.view
-        if pd.isna(ages.iat[row]) and header.age is not None:
-            ages.iat[row] = header.age
+        if ages and pd.isna(known_ages.iat[row]) and header.age is not None:
+            known_ages.iat[row] = header.age
     filled["view"] = views
-    if "age" in filled or ages.notna().any():
-        filled["age"] = ages
-    found_views = Counter(header.view for header in headers if header.view is not None)
-    logger.info("from the headers of %d DICOM film(s) without a view or an age in the manifest: views %s, "
-                "%d age(s)", len(dicom_rows), dict(found_views), sum(header.age is not None for header in headers))
+    if ages and ("age" in filled or known_ages.notna().any()):
+        filled["age"] = known_ages
+    logger.info("from the headers of %d DICOM film(s) lacking a view%s in the manifest: views %s%s",
+                len(dicom_rows), " or an age" if ages else "",
+                dict(Counter(header.view for header in headers if header.view is not None)),
+                f", {sum(header.age is not None for header in headers)} age(s)" if ages else "")
     return filled
