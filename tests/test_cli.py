@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cxr_anomaly import pipeline
 from cxr_anomaly.checkpoint import load_checkpoint
@@ -74,6 +75,10 @@ def test_evaluate_writes_metrics_roc_and_grid(trained_checkpoint: Path, small_ma
     assert metrics["split"] == "test"
     assert (metrics["num_normal"], metrics["num_abnormal"]) == (10, 10)
     assert metrics["copies_of_training_films"] == []  # the test films are patient-disjoint from training
+    # the pixel baselines, fitted on the 48 training normals the checkpoint recorded, on the same films
+    assert set(metrics["baselines"]) == {"PCA(5) reconstruction, 64 px", "5-NN pixel distance, 64 px"}
+    for baseline in metrics["baselines"].values():
+        assert 0.0 <= baseline["auc"] <= 1.0 and set(baseline["auc_per_view"]) == set(metrics["auc_per_view"])
     assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["average_precision"] <= 1.0
     assert set(metrics["auc_per_view"]) <= {"PA", "AP"} and metrics["auc_per_view"]
     assert metrics["method"] == "features" and metrics["detector"].startswith("features")
@@ -129,6 +134,45 @@ def test_evaluate_names_a_test_film_that_is_a_training_film_through_another_pipe
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["copies_of_training_films"] == [str(copy)]
     assert "1 evaluated film(s) are copies of training films" in caplog.text and "exported.jpg" in caplog.text
+
+
+def test_evaluate_fits_the_baselines_on_the_checkpoints_training_films_or_says_why_not(
+        trained_checkpoint: Path, small_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from cxr_anomaly.baselines import named_baseline_scores
+    from cxr_anomaly.config import DataConfig
+    from cxr_anomaly.data.dataset import load_images
+    from cxr_anomaly.evaluation import safe_auc
+
+    table = pd.read_csv(small_manifest)
+    test = table.query("split == 'test'")
+    films = tmp_path / "test.csv"
+    test.to_csv(films, index=False)
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(films), "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    # the same AUC as the baselines fitted by hand on the checkpoint's 48 training normals
+    config = DataConfig(image_size=64)
+    normals = load_images(table.query("split == 'train' and label == 0"), config).pixels
+    expected = named_baseline_scores(normals, {"test": load_images(test, config).pixels})["test"]
+    for name, scores in expected.items():
+        assert metrics["baselines"][name]["auc"] == pytest.approx(safe_auc(test["label"].to_numpy(), scores))
+        assert f"  {name}: AUC {metrics['baselines'][name]['auc']:.3f}; within PA" in printed
+    assert "  view only (AP = 1): AUC" in printed
+    # moved training data: the baselines are left out with a warning naming the fix
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    payload["training"]["data"] = [str(tmp_path / "gone.csv")]
+    moved = tmp_path / "moved.pt"
+    torch.save(payload, moved)
+    assert main(["evaluate", "--model", str(moved), "--data", str(films), "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["baselines"] is None
+    assert "gone.csv" in caplog.text and "--baseline-train" in caplog.text
+    # ... or given where they are now
+    assert main(["evaluate", "--model", str(moved), "--data", str(films), "--out", str(tmp_path / "c"),
+                 "--baseline-train", str(small_manifest), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["baselines"] == metrics["baselines"]
 
 
 def test_training_on_abnormal_films_only_fails_with_a_clear_error(shared_data: Path, tmp_path: Path,

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr_anomaly.baselines import BASELINE_NAMES
 from cxr_anomaly import demo  # the module, not its names: pytest would collect ``test_collections``
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.data.splits import split_patients_in_halves
@@ -63,7 +64,7 @@ def test_pixel_baselines_score_every_test_film(shared_data: Path, tmp_path: Path
     results = demo.baseline_metrics(train, [collection], num_resamples=20)
     assert set(results.metrics) == set(results.scores) == {"small"}
     baselines = results.metrics["small"]
-    assert set(baselines) == set(results.scores["small"]) == set(demo.BASELINE_NAMES.values())
+    assert set(baselines) == set(results.scores["small"]) == set(BASELINE_NAMES.values())
     for scores in results.scores["small"].values():
         assert scores.shape == (20,) and np.all(np.isfinite(scores))
     # the ROC figure of the report: detector, baselines and the view alone, overall and per view
@@ -113,7 +114,7 @@ def test_report_has_a_table_and_a_verdict_per_collection(tmp_path: Path) -> None
     detector["sensitivity_at_threshold"] = 0.5
     detector["bootstrap_95ci"] = {name: {"estimate": 0.5, "low": 0.3, "high": 0.7}
                                   for name in ("sensitivity", "specificity")}
-    baselines = {name: fake_metrics(0.5, 0.5, seed=index) for index, name in enumerate(demo.BASELINE_NAMES.values())}
+    baselines = {name: fake_metrics(0.5, 0.5, seed=index) for index, name in enumerate(BASELINE_NAMES.values())}
     facts = {"detector": "features (pooled_knn)", "train_data": "rsna_normal224", "num_train": 100,
              "num_calibration": 10, "commit": "abc1234", "machine": "test machine", "seconds": 12.0,
              "fit_seconds": 3.0, "folders": {"NIH1000 test": demo.folder_name("NIH1000 test")},
@@ -125,7 +126,7 @@ def test_report_has_a_table_and_a_verdict_per_collection(tmp_path: Path) -> None
     assert "## NIH1000 test" in text and "40 normal + 40 abnormal films" in text
     assert "PA 20 normal + 20 abnormal" in text
     assert "| **detector** (features (pooled_knn)) | " in text
-    for name in demo.BASELINE_NAMES.values():
+    for name in BASELINE_NAMES.values():
         assert f"| {name} | " in text
     assert "| view only (AP = abnormal) |" in text
     assert demo.cell(detector, "auc") in text  # "0.xxx [low, high]"

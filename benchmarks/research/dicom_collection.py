@@ -48,7 +48,8 @@ def main() -> None:
         age = None if pd.isna(row.age) else f"{int(row.age):03d}Y"
         write_dicom(np.asarray(Image.open(row.path).convert("L")), folder / f"IM{index:04d}", index,
                     view=row.view, age=age)
-    runs = {name: evaluate_job(args.model, [source], args.out / f"eval_{name}", split="all", progress=False)
+    runs = {name: evaluate_job(args.model, [source], args.out / f"eval_{name}", split="all", progress=False,
+                               baselines=False)
             for name, source in (("dicom", args.out / "dicom"), ("png", manifest))}
     metrics = {name: json.loads(run.metrics_path.read_text()) for name, run in runs.items()}
     differing = [key for key in metrics["png"] if key != "model" and metrics["png"][key] != metrics["dicom"].get(key)]

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PCA_COMPONENTS = 5
 DEFAULT_NEIGHBOURS = 5
+BASELINE_IMAGE_SIZE = 64  # the pixel baselines read every film at 64 px, as the paper's model does
+BASELINE_NAMES = {"pca5": "PCA(5) reconstruction, 64 px", "knn5": "5-NN pixel distance, 64 px"}
 
 
 def flatten_pixels(pixels: np.ndarray, data_config: DataConfig) -> np.ndarray:
@@ -135,3 +137,11 @@ def fit_and_score_baselines(
                               f"knn{neighbours}": knn.score(pixels)})
         for name, pixels in score_sets.items()
     }
+
+
+def named_baseline_scores(train_pixels: np.ndarray, score_sets: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """PCA(5) and 5-NN at 64 px (uint8 films decoded at :data:`BASELINE_IMAGE_SIZE`), fitted on
+    the normal ``train_pixels``: set name -> {display name (:data:`BASELINE_NAMES`) -> scores (M,)}."""
+    scored = fit_and_score_baselines(train_pixels, score_sets, DataConfig(image_size=BASELINE_IMAGE_SIZE))
+    return {name: {BASELINE_NAMES[key]: values for key, values in result.scores.items()}
+            for name, result in scored.items()}

@@ -7,6 +7,7 @@ Run ``cxr-anomaly COMMAND --help`` for each command's options.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -178,6 +179,11 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--label-column", default="label", metavar="NAME",
                           help="manifest column holding the labels, 0 normal and 1 abnormal (default "
                                "label; e.g. abnormal for NIH's nih_fullres manifest)")
+    evaluate.add_argument("--baseline-train", nargs="+", type=Path, default=None, metavar="DATA",
+                          help="the training data of the pixel baselines (PCA(5), 5-NN at 64 px), fitted "
+                               "on the normals the model trained on; default: the data the checkpoint "
+                               "recorded")
+    evaluate.add_argument("--no-baselines", action="store_true", help="leave the pixel baselines out")
     add_data_options(evaluate)
 
 
@@ -470,15 +476,28 @@ def run_evaluate(args: argparse.Namespace, progress: bool) -> None:
     outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
                                     label_column=args.label_column,
                                     on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
-                                    progress=progress)
+                                    progress=progress, baselines=not args.no_baselines,
+                                    baseline_train=args.baseline_train)
     auc = "n/a" if outcome.metrics.auc is None else f"{outcome.metrics.auc:.3f}"
     print(f"AUC {auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
+    summary = json.loads(outcome.metrics_path.read_text())
+    rows = [("detector", summary), *((name, values) for name, values in (summary.get("baselines") or {}).items())]
+    views = list(summary.get("auc_per_view") or {})
+    for name, values in rows:
+        per_view = ", ".join(f"{view} {_rounded(values['auc_per_view'].get(view))}" for view in views)
+        print(f"  {name}: AUC {_rounded(values['auc'])}" + (f"; within {per_view}" if per_view else ""))
+    if views:
+        print(f"  view only (AP = 1): AUC {_rounded(summary.get('auc_view_only'))}; 0.5 within each view")
     if outcome.intervals is not None:
         intervals = outcome.intervals
         print(f"at the stored threshold {intervals.threshold:.4g}: sensitivity "
               f"{intervals.sensitivity.describe()}, specificity {intervals.specificity.describe()}, "
               f"AUC {intervals.auc.describe()} (95% intervals: Wilson for sensitivity and specificity, "
               f"bootstrap for the AUC)")
+
+
+def _rounded(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def run_export(args: argparse.Namespace, progress: bool) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .baselines import fit_and_score_baselines
+from .baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config, DataConfig, config_differences, preset_config, with_overrides
 from .data.copies import COPY_CORRELATION, FilmCopy, find_copies
@@ -44,7 +44,6 @@ from .pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job
 
 logger = logging.getLogger(__name__)
 
-BASELINE_NAMES = {"pca5": "PCA(5) reconstruction, 64 px", "knn5": "5-NN pixel distance, 64 px"}
 VIEWS = ("PA", "AP")
 
 
@@ -89,16 +88,14 @@ def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
                      num_resamples: int) -> BaselineResults:
     """The pixel baselines, fitted on the training normals at 64 px, scored on every test collection;
     and, from the same pixels, the test films that are copies of training films."""
-    data_config = DataConfig(image_size=64)
+    data_config = DataConfig(image_size=BASELINE_IMAGE_SIZE)
     normals = load_images(train_manifest[train_manifest["label"] == 0], data_config).pixels
     sets = {test.name: load_images(test.manifest, data_config).pixels for test in tests}
     copies = {name: find_copies(pixels, normals) for name, pixels in sets.items()}
-    scored = fit_and_score_baselines(normals, sets, data_config)
-    scores: dict[str, dict[str, np.ndarray]] = {}
+    scores = named_baseline_scores(normals, sets)
     metrics: dict[str, dict[str, dict[str, object]]] = {}
     for test in tests:
         labels = test.manifest["label"].to_numpy().astype(int)
-        scores[test.name] = {BASELINE_NAMES[key]: values for key, values in scored[test.name].scores.items()}
         metrics[test.name] = {
             name: compute_metrics(labels, values, views=test.manifest["view"].to_numpy(),
                                   ages=test.manifest["age"].to_numpy() if "age" in test.manifest else None,
@@ -341,8 +338,9 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
         folders[test.name] = folder_name(test.name)
         test_path = out_dir / f"test_{folders[test.name]}.csv"
         test.manifest.to_csv(test_path, index=False)
+        # baselines=False: the report's baselines below are fitted once, on every training normal
         evaluation = evaluate_job(trained.checkpoint, [test_path], out_dir / "eval" / folders[test.name],
-                                  split="all", progress=progress, bootstrap_resamples=num_resamples)
+                                  split="all", progress=progress, bootstrap_resamples=num_resamples, baselines=False)
         results[test.name] = json.loads(evaluation.metrics_path.read_text())
         detector_scores[test.name] = pd.read_csv(evaluation.scores_path)["score_raw"].to_numpy()
     baselines = baseline_metrics(train_manifest, tests, num_resamples)

@@ -20,7 +20,8 @@ from . import distributed
 from .calibration import BootstrapIntervals, Calibration, bootstrap_intervals
 from .checkpoint import (LoadedModel, atomic_torch_save, atomic_write_text, load_checkpoint,
                          read_checkpoint_payload, save_checkpoint)
-from .config import Config, config_to_dict
+from .baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
+from .config import Config, DataConfig, config_to_dict
 from .data.copies import film_signatures, matching_signatures
 from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_from_dicom_headers, load_inputs
@@ -507,6 +508,36 @@ def copies_of_training_films(model: LoadedModel, images: LoadedImages) -> list[s
     return paths
 
 
+def pixel_baselines(model: LoadedModel, films: pd.DataFrame, labels: np.ndarray, train_data: list[str | Path] | None,
+                    *, num_resamples: int, seed: int) -> dict[str, dict[str, object]] | None:
+    """The pixel baselines (PCA(5) reconstruction error and 5-NN distance at 64 px) fitted on the
+    normal films the checkpoint trained on, scored on ``films``: baseline name -> metrics, as the
+    detector's (:func:`cxr_anomaly.evaluation.compute_metrics`).
+
+    The training films are those of ``train_data``, else of the sources the checkpoint recorded;
+    the same rows are chosen as at training (:func:`select_training_rows`). None, with a warning
+    saying how to supply them, when no source is known or a source is not here.
+    """
+    sources = list(train_data or model.training.get("data") or [])
+    if not sources:
+        logger.warning("pixel baselines left out: the checkpoint records no training data; pass --baseline-train")
+        return None
+    missing = [str(source) for source in sources if not Path(source).exists()]
+    if missing:
+        logger.warning("pixel baselines left out: the training data %s is not here (a path relative to where "
+                       "training ran?); pass --baseline-train DATA", missing)
+        return None
+    chosen = select_training_rows(load_inputs(sources), model.config, ", ".join(map(str, sources)))
+    baseline_data = DataConfig(image_size=BASELINE_IMAGE_SIZE)
+    normals = load_images(chosen.train, baseline_data).pixels
+    scores = named_baseline_scores(normals, {"films": load_images(films, baseline_data).pixels})["films"]
+    views = films["view"].to_numpy() if films["view"].notna().any() else None
+    ages = films["age"].to_numpy() if "age" in films else None
+    return {name: compute_metrics(labels, values, views=views, ages=ages, num_resamples=num_resamples,
+                                  seed=seed).to_dict()
+            for name, values in scores.items()}
+
+
 def evaluate_job(
     model_path: str | Path,
     data: list[str | Path],
@@ -519,6 +550,8 @@ def evaluate_job(
     bootstrap_resamples: int = 1000,
     bootstrap_seed: int = 0,
     label_column: str = "label",
+    baselines: bool = True,
+    baseline_train: list[str | Path] | None = None,
 ) -> EvaluationOutcome:
     """Score labelled films and write metrics.json, roc.png, films.png and scores.csv.
 
@@ -530,6 +563,10 @@ def evaluate_job(
     sensitivity and specificity at the stored threshold with their intervals.
 
     ``label_column`` names the column that holds the labels (0 normal, 1 abnormal, empty unknown).
+
+    With ``baselines``, metrics.json also holds the pixel baselines' metrics on the same films
+    (``baselines``: name -> metrics), fitted on the checkpoint's training normals, which are read
+    from ``baseline_train`` or from the sources the checkpoint recorded (:func:`pixel_baselines`).
 
     Raises:
         ManifestError: no film of the chosen split has a label, or the labelled films are all of
@@ -573,6 +610,8 @@ def evaluate_job(
         "num_skipped": len(images.skipped),
         "copies_of_training_films": copies_of_training_films(model, images),
         **metrics.to_dict(),
+        "baselines": (pixel_baselines(model, images.manifest[labelled], labels, baseline_train,
+                                      num_resamples=bootstrap_resamples, seed=bootstrap_seed) if baselines else None),
     }
     intervals = None
     if model.calibration is not None and labelled.any():
