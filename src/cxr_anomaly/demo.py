@@ -296,7 +296,9 @@ def reuse_fit(run_dir: Path, config: Config, train_path: Path, num_normals: int)
         raise CheckpointError(path, f"fitted with other settings {differences} (stored, now); "
                                     "run the demo without --reuse-fit")
     used = record.get("num_train_images", 0) + record.get("num_calibration_images", 0)
-    if record.get("data") != [str(train_path)] or used != num_normals:
+    # resolved on both sides: checkpoints record absolute paths now, relative ones before
+    recorded = [str(Path(source).resolve()) for source in record.get("data") or []]
+    if recorded != [str(train_path.resolve())] or used != num_normals:
         raise CheckpointError(path, f"fitted on {used} films of {record.get('data')}, not on the {num_normals} "
                                     f"of {train_path}; run the demo without --reuse-fit")
     seconds = float(record.get("seconds", float("nan")))

@@ -244,7 +244,7 @@ def _train_job(
         "calibration_source": chosen.calibration_source,
         "ignored_rows": chosen.ignored_counts,
         "skipped_files": len(skipped),
-        "data": [str(source) for source in data],
+        "data": [str(Path(source).resolve()) for source in data],  # absolute: evaluate reads it from anywhere
     }
     checkpoint = save_checkpoint(checkpoint_path, result.detector, config, calibration=calibration, training=record,
                                  training_signatures=film_signatures(train_images.pixels))
