@@ -75,6 +75,7 @@ def test_evaluate_writes_metrics_roc_and_grid(trained_checkpoint: Path, small_ma
     assert metrics["split"] == "test"
     assert (metrics["num_normal"], metrics["num_abnormal"]) == (10, 10)
     assert metrics["copies_of_training_films"] == []  # the test films are patient-disjoint from training
+    assert metrics["patients_shared_with_training"] == []
     # the pixel baselines, fitted on the 48 training normals the checkpoint recorded, on the same films
     assert set(metrics["baselines"]) == {"PCA(5) reconstruction, 64 px", "5-NN pixel distance, 64 px"}
     for baseline in metrics["baselines"].values():
@@ -173,6 +174,21 @@ def test_evaluate_fits_the_baselines_on_the_checkpoints_training_films_or_says_w
     assert main(["evaluate", "--model", str(moved), "--data", str(films), "--out", str(tmp_path / "c"),
                  "--baseline-train", str(small_manifest), "--no-progress"]) == 0
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["baselines"] == metrics["baselines"]
+
+
+def test_evaluate_names_training_patients_and_training_films_among_the_evaluated_films(
+        trained_checkpoint: Path, small_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    table = pd.read_csv(small_manifest)
+    trained_on = table.query("split == 'train'").head(2)
+    films = tmp_path / "leaky.csv"
+    pd.concat([table.query("split == 'test'"), trained_on.assign(split="test")]).to_csv(films, index=False)
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(films), "--out", str(tmp_path / "e"),
+                 "--no-baselines", "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["patients_shared_with_training"] == sorted(trained_on["patient_id"].astype(str))
+    assert metrics["copies_of_training_films"] == trained_on["path"].tolist()  # the very same files
+    assert metrics["baselines"] is None
+    assert "2 patient(s) of the evaluated films also have training films" in caplog.text
 
 
 def test_training_on_abnormal_films_only_fails_with_a_clear_error(shared_data: Path, tmp_path: Path,

@@ -180,9 +180,10 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
                           help="manifest column holding the labels, 0 normal and 1 abnormal (default "
                                "label; e.g. abnormal for NIH's nih_fullres manifest)")
     evaluate.add_argument("--baseline-train", nargs="+", type=Path, default=None, metavar="DATA",
-                          help="the training data of the pixel baselines (PCA(5), 5-NN at 64 px), fitted "
-                               "on the normals the model trained on; default: the data the checkpoint "
-                               "recorded")
+                          help="the model's training data, where it has moved: the pixel baselines (PCA(5), "
+                               "5-NN at 64 px) are fitted on the normals the model trained on, and patients "
+                               "with training films are looked for among the evaluated films; default: the "
+                               "data the checkpoint recorded")
     evaluate.add_argument("--no-baselines", action="store_true", help="leave the pixel baselines out")
     add_data_options(evaluate)
 

@@ -508,28 +508,39 @@ def copies_of_training_films(model: LoadedModel, images: LoadedImages) -> list[s
     return paths
 
 
-def pixel_baselines(model: LoadedModel, films: pd.DataFrame, labels: np.ndarray, train_data: list[str | Path] | None,
-                    *, num_resamples: int, seed: int) -> dict[str, dict[str, object]] | None:
-    """The pixel baselines (PCA(5) reconstruction error and 5-NN distance at 64 px) fitted on the
-    normal films the checkpoint trained on, scored on ``films``: baseline name -> metrics, as the
-    detector's (:func:`cxr_anomaly.evaluation.compute_metrics`).
-
-    The training films are those of ``train_data``, else of the sources the checkpoint recorded;
-    the same rows are chosen as at training (:func:`select_training_rows`). None, with a warning
-    saying how to supply them, when no source is known or a source is not here.
-    """
+def training_rows(model: LoadedModel, train_data: list[str | Path] | None) -> pd.DataFrame | None:
+    """The normal films the checkpoint trained on: those of ``train_data``, else of the sources it
+    recorded, chosen as at training (:func:`select_training_rows`). None, with a warning saying how
+    to supply them, when no source is known or a source is not here."""
     sources = list(train_data or model.training.get("data") or [])
     if not sources:
-        logger.warning("pixel baselines left out: the checkpoint records no training data; pass --baseline-train")
+        logger.warning("the checkpoint records no training data: no pixel baselines and no check for training "
+                       "patients among the evaluated films; pass --baseline-train DATA")
         return None
     missing = [str(source) for source in sources if not Path(source).exists()]
     if missing:
-        logger.warning("pixel baselines left out: the training data %s is not here (a path relative to where "
-                       "training ran?); pass --baseline-train DATA", missing)
+        logger.warning("the training data %s is not here (moved, or another machine?): no pixel baselines and no "
+                       "check for training patients among the evaluated films; pass --baseline-train DATA", missing)
         return None
-    chosen = select_training_rows(load_inputs(sources), model.config, ", ".join(map(str, sources)))
+    return select_training_rows(load_inputs(sources), model.config, ", ".join(map(str, sources))).train
+
+
+def patients_shared_with_training(films: pd.DataFrame, training: pd.DataFrame) -> list[str]:
+    """Patient ids that both the evaluated films and the training films carry, with a warning."""
+    shared = sorted(set(films["patient_id"].dropna().astype(str)) & set(training["patient_id"].dropna().astype(str)))
+    if shared:
+        logger.warning("%d patient(s) of the evaluated films also have training films (e.g. %s): the results "
+                       "will be optimistic; evaluate on patients the model never saw", len(shared), shared[:5])
+    return shared
+
+
+def pixel_baselines(training: pd.DataFrame, films: pd.DataFrame, labels: np.ndarray, *, num_resamples: int,
+                    seed: int) -> dict[str, dict[str, object]]:
+    """The pixel baselines (PCA(5) reconstruction error and 5-NN distance at 64 px) fitted on the
+    normal ``training`` films, scored on ``films``: baseline name -> metrics, as the detector's
+    (:func:`cxr_anomaly.evaluation.compute_metrics`)."""
     baseline_data = DataConfig(image_size=BASELINE_IMAGE_SIZE)
-    normals = load_images(chosen.train, baseline_data).pixels
+    normals = load_images(training, baseline_data).pixels
     scores = named_baseline_scores(normals, {"films": load_images(films, baseline_data).pixels})["films"]
     views = films["view"].to_numpy() if films["view"].notna().any() else None
     ages = films["age"].to_numpy() if "age" in films else None
@@ -566,7 +577,10 @@ def evaluate_job(
 
     With ``baselines``, metrics.json also holds the pixel baselines' metrics on the same films
     (``baselines``: name -> metrics), fitted on the checkpoint's training normals, which are read
-    from ``baseline_train`` or from the sources the checkpoint recorded (:func:`pixel_baselines`).
+    from ``baseline_train`` or from the sources the checkpoint recorded (:func:`training_rows`).
+    With those films at hand it also lists the patients that evaluated and training films share
+    (``patients_shared_with_training``; null when the training films are not at hand), and, from
+    the checkpoint's signatures, the evaluated films that copy a training film.
 
     Raises:
         ManifestError: no film of the chosen split has a label, or the labelled films are all of
@@ -598,6 +612,7 @@ def evaluate_job(
     views = images.manifest["view"].to_numpy()[labelled] if images.manifest["view"].notna().any() else None
     ages = images.manifest["age"].to_numpy()[labelled] if "age" in images.manifest else None
     components = {name: table[name].to_numpy()[labelled] for name in model.detector.component_names}
+    training = training_rows(model, baseline_train)  # for the baselines and the patient check
     metrics = compute_metrics(labels, raw, views=views, components=components, ages=ages,
                               num_resamples=bootstrap_resamples, seed=bootstrap_seed)
     summary = {
@@ -609,9 +624,11 @@ def evaluate_job(
         "num_unlabelled": unlabelled,
         "num_skipped": len(images.skipped),
         "copies_of_training_films": copies_of_training_films(model, images),
+        "patients_shared_with_training": (None if training is None
+                                          else patients_shared_with_training(images.manifest, training)),
         **metrics.to_dict(),
-        "baselines": (pixel_baselines(model, images.manifest[labelled], labels, baseline_train,
-                                      num_resamples=bootstrap_resamples, seed=bootstrap_seed) if baselines else None),
+        "baselines": (pixel_baselines(training, images.manifest[labelled], labels, num_resamples=bootstrap_resamples,
+                                      seed=bootstrap_seed) if baselines and training is not None else None),
     }
     intervals = None
     if model.calibration is not None and labelled.any():
