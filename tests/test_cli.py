@@ -189,6 +189,12 @@ def test_evaluate_names_training_patients_and_training_films_among_the_evaluated
     assert metrics["copies_of_training_films"] == trained_on["path"].tolist()  # the very same files
     assert metrics["baselines"] is None
     assert "2 patient(s) of the evaluated films also have training films" in caplog.text
+    # films without patient ids: nothing can be checked, which is not "no patient shared"
+    pd.concat([table.query("split == 'test'"), trained_on.assign(split="test")]).drop(columns="patient_id").to_csv(
+        films, index=False)
+    assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(films), "--out", str(tmp_path / "f"),
+                 "--no-baselines", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "f" / "metrics.json").read_text())["patients_shared_with_training"] is None
 
 
 def test_training_on_abnormal_films_only_fails_with_a_clear_error(shared_data: Path, tmp_path: Path,

@@ -525,9 +525,16 @@ def training_rows(model: LoadedModel, train_data: list[str | Path] | None) -> pd
     return select_training_rows(load_inputs(sources), model.config, ", ".join(map(str, sources))).train
 
 
-def patients_shared_with_training(films: pd.DataFrame, training: pd.DataFrame) -> list[str]:
-    """Patient ids that both the evaluated films and the training films carry, with a warning."""
-    shared = sorted(set(films["patient_id"].dropna().astype(str)) & set(training["patient_id"].dropna().astype(str)))
+def patients_shared_with_training(films: pd.DataFrame, training: pd.DataFrame) -> list[str] | None:
+    """Patient ids that both the evaluated films and the training films carry, with a warning;
+    None when either side carries no patient id, so that nothing could be checked."""
+    film_patients = set(films["patient_id"].dropna().astype(str))
+    training_patients = set(training["patient_id"].dropna().astype(str))
+    if not film_patients or not training_patients:
+        logger.info("no check for training patients among the evaluated films: the %s carry no patient id",
+                    "evaluated films" if not film_patients else "training films")
+        return None
+    shared = sorted(film_patients & training_patients)
     if shared:
         logger.warning("%d patient(s) of the evaluated films also have training films (e.g. %s): the results "
                        "will be optimistic; evaluate on patients the model never saw", len(shared), shared[:5])
@@ -579,7 +586,8 @@ def evaluate_job(
     (``baselines``: name -> metrics), fitted on the checkpoint's training normals, which are read
     from ``baseline_train`` or from the sources the checkpoint recorded (:func:`training_rows`).
     With those films at hand it also lists the patients that evaluated and training films share
-    (``patients_shared_with_training``; null when the training films are not at hand), and, from
+    (``patients_shared_with_training``; null when the training films are not at hand or either
+    side has no patient ids), and, from
     the checkpoint's signatures, the evaluated films that copy a training film.
 
     Raises:
