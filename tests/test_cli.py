@@ -139,7 +139,7 @@ def test_evaluate_names_a_test_film_that_is_a_training_film_through_another_pipe
 
 def test_evaluate_fits_the_baselines_on_the_checkpoints_training_films_or_says_why_not(
         trained_checkpoint: Path, small_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from cxr_anomaly.baselines import named_baseline_scores
     from cxr_anomaly.config import DataConfig
     from cxr_anomaly.data.dataset import load_images
@@ -149,9 +149,16 @@ def test_evaluate_fits_the_baselines_on_the_checkpoints_training_films_or_says_w
     test = table.query("split == 'test'")
     films = tmp_path / "test.csv"
     test.to_csv(films, index=False)
+    plotted: list[list[str]] = []
+    real_plot_roc = pipeline.plot_roc
+    monkeypatch.setattr(pipeline, "plot_roc", lambda curves, path, **options: (
+        plotted.append(list(curves)), real_plot_roc(curves, path, **options))[1])
     assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(films), "--out", str(tmp_path / "a"),
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
+    # roc.png draws the baselines beside the detector, its views and the view-only score
+    assert plotted and {"PCA(5) reconstruction, 64 px", "5-NN pixel distance, 64 px",
+                        "view only (AP = 1)"} <= set(plotted[0])
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     # the same AUC as the baselines fitted by hand on the checkpoint's 48 training normals
     config = DataConfig(image_size=64)

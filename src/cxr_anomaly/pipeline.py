@@ -463,9 +463,13 @@ def choose_evaluation_rows(manifest: pd.DataFrame, split: str) -> ChosenRows:
 
 
 def plot_evaluation_roc(description: str, labels: np.ndarray, raw: np.ndarray, views: np.ndarray | None,
-                        metrics: Metrics, split: str, path: Path) -> Path:
-    """``roc.png``: the detector over all films, within each view, and the view-only score."""
+                        metrics: Metrics, split: str, path: Path,
+                        baseline_scores: dict[str, np.ndarray] | None = None) -> Path:
+    """``roc.png``: the detector over all films, within each view, the pixel baselines over all
+    films (when given) and the view-only score."""
     curves = {description: (labels, raw)}
+    for name, scores in (baseline_scores or {}).items():
+        curves[name] = (labels, scores)
     if views is not None:
         view_array = np.asarray(views, dtype=object)
         for view in metrics.auc_per_view:
@@ -541,19 +545,31 @@ def patients_shared_with_training(films: pd.DataFrame, training: pd.DataFrame) -
     return shared
 
 
+@dataclass
+class PixelBaselines:
+    """The pixel baselines on the evaluated films.
+
+    Attributes:
+        scores: baseline name -> scores (N,) of the labelled films, in their order.
+        metrics: baseline name -> :meth:`Metrics.to_dict` values, as the detector's.
+    """
+
+    scores: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, object]]
+
+
 def pixel_baselines(training: pd.DataFrame, films: pd.DataFrame, labels: np.ndarray, *, num_resamples: int,
-                    seed: int) -> dict[str, dict[str, object]]:
+                    seed: int) -> PixelBaselines:
     """The pixel baselines (PCA(5) reconstruction error and 5-NN distance at 64 px) fitted on the
-    normal ``training`` films, scored on ``films``: baseline name -> metrics, as the detector's
-    (:func:`cxr_anomaly.evaluation.compute_metrics`)."""
+    normal ``training`` films, scored on ``films`` (:func:`cxr_anomaly.evaluation.compute_metrics`)."""
     baseline_data = DataConfig(image_size=BASELINE_IMAGE_SIZE)
     normals = load_images(training, baseline_data).pixels
     scores = named_baseline_scores(normals, {"films": load_images(films, baseline_data).pixels})["films"]
     views = films["view"].to_numpy() if films["view"].notna().any() else None
     ages = films["age"].to_numpy() if "age" in films else None
-    return {name: compute_metrics(labels, values, views=views, ages=ages, num_resamples=num_resamples,
-                                  seed=seed).to_dict()
-            for name, values in scores.items()}
+    return PixelBaselines(scores, {name: compute_metrics(labels, values, views=views, ages=ages,
+                                                         num_resamples=num_resamples, seed=seed).to_dict()
+                                   for name, values in scores.items()})
 
 
 def evaluate_job(
@@ -621,6 +637,8 @@ def evaluate_job(
     ages = images.manifest["age"].to_numpy()[labelled] if "age" in images.manifest else None
     components = {name: table[name].to_numpy()[labelled] for name in model.detector.component_names}
     training = training_rows(model, baseline_train)  # for the baselines and the patient check
+    baseline_results = (pixel_baselines(training, images.manifest[labelled], labels, num_resamples=bootstrap_resamples,
+                                        seed=bootstrap_seed) if baselines and training is not None else None)
     metrics = compute_metrics(labels, raw, views=views, components=components, ages=ages,
                               num_resamples=bootstrap_resamples, seed=bootstrap_seed)
     summary = {
@@ -635,8 +653,7 @@ def evaluate_job(
         "patients_shared_with_training": (None if training is None
                                           else patients_shared_with_training(images.manifest, training)),
         **metrics.to_dict(),
-        "baselines": (pixel_baselines(training, images.manifest[labelled], labels, num_resamples=bootstrap_resamples,
-                                      seed=bootstrap_seed) if baselines and training is not None else None),
+        "baselines": None if baseline_results is None else baseline_results.metrics,
     }
     intervals = None
     if model.calibration is not None and labelled.any():
@@ -650,7 +667,7 @@ def evaluate_job(
     metrics_path = out_dir / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(summary, indent=2))
     roc_path = plot_evaluation_roc(model.detector.description, labels, raw, views, metrics, split,
-                                   out_dir / "roc.png")
+                                   out_dir / "roc.png", None if baseline_results is None else baseline_results.scores)
     grid_path = plot_film_groups(model, images, table["score_raw"].to_numpy(), scored, out_dir / "films.png")
     logger.info("evaluated %d films on split %s: AUC %s", len(table), split,
                 "n/a" if metrics.auc is None else f"{metrics.auc:.3f}")
