@@ -53,7 +53,7 @@ from .cells import (describe_remaining, format_duration, mean_std, paths_fingerp
                     read_finished_cell, settings_fingerprint, write_cell_result)
 from .checkpoint import atomic_write, atomic_write_text
 from .config import FEATURE_SCORES, VARIANTS, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
-from .data.copies import find_copies
+from .data.copies import film_signatures, matching_signatures
 from .data.dataset import OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_from_dicom_headers, load_inputs
 from .errors import ConfigError, ManifestError
@@ -307,17 +307,19 @@ def choose_test_films(name: str, source: Path) -> tuple[pd.DataFrame, str]:
     return fill_from_dicom_headers(labelled), chosen.split  # per-view and adult AUCs for DICOM films
 
 
-def warn_on_shared_films(train: FilmSet, collection: FilmSet, data_config: DataConfig) -> None:
+def warn_on_shared_films(train: FilmSet, collection: FilmSet, data_config: DataConfig,
+                         train_signatures: np.ndarray) -> None:
     """Warn when a test collection holds training films (by path, or by content: the same film
-    through another pipeline, :mod:`cxr_anomaly.data.copies`, read from the ``data_config``
-    pixels) or films of training patients."""
+    through another pipeline, :mod:`cxr_anomaly.data.copies`, from the ``data_config`` pixels;
+    ``train_signatures`` are the training films' signatures, computed once for every collection)
+    or films of training patients."""
     shared_paths = set(train.manifest["path"]) & set(collection.manifest["path"])
     train_patients = set(train.manifest["patient_id"].dropna())
     shared_patients = train_patients & set(collection.manifest["patient_id"].dropna())
     if shared_paths or shared_patients:
         logger.warning("test collection %s shares %d films and %d patients with the training films: its "
                        "results will be optimistic", collection.name, len(shared_paths), len(shared_patients))
-    copies = find_copies(collection.pixels[data_config], train.pixels[data_config])
+    copies = matching_signatures(film_signatures(collection.pixels[data_config]), train_signatures)
     if copies:
         logger.warning("test collection %s: %d film(s) are copies of training films (the same film through "
                        "another pipeline; a normal one makes the results optimistic): %s", collection.name,
@@ -801,13 +803,14 @@ def benchmark_job(
                              progress=progress)
 
     train, calibration = load("train", train_rows), load("calibration", calibration_rows)
+    train_signatures = film_signatures(train.pixels[baseline_data])  # for the copies check of each collection
     collections: list[FilmSet] = []
     splits: dict[str, str] = {}
     for name, source in test_data.items():
         manifest, splits[name] = choose_test_films(name, Path(source))
         collections.append(load(name, manifest))
         require_both_classes(collections[-1].manifest, f"{name}={source}", "label", splits[name])  # after skips
-        warn_on_shared_films(train, collections[-1], baseline_data)
+        warn_on_shared_films(train, collections[-1], baseline_data, train_signatures)
         logger.info("test collection %s (%s)", name, describe_collection(collections[-1], splits[name]))
     report_skipped([skip for films in (train, calibration, *collections) for skip in films.skipped],
                    out_dir / "skipped_files.csv")

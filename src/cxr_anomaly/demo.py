@@ -33,7 +33,7 @@ import pandas as pd
 from .baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config, DataConfig, config_differences, preset_config, with_overrides
-from .data.copies import COPY_CORRELATION, FilmCopy, find_copies
+from .data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
 from .data.dataset import load_images
 from .data.manifest import load_inputs
 from .data.splits import split_patients_in_halves
@@ -91,7 +91,8 @@ def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
     data_config = DataConfig(image_size=BASELINE_IMAGE_SIZE)
     normals = load_images(train_manifest[train_manifest["label"] == 0], data_config).pixels
     sets = {test.name: load_images(test.manifest, data_config).pixels for test in tests}
-    copies = {name: find_copies(pixels, normals) for name, pixels in sets.items()}
+    normal_signatures = film_signatures(normals)  # once, for every test collection
+    copies = {name: matching_signatures(film_signatures(pixels), normal_signatures) for name, pixels in sets.items()}
     scores = named_baseline_scores(normals, sets)
     metrics: dict[str, dict[str, dict[str, object]]] = {}
     for test in tests:
