@@ -51,7 +51,13 @@ class LoadedModel:
     package_version: str
     training: dict[str, Any] = field(default_factory=dict)
     path: str = ""
-    training_signatures: np.ndarray | None = None  # (N, 1024), see data.copies; None in older checkpoints
+    packed_training_signatures: torch.Tensor | None = None  # int8 (N, 1024), see data.copies; None in older checkpoints
+
+    @property
+    def training_signatures(self) -> np.ndarray | None:
+        """The training films' signatures (N, 1024), unpacked on demand: only ``evaluate`` reads
+        them, so loading a checkpoint to score or serve does not pay for them."""
+        return None if self.packed_training_signatures is None else unpack_signatures(self.packed_training_signatures)
 
     @property
     def description(self) -> str:
@@ -303,16 +309,16 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
         package_version=str(payload.get("package_version")),
         training=dict(payload.get("training") or {}),
         path=str(path),
-        training_signatures=_training_signatures(payload),
+        packed_training_signatures=_packed_training_signatures(payload),
     )
 
 
-def _training_signatures(payload: dict[str, Any]) -> np.ndarray | None:
-    """The stored signatures of the training films; None in checkpoints written without them."""
+def _packed_training_signatures(payload: dict[str, Any]) -> torch.Tensor | None:
+    """The stored int8 signatures of the training films; None in checkpoints written without them."""
     stored = payload.get("training_signatures")
     if not isinstance(stored, torch.Tensor) or stored.ndim != 2 or stored.dtype != torch.int8:
         return None
-    return unpack_signatures(stored)
+    return stored
 
 
 def _version_note(payload: dict[str, Any]) -> str:

@@ -500,11 +500,12 @@ def copies_of_training_films(model: LoadedModel, images: LoadedImages) -> list[s
     """Paths of the evaluated films that are copies of the checkpoint's training films (the same
     film through another pipeline, :mod:`cxr_anomaly.data.copies`), with a warning naming them;
     None when the checkpoint holds no training signatures (written by an older version)."""
-    if model.training_signatures is None:
+    training_signatures = model.training_signatures
+    if training_signatures is None:
         logger.info("the checkpoint holds no signatures of its training films: copies of them among the "
                     "evaluated films are not checked (retrain with this version to check)")
         return None
-    found = matching_signatures(film_signatures(images.pixels), model.training_signatures)
+    found = matching_signatures(film_signatures(images.pixels), training_signatures)
     paths = [str(images.manifest["path"].iloc[copy.film]) for copy in found]
     if paths:
         logger.warning("%d evaluated film(s) are copies of training films (the same film through another "
