@@ -4,8 +4,10 @@ same per-view and adult AUCs as on the PNG manifest of the same films?
 Usage::
 
     python -m benchmarks.research.dicom_collection --model runs/demo/run/model.pt --out runs/dicom_check
+    python -m benchmarks.research.dicom_collection --part all --write-only --out runs/dicom_all
 
-The test half of ``nih_pneumonia256`` (``split_patients_in_halves``, seed 0: ``make demo``'s) is
+The test half of ``nih_pneumonia256`` (``split_patients_in_halves``, seed 0: ``make demo``'s), or
+with ``--part all`` all 959 of its films (the collection as the issue's probe scored it), is
 written as uncompressed 8-bit DICOM files in ``normal/`` and ``abnormal/`` folders with no manifest.
 The view is only in each file's ``ViewPosition`` and the age only in ``PatientAge``. Both sets are
 evaluated with the same checkpoint (:func:`cxr_anomaly.pipeline.evaluate_job`); the script prints
@@ -32,14 +34,19 @@ from cxr_anomaly.pipeline import evaluate_job
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, help="checkpoint to evaluate (needed unless --write-only)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--part", choices=("test", "all"), default="test",
+                        help="the demo's test half (default) or every film of nih_pneumonia256")
+    parser.add_argument("--write-only", action="store_true", help="write the DICOM folder and stop")
     args = parser.parse_args()
+    if args.model is None and not args.write_only:
+        parser.error("--model is needed unless --write-only")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     halves = split_patients_in_halves(load_inputs(args.data / "nih_pneumonia256" / "manifest.csv"), seed=0)
-    test = halves[halves["split"] == "test"]
-    manifest = args.out / "test_half.csv"
+    test = halves[halves["split"] == "test"] if args.part == "test" else halves
+    manifest = args.out / f"{args.part}_films.csv"
     args.out.mkdir(parents=True, exist_ok=True)
     test.to_csv(manifest, index=False)
     for index, row in enumerate(test.itertuples()):
@@ -48,6 +55,8 @@ def main() -> None:
         age = None if pd.isna(row.age) else f"{int(row.age):03d}Y"
         write_dicom(np.asarray(Image.open(row.path).convert("L")), folder / f"IM{index:04d}", index,
                     view=row.view, age=age)
+    if args.write_only:
+        return
     runs = {name: evaluate_job(args.model, [source], args.out / f"eval_{name}", split="all", progress=False,
                                baselines=False)
             for name, source in (("dicom", args.out / "dicom"), ("png", manifest))}

@@ -24,8 +24,8 @@ logger = logging.getLogger("cxr_anomaly")
 
 DESCRIPTION = """\
 Find abnormal chest X-rays with a detector fitted on normal films only. The default method,
-features, models the normals' features under a frozen ImageNet CNN; --method tang2019 trains the
-paper's GAN (Tang et al., ICASSP 2019: a U-Net autoencoder, a discriminator, a second encoder).
+features, fine-tunes an ImageNet CNN on the normals (2 epochs) and models their features;
+--method tang2019 trains the paper's GAN (Tang et al., ICASSP 2019: a U-Net autoencoder, a discriminator, a second encoder).
 
 Typical use:
   cxr-anomaly train --data normals/ --out runs/first
@@ -62,8 +62,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                        help="folder, manifest CSV or .npz of training films")
     train.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output folder")
     train.add_argument("--method", choices=METHODS, default=None,
-                       help="detector family: features (default: a frozen ImageNet CNN with one-class "
-                            "models of its features) or tang2019 (the paper's GAN)")
+                       help="detector family: features (default: an ImageNet CNN fine-tuned on the normals, "
+                            "with one-class models of its features) or tang2019 (the paper's GAN)")
     train.add_argument("--variant", choices=VARIANTS, default=None,
                        help="with --method tang2019: ablation variant u, u+e, u+d or u+d+e (the paper's full model)")
     train.add_argument("--epochs", type=int, default=None, help="training epochs (paper: 15)")

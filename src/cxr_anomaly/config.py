@@ -236,9 +236,12 @@ class ScoreConfig:
 class FeatureConfig:
     """The pretrained-feature detector (``method = "features"``, :mod:`cxr_anomaly.models.features`).
 
-    A frozen ImageNet CNN turns each film into feature maps at strides 8, 16 and 32. Two
-    one-class models are fitted on the normals' features in one pass:
+    An ImageNet CNN, fine-tuned on the normals for ``finetune_epochs`` (0: left frozen), turns
+    each film into feature maps at strides 8, 16 and 32. Three one-class models are fitted on the
+    normals' features in one pass:
 
+    - a bank of the normals' pooled ``pooled_strides`` features for a k-nearest-neighbour cosine
+      distance (``neighbours``, at most ``pooled_bank_size`` normals);
     - a Gaussian on the globally average-pooled maps of ``pooled_strides`` (mean and a
       Ledoit-Wolf shrinkage covariance); its score is the Mahalanobis distance;
     - a PatchCore-style memory bank of local patch features (maps of ``patch_strides``, each
@@ -302,8 +305,8 @@ class FeatureConfig:
 class Config:
     """The whole configuration of one run.
 
-    ``method`` names the detector family: ``features`` (the default, a frozen pretrained CNN with
-    one-class models of its features; section ``features``) or ``tang2019`` (the paper's GAN;
+    ``method`` names the detector family: ``features`` (the default, a pretrained CNN fine-tuned on
+    the normals, with one-class models of its features; section ``features``) or ``tang2019`` (the paper's GAN;
     sections ``model``, ``loss`` and ``train``). ``data`` and ``score`` apply to both.
     """
 

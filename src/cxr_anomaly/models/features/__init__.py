@@ -1,4 +1,5 @@
-"""A frozen pretrained CNN and one-class models of its features (PaDiM/PatchCore family)."""
+"""A pretrained CNN (fine-tuned on the normals, then frozen) and one-class models of its features
+(PaDiM/PatchCore family)."""
 
 from .backbone import build_backbone
 from .fitting import FeatureFitResult, fit_features
