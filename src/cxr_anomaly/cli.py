@@ -25,7 +25,8 @@ logger = logging.getLogger("cxr_anomaly")
 DESCRIPTION = """\
 Find abnormal chest X-rays with a detector fitted on normal films only. The default method,
 features, fine-tunes an ImageNet CNN on the normals (2 epochs) and models their features;
---method tang2019 trains the paper's GAN (Tang et al., ICASSP 2019: a U-Net autoencoder, a discriminator, a second encoder).
+--method tang2019 trains the paper's GAN (Tang et al., ICASSP 2019: a U-Net autoencoder, a
+discriminator, a second encoder).
 
 Typical use:
   cxr-anomaly train --data normals/ --out runs/first

@@ -306,8 +306,9 @@ class Config:
     """The whole configuration of one run.
 
     ``method`` names the detector family: ``features`` (the default, a pretrained CNN fine-tuned on
-    the normals, with one-class models of its features; section ``features``) or ``tang2019`` (the paper's GAN;
-    sections ``model``, ``loss`` and ``train``). ``data`` and ``score`` apply to both.
+    the normals, with one-class models of its features; section ``features``) or ``tang2019``
+    (the paper's GAN; sections ``model``, ``loss`` and ``train``). ``data`` and ``score`` apply
+    to both.
     """
 
     method: Method = "features"

@@ -1,8 +1,8 @@
 """One-class models on the features of a pretrained CNN (PaDiM/PatchCore family).
 
 :class:`FeatureDetector` holds the backbone (:mod:`.backbone`; fine-tuned on the normals by
-:mod:`.finetune` when ``features.finetune_epochs`` > 0, frozen from then on) and three fitted models of
-the normal films' features, each giving one score component (see
+:mod:`.finetune` when ``features.finetune_epochs`` > 0, frozen from then on) and three fitted
+models of the normal films' features, each giving one score component (see
 :class:`~cxr_anomaly.config.FeatureConfig` for the settings):
 
 - ``gaussian``: Mahalanobis distance of the pooled multi-scale features to a Gaussian of the
