@@ -38,7 +38,7 @@ from .data.dataset import load_images
 from .data.manifest import load_inputs
 from .data.splits import split_patients_in_halves
 from .errors import CheckpointError
-from .evaluation import Interval, compute_metrics, plot_roc_panels
+from .evaluation import Interval, metrics_by_name, plot_roc_panels
 from .inference import native_bf16
 from .pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job
 
@@ -94,14 +94,9 @@ def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
     normal_signatures = film_signatures(normals)  # once, for every test collection
     copies = {name: matching_signatures(film_signatures(pixels), normal_signatures) for name, pixels in sets.items()}
     scores = named_baseline_scores(normals, sets)
-    metrics: dict[str, dict[str, dict[str, object]]] = {}
-    for test in tests:
-        labels = test.manifest["label"].to_numpy().astype(int)
-        metrics[test.name] = {
-            name: compute_metrics(labels, values, views=test.manifest["view"].to_numpy(),
-                                  ages=test.manifest["age"].to_numpy() if "age" in test.manifest else None,
-                                  num_resamples=num_resamples).to_dict()
-            for name, values in scores[test.name].items()}
+    metrics = {test.name: metrics_by_name(test.manifest["label"].to_numpy().astype(int), scores[test.name],
+                                          test.manifest, num_resamples=num_resamples)
+               for test in tests}
     return BaselineResults(scores, metrics, copies)
 
 

@@ -227,6 +227,16 @@ def compute_metrics(
                    view_from_score, component_auc, adults, intervals, num_per_view, note)
 
 
+def metrics_by_name(labels: np.ndarray, named_scores: dict[str, np.ndarray], films: pd.DataFrame, *,
+                    num_resamples: int, seed: int = 0) -> dict[str, dict[str, object]]:
+    """:meth:`Metrics.to_dict` of each named score of the same ``films`` (their ``view`` and, when
+    present, ``age`` columns give the per-view and adult figures), as the detector's are computed."""
+    views = films["view"].to_numpy()
+    ages = films["age"].to_numpy() if "age" in films else None
+    return {name: compute_metrics(labels, scores, views=views, ages=ages, num_resamples=num_resamples,
+                                  seed=seed).to_dict()
+            for name, scores in named_scores.items()}
+
 def save_figure(figure: object, path: str | Path) -> Path:
     """Lay out a matplotlib figure, write it (creating the folder) and close it."""
     import matplotlib.pyplot as plt

@@ -26,7 +26,7 @@ from .data.copies import film_signatures, matching_signatures
 from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_from_dicom_headers, load_inputs
 from .errors import ManifestError, NoNormalImagesError
-from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, plot_roc
+from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, metrics_by_name, plot_roc
 from .inference import resolve_device
 from .models.registry import fit_detector
 from .explain import heatmap_range
@@ -566,11 +566,7 @@ def pixel_baselines(training: pd.DataFrame, films: pd.DataFrame, labels: np.ndar
     baseline_data = DataConfig(image_size=BASELINE_IMAGE_SIZE)
     normals = load_images(training, baseline_data).pixels
     scores = named_baseline_scores(normals, {"films": load_images(films, baseline_data).pixels})["films"]
-    views = films["view"].to_numpy() if films["view"].notna().any() else None
-    ages = films["age"].to_numpy() if "age" in films else None
-    return PixelBaselines(scores, {name: compute_metrics(labels, values, views=views, ages=ages,
-                                                         num_resamples=num_resamples, seed=seed).to_dict()
-                                   for name, values in scores.items()})
+    return PixelBaselines(scores, metrics_by_name(labels, scores, films, num_resamples=num_resamples, seed=seed))
 
 
 def evaluate_job(

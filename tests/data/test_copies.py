@@ -13,7 +13,7 @@ from PIL import Image
 
 from cxr_anomaly.benchmark import FilmSet, warn_on_shared_films
 from cxr_anomaly.config import DataConfig
-from cxr_anomaly.data.copies import COPY_CORRELATION, film_signatures, find_copies
+from cxr_anomaly.data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 
@@ -26,6 +26,10 @@ def another_pipeline(film: Image.Image, size: int) -> np.ndarray:
     curved.save(buffer, format="JPEG", quality=80)
     return np.asarray(Image.open(buffer).convert("L"))
 
+
+def find_copies(films: np.ndarray, reference: np.ndarray) -> list[FilmCopy]:
+    """Films (uint8, N, S, S) that copy a reference film (uint8, M, S', S'), matched as evaluate does."""
+    return matching_signatures(film_signatures(films), film_signatures(reference))
 
 def test_the_same_film_through_another_pipeline_is_a_copy_and_other_films_are_not(shared_data: Path) -> None:
     originals = [Image.open(path).convert("L") for path in sorted((shared_data / "nih_fullres").glob("*.png"))[:6]]

@@ -72,13 +72,6 @@ def matching_signatures(signatures: np.ndarray, reference: np.ndarray, *,
     return copies
 
 
-def find_copies(films: np.ndarray, reference: np.ndarray, *, threshold: float = COPY_CORRELATION) -> list[FilmCopy]:
-    """The films (uint8, N, S, S) that are copies of a reference film (uint8, M, S', S'), in film order."""
-    if len(films) == 0 or len(reference) == 0:
-        return []
-    return matching_signatures(film_signatures(films), film_signatures(reference), threshold=threshold)
-
-
 def pack_signatures(signatures: np.ndarray) -> torch.Tensor:
     """Signatures as the int8 tensor (N, 1024) a checkpoint stores: 1 KB a film. Each value is
     rounded to 1/127 of the largest magnitude, which moves a copy's correlation by about 1e-4."""
