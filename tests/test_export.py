@@ -108,8 +108,11 @@ def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
         OnnxScorer(path)
 
 
-def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_model: object, tmp_path: Path) -> None:
-    """``score --model model.onnx`` (onnxruntime) writes the table and worklist ``--model model.pt`` does."""
+def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_model: object, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """``score --model model.onnx`` (onnxruntime, fp32) writes the table and worklist that
+    ``--model model.pt --precision fp32`` does (``auto`` would score the checkpoint in bf16 on a
+    CPU that computes it natively)."""
     import pandas as pd
 
     onnx_path = tmp_path / "model.onnx"
@@ -118,7 +121,7 @@ def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_mod
     tables = {}
     for name, model in (("torch", tiny_nih_model.checkpoint), ("onnx", onnx_path)):
         out = tmp_path / f"{name}.csv"
-        assert main(["score", "--model", str(model), str(films), "--out", str(out),
+        assert main(["score", "--model", str(model), str(films), "--out", str(out), "--precision", "fp32",
                      "--report", str(tmp_path / f"{name}.html"), "--no-progress"]) == 0
         tables[name] = pd.read_csv(out).sort_values("path").reset_index(drop=True)
         assert (tmp_path / f"{name}.html").stat().st_size > 10_000  # thumbnails and heatmaps inline
@@ -127,5 +130,8 @@ def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_mod
     for column in ("score", "score_raw", "reconstruction", "latent", "percentile"):
         assert np.max(np.abs(onnx_table[column] - torch_table[column])) <= 1e-3, column
     assert list(onnx_table["decision"]) == list(torch_table["decision"])
+    assert main(["score", "--model", str(onnx_path), str(films), "--out", str(tmp_path / "bf16.csv"),
+                 "--precision", "bf16", "--no-progress"]) == 2
+    assert "model.onnx: an ONNX graph is scored in fp32, not precision='bf16'" in caplog.text
     scorer = OnnxScorer(onnx_path)
     assert scorer.anomaly_map_scale == load_checkpoint(tiny_nih_model.checkpoint).anomaly_map_scale

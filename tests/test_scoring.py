@@ -123,7 +123,8 @@ def test_code_distance_of_a_stored_normal_to_itself_is_zero(trained: tuple[Confi
     detector = copy.deepcopy(detector)
     normals = random_pixels(16, seed=0)
     store_normal_codes(detector, normals, with_overrides(config, "score", neighbours=1))
-    distances = score_pixels(detector, normals[:4], config).components["code_distance"]
+    # in fp32, the precision the codes were stored in (bf16 autocast, where native, moves them)
+    distances = score_pixels(detector, normals[:4], config, precision="fp32").components["code_distance"]
     np.testing.assert_allclose(distances, 0.0, atol=1e-3)
     assert np.all(score_pixels(detector, random_pixels(4, seed=9), config).components["code_distance"] > 1e-3)
 

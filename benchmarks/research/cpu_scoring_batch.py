@@ -3,7 +3,7 @@
 Usage::
 
     python -m benchmarks.research.cpu_scoring_batch --data DATA --output result.json \\
-        [--threads 2 4 8 16] [--batches 16 32 64] [--films 128] [--repeats 3]
+        [--threads 2 4 8 16] [--batches 16 32 64] [--films 128] [--repeats 3] [--precisions fp32 bf16]
 
 Why: the features detector scores 16 films a pass on a CPU (``CPU_SCORING_BATCH_SIZE``), chosen
 on this project's 2-core machine, where 16 beat 64 in 11 of 12 repeats. On the lent GPU
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--films", type=int, default=128)
     parser.add_argument("--fit-films", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="those timed (bf16 only where the CPU has it natively)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = with_overrides(Config(), "features", finetune_epochs=0)
@@ -81,6 +83,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     inputs = detector.model_input(pixels[:64]).contiguous(memory_format=torch.channels_last)  # (64, 3, 224, 224)
     precisions = ["fp32", "bf16"] if native_bf16("cpu") else ["fp32"]  # emulated bf16 takes a minute a film
+    precisions = [precision for precision in precisions if precision in args.precisions]
     cells = [(threads, precision, batch) for threads in args.threads for precision in precisions
              for batch in args.batches]
 

@@ -52,6 +52,7 @@ class LoadedModel:
     training: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     packed_training_signatures: torch.Tensor | None = None  # int8 (N, 1024), see data.copies; None in older checkpoints
+    precision: str = "auto"  # what score_films computes in: auto (bf16 where native), fp32 or bf16
 
     @property
     def training_signatures(self) -> np.ndarray | None:
@@ -70,8 +71,9 @@ class LoadedModel:
         return self.detector.anomaly_map_scale
 
     def score_films(self, pixels: np.ndarray, *, keep_maps: bool = False) -> ScoreResult:
-        """Score uint8 films (N, S, S) with the detector: :func:`cxr_anomaly.scoring.score_films`."""
-        return score_films(self.detector, pixels, keep_maps=keep_maps)
+        """Score uint8 films (N, S, S) with the detector, in :attr:`precision`:
+        :func:`cxr_anomaly.scoring.score_films`."""
+        return score_films(self.detector, pixels, keep_maps=keep_maps, precision=self.precision)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:

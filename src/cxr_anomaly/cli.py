@@ -109,6 +109,9 @@ def add_score_command(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--keep-patient-identifiers", action="store_true",
                        help="write DICOM PatientName, PatientID and PatientBirthDate into the CSV and "
                             "report (off by default; StudyInstanceUID and SOPInstanceUID are always kept)")
+    score.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="auto (default: bf16 where the CPU or GPU computes it natively, else fp32), "
+                            "fp32 (the exported graph's precision: the same scores on every machine) or bf16")
     add_data_options(score)
 
 
@@ -433,7 +436,8 @@ def run_score(args: argparse.Namespace, progress: bool) -> None:
     table = pipeline.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
                                on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                progress=progress, report=args.report,
-                               keep_patient_identifiers=args.keep_patient_identifiers)
+                               keep_patient_identifiers=args.keep_patient_identifiers,
+                               precision=args.precision)
     print(f"scored {len(table)} images: {args.out}")
     if args.report is not None:
         flagged = int((table["decision"] == "flag").sum()) if "decision" in table else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -269,7 +269,7 @@ class ScoredTable:
     reconstructions: np.ndarray | None = None
 
 
-def load_scoring_model(model_path: str | Path, *, device: str = "cpu",
+def load_scoring_model(model_path: str | Path, *, device: str = "cpu", precision: str = "auto",
                        onnx_threads: int | None = None) -> LoadedModel | OnnxScorer:
     """A checkpoint (``model.pt``), or an exported graph (``*.onnx``) scored with onnxruntime.
 
@@ -278,10 +278,13 @@ def load_scoring_model(model_path: str | Path, *, device: str = "cpu",
 
     Args:
         device: where a checkpoint's detector runs; an ONNX graph runs on the CPU only.
+        precision: what a checkpoint's detector scores in: ``auto`` (bf16 autocast where the
+            device computes bf16 natively, else fp32), ``fp32`` or ``bf16``. An ONNX graph
+            scores in fp32, so ``fp32`` gives a checkpoint the scores of its exported graph.
         onnx_threads: onnxruntime's intra-op threads for an ONNX graph (None: its default).
 
     Raises:
-        ValueError: an ONNX graph asked to run on another device than the CPU.
+        ValueError: an ONNX graph asked to run on another device than the CPU, or in bf16.
     """
     if Path(model_path).suffix.lower() == ".onnx":
         from .export import OnnxScorer
@@ -289,8 +292,11 @@ def load_scoring_model(model_path: str | Path, *, device: str = "cpu",
         if device != "cpu":
             raise ValueError(f"{model_path}: an ONNX graph is scored on the CPU (onnxruntime's CPU "
                              f"provider), not on device={device!r}; serve the checkpoint (model.pt) instead")
+        if precision == "bf16":
+            raise ValueError(f"{model_path}: an ONNX graph is scored in fp32, not precision='bf16'; "
+                             "score the checkpoint (model.pt) for bf16")
         return OnnxScorer(model_path, num_threads=onnx_threads)
-    return load_checkpoint(model_path, device=device)
+    return replace(load_checkpoint(model_path, device=device), precision=precision)
 
 
 def score_table(model: LoadedModel | OnnxScorer, images: LoadedImages, *, normalisation: str = "calibrated",
@@ -340,6 +346,7 @@ def score_job(
     progress: bool = True,
     report: str | Path | None = None,
     keep_patient_identifiers: bool = False,
+    precision: str = "auto",
 ) -> pd.DataFrame:
     """Score files, folders or manifests and write a CSV (path, score, components, ...).
 
@@ -347,9 +354,10 @@ def score_job(
     birth date only with ``keep_patient_identifiers``. With ``report`` (an HTML path) the CSV is
     a worklist ranked by score, most suspicious first, and a self-contained HTML report with
     thumbnails, reconstructions and heatmaps is written too (see :mod:`cxr_anomaly.report`).
-    ``model_path`` is a checkpoint or an exported ONNX graph (:func:`load_scoring_model`).
+    ``model_path`` is a checkpoint or an exported ONNX graph (:func:`load_scoring_model`, which
+    takes ``precision``).
     """
-    model = load_scoring_model(model_path)
+    model = load_scoring_model(model_path, precision=precision)
     # the worklist's view column; not the age, a patient attribute the worklist does not need
     manifest = fill_from_dicom_headers(load_inputs(inputs), ages=False)
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .calibration import NUM_STORED_QUANTILES, Calibration, fit_calibration  # re-exported
-from .inference import inference_autocast, resolve_precision, to_channels_last, to_device
+from .inference import inference_autocast, resolve_precision, to_channels_last
 from .models.base import AnomalyDetector
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def score_films(
     maps: list[np.ndarray] = []
     reconstructions: list[np.ndarray] = []
     for start in range(0, len(pixels), batch_size):
-        batch = to_device(detector.model_input(pixels[start:start + batch_size]), device)  # (B, C, S, S)
+        batch = detector.model_input(pixels[start:start + batch_size], device)  # (B, C, S, S)
         with torch.inference_mode(), inference_autocast(device, precision):
             output = detector(batch)
         parts["raw"].append(output.score.float().cpu().numpy())

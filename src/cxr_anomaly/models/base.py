@@ -70,8 +70,12 @@ class AnomalyDetector(nn.Module):
         """Films per forward pass when scoring on ``device``: ``score_films``' default."""
         return DEFAULT_SCORING_BATCH_SIZE
 
-    def model_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 films (N, S, S) -> the float tensor ``forward`` takes (on the CPU)."""
+    def model_input(self, pixels: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 films (N, S, S) -> the float tensor ``forward`` takes, on ``device``.
+
+        A family may preprocess on the device itself (the features family does, bit for bit as
+        on the CPU: :func:`~cxr_anomaly.data.resample.preprocess_on`).
+        """
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> AnomalyOutput:  # noqa: D102 - documented above

@@ -23,8 +23,8 @@ from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import CheckpointError, ConfigError, NoNormalImagesError
 from cxr_anomaly.models.features.backbone import (EfficientNetLite, _load_weights, build_backbone,
                                                   packaged_weights_path)
-from cxr_anomaly.models.base import DEFAULT_SCORING_BATCH_SIZE
 from cxr_anomaly.models.features.fitting import greedy_coreset
+from cxr_anomaly.models.features.torch_model import GPU_SCORING_BATCH_SIZE
 from cxr_anomaly.models.registry import build_detector, fit_detector
 from cxr_anomaly.scoring import fit_calibration, score_films
 
@@ -128,9 +128,9 @@ def test_fit_stores_banks_and_scores_real_films(fitted: FittedFeatures) -> None:
 
 def test_scoring_batch_is_the_detectors_for_the_device(fitted: FittedFeatures, monkeypatch: pytest.MonkeyPatch) -> None:
     detector = fitted.detector
-    assert detector.scoring_batch_size(torch.device("cuda")) == DEFAULT_SCORING_BATCH_SIZE
-    # 64 on a CPU only with both 16 threads or more and native bf16, where it was measured faster
-    for native, threads, expected in [(False, 2, 16), (True, 8, 16), (False, 16, 16), (True, 16, 64)]:
+    assert detector.scoring_batch_size(torch.device("cuda")) == GPU_SCORING_BATCH_SIZE
+    # 64 on a CPU only with both 12 threads or more and native bf16, where it was measured faster
+    for native, threads, expected in [(False, 2, 16), (True, 8, 16), (False, 16, 16), (True, 12, 64), (True, 16, 64)]:
         with monkeypatch.context() as patch:
             patch.setattr(inference, "native_bf16", lambda device, native=native: native)
             patch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
@@ -138,7 +138,8 @@ def test_scoring_batch_is_the_detectors_for_the_device(fitted: FittedFeatures, m
     monkeypatch.setattr(inference, "native_bf16", lambda device: False)  # the batches below are the 16 of a CPU
     sizes: list[int] = []
     real_input = detector.model_input
-    monkeypatch.setattr(detector, "model_input", lambda pixels: (sizes.append(len(pixels)), real_input(pixels))[1])
+    monkeypatch.setattr(detector, "model_input",
+                        lambda pixels, device: (sizes.append(len(pixels)), real_input(pixels, device))[1])
     films = np.concatenate([fitted.test_pixels, fitted.test_pixels[:4]])  # 20 films
     default = score_films(detector, films, precision="fp32").raw
     assert sizes == [16, 4]

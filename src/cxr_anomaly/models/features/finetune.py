@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...inference import inference_autocast, to_device
+from ...inference import inference_autocast
 from .torch_model import FeatureDetector
 
 logger = logging.getLogger(__name__)
@@ -107,8 +107,7 @@ def finetune_backbone(
     generator = torch.Generator().manual_seed(settings.seed)
     batch_size = min(settings.batch_size, len(train_pixels))
     with torch.no_grad():  # not inference_mode: the centre takes part in the loss's graph
-        parts = [detector.pooled_features(to_device(detector.model_input(train_pixels[begin:begin + batch_size]),
-                                                     device)).float()
+        parts = [detector.pooled_features(detector.model_input(train_pixels[begin:begin + batch_size], device)).float()
                  for begin in tqdm(range(0, len(train_pixels), batch_size), desc="fine-tuning, centre of the normals",
                                    unit="batch", disable=not progress)]  # (B, D) each
         centre = F.normalize(torch.cat(parts), dim=1).mean(dim=0)  # (D,)
@@ -125,7 +124,7 @@ def finetune_backbone(
             for begin in tqdm(starts, desc=f"fine-tuning, epoch {epoch}/{settings.finetune_epochs}",
                               unit="batch", disable=not progress):
                 films = train_pixels[np.sort(order[begin:begin + batch_size])]
-                images = to_device(detector.model_input(films), device)  # (B, 3, S, S)
+                images = detector.model_input(films, device)  # (B, 3, S, S)
                 with inference_autocast(device, precision):  # bf16 where native, as for scoring
                     first = detector.pooled_features(augment(images, generator))  # (B, D)
                     second = detector.pooled_features(augment(images, generator))

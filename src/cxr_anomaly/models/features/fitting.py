@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ...config import Config
 from ...errors import NoNormalImagesError
-from ...inference import inference_autocast, resolve_precision, to_device
+from ...inference import inference_autocast, resolve_precision
 from .finetune import FinetuneResult, finetune_backbone
 from .torch_model import FeatureDetector, squared_distances
 
@@ -123,7 +123,7 @@ def fit_features(
     patch_parts: list[torch.Tensor] = []
     batches = range(0, len(train_pixels), settings.batch_size)
     for begin in tqdm(batches, desc="features of the normals", unit="batch", disable=not progress):
-        images = to_device(detector.model_input(train_pixels[begin:begin + settings.batch_size]), device)
+        images = detector.model_input(train_pixels[begin:begin + settings.batch_size], device)
         with torch.inference_mode(), inference_autocast(device, precision):
             pooled, patches = detector.embed(images)  # (B, D), (B, C, g, g)
         pooled_parts.append(pooled.float().cpu())

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ... import inference
 from ...config import Config
-from ...data.dataset import preprocess_films
+from ...data.resample import preprocess_on
 from ..base import AnomalyDetector, AnomalyOutput
 from .backbone import build_backbone
 
@@ -35,14 +35,16 @@ COMPONENTS: tuple[str, ...] = ("gaussian", "pooled_knn", "patch_knn")
 
 
 # Scoring batch on a CPU (docs/results.md, "Speed of the features detector"). On a 2-core AMD
-# EPYC (fp32) 16 beat 64 in 11 of 12 repeats over four runs of the features benchmark. On a
-# 16-core Xeon with native bf16 (AMX), 16 was also fastest on 2, 4 and 8 threads, in fp32 and bf16,
-# but on all 16 threads in bf16 64 beat it (1.16x, and 1.77x in the features benchmark on a
-# second such machine), while in fp32 there they tied. On a GPU the base class's 64 stands: it
-# beat 16 by 1.7-2.0x on an H100.
+# EPYC (fp32) 16 beat 64 in 11 of 12 repeats over four runs of the features benchmark. On 16-core
+# Xeons with native bf16 (AMX), 16 was also fastest or tied on 2, 4 and 8 threads, in fp32 and
+# bf16; in bf16 64 beat it on 12 threads (1.08x and 1.17x, two runs) and on 16 (in four runs of
+# five, by 1.16-1.77x), while in fp32 there they tied.
 CPU_SCORING_BATCH_SIZE = 16
 MANY_CORE_BF16_SCORING_BATCH_SIZE = 64
-MANY_CORE_THREADS = 16  # the fewest torch threads at which the larger batch was measured faster
+MANY_CORE_THREADS = 12  # the fewest torch threads at which the larger batch was measured faster
+# On a GPU, once the films are preprocessed there: 256 scored 1.3x (bf16) and 1.2x (fp32) as many
+# films/s as 64 on an H100, and 128 nearly as many as 256 in bf16.
+GPU_SCORING_BATCH_SIZE = 256
 NEAREST_CHUNK = 4096  # query rows per block in nearest_distances: a (4096, M) block, not (Q, M)
 
 
@@ -131,9 +133,9 @@ class FeatureDetector(AnomalyDetector):
     def scoring_batch_size(self, device: torch.device) -> int:
         """Films a pass: on a CPU 16 (:data:`CPU_SCORING_BATCH_SIZE`), or 64 where torch has at
         least :data:`MANY_CORE_THREADS` threads and the CPU computes bf16 natively (where ``auto``
-        precision scores in bf16); the base default (64) on other devices."""
+        precision scores in bf16); :data:`GPU_SCORING_BATCH_SIZE` on other devices."""
         if device.type != "cpu":
-            return super().scoring_batch_size(device)
+            return GPU_SCORING_BATCH_SIZE
         if torch.get_num_threads() >= MANY_CORE_THREADS and inference.native_bf16("cpu"):
             return MANY_CORE_BF16_SCORING_BATCH_SIZE
         return CPU_SCORING_BATCH_SIZE
@@ -151,11 +153,13 @@ class FeatureDetector(AnomalyDetector):
         tuned = f" fine-tuned {settings.finetune_epochs} epochs (MSC)" if settings.finetune_epochs else ""
         return f"features ({settings.backbone}{tuned}, {settings.score})"
 
-    def model_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 films (N, S, S) -> (N, 3, S, S) in [-1, 1], the grey film in all three channels."""
-        # as many preprocessing threads as torch computes with (serve --threads, set_threads)
-        films = preprocess_films(pixels, self.config.data, threads=torch.get_num_threads())
-        images = torch.from_numpy(films * 2.0 - 1.0)  # (N, S, S)
+    def model_input(self, pixels: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 films (N, S, S) -> (N, 3, S, S) in [-1, 1] on ``device``, the grey film in all three
+        channels; preprocessed on that device (on a GPU: 80-89% of scoring time when it ran on
+        the CPU's threads)."""
+        # on a CPU, as many preprocessing threads as torch computes with (serve --threads, set_threads)
+        films = preprocess_on(pixels, self.config.data, device, threads=torch.get_num_threads())  # (N, S, S)
+        images = films * 2.0 - 1.0
         return images[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, S, S)
 
     def _pool(self, maps: dict[int, torch.Tensor]) -> torch.Tensor:

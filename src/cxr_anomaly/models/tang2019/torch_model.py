@@ -26,6 +26,7 @@ from torch import nn
 
 from ...config import SKIP_SIDES, Config, ModelConfig, ScoreConfig
 from ...data.dataset import to_model_tensor
+from ...inference import to_device
 from ..base import AnomalyDetector, AnomalyOutput
 
 LEAKY_SLOPE = 0.2
@@ -341,9 +342,9 @@ class Tang2019Detector(AnomalyDetector):
         """Family and variant."""
         return f"tang2019 ({self.config.model.variant}, {self.config.score.method})"
 
-    def model_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 films (N, 64, 64) -> (N, 1, 64, 64) in [-1, 1]."""
-        return to_model_tensor(pixels, self.config.data)
+    def model_input(self, pixels: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 films (N, 64, 64) -> (N, 1, 64, 64) in [-1, 1] on ``device``, preprocessed on the CPU."""
+        return to_device(to_model_tensor(pixels, self.config.data), device)
 
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
         """Score images (N, 1, 64, 64) without input noise."""
