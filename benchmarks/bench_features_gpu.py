@@ -14,7 +14,7 @@ What it measures (medians of ``--repeats`` runs after one warm-up):
 - **decode**: :func:`cxr_anomaly.data.dataset.load_images` of ``--films`` 1024 px PNGs
   (``nih_fullres`` replicated), every core, no cache;
 - **scoring**: :func:`cxr_anomaly.scoring.score_films` on the decoded films in fp32 and bf16, at
-  the detector's GPU batch (64) and at each other size in ``--batches``, preprocessing on the
+  the detector's GPU batch (256) and at each other size in ``--batches``, preprocessing on the
   GPU as the library does (each batch's scores are copied to the host, which synchronises), and
   beside it the same loop with the films preprocessed on the CPU's threads, as the library did
   before it preprocessed on the device;
@@ -131,7 +131,7 @@ def main() -> None:
             def scoring() -> None:
                 score_films(detector, pixels, device=device, precision=precision, batch_size=batch_size)
 
-            def scoring_cpu_preprocessing() -> None:  # the library before commit "preprocessing on the device"
+            def scoring_cpu_preprocessing() -> None:  # the library before commit f7b194b
                 for start in range(0, len(pixels), batch_size):
                     images = to_device(detector.model_input(pixels[start:start + batch_size], "cpu"), device)
                     with torch.inference_mode(), inference_autocast(device, precision):

