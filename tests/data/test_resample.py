@@ -83,3 +83,16 @@ def test_features_model_input_is_the_same_on_every_device(real_films: np.ndarray
         assert torch.equal(detector.model_input(real_films[:16], device).cpu(), on_cpu)
     assert torch.equal(preprocess_tensor(torch.from_numpy(real_films[:16]), Config().data) * 2.0 - 1.0,
                        on_cpu[:, 0])  # the tensor path on a CPU too
+
+
+@pytest.mark.parametrize(("size", "out_size", "resample", "margin"), [
+    (100, 37, "lanczos", 0), (37, 100, "bilinear", 0), (97, 97, "bilinear", 11), (256, 224, "lanczos", 3),
+])
+def test_other_sizes_and_boxes_match_pillow(size: int, out_size: int, resample: str, margin: int) -> None:
+    films = np.random.default_rng(size).integers(0, 256, (4, size, size), dtype=np.uint8)
+    filters = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
+    box = (margin, margin, size - margin, size - margin)
+    expected = np.stack([np.asarray(Image.fromarray(film).resize((out_size, out_size), filters[resample], box=box))
+                         for film in films])
+    got = resize(torch.from_numpy(films).double(), out_size, resample, margin, size - margin)  # type: ignore[arg-type]
+    assert np.array_equal(got.to(torch.uint8).numpy(), expected)

@@ -83,13 +83,17 @@ def resampling_matrix(in_size: int, out_size: int, resample: Resample, start: in
     scale = (end - start) / out_size
     filter_scale = max(scale, 1.0)  # shrinking widens the filter: antialiasing
     support *= filter_scale
+    inverse_scale = 1.0 / filter_scale  # Pillow multiplies by the reciprocal: the same last bits
     matrix = np.zeros((out_size, in_size), np.float64)
     for row in range(out_size):
         centre = start + (row + 0.5) * scale
         first = max(int(centre - support + 0.5), 0)
         stop = min(int(centre + support + 0.5), in_size)
-        weights = np.array([weight((column - centre + 0.5) / filter_scale) for column in range(first, stop)])
-        total = weights.sum()
+        taps = [weight((column - centre + 0.5) * inverse_scale) for column in range(first, stop)]
+        total = 0.0
+        for tap in taps:  # summed in order, as Pillow does (NumPy's sum reorders)
+            total += tap
+        weights = np.array(taps)
         if total != 0.0:
             weights = weights / total
         # to fixed point, rounding half away from zero as Pillow's casts do
