@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cxr_anomaly.checkpoint import load_checkpoint
 from cxr_anomaly.cli import main
@@ -122,7 +123,7 @@ def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_mod
     for name, model in (("torch", tiny_nih_model.checkpoint), ("onnx", onnx_path)):
         out = tmp_path / f"{name}.csv"
         assert main(["score", "--model", str(model), str(films), "--out", str(out), "--precision", "fp32",
-                     "--report", str(tmp_path / f"{name}.html"), "--no-progress"]) == 0
+                     "--device", "cpu", "--report", str(tmp_path / f"{name}.html"), "--no-progress"]) == 0
         tables[name] = pd.read_csv(out).sort_values("path").reset_index(drop=True)
         assert (tmp_path / f"{name}.html").stat().st_size > 10_000  # thumbnails and heatmaps inline
     torch_table, onnx_table = tables["torch"], tables["onnx"]
@@ -133,5 +134,12 @@ def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_mod
     assert main(["score", "--model", str(onnx_path), str(films), "--out", str(tmp_path / "bf16.csv"),
                  "--precision", "bf16", "--no-progress"]) == 2
     assert "model.onnx: an ONNX graph is scored in fp32, not precision='bf16'" in caplog.text
+    assert main(["score", "--model", str(onnx_path), str(films), "--out", str(tmp_path / "gpu.csv"),
+                 "--device", "cuda", "--no-progress"]) == 2
+    assert "model.onnx: an ONNX graph is scored on the CPU" in caplog.text
+    if not torch.cuda.is_available():  # a checkpoint asked for a GPU that is not there
+        assert main(["score", "--model", str(tiny_nih_model.checkpoint), str(films), "--out",
+                     str(tmp_path / "gpu.csv"), "--device", "cuda", "--no-progress"]) == 2
+        assert "device='cuda', but torch sees no CUDA device here" in caplog.text
     scorer = OnnxScorer(onnx_path)
     assert scorer.anomaly_map_scale == load_checkpoint(tiny_nih_model.checkpoint).anomaly_map_scale

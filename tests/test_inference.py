@@ -33,7 +33,11 @@ from cxr_anomaly.scoring import score_films
 def test_resolve_device_maps_auto_to_what_is_there() -> None:
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="device='gpu0' is not a device torch knows"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda:1', but torch sees no CUDA device here"):
+            resolve_device("cuda:1")
 
 
 def test_auto_precision_follows_native_bf16_support() -> None:

@@ -112,6 +112,9 @@ def add_score_command(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="auto (default: bf16 where the CPU or GPU computes it natively, else fp32), "
                             "fp32 (the exported graph's precision: the same scores on every machine) or bf16")
+    score.add_argument("--device", default="auto",
+                       help="auto (default: cuda when available; an exported graph runs on the CPU), cpu, "
+                            "cuda or cuda:N")
     add_data_options(score)
 
 
@@ -437,7 +440,7 @@ def run_score(args: argparse.Namespace, progress: bool) -> None:
                                on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                progress=progress, report=args.report,
                                keep_patient_identifiers=args.keep_patient_identifiers,
-                               precision=args.precision)
+                               precision=args.precision, device=args.device)
     print(f"scored {len(table)} images: {args.out}")
     if args.report is not None:
         flagged = int((table["decision"] == "flag").sum()) if "decision" in table else None

@@ -38,10 +38,20 @@ SCORE_PRECISIONS: tuple[str, ...] = get_args(Precision)  # training and scoring 
 
 
 def resolve_device(name: str) -> torch.device:
-    """Map ``"auto"`` to CUDA when available, else CPU; pass other names through."""
+    """Map ``"auto"`` to CUDA when available, else CPU; check other names.
+
+    Raises:
+        ValueError: ``name`` is not a device torch knows, or names CUDA where torch sees none.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device={name!r} is not a device torch knows: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}, but torch sees no CUDA device here; use 'auto' or 'cpu'")
+    return device
 
 
 def native_bf16(device: torch.device | str) -> bool:

@@ -277,7 +277,8 @@ def load_scoring_model(model_path: str | Path, *, device: str = "cpu", precision
     ``score_films`` that scoring, the worklist report and the service use.
 
     Args:
-        device: where a checkpoint's detector runs; an ONNX graph runs on the CPU only.
+        device: where a checkpoint's detector runs (``auto``: CUDA when available, else the
+            CPU); an ONNX graph runs on the CPU only (``auto`` means the CPU for it).
         precision: what a checkpoint's detector scores in: ``auto`` (bf16 autocast where the
             device computes bf16 natively, else fp32), ``fp32`` or ``bf16``. An ONNX graph
             scores in fp32, so ``fp32`` gives a checkpoint the scores of its exported graph.
@@ -289,14 +290,14 @@ def load_scoring_model(model_path: str | Path, *, device: str = "cpu", precision
     if Path(model_path).suffix.lower() == ".onnx":
         from .export import OnnxScorer
 
-        if device != "cpu":
+        if device not in ("cpu", "auto"):
             raise ValueError(f"{model_path}: an ONNX graph is scored on the CPU (onnxruntime's CPU "
-                             f"provider), not on device={device!r}; serve the checkpoint (model.pt) instead")
+                             f"provider), not on device={device!r}; use the checkpoint (model.pt) instead")
         if precision == "bf16":
             raise ValueError(f"{model_path}: an ONNX graph is scored in fp32, not precision='bf16'; "
                              "score the checkpoint (model.pt) for bf16")
         return OnnxScorer(model_path, num_threads=onnx_threads)
-    return replace(load_checkpoint(model_path, device=device), precision=precision)
+    return replace(load_checkpoint(model_path, device=resolve_device(device)), precision=precision)
 
 
 def score_table(model: LoadedModel | OnnxScorer, images: LoadedImages, *, normalisation: str = "calibrated",
@@ -347,6 +348,7 @@ def score_job(
     report: str | Path | None = None,
     keep_patient_identifiers: bool = False,
     precision: str = "auto",
+    device: str = "auto",
 ) -> pd.DataFrame:
     """Score files, folders or manifests and write a CSV (path, score, components, ...).
 
@@ -355,9 +357,9 @@ def score_job(
     a worklist ranked by score, most suspicious first, and a self-contained HTML report with
     thumbnails, reconstructions and heatmaps is written too (see :mod:`cxr_anomaly.report`).
     ``model_path`` is a checkpoint or an exported ONNX graph (:func:`load_scoring_model`, which
-    takes ``precision``).
+    takes ``precision`` and ``device``; by default a checkpoint scores on CUDA where there is one).
     """
-    model = load_scoring_model(model_path, precision=precision)
+    model = load_scoring_model(model_path, device=device, precision=precision)
     # the worklist's view column; not the age, a patient attribute the worklist does not need
     manifest = fill_from_dicom_headers(load_inputs(inputs), ages=False)
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
