@@ -27,7 +27,7 @@ from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_from_dicom_headers, load_inputs
 from .errors import ManifestError, NoNormalImagesError
 from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, metrics_by_name, plot_roc
-from .inference import resolve_device
+from .inference import resolve_device, resolve_precision
 from .models.registry import fit_detector
 from .explain import heatmap_range
 from .report import add_dicom_links, explain_rows, rank_table, write_html_report
@@ -360,6 +360,11 @@ def score_job(
     takes ``precision`` and ``device``; by default a checkpoint scores on CUDA where there is one).
     """
     model = load_scoring_model(model_path, device=device, precision=precision)
+    if isinstance(model, LoadedModel):
+        where = next(model.detector.parameters()).device
+        logger.info("scoring with %s on %s in %s", model.description, where, resolve_precision(model.precision, where))
+    else:
+        logger.info("scoring with %s through onnxruntime on the CPU in fp32", model.description)
     # the worklist's view column; not the age, a patient attribute the worklist does not need
     manifest = fill_from_dicom_headers(load_inputs(inputs), ages=False)
     images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
