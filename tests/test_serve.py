@@ -106,6 +106,17 @@ def test_an_exported_onnx_graph_is_served_like_its_checkpoint(tiny_nih_model, fi
         create_app(onnx_path, ServiceSettings(), device="cuda")
 
 
+def test_serve_refuses_a_device_it_cannot_use_before_it_listens(tiny_nih_model, caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    from cxr_anomaly.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for one that has none")
+    assert main(["serve", "--model", str(tiny_nih_model.checkpoint), "--device", "cuda", "--port", "1"]) == 2
+    assert "device='cuda', but torch sees no CUDA device here" in caplog.text
+
+
 def test_raw_body_jpeg_and_dicom_are_sniffed_and_scored(client: TestClient, tmp_path: Path, shared_data: Path,
                                                        dicom_writer: Callable[..., Path]) -> None:
     full_resolution = shared_data / "nih_fullres" / "00000427_000.png"

@@ -168,6 +168,9 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--threads", type=int, default=None,
                        help="threads for scoring, PyTorch's and onnxruntime's (default: one per core; "
                             "1 is faster when the cores are shared with other busy processes)")
+    serve.add_argument("--device", default="auto",
+                       help="auto (default: cuda when available; an exported graph runs on the CPU), cpu, "
+                            "cuda or cuda:N")
 
 
 def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
@@ -475,7 +478,7 @@ def run_serve(args: argparse.Namespace, progress: bool) -> None:
         token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_image_side=args.max_image_side, max_batch_size=args.max_batch_size,
         batch_wait_seconds=args.batch_wait_ms / 1000.0)
-    run_server(args.model, settings, host=args.host, port=args.port, threads=args.threads)
+    run_server(args.model, settings, host=args.host, port=args.port, threads=args.threads, device=args.device)
 
 
 def run_evaluate(args: argparse.Namespace, progress: bool) -> None:

@@ -405,8 +405,9 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
                device: str = "cpu", onnx_threads: int | None = None) -> FastAPI:
     """Build the service for a checkpoint (``model.pt``) or an exported graph (``*.onnx``).
 
-    An ONNX graph is scored with onnxruntime on the CPU (``onnx_threads`` intra-op threads; None:
-    its default); the service behaves the same either way.
+    A checkpoint scores on ``device`` (``auto``: CUDA when available). An ONNX graph is scored
+    with onnxruntime on the CPU (``onnx_threads`` intra-op threads; None: its default); the
+    service behaves the same either way.
 
     Raises:
         CheckpointError: the checkpoint cannot be loaded.
@@ -545,10 +546,12 @@ def start_background_server(app: FastAPI, *, host: str = "127.0.0.1", startup_ti
 
 
 def run_server(model_path: str | Path, settings: ServiceSettings, *, host: str = "127.0.0.1",
-               port: int = 8000, threads: int | None = None) -> None:
+               port: int = 8000, threads: int | None = None, device: str = "auto") -> None:
     """Load the checkpoint or ONNX graph and serve it with uvicorn until interrupted.
 
     Args:
+        device: where a checkpoint scores (``auto``: CUDA when available, else the CPU); an
+            ONNX graph always runs on the CPU.
         threads: intra-op threads of this server process, for PyTorch (``torch.set_num_threads``)
             and for onnxruntime when serving a graph; None keeps their defaults (one per core).
             One thread is faster on a machine whose cores are shared with other busy processes,
@@ -561,7 +564,7 @@ def run_server(model_path: str | Path, settings: ServiceSettings, *, host: str =
         if threads < 1:
             raise ValueError(f"threads={threads}; expected at least 1")
         torch.set_num_threads(threads)
-    app = create_app(model_path, settings, onnx_threads=threads)
+    app = create_app(model_path, settings, device=device, onnx_threads=threads)
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without a bearer token: anyone who can reach it can score films", host)
     logger.info("serving %s (%s) on http://%s:%d", model_path, model_version(model_path), host, port)
