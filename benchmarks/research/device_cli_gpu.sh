@@ -39,4 +39,30 @@ for name, other in (("gpu fp32", gpu), ("gpu auto (bf16)", auto)):
               f"spearman {spearmanr(other[column], cpu[column]).statistic:.6f}")
     print(f"{name}: same decisions {int((other['decision'] == cpu['decision']).sum())}/{len(cpu)}")
 PY
-tail -n 5 "$OUT/machine.txt"
+# the service on the GPU (serve's default device), film by film, against score's table of the same films;
+# it needs fastapi, which the lent machine's image lacks (carry its wheels in .devpack/whl to run it)
+if ! python3 -c "import fastapi, multipart" 2>/dev/null; then
+    echo "serve: skipped, fastapi or python-multipart is not installed here" >>"$OUT/machine.txt"
+else
+timed serve python3 - "$OUT" <<'PY'
+import sys
+from pathlib import Path
+import pandas as pd
+from fastapi.testclient import TestClient
+from cxr_anomaly.serve import ServiceSettings, create_app
+table = pd.read_csv(f"{sys.argv[1]}/scores_auto.csv").set_index("path")
+films = sorted(Path(".devpack/data/nih_fullres").glob("*.png"))
+worst = 0.0
+with TestClient(create_app("/tmp/cli_run/model.pt", ServiceSettings(), device="auto")) as client:
+    print(client.get("/v1/model").json().get("detector"))
+    for film in films:
+        body = client.post("/v1/score", files={"file": (film.name, film.read_bytes())}).json()
+        expected = table.loc[str(film.resolve()), "score_raw"] if str(film.resolve()) in table.index else None
+        if expected is None:
+            expected = table[[str(p).endswith(film.name) for p in table.index]]["score_raw"].iloc[0]
+        worst = max(worst, abs(body["score_raw"] - expected) / abs(expected))
+print(f"{len(films)} films served; largest relative difference from score's table: {worst:.3g}")
+PY
+cat "$OUT/serve.log" >>"$OUT/compare.txt"
+fi
+tail -n 6 "$OUT/machine.txt"
