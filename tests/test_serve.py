@@ -106,7 +106,8 @@ def test_an_exported_onnx_graph_is_served_like_its_checkpoint(tiny_nih_model, fi
         create_app(onnx_path, ServiceSettings(), device="cuda")
 
 
-def test_serve_refuses_a_device_it_cannot_use_before_it_listens(tiny_nih_model, caplog: pytest.LogCaptureFixture) -> None:
+def test_serve_refuses_a_device_it_cannot_use_before_it_listens(tiny_nih_model,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     import torch
 
     from cxr_anomaly.cli import main

@@ -96,3 +96,11 @@ def test_other_sizes_and_boxes_match_pillow(size: int, out_size: int, resample: 
                          for film in films])
     got = resize(torch.from_numpy(films).double(), out_size, resample, margin, size - margin)  # type: ignore[arg-type]
     assert np.array_equal(got.to(torch.uint8).numpy(), expected)
+
+
+def test_an_empty_batch_and_a_flat_film_come_out_as_on_the_pillow_path() -> None:
+    config = Config().data
+    empty = np.zeros((0, 224, 224), np.uint8)
+    assert preprocess_tensor(torch.from_numpy(empty), config).shape == preprocess_films(empty, config).shape
+    flat = np.full((2, 224, 224), 7, np.uint8)  # one grey level: equalisation has nothing to spread
+    assert np.array_equal(preprocess_tensor(torch.from_numpy(flat), config).numpy(), preprocess_films(flat, config))

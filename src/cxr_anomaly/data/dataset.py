@@ -122,7 +122,7 @@ def apply_intensity(pixels: np.ndarray, mode: str) -> np.ndarray:
         std = images.std(axis=(1, 2), keepdims=True) + 1e-6
         return np.clip((images - mean) / std / 6.0 + 0.5, 0.0, 1.0)
     if mode == "equalize":
-        flat = pixels.reshape(len(pixels), -1)
+        flat = pixels.reshape(len(pixels), pixels.shape[1] * pixels.shape[2])  # not -1: fails when N = 0
         out = np.empty(flat.shape, dtype=np.float32)
         for row, values in enumerate(flat):
             histogram = np.bincount(values, minlength=256)

@@ -160,7 +160,7 @@ def apply_intensity(films: torch.Tensor, mode: str) -> torch.Tensor:
         return ((images - mean) / std / 6.0 + 0.5).clamp_(0.0, 1.0)
     if mode == "equalize":
         count = len(films)
-        values = films.reshape(count, -1).long()  # (N, H*W)
+        values = films.reshape(count, films.shape[1] * films.shape[2]).long()  # (N, H*W); -1 fails on N = 0
         offsets = 256 * torch.arange(count, device=films.device)[:, None]  # one histogram per film
         histograms = torch.bincount((values + offsets).reshape(-1), minlength=256 * count).reshape(count, 256)
         cdf = histograms.cumsum(dim=1).float()  # exact: counts stay below 2^24
