@@ -143,3 +143,12 @@ def test_bf16_scores_match_fp32_auc_on_real_films(shared_data: Path) -> None:
     auc_bf16 = safe_auc(test_labels, bf16.raw)
     assert auc_fp32 is not None and auc_bf16 is not None
     assert abs(auc_bf16 - auc_fp32) <= 0.005, (auc_fp32, auc_bf16)
+
+
+def test_fp32_on_cuda_turns_tf32_convolutions_off_for_the_block_only() -> None:
+    before = torch.backends.cudnn.allow_tf32
+    with inference_autocast("cuda", "fp32"):  # sets a flag only: runs without a GPU too
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 == before
+    with inference_autocast("cpu", "fp32"):
+        assert torch.backends.cudnn.allow_tf32 == before
