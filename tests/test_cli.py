@@ -70,9 +70,10 @@ def test_score_writes_path_score_and_components(trained_checkpoint: Path, shared
 
 def test_evaluate_writes_metrics_roc_and_grid(trained_checkpoint: Path, small_manifest: Path, tmp_path: Path) -> None:
     assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(small_manifest),
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+                 "--out", str(tmp_path), "--no-progress", "--device", "cpu", "--precision", "fp32"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["split"] == "test"
+    assert (metrics["device"], metrics["precision"]) == ("cpu", "fp32")  # what the figures were computed in
     assert (metrics["num_normal"], metrics["num_abnormal"]) == (10, 10)
     assert metrics["copies_of_training_films"] == []  # the test films are patient-disjoint from training
     assert metrics["patients_shared_with_training"] == []

@@ -270,8 +270,9 @@ def _unpickler_reason(error: pickle.UnpicklingError) -> str:
     return _one_line(RuntimeError(text))
 
 
-def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a checkpoint into a detector in eval mode.
+def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", precision: str = "auto") -> LoadedModel:
+    """Load a checkpoint into a detector in eval mode on ``device``, to score in ``precision``
+    (``auto``: bf16 where the device computes it natively, else fp32; ``fp32``; ``bf16``).
 
     Raises:
         CheckpointError: see :func:`read_checkpoint_payload`, or weights that do not fit the
@@ -312,6 +313,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
         training=dict(payload.get("training") or {}),
         path=str(path),
         packed_training_signatures=_packed_training_signatures(payload),
+        precision=precision,
     )
 
 

@@ -195,6 +195,10 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
                                "with training films are looked for among the evaluated films; default: the "
                                "data the checkpoint recorded")
     evaluate.add_argument("--no-baselines", action="store_true", help="leave the pixel baselines out")
+    evaluate.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                          help="auto (default: bf16 where the CPU or GPU computes it natively, else fp32), "
+                               "fp32 (the same scores on every machine) or bf16")
     add_data_options(evaluate)
 
 
@@ -489,7 +493,8 @@ def run_evaluate(args: argparse.Namespace, progress: bool) -> None:
                                     label_column=args.label_column,
                                     on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                     progress=progress, baselines=not args.no_baselines,
-                                    baseline_train=args.baseline_train)
+                                    baseline_train=args.baseline_train, device=args.device,
+                                    precision=args.precision)
     auc = "n/a" if outcome.metrics.auc is None else f"{outcome.metrics.auc:.3f}"
     print(f"AUC {auc} on {outcome.split} split; metrics: {outcome.metrics_path}")
     summary = json.loads(outcome.metrics_path.read_text())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -297,7 +297,7 @@ def load_scoring_model(model_path: str | Path, *, device: str = "cpu", precision
             raise ValueError(f"{model_path}: an ONNX graph is scored in fp32, not precision='bf16'; "
                              "score the checkpoint (model.pt) for bf16")
         return OnnxScorer(model_path, num_threads=onnx_threads)
-    return replace(load_checkpoint(model_path, device=resolve_device(device)), precision=precision)
+    return load_checkpoint(model_path, device=resolve_device(device), precision=precision)
 
 
 def score_table(model: LoadedModel | OnnxScorer, images: LoadedImages, *, normalisation: str = "calibrated",
@@ -598,6 +598,8 @@ def evaluate_job(
     label_column: str = "label",
     baselines: bool = True,
     baseline_train: list[str | Path] | None = None,
+    device: str = "auto",
+    precision: str = "auto",
 ) -> EvaluationOutcome:
     """Score labelled films and write metrics.json, roc.png, films.png and scores.csv.
 
@@ -609,6 +611,8 @@ def evaluate_job(
     sensitivity and specificity at the stored threshold with their intervals.
 
     ``label_column`` names the column that holds the labels (0 normal, 1 abnormal, empty unknown).
+    The detector scores on ``device`` (``auto``: CUDA where there is one) in ``precision``
+    (:func:`load_scoring_model`); metrics.json records both.
 
     With ``baselines``, metrics.json also holds the pixel baselines' metrics on the same films
     (``baselines``: name -> metrics), fitted on the checkpoint's training normals, which are read
@@ -624,7 +628,8 @@ def evaluate_job(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = load_checkpoint(model_path)
+    model = load_checkpoint(model_path, device=resolve_device(device), precision=precision)
+    where = next(model.detector.parameters()).device
     origin = ", ".join(str(source) for source in data)
     chosen = choose_evaluation_rows(load_inputs(data), split)
     manifest, split = read_label_column(chosen.manifest, label_column, origin), chosen.split
@@ -657,6 +662,8 @@ def evaluate_job(
         "model": str(model_path),
         "method": model.config.method,
         "detector": model.detector.description,
+        "device": str(where),
+        "precision": resolve_precision(model.precision, where),
         "split": split,
         "num_images": len(table),
         "num_unlabelled": unlabelled,
