@@ -73,7 +73,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                        help="TOML or JSON config file; command-line options override it")
     train.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
-                       help="tang2019 training: auto (default: bf16 autocast where the device computes "
+                       help="fitting, both families: auto (default: bf16 autocast where the device computes "
                             "bf16 natively, else fp32), fp32 or bf16")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run from RUN_DIR/training_state.pt (with its stored "

@@ -308,7 +308,7 @@ class Config:
     ``method`` names the detector family: ``features`` (the default, a pretrained CNN fine-tuned on
     the normals, with one-class models of its features; section ``features``) or ``tang2019``
     (the paper's GAN; sections ``model``, ``loss`` and ``train``). ``data`` and ``score`` apply
-    to both.
+    to both, and so do ``train.device`` and ``train.precision``, where either family fits.
     """
 
     method: Method = "features"

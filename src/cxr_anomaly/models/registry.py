@@ -64,13 +64,16 @@ def fit_detector(
 ) -> FitResult:
     """Fit the detector of ``config.method`` on uint8 normal films (N, S, S).
 
-    ``features`` makes one pass of its frozen backbone; ``tang2019`` trains its GAN (with
-    training states in ``run_dir``, resumable, and DistributedDataParallel under torchrun).
+    ``features`` fine-tunes its backbone on the normals (``features.finetune_epochs``), then fits
+    its models of their features in one pass; ``tang2019`` trains its GAN (with training states
+    in ``run_dir``, resumable, and DistributedDataParallel under torchrun). Both compute in
+    ``train.precision`` and record the precision used.
     """
     if config.method == "features":
         from .features import fit_features
 
-        fitted = fit_features(config, train_pixels, device=device, progress=progress)
+        fitted = fit_features(config, train_pixels, device=device, precision=config.train.precision,
+                              progress=progress)
         return FitResult(fitted.detector, fitted.record())
     if config.method == "tang2019":
         # imported here: the training loop imports the checkpoint module, which imports this one

@@ -155,6 +155,13 @@ def test_fit_refuses_too_few_normals() -> None:
         fit_detector(SMALL, np.zeros((3, 224, 224), np.uint8), progress=False)
 
 
+def test_fit_computes_in_the_training_precision_and_records_it(fitted: FittedFeatures) -> None:
+    fp32 = fit_detector(with_overrides(SMALL, "train", precision="fp32"), fitted.train_pixels[:12], progress=False)
+    assert fp32.record["precision"] == "fp32"
+    default = fit_detector(SMALL, fitted.train_pixels[:12], progress=False)
+    assert default.record["precision"] == ("bf16" if inference.native_bf16("cpu") else "fp32")  # auto
+
+
 def test_checkpoint_round_trip_and_pickle_refused(fitted: FittedFeatures, tmp_path: Path) -> None:
     before = score_films(fitted.detector, fitted.test_pixels, precision="fp32")
     calibration = fit_calibration(score_films(fitted.detector, fitted.train_pixels, precision="fp32").raw, 0.95)

@@ -45,13 +45,15 @@ class FeatureFitResult:
     seconds: float
     finetune_losses: list[float] = field(default_factory=list)  # mean loss per epoch; empty: frozen
     finetune_seconds: float = 0.0  # part of ``seconds``
+    precision: str = "fp32"  # what fine-tuning and the features pass computed in
 
     def record(self) -> dict[str, float | int | str | list[float]]:
         """Plain values for the checkpoint's training record."""
         return {"family": "features", "num_train_images": self.num_train_images,
                 "num_patches_seen": self.num_patches_seen, "memory_bank_size": self.memory_bank_size,
                 "patch_radius": self.patch_radius, "seconds": self.seconds,
-                "finetune_losses": self.finetune_losses, "finetune_seconds": self.finetune_seconds}
+                "finetune_losses": self.finetune_losses, "finetune_seconds": self.finetune_seconds,
+                "precision": self.precision}
 
 
 def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -151,4 +153,4 @@ def fit_features(
     logger.info("fitted the features detector on %d normal films in %.1f s: %d patches seen, memory bank "
                 "%d, normal patch radius %.3f", len(train_pixels), seconds, len(patches_all), len(bank), radius)
     return FeatureFitResult(detector, len(train_pixels), len(patches_all), len(bank), radius, seconds,
-                            finetuned.epoch_losses, finetuned.seconds)
+                            finetuned.epoch_losses, finetuned.seconds, precision)
