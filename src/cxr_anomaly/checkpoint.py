@@ -27,6 +27,7 @@ from . import __version__
 from .config import Config, config_to_dict, stored_config_from_dict
 from .data.copies import pack_signatures, unpack_signatures
 from .errors import CheckpointError, ConfigError
+from .inference import resolve_device, resolve_precision
 from .io import sniff_format
 from .models.base import AnomalyDetector
 from .models.registry import build_detector
@@ -64,6 +65,16 @@ class LoadedModel:
     def description(self) -> str:
         """The detector's one-line description (family, backbone or variant, score)."""
         return self.detector.description
+
+    @property
+    def device(self) -> torch.device:
+        """Where the detector's weights are, and so where it scores."""
+        return next(self.detector.parameters()).device
+
+    @property
+    def computes_in(self) -> str:
+        """``fp32`` or ``bf16``: :attr:`precision` with ``auto`` resolved for :attr:`device`."""
+        return resolve_precision(self.precision, self.device)
 
     @property
     def anomaly_map_scale(self) -> float:
@@ -271,8 +282,9 @@ def _unpickler_reason(error: pickle.UnpicklingError) -> str:
 
 
 def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", precision: str = "auto") -> LoadedModel:
-    """Load a checkpoint into a detector in eval mode on ``device``, to score in ``precision``
-    (``auto``: bf16 where the device computes it natively, else fp32; ``fp32``; ``bf16``).
+    """Load a checkpoint into a detector in eval mode on ``device`` (``auto``: CUDA where there
+    is one), to score in ``precision`` (``auto``: bf16 where the device computes it natively,
+    else fp32; ``fp32``; ``bf16``).
 
     Raises:
         CheckpointError: see :func:`read_checkpoint_payload`, or weights that do not fit the
@@ -303,7 +315,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", pre
         raise CheckpointError(
             path, f"weights do not match the stored configuration: {error}{_version_note(payload)}"
         ) from error
-    detector.to(device).eval()
+    detector.to(resolve_device(str(device))).eval()
     calibration = payload.get("calibration")
     return LoadedModel(
         detector=detector,

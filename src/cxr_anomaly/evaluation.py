@@ -237,6 +237,7 @@ def metrics_by_name(labels: np.ndarray, named_scores: dict[str, np.ndarray], fil
                                   seed=seed).to_dict()
             for name, scores in named_scores.items()}
 
+
 def save_figure(figure: object, path: str | Path) -> Path:
     """Lay out a matplotlib figure, write it (creating the folder) and close it."""
     import matplotlib.pyplot as plt

@@ -27,7 +27,7 @@ from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_from_dicom_headers, load_inputs
 from .errors import ManifestError, NoNormalImagesError
 from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, metrics_by_name, plot_roc
-from .inference import resolve_device, resolve_precision
+from .inference import resolve_device
 from .models.registry import fit_detector
 from .explain import heatmap_range
 from .report import add_dicom_links, explain_rows, rank_table, write_html_report
@@ -297,7 +297,7 @@ def load_scoring_model(model_path: str | Path, *, device: str = "cpu", precision
             raise ValueError(f"{model_path}: an ONNX graph is scored in fp32, not precision='bf16'; "
                              "score the checkpoint (model.pt) for bf16")
         return OnnxScorer(model_path, num_threads=onnx_threads)
-    return load_checkpoint(model_path, device=resolve_device(device), precision=precision)
+    return load_checkpoint(model_path, device=device, precision=precision)
 
 
 def score_table(model: LoadedModel | OnnxScorer, images: LoadedImages, *, normalisation: str = "calibrated",
@@ -361,8 +361,7 @@ def score_job(
     """
     model = load_scoring_model(model_path, device=device, precision=precision)
     if isinstance(model, LoadedModel):
-        where = next(model.detector.parameters()).device
-        logger.info("scoring with %s on %s in %s", model.description, where, resolve_precision(model.precision, where))
+        logger.info("scoring with %s on %s in %s", model.description, model.device, model.computes_in)
     else:
         logger.info("scoring with %s through onnxruntime on the CPU in fp32", model.description)
     # the worklist's view column; not the age, a patient attribute the worklist does not need
@@ -628,8 +627,7 @@ def evaluate_job(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = load_checkpoint(model_path, device=resolve_device(device), precision=precision)
-    where = next(model.detector.parameters()).device
+    model = load_checkpoint(model_path, device=device, precision=precision)
     origin = ", ".join(str(source) for source in data)
     chosen = choose_evaluation_rows(load_inputs(data), split)
     manifest, split = read_label_column(chosen.manifest, label_column, origin), chosen.split
@@ -662,8 +660,8 @@ def evaluate_job(
         "model": str(model_path),
         "method": model.config.method,
         "detector": model.detector.description,
-        "device": str(where),
-        "precision": resolve_precision(model.precision, where),
+        "device": str(model.device),
+        "precision": model.computes_in,
         "split": split,
         "num_images": len(table),
         "num_unlabelled": unlabelled,

@@ -31,6 +31,7 @@ def find_copies(films: np.ndarray, reference: np.ndarray) -> list[FilmCopy]:
     """Films (uint8, N, S, S) that copy a reference film (uint8, M, S', S'), matched as evaluate does."""
     return matching_signatures(film_signatures(films), film_signatures(reference))
 
+
 def test_the_same_film_through_another_pipeline_is_a_copy_and_other_films_are_not(shared_data: Path) -> None:
     originals = [Image.open(path).convert("L") for path in sorted((shared_data / "nih_fullres").glob("*.png"))[:6]]
     reference = np.stack([np.asarray(film.resize((224, 224), Image.Resampling.BICUBIC)) for film in originals])
