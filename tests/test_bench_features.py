@@ -55,12 +55,12 @@ def test_the_speed_fixes_leave_distances_and_coresets_unchanged() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 product is widened as before
         assert torch.equal(squared_distances(queries[:200], bank), reference_squared_distances(queries[:200], bank))
     expected = reference_squared_distances(queries, bank).min(dim=1).values.sqrt()
-    for chunk in (256, 1000, 4096):
+    for chunk in (256, 1000, 4096, None):  # None: the device's default
         torch.testing.assert_close(nearest_distances(queries, bank, chunk), expected, rtol=1e-6, atol=0.0)
 
 
 def test_recorded_convolutions_are_the_backbones_with_torchs_flop_count() -> None:
-    """48 convolutions of EfficientNet-Lite0, each with the (padded) input it really received."""
+    """48 convolutions of EfficientNet-Lite0, each with the input and padding it really received."""
     backbone, _ = build_backbone("efficientnet_lite0", pretrained=False)
     images = torch.rand(2, 3, 64, 64)
     calls = record_conv_calls(lambda: backbone(images))
@@ -68,7 +68,9 @@ def test_recorded_convolutions_are_the_backbones_with_torchs_flop_count() -> Non
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         backbone(images)
     assert sum(call.flops for call in calls) == pytest.approx(counter.get_total_flops(), rel=1e-9)
-    assert calls[0].input_shape == (2, 3, 65, 65)  # TensorFlow's SAME padding of the stride-2 stem
+    # The stride-2 stem: TensorFlow's SAME padding (0 before, 1 after) as a symmetric padding of 2
+    # whose first output row and column are dropped (SamePadConv2d).
+    assert calls[0].input_shape == (2, 3, 64, 64) and calls[0].layer.padding == (2, 2)
     kinds = {bench_features.layer_kind(call) for call in calls}
     assert kinds == {"stem 3x3", "depthwise", "1x1 expand", "1x1 project"}
     with torch.inference_mode():

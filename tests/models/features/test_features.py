@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cxr_anomaly import inference
@@ -21,7 +23,7 @@ from cxr_anomaly.config import Config, config_from_dict, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import CheckpointError, ConfigError, NoNormalImagesError
-from cxr_anomaly.models.features.backbone import (EfficientNetLite, _load_weights, build_backbone,
+from cxr_anomaly.models.features.backbone import (EfficientNetLite, SamePadConv2d, _load_weights, build_backbone,
                                                   packaged_weights_path)
 from cxr_anomaly.models.features.fitting import greedy_coreset
 from cxr_anomaly.models.features.torch_model import GPU_SCORING_BATCH_SIZE
@@ -70,6 +72,34 @@ def test_backbone_gives_three_scales_and_folding_keeps_outputs() -> None:
     for stride in ours:  # BatchNorm folded into the convolutions changes nothing but rounding
         assert torch.allclose(ours[stride], reference[stride], atol=1e-3, rtol=1e-4)
     assert not any(parameter.requires_grad for parameter in folded.parameters())
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("size", [(224, 224), (112, 57), (7, 8)])
+def test_same_padding_without_a_padded_copy_is_tensorflows_to_the_bit(kernel: int, size: tuple[int, int]) -> None:
+    convolution = SamePadConv2d(6, 6, kernel, stride=2, groups=6, bias=True)
+    generator = torch.Generator().manual_seed(kernel)
+    with torch.no_grad():
+        convolution.weight.copy_(torch.randn(convolution.weight.shape, generator=generator))
+        convolution.bias.copy_(torch.randn(6, generator=generator))
+    images = torch.randn(2, 6, *size, generator=generator, requires_grad=True)
+    # TensorFlow's "SAME": ceil(size / 2) outputs, the odd zero after the input
+    pads = []
+    for length in (size[1], size[0]):
+        total = max((math.ceil(length / 2) - 1) * 2 + kernel - length, 0)
+        pads += [total // 2, total - total // 2]
+    reference = F.conv2d(F.pad(images, pads), convolution.weight, convolution.bias, 2, 0, 1, 6)
+    with torch.no_grad():  # scoring: a window of a symmetrically padded convolution
+        windowed = convolution(images)
+    assert windowed.shape == reference.shape == (2, 6, math.ceil(size[0] / 2), math.ceil(size[1] / 2))
+    assert torch.equal(windowed, reference)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(convolution(images), F.conv2d(F.pad(images, pads), convolution.weight, convolution.bias,
+                                                         2, 0, 1, 6))
+    # fine-tuning: the padded input, so the gradients of earlier commits to the bit
+    (reference_grad,) = torch.autograd.grad(reference.square().sum(), images)
+    (our_grad,) = torch.autograd.grad(convolution(images).square().sum(), images)
+    assert torch.equal(our_grad, reference_grad)
 
 
 def test_backbone_errors_name_the_setting(tmp_path: Path) -> None:
