@@ -81,10 +81,10 @@ class SamePadConv2d(nn.Conv2d):
     padded copy of the input: the convolution pads symmetrically by enough that the wanted
     outputs are a window of its output, and that window is returned (a view). Each output sees
     the same inputs and zeros as under TensorFlow's padding, so the features are the same to the
-    bit (tested against the explicit pad); the copy it saves was 15% of the backbone's time on a
-    2-core CPU (docs/results.md). With gradients (fine-tuning) the input is padded: the window's
-    backward was slower there, and rounded the gradients differently, so fine-tuned weights would
-    no longer repeat those of earlier commits.
+    bit (tested against the explicit pad), and the backbone ran 1.12-1.41x as fast on a 2-core
+    CPU (docs/results.md, "Two overheads of scoring removed"). With gradients (fine-tuning) the
+    input is padded: the window's backward was slower there, and rounded the gradients
+    differently, so fine-tuned weights would no longer repeat those of earlier commits.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,

@@ -47,8 +47,9 @@ MANY_CORE_THREADS = 12  # the fewest torch threads at which the larger batch was
 GPU_SCORING_BATCH_SIZE = 256
 # Query rows per block in nearest_distances: a (chunk, M) block, never the whole (Q, M) matrix.
 # On a CPU a block of 1,024 rows against the bank of 4,096 (16 MB in fp32) stays in the cache
-# through the five passes after the product: the search ran 1.3-1.5x as fast as with 4,096 rows
-# on a 2-core EPYC (docs/results.md). A GPU keeps the larger block and so fewer kernel launches.
+# through the five passes after the product: with amin the search of a batch of 16 ran 1.43-1.46x
+# as fast in bf16 on a 2-core EPYC, 0.92x in fp32, where the product bounds it (docs/results.md,
+# "Two overheads of scoring removed"). A GPU keeps the larger block: fewer kernel launches.
 NEAREST_CHUNK = 4096
 CPU_NEAREST_CHUNK = 1024
 
