@@ -77,14 +77,15 @@ class SamePadConv2d(nn.Conv2d):
     pads 0 pixels before and 1 after; symmetric padding would shift every feature half a pixel.
     Stride-1 convolutions with odd kernels pad symmetrically, which the convolution does itself.
 
-    Without gradients (scoring, feature extraction) the asymmetric case is computed without a
-    padded copy of the input: the convolution pads symmetrically by enough that the wanted
+    On a CPU without gradients (scoring, feature extraction) the asymmetric case is computed
+    without a padded copy of the input: the convolution pads symmetrically by enough that the wanted
     outputs are a window of its output, and that window is returned (a view). Each output sees
     the same inputs and zeros as under TensorFlow's padding, so the features are the same to the
     bit (tested against the explicit pad), and the backbone ran 1.12-1.41x as fast on a 2-core
     CPU (docs/results.md, "Two overheads of scoring removed"). With gradients (fine-tuning) the
     input is padded: the window's backward was slower there, and rounded the gradients
-    differently, so fine-tuned weights would no longer repeat those of earlier commits.
+    differently, so fine-tuned weights would no longer repeat those of earlier commits. A GPU
+    keeps the padded input too: its speed was measured that way, and not yet with the window.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -115,7 +116,7 @@ class SamePadConv2d(nn.Conv2d):
             return super().forward(images)
         # Python ints: the input size is fixed per model, so an exported graph holds constant pads.
         rows, columns = self.same_padding(int(images.shape[-2]), int(images.shape[-1]))
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or images.device.type != "cpu":
             return super().forward(F.pad(images, [columns.before, columns.after, rows.before, rows.after]))
         outputs = F.conv2d(images, self.weight, self.bias, self.stride, (rows.padding, columns.padding),
                            self.dilation, self.groups)
