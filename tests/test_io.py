@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from cxr_anomaly.errors import DecompressionBombError, MissingFileError, UnreadableImageError
-from cxr_anomaly import io as io_module
 from cxr_anomaly.io import read_image, resize_grey, sniff_format
 
 
@@ -186,22 +185,3 @@ def test_films_that_keep_their_grey_levels_are_not_stretched(tmp_path: Path, low
     read = read_image(path)
     np.testing.assert_allclose(read.array, ramp / top, atol=1e-6)
     assert "range_stretched_from" not in read.metadata
-
-
-def test_resizing_lets_pillow_reuse_freed_blocks_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    saved = Image.core.get_blocks_max()
-    try:
-        Image.core.set_blocks_max(0)
-        io_module.reuse_pillow_memory.cache_clear()
-        monkeypatch.setenv("PILLOW_BLOCKS_MAX", "0")  # the user's own setting is kept
-        resize_grey(np.zeros((32, 32), np.float32), 16)
-        assert Image.core.get_blocks_max() == 0
-        io_module.reuse_pillow_memory.cache_clear()
-        monkeypatch.delenv("PILLOW_BLOCKS_MAX")
-        film = np.random.default_rng(0).random((300, 200)).astype(np.float32)
-        before = resize_grey(film, 64)
-        assert Image.core.get_blocks_max() == io_module.PILLOW_FREE_BLOCKS
-        assert np.array_equal(resize_grey(film, 64), before)  # reused memory, the same pixels
-    finally:
-        Image.core.set_blocks_max(saved)
-        io_module.reuse_pillow_memory.cache_clear()

@@ -2,15 +2,16 @@
 
 Usage::
 
-    python -m benchmarks.research.pillow_blocks [--data ../shared/data] [--films 96] [--rounds 5]
+    python -m benchmarks.research.pillow_blocks [--data ../shared/data] [--films 96] [--rounds 6] [--blocks 4]
 
-Why: :func:`cxr_anomaly.io.reuse_pillow_memory` lets Pillow keep
-:data:`~cxr_anomaly.io.PILLOW_FREE_BLOCKS` freed image blocks, where Pillow's default (0) gives
-each image's memory back at once. This times ``load_images`` (the decoding threads that
-``score`` uses, decode and resize to 224 px) over ``--films`` distinct copies of the 20
-``nih_fullres`` PNGs and over as many DICOM files written from them, with 0 and with
-:data:`~cxr_anomaly.io.PILLOW_FREE_BLOCKS` blocks, the two settings alternating within every
-round. Milliseconds a film, medians over ``--rounds``; the decoded films are compared too.
+Why: Pillow gives each freed image's memory back to the system at once (``PILLOW_BLOCKS_MAX``
+defaults to 0), so every film's full-size float image in ``resize_grey`` could be allocated and
+faulted in anew; a pool of freed blocks would reuse it. This times ``load_images`` (the decoding
+threads that ``score`` uses, decode and resize to 224 px) over ``--films`` distinct copies of the
+20 ``nih_fullres`` PNGs and over as many DICOM files written from them, with 0 and with
+``--blocks`` blocks, the two settings alternating within every
+round (which goes first alternates), after one warm-up pass. Milliseconds a film, medians over
+``--rounds``; the decoded films are compared too.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ from benchmarks.bench_features import dicom_copies, fullres_paths, replicate
 from benchmarks.common import git_commit, machine_facts
 from cxr_anomaly.config import Config
 from cxr_anomaly.data.dataset import load_images
-from cxr_anomaly.io import PILLOW_FREE_BLOCKS, reuse_pillow_memory
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--films", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--blocks", type=int, default=4)
     args = parser.parse_args()
     print(f"commit {git_commit()}; {machine_facts()}")
     config = Config().data
@@ -43,13 +44,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         collections = {"PNG": replicate(sources, args.films, Path(folder) / "png", ".png"),
                        "DICOM": dicom_copies(sources, args.films, Path(folder) / "dicom")}
-        reuse_pillow_memory()  # its one call per process, done, so that it changes nothing below
         saved = Image.core.get_blocks_max()
         seconds: dict[tuple[str, int], list[float]] = {}
         films: dict[tuple[str, int], np.ndarray] = {}
         try:
-            for _ in range(args.rounds):
-                for blocks in (0, PILLOW_FREE_BLOCKS):
+            for rows in collections.values():  # warm-up: imports, page cache, thread pool
+                load_images(rows, config)
+            for round_index in range(args.rounds):
+                order = (0, args.blocks) if round_index % 2 == 0 else (args.blocks, 0)
+                for blocks in order:
                     Image.core.set_blocks_max(blocks)
                     for name, rows in collections.items():
                         started = time.perf_counter()
@@ -58,14 +61,14 @@ def main() -> None:
         finally:
             Image.core.set_blocks_max(saved)
     for name in collections:
-        same = np.array_equal(films[name, 0], films[name, PILLOW_FREE_BLOCKS])
+        same = np.array_equal(films[name, 0], films[name, args.blocks])
         rows = {blocks: [1000 * value / args.films for value in seconds[name, blocks]]
-                for blocks in (0, PILLOW_FREE_BLOCKS)}
+                for blocks in (0, args.blocks)}
         medians = {blocks: statistics.median(values) for blocks, values in rows.items()}
-        print(f"{name}: {medians[0]:.2f} ms a film with 0 blocks, {medians[PILLOW_FREE_BLOCKS]:.2f} with "
-              f"{PILLOW_FREE_BLOCKS} ({medians[0] / medians[PILLOW_FREE_BLOCKS]:.2f}x); same films: {same}; "
+        print(f"{name}: {medians[0]:.2f} ms a film with 0 blocks, {medians[args.blocks]:.2f} with "
+              f"{args.blocks} ({medians[0] / medians[args.blocks]:.2f}x); same films: {same}; "
               f"rounds {[round(value, 2) for value in rows[0]]} and "
-              f"{[round(value, 2) for value in rows[PILLOW_FREE_BLOCKS]]}")
+              f"{[round(value, 2) for value in rows[args.blocks]]}")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ The format is sniffed from the file's bytes, never trusted from its extension.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import threading
 import warnings
 from pathlib import Path
@@ -39,9 +37,6 @@ logger = logging.getLogger(__name__)
 # restore each other's filters, so a bomb warning could pass as a mere warning.
 _WARNING_FILTERS_LOCK = threading.Lock()
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
-# Freed image blocks Pillow keeps for reuse once a film has been resized (its PILLOW_BLOCKS_MAX);
-# blocks are at most 16 MB, a 1024² film's float image 4 MB.
-PILLOW_FREE_BLOCKS = 4
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRead:
@@ -158,22 +153,6 @@ def pil_to_grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-@functools.cache
-def reuse_pillow_memory() -> None:
-    """Let Pillow keep :data:`PILLOW_FREE_BLOCKS` freed image blocks for the next film (once a process).
-
-    By default Pillow gives every freed image's memory back to the system, so the full-size float
-    image of each film in :func:`resize_grey` was allocated and faulted in anew. Reusing the
-    blocks read 1024 px DICOM films about 1.5x as fast on a 2-core CPU (docs/results.md, "Pillow's
-    freed blocks"); the pixels are the same. A ``PILLOW_BLOCKS_MAX`` the user set, or a larger
-    setting, is left as it is.
-    """
-    if "PILLOW_BLOCKS_MAX" in os.environ or Image.core.get_blocks_max() >= PILLOW_FREE_BLOCKS:
-        return
-    Image.core.set_blocks_max(PILLOW_FREE_BLOCKS)
-    logger.debug("Pillow keeps up to %d freed image blocks for reuse", PILLOW_FREE_BLOCKS)
-
-
 def resize_grey(array: np.ndarray, size: int) -> np.ndarray:
     """Resize a grey [0, 1] float image to ``size`` x ``size`` uint8, with antialiasing.
 
@@ -182,7 +161,6 @@ def resize_grey(array: np.ndarray, size: int) -> np.ndarray:
     """
     if array.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {array.shape}")
-    reuse_pillow_memory()
     image = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
