@@ -76,7 +76,7 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk_size: int
     ``chunk_size`` queries at a time (default: :data:`CPU_NEAREST_CHUNK` on a CPU,
     :data:`NEAREST_CHUNK` elsewhere) so that the whole (Q, M) matrix never exists: 3.3 GB for a
     batch of 64 films at a 28x28 patch grid against 16,384 bank patches. ``amin`` gives the
-    values of ``min`` without its indices, at a ninth of its time on a CPU. An ONNX export takes
+    values of ``min`` without computing its indices. An ONNX export takes
     the one-block path, so the graph holds no loop fixed to the example's batch size.
     """
     if chunk_size is None:
