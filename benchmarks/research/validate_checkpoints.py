@@ -9,6 +9,10 @@ is read.
     python -m benchmarks.research.validate_checkpoints \\
         --model fine-tuned=runs/demo/run/model.pt frozen=runs/val4500/frozen/model.pt \\
         --output runs/val4500/validation.json
+
+``--neighbours 5 10 20`` scores each checkpoint once for each k of the pooled kNN (the setting
+``features.neighbours``, read at scoring time), as rows ``NAME k=K``; the other components do
+not depend on it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pandas as pd
 
 from benchmarks.research.features_probe import collections, per_view
 from cxr_anomaly.checkpoint import LoadedModel, load_checkpoint
-from cxr_anomaly.config import DataConfig
+from cxr_anomaly.config import DataConfig, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.torch_model import FeatureDetector
 
@@ -73,13 +77,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=named_path, nargs="+", required=True, metavar="NAME=CKPT")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the figures")
+    parser.add_argument("--neighbours", type=int, nargs="+", default=None, metavar="K",
+                        help="score each checkpoint with each k of the pooled kNN (features.neighbours)")
     args = parser.parse_args()
     sets = collections()
     decoded: dict[tuple[str, DataConfig], np.ndarray] = {}  # films decoded once per collection and input settings
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for name, path in args.model:
+    runs = [(name, path, k) for name, path in args.model for k in (args.neighbours or [None])]
+    for name, path, k in runs:
         started = time.perf_counter()
-        model = load_checkpoint(path)
+        model = load_features_model(path) if k is not None else load_checkpoint(path)
+        if k is not None:
+            model.detector.config = with_overrides(model.detector.config, "features", neighbours=k)
+            name = f"{name} k={k}"
         scored: dict[str, dict[str, np.ndarray]] = {}  # collection -> score name -> (N,)
         for collection in VALIDATION:
             key = (collection, model.config.data)
