@@ -14,14 +14,13 @@ warm-up, the Pillow path in one thread and in torch's thread count.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from benchmarks.bench_features import rsna_rows
+from benchmarks.bench_model import time_call
 from benchmarks.common import git_commit, machine_facts
 from cxr_anomaly.config import Config
 from cxr_anomaly.data.dataset import load_images, preprocess_films
@@ -30,13 +29,7 @@ from cxr_anomaly.data.resample import preprocess_tensor
 
 def median_ms_per_film(run: Callable[[], object], films: int, repeats: int) -> float:
     """Median milliseconds a film of ``run`` over ``repeats`` calls after one warm-up."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times) / films
+    return 1000 * time_call(run, repeats).median / films
 
 
 def main() -> None:
