@@ -101,6 +101,15 @@ def inference_autocast(device: torch.device | str,
     return contextlib.nullcontext()
 
 
+def without_autocast(device: torch.device | str) -> contextlib.AbstractContextManager[object]:
+    """A context in which autocast is off on ``device``'s type, inside an autocast region too.
+
+    For the small products that turn features into scores: in bf16 they lose the resolution that
+    ranks films (:meth:`cxr_anomaly.models.features.torch_model.FeatureDetector.pooled_scores`).
+    """
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
 @contextlib.contextmanager
 def _cudnn_without_tf32() -> Iterator[None]:
     # torch lets cuDNN run fp32 convolutions in TF32 by default (10-bit mantissas): scores 0.3%

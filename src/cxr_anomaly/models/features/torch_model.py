@@ -18,6 +18,7 @@ Nearest-neighbour distances are written with matrix products (|a|Â² - 2ab + |b|Â
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -97,6 +98,14 @@ def to_grid(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
     if size > grid and size % grid == 0:
         return F.avg_pool2d(feature_map, size // grid)
     return F.interpolate(feature_map, size=(grid, grid), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class PooledScores:
+    """The two components read from a film's pooled features, (N,) each, fp32."""
+
+    gaussian: torch.Tensor
+    pooled_knn: torch.Tensor
 
 
 class FeatureDetector(AnomalyDetector):
@@ -192,21 +201,36 @@ class FeatureDetector(AnomalyDetector):
         return torch.cat([to_grid(F.avg_pool2d(maps[stride].float(), 3, 1, 1), grid)
                           for stride in self.config.features.patch_strides], dim=1)  # (N, C, g, g)
 
+    def pooled_scores(self, pooled: torch.Tensor) -> PooledScores:
+        """The ``gaussian`` and ``pooled_knn`` components of pooled features (N, D), in fp32.
+
+        They run in fp32 under bf16 autocast too. Their products are small (a batch against a bank
+        of a few thousand normals), and in bf16 a cosine similarity near 1 moves in steps of
+        2^-8: the default score then took 43 distinct values over 200 films and 48 over 498,
+        so whole groups of films tied on the worklist (docs/results.md, "The pooled scores in
+        fp32"). The patch search stays under autocast: it is 3x as slow in fp32 on a CPU, and its
+        distances, though less precise in bf16, do not collapse into ties.
+        """
+        with inference.without_autocast(pooled.device):
+            centred = pooled - self.gaussian_mean  # (N, D)
+            gaussian = ((centred @ self.gaussian_precision) * centred).sum(dim=1).clamp_min(0.0).sqrt()
+            unit = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            similarity = unit @ self.pooled_bank.T  # (N, K)
+            neighbours = min(self.config.features.neighbours, max(len(self.pooled_bank), 1))
+            pooled_knn = 1.0 - similarity.topk(neighbours, dim=1).values.mean(dim=1)
+        return PooledScores(gaussian, pooled_knn)
+
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
         """Score model inputs (N, 3, S, S); every component is computed, the score is the chosen one."""
         pooled, patches = self.embed(images)
         pooled, patches = pooled.float(), patches.float()
-        centred = pooled - self.gaussian_mean  # (N, D)
-        gaussian = ((centred @ self.gaussian_precision) * centred).sum(dim=1).clamp_min(0.0).sqrt()
-        unit = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        similarity = unit @ self.pooled_bank.T  # (N, K)
-        neighbours = min(self.config.features.neighbours, max(len(self.pooled_bank), 1))
-        pooled_knn = 1.0 - similarity.topk(neighbours, dim=1).values.mean(dim=1)
+        pooled_scores = self.pooled_scores(pooled)
         count, channels, grid, _ = patches.shape
         flat = patches.permute(0, 2, 3, 1).reshape(-1, channels)  # (N*g*g, C)
         nearest = nearest_distances(flat, self.patch_bank)  # (N*g*g,)
         anomaly_map = nearest.reshape(count, 1, grid, grid)
         patch_knn = anomaly_map.flatten(1).max(dim=1).values
-        components = {"gaussian": gaussian, "pooled_knn": pooled_knn, "patch_knn": patch_knn}
+        components = {"gaussian": pooled_scores.gaussian, "pooled_knn": pooled_scores.pooled_knn,
+                      "patch_knn": patch_knn}
         return AnomalyOutput(score=components[self.config.features.score], components=components,
                              anomaly_map=anomaly_map)

@@ -273,13 +273,16 @@ class OneClassDetector(nn.Module):
     def score_components(self, images: torch.Tensor) -> ScoreComponents:
         """The unweighted components of eq. 6 for images (N, 1, 64, 64), without input noise."""
         output = self(images)
-        reconstruction = (images - output.reconstruction).abs().flatten(1).mean(dim=1)
+        # Each component is computed from the networks' outputs in fp32: under bf16 autocast a
+        # sigmoid or a mean of squares taken in bf16 left the adversarial term 3 distinct values
+        # and the latent term 85 over 200 films (docs/results.md, "The pooled scores in fp32").
+        reconstruction = (images.float() - output.reconstruction.float()).abs().flatten(1).mean(dim=1)
         adversarial = None
         if self.discriminator is not None:
-            adversarial = 1.0 - torch.sigmoid(self.discriminator(output.reconstruction).logit)
+            adversarial = 1.0 - torch.sigmoid(self.discriminator(output.reconstruction).logit.float())
         latent = None
         if output.second_latent is not None:
-            latent = (output.latent - output.second_latent).pow(2).flatten(1).mean(dim=1)
+            latent = (output.latent.float() - output.second_latent.float()).pow(2).flatten(1).mean(dim=1)
         code_distance = None
         if len(self.normal_codes) > 0:
             codes = output.latent.flatten(1).float()  # (N, latent_dim, 1, 1) -> (N, latent_dim)
