@@ -17,12 +17,13 @@ parts (reported, not chosen on) of :func:`benchmarks.research.features_probe.col
 
 - the number of distinct values of the score and of each component, before and after;
 - the AUC within each view of each collection, before and after;
-- whether the patch component is the same bit for bit (it should be: its code did not change);
+- whether the patch component is the same bit for bit (it should be: its code did not change),
+  and whether every number is in fp32 (it should be: autocast is off there already);
 - ``score_films`` on the test films, before and after in turn within each of ``--rounds`` rounds
   after a warm-up (:func:`benchmarks.research.scoring_overheads.time_rounds`): the cost of fp32.
 
-The precision is ``auto`` throughout: on a CPU without native bf16 both variants are fp32 and
-must agree bit for bit.
+The precision is ``auto`` throughout but for that fp32 check: on a CPU without native bf16 both
+variants are fp32 and must agree bit for bit.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ def main() -> None:
     same_patches = all(np.array_equal(scores["before"][name]["patch_knn"], scores["after"][name]["patch_knn"])
                        for name in names)
     print(f"patch component equal bit for bit: {same_patches}")
+    # In fp32 autocast is off already, so the change must leave every number as it was.
+    with pooled_scores_under_autocast():
+        fp32_before = columns(score_films(model.detector, pixels[VALIDATION[0]], precision="fp32"))
+    fp32_after = columns(score_films(model.detector, pixels[VALIDATION[0]], precision="fp32"))
+    same_in_fp32 = all(np.array_equal(fp32_before[column], fp32_after[column]) for column in fp32_before)
+    print(f"in fp32, score and components equal bit for bit on {VALIDATION[0]}: {same_in_fp32}")
 
     films = np.concatenate([pixels[name] for name in TEST])
 
@@ -107,7 +114,7 @@ def main() -> None:
     print(f"score_films films/s: before {rates['before']:.1f}, after {rates['after']:.1f}")
     figures["timing"] = {"films": len(films), "seconds": seconds, "films_per_second": rates,
                          "commit": git_commit(), "machine": machine_facts(), "precision": precision,
-                         "patch_component_bit_identical": same_patches}
+                         "patch_component_bit_identical": same_patches, "fp32_bit_identical": same_in_fp32}
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(figures, indent=2) + "\n")

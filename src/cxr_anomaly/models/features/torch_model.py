@@ -208,7 +208,7 @@ class FeatureDetector(AnomalyDetector):
         of a few thousand normals), and in bf16 a cosine similarity near 1 moves in steps of
         2^-8: the default score then took 43 distinct values over 200 films and 48 over 498,
         so whole groups of films tied on the worklist (docs/results.md, "The pooled scores in
-        fp32"). The patch search stays under autocast: it is 3x as slow in fp32 on a CPU, and its
+        fp32"). The patch search stays under autocast: it is most of the heads' cost, and its
         distances, though less precise in bf16, do not collapse into ties.
         """
         with inference.without_autocast(pooled.device):
