@@ -84,9 +84,10 @@ def test_tang2019_components_do_not_collapse_into_ties_in_bf16() -> None:
     Computed in bf16, the adversarial term took 3 distinct values and the latent term 85 over
     200 films; each component of distinct films should be distinct.
     """
-    torch.manual_seed(0)  # the untrained networks' weights
     config = tang2019_config()
-    detector = build_detector(config, pretrained=False)
+    with torch.random.fork_rng():  # seeds the untrained networks' weights, leaves the global RNG as it was
+        torch.manual_seed(0)
+        detector = build_detector(config, pretrained=False)
     size = config.data.image_size
     pixels = np.random.default_rng(0).integers(0, 256, (64, size, size), dtype=np.uint8)
     scores = score_films(detector, pixels, precision="bf16")
