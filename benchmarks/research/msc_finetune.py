@@ -20,6 +20,10 @@ the films of docs/results.md's choice table); the criterion is the worst of the 
 
     python -m benchmarks.research.msc_finetune --train-films 1000 --epochs 3 --out runs/msc
 
+``--augment pipeline`` adds, after the package's augmentations, what differs between hospitals'
+pipelines and survives the preprocessing: a further contrast curve (gamma 0.8-1.25), a blur or a
+sharpening of up to 1.5 pixels, and noise of up to 3% of the range (:func:`pipeline_augment`).
+
 On a GPU machine (``--device cuda``), ``--data`` names a copy of the films it reads
 (``--pack DIR`` writes one: the first ``--train-films`` of rsna_normal224 and the validation
 films, as they are) and ``--weights`` the Lite0 weight file, since neither package nor data is
@@ -65,6 +69,28 @@ class MscSettings:
     trainable_from: int = 0  # index of the first trainable block; earlier ones stay frozen
     seed: int = 0
     size: int = 224
+    augment: str = "default"  # or "pipeline": see pipeline_augment
+
+
+def pipeline_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The package's views (:func:`augment`), then a pipeline's marks: gamma, blur or sharpening, noise.
+
+    Images (N, 3, S, S) in [-1, 1]; every random draw comes from ``generator``.
+    """
+    views = augment(images, generator)
+    count = views.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(count, generator=generator)).view(-1, 1, 1, 1).to(images.device)
+
+    unit = ((views + 1.0) / 2.0).clamp(0.0, 1.0) ** uniform(0.8, 1.25)
+    # a 3x3 blur, added (blur) or subtracted (sharpening) with a random signed weight
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=images.device) / 16.0
+    blurred = F.conv2d(F.pad(unit, (1, 1, 1, 1), mode="replicate"), kernel.expand(3, 1, 3, 3), groups=3)  # (N, 3, S, S)
+    strength = uniform(-1.5, 1.5)
+    unit = unit + strength * (blurred - unit)
+    noise = torch.randn(unit.shape, generator=generator).to(images.device) * uniform(0.0, 0.03)
+    return ((unit + noise).clamp(0.0, 1.0)) * 2.0 - 1.0
 
 
 def embed(backbone: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -170,6 +196,7 @@ def main() -> None:
     optimiser = torch.optim.SGD(trainable, lr=settings.learning_rate, momentum=0.9,
                                 weight_decay=settings.weight_decay)
     train_inputs = inputs["rsna"]
+    views = pipeline_augment if settings.augment == "pipeline" else augment
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         order = torch.randperm(len(train_inputs), generator=generator)
@@ -177,8 +204,8 @@ def main() -> None:
         backbone.train()
         for begin in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
             batch = train_inputs[order[begin:begin + settings.batch_size]].to(device)
-            loss = mean_shifted_contrastive_loss(embed(backbone, augment(batch, generator)),
-                                                 embed(backbone, augment(batch, generator)), centre, settings.temperature)
+            loss = mean_shifted_contrastive_loss(embed(backbone, views(batch, generator)),
+                                                 embed(backbone, views(batch, generator)), centre, settings.temperature)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
