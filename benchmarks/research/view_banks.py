@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 
