@@ -23,6 +23,9 @@ the films of docs/results.md's choice table); the criterion is the worst of the 
 ``--augment pipeline`` adds, after the package's augmentations, what differs between hospitals'
 pipelines and survives the preprocessing: a further contrast curve (gamma 0.8-1.25), a blur or a
 sharpening of up to 1.5 pixels, and noise of up to 3% of the range (:func:`pipeline_augment`).
+``--extra-normals kermany`` fine-tunes on the 1,108 normal films of the Kermany train split too
+(children, another hospital and exporter); the kNN that scores the validation films still reads
+the RSNA films only, so the run measures what the other pipeline's normals teach the backbone.
 
 On a GPU machine (``--device cuda``), ``--data`` names a copy of the films it reads
 (``--pack DIR`` writes one: the first ``--train-films`` of rsna_normal224 and the validation
@@ -44,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
+from benchmarks.research.bank_sources import kermany_train_normals
 from benchmarks.research.features_probe import DATA, collections, per_view, preprocess
 from benchmarks.research.features_variants import knn
 from cxr_anomaly.config import DataConfig
@@ -70,6 +74,7 @@ class MscSettings:
     seed: int = 0
     size: int = 224
     augment: str = "default"  # or "pipeline": see pipeline_augment
+    extra_normals: str = "none"  # or "kermany": its train split's normal films join the fine-tuning
 
 
 def pipeline_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -183,9 +188,13 @@ def main() -> None:
                     results["gauss"]["worst"])
         (args.out / "history.json").write_text(json.dumps({"settings": asdict(settings), "history": history}, indent=1))
 
+    train_inputs = inputs["rsna"]
+    if settings.extra_normals == "kermany":
+        extra = load_images(kermany_train_normals(args.data), config, cache_dir=args.cache, workers=2).pixels
+        train_inputs = torch.cat([train_inputs, preprocess(extra, PREPROCESSING, settings.size)])
     record(0, float("nan"), 0.0)
     with torch.inference_mode():
-        centre = F.normalize(torch.from_numpy(embed_all(backbone, inputs["rsna"])), dim=1).mean(dim=0).to(device)
+        centre = F.normalize(torch.from_numpy(embed_all(backbone, train_inputs)), dim=1).mean(dim=0).to(device)
     blocks = list(backbone._blocks)  # EfficientNet-Lite: 16 inverted-residual blocks
     for parameter in backbone.parameters():
         parameter.requires_grad_(True)
@@ -195,7 +204,6 @@ def main() -> None:
     trainable = [parameter for parameter in backbone.parameters() if parameter.requires_grad]
     optimiser = torch.optim.SGD(trainable, lr=settings.learning_rate, momentum=0.9,
                                 weight_decay=settings.weight_decay)
-    train_inputs = inputs["rsna"]
     views = pipeline_augment if settings.augment == "pipeline" else augment
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
