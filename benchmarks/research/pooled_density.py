@@ -42,6 +42,7 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks.research.features_probe import collections
 from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
+from cxr_anomaly.checkpoint import LoadedModel
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.inference import inference_autocast
 from cxr_anomaly.models.features.torch_model import FeatureDetector
@@ -109,17 +110,37 @@ def predicts_view(scores: np.ndarray, manifest: pd.DataFrame) -> float:
     return float(roc_auc_score(manifest["view"].to_numpy()[normal] == "AP", scores[normal]))
 
 
-def main() -> None:
-    """Command-line entry point; prints one line per variant and writes them as JSON with ``--output``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def checkpoint_arguments(description: str) -> argparse.Namespace:
+    """``--model``, ``--test`` and ``--output``: the options of the scripts that rescore one
+    features checkpoint's validation films (and, with ``--test``, its test parts)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--test", action="store_true", help="also score the test parts (reported, not chosen on)")
     parser.add_argument("--output", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@dataclass
+class FeaturesCheckpoint:
+    """A loaded features checkpoint, its detector, and the collections of every choice."""
+
+    model: LoadedModel
+    detector: FeatureDetector
+    sets: dict[str, pd.DataFrame]
+
+
+def open_features_checkpoint(path: Path) -> FeaturesCheckpoint:
+    """Load a features checkpoint and :func:`benchmarks.research.features_probe.collections`."""
+    model = load_features_model(path)
+    return FeaturesCheckpoint(model, cast(FeatureDetector, model.detector), collections())
+
+
+def main() -> None:
+    """Command-line entry point; prints one line per variant and writes them as JSON with ``--output``."""
+    args = checkpoint_arguments(__doc__.splitlines()[0])
     started = time.perf_counter()
-    model = load_features_model(args.model)
-    detector = cast(FeatureDetector, model.detector)
-    sets = collections()
+    checkpoint = open_features_checkpoint(args.model)
+    model, detector, sets = checkpoint.model, checkpoint.detector, checkpoint.sets
     bank = detector.pooled_bank.double()
     bank = bank / bank.norm(dim=1, keepdim=True)  # (M, D)
     names = VALIDATION + (TEST if args.test else ())

@@ -20,22 +20,19 @@ reported, never used for the choice. No refit of the detector.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from benchmarks.research.features_probe import DATA, collections
-from benchmarks.research.pooled_density import TEST, nearest, pooled_in_scoring_precision, predicts_view
-from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row
+from benchmarks.research.features_probe import DATA
+from benchmarks.research.pooled_density import (TEST, checkpoint_arguments, nearest, open_features_checkpoint,
+                                                pooled_in_scoring_precision, predicts_view)
+from benchmarks.research.validate_checkpoints import VALIDATION, view_row
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
-from cxr_anomaly.models.features.torch_model import FeatureDetector
 
 NEIGHBOURS = 5
 
@@ -53,15 +50,10 @@ def knn_within(queries: torch.Tensor, bank: torch.Tensor, query_is_ap: np.ndarra
 
 def main() -> None:
     """Command-line entry point; prints one line per variant and writes them as JSON with ``--output``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--test", action="store_true", help="also score the test parts (reported, not chosen on)")
-    parser.add_argument("--output", type=Path, default=None)
-    args = parser.parse_args()
+    args = checkpoint_arguments(__doc__.splitlines()[0])
     started = time.perf_counter()
-    model = load_features_model(args.model)
-    detector = cast(FeatureDetector, model.detector)
-    sets = collections()
+    checkpoint = open_features_checkpoint(args.model)
+    model, detector, sets = checkpoint.model, checkpoint.detector, checkpoint.sets
     nih = load_inputs(DATA / "nih1000" / "manifest.csv")
     sets["view_train"] = nih[(nih["split"] == "train") & (nih["label"] == 0)].reset_index(drop=True)
     names = VALIDATION + (TEST if args.test else ())
