@@ -21,8 +21,9 @@ the films of docs/results.md's choice table); the criterion is the worst of the 
     python -m benchmarks.research.msc_finetune --train-films 1000 --epochs 3 --out runs/msc
 
 ``--augment pipeline`` adds, after the package's augmentations, what differs between hospitals'
-pipelines and survives the preprocessing: a further contrast curve (gamma 0.8-1.25), a blur or a
-sharpening of up to 1.5 pixels, and noise of up to 3% of the range (:func:`pipeline_augment`).
+pipelines and survives the preprocessing: a further contrast curve (gamma 0.8-1.25), a 3x3 blur
+mixed in with a signed weight of up to 1.5 (from sharpening to blurring), and noise of up to 3%
+of the range (:func:`pipeline_augment`).
 ``--extra-normals kermany`` fine-tunes on the 1,108 normal films of the Kermany train split too
 (children, another hospital and exporter); the kNN that scores the validation films still reads
 the RSNA films only, so the run measures what the other pipeline's normals teach the backbone.
