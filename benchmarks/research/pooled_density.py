@@ -41,10 +41,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.research.features_probe import collections
+from benchmarks.research.pooled_knn_variants import unit_pooled
 from benchmarks.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
 from cxr_anomaly.checkpoint import LoadedModel
 from cxr_anomaly.data.dataset import load_images
-from cxr_anomaly.inference import inference_autocast
 from cxr_anomaly.models.features.torch_model import FeatureDetector
 
 TEST = ("nih1000_test", "pneu_test")
@@ -69,18 +69,6 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, count: int, *, leave_self
         similarity.fill_diagonal_(float("-inf"))
     values, indices = similarity.topk(count, dim=1)  # (Q, count) each
     return Neighbours(1.0 - values, indices)
-
-
-def pooled_in_scoring_precision(detector: FeatureDetector, pixels: np.ndarray, batch: int = 16) -> torch.Tensor:
-    """Unit pooled features (N, D), float64, of uint8 films (N, S, S), computed as ``score_films``
-    computes them (bf16 autocast where it is native), so the default row is the checkpoint's."""
-    device = torch.device("cpu")
-    parts = []
-    with torch.inference_mode(), inference_autocast(device, "auto"):
-        for begin in range(0, len(pixels), batch):
-            parts.append(detector.pooled_features(detector.model_input(pixels[begin:begin + batch], device)).double())
-    pooled = torch.cat(parts)
-    return pooled / pooled.norm(dim=1, keepdim=True)
 
 
 def density_scores(queries: torch.Tensor, bank: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -146,7 +134,7 @@ def main() -> None:
     names = VALIDATION + (TEST if args.test else ())
     scores: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
-        queries = pooled_in_scoring_precision(detector, load_images(sets[name], model.config.data, workers=2).pixels)
+        queries = unit_pooled(detector, load_images(sets[name], model.config.data, workers=2).pixels, batch=16)
         for variant, values in density_scores(queries, bank).items():
             scores.setdefault(variant, {})[name] = values.numpy()
     rows: dict[str, dict[str, float]] = {}

@@ -29,7 +29,8 @@ from sklearn.linear_model import LogisticRegression
 
 from benchmarks.research.features_probe import DATA
 from benchmarks.research.pooled_density import (TEST, checkpoint_arguments, nearest, open_features_checkpoint,
-                                                pooled_in_scoring_precision, predicts_view)
+                                                predicts_view)
+from benchmarks.research.pooled_knn_variants import unit_pooled
 from benchmarks.research.validate_checkpoints import VALIDATION, view_row
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
@@ -57,7 +58,7 @@ def main() -> None:
     nih = load_inputs(DATA / "nih1000" / "manifest.csv")
     sets["view_train"] = nih[(nih["split"] == "train") & (nih["label"] == 0)].reset_index(drop=True)
     names = VALIDATION + (TEST if args.test else ())
-    features = {name: pooled_in_scoring_precision(detector, load_images(sets[name], model.config.data, workers=2).pixels)
+    features = {name: unit_pooled(detector, load_images(sets[name], model.config.data, workers=2).pixels, batch=16)
                 for name in ("view_train", *names)}
     bank = detector.pooled_bank.double()
     bank = bank / bank.norm(dim=1, keepdim=True)  # (M, D)
