@@ -67,6 +67,12 @@ def test_autocast_only_for_bf16() -> None:
         assert layer(inputs).dtype == torch.float32
 
 
+def test_autocast_refuses_an_unresolved_precision() -> None:
+    """'auto' must be resolved first: taken as it is, it would silently mean fp32."""
+    with pytest.raises(ValueError, match="precision='auto'"):
+        inference_autocast("cpu", "auto")
+
+
 def test_channels_last_keeps_weight_values() -> None:
     detector = build_detector(tang2019_config())
     before = {name: value.clone() for name, value in detector.state_dict().items()}

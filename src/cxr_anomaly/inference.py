@@ -92,7 +92,14 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
 def inference_autocast(device: torch.device | str,
                        precision: str) -> contextlib.AbstractContextManager[object]:
     """bf16 autocast for ``precision == "bf16"``; for fp32 on CUDA, convolutions in full fp32;
-    otherwise a context that changes nothing."""
+    otherwise a context that changes nothing.
+
+    Raises:
+        ValueError: ``precision`` is not a resolved precision ("bf16" or "fp32"). An unresolved
+            "auto" would silently mean fp32 here; pass it through :func:`resolve_precision` first.
+    """
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision={precision!r}: expected 'bf16' or 'fp32' (resolve 'auto' with resolve_precision)")
     device = torch.device(device)
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
