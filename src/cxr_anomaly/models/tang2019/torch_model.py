@@ -274,8 +274,8 @@ class OneClassDetector(nn.Module):
         """The unweighted components of eq. 6 for images (N, 1, 64, 64), without input noise."""
         output = self(images)
         # Each component is computed from the networks' outputs in fp32: under bf16 autocast a
-        # sigmoid or a mean of squares taken in bf16 left the adversarial term 3 distinct values
-        # and the latent term 85 over 200 films (docs/results.md, "The pooled scores in fp32").
+        # sigmoid or a mean of squares taken in bf16 collapses films into ties: the adversarial term
+        # took 2 distinct values over 64 films (docs/results.md, "The pooled scores in fp32").
         reconstruction = (images.float() - output.reconstruction.float()).abs().flatten(1).mean(dim=1)
         adversarial = None
         if self.discriminator is not None:
