@@ -69,7 +69,7 @@ def film_dataset_from_png(
     if view_position not in SUPPORTED_VIEWS:
         raise ValueError(f"view_position={view_position!r}: expected one of {SUPPORTED_VIEWS}")
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     path = Path(path)
     grey = read_image(path).array  # float32 (H, W) in [0, 1]
