@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ SR_SERIES_NUMBER = 9901  # high numbers sort the machine's series after the acqu
 SC_SERIES_NUMBER = 9902
 PRIVATE_SCHEME = "99CXRA"
 PRIVATE_SCHEME_NAME = "cxr-anomaly result concepts"
-UID_NAMESPACE = "cxr-anomaly results v1"  # changing it changes every result UID: a resend would duplicate
+# changing it changes every result UID, so a resend after an upgrade would add a second result
+UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-anomaly:pacs-results:v1")
 
 
 class PacsExtraMissingError(CxrAnomalyError, ImportError):
@@ -132,6 +134,14 @@ def _highdicom() -> Any:
     return highdicom
 
 
+def derived_uid(*parts: str) -> str:
+    """A UID under the ``2.25`` arc from a name-based (version 5) UUID of ``parts``: the same parts, the same UID.
+
+    (pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy and is random.)
+    """
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, chr(31).join(parts)).int}"
+
+
 def result_uids(source_sop_instance_uid: str, model_version: str) -> ResultUids:
     """The deterministic UIDs of the results for one source film and model version.
 
@@ -140,22 +150,17 @@ def result_uids(source_sop_instance_uid: str, model_version: str) -> ResultUids:
         model_version: the model's version string; another version gives other UIDs, so results of
             two models sit side by side instead of overwriting each other.
     """
-    from pydicom.uid import generate_uid
-
     if not source_sop_instance_uid or not model_version:
         raise ValueError(f"source_sop_instance_uid={source_sop_instance_uid!r}, model_version={model_version!r}: "
                          "both must be non-empty")
 
-    def derive(purpose: str, *parts: str) -> str:
-        return str(generate_uid(prefix=None, entropy_srcs=[UID_NAMESPACE, purpose, *parts]))
-
     return ResultUids(
-        sr_series=derive("sr series", source_sop_instance_uid, model_version),
-        sr_instance=derive("sr instance", source_sop_instance_uid, model_version),
-        sc_series=derive("sc series", source_sop_instance_uid, model_version),
-        sc_instance=derive("sc instance", source_sop_instance_uid, model_version),
-        tracking=derive("tracking", source_sop_instance_uid, model_version),
-        device=derive("device", model_version),
+        sr_series=derived_uid("sr series", source_sop_instance_uid, model_version),
+        sr_instance=derived_uid("sr instance", source_sop_instance_uid, model_version),
+        sc_series=derived_uid("sc series", source_sop_instance_uid, model_version),
+        sc_instance=derived_uid("sc instance", source_sop_instance_uid, model_version),
+        tracking=derived_uid("tracking", source_sop_instance_uid, model_version),
+        device=derived_uid("device", model_version),
     )
 
 
@@ -406,3 +411,67 @@ def write_results(objects: ResultObjects, folder: Path) -> list[Path]:
         paths.append(path)
     logger.debug("wrote %d result files to %s", len(paths), folder)
     return paths
+
+
+@dataclass(frozen=True)
+class ReportedResult:
+    """What an SR written by :func:`build_structured_report` says, read back.
+
+    Attributes:
+        raw_score, calibrated_score, percentile: the numbers (None where the item is absent).
+        decision: the decision as written (``not assessed: <reason>`` outside the scope).
+        operating_point, scope: the text items (None where absent).
+        model_name, model_version: the algorithm's identification.
+        source_sop_class_uid, source_sop_instance_uid: the image the measurement group references.
+        study_instance_uid: the SR's study.
+    """
+
+    raw_score: float | None
+    calibrated_score: float | None
+    percentile: float | None
+    decision: str | None
+    operating_point: str | None
+    scope: str | None
+    model_name: str | None
+    model_version: str | None
+    source_sop_class_uid: str | None
+    source_sop_instance_uid: str | None
+    study_instance_uid: str
+
+
+def read_structured_report(dataset: Any) -> ReportedResult:
+    """Read the values of a result SR (a ``pydicom.Dataset`` as received or read from a file) with highdicom.
+
+    Raises:
+        ValueError: the data set is not a Comprehensive SR holding one measurement group.
+    """
+    hd = _highdicom()
+    report = hd.sr.ComprehensiveSR.from_dataset(dataset)
+    groups = report.content.get_image_measurement_groups()
+    if len(groups) != 1:
+        raise ValueError(f"SR {dataset.SOPInstanceUID} holds {len(groups)} measurement groups; expected 1")
+    group, concepts = groups[0], _concepts()
+
+    def number(name: str) -> float | None:
+        found = group.get_measurements(name=concepts[name])
+        return float(found[0].value) if found else None
+
+    def text(name: Any, root: Any = group[0]) -> str | None:
+        found = hd.sr.utils.find_content_items(root, name=name, value_type=hd.sr.ValueTypeValues.TEXT)
+        return str(found[0].TextValue) if found else None
+
+    source_images = group.source_images
+    reference = source_images[0].ReferencedSOPSequence[0] if source_images else None
+    return ReportedResult(
+        raw_score=number("raw_score"),
+        calibrated_score=number("calibrated_score"),
+        percentile=number("percentile"),
+        decision=text(concepts["decision"]),
+        operating_point=text(concepts["operating_point"]),
+        scope=text(concepts["scope"]),
+        model_name=text(hd.sr.CodedConcept("111001", "DCM", "Algorithm Name")),
+        model_version=text(hd.sr.CodedConcept("111003", "DCM", "Algorithm Version")),
+        source_sop_class_uid=None if reference is None else str(reference.ReferencedSOPClassUID),
+        source_sop_instance_uid=None if reference is None else str(reference.ReferencedSOPInstanceUID),
+        study_instance_uid=str(dataset.StudyInstanceUID),
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_image
+from .results import derived_uid
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,7 @@ IMAGER_PIXEL_SPACING_MM = 0.143  # a typical flat-panel detector; the films are 
 
 def _uid(*parts: str) -> str:
     """A ``2.25.`` UID derived from ``parts``: the same inputs always give the same UID."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=None, entropy_srcs=["cxr-anomaly test film", *parts]))
+    return derived_uid("test film", *parts)
 
 
 def film_dataset_from_png(
