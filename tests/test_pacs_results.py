@@ -10,6 +10,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -261,3 +262,25 @@ def test_film_refuses_unsupported_options_by_name(shared_data: Path) -> None:
         _film(shared_data, NIH_FILM, modality="MR")
     with pytest.raises(ValueError, match="bits=20"):
         _film(shared_data, NIH_FILM, bits=20)
+
+
+def test_a_sparse_film_header_still_gives_valid_results(shared_data: Path, tmp_path: Path,
+                                                        dicom_writer: Callable[..., Path]) -> None:
+    # no patient sex, study date, accession number, body part, orientation or pixel spacing
+    pixels = (read_image(shared_data / NIH_FILM).array * 255).astype(np.uint8)
+    path = dicom_writer(pixels, tmp_path / "sparse.dcm", study_uid="1.2.826.0.1.3680043.10.1",
+                        sop_uid="1.2.826.0.1.3680043.10.1.1")
+    sparse = pydicom.dcmread(path)
+    with pytest.raises(ValueError, match="SeriesInstanceUID") as refused:
+        build_results(sparse, RESULT, _overlay(sparse), scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
+    assert "PID-93417" not in str(refused.value) and "Doe" not in str(refused.value)
+    sparse.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1.2"
+    objects = build_results(sparse, replace(RESULT, scope="unknown_view"), _overlay(sparse),
+                            scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
+    assert "PixelData" not in objects.structured_report
+    assert objects.structured_report.PatientSex == "" and objects.structured_report.PatientID == sparse.PatientID
+    reported = read_structured_report(objects.structured_report)
+    assert reported.source_sop_instance_uid == sparse.SOPInstanceUID
+    assert reported.decision == "not assessed: unknown_view"
+    for written_path in write_results(objects, tmp_path / "out"):
+        assert _dciodvfy_errors(written_path) == [], written_path.name

@@ -164,6 +164,50 @@ def result_uids(source_sop_instance_uid: str, model_version: str) -> ResultUids:
     )
 
 
+# Type 2 patient and study attributes that highdicom copies into the results; empty when the film lacks them
+_COPIED_TYPE_2: tuple[str, ...] = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                                   "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+_REQUIRED: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def evidence_header(source: Any) -> Any:
+    """A header-only copy of the scored film that highdicom can copy patient and study data from.
+
+    The pixel data is left out; the type 2 patient and study attributes a film may lack are set empty.
+
+    Raises:
+        ValueError: the film lacks one of the UIDs the results reference (the message names the keyword).
+    """
+    from pydicom.dataset import Dataset
+
+    missing = [keyword for keyword in _REQUIRED if not source.get(keyword)]
+    if missing:
+        raise ValueError(f"the film lacks {', '.join(missing)}; results cannot reference it")
+    header = Dataset()
+    for element in source:
+        if element.tag.group != 0x7FE0:  # pixel data (and float/double variants)
+            header.add(element)
+    for keyword in _COPIED_TYPE_2:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
+
+
+def _image_library(header: Any) -> list[Any]:
+    """``[header]`` when highdicom can describe the film in the SR's image library, else ``[]``.
+
+    Its projection radiography descriptors need two-valued PatientOrientation and ImagerPixelSpacing,
+    which a CR film may leave empty; the measurement group references the film either way.
+    """
+    hd = _highdicom()
+    try:
+        hd.sr.ImageLibraryEntryDescriptors(header)
+    except (AttributeError, IndexError) as error:
+        logger.debug("film %s left out of the SR's image library: %s", header.SOPInstanceUID, type(error).__name__)
+        return []
+    return [header]
+
+
 def _private_code(value: str, meaning: str) -> Any:
     """A concept of the private ``99CXRA`` scheme."""
     return _highdicom().sr.CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
@@ -214,7 +258,7 @@ def build_structured_report(source: Any, result: FilmResult, uids: ResultUids) -
     """The Comprehensive SR (TID 1500 Measurement Report) of one scored film.
 
     Args:
-        source: the scored film's data set (its pixel data, if any, is not copied).
+        source: the scored film's header, from :func:`evidence_header`.
         result: what the listener found.
         uids: from :func:`result_uids`.
 
@@ -231,7 +275,7 @@ def build_structured_report(source: Any, result: FilmResult, uids: ResultUids) -
         observation_context=context,
         procedure_reported=_concepts()["procedure"],
         imaging_measurements=[_measurement_group(source, result, uids)],
-        referenced_images=[source],
+        referenced_images=_image_library(source) or None,
     )
     scheme = hd.coding_schemes.CodingSchemeIdentificationItem(
         designator=PRIVATE_SCHEME, name=PRIVATE_SCHEME_NAME, responsible_organization=MANUFACTURER)
@@ -306,7 +350,7 @@ def build_secondary_capture(source: Any, image_rgb: np.ndarray, result: FilmResu
     """The Secondary Capture of the heatmap (with its scale) in the source's study.
 
     Args:
-        source: the scored film's data set.
+        source: the scored film's header, from :func:`evidence_header`.
         image_rgb: RGB uint8 (H, W, 3), from :func:`heatmap_with_scale`.
         result: the film's result (for the model's name and version).
         uids: from :func:`result_uids`.
@@ -352,9 +396,9 @@ def build_results(source: Any, result: FilmResult, overlay_rgb: np.ndarray, colo
     """The SR and the heatmap Secondary Capture for one scored film.
 
     Args:
-        source: the scored film's ``pydicom.Dataset``; it needs the patient and study attributes a
-            PACS keeps (PatientID, PatientName, StudyInstanceUID, ...), which are copied, and its
-            SOP Class, SOP Instance, Series Instance UIDs, Rows and Columns, which are referenced.
+        source: the scored film's ``pydicom.Dataset`` (with or without pixel data); its patient and
+            study attributes are copied (empty where absent), its Study, Series, SOP Instance and
+            SOP Class UIDs are required.
         result: the film's scores and decision.
         overlay_rgb: RGB uint8 (H, W, 3): the heatmap blended over the film.
         colour_bar: the legend to draw under the overlay; None draws the default inferno bar.
@@ -363,12 +407,14 @@ def build_results(source: Any, result: FilmResult, overlay_rgb: np.ndarray, colo
 
     Raises:
         PacsExtraMissingError: highdicom is not installed.
-        ValueError: a value of ``result`` or of the scale is invalid, or the overlay is not RGB uint8.
+        ValueError: a value of ``result`` or of the scale is invalid, the overlay is not RGB uint8, or
+            the film lacks a UID the results reference.
     """
-    uids = result_uids(str(source.SOPInstanceUID), result.model_version)
-    report = build_structured_report(source, result, uids)
+    header = evidence_header(source)
+    uids = result_uids(str(header.SOPInstanceUID), result.model_version)
+    report = build_structured_report(header, result, uids)
     image = heatmap_with_scale(overlay_rgb, colour_bar, scale_floor=scale_floor, scale_top=scale_top)
-    capture = build_secondary_capture(source, image, result, uids)
+    capture = build_secondary_capture(header, image, result, uids)
     logger.info("built results %s (SR) and %s (heatmap) of film %s", uids.sr_instance, uids.sc_instance,
                 source.SOPInstanceUID)
     return ResultObjects(structured_report=report, secondary_capture=capture)
