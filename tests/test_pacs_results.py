@@ -6,6 +6,7 @@ read back with pydicom and highdicom, and checked with dicom3tools' ``dciodvfy``
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import subprocess
@@ -284,3 +285,15 @@ def test_a_sparse_film_header_still_gives_valid_results(shared_data: Path, tmp_p
     assert reported.decision == "not assessed: unknown_view"
     for written_path in write_results(objects, tmp_path / "out"):
         assert _dciodvfy_errors(written_path) == [], written_path.name
+
+
+def test_no_patient_name_in_warnings(film: pydicom.Dataset, recwarn: pytest.WarningsRecorder,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    # highdicom warns about a one-component person name, quoting it
+    single = copy.deepcopy(film)
+    single.PatientName = "JANEDOE"
+    with caplog.at_level(logging.DEBUG):
+        objects = build_results(single, RESULT, _overlay(single), scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
+    assert objects.structured_report.PatientName == "JANEDOE"
+    assert not [warning for warning in recwarn if "JANEDOE" in str(warning.message)]
+    assert "JANEDOE" not in caplog.text

@@ -25,7 +25,9 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..dicom import silence_pydicom
 from ..errors import CxrAnomalyError, OutputPathError
 from ..explain import colour_bar as default_colour_bar
 
@@ -140,6 +143,28 @@ def derived_uid(*parts: str) -> str:
     (pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy and is random.)
     """
     return f"2.25.{uuid.uuid5(UID_NAMESPACE, chr(31).join(parts)).int}"
+
+
+_HIGHDICOM_WARNING_MODULES = r"highdicom(\.|$)"
+_silence_lock = threading.Lock()
+
+
+def silence_highdicom() -> None:
+    """Keep highdicom's warnings and log records out of every output; idempotent.
+
+    highdicom quotes header values in them (a patient name without a caret, say). Like
+    :func:`cxr_anomaly.dicom.silence_pydicom`, this changes process-wide state on purpose: a
+    per-call ``warnings.catch_warnings()`` is not thread-safe, and the listener builds results on
+    several association threads.
+    """
+    with _silence_lock:
+        installed = any(action == "ignore" and module is not None and module.pattern == _HIGHDICOM_WARNING_MODULES
+                        for action, _, _, module, _ in warnings.filters)
+        if not installed:
+            warnings.filterwarnings("ignore", module=_HIGHDICOM_WARNING_MODULES)
+        highdicom_logger = logging.getLogger("highdicom")
+        if highdicom_logger.level <= logging.CRITICAL:
+            highdicom_logger.setLevel(logging.CRITICAL + 1)
 
 
 def result_uids(source_sop_instance_uid: str, model_version: str) -> ResultUids:
@@ -410,6 +435,8 @@ def build_results(source: Any, result: FilmResult, overlay_rgb: np.ndarray, colo
         ValueError: a value of ``result`` or of the scale is invalid, the overlay is not RGB uint8, or
             the film lacks a UID the results reference.
     """
+    silence_pydicom()
+    silence_highdicom()
     header = evidence_header(source)
     uids = result_uids(str(header.SOPInstanceUID), result.model_version)
     report = build_structured_report(header, result, uids)
