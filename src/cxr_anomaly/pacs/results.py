@@ -30,7 +30,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -38,6 +38,9 @@ from PIL import Image, ImageDraw, ImageFont
 from ..dicom import silence_pydicom
 from ..errors import CxrAnomalyError, OutputPathError
 from ..explain import colour_bar as default_colour_bar
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +127,8 @@ class ResultUids:
 class ResultObjects:
     """The two DICOM instances sent back for one film (highdicom subclasses of ``pydicom.Dataset``)."""
 
-    structured_report: Any
-    secondary_capture: Any
+    structured_report: Dataset  # a highdicom.sr.ComprehensiveSR
+    secondary_capture: Dataset  # a highdicom.sc.SCImage
 
 
 def _highdicom() -> Any:
@@ -195,7 +198,7 @@ _COPIED_TYPE_2: tuple[str, ...] = ("PatientID", "PatientName", "PatientBirthDate
 _REQUIRED: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
-def evidence_header(source: Any) -> Any:
+def evidence_header(source: Dataset) -> Dataset:
     """A header-only copy of the scored film that highdicom can copy patient and study data from.
 
     The pixel data is left out; the type 2 patient and study attributes a film may lack are set empty.
@@ -218,7 +221,7 @@ def evidence_header(source: Any) -> Any:
     return header
 
 
-def _image_library(header: Any) -> list[Any]:
+def _image_library(header: Dataset) -> list[Dataset]:
     """``[header]`` when highdicom can describe the film in the SR's image library, else ``[]``.
 
     Its projection radiography descriptors need two-valued PatientOrientation and ImagerPixelSpacing,
@@ -254,7 +257,7 @@ def _concepts() -> dict[str, Any]:
     }
 
 
-def _measurement_group(source: Any, result: FilmResult, uids: ResultUids) -> Any:
+def _measurement_group(source: Dataset, result: FilmResult, uids: ResultUids) -> Any:
     """The TID 1501 group of the whole film: algorithm, numbers, source image and text items."""
     hd = _highdicom()
     concepts = _concepts()
@@ -279,7 +282,7 @@ def _measurement_group(source: Any, result: FilmResult, uids: ResultUids) -> Any
     return group
 
 
-def build_structured_report(source: Any, result: FilmResult, uids: ResultUids) -> Any:
+def build_structured_report(source: Dataset, result: FilmResult, uids: ResultUids) -> Dataset:
     """The Comprehensive SR (TID 1500 Measurement Report) of one scored film.
 
     Args:
@@ -371,7 +374,8 @@ def heatmap_with_scale(overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = 
     return np.concatenate([overlay_rgb, np.asarray(strip, dtype=np.uint8)], axis=0)
 
 
-def build_secondary_capture(source: Any, image_rgb: np.ndarray, result: FilmResult, uids: ResultUids) -> Any:
+def build_secondary_capture(source: Dataset, image_rgb: np.ndarray, result: FilmResult,
+                            uids: ResultUids) -> Dataset:
     """The Secondary Capture of the heatmap (with its scale) in the source's study.
 
     Args:
@@ -416,7 +420,7 @@ def build_secondary_capture(source: Any, image_rgb: np.ndarray, result: FilmResu
     return image
 
 
-def build_results(source: Any, result: FilmResult, overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = None,
+def build_results(source: Dataset, result: FilmResult, overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = None,
                   *, scale_floor: float, scale_top: float) -> ResultObjects:
     """The SR and the heatmap Secondary Capture for one scored film.
 
@@ -447,7 +451,7 @@ def build_results(source: Any, result: FilmResult, overlay_rgb: np.ndarray, colo
     return ResultObjects(structured_report=report, secondary_capture=capture)
 
 
-def _write_atomically(dataset: Any, path: Path) -> None:
+def _write_atomically(dataset: Dataset, path: Path) -> None:
     """Write a data set beside ``path`` under a temporary name, then rename it into place."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -512,7 +516,7 @@ class ReportedResult:
     study_instance_uid: str
 
 
-def read_structured_report(dataset: Any) -> ReportedResult:
+def read_structured_report(dataset: Dataset) -> ReportedResult:
     """Read the values of a result SR (a ``pydicom.Dataset`` as received or read from a file) with highdicom.
 
     Raises:
