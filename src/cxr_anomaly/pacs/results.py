@@ -268,8 +268,7 @@ def _measurement_group(source: Dataset, result: FilmResult, uids: ResultUids) ->
                     for name, value, unit in numbers if value is not None]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking, identifier="whole film"),
-        algorithm_id=hd.sr.AlgorithmIdentification(name=result.model_name, version=result.model_version,
-                                                   manufacturer=MANUFACTURER),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=result.model_name, version=result.model_version),
         measurements=measurements,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
