@@ -1,6 +1,6 @@
 """The DICOM objects sent back to the PACS for one scored film.
 
-Each film gets two new instances in its own study, each in a series of its own:
+Each film gets two new instances in the film's own study, each in a new series of its own:
 
 * a Comprehensive SR holding a TID 1500 Measurement Report (highdicom): one measurement group
   for the whole film, referencing the source image, with the algorithm's name and version, the raw
