@@ -6,11 +6,16 @@ read back with pydicom and highdicom, and checked with dicom3tools' ``dciodvfy``
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -284,3 +289,92 @@ def test_a_sparse_film_header_still_gives_valid_results(shared_data: Path, tmp_p
     assert reported.decision == "not assessed: unknown_view"
     for written_path in write_results(objects, tmp_path / "out"):
         assert _dciodvfy_errors(written_path) == [], written_path.name
+
+
+def test_no_patient_name_in_warnings(film: pydicom.Dataset, recwarn: pytest.WarningsRecorder,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    # highdicom warns about a one-component person name, quoting it
+    single = copy.deepcopy(film)
+    single.PatientName = "JANEDOE"
+    with caplog.at_level(logging.DEBUG):
+        objects = build_results(single, RESULT, _overlay(single), scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
+    assert objects.structured_report.PatientName == "JANEDOE"
+    assert not [warning for warning in recwarn if "JANEDOE" in str(warning.message)]
+    assert "JANEDOE" not in caplog.text
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """A throwaway Orthanc on free local ports, killed after the module's tests."""
+    tmp_path = tmp_path_factory.mktemp("orthanc")
+    executable = shutil.which("Orthanc")
+    if executable is None:
+        pytest.skip("Orthanc not installed (Debian package orthanc); cannot check that a PACS stores the results")
+    http_port, dicom_port = _free_port(), _free_port()
+    config = {"Name": "cxr-anomaly test", "StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db"),
+              "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+              "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": []}
+    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    with (tmp_path / "orthanc.log").open("w") as log:
+        process = subprocess.Popen([executable, str(tmp_path / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        rest = f"http://127.0.0.1:{http_port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{rest}/system", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"Orthanc did not start: {(tmp_path / 'orthanc.log').read_text()[-2000:]}")
+        yield {"rest": rest, "dicom_port": dicom_port}
+    finally:
+        process.kill()  # its database is a temporary folder; a graceful stop takes seconds
+        process.wait(timeout=30)
+
+
+def _c_store(port: int, datasets: list[pydicom.Dataset]) -> list[int]:
+    """C-STORE the data sets to AE ORTHANC on localhost with pynetdicom; their status codes."""
+    pynetdicom = pytest.importorskip("pynetdicom", reason="pip install 'cxr-anomaly[pacs]'")
+    entity = pynetdicom.AE(ae_title="CXRANOMALY")
+    for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets}):
+        entity.add_requested_context(sop_class, pydicom.uid.ExplicitVRLittleEndian)
+    association = entity.associate("127.0.0.1", port, ae_title="ORTHANC")
+    assert association.is_established
+    try:
+        return [int(association.send_c_store(dataset).Status) for dataset in datasets]
+    finally:
+        association.release()
+
+
+def test_orthanc_stores_the_film_and_results_once(written: dict[str, object], orthanc: dict[str, object]) -> None:
+    film, objects = written["film"], written["objects"]
+    assert _c_store(orthanc["dicom_port"], [film, objects.structured_report, objects.secondary_capture]) == [0, 0, 0]
+    resend = build_results(film, RESULT, written["overlay"], scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
+    assert _c_store(orthanc["dicom_port"], [resend.structured_report, resend.secondary_capture]) == [0, 0]
+    studies = set()
+    for dataset in (film, objects.structured_report, objects.secondary_capture):
+        series = _orthanc_get(orthanc["rest"], f"/series/{_orthanc_id(orthanc['rest'], dataset.SeriesInstanceUID)}")
+        assert len(series["Instances"]) == 1, dataset.Modality  # the resend added nothing
+        studies.add(series["ParentStudy"])
+    assert studies == {_orthanc_id(orthanc["rest"], film.StudyInstanceUID)}
+
+
+def _orthanc_get(rest: str, route: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"{rest}{route}", timeout=10) as response:
+        return json.load(response)
+
+
+def _orthanc_id(rest: str, uid: str) -> str:
+    """Orthanc's identifier of the one resource with this DICOM UID."""
+    request = urllib.request.Request(f"{rest}/tools/lookup", data=uid.encode("ascii"), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        found = json.load(response)
+    assert len(found) == 1, uid
+    return str(found[0]["ID"])

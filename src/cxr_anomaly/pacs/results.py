@@ -1,6 +1,6 @@
 """The DICOM objects sent back to the PACS for one scored film.
 
-Each film gets two new instances in its own study, each in a series of its own:
+Each film gets two new instances in the film's own study, each in a new series of its own:
 
 * a Comprehensive SR holding a TID 1500 Measurement Report (highdicom): one measurement group
   for the whole film, referencing the source image, with the algorithm's name and version, the raw
@@ -25,16 +25,22 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..dicom import silence_pydicom
 from ..errors import CxrAnomalyError, OutputPathError
 from ..explain import colour_bar as default_colour_bar
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +127,8 @@ class ResultUids:
 class ResultObjects:
     """The two DICOM instances sent back for one film (highdicom subclasses of ``pydicom.Dataset``)."""
 
-    structured_report: Any
-    secondary_capture: Any
+    structured_report: Dataset  # a highdicom.sr.ComprehensiveSR
+    secondary_capture: Dataset  # a highdicom.sc.SCImage
 
 
 def _highdicom() -> Any:
@@ -140,6 +146,28 @@ def derived_uid(*parts: str) -> str:
     (pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy and is random.)
     """
     return f"2.25.{uuid.uuid5(UID_NAMESPACE, chr(31).join(parts)).int}"
+
+
+_HIGHDICOM_WARNING_MODULES = r"highdicom(\.|$)"
+_silence_lock = threading.Lock()
+
+
+def silence_highdicom() -> None:
+    """Keep highdicom's warnings and log records out of every output; idempotent.
+
+    highdicom quotes header values in them (a patient name without a caret, say). Like
+    :func:`cxr_anomaly.dicom.silence_pydicom`, this changes process-wide state on purpose: a
+    per-call ``warnings.catch_warnings()`` is not thread-safe, and the listener builds results on
+    several association threads.
+    """
+    with _silence_lock:
+        installed = any(action == "ignore" and module is not None and module.pattern == _HIGHDICOM_WARNING_MODULES
+                        for action, _, _, module, _ in warnings.filters)
+        if not installed:
+            warnings.filterwarnings("ignore", module=_HIGHDICOM_WARNING_MODULES)
+        highdicom_logger = logging.getLogger("highdicom")
+        if highdicom_logger.level <= logging.CRITICAL:
+            highdicom_logger.setLevel(logging.CRITICAL + 1)
 
 
 def result_uids(source_sop_instance_uid: str, model_version: str) -> ResultUids:
@@ -170,7 +198,7 @@ _COPIED_TYPE_2: tuple[str, ...] = ("PatientID", "PatientName", "PatientBirthDate
 _REQUIRED: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
-def evidence_header(source: Any) -> Any:
+def evidence_header(source: Dataset) -> Dataset:
     """A header-only copy of the scored film that highdicom can copy patient and study data from.
 
     The pixel data is left out; the type 2 patient and study attributes a film may lack are set empty.
@@ -193,7 +221,7 @@ def evidence_header(source: Any) -> Any:
     return header
 
 
-def _image_library(header: Any) -> list[Any]:
+def _image_library(header: Dataset) -> list[Dataset]:
     """``[header]`` when highdicom can describe the film in the SR's image library, else ``[]``.
 
     Its projection radiography descriptors need two-valued PatientOrientation and ImagerPixelSpacing,
@@ -229,7 +257,7 @@ def _concepts() -> dict[str, Any]:
     }
 
 
-def _measurement_group(source: Any, result: FilmResult, uids: ResultUids) -> Any:
+def _measurement_group(source: Dataset, result: FilmResult, uids: ResultUids) -> Any:
     """The TID 1501 group of the whole film: algorithm, numbers, source image and text items."""
     hd = _highdicom()
     concepts = _concepts()
@@ -240,8 +268,7 @@ def _measurement_group(source: Any, result: FilmResult, uids: ResultUids) -> Any
                     for name, value, unit in numbers if value is not None]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking, identifier="whole film"),
-        algorithm_id=hd.sr.AlgorithmIdentification(name=result.model_name, version=result.model_version,
-                                                   manufacturer=MANUFACTURER),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=result.model_name, version=result.model_version),
         measurements=measurements,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
@@ -254,7 +281,7 @@ def _measurement_group(source: Any, result: FilmResult, uids: ResultUids) -> Any
     return group
 
 
-def build_structured_report(source: Any, result: FilmResult, uids: ResultUids) -> Any:
+def build_structured_report(source: Dataset, result: FilmResult, uids: ResultUids) -> Dataset:
     """The Comprehensive SR (TID 1500 Measurement Report) of one scored film.
 
     Args:
@@ -346,7 +373,8 @@ def heatmap_with_scale(overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = 
     return np.concatenate([overlay_rgb, np.asarray(strip, dtype=np.uint8)], axis=0)
 
 
-def build_secondary_capture(source: Any, image_rgb: np.ndarray, result: FilmResult, uids: ResultUids) -> Any:
+def build_secondary_capture(source: Dataset, image_rgb: np.ndarray, result: FilmResult,
+                            uids: ResultUids) -> Dataset:
     """The Secondary Capture of the heatmap (with its scale) in the source's study.
 
     Args:
@@ -391,7 +419,7 @@ def build_secondary_capture(source: Any, image_rgb: np.ndarray, result: FilmResu
     return image
 
 
-def build_results(source: Any, result: FilmResult, overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = None,
+def build_results(source: Dataset, result: FilmResult, overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = None,
                   *, scale_floor: float, scale_top: float) -> ResultObjects:
     """The SR and the heatmap Secondary Capture for one scored film.
 
@@ -410,6 +438,8 @@ def build_results(source: Any, result: FilmResult, overlay_rgb: np.ndarray, colo
         ValueError: a value of ``result`` or of the scale is invalid, the overlay is not RGB uint8, or
             the film lacks a UID the results reference.
     """
+    silence_pydicom()
+    silence_highdicom()
     header = evidence_header(source)
     uids = result_uids(str(header.SOPInstanceUID), result.model_version)
     report = build_structured_report(header, result, uids)
@@ -420,7 +450,7 @@ def build_results(source: Any, result: FilmResult, overlay_rgb: np.ndarray, colo
     return ResultObjects(structured_report=report, secondary_capture=capture)
 
 
-def _write_atomically(dataset: Any, path: Path) -> None:
+def _write_atomically(dataset: Dataset, path: Path) -> None:
     """Write a data set beside ``path`` under a temporary name, then rename it into place."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -485,7 +515,7 @@ class ReportedResult:
     study_instance_uid: str
 
 
-def read_structured_report(dataset: Any) -> ReportedResult:
+def read_structured_report(dataset: Dataset) -> ReportedResult:
     """Read the values of a result SR (a ``pydicom.Dataset`` as received or read from a file) with highdicom.
 
     Raises:

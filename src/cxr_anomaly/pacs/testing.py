@@ -11,11 +11,15 @@ from __future__ import annotations
 import datetime
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..io import read_image
 from .results import derived_uid
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ def film_dataset_from_png(
     view_position: str = "PA",
     patient_age: str | None = None,
     patient_sex: str = "O",
-) -> object:
+) -> Dataset:
     """A DICOM film (``pydicom.Dataset`` with file meta) holding the grey pixels of an image file.
 
     Args:
@@ -92,12 +96,14 @@ def film_dataset_from_png(
     _patient_and_study(dataset, patient_id=patient_id, study_uid=study_uid, patient_age=patient_age,
                        patient_sex=patient_sex, now=now)
     _series_and_equipment(dataset, modality=modality, study_uid=study_uid, view_position=view_position)
-    _image(dataset, pixels, bits=bits, modality=modality, view_position=view_position, now=now)
+    lossy_source = path.suffix.lower() in (".jpg", ".jpeg")
+    _image(dataset, pixels, bits=bits, modality=modality, view_position=view_position, now=now,
+           lossy_source=lossy_source)
     logger.debug("built a %s test film %s from %s", modality, sop_uid, path.name)
     return dataset
 
 
-def _patient_and_study(dataset: object, *, patient_id: str, study_uid: str, patient_age: str | None,
+def _patient_and_study(dataset: Dataset, *, patient_id: str, study_uid: str, patient_age: str | None,
                        patient_sex: str, now: datetime.datetime) -> None:
     """Patient and General Study modules, with fake identifiers."""
     dataset.PatientName = f"TEST^{patient_id}"
@@ -115,7 +121,7 @@ def _patient_and_study(dataset: object, *, patient_id: str, study_uid: str, pati
     dataset.StudyDescription = "XR CHEST (cxr-anomaly test film)"
 
 
-def _series_and_equipment(dataset: object, *, modality: str, study_uid: str, view_position: str) -> None:
+def _series_and_equipment(dataset: Dataset, *, modality: str, study_uid: str, view_position: str) -> None:
     """General/DX/CR Series and General Equipment modules."""
     dataset.Modality = modality
     dataset.SeriesInstanceUID = _uid("series", study_uid, modality, view_position)
@@ -129,8 +135,8 @@ def _series_and_equipment(dataset: object, *, modality: str, study_uid: str, vie
         dataset.ViewPosition = view_position
 
 
-def _image(dataset: object, pixels: np.ndarray, *, bits: int, modality: str, view_position: str,
-           now: datetime.datetime) -> None:
+def _image(dataset: Dataset, pixels: np.ndarray, *, bits: int, modality: str, view_position: str,
+           now: datetime.datetime, lossy_source: bool) -> None:
     """General Image, Image Pixel, DX/CR Image, DX Anatomy, Detector and Positioning, VOI LUT."""
     from pydicom.dataset import Dataset
 
@@ -142,7 +148,7 @@ def _image(dataset: object, pixels: np.ndarray, *, bits: int, modality: str, vie
     dataset.PatientOrientation = ["L", "F"] if view_position in ("PA", "AP") else ["P", "F"]
     dataset.ImageType = ["ORIGINAL", "PRIMARY"]
     dataset.BurnedInAnnotation = "NO"
-    dataset.LossyImageCompression = "01" if bits == 8 else "00"  # the 8-bit source files were already lossy-ish
+    dataset.LossyImageCompression = "01" if lossy_source else "00"
     dataset.set_pixel_data(np.ascontiguousarray(pixels), photometric_interpretation="MONOCHROME2",
                            bits_stored=bits, generate_instance_uid=False)
     dataset.RescaleIntercept = 0
