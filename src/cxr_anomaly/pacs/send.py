@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import re
 import urllib.error
@@ -125,8 +126,20 @@ class StowSink:
         except (urllib.error.URLError, OSError) as error:
             raise SendError(f"STOW-RS to {self.url} failed: {getattr(error, 'code', '')} "
                             f"{type(error).__name__}") from None
-        if b'"00081198"' in reply:  # FailedSOPSequence: at least one instance was not stored
-            raise SendError(f"STOW-RS to {self.url}: the server refused some instances")
+        failed = _failed_sop_count(reply)
+        if failed:
+            raise SendError(f"STOW-RS to {self.url}: the server refused {failed} of {len(datasets)} instances")
+
+
+def _failed_sop_count(reply: bytes) -> int:
+    """Items of the STOW-RS reply's FailedSOPSequence (0008,1198); a reply that is not JSON counts as none."""
+    try:
+        parsed = json.loads(reply or b"{}")
+    except ValueError:
+        return 0
+    if isinstance(parsed, list):
+        parsed = parsed[0] if parsed else {}
+    return len((parsed.get("00081198") or {}).get("Value") or [])
 
 
 def split_credentials(url: str) -> tuple[str, dict[str, str]]:
