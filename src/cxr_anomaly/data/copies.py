@@ -10,7 +10,7 @@ A film's *signature*: the film resized to 32 x 32, each pixel replaced by its ra
 film (so that any monotone contrast curve, one pipeline's gamma against another's, changes
 nothing), centred and scaled to unit length. Two films whose signatures correlate at
 :data:`COPY_CORRELATION` or more are called copies. Measured on the shared data
-(``benchmarks/research/leakage_check.py``, docs/results.md, films decoded at 64 px): distinct
+(``docs/notebook/research/leakage_check.py``, docs/results.md, films decoded at 64 px): distinct
 films of ``rsna_normal224`` correlate at most 0.984 with their most similar other film, while the
 two copies found between it and the NIH collections correlate at 0.9967 and 0.9996.
 """

@@ -18,7 +18,7 @@ the model runs, as batched matrix products, and gives the same pixels bit for bi
   rounding (about 1e-6), not bit for bit.
 
 On a CPU Pillow is faster (0.55-0.64 against 1.7-1.9 ms a film at 224 px on two cores of an AMD
-EPYC, ``benchmarks/research/preprocess_paths.py``), so :func:`preprocess_on` keeps
+EPYC, ``docs/notebook/research/preprocess_paths.py``), so :func:`preprocess_on` keeps
 :func:`~cxr_anomaly.data.dataset.preprocess_films` there.
 torch is imported at module level here: this module is only loaded by the models.
 """
