@@ -3,7 +3,7 @@
 Usage: ``python docs/notebook/research/assemble_results.py [RUNS_DIR]``; the prose (reading, verdict)
 is in ``results_fields.json``.
 
-Prints the two docs/results.md sections of issue 4. Numbers come from the run folders' table.md
+Prints the two docs/notebook/2026-11-results-history.md sections of issue 4. Numbers come from the run folders' table.md
 files (never typed by hand); the prose beside them is in the templates.
 """
 

@@ -5,7 +5,7 @@
 # were never trained on: NIH1000's test split (a PNG manifest) and all 959 films of
 # nih_pneumonia256 written as a DICOM folder with no manifest (views and ages only in the
 # headers), which is the scope of the issue's probe table; and the demo's test half of it, the
-# half no setting was chosen on. Outputs go to $OUT (not committed); docs/results.md quotes them.
+# half no setting was chosen on. Outputs go to $OUT (not committed); docs/notebook/2026-11-results-history.md quotes them.
 #
 # Usage: docs/notebook/research/author_check.sh   (OUT=runs/author_check by default; about 40 min on
 # a 2-core CPU, nearly all of it the fit). A finished RUN/model.pt is reused.

@@ -5,7 +5,7 @@ number of rsna_normal224 normals it is fitted on, from the feature maps that
     python -m docs.notebook.research.features_learning_curve --tag efficientnet_lite0_224_crop20+detail64+equalize
 
 Each size is a seeded random draw from the dumped normals (the first 2,000 of rsna_normal224);
-the 5,000-normal point is the ``make demo`` model (docs/results.md).
+the 5,000-normal point is the ``make demo`` model (docs/notebook/2026-11-results-history.md).
 """
 
 from __future__ import annotations

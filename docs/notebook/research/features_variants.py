@@ -4,7 +4,7 @@ over layers and scores, pooling, neighbours), validation films first.
 Reads the maps that ``docs.notebook.research.features_probe dump`` stored for one preprocessing
 (default: the chosen ``crop20+detail64+equalize``) and backbone, fits each variant on the dumped
 ``rsna_normal224`` normals and prints AUC within PA and AP films of each set, with the worst of the
-validation views (the selection criterion of docs/results.md). No film runs through a backbone.
+validation views (the selection criterion of docs/notebook/2026-11-results-history.md). No film runs through a backbone.
 
     python -m docs.notebook.research.features_variants --tags efficientnet_lite0_224_crop20+detail64+equalize
 """

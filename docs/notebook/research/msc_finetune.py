@@ -9,14 +9,14 @@ the collapse of centre-based losses. The embedding here is the default detector'
 stride-32 map of EfficientNet-Lite0, average-pooled, on ``crop20+detail64+equalize`` films at
 224 px; the score is its kNN (5 nearest normals, cosine), plus the Ledoit-Wolf Gaussian for
 reference. Epoch 0 is the frozen backbone, i.e. the default detector (0.585 worst validation view
-in docs/results.md), computed in the same run.
+in docs/notebook/2026-11-results-history.md), computed in the same run.
 
 The augmentations and the loss are the package's (:mod:`cxr_anomaly.models.features.finetune`,
 which ``features.finetune_epochs`` runs inside the fit); this script adds the per-epoch scoring
 that chose its settings.
 
 Only validation films are scored (NIH1000 ``val`` and the validation half of nih_pneumonia256,
-the films of docs/results.md's choice table); the criterion is the worst of the four views.
+the films of docs/notebook/2026-11-results-history.md's choice table); the criterion is the worst of the four views.
 
     python -m docs.notebook.research.msc_finetune --train-films 1000 --epochs 3 --out runs/msc
 

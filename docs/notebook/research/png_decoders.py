@@ -5,7 +5,7 @@ Usage::
     pip install pyspng imagecodecs   # not dependencies of the package
     python -m docs.notebook.research.png_decoders [--data ../shared/data] [--repeats 5]
 
-Decoding is the bound of scoring from files (docs/results.md, "Speed of the features detector"),
+Decoding is the bound of scoring from files (docs/notebook/2026-11-results-history.md, "Speed of the features detector"),
 and PNG's inflate is most of a decode. PNG is lossless, so any decoder gives the same pixels
 (checked here): a faster one would be a free gain. Times are the best of ``--repeats`` passes over
 the 20 files of ``nih_fullres``, read from memory (no disk), one thread, milliseconds a film.

@@ -4,7 +4,7 @@ The default score is the mean cosine distance of a film's pooled features to its
 training normals. Where the normals are sparse, every film lies far from them, normal or not:
 RSNA's "Normal" class is about 18% AP, so an AP film of another hospital starts with a larger
 distance whatever it shows (among normal films the default score still predicts AP with an AUC
-of about 0.57, docs/results.md). Dividing a film's distance by how far its neighbours lie from
+of about 0.57, docs/notebook/2026-11-results-history.md). Dividing a film's distance by how far its neighbours lie from
 *their own* neighbours in the bank puts each region of the feature space on its own scale, as
 the local outlier factor does (Breunig et al., "LOF: identifying density-based local outliers",
 SIGMOD 2000). Each bank row's own distance is computed leaving that row out, so it is what a

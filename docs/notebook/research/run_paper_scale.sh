@@ -2,7 +2,7 @@
 # Issue 11: the paper's four variants at its data scale, trained on rsna_normal224 and tested on
 # NIH1000 test and the test half (by patient) of nih_pneumonia256, then more seeds, the learning
 # curve of U+D+E and the skip/latent options (on U, the autoencoder they act on). Resumable: finished cells are reused. Outputs go to
-# $OUT (not committed); docs/results.md quotes the tables.
+# $OUT (not committed); docs/notebook/2026-11-results-history.md quotes the tables.
 #
 # On a GPU machine (the 64-channel runs; paper_scale64/README.md): DATA names a folder of the
 # three collections at 64 px (pack_for_device.py), CLI and PYTHON the interpreter there, CONFIG

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The three reproduction tables of docs/results.md, one after the other (resumable: run again
+# The three reproduction tables of docs/notebook/2026-11-results-history.md, one after the other (resumable: run again
 # after an interruption and finished cells are skipped). Outputs go to $OUT (not committed).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."

@@ -1,7 +1,7 @@
 """Validation AUC when the detector is given normal films of the site being scored.
 
 The default detector's bank holds RSNA normals only, and its features see how a film was made
-before what it shows (docs/results.md: the layer, bank and view tables). A hospital that
+before what it shows (docs/notebook/2026-11-results-history.md: the layer, bank and view tables). A hospital that
 triages its own films can give the detector some of its *own normal* films, which it needs
 anyway to set the operating point (``cxr-anomaly calibrate``). This measures two uses of N of
 them with the ``make demo`` checkpoint's default score (pooled kNN, k = 5), within each view,
@@ -125,7 +125,7 @@ def main() -> None:
     names = ("nih1000_site", "nih1000_val", "nih1000_test", "pneu_val", "pneu_test")
     features = {name: unit_pooled(detector, load_images(sets[name], model.config.data, workers=2).pixels)
                 for name in names}
-    pixel_config = tang2019_config().data  # 64 px, as every pixel baseline in docs/results.md
+    pixel_config = tang2019_config().data  # 64 px, as every pixel baseline in docs/notebook/2026-11-results-history.md
     pixels = {name: load_images(sets[name], pixel_config, workers=2).pixels for name in names}
     rsna_pixels = load_images(sets["rsna"].iloc[:args.rsna_films], pixel_config, workers=2).pixels
     print(f"features and pixels: {time.perf_counter() - started:.0f} s", flush=True)

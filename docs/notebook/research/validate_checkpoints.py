@@ -2,7 +2,7 @@
 
 Scores NIH1000's ``val`` split and the validation half of nih_pneumonia256
 (:func:`docs.notebook.research.features_probe.collections`, the films every choice in
-docs/results.md was made on) with each checkpoint, and prints the AUC within PA and AP films of
+docs/notebook/2026-11-results-history.md was made on) with each checkpoint, and prints the AUC within PA and AP films of
 each collection and the worst of the four, for the raw score and each component. No test film
 is read.
 

@@ -1,6 +1,6 @@
 """The pixel baselines and the view-only score on the validation films of the features choice.
 
-The tables that chose the features detector's settings (docs/results.md, "Choosing the features
+The tables that chose the features detector's settings (docs/notebook/2026-11-results-history.md, "Choosing the features
 detector", "Fine-tuning the backbone") score NIH1000's ``val`` split and the validation half of
 nih_pneumonia256 (:func:`docs.notebook.research.features_probe.collections`). This prints, for the
 same films, the view-only AUC and the PCA(5) and 5-NN pixel baselines at 64 px (the benchmark's
