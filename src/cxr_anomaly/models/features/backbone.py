@@ -152,7 +152,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
     In eval mode BatchNorm is an affine map per channel, so folding it into the preceding
     convolution's weights and bias gives the same outputs (to float rounding) without a separate
-    pass over every feature map: 17% of the trunk's time on a 2-core AVX2 CPU.
+    pass over every feature map, a sizeable share of the trunk's time on a CPU.
     """
     pairs = [("_conv_stem", "_bn0")] + [(conv, norm) for conv, norm in
                                          (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
