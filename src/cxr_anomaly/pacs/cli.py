@@ -62,7 +62,10 @@ def add_pacs_commands(commands: argparse._SubParsersAction) -> None:
                     "score, out-of-scope and failed films listed apart, none left out.")
     worklist.add_argument("--store", type=Path, default=Path("cxr-listener"), metavar="DIR",
                           help="the listener's state folder (default ./cxr-listener)")
-    worklist.add_argument("--out", type=Path, required=True, metavar="HTML", help="the HTML report to write")
+    worklist.add_argument("--out", type=Path, required=True, metavar="HTML",
+                          help="the HTML report to write (and a CSV of the same rows beside it)")
+    worklist.add_argument("--model", type=Path, default=None, metavar="CKPT",
+                          help="the listener's model, to state its operating point in the summary")
     worklist.set_defaults(handler=run_worklist)
 
 
@@ -85,4 +88,9 @@ def run_worklist(args: argparse.Namespace, progress: bool) -> None:
     """``worklist``: the HTML and CSV worklist of a listener's store."""
     from .worklist import write_store_worklist
 
-    write_store_worklist(args.store, args.out)
+    calibration = None
+    if args.model is not None:
+        from ..pipeline import load_scoring_model
+
+        calibration = load_scoring_model(args.model).calibration
+    write_store_worklist(args.store, args.out, calibration=calibration)

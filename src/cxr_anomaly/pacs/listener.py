@@ -116,9 +116,10 @@ def check_received_header(path: Path, *, max_side: int, max_bytes: int) -> Heade
         rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
         frames = int(str(dataset.get("NumberOfFrames", 1) or 1))
         has_pixels = "PixelData" in dataset
+        native_bytes = _native_pixel_bytes(dataset, rows, columns, frames)
     except RefusedInstance:
         raise
-    except Exception as error:  # pydicom raises many types for damaged or hostile headers
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types for damaged or hostile headers
         raise RefusedInstance(STATUS_CANNOT_UNDERSTAND, f"unreadable header ({type(error).__name__})") from None
     if sop_class not in FILM_SOP_CLASSES:
         raise RefusedInstance(STATUS_SOP_CLASS_NOT_SUPPORTED,
@@ -131,7 +132,20 @@ def check_received_header(path: Path, *, max_side: int, max_bytes: int) -> Heade
         raise RefusedInstance(STATUS_TOO_LARGE, f"{columns}x{rows} pixels; each side must be 1 to {max_side}")
     if not has_pixels:
         raise RefusedInstance(STATUS_DATASET_MISMATCH, "no pixel data")
+    if native_bytes is not None and size < native_bytes:
+        raise RefusedInstance(STATUS_DATASET_MISMATCH,
+                              f"{size} bytes received; the uncompressed pixel data alone declares {native_bytes}")
     return HeaderCheck(sop_instance, sop_class, study)
+
+
+def _native_pixel_bytes(dataset: Any, rows: int, columns: int, frames: int) -> int | None:
+    """Bytes the pixel data must hold in an uncompressed transfer syntax; None for compressed ones."""
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_compressed:
+        return None
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    bits = int(dataset.get("BitsAllocated", 8) or 8)
+    return rows * columns * frames * samples * ((bits + 7) // 8)
 
 
 class FilmIntake:
@@ -203,7 +217,13 @@ class StorageListener:
 
     def start(self) -> None:
         """Start serving in pynetdicom's background threads."""
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+        from pynetdicom import (
+            AE,
+            ALL_TRANSFER_SYNTAXES,
+            AllStoragePresentationContexts,
+            _config,
+            evt,
+        )
 
         _config.STORE_RECV_CHUNKED_DATASET = True  # received instances go to disk, not memory
         for name in ("pynetdicom", "pynetdicom.events", "pynetdicom.assoc", "pynetdicom.acse", "pynetdicom.dimse"):
@@ -221,6 +241,7 @@ class StorageListener:
             application.add_supported_context(context.abstract_syntax, syntaxes)
         application.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ABORTED, _log_abort),
+                    (evt.EVT_CONN_OPEN, _time_out_stalled_peers),
                     (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
         self._server = application.start_server((self.settings.host, self.settings.port), block=False,
                                                 evt_handlers=handlers)
@@ -239,6 +260,14 @@ class StorageListener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+def _time_out_stalled_peers(event: Any) -> None:
+    """Give an accepted connection's socket the network timeout: accepted sockets do not inherit the
+    listening one's, so a peer that stops mid-PDU would otherwise hold its thread forever."""
+    connection = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if connection is not None:
+        connection.settimeout(event.assoc.network_timeout)
 
 
 def _log_abort(event: Any) -> None:

@@ -38,6 +38,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ..dicom import silence_pydicom
 from ..errors import CxrAnomalyError, OutputPathError
 from ..explain import colour_bar as default_colour_bar
+from ..scope import IN_SCOPE
+from ..scope import SCOPE_REASONS as SCOPES
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -45,9 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PACS_EXTRA_HINT = "pip install 'cxr-anomaly[pacs]'"
-IN_SCOPE = "in_scope"
-SCOPES: tuple[str, ...] = (IN_SCOPE, "lateral_view", "not_chest", "for_processing", "rotated", "paediatric",
-                           "unknown_view")
 DECISIONS: tuple[str, ...] = ("flagged", "not flagged", "not assessed")
 NOT_FOR_DIAGNOSIS = "not for diagnosis"
 MANUFACTURER = "cxr-anomaly"

@@ -21,10 +21,10 @@ from typing import Any
 from ..dicom import silence_pydicom
 from .listener import FilmIntake, ListenerSettings, StorageListener
 from .orthanc import OrthancClient, OrthancFollower
+from .scope import scope_rule_for
 from .send import CStoreSink, RemoteEntity, ResultSink, StowSink
 from .spool import Spool
 from .store import FilmStore
-from .scope import scope_rule_for
 from .worker import ScoringWorker, model_version
 
 logger = logging.getLogger(__name__)

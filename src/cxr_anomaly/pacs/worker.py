@@ -25,13 +25,13 @@ import numpy as np
 from ..errors import InputFileError
 from ..explain import colour_bar, explain_film, heatmap_range, png_bytes, shrink
 from ..io import read_image, resize_grey
+from ..scope import IN_SCOPE
 from .results import FilmResult, build_results
 from .send import ResultSink, SendError
 from .store import FilmScoreRecord, FilmStore, StoredFilm
 
 logger = logging.getLogger(__name__)
 
-IN_SCOPE = "in_scope"
 HEATMAP_MAX_SIDE = 1024  # the Secondary Capture's longer side
 THUMBNAIL_SIDE = 192  # the worklist's heatmap thumbnails
 
@@ -74,7 +74,8 @@ class ScoringWorker:
         version: the model's version string (see :func:`model_version`).
         store: the durable film store.
         sink: where results go (C-STORE or STOW-RS).
-        thumbnails: folder of the worklist's heatmap thumbnails (PNG, named by the spool's hash).
+        thumbnails: folder of the worklist's film and heatmap thumbnails (``<spool name>.film.png``,
+            ``<spool name>.heatmap.png``).
         scope_of: the scope rule: (header data set, grey film) -> ``in_scope`` or a reason.
         batch_size: films scored together.
         retry_seconds: wait after the PACS could not be reached.
@@ -148,7 +149,7 @@ class ScoringWorker:
             logger.warning("film %s: cannot be decoded (%s); recorded as failed",
                            stored.sop_instance_uid, error.reason)
             return None
-        except Exception as error:  # the header parsed at receipt; anything now is damage on disk
+        except Exception as error:  # noqa: BLE001 - the header parsed at receipt; anything now is damage on disk
             self.store.record_failed(stored.sop_instance_uid, type(error).__name__)
             logger.warning("film %s: cannot be read back (%s); recorded as failed",
                            stored.sop_instance_uid, type(error).__name__)
@@ -168,8 +169,9 @@ class ScoringWorker:
         started = time.perf_counter()
         self.sink.send([objects.structured_report, objects.secondary_capture])
         self.store.record_returned(film.stored.sop_instance_uid)
-        thumbnail = Path(film.stored.path).stem + ".png"
-        (self.thumbnails / thumbnail).write_bytes(png_bytes(shrink(explanation.overlay, THUMBNAIL_SIDE)))
+        stem = Path(film.stored.path).stem
+        (self.thumbnails / f"{stem}.heatmap.png").write_bytes(png_bytes(shrink(explanation.overlay, THUMBNAIL_SIDE)))
+        (self.thumbnails / f"{stem}.film.png").write_bytes(png_bytes(shrink(explanation.original, THUMBNAIL_SIDE)))
         logger.info("film %s: score %.4g, %s, scope %s; results stored in %.2f s", film.stored.sop_instance_uid,
                     raw, result.decision, result.scope, time.perf_counter() - started)
 
