@@ -213,6 +213,22 @@ def check_results(orthanc: Orthanc, film_uids: set[str]) -> None:
     for orthanc_id in captures[:5]:
         capture = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{orthanc_id}/file")))
         assert capture.SamplesPerPixel == 3 and capture.pixel_array.ndim == 3
+    verify_with_dciodvfy(orthanc.get(f"/instances/{reports[0]}/file"))
+
+
+def verify_with_dciodvfy(data: bytes) -> None:
+    """dicom3tools' dciodvfy finds no error in an SR as Orthanc stored it (skipped where not installed)."""
+    import tempfile
+
+    binary = shutil.which("dciodvfy")
+    if binary is None:
+        return  # tests/test_pacs_results.py says so in a skip; the round trip still counts
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as handle:
+        handle.write(data)
+        handle.flush()
+        checked = subprocess.run([binary, handle.name], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
 
 
 def assert_no_phi(log_text: str) -> None:
@@ -295,3 +311,16 @@ def test_orthanc_change_feed_and_stow(orthanc: Orthanc, real_films: list[Path], 
     log_text = log_path.read_text(errors="replace")
     assert_no_phi(log_text)
     assert "of other SOP classes skipped" in log_text
+    # the worklist reads the same store: every film on it, in scope ranked, the rest apart
+    from cxr_anomaly.cli import main
+
+    assert main(["worklist", "--store", str(state), "--out", str(tmp_path / "worklist.html"),
+                 "--model", str(tiny_nih_model.checkpoint)]) == 0
+    table = pd.read_csv(tmp_path / "worklist.csv")
+    assert sorted(table["sop_instance_uid"]) == sorted(ids)
+    ranked = table[table["scope"] == "in_scope"]
+    assert list(ranked["rank"]) == list(range(1, len(ranked) + 1))
+    assert (ranked["score_raw"].diff().dropna() <= 0).all()
+    page = (tmp_path / "worklist.html").read_text()
+    assert page.count('class="film-row"') == len(ranked)
+    assert PATIENT_PREFIX not in page
