@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.explain import legend_height
 from cxr_anomaly.io import read_image, resize_grey
 from cxr_anomaly.scoring import score_films
-from cxr_anomaly.explain import legend_height
 from cxr_anomaly.serve import BatchScorer, ServiceSettings, create_app, start_background_server
 from cxr_anomaly.serve.loadtest import run_load_test
 
