@@ -12,8 +12,20 @@ import pytest
 
 from cxr_anomaly.dicom import FilmHeader, film_header_from_dataset, read_film_headers
 from cxr_anomaly.io import read_image
-from cxr_anomaly.scope import (FOR_PROCESSING, IN_SCOPE, LATERAL_VIEW, NOT_CHEST, PAEDIATRIC, ROTATED, UNKNOWN_VIEW,
-                               decide_scope, fitted_on_adults, rotation_evidence, scope_column, upload_scope)
+from cxr_anomaly.scope import (
+    FOR_PROCESSING,
+    IN_SCOPE,
+    LATERAL_VIEW,
+    NOT_CHEST,
+    PAEDIATRIC,
+    ROTATED,
+    UNKNOWN_VIEW,
+    decide_scope,
+    fitted_on_adults,
+    rotation_evidence,
+    scope_column,
+    upload_scope,
+)
 
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 
@@ -21,7 +33,11 @@ DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 def dicom_with(pixels: np.ndarray, path: Path, **tags: object) -> Path:
     """Save uint8 pixels as a DX DICOM film carrying the given header tags."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = tags.pop("SOPClassUID", SecondaryCaptureImageStorage)

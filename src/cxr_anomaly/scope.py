@@ -33,7 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dicom import FilmHeader, film_header_from_dataset, read_film_headers, silence_pydicom
+from .dicom import (
+    FilmHeader,
+    film_header_from_dataset,
+    read_film_headers,
+    silence_pydicom,
+)
 from .image_base import is_dicom_file
 from .io import resize_grey
 
@@ -177,7 +182,7 @@ def training_age_record(manifest: pd.DataFrame) -> dict[str, int]:
     if "age" not in manifest:
         return {"known": 0, "under_adult_age": 0}
     ages = pd.to_numeric(manifest["age"], errors="coerce").dropna()
-    return {"known": int(len(ages)), "under_adult_age": int((ages < ADULT_AGE).sum())}
+    return {"known": len(ages), "under_adult_age": int((ages < ADULT_AGE).sum())}
 
 
 def scope_column(manifest: pd.DataFrame, pixels: np.ndarray, *, fitted_on_adults: bool) -> list[str]:
