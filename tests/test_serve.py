@@ -102,7 +102,7 @@ def test_an_exported_onnx_graph_is_served_like_its_checkpoint(tiny_nih_model, fi
     assert body["decision"] == ("flag" if expected["flag"] else "normal")
     for name, value in body["components"].items():
         assert value == pytest.approx(expected["components"][name], rel=1e-4, abs=1e-5), name
-    assert Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))).size == (64, 64)
+    assert Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))).size == (64, 64 + legend_height(64))
     with pytest.raises(ValueError, match="model.onnx.*device='cuda'"):
         create_app(onnx_path, ServiceSettings(), device="cuda")
 
