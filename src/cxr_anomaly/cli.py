@@ -11,15 +11,14 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .cli_checks import (check_output_path, check_port_free, describe_os_error, missing_extra_hint,
+                         new_folders, output_paths, remove_if_empty)
 from .config import METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
-from .cli_checks import check_port_free, missing_extra_hint, new_folders, remove_if_empty
-from .errors import ConfigError, CxrAnomalyError, OutputPathError
+from .errors import ConfigError, CxrAnomalyError
 
 logger = logging.getLogger("cxr_anomaly")
 
@@ -372,68 +371,6 @@ def training_config(args: argparse.Namespace) -> Config:
     if train_changes:
         config = with_overrides(config, "train", **train_changes)
     return config
-
-
-@dataclass(frozen=True)
-class OutputPath:
-    """A path a command will write, checked before any work starts.
-
-    Attributes:
-        path: the file or folder.
-        option: the option that named it, for the message (``--out``).
-        kind: ``file`` or ``folder``.
-    """
-
-    path: Path
-    option: str
-    kind: str
-
-
-def output_paths(args: argparse.Namespace) -> list[OutputPath]:
-    """The files and folders the parsed command will write."""
-    folders = {"train", "evaluate", "reproduce", "benchmark"}
-    outputs = []
-    if getattr(args, "out", None) is not None:
-        outputs.append(OutputPath(args.out, "--out", "folder" if args.command in folders else "file"))
-    if getattr(args, "report", None) is not None:
-        outputs.append(OutputPath(args.report, "--report", "file"))
-    if args.command == "calibrate" and args.out is None:  # the checkpoint is rewritten in place
-        outputs.append(OutputPath(args.model, "--model (rewritten in place without --out)", "file"))
-    return outputs
-
-
-def check_output_path(output: OutputPath) -> None:
-    """Fail before any work when ``output`` cannot be written, naming it and the problem.
-
-    Leaves nothing behind: a temporary file is made and removed in the nearest existing folder, which
-    is the only test that also catches read-only mounts and pseudo file systems such as /proc.
-
-    Raises:
-        OutputPathError: the path is of the wrong kind, or its folder cannot be written.
-    """
-    path = output.path
-    if output.kind == "folder" and path.exists() and not path.is_dir():
-        raise OutputPathError(path, f"{output.option} needs a folder, but this is a file")
-    if output.kind == "file" and path.is_dir():
-        raise OutputPathError(path, f"{output.option} needs a file name, but this is a folder")
-    start = path if output.kind == "folder" else path.parent
-    existing = next((candidate for candidate in (start, *start.parents) if candidate.exists()), Path("."))
-    if not existing.is_dir():
-        raise OutputPathError(path, f"cannot write {output.option}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise OutputPathError(
-            path, f"cannot write {output.option} in {existing}: {error.strerror or error}") from error
-
-
-def describe_os_error(error: OSError) -> str:
-    """One line naming the file and the problem of an ``OSError``, without a traceback."""
-    if error.filename is None:
-        return str(error)
-    also = f" -> {error.filename2}" if error.filename2 is not None else ""
-    return f"{error.filename}{also}: {error.strerror or error}"
 
 
 def run_train(args: argparse.Namespace, progress: bool) -> None:
