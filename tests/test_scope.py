@@ -179,7 +179,7 @@ class SectionParser(HTMLParser):
 
 
 def test_worklist_lists_out_of_scope_films_apart_unranked(tiny_nih_model, real_films: list[np.ndarray],
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """score --report on four frontal PNGs, one lateral DICOM and one film turned a quarter turn."""
     from PIL import Image
 
@@ -197,6 +197,8 @@ def test_worklist_lists_out_of_scope_films_apart_unranked(tiny_nih_model, real_f
     out_csv, report = tmp_path / "worklist.csv", tmp_path / "worklist.html"
     assert main(["score", "--model", str(tiny_nih_model.checkpoint), str(manifest),
                  "--out", str(out_csv), "--report", str(report), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 outside the model's scope" in printed and " of 4 flagged)" in printed
     worklist = pd.read_csv(out_csv)
     assert len(worklist) == 6  # never dropped
     assert worklist["scope"].tolist()[:4] == [IN_SCOPE] * 4

@@ -393,11 +393,14 @@ def run_score(args: argparse.Namespace, progress: bool) -> None:
                                progress=progress, report=args.report,
                                keep_patient_identifiers=args.keep_patient_identifiers,
                                precision=args.precision, device=args.device)
-    print(f"scored {len(table)} images: {args.out}")
+    outside = int((table["scope"] != "in_scope").sum()) if "scope" in table else 0
+    print(f"scored {len(table)} images: {args.out}" +
+          (f"; {outside} outside the model's scope (see the scope column)" if outside else ""))
     if args.report is not None:
-        flagged = int((table["decision"] == "flag").sum()) if "decision" in table else None
+        ranked = table[table["scope"] == "in_scope"] if "scope" in table else table
+        flagged = int((ranked["decision"] == "flag").sum()) if "decision" in table else None
         print(f"worklist report: {args.report}" +
-              ("" if flagged is None else f" ({flagged} of {len(table)} flagged)"))
+              ("" if flagged is None else f" ({flagged} of {len(ranked)} flagged)"))
 
 
 def run_calibrate(args: argparse.Namespace, progress: bool) -> None:
