@@ -20,6 +20,7 @@ from .cli_checks import (check_output_path, check_port_free, describe_os_error, 
 from .config import METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
 from .errors import ConfigError, CxrAnomalyError
 
+from .pacs.cli import add_pacs_commands
 logger = logging.getLogger("cxr_anomaly")
 
 DESCRIPTION = """\
@@ -351,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_command(commands)
     for name, command in commands.choices.items():  # main() calls the chosen command's handler
         command.set_defaults(handler=HANDLERS[name])
+    add_pacs_commands(commands)  # listen, worklist: they set their own handlers
     return parser
 
 
