@@ -66,8 +66,7 @@ ADULT_AGE = 18.0
 # the share of known training ages under ADULT_AGE above which a model counts as fitted on children too
 CHILD_SHARE_FOR_MIXED_MODEL = 0.05
 ROTATION_SIDE = 64  # the pixel rule's working size: it reads the film's coarse layout only
-# below this margin the mediastinum runs across the film (see rotation_evidence); measured in
-# docs/results.md: about 1% of upright films of each shared collection fall below, about 98% of rotated ones
+# a margin below zero so that borderline upright films stay in scope (docs/results.md, "Scope rules")
 ROTATION_MARGIN = -0.1
 
 
