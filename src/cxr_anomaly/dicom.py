@@ -44,18 +44,20 @@ values as a second line of defence.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from .errors import DecompressionBombError, DicomError, MissingFileError
 from .image_base import DEFAULT_MAX_PIXELS, ImageRead, sniff_format, stretch_narrow_range
+from .read_limits import DeclaredImage, ReadLimits, bounded_inflate, check_declared, inflate_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ DICOM_HANDLER_HINT = (
     "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
 )
 MIN_PYDICOM_VERSION: tuple[int, int] = (3, 0)
+# The inflated bytes of a deflated data set read before its image size is known: headers of real
+# films (overlays and ICC profiles included) are far smaller.
+DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
 
 # Header keywords whose values identify a patient, a visit or a person; their values are
 # removed from any text this module emits (DICOM PS3.15 Annex E basic profile, abridged).
@@ -230,17 +235,20 @@ def read_view_positions(paths: list[str]) -> list[str | None]:
     return [header.view for header in read_film_headers(paths)]
 
 
-def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRead:
+def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               limits: ReadLimits | None = None) -> ImageRead:
     """Read a DICOM file as a grey float32 image of shape (rows, columns) in [0, 1].
 
     Multi-frame files give their first frame, and only that frame is decoded; the metadata's
     ``frames`` holds the count and ``multi_frame`` says whether there were several. Colour files
-    (RGB, YBR, PALETTE COLOR) are converted to luma.
+    (RGB, YBR, PALETTE COLOR) are converted to luma. The header is checked against ``limits``
+    (default: :class:`ReadLimits` with ``max_pixels``) before any pixel data is read or inflated.
 
     Raises:
         MissingFileError: the file does not exist.
-        DecompressionBombError: Rows x Columns x NumberOfFrames exceeds ``max_pixels``; checked
-            before decoding.
+        DecompressionBombError: the header declares a side, a pixel count (Rows x Columns x
+            NumberOfFrames) or decoded bytes over the limits, or deflated data inflates beyond
+            what the header declares; checked before decoding.
         DicomError: the file is not DICOM, the header cannot be parsed, pixel data is missing
             or corrupt, the transfer syntax needs a handler that is not installed, or pydicom
             is older than 3.0.
@@ -248,39 +256,114 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(path, "file does not exist")
-    check_pydicom_version(path)
-    import pydicom
+    try:
+        with path.open("rb") as stream:
+            return read_dicom_stream(stream, path, limits=limits or ReadLimits(max_pixels=max_pixels))
+    except OSError as error:
+        raise DicomError(path, f"cannot read the file: {error.strerror or error}") from None
+
+
+def read_dicom_bytes(data: bytes, *, label: str = "upload", limits: ReadLimits | None = None) -> ImageRead:
+    """:func:`read_dicom` of a file held in memory (an upload, a received object); errors name ``label``."""
+    return read_dicom_stream(io.BytesIO(data), label, limits=limits or ReadLimits())
+
+
+def read_dicom_stream(stream: BinaryIO, label: str | Path, *, limits: ReadLimits) -> ImageRead:
+    """:func:`read_dicom` of a seekable binary stream at its start; errors name ``label``."""
+    check_pydicom_version(label)
     from pydicom.errors import InvalidDicomError
 
     silence_pydicom()
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(132)
-    except OSError as error:
-        raise DicomError(path, f"cannot read the file: {error.strerror or error}") from None
+    head = stream.read(132)
+    stream.seek(0)
     if sniff_format(head) != "dicom":
-        raise DicomError(path, f"not a DICOM file (starts with {head[:8]!r})")
+        raise DicomError(label, f"not a DICOM file (starts with {head[:8]!r})")
     has_preamble = head[128:132] == b"DICM"
     dataset = None
     try:
-        # Without the preamble pydicom needs force=True; sniff_format has already seen a data
-        # set's first element there, so force does not open arbitrary bytes.
-        dataset = pydicom.dcmread(path, force=not has_preamble)
+        dataset = _read_within_limits(label, stream, head, limits)
         if not has_preamble:
-            _set_transfer_syntax_from_encoding(path, dataset)
-        return _decode(path, dataset, max_pixels)
+            _set_transfer_syntax_from_encoding(label, dataset)
+        return _decode(label, dataset, limits)
     except (DicomError, DecompressionBombError):
         raise
     except InvalidDicomError as error:
-        raise DicomError(path, f"not a valid DICOM file: {_scrub(str(error), dataset)}") from None
+        raise DicomError(label, f"not a valid DICOM file: {_scrub(str(error), dataset)}") from None
     except (MemoryError, RecursionError):
         raise
     except Exception as error:  # pydicom raises many types for damaged files
         reason = f"cannot decode DICOM: {type(error).__name__}: {_scrub(str(error), dataset)}"
-        raise DicomError(path, reason) from None
+        raise DicomError(label, reason) from None
 
 
-def _set_transfer_syntax_from_encoding(path: Path, dataset: Any) -> None:
+def _read_within_limits(label: str | Path, stream: BinaryIO, head: bytes, limits: ReadLimits) -> Any:
+    """The data set, read only once its header has passed ``limits``.
+
+    The file meta information is read first: a deflated data set (PS3.5 A.5) is inflated by
+    :func:`bounded_inflate`, never whole, since pydicom would inflate all of it before any
+    check. Other data sets hold their pixel data as stored, so the file's size bounds them; their
+    header is still checked before the pixel data is read.
+    """
+    import pydicom
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    has_preamble = head[128:132] == b"DICM"
+    # Without the preamble pydicom needs force=True; sniff_format has already seen a data set's
+    # first element there, so force does not open arbitrary bytes.
+    force = not has_preamble
+    if has_preamble or int.from_bytes(head[0:2], "little") == 0x0002:
+        stream.seek(132 if has_preamble else 0)
+        file_meta = read_dataset(stream, is_implicit_VR=False, is_little_endian=True,
+                                 stop_when=lambda tag, vr, length: tag.group != 0x0002)
+        if str(file_meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
+            return _read_deflated(label, stream.read(), file_meta, limits)
+    stream.seek(0)
+    header = pydicom.dcmread(stream, force=force, stop_before_pixels=True)
+    check_declared(label, _declared(label, header), limits)
+    stream.seek(0)
+    return pydicom.dcmread(stream, force=force)
+
+
+def _read_deflated(label: str | Path, compressed: bytes, file_meta: Any, limits: ReadLimits) -> Any:
+    """A deflated data set: its header inflated alone and checked, then the rest up to what it declares."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+
+    def _past_image_module(tag: Any, vr: Any, length: int) -> bool:
+        return tag.group > 0x0028  # Rows, Columns, frames and bits all lie in group 0028
+
+    probe = inflate_prefix(compressed, DEFLATED_HEADER_BYTES)
+    header = read_dataset(io.BytesIO(probe), is_implicit_VR=False, is_little_endian=True,
+                          stop_when=_past_image_module)
+    if ("Rows" not in header or "Columns" not in header) and len(probe) >= DEFLATED_HEADER_BYTES:
+        raise DicomError(label, f"the deflated header is longer than {DEFLATED_HEADER_BYTES} bytes; refused "
+                                "before inflating the rest")
+    declared = _declared(label, header)
+    check_declared(label, declared, limits)
+    inflated = bounded_inflate(label, compressed, DEFLATED_HEADER_BYTES + declared.decoded_bytes)
+    del compressed, probe
+    dataset = read_dataset(inflated, is_implicit_VR=False, is_little_endian=True)
+    dataset.file_meta = FileMetaDataset(file_meta)
+    dataset.set_original_encoding(False, True)
+    return dataset
+
+
+def _declared(label: str | Path, header: Any) -> DeclaredImage:
+    """Rows, Columns, NumberOfFrames, SamplesPerPixel and BitsAllocated of a header (0 when absent)."""
+    try:
+        rows = int(header.get("Rows", 0) or 0)
+        columns = int(header.get("Columns", 0) or 0)
+        samples = int(header.get("SamplesPerPixel", 1) or 1)
+        bits = int(header.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError):
+        raise DicomError(label, "Rows, Columns, SamplesPerPixel or BitsAllocated is not an integer") from None
+    frames = _frame_count(label, header)
+    return DeclaredImage(width=max(columns, 0), height=max(rows, 0), frames=frames, samples=max(samples, 1),
+                         bytes_per_sample=max((bits + 7) // 8, 1))
+
+
+def _set_transfer_syntax_from_encoding(path: str | Path, dataset: Any) -> None:
     """A data set without file meta information has no transfer syntax; pydicom's decoders need
     one, so take the encoding pydicom detected while parsing (always native, never compressed)."""
     from pydicom.dataset import FileMetaDataset
@@ -299,7 +382,7 @@ def _set_transfer_syntax_from_encoding(path: Path, dataset: Any) -> None:
     dataset.file_meta.TransferSyntaxUID = syntaxes[(implicit, little)]
 
 
-def _frame_count(path: Path, dataset: Any) -> int:
+def _frame_count(path: str | Path, dataset: Any) -> int:
     """NumberOfFrames: 1 when absent, empty or 0 (as pydicom reads 0; an empty value is set to 1
     on ``dataset`` so that pydicom's decoders agree); other values that are not a positive
     integer are refused."""
@@ -318,7 +401,7 @@ def _frame_count(path: Path, dataset: Any) -> int:
     return max(frames, 1)
 
 
-def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
+def _decode(path: str | Path, dataset: Any, limits: ReadLimits) -> ImageRead:
     from pydicom.pixels import get_decoder, pixel_array
 
     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
@@ -330,11 +413,7 @@ def _decode(path: Path, dataset: Any, max_pixels: int) -> ImageRead:
     frames = _frame_count(path, dataset)
     # Every frame counts: a small file of many compressed frames is a decompression bomb even
     # though only the first frame is ever decoded here.
-    declared = rows * columns * frames
-    if declared > max_pixels:
-        raise DecompressionBombError(
-            path, f"{columns}x{rows} x {frames} frame(s) = {declared} pixels exceeds the limit of {max_pixels}"
-        )
+    check_declared(path, _declared(path, dataset), limits)
     file_meta = getattr(dataset, "file_meta", None)
     transfer_syntax = getattr(file_meta, "TransferSyntaxUID", None) if file_meta else None
     if transfer_syntax is not None and transfer_syntax.is_compressed:
@@ -414,7 +493,7 @@ def _stored_range(dataset: Any) -> tuple[float, float]:
     return 0.0, float(2**bits_stored - 1)
 
 
-def _finite(path: Path, keyword: str, value: Any, default: float) -> float:
+def _finite(path: str | Path, keyword: str, value: Any, default: float) -> float:
     """A header number, refused with a DicomError naming the key when it is not finite."""
     if value is None or str(value).strip() == "":
         return default
@@ -424,7 +503,7 @@ def _finite(path: Path, keyword: str, value: Any, default: float) -> float:
     return number
 
 
-def _modality(path: Path, stored: np.ndarray, dataset: Any) -> tuple[np.ndarray, float, float, str]:
+def _modality(path: str | Path, stored: np.ndarray, dataset: Any) -> tuple[np.ndarray, float, float, str]:
     """Apply the Modality LUT; return values and the range they can take."""
     low, high = _stored_range(dataset)
     if "ModalityLUTSequence" in dataset and len(dataset.ModalityLUTSequence):

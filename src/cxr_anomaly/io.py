@@ -14,22 +14,25 @@ The format is sniffed from the file's bytes, never trusted from its extension.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .dicom import read_dicom
+from .dicom import read_dicom_stream
 from .errors import DecompressionBombError, MissingFileError, UnreadableImageError
 from .image_base import (DEFAULT_MAX_PIXELS, NARROW_RANGE_FRACTION, ImageRead, RangeStretch, sniff_format,
                          stretch_narrow_range)
+from .read_limits import DeclaredImage, ReadLimits, check_declared
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "NARROW_RANGE_FRACTION", "ImageRead", "RangeStretch",
-           "pil_to_grey", "read_image", "resize_grey", "sniff_format", "stretch_narrow_range"]
+           "ReadLimits", "declared_by_pillow", "pil_to_grey", "read_image", "read_image_bytes", "resize_grey",
+           "sniff_format", "stretch_narrow_range"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,40 +42,55 @@ _WARNING_FILTERS_LOCK = threading.Lock()
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRead:
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               limits: ReadLimits | None = None) -> ImageRead:
     """Read a PNG, JPEG, BMP, TIFF or DICOM file as a grey float image in [0, 1].
 
     Args:
         path: the file to read.
         max_pixels: images declaring more pixels than this are refused before decoding.
+        limits: the side, pixel and decoded-byte limits checked on the header before decoding;
+            default :class:`ReadLimits` with ``max_pixels``.
 
     Raises:
         MissingFileError: the file does not exist.
         UnreadableImageError: the file is empty, truncated, corrupt or not an image.
-        DecompressionBombError: the image declares more than ``max_pixels`` pixels.
+        DecompressionBombError: the image declares more than the limits allow.
         DicomError: a DICOM file cannot be decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(path, "file does not exist")
     try:
-        with path.open("rb") as handle:
-            head = handle.read(132)
+        with path.open("rb") as stream:
+            return _read_stream(stream, path, limits or ReadLimits(max_pixels=max_pixels))
     except OSError as error:  # permissions, a folder named like a file, I/O errors
         raise UnreadableImageError(path, f"cannot read the file: {error.strerror or error}") from error
+
+
+def read_image_bytes(data: bytes, *, label: str = "upload", limits: ReadLimits | None = None) -> ImageRead:
+    """:func:`read_image` of a file held in memory (an upload, a received object), decoded
+    without a temporary file; errors name ``label``, never a path."""
+    return _read_stream(io.BytesIO(data), label, limits or ReadLimits())
+
+
+def _read_stream(stream: BinaryIO, label: str | Path, limits: ReadLimits) -> ImageRead:
+    """Sniff a seekable stream at its start and read it with the reader of its format."""
+    head = stream.read(132)
+    stream.seek(0)
     if not head:
-        raise UnreadableImageError(path, "file is empty")
+        raise UnreadableImageError(label, "file is empty")
     kind = sniff_format(head)
     if kind == "dicom":
-        return read_dicom(path, max_pixels=max_pixels)
+        return read_dicom_stream(stream, label, limits=limits)
     if kind is None:
         raise UnreadableImageError(
-            path, f"not a PNG, JPEG, BMP, TIFF or DICOM file (starts with {head[:8]!r})"
+            label, f"not a PNG, JPEG, BMP, TIFF or DICOM file (starts with {head[:8]!r})"
         )
-    return _read_with_pillow(path, kind, max_pixels)
+    return _read_with_pillow(stream, label, kind, limits)
 
 
-def _open_refusing_bombs(path: Path) -> Image.Image:
+def _open_refusing_bombs(stream: BinaryIO) -> Image.Image:
     """``Image.open`` with Pillow's decompression-bomb warning raised as an error.
 
     Pillow checks the declared size when it opens a file (it warns above
@@ -82,17 +100,22 @@ def _open_refusing_bombs(path: Path) -> Image.Image:
     """
     with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path)
+        return Image.open(stream)
 
 
-def _read_with_pillow(path: Path, kind: str, max_pixels: int) -> ImageRead:
+def declared_by_pillow(image: Image.Image) -> DeclaredImage:
+    """The size and sample depth an opened (not yet loaded) Pillow image declares in its header."""
+    width, height = image.size
+    mode = image.mode
+    bytes_per_sample = 2 if ";16" in mode else 4 if mode in ("I", "F", "I;32") else 1
+    return DeclaredImage(width=width, height=height, samples=len(image.getbands()),
+                         bytes_per_sample=bytes_per_sample)
+
+
+def _read_with_pillow(stream: BinaryIO, label: str | Path, kind: str, limits: ReadLimits) -> ImageRead:
     try:
-        with _open_refusing_bombs(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DecompressionBombError(
-                    path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-                )
+        with _open_refusing_bombs(stream) as image:
+            check_declared(label, declared_by_pillow(image), limits)  # before a pixel is decoded
             mode = image.mode
             image.load()
             orientation = _exif_orientation(image)
@@ -104,11 +127,13 @@ def _read_with_pillow(path: Path, kind: str, max_pixels: int) -> ImageRead:
     except DecompressionBombError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DecompressionBombError(path, str(error)) from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise UnreadableImageError(path, f"cannot decode {kind.upper()}: {error}") from error
+        raise DecompressionBombError(label, str(error)) from error
+    except UnidentifiedImageError as error:  # its text quotes the stream's repr, or a path
+        raise UnreadableImageError(label, f"cannot decode {kind.upper()}: its header is not valid") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise UnreadableImageError(label, f"cannot decode {kind.upper()}: {error}") from error
     if array.size == 0:
-        raise UnreadableImageError(path, "image has no pixels")
+        raise UnreadableImageError(label, "image has no pixels")
     stretch = stretch_narrow_range(array, levels=65536 if mode.startswith("I;16") else 256)
     array = stretch.array
     metadata: dict[str, Any] = {"format": kind, "mode": mode, "width": width, "height": height}
@@ -117,7 +142,7 @@ def _read_with_pillow(path: Path, kind: str, max_pixels: int) -> ImageRead:
     if stretch.used_fraction is not None:
         metadata["range_stretched_from"] = round(stretch.used_fraction, 4)
         logger.info("%s: a 16-bit image whose values span %.1f%% of the 16-bit range; stretched to its own "
-                    "minimum and maximum", path, 100 * stretch.used_fraction)
+                    "minimum and maximum", label, 100 * stretch.used_fraction)
     return ImageRead(array, metadata)
 
 
@@ -138,10 +163,15 @@ def pil_to_grey(image: Image.Image) -> np.ndarray:
         alpha = rgba[..., 3]
         grey = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
         return (grey * alpha).astype(np.float32)
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
+    if mode in ("I;16", "I;16B", "I;16L"):
+        # Straight to float32, divided in place: no float64 copy and no clip copy (a 16-bit value
+        # over 65535 cannot exceed 1).
+        grey = np.asarray(image).astype(np.float32)
+        grey /= np.float32(65535.0)
+        return grey
+    if mode == "I":
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(float(array.max()), 1.0)
-        return np.clip(array / top, 0.0, 1.0).astype(np.float32)
+        return np.clip(array / max(float(array.max()), 1.0), 0.0, 1.0).astype(np.float32)
     if mode == "F":
         array = np.asarray(image, dtype=np.float32)
         low, high = float(array.min()), float(array.max())
