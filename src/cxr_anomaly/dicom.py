@@ -55,9 +55,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .dicom_bounds import declared_by_header, frame_count, read_within_limits
 from .errors import DecompressionBombError, DicomError, MissingFileError
 from .image_base import DEFAULT_MAX_PIXELS, ImageRead, sniff_format, stretch_narrow_range
-from .read_limits import DeclaredImage, ReadLimits, bounded_inflate, check_declared, inflate_prefix
+from .read_limits import ReadLimits, check_declared
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,6 @@ DICOM_HANDLER_HINT = (
     "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
 )
 MIN_PYDICOM_VERSION: tuple[int, int] = (3, 0)
-# The inflated bytes of a deflated data set read before its image size is known: headers of real
-# films (overlays and ICC profiles included) are far smaller.
-DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
 
 # Header keywords whose values identify a patient, a visit or a person; their values are
 # removed from any text this module emits (DICOM PS3.15 Annex E basic profile, abridged).
@@ -281,7 +279,7 @@ def read_dicom_stream(stream: BinaryIO, label: str | Path, *, limits: ReadLimits
     has_preamble = head[128:132] == b"DICM"
     dataset = None
     try:
-        dataset = _read_within_limits(label, stream, head, limits)
+        dataset = read_within_limits(label, stream, head, limits)
         if not has_preamble:
             _set_transfer_syntax_from_encoding(label, dataset)
         return _decode(label, dataset, limits)
@@ -294,73 +292,6 @@ def read_dicom_stream(stream: BinaryIO, label: str | Path, *, limits: ReadLimits
     except Exception as error:  # pydicom raises many types for damaged files
         reason = f"cannot decode DICOM: {type(error).__name__}: {_scrub(str(error), dataset)}"
         raise DicomError(label, reason) from None
-
-
-def _read_within_limits(label: str | Path, stream: BinaryIO, head: bytes, limits: ReadLimits) -> Any:
-    """The data set, read only once its header has passed ``limits``.
-
-    The file meta information is read first: a deflated data set (PS3.5 A.5) is inflated by
-    :func:`bounded_inflate`, never whole, since pydicom would inflate all of it before any
-    check. Other data sets hold their pixel data as stored, so the file's size bounds them; their
-    header is still checked before the pixel data is read.
-    """
-    import pydicom
-    from pydicom.filereader import read_dataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    has_preamble = head[128:132] == b"DICM"
-    # Without the preamble pydicom needs force=True; sniff_format has already seen a data set's
-    # first element there, so force does not open arbitrary bytes.
-    force = not has_preamble
-    if has_preamble or int.from_bytes(head[0:2], "little") == 0x0002:
-        stream.seek(132 if has_preamble else 0)
-        file_meta = read_dataset(stream, is_implicit_VR=False, is_little_endian=True,
-                                 stop_when=lambda tag, vr, length: tag.group != 0x0002)
-        if str(file_meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
-            return _read_deflated(label, stream.read(), file_meta, limits)
-    stream.seek(0)
-    header = pydicom.dcmread(stream, force=force, stop_before_pixels=True)
-    check_declared(label, _declared(label, header), limits)
-    stream.seek(0)
-    return pydicom.dcmread(stream, force=force)
-
-
-def _read_deflated(label: str | Path, compressed: bytes, file_meta: Any, limits: ReadLimits) -> Any:
-    """A deflated data set: its header inflated alone and checked, then the rest up to what it declares."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.filereader import read_dataset
-
-    def _past_image_module(tag: Any, vr: Any, length: int) -> bool:
-        return tag.group > 0x0028  # Rows, Columns, frames and bits all lie in group 0028
-
-    probe = inflate_prefix(compressed, DEFLATED_HEADER_BYTES)
-    header = read_dataset(io.BytesIO(probe), is_implicit_VR=False, is_little_endian=True,
-                          stop_when=_past_image_module)
-    if ("Rows" not in header or "Columns" not in header) and len(probe) >= DEFLATED_HEADER_BYTES:
-        raise DicomError(label, f"the deflated header is longer than {DEFLATED_HEADER_BYTES} bytes; refused "
-                                "before inflating the rest")
-    declared = _declared(label, header)
-    check_declared(label, declared, limits)
-    inflated = bounded_inflate(label, compressed, DEFLATED_HEADER_BYTES + declared.decoded_bytes)
-    del compressed, probe
-    dataset = read_dataset(inflated, is_implicit_VR=False, is_little_endian=True)
-    dataset.file_meta = FileMetaDataset(file_meta)
-    dataset.set_original_encoding(False, True)
-    return dataset
-
-
-def _declared(label: str | Path, header: Any) -> DeclaredImage:
-    """Rows, Columns, NumberOfFrames, SamplesPerPixel and BitsAllocated of a header (0 when absent)."""
-    try:
-        rows = int(header.get("Rows", 0) or 0)
-        columns = int(header.get("Columns", 0) or 0)
-        samples = int(header.get("SamplesPerPixel", 1) or 1)
-        bits = int(header.get("BitsAllocated", 8) or 8)
-    except (TypeError, ValueError):
-        raise DicomError(label, "Rows, Columns, SamplesPerPixel or BitsAllocated is not an integer") from None
-    frames = _frame_count(label, header)
-    return DeclaredImage(width=max(columns, 0), height=max(rows, 0), frames=frames, samples=max(samples, 1),
-                         bytes_per_sample=max((bits + 7) // 8, 1))
 
 
 def _set_transfer_syntax_from_encoding(path: str | Path, dataset: Any) -> None:
@@ -382,25 +313,6 @@ def _set_transfer_syntax_from_encoding(path: str | Path, dataset: Any) -> None:
     dataset.file_meta.TransferSyntaxUID = syntaxes[(implicit, little)]
 
 
-def _frame_count(path: str | Path, dataset: Any) -> int:
-    """NumberOfFrames: 1 when absent, empty or 0 (as pydicom reads 0; an empty value is set to 1
-    on ``dataset`` so that pydicom's decoders agree); other values that are not a positive
-    integer are refused."""
-    value = dataset.get("NumberOfFrames")
-    if value is None:
-        return 1
-    if str(value).strip() == "":
-        dataset.NumberOfFrames = 1
-        return 1
-    try:
-        frames = int(value)
-    except (TypeError, ValueError):
-        raise DicomError(path, f"NumberOfFrames={str(value)[:32]!r} is not an integer") from None
-    if frames < 0:
-        raise DicomError(path, f"NumberOfFrames={frames}; a film has at least one frame")
-    return max(frames, 1)
-
-
 def _decode(path: str | Path, dataset: Any, limits: ReadLimits) -> ImageRead:
     from pydicom.pixels import get_decoder, pixel_array
 
@@ -410,10 +322,10 @@ def _decode(path: str | Path, dataset: Any, limits: ReadLimits) -> ImageRead:
     columns = int(dataset.get("Columns", 0) or 0)
     if rows <= 0 or columns <= 0:
         raise DicomError(path, f"Rows={rows}, Columns={columns}; the image has no pixels")
-    frames = _frame_count(path, dataset)
+    frames = frame_count(path, dataset)
     # Every frame counts: a small file of many compressed frames is a decompression bomb even
     # though only the first frame is ever decoded here.
-    check_declared(path, _declared(path, dataset), limits)
+    check_declared(path, declared_by_header(path, dataset), limits)
     file_meta = getattr(dataset, "file_meta", None)
     transfer_syntax = getattr(file_meta, "TransferSyntaxUID", None) if file_meta else None
     if transfer_syntax is not None and transfer_syntax.is_compressed:

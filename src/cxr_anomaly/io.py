@@ -18,6 +18,7 @@ import io
 import logging
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,14 +26,40 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .dicom import read_dicom_stream
-from .errors import DecompressionBombError, MissingFileError, UnreadableImageError
-from .image_base import (DEFAULT_MAX_PIXELS, NARROW_RANGE_FRACTION, ImageRead, RangeStretch, sniff_format,
-                         stretch_narrow_range)
+from .dicom_bounds import declared_dicom
+from .errors import (
+    DecompressionBombError,
+    DicomError,
+    MissingFileError,
+    UnreadableImageError,
+)
+from .image_base import (
+    DEFAULT_MAX_PIXELS,
+    NARROW_RANGE_FRACTION,
+    ImageRead,
+    RangeStretch,
+    sniff_format,
+    stretch_narrow_range,
+)
 from .read_limits import DeclaredImage, ReadLimits, check_declared
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "NARROW_RANGE_FRACTION", "ImageRead", "RangeStretch",
-           "ReadLimits", "declared_by_pillow", "pil_to_grey", "read_image", "read_image_bytes", "resize_grey",
-           "sniff_format", "stretch_narrow_range"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "NARROW_RANGE_FRACTION",
+    "ImageRead",
+    "ProbedImage",
+    "RangeStretch",
+    "ReadLimits",
+    "declared_by_pillow",
+    "pil_to_grey",
+    "probe_image_bytes",
+    "read_image",
+    "read_image_bytes",
+    "resize_grey",
+    "sniff_format",
+    "stretch_narrow_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +99,48 @@ def read_image_bytes(data: bytes, *, label: str = "upload", limits: ReadLimits |
     """:func:`read_image` of a file held in memory (an upload, a received object), decoded
     without a temporary file; errors name ``label``, never a path."""
     return _read_stream(io.BytesIO(data), label, limits or ReadLimits())
+
+
+@dataclass(frozen=True)
+class ProbedImage:
+    """What a file's first bytes and header say, before any pixel is decoded.
+
+    Attributes:
+        format: ``png``, ``jpeg``, ``bmp``, ``tiff`` or ``dicom``, sniffed from the bytes.
+        declared: the size and sample depth its header declares.
+    """
+
+    format: str
+    declared: DeclaredImage
+
+
+def probe_image_bytes(data: bytes, *, label: str = "upload", limits: ReadLimits | None = None) -> ProbedImage:
+    """Sniff and read the header of a file held in memory, checking it against ``limits``.
+
+    Raises:
+        UnreadableImageError: the bytes are empty, not an image, or the header cannot be read.
+        DecompressionBombError: the header declares more than ``limits`` allow.
+        DicomError: a DICOM header cannot be parsed.
+    """
+    if not data:
+        raise UnreadableImageError(label, "file is empty")
+    kind = sniff_format(data[:132])
+    if kind is None:
+        raise UnreadableImageError(label, f"not a PNG, JPEG, BMP, TIFF or DICOM file (starts with {data[:8]!r})")
+    try:
+        if kind == "dicom":
+            declared = declared_dicom(label, io.BytesIO(data))
+        else:
+            with _open_refusing_bombs(io.BytesIO(data)) as image:
+                declared = declared_by_pillow(image)
+    except (DicomError, DecompressionBombError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DecompressionBombError(label, str(error)) from error
+    except Exception as error:  # noqa: BLE001 - Pillow and pydicom raise many types for damaged headers
+        raise UnreadableImageError(label, f"cannot read the {kind.upper()} header: {type(error).__name__}") from None
+    check_declared(label, declared, limits or ReadLimits())
+    return ProbedImage(kind, declared)
 
 
 def _read_stream(stream: BinaryIO, label: str | Path, limits: ReadLimits) -> ImageRead:
