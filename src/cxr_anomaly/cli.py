@@ -177,6 +177,9 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--device", default="auto",
                        help="auto (default: cuda when available; an exported graph runs on the CPU), cpu, "
                             "cuda or cuda:N")
+    from .serve_options import add_serve_limit_options  # argparse only: --help stays fast
+
+    add_serve_limit_options(serve)
 
 
 def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
@@ -428,12 +431,14 @@ def run_serve(args: argparse.Namespace, progress: bool) -> None:
     """``serve``: the triage service and its page."""
     check_port_free(args.host, args.port)  # before minutes of model loading, not after
     from .serve import ServiceSettings, run_server
+    from .serve_options import serve_limit_values
 
     settings = ServiceSettings.from_environment(
         token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_image_side=args.max_image_side, max_batch_size=args.max_batch_size,
-        batch_wait_seconds=args.batch_wait_ms / 1000.0)
-    run_server(args.model, settings, host=args.host, port=args.port, threads=args.threads, device=args.device)
+        batch_wait_seconds=args.batch_wait_ms / 1000.0, **serve_limit_values(args))
+    run_server(args.model, settings, host=args.host, port=args.port, threads=args.threads, device=args.device,
+               allow_open=args.allow_open)
 
 
 def run_evaluate(args: argparse.Namespace, progress: bool) -> None:

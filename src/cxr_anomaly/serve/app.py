@@ -9,7 +9,8 @@ Endpoints:
   PNG itself (score and decision in ``X-`` headers).
 - ``GET /healthz``: liveness, with batching statistics.
 - ``GET /v1/model``: what is being served (method, detector, versions, operating point, limits).
-- ``GET /``: a web page to drop a film on; ``GET /openapi.json`` and ``/docs``: the schema.
+- ``GET /``: a web page to drop a film on; ``GET /openapi.json``: the schema. There is no
+  ``/docs`` page: FastAPI's loads its script from a CDN, and the page serves no third-party script.
 
 The model is a checkpoint (``model.pt``, scored with PyTorch) or its exported graph (``*.onnx``,
 scored with onnxruntime on the CPU, 1.4-1.7x as fast for the features family on a 2-core CPU);
@@ -17,8 +18,12 @@ both answer the same.
 
 Inputs are checked before any decoding the service can avoid: the upload size while it streams
 in, the format from the file's first bytes (the name and the declared type are not trusted), the
-declared image dimensions before pixels are decoded. Every refusal is a 4xx JSON body
-``{"error": {"code": ..., "message": ...}}``. With a bearer token configured (``--token`` or the
+declared sides, pixels and decoded bytes from the header before pixels are decoded (in memory, no
+temporary file). Admission control bounds the scoring requests in flight, the films queued for
+the scorer and the memory that decoding may take; beyond them a request gets 503 with
+``Retry-After``. The server's protocol cuts slow headers and bodies and caps open connections
+(:mod:`cxr_anomaly.serve.protocol`; docs/service-limits.md). Every refusal is a 4xx or 503 JSON
+body ``{"error": {"code": ..., "message": ...}}``, whose message never holds a path. With a bearer token configured (``--token`` or the
 ``CXR_ANOMALY_TOKEN`` environment variable) every scoring request must carry
 ``Authorization: Bearer TOKEN``. Concurrent requests are scored together (see
 :mod:`cxr_anomaly.serve.batching`).
@@ -35,11 +40,8 @@ import hmac
 import importlib.resources
 import logging
 import os
-import socket
-import tempfile
-import threading
-import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,6 +53,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..calibration import Calibration
@@ -58,10 +61,15 @@ from ..checkpoint import LoadedModel
 from ..dicom import silence_pydicom
 from ..errors import DecompressionBombError, InputFileError
 from ..explain import explain_film, heatmap_range, png_bytes, with_legend
-from ..io import read_image, resize_grey, sniff_format
+from ..io import ProbedImage, probe_image_bytes, read_image_bytes, resize_grey, sniff_format
 from ..pipeline import load_scoring_model
-from ..scope import fitted_on_adults, upload_scope
-from .batching import BatchScorer
+from ..read_limits import ReadLimits
+from ..scope import FilmScope, fitted_on_adults, upload_scope
+from .admission import AdmissionStatistics, InFlightLimit, MemoryBudget, ServiceBusyError
+from .batching import BatchScorer, QueueFullError
+from .errors import ApiError
+from .protocol import ConnectionLimits
+from .upload import read_upload
 
 if TYPE_CHECKING:  # onnxruntime is optional: imported only to serve an .onnx graph
     from ..export import OnnxScorer
@@ -71,7 +79,10 @@ logger = logging.getLogger(__name__)
 TOKEN_ENVIRONMENT_VARIABLE = "CXR_ANOMALY_TOKEN"
 ACCEPTED_FORMATS = ("png", "jpeg", "dicom")
 MIN_IMAGE_SIDE = 16  # smaller uploads are icons or mistakes, not chest films
-MULTIPART_OVERHEAD_BYTES = 64 * 1024  # form boundaries and headers around the file
+# Peak bytes a decoded pixel of the first frame costs while a film is read and resized: the
+# decoder's buffer, float32 copies, DICOM windowing in float64, and the float32 film kept for the
+# heatmap. Measured peaks stay below it (docs/results.md).
+DECODE_BYTES_PER_PIXEL = 24
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,17 @@ class ServiceSettings:
         max_batch_size: the most concurrent films scored in one forward pass.
         batch_wait_seconds: how long the first film of a batch waits for others.
         heatmap_max_side: longer side of returned heatmaps (the original resolution, shrunk to this).
+        max_in_flight: scoring requests being read, decoded or scored at once; more get 503.
+        max_queued_films: films waiting for the scorer; more get 503.
+        memory_budget_bytes: bytes that films being decoded may take at once, reserved from what
+            their headers declare; a film waits up to ``admission_wait_seconds`` for room, then 503.
+        admission_wait_seconds: the longest wait for room in the memory budget.
+        decode_threads: threads that decode films.
+        retry_after_seconds: the ``Retry-After`` of a 503.
+        header_timeout_seconds: time a connection has to send complete request headers.
+        body_timeout_seconds: time a request body has to arrive, from its headers.
+        idle_timeout_seconds: time an idle keep-alive connection is kept.
+        max_connections: connections open at once; more are closed on arrival.
     """
 
     token: str | None = None
@@ -93,10 +115,28 @@ class ServiceSettings:
     max_batch_size: int = 32
     batch_wait_seconds: float = 0.005
     heatmap_max_side: int = 1024
+    max_in_flight: int = 32
+    max_queued_films: int = 32
+    memory_budget_bytes: int = 1024 * 1024 * 1024
+    admission_wait_seconds: float = 5.0
+    decode_threads: int = 2
+    retry_after_seconds: int = 1
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    idle_timeout_seconds: float = 5.0
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
-        if self.max_upload_bytes < 1:
-            raise ValueError(f"max_upload_bytes={self.max_upload_bytes}; expected a positive number")
+        for name in ("max_upload_bytes", "max_in_flight", "max_queued_films", "memory_budget_bytes",
+                     "decode_threads", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}; expected a positive number")
+        for name in ("header_timeout_seconds", "body_timeout_seconds", "idle_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}; expected a positive number of seconds")
+        if self.admission_wait_seconds < 0 or self.retry_after_seconds < 0:
+            raise ValueError(f"admission_wait_seconds={self.admission_wait_seconds}, retry_after_seconds="
+                             f"{self.retry_after_seconds}; expected non-negative numbers")
         if self.max_image_side < MIN_IMAGE_SIDE:
             raise ValueError(f"max_image_side={self.max_image_side}; expected at least {MIN_IMAGE_SIDE}")
         if self.token is not None and not self.token.strip():
@@ -108,16 +148,16 @@ class ServiceSettings:
         return cls(token=token if token is not None else (os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None),
                    **values)
 
+    @property
+    def read_limits(self) -> ReadLimits:
+        """What an upload's header may declare: sides up to ``max_image_side``."""
+        return ReadLimits.for_side(self.max_image_side)
 
-class ApiError(Exception):
-    """A refusal with an HTTP status, a stable machine-readable code and a message for people."""
-
-    def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-        self.headers = headers
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        """The protocol's timeouts and connection cap."""
+        return ConnectionLimits(header_timeout=self.header_timeout_seconds, body_timeout=self.body_timeout_seconds,
+                                max_connections=self.max_connections)
 
 
 class ErrorDetail(BaseModel):
@@ -163,6 +203,8 @@ class HealthResponse(BaseModel):
     batches: int
     films_scored: int
     largest_batch: int
+    in_flight: int = Field(description="scoring requests being read, decoded or scored now")
+    refused_busy: int = Field(description="scoring requests answered 503 so far")
 
 
 class ModelResponse(BaseModel):
@@ -195,6 +237,7 @@ class DecodedUpload:
     film: np.ndarray  # float32 (H0, W0) in [0, 1], original resolution
     model_input: np.ndarray  # uint8 (S, S)
     format: str
+    scope: FilmScope | None = None  # set once decoded, from the header and the pixels
 
 
 def model_version(path: str | Path) -> str:
@@ -223,90 +266,63 @@ def make_batch_scorer(model: LoadedModel | OnnxScorer) -> Callable[[np.ndarray],
     return score_batch
 
 
-def decode_upload(data: bytes, settings: ServiceSettings, image_size: int) -> DecodedUpload:
-    """Sniff, size-check and decode uploaded bytes.
-
-    Raises:
-        ApiError: 415 for a format other than PNG, JPEG or DICOM; 413 for too many pixels; 422 for
-            a file that cannot be decoded or an image smaller than 16 pixels a side.
-    """
+def _accepted_format(data: bytes) -> str:
+    """The upload's format sniffed from its bytes; 415 unless PNG, JPEG or DICOM."""
     kind = sniff_format(data[:132])
     if kind not in ACCEPTED_FORMATS:
         raise ApiError(415, "unsupported_format",
                        f"the upload is not a PNG, JPEG or DICOM file (detected: {kind or 'unknown'}, "
                        f"first bytes {data[:8]!r}); the file name and declared type are not trusted")
-    suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[kind]
-    handle, temporary = tempfile.mkstemp(prefix="cxr-upload-", suffix=suffix)
+    return kind
+
+
+def probe_upload(data: bytes, settings: ServiceSettings) -> ProbedImage:
+    """Sniff the upload and check what its header declares, decoding no pixel.
+
+    Raises:
+        ApiError: 415 for a format other than PNG, JPEG or DICOM; 413 for a side, pixel count or
+            decoded size over the limits; 422 for a header that cannot be read.
+    """
+    kind = _accepted_format(data)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        try:
-            image = read_image(temporary, max_pixels=settings.max_image_side ** 2)
-        except DecompressionBombError as error:
-            raise ApiError(413, "image_too_large", f"image dimensions exceed the limit: {error.reason}") from None
-        except InputFileError as error:
-            raise ApiError(422, "unreadable_image", f"cannot decode the {kind.upper()} upload: {error.reason}") from None
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+        return probe_image_bytes(data, limits=settings.read_limits)
+    except DecompressionBombError as error:
+        raise ApiError(413, "image_too_large", f"image dimensions exceed the limit: {error.reason}") from None
+    except InputFileError as error:
+        raise ApiError(422, "unreadable_image", f"cannot decode the {kind.upper()} upload: {error.reason}") from None
+
+
+def decode_bytes_needed(probed: ProbedImage) -> int:
+    """Peak bytes that decoding a probed film may take: its first frame's pixels at
+    :data:`DECODE_BYTES_PER_PIXEL`, plus every frame's bytes for a DICOM (inflated or stored)."""
+    declared = probed.declared
+    first_frame = declared.width * declared.height * DECODE_BYTES_PER_PIXEL
+    return first_frame + (declared.decoded_bytes if probed.format == "dicom" else 0)
+
+
+def decode_upload(data: bytes, settings: ServiceSettings, image_size: int) -> DecodedUpload:
+    """Sniff, size-check and decode uploaded bytes, in memory.
+
+    Raises:
+        ApiError: 415 for a format other than PNG, JPEG or DICOM; 413 for a side, pixel count or
+            decoded size over the limits (checked on the header, before decoding); 422 for a file
+            that cannot be decoded or an image smaller than 16 pixels a side.
+    """
+    kind = _accepted_format(data)
+    try:
+        image = read_image_bytes(data, limits=settings.read_limits)
+    except DecompressionBombError as error:
+        raise ApiError(413, "image_too_large", f"image dimensions exceed the limit: {error.reason}") from None
+    except InputFileError as error:
+        raise ApiError(422, "unreadable_image", f"cannot decode the {kind.upper()} upload: {error.reason}") from None
     height, width = image.array.shape
-    if max(height, width) > settings.max_image_side:
+    if max(height, width) > settings.max_image_side:  # an EXIF rotation cannot grow it; a second line
         raise ApiError(413, "image_too_large",
                        f"image is {width}x{height}; the largest accepted side is {settings.max_image_side} pixels")
     if min(height, width) < MIN_IMAGE_SIDE:
         raise ApiError(422, "image_too_small",
                        f"image is {width}x{height}; the smallest accepted side is {MIN_IMAGE_SIDE} pixels")
     return DecodedUpload(image.array, resize_grey(image.array, image_size), kind)
-
-
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it grows beyond ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "upload_too_large", f"upload of {int(declared)} bytes exceeds the limit of {limit}")
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise ApiError(413, "upload_too_large", f"upload exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def extract_file(request: Request, settings: ServiceSettings) -> bytes:
-    """The uploaded file's bytes: form field ``file`` of a multipart body, or the raw body."""
-    content_type = request.headers.get("content-type", "")
-    is_form = content_type.startswith("multipart/form-data")
-    body = await read_limited_body(request, settings.max_upload_bytes + (MULTIPART_OVERHEAD_BYTES if is_form else 0))
-    if not is_form:
-        if not body:
-            raise ApiError(400, "empty_upload", "the request carries no file: send it as multipart field "
-                                                "'file' or as the raw request body")
-        return body
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
-    except Exception as error:  # malformed multipart bodies raise several types
-        raise ApiError(400, "malformed_form", f"cannot parse the multipart form: {error}") from None
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise ApiError(400, "missing_file", "the multipart form has no file field named 'file'")
-    data = await upload.read()
-    await form.close()
-    if len(data) > settings.max_upload_bytes:
-        raise ApiError(413, "upload_too_large",
-                       f"upload of {len(data)} bytes exceeds the limit of {settings.max_upload_bytes}")
-    if not data:
-        raise ApiError(400, "empty_upload", "the uploaded file is empty")
-    return data
 
 
 @functools.lru_cache(maxsize=1)
@@ -333,7 +349,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description} for status, description in (
         (400, "no file, or a malformed form"), (401, "missing or wrong bearer token"),
         (413, "upload or image dimensions over the limits"), (415, "not a PNG, JPEG or DICOM file"),
-        (422, "the file cannot be decoded, or the image is too small"))
+        (422, "the file cannot be decoded, or the image is too small"),
+        (503, "the service is at a limit (requests in flight, queued films, memory): retry after Retry-After"))
 }
 
 
@@ -401,7 +418,11 @@ def describe_model(model: LoadedModel | OnnxScorer, model_path: str | Path, vers
         training=training, auth_required=settings.token is not None,
         limits={"max_upload_bytes": settings.max_upload_bytes, "max_image_side": settings.max_image_side,
                 "min_image_side": MIN_IMAGE_SIDE, "accepted_formats": list(ACCEPTED_FORMATS),
-                "max_batch_size": settings.max_batch_size},
+                "max_batch_size": settings.max_batch_size, "max_in_flight": settings.max_in_flight,
+                "max_queued_films": settings.max_queued_films, "memory_budget_bytes": settings.memory_budget_bytes,
+                "header_timeout_seconds": settings.header_timeout_seconds,
+                "body_timeout_seconds": settings.body_timeout_seconds,
+                "idle_timeout_seconds": settings.idle_timeout_seconds, "max_connections": settings.max_connections},
     )
 
 
@@ -426,20 +447,28 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     image_size = model.config.data.image_size
     heat = heatmap_range(model.calibration, model.anomaly_map_scale)
     scorer: BatchScorer[FilmScore] = BatchScorer(make_batch_scorer(model), max_batch_size=settings.max_batch_size,
-                                                 max_wait_seconds=settings.batch_wait_seconds)
+                                                 max_wait_seconds=settings.batch_wait_seconds,
+                                                 max_queued=settings.max_queued_films)
+    admission = AdmissionStatistics()
+    in_flight = InFlightLimit(settings.max_in_flight, admission)
+    memory = MemoryBudget(settings.memory_budget_bytes, settings.admission_wait_seconds, admission)
+    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="cxr-decode")
     bearer = HTTPBearer(auto_error=False, description="required when the service runs with a token")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         scorer.close()  # stop the batching task and its thread with the server
+        decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="cxr-anomaly", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load unpinned scripts from a CDN.
+    app = FastAPI(title="cxr-anomaly", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Triage of chest X-rays by a detector fitted on normal films only "
                               f"({model.description}). A triage aid, not a diagnosis.")
     app.state.scorer = scorer
     app.state.model = model
     app.state.settings = settings
+    app.state.connection_limits = settings.connection_limits  # the protocol's, bound when served
 
     add_error_handlers(app)
 
@@ -461,7 +490,9 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         """Liveness and batching statistics."""
         statistics = scorer.statistics
         return HealthResponse(status="ok", batches=statistics.batches, films_scored=statistics.films,
-                              largest_batch=statistics.largest_batch)
+                              largest_batch=statistics.largest_batch, in_flight=in_flight.active,
+                              refused_busy=admission.refused_in_flight + admission.refused_memory
+                              + admission.refused_queue)
 
     @app.get("/v1/model", response_model=ModelResponse)
     async def model_info() -> ModelResponse:
@@ -479,12 +510,40 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
             "json", alias="format", description="json (default), or png: the heatmap overlay image itself"),
     ) -> Any:
         """Score one chest film (PNG, JPEG or DICOM)."""
-        data = await extract_file(request, settings)
-        decoded = await asyncio.to_thread(decode_upload, data, settings, image_size)
-        result = await scorer.score(decoded.model_input)
+        try:
+            with in_flight.admit():
+                decoded = await read_and_decode(request)
+                try:
+                    result = await scorer.score(decoded.model_input)
+                except QueueFullError as full:
+                    admission.refused_queue += 1
+                    raise ServiceBusyError(str(full)) from None
+                return await respond(decoded, result, heatmap, response_format)
+        except ServiceBusyError as busy:
+            raise ApiError(503, "service_busy", f"the service is busy ({busy.reason}); retry later",
+                           {"Retry-After": str(settings.retry_after_seconds)}) from None
+        except ClientDisconnect:
+            logger.info("a client disconnected before its upload ended")
+            return Response(status_code=400)  # nobody is left to read it
+
+    async def read_and_decode(request: Request) -> DecodedUpload:
+        """The upload, read once, its header checked, decoded in the pool within the memory budget."""
+        data = await read_upload(request, settings.max_upload_bytes)
+        loop = asyncio.get_running_loop()
+        probed = await loop.run_in_executor(decode_pool, probe_upload, data, settings)
+        async with memory.reserve(decode_bytes_needed(probed)):
+            decoded = await loop.run_in_executor(decode_pool, decode_upload, data, settings, image_size)
+        # in the pool too: a DICOM header is parsed there, off the event loop
+        decoded.scope = await loop.run_in_executor(decode_pool, functools.partial(
+            upload_scope, data, decoded.format, decoded.model_input, fitted_on_adults=fitted_on_adults(model.training)))
+        return decoded
+
+    async def respond(decoded: DecodedUpload, result: FilmScore, heatmap: bool,
+                      response_format: Literal["json", "png"]) -> Any:
+        """The score as JSON, or the heatmap PNG."""
         placed = place_on_operating_point(result.raw, model.calibration)
-        scope = upload_scope(data, decoded.format, decoded.model_input,
-                             fitted_on_adults=fitted_on_adults(model.training))
+        scope = decoded.scope
+        assert scope is not None  # set by read_and_decode
         overlay_png = None
         if heatmap or response_format == "png":
             explanation = await asyncio.to_thread(
@@ -514,70 +573,4 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     return app
 
 
-@dataclass
-class BackgroundServer:
-    """A uvicorn server running in a thread on a loopback port (for tests and load tests)."""
-
-    url: str
-    server: Any
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        """Ask the server to exit and wait for its thread."""
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def start_background_server(app: FastAPI, *, host: str = "127.0.0.1", startup_timeout: float = 20.0) -> BackgroundServer:
-    """Serve ``app`` with uvicorn in a daemon thread on a free port; return when it accepts requests.
-
-    Raises:
-        RuntimeError: the server did not start within ``startup_timeout`` seconds.
-    """
-    import uvicorn
-
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True,
-                              name=f"uvicorn:{port}")
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError(f"uvicorn did not start on {host}:{port} within {startup_timeout} s")
-        time.sleep(0.02)
-    return BackgroundServer(f"http://{host}:{port}", server, thread)
-
-
-def run_server(model_path: str | Path, settings: ServiceSettings, *, host: str = "127.0.0.1",
-               port: int = 8000, threads: int | None = None, device: str = "auto") -> None:
-    """Load the checkpoint or ONNX graph and serve it with uvicorn until interrupted.
-
-    Args:
-        device: where a checkpoint scores (``auto``: CUDA when available, else the CPU); an
-            ONNX graph always runs on the CPU.
-        threads: intra-op threads of this server process, for PyTorch (``torch.set_num_threads``)
-            and for onnxruntime when serving a graph; None keeps their defaults (one per core).
-            One thread is faster on a machine whose cores are shared with other busy processes,
-            where spinning OpenMP threads wait on each other.
-    """
-    import torch
-    import uvicorn
-
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads={threads}; expected at least 1")
-        torch.set_num_threads(threads)
-    app = create_app(model_path, settings, device=device, onnx_threads=threads)
-    if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s without a bearer token: anyone who can reach it can score films", host)
-    logger.info("serving %s (%s) on http://%s:%d", model_path, model_version(model_path), host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
-
-
-__all__ = ["ApiError", "BackgroundServer", "ServiceSettings", "create_app", "decode_upload", "model_version",
-           "run_server", "start_background_server"]
+__all__ = ["ApiError", "ServiceSettings", "create_app", "decode_upload", "model_version", "probe_upload"]

@@ -4,7 +4,9 @@ Each request puts its film on a queue and awaits a future. A single worker task 
 waiting film, gathers others that arrive within ``max_wait_seconds`` (up to ``max_batch_size``),
 scores them together in one worker thread (so the event loop keeps accepting uploads while the
 network runs) and resolves every future. Under light load a film waits at most
-``max_wait_seconds``; under heavy load batches fill up and the per-film cost falls.
+``max_wait_seconds``; under heavy load batches fill up and the per-film cost falls. At most
+``max_queued`` films wait at once: one more raises :class:`QueueFullError` at once (the service
+answers 503), so a burst cannot grow the queue without bound.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT")
+
+
+class QueueFullError(RuntimeError):
+    """``max_queued`` films already wait for the scorer."""
 
 
 @dataclass
@@ -45,17 +51,22 @@ class BatchScorer(Generic[ResultT]):
         score_batch: scores uint8 films (B, S, S) and returns one result per film, in order.
         max_batch_size: the most films per call of ``score_batch``.
         max_wait_seconds: how long the first film of a batch waits for company.
+        max_queued: the most films waiting (queued or in the batch being scored); None: no bound.
     """
 
     def __init__(self, score_batch: Callable[[np.ndarray], list[ResultT]], *, max_batch_size: int = 32,
-                 max_wait_seconds: float = 0.005) -> None:
+                 max_wait_seconds: float = 0.005, max_queued: int | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}; expected at least 1")
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued={max_queued}; expected at least 1")
         if max_wait_seconds < 0:
             raise ValueError(f"max_wait_seconds={max_wait_seconds}; expected a non-negative number")
         self.score_batch = score_batch
         self.max_batch_size = max_batch_size
         self.max_wait_seconds = max_wait_seconds
+        self.max_queued = max_queued
+        self.waiting = 0  # films between score() and their result; the event loop is single-threaded
         self.statistics = BatchStatistics()
         # one thread: the network is not shared between threads, and batching gives the speed-up
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-score")
@@ -73,11 +84,21 @@ class BatchScorer(Generic[ResultT]):
         return self._queue
 
     async def score(self, film: np.ndarray) -> ResultT:
-        """Score one uint8 film (S, S), batched with whatever else is waiting."""
+        """Score one uint8 film (S, S), batched with whatever else is waiting.
+
+        Raises:
+            QueueFullError: ``max_queued`` films are already waiting.
+        """
+        if self.max_queued is not None and self.waiting >= self.max_queued:
+            raise QueueFullError(f"{self.max_queued} films already wait for the scorer")
         queue = self._ensure_worker()
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
-        await queue.put((film, future))
-        return await future
+        self.waiting += 1
+        try:
+            await queue.put((film, future))
+            return await future
+        finally:
+            self.waiting -= 1
 
     async def _gather(self, queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[ResultT]]]
                       ) -> list[tuple[np.ndarray, asyncio.Future[ResultT]]]:
