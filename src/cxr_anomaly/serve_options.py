@@ -19,6 +19,8 @@ def add_serve_limit_options(serve: argparse.ArgumentParser) -> None:
                         help="films waiting for the scorer; more get 503 (default 32)")
     limits.add_argument("--memory-budget-mb", type=float, default=1024.0,
                         help="memory that films being decoded may take at once (default 1024)")
+    limits.add_argument("--admission-wait", type=float, default=5.0,
+                        help="seconds a film may wait for room in the memory budget before 503 (default 5)")
     limits.add_argument("--decode-threads", type=int, default=2, help="threads that decode films (default 2)")
     limits.add_argument("--header-timeout", type=float, default=10.0,
                         help="seconds a connection has to send its request headers (default 10)")
@@ -35,5 +37,6 @@ def serve_limit_values(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~cxr_anomaly.serve.ServiceSettings` fields of the options of :func:`add_serve_limit_options`."""
     return {"max_in_flight": args.max_in_flight, "max_queued_films": args.max_queued_films,
             "memory_budget_bytes": int(args.memory_budget_mb * 1024 * 1024), "decode_threads": args.decode_threads,
+            "admission_wait_seconds": args.admission_wait,
             "header_timeout_seconds": args.header_timeout, "body_timeout_seconds": args.body_timeout,
             "idle_timeout_seconds": args.idle_timeout, "max_connections": args.max_connections}

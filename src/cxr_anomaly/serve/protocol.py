@@ -9,8 +9,10 @@ file descriptors. :class:`GuardedH11Protocol` adds:
   seconds of opening, or of its first byte after a response (an idle keep-alive connection is
   closed after uvicorn's ``timeout_keep_alive``, set to the idle timeout);
 - a body timeout: a request body must arrive whole within ``body_timeout`` seconds of its headers;
-- a connection cap: a connection beyond ``max_connections`` open at once is closed as soon as it
-  is accepted, before it is read.
+- a connection cap: beyond ``max_connections`` open at once, the connection that has waited
+  longest without a request in progress (idle, or still sending its headers) is closed to make
+  room; when every connection has a request in progress, the newcomer is closed instead, before
+  it is read. Idle sockets therefore cannot lock out a health check.
 
 A connection cut by a timeout is closed without a response; the application sees a disconnect.
 """
@@ -35,7 +37,8 @@ class ConnectionLimits:
         header_timeout: seconds a connection may take to send complete request headers.
         body_timeout: seconds a request body may take to arrive, from its headers.
         max_connections: connections open at once; more are closed on arrival.
-        refused_connections: connections closed because the cap was reached.
+        refused_connections: new connections closed because the cap was reached and none was idle.
+        evicted_connections: idle connections closed to make room for a new one.
         header_timeouts: connections closed for slow or missing request headers.
         body_timeouts: connections closed for a slow request body.
     """
@@ -44,6 +47,7 @@ class ConnectionLimits:
     body_timeout: float = 60.0
     max_connections: int = 256
     refused_connections: int = 0
+    evicted_connections: int = 0
     header_timeouts: int = 0
     body_timeouts: int = 0
 
@@ -69,15 +73,34 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._timed_cycle: object | None = None
+        self._idle_since: float | None = None  # when it began to wait for a request; None while one runs
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
+        if len(self.connections) > self.limits.max_connections and not self._evict_longest_idle():
             self.limits.refused_connections += 1
-            logger.debug("closed a connection on arrival: %d are open, the cap", self.limits.max_connections)
+            logger.debug("closed a connection on arrival: %d are open, the cap, all busy", self.limits.max_connections)
             transport.abort()  # frees the descriptor now, with nothing read or written
             return
+        self._idle_since = self.loop.time()
         self._header_timer = self.loop.call_later(self.limits.header_timeout, self._headers_too_slow)
+
+    def _evict_longest_idle(self) -> bool:
+        """Close the connection that has waited longest without a request in progress; False if none."""
+        idle = [other for other in self.connections if isinstance(other, GuardedH11Protocol) and other is not self
+                and other._idle_since is not None and not other.transport.is_closing()]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda other: other._idle_since or 0.0)
+        victim._idle_since = None
+        victim.transport.abort()
+        self.limits.evicted_connections += 1
+        return True
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._idle_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -98,6 +121,7 @@ class GuardedH11Protocol(H11Protocol):
             return
         if cycle is not self._timed_cycle:
             self._timed_cycle = cycle
+            self._idle_since = None
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
