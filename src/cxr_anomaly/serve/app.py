@@ -469,6 +469,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     app.state.model = model
     app.state.settings = settings
     app.state.connection_limits = settings.connection_limits  # the protocol's, bound when served
+    app.state.memory_budget = memory
 
     add_error_handlers(app)
 
