@@ -10,7 +10,11 @@ less the resident memory before is the attack's added memory. The attacks:
 - ``png16_long``: a 16-bit grey PNG of 65535x1024 zeros (67 M pixels, under 8192² but a side over);
 - ``rle_long``: an RLE Lossless 16-bit DICOM of 1024x65535 zeros (2 MB);
 - ``bombs_8``: 8 of ``deflated_overflow`` and ``png16_long`` at once;
+- ``png16_8192`` and ``rle16_4096``: films at the limits that are accepted (a 16-bit PNG of 8192²
+  zeros, 130 KB; an RLE 16-bit DICOM of 4096² zeros): what reading and scoring them costs;
 - ``burst``: ``--burst`` concurrent uploads of a real 1024² film (``nih_fullres``);
+- ``uploads_32mb``: 20 concurrent multipart uploads of just under 32 MB (a PNG signature, then
+  noise): what the server holds for each body before it refuses it (422);
 - ``slow_headers`` / ``slow_body``: a client sending its headers a byte every 0.25 s, or its body a
   byte a second: how long until the server cuts it (``--slow-limit`` at most);
 - ``idle_sockets``: ``--idle`` connections that send nothing: how many are still open after the
@@ -372,6 +376,20 @@ def run(arguments: argparse.Namespace) -> dict[str, object]:
                 results[-1].notes["upload_bytes"] = len(body)
         if "bombs_8" not in skip:
             results.append(replay(server, "bombs_8", [overflow, png] * 4))
+        for name, build in (("png16_8192", lambda: png16_of_zeros(8192, 8192)),
+                            ("rle16_4096", lambda: rle_dicom_of_zeros(4096, 4096))):
+            if name not in skip:
+                body = build()
+                results.append(replay(server, name, [body]))
+                results[-1].notes["upload_bytes"] = len(body)
+        if "uploads_32mb" not in skip:
+            boundary = "attackreplayboundary"
+            payload = b"\x89PNG\r\n\x1a\n" + os.urandom((32 << 20) - 4096)
+            form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n"
+                    f"Content-Type: image/png\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+            del payload
+            results.append(replay(server, "uploads_32mb", [form] * 20, f"multipart/form-data; boundary={boundary}"))
+            del form
         if film is not None and "burst" not in skip:
             results.append(replay(server, f"burst_{arguments.burst}", [film] * arguments.burst))
         if "slow" not in skip:

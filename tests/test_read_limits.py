@@ -17,12 +17,17 @@ from PIL import Image
 
 from cxr_anomaly.errors import DecompressionBombError, UnreadableImageError
 from cxr_anomaly.io import probe_image_bytes, read_image, read_image_bytes
-from cxr_anomaly.read_limits import DeclaredImage, ReadLimits, bounded_inflate, check_declared
+from cxr_anomaly.read_limits import (
+    DeclaredImage,
+    ReadLimits,
+    bounded_inflate,
+    check_declared,
+)
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))  # benchmarks/ is a folder of the repository, not installed
 
-from benchmarks.attack_replay import deflated_dicom, png16_of_zeros, rle_dicom_of_zeros  # noqa: E402
+from benchmarks.attack_replay import deflated_dicom, png16_of_zeros, rle_dicom_of_zeros
 
 MIB = 1 << 20
 

@@ -13,8 +13,19 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxr_anomaly.errors import ConfigError
-from cxr_anomaly.serve import BatchScorer, QueueFullError, ServiceSettings, create_app, run_server
-from cxr_anomaly.serve.admission import AdmissionStatistics, InFlightLimit, MemoryBudget, ServiceBusyError
+from cxr_anomaly.serve import (
+    BatchScorer,
+    QueueFullError,
+    ServiceSettings,
+    create_app,
+    run_server,
+)
+from cxr_anomaly.serve.admission import (
+    AdmissionStatistics,
+    InFlightLimit,
+    MemoryBudget,
+    ServiceBusyError,
+)
 from cxr_anomaly.serve.server import is_loopback
 
 
@@ -74,10 +85,8 @@ def test_a_film_over_the_memory_budget_waits_then_gets_503(tiny_nih_model, share
 def test_in_flight_limit_and_memory_budget() -> None:
     statistics = AdmissionStatistics()
     limit = InFlightLimit(2, statistics)
-    with limit.admit(), limit.admit():
-        with pytest.raises(ServiceBusyError, match="2 scoring requests"):
-            with limit.admit():
-                pass
+    with limit.admit(), limit.admit(), pytest.raises(ServiceBusyError, match="2 scoring requests"), limit.admit():
+        pass
     assert limit.active == 0 and statistics.refused_in_flight == 1
 
     async def scenario() -> list[int]:

@@ -47,6 +47,11 @@ class AdmissionStatistics:
     refused_memory: int = 0
     refused_queue: int = 0
 
+    @property
+    def refused(self) -> int:
+        """Requests answered 503, for any limit."""
+        return self.refused_in_flight + self.refused_memory + self.refused_queue
+
 
 class InFlightLimit:
     """At most ``limit`` requests inside :meth:`admit` at once; one more raises :class:`ServiceBusyError`."""

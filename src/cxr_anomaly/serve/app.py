@@ -39,9 +39,7 @@ import hashlib
 import hmac
 import importlib.resources
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,105 +57,21 @@ from .. import __version__
 from ..calibration import Calibration
 from ..checkpoint import LoadedModel
 from ..dicom import silence_pydicom
-from ..errors import DecompressionBombError, InputFileError
-from ..explain import explain_film, heatmap_range, png_bytes, with_legend
-from ..io import ProbedImage, probe_image_bytes, read_image_bytes, resize_grey, sniff_format
+from ..explain import HeatmapRange, explain_film, heatmap_range, png_bytes, with_legend
 from ..pipeline import load_scoring_model
-from ..read_limits import ReadLimits
-from ..scope import FilmScope, fitted_on_adults, upload_scope
-from .admission import AdmissionStatistics, InFlightLimit, MemoryBudget, ServiceBusyError
+from ..scope import fitted_on_adults
+from .admission import ServiceBusyError
 from .batching import BatchScorer, QueueFullError
 from .errors import ApiError
-from .protocol import ConnectionLimits
-from .upload import read_upload
+from .intake import ACCEPTED_FORMATS, DecodedUpload, FilmIntake, decode_upload, probe_upload
+from .settings import MIN_IMAGE_SIDE, ServiceSettings
 
 if TYPE_CHECKING:  # onnxruntime is optional: imported only to serve an .onnx graph
     from ..export import OnnxScorer
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENVIRONMENT_VARIABLE = "CXR_ANOMALY_TOKEN"
-ACCEPTED_FORMATS = ("png", "jpeg", "dicom")
-MIN_IMAGE_SIDE = 16  # smaller uploads are icons or mistakes, not chest films
-# Peak bytes a decoded pixel of the first frame costs while a film is read and resized: the
-# decoder's buffer, float32 copies, DICOM windowing in float64, and the float32 film kept for the
-# heatmap. Measured peaks stay below it (docs/results.md).
-DECODE_BYTES_PER_PIXEL = 24
 
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """Limits and options of the service.
-
-    Attributes:
-        token: bearer token required on scoring requests; None leaves them open.
-        max_upload_bytes: largest accepted file.
-        max_image_side: largest accepted width or height in pixels (checked before decoding).
-        max_batch_size: the most concurrent films scored in one forward pass.
-        batch_wait_seconds: how long the first film of a batch waits for others.
-        heatmap_max_side: longer side of returned heatmaps (the original resolution, shrunk to this).
-        max_in_flight: scoring requests being read, decoded or scored at once; more get 503.
-        max_queued_films: films waiting for the scorer; more get 503.
-        memory_budget_bytes: bytes that films being decoded may take at once, reserved from what
-            their headers declare; a film waits up to ``admission_wait_seconds`` for room, then 503.
-        admission_wait_seconds: the longest wait for room in the memory budget.
-        decode_threads: threads that decode films.
-        retry_after_seconds: the ``Retry-After`` of a 503.
-        header_timeout_seconds: time a connection has to send complete request headers.
-        body_timeout_seconds: time a request body has to arrive, from its headers.
-        idle_timeout_seconds: time an idle keep-alive connection is kept.
-        max_connections: connections open at once; more are closed on arrival.
-    """
-
-    token: str | None = None
-    max_upload_bytes: int = 32 * 1024 * 1024
-    max_image_side: int = 8192
-    max_batch_size: int = 32
-    batch_wait_seconds: float = 0.005
-    heatmap_max_side: int = 1024
-    max_in_flight: int = 32
-    max_queued_films: int = 32
-    memory_budget_bytes: int = 1024 * 1024 * 1024
-    admission_wait_seconds: float = 5.0
-    decode_threads: int = 2
-    retry_after_seconds: int = 1
-    header_timeout_seconds: float = 10.0
-    body_timeout_seconds: float = 60.0
-    idle_timeout_seconds: float = 5.0
-    max_connections: int = 256
-
-    def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_in_flight", "max_queued_films", "memory_budget_bytes",
-                     "decode_threads", "max_connections"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}; expected a positive number")
-        for name in ("header_timeout_seconds", "body_timeout_seconds", "idle_timeout_seconds"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)}; expected a positive number of seconds")
-        if self.admission_wait_seconds < 0 or self.retry_after_seconds < 0:
-            raise ValueError(f"admission_wait_seconds={self.admission_wait_seconds}, retry_after_seconds="
-                             f"{self.retry_after_seconds}; expected non-negative numbers")
-        if self.max_image_side < MIN_IMAGE_SIDE:
-            raise ValueError(f"max_image_side={self.max_image_side}; expected at least {MIN_IMAGE_SIDE}")
-        if self.token is not None and not self.token.strip():
-            raise ValueError("token is empty; pass a non-empty token or none")
-
-    @classmethod
-    def from_environment(cls, *, token: str | None = None, **values: Any) -> ServiceSettings:
-        """Settings whose token defaults to the ``CXR_ANOMALY_TOKEN`` environment variable."""
-        return cls(token=token if token is not None else (os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None),
-                   **values)
-
-    @property
-    def read_limits(self) -> ReadLimits:
-        """What an upload's header may declare: sides up to ``max_image_side``."""
-        return ReadLimits.for_side(self.max_image_side)
-
-    @property
-    def connection_limits(self) -> ConnectionLimits:
-        """The protocol's timeouts and connection cap."""
-        return ConnectionLimits(header_timeout=self.header_timeout_seconds, body_timeout=self.body_timeout_seconds,
-                                max_connections=self.max_connections)
 
 
 class ErrorDetail(BaseModel):
@@ -230,16 +144,6 @@ class FilmScore:
     anomaly_map: np.ndarray  # float32 (h, w)
 
 
-@dataclass
-class DecodedUpload:
-    """An uploaded film, decoded."""
-
-    film: np.ndarray  # float32 (H0, W0) in [0, 1], original resolution
-    model_input: np.ndarray  # uint8 (S, S)
-    format: str
-    scope: FilmScope | None = None  # set once decoded, from the header and the pixels
-
-
 def model_version(path: str | Path) -> str:
     """``sha256:`` and the first 12 hex digits of the checkpoint file's hash."""
     digest = hashlib.sha256()
@@ -264,65 +168,6 @@ def make_batch_scorer(model: LoadedModel | OnnxScorer) -> Callable[[np.ndarray],
                           result.anomaly_maps[index]) for index in range(len(films))]
 
     return score_batch
-
-
-def _accepted_format(data: bytes) -> str:
-    """The upload's format sniffed from its bytes; 415 unless PNG, JPEG or DICOM."""
-    kind = sniff_format(data[:132])
-    if kind not in ACCEPTED_FORMATS:
-        raise ApiError(415, "unsupported_format",
-                       f"the upload is not a PNG, JPEG or DICOM file (detected: {kind or 'unknown'}, "
-                       f"first bytes {data[:8]!r}); the file name and declared type are not trusted")
-    return kind
-
-
-def probe_upload(data: bytes, settings: ServiceSettings) -> ProbedImage:
-    """Sniff the upload and check what its header declares, decoding no pixel.
-
-    Raises:
-        ApiError: 415 for a format other than PNG, JPEG or DICOM; 413 for a side, pixel count or
-            decoded size over the limits; 422 for a header that cannot be read.
-    """
-    kind = _accepted_format(data)
-    try:
-        return probe_image_bytes(data, limits=settings.read_limits)
-    except DecompressionBombError as error:
-        raise ApiError(413, "image_too_large", f"image dimensions exceed the limit: {error.reason}") from None
-    except InputFileError as error:
-        raise ApiError(422, "unreadable_image", f"cannot decode the {kind.upper()} upload: {error.reason}") from None
-
-
-def decode_bytes_needed(probed: ProbedImage) -> int:
-    """Peak bytes that decoding a probed film may take: its first frame's pixels at
-    :data:`DECODE_BYTES_PER_PIXEL`, plus every frame's bytes for a DICOM (inflated or stored)."""
-    declared = probed.declared
-    first_frame = declared.width * declared.height * DECODE_BYTES_PER_PIXEL
-    return first_frame + (declared.decoded_bytes if probed.format == "dicom" else 0)
-
-
-def decode_upload(data: bytes, settings: ServiceSettings, image_size: int) -> DecodedUpload:
-    """Sniff, size-check and decode uploaded bytes, in memory.
-
-    Raises:
-        ApiError: 415 for a format other than PNG, JPEG or DICOM; 413 for a side, pixel count or
-            decoded size over the limits (checked on the header, before decoding); 422 for a file
-            that cannot be decoded or an image smaller than 16 pixels a side.
-    """
-    kind = _accepted_format(data)
-    try:
-        image = read_image_bytes(data, limits=settings.read_limits)
-    except DecompressionBombError as error:
-        raise ApiError(413, "image_too_large", f"image dimensions exceed the limit: {error.reason}") from None
-    except InputFileError as error:
-        raise ApiError(422, "unreadable_image", f"cannot decode the {kind.upper()} upload: {error.reason}") from None
-    height, width = image.array.shape
-    if max(height, width) > settings.max_image_side:  # an EXIF rotation cannot grow it; a second line
-        raise ApiError(413, "image_too_large",
-                       f"image is {width}x{height}; the largest accepted side is {settings.max_image_side} pixels")
-    if min(height, width) < MIN_IMAGE_SIDE:
-        raise ApiError(422, "image_too_small",
-                       f"image is {width}x{height}; the smallest accepted side is {MIN_IMAGE_SIDE} pixels")
-    return DecodedUpload(image.array, resize_grey(image.array, image_size), kind)
 
 
 @functools.lru_cache(maxsize=1)
@@ -426,6 +271,90 @@ def describe_model(model: LoadedModel | OnnxScorer, model_path: str | Path, vers
     )
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What a response is made with: the model, the settings, the heatmap range and the model version."""
+
+    model: LoadedModel | OnnxScorer
+    settings: ServiceSettings
+    heat: HeatmapRange
+    version: str
+
+
+async def respond(served: ServedModel, decoded: DecodedUpload, result: FilmScore, heatmap: bool,
+                  response_format: Literal["json", "png"]) -> Any:
+    """The score of a film as JSON, or its heatmap PNG."""
+    model, settings, heat, version = served.model, served.settings, served.heat, served.version
+    placed = place_on_operating_point(result.raw, model.calibration)
+    scope = decoded.scope
+    assert scope is not None  # set by read_and_decode
+    overlay_png = None
+    if heatmap or response_format == "png":
+        explanation = await asyncio.to_thread(
+            explain_film, decoded.film, decoded.model_input, result.anomaly_map, heat.scale,
+            floor=heat.floor, border_crop=model.config.data.border_crop, max_side=settings.heatmap_max_side)
+        overlay_png = await asyncio.to_thread(lambda: png_bytes(with_legend(
+            explanation.overlay, floor=heat.floor, scale=heat.scale, raw_score=result.raw)))
+    height, width = decoded.film.shape
+    if response_format == "png":
+        assert overlay_png is not None  # made above
+        headers = {"X-Score": f"{placed.score:.6g}", "X-Score-Raw": f"{result.raw:.6g}",
+                   "X-Model-Version": version, "X-Scope": scope.reason}
+        if placed.decision is not None:
+            headers["X-Decision"] = placed.decision
+            headers["X-Percentile"] = f"{placed.percentile:.3f}"
+        return Response(overlay_png, media_type="image/png", headers=headers)
+    return ScoreResponse(
+        score=placed.score, score_kind=placed.kind, score_raw=result.raw,
+        components=result.components,
+        percentile=placed.percentile, decision=placed.decision, threshold=placed.threshold,
+        model_version=version,
+        package_version=model.package_version, image=ImageInfo(format=decoded.format, width=width, height=height),
+        heatmap_png=None if overlay_png is None else base64.b64encode(overlay_png).decode("ascii"),
+        scope=scope.reason,
+    )
+
+
+def check_token(token: str | None, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """Refuse a scoring request without the bearer ``token`` (compared in constant time); None: open.
+
+    Raises:
+        ApiError: 401 with ``WWW-Authenticate: Bearer``.
+    """
+    if token is None:
+        return
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise ApiError(401, "missing_token", "this service requires 'Authorization: Bearer TOKEN'", challenge)
+    if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+        raise ApiError(401, "invalid_token", "the bearer token is not valid", challenge)
+
+
+async def score_film(served: ServedModel, intake: FilmIntake, scorer: BatchScorer[FilmScore], request: Request,
+                     heatmap: bool, response_format: Literal["json", "png"]) -> Any:
+    """``POST /v1/score``: admit, read and decode the upload, score it in a batch and respond.
+
+    Raises:
+        ApiError: 4xx for the upload; 503 with ``Retry-After`` at a limit (requests in flight,
+            memory budget, queued films).
+    """
+    try:
+        with intake.in_flight.admit():
+            decoded = await intake.read_and_decode(request)
+            try:
+                result = await scorer.score(decoded.model_input)
+            except QueueFullError as full:
+                intake.statistics.refused_queue += 1
+                raise ServiceBusyError(str(full)) from None
+            return await respond(served, decoded, result, heatmap, response_format)
+    except ServiceBusyError as busy:
+        raise ApiError(503, "service_busy", f"the service is busy ({busy.reason}); retry later",
+                       {"Retry-After": str(served.settings.retry_after_seconds)}) from None
+    except ClientDisconnect:
+        logger.info("a client disconnected before its upload ended")
+        return Response(status_code=400)  # nobody is left to read it
+
+
 def create_app(model_path: str | Path, settings: ServiceSettings | None = None, *,
                device: str = "cpu", onnx_threads: int | None = None) -> FastAPI:
     """Build the service for a checkpoint (``model.pt``) or an exported graph (``*.onnx``).
@@ -449,17 +378,15 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     scorer: BatchScorer[FilmScore] = BatchScorer(make_batch_scorer(model), max_batch_size=settings.max_batch_size,
                                                  max_wait_seconds=settings.batch_wait_seconds,
                                                  max_queued=settings.max_queued_films)
-    admission = AdmissionStatistics()
-    in_flight = InFlightLimit(settings.max_in_flight, admission)
-    memory = MemoryBudget(settings.memory_budget_bytes, settings.admission_wait_seconds, admission)
-    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="cxr-decode")
+    served = ServedModel(model, settings, heat, version)
+    intake = FilmIntake(settings, image_size, fitted_on_adults=fitted_on_adults(model.training))
     bearer = HTTPBearer(auto_error=False, description="required when the service runs with a token")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         scorer.close()  # stop the batching task and its thread with the server
-        decode_pool.shutdown(wait=False, cancel_futures=True)
+        intake.close()
 
     # No /docs or /redoc: FastAPI's pages load unpinned scripts from a CDN.
     app = FastAPI(title="cxr-anomaly", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -469,18 +396,12 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     app.state.model = model
     app.state.settings = settings
     app.state.connection_limits = settings.connection_limits  # the protocol's, bound when served
-    app.state.memory_budget = memory
+    app.state.memory_budget = intake.memory
 
     add_error_handlers(app)
 
     async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if settings.token is None:
-            return
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if credentials is None:
-            raise ApiError(401, "missing_token", "this service requires 'Authorization: Bearer TOKEN'", challenge)
-        if not hmac.compare_digest(credentials.credentials.encode(), settings.token.encode()):
-            raise ApiError(401, "invalid_token", "the bearer token is not valid", challenge)
+        check_token(settings.token, credentials)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -491,9 +412,8 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         """Liveness and batching statistics."""
         statistics = scorer.statistics
         return HealthResponse(status="ok", batches=statistics.batches, films_scored=statistics.films,
-                              largest_batch=statistics.largest_batch, in_flight=in_flight.active,
-                              refused_busy=admission.refused_in_flight + admission.refused_memory
-                              + admission.refused_queue)
+                              largest_batch=statistics.largest_batch, in_flight=intake.in_flight.active,
+                              refused_busy=intake.statistics.refused)
 
     @app.get("/v1/model", response_model=ModelResponse)
     async def model_info() -> ModelResponse:
@@ -511,65 +431,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
             "json", alias="format", description="json (default), or png: the heatmap overlay image itself"),
     ) -> Any:
         """Score one chest film (PNG, JPEG or DICOM)."""
-        try:
-            with in_flight.admit():
-                decoded = await read_and_decode(request)
-                try:
-                    result = await scorer.score(decoded.model_input)
-                except QueueFullError as full:
-                    admission.refused_queue += 1
-                    raise ServiceBusyError(str(full)) from None
-                return await respond(decoded, result, heatmap, response_format)
-        except ServiceBusyError as busy:
-            raise ApiError(503, "service_busy", f"the service is busy ({busy.reason}); retry later",
-                           {"Retry-After": str(settings.retry_after_seconds)}) from None
-        except ClientDisconnect:
-            logger.info("a client disconnected before its upload ended")
-            return Response(status_code=400)  # nobody is left to read it
-
-    async def read_and_decode(request: Request) -> DecodedUpload:
-        """The upload, read once, its header checked, decoded in the pool within the memory budget."""
-        data = await read_upload(request, settings.max_upload_bytes)
-        loop = asyncio.get_running_loop()
-        probed = await loop.run_in_executor(decode_pool, probe_upload, data, settings)
-        async with memory.reserve(decode_bytes_needed(probed)):
-            decoded = await loop.run_in_executor(decode_pool, decode_upload, data, settings, image_size)
-        # in the pool too: a DICOM header is parsed there, off the event loop
-        decoded.scope = await loop.run_in_executor(decode_pool, functools.partial(
-            upload_scope, data, decoded.format, decoded.model_input, fitted_on_adults=fitted_on_adults(model.training)))
-        return decoded
-
-    async def respond(decoded: DecodedUpload, result: FilmScore, heatmap: bool,
-                      response_format: Literal["json", "png"]) -> Any:
-        """The score as JSON, or the heatmap PNG."""
-        placed = place_on_operating_point(result.raw, model.calibration)
-        scope = decoded.scope
-        assert scope is not None  # set by read_and_decode
-        overlay_png = None
-        if heatmap or response_format == "png":
-            explanation = await asyncio.to_thread(
-                explain_film, decoded.film, decoded.model_input, result.anomaly_map, heat.scale,
-                floor=heat.floor, border_crop=model.config.data.border_crop, max_side=settings.heatmap_max_side)
-            overlay_png = await asyncio.to_thread(lambda: png_bytes(with_legend(
-                explanation.overlay, floor=heat.floor, scale=heat.scale, raw_score=result.raw)))
-        height, width = decoded.film.shape
-        if response_format == "png":
-            assert overlay_png is not None  # made above
-            headers = {"X-Score": f"{placed.score:.6g}", "X-Score-Raw": f"{result.raw:.6g}",
-                       "X-Model-Version": version, "X-Scope": scope.reason}
-            if placed.decision is not None:
-                headers["X-Decision"] = placed.decision
-                headers["X-Percentile"] = f"{placed.percentile:.3f}"
-            return Response(overlay_png, media_type="image/png", headers=headers)
-        return ScoreResponse(
-            score=placed.score, score_kind=placed.kind, score_raw=result.raw,
-            components=result.components,
-            percentile=placed.percentile, decision=placed.decision, threshold=placed.threshold,
-            model_version=version,
-            package_version=model.package_version, image=ImageInfo(format=decoded.format, width=width, height=height),
-            heatmap_png=None if overlay_png is None else base64.b64encode(overlay_png).decode("ascii"),
-            scope=scope.reason,
-        )
+        return await score_film(served, intake, scorer, request, heatmap, response_format)
 
     return app
 
