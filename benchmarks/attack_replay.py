@@ -358,6 +358,7 @@ def run(arguments: argparse.Namespace) -> dict[str, object]:
     options = [] if arguments.legacy else ["--header-timeout", str(arguments.header_timeout),
                                            "--body-timeout", str(arguments.body_timeout)]
     server = start_server(arguments.model, arguments.log, src=arguments.src, options=options)
+    started_mb = round(memory_kib(server.pid)["VmRSS"] / 1024, 1)
     results: list[AttackResult] = []
     try:
         overflow = deflated_dicom(1024, 1024, arguments.inflate_mb << 20)
@@ -399,7 +400,7 @@ def run(arguments: argparse.Namespace) -> dict[str, object]:
             results.append(idle_sockets(server, arguments.idle, arguments.header_timeout + 2.0))
     finally:
         server.stop()
-    return {"results": [asdict(result) for result in results],
+    return {"server_rss_mb_at_start": started_mb, "results": [asdict(result) for result in results],
             "log_tracebacks": count_log_lines(arguments.log, "Traceback"),
             "log_lines": len(arguments.log.read_text(errors="replace").splitlines()),
             "machine": platform.processor() or platform.machine(), "python": platform.python_version()}

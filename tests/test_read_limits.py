@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_anomaly.dicom import read_film_headers
 from cxr_anomaly.errors import DecompressionBombError, UnreadableImageError
 from cxr_anomaly.io import probe_image_bytes, read_image, read_image_bytes
 from cxr_anomaly.read_limits import (
@@ -67,7 +68,7 @@ def test_a_deflated_film_reads_like_its_uncompressed_twin(shared_data: Path, tmp
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     grey = np.asarray(Image.open(shared_data / "nih_fullres" / "00000427_000.png").convert("L"))
-    plain = dicom_writer(grey, tmp_path / "plain.dcm", study_uid="1.2.3", sop_uid="1.2.3.4")
+    plain = dicom_writer(grey, tmp_path / "plain.dcm", study_uid="1.2.3", sop_uid="1.2.3.4", view="PA")
     dataset = pydicom.dcmread(plain)
     dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     deflated = tmp_path / "deflated.dcm"
@@ -78,6 +79,14 @@ def test_a_deflated_film_reads_like_its_uncompressed_twin(shared_data: Path, tmp
     np.testing.assert_array_equal(read.array, read_image(plain).array)
     probed = probe_image_bytes(deflated.read_bytes())
     assert probed.format == "dicom" and probed.declared == DeclaredImage(1024, 1024, 1, 1, 1)
+    assert read_film_headers([str(deflated)])[0].view == "PA"
+
+
+def test_the_header_of_a_deflated_bomb_is_read_without_inflating_it(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(deflated_dicom(1024, 1024, 256 * MIB))
+    assert read_film_headers([str(path)])[0].view is None
+    assert traced_peak(lambda: read_film_headers([str(path)])) < 16 * MIB
 
 
 def test_limits_name_the_side_the_pixels_and_the_bytes() -> None:

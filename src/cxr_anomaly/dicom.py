@@ -55,7 +55,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .dicom_bounds import declared_by_header, frame_count, read_within_limits
+from .dicom_bounds import declared_by_header, frame_count, read_dicom_header, read_within_limits
 from .errors import DecompressionBombError, DicomError, MissingFileError
 from .image_base import DEFAULT_MAX_PIXELS, ImageRead, sniff_format, stretch_narrow_range
 from .read_limits import ReadLimits, check_declared
@@ -180,13 +180,11 @@ def read_film_headers(paths: list[str]) -> list[FilmHeader]:
     and the error's type (never its text, which may quote header values); the pixel read reports
     it in full later.
     """
-    import pydicom
-
     silence_pydicom()
     headers: list[FilmHeader] = []
     for path in paths:
         try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(FILM_HEADER_TAGS))
+            dataset = read_dicom_header(path, specific_tags=list(FILM_HEADER_TAGS))  # a deflated one: bounded
         except Exception as error:  # pydicom raises many types for damaged headers
             logger.warning("cannot read the header of %s: %s", path, type(error).__name__)
             headers.append(FilmHeader(None, None))

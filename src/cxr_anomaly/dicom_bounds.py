@@ -31,6 +31,7 @@ from .read_limits import (
 DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
 _FILE_META_GROUP = 0x0002
 _IMAGE_PIXEL_GROUP = 0x0028  # Rows, Columns, NumberOfFrames, SamplesPerPixel, BitsAllocated
+_PIXEL_DATA_GROUP = 0x7FE0
 
 
 def frame_count(path: str | Path, dataset: Any) -> int:
@@ -99,6 +100,31 @@ def _deflated_header(path: str | Path, compressed: bytes) -> DeclaredImage:
         raise DicomError(path, f"the deflated header is longer than {DEFLATED_HEADER_BYTES} bytes; refused "
                                "before inflating the rest")
     return declared_by_header(path, header)
+
+
+def read_dicom_header(path: str | Path, *, specific_tags: list[Any] | None = None) -> Any:
+    """The data set of a DICOM file without its pixel data, as ``dcmread(stop_before_pixels=True)``
+    gives it, but inflating at most :data:`DEFLATED_HEADER_BYTES` of a deflated one.
+
+    Raises:
+        OSError: the file cannot be read.
+        pydicom's errors: the header cannot be parsed (as ``dcmread`` raises them).
+    """
+    import pydicom
+    from pydicom.filereader import read_dataset
+    from pydicom.tag import Tag
+
+    with Path(path).open("rb") as stream:
+        head = stream.read(132)
+        file_meta = _file_meta(stream, head) if head[128:132] == b"DICM" else None
+        if _is_deflated(file_meta):
+            probe = inflate_prefix(stream.read(), DEFLATED_HEADER_BYTES)
+            tags = None if specific_tags is None else [Tag(tag) for tag in specific_tags]  # keywords too
+            return read_dataset(io.BytesIO(probe), is_implicit_VR=False, is_little_endian=True,
+                                stop_when=lambda tag, vr, length: tag.group == _PIXEL_DATA_GROUP,
+                                specific_tags=tags)
+        stream.seek(0)
+        return pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=specific_tags)
 
 
 def declared_dicom(path: str | Path, stream: BinaryIO) -> DeclaredImage:
