@@ -24,6 +24,8 @@ from cxr_anomaly.read_limits import (
     bounded_inflate,
     check_declared,
 )
+from cxr_anomaly.report import dicom_link_fields
+from cxr_anomaly.scope import upload_scope
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))  # benchmarks/ is a folder of the repository, not installed
@@ -87,6 +89,10 @@ def test_the_header_of_a_deflated_bomb_is_read_without_inflating_it(tmp_path: Pa
     path.write_bytes(deflated_dicom(1024, 1024, 256 * MIB))
     assert read_film_headers([str(path)])[0].view is None
     assert traced_peak(lambda: read_film_headers([str(path)])) < 16 * MIB
+    assert dicom_link_fields(path)["sop_instance_uid"] == "1.2.826.0.1.3680043.8.498.1"
+    assert traced_peak(lambda: dicom_link_fields(path)) < 16 * MIB
+    film = np.zeros((64, 64), np.uint8)
+    assert traced_peak(lambda: upload_scope(path.read_bytes(), "dicom", film, fitted_on_adults=True)) < 16 * MIB
 
 
 def test_limits_name_the_side_the_pixels_and_the_bytes() -> None:

@@ -102,29 +102,32 @@ def _deflated_header(path: str | Path, compressed: bytes) -> DeclaredImage:
     return declared_by_header(path, header)
 
 
-def read_dicom_header(path: str | Path, *, specific_tags: list[Any] | None = None) -> Any:
-    """The data set of a DICOM file without its pixel data, as ``dcmread(stop_before_pixels=True)``
-    gives it, but inflating at most :data:`DEFLATED_HEADER_BYTES` of a deflated one.
+def read_dicom_header(source: str | Path | BinaryIO, *, specific_tags: list[Any] | None = None,
+                      force: bool = False) -> Any:
+    """The data set of a DICOM file or seekable stream without its pixel data, as
+    ``dcmread(stop_before_pixels=True)`` gives it, but inflating at most
+    :data:`DEFLATED_HEADER_BYTES` of a deflated one.
 
     Raises:
         OSError: the file cannot be read.
         pydicom's errors: the header cannot be parsed (as ``dcmread`` raises them).
     """
+    if isinstance(source, (str, Path)):
+        with Path(source).open("rb") as stream:
+            return read_dicom_header(stream, specific_tags=specific_tags, force=force)
     import pydicom
     from pydicom.filereader import read_dataset
     from pydicom.tag import Tag
 
-    with Path(path).open("rb") as stream:
-        head = stream.read(132)
-        file_meta = _file_meta(stream, head) if head[128:132] == b"DICM" else None
-        if _is_deflated(file_meta):
-            probe = inflate_prefix(stream.read(), DEFLATED_HEADER_BYTES)
-            tags = None if specific_tags is None else [Tag(tag) for tag in specific_tags]  # keywords too
-            return read_dataset(io.BytesIO(probe), is_implicit_VR=False, is_little_endian=True,
-                                stop_when=lambda tag, vr, length: tag.group == _PIXEL_DATA_GROUP,
-                                specific_tags=tags)
-        stream.seek(0)
-        return pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=specific_tags)
+    head = source.read(132)
+    file_meta = _file_meta(source, head) if head[128:132] == b"DICM" else None
+    if _is_deflated(file_meta):
+        probe = inflate_prefix(source.read(), DEFLATED_HEADER_BYTES)
+        tags = None if specific_tags is None else [Tag(tag) for tag in specific_tags]  # keywords too
+        return read_dataset(io.BytesIO(probe), is_implicit_VR=False, is_little_endian=True,
+                            stop_when=lambda tag, vr, length: tag.group == _PIXEL_DATA_GROUP, specific_tags=tags)
+    source.seek(0)
+    return pydicom.dcmread(source, stop_before_pixels=True, specific_tags=specific_tags, force=force)
 
 
 def declared_dicom(path: str | Path, stream: BinaryIO) -> DeclaredImage:

@@ -43,14 +43,14 @@ def dicom_link_fields(path: str | Path, *, keep_patient_identifiers: bool = Fals
 
     Only the header is read. Values that are absent are None.
     """
-    import pydicom
+    from .dicom_bounds import read_dicom_header  # bounds a deflated header
 
     tags = dict(LINK_TAGS)
     if keep_patient_identifiers:
         tags.update(PATIENT_TAGS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's warnings quote header values
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(tags.values()))
+        dataset = read_dicom_header(path, specific_tags=list(tags.values()))
     fields: dict[str, str | None] = {}
     for column, keyword in tags.items():
         value = dataset.get(keyword)

@@ -39,6 +39,7 @@ from .dicom import (
     read_film_headers,
     silence_pydicom,
 )
+from .dicom_bounds import read_dicom_header
 from .image_base import is_dicom_file
 from .io import resize_grey
 
@@ -210,11 +211,9 @@ def upload_scope(data: bytes, kind: str, image: np.ndarray, *, fitted_on_adults:
     :func:`cxr_anomaly.image_base.sniff_format` found (``dicom``, ``png``, ``jpeg``) and its pixels."""
     header = None
     if kind == "dicom":
-        import pydicom
-
         silence_pydicom()
         try:
-            dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            dataset = read_dicom_header(io.BytesIO(data), force=True)  # a deflated one: bounded
             header = film_header_from_dataset(dataset)
         except Exception as error:  # pydicom raises many types for damaged headers; the pixels were read
             logger.warning("cannot read the uploaded DICOM header: %s", type(error).__name__)
