@@ -118,3 +118,64 @@ def stretch_narrow_range(array: np.ndarray, levels: int) -> RangeStretch:
         return RangeStretch(array, None)
     return RangeStretch((array - low) / span, span)
 
+
+
+# A film of at most this many evenly spaced grey levels, spanning at least MIN_GRID_SPAN of its level
+# steps, is an 8-bit film in a wider container (upshifted, rescaled or stretched into 12 or 16 bits).
+EIGHT_BIT_LEVELS = 256
+MIN_GRID_SPAN = 63
+# a level may sit this far (in level steps) off its grid position: 16-bit rounding of a stretch
+GRID_TOLERANCE = 0.25
+_GRID_SAMPLE = 65_536
+
+
+@dataclass(frozen=True)
+class EightBitFilm:
+    """A film of an 8-bit film's grey levels, put back on the 8-bit grid by :func:`as_eight_bit_film`.
+
+    Attributes:
+        array: float32 (H, W): each pixel's 8-bit code / 255, as an 8-bit PNG reads.
+        levels: how many distinct values the film holds.
+        step: the spacing of those values in the film as it came (in [0, 1] units).
+        first_code: the 8-bit code given to the film's lowest value.
+    """
+
+    array: np.ndarray
+    levels: int
+    step: float
+    first_code: int
+
+
+def as_eight_bit_film(array: np.ndarray) -> EightBitFilm | None:
+    """A grey [0, 1] film that holds an 8-bit film's levels, as that 8-bit film; None for any other film.
+
+    A film qualifies when it holds at most :data:`EIGHT_BIT_LEVELS` distinct values that lie on an
+    evenly spaced grid (within :data:`GRID_TOLERANCE` of a step) spanning at least
+    :data:`MIN_GRID_SPAN` steps: an 8-bit film stored as 12-bit (x16), as 16-bit (x257, or stretched
+    to the full range), inverted, through a Modality LUT, a window or a VOI LUT. Its levels become
+    consecutive 8-bit codes, as in its 8-bit PNG (up to a constant offset where its own zero was
+    lost, as in a stretch to the full range); left as they came, resizing and the fixed 8-bit grid
+    would merge or split levels, and move the histogram-equalised film. Films with more levels
+    (real 10- to 16-bit films) and films of a few levels (masks, test patterns) give None.
+    """
+    flat = array.reshape(-1)
+    if flat.size == 0 or np.unique(flat[:: max(1, flat.size // _GRID_SAMPLE)]).size > EIGHT_BIT_LEVELS:
+        return None  # the usual case is decided on a sample: a real >8-bit film has thousands of levels
+    values = np.unique(flat)
+    if not MIN_GRID_SPAN < values.size <= EIGHT_BIT_LEVELS:
+        return None
+    offsets = values.astype(np.float64) - float(values[0])
+    gaps = np.diff(offsets)
+    single = gaps[gaps < 1.5 * gaps.min()]  # gaps of one level: their mean averages out rounding
+    step = float(single.mean())
+    indices = np.rint(offsets / step)
+    step = float(offsets @ indices / (indices @ indices))  # least squares over every level
+    indices = np.rint(offsets / step)
+    span = int(indices[-1])
+    if not MIN_GRID_SPAN <= span < EIGHT_BIT_LEVELS or np.max(np.abs(offsets / step - indices)) > GRID_TOLERANCE:
+        return None
+    first_code = min(max(int(np.rint(float(values[0]) / step)), 0), EIGHT_BIT_LEVELS - 1 - span)
+    # code / 255 in float32, as Pillow's 8-bit pixels become floats in cxr_anomaly.io.pil_to_grey
+    table = (indices + first_code).astype(np.float32) / np.float32(255.0)
+    snapped = table[np.searchsorted(values, array)]
+    return EightBitFilm(snapped, int(values.size), step, first_code)

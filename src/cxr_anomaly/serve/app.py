@@ -58,7 +58,7 @@ from ..checkpoint import LoadedModel
 from ..dicom import silence_pydicom
 from ..errors import DecompressionBombError, InputFileError
 from ..explain import explain_film, heatmap_range, png_bytes
-from ..io import read_image, resize_grey, sniff_format
+from ..io import read_image, reduce_film, sniff_format
 from ..pipeline import load_scoring_model
 from .batching import BatchScorer
 
@@ -251,7 +251,7 @@ def decode_upload(data: bytes, settings: ServiceSettings, image_size: int) -> De
     if min(height, width) < MIN_IMAGE_SIDE:
         raise ApiError(422, "image_too_small",
                        f"image is {width}x{height}; the smallest accepted side is {MIN_IMAGE_SIDE} pixels")
-    return DecodedUpload(image.array, resize_grey(image.array, image_size), kind)
+    return DecodedUpload(image.array, reduce_film(image, image_size), kind)
 
 
 async def read_limited_body(request: Request, limit: int) -> bytes:

@@ -1,0 +1,231 @@
+"""The same film scores the same however it is encoded: 8-bit PNG, 12- and 16-bit DICOM, LUTs, compression.
+
+Real NIH films (``nih_fullres``, 1024²) are written as an 8-bit PNG and as DICOM in each encoding of
+issue 29 that holds the same pixels; a small features detector scores them all. Every encoding must
+give the PNG's raw score within 0.5% and its percentile among normal films within 1 point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.data.manifest import load_inputs
+from cxr_anomaly.image_base import as_eight_bit_film
+from cxr_anomaly.io import read_image, reduce_film, resize_grey
+from cxr_anomaly.models.registry import fit_detector
+from cxr_anomaly.scoring import score_films
+
+SMALL = with_overrides(Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16,
+                       finetune_epochs=0)
+FILMS = 8
+RAW_TOLERANCE = 0.005  # relative
+PERCENTILE_TOLERANCE = 1.0  # points
+
+
+def _dicom(stored: np.ndarray, path: Path, *, bits_stored: int, photometric: str = "MONOCHROME2",
+           extra: Callable[[object], None] | None = None, compress: str | None = None) -> Path:
+    """Write ``stored`` (rows, columns) as a DX film of ``bits_stored`` bits, optionally compressed."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        JPEGLSLossless,
+        RLELossless,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = SecondaryCaptureImageStorage
+    dataset.Modality = "DX"
+    dtype = np.uint8 if bits_stored <= 8 else np.uint16
+    dataset.set_pixel_data(np.ascontiguousarray(stored, dtype=dtype), photometric_interpretation=photometric,
+                           bits_stored=bits_stored)
+    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = generate_uid()
+    if extra is not None:
+        extra(dataset)
+    if compress is not None:
+        syntax = {"rle": RLELossless, "jpeg_ls": JPEGLSLossless, "jpeg_2000": JPEG2000Lossless}[compress]
+        dataset.compress(syntax)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _rescale(dataset: object) -> None:
+    # stored = (modality value + 200) / 2: the Modality LUT gives back 16 x the 8-bit film
+    dataset.RescaleSlope = 2
+    dataset.RescaleIntercept = -200
+    dataset.RescaleType = "US"
+
+
+def _window(dataset: object) -> None:
+    dataset.WindowCenter = 2048
+    dataset.WindowWidth = 4096
+    dataset.VOILUTFunction = "LINEAR"
+
+
+def _voi_lut(dataset: object) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTData = [int(v) for v in np.rint(np.arange(4096) * 65535 / 4095)]
+    item["LUTData"].VR = "US"
+    dataset.VOILUTSequence = Sequence([item])
+
+
+def _full_range(film: np.ndarray) -> np.ndarray:
+    low, high = int(film.min()), int(film.max())
+    return np.rint((film.astype(np.float64) - low) * 65535 / max(high - low, 1))
+
+
+# name -> writer of the 8-bit film (rows, columns) uint8 to a file
+ENCODINGS: dict[str, Callable[[np.ndarray, Path], Path]] = {
+    "dicom_8bit_monochrome1": lambda film, path: _dicom(255 - film, path, bits_stored=8, photometric="MONOCHROME1"),
+    "dicom_12bit_x16": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12),
+    "dicom_16bit_x257": lambda film, path: _dicom(film * np.uint16(257), path, bits_stored=16),
+    "dicom_16bit_full_range": lambda film, path: _dicom(_full_range(film), path, bits_stored=16),
+    "dicom_12bit_monochrome1": lambda film, path: _dicom((255 - film) * np.uint16(16), path, bits_stored=12,
+                                                         photometric="MONOCHROME1"),
+    "dicom_12bit_rescale": lambda film, path: _dicom(film * np.uint16(8) + 100, path, bits_stored=12,
+                                                     extra=_rescale),
+    "dicom_12bit_window": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12, extra=_window),
+    "dicom_12bit_voi_lut": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12, extra=_voi_lut),
+    "dicom_12bit_rle": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12, compress="rle"),
+    "dicom_12bit_jpeg_ls": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12,
+                                                     compress="jpeg_ls"),
+    "dicom_12bit_jpeg_2000": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12,
+                                                       compress="jpeg_2000"),
+}
+
+
+@dataclass(frozen=True)
+class EncodedScores:
+    """Raw scores of the films per encoding ("png" included) and the normal films' raw scores."""
+
+    raw: dict[str, np.ndarray]
+    normals: np.ndarray
+    skipped: dict[str, str]
+
+    def percentile(self, scores: np.ndarray) -> np.ndarray:
+        """Percent of the normal films that score below each score."""
+        return 100.0 * (self.normals[None, :] < scores[:, None]).mean(axis=1)
+
+
+def encoding_available(name: str) -> str | None:
+    """None when this machine can write ``name``; otherwise why not."""
+    from pydicom.pixels.encoders import JPEG2000LosslessEncoder, JPEGLSLosslessEncoder
+
+    encoder = {"dicom_12bit_jpeg_ls": JPEGLSLosslessEncoder,
+               "dicom_12bit_jpeg_2000": JPEG2000LosslessEncoder}.get(name)
+    if encoder is not None and not encoder.is_available:
+        return f"no encoder for {encoder.UID.name} (pip install pyjpegls / pylibjpeg-openjpeg)"
+    return None
+
+
+def score_encodings(shared_data: Path, folder: Path, films: int = FILMS) -> EncodedScores:
+    """Fit a small features detector, write ``films`` real films in every encoding and score them."""
+    train = load_inputs(shared_data / "rsna_normal224" / "manifest.csv").iloc[:48]
+    detector = fit_detector(SMALL, load_images(train, SMALL.data, workers=1).pixels, progress=False).detector
+    pneumonia = load_inputs(shared_data / "nih_pneumonia256" / "manifest.csv")
+    normal_rows = pneumonia[pneumonia["label"] == 0].head(100)
+    normals = score_films(detector, load_images(normal_rows, SMALL.data, workers=1).pixels, precision="fp32").raw
+    sources = load_inputs(shared_data / "nih_fullres" / "manifest.csv").head(films)
+    paths: dict[str, list[str]] = {"png": []}
+    skipped: dict[str, str] = {}
+    for index, source in enumerate(sources["path"]):
+        film = np.asarray(Image.open(source).convert("L"))
+        png = folder / f"film{index}.png"
+        Image.fromarray(film).save(png)
+        paths["png"].append(str(png))
+        for name, write in ENCODINGS.items():
+            reason = encoding_available(name)
+            if reason is not None:
+                skipped[name] = reason
+                continue
+            paths.setdefault(name, []).append(str(write(film, folder / f"film{index}_{name}.dcm")))
+    raw = {}
+    for name, files in paths.items():
+        pixels = load_images(pd.DataFrame({"path": files}), SMALL.data, workers=1).pixels
+        raw[name] = score_films(detector, pixels, precision="fp32").raw
+    return EncodedScores(raw, normals, skipped)
+
+
+@pytest.fixture(scope="module")
+def encoded(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> EncodedScores:
+    return score_encodings(shared_data, tmp_path_factory.mktemp("encodings"))
+
+
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+def test_every_encoding_scores_as_the_png(encoded: EncodedScores, name: str) -> None:
+    if name in encoded.skipped:
+        pytest.skip(encoded.skipped[name])
+    png, other = encoded.raw["png"], encoded.raw[name]
+    relative = np.abs(other - png) / np.abs(png)
+    assert relative.max() <= RAW_TOLERANCE, f"{name}: raw scores up to {100 * relative.max():.2f}% off the PNG's"
+    moved = np.abs(encoded.percentile(other) - encoded.percentile(png))
+    assert moved.max() <= PERCENTILE_TOLERANCE, f"{name}: percentile moved by up to {moved.max():.1f} points"
+
+
+@pytest.fixture(scope="module")
+def real_film(shared_data: Path) -> np.ndarray:
+    """One real NIH film, 1024² uint8."""
+    source = load_inputs(shared_data / "nih_fullres" / "manifest.csv")["path"].iloc[0]
+    return np.asarray(Image.open(source).convert("L"))
+
+
+def test_eight_bit_films_are_reduced_as_before(real_film: np.ndarray, tmp_path: Path) -> None:
+    """8-bit PNGs and 8-bit DICOM keep the codes (and so the scores) of the fixed 8-bit grid."""
+    Image.fromarray(real_film).save(tmp_path / "film.png")
+    png = read_image(tmp_path / "film.png")
+    assert np.array_equal(reduce_film(png, 224), resize_grey(png.array, 224))
+    dicom = read_image(ENCODINGS["dicom_8bit_monochrome1"](real_film, tmp_path / "film.dcm"))
+    assert np.array_equal(reduce_film(dicom, 224), resize_grey(png.array, 224))
+
+
+@pytest.mark.parametrize("name", ["dicom_12bit_x16", "dicom_12bit_monochrome1", "dicom_12bit_rescale",
+                                  "dicom_12bit_window", "dicom_12bit_voi_lut"])
+def test_an_eight_bit_film_in_twelve_bits_gets_its_png_codes(real_film: np.ndarray, tmp_path: Path,
+                                                              name: str) -> None:
+    Image.fromarray(real_film).save(tmp_path / "film.png")
+    png = read_image(tmp_path / "film.png")
+    wide = read_image(ENCODINGS[name](real_film, tmp_path / "film.dcm"))
+    assert not np.array_equal(resize_grey(wide.array, 224), resize_grey(png.array, 224))  # the fixed grid moves it
+    eight_bit = as_eight_bit_film(wide.array)
+    assert eight_bit is not None and eight_bit.levels == np.unique(real_film).size
+    # one code per level; the lowest level's code comes from its value on the film's own grid: the
+    # PNG's for a plain x16 film, shifted where a rescale or an inversion moves the grid's zero
+    offset = eight_bit.first_code - int(real_film.min())
+    assert np.array_equal(eight_bit.array, (real_film.astype(np.int32) + offset).astype(np.float32) / np.float32(255.0))
+    if name in ("dicom_12bit_x16", "dicom_12bit_window", "dicom_12bit_voi_lut"):
+        assert offset == 0 and np.array_equal(reduce_film(wide, 224), resize_grey(png.array, 224))
+
+
+def test_films_that_are_not_eight_bit_films_are_left_alone() -> None:
+    generator = np.random.default_rng(0)
+    ramp = np.linspace(0.0, 1.0, 512 * 512).reshape(512, 512)
+    twelve_bit = (np.rint(ramp * 4095) + generator.integers(0, 3, ramp.shape)).clip(0, 4095) / 4095
+    assert as_eight_bit_film(twelve_bit.astype(np.float32)) is None  # thousands of levels
+    mask = (ramp > 0.5).astype(np.float32)
+    assert as_eight_bit_film(mask) is None  # two levels
+    gamma = ((np.rint(ramp * 200) / 200) ** 2.2).astype(np.float32)
+    assert as_eight_bit_film(gamma) is None  # 201 levels, unevenly spaced
+    assert as_eight_bit_film(np.zeros((0, 0), np.float32)) is None
+    stretched = (np.rint(ramp * 150) * (65535 / 150)).round() / 65535  # 151 levels stretched to 16 bits
+    film = as_eight_bit_film(stretched.astype(np.float32))
+    assert film is not None and film.levels == 151 and film.first_code == 0
+    assert np.array_equal(film.array * np.float32(255), np.rint(ramp * 150).astype(np.float32))
