@@ -113,9 +113,52 @@ ENCODINGS: dict[str, Callable[[np.ndarray, Path], Path]] = {
 }
 
 
+def twelve_bit_film(film: np.ndarray) -> np.ndarray:
+    """A 12-bit film of about 2,000 grey levels made from an 8-bit one (a 3x3 mean, x16)."""
+    padded = np.pad(film.astype(np.float64), 1, mode="edge")
+    rows, columns = film.shape
+    mean = sum(padded[r:r + rows, c:c + columns] for r in range(3) for c in range(3)) / 9.0
+    return np.clip(np.rint(mean * 16.0), 0, 4095).astype(np.uint16)
+
+
+def _sixteen_bit_png(film: np.ndarray, path: Path) -> Path:
+    Image.fromarray(film * np.uint16(16)).save(path.with_suffix(".png"))  # mode I;16
+    return path.with_suffix(".png")
+
+
+def _offset_rescale(dataset: object) -> None:
+    # stored = modality value + 2048 in 13 bits: the same values, half the contrast of the stored range
+    dataset.RescaleSlope = 1
+    dataset.RescaleIntercept = -2048
+    dataset.RescaleType = "US"
+
+
+# name -> writer of a 12-bit film (rows, columns) uint16 to a file; "dicom_12bit" is the reference
+TWELVE_BIT_ENCODINGS: dict[str, Callable[[np.ndarray, Path], Path]] = {
+    "dicom_12bit": lambda film, path: _dicom(film, path, bits_stored=12),
+    "png_16bit_x16": _sixteen_bit_png,
+    "dicom_16bit_x16": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=16),
+    "dicom_16bit_full_range": lambda film, path: _dicom(_full_range(film), path, bits_stored=16),
+    "dicom_12bit_monochrome1": lambda film, path: _dicom(4095 - film, path, bits_stored=12,
+                                                         photometric="MONOCHROME1"),
+    "dicom_13bit_rescale": lambda film, path: _dicom(film + np.uint16(2048), path, bits_stored=13,
+                                                     extra=_offset_rescale),
+    "dicom_12bit_rle": lambda film, path: _dicom(film, path, bits_stored=12, compress="rle"),
+    "dicom_12bit_jpeg_ls": lambda film, path: _dicom(film, path, bits_stored=12, compress="jpeg_ls"),
+    "dicom_12bit_jpeg_2000": lambda film, path: _dicom(film, path, bits_stored=12, compress="jpeg_2000"),
+}
+
+
 @dataclass(frozen=True)
 class EncodedScores:
-    """Raw scores of the films per encoding ("png" included) and the normal films' raw scores."""
+    """Raw scores of the films per encoding and the normal films' raw scores.
+
+    Attributes:
+        raw: 8-bit films: "png" and the names of :data:`ENCODINGS`; 12-bit films: "12bit:" and the
+            names of :data:`TWELVE_BIT_ENCODINGS`.
+        normals: raw scores of 100 normal films, for percentiles.
+        skipped: encodings this machine cannot write, with the reason.
+    """
 
     raw: dict[str, np.ndarray]
     normals: np.ndarray
@@ -137,6 +180,16 @@ def encoding_available(name: str) -> str | None:
     return None
 
 
+def _write_all(film: np.ndarray, stem: Path, encodings: dict[str, Callable[[np.ndarray, Path], Path]],
+               prefix: str, paths: dict[str, list[str]], skipped: dict[str, str]) -> None:
+    for name, write in encodings.items():
+        reason = encoding_available(name)
+        if reason is not None:
+            skipped[prefix + name] = reason
+            continue
+        paths.setdefault(prefix + name, []).append(str(write(film, stem.with_name(f"{stem.name}_{prefix}{name}.dcm"))))
+
+
 def score_encodings(shared_data: Path, folder: Path, films: int = FILMS) -> EncodedScores:
     """Fit a small features detector, write ``films`` real films in every encoding and score them."""
     train = load_inputs(shared_data / "rsna_normal224" / "manifest.csv").iloc[:48]
@@ -152,12 +205,8 @@ def score_encodings(shared_data: Path, folder: Path, films: int = FILMS) -> Enco
         png = folder / f"film{index}.png"
         Image.fromarray(film).save(png)
         paths["png"].append(str(png))
-        for name, write in ENCODINGS.items():
-            reason = encoding_available(name)
-            if reason is not None:
-                skipped[name] = reason
-                continue
-            paths.setdefault(name, []).append(str(write(film, folder / f"film{index}_{name}.dcm")))
+        _write_all(film, folder / f"film{index}", ENCODINGS, "", paths, skipped)
+        _write_all(twelve_bit_film(film), folder / f"film{index}", TWELVE_BIT_ENCODINGS, "12bit:", paths, skipped)
     raw = {}
     for name, files in paths.items():
         pixels = load_images(pd.DataFrame({"path": files}), SMALL.data, workers=1).pixels
@@ -170,15 +219,24 @@ def encoded(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Enco
     return score_encodings(shared_data, tmp_path_factory.mktemp("encodings"))
 
 
-@pytest.mark.parametrize("name", sorted(ENCODINGS))
-def test_every_encoding_scores_as_the_png(encoded: EncodedScores, name: str) -> None:
+def _assert_close(encoded: EncodedScores, reference: str, name: str) -> None:
     if name in encoded.skipped:
         pytest.skip(encoded.skipped[name])
-    png, other = encoded.raw["png"], encoded.raw[name]
-    relative = np.abs(other - png) / np.abs(png)
-    assert relative.max() <= RAW_TOLERANCE, f"{name}: raw scores up to {100 * relative.max():.2f}% off the PNG's"
-    moved = np.abs(encoded.percentile(other) - encoded.percentile(png))
+    expected, other = encoded.raw[reference], encoded.raw[name]
+    relative = np.abs(other - expected) / np.abs(expected)
+    assert relative.max() <= RAW_TOLERANCE, f"{name}: raw scores up to {100 * relative.max():.2f}% off {reference}'s"
+    moved = np.abs(encoded.percentile(other) - encoded.percentile(expected))
     assert moved.max() <= PERCENTILE_TOLERANCE, f"{name}: percentile moved by up to {moved.max():.1f} points"
+
+
+@pytest.mark.parametrize("name", sorted(set(TWELVE_BIT_ENCODINGS) - {"dicom_12bit"}))
+def test_every_encoding_of_a_twelve_bit_film_scores_the_same(encoded: EncodedScores, name: str) -> None:
+    _assert_close(encoded, "12bit:dicom_12bit", "12bit:" + name)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+def test_every_encoding_scores_as_the_png(encoded: EncodedScores, name: str) -> None:
+    _assert_close(encoded, "png", name)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ Usage::
     python -m benchmarks.research.bit_depth_encodings --data ../shared/data [--films 8]
 
 Writes nothing to the repository; prints one Markdown row per encoding: the largest relative
-change of the raw score against the PNG, and the largest move of the percentile among 100 normal
-films (``nih_pneumonia256``), over ``--films`` films of ``nih_fullres``. The encodings and the
-detector are those of ``tests/test_bit_depth.py``.
+change of the raw score against the PNG (8-bit films) or against the plain 12-bit DICOM (12-bit
+films made from them), and the largest move of the percentile among 100 normal films
+(``nih_pneumonia256``), over ``--films`` films of ``nih_fullres``. The encodings and the detector
+are those of ``tests/test_bit_depth.py``.
 """
 
 from __future__ import annotations
@@ -35,19 +36,20 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         scores = score_encodings(arguments.data, Path(folder), arguments.films)
-    png = scores.raw["png"]
     print(f"commit {git_commit()}, {machine_facts()}, {time.perf_counter() - start:.0f} s")
-    print("| encoding | largest raw score change | largest percentile move (points) |")
-    print("|---|---|---|")
+    print("| film | encoding | largest raw score change | largest percentile move (points) |")
+    print("|---|---|---|---|")
     for name, raw in scores.raw.items():
-        if name == "png":
+        reference = "12bit:dicom_12bit" if name.startswith("12bit:") else "png"
+        if name == reference:
             continue
-        relative = float(np.max(np.abs(raw - png) / np.abs(png)))
-        moved = float(np.max(np.abs(scores.percentile(raw) - scores.percentile(png))))
-        print(f"| {name} | {100 * relative:.2f}% | {moved:.0f} |")
+        expected = scores.raw[reference]
+        relative = float(np.max(np.abs(raw - expected) / np.abs(expected)))
+        moved = float(np.max(np.abs(scores.percentile(raw) - scores.percentile(expected))))
+        film = "12-bit (against 12-bit DICOM)" if name.startswith("12bit:") else "8-bit (against PNG)"
+        print(f"| {film} | {name.removeprefix('12bit:')} | {100 * relative:.2f}% | {moved:.0f} |")
     for name, reason in scores.skipped.items():
-        print(f"| {name} | skipped: {reason} | |")
-
+        print(f"| | {name} | skipped: {reason} | |")
 
 if __name__ == "__main__":
     main()

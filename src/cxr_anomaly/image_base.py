@@ -179,3 +179,21 @@ def as_eight_bit_film(array: np.ndarray) -> EightBitFilm | None:
     table = (indices + first_code).astype(np.float32) / np.float32(255.0)
     snapped = table[np.searchsorted(values, array)]
     return EightBitFilm(snapped, int(values.size), step, first_code)
+
+
+def stretch_to_own_range(array: np.ndarray) -> RangeStretch:
+    """A grey [0, 1] film mapped linearly onto [0, 1] by its own minimum and maximum.
+
+    For a film of more than 8 bits without a window, before it is reduced to 8-bit codes: the codes
+    then depend on the film alone, not on the range its container declares (12 bits, 16 bits, a
+    rescale to the full range, a Modality LUT's range, MONOCHROME1), so every such encoding of one
+    film gives the same codes. ``used_fraction`` is None when the film already spans [0, 1] or is flat.
+    """
+    if array.size == 0:
+        return RangeStretch(array, None)
+    low, high = float(array.min()), float(array.max())
+    span = high - low
+    if span <= 0.0 or (low == 0.0 and high == 1.0):
+        return RangeStretch(array, None)
+    stretched = (array.astype(np.float32) - np.float32(low)) / np.float32(span)
+    return RangeStretch(np.clip(stretched, 0.0, 1.0, out=stretched), span)

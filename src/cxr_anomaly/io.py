@@ -26,7 +26,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from .dicom import read_dicom
 from .errors import DecompressionBombError, MissingFileError, UnreadableImageError
 from .image_base import (DEFAULT_MAX_PIXELS, NARROW_RANGE_FRACTION, ImageRead, RangeStretch,
-                         as_eight_bit_film, sniff_format, stretch_narrow_range)
+                         as_eight_bit_film, sniff_format, stretch_narrow_range,
+                         stretch_to_own_range)
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "NARROW_RANGE_FRACTION", "ImageRead", "RangeStretch",
            "pil_to_grey", "read_image", "reduce_film", "resize_grey", "sniff_format", "stretch_narrow_range"]
@@ -174,19 +175,27 @@ _WIDE_PILLOW_MODES = frozenset({"I;16", "I;16B", "I;16L", "I", "F"})
 def reduce_film(image: ImageRead, size: int) -> np.ndarray:
     """A decoded film as the model's ``size`` x ``size`` uint8 codes: the one reduction to 8 bits.
 
-    Films read from more than 8 bits (DICOM, 16-bit PNG or TIFF) that hold an 8-bit film's levels are
-    put back on the 8-bit grid first (:func:`~cxr_anomaly.image_base.as_eight_bit_film`), so that they
-    get the codes, and the scores, of that film's 8-bit PNG. Every film is then resized by
-    :func:`resize_grey`, so 8-bit films give the codes they always gave.
+    Films read from more than 8 bits (DICOM, 16-bit PNG or TIFF) are first made independent of how
+    they were encoded: one that holds an 8-bit film's levels gets that film's codes, as its 8-bit PNG
+    does (:func:`~cxr_anomaly.image_base.as_eight_bit_film`); any other, unless a window or VOI LUT
+    says how to show it, is mapped onto [0, 1] by its own minimum and maximum
+    (:func:`~cxr_anomaly.image_base.stretch_to_own_range`), so the range its container declares
+    does not decide which of its grey levels share a code. Every film is then resized by
+    :func:`resize_grey`; 8-bit films give the codes they always gave.
     """
     metadata = image.metadata
+    windowed = False
     if metadata.get("format") == "dicom":
-        wide = (int(metadata.get("bits_stored") or 16) > 8 or metadata.get("modality_lut", "none") != "none"
-                or metadata.get("voi_lut", "none") != "none")
+        windowed = metadata.get("voi_lut", "none") != "none"
+        wide = int(metadata.get("bits_stored") or 16) > 8 or metadata.get("modality_lut", "none") != "none" or windowed
     else:
         wide = metadata.get("mode") in _WIDE_PILLOW_MODES
-    eight_bit = as_eight_bit_film(image.array) if wide else None
-    if eight_bit is None:
+    if not wide:
         return resize_grey(image.array, size)
-    logger.debug("a film of %d evenly spaced grey levels: reduced one 8-bit code per level", eight_bit.levels)
-    return resize_grey(eight_bit.array, size)
+    eight_bit = as_eight_bit_film(image.array)
+    if eight_bit is not None:
+        logger.debug("a film of %d evenly spaced grey levels: reduced one 8-bit code per level", eight_bit.levels)
+        return resize_grey(eight_bit.array, size)
+    if windowed:
+        return resize_grey(image.array, size)
+    return resize_grey(stretch_to_own_range(image.array).array, size)
