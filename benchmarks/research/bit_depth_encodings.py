@@ -7,8 +7,8 @@ Usage::
 Writes nothing to the repository; prints one Markdown row per encoding: the largest relative
 change of the raw score against the PNG (8-bit films) or against the plain 12-bit DICOM (12-bit
 films made from them), and the largest move of the percentile among 100 normal films
-(``nih_pneumonia256``), over ``--films`` films of ``nih_fullres``. The encodings and the detector
-are those of ``tests/test_bit_depth.py``.
+(``nih_pneumonia256``), over ``--films`` other films of ``nih_pneumonia256``. The encodings and the
+detector are those of ``tests/test_bit_depth.py``.
 """
 
 from __future__ import annotations

@@ -184,18 +184,17 @@ def reduce_film(image: ImageRead, size: int) -> np.ndarray:
     :func:`resize_grey`; 8-bit films give the codes they always gave.
     """
     metadata = image.metadata
-    windowed = False
-    if metadata.get("format") == "dicom":
-        windowed = metadata.get("voi_lut", "none") != "none"
+    dicom = metadata.get("format") == "dicom"
+    windowed = dicom and metadata.get("voi_lut", "none") != "none"
+    if dicom:
         wide = int(metadata.get("bits_stored") or 16) > 8 or metadata.get("modality_lut", "none") != "none" or windowed
     else:
         wide = metadata.get("mode") in _WIDE_PILLOW_MODES
-    if not wide:
-        return resize_grey(image.array, size)
-    eight_bit = as_eight_bit_film(image.array)
+    # 8-bit DICOM too: MONOCHROME1's inversion in float32 leaves codes a rounding away from the PNG's
+    eight_bit = as_eight_bit_film(image.array) if wide or dicom else None
     if eight_bit is not None:
         logger.debug("a film of %d evenly spaced grey levels: reduced one 8-bit code per level", eight_bit.levels)
         return resize_grey(eight_bit.array, size)
-    if windowed:
+    if not wide or windowed:
         return resize_grey(image.array, size)
     return resize_grey(stretch_to_own_range(image.array).array, size)
