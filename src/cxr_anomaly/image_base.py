@@ -159,26 +159,37 @@ def as_eight_bit_film(array: np.ndarray) -> EightBitFilm | None:
     (real 10- to 16-bit films) and films of a few levels (masks, test patterns) give None.
     """
     flat = array.reshape(-1)
-    if flat.size == 0 or np.unique(flat[:: max(1, flat.size // _GRID_SAMPLE)]).size > EIGHT_BIT_LEVELS:
-        return None  # the usual case is decided on a sample: a real >8-bit film has thousands of levels
-    values = np.unique(flat)
-    if not MIN_GRID_SPAN < values.size <= EIGHT_BIT_LEVELS:
+    if flat.size == 0:
         return None
-    offsets = values.astype(np.float64) - float(values[0])
+    # The grid is found on a sample (a real >8-bit film has thousands of levels there) and then
+    # checked on every pixel: no sort of the whole film.
+    sample = np.unique(flat[:: max(1, flat.size // _GRID_SAMPLE)])
+    if not 1 < sample.size <= EIGHT_BIT_LEVELS:
+        return None
+    origin = float(flat.min())
+    offsets = sample.astype(np.float64) - origin
     gaps = np.diff(offsets)
     single = gaps[gaps < 1.5 * gaps.min()]  # gaps of one level: their mean averages out rounding
     step = float(single.mean())
     indices = np.rint(offsets / step)
-    step = float(offsets @ indices / (indices @ indices))  # least squares over every level
-    indices = np.rint(offsets / step)
-    span = int(indices[-1])
-    if not MIN_GRID_SPAN <= span < EIGHT_BIT_LEVELS or np.max(np.abs(offsets / step - indices)) > GRID_TOLERANCE:
+    step = float(offsets @ indices / (indices @ indices))  # least squares over the sampled levels
+    # float32 is ample: positions below 256 are a few 1e-5 from their integer at worst
+    positions = flat.astype(np.float32)  # a copy, worked on in place
+    positions -= np.float32(origin)
+    positions /= np.float32(step)
+    codes = np.rint(positions)
+    span = int(codes.max())
+    positions -= codes
+    if not MIN_GRID_SPAN <= span < EIGHT_BIT_LEVELS or float(np.abs(positions).max()) > GRID_TOLERANCE:
         return None
-    first_code = min(max(int(np.rint(float(values[0]) / step)), 0), EIGHT_BIT_LEVELS - 1 - span)
+    levels = int(np.count_nonzero(np.bincount(codes.astype(np.uint8), minlength=span + 1)))
+    if levels <= MIN_GRID_SPAN:
+        return None
+    first_code = min(max(int(np.rint(origin / step)), 0), EIGHT_BIT_LEVELS - 1 - span)
     # code / 255 in float32, as Pillow's 8-bit pixels become floats in cxr_anomaly.io.pil_to_grey
-    table = (indices + first_code).astype(np.float32) / np.float32(255.0)
-    snapped = table[np.searchsorted(values, array)]
-    return EightBitFilm(snapped, int(values.size), step, first_code)
+    codes += np.float32(first_code)
+    codes /= np.float32(255.0)
+    return EightBitFilm(codes.reshape(array.shape), levels, step, first_code)
 
 
 def stretch_to_own_range(array: np.ndarray) -> RangeStretch:

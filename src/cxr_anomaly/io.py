@@ -190,8 +190,10 @@ def reduce_film(image: ImageRead, size: int) -> np.ndarray:
         wide = int(metadata.get("bits_stored") or 16) > 8 or metadata.get("modality_lut", "none") != "none" or windowed
     else:
         wide = metadata.get("mode") in _WIDE_PILLOW_MODES
-    # 8-bit DICOM too: MONOCHROME1's inversion in float32 leaves codes a rounding away from the PNG's
-    eight_bit = as_eight_bit_film(image.array) if wide or dicom else None
+    # MONOCHROME1's inversion in float32 leaves an 8-bit film's values a rounding away from its PNG's
+    inverted = dicom and (metadata.get("photometric_interpretation", "").strip().upper() == "MONOCHROME1"
+                          or metadata.get("presentation_lut_shape") == "INVERSE")
+    eight_bit = as_eight_bit_film(image.array) if wide or inverted else None
     if eight_bit is not None:
         logger.debug("a film of %d evenly spaced grey levels: reduced one 8-bit code per level", eight_bit.levels)
         return resize_grey(eight_bit.array, size)
