@@ -58,11 +58,34 @@ def _dicom(stored: np.ndarray, path: Path, *, bits_stored: int, photometric: str
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = generate_uid()
     if extra is not None:
         extra(dataset)
-    if compress is not None:
+    if compress not in (None, "jpeg_lossless"):
         syntax = {"rle": RLELossless, "jpeg_ls": JPEGLSLossless, "jpeg_2000": JPEG2000Lossless}[compress]
         dataset.compress(syntax)
     dataset.save_as(path, enforce_file_format=True)
+    if compress == "jpeg_lossless":
+        _to_jpeg_lossless(path)
     return path
+
+
+def _to_jpeg_lossless(path: Path) -> None:
+    """Rewrite a DICOM file as JPEG Lossless, Process 14 SV1, with GDCM (pydicom has no encoder for it)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise RuntimeError(f"GDCM could not read {path}")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError(f"GDCM could not encode {path} as JPEG Lossless")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"GDCM could not write {path}")
 
 
 def _rescale(dataset: object) -> None:
@@ -111,6 +134,8 @@ ENCODINGS: dict[str, Callable[[np.ndarray, Path], Path]] = {
                                                      compress="jpeg_ls"),
     "dicom_12bit_jpeg_2000": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12,
                                                        compress="jpeg_2000"),
+    "dicom_12bit_jpeg_lossless": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12,
+                                                           compress="jpeg_lossless"),
 }
 
 
@@ -147,6 +172,7 @@ TWELVE_BIT_ENCODINGS: dict[str, Callable[[np.ndarray, Path], Path]] = {
     "dicom_12bit_rle": lambda film, path: _dicom(film, path, bits_stored=12, compress="rle"),
     "dicom_12bit_jpeg_ls": lambda film, path: _dicom(film, path, bits_stored=12, compress="jpeg_ls"),
     "dicom_12bit_jpeg_2000": lambda film, path: _dicom(film, path, bits_stored=12, compress="jpeg_2000"),
+    "dicom_12bit_jpeg_lossless": lambda film, path: _dicom(film, path, bits_stored=12, compress="jpeg_lossless"),
 }
 
 
@@ -174,6 +200,12 @@ def encoding_available(name: str) -> str | None:
     """None when this machine can write ``name``; otherwise why not."""
     from pydicom.pixels.encoders import JPEG2000LosslessEncoder, JPEGLSLosslessEncoder
 
+    if name == "dicom_12bit_jpeg_lossless":
+        try:
+            import gdcm  # noqa: F401
+        except ImportError:
+            return "no encoder for JPEG Lossless (pip install python-gdcm)"
+        return None
     encoder = {"dicom_12bit_jpeg_ls": JPEGLSLosslessEncoder,
                "dicom_12bit_jpeg_2000": JPEG2000LosslessEncoder}.get(name)
     if encoder is not None and not encoder.is_available:
@@ -315,3 +347,18 @@ def test_films_that_are_not_eight_bit_films_are_left_alone() -> None:
     film = as_eight_bit_film(stretched.astype(np.float32))
     assert film is not None and film.levels == 151 and film.first_code == 0
     assert np.array_equal(film.array * np.float32(255), np.rint(ramp * 150).astype(np.float32))
+
+
+@pytest.mark.parametrize(("name", "syntax"), [("dicom_12bit_rle", "1.2.840.10008.1.2.5"),
+                                              ("dicom_12bit_jpeg_ls", "1.2.840.10008.1.2.4.80"),
+                                              ("dicom_12bit_jpeg_2000", "1.2.840.10008.1.2.4.90"),
+                                              ("dicom_12bit_jpeg_lossless", "1.2.840.10008.1.2.4.70")])
+def test_compressed_encodings_are_written_in_their_transfer_syntax(real_film: np.ndarray, tmp_path: Path,
+                                                                    name: str, syntax: str) -> None:
+    reason = encoding_available(name)
+    if reason is not None:
+        pytest.skip(reason)
+    for films, prefix in ((ENCODINGS, ""), (TWELVE_BIT_ENCODINGS, "12bit")):
+        source = twelve_bit_film(real_film) if prefix else real_film
+        read = read_image(films[name](source[:128, :128], tmp_path / f"{prefix}{name}.dcm"))
+        assert read.metadata["transfer_syntax"] == syntax and read.metadata["bits_stored"] == 12
