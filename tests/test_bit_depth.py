@@ -362,3 +362,23 @@ def test_compressed_encodings_are_written_in_their_transfer_syntax(real_film: np
         source = twelve_bit_film(real_film) if prefix else real_film
         read = read_image(films[name](source[:128, :128], tmp_path / f"{prefix}{name}.dcm"))
         assert read.metadata["transfer_syntax"] == syntax and read.metadata["bits_stored"] == 12
+
+
+def test_a_wide_film_is_stretched_level_by_level() -> None:
+    """The same 12-bit levels in a 12-bit range and stretched to 16 bits (rounded) give the same numbers."""
+    from cxr_anomaly.image_base import stretch_to_own_range
+
+    generator = np.random.default_rng(1)
+    stored = np.clip(np.rint(np.linspace(300, 3300, 300 * 300).reshape(300, 300)
+                             + generator.normal(0, 20, (300, 300))), 0, 4095)
+    twelve = (stored / 4095).astype(np.float32)
+    low, high = stored.min(), stored.max()
+    sixteen = (np.rint((stored - low) * 65535 / (high - low)) / 65535).astype(np.float32)
+    expected = ((stored - low) / (high - low)).astype(np.float32)
+    for film in (twelve, sixteen):
+        stretched = stretch_to_own_range(film).array
+        assert np.allclose(stretched, expected, atol=1e-6)
+        assert np.array_equal(stretched, stretch_to_own_range(twelve).array)
+    curved = np.sqrt(twelve)  # not evenly spaced: a plain linear stretch
+    lowest, highest = float(curved.min()), float(curved.max())
+    np.testing.assert_allclose(stretch_to_own_range(curved).array, (curved - lowest) / (highest - lowest), atol=1e-6)

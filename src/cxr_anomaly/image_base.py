@@ -126,6 +126,7 @@ EIGHT_BIT_LEVELS = 256
 MIN_GRID_SPAN = 63
 # a level may sit this far (in level steps) off its grid position: 16-bit rounding of a stretch
 GRID_TOLERANCE = 0.25
+MAX_GRID_SPAN = 65_535  # a 16-bit film's levels
 _GRID_SAMPLE = 65_536
 
 
@@ -159,37 +160,83 @@ def as_eight_bit_film(array: np.ndarray) -> EightBitFilm | None:
     (real 10- to 16-bit films) and films of a few levels (masks, test patterns) give None.
     """
     flat = array.reshape(-1)
-    if flat.size == 0:
+    # decided on a sample first: a real >8-bit film has thousands of levels there
+    if flat.size == 0 or np.unique(flat[:: max(1, flat.size // _GRID_SAMPLE)]).size > EIGHT_BIT_LEVELS:
         return None
-    # The grid is found on a sample (a real >8-bit film has thousands of levels there) and then
-    # checked on every pixel: no sort of the whole film.
+    grid = _level_grid(flat, EIGHT_BIT_LEVELS - 1)
+    if grid is None or grid.span < MIN_GRID_SPAN:
+        return None
+    codes = grid.codes
+    levels = int(np.count_nonzero(np.bincount(codes.astype(np.uint8), minlength=grid.span + 1)))
+    if levels <= MIN_GRID_SPAN:
+        return None
+    first_code = min(max(int(np.rint(grid.origin / grid.step)), 0), EIGHT_BIT_LEVELS - 1 - grid.span)
+    # code / 255 in float32, as Pillow's 8-bit pixels become floats in cxr_anomaly.io.pil_to_grey
+    codes += np.float32(first_code)
+    codes /= np.float32(255.0)
+    return EightBitFilm(codes.reshape(array.shape), levels, grid.step, first_code)
+
+
+@dataclass(frozen=True)
+class _LevelGrid:
+    """Where each pixel of a film of evenly spaced levels sits: ``value = origin + step * code``.
+
+    Attributes:
+        origin: the film's lowest value.
+        step: the spacing of its levels.
+        codes: float32 (pixels,), each pixel's whole number of steps above ``origin``.
+        span: the largest code.
+    """
+
+    origin: float
+    step: float
+    codes: np.ndarray
+    span: int
+
+
+def _grid_step(offsets: np.ndarray) -> float | None:
+    """The spacing of sorted level offsets from the lowest level (0 first), by least squares.
+
+    Fitted on the low levels first and on four times as many levels each round, so that rounding in
+    the first estimate cannot put a high level on the wrong step.
+    """
+    gaps = np.diff(offsets)
+    if gaps.size == 0 or gaps.min() <= 0.0:
+        return None
+    step = float(gaps[gaps < 1.5 * gaps.min()].mean())  # gaps of one level: their mean averages out rounding
+    limit = 64.0
+    while True:
+        used = offsets[offsets <= limit * step]
+        indices = np.rint(used / step)
+        step = float(used @ indices / (indices @ indices))
+        if limit * step >= offsets[-1]:
+            return step
+        limit *= 4.0
+
+
+def _level_grid(flat: np.ndarray, max_span: int) -> _LevelGrid | None:
+    """The grid of a flat film whose values are evenly spaced levels (within :data:`GRID_TOLERANCE`
+    of a step) spanning at most ``max_span`` steps; None for any other film.
+
+    The spacing is found on a sample of the levels and then checked on every pixel: no sort of the
+    whole film.
+    """
     sample = np.unique(flat[:: max(1, flat.size // _GRID_SAMPLE)])
-    if not 1 < sample.size <= EIGHT_BIT_LEVELS:
+    if sample.size < 2:
         return None
     origin = float(flat.min())
-    offsets = sample.astype(np.float64) - origin
-    gaps = np.diff(offsets)
-    single = gaps[gaps < 1.5 * gaps.min()]  # gaps of one level: their mean averages out rounding
-    step = float(single.mean())
-    indices = np.rint(offsets / step)
-    step = float(offsets @ indices / (indices @ indices))  # least squares over the sampled levels
-    # float32 is ample: positions below 256 are a few 1e-5 from their integer at worst
+    step = _grid_step(sample.astype(np.float64) - origin)
+    if step is None or (float(flat.max()) - origin) / step > max_span + 0.5:
+        return None
+    # float32 is ample: positions below 2**16 are within 0.01 of a step of their float64 value
     positions = flat.astype(np.float32)  # a copy, worked on in place
     positions -= np.float32(origin)
     positions /= np.float32(step)
     codes = np.rint(positions)
-    span = int(codes.max())
     positions -= codes
-    if not MIN_GRID_SPAN <= span < EIGHT_BIT_LEVELS or float(np.abs(positions).max()) > GRID_TOLERANCE:
+    if float(np.abs(positions).max()) > GRID_TOLERANCE:
         return None
-    levels = int(np.count_nonzero(np.bincount(codes.astype(np.uint8), minlength=span + 1)))
-    if levels <= MIN_GRID_SPAN:
-        return None
-    first_code = min(max(int(np.rint(origin / step)), 0), EIGHT_BIT_LEVELS - 1 - span)
-    # code / 255 in float32, as Pillow's 8-bit pixels become floats in cxr_anomaly.io.pil_to_grey
-    codes += np.float32(first_code)
-    codes /= np.float32(255.0)
-    return EightBitFilm(codes.reshape(array.shape), levels, step, first_code)
+    return _LevelGrid(origin, step, codes, int(codes.max()))
 
 
 def stretch_to_own_range(array: np.ndarray) -> RangeStretch:
@@ -198,13 +245,24 @@ def stretch_to_own_range(array: np.ndarray) -> RangeStretch:
     For a film of more than 8 bits without a window, before it is reduced to 8-bit codes: the codes
     then depend on the film alone, not on the range its container declares (12 bits, 16 bits, a
     rescale to the full range, a Modality LUT's range, MONOCHROME1), so every such encoding of one
-    film gives the same codes. ``used_fraction`` is None when the film already spans [0, 1] or is flat.
+    film gives the same codes. A film of evenly spaced levels (up to :data:`MAX_GRID_SPAN` steps) is
+    mapped level by level, which also undoes the rounding of a stretch to 16 bits. ``used_fraction``
+    is None when the film already spans [0, 1] or is flat.
     """
     if array.size == 0:
         return RangeStretch(array, None)
     low, high = float(array.min()), float(array.max())
     span = high - low
-    if span <= 0.0 or (low == 0.0 and high == 1.0):
+    if span <= 0.0:
+        return RangeStretch(array, None)
+    grid = _level_grid(array.reshape(-1), MAX_GRID_SPAN)
+    if grid is not None and grid.span > 0:
+        # evenly spaced levels (stored integers through a linear rescale): code / span, exactly the
+        # same numbers whatever container range or rounding to 16 bits the levels went through
+        codes = grid.codes
+        codes /= np.float32(grid.span)
+        return RangeStretch(codes.reshape(array.shape), span if span < 1.0 else None)
+    if low == 0.0 and high == 1.0:
         return RangeStretch(array, None)
     stretched = (array.astype(np.float32) - np.float32(low)) / np.float32(span)
     return RangeStretch(np.clip(stretched, 0.0, 1.0, out=stretched), span)
