@@ -10,7 +10,8 @@ EXIF Orientation tag (photographed or scanned films) is applied, so the film is 
 A 16-bit image is read against the 16-bit range, unless its values span less than a quarter of
 it (12-bit data in a 16-bit PNG): then against its own range (:func:`stretch_narrow_range`).
 The format is sniffed from the file's bytes, never trusted from its extension.
-:func:`reduce_film` is the one step from a decoded film to the model's 8-bit codes (docs/bit_depth.md).
+:func:`reduce_film` is the one step from a decoded film to the model's 8-bit codes
+(docs/usage.md, "Bit depth and encodings").
 """
 
 from __future__ import annotations
