@@ -134,7 +134,7 @@ def test_report_has_a_table_and_a_verdict_per_collection(tmp_path: Path) -> None
     assert "sensitivity 0.500 [0.300, 0.700]" in text
     assert "Verdict:" in text and "- Against PCA(5) reconstruction, 64 px:" in text
     assert "](eval/nih1000_test/roc" in text and "](eval/nih1000_test/films.png)" in text
-    assert "Commit abc1234" in text
+    assert "Commit abc1234" in text and "fitted and scored in fp32 on every machine" in text
     assert "No film here is a copy of a training film" in text
     copied = demo.write_report(tmp_path, {"NIH1000 test": detector}, {"NIH1000 test": baselines},
                                {**facts, "copies": {"NIH1000 test": ["a.png (normal, 0.9990)"]}}).read_text()
@@ -172,3 +172,29 @@ def test_a_fit_is_reused_only_when_it_was_made_the_same_way(tiny_nih_model, tmp_
         demo.reuse_fit(run_dir, loaded.config, data, used + 1)
     with pytest.raises(CheckpointError, match="no fitted model to reuse"):
         demo.reuse_fit(tmp_path, loaded.config, data, used)
+
+
+def test_the_demo_fits_and_scores_in_fp32_even_where_bf16_is_native(shared_data: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One report on every machine: ``auto`` would pick bf16 on a CPU with native bf16."""
+    from cxr_anomaly.pipeline import TrainOutcome
+
+    monkeypatch.setattr("cxr_anomaly.inference.native_bf16", lambda device: True)
+    calls: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def train_job(sources: list[Path], run_dir: Path, config: object, **_: object) -> TrainOutcome:
+        calls["fit"] = config.train.precision  # type: ignore[attr-defined]
+        return TrainOutcome(run_dir / "model.pt", 1, 1, [])
+
+    def evaluate_job(*_: object, precision: str = "auto", **__: object) -> None:
+        calls["score"] = precision
+        raise Stop
+
+    monkeypatch.setattr(demo, "train_job", train_job)
+    monkeypatch.setattr(demo, "evaluate_job", evaluate_job)
+    with pytest.raises(Stop):
+        demo.run_demo(shared_data, tmp_path, max_train_normals=4, progress=False)
+    assert calls == {"fit": "fp32", "score": "fp32"} == {"fit": demo.DEMO_PRECISION, "score": demo.DEMO_PRECISION}

@@ -118,3 +118,151 @@ def stretch_narrow_range(array: np.ndarray, levels: int) -> RangeStretch:
         return RangeStretch(array, None)
     return RangeStretch((array - low) / span, span)
 
+
+
+# A film of at most this many evenly spaced grey levels, spanning at least MIN_GRID_SPAN of its level
+# steps, is an 8-bit film in a wider container (upshifted, rescaled or stretched into 12 or 16 bits).
+EIGHT_BIT_LEVELS = 256
+MIN_GRID_SPAN = 63
+# a level may sit this far (in level steps) off its grid position: 16-bit rounding of a stretch
+GRID_TOLERANCE = 0.25
+MAX_GRID_SPAN = 65_535  # a 16-bit film's levels
+_GRID_SAMPLE = 65_536
+
+
+@dataclass(frozen=True)
+class EightBitFilm:
+    """A film of an 8-bit film's grey levels, put back on the 8-bit grid by :func:`as_eight_bit_film`.
+
+    Attributes:
+        array: float32 (H, W): each pixel's 8-bit code / 255, as an 8-bit PNG reads.
+        levels: how many distinct values the film holds.
+        step: the spacing of those values in the film as it came (in [0, 1] units).
+        first_code: the 8-bit code given to the film's lowest value.
+    """
+
+    array: np.ndarray
+    levels: int
+    step: float
+    first_code: int
+
+
+def as_eight_bit_film(array: np.ndarray) -> EightBitFilm | None:
+    """A grey [0, 1] film that holds an 8-bit film's levels, as that 8-bit film; None for any other film.
+
+    A film qualifies when it holds at most :data:`EIGHT_BIT_LEVELS` distinct values that lie on an
+    evenly spaced grid (within :data:`GRID_TOLERANCE` of a step) spanning at least
+    :data:`MIN_GRID_SPAN` steps: an 8-bit film stored as 12-bit (x16), as 16-bit (x257, or stretched
+    to the full range), inverted, through a Modality LUT, a window or a VOI LUT. Its levels become
+    consecutive 8-bit codes, as in its 8-bit PNG (up to a constant offset where its own zero was
+    lost, as in a stretch to the full range); left as they came, resizing and the fixed 8-bit grid
+    would merge or split levels, and move the histogram-equalised film. Films with more levels
+    (real 10- to 16-bit films) and films of a few levels (masks, test patterns) give None.
+    """
+    flat = array.reshape(-1)
+    # decided on a sample first: a real >8-bit film has thousands of levels there
+    if flat.size == 0 or np.unique(flat[:: max(1, flat.size // _GRID_SAMPLE)]).size > EIGHT_BIT_LEVELS:
+        return None
+    grid = _level_grid(flat, EIGHT_BIT_LEVELS - 1)
+    if grid is None or grid.span < MIN_GRID_SPAN:
+        return None
+    codes = grid.codes
+    levels = int(np.count_nonzero(np.bincount(codes.astype(np.uint8), minlength=grid.span + 1)))
+    if levels <= MIN_GRID_SPAN:
+        return None
+    first_code = min(max(int(np.rint(grid.origin / grid.step)), 0), EIGHT_BIT_LEVELS - 1 - grid.span)
+    # code / 255 in float32, as Pillow's 8-bit pixels become floats in cxr_anomaly.io.pil_to_grey
+    codes += np.float32(first_code)
+    codes /= np.float32(255.0)
+    return EightBitFilm(codes.reshape(array.shape), levels, grid.step, first_code)
+
+
+@dataclass(frozen=True)
+class _LevelGrid:
+    """Where each pixel of a film of evenly spaced levels sits: ``value = origin + step * code``.
+
+    Attributes:
+        origin: the film's lowest value.
+        step: the spacing of its levels.
+        codes: float32 (pixels,), each pixel's whole number of steps above ``origin``.
+        span: the largest code.
+    """
+
+    origin: float
+    step: float
+    codes: np.ndarray
+    span: int
+
+
+def _grid_step(offsets: np.ndarray) -> float | None:
+    """The spacing of sorted level offsets from the lowest level (0 first), by least squares.
+
+    Fitted on the low levels first and on four times as many levels each round, so that rounding in
+    the first estimate cannot put a high level on the wrong step.
+    """
+    gaps = np.diff(offsets)
+    if gaps.size == 0 or gaps.min() <= 0.0:
+        return None
+    step = float(gaps[gaps < 1.5 * gaps.min()].mean())  # gaps of one level: their mean averages out rounding
+    limit = 64.0
+    while True:
+        used = offsets[offsets <= limit * step]
+        indices = np.rint(used / step)
+        step = float(used @ indices / (indices @ indices))
+        if limit * step >= offsets[-1]:
+            return step
+        limit *= 4.0
+
+
+def _level_grid(flat: np.ndarray, max_span: int) -> _LevelGrid | None:
+    """The grid of a flat film whose values are evenly spaced levels (within :data:`GRID_TOLERANCE`
+    of a step) spanning at most ``max_span`` steps; None for any other film.
+
+    The spacing is found on a sample of the levels and then checked on every pixel: no sort of the
+    whole film.
+    """
+    sample = np.unique(flat[:: max(1, flat.size // _GRID_SAMPLE)])
+    if sample.size < 2:
+        return None
+    origin = float(flat.min())
+    step = _grid_step(sample.astype(np.float64) - origin)
+    if step is None or (float(flat.max()) - origin) / step > max_span + 0.5:
+        return None
+    # float32 is ample: positions below 2**16 are within 0.01 of a step of their float64 value
+    positions = flat.astype(np.float32)  # a copy, worked on in place
+    positions -= np.float32(origin)
+    positions /= np.float32(step)
+    codes = np.rint(positions)
+    positions -= codes
+    if float(np.abs(positions).max()) > GRID_TOLERANCE:
+        return None
+    return _LevelGrid(origin, step, codes, int(codes.max()))
+
+
+def stretch_to_own_range(array: np.ndarray) -> RangeStretch:
+    """A grey [0, 1] film mapped linearly onto [0, 1] by its own minimum and maximum.
+
+    For a film of more than 8 bits without a window, before it is reduced to 8-bit codes: the codes
+    then depend on the film alone, not on the range its container declares (12 bits, 16 bits, a
+    rescale to the full range, a Modality LUT's range, MONOCHROME1), so every such encoding of one
+    film gives the same codes. A film of evenly spaced levels (up to :data:`MAX_GRID_SPAN` steps) is
+    mapped level by level, which also undoes the rounding of a stretch to 16 bits. ``used_fraction``
+    is None when the film already spans [0, 1] or is flat.
+    """
+    if array.size == 0:
+        return RangeStretch(array, None)
+    low, high = float(array.min()), float(array.max())
+    span = high - low
+    if span <= 0.0:
+        return RangeStretch(array, None)
+    grid = _level_grid(array.reshape(-1), MAX_GRID_SPAN)
+    if grid is not None and grid.span > 0:
+        # evenly spaced levels (stored integers through a linear rescale): code / span, exactly the
+        # same numbers whatever container range or rounding to 16 bits the levels went through
+        codes = grid.codes
+        codes /= np.float32(grid.span)
+        return RangeStretch(codes.reshape(array.shape), span if span < 1.0 else None)
+    if low == 0.0 and high == 1.0:
+        return RangeStretch(array, None)
+    stretched = (array.astype(np.float32) - np.float32(low)) / np.float32(span)
+    return RangeStretch(np.clip(stretched, 0.0, 1.0, out=stretched), span)

@@ -10,6 +10,8 @@ EXIF Orientation tag (photographed or scanned films) is applied, so the film is 
 A 16-bit image is read against the 16-bit range, unless its values span less than a quarter of
 it (12-bit data in a 16-bit PNG): then against its own range (:func:`stretch_narrow_range`).
 The format is sniffed from the file's bytes, never trusted from its extension.
+:func:`reduce_film` is the one step from a decoded film to the model's 8-bit codes
+(docs/usage.md, "Bit depth and encodings").
 """
 
 from __future__ import annotations
@@ -27,39 +29,15 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .dicom import read_dicom_stream
 from .dicom_bounds import declared_dicom
-from .errors import (
-    DecompressionBombError,
-    DicomError,
-    MissingFileError,
-    UnreadableImageError,
-)
-from .image_base import (
-    DEFAULT_MAX_PIXELS,
-    NARROW_RANGE_FRACTION,
-    ImageRead,
-    RangeStretch,
-    sniff_format,
-    stretch_narrow_range,
-)
+from .errors import DecompressionBombError, DicomError, MissingFileError, UnreadableImageError
+from .image_base import (DEFAULT_MAX_PIXELS, NARROW_RANGE_FRACTION, ImageRead, RangeStretch,
+                         as_eight_bit_film, sniff_format, stretch_narrow_range,
+                         stretch_to_own_range)
 from .read_limits import DeclaredImage, ReadLimits, check_declared
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "IMAGE_SUFFIXES",
-    "NARROW_RANGE_FRACTION",
-    "ImageRead",
-    "ProbedImage",
-    "RangeStretch",
-    "ReadLimits",
-    "declared_by_pillow",
-    "pil_to_grey",
-    "probe_image_bytes",
-    "read_image",
-    "read_image_bytes",
-    "resize_grey",
-    "sniff_format",
-    "stretch_narrow_range",
-]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "NARROW_RANGE_FRACTION", "ImageRead", "ProbedImage",
+           "RangeStretch", "ReadLimits", "declared_by_pillow", "pil_to_grey", "probe_image_bytes", "read_image",
+           "read_image_bytes", "reduce_film", "resize_grey", "sniff_format", "stretch_narrow_range"]
 
 logger = logging.getLogger(__name__)
 
@@ -265,3 +243,36 @@ def resize_grey(array: np.ndarray, size: int) -> np.ndarray:
         image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
     resized = np.asarray(image, dtype=np.float32)
     return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+
+
+_WIDE_PILLOW_MODES = frozenset({"I;16", "I;16B", "I;16L", "I", "F"})
+
+
+def reduce_film(image: ImageRead, size: int) -> np.ndarray:
+    """A decoded film as the model's ``size`` x ``size`` uint8 codes: the one reduction to 8 bits.
+
+    Films read from more than 8 bits (DICOM, 16-bit PNG or TIFF) are first made independent of how
+    they were encoded: one that holds an 8-bit film's levels gets that film's codes, as its 8-bit PNG
+    does (:func:`~cxr_anomaly.image_base.as_eight_bit_film`); any other, unless a window or VOI LUT
+    says how to show it, is mapped onto [0, 1] by its own minimum and maximum
+    (:func:`~cxr_anomaly.image_base.stretch_to_own_range`), so the range its container declares
+    does not decide which of its grey levels share a code. Every film is then resized by
+    :func:`resize_grey`; 8-bit films give the codes they always gave.
+    """
+    metadata = image.metadata
+    dicom = metadata.get("format") == "dicom"
+    windowed = dicom and metadata.get("voi_lut", "none") != "none"
+    if dicom:
+        wide = int(metadata.get("bits_stored") or 16) > 8 or metadata.get("modality_lut", "none") != "none" or windowed
+    else:
+        wide = metadata.get("mode") in _WIDE_PILLOW_MODES
+    # MONOCHROME1's inversion in float32 leaves an 8-bit film's values a rounding away from its PNG's
+    inverted = dicom and (metadata.get("photometric_interpretation", "").strip().upper() == "MONOCHROME1"
+                          or metadata.get("presentation_lut_shape") == "INVERSE")
+    eight_bit = as_eight_bit_film(image.array) if wide or inverted else None
+    if eight_bit is not None:
+        logger.debug("a film of %d evenly spaced grey levels: reduced one 8-bit code per level", eight_bit.levels)
+        return resize_grey(eight_bit.array, size)
+    if not wide or windowed:
+        return resize_grey(image.array, size)
+    return resize_grey(stretch_to_own_range(image.array).array, size)

@@ -257,3 +257,17 @@ def test_a_failed_shard_write_leaves_nothing(films: list[str], tmp_path: Path, m
         store.add(["a", "b", "c", "d"], pixels)
     assert sorted(path.name for path in store.folder.iterdir()) == ["parameters.json"]
     assert len(store) == 0
+
+
+def test_a_store_of_an_older_format_is_never_read(films: list[str], tmp_path: Path) -> None:
+    """Format 3 reduces 8-bit films in wider containers one code per level: format 2's pixels are stale."""
+    current = CacheParameters.from_config(CONFIG)
+    assert current.format_version == cache_module.CACHE_FORMAT_VERSION == 3
+    older = CacheParameters(current.image_size, current.max_image_pixels, format_version=2)
+    stale = np.full((32, 32), 7, dtype=np.uint8)  # what an older decoder might have stored
+    PreprocessingCache(tmp_path / "cache", older).add([cache_module.file_key(path) for path in films],
+                                                      [stale] * len(films))
+    results, report = run(films, tmp_path / "cache")
+    assert (report.decoded, report.reused) == (24, 0)
+    for path, pixels in zip(films, results):
+        np.testing.assert_array_equal(pixels, decode_file(path, CONFIG))

@@ -51,13 +51,14 @@ from tqdm.auto import tqdm
 from .. import errors
 from ..config import DataConfig
 from ..errors import InputFileError, MissingFileError
-from ..io import read_image, resize_grey
+from ..io import read_image, reduce_film, resize_grey
 
 logger = logging.getLogger(__name__)
 
 NPZ_SEPARATOR = "#"
-# Bump when decoding or resizing changes the pixels it produces (2: narrow 16-bit films stretched).
-CACHE_FORMAT_VERSION = 2
+# Bump when decoding or resizing changes the pixels it produces (2: narrow 16-bit films stretched;
+# 3: 8-bit films in 12- or 16-bit containers reduced one code per level).
+CACHE_FORMAT_VERSION = 3
 DEFAULT_FLUSH_EVERY = 1024
 DEFAULT_FLUSH_SECONDS = 10.0
 COMPACT_ABOVE_SHARDS = 32
@@ -116,7 +117,7 @@ def is_npz_member(path: str) -> bool:
 def decode_file(path: str, data_config: DataConfig) -> np.ndarray:
     """Decode one image file to a uint8 array of shape (image_size, image_size)."""
     image = read_image(path, max_pixels=data_config.max_image_pixels)
-    return resize_grey(image.array, data_config.image_size)  # (H, W) float -> (S, S) uint8
+    return reduce_film(image, data_config.image_size)  # (H, W) float -> (S, S) uint8
 
 
 def decode_npz_members(paths: list[str], data_config: DataConfig) -> list[np.ndarray | InputFileError]:

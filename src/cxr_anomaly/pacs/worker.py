@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputFileError
 from ..explain import colour_bar, explain_film, heatmap_range, png_bytes, shrink
-from ..io import read_image, resize_grey
+from ..io import read_image, reduce_film
 from ..scope import IN_SCOPE
 from .results import FilmResult, build_results
 from .send import ResultSink, SendError
@@ -178,7 +178,7 @@ class ScoringWorker:
             return None
         scope = self.scope_of(header, image.array)
         size = self.model.config.data.image_size
-        return DecodedFilm(stored, header, image.array, resize_grey(image.array, size), scope)
+        return DecodedFilm(stored, header, image.array, reduce_film(image, size), scope)
 
     def _prepare(self, film: DecodedFilm, raw: float, anomaly_map: np.ndarray) -> PreparedResults:
         """Record a film's score, write its worklist thumbnails and build its SR and heatmap."""

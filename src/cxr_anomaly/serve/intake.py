@@ -17,7 +17,7 @@ import numpy as np
 from starlette.requests import Request
 
 from ..errors import DecompressionBombError, InputFileError
-from ..io import ProbedImage, probe_image_bytes, read_image_bytes, resize_grey, sniff_format
+from ..io import ProbedImage, probe_image_bytes, read_image_bytes, reduce_film, sniff_format
 from ..scope import FilmScope, upload_scope
 from .admission import AdmissionStatistics, InFlightLimit, MemoryBudget
 from .errors import ApiError
@@ -97,7 +97,7 @@ def decode_upload(data: bytes, settings: ServiceSettings, image_size: int) -> De
     if min(height, width) < MIN_IMAGE_SIDE:
         raise ApiError(422, "image_too_small",
                        f"image is {width}x{height}; the smallest accepted side is {MIN_IMAGE_SIDE} pixels")
-    return DecodedUpload(image.array, resize_grey(image.array, image_size), kind)
+    return DecodedUpload(image.array, reduce_film(image, image_size), kind)
 
 
 class FilmIntake:
