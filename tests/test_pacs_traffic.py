@@ -191,3 +191,20 @@ def test_sixteen_concurrent_associations_keep_patient_identifiers_out_of_the_log
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert PATIENT_ID not in text and "Secret" not in text and "TEST^" not in text
     assert np.sum(["received and kept" in record.getMessage() for record in caplog.records]) == 12
+
+
+def test_a_deflated_instance_is_refused_before_inflating(real_film: Path, tmp_path: Path) -> None:
+    """Deflate is never negotiated; a deflated file reaching the check (the Orthanc feed) is refused."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from cxr_anomaly.pacs.listener import RefusedInstance, check_received_header
+
+    dataset = pydicom.dcmread(real_film)
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = tmp_path / "deflated.dcm"
+    dataset.save_as(deflated, enforce_file_format=True)
+    with pytest.raises(RefusedInstance, match="deflated") as refused:
+        check_received_header(deflated, max_side=4096, max_bytes=1 << 30)
+    assert refused.value.status == STATUS_DATASET_MISMATCH
+    assert check_received_header(real_film, max_side=4096, max_bytes=1 << 30).sop_instance_uid == dataset.SOPInstanceUID

@@ -108,6 +108,9 @@ def check_received_header(path: Path, *, max_side: int, max_bytes: int) -> Heade
     if size > max_bytes:
         raise RefusedInstance(STATUS_OUT_OF_RESOURCES, f"{size} bytes; the limit is {max_bytes}")
     try:
+        syntax = str(pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID", "") or "")
+        if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:  # never negotiated; refused before any inflating
+            raise RefusedInstance(STATUS_DATASET_MISMATCH, "deflated transfer syntax")
         # Values over 1 KiB (the pixel data) stay on disk until asked for, so this reads the header only.
         dataset = pydicom.dcmread(path, defer_size=1024, force=True)
         sop_class = str(dataset.get("SOPClassUID", "") or "")
