@@ -208,3 +208,19 @@ def test_a_deflated_instance_is_refused_before_inflating(real_film: Path, tmp_pa
         check_received_header(deflated, max_side=4096, max_bytes=1 << 30)
     assert refused.value.status == STATUS_DATASET_MISMATCH
     assert check_received_header(real_film, max_side=4096, max_bytes=1 << 30).sop_instance_uid == dataset.SOPInstanceUID
+
+
+def test_only_allowed_callers_are_accepted(tmp_path: Path, real_film: Path) -> None:
+    import pydicom
+
+    store = FilmStore(tmp_path / "films.sqlite")
+    intake = FilmIntake(store, Spool(tmp_path / "spool"), lambda: None)
+    listener = StorageListener(ListenerSettings(port=0, allowed_callers=("MODALITY1",)), intake)
+    listener.start()
+    try:
+        dataset = pydicom.dcmread(real_film)
+        assert send(listener.port, dataset, dataset.SOPClassUID) == -1  # TESTSCU is not allowed
+        assert store.films() == []
+    finally:
+        listener.stop()
+        store.close()

@@ -51,6 +51,8 @@ def add_pacs_commands(commands: argparse._SubParsersAction) -> None:
     listen.add_argument("--timeout", type=float, default=30.0,
                         help="seconds of silence before an association is aborted (default 30)")
     listen.add_argument("--max-associations", type=int, default=16, help="associations at once (default 16)")
+    listen.add_argument("--allow-caller", action="append", default=[], metavar="AE_TITLE",
+                        help="accept associations only from this calling AE title (repeatable; default: any)")
     listen.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     listen.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="auto (default: bf16 where the device has it natively), fp32 or bf16")
@@ -77,7 +79,7 @@ def run_listen(args: argparse.Namespace, progress: bool) -> None:
 
     settings = None if args.port is None else ListenerSettings(
         ae_title=args.ae_title, host=args.host, port=args.port, network_timeout=args.timeout,
-        max_associations=args.max_associations)
+        max_associations=args.max_associations, allowed_callers=tuple(args.allow_caller))
     options = ListenOptions(model=args.model, state_folder=args.store, listener=settings, send_to=args.send_to,
                             orthanc_url=args.orthanc, poll_interval=args.poll_seconds, device=args.device,
                             precision=args.precision)

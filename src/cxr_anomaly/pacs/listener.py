@@ -55,6 +55,8 @@ class ListenerSettings:
         port: the TCP port.
         network_timeout: seconds without traffic before an association is aborted (stalled peers).
         max_associations: associations served at once; more are rejected by pynetdicom.
+        allowed_callers: the calling AE titles accepted (an association from any other is
+            rejected); empty: any.
     """
 
     ae_title: str = "CXRANOMALY"
@@ -62,6 +64,7 @@ class ListenerSettings:
     port: int = 11112
     network_timeout: float = 30.0
     max_associations: int = 16
+    allowed_callers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.ae_title) <= 16 or not self.ae_title.isascii() or "\\" in self.ae_title:
@@ -236,6 +239,8 @@ class StorageListener:
         application.acse_timeout = self.settings.network_timeout
         application.dimse_timeout = self.settings.network_timeout
         application.maximum_associations = self.settings.max_associations
+        if self.settings.allowed_callers:
+            application.require_calling_aet = list(self.settings.allowed_callers)
         # Every storage class is negotiated so that a non-film instance gets a C-STORE status
         # (0x0122) and a log line, instead of a silent presentation-context rejection.
         # Deflated data sets are not negotiated: inflating one is unbounded before any check.
