@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(CXR_ANOMALY_DATA),../shared/data)
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test bench setup browser clean
+.PHONY: demo test lint bench setup browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ browser: setup
 # Sets up .venv and runs the Python suite; changes nothing outside the checkout.
 test: setup
 	$(PY) -m pytest -q --timeout=900
+
+# The layers contract of pyproject.toml (docs/architecture.md) and ruff's checks.
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(PY) -m benchmarks.run

@@ -11,23 +11,14 @@ import pytest
 import torch
 
 from cxr_anomaly import __version__
-from cxr_anomaly.checkpoint import (
-    CHECKPOINT_FORMAT,
-    FORMAT_VERSION,
-    TrainingState,
-    atomic_torch_save,
-    atomic_write,
-    atomic_write_text,
-    load_checkpoint,
-    load_training_state,
-    remove_stale_temporaries,
-    save_checkpoint,
-    save_training_state,
-)
+from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
 from cxr_anomaly.config import Config, config_to_dict, tang2019_config, with_overrides
 from cxr_anomaly.data.copies import film_signatures, matching_signatures
 from cxr_anomaly.errors import CheckpointError
+from cxr_anomaly.files import (CHECKPOINT_FORMAT, FORMAT_VERSION, atomic_torch_save, atomic_write, atomic_write_text,
+                               remove_stale_temporaries)
 from cxr_anomaly.models.tang2019 import OneClassDetector, Tang2019Detector
+from cxr_anomaly.models.tang2019.state import TrainingState, load_training_state, save_training_state
 from cxr_anomaly.models.tang2019.training import build_detector, train_detector
 from cxr_anomaly.scoring import fit_calibration, score_films
 

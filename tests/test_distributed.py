@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from cxr_anomaly import distributed
-from cxr_anomaly.checkpoint import load_checkpoint, load_training_state
+from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.models.tang2019.training import EVENTS_NAME, build_detector

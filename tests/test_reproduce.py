@@ -137,7 +137,7 @@ def test_view_filter_and_patient_disjoint_split(small_manifest: Path) -> None:
 
 
 def test_cell_files_are_written_durably(small_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Issue 13 point 9: scores.npz and result.json go through checkpoint.atomic_write (fsync of
+    # Issue 13 point 9: scores.npz and result.json go through files.atomic_write (fsync of
     # the file, rename, fsync of the folder), not a rename of an unsynced file.
     import os
 

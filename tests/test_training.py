@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cxr_anomaly import inference
-from cxr_anomaly.checkpoint import load_training_state
+from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.distributed import DistributedContext
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError

@@ -51,12 +51,12 @@ import pandas as pd
 from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
 from .cells import (describe_remaining, format_duration, mean_std, paths_fingerprint, plus_minus,
                     read_finished_cell, settings_fingerprint, write_cell_result)
-from .checkpoint import atomic_write, atomic_write_text
 from .config import FEATURE_SCORES, VARIANTS, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
 from .data.copies import film_signatures, matching_signatures
 from .data.dataset import OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_from_dicom_headers, load_inputs
 from .errors import ConfigError, ManifestError
+from .files import atomic_write, atomic_write_text
 from .evaluation import ADULT_AGE, VIEW_ORDER, FilmGroup, Interval, compute_metrics, explanation_grid, plot_roc_panels
 from .inference import resolve_device
 from .models.registry import fit_detector

@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 
 from .baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
-from .checkpoint import atomic_write_text, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import Config, DataConfig, config_differences, preset_config, with_overrides
 from .data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
 from .data.dataset import load_images
 from .data.manifest import load_inputs
 from .data.splits import split_patients_in_halves
 from .errors import CheckpointError
+from .files import atomic_write_text
 from .evaluation import Interval, metrics_by_name, plot_roc_panels
 from .inference import native_bf16
 from .pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job

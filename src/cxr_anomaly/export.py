@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import atomic_write, load_checkpoint
-from .config import Config, config_to_dict
+from .checkpoint import load_checkpoint
+from .config import Config, config_to_dict, stored_config_from_dict
 from .errors import CxrAnomalyError
+from .files import atomic_write
 from .models.base import AnomalyDetector, flat_outputs, output_names
 from .models.registry import build_detector
 from .scoring import Calibration, ScoreResult
@@ -192,8 +193,6 @@ class OnnxScorer:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_METADATA_KEY not in metadata:
             raise ExportError(f"{self.path}: not a cxr-anomaly scoring graph (no {CONFIG_METADATA_KEY})")
-        from .config import stored_config_from_dict
-
         self.config = stored_config_from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
         # The graph holds the weights; the detector here only lends its preprocessing.
         self.preprocessor = build_detector(self.config, pretrained=False)

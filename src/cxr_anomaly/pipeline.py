@@ -18,14 +18,14 @@ import pandas as pd
 
 from . import distributed
 from .calibration import BootstrapIntervals, Calibration, bootstrap_intervals
-from .checkpoint import (LoadedModel, atomic_torch_save, atomic_write_text, load_checkpoint,
-                         read_checkpoint_payload, save_checkpoint)
+from .checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from .baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
 from .config import Config, DataConfig, config_to_dict
 from .data.copies import film_signatures, matching_signatures
 from .data.dataset import LoadedImages, OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_from_dicom_headers, load_inputs
 from .errors import ManifestError, NoNormalImagesError
+from .files import atomic_torch_save, atomic_write_text, read_checkpoint_payload
 from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, metrics_by_name, plot_roc
 from .inference import resolve_device
 from .models.registry import fit_detector

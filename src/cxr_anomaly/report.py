@@ -236,7 +236,7 @@ def write_html_report(
                     f"<b>{summary.num_flagged}</b> of {summary.num_films} films would be flagged "
                     f"({summary.num_flagged / max(summary.num_films, 1):.0%}); "
                     f"{summary.num_films - summary.num_flagged} go to the back of the queue")
-    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     extra_columns = [column for column in ("label", "view", *LINK_TAGS, *PATIENT_TAGS) if column in ranked]
     show_reconstruction = bool(explanations) and explanations[0].reconstruction is not None
     header_cells = "".join(f"<th>{html.escape(column)}</th>" for column in (

@@ -36,6 +36,8 @@ import pandas as pd
 
 from ..errors import ConfigError, ManifestError
 from .manifest import SPLITS, load_inputs, normalise_manifest
+from .nih import build_nih_manifest
+from .rsna import build_rsna_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -407,13 +409,9 @@ def write_paper_split(
             (left out before the split is drawn, and logged).
     """
     if experiment == "nih":
-        from .nih import build_nih_manifest
-
         table = build_nih_manifest(image_root, labels_csv, on_missing=on_missing)
         result = nih_paper_split(table, seed=seed, view=view, sizes=sizes or NIH_PAPER_SIZES)
     elif experiment == "rsna":
-        from .rsna import build_rsna_manifest
-
         if class_info_csv is None:
             raise ConfigError("the RSNA split needs class_info_csv (stage_2_detailed_class_info.csv)")
         table = build_rsna_manifest(image_root, labels_csv, class_info_csv, headers_csv=headers_csv,

@@ -18,6 +18,9 @@ import torch
 from ..config import METHODS, Config
 from ..errors import ConfigError
 from .base import AnomalyDetector
+from .features import FeatureDetector, fit_features
+from .tang2019 import Tang2019Detector
+from .tang2019.training import train_detector
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +46,8 @@ def build_detector(config: Config, *, pretrained: bool = True) -> AnomalyDetecto
     ``pretrained=False`` skips reading pretrained weights that a checkpoint will overwrite.
     """
     if config.method == "features":
-        from .features import FeatureDetector
-
         return FeatureDetector(config, pretrained=pretrained)
     if config.method == "tang2019":
-        from .tang2019 import Tang2019Detector
-
         return Tang2019Detector(config)
     raise ConfigError(f"method={config.method!r}; expected one of {METHODS}")
 
@@ -70,16 +69,10 @@ def fit_detector(
     ``train.precision`` and record the precision used.
     """
     if config.method == "features":
-        from .features import fit_features
-
         fitted = fit_features(config, train_pixels, device=device, precision=config.train.precision,
                               progress=progress)
         return FitResult(fitted.detector, fitted.record())
     if config.method == "tang2019":
-        # imported here: the training loop imports the checkpoint module, which imports this one
-        from .tang2019 import Tang2019Detector
-        from .tang2019.training import train_detector
-
         result = train_detector(config, train_pixels, progress=progress, run_dir=run_dir, resume=resume)
         record = {
             "family": "tang2019",

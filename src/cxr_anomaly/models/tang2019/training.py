@@ -44,17 +44,13 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from ... import distributed
-from ...checkpoint import (
-    TrainingState,
-    load_training_state,
-    remove_stale_temporaries,
-    save_training_state,
-)
 from ...config import Config, TrainConfig, config_differences, config_from_dict, config_to_dict
 from ...data.dataset import to_model_tensor
 from ...errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
+from ...files import remove_stale_temporaries
 from ...inference import resolve_precision
 from .loss import GeneratorLoss, discriminator_loss_from_logits
+from .state import TrainingState, load_training_state, save_training_state
 from .torch_model import DetectorOutput, OneClassDetector, initialise_weights
 
 logger = logging.getLogger(__name__)
@@ -219,7 +215,7 @@ class RunLog:
         """Append one event with a UTC timestamp."""
         if self.path is None:
             return
-        entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(), "event": event, **details}
+        entry = {"time": datetime.datetime.now(datetime.UTC).isoformat(), "event": event, **details}
         line = (json.dumps(entry) + "\n").encode("utf-8")
         descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
