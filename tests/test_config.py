@@ -138,7 +138,7 @@ def test_top_level_scalar_keys_are_type_checked_too() -> None:
 def test_method_picks_the_family_and_its_input_size() -> None:
     from cxr_anomaly.config import METHODS, paper_config, preset_config, tang2019_config
 
-    assert METHODS == ("features", "tang2019")
+    assert METHODS == ("features", "tang2019", "pixel_knn")
     default = Config()
     assert default.method == "features" and default.data.image_size == 224
     tang = tang2019_config()

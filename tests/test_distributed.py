@@ -147,5 +147,5 @@ def test_train_options_reach_the_config() -> None:
                                                       "tang2019", "--variant", "u", "--sync-batchnorm"]))
     assert tang.method == "tang2019" and tang.model.variant == "u" and tang.train.sync_batchnorm
     assert tang.data.image_size == 64
-    with pytest.raises(ConfigError, match="--variant u applies to --method tang2019"):
+    with pytest.raises(ConfigError, match="--variant u applies to a family with network variants"):
         training_config(build_parser().parse_args(["train", "--data", "x.csv", "--out", "run", "--variant", "u"]))

@@ -2,10 +2,10 @@
 
 :func:`benchmark_job` fits every method row and seed on the normal films of one training
 collection and scores several test collections. A method row is a detector family with its
-setting: ``features`` (the configured feature score), ``features:SCORE`` (``gaussian``,
-``pooled_knn`` or ``patch_knn``) or ``tang2019:VARIANT`` (``u``, ``u+e``, ``u+d``, ``u+d+e``).
-The three feature scores are components of one fit, so they share a cell: one fit per seed gives
-all three rows.
+setting, ``FAMILY`` or ``FAMILY:SETTING``: each family's record says which settings it takes
+(:class:`~cxr_anomaly.models.family.BenchmarkCells`: a score component, read from one fit, or a
+network variant, fitted on its own). Rows that read one fit share a cell: one fit per seed gives
+them all.
 
 Films are chosen as the other commands choose them. Training: the normal films of the training
 collection (of its ``train`` split when it has one); normal ``val`` films calibrate, else 10% of
@@ -26,11 +26,11 @@ Written into the output folder:
 - ``roc_<name>.png``: ROC curves per test collection, one panel for all films and one per view;
 - ``films_<name>_<kind>-seed<N>.png``: per test collection and fitted detector (first seed), the
   highest-scoring normal and abnormal films with their heatmaps, and reconstructions for
-  tang2019 (the paper's Figure 2 layout);
+  families that reconstruct (the paper's Figure 2 layout);
 - ``cells/<kind>-seed<N>/``: one finished fit each (:mod:`cxr_anomaly.cells`): scores of the
   calibration normals and of each test collection (npz) and, written last, ``result.json`` with
   the settings fingerprint and the metrics. A rerun with the same settings and films reuses
-  finished cells; new rows of a finished features cell need no refit.
+  finished cells; a new row that reads a finished cell's fit needs no refit.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import pandas as pd
 from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
 from .cells import (describe_remaining, format_duration, mean_std, paths_fingerprint, plus_minus,
                     read_finished_cell, settings_fingerprint, write_cell_result)
-from .config import FEATURE_SCORES, VARIANTS, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
+from .config import DEFAULT_METHOD, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
 from .data.copies import film_signatures, matching_signatures
 from .data.dataset import OnBadFile, SkippedFile, load_images
 from .data.manifest import fill_from_dicom_headers, load_inputs
@@ -59,20 +59,17 @@ from .errors import ConfigError, ManifestError
 from .files import atomic_write, atomic_write_text
 from .evaluation import ADULT_AGE, VIEW_ORDER, FilmGroup, Interval, compute_metrics, explanation_grid, plot_roc_panels
 from .inference import resolve_device
-from .models.registry import fit_detector
+from .models.family import RAW_SCORE
+from .models.registry import FAMILIES, family_of, fit_detector
 from .pipeline import (choose_evaluation_rows, report_skipped, require_both_classes, select_training_rows,
                        warn_on_patient_overlap)
 from .scoring import ScoreResult, score_films
 
 logger = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = ("features", "tang2019")
-# The score key of a tang2019 cell: its configured score (eq. 6 by default), stored as "raw".
-RAW = "raw"
+# The stored array of a detector's own score (its configured one).
+RAW = RAW_SCORE
 VIEW_ONLY = "view only (AP = 1)"
-# The config sections each family's fit and scores depend on (besides ``data``).
-FAMILY_SECTIONS: dict[str, tuple[str, ...]] = {"features": ("features",),
-                                               "tang2019": ("model", "loss", "train", "score")}
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -81,42 +78,35 @@ class MethodRow:
     """One model row of the table, parsed from ``--methods``.
 
     Attributes:
-        spec: as written: ``features``, ``features:gaussian``, ``tang2019:u+d+e``.
-        family: ``features`` or ``tang2019``.
-        variant: the tang2019 variant; empty for features.
-        score: the feature score component; empty for ``features`` (the configured score) and
-            for tang2019 (its configured score).
+        spec: as written, ``FAMILY`` or ``FAMILY:SETTING`` (a score component or a network
+            variant, as the family's :class:`~cxr_anomaly.models.family.BenchmarkCells` says).
+        family: the family's name.
+        setting: what follows the ``:``; empty for the family's configured detector and score.
     """
 
     spec: str
     family: str
-    variant: str = ""
-    score: str = ""
+    setting: str = ""
 
     @property
     def kind(self) -> str:
-        """The fitted detector this row reads: ``features`` or ``tang2019-VARIANT``."""
-        return self.family if self.family == "features" else f"{self.family}-{self.variant}"
+        """The fitted detector this row reads: ``FAMILY``, or ``FAMILY-SETTING`` where the setting
+        needs a fit of its own."""
+        return f"{self.family}-{self.setting}" if family_of(self.family).benchmark.setting_refits else self.family
 
 
 def parse_method(spec: str) -> MethodRow:
-    """``features``, ``features:SCORE`` or ``tang2019:VARIANT`` -> :class:`MethodRow`.
+    """``FAMILY`` or ``FAMILY:SETTING`` -> :class:`MethodRow`.
 
     Raises:
-        ConfigError: an unknown family, score or variant, or tang2019 without a variant.
+        ConfigError: an unknown family, or a setting the family does not know (or needs).
     """
     family, _, setting = spec.strip().partition(":")
-    if family == "features":
-        if setting and setting not in FEATURE_SCORES:
-            raise ConfigError(f"method {spec!r}: unknown feature score {setting!r}; expected one of {FEATURE_SCORES}")
-        return MethodRow(spec.strip(), family, score=setting)
-    if family == "tang2019":
-        if setting not in VARIANTS:
-            raise ConfigError(f"method {spec!r}: tang2019 needs a variant, one of {VARIANTS} "
-                              "(e.g. tang2019:u+d+e)")
-        return MethodRow(spec.strip(), family, variant=setting)
-    raise ConfigError(f"method {spec!r}: unknown family {family!r}; expected features, features:SCORE "
-                      f"or tang2019:VARIANT")
+    if family not in FAMILIES:
+        forms = ", ".join(record.benchmark.spec_help for record in FAMILIES.values())
+        raise ConfigError(f"method {spec!r}: unknown family {family!r}; expected {forms}")
+    FAMILIES[family].benchmark.check_setting(spec.strip(), setting)
+    return MethodRow(spec.strip(), family, setting)
 
 
 def parse_test_collections(specs: Sequence[str]) -> dict[str, Path]:
@@ -160,7 +150,7 @@ class BenchmarkOptions:
         figure_films: films per class in the film grids.
     """
 
-    methods: tuple[str, ...] = ("features",)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
     seeds: tuple[int, ...] = (0, 1, 2)
     max_train_normals: int | None = None
     selection_seed: int = 0
@@ -173,7 +163,8 @@ class BenchmarkOptions:
     def __post_init__(self) -> None:
         rows = self.rows  # parses every method: names the bad one
         if not rows:
-            raise ConfigError("methods=[]; expected at least one of features, features:SCORE, tang2019:VARIANT")
+            forms = ", ".join(record.benchmark.spec_help for record in FAMILIES.values())
+            raise ConfigError(f"methods=[]; expected at least one of {forms}")
         if len({row.spec for row in rows}) != len(rows):
             raise ConfigError(f"methods={list(self.methods)} lists a method twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -195,15 +186,15 @@ def benchmark_configs(config_path: str | Path | None = None, *, epochs: int | No
                       device: str | None = None, precision: str | None = None) -> dict[str, Config]:
     """Each family's configuration: its preset, the file's values over it, then the options.
 
-    One file serves both families (its ``features`` section is read by one, ``model``/``loss``
-    by the other; ``data``, ``train`` and ``score`` by both); it must not set ``method``, which
-    the method rows choose.
+    One file serves every family (each reads its own sections, :attr:`~cxr_anomaly.models.family.
+    DetectorFamily.config_sections`, and ``data``); it must not set ``method``, which the method
+    rows choose.
 
     Raises:
         ConfigError: the file sets ``method``, or a value is invalid for a family.
     """
     configs = {}
-    for family in FAMILIES:
+    for family in FAMILIES:  # every family, whichever rows ask for it: plain_data reads them
         config = load_config(config_path, base=preset_config(family)) if config_path else preset_config(family)
         if config.method != family:
             raise ConfigError(f"{config_path} sets method = {config.method!r}; benchmark takes the methods from "
@@ -212,6 +203,15 @@ def benchmark_configs(config_path: str | Path | None = None, *, epochs: int | No
                    if value is not None}
         configs[family] = with_overrides(config, "train", **changes) if changes else config
     return configs
+
+
+def plain_data(configs: Mapping[str, Config]) -> DataConfig:
+    """The data section of a family that adds no preprocessing of its own to the file's (its
+    preset's is :class:`DataConfig`'s defaults): how the pixel baselines read films."""
+    for name, config in configs.items():
+        if preset_config(name).data == DataConfig():
+            return config.data
+    raise ConfigError(f"no family of {sorted(configs)} reads plain films; the pixel baselines need one")
 
 
 @dataclass
@@ -327,12 +327,8 @@ def warn_on_shared_films(train: FilmSet, collection: FilmSet, data_config: DataC
 
 
 def cell_config(configs: Mapping[str, Config], kind_row: MethodRow, seed: int) -> Config:
-    """The configuration of one fit: the family's, with the row's variant and the seed."""
-    config = configs[kind_row.family]
-    if kind_row.family == "features":
-        config = with_overrides(config, "features", seed=seed)
-    else:
-        config = with_overrides(config, "model", variant=kind_row.variant)
+    """The configuration of one fit: the family's, with the row's setting and the seed."""
+    config = family_of(kind_row.family).benchmark.cell_config(configs[kind_row.family], kind_row.setting, seed)
     return with_overrides(config, "train", seed=seed)
 
 
@@ -340,13 +336,16 @@ def cell_fingerprint(config: Config, train: FilmSet, calibration: FilmSet, colle
                      figure_films: int) -> str:
     """Hash of everything that determines a cell's stored scores.
 
-    Only the sections the family reads count, so that, say, more tang2019 epochs do not refit the
-    features cells. The feature score is left out too: all three are stored as components.
+    Only the sections the family reads count, so that, say, more training epochs of one family do
+    not refit another's cells; so do the settings the family stores every choice of (a score
+    whose components are all stored).
     """
+    family = family_of(config.method)
     values = {section: value for section, value in config_to_dict(config).items()
-              if section in ("method", "data", *FAMILY_SECTIONS[config.method])}
-    if config.method == "features":
-        values["features"].pop("score")
+              if section in ("method", "data", *family.config_sections)}
+    for name in family.benchmark.unfingerprinted:
+        section, key = name.split(".")
+        values[section].pop(key)
     return settings_fingerprint({
         "config": values, "train": train.fingerprint, "calibration": calibration.fingerprint,
         "tests": {collection.name: collection.fingerprint for collection in collections},
@@ -355,10 +354,8 @@ def cell_fingerprint(config: Config, train: FilmSet, calibration: FilmSet, colle
 
 
 def score_key(row: MethodRow, config: Config) -> str:
-    """Which stored array holds the row's scores: a feature component, or tang2019's raw score."""
-    if row.family == "features":
-        return row.score or config.features.score
-    return RAW
+    """Which stored array holds the row's scores: a component, or the detector's raw score."""
+    return family_of(row.family).benchmark.score_key(config, row.setting)
 
 
 def metrics_of(scores: np.ndarray, collection: FilmSet, options: BenchmarkOptions) -> dict[str, Any]:
@@ -409,7 +406,7 @@ def run_cell(name: str, config: Config, score_keys: Sequence[str], train: FilmSe
         stored = {RAW: scores.raw, **scores.components}
         metrics[collection.name] = {key: metrics_of(stored[key], collection, options) for key in score_keys}
     result = {
-        "cell": name, "method": config.method, "variant": config.model.variant if config.method == "tang2019" else "",
+        "cell": name, "method": config.method, "variant": family_of(config.method).benchmark.variant(config),
         "seed": config.train.seed, "fingerprint": fingerprint, "seconds": time.perf_counter() - started,
         "description": fitted.detector.description, "anomaly_map_scale": fitted.detector.anomaly_map_scale,
         "num_train_films": len(train.manifest), "num_calibration_films": len(calibration.manifest),
@@ -458,9 +455,9 @@ class TableRow:
     """One row of the table before formatting: metrics per collection, one dict per run.
 
     Attributes:
-        method: the row's name (``features:gaussian``, ``knn5``, ``view only (AP = 1)``).
+        method: the row's name (``FAMILY:SETTING``, ``knn5``, ``view only (AP = 1)``).
         kind: ``model``, ``baseline`` or ``view_only``.
-        score: what the score is (feature component, tang2019 score method, ``pixels``, ``view``).
+        score: what the score is (a component or the family's score method, ``pixels``, ``view``).
         seeds: the seed of each run; empty for deterministic rows (baselines, view only).
         runs: collection -> one plain metrics dict per run.
     """
@@ -519,11 +516,7 @@ def beats_in_every_view(table: pd.DataFrame, collection: FilmSet) -> list[object
 
 def describe_family(config: Config) -> str:
     """The settings of a family that a reader of the table needs, in a few words."""
-    data = f"{config.data.image_size} px, intensity {config.data.intensity}"
-    if config.method == "features":
-        return f"features: {config.features.backbone}, {data}"
-    return (f"tang2019: {config.train.epochs} epochs, {config.model.describe()}, score "
-            f"{config.score.method}, {data}")
+    return family_of(config.method).describe(config)
 
 
 def describe_collection(collection: FilmSet, split: str) -> str:
@@ -636,7 +629,7 @@ def table_rows(rows: Sequence[MethodRow], cells: FinishedCells, configs: Mapping
     result = []
     for row in rows:
         key = score_key(row, configs[row.family])
-        score = key if row.family == "features" else configs[row.family].score.method
+        score = family_of(row.family).benchmark.score_label(configs[row.family], row.setting)
         result.append(TableRow(row.spec, "model", score, list(options.seeds), {
             c.name: [cells.metrics(row, seed, c, key, options) for seed in options.seeds] for c in collections}))
     for baseline in baseline_scores[collections[0].name].scores:
@@ -791,7 +784,7 @@ def benchmark_job(
     kinds: dict[str, MethodRow] = {}  # one fit per kind and seed, in table order
     for row in rows:
         kinds.setdefault(row.kind, row)
-    baseline_data = dataclasses.replace(configs["tang2019"].data, image_size=options.baseline_image_size)
+    baseline_data = dataclasses.replace(plain_data(configs), image_size=options.baseline_image_size)
     # Each family reads films at its own size; the pixel baselines at 64 px.
     data_configs = [*dict.fromkeys(configs[row.family].data for row in rows), baseline_data]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
+from .config import DEFAULT_METHOD, METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
 from .errors import ConfigError, CxrAnomalyError, OutputPathError
 
 logger = logging.getLogger("cxr_anomaly")
@@ -349,13 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def training_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with command-line overrides applied."""
-    base = preset_config(args.method or "features")
+    base = preset_config(args.method or DEFAULT_METHOD)
     config = load_config(args.config, base=base) if args.config else base
     if args.method is not None and config.method != args.method:
         raise ConfigError(f"--method {args.method} but {args.config} sets method = {config.method!r}")
     if args.variant is not None:
-        if config.method != "tang2019":
-            raise ConfigError(f"--variant {args.variant} applies to --method tang2019, not {config.method}")
+        from .models.registry import family_of  # after parsing, so --help stays fast
+
+        if "model" not in family_of(config.method).config_sections:
+            raise ConfigError(f"--variant {args.variant} applies to a family with network variants "
+                              f"(a [model] section), not {config.method}")
         config = with_overrides(config, "model", variant=args.variant)
     train_changes = {key: value for key, value in (
         ("epochs", args.epochs), ("seed", args.seed), ("device", args.device),

@@ -29,8 +29,9 @@ InitScheme = Literal["dcgan", "standard_normal"]
 Intensity = Literal["none", "per_image", "equalize"]
 Precision = Literal["auto", "fp32", "bf16"]
 ScoreMethod = Literal["eq6", "code_knn"]
-Method = Literal["features", "tang2019"]
+Method = Literal["features", "tang2019", "pixel_knn"]
 METHODS: tuple[str, ...] = get_args(Method)
+DEFAULT_METHOD: Method = "features"  # the family of Config() and of `--method` left out
 FeatureScore = Literal["gaussian", "patch_knn", "pooled_knn"]
 FEATURE_SCORES: tuple[str, ...] = get_args(FeatureScore)
 # Preprocessing of each family when the data section does not say. The features family's was
@@ -445,7 +446,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         raise ConfigError(f"method={method!r}; expected one of {METHODS}")
     data_values = dict(values.get("data") or {}) if isinstance(values.get("data", {}), dict) else values["data"]
     if isinstance(data_values, dict):
-        for key, value in METHOD_DATA_DEFAULTS[method].items():
+        for key, value in METHOD_DATA_DEFAULTS.get(method, {}).items():
             data_values.setdefault(key, value)
         values["data"] = data_values
     sections: dict[str, Any] = {"method": method}
@@ -537,10 +538,13 @@ PRESETS: dict[str, Callable[[], Config]] = {"default": Config, "features": Confi
 
 
 def preset_config(name: str) -> Config:
-    """The configuration of a named preset (``default`` or ``paper``)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    """The configuration of a named preset (``default``, ``paper``, or a family's name: its
+    defaults)."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    if name in METHODS:
+        return config_from_dict({"method": name})
+    raise ConfigError(f"unknown preset {name!r}; expected one of {sorted({*PRESETS, *METHODS})}")
 
 
 def load_config(path: str | Path, base: Config | None = None) -> Config:

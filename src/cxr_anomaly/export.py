@@ -3,9 +3,8 @@
 The exported graph takes the model tensor ``images`` (N, C, S, S), float32 (what the detector's
 :meth:`~cxr_anomaly.models.base.AnomalyDetector.model_input` makes of uint8 films), and
 returns the fields of :class:`~cxr_anomaly.models.base.AnomalyOutput` flattened: ``score``
-(N,), one (N,) output per component of the family (``reconstruction``, ``adversarial``,
-``latent``, ``code_distance`` for tang2019; ``gaussian``, ``pooled_knn``, ``patch_knn`` for
-features) and ``anomaly_map`` (N, 1, h, w). The names come from the detector
+(N,), one (N,) output per component of the family (its detector's ``component_names``) and
+``anomaly_map`` (N, 1, h, w). The names come from the detector
 (:func:`~cxr_anomaly.models.base.output_names`), never from a list kept here, so the export
 does not ask which family it holds.
 

@@ -103,7 +103,7 @@ def read_checkpoint_payload(
     Args:
         path: the file.
         expected_format: the ``format`` marker it must carry (a model checkpoint by default,
-            or a training state's, :data:`cxr_anomaly.models.tang2019.state.TRAINING_STATE_FORMAT`).
+            or the marker of another file kind, such as a family's training state).
         supported_version: the newest layout version this package reads for that format.
 
     Raises:

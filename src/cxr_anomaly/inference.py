@@ -112,7 +112,7 @@ def without_autocast(device: torch.device | str) -> contextlib.AbstractContextMa
     """A context in which autocast is off on ``device``'s type, inside an autocast region too.
 
     For the small products that turn features into scores: in bf16 they lose the resolution that
-    ranks films (:meth:`cxr_anomaly.models.features.torch_model.FeatureDetector.pooled_scores`).
+    ranks films (a feature model's distances to its bank of normals).
     """
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
 

@@ -28,7 +28,7 @@ from .errors import ManifestError, NoNormalImagesError
 from .files import atomic_torch_save, atomic_write_text, read_checkpoint_payload
 from .evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, metrics_by_name, plot_roc
 from .inference import resolve_device
-from .models.registry import fit_detector
+from .models.registry import family_of, fit_detector
 from .explain import heatmap_range
 from .report import add_dicom_links, explain_rows, rank_table, write_html_report
 from .scoring import fit_calibration, min_max_normalise, score_films
@@ -204,10 +204,8 @@ def _train_job(
 ) -> TrainOutcome:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and config.method == "tang2019":  # the features fit is one pass: nothing to resume
-        from .models.tang2019.training import resolve_config_for_resume
-
-        config = resolve_config_for_resume(out_dir, config)
+    if resume:  # a family fitted in one pass has nothing to resume: its config is kept
+        config = family_of(config.method).resume_config(out_dir, config)
     progress = progress and context.is_main
     manifest = load_inputs(data)
     origin = ", ".join(str(source) for source in data)
