@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(CXR_ANOMALY_DATA),../shared/data)
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint bench setup browser clean
+.PHONY: demo test lint bench setup browser pacs-server clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ browser: setup
 		echo "browser: not root, so downloading Playwright's own Chromium (needs the network)"; \
 		$(PY) -m playwright install chromium || { echo "browser: the download failed; as root, run" \
 			"'apt-get install chromium' (Debian) instead, then 'make test'"; exit 1; }; \
+	fi
+
+# The PACS for the listener's round-trip tests (tests/test_pacs_listener.py): Debian's Orthanc with
+# its DICOMweb plugin, and dicom3tools (dciodvfy) for the results' conformance check. Installed only
+# when asked for, and only as root; `make test` never installs them: those tests skip and say so.
+pacs-server:
+	@if command -v Orthanc >/dev/null && command -v dciodvfy >/dev/null \
+		&& [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+		echo "pacs-server: Orthanc, its DICOMweb plugin and dciodvfy are already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y orthanc orthanc-dicomweb dicom3tools dcmtk; \
+	else \
+		echo "pacs-server: as root, run 'apt-get install orthanc orthanc-dicomweb dicom3tools dcmtk' (Debian)"; exit 1; \
 	fi
 
 # Sets up .venv and runs the Python suite; changes nothing outside the checkout.

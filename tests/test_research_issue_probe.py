@@ -1,4 +1,4 @@
-"""The scores and the paired comparison of ``benchmarks/research/issue_probe.py`` (issue 10's probe
+"""The scores and the paired comparison of ``docs/notebook/research/issue_probe.py`` (issue 10's probe
 rerun beside a checkpoint's evaluation)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPOSITORY_ROOT))  # benchmarks/ is a folder of the repository, not installed
+sys.path.insert(0, str(REPOSITORY_ROOT))  # docs/notebook/research is a folder of the repository, not installed
 
-from benchmarks.research.issue_probe import paired_difference, probe_scores  # noqa: E402
+from docs.notebook.research.issue_probe import paired_difference, probe_scores  # noqa: E402
 
 
 def test_probe_scores_rank_a_film_far_from_the_normals_above_one_among_them() -> None:

@@ -1,4 +1,4 @@
-"""The lung-field heuristic of ``benchmarks/research/lung_field.py`` (a measured negative result)."""
+"""The lung-field heuristic of ``docs/notebook/research/lung_field.py`` (a measured negative result)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPOSITORY_ROOT))  # benchmarks/ is a folder of the repository, not installed
+sys.path.insert(0, str(REPOSITORY_ROOT))  # docs/notebook/research is a folder of the repository, not installed
 
-from benchmarks.research.lung_field import FALLBACK, crop_lung_fields, lung_box  # noqa: E402
+from docs.notebook.research.lung_field import FALLBACK, crop_lung_fields, lung_box  # noqa: E402
 
 
 def synthetic_chest(size: int = 224) -> np.ndarray:

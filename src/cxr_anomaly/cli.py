@@ -20,6 +20,7 @@ from . import __version__
 from .config import DEFAULT_METHOD, METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
 from .errors import ConfigError, CxrAnomalyError, OutputPathError
 
+from .pacs.cli import add_pacs_commands
 logger = logging.getLogger("cxr_anomaly")
 
 DESCRIPTION = """\
@@ -344,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_command(commands)
     for name, command in commands.choices.items():  # main() calls the chosen command's handler
         command.set_defaults(handler=HANDLERS[name])
+    add_pacs_commands(commands)  # listen, worklist: they set their own handlers
     return parser
 
 

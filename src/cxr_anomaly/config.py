@@ -34,10 +34,9 @@ METHODS: tuple[str, ...] = get_args(Method)
 DEFAULT_METHOD: Method = "features"  # the family of Config() and of `--method` left out
 FeatureScore = Literal["gaussian", "patch_knn", "pooled_knn"]
 FEATURE_SCORES: tuple[str, ...] = get_args(FeatureScore)
-# Preprocessing of each family when the data section does not say. The features family's was
-# chosen on validation films (docs/results.md, "Choosing the features detector"): equalised
-# histograms, a 20% border crop and 64 px of detail made the frozen features see the chest rather
-# than the exporter; tang2019 keeps the paper's plain films.
+# Preprocessing of each family when the data section does not say: the features family's makes
+# the backbone see the chest rather than the exporter (see docs/results.md#preprocessing-and-score);
+# tang2019 keeps the paper's plain films.
 METHOD_DATA_DEFAULTS: dict[str, dict[str, Any]] = {
     "features": {"image_size": 224, "intensity": "equalize", "border_crop": 0.2, "detail_size": 64},
     "tang2019": {"image_size": 64},
@@ -149,10 +148,9 @@ class TrainConfig:
     # batch for collapse_patience_steps consecutive steps (0 disables the guard).
     collapse_patience_steps: int = 500
     collapse_threshold: float = 1e-3
-    # Re-estimate BatchNorm running statistics over the training normals after training. With
-    # few steps the running variances still remember their initial 1 while DCGAN-initialised
-    # activations are far smaller, so eval-mode reconstructions come out flat grey (measured on
-    # NIH1000, 15 steps: validation-normal L1 0.42 in eval mode against 0.16 in train mode).
+    # Re-estimate BatchNorm running statistics over the training normals after training: after
+    # few steps they still remember their initial values and eval-mode reconstructions come out
+    # flat grey (see docs/notebook/2026-11-results-history.md#what-moves-the-auc-issue-4-research).
     recalibrate_batchnorm: bool = True
 
     def __post_init__(self) -> None:
@@ -210,9 +208,9 @@ class ScoreConfig:
     components of networks the variant lacks are left out of the sum.
     ``method="code_knn"`` is the mean Euclidean distance from the code z = UE(x) to the
     ``neighbours`` nearest codes of the training normals, stored with the model after training.
-    It is a one-class score too (only normal films are stored). Measured on NIH1000 and Kermany
-    (docs/results.md, "What moves the AUC"): raw reconstruction error ranks abnormal films as
-    *easier* to reconstruct (AUC < 0.5), while the learnt code separates them.
+    It is a one-class score too (only normal films are stored). It exists because reconstruction
+    error can rank abnormal films as *easier* to reconstruct, while the learnt code separates them
+    on some collections (see docs/notebook/2026-11-results-history.md#what-moves-the-auc-issue-4-research).
     """
 
     method: ScoreMethod = "eq6"
@@ -258,16 +256,14 @@ class FeatureConfig:
 
     backbone: str = "efficientnet_lite0"  # efficientnet_lite0/1/2 (pip packages), or "timm:NAME"
     weights_path: str = ""  # a local state_dict file; empty: the packaged ImageNet weights
-    # Defaults chosen on validation films only (docs/results.md, "Choosing the features detector"):
-    # the stride-8 maps see how a film was exported more than what it shows.
+    # Deep (stride-32) pooled features: shallower maps see how a film was exported more than what
+    # it shows (see docs/results.md#preprocessing-and-score).
     score: FeatureScore = "pooled_knn"
     pooled_strides: tuple[int, ...] = (32,)
     patch_strides: tuple[int, ...] = (16, 32)
     patch_grid: int = 14
-    # Patches kept by the coreset. 4,096 rather than 16,384: on validation films the patch
-    # score's worst view moved from 0.569 to 0.556 (inside the noise; the raw score does not use
-    # the bank), while the search, a third of scoring, got 3.5x faster and the coreset 16x
-    # (docs/results.md, "The patch memory bank's size").
+    # Patches kept by the coreset: a smaller bank searches faster for little loss in the patch
+    # component, which the raw score does not read (see docs/results.md#the-patch-memory-bank).
     memory_bank_size: int = 4096
     coreset_projection_dim: int = 128  # random projection that speeds up coreset selection
     neighbours: int = 5  # k of the pooled-feature kNN
@@ -275,10 +271,8 @@ class FeatureConfig:
     batch_size: int = 32
     seed: int = 0  # coreset start and projection; fine-tuning's batch order and augmentations
     # Mean-shifted contrastive fine-tuning of the backbone on the normals before the fit
-    # (models/features/finetune.py). Chosen on validation films: 2 epochs at lr 3e-5 raised the
-    # worst validation view by 0.03 (1,000 normals) and 0.05 (2,000), at about 3 min an epoch per
-    # 1,000 normals on a 2-core CPU and seconds on a GPU (docs/results.md, "Fine-tuning the
-    # backbone"). 0 keeps the ImageNet backbone frozen.
+    # (models/features/finetune.py); it raises the worst validation view, and 0 keeps the ImageNet
+    # backbone frozen (see docs/results.md#fine-tuning-the-backbone).
     finetune_epochs: int = 2
     finetune_learning_rate: float = 3e-5
     finetune_temperature: float = 0.25
@@ -522,7 +516,7 @@ def paper_config() -> Config:
     The score is eq. 6 and BatchNorm keeps the running statistics gathered during training;
     everything else is the default (which follows the paper: 15 epochs, batches of 64, Adam
     5e-4 with betas (0.5, 0.999), loss weights 20/4/8/1). The default ``Config()`` differs only
-    where docs/results.md ("What moves the AUC") measured a reason to.
+    where a run gave a reason to (see docs/notebook/2026-11-results-history.md#what-moves-the-auc-issue-4-research).
     """
     return config_from_dict({"method": "tang2019", "score": {"method": "eq6"},
                              "train": {"recalibrate_batchnorm": False}})

@@ -138,10 +138,25 @@ class FilmHeader:
         view: ``ViewPosition`` upper-case (``"PA"``, ``"AP"``, ``"LL"``...), None when absent or empty.
         age: ``PatientAge`` in years (``"042Y"`` -> 42.0, ``"006M"`` -> 0.5), None when absent or
             not of the standard's ``nnnD/W/M/Y`` form.
+        body_part: ``BodyPartExamined`` upper-case (``"CHEST"``, ``"HAND"``...), None when absent or empty.
+        presentation_intent: ``PresentationIntentType`` upper-case (``"FOR PRESENTATION"`` or
+            ``"FOR PROCESSING"``), None when absent.
+        sop_class_uid: ``SOPClassUID`` (a For Processing storage class marks raw detector data), None when absent.
+        patient_orientation: ``PatientOrientation`` upper-case, e.g. ``("L", "F")``: the patient directions
+            of the rows and columns; None when absent or not two values.
     """
 
     view: str | None
     age: float | None
+    body_part: str | None = None
+    presentation_intent: str | None = None
+    sop_class_uid: str | None = None
+    patient_orientation: tuple[str, str] | None = None
+
+
+# The tags of FilmHeader: read without pixel data, none of them identifies a patient.
+FILM_HEADER_TAGS: tuple[str, ...] = ("ViewPosition", "PatientAge", "BodyPartExamined", "PresentationIntentType",
+                                     "SOPClassUID", "PatientOrientation")
 
 
 _AGE_UNITS_PER_YEAR = {"Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
@@ -156,7 +171,7 @@ def parse_patient_age(value: object) -> float | None:
 
 
 def read_film_headers(paths: list[str]) -> list[FilmHeader]:
-    """``ViewPosition`` and ``PatientAge`` of each DICOM file, read without its pixel data.
+    """The :class:`FilmHeader` of each DICOM file (view, age, body part...), read without its pixel data.
 
     A header that cannot be read gives an empty :class:`FilmHeader` and a warning naming the file
     and the error's type (never its text, which may quote header values); the pixel read reports
@@ -168,14 +183,46 @@ def read_film_headers(paths: list[str]) -> list[FilmHeader]:
     headers: list[FilmHeader] = []
     for path in paths:
         try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition", "PatientAge"])
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(FILM_HEADER_TAGS))
         except Exception as error:  # pydicom raises many types for damaged headers
             logger.warning("cannot read the header of %s: %s", path, type(error).__name__)
             headers.append(FilmHeader(None, None))
             continue
-        view = str(dataset.get("ViewPosition", "") or "").strip().upper()
-        headers.append(FilmHeader(view or None, parse_patient_age(dataset.get("PatientAge"))))
+        headers.append(film_header_from_dataset(dataset))
     return headers
+
+
+def _upper_text(dataset: Any, keyword: str) -> str | None:
+    """A header value as stripped upper-case text; None when absent, empty or unreadable."""
+    try:
+        value = dataset.get(keyword)
+    except Exception:  # a damaged element reads as absent here; the pixel read reports it
+        return None
+    text = str(value if value is not None else "").strip().upper()
+    return text or None
+
+
+def film_header_from_dataset(dataset: Any) -> FilmHeader:
+    """The :class:`FilmHeader` of a pydicom ``Dataset`` (a file's, or one received over the network)."""
+    try:
+        orientation_value = dataset.get("PatientOrientation")
+        parts = [orientation_value] if isinstance(orientation_value, str) else list(orientation_value or [])
+        orientation = [str(part).strip().upper() for part in parts]
+    except Exception:  # a damaged element reads as absent
+        orientation = []
+    try:
+        age = parse_patient_age(dataset.get("PatientAge"))
+    except Exception:  # a damaged element reads as absent
+        age = None
+    sop_class = _upper_text(dataset, "SOPClassUID")
+    return FilmHeader(
+        view=_upper_text(dataset, "ViewPosition"),
+        age=age,
+        body_part=_upper_text(dataset, "BodyPartExamined"),
+        presentation_intent=_upper_text(dataset, "PresentationIntentType"),
+        sop_class_uid=sop_class,
+        patient_orientation=(orientation[0], orientation[1]) if len(orientation) == 2 else None,
+    )
 
 
 def read_view_positions(paths: list[str]) -> list[str | None]:

@@ -1,13 +1,13 @@
 """Fast inference settings: precision, memory layout, threads and host-to-device copies.
 
-What measured faster on the project's 2-core CPU (AMD EPYC, AVX2, no native bf16) is on by
-default here; the figures are in ``docs/results.md`` ("Speed (issue 5)") and come from
-``make bench``.
+The defaults are the settings that scored fastest where they were timed (see
+docs/results.md#speed-on-a-2-core-cpu).
 
-- **Precision.** ``"fp32"`` is the default and the reference. ``"bf16"`` runs the networks under
-  bf16 autocast. ``"auto"`` picks bf16 only where the hardware computes it natively (oneDNN's
-  AVX512-BF16/AMX check on CPU, ``torch.cuda.is_bf16_supported`` on CUDA) and fp32 elsewhere,
-  because emulated bf16 convolutions on an AVX2 CPU run many times *slower* than fp32.
+- **Precision.** ``"auto"`` is every caller's default; ``"fp32"`` is the reference, the same
+  scores on every machine; ``"bf16"`` runs the networks under bf16 autocast. ``"auto"`` picks bf16
+  only where the hardware computes it natively (oneDNN's AVX512-BF16/AMX check on CPU,
+  ``torch.cuda.is_bf16_supported`` on CUDA) and fp32 elsewhere, because emulated bf16
+  convolutions on an AVX2 CPU run many times *slower* than fp32.
   An explicit ``"bf16"`` is honoured everywhere (it gives the same scores within bf16 rounding),
   with a warning where it is emulated.
 - **Layout.** channels_last (NHWC) lets oneDNN (CPU) and cuDNN (CUDA) pick their fastest
@@ -15,8 +15,7 @@ default here; the figures are in ``docs/results.md`` ("Speed (issue 5)") and com
   their values.
 - **Threads.** :func:`recommended_threads` is the number of cores this process may run on.
 - **Copies.** :func:`to_device` pins host memory and copies without blocking when the target is
-  a CUDA device, so the copy overlaps the previous batch's compute. (No GPU was available when this
-  was written: the CUDA path is exercised by code review only, not measured.)
+  a CUDA device, so the copy overlaps the previous batch's compute.
 """
 
 from __future__ import annotations
@@ -119,8 +118,8 @@ def without_autocast(device: torch.device | str) -> contextlib.AbstractContextMa
 
 @contextlib.contextmanager
 def _cudnn_without_tf32() -> Iterator[None]:
-    # torch lets cuDNN run fp32 convolutions in TF32 by default (10-bit mantissas): scores 0.3%
-    # off the CPU's on an H100. fp32 is what a user asks for to get the CPU's and ONNX's scores.
+    # cuDNN's default TF32 convolutions move fp32 scores off the CPU's and ONNX's, which fp32 promises
+    # (see docs/results.md#speed-on-a-gpu).
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:

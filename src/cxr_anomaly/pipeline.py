@@ -32,6 +32,7 @@ from .models.registry import family_of, fit_detector
 from .explain import heatmap_range
 from .report import add_dicom_links, explain_rows, rank_table, write_html_report
 from .scoring import fit_calibration, min_max_normalise, score_films
+from .scope import fitted_on_adults, scope_column, training_age_record
 
 if TYPE_CHECKING:  # onnxruntime is optional: imported only to score an .onnx model
     from .export import OnnxScorer
@@ -242,6 +243,7 @@ def _train_job(
         "calibration_source": chosen.calibration_source,
         "ignored_rows": chosen.ignored_counts,
         "skipped_files": len(skipped),
+        "training_ages": training_age_record(chosen.train),
         "data": [str(Path(source).resolve()) for source in data],  # absolute: evaluate reads it from anywhere
     }
     checkpoint = save_checkpoint(checkpoint_path, result.detector, config, calibration=calibration, training=record,
@@ -331,6 +333,7 @@ def score_table(model: LoadedModel | OnnxScorer, images: LoadedImages, *, normal
     for column in ("label", "split", "view", "patient_id", "age"):
         if column in images.manifest and images.manifest[column].notna().any():
             table[column] = images.manifest[column].to_numpy()
+    table["scope"] = scope_column(images.manifest, images.pixels, fitted_on_adults=fitted_on_adults(model.training))
     return ScoredTable(table, result.anomaly_maps, result.reconstructions)
 
 

@@ -89,7 +89,9 @@ class RankedTable:
     """A score table in worklist order.
 
     Attributes:
-        table: the rows sorted by ``score_raw``, highest first, with a 1-based ``rank`` column.
+        table: the in-scope rows sorted by ``score_raw``, highest first, with a 1-based ``rank``
+            column; then the films outside the model's scope (a ``scope`` column other than
+            ``in_scope``), grouped by reason in input order, with an empty rank.
         order: ``table`` row i is row ``order[i]`` of the unsorted table (to reorder images).
     """
 
@@ -98,10 +100,21 @@ class RankedTable:
 
 
 def rank_table(table: pd.DataFrame) -> RankedTable:
-    """Sort a score table by ``score_raw``, highest (most suspicious) first; ties keep input order."""
-    order = np.argsort(-table["score_raw"].to_numpy(dtype=np.float64), kind="stable")
+    """Sort a score table by ``score_raw``, highest (most suspicious) first; ties keep input order.
+
+    Films outside the model's scope (:mod:`cxr_anomaly.scope`) are never ranked among the
+    others: they follow the ranked films, unranked, grouped by their reason.
+    """
+    in_scope = (table["scope"] == "in_scope").to_numpy() if "scope" in table else np.ones(len(table), dtype=bool)
+    inside = np.flatnonzero(in_scope)
+    inside = inside[np.argsort(-table["score_raw"].to_numpy(dtype=np.float64)[inside], kind="stable")]
+    outside = np.flatnonzero(~in_scope)
+    if len(outside):
+        outside = outside[np.argsort(table["scope"].to_numpy()[outside].astype(str), kind="stable")]
+    order = np.concatenate([inside, outside]).astype(np.int64)
     ranked = table.iloc[order].reset_index(drop=True)
-    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
+    ranks = pd.array([*range(1, len(inside) + 1), *([pd.NA] * len(outside))], dtype="Int64")
+    ranked.insert(0, "rank", ranks)
     return RankedTable(ranked, order)
 
 
@@ -210,6 +223,36 @@ def film_row(row: pd.Series, explanation: Explanation, show_reconstruction: bool
     return f'<tr class="film-row">{"".join(cells)}</tr>'
 
 
+def out_of_scope_row(row: pd.Series, explanation: Explanation) -> str:
+    """One row of the films outside the model's scope: the film, why, its (unranked) raw score and file."""
+    cells = [
+        f'<td><img alt="film" src="{png_data_uri(explanation.original)}"></td>',
+        f'<td class="scope">{html.escape(str(row.get("scope")))}</td>',
+        f"<td>{_format(row['score_raw'], 4)}</td>",
+        f'<td class="path">{html.escape(str(row["path"]))}</td>',
+    ]
+    return f'<tr class="out-of-scope-row">{"".join(cells)}</tr>'
+
+
+def out_of_scope_section(ranked: pd.DataFrame, explanations: list[Explanation]) -> str:
+    """The report's section of films the model was not made for, listed apart and unranked ('' when none)."""
+    if "scope" not in ranked:
+        return ""
+    rows = [out_of_scope_row(row, explanation) for (_, row), explanation in zip(ranked.iterrows(), explanations)
+            if row["scope"] != "in_scope"]
+    if not rows:
+        return ""
+    return f"""<h2 id="out-of-scope-title">Outside the model's scope: {len(rows)} film(s), not ranked</h2>
+<p>The model learnt from frontal adult chest films meant for display; its score means nothing for
+these films (a lateral view, another body part, raw detector data, a rotated film, a child's film
+for a model fitted on adults, or a DICOM film without a usable view). Read them in the usual way.</p>
+<table id="out-of-scope"><thead><tr><th>film</th><th>why</th><th>raw score (unranked)</th><th>file</th></tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table>
+"""
+
+
 def write_html_report(
     path: str | Path,
     ranked: pd.DataFrame,
@@ -231,11 +274,15 @@ def write_html_report(
     """
     if len(ranked) != len(explanations):
         raise ValueError(f"{len(ranked)} rows but {len(explanations)} explanations")
-    summary = summarise(ranked, calibration)
+    in_scope = (ranked["scope"] == "in_scope").to_numpy() if "scope" in ranked else np.ones(len(ranked), dtype=bool)
+    summary = summarise(ranked[in_scope], calibration)
     flagged_text = ("no operating point stored: scores only" if summary.num_flagged is None else
                     f"<b>{summary.num_flagged}</b> of {summary.num_films} films would be flagged "
                     f"({summary.num_flagged / max(summary.num_films, 1):.0%}); "
                     f"{summary.num_films - summary.num_flagged} go to the back of the queue")
+    if not in_scope.all():
+        flagged_text += (f"; {int((~in_scope).sum())} film(s) outside the model's scope are listed apart "
+                         "at the end, unranked")
     generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     extra_columns = [column for column in ("label", "view", *LINK_TAGS, *PATIENT_TAGS) if column in ranked]
     show_reconstruction = bool(explanations) and explanations[0].reconstruction is not None
@@ -244,7 +291,7 @@ def write_html_report(
         "raw score", "percentile", "decision", "file", *extra_columns))
     floor, scale = (explanations[0].floor, explanations[0].scale) if explanations else (0.0, 1.0)
     rows = [film_row(row, explanation, show_reconstruction, extra_columns)
-            for (_, row), explanation in zip(ranked.iterrows(), explanations)]
+            for (_, row), explanation, inside in zip(ranked.iterrows(), explanations, in_scope) if inside]
     threshold_text = "—" if summary.threshold is None else f"{summary.threshold:.4g}"
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -268,7 +315,7 @@ This is a triage aid for prioritising reading, not a diagnosis.</p>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>
-</body></html>
+{out_of_scope_section(ranked, explanations)}</body></html>
 """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

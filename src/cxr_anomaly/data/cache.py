@@ -1,14 +1,13 @@
 """Decoding of many files on all cores, with a persistent preprocessing cache.
 
-Decoding a 1024² NIH PNG and shrinking it to 64² costs about 9 ms of one core, so the 112,120
-films of ChestX-ray14 take more than half an hour on one core but their 64² uint8 copies fill
-only 460 MB. :func:`decode_many` therefore
+Decoding a full-size film costs far more than keeping its small uint8 copy, and a collection such
+as ChestX-ray14's 112,120 films takes long to decode on one core. :func:`decode_many` therefore
 
 - decodes in a pool of threads (one per core by default), in chunks of files. Threads, not
   processes: Pillow's decoders and resizers, and NumPy's array work, release the GIL, so the
   threads run side by side; and a thread costs nothing to start, where a worker process
-  re-imports the caller's ``__main__`` module (with torch, 1-2 s per worker per call, more than
-  decoding 128 full-size films takes; ``benchmarks/bench_decode_pool.py``);
+  re-imports the caller's ``__main__`` module (with torch, longer than decoding a batch takes;
+  ``benchmarks/bench_decode_pool.py``);
 - with a ``cache_dir``, keeps every decoded film in a compact uint8 store and decodes next
   time only the files that are new or changed.
 

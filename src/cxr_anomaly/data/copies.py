@@ -9,10 +9,9 @@ distance ~0. A normal test film that is a copy of a training film makes a result
 A film's *signature*: the film resized to 32 x 32, each pixel replaced by its rank within the
 film (so that any monotone contrast curve, one pipeline's gamma against another's, changes
 nothing), centred and scaled to unit length. Two films whose signatures correlate at
-:data:`COPY_CORRELATION` or more are called copies. Measured on the shared data
-(``benchmarks/research/leakage_check.py``, docs/results.md, films decoded at 64 px): distinct
-films of ``rsna_normal224`` correlate at most 0.984 with their most similar other film, while the
-two copies found between it and the NIH collections correlate at 0.9967 and 0.9996.
+:data:`COPY_CORRELATION` or more are called copies: the threshold lies between distinct films of
+one archive and the copies found on the shared data (see
+docs/results.md#copies-of-one-film-in-two-collections).
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ class FilmCopy:
 
 def film_signatures(pixels: np.ndarray) -> np.ndarray:
     """uint8 films (N, S, S) -> float32 signatures (N, 32²): resized, ranked within each film, centred, unit length."""
-    from scipy.stats import rankdata  # here: scipy.stats takes 0.3 s to import, and checkpoints import this module
+    from scipy.stats import rankdata  # here: scipy.stats is slow to import, and checkpoints import this module
 
     if len(pixels) == 0:
         return np.zeros((0, SIGNATURE_SIZE * SIGNATURE_SIZE), np.float32)

@@ -174,10 +174,8 @@ def preprocess_films(pixels: np.ndarray, data_config: DataConfig, *, threads: in
 
     With ``threads`` > 1 a batch of at least :data:`PARALLEL_FROM_FILMS` films is split over that
     many threads. Pillow's resizing and NumPy's array work release the GIL, so the parts run side
-    by side (a batch of 64 films at 224 px on two cores of an AMD EPYC: 1.2-1.3x faster with two
-    threads). Every film comes out the same as in one thread.
-    This step was 82-85% of the features detector's scoring time on a GPU machine
-    (docs/results.md, "On a GPU").
+    by side. Every film comes out the same as in one thread. On a GPU the detector preprocesses on
+    the device instead (:mod:`cxr_anomaly.data.resample`; see docs/results.md#speed-on-a-gpu).
     """
     if threads <= 1 or len(pixels) < PARALLEL_FROM_FILMS:
         return _preprocess_in_this_thread(pixels, data_config)

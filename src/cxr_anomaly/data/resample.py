@@ -1,9 +1,9 @@
 """The per-film preprocessing of :class:`~cxr_anomaly.config.DataConfig` as tensor operations.
 
 :func:`~cxr_anomaly.data.dataset.preprocess_films` crops, limits the detail and equalises each
-film with Pillow and NumPy on the CPU. On a GPU machine that step took 80-89% of the features
-detector's scoring time (docs/results.md, "On a GPU"), so :func:`preprocess_on` runs it where
-the model runs, as batched matrix products, and gives the same pixels bit for bit:
+film with Pillow and NumPy on the CPU. On a GPU machine that step dominated the features
+detector's scoring time (see docs/results.md#speed-on-a-gpu), so :func:`preprocess_on` runs it
+where the model runs, as batched matrix products, and gives the same pixels bit for bit:
 
 - Pillow resizes a uint8 film in two separable passes, horizontal then vertical. Each pass
   multiplies by a matrix of fixed-point coefficients (:data:`PRECISION_BITS` fraction bits,
@@ -17,9 +17,8 @@ the model runs, as batched matrix products, and gives the same pixels bit for bi
 - ``per_image`` standardisation sums in another order than NumPy, so it agrees to float32
   rounding (about 1e-6), not bit for bit.
 
-On a CPU Pillow is faster (0.55-0.64 against 1.7-1.9 ms a film at 224 px on two cores of an AMD
-EPYC, ``benchmarks/research/preprocess_paths.py``), so :func:`preprocess_on` keeps
-:func:`~cxr_anomaly.data.dataset.preprocess_films` there.
+On a CPU Pillow is faster (``docs/notebook/research/preprocess_paths.py``), so
+:func:`preprocess_on` keeps :func:`~cxr_anomaly.data.dataset.preprocess_films` there.
 torch is imported at module level here: this module is only loaded by the models.
 """
 

@@ -60,6 +60,7 @@ from ..errors import DecompressionBombError, InputFileError
 from ..explain import explain_film, heatmap_range, png_bytes
 from ..io import read_image, resize_grey, sniff_format
 from ..pipeline import load_scoring_model
+from ..scope import fitted_on_adults, upload_scope
 from .batching import BatchScorer
 
 if TYPE_CHECKING:  # onnxruntime is optional: imported only to serve an .onnx graph
@@ -152,6 +153,9 @@ class ScoreResponse(BaseModel):
     image: ImageInfo
     heatmap_png: str | None = Field(default=None, description="base64 PNG of the heatmap overlay "
                                                               "(with ?heatmap=true)")
+    scope: str = Field(default="in_scope", description="in_scope, or why the model was not made for this film "
+                                                       "(lateral_view, not_chest, for_processing, rotated, paediatric, "
+                                                       "unknown_view): its score then means nothing")
 
 
 class HealthResponse(BaseModel):
@@ -479,6 +483,8 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         decoded = await asyncio.to_thread(decode_upload, data, settings, image_size)
         result = await scorer.score(decoded.model_input)
         placed = place_on_operating_point(result.raw, model.calibration)
+        scope = upload_scope(data, decoded.format, decoded.model_input,
+                             fitted_on_adults=fitted_on_adults(model.training))
         overlay_png = None
         if heatmap or response_format == "png":
             explanation = await asyncio.to_thread(
@@ -489,7 +495,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         if response_format == "png":
             assert overlay_png is not None  # made above
             headers = {"X-Score": f"{placed.score:.6g}", "X-Score-Raw": f"{result.raw:.6g}",
-                       "X-Model-Version": version}
+                       "X-Model-Version": version, "X-Scope": scope.reason}
             if placed.decision is not None:
                 headers["X-Decision"] = placed.decision
                 headers["X-Percentile"] = f"{placed.percentile:.3f}"
@@ -501,6 +507,7 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
             model_version=version,
             package_version=model.package_version, image=ImageInfo(format=decoded.format, width=width, height=height),
             heatmap_png=None if overlay_png is None else base64.b64encode(overlay_png).decode("ascii"),
+            scope=scope.reason,
         )
 
     return app

@@ -81,11 +81,11 @@ class SamePadConv2d(nn.Conv2d):
     without a padded copy of the input: the convolution pads symmetrically by enough that the wanted
     outputs are a window of its output, and that window is returned (a view). Each output sees
     the same inputs and zeros as under TensorFlow's padding, so the features are the same to the
-    bit (tested against the explicit pad), and the backbone ran 1.12-1.41x as fast on a 2-core
-    CPU (docs/results.md, "Two overheads of scoring removed"). With gradients (fine-tuning) the
-    input is padded: the window's backward was slower there, and rounded the gradients
-    differently, so fine-tuned weights would no longer repeat those of earlier commits. A GPU
-    keeps the padded input too: its speed was measured that way, and not yet with the window.
+    bit (tested against the explicit pad), and no padded copy is made (see
+    docs/results.md#speed-with-native-bf16). With gradients (fine-tuning) the input is padded: the
+    window's backward rounds the gradients differently, so fine-tuned weights would no longer
+    repeat those of earlier commits. A GPU keeps the padded input too, the path its speed was
+    measured on.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -152,7 +152,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
     In eval mode BatchNorm is an affine map per channel, so folding it into the preceding
     convolution's weights and bias gives the same outputs (to float rounding) without a separate
-    pass over every feature map: 17% of the trunk's time on a 2-core AVX2 CPU.
+    pass over every feature map, a sizeable share of the trunk's time on a CPU.
     """
     pairs = [("_conv_stem", "_bn0")] + [(conv, norm) for conv, norm in
                                          (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),

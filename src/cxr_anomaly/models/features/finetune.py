@@ -13,10 +13,10 @@ are geometric (scale 0.8-1, shift up to 8%, rotation up to 10 degrees; no flips:
 is not a normal chest) and photometric (gamma 0.7-1.4, contrast 0.8-1.2), the latter because
 the intensity curve is what differs between hospitals' pipelines and should not count.
 
-On by default (``features.finetune_epochs = 2``, chosen on validation films): it raised the
-worst validation view by 0.03 at 1,000 normals and 0.05 at 2,000. On a 2-core CPU it costs about
-3 minutes an epoch per 1,000 normals, on a GPU seconds (docs/results.md, "Fine-tuning the
-backbone"); ``features.finetune_epochs = 0`` keeps the ImageNet backbone frozen.
+On by default (``features.finetune_epochs = 2``), because it raised the worst validation view;
+it is most of a fit's time on a CPU and seconds on a GPU (see
+docs/results.md#fine-tuning-the-backbone). ``features.finetune_epochs = 0`` keeps the ImageNet
+backbone frozen.
 """
 
 from __future__ import annotations

@@ -35,22 +35,16 @@ logger = logging.getLogger(__name__)
 COMPONENTS: tuple[str, ...] = ("gaussian", "pooled_knn", "patch_knn")
 
 
-# Scoring batch on a CPU (docs/results.md, "Speed of the features detector"). On a 2-core AMD
-# EPYC (fp32) 16 beat 64 in 11 of 12 repeats over four runs of the features benchmark. On 16-core
-# Xeons with native bf16 (AMX), 16 was also fastest or tied on 2, 4 and 8 threads, in fp32 and
-# bf16; in bf16 64 beat it on 12 threads (1.08x and 1.17x, two runs) and on 16 (in four runs of
-# five, by 1.16-1.77x), while in fp32 there they tied.
+# Scoring batches: the fastest per device, thread count and precision; either gives the same
+# scores (see docs/results.md#speed-on-a-2-core-cpu, docs/results.md#speed-with-native-bf16).
 CPU_SCORING_BATCH_SIZE = 16
 MANY_CORE_BF16_SCORING_BATCH_SIZE = 64
-MANY_CORE_THREADS = 12  # the fewest torch threads at which the larger batch was measured faster
-# On a GPU, once the films are preprocessed there: 256 scored 1.3x (bf16) and 1.2x (fp32) as many
-# films/s as 64 on an H100, and 128 nearly as many as 256 in bf16.
+MANY_CORE_THREADS = 12  # the fewest torch threads at which the larger batch pays, with native bf16
+# A GPU preprocesses the films itself, so a larger batch pays there (see docs/results.md#speed-on-a-gpu).
 GPU_SCORING_BATCH_SIZE = 256
-# Query rows per block in nearest_distances: a (chunk, M) block, never the whole (Q, M) matrix.
-# On a CPU a block of 1,024 rows against the bank of 4,096 (16 MB in fp32) stays in the cache
-# through the five passes after the product: with amin the search of a batch of 16 ran 1.43-1.46x
-# as fast in bf16 on a 2-core EPYC, 0.92x in fp32, where the product bounds it (docs/results.md,
-# "Two overheads of scoring removed"). A GPU keeps the larger block: fewer kernel launches.
+# Query rows per block in nearest_distances: on a CPU a block stays in the cache through the
+# passes after the product; a GPU keeps the larger block, for fewer kernel launches (see
+# docs/results.md#speed-with-native-bf16).
 NEAREST_CHUNK = 4096
 CPU_NEAREST_CHUNK = 1024
 
@@ -206,10 +200,9 @@ class FeatureDetector(AnomalyDetector):
 
         They run in fp32 under bf16 autocast too. Their products are small (a batch against a bank
         of a few thousand normals), and in bf16 a cosine similarity near 1 moves in steps of
-        2^-8: the default score then took 43 distinct values over 200 films and 48 over 498,
-        so whole groups of films tied on the worklist (docs/results.md, "The pooled scores in
-        fp32"). The patch search stays under autocast: it is most of the heads' cost, and its
-        distances, though less precise in bf16, do not collapse into ties.
+        2^-8, so whole groups of films tied on the worklist (see
+        docs/results.md#pooled-scores-in-fp32). The patch search stays under autocast: it is most
+        of the heads' cost, and its distances, though less precise in bf16, do not collapse into ties.
         """
         with inference.without_autocast(pooled.device):
             centred = pooled - self.gaussian_mean  # (N, D)

@@ -273,9 +273,8 @@ class OneClassDetector(nn.Module):
     def score_components(self, images: torch.Tensor) -> ScoreComponents:
         """The unweighted components of eq. 6 for images (N, 1, 64, 64), without input noise."""
         output = self(images)
-        # Each component is computed from the networks' outputs in fp32: under bf16 autocast a
-        # sigmoid or a mean of squares taken in bf16 collapses films into ties: the adversarial term
-        # took 2 distinct values over 64 films (docs/results.md, "The pooled scores in fp32").
+        # Components in fp32 from the networks' outputs: taken in bf16 they collapse films into
+        # ties (see docs/results.md#pooled-scores-in-fp32).
         reconstruction = (images.float() - output.reconstruction.float()).abs().flatten(1).mean(dim=1)
         adversarial = None
         if self.discriminator is not None:

@@ -1,0 +1,203 @@
+"""The listener's scorer: films kept in the store are scored, and their results sent back.
+
+One thread takes the films whose results have not gone back (``received`` or ``scored``: after
+a crash both are redone, and the results' fixed UIDs make a repeat overwrite, not duplicate),
+scores them in small batches, builds a Structured Report and a heatmap Secondary Capture for
+each (:mod:`cxr_anomaly.pacs.results`), stores both in the PACS through a
+:class:`~cxr_anomaly.pacs.send.ResultSink`, and only then records the film as returned. A PACS
+that cannot be reached leaves the films pending and is retried; a film that cannot be decoded is
+recorded as failed with its reason and never retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputFileError
+from ..explain import colour_bar, explain_film, heatmap_range, png_bytes, shrink
+from ..io import read_image, resize_grey
+from ..scope import IN_SCOPE
+from .results import FilmResult, build_results
+from .send import ResultSink, SendError
+from .store import FilmScoreRecord, FilmStore, StoredFilm
+
+logger = logging.getLogger(__name__)
+
+HEATMAP_MAX_SIDE = 1024  # the Secondary Capture's longer side
+THUMBNAIL_SIDE = 192  # the worklist's heatmap thumbnails
+
+ScopeRule = Callable[[Any, np.ndarray], str]
+
+
+def model_version(path: str | Path) -> str:
+    """``sha256:`` and the first 12 hex digits of the model file's hash (names the results' algorithm)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DecodedFilm:
+    """A kept film, read back for scoring.
+
+    Attributes:
+        stored: its row in the store.
+        header: its data set without pixel data (for the results' patient and study modules).
+        film: grey float32 (H0, W0) in [0, 1] at its own resolution.
+        model_input: uint8 (S, S) as the detector reads it.
+        scope: ``in_scope`` or why the detector should not judge it.
+    """
+
+    stored: StoredFilm
+    header: Any
+    film: np.ndarray
+    model_input: np.ndarray
+    scope: str
+
+
+class ScoringWorker:
+    """Scores pending films and returns their results.
+
+    Args:
+        model: a loaded checkpoint or ONNX scorer (``score_films``, ``calibration``, ``config``...).
+        version: the model's version string (see :func:`model_version`).
+        store: the durable film store.
+        sink: where results go (C-STORE or STOW-RS).
+        thumbnails: folder of the worklist's film and heatmap thumbnails (``<spool name>.film.png``,
+            ``<spool name>.heatmap.png``).
+        scope_of: the scope rule: (header data set, grey film) -> ``in_scope`` or a reason.
+        batch_size: films scored together.
+        retry_seconds: wait after the PACS could not be reached.
+    """
+
+    def __init__(self, model: Any, version: str, store: FilmStore, sink: ResultSink, thumbnails: Path,
+                 scope_of: ScopeRule, *, batch_size: int = 8, retry_seconds: float = 5.0) -> None:
+        self.model = model
+        self.version = version
+        self.store = store
+        self.sink = sink
+        self.thumbnails = Path(thumbnails)
+        self.thumbnails.mkdir(parents=True, exist_ok=True)
+        self.scope_of = scope_of
+        self.batch_size = batch_size
+        self.retry_seconds = retry_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.heat = heatmap_range(model.calibration, model.anomaly_map_scale)
+
+    def wake(self) -> None:
+        """Tell the worker a film arrived."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run :meth:`run` in a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="cxr-scorer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in hand and stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        """Score and return until stopped; pending films from a previous run come first."""
+        while not self._stop.is_set():
+            try:
+                done = self.process_batch()
+            except SendError as error:
+                logger.error("results could not be stored in the PACS (%s); retrying in %.0f s",
+                             error, self.retry_seconds)
+                self._stop.wait(self.retry_seconds)
+                continue
+            if done == 0:
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def process_batch(self) -> int:
+        """Score and return one batch of pending films; the number handled (0: nothing pending)."""
+        pending = self.store.pending(self.batch_size)
+        decoded = [film for film in (self._decode(stored) for stored in pending) if film is not None]
+        if decoded:
+            inputs = np.stack([film.model_input for film in decoded])  # (B, S, S) uint8
+            scores = self.model.score_films(inputs, keep_maps=True)
+            for index, film in enumerate(decoded):
+                self._return(film, float(scores.raw[index]), scores.anomaly_maps[index])
+        return len(pending)
+
+    def _decode(self, stored: StoredFilm) -> DecodedFilm | None:
+        import pydicom
+
+        try:
+            image = read_image(stored.path)
+            header = pydicom.dcmread(stored.path, stop_before_pixels=True)
+        except InputFileError as error:
+            self.store.record_failed(stored.sop_instance_uid, error.reason)
+            logger.warning("film %s: cannot be decoded (%s); recorded as failed",
+                           stored.sop_instance_uid, error.reason)
+            return None
+        except Exception as error:  # noqa: BLE001 - the header parsed at receipt; anything now is damage on disk
+            self.store.record_failed(stored.sop_instance_uid, type(error).__name__)
+            logger.warning("film %s: cannot be read back (%s); recorded as failed",
+                           stored.sop_instance_uid, type(error).__name__)
+            return None
+        scope = self.scope_of(header, image.array)
+        size = self.model.config.data.image_size
+        return DecodedFilm(stored, header, image.array, resize_grey(image.array, size), scope)
+
+    def _return(self, film: DecodedFilm, raw: float, anomaly_map: np.ndarray) -> None:
+        result = self.film_result(raw, film.scope)
+        self.store.record_scored(film.stored.sop_instance_uid, FilmScoreRecord(
+            raw, result.calibrated_score, result.percentile, result.decision, result.scope))
+        explanation = explain_film(film.film, film.model_input, anomaly_map, self.heat.scale, floor=self.heat.floor,
+                                   border_crop=self.model.config.data.border_crop, max_side=HEATMAP_MAX_SIDE)
+        objects = build_results(film.header, result, explanation.overlay, colour_bar(),
+                                scale_floor=self.heat.floor, scale_top=self.heat.scale)
+        started = time.perf_counter()
+        self.sink.send([objects.structured_report, objects.secondary_capture])
+        self.store.record_returned(film.stored.sop_instance_uid)
+        stem = Path(film.stored.path).stem
+        (self.thumbnails / f"{stem}.heatmap.png").write_bytes(png_bytes(shrink(explanation.overlay, THUMBNAIL_SIDE)))
+        (self.thumbnails / f"{stem}.film.png").write_bytes(png_bytes(shrink(explanation.original, THUMBNAIL_SIDE)))
+        logger.info("film %s: score %.4g, %s, scope %s; results stored in %.2f s", film.stored.sop_instance_uid,
+                    raw, result.decision, result.scope, time.perf_counter() - started)
+
+    def film_result(self, raw: float, scope: str) -> FilmResult:
+        """The film's score read against the model's operating point."""
+        calibration = self.model.calibration
+        calibrated = percentile = None
+        operating_point = None
+        decision = "not flagged"
+        if calibration is not None:
+            calibrated = float(calibration.standardise(np.asarray([raw]))[0])
+            percentile = float(calibration.percentile(np.asarray([raw]))[0])
+            decision = "flagged" if bool(calibration.flag(np.asarray([raw]))[0]) else "not flagged"
+            operating_point = describe_operating_point(calibration)
+        if scope != IN_SCOPE:
+            decision = "not assessed"
+        return FilmResult(raw_score=raw, calibrated_score=calibrated, percentile=percentile, decision=decision,
+                          operating_point=operating_point, scope=scope, model_name=self.model.description,
+                          model_version=self.version)
+
+
+def describe_operating_point(calibration: Any) -> str:
+    """One line: the raw-score threshold and what it was chosen for on validation films."""
+    text = f"raw score above {calibration.threshold:.4g}"
+    if calibration.operating_point == "sensitivity" and calibration.target_sensitivity is not None:
+        text += f" (chosen for sensitivity {calibration.target_sensitivity:.2f} on validation films)"
+    else:
+        text += f" (chosen for specificity {calibration.target_specificity:.2f} on normal validation films)"
+    return text
