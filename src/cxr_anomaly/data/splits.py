@@ -27,7 +27,7 @@ same split on every machine.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -357,11 +357,6 @@ def resplit_manifest(
     logger.info("wrote %s: %s; %d patients crossed splits before, none now",
                 output_csv, summary.films, crossing_before)
     return ResplitReport(str(input_path), str(output_csv), seed, summary, crossing_before)
-
-
-def with_sizes(sizes: PaperSplitSizes, **changes: int) -> PaperSplitSizes:
-    """A copy of ``sizes`` with some fields changed."""
-    return replace(sizes, **changes)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ LOSS_NAMES: tuple[str, ...] = (
 )
 # Settings that may change between an interrupted run and its resumption: where it runs and how
 # often it saves, but nothing that changes the arithmetic of training.
-RESUMABLE_CHANGES: frozenset[str] = frozenset({"device", "num_workers", "checkpoint_every_steps"})
+RESUMABLE_CHANGES: frozenset[str] = frozenset({"device", "checkpoint_every_steps"})
 
 
 @dataclass
