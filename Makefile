@@ -18,7 +18,7 @@ setup: $(VENV)/.installed
 
 # Fit the default detector on rsna_normal224, test on NIH1000 test and nih_pneumonia256, write the report.
 demo: setup
-	$(PY) -m cxr_anomaly.demo --data $(DATA) --out $(DEMO_OUT)
+	$(PY) -m cxr_anomaly.jobs.demo --data $(DATA) --out $(DEMO_OUT)
 
 # The browser for the page test (tests/test_web.py), installed only when asked for: Debian's
 # chromium package when run as root, otherwise Playwright's own download into ~/.cache (needs the

@@ -550,7 +550,7 @@ def run_split(args: argparse.Namespace, progress: bool) -> None:
 
 def run_reproduce(args: argparse.Namespace, progress: bool) -> None:
     """``reproduce``: the paper's Table 1 with baselines."""
-    from .reproduce import ReproduceOptions, reproduce_job
+    from .jobs.reproduce import ReproduceOptions, reproduce_job
 
     config = (load_config(args.config, base=preset_config(args.preset)) if args.config
               else preset_config(args.preset))
@@ -573,7 +573,7 @@ def run_reproduce(args: argparse.Namespace, progress: bool) -> None:
 
 def run_benchmark(args: argparse.Namespace, progress: bool) -> None:
     """``benchmark``: every method and seed against the baselines on test collections."""
-    from .benchmark import BenchmarkOptions, benchmark_configs, benchmark_job, parse_test_collections
+    from .jobs.benchmark import BenchmarkOptions, benchmark_configs, benchmark_job, parse_test_collections
 
     configs = benchmark_configs(args.config, epochs=args.epochs, device=args.device,
                                 precision=args.precision)

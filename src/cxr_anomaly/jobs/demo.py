@@ -9,7 +9,7 @@ normals, and the view alone (AP = abnormal) are scored on the same films. The re
 overall, within each view, view-balanced and for adults, with 95% bootstrap intervals, and says
 in words whether the detector beats each baseline within each view.
 
-Usage: ``python -m cxr_anomaly.demo --out runs/demo`` (data from ``$CXR_ANOMALY_DATA`` or
+Usage: ``python -m cxr_anomaly.jobs.demo --out runs/demo`` (data from ``$CXR_ANOMALY_DATA`` or
 ``../shared/data``).
 """
 
@@ -30,19 +30,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
-from .checkpoint import load_checkpoint
-from .config import DEFAULT_METHOD, METHODS, Config, DataConfig, config_differences, preset_config, with_overrides
-from .data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
-from .data.dataset import load_images
-from .data.manifest import load_inputs
-from .data.splits import split_patients_in_halves
-from .errors import CheckpointError
-from .files import atomic_write_text
-from .evaluation import Interval, metrics_by_name, plot_roc_panels
-from .inference import native_bf16
-from .models.registry import family_of
-from .pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job
+from ..baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
+from ..checkpoint import load_checkpoint
+from ..config import DEFAULT_METHOD, METHODS, Config, DataConfig, config_differences, preset_config, with_overrides
+from ..data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
+from ..data.dataset import load_images
+from ..data.manifest import load_inputs
+from ..data.splits import split_patients_in_halves
+from ..errors import CheckpointError
+from ..files import atomic_write_text
+from ..evaluation import Interval, metrics_by_name, plot_roc_panels
+from ..inference import native_bf16
+from ..models.registry import family_of
+from ..pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = DEFAULT_METHOD, se
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m cxr_anomaly.demo``."""
+    """Entry point of ``python -m cxr_anomaly.jobs.demo``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("CXR_ANOMALY_DATA", "../shared/data")),
                         help="folder holding rsna_normal224, nih1000 and nih_pneumonia256 "

@@ -27,7 +27,7 @@ Written into the output folder:
 - ``films_<name>_<kind>-seed<N>.png``: per test collection and fitted detector (first seed), the
   highest-scoring normal and abnormal films with their heatmaps, and reconstructions for
   families that reconstruct (the paper's Figure 2 layout);
-- ``cells/<kind>-seed<N>/``: one finished fit each (:mod:`cxr_anomaly.cells`): scores of the
+- ``cells/<kind>-seed<N>/``: one finished fit each (:mod:`cxr_anomaly.jobs.cells`): scores of the
   calibration normals and of each test collection (npz) and, written last, ``result.json`` with
   the settings fingerprint and the metrics. A rerun with the same settings and films reuses
   finished cells; a new row that reads a finished cell's fit needs no refit.
@@ -48,22 +48,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
+from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
 from .cells import (describe_remaining, format_duration, mean_std, paths_fingerprint, plus_minus,
                     read_finished_cell, settings_fingerprint, write_cell_result)
-from .config import DEFAULT_METHOD, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
-from .data.copies import film_signatures, matching_signatures
-from .data.dataset import OnBadFile, SkippedFile, load_images
-from .data.manifest import fill_from_dicom_headers, load_inputs
-from .errors import ConfigError, ManifestError
-from .files import atomic_write, atomic_write_text
-from .evaluation import ADULT_AGE, VIEW_ORDER, FilmGroup, Interval, compute_metrics, explanation_grid, plot_roc_panels
-from .inference import resolve_device
-from .models.family import RAW_SCORE
-from .models.registry import FAMILIES, family_of, fit_detector
-from .pipeline import (choose_evaluation_rows, report_skipped, require_both_classes, select_training_rows,
+from ..config import DEFAULT_METHOD, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
+from ..data.copies import film_signatures, matching_signatures
+from ..data.dataset import OnBadFile, SkippedFile, load_images
+from ..data.manifest import fill_from_dicom_headers, load_inputs
+from ..errors import ConfigError, ManifestError
+from ..files import atomic_write, atomic_write_text
+from ..evaluation import ADULT_AGE, VIEW_ORDER, FilmGroup, Interval, compute_metrics, explanation_grid, plot_roc_panels
+from ..inference import resolve_device
+from ..models.family import RAW_SCORE
+from ..models.registry import FAMILIES, family_of, fit_detector
+from ..pipeline import (choose_evaluation_rows, report_skipped, require_both_classes, select_training_rows,
                        warn_on_patient_overlap)
-from .scoring import ScoreResult, score_films
+from ..scoring import ScoreResult, score_films
 
 logger = logging.getLogger(__name__)
 
