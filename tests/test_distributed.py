@@ -17,7 +17,8 @@ from cxr_anomaly.checkpoint import load_checkpoint
 from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
-from cxr_anomaly.models.tang2019.training import EVENTS_NAME, build_detector
+from cxr_anomaly.models.tang2019.steps import EVENTS_NAME
+from cxr_anomaly.models.tang2019.training import build_detector
 
 WORLD_SIZE = 2
 

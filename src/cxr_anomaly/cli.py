@@ -1,5 +1,5 @@
 """Command-line interface: argument parsing and one short handler a command; the work is done in
-:mod:`cxr_anomaly.pipeline` and the modules it names.
+:mod:`cxr_anomaly.jobs` and the modules they name.
 
 Run ``cxr-anomaly COMMAND --help`` for each command's options.
 """
@@ -11,14 +11,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_METHOD, METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
-from .errors import ConfigError, CxrAnomalyError, OutputPathError
+from .errors import ConfigError, CxrAnomalyError
+from .files import OutputPath, check_output_path, describe_os_error
 
 from .pacs.cli import add_pacs_commands
 logger = logging.getLogger("cxr_anomaly")
@@ -371,21 +370,6 @@ def training_config(args: argparse.Namespace) -> Config:
     return config
 
 
-@dataclass(frozen=True)
-class OutputPath:
-    """A path a command will write, checked before any work starts.
-
-    Attributes:
-        path: the file or folder.
-        option: the option that named it, for the message (``--out``).
-        kind: ``file`` or ``folder``.
-    """
-
-    path: Path
-    option: str
-    kind: str
-
-
 def output_paths(args: argparse.Namespace) -> list[OutputPath]:
     """The files and folders the parsed command will write."""
     folders = {"train", "evaluate", "reproduce", "benchmark"}
@@ -399,45 +383,11 @@ def output_paths(args: argparse.Namespace) -> list[OutputPath]:
     return outputs
 
 
-def check_output_path(output: OutputPath) -> None:
-    """Fail before any work when ``output`` cannot be written, naming it and the problem.
-
-    Leaves nothing behind: a temporary file is made and removed in the nearest existing folder, which
-    is the only test that also catches read-only mounts and pseudo file systems such as /proc.
-
-    Raises:
-        OutputPathError: the path is of the wrong kind, or its folder cannot be written.
-    """
-    path = output.path
-    if output.kind == "folder" and path.exists() and not path.is_dir():
-        raise OutputPathError(path, f"{output.option} needs a folder, but this is a file")
-    if output.kind == "file" and path.is_dir():
-        raise OutputPathError(path, f"{output.option} needs a file name, but this is a folder")
-    start = path if output.kind == "folder" else path.parent
-    existing = next((candidate for candidate in (start, *start.parents) if candidate.exists()), Path("."))
-    if not existing.is_dir():
-        raise OutputPathError(path, f"cannot write {output.option}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise OutputPathError(
-            path, f"cannot write {output.option} in {existing}: {error.strerror or error}") from error
-
-
-def describe_os_error(error: OSError) -> str:
-    """One line naming the file and the problem of an ``OSError``, without a traceback."""
-    if error.filename is None:
-        return str(error)
-    also = f" -> {error.filename2}" if error.filename2 is not None else ""
-    return f"{error.filename}{also}: {error.strerror or error}"
-
-
 def run_train(args: argparse.Namespace, progress: bool) -> None:
     """``train``: fit a detector on the normal films of ``--data`` and write RUN_DIR/model.pt."""
-    from . import pipeline  # after parsing, so --help stays fast
+    from .jobs import train  # after parsing, so --help stays fast
 
-    outcome = pipeline.train_job(args.data, args.out, training_config(args),
+    outcome = train.train_job(args.data, args.out, training_config(args),
                                  on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                  progress=progress, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
@@ -446,9 +396,9 @@ def run_train(args: argparse.Namespace, progress: bool) -> None:
 
 def run_score(args: argparse.Namespace, progress: bool) -> None:
     """``score``: score films with a checkpoint, write the CSV and, with ``--report``, the worklist."""
-    from . import pipeline  # after parsing, so --help stays fast
+    from .jobs import score  # after parsing, so --help stays fast
 
-    table = pipeline.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
+    table = score.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
                                on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                progress=progress, report=args.report,
                                keep_patient_identifiers=args.keep_patient_identifiers,
@@ -462,9 +412,9 @@ def run_score(args: argparse.Namespace, progress: bool) -> None:
 
 def run_calibrate(args: argparse.Namespace, progress: bool) -> None:
     """``calibrate``: refit a checkpoint's operating point on labelled films."""
-    from . import pipeline  # after parsing, so --help stays fast
+    from .jobs import calibrate  # after parsing, so --help stays fast
 
-    outcome = pipeline.calibrate_job(
+    outcome = calibrate.calibrate_job(
         args.model, args.data, split=args.split, target_specificity=args.target_specificity,
         target_sensitivity=args.target_sensitivity, out_path=args.out,
         on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
@@ -492,9 +442,9 @@ def run_serve(args: argparse.Namespace, progress: bool) -> None:
 
 def run_evaluate(args: argparse.Namespace, progress: bool) -> None:
     """``evaluate``: metrics, ROC and film grid of a checkpoint on labelled films."""
-    from . import pipeline  # after parsing, so --help stays fast
+    from .jobs import evaluate  # after parsing, so --help stays fast
 
-    outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
+    outcome = evaluate.evaluate_job(args.model, args.data, args.out, split=args.split,
                                     label_column=args.label_column,
                                     on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                     progress=progress, baselines=not args.no_baselines,

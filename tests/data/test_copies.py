@@ -68,6 +68,6 @@ def test_the_benchmark_warns_of_a_test_film_that_copies_a_training_film(shared_d
                     {config: train_pixels}, "train")
     test = FilmSet("site", pd.DataFrame({"path": ["b.png", "c.png", "d.png"], "patient_id": ["7", "8", "9"]}),
                    {config: test_pixels}, "site")
-    with caplog.at_level(logging.WARNING, logger="cxr_anomaly.jobs.benchmark"):
+    with caplog.at_level(logging.WARNING, logger="cxr_anomaly.jobs.benchmark_films"):
         warn_on_shared_films(train, test, config, film_signatures(train_pixels))
     assert "site: 2 film(s) are copies of training films" in caplog.text and "['b.png', 'c.png']" in caplog.text

@@ -42,7 +42,8 @@ from ..files import atomic_write_text
 from ..evaluation import Interval, metrics_by_name, plot_roc_panels
 from ..inference import native_bf16
 from ..models.registry import family_of
-from ..pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job
+from .evaluate import evaluate_job
+from .train import CHECKPOINT_NAME, TrainOutcome, train_job
 
 logger = logging.getLogger(__name__)
 

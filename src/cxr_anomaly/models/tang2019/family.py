@@ -9,7 +9,7 @@ from ...errors import ConfigError
 from ..base import AnomalyDetector
 from ..family import RAW_SCORE, BenchmarkCells, DetectorFamily, FitOptions, FitResult
 from .torch_model import Tang2019Detector
-from . import training
+from . import resume, training
 
 NAME = "tang2019"
 
@@ -65,5 +65,5 @@ FAMILY = DetectorFamily(
         score_label=lambda config, setting: config.score.method,
         variant=lambda config: config.model.variant,
     ),
-    resume_config=training.resolve_config_for_resume,
+    resume_config=resume.resolve_config_for_resume,
 )

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 TRAINING_STATE_FORMAT = "cxr-anomaly-training-state"
 TRAINING_STATE_VERSION = 1  # bump when the training-state layout changes incompatibly
+TRAINING_STATE_NAME = "training_state.pt"  # in the run folder
 
 
 @dataclass
