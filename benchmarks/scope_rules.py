@@ -25,7 +25,13 @@ import pandas as pd
 
 from cxr_anomaly.dicom import read_film_headers
 from cxr_anomaly.io import read_image, resize_grey
-from cxr_anomaly.scope import IN_SCOPE, ROTATION_SIDE, decide_scope, rotation_evidence
+from cxr_anomaly.scope import (
+    IN_SCOPE,
+    ROTATION_MARGIN,
+    ROTATION_SIDE,
+    decide_scope,
+    rotation_evidence,
+)
 
 COLLECTIONS = ("rsna_normal224", "rsna_dev256", "nih_pneumonia256", "nih1000", "kermany224")
 HEADER_CASES = {
@@ -56,10 +62,10 @@ def measure_collection(manifest: pd.DataFrame, films: np.ndarray) -> dict[str, o
               for name, transform in {"upright": lambda f: f, "rot90": lambda f: np.rot90(f, 1),
                                       "rot180": lambda f: np.rot90(f, 2), "rot270": lambda f: np.rot90(f, 3),
                                       "mirrored": lambda f: f[:, ::-1]}.items()}
-    rotated_share = {name: float((evidence < -0.1).mean()) for name, evidence in turned.items()}
+    rotated_share = {name: float((evidence < ROTATION_MARGIN).mean()) for name, evidence in turned.items()}
     labels = manifest["label"].astype(str) if "label" in manifest else pd.Series("", index=manifest.index)
     normal = labels.isin(["0", "NORMAL", "0.0"]).to_numpy()
-    upright_flags = turned["upright"] < -0.1
+    upright_flags = turned["upright"] < ROTATION_MARGIN
     return {
         "films": len(films),
         "known_ages": int(ages.notna().sum()),
@@ -75,7 +81,11 @@ def measure_collection(manifest: pd.DataFrame, films: np.ndarray) -> dict[str, o
 def measure_header_rules(folder: Path, paths: list[str], workdir: Path) -> dict[str, dict[str, int]]:
     """Each header case written onto real films as DICOM, read back, decided: {case: {reason: count}}."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     results: dict[str, dict[str, int]] = {}
     for case, tags in HEADER_CASES.items():

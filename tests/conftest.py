@@ -6,6 +6,9 @@ repository root (present in CI); they skip with a clear message only where that 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,21 @@ import pytest
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPOSITORY_ROOT.parent / "shared" / "data"
+
+# The suite changes nothing outside the checkout: onnxruntime writes a device id
+# (Microsoft/DeveloperTools/.onnxruntime) and matplotlib its font list under $XDG_CACHE_HOME
+# (~/.cache by default) as soon as they are imported, so both go to a temporary folder removed
+# at the end of the session. Playwright's browsers stay where `make browser` put them.
+_USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+os.environ.setdefault("PLAYWRIGHT_BROWSERS_PATH", str(_USER_CACHE / "ms-playwright"))
+TEST_CACHE_HOME = Path(tempfile.mkdtemp(prefix="cxr-anomaly-test-cache-"))
+os.environ["XDG_CACHE_HOME"] = str(TEST_CACHE_HOME)
+os.environ["MPLCONFIGDIR"] = str(TEST_CACHE_HOME / "matplotlib")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the session's temporary cache folder."""
+    shutil.rmtree(TEST_CACHE_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.explain import legend_height
 from cxr_anomaly.io import read_image, resize_grey
 from cxr_anomaly.scoring import score_films
 from cxr_anomaly.serve import BatchScorer, ServiceSettings, create_app, start_background_server
@@ -101,7 +102,7 @@ def test_an_exported_onnx_graph_is_served_like_its_checkpoint(tiny_nih_model, fi
     assert body["decision"] == ("flag" if expected["flag"] else "normal")
     for name, value in body["components"].items():
         assert value == pytest.approx(expected["components"][name], rel=1e-4, abs=1e-5), name
-    assert Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))).size == (64, 64)
+    assert Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))).size == (64, 64 + legend_height(64))
     with pytest.raises(ValueError, match="model.onnx.*device='cuda'"):
         create_app(onnx_path, ServiceSettings(), device="cuda")
 
@@ -139,12 +140,13 @@ def test_heatmap_comes_at_the_original_resolution_as_json_or_png(client: TestCli
     data = (shared_data / "nih_fullres" / "00000427_000.png").read_bytes()
     body = client.post("/v1/score?heatmap=true", files={"file": ("f.png", data)}).json()
     heatmap = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
-    assert heatmap.size == (1024, 1024) and heatmap.mode == "RGB"
+    # the film at its own resolution, and the legend band (colour bar, raw score) below it
+    assert heatmap.size == (1024, 1024 + legend_height(1024)) and heatmap.mode == "RGB"
     response = client.post("/v1/score?format=png", files={"file": ("f.png", data)})
     assert response.headers["content-type"] == "image/png"
     assert float(response.headers["x-score-raw"]) == pytest.approx(body["score_raw"], rel=1e-5)
     assert response.headers["x-decision"] == body["decision"]
-    assert Image.open(io.BytesIO(response.content)).size == (1024, 1024)
+    assert Image.open(io.BytesIO(response.content)).size == (1024, 1024 + legend_height(1024))
 
 
 def error_of(response: httpx.Response) -> str:

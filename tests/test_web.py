@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from cxr_anomaly.serve import BackgroundServer, ServiceSettings, create_app, start_background_server
 
@@ -104,6 +105,24 @@ def test_dropping_a_real_film_shows_the_same_score_as_the_api(browser_context, s
     heatmap_width = page.evaluate("document.getElementById('heatmap').naturalWidth")
     assert heatmap_width == 64  # the NIH1000 film's own resolution
     assert expected["model_version"] in page.text_content("#model-info")
+    page.close()
+
+
+def test_the_page_says_when_a_film_is_outside_the_models_scope(browser_context, server: BackgroundServer,
+                                                              shared_data: Path, tmp_path: Path) -> None:
+    film = shared_data / "nih1000" / "test" / "0_normal" / "00000231_013.png"
+    turned = tmp_path / "turned.png"
+    Image.open(film).rotate(90, expand=True).save(turned)
+    page = browser_context.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#token-row", state="visible")
+    page.fill("#token", TOKEN)
+    page.set_input_files("#file", str(film))
+    page.wait_for_selector("#result.shown", timeout=30_000)
+    assert page.text_content("#scope") == "in scope"
+    page.set_input_files("#file", str(turned))
+    page.wait_for_function("document.getElementById('scope').textContent.includes('rotated')", timeout=30_000)
+    assert "outside the model's scope" in page.text_content("#scope")
     page.close()
 
 

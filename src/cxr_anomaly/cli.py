@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_checks import (check_output_path, check_port_free, describe_os_error, missing_extra_hint,
+                         new_folders, output_paths, remove_if_empty)
 from .config import DEFAULT_METHOD, METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
 from .errors import ConfigError, CxrAnomalyError
-from .files import OutputPath, check_output_path, describe_os_error
 
 from .pacs.cli import add_pacs_commands
 logger = logging.getLogger("cxr_anomaly")
@@ -43,7 +44,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that reads images."""
     parser.add_argument("--on-bad-file", choices=("error", "skip"), default="error",
                         help="what to do with an unreadable file: stop with an error naming it "
-                             "(default), or skip it and list it with its reason in *_skipped.csv")
+                             "(default), or skip it and list it with its reason in skipped_files.csv "
+                             "(score: CSV_skipped.csv beside its CSV)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="folder for the preprocessing cache (decoded, resized films); "
                              "a second run with the same files and settings reuses it")
@@ -56,8 +58,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         "train", help="train a detector on the normal films of a data set",
         description="Train on the label-0 (normal) films of DATA; abnormal and unlabelled films are "
                     "never used for training. With a split column, train rows train the model and "
-                    "normal val rows calibrate the score; without one, 10%% of the normals are held "
-                    "out by patient for calibration. Writes RUN_DIR/model.pt and prints its path.",
+                    f"normal val rows calibrate the score; without one, {Config().train.calibration_fraction:.0%} "
+                    "of the normals are held out for calibration (by patient where the data has patient "
+                    "ids, else film by film). Writes RUN_DIR/model.pt and prints its path.",
     )
     train.add_argument("--data", required=True, nargs="+", type=Path, metavar="MANIFEST_OR_DIR",
                        help="folder, manifest CSV or .npz of training films")
@@ -91,7 +94,10 @@ def add_score_command(commands: argparse._SubParsersAction) -> None:
     score = commands.add_parser(
         "score", help="score films with a trained detector",
         description="Score every film of each INPUT (a file, a folder or a manifest) and write a CSV "
-                    "with path, score and the score components (reconstruction, adversarial, latent).",
+                    "with path, score, the detector's score components (the default features detector: "
+                    "gaussian, pooled_knn, patch_knn; tang2019: reconstruction, adversarial, latent, "
+                    "code_distance) and scope (in_scope, or why the model was not made for the film: "
+                    "lateral_view, not_chest, for_processing, rotated, paediatric, unknown_view).",
     )
     score.add_argument("--model", required=True, type=Path, metavar="MODEL",
                        help="checkpoint (model.pt), or a graph from `cxr-anomaly export` (*.onnx), "
@@ -178,7 +184,8 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="measure AUC and draw ROC and reconstruction figures on labelled films",
         description="Score labelled films and write metrics.json (AUC, average precision, counts per "
-                    "class, AUC per view), roc.png, reconstructions.png and scores.csv into DIR.",
+                    "class, AUC per view), roc.png, films.png (the highest-scoring films of each class "
+                    "with their heatmaps) and scores.csv into DIR.",
     )
     evaluate.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
     evaluate.add_argument("--data", required=True, nargs="+", type=Path, metavar="MANIFEST_OR_DIR",
@@ -206,9 +213,10 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
     """``cxr-anomaly export``: export a checkpoint's scoring graph to ONNX."""
     export = commands.add_parser(
         "export", help="export a checkpoint's scoring graph to ONNX",
-        description="Write the whole scoring graph (model tensor (N, 1, 64, 64) in [-1, 1] -> raw score "
-                    "and its components) as an ONNX file for onnxruntime, with the config and "
-                    "calibration in its metadata.",
+        description="Write the whole scoring graph (model tensor (N, 1, S, S) in [-1, 1], S the "
+                    f"checkpoint's image size: {Config().data.image_size} for the default features detector, "
+                    "64 for tang2019 -> raw score and its components) as an ONNX file for onnxruntime, "
+                    "with the config and calibration in its metadata.",
     )
     export.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
     export.add_argument("--out", required=True, type=Path, metavar="ONNX", help="ONNX file to write")
@@ -370,19 +378,6 @@ def training_config(args: argparse.Namespace) -> Config:
     return config
 
 
-def output_paths(args: argparse.Namespace) -> list[OutputPath]:
-    """The files and folders the parsed command will write."""
-    folders = {"train", "evaluate", "reproduce", "benchmark"}
-    outputs = []
-    if getattr(args, "out", None) is not None:
-        outputs.append(OutputPath(args.out, "--out", "folder" if args.command in folders else "file"))
-    if getattr(args, "report", None) is not None:
-        outputs.append(OutputPath(args.report, "--report", "file"))
-    if args.command == "calibrate" and args.out is None:  # the checkpoint is rewritten in place
-        outputs.append(OutputPath(args.model, "--model (rewritten in place without --out)", "file"))
-    return outputs
-
-
 def run_train(args: argparse.Namespace, progress: bool) -> None:
     """``train``: fit a detector on the normal films of ``--data`` and write RUN_DIR/model.pt."""
     from .jobs import train  # after parsing, so --help stays fast
@@ -403,11 +398,14 @@ def run_score(args: argparse.Namespace, progress: bool) -> None:
                                progress=progress, report=args.report,
                                keep_patient_identifiers=args.keep_patient_identifiers,
                                precision=args.precision, device=args.device)
-    print(f"scored {len(table)} images: {args.out}")
+    outside = int((table["scope"] != "in_scope").sum()) if "scope" in table else 0
+    print(f"scored {len(table)} images: {args.out}" +
+          (f"; {outside} outside the model's scope (see the scope column)" if outside else ""))
     if args.report is not None:
-        flagged = int((table["decision"] == "flag").sum()) if "decision" in table else None
+        ranked = table[table["scope"] == "in_scope"] if "scope" in table else table
+        flagged = int((ranked["decision"] == "flag").sum()) if "decision" in table else None
         print(f"worklist report: {args.report}" +
-              ("" if flagged is None else f" ({flagged} of {len(table)} flagged)"))
+              ("" if flagged is None else f" ({flagged} of {len(ranked)} flagged)"))
 
 
 def run_calibrate(args: argparse.Namespace, progress: bool) -> None:
@@ -431,6 +429,7 @@ def run_calibrate(args: argparse.Namespace, progress: bool) -> None:
 
 def run_serve(args: argparse.Namespace, progress: bool) -> None:
     """``serve``: the triage service and its page."""
+    check_port_free(args.host, args.port)  # before minutes of model loading, not after
     from .serve import ServiceSettings, run_server
 
     settings = ServiceSettings.from_environment(
@@ -552,16 +551,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     progress = not getattr(args, "no_progress", False)  # serve has no progress bars
+    outputs = output_paths(args)
+    created = new_folders([output.path for output in outputs if output.kind == "folder"])
+    succeeded = False
     try:
-        for output in output_paths(args):  # minutes of scoring must not end on an unwritable path
+        for output in outputs:  # minutes of scoring must not end on an unwritable path
             check_output_path(output)
         args.handler(args, progress)
+        succeeded = True
     except (CxrAnomalyError, ValueError) as error:
         logger.error("%s", " ".join(str(error).split()))  # one line, even where torch's text has many
         return 2
     except OSError as error:  # a write that failed after the checks (disk full, a folder removed)
         logger.error("%s", describe_os_error(error))
         return 2
+    except ModuleNotFoundError as error:  # an optional extra that is not installed
+        hint = missing_extra_hint(error, args.command)
+        if hint is None:
+            raise
+        logger.error("%s", hint)
+        return 2
+    finally:
+        if not succeeded:  # a failed train or evaluate leaves no empty --out behind
+            remove_if_empty(created)
     return 0
 
 

@@ -239,11 +239,13 @@ def metrics_by_name(labels: np.ndarray, named_scores: dict[str, np.ndarray], fil
             for name, scores in named_scores.items()}
 
 
-def save_figure(figure: object, path: str | Path) -> Path:
-    """Lay out a matplotlib figure, write it (creating the folder) and close it."""
+def save_figure(figure: object, path: str | Path, *, layout: bool = True) -> Path:
+    """Lay out a matplotlib figure (unless the caller did: ``layout=False``), write it (creating
+    the folder) and close it."""
     import matplotlib.pyplot as plt
 
-    figure.tight_layout()  # type: ignore[attr-defined]
+    if layout:
+        figure.tight_layout()  # type: ignore[attr-defined]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)  # type: ignore[attr-defined]
@@ -363,7 +365,7 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
                 continue
             index = order[column]
             cells[0].imshow(group.pixels[index], cmap="gray", vmin=0, vmax=255)
-            cells[0].set_title(f"{group.title}\nscore {group.scores[index]:.3g}", fontsize=7)
+            cells[0].set_title(f"{group.title}\nraw score {group.scores[index]:.3g}", fontsize=7)
             cells[1].imshow(overlay_heatmap(group.pixels[index], group.anomaly_maps[index], scale=scale,
                                             floor=floor, border_crop=border_crop))
             if group.reconstructions is not None:
@@ -375,6 +377,14 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
             axes[group_index * rows_per_group + 2, 0].text(
                 -0.1, 0.5, "reconstruction", transform=axes[group_index * rows_per_group + 2, 0].transAxes,
                 rotation=90, va="center", ha="right", fontsize=7)
-    figure.suptitle(title or f"Highest-scoring films per group; heatmap transparent at {floor:.3g}, "
-                             f"full colour at {scale:.3g}", fontsize=8)
-    return save_figure(figure, path)
+    figure.suptitle(title or "Highest-scoring films per group (raw scores: the detector's own scale)", fontsize=8)
+    # the colour bar's own axes sit below the laid-out grid: tight_layout cannot place such axes
+    bar_band = 0.75 / figure.get_figheight()  # three quarters of an inch, whatever the number of groups
+    figure.tight_layout(rect=(0.0, bar_band, 1.0, 1.0))
+    mappable = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(vmin=floor, vmax=scale), cmap="inferno")
+    bar_axis = figure.add_axes((0.1, bar_band * 0.62, 0.8, bar_band * 0.15))
+    bar = figure.colorbar(mappable, cax=bar_axis, orientation="horizontal")
+    bar.set_label(f"heatmap: anomaly map value, clear at {floor:.3g} and below, full colour at {scale:.3g} "
+                  "and above", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return save_figure(figure, path, layout=False)

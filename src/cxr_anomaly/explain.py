@@ -173,6 +173,40 @@ def colour_bar(*, width: int = 256, height: int = 12) -> np.ndarray:
     return np.repeat(colours[None], height, axis=0).astype(np.uint8)
 
 
+def legend_height(width: int) -> int:
+    """Height in pixels of the legend band :func:`with_legend` adds below a film ``width`` pixels wide."""
+    return max(32, round(width * 0.07))
+
+
+def with_legend(overlay: np.ndarray, *, floor: float, scale: float, raw_score: float | None = None) -> np.ndarray:
+    """The overlay with a legend band below it: the colour bar, the map values it spans and,
+    when given, the film's raw score named as such (the detector's own scale, not a probability).
+
+    Returns:
+        RGB uint8 (H0 + :func:`legend_height`, W0, 3); the film above keeps its size.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    height, width = overlay.shape[:2]
+    band = legend_height(width)
+    bar_height = max(6, band // 3)
+    canvas = np.full((height + band, width, 3), 255, dtype=np.uint8)
+    canvas[:height] = overlay
+    canvas[height + 2:height + 2 + bar_height] = colour_bar(width=width, height=bar_height)
+    text = f"heatmap: clear at {floor:.3g}, full colour at {scale:.3g}"
+    if raw_score is not None:
+        text += f"; raw score {raw_score:.4g}"
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    size = max(6, band - bar_height - 6)
+    font = ImageFont.load_default(size=size)
+    while size > 6 and draw.textlength(text, font=font) > width - 4:  # shrink the text to the film's width
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    draw.text((2, height + bar_height + 3), text, fill=(0, 0, 0), font=font)
+    return np.asarray(image)
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """Encode a grey (H, W) or RGB (H, W, 3) uint8 image as PNG."""
     buffer = io.BytesIO()

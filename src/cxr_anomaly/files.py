@@ -3,9 +3,8 @@
 Writes are atomic (temporary file, fsync, rename): a crash never leaves a half-written file under
 the final name. Checkpoint files are read with ``torch.load(weights_only=True)``, whose restricted
 unpickler refuses anything but tensors and plain values, so a file from an untrusted source cannot
-run code on load. :func:`check_output_path` fails a command before any work when an output cannot
-be written. This module imports nothing of the package but its errors and image sniffing, so
-every layer can use it; torch only where it is needed, so that decoding and the CLI start without it.
+run code on load. This module imports nothing of the package but its errors and image sniffing, so
+every layer can use it; torch only where it is needed, so that decoding starts without it.
 """
 
 from __future__ import annotations
@@ -16,12 +15,11 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from . import __version__
-from .errors import CheckpointError, OutputPathError
+from .errors import CheckpointError
 from .image_base import sniff_format
 
 logger = logging.getLogger(__name__)
@@ -67,7 +65,7 @@ def _current_umask() -> int:
 
 def atomic_torch_save(payload: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    import torch  # here: decoding workers and the CLI's argument checks import this module without torch
+    import torch  # here: decoding workers import this module and need no torch
 
     atomic_write(path, lambda stream: torch.save(payload, stream))
 
@@ -112,7 +110,7 @@ def read_checkpoint_payload(
         CheckpointError: missing file, unsafe content (a pickle that would run code), not a
             cxr-anomaly checkpoint, or a format newer than this package understands.
     """
-    import torch  # here: decoding workers and the CLI's argument checks import this module without torch
+    import torch  # here: decoding workers import this module and need no torch
 
     path = Path(path)
     if path.is_dir():
@@ -207,52 +205,3 @@ def version_note(payload: dict[str, Any]) -> str:
         f" (the file was written by cxr-anomaly {written_by}; this is cxr-anomaly {__version__}, "
         "which does not understand it: use the version that wrote it, or retrain)"
     )
-
-
-@dataclass(frozen=True)
-class OutputPath:
-    """A path a command will write, checked before any work starts.
-
-    Attributes:
-        path: the file or folder.
-        option: the option that named it, for the message (``--out``).
-        kind: ``file`` or ``folder``.
-    """
-
-    path: Path
-    option: str
-    kind: str
-
-
-def check_output_path(output: OutputPath) -> None:
-    """Fail before any work when ``output`` cannot be written, naming it and the problem.
-
-    Leaves nothing behind: a temporary file is made and removed in the nearest existing folder, which
-    is the only test that also catches read-only mounts and pseudo file systems such as /proc.
-
-    Raises:
-        OutputPathError: the path is of the wrong kind, or its folder cannot be written.
-    """
-    path = output.path
-    if output.kind == "folder" and path.exists() and not path.is_dir():
-        raise OutputPathError(path, f"{output.option} needs a folder, but this is a file")
-    if output.kind == "file" and path.is_dir():
-        raise OutputPathError(path, f"{output.option} needs a file name, but this is a folder")
-    start = path if output.kind == "folder" else path.parent
-    existing = next((candidate for candidate in (start, *start.parents) if candidate.exists()), Path("."))
-    if not existing.is_dir():
-        raise OutputPathError(path, f"cannot write {output.option}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise OutputPathError(
-            path, f"cannot write {output.option} in {existing}: {error.strerror or error}") from error
-
-
-def describe_os_error(error: OSError) -> str:
-    """One line naming the file and the problem of an ``OSError``, without a traceback."""
-    if error.filename is None:
-        return str(error)
-    also = f" -> {error.filename2}" if error.filename2 is not None else ""
-    return f"{error.filename}{also}: {error.strerror or error}"

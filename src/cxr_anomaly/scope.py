@@ -33,7 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dicom import FilmHeader, film_header_from_dataset, read_film_headers, silence_pydicom
+from .dicom import (
+    FilmHeader,
+    film_header_from_dataset,
+    read_film_headers,
+    silence_pydicom,
+)
 from .image_base import is_dicom_file
 from .io import resize_grey
 
@@ -61,8 +66,7 @@ ADULT_AGE = 18.0
 # the share of known training ages under ADULT_AGE above which a model counts as fitted on children too
 CHILD_SHARE_FOR_MIXED_MODEL = 0.05
 ROTATION_SIDE = 64  # the pixel rule's working size: it reads the film's coarse layout only
-# below this margin the mediastinum runs across the film (see rotation_evidence); measured in
-# docs/results.md: about 1% of upright films of each shared collection fall below, about 98% of rotated ones
+# a margin below zero so that borderline upright films stay in scope (docs/results.md, "Scope rules")
 ROTATION_MARGIN = -0.1
 
 
@@ -177,7 +181,7 @@ def training_age_record(manifest: pd.DataFrame) -> dict[str, int]:
     if "age" not in manifest:
         return {"known": 0, "under_adult_age": 0}
     ages = pd.to_numeric(manifest["age"], errors="coerce").dropna()
-    return {"known": int(len(ages)), "under_adult_age": int((ages < ADULT_AGE).sum())}
+    return {"known": len(ages), "under_adult_age": int((ages < ADULT_AGE).sum())}
 
 
 def scope_column(manifest: pd.DataFrame, pixels: np.ndarray, *, fitted_on_adults: bool) -> list[str]:

@@ -65,7 +65,8 @@ def select_training_rows(manifest: pd.DataFrame, config: Config, origin: str) ->
     rng = np.random.default_rng(config.train.seed)
     held = set(rng.choice(unique_groups, size=max(1, round(fraction * len(unique_groups))), replace=False))
     mask = groups.isin(held)
-    return TrainingData(normal[~mask], normal[mask], f"{mask.sum()} training normals held out by patient", ignored)
+    held_by = "by patient" if normal["patient_id"].notna().any() else "film by film (no patient ids)"
+    return TrainingData(normal[~mask], normal[mask], f"{mask.sum()} training normals held out {held_by}", ignored)
 
 
 @dataclass

@@ -66,6 +66,15 @@ class DecodedFilm:
     scope: str
 
 
+@dataclass(frozen=True)
+class PreparedResults:
+    """A scored film and the DICOM objects that carry its result."""
+
+    film: DecodedFilm
+    result: FilmResult
+    datasets: list[Any]
+
+
 class ScoringWorker:
     """Scores pending films and returns their results.
 
@@ -128,14 +137,27 @@ class ScoringWorker:
                 self._wake.clear()
 
     def process_batch(self) -> int:
-        """Score and return one batch of pending films; the number handled (0: nothing pending)."""
+        """Score and return one batch of pending films; the number handled (0: nothing pending).
+
+        The batch's results go to the PACS in one call (one association), and its films are
+        recorded as returned only after it succeeded.
+        """
         pending = self.store.pending(self.batch_size)
         decoded = [film for film in (self._decode(stored) for stored in pending) if film is not None]
-        if decoded:
-            inputs = np.stack([film.model_input for film in decoded])  # (B, S, S) uint8
-            scores = self.model.score_films(inputs, keep_maps=True)
-            for index, film in enumerate(decoded):
-                self._return(film, float(scores.raw[index]), scores.anomaly_maps[index])
+        if not decoded:
+            return len(pending)
+        inputs = np.stack([film.model_input for film in decoded])  # (B, S, S) uint8
+        scores = self.model.score_films(inputs, keep_maps=True)
+        prepared = [self._prepare(film, float(scores.raw[index]), scores.anomaly_maps[index])
+                    for index, film in enumerate(decoded)]
+        started = time.perf_counter()
+        self.sink.send([dataset for results in prepared for dataset in results.datasets])
+        seconds = time.perf_counter() - started
+        for results in prepared:
+            self.store.record_returned(results.film.stored.sop_instance_uid)
+            logger.info("film %s: score %.4g, %s, scope %s; results stored", results.film.stored.sop_instance_uid,
+                        results.result.raw_score, results.result.decision, results.result.scope)
+        logger.debug("stored the results of %d films in %.2f s", len(prepared), seconds)
         return len(pending)
 
     def _decode(self, stored: StoredFilm) -> DecodedFilm | None:
@@ -158,22 +180,19 @@ class ScoringWorker:
         size = self.model.config.data.image_size
         return DecodedFilm(stored, header, image.array, resize_grey(image.array, size), scope)
 
-    def _return(self, film: DecodedFilm, raw: float, anomaly_map: np.ndarray) -> None:
+    def _prepare(self, film: DecodedFilm, raw: float, anomaly_map: np.ndarray) -> PreparedResults:
+        """Record a film's score, write its worklist thumbnails and build its SR and heatmap."""
         result = self.film_result(raw, film.scope)
         self.store.record_scored(film.stored.sop_instance_uid, FilmScoreRecord(
             raw, result.calibrated_score, result.percentile, result.decision, result.scope))
         explanation = explain_film(film.film, film.model_input, anomaly_map, self.heat.scale, floor=self.heat.floor,
                                    border_crop=self.model.config.data.border_crop, max_side=HEATMAP_MAX_SIDE)
-        objects = build_results(film.header, result, explanation.overlay, colour_bar(),
-                                scale_floor=self.heat.floor, scale_top=self.heat.scale)
-        started = time.perf_counter()
-        self.sink.send([objects.structured_report, objects.secondary_capture])
-        self.store.record_returned(film.stored.sop_instance_uid)
         stem = Path(film.stored.path).stem
         (self.thumbnails / f"{stem}.heatmap.png").write_bytes(png_bytes(shrink(explanation.overlay, THUMBNAIL_SIDE)))
         (self.thumbnails / f"{stem}.film.png").write_bytes(png_bytes(shrink(explanation.original, THUMBNAIL_SIDE)))
-        logger.info("film %s: score %.4g, %s, scope %s; results stored in %.2f s", film.stored.sop_instance_uid,
-                    raw, result.decision, result.scope, time.perf_counter() - started)
+        objects = build_results(film.header, result, explanation.overlay, colour_bar(),
+                                scale_floor=self.heat.floor, scale_top=self.heat.scale)
+        return PreparedResults(film, result, [objects.structured_report, objects.secondary_capture])
 
     def film_result(self, raw: float, scope: str) -> FilmResult:
         """The film's score read against the model's operating point."""

@@ -57,7 +57,7 @@ from ..calibration import Calibration
 from ..checkpoint import LoadedModel
 from ..dicom import silence_pydicom
 from ..errors import DecompressionBombError, InputFileError
-from ..explain import explain_film, heatmap_range, png_bytes
+from ..explain import explain_film, heatmap_range, png_bytes, with_legend
 from ..io import read_image, resize_grey, sniff_format
 from ..pipeline import load_scoring_model
 from ..scope import fitted_on_adults, upload_scope
@@ -490,7 +490,8 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
             explanation = await asyncio.to_thread(
                 explain_film, decoded.film, decoded.model_input, result.anomaly_map, heat.scale,
                 floor=heat.floor, border_crop=model.config.data.border_crop, max_side=settings.heatmap_max_side)
-            overlay_png = await asyncio.to_thread(png_bytes, explanation.overlay)
+            overlay_png = await asyncio.to_thread(lambda: png_bytes(with_legend(
+                explanation.overlay, floor=heat.floor, scale=heat.scale, raw_score=result.raw)))
         height, width = decoded.film.shape
         if response_format == "png":
             assert overlay_png is not None  # made above

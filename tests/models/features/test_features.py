@@ -23,6 +23,7 @@ from cxr_anomaly.config import Config, config_from_dict, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import CheckpointError, ConfigError, NoNormalImagesError
+from cxr_anomaly.explain import legend_height
 from cxr_anomaly.models.features.backbone import (EfficientNetLite, SamePadConv2d, _load_weights, build_backbone,
                                                   packaged_weights_path)
 from cxr_anomaly.models.features.fitting import greedy_coreset
@@ -266,7 +267,7 @@ def test_service_of_the_onnx_graph_answers_like_the_library(fitted: FittedFeatur
     assert set(body["components"]) == {"gaussian", "pooled_knn", "patch_knn"}
     for name, values in expected.components.items():
         assert body["components"][name] == pytest.approx(float(values[0]), rel=1e-4), name
-    assert Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))).size == (1024, 1024)
+    assert Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))).size == (1024, 1024 + legend_height(1024))
 
 
 def test_bf16_scores_rank_like_fp32(fitted: FittedFeatures) -> None:
