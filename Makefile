@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(CXR_ANOMALY_DATA),../shared/data)
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test bench setup browser pacs-server clean
+.PHONY: demo test lint bench setup browser pacs-server clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ setup: $(VENV)/.installed
 
 # Fit the default detector on rsna_normal224, test on NIH1000 test and nih_pneumonia256, write the report.
 demo: setup
-	$(PY) -m cxr_anomaly.demo --data $(DATA) --out $(DEMO_OUT)
+	$(PY) -m cxr_anomaly.jobs.demo --data $(DATA) --out $(DEMO_OUT)
 
 # The browser for the page test (tests/test_web.py), installed only when asked for: Debian's
 # chromium package when run as root, otherwise Playwright's own download into ~/.cache (needs the
@@ -50,6 +50,11 @@ pacs-server:
 # Sets up .venv and runs the Python suite; changes nothing outside the checkout.
 test: setup
 	$(PY) -m pytest -q --timeout=900
+
+# The layers contract of pyproject.toml (docs/architecture.md) and ruff's checks.
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(PY) -m benchmarks.run

@@ -533,9 +533,9 @@ def run_model_benchmark(*, smoke: bool = False, repeats: int | None = None, incl
         ceiling_median["bf16"] = probe.ceiling_gflops
         gemm_median["bf16"] = probe.gemm_gflops
         notes.append("this CPU has no native bf16 (oneDNN reports no AVX512-BF16/AMX): bf16 is emulated, "
-                     "timed once on small batches (scoring %d, training %d) against a bf16 ceiling measured "
-                     "on the same batches; 'auto' precision therefore scores in fp32 here"
-                     % (probe.scoring_batch, probe.training_batch))
+                     f"timed once on small batches (scoring {probe.scoring_batch}, training {probe.training_batch}) "
+                     "against a bf16 ceiling measured on the same batches; 'auto' precision therefore scores in "
+                     "fp32 here")
     latency = measure_latency(detector, config, images_to_pixels(images), latency_calls)
     profiles = profile_tables(config, score_batch, train_batch) if profile else []
     load_after = os.getloadavg()

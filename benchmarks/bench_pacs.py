@@ -42,7 +42,7 @@ DEFAULT_DATA = REPOSITORY_ROOT.parent / "shared" / "data"
 def fit_small_model(data: Path, folder: Path) -> Path:
     """The default family with a frozen backbone, fitted on 300 RSNA normals."""
     from cxr_anomaly.config import preset_config, with_overrides
-    from cxr_anomaly.pipeline import train_job
+    from cxr_anomaly.jobs.train import train_job
 
     normals = data / "rsna_normal224"
     manifest = pd.read_csv(normals / "manifest.csv").head(300)

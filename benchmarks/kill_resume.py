@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_anomaly.checkpoint import load_checkpoint, load_training_state
+from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.models.tang2019.state import load_training_state
 
 SMALL_CONFIG = """\
 method = "tang2019"  # the GAN training loop is what can be killed and resumed

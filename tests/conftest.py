@@ -67,7 +67,7 @@ def tiny_nih_model(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     import pandas as pd
 
     from cxr_anomaly.config import tang2019_config, with_overrides
-    from cxr_anomaly.pipeline import train_job
+    from cxr_anomaly.jobs.train import train_job
 
     nih1000 = shared_data / "nih1000"
     manifest = pd.read_csv(nih1000 / "manifest.csv")

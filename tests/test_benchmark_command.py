@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxr_anomaly.benchmark import BenchmarkOptions, benchmark_configs, parse_method, parse_test_collections
+from cxr_anomaly.jobs.benchmark import BenchmarkOptions, benchmark_configs, parse_method, parse_test_collections
 from cxr_anomaly.cli import main
 from cxr_anomaly.errors import ConfigError
 

@@ -147,7 +147,7 @@ def test_calibrate_command_stores_a_sensitivity_operating_point(tiny_nih_model, 
 
 
 def test_calibrate_on_normal_films_only_never_picks_an_absurd_threshold(tiny_nih_model, tmp_path: Path) -> None:
-    from cxr_anomaly.pipeline import calibrate_job
+    from cxr_anomaly.jobs.calibrate import calibrate_job
 
     manifest = pd.read_csv(tiny_nih_model.manifest)
     normals_only = tmp_path / "normals.csv"
@@ -163,7 +163,7 @@ def test_calibrate_on_normal_films_only_never_picks_an_absurd_threshold(tiny_nih
 
 def test_evaluate_reports_sensitivity_and_specificity_with_bootstrap_intervals(
         tiny_nih_model, tmp_path: Path) -> None:
-    from cxr_anomaly.pipeline import evaluate_job
+    from cxr_anomaly.jobs.evaluate import evaluate_job
 
     manifest = pd.read_csv(tiny_nih_model.nih1000 / "manifest.csv")
     manifest["path"] = [str(tiny_nih_model.nih1000 / path) for path in manifest["path"]]

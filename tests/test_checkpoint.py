@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -11,23 +12,14 @@ import pytest
 import torch
 
 from cxr_anomaly import __version__
-from cxr_anomaly.checkpoint import (
-    CHECKPOINT_FORMAT,
-    FORMAT_VERSION,
-    TrainingState,
-    atomic_torch_save,
-    atomic_write,
-    atomic_write_text,
-    load_checkpoint,
-    load_training_state,
-    remove_stale_temporaries,
-    save_checkpoint,
-    save_training_state,
-)
+from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
 from cxr_anomaly.config import Config, config_to_dict, tang2019_config, with_overrides
 from cxr_anomaly.data.copies import film_signatures, matching_signatures
 from cxr_anomaly.errors import CheckpointError
+from cxr_anomaly.files import (CHECKPOINT_FORMAT, FORMAT_VERSION, atomic_torch_save, atomic_write, atomic_write_text,
+                               remove_stale_temporaries)
 from cxr_anomaly.models.tang2019 import OneClassDetector, Tang2019Detector
+from cxr_anomaly.models.tang2019.state import TrainingState, load_training_state, save_training_state
 from cxr_anomaly.models.tang2019.training import build_detector, train_detector
 from cxr_anomaly.scoring import fit_calibration, score_films
 
@@ -252,3 +244,24 @@ def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
     removed = remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == [".training_state.pt.abc123.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "keep.tmp"]
+
+
+MAIN_FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_f0b61da"
+
+
+def test_a_checkpoint_and_training_state_written_before_the_registry_load_and_score_the_same() -> None:
+    # Written by main's code at f0b61da (fixtures/checkpoint_f0b61da/make_fixture.py), before the
+    # family registry, files.py and the training state's move beside its family.
+    films = np.random.default_rng(7).integers(0, 256, (12, 64, 64), dtype=np.uint8)
+    expected = json.loads((MAIN_FIXTURE / "expected.json").read_text())
+    model = load_checkpoint(MAIN_FIXTURE / "tang2019_tiny.pt", precision="fp32")
+    assert model.config.method == "tang2019" and model.config.model.base_channels == 2
+    assert model.calibration is not None and model.training["num_train_images"] == 8
+    assert matching_signatures(film_signatures(films[:8]), model.training_signatures)  # the training films
+    scores = model.score_films(films[8:])
+    np.testing.assert_allclose(scores.raw, expected["raw"], rtol=1e-5)
+    for name, values in expected["components"].items():
+        np.testing.assert_allclose(scores.components[name], values, rtol=1e-5, equal_nan=True)
+    state = load_training_state(MAIN_FIXTURE / "training_state.pt")
+    assert state.config == model.config and state.epochs_done == 1
+    assert state.model_state.keys() == {key.removeprefix("networks.") for key in model.detector.state_dict()}

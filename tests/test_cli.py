@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr_anomaly import pipeline
+from cxr_anomaly.jobs import evaluate, score
 from cxr_anomaly.checkpoint import load_checkpoint
 from cxr_anomaly.cli import main
 
@@ -151,8 +151,8 @@ def test_evaluate_fits_the_baselines_on_the_checkpoints_training_films_or_says_w
     films = tmp_path / "test.csv"
     test.to_csv(films, index=False)
     plotted: list[list[str]] = []
-    real_plot_roc = pipeline.plot_roc
-    monkeypatch.setattr(pipeline, "plot_roc", lambda curves, path, **options: (
+    real_plot_roc = evaluate.plot_roc
+    monkeypatch.setattr(evaluate, "plot_roc", lambda curves, path, **options: (
         plotted.append(list(curves)), real_plot_roc(curves, path, **options))[1])
     assert main(["evaluate", "--model", str(trained_checkpoint), "--data", str(films), "--out", str(tmp_path / "a"),
                  "--no-progress"]) == 0
@@ -321,7 +321,7 @@ def test_a_write_that_fails_during_the_job_gives_one_line_and_exit_2(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(out))
 
-    monkeypatch.setattr(pipeline, "score_job", disk_full)
+    monkeypatch.setattr(score, "score_job", disk_full)
     film = next(iter(sorted((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))))
     assert main(["score", "--model", str(trained_checkpoint), str(film), "--out", str(out)]) == 2
     assert_one_line_error(caplog, capsys, f"{out}: No space left on device")

@@ -138,7 +138,7 @@ def test_top_level_scalar_keys_are_type_checked_too() -> None:
 def test_method_picks_the_family_and_its_input_size() -> None:
     from cxr_anomaly.config import METHODS, paper_config, preset_config, tang2019_config
 
-    assert METHODS == ("features", "tang2019")
+    assert METHODS == ("features", "tang2019", "pixel_knn")
     default = Config()
     assert default.method == "features" and default.data.image_size == 224
     tang = tang2019_config()
@@ -181,3 +181,16 @@ def test_skip_connections_round_trip_through_a_toml_file(tmp_path: Path) -> None
     path = tmp_path / "skips.toml"
     path.write_text('method = "tang2019"\n[model]\nskip_connections = [16, 8, 4]\n')
     assert load_config(path).model.skip_connections == (16, 8, 4)
+
+
+def test_a_retired_key_of_an_older_file_is_ignored_with_a_note(caplog: pytest.LogCaptureFixture) -> None:
+    from cxr_anomaly.config import config_to_dict, stored_config_from_dict, tang2019_config
+
+    values = config_to_dict(tang2019_config())
+    values["train"]["num_workers"] = 4  # written by versions before it was retired
+    with caplog.at_level("INFO", logger="cxr_anomaly.config"):
+        config = stored_config_from_dict(values)
+    assert config == tang2019_config() and "num_workers" not in config_to_dict(config)["train"]
+    assert "ignoring train.num_workers=4" in caplog.text
+    with pytest.raises(ConfigError, match="unknown key"):  # other unknown keys are still refused
+        config_from_dict({**values, "train": {**values["train"], "num_worker": 4}})

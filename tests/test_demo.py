@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cxr_anomaly.baselines import BASELINE_NAMES
-from cxr_anomaly import demo  # the module, not its names: pytest would collect ``test_collections``
+from cxr_anomaly.jobs import demo  # the module, not its names: pytest would collect ``test_collections``
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.data.splits import split_patients_in_halves
 from cxr_anomaly.evaluation import compute_metrics

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from cxr_anomaly import distributed
-from cxr_anomaly.checkpoint import load_checkpoint, load_training_state
+from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
-from cxr_anomaly.models.tang2019.training import EVENTS_NAME, build_detector
+from cxr_anomaly.models.tang2019.steps import EVENTS_NAME
+from cxr_anomaly.models.tang2019.training import build_detector
 
 WORLD_SIZE = 2
 
@@ -146,5 +148,5 @@ def test_train_options_reach_the_config() -> None:
                                                       "tang2019", "--variant", "u", "--sync-batchnorm"]))
     assert tang.method == "tang2019" and tang.model.variant == "u" and tang.train.sync_batchnorm
     assert tang.data.image_size == 64
-    with pytest.raises(ConfigError, match="--variant u applies to --method tang2019"):
+    with pytest.raises(ConfigError, match="--variant u applies to a family with network variants"):
         training_config(build_parser().parse_args(["train", "--data", "x.csv", "--out", "run", "--variant", "u"]))

@@ -16,10 +16,8 @@ from cxr_anomaly.inference import (
     SCORE_PRECISIONS,
     inference_autocast,
     native_bf16,
-    recommended_threads,
     resolve_device,
     resolve_precision,
-    set_threads,
     to_channels_last,
     to_device,
 )
@@ -90,15 +88,6 @@ def test_to_device_on_cpu_is_a_plain_copy() -> None:
     assert moved.device.type == "cpu" and torch.equal(moved, batch)
 
 
-def test_thread_setting() -> None:
-    threads = torch.get_num_threads()
-    try:
-        assert recommended_threads() >= 1
-        assert set_threads(1) == 1 and torch.get_num_threads() == 1
-        with pytest.raises(ConfigError, match="num_threads=0"):
-            set_threads(0)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_fp32_scores_do_not_depend_on_the_layout() -> None:

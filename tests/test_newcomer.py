@@ -113,7 +113,7 @@ def test_evaluate_help_names_exactly_the_files_evaluate_writes(tiny_nih_model, t
 
 
 def test_training_log_does_not_claim_a_patient_hold_out_without_patient_ids() -> None:
-    from cxr_anomaly.pipeline import select_training_rows
+    from cxr_anomaly.data.selection import select_training_rows
 
     films = pd.DataFrame({"path": [f"film{index}.png" for index in range(40)], "label": 0, "split": pd.NA,
                           "patient_id": pd.NA})

@@ -14,7 +14,7 @@ import pytest
 from cxr_anomaly.cli import main
 from cxr_anomaly.config import tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
-from cxr_anomaly.reproduce import ReproduceOptions, reproduce_job
+from cxr_anomaly.jobs.reproduce import ReproduceOptions, reproduce_job
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -125,7 +125,7 @@ def test_view_filter_and_patient_disjoint_split(small_manifest: Path) -> None:
     import numpy as np
 
     from cxr_anomaly.data.manifest import load_inputs
-    from cxr_anomaly.reproduce import prepare_split
+    from cxr_anomaly.jobs.reproduce import prepare_split
 
     manifest = load_inputs([small_manifest])
     pixels = np.zeros((len(manifest), 64, 64), dtype=np.uint8)
@@ -137,7 +137,7 @@ def test_view_filter_and_patient_disjoint_split(small_manifest: Path) -> None:
 
 
 def test_cell_files_are_written_durably(small_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Issue 13 point 9: scores.npz and result.json go through checkpoint.atomic_write (fsync of
+    # Issue 13 point 9: scores.npz and result.json go through files.atomic_write (fsync of
     # the file, rename, fsync of the folder), not a rename of an unsynced file.
     import os
 

@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr_anomaly.checkpoint import load_checkpoint, load_training_state
+from cxr_anomaly.checkpoint import load_checkpoint
+from cxr_anomaly.models.tang2019.state import load_training_state
 
 EPOCHS = 5
 # CI runs 2 trials of 2 kills (7 process starts in all); a longer record sets these variables.

@@ -14,19 +14,17 @@ import pytest
 import torch
 
 from cxr_anomaly import inference
-from cxr_anomaly.checkpoint import load_training_state
+from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.distributed import DistributedContext
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError
 from cxr_anomaly.models.tang2019 import DiscriminatorLoss, discriminator_loss_from_logits
-from cxr_anomaly.models.tang2019 import training
+from cxr_anomaly.models.tang2019 import steps
 from cxr_anomaly.models.tang2019.torch_model import Discriminator
-from cxr_anomaly.models.tang2019.training import (
-    EVENTS_NAME,
-    TRAINING_STATE_NAME,
-    resolve_config_for_resume,
-    train_detector,
-)
+from cxr_anomaly.models.tang2019.resume import resolve_config_for_resume
+from cxr_anomaly.models.tang2019.state import TRAINING_STATE_NAME
+from cxr_anomaly.models.tang2019.steps import EVENTS_NAME
+from cxr_anomaly.models.tang2019.training import train_detector
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -249,14 +247,14 @@ def test_auto_precision_trains_in_bf16_exactly_where_it_is_native(nih_train_norm
     monkeypatch.setattr(inference, "native_bf16", lambda device: native)
     assert tang2019_config().train.precision == "auto"
     used: list[bool] = []
-    real_autocast = training.autocast_context
+    real_autocast = steps.autocast_context
 
     def spy(device: torch.device, precision: str) -> torch.autocast:
         context = real_autocast(device, precision)
         used.append(bool(context._enabled))
         return context
 
-    monkeypatch.setattr(training, "autocast_context", spy)
+    monkeypatch.setattr(steps, "autocast_context", spy)
     result = train_detector(tiny_config(epochs=1), nih_train_normals[:32], run_dir=tmp_path)
     expected = "bf16" if native else "fp32"
     assert result.precision == expected
@@ -266,36 +264,36 @@ def test_auto_precision_trains_in_bf16_exactly_where_it_is_native(nih_train_norm
 
 def test_batch_plan_shares_the_global_batch_out_over_the_ranks() -> None:
     train_config = tiny_config(batch_size=16).train
-    alone = training.batch_plan(40, train_config, DistributedContext())
+    alone = steps.batch_plan(40, train_config, DistributedContext())
     assert (alone.sampler, alone.batch_size, alone.steps_per_epoch) == (None, 16, 3)
-    second_of_two = training.batch_plan(40, train_config, DistributedContext(rank=1, world_size=2))
+    second_of_two = steps.batch_plan(40, train_config, DistributedContext(rank=1, world_size=2))
     assert second_of_two.sampler is not None and len(second_of_two.sampler) == 20
     assert (second_of_two.batch_size, second_of_two.steps_per_epoch) == (8, 3)
-    assert training.batch_plan(5, train_config, DistributedContext()).batch_size == 5  # never beyond the films
+    assert steps.batch_plan(5, train_config, DistributedContext()).batch_size == 5  # never beyond the films
 
 
 def test_batch_plan_refuses_fewer_than_two_films_a_rank() -> None:
     with pytest.raises(ConfigError, match=r"train.batch_size=4 over 4 processes gives 1 film"):
-        training.batch_plan(40, tiny_config(batch_size=4).train, DistributedContext(rank=0, world_size=4))
+        steps.batch_plan(40, tiny_config(batch_size=4).train, DistributedContext(rank=0, world_size=4))
 
 
-def step_result(loss: float, collapsed: bool) -> training.StepResult:
+def step_result(loss: float, collapsed: bool) -> steps.StepResult:
     """A reduced step with every loss at ``loss``."""
-    return training.StepResult(dict.fromkeys(training.LOSS_NAMES, loss), 16.0, collapsed)
+    return steps.StepResult(dict.fromkeys(steps.LOSS_NAMES, loss), 16.0, collapsed)
 
 
 def test_guard_step_counts_collapsed_steps_and_stops_at_the_patience(tmp_path: Path) -> None:
     train_config = tiny_config(collapse_patience_steps=3).train
-    run_log = training.RunLog(tmp_path, enabled=True)
+    run_log = steps.RunLog(tmp_path, enabled=True)
     guard = {"train_config": train_config, "has_discriminator": True, "run_log": run_log, "state_path": None}
-    streak = training.guard_step(step_result(1.0, True), 0, 1, 1, **guard)
-    streak = training.guard_step(step_result(1.0, True), streak, 1, 2, **guard)
+    streak = steps.guard_step(step_result(1.0, True), 0, 1, 1, **guard)
+    streak = steps.guard_step(step_result(1.0, True), streak, 1, 2, **guard)
     assert streak == 2
-    assert training.guard_step(step_result(1.0, False), streak, 1, 3, **guard) == 0  # one normal step resets it
+    assert steps.guard_step(step_result(1.0, False), streak, 1, 3, **guard) == 0  # one normal step resets it
     with pytest.raises(TrainingDivergedError, match="won outright"):
-        training.guard_step(step_result(1.0, True), 2, 1, 4, **guard)
+        steps.guard_step(step_result(1.0, True), 2, 1, 4, **guard)
     # a variant without D never collapses, whatever the flag says
-    assert training.guard_step(step_result(1.0, True), 5, 1, 5, **{**guard, "has_discriminator": False}) == 6
+    assert steps.guard_step(step_result(1.0, True), 5, 1, 5, **{**guard, "has_discriminator": False}) == 6
     with pytest.raises(TrainingDivergedError, match="non-finite loss at epoch 2, step 7"):
-        training.guard_step(step_result(math.nan, False), 0, 2, 7, **guard)
+        steps.guard_step(step_result(math.nan, False), 0, 2, 7, **guard)
     assert [event["event"] for event in events(tmp_path)] == ["collapsed", "diverged"]

@@ -1,5 +1,5 @@
 """Command-line interface: argument parsing and one short handler a command; the work is done in
-:mod:`cxr_anomaly.pipeline` and the modules it names.
+:mod:`cxr_anomaly.jobs` and the modules they name.
 
 Run ``cxr-anomaly COMMAND --help`` for each command's options.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__
 from .cli_checks import (check_output_path, check_port_free, describe_os_error, missing_extra_hint,
                          new_folders, output_paths, remove_if_empty)
-from .config import METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
+from .config import DEFAULT_METHOD, METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
 from .errors import ConfigError, CxrAnomalyError
 
 from .pacs.cli import add_pacs_commands
@@ -361,13 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def training_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with command-line overrides applied."""
-    base = preset_config(args.method or "features")
+    base = preset_config(args.method or DEFAULT_METHOD)
     config = load_config(args.config, base=base) if args.config else base
     if args.method is not None and config.method != args.method:
         raise ConfigError(f"--method {args.method} but {args.config} sets method = {config.method!r}")
     if args.variant is not None:
-        if config.method != "tang2019":
-            raise ConfigError(f"--variant {args.variant} applies to --method tang2019, not {config.method}")
+        from .models.registry import family_of  # after parsing, so --help stays fast
+
+        if "model" not in family_of(config.method).config_sections:
+            raise ConfigError(f"--variant {args.variant} applies to a family with network variants "
+                              f"(a [model] section), not {config.method}")
         config = with_overrides(config, "model", variant=args.variant)
     train_changes = {key: value for key, value in (
         ("epochs", args.epochs), ("seed", args.seed), ("device", args.device),
@@ -380,9 +383,9 @@ def training_config(args: argparse.Namespace) -> Config:
 
 def run_train(args: argparse.Namespace, progress: bool) -> None:
     """``train``: fit a detector on the normal films of ``--data`` and write RUN_DIR/model.pt."""
-    from . import pipeline  # after parsing, so --help stays fast
+    from .jobs import train  # after parsing, so --help stays fast
 
-    outcome = pipeline.train_job(args.data, args.out, training_config(args),
+    outcome = train.train_job(args.data, args.out, training_config(args),
                                  on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                  progress=progress, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
@@ -391,9 +394,9 @@ def run_train(args: argparse.Namespace, progress: bool) -> None:
 
 def run_score(args: argparse.Namespace, progress: bool) -> None:
     """``score``: score films with a checkpoint, write the CSV and, with ``--report``, the worklist."""
-    from . import pipeline  # after parsing, so --help stays fast
+    from .jobs import score  # after parsing, so --help stays fast
 
-    table = pipeline.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
+    table = score.score_job(args.model, args.inputs, args.out, normalisation=args.normalisation,
                                on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                progress=progress, report=args.report,
                                keep_patient_identifiers=args.keep_patient_identifiers,
@@ -410,9 +413,9 @@ def run_score(args: argparse.Namespace, progress: bool) -> None:
 
 def run_calibrate(args: argparse.Namespace, progress: bool) -> None:
     """``calibrate``: refit a checkpoint's operating point on labelled films."""
-    from . import pipeline  # after parsing, so --help stays fast
+    from .jobs import calibrate  # after parsing, so --help stays fast
 
-    outcome = pipeline.calibrate_job(
+    outcome = calibrate.calibrate_job(
         args.model, args.data, split=args.split, target_specificity=args.target_specificity,
         target_sensitivity=args.target_sensitivity, out_path=args.out,
         on_bad_file=args.on_bad_file, cache_dir=args.cache_dir, progress=progress)
@@ -443,9 +446,9 @@ def run_serve(args: argparse.Namespace, progress: bool) -> None:
 
 def run_evaluate(args: argparse.Namespace, progress: bool) -> None:
     """``evaluate``: metrics, ROC and film grid of a checkpoint on labelled films."""
-    from . import pipeline  # after parsing, so --help stays fast
+    from .jobs import evaluate  # after parsing, so --help stays fast
 
-    outcome = pipeline.evaluate_job(args.model, args.data, args.out, split=args.split,
+    outcome = evaluate.evaluate_job(args.model, args.data, args.out, split=args.split,
                                     label_column=args.label_column,
                                     on_bad_file=args.on_bad_file, cache_dir=args.cache_dir,
                                     progress=progress, baselines=not args.no_baselines,
@@ -501,7 +504,7 @@ def run_split(args: argparse.Namespace, progress: bool) -> None:
 
 def run_reproduce(args: argparse.Namespace, progress: bool) -> None:
     """``reproduce``: the paper's Table 1 with baselines."""
-    from .reproduce import ReproduceOptions, reproduce_job
+    from .jobs.reproduce import ReproduceOptions, reproduce_job
 
     config = (load_config(args.config, base=preset_config(args.preset)) if args.config
               else preset_config(args.preset))
@@ -524,7 +527,7 @@ def run_reproduce(args: argparse.Namespace, progress: bool) -> None:
 
 def run_benchmark(args: argparse.Namespace, progress: bool) -> None:
     """``benchmark``: every method and seed against the baselines on test collections."""
-    from .benchmark import BenchmarkOptions, benchmark_configs, benchmark_job, parse_test_collections
+    from .jobs.benchmark import BenchmarkOptions, benchmark_configs, benchmark_job, parse_test_collections
 
     configs = benchmark_configs(args.config, epochs=args.epochs, device=args.device,
                                 precision=args.precision)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tomllib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 Variant = Literal["u", "u+e", "u+d", "u+d+e"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
@@ -29,8 +32,9 @@ InitScheme = Literal["dcgan", "standard_normal"]
 Intensity = Literal["none", "per_image", "equalize"]
 Precision = Literal["auto", "fp32", "bf16"]
 ScoreMethod = Literal["eq6", "code_knn"]
-Method = Literal["features", "tang2019"]
+Method = Literal["features", "tang2019", "pixel_knn"]
 METHODS: tuple[str, ...] = get_args(Method)
+DEFAULT_METHOD: Method = "features"  # the family of Config() and of `--method` left out
 FeatureScore = Literal["gaussian", "patch_knn", "pooled_knn"]
 FEATURE_SCORES: tuple[str, ...] = get_args(FeatureScore)
 # Preprocessing of each family when the data section does not say: the features family's makes
@@ -135,7 +139,6 @@ class TrainConfig:
     # "auto": bf16 autocast where the device computes bf16 natively (AVX512-BF16, AMX, most
     # CUDA GPUs), fp32 elsewhere, where bf16 is emulated and slower; the record names the one used.
     precision: Precision = "auto"
-    num_workers: int = 0
     calibration_fraction: float = 0.1  # normals held out by patient when no val split exists
     # Robustness (issue 7). A training state is written to the run folder after every epoch and,
     # when checkpoint_every_steps > 0, also every that many optimisation steps.
@@ -425,6 +428,26 @@ def _check_field_types(section_type: type, values: dict[str, Any], section_name:
             raise ConfigError(f"{key}={value!r} has type {type(value).__name__}; expected {describe(hint)}")
 
 
+# Keys that configurations and checkpoints written by earlier versions hold but that no longer
+# change anything, with why: read and ignored, so that those files still load.
+RETIRED_KEYS: dict[str, dict[str, str]] = {
+    "train": {"num_workers": "films are decoded in threads (data.cache), not by DataLoader workers"},
+}
+
+
+def drop_retired_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` without the keys of :data:`RETIRED_KEYS`, each one dropped logged."""
+    values = dict(values)
+    for section, retired in RETIRED_KEYS.items():
+        if isinstance(values.get(section), dict) and set(retired) & set(values[section]):
+            kept = dict(values[section])
+            for key in set(retired) & set(kept):
+                logger.info("ignoring %s.%s=%r: it is no longer a setting (%s)", section, key, kept.pop(key),
+                            retired[key])
+            values[section] = kept
+    return values
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build a :class:`Config` from nested dictionaries; unknown keys raise :class:`ConfigError`.
 
@@ -432,14 +455,14 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     family's. Keys missing from the ``data`` section take the family's defaults
     (:data:`METHOD_DATA_DEFAULTS`: input size and preprocessing).
     """
-    values = dict(values)
+    values = drop_retired_keys(values)
     _check_field_types(Config, {key: value for key, value in values.items() if key not in _SECTIONS}, "")
-    method = values.pop("method", "features")
+    method = values.pop("method", DEFAULT_METHOD)
     if method not in METHODS:
         raise ConfigError(f"method={method!r}; expected one of {METHODS}")
     data_values = dict(values.get("data") or {}) if isinstance(values.get("data", {}), dict) else values["data"]
     if isinstance(data_values, dict):
-        for key, value in METHOD_DATA_DEFAULTS[method].items():
+        for key, value in METHOD_DATA_DEFAULTS.get(method, {}).items():
             data_values.setdefault(key, value)
         values["data"] = data_values
     sections: dict[str, Any] = {"method": method}
@@ -531,10 +554,13 @@ PRESETS: dict[str, Callable[[], Config]] = {"default": Config, "features": Confi
 
 
 def preset_config(name: str) -> Config:
-    """The configuration of a named preset (``default`` or ``paper``)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    """The configuration of a named preset (``default``, ``paper``, or a family's name: its
+    defaults)."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    if name in METHODS:
+        return config_from_dict({"method": name})
+    raise ConfigError(f"unknown preset {name!r}; expected one of {sorted({*PRESETS, *METHODS})}")
 
 
 def load_config(path: str | Path, base: Config | None = None) -> Config:

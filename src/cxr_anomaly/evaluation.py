@@ -31,6 +31,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .calibration import Interval, auc_from_ranks, auc_interval
+from .explain import overlay_heatmap
 
 logger = logging.getLogger(__name__)
 
@@ -347,8 +348,6 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .explain import overlay_heatmap
 
     groups = [group for group in groups if len(group.pixels)]
     if not groups:

@@ -1,8 +1,8 @@
 """Explanations a radiologist can glance at: where the detector found the film unusual.
 
 Every detector family returns an anomaly map with its scores (see
-:class:`~cxr_anomaly.models.base.AnomalyOutput`): the residual |x - x'| of the tang2019
-autoencoder, the nearest-normal-patch distance of the features detector. The map is upsampled
+:class:`~cxr_anomaly.models.base.AnomalyOutput`): the residual |x - x'| of an autoencoder, the
+nearest-normal-patch distance of a feature model. The map is upsampled
 bilinearly to the film's original resolution and blended over it: transparent where the map is
 small, opaque "inferno" colours where it is large.
 

@@ -3,9 +3,8 @@
 The exported graph takes the model tensor ``images`` (N, C, S, S), float32 (what the detector's
 :meth:`~cxr_anomaly.models.base.AnomalyDetector.model_input` makes of uint8 films), and
 returns the fields of :class:`~cxr_anomaly.models.base.AnomalyOutput` flattened: ``score``
-(N,), one (N,) output per component of the family (``reconstruction``, ``adversarial``,
-``latent``, ``code_distance`` for tang2019; ``gaussian``, ``pooled_knn``, ``patch_knn`` for
-features) and ``anomaly_map`` (N, 1, h, w). The names come from the detector
+(N,), one (N,) output per component of the family (its detector's ``component_names``) and
+``anomaly_map`` (N, 1, h, w). The names come from the detector
 (:func:`~cxr_anomaly.models.base.output_names`), never from a list kept here, so the export
 does not ask which family it holds.
 
@@ -33,9 +32,10 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import atomic_write, load_checkpoint
-from .config import Config, config_to_dict
+from .checkpoint import load_checkpoint
+from .config import Config, config_to_dict, stored_config_from_dict
 from .errors import CxrAnomalyError
+from .files import atomic_write
 from .models.base import AnomalyDetector, flat_outputs, output_names
 from .models.registry import build_detector
 from .scoring import Calibration, ScoreResult
@@ -192,8 +192,6 @@ class OnnxScorer:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_METADATA_KEY not in metadata:
             raise ExportError(f"{self.path}: not a cxr-anomaly scoring graph (no {CONFIG_METADATA_KEY})")
-        from .config import stored_config_from_dict
-
         self.config = stored_config_from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
         # The graph holds the weights; the detector here only lends its preprocessing.
         self.preprocessor = build_detector(self.config, pretrained=False)

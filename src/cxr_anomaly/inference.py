@@ -1,4 +1,4 @@
-"""Fast inference settings: precision, memory layout, threads and host-to-device copies.
+"""Fast inference settings: precision, memory layout and host-to-device copies.
 
 The defaults are the settings that scored fastest where they were timed (see
 docs/results.md#speed-on-a-2-core-cpu).
@@ -13,7 +13,6 @@ docs/results.md#speed-on-a-2-core-cpu).
 - **Layout.** channels_last (NHWC) lets oneDNN (CPU) and cuDNN (CUDA) pick their fastest
   convolution kernels; :func:`to_channels_last` converts a module's weights in place, which keeps
   their values.
-- **Threads.** :func:`recommended_threads` is the number of cores this process may run on.
 - **Copies.** :func:`to_device` pins host memory and copies without blocking when the target is
   a CUDA device, so the copy overlaps the previous batch's compute.
 """
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from typing import get_args
 
@@ -111,7 +109,7 @@ def without_autocast(device: torch.device | str) -> contextlib.AbstractContextMa
     """A context in which autocast is off on ``device``'s type, inside an autocast region too.
 
     For the small products that turn features into scores: in bf16 they lose the resolution that
-    ranks films (:meth:`cxr_anomaly.models.features.torch_model.FeatureDetector.pooled_scores`).
+    ranks films (a feature model's distances to its bank of normals).
     """
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
@@ -139,28 +137,3 @@ def to_device(batch: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if device.type == "cuda":
         return batch.pin_memory().to(device, non_blocking=True)
     return batch.to(device)
-
-
-def recommended_threads() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1.
-
-    On the project's 2-core machine this is torch's default already; it matters in containers
-    whose CPU quota is smaller than the host's core count.
-    """
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # platforms without sched_getaffinity
-        return max(1, os.cpu_count() or 1)
-
-
-def set_threads(num_threads: int | None) -> int:
-    """Set torch's intra-op threads (None: :func:`recommended_threads`); return the number set.
-
-    Raises:
-        ConfigError: ``num_threads`` is below 1.
-    """
-    threads = recommended_threads() if num_threads is None else num_threads
-    if threads < 1:
-        raise ConfigError(f"num_threads={threads}; must be >= 1")
-    torch.set_num_threads(threads)
-    return threads

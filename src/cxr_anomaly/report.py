@@ -283,7 +283,7 @@ def write_html_report(
     if not in_scope.all():
         flagged_text += (f"; {int((~in_scope).sum())} film(s) outside the model's scope are listed apart "
                          "at the end, unranked")
-    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     extra_columns = [column for column in ("label", "view", *LINK_TAGS, *PATIENT_TAGS) if column in ranked]
     show_reconstruction = bool(explanations) and explanations[0].reconstruction is not None
     header_cells = "".join(f"<th>{html.escape(column)}</th>" for column in (

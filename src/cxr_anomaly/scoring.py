@@ -41,7 +41,7 @@ class ScoreResult:
         components: the family's components by name, each (N,) float64; NaN where absent.
         anomaly_maps: float32 (N, h, w) anomaly maps when asked for, else None.
         reconstructions: uint8 (N, S, S) reconstructions when asked for and the family
-            reconstructs (tang2019), else None.
+            reconstructs, else None.
     """
 
     raw: np.ndarray

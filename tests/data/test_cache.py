@@ -233,7 +233,7 @@ def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_cache_writes_are_durable(films: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Issue 13 point 9: shard and parameters.json go through checkpoint.atomic_write, which also
+    # Issue 13 point 9: shard and parameters.json go through files.atomic_write, which also
     # fsyncs the folder so that the rename itself survives a power cut.
     synced = record_fsyncs(monkeypatch)
     run(films[:8], tmp_path / "cache")

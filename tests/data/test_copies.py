@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_anomaly.benchmark import FilmSet, warn_on_shared_films
+from cxr_anomaly.jobs.benchmark import FilmSet, warn_on_shared_films
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
 from cxr_anomaly.data.dataset import load_images
@@ -68,6 +68,6 @@ def test_the_benchmark_warns_of_a_test_film_that_copies_a_training_film(shared_d
                     {config: train_pixels}, "train")
     test = FilmSet("site", pd.DataFrame({"path": ["b.png", "c.png", "d.png"], "patient_id": ["7", "8", "9"]}),
                    {config: test_pixels}, "site")
-    with caplog.at_level(logging.WARNING, logger="cxr_anomaly.benchmark"):
+    with caplog.at_level(logging.WARNING, logger="cxr_anomaly.jobs.benchmark_films"):
         warn_on_shared_films(train, test, config, film_signatures(train_pixels))
     assert "site: 2 film(s) are copies of training films" in caplog.text and "['b.png', 'c.png']" in caplog.text

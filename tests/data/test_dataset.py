@@ -102,7 +102,7 @@ def test_model_tensor_shape_and_range(shared_data: Path) -> None:
 
 
 def test_training_set_without_normal_images_is_refused(shared_data: Path) -> None:
-    from cxr_anomaly.pipeline import select_training_rows
+    from cxr_anomaly.data.selection import select_training_rows
 
     manifest = pd.read_csv(shared_data / "nih1000" / "manifest.csv")
     abnormal_only = manifest[manifest["label"] == 1].assign(path=lambda table: table["path"].astype(str))

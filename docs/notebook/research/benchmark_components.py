@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_anomaly.benchmark import choose_test_films
+from cxr_anomaly.jobs.benchmark import choose_test_films
 from cxr_anomaly.evaluation import safe_auc
 
 COMPONENTS = ("raw", "reconstruction", "adversarial", "latent", "code_distance")

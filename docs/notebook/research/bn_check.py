@@ -21,7 +21,7 @@ from cxr_anomaly.data.dataset import to_model_tensor
 from cxr_anomaly.evaluation import safe_auc
 from cxr_anomaly.models.tang2019 import Tang2019Detector
 from cxr_anomaly.models.tang2019.training import store_normal_codes, train_detector
-from cxr_anomaly.reproduce import ReproduceOptions, prepare_split
+from cxr_anomaly.jobs.reproduce import ReproduceOptions, prepare_split
 from cxr_anomaly.scoring import score_films
 
 

@@ -10,7 +10,7 @@ The test half of ``nih_pneumonia256`` (``split_patients_in_halves``, seed 0: ``m
 with ``--part all`` all 959 of its films (the collection as the issue's probe scored it), is
 written as uncompressed 8-bit DICOM files in ``normal/`` and ``abnormal/`` folders with no manifest.
 The view is only in each file's ``ViewPosition`` and the age only in ``PatientAge``. Both sets are
-evaluated with the same checkpoint (:func:`cxr_anomaly.pipeline.evaluate_job`); the script prints
+evaluated with the same checkpoint (:func:`cxr_anomaly.jobs.evaluate.evaluate_job`); the script prints
 which metrics differ (none should: 8-bit DICOM pixels decode to the PNG's) and the largest score
 difference.
 """
@@ -29,7 +29,7 @@ from PIL import Image
 from benchmarks.bench_features import write_dicom
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.data.splits import split_patients_in_halves
-from cxr_anomaly.pipeline import evaluate_job
+from cxr_anomaly.jobs.evaluate import evaluate_job
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.models.features.fitting import patch_memory_bank
 from cxr_anomaly.models.features.torch_model import FeatureDetector, nearest_distances
-from cxr_anomaly.pipeline import select_training_rows
+from cxr_anomaly.data.selection import select_training_rows
 
 
 def bank_setting(text: str) -> tuple[int, int]:

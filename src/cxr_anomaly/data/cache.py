@@ -18,7 +18,7 @@ edited file gets a new key and is decoded again; the parameters digest covers ev
 changes the pixels (image size, pixel limit, the decoder version), so changing a parameter
 builds a new store beside the old one.
 
-Crash safety: a shard is written with :func:`cxr_anomaly.checkpoint.atomic_write` (a hidden
+Crash safety: a shard is written with :func:`cxr_anomaly.files.atomic_write` (a hidden
 temporary name, fsync, :func:`os.replace`, fsync of the folder), so a reader sees a whole shard
 or none, and a shard that :meth:`PreprocessingCache.add` has returned survives a power cut. Decoded films are
 written every ``flush_every`` films or ``flush_seconds`` seconds and when the build is
@@ -42,7 +42,7 @@ import uuid
 import zipfile
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from typing import IO, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from .. import errors
 from ..config import DataConfig
 from ..errors import InputFileError, MissingFileError
+from ..files import atomic_write
 from ..io import read_image, reduce_film, resize_grey
 
 logger = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class PreprocessingCache:
         description = self.folder / "parameters.json"
         if not description.exists():
             content = json.dumps(asdict(parameters), indent=2).encode()
-            _atomic_write(description, lambda stream: stream.write(content))
+            atomic_write(description, lambda stream: stream.write(content))
         self._index: dict[str, tuple[Path, int]] = {}
         self._lock = threading.Lock()
         self._load_index()
@@ -256,7 +257,7 @@ class PreprocessingCache:
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         shard = self.folder / name
         # Readers see the whole shard or none, and it survives a power cut once add() returns.
-        _atomic_write(shard, lambda stream: np.savez(stream, keys=np.asarray(keys, dtype="S32"), pixels=stacked))
+        atomic_write(shard, lambda stream: np.savez(stream, keys=np.asarray(keys, dtype="S32"), pixels=stacked))
         with self._lock:
             for row, key in enumerate(keys):
                 self._index[key] = (shard, row)
@@ -285,17 +286,6 @@ class PreprocessingCache:
             if shard != merged:
                 shard.unlink(missing_ok=True)
         logger.info("compacted %d small cache shards into %s", len(small), merged)
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """The project's one atomic write (temporary file, fsync, rename, fsync of the folder).
-
-    Imported here, not at the top: the checkpoint module imports torch, which decoding alone
-    does not need (``cxr-anomaly`` starts faster without it).
-    """
-    from ..checkpoint import atomic_write
-
-    atomic_write(path, write)
 
 
 @dataclass

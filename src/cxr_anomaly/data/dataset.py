@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..config import DataConfig
 from ..errors import InputFileError
-from .cache import decode_file, decode_many, decode_npz_members, is_npz_member
+from .cache import decode_many
 
 if TYPE_CHECKING:  # torch is imported lazily: decoding workers must start without it
     import torch
@@ -52,16 +52,6 @@ class LoadedImages:
     pixels: np.ndarray
     manifest: pd.DataFrame
     skipped: list[SkippedFile] = field(default_factory=list)
-
-
-def load_one(path: str, data_config: DataConfig) -> np.ndarray:
-    """Decode one manifest path (a file or ``FILE.npz#SPLIT/INDEX``) to a uint8 square image."""
-    if is_npz_member(path):
-        result = decode_npz_members([path], data_config)[0]
-        if isinstance(result, InputFileError):
-            raise result
-        return result
-    return decode_file(path, data_config)
 
 
 def load_images(

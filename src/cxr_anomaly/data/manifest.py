@@ -19,10 +19,10 @@ from ..errors import ManifestError, MissingFileError
 from ..image_base import is_dicom_file
 from ..io import IMAGE_SUFFIXES, sniff_format
 from .kermany import build_kermany_manifest, is_kermany_folder
-from .table import MANIFEST_COLUMNS, SPLIT_ALIASES, SPLITS, empty_manifest, normalise_manifest
+from .table import MANIFEST_COLUMNS, SPLIT_ALIASES, SPLITS, normalise_manifest
 
 __all__ = ["ABNORMAL_FOLDERS", "MANIFEST_COLUMNS", "NORMAL_FOLDERS", "NPZ_SEPARATOR", "SPLITS", "FolderLabel",
-           "empty_manifest", "folder_label", "load_inputs", "looks_like_image", "normalise_manifest",
+           "folder_label", "load_inputs", "looks_like_image", "normalise_manifest",
            "read_manifest_csv", "read_npz_manifest", "scan_folder"]
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ same split on every machine.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +36,8 @@ import pandas as pd
 
 from ..errors import ConfigError, ManifestError
 from .manifest import SPLITS, load_inputs, normalise_manifest
+from .nih import build_nih_manifest
+from .rsna import build_rsna_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -357,11 +359,6 @@ def resplit_manifest(
     return ResplitReport(str(input_path), str(output_csv), seed, summary, crossing_before)
 
 
-def with_sizes(sizes: PaperSplitSizes, **changes: int) -> PaperSplitSizes:
-    """A copy of ``sizes`` with some fields changed."""
-    return replace(sizes, **changes)
-
-
 @dataclass(frozen=True)
 class PaperSplitReport:
     """What :func:`write_paper_split` wrote."""
@@ -407,13 +404,9 @@ def write_paper_split(
             (left out before the split is drawn, and logged).
     """
     if experiment == "nih":
-        from .nih import build_nih_manifest
-
         table = build_nih_manifest(image_root, labels_csv, on_missing=on_missing)
         result = nih_paper_split(table, seed=seed, view=view, sizes=sizes or NIH_PAPER_SIZES)
     elif experiment == "rsna":
-        from .rsna import build_rsna_manifest
-
         if class_info_csv is None:
             raise ConfigError("the RSNA split needs class_info_csv (stage_2_detailed_class_info.csv)")
         table = build_rsna_manifest(image_root, labels_csv, class_info_csv, headers_csv=headers_csv,

@@ -29,11 +29,6 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                   "validation": "val", "test": "test", "testing": "test"}
 
 
-def empty_manifest() -> pd.DataFrame:
-    """Return a manifest with the standard columns and no rows."""
-    return normalise_manifest(pd.DataFrame({column: [] for column in MANIFEST_COLUMNS}), "<empty>")
-
-
 def normalise_manifest(table: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
     """Give ``table`` the standard columns and dtypes, validating labels and splits.
 

@@ -1,40 +1,40 @@
-"""The detector families by name: build one from a configuration, or fit one on normal films.
+"""The detector families, listed once and found by name.
 
-``config.method`` names the family. Checkpoints, the pipeline, the service and the export build
-detectors only through :func:`build_detector` and :func:`fit_detector`, so adding a family
-means adding a folder and one entry here.
+``config.method`` names the family. Checkpoints, the jobs, the service and the export build and
+fit detectors only through :func:`build_detector` and :func:`fit_detector`, and read anything
+else about a family from its record (:func:`family_of`), so adding a family means adding a
+folder that exports a :class:`~cxr_anomaly.models.family.DetectorFamily` as ``FAMILY`` and one
+entry in :data:`FAMILIES` (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import METHODS, Config
+from ..config import Config
 from ..errors import ConfigError
+from . import features, pixel_knn, tang2019
 from .base import AnomalyDetector
+from .family import DetectorFamily, FitOptions, FitResult
 
-logger = logging.getLogger(__name__)
+# Every family, in the order help texts list them.
+FAMILIES: dict[str, DetectorFamily] = {
+    family.name: family for family in (features.FAMILY, tang2019.FAMILY, pixel_knn.FAMILY)
+}
 
 
-@dataclass
-class FitResult:
-    """A fitted detector and a plain-value record of the fit for the checkpoint.
+def family_of(name: str) -> DetectorFamily:
+    """The record of the family called ``name`` (a configuration's ``method``).
 
-    Attributes:
-        detector: the fitted detector, in eval mode.
-        record: JSON-serialisable facts of the fit (films used, seconds, history, ...).
-        world_size: processes that took part (several only for tang2019 under torchrun).
+    Raises:
+        ConfigError: no family has that name.
     """
-
-    detector: AnomalyDetector
-    record: dict[str, Any] = field(default_factory=dict)
-    world_size: int = 1
+    if name not in FAMILIES:
+        raise ConfigError(f"method={name!r}; expected one of {tuple(FAMILIES)}")
+    return FAMILIES[name]
 
 
 def build_detector(config: Config, *, pretrained: bool = True) -> AnomalyDetector:
@@ -42,15 +42,7 @@ def build_detector(config: Config, *, pretrained: bool = True) -> AnomalyDetecto
 
     ``pretrained=False`` skips reading pretrained weights that a checkpoint will overwrite.
     """
-    if config.method == "features":
-        from .features import FeatureDetector
-
-        return FeatureDetector(config, pretrained=pretrained)
-    if config.method == "tang2019":
-        from .tang2019 import Tang2019Detector
-
-        return Tang2019Detector(config)
-    raise ConfigError(f"method={config.method!r}; expected one of {METHODS}")
+    return family_of(config.method).build(config, pretrained)
 
 
 def fit_detector(
@@ -62,34 +54,13 @@ def fit_detector(
     run_dir: str | Path | None = None,
     resume: bool = False,
 ) -> FitResult:
-    """Fit the detector of ``config.method`` on uint8 normal films (N, S, S).
+    """Fit the detector of ``config.method`` on uint8 normal films (N, S, S), in
+    ``train.precision``; the record names the precision used.
 
-    ``features`` fine-tunes its backbone on the normals (``features.finetune_epochs``), then fits
-    its models of their features in one pass; ``tang2019`` trains its GAN (with training states
-    in ``run_dir``, resumable, and DistributedDataParallel under torchrun). Both compute in
-    ``train.precision`` and record the precision used.
+    ``run_dir`` and ``resume`` reach families that keep resumable training states.
     """
-    if config.method == "features":
-        from .features import fit_features
+    options = FitOptions(device=device, progress=progress, run_dir=run_dir, resume=resume)
+    return family_of(config.method).fit(config, train_pixels, options)
 
-        fitted = fit_features(config, train_pixels, device=device, precision=config.train.precision,
-                              progress=progress)
-        return FitResult(fitted.detector, fitted.record())
-    if config.method == "tang2019":
-        # imported here: the training loop imports the checkpoint module, which imports this one
-        from .tang2019 import Tang2019Detector
-        from .tang2019.training import train_detector
 
-        result = train_detector(config, train_pixels, progress=progress, run_dir=run_dir, resume=resume)
-        record = {
-            "family": "tang2019",
-            "num_train_images": result.num_train_images,
-            "seconds": result.seconds,
-            "history": [vars(log).copy() for log in result.history],
-            "world_size": result.world_size,
-            "resumed_from": None if result.resumed_from is None else list(result.resumed_from),
-            "rank_weight_difference": result.rank_weight_difference,
-            "precision": result.precision,
-        }
-        return FitResult(Tang2019Detector(config, result.detector).eval(), record, result.world_size)
-    raise ConfigError(f"method={config.method!r}; expected one of {METHODS}")
+__all__ = ["FAMILIES", "DetectorFamily", "FitOptions", "FitResult", "build_detector", "family_of", "fit_detector"]

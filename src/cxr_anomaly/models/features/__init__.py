@@ -2,7 +2,8 @@
 (PaDiM/PatchCore family)."""
 
 from .backbone import build_backbone
+from .family import FAMILY
 from .fitting import FeatureFitResult, fit_features
 from .torch_model import FeatureDetector
 
-__all__ = ["FeatureDetector", "FeatureFitResult", "build_backbone", "fit_features"]
+__all__ = ["FAMILY", "FeatureDetector", "FeatureFitResult", "build_backbone", "fit_features"]

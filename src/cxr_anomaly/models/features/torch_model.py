@@ -169,7 +169,7 @@ class FeatureDetector(AnomalyDetector):
         """uint8 films (N, S, S) -> (N, 3, S, S) in [-1, 1] on ``device``, the grey film in all three
         channels; preprocessed on that device (on a GPU: 80-89% of scoring time when it ran on
         the CPU's threads)."""
-        # on a CPU, as many preprocessing threads as torch computes with (serve --threads, set_threads)
+        # on a CPU, as many preprocessing threads as torch computes with (serve --threads)
         films = preprocess_on(pixels, self.config.data, device, threads=torch.get_num_threads())  # (N, S, S)
         images = films * 2.0 - 1.0
         return images[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, S, S)

@@ -24,49 +24,31 @@ Robustness (issue 7):
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import json
 import logging
-import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from ... import distributed
-from ...checkpoint import (
-    TrainingState,
-    load_training_state,
-    remove_stale_temporaries,
-    save_training_state,
-)
-from ...config import Config, TrainConfig, config_differences, config_from_dict, config_to_dict
+from ...config import Config
 from ...data.dataset import to_model_tensor
-from ...errors import CheckpointError, ConfigError, NoNormalImagesError, TrainingDivergedError
+from ...errors import ConfigError, NoNormalImagesError
+from ...files import remove_stale_temporaries
 from ...inference import resolve_precision
-from .loss import GeneratorLoss, discriminator_loss_from_logits
-from .torch_model import DetectorOutput, OneClassDetector, initialise_weights
+from .loss import GeneratorLoss
+from .state import TRAINING_STATE_NAME, TrainingState, load_training_state, save_training_state
+from .resume import check_resumable, data_fingerprint
+from .torch_model import OneClassDetector, initialise_weights
+from .steps import (LOSS_NAMES, BatchPlan, RunLog, TrainingParts, batch_plan, check_weights_finite, guard_step,
+                    train_step, training_parts)
 
 logger = logging.getLogger(__name__)
-
-TRAINING_STATE_NAME = "training_state.pt"
-EVENTS_NAME = "training_events.jsonl"
-LOSS_NAMES: tuple[str, ...] = (
-    "generator_total", "reconstruction", "adversarial", "latent", "feature", "discriminator",
-)
-# Settings that may change between an interrupted run and its resumption: where it runs and how
-# often it saves, but nothing that changes the arithmetic of training.
-RESUMABLE_CHANGES: frozenset[str] = frozenset({"device", "num_workers", "checkpoint_every_steps"})
 
 
 @dataclass
@@ -111,11 +93,6 @@ class TrainingResult:
     precision: str = "fp32"
 
 
-def autocast_context(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast when asked for (CPU or CUDA); a disabled context for fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def build_detector(config: Config) -> OneClassDetector:
     """Build the variant's networks and initialise them from ``config.train.seed``."""
     detector = OneClassDetector(config.model)
@@ -147,89 +124,6 @@ def store_normal_codes(
     logger.info("stored the codes of %d training normals for the code-space kNN score", len(train_pixels))
 
 
-def data_fingerprint(train_pixels: np.ndarray) -> str:
-    """A digest of the training films (shape and bytes) that a resumed run must match."""
-    digest = hashlib.sha256(str(train_pixels.shape).encode())
-    digest.update(np.ascontiguousarray(train_pixels).tobytes())
-    return digest.hexdigest()
-
-
-def resolve_config_for_resume(run_dir: str | Path, config: Config) -> Config:
-    """The configuration a resumed run must use: the stored one, with where-it-runs settings new.
-
-    Without a training state in ``run_dir`` the given ``config`` is returned unchanged. Settings
-    that change the arithmetic of training (epochs, batch size, seed, variant...) come from the
-    stored state, so a resumed run ends exactly where the interrupted one would have; a warning
-    names any that the caller asked to change.
-
-    Raises:
-        CheckpointError: the training state exists but cannot be read.
-    """
-    path = Path(run_dir) / TRAINING_STATE_NAME
-    if not path.is_file():
-        return config
-    stored = load_training_state(path).config
-    differences = resumption_differences(stored, config)
-    if differences:
-        logger.warning(
-            "resuming %s with its stored settings; ignoring the requested changes %s", path,
-            differences,
-        )
-    values = config_to_dict(stored)
-    new_values = config_to_dict(config)
-    for name in RESUMABLE_CHANGES:
-        values["train"][name] = new_values["train"][name]
-    return config_from_dict(values)
-
-
-def resumption_differences(stored: Config, requested: Config) -> dict[str, tuple[Any, Any]]:
-    """``section.key -> (stored, requested)`` for every setting a resumption may not change."""
-    return config_differences(stored, requested, ignore={f"train.{name}" for name in RESUMABLE_CHANGES})
-
-
-class GeneratorNetworks(nn.Module):
-    """U and E of a detector as one module, so that DDP synchronises exactly their gradients.
-
-    D is deliberately not a submodule: the generator step reads D without updating it, and D's
-    own DDP wrapper synchronises D's gradients in the discriminator step.
-    """
-
-    def __init__(self, detector: OneClassDetector) -> None:
-        super().__init__()
-        self.unet = detector.unet
-        self.second_encoder = detector.second_encoder
-        object.__setattr__(self, "detector", detector)  # a plain attribute, not a submodule
-
-    def forward(self, images: torch.Tensor) -> DetectorOutput:
-        """The detector's forward pass (U, then E on the reconstruction)."""
-        return self.detector(images)
-
-
-class RunLog:
-    """Appends events (start, resume, checkpoint, epoch end, divergence) to the run's JSONL log.
-
-    Each event is one ``write`` of a whole line to a file opened for appending, then fsync, so a
-    killed process leaves complete lines only. Only rank 0 writes.
-    """
-
-    def __init__(self, run_dir: Path | None, enabled: bool) -> None:
-        self.path = None if run_dir is None or not enabled else run_dir / EVENTS_NAME
-
-    def record(self, event: str, **details: Any) -> None:
-        """Append one event with a UTC timestamp."""
-        if self.path is None:
-            return
-        entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(), "event": event, **details}
-        line = (json.dumps(entry) + "\n").encode("utf-8")
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(descriptor, line)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-@torch.no_grad()
 def recalibrate_batchnorm(detector: OneClassDetector, train_pixels: np.ndarray, config: Config,
                           device: torch.device, batch_size: int = 64) -> None:
     """Re-estimate every BatchNorm's running mean and variance over the training normals.
@@ -256,166 +150,6 @@ def recalibrate_batchnorm(detector: OneClassDetector, train_pixels: np.ndarray, 
     detector.eval()
     logger.info("re-estimated BatchNorm statistics of %d layers over %d training normals",
                 len(layers), len(train_pixels))
-
-
-@dataclass
-class BatchPlan:
-    """How this rank cuts the training films into steps.
-
-    Attributes:
-        sampler: the distributed sampler giving this rank its share of each epoch (None in one
-            process, where the order comes from the run's order generator).
-        batch_size: films per step on this rank (the global ``train.batch_size`` shared out).
-        steps_per_epoch: steps this rank takes per epoch, the same on every rank.
-    """
-
-    sampler: DistributedSampler | None
-    batch_size: int
-    steps_per_epoch: int
-
-
-def batch_plan(count: int, train_config: TrainConfig, context: distributed.DistributedContext) -> BatchPlan:
-    """The steps of an epoch over ``count`` films for this rank.
-
-    Raises:
-        ConfigError: the global batch gives a rank fewer than 2 films (BatchNorm needs 2).
-    """
-    if not context.is_distributed:
-        batch_size = min(train_config.batch_size, count)
-        return BatchPlan(None, batch_size, math.ceil(count / batch_size))
-    # The global batch is train.batch_size; each rank takes its share of it.
-    sampler = DistributedSampler(range(count), num_replicas=context.world_size, rank=context.rank,
-                                 shuffle=True, seed=train_config.seed + 1, drop_last=False)
-    batch_size = min(train_config.batch_size // context.world_size, len(sampler))
-    if batch_size < 2:
-        raise ConfigError(
-            f"train.batch_size={train_config.batch_size} over {context.world_size} processes "
-            f"gives {batch_size} film(s) per rank; BatchNorm needs at least 2"
-        )
-    return BatchPlan(sampler, batch_size, math.ceil(len(sampler) / batch_size))
-
-
-@dataclass
-class TrainingParts:
-    """The modules the steps call and the optimisers they step.
-
-    Under DDP each network has its own wrapper, so that the generator step synchronises the
-    gradients of U and E only, and the discriminator step those of D only.
-
-    Attributes:
-        generator_module: U and E (the detector itself in one process).
-        discriminator_module: D, or None for variants without one.
-        generator_optimizer: Adam over U and E.
-        discriminator_optimizer: Adam over D, or None.
-    """
-
-    generator_module: nn.Module
-    discriminator_module: nn.Module | None
-    generator_optimizer: torch.optim.Optimizer
-    discriminator_optimizer: torch.optim.Optimizer | None
-
-
-def training_parts(detector: OneClassDetector, train_config: TrainConfig, state: TrainingState | None,
-                   context: distributed.DistributedContext, device: torch.device) -> TrainingParts:
-    """Optimisers (restored from ``state`` when resuming) and, under DDP, the wrapped networks."""
-    betas = (train_config.beta1, train_config.beta2)
-    generator_optimizer = torch.optim.Adam(detector.generator_parameters(), lr=train_config.learning_rate,
-                                           betas=betas)
-    discriminator_optimizer = None
-    if detector.discriminator is not None:
-        discriminator_optimizer = torch.optim.Adam(detector.discriminator.parameters(),
-                                                   lr=train_config.learning_rate, betas=betas)
-    if state is not None:
-        generator_optimizer.load_state_dict(state.generator_optimizer)
-        if discriminator_optimizer is not None and state.discriminator_optimizer is not None:
-            discriminator_optimizer.load_state_dict(state.discriminator_optimizer)
-    generator_module: nn.Module = detector
-    discriminator_module: nn.Module | None = detector.discriminator
-    if context.is_distributed:
-        device_ids = [device.index] if device.type == "cuda" else None
-        generator_module = DistributedDataParallel(GeneratorNetworks(detector), device_ids=device_ids)
-        if detector.discriminator is not None:
-            discriminator_module = DistributedDataParallel(detector.discriminator, device_ids=device_ids)
-    return TrainingParts(generator_module, discriminator_module, generator_optimizer, discriminator_optimizer)
-
-
-@dataclass
-class StepResult:
-    """One optimisation step, reduced over all ranks.
-
-    Attributes:
-        losses: mean of each of :data:`LOSS_NAMES` over the step's films (all ranks).
-        films: films in the step (all ranks).
-        all_ranks_collapsed: D won outright (D(x') below ``train.collapse_threshold`` for every
-            film) on every rank.
-    """
-
-    losses: dict[str, float]
-    films: float
-    all_ranks_collapsed: bool
-
-
-def train_step(parts: TrainingParts, detector: OneClassDetector, generator_loss: GeneratorLoss,
-               clean: torch.Tensor, noisy: torch.Tensor, *, precision: str, collapse_threshold: float,
-               context: distributed.DistributedContext) -> StepResult:
-    """One generator step (eq. 5) then one discriminator step on a batch (B, 1, S, S) of films."""
-    device = clean.device
-    with autocast_context(device, precision):
-        output = parts.generator_module(noisy)
-        losses = generator_loss(clean, output, detector.discriminator)
-    parts.generator_optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()
-    parts.generator_optimizer.step()
-
-    discriminator_value = torch.zeros((), dtype=torch.float64)
-    collapsed = 0.0
-    if parts.discriminator_module is not None and parts.discriminator_optimizer is not None:
-        with autocast_context(device, precision):
-            real_logit = parts.discriminator_module(clean).logit.float()  # (B,)
-            fake_logit = parts.discriminator_module(output.reconstruction.detach()).logit.float()  # (B,)
-            loss_d = discriminator_loss_from_logits(real_logit, fake_logit)
-        parts.discriminator_optimizer.zero_grad(set_to_none=True)
-        loss_d.backward()
-        parts.discriminator_optimizer.step()
-        discriminator_value = loss_d.detach().double().cpu()
-        collapsed = float(torch.sigmoid(fake_logit.detach()).max() < collapse_threshold)
-
-    # One reduction per step: loss sums weighted by batch size, film count and how many ranks
-    # saw D win outright. A NaN on any rank makes every rank's sum NaN, so all ranks stop together.
-    batch = len(clean)
-    local = torch.stack([
-        losses.total.detach().double().cpu(), losses.reconstruction.double().cpu(),
-        losses.adversarial.double().cpu(), losses.latent.double().cpu(),
-        losses.feature.double().cpu(), discriminator_value,
-    ]) * batch
-    reduced = distributed.all_reduce_sum(
-        torch.cat([local, torch.tensor([float(batch), collapsed], dtype=torch.float64)]), context)
-    films = float(reduced[len(LOSS_NAMES)])
-    values = {name: float(reduced[index]) / films for index, name in enumerate(LOSS_NAMES)}
-    return StepResult(values, films, bool(reduced[-1] >= context.world_size - 0.5))
-
-
-def guard_step(result: StepResult, collapse_streak: int, epoch: int, step: int, *, train_config: TrainConfig,
-               has_discriminator: bool, run_log: RunLog, state_path: Path | None) -> int:
-    """The GAN guard after step ``step`` of ``epoch``; returns the updated count of consecutive
-    steps in which D won outright.
-
-    Raises:
-        TrainingDivergedError: a loss is not finite, or D won outright for
-            ``train.collapse_patience_steps`` consecutive steps (via :func:`stop_run`).
-    """
-    values = result.losses
-    if not all(math.isfinite(value) for value in values.values()):
-        stop_run(run_log, "diverged", state_path, f"non-finite loss at epoch {epoch}, step {step}: {values}",
-                 epoch=epoch, step=step, losses=values)
-    collapse_streak = collapse_streak + 1 if result.all_ranks_collapsed else 0
-    if has_discriminator and 0 < train_config.collapse_patience_steps <= collapse_streak:
-        stop_run(run_log, "collapsed", state_path,
-                 f"the discriminator won outright: D(x') < {train_config.collapse_threshold} "
-                 f"for every film of {collapse_streak} consecutive batches (epoch {epoch}, "
-                 f"step {step}); lower the learning rate or the adversarial weight",
-                 epoch=epoch, step=step, streak=collapse_streak)
-    return collapse_streak
 
 
 def empty_epoch_sums() -> dict[str, float]:
@@ -602,6 +336,63 @@ def train_detector(
         CheckpointError: the stored training state is unreadable or belongs to other settings,
             other data or another number of processes.
     """
+    run = start_run(config, train_pixels, run_dir=run_dir, resume=resume, progress=progress,
+                    on_step_end=on_step_end)
+    position, train_config = run.position, config.train
+    for epoch in range(position.first_epoch, train_config.epochs + 1):
+        run.detector.train()
+        epoch_started = time.perf_counter()
+        start_step = position.first_step if epoch == position.first_epoch else 0
+        if start_step == 0:
+            position.epoch_sums, position.epoch_seconds_before = empty_epoch_sums(), 0.0
+        train_epoch_steps(run, epoch, start_step, epoch_started)
+        log = finish_epoch(run, epoch, epoch_started)
+        run.detector.eval()
+        if on_epoch_end is not None:
+            on_epoch_end(run.detector, log)
+    run.bar.close()
+    finished = finished_detector(run.detector, config, train_pixels, run.device, run.context)
+    total_seconds = position.seconds_before + time.perf_counter() - run.started
+    run.run_log.record("finished", epochs=train_config.epochs, global_step=position.global_step,
+                       seconds=total_seconds, rank_weight_difference=finished.rank_weight_difference)
+    return TrainingResult(finished.detector, position.history, run.count, total_seconds, run.context.world_size,
+                          run.resumed_from, finished.rank_weight_difference, run.precision)
+
+
+@dataclass
+class TrainingRun:
+    """Everything the training loop of :func:`train_detector` reads and advances."""
+
+    config: Config
+    context: distributed.DistributedContext
+    device: torch.device
+    precision: str
+    run_log: RunLog
+    state_path: Path | None
+    detector: OneClassDetector
+    images: torch.Tensor  # (N, 1, H, W) in [-1, 1]
+    generator_loss: GeneratorLoss
+    parts: TrainingParts
+    order_generator: torch.Generator
+    noise_generator: torch.Generator
+    plan: BatchPlan
+    writer: StateWriter
+    position: LoopPosition
+    resumed_from: tuple[int, int] | None
+    bar: tqdm
+    started: float
+    on_step_end: Callable[[int], None] | None
+
+    @property
+    def count(self) -> int:
+        """Training films."""
+        return len(self.images)
+
+
+def start_run(config: Config, train_pixels: np.ndarray, *, run_dir: str | Path | None, resume: bool,
+              progress: bool, on_step_end: Callable[[int], None] | None) -> TrainingRun:
+    """Check the inputs, prepare the run folder, the networks, optimisers and generators, and
+    restore them from the training state when resuming (see :func:`train_detector`)."""
     check_training_inputs(config, train_pixels, resume, run_dir)
     train_config = config.train
     context = distributed.current_context()
@@ -662,114 +453,72 @@ def train_detector(
     started = time.perf_counter()
     bar = tqdm(total=train_config.epochs * steps_per_epoch, initial=position.global_step, desc="training",
                unit="step", disable=not (progress and context.is_main))
-    for epoch in range(position.first_epoch, train_config.epochs + 1):
-        detector.train()
-        epoch_started = time.perf_counter()
-        start_step = position.first_step if epoch == position.first_epoch else 0
-        if start_step == 0:
-            position.epoch_sums, position.epoch_seconds_before = empty_epoch_sums(), 0.0
-        epoch_order_state = order_generator.get_state()
-        if plan.sampler is not None:
-            plan.sampler.set_epoch(epoch)
-            order = torch.tensor(list(plan.sampler), dtype=torch.long)  # this rank's share, shuffled
-        else:
-            order = torch.randperm(count, generator=order_generator)
-        for step in range(start_step, steps_per_epoch):
-            indices = order[step * plan.batch_size:(step + 1) * plan.batch_size]
-            # Every rank holds as many films as the others, so all ranks skip the same steps.
-            if len(indices) < 2:  # a lone last image would break BatchNorm's batch statistics
-                continue
-            clean = images[indices].to(device, non_blocking=True)  # (B, 1, 64, 64)
-            noise = torch.randn(clean.shape, generator=noise_generator).to(device) * config.model.input_noise_std
-            result = train_step(parts, detector, generator_loss, clean, clean + noise, precision=precision,
-                                collapse_threshold=train_config.collapse_threshold, context=context)
-            position.global_step += 1
-            position.collapse_streak = guard_step(
-                result, position.collapse_streak, epoch, step + 1, train_config=train_config,
-                has_discriminator=parts.discriminator_module is not None, run_log=run_log, state_path=state_path)
-            for name, value in result.losses.items():
-                position.epoch_sums[name] += value * result.films
-            position.epoch_sums["films"] += result.films
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, rec=f"{result.losses['reconstruction']:.4f}")
-            if on_step_end is not None:
-                on_step_end(position.global_step)
-            every = train_config.checkpoint_every_steps
-            if every > 0 and position.global_step % every == 0 and step + 1 < steps_per_epoch:
-                now = time.perf_counter()
-                writer.write(position, epochs_done=epoch - 1, next_step=step + 1, epoch_order_state=epoch_order_state,
+    return TrainingRun(config, context, device, precision, run_log, state_path, detector, images, generator_loss,
+                       parts, order_generator, noise_generator, plan, writer, position, resumed_from, bar, started,
+                       on_step_end)
+
+
+def train_epoch_steps(run: TrainingRun, epoch: int, start_step: int, epoch_started: float) -> None:
+    """The optimisation steps of ``epoch`` from ``start_step`` on, with training states written
+    every ``train.checkpoint_every_steps`` steps."""
+    train_config, position, plan = run.config.train, run.position, run.plan
+    epoch_order_state = run.order_generator.get_state()
+    if plan.sampler is not None:
+        plan.sampler.set_epoch(epoch)
+        order = torch.tensor(list(plan.sampler), dtype=torch.long)  # this rank's share, shuffled
+    else:
+        order = torch.randperm(run.count, generator=run.order_generator)
+    for step in range(start_step, plan.steps_per_epoch):
+        indices = order[step * plan.batch_size:(step + 1) * plan.batch_size]
+        # Every rank holds as many films as the others, so all ranks skip the same steps.
+        if len(indices) < 2:  # a lone last image would break BatchNorm's batch statistics
+            continue
+        clean = run.images[indices].to(run.device, non_blocking=True)  # (B, 1, 64, 64)
+        noise = torch.randn(clean.shape, generator=run.noise_generator).to(run.device) * run.config.model.input_noise_std
+        result = train_step(run.parts, run.detector, run.generator_loss, clean, clean + noise, precision=run.precision,
+                            collapse_threshold=train_config.collapse_threshold, context=run.context)
+        position.global_step += 1
+        position.collapse_streak = guard_step(
+            result, position.collapse_streak, epoch, step + 1, train_config=train_config,
+            has_discriminator=run.parts.discriminator_module is not None, run_log=run.run_log,
+            state_path=run.state_path)
+        for name, value in result.losses.items():
+            position.epoch_sums[name] += value * result.films
+        position.epoch_sums["films"] += result.films
+        run.bar.update(1)
+        run.bar.set_postfix(epoch=epoch, rec=f"{result.losses['reconstruction']:.4f}")
+        if run.on_step_end is not None:
+            run.on_step_end(position.global_step)
+        every = train_config.checkpoint_every_steps
+        if every > 0 and position.global_step % every == 0 and step + 1 < plan.steps_per_epoch:
+            now = time.perf_counter()
+            run.writer.write(position, epochs_done=epoch - 1, next_step=step + 1, epoch_order_state=epoch_order_state,
                              epoch_sums=position.epoch_sums,
                              epoch_seconds=position.epoch_seconds_before + now - epoch_started,
-                             seconds=position.seconds_before + now - started)
-        # All ranks keep rank 0's BatchNorm running statistics, so every rank holds one model.
-        distributed.broadcast_buffers(detector, context)
-        sums = position.epoch_sums
-        log = EpochLog(
-            epoch=epoch,
-            **{name: sums[name] / max(sums["films"], 1.0) for name in LOSS_NAMES},
-            seconds=position.epoch_seconds_before + time.perf_counter() - epoch_started,
-            images=count,
-        )
-        position.history.append(log)
-        logger.info(
-            "epoch %d/%d: L=%.4f L_R=%.4f L_A=%.4f L_E=%.4f L_F=%.4f L_D=%.4f (%.1fs)",
-            epoch, train_config.epochs, log.generator_total, log.reconstruction, log.adversarial,
-            log.latent, log.feature, log.discriminator, log.seconds,
-        )
-        writer.write(position, epochs_done=epoch, next_step=0, epoch_order_state=order_generator.get_state(),
+                             seconds=position.seconds_before + now - run.started)
+
+
+def finish_epoch(run: TrainingRun, epoch: int, epoch_started: float) -> EpochLog:
+    """Share rank 0's BatchNorm statistics, log the epoch and write the training state at its end."""
+    position = run.position
+    # All ranks keep rank 0's BatchNorm running statistics, so every rank holds one model.
+    distributed.broadcast_buffers(run.detector, run.context)
+    sums = position.epoch_sums
+    log = EpochLog(
+        epoch=epoch,
+        **{name: sums[name] / max(sums["films"], 1.0) for name in LOSS_NAMES},
+        seconds=position.epoch_seconds_before + time.perf_counter() - epoch_started,
+        images=run.count,
+    )
+    position.history.append(log)
+    logger.info(
+        "epoch %d/%d: L=%.4f L_R=%.4f L_A=%.4f L_E=%.4f L_F=%.4f L_D=%.4f (%.1fs)",
+        epoch, run.config.train.epochs, log.generator_total, log.reconstruction, log.adversarial,
+        log.latent, log.feature, log.discriminator, log.seconds,
+    )
+    run.writer.write(position, epochs_done=epoch, next_step=0, epoch_order_state=run.order_generator.get_state(),
                      epoch_sums=empty_epoch_sums(), epoch_seconds=0.0,
-                     seconds=position.seconds_before + time.perf_counter() - started)
-        detector.eval()
-        if on_epoch_end is not None:
-            on_epoch_end(detector, log)
-    bar.close()
-    finished = finished_detector(detector, config, train_pixels, device, context)
-    total_seconds = position.seconds_before + time.perf_counter() - started
-    run_log.record("finished", epochs=train_config.epochs, global_step=position.global_step,
-                   seconds=total_seconds, rank_weight_difference=finished.rank_weight_difference)
-    return TrainingResult(finished.detector, position.history, count, total_seconds, context.world_size,
-                          resumed_from, finished.rank_weight_difference, precision)
+                     seconds=position.seconds_before + time.perf_counter() - run.started)
+    return log
 
 
-def check_resumable(state: TrainingState, config: Config, fingerprint: str,
-                    context: distributed.DistributedContext, path: Path) -> None:
-    """Refuse a training state that belongs to other settings, other data or another world size.
-
-    Raises:
-        CheckpointError: naming what differs.
-    """
-    differences = resumption_differences(state.config, config)
-    if differences:
-        raise CheckpointError(
-            path, f"the training state was written with other settings {differences} "
-                  "(stored, requested); resume with the stored settings (see resolve_config_for_resume)"
-        )
-    if state.data_fingerprint != fingerprint:
-        raise CheckpointError(
-            path, "the training films differ from those the interrupted run used; "
-                  "resume with the same data or start a new run folder"
-        )
-    if state.world_size != context.world_size:
-        raise CheckpointError(
-            path, f"the training state was written by {state.world_size} process(es); "
-                  f"resume with the same number, not {context.world_size}"
-        )
-
-
-def check_weights_finite(detector: nn.Module, epochs_done: int, next_step: int,
-                         state_path: Path, run_log: RunLog) -> None:
-    """Stop before a checkpoint would store NaN or infinite weights over the last good one."""
-    for name, tensor in detector.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            stop_run(run_log, "diverged", state_path,
-                     f"non-finite values in {name} after epoch {epochs_done}, step {next_step}",
-                     tensor=name, epochs_done=epochs_done, next_step=next_step)
-
-
-def stop_run(run_log: RunLog, event: str, state_path: Path | None, message: str, **details: Any) -> None:
-    """Record the failure in the run's event log and raise :class:`TrainingDivergedError`."""
-    kept = (f"; the last good training state is kept in {state_path}"
-            if state_path is not None and state_path.is_file() else "")
-    logger.error("training stopped: %s%s", message, kept)
-    run_log.record(event, message=message, **details)
-    raise TrainingDivergedError(f"training stopped: {message}{kept}")

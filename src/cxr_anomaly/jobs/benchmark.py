@@ -2,14 +2,14 @@
 
 :func:`benchmark_job` fits every method row and seed on the normal films of one training
 collection and scores several test collections. A method row is a detector family with its
-setting: ``features`` (the configured feature score), ``features:SCORE`` (``gaussian``,
-``pooled_knn`` or ``patch_knn``) or ``tang2019:VARIANT`` (``u``, ``u+e``, ``u+d``, ``u+d+e``).
-The three feature scores are components of one fit, so they share a cell: one fit per seed gives
-all three rows.
+setting, ``FAMILY`` or ``FAMILY:SETTING``: each family's record says which settings it takes
+(:class:`~cxr_anomaly.models.family.BenchmarkCells`: a score component, read from one fit, or a
+network variant, fitted on its own). Rows that read one fit share a cell: one fit per seed gives
+them all.
 
 Films are chosen as the other commands choose them. Training: the normal films of the training
 collection (of its ``train`` split when it has one); normal ``val`` films calibrate, else 10% of
-the normals are held out by patient (:func:`~cxr_anomaly.pipeline.select_training_rows`).
+the normals are held out by patient (:func:`~cxr_anomaly.data.selection.select_training_rows`).
 Testing: the ``test`` split of a test collection when it has one, else every labelled film.
 
 Written into the output folder:
@@ -26,18 +26,17 @@ Written into the output folder:
 - ``roc_<name>.png``: ROC curves per test collection, one panel for all films and one per view;
 - ``films_<name>_<kind>-seed<N>.png``: per test collection and fitted detector (first seed), the
   highest-scoring normal and abnormal films with their heatmaps, and reconstructions for
-  tang2019 (the paper's Figure 2 layout);
-- ``cells/<kind>-seed<N>/``: one finished fit each (:mod:`cxr_anomaly.cells`): scores of the
+  families that reconstruct (the paper's Figure 2 layout);
+- ``cells/<kind>-seed<N>/``: one finished fit each (:mod:`cxr_anomaly.jobs.cells`): scores of the
   calibration normals and of each test collection (npz) and, written last, ``result.json`` with
   the settings fingerprint and the metrics. A rerun with the same settings and films reuses
-  finished cells; new rows of a finished features cell need no refit.
+  finished cells; a new row that reads a finished cell's fit needs no refit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -48,31 +47,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
-from .cells import (describe_remaining, format_duration, mean_std, paths_fingerprint, plus_minus,
-                    read_finished_cell, settings_fingerprint, write_cell_result)
-from .checkpoint import atomic_write, atomic_write_text
-from .config import FEATURE_SCORES, VARIANTS, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
-from .data.copies import film_signatures, matching_signatures
-from .data.dataset import OnBadFile, SkippedFile, load_images
-from .data.manifest import fill_from_dicom_headers, load_inputs
-from .errors import ConfigError, ManifestError
-from .evaluation import ADULT_AGE, VIEW_ORDER, FilmGroup, Interval, compute_metrics, explanation_grid, plot_roc_panels
-from .inference import resolve_device
-from .models.registry import fit_detector
-from .pipeline import (choose_evaluation_rows, report_skipped, require_both_classes, select_training_rows,
-                       warn_on_patient_overlap)
-from .scoring import ScoreResult, score_films
+from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
+from .cells import describe_remaining, format_duration, read_finished_cell, settings_fingerprint, write_cell_result
+from ..config import DEFAULT_METHOD, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
+from ..data.copies import film_signatures
+from ..data.dataset import OnBadFile
+from ..errors import ConfigError
+from ..files import atomic_write, atomic_write_text
+from ..evaluation import FilmGroup, compute_metrics, explanation_grid, plot_roc_panels
+from ..inference import resolve_device
+from ..models.family import RAW_SCORE
+from ..models.registry import FAMILIES, family_of, fit_detector
+from ..data.selection import report_skipped, require_both_classes
+from ..scoring import ScoreResult, score_films
+from .benchmark_films import (FilmSet, choose_test_films, choose_training_films, load_film_set,
+                              warn_on_shared_films)
+from .benchmark_table import TableRow, format_value, describe_collection, describe_family, render_markdown, summarise
 
 logger = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = ("features", "tang2019")
-# The score key of a tang2019 cell: its configured score (eq. 6 by default), stored as "raw".
-RAW = "raw"
+# The stored array of a detector's own score (its configured one).
+RAW = RAW_SCORE
 VIEW_ONLY = "view only (AP = 1)"
-# The config sections each family's fit and scores depend on (besides ``data``).
-FAMILY_SECTIONS: dict[str, tuple[str, ...]] = {"features": ("features",),
-                                               "tang2019": ("model", "loss", "train", "score")}
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -81,42 +77,35 @@ class MethodRow:
     """One model row of the table, parsed from ``--methods``.
 
     Attributes:
-        spec: as written: ``features``, ``features:gaussian``, ``tang2019:u+d+e``.
-        family: ``features`` or ``tang2019``.
-        variant: the tang2019 variant; empty for features.
-        score: the feature score component; empty for ``features`` (the configured score) and
-            for tang2019 (its configured score).
+        spec: as written, ``FAMILY`` or ``FAMILY:SETTING`` (a score component or a network
+            variant, as the family's :class:`~cxr_anomaly.models.family.BenchmarkCells` says).
+        family: the family's name.
+        setting: what follows the ``:``; empty for the family's configured detector and score.
     """
 
     spec: str
     family: str
-    variant: str = ""
-    score: str = ""
+    setting: str = ""
 
     @property
     def kind(self) -> str:
-        """The fitted detector this row reads: ``features`` or ``tang2019-VARIANT``."""
-        return self.family if self.family == "features" else f"{self.family}-{self.variant}"
+        """The fitted detector this row reads: ``FAMILY``, or ``FAMILY-SETTING`` where the setting
+        needs a fit of its own."""
+        return f"{self.family}-{self.setting}" if family_of(self.family).benchmark.setting_refits else self.family
 
 
 def parse_method(spec: str) -> MethodRow:
-    """``features``, ``features:SCORE`` or ``tang2019:VARIANT`` -> :class:`MethodRow`.
+    """``FAMILY`` or ``FAMILY:SETTING`` -> :class:`MethodRow`.
 
     Raises:
-        ConfigError: an unknown family, score or variant, or tang2019 without a variant.
+        ConfigError: an unknown family, or a setting the family does not know (or needs).
     """
     family, _, setting = spec.strip().partition(":")
-    if family == "features":
-        if setting and setting not in FEATURE_SCORES:
-            raise ConfigError(f"method {spec!r}: unknown feature score {setting!r}; expected one of {FEATURE_SCORES}")
-        return MethodRow(spec.strip(), family, score=setting)
-    if family == "tang2019":
-        if setting not in VARIANTS:
-            raise ConfigError(f"method {spec!r}: tang2019 needs a variant, one of {VARIANTS} "
-                              "(e.g. tang2019:u+d+e)")
-        return MethodRow(spec.strip(), family, variant=setting)
-    raise ConfigError(f"method {spec!r}: unknown family {family!r}; expected features, features:SCORE "
-                      f"or tang2019:VARIANT")
+    if family not in FAMILIES:
+        forms = ", ".join(record.benchmark.spec_help for record in FAMILIES.values())
+        raise ConfigError(f"method {spec!r}: unknown family {family!r}; expected {forms}")
+    FAMILIES[family].benchmark.check_setting(spec.strip(), setting)
+    return MethodRow(spec.strip(), family, setting)
 
 
 def parse_test_collections(specs: Sequence[str]) -> dict[str, Path]:
@@ -160,7 +149,7 @@ class BenchmarkOptions:
         figure_films: films per class in the film grids.
     """
 
-    methods: tuple[str, ...] = ("features",)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
     seeds: tuple[int, ...] = (0, 1, 2)
     max_train_normals: int | None = None
     selection_seed: int = 0
@@ -173,7 +162,8 @@ class BenchmarkOptions:
     def __post_init__(self) -> None:
         rows = self.rows  # parses every method: names the bad one
         if not rows:
-            raise ConfigError("methods=[]; expected at least one of features, features:SCORE, tang2019:VARIANT")
+            forms = ", ".join(record.benchmark.spec_help for record in FAMILIES.values())
+            raise ConfigError(f"methods=[]; expected at least one of {forms}")
         if len({row.spec for row in rows}) != len(rows):
             raise ConfigError(f"methods={list(self.methods)} lists a method twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -195,15 +185,15 @@ def benchmark_configs(config_path: str | Path | None = None, *, epochs: int | No
                       device: str | None = None, precision: str | None = None) -> dict[str, Config]:
     """Each family's configuration: its preset, the file's values over it, then the options.
 
-    One file serves both families (its ``features`` section is read by one, ``model``/``loss``
-    by the other; ``data``, ``train`` and ``score`` by both); it must not set ``method``, which
-    the method rows choose.
+    One file serves every family (each reads its own sections, :attr:`~cxr_anomaly.models.family.
+    DetectorFamily.config_sections`, and ``data``); it must not set ``method``, which the method
+    rows choose.
 
     Raises:
         ConfigError: the file sets ``method``, or a value is invalid for a family.
     """
     configs = {}
-    for family in FAMILIES:
+    for family in FAMILIES:  # every family, whichever rows ask for it: plain_data reads them
         config = load_config(config_path, base=preset_config(family)) if config_path else preset_config(family)
         if config.method != family:
             raise ConfigError(f"{config_path} sets method = {config.method!r}; benchmark takes the methods from "
@@ -214,125 +204,18 @@ def benchmark_configs(config_path: str | Path | None = None, *, epochs: int | No
     return configs
 
 
-@dataclass
-class FilmSet:
-    """Labelled films of one set, decoded at every input size the benchmark needs.
-
-    Attributes:
-        name: ``train``, ``calibration`` or a test collection's name.
-        manifest: the N rows that could be read, in the order of every pixel array.
-        pixels: data config -> uint8 (N, S, S) films decoded with it.
-        fingerprint: hash of the rows' paths.
-    """
-
-    name: str
-    manifest: pd.DataFrame
-    pixels: dict[DataConfig, np.ndarray]
-    fingerprint: str
-    skipped: list[SkippedFile] = field(default_factory=list)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """0/1 labels (N,)."""
-        return self.manifest["label"].to_numpy().astype(int)
-
-    @property
-    def views(self) -> np.ndarray | None:
-        """View of each film (N,) (None where unknown), or None when no film has one."""
-        return self.manifest["view"].to_numpy() if self.manifest["view"].notna().any() else None
-
-    @property
-    def ages(self) -> np.ndarray | None:
-        """Age of each film's patient (N,), or None when the manifest has no ages."""
-        if "age" in self.manifest and self.manifest["age"].notna().any():
-            return self.manifest["age"].to_numpy()
-        return None
-
-    @property
-    def view_names(self) -> list[str]:
-        """The views present, PA and AP first."""
-        present = {str(view) for view in self.manifest["view"].dropna() if str(view)}
-        return sorted(present, key=lambda view: (VIEW_ORDER.index(view) if view in VIEW_ORDER else len(VIEW_ORDER), view))
-
-
-def load_film_set(name: str, manifest: pd.DataFrame, data_configs: Sequence[DataConfig], *,
-                  on_bad_file: OnBadFile, cache_dir: str | Path | None, progress: bool) -> FilmSet:
-    """Decode a set's films at each data config (the preprocessing cache keys on each).
-
-    Raises:
-        ManifestError: skipped files left different films at two sizes (the rows must align).
-    """
-    pixels: dict[DataConfig, np.ndarray] = {}
-    kept: pd.DataFrame | None = None
-    skipped: list[SkippedFile] = []
-    for data_config in dict.fromkeys(data_configs):  # each config once, in order
-        images = load_images(manifest, data_config, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress)
-        if kept is None:
-            kept, skipped = images.manifest, images.skipped
-        elif images.manifest["path"].tolist() != kept["path"].tolist():
-            raise ManifestError(name, f"the films readable at {data_config.image_size} px differ from those "
-                                      "read at another size; fix or remove the unreadable files")
-        pixels[data_config] = images.pixels  # (N, S, S) uint8
-    assert kept is not None  # data_configs is never empty
-    return FilmSet(name, kept.reset_index(drop=True), pixels, paths_fingerprint(kept["path"].astype(str).tolist()),
-                   skipped)
-
-
-def choose_training_films(data: Sequence[str | Path], config: Config,
-                          options: BenchmarkOptions) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Training normals and calibration normals, as ``train`` chooses them; then at most
-    ``options.max_train_normals`` training normals. Returns (train rows, calibration rows, source)."""
-    manifest = load_inputs(list(data))
-    warn_on_patient_overlap(manifest)
-    selection = with_overrides(config, "train", seed=options.selection_seed)
-    chosen = select_training_rows(manifest, selection, ", ".join(map(str, data)))
-    train = chosen.train
-    if options.max_train_normals is not None and len(train) > options.max_train_normals:
-        order = np.random.default_rng(options.selection_seed).permutation(len(train))
-        train = train.iloc[np.sort(order[:options.max_train_normals])]
-    logger.info("training on %d normal films of %s (ignored: %s); calibrating on %d (%s)", len(train),
-                ", ".join(map(str, data)), chosen.ignored_counts, len(chosen.calibration), chosen.calibration_source)
-    return train, chosen.calibration, chosen.calibration_source
-
-
-def choose_test_films(name: str, source: Path) -> tuple[pd.DataFrame, str]:
-    """The labelled films of a test collection's ``test`` split, or of every row without one.
-
-    Raises:
-        ManifestError: no labelled film, or one class only.
-    """
-    chosen = choose_evaluation_rows(load_inputs([source]), "auto")
-    require_both_classes(chosen.manifest, f"{name}={source}", "label", chosen.split)
-    labelled = chosen.manifest[chosen.manifest["label"].notna()]
-    return fill_from_dicom_headers(labelled), chosen.split  # per-view and adult AUCs for DICOM films
-
-
-def warn_on_shared_films(train: FilmSet, collection: FilmSet, data_config: DataConfig,
-                         train_signatures: np.ndarray) -> None:
-    """Warn when a test collection holds training films (by path, or by content: the same film
-    through another pipeline, :mod:`cxr_anomaly.data.copies`, from the ``data_config`` pixels;
-    ``train_signatures`` are the training films' signatures, computed once for every collection)
-    or films of training patients."""
-    shared_paths = set(train.manifest["path"]) & set(collection.manifest["path"])
-    train_patients = set(train.manifest["patient_id"].dropna())
-    shared_patients = train_patients & set(collection.manifest["patient_id"].dropna())
-    if shared_paths or shared_patients:
-        logger.warning("test collection %s shares %d films and %d patients with the training films: its "
-                       "results will be optimistic", collection.name, len(shared_paths), len(shared_patients))
-    copies = matching_signatures(film_signatures(collection.pixels[data_config]), train_signatures)
-    if copies:
-        logger.warning("test collection %s: %d film(s) are copies of training films (the same film through "
-                       "another pipeline; a normal one makes the results optimistic): %s", collection.name,
-                       len(copies), [Path(str(collection.manifest["path"].iloc[copy.film])).name for copy in copies])
+def plain_data(configs: Mapping[str, Config]) -> DataConfig:
+    """The data section of a family that adds no preprocessing of its own to the file's (its
+    preset's is :class:`DataConfig`'s defaults): how the pixel baselines read films."""
+    for name, config in configs.items():
+        if preset_config(name).data == DataConfig():
+            return config.data
+    raise ConfigError(f"no family of {sorted(configs)} reads plain films; the pixel baselines need one")
 
 
 def cell_config(configs: Mapping[str, Config], kind_row: MethodRow, seed: int) -> Config:
-    """The configuration of one fit: the family's, with the row's variant and the seed."""
-    config = configs[kind_row.family]
-    if kind_row.family == "features":
-        config = with_overrides(config, "features", seed=seed)
-    else:
-        config = with_overrides(config, "model", variant=kind_row.variant)
+    """The configuration of one fit: the family's, with the row's setting and the seed."""
+    config = family_of(kind_row.family).benchmark.cell_config(configs[kind_row.family], kind_row.setting, seed)
     return with_overrides(config, "train", seed=seed)
 
 
@@ -340,13 +223,16 @@ def cell_fingerprint(config: Config, train: FilmSet, calibration: FilmSet, colle
                      figure_films: int) -> str:
     """Hash of everything that determines a cell's stored scores.
 
-    Only the sections the family reads count, so that, say, more tang2019 epochs do not refit the
-    features cells. The feature score is left out too: all three are stored as components.
+    Only the sections the family reads count, so that, say, more training epochs of one family do
+    not refit another's cells; so do the settings the family stores every choice of (a score
+    whose components are all stored).
     """
+    family = family_of(config.method)
     values = {section: value for section, value in config_to_dict(config).items()
-              if section in ("method", "data", *FAMILY_SECTIONS[config.method])}
-    if config.method == "features":
-        values["features"].pop("score")
+              if section in ("method", "data", *family.config_sections)}
+    for name in family.benchmark.unfingerprinted:
+        section, key = name.split(".")
+        values[section].pop(key)
     return settings_fingerprint({
         "config": values, "train": train.fingerprint, "calibration": calibration.fingerprint,
         "tests": {collection.name: collection.fingerprint for collection in collections},
@@ -355,10 +241,8 @@ def cell_fingerprint(config: Config, train: FilmSet, calibration: FilmSet, colle
 
 
 def score_key(row: MethodRow, config: Config) -> str:
-    """Which stored array holds the row's scores: a feature component, or tang2019's raw score."""
-    if row.family == "features":
-        return row.score or config.features.score
-    return RAW
+    """Which stored array holds the row's scores: a component, or the detector's raw score."""
+    return family_of(row.family).benchmark.score_key(config, row.setting)
 
 
 def metrics_of(scores: np.ndarray, collection: FilmSet, options: BenchmarkOptions) -> dict[str, Any]:
@@ -409,7 +293,7 @@ def run_cell(name: str, config: Config, score_keys: Sequence[str], train: FilmSe
         stored = {RAW: scores.raw, **scores.components}
         metrics[collection.name] = {key: metrics_of(stored[key], collection, options) for key in score_keys}
     result = {
-        "cell": name, "method": config.method, "variant": config.model.variant if config.method == "tang2019" else "",
+        "cell": name, "method": config.method, "variant": family_of(config.method).benchmark.variant(config),
         "seed": config.train.seed, "fingerprint": fingerprint, "seconds": time.perf_counter() - started,
         "description": fitted.detector.description, "anomaly_map_scale": fitted.detector.anomaly_map_scale,
         "num_train_films": len(train.manifest), "num_calibration_films": len(calibration.manifest),
@@ -417,175 +301,9 @@ def run_cell(name: str, config: Config, score_keys: Sequence[str], train: FilmSe
     }
     write_cell_result(cell_dir, result)  # last: its presence marks the cell finished
     logger.info("cell %s: %s score: %s (%s)", name, score_keys[0], ", ".join(
-        f"{collection} AUC {_format(values[score_keys[0]]['auc'])}" for collection, values in metrics.items()),
+        f"{collection} AUC {format_value(values[score_keys[0]]['auc'])}" for collection, values in metrics.items()),
         format_duration(result["seconds"]))
     return result
-
-
-def metric_intervals(metrics: Mapping[str, Any], views: Sequence[str]) -> dict[str, Interval]:
-    """The table's metrics of one run on one collection, each with its interval.
-
-    Keys: ``auc``, ``auc_<VIEW>``, ``auc_view_balanced``, ``adults_auc_<VIEW>`` (where ages are
-    known), ``auc_score_predicts_ap_in_normals``.
-    """
-    def read(intervals: Mapping[str, Any] | None, key: str) -> Interval:
-        value = (intervals or {}).get(key) or {}
-        return Interval(value.get("estimate"), value.get("low"), value.get("high"))
-
-    intervals = metrics.get("intervals") or {}
-    adults = metrics.get("adults") or {}
-    values = {"auc": read(intervals, "auc")}
-    values.update({f"auc_{view}": read(intervals, f"auc_view_{view}") for view in views})
-    values["auc_view_balanced"] = read(intervals, "auc_view_balanced")
-    values.update({f"adults_auc_{view}": read(adults.get("intervals"), f"auc_view_{view}") for view in views})
-    values["auc_score_predicts_ap_in_normals"] = read(intervals, "auc_score_predicts_ap_in_normals")
-    return values
-
-
-METRIC_LABELS: dict[str, str] = {"auc": "AUC", "auc_view_balanced": "view-balanced",
-                                 "auc_score_predicts_ap_in_normals": "score predicts AP in normals"}
-
-
-def metric_label(key: str) -> str:
-    """Column heading of a metric key (``auc_PA`` -> ``PA``, ``adults_auc_AP`` -> ``adults AP``)."""
-    if key in METRIC_LABELS:
-        return METRIC_LABELS[key]
-    return key.replace("adults_auc_", "adults ").replace("auc_", "")
-
-
-@dataclass
-class TableRow:
-    """One row of the table before formatting: metrics per collection, one dict per run.
-
-    Attributes:
-        method: the row's name (``features:gaussian``, ``knn5``, ``view only (AP = 1)``).
-        kind: ``model``, ``baseline`` or ``view_only``.
-        score: what the score is (feature component, tang2019 score method, ``pixels``, ``view``).
-        seeds: the seed of each run; empty for deterministic rows (baselines, view only).
-        runs: collection -> one plain metrics dict per run.
-    """
-
-    method: str
-    kind: str
-    score: str
-    seeds: list[int]
-    runs: dict[str, list[Mapping[str, Any]]]
-
-
-def summarise(rows: Sequence[TableRow], collections: Sequence[FilmSet]) -> pd.DataFrame:
-    """One table row per method, baseline and the view-only score.
-
-    Per collection and metric: ``_mean`` and ``_std`` over runs, ``_seed<N>`` per run of a model,
-    and ``_low``/``_high`` (the 95% bootstrap interval) for rows of one run; and whether a model
-    beats every baseline and the view-only score within every view.
-    """
-    records = []
-    for row in rows:
-        record: dict[str, object] = {"method": row.method, "kind": row.kind, "score": row.score,
-                                     "runs": max(len(runs) for runs in row.runs.values())}
-        for collection in collections:
-            runs = [metric_intervals(metrics, collection.view_names) for metrics in row.runs[collection.name]]
-            for key in runs[0]:
-                prefix = f"{collection.name}:{key}"
-                mean, std, _ = mean_std([run[key].estimate for run in runs])
-                record[f"{prefix}_mean"], record[f"{prefix}_std"] = mean, std
-                for seed, run in zip(row.seeds, runs):
-                    record[f"{prefix}_seed{seed}"] = _number(run[key].estimate)
-                if len(runs) == 1:
-                    record[f"{prefix}_low"], record[f"{prefix}_high"] = _number(runs[0][key].low), _number(runs[0][key].high)
-        records.append(record)
-    table = pd.DataFrame(records)
-    for collection in collections:
-        table[f"{collection.name}:beats_baselines_in_every_view"] = beats_in_every_view(table, collection)
-    return table
-
-
-def beats_in_every_view(table: pd.DataFrame, collection: FilmSet) -> list[object]:
-    """Per row: whether a model's mean AUC beats every baseline and the view-only score within each
-    view that has both classes (None for other rows, or without views)."""
-    views = [view for view in collection.view_names
-             if f"{collection.name}:auc_{view}_mean" in table and table[f"{collection.name}:auc_{view}_mean"].notna().any()]
-    others = table[table["kind"] != "model"]
-    verdicts: list[object] = []
-    for _, row in table.iterrows():
-        if row["kind"] != "model" or not views:
-            verdicts.append(None)
-            continue
-        verdicts.append(all(
-            row[f"{collection.name}:auc_{view}_mean"] > others[f"{collection.name}:auc_{view}_mean"].max()
-            for view in views))
-    return verdicts
-
-
-def describe_family(config: Config) -> str:
-    """The settings of a family that a reader of the table needs, in a few words."""
-    data = f"{config.data.image_size} px, intensity {config.data.intensity}"
-    if config.method == "features":
-        return f"features: {config.features.backbone}, {data}"
-    return (f"tang2019: {config.train.epochs} epochs, {config.model.describe()}, score "
-            f"{config.score.method}, {data}")
-
-
-def describe_collection(collection: FilmSet, split: str) -> str:
-    """``test split: 100 normal + 100 abnormal; PA 75 + 47, AP 25 + 53; ages known``."""
-    labels = collection.labels
-    text = (f"{'test split' if split == 'test' else 'all rows'}: {int((labels == 0).sum())} normal + "
-            f"{int((labels == 1).sum())} abnormal")
-    views = collection.manifest["view"].astype("string")
-    counts = [f"{view} {int(((views == view) & (collection.manifest['label'] == 0)).sum())} + "
-              f"{int(((views == view) & (collection.manifest['label'] == 1)).sum())}" for view in collection.view_names]
-    if counts:
-        text += "; " + ", ".join(counts)
-    if collection.ages is not None:
-        minors = int((pd.to_numeric(collection.manifest["age"], errors="coerce") < ADULT_AGE).sum())
-        text += f"; ages known, {minors} under {ADULT_AGE}"
-    return text
-
-
-def render_markdown(table: pd.DataFrame, collections: Sequence[FilmSet], splits: Mapping[str, str],
-                    header: str) -> str:
-    """The table as Markdown, one section per test collection.
-
-    A row of several runs shows mean ± sample std over seeds; a row of one run its 95%
-    bootstrap interval.
-    """
-    lines = [header, ""]
-    for collection in collections:
-        # adults' columns only where some films are of minors (else they repeat the columns of all films)
-        keys = [key for key in metric_intervals({}, collection.view_names)
-                if not key.startswith("adults_") or table[f"{collection.name}:{key}_mean"].notna().any()]
-        columns = ["method", "score", "runs", *[metric_label(key) for key in keys],
-                   "beats baselines and view only in every view"]
-        lines += [f"### {collection.name} ({describe_collection(collection, splits[collection.name])})", "",
-                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        for record in table.to_dict("records"):
-            cells = [str(record["method"]) + (" (baseline)" if record["kind"] == "baseline" else ""),
-                     str(record["score"]), str(record["runs"])]
-            for key in keys:
-                prefix = f"{collection.name}:{key}"
-                if record["runs"] == 1:
-                    cells.append(Interval(_number(record.get(f"{prefix}_mean")), _number(record.get(f"{prefix}_low")),
-                                          _number(record.get(f"{prefix}_high"))).describe())
-                else:
-                    cells.append(plus_minus(record.get(f"{prefix}_mean"), record.get(f"{prefix}_std")))
-            verdict = record.get(f"{collection.name}:beats_baselines_in_every_view")
-            cells.append("-" if verdict is None or (isinstance(verdict, float) and math.isnan(verdict))
-                         else ("yes" if verdict else "no"))
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _number(value: object) -> float | None:
-    """A finite float, or None (NaN and missing values from pandas included)."""
-    if value is None or isinstance(value, str):
-        return None
-    number = float(value)  # type: ignore[arg-type]
-    return number if math.isfinite(number) else None
-
-
-def _format(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "n/a"
 
 
 @dataclass
@@ -636,7 +354,7 @@ def table_rows(rows: Sequence[MethodRow], cells: FinishedCells, configs: Mapping
     result = []
     for row in rows:
         key = score_key(row, configs[row.family])
-        score = key if row.family == "features" else configs[row.family].score.method
+        score = family_of(row.family).benchmark.score_label(configs[row.family], row.setting)
         result.append(TableRow(row.spec, "model", score, list(options.seeds), {
             c.name: [cells.metrics(row, seed, c, key, options) for seed in options.seeds] for c in collections}))
     for baseline in baseline_scores[collections[0].name].scores:
@@ -761,6 +479,14 @@ def write_figures(collections: list[FilmSet], kinds: Mapping[str, MethodRow], ce
     return figures
 
 
+def fits_needed(rows: Sequence[MethodRow]) -> dict[str, MethodRow]:
+    """The first row of each kind, in table order: one fit per kind and seed serves them all."""
+    kinds: dict[str, MethodRow] = {}
+    for row in rows:
+        kinds.setdefault(row.kind, row)
+    return kinds
+
+
 def benchmark_job(
     train_data: Sequence[str | Path],
     test_data: Mapping[str, str | Path],
@@ -788,15 +514,13 @@ def benchmark_job(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = options.rows
-    kinds: dict[str, MethodRow] = {}  # one fit per kind and seed, in table order
-    for row in rows:
-        kinds.setdefault(row.kind, row)
-    baseline_data = dataclasses.replace(configs["tang2019"].data, image_size=options.baseline_image_size)
+    baseline_data = dataclasses.replace(plain_data(configs), image_size=options.baseline_image_size)
     # Each family reads films at its own size; the pixel baselines at 64 px.
     data_configs = [*dict.fromkeys(configs[row.family].data for row in rows), baseline_data]
-
     # 1. The films: training and calibration normals, and each test collection's test films.
-    train_rows, calibration_rows, calibration_source = choose_training_films(train_data, configs[rows[0].family], options)
+    train_rows, calibration_rows, calibration_source = choose_training_films(
+        train_data, configs[rows[0].family], max_train_normals=options.max_train_normals,
+        selection_seed=options.selection_seed)
 
     def load(name: str, manifest: pd.DataFrame) -> FilmSet:
         return load_film_set(name, manifest, data_configs, on_bad_file=on_bad_file, cache_dir=cache_dir,
@@ -821,7 +545,7 @@ def benchmark_job(
         pca_components=options.pca_components, neighbours=options.neighbours)
 
     # 3. The cells: one fit per kind and seed, reused when finished with the same settings.
-    cells = run_cells(configs, kinds, train, calibration, collections, out_dir / "cells", options, progress=progress)
+    cells = run_cells(configs, fits_needed(rows), train, calibration, collections, out_dir / "cells", options, progress=progress)
 
     # 4. The table.
     table = summarise(table_rows(rows, cells, configs, baseline_scores, collections, options), collections)
@@ -836,7 +560,7 @@ def benchmark_job(
     atomic_write_text(table_md, render_markdown(table, collections, splits, header))
 
     # 5. The figures, from the first seed: ROC curves per view and the film grids.
-    figures = write_figures(collections, kinds, cells, configs, baseline_scores, out_dir, options)
+    figures = write_figures(collections, fits_needed(rows), cells, configs, baseline_scores, out_dir, options)
 
     seconds = time.perf_counter() - started
     logger.info("benchmark finished in %s: %d cells run, %d reused; %s", format_duration(seconds),

@@ -31,20 +31,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
+from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
 from .cells import (describe_remaining, format_duration, mean_std, plus_minus, read_finished_cell,
                     settings_fingerprint, write_cell_result)
-from .checkpoint import atomic_write
-from .config import VARIANTS, Config, config_to_dict, with_overrides
-from .data.dataset import OnBadFile, load_images
-from .data.manifest import load_inputs
-from .data.splits import patient_disjoint_split
-from .errors import ConfigError, NoNormalImagesError
-from .evaluation import compute_metrics, plot_roc, reconstruction_grid
-from .models.tang2019 import Tang2019Detector, weighted_score
-from .scoring import ScoreResult, fit_calibration, score_films
-from .inference import resolve_device
-from .models.tang2019.training import train_detector
+from ..config import VARIANTS, Config, config_to_dict, with_overrides
+from ..data.dataset import OnBadFile, load_images
+from ..data.manifest import load_inputs
+from ..data.splits import patient_disjoint_split
+from ..errors import ConfigError, NoNormalImagesError
+from ..files import atomic_write
+from ..evaluation import compute_metrics, plot_roc, reconstruction_grid
+from ..models.tang2019 import Tang2019Detector, weighted_score
+from ..scoring import ScoreResult, fit_calibration, score_films
+from ..inference import resolve_device
+from ..models.tang2019.training import train_detector
 
 logger = logging.getLogger(__name__)
 

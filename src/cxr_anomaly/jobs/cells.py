@@ -2,7 +2,7 @@
 
 ``reproduce`` and ``benchmark`` both train many (method, seed) cells, each for minutes to hours.
 A cell is a folder: its data files are written atomically first
-(:func:`~cxr_anomaly.checkpoint.atomic_write`), then ``result.json`` last, holding a fingerprint
+(:func:`~cxr_anomaly.files.atomic_write`), then ``result.json`` last, holding a fingerprint
 of everything that determined the result. So a cell with ``result.json`` is finished; a cell
 without it (a run killed midway) runs again; a cell with another fingerprint was made with other
 settings or data and runs again too.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_text
+from ..files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ normals, and the view alone (AP = abnormal) are scored on the same films. The re
 overall, within each view, view-balanced and for adults, with 95% bootstrap intervals, and says
 in words whether the detector beats each baseline within each view.
 
-Usage: ``python -m cxr_anomaly.demo --out runs/demo`` (data from ``$CXR_ANOMALY_DATA`` or
+Usage: ``python -m cxr_anomaly.jobs.demo --out runs/demo`` (data from ``$CXR_ANOMALY_DATA`` or
 ``../shared/data``).
 """
 
@@ -30,17 +30,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
-from .checkpoint import atomic_write_text, load_checkpoint
-from .config import Config, DataConfig, config_differences, preset_config, with_overrides
-from .data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
-from .data.dataset import load_images
-from .data.manifest import load_inputs
-from .data.splits import split_patients_in_halves
-from .errors import CheckpointError
-from .evaluation import Interval, metrics_by_name, plot_roc_panels
-from .inference import native_bf16
-from .pipeline import CHECKPOINT_NAME, TrainOutcome, evaluate_job, train_job
+from ..baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
+from ..checkpoint import load_checkpoint
+from ..config import DEFAULT_METHOD, METHODS, Config, DataConfig, config_differences, preset_config, with_overrides
+from ..data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
+from ..data.dataset import load_images
+from ..data.manifest import load_inputs
+from ..data.splits import split_patients_in_halves
+from ..errors import CheckpointError
+from ..files import atomic_write_text
+from ..evaluation import Interval, metrics_by_name, plot_roc_panels
+from ..inference import native_bf16
+from ..models.registry import family_of
+from .evaluate import evaluate_job
+from .train import CHECKPOINT_NAME, TrainOutcome, train_job
 
 logger = logging.getLogger(__name__)
 # Fit and score in one precision on every machine: bf16 (auto on a CPU with native bf16) moves AUCs
@@ -307,7 +310,7 @@ def reuse_fit(run_dir: Path, config: Config, train_path: Path, num_normals: int)
     return ReusedFit(outcome, seconds)
 
 
-def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: int = 0,
+def run_demo(data_root: Path, out_dir: Path, *, method: str = DEFAULT_METHOD, seed: int = 0,
              max_train_normals: int | None = None, num_resamples: int = 1000, progress: bool = True,
              reuse: bool = False) -> Path:
     """Fit on ``rsna_normal224``, test on the NIH collections, and return the report's path.
@@ -323,7 +326,7 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
     train_path = out_dir / "train_manifest.csv"
     train_manifest.to_csv(train_path, index=False)
     config = with_overrides(preset_config(method), "train", precision=DEMO_PRECISION)
-    if method == "tang2019":
+    if "train" in family_of(method).config_sections:  # a fit that reads train.seed (not a one-pass fit)
         config = with_overrides(config, "train", seed=seed)
     if reuse:
         reused = reuse_fit(out_dir / "run", config, train_path, len(train_manifest))
@@ -366,17 +369,17 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = "features", seed: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m cxr_anomaly.demo``."""
+    """Entry point of ``python -m cxr_anomaly.jobs.demo``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("CXR_ANOMALY_DATA", "../shared/data")),
                         help="folder holding rsna_normal224, nih1000 and nih_pneumonia256 "
                              "(default $CXR_ANOMALY_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--method", choices=("features", "tang2019"), default="features",
-                        help="detector family (default features)")
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"detector family (default {DEFAULT_METHOD})")
     parser.add_argument("--max-train-normals", type=int, default=None,
                         help="fit on the first N normals of rsna_normal224 only (default: all 5,000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (tang2019 training)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of training (families whose fit reads train.seed)")
     parser.add_argument("--reuse-fit", action="store_true",
                         help="score the model a previous run left in OUT/run instead of fitting again "
                              "(refused unless it was fitted with the same settings on the same films)")
