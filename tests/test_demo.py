@@ -177,7 +177,7 @@ def test_a_fit_is_reused_only_when_it_was_made_the_same_way(tiny_nih_model, tmp_
 def test_the_demo_fits_and_scores_in_fp32_even_where_bf16_is_native(shared_data: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """One report on every machine: ``auto`` would pick bf16 on a CPU with native bf16."""
-    from cxr_anomaly.pipeline import TrainOutcome
+    from cxr_anomaly.jobs.train import TrainOutcome
 
     monkeypatch.setattr("cxr_anomaly.inference.native_bf16", lambda device: True)
     calls: dict[str, object] = {}

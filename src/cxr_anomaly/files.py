@@ -9,6 +9,7 @@ every layer can use it; torch only where it is needed, so that decoding starts w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -205,3 +206,12 @@ def version_note(payload: dict[str, Any]) -> str:
         f" (the file was written by cxr-anomaly {written_by}; this is cxr-anomaly {__version__}, "
         "which does not understand it: use the version that wrote it, or retrain)"
     )
+
+
+def model_version(path: str | Path) -> str:
+    """``sha256:`` and the first 12 hex digits of a model file's hash: the version results name."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:12]

@@ -92,7 +92,7 @@ def run_worklist(args: argparse.Namespace, progress: bool) -> None:
 
     calibration = None
     if args.model is not None:
-        from ..pipeline import load_scoring_model
+        from ..jobs.score import load_scoring_model
 
         calibration = load_scoring_model(args.model).calibration
     write_store_worklist(args.store, args.out, calibration=calibration)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import threading
 import uuid
 import warnings
@@ -38,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..dicom import silence_pydicom
 from ..errors import CxrAnomalyError, OutputPathError
 from ..explain import colour_bar as default_colour_bar
+from ..files import atomic_write
 from ..scope import IN_SCOPE
 from ..scope import SCOPE_REASONS as SCOPES
 
@@ -449,20 +448,6 @@ def build_results(source: Dataset, result: FilmResult, overlay_rgb: np.ndarray, 
     return ResultObjects(structured_report=report, secondary_capture=capture)
 
 
-def _write_atomically(dataset: Dataset, path: Path) -> None:
-    """Write a data set beside ``path`` under a temporary name, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            dataset.save_as(stream, enforce_file_format=True)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_results(objects: ResultObjects, folder: Path) -> list[Path]:
     """Write both objects as DICOM files named ``<modality>_<SOP Instance UID>.dcm``; atomic per file.
 
@@ -480,7 +465,7 @@ def write_results(objects: ResultObjects, folder: Path) -> list[Path]:
     for dataset in (objects.structured_report, objects.secondary_capture):
         path = folder / f"{dataset.Modality}_{dataset.SOPInstanceUID}.dcm"
         try:
-            _write_atomically(dataset, path)
+            atomic_write(path, lambda stream, dataset=dataset: dataset.save_as(stream, enforce_file_format=True))
         except OSError as error:
             raise OutputPathError(path, f"cannot write the file: {error.strerror or error}") from error
         paths.append(path)

@@ -25,7 +25,8 @@ from .scope import scope_rule_for
 from .send import CStoreSink, RemoteEntity, ResultSink, StowSink
 from .spool import Spool
 from .store import FilmStore
-from .worker import ScoringWorker, model_version
+from ..files import model_version
+from .worker import ScoringWorker
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def result_sink(options: ListenOptions, calling_ae_title: str) -> ResultSink:
 
 def start_listening(options: ListenOptions) -> RunningListener:
     """Load the model, open the store, and start the scorer, the SCP and the feed."""
-    from ..pipeline import load_scoring_model
+    from ..jobs.score import load_scoring_model
 
     silence_pydicom()  # pydicom's warnings quote header values
     model: Any = load_scoring_model(options.model, device=options.device, precision=options.precision)

@@ -1,8 +1,8 @@
 """Where the listener keeps received instances: one file per SOP Instance UID, written durably.
 
 File names are a hash of the UID (UIDs are long and reach 64 characters; a hash keeps names
-fixed-length and spreads them over 256 folders). A file is copied to a hidden temporary name,
-fsynced, then renamed, and the folder fsynced: after a crash a kept film is whole or absent.
+fixed-length and spreads them over 256 folders). A file is written through :func:`cxr_anomaly.files.atomic_write`
+(temporary name, fsync, rename, folder fsync): after a crash a kept film is whole or absent.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from ..files import atomic_write
 
 
 class Spool:
@@ -33,18 +35,8 @@ class Spool:
     def keep(self, received: Path, sop_instance_uid: str) -> Path:
         """Copy a received file into the spool durably and return its new path."""
         target = self.path_for(sop_instance_uid)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream, received.open("rb") as source:
-                shutil.copyfileobj(source, stream, 1 << 20)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _fsync_folder(target.parent)
+        with received.open("rb") as source:
+            atomic_write(target, lambda stream: shutil.copyfileobj(source, stream, 1 << 20))
         return target
 
     def keep_bytes(self, data: bytes, sop_instance_uid: str) -> Path:
@@ -56,11 +48,3 @@ class Spool:
             return self.keep(Path(temporary), sop_instance_uid)
         finally:
             Path(temporary).unlink(missing_ok=True)
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

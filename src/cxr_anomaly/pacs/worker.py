@@ -11,7 +11,6 @@ recorded as failed with its reason and never retried.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -36,15 +35,6 @@ HEATMAP_MAX_SIDE = 1024  # the Secondary Capture's longer side
 THUMBNAIL_SIDE = 192  # the worklist's heatmap thumbnails
 
 ScopeRule = Callable[[Any, np.ndarray], str]
-
-
-def model_version(path: str | Path) -> str:
-    """``sha256:`` and the first 12 hex digits of the model file's hash (names the results' algorithm)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ import asyncio
 import base64
 import contextlib
 import functools
-import hashlib
 import hmac
 import importlib.resources
 import logging
@@ -58,7 +57,8 @@ from ..calibration import Calibration
 from ..checkpoint import LoadedModel
 from ..dicom import silence_pydicom
 from ..explain import HeatmapRange, explain_film, heatmap_range, png_bytes, with_legend
-from ..pipeline import load_scoring_model
+from ..jobs.score import load_scoring_model
+from ..files import model_version
 from ..scope import fitted_on_adults
 from .admission import ServiceBusyError
 from .batching import BatchScorer, QueueFullError
@@ -142,15 +142,6 @@ class FilmScore:
     raw: float
     components: dict[str, float | None]
     anomaly_map: np.ndarray  # float32 (h, w)
-
-
-def model_version(path: str | Path) -> str:
-    """``sha256:`` and the first 12 hex digits of the checkpoint file's hash."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()[:12]
 
 
 def _optional(value: float) -> float | None:
