@@ -55,6 +55,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	$(PY) -m benchmarks.run

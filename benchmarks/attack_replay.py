@@ -172,8 +172,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: Path, log: Path, *, src: Path | None = None, options: list[str] | None = None,
-                 startup_seconds: float = 180.0) -> ServerProcess:
+def start_server(
+    model: Path, log: Path, *, src: Path | None = None, options: list[str] | None = None, startup_seconds: float = 180.0
+) -> ServerProcess:
     """Start ``serve`` on a free loopback port with one scoring thread; return when ``/healthz`` answers.
 
     Raises:
@@ -185,8 +186,19 @@ def start_server(model: Path, log: Path, *, src: Path | None = None, options: li
     environment = dict(os.environ)
     if src is not None:
         environment["PYTHONPATH"] = str(src)
-    command = [sys.executable, "-c", "import sys; from cxr_anomaly.cli import main; sys.exit(main(sys.argv[1:]))",
-               "serve", "--model", str(model), "--port", str(port), "--threads", "1", *(options or [])]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from cxr_anomaly.cli import main; sys.exit(main(sys.argv[1:]))",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        *(options or []),
+    ]
     with log.open("wb") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=environment)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
@@ -251,8 +263,9 @@ def post_all(url: str, bodies: list[bytes], content_type: str, timeout: float = 
     def one(body: bytes) -> tuple[str, float]:
         start = time.monotonic()
         try:
-            response = httpx.post(f"{url}/v1/score", content=body, headers={"content-type": content_type},
-                                  timeout=timeout)
+            response = httpx.post(
+                f"{url}/v1/score", content=body, headers={"content-type": content_type}, timeout=timeout
+            )
             status = str(response.status_code)
             if status == "503" and "retry-after" not in response.headers:
                 status = "503-no-retry-after"
@@ -269,8 +282,12 @@ def post_all(url: str, bodies: list[bytes], content_type: str, timeout: float = 
     return statuses, slowest
 
 
-def replay(server: ServerProcess, name: str, bodies: list[bytes], content_type: str = "application/octet-stream",
-           ) -> AttackResult:
+def replay(
+    server: ServerProcess,
+    name: str,
+    bodies: list[bytes],
+    content_type: str = "application/octet-stream",
+) -> AttackResult:
     """POST ``bodies`` at once and measure the server's added peak memory."""
     before = reset_peak(server.pid)
     start = time.monotonic()
@@ -283,8 +300,10 @@ def replay(server: ServerProcess, name: str, bodies: list[bytes], content_type: 
 def slow_client(server: ServerProcess, *, body: bool, limit_seconds: float) -> AttackResult:
     """Send headers a byte every 0.25 s (or complete headers then a body byte a second) until cut."""
     host, port = server.url.removeprefix("http://").split(":")
-    request = b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n" \
-              b"Content-Length: 100000\r\n\r\n"
+    request = (
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
     start = time.monotonic()
     cut = False
     with socket.create_connection((host, int(port))) as connection:
@@ -295,7 +314,7 @@ def slow_client(server: ServerProcess, *, body: bool, limit_seconds: float) -> A
             if time.monotonic() - start > limit_seconds:
                 break
             try:
-                connection.sendall(payload[index:index + 1])
+                connection.sendall(payload[index : index + 1])
                 connection.settimeout(step)
                 if connection.recv(1) == b"":
                     cut = True
@@ -342,9 +361,14 @@ def idle_sockets(server: ServerProcess, count: int, wait_seconds: float) -> Atta
             pass
         connection.close()
     peak = memory_kib(server.pid)["VmHWM"]
-    return AttackResult("idle_sockets", {health_status: 1}, round(time.monotonic() - start, 2),
-                        round(health_seconds, 3), round((peak - before) / 1024, 1),
-                        {"opened": opened, f"open_after_{wait_seconds:g}s": still_open})
+    return AttackResult(
+        "idle_sockets",
+        {health_status: 1},
+        round(time.monotonic() - start, 2),
+        round(health_seconds, 3),
+        round((peak - before) / 1024, 1),
+        {"opened": opened, f"open_after_{wait_seconds:g}s": still_open},
+    )
 
 
 def count_log_lines(log: Path, text: str) -> int:
@@ -354,9 +378,12 @@ def count_log_lines(log: Path, text: str) -> int:
 
 def run(arguments: argparse.Namespace) -> dict[str, object]:
     """Every attack against one server; the results as plain values."""
-    film = (arguments.film.read_bytes() if arguments.film else None)
-    options = [] if arguments.legacy else ["--header-timeout", str(arguments.header_timeout),
-                                           "--body-timeout", str(arguments.body_timeout)]
+    film = arguments.film.read_bytes() if arguments.film else None
+    options = (
+        []
+        if arguments.legacy
+        else ["--header-timeout", str(arguments.header_timeout), "--body-timeout", str(arguments.body_timeout)]
+    )
     server = start_server(arguments.model, arguments.log, src=arguments.src, options=options)
     started_mb = round(memory_kib(server.pid)["VmRSS"] / 1024, 1)
     results: list[AttackResult] = []
@@ -365,20 +392,27 @@ def run(arguments: argparse.Namespace) -> dict[str, object]:
         declared = deflated_dicom(65535, 65535, 1 << 20)
         png = png16_of_zeros(65535, 1024)
         rle = rle_dicom_of_zeros(65535, 1024)
-        logger.info("bombs: deflated %d B, declared %d B, png %d B, rle %d B", len(overflow), len(declared),
-                    len(png), len(rle))
+        logger.info(
+            "bombs: deflated %d B, declared %d B, png %d B, rle %d B", len(overflow), len(declared), len(png), len(rle)
+        )
         if film is not None:
             results.append(replay(server, "warm_up_film", [film]))
         skip = set(arguments.skip.split(",")) if arguments.skip else set()
-        for name, body in (("deflated_overflow", overflow), ("deflated_declared", declared), ("png16_long", png),
-                           ("rle_long", rle)):
+        for name, body in (
+            ("deflated_overflow", overflow),
+            ("deflated_declared", declared),
+            ("png16_long", png),
+            ("rle_long", rle),
+        ):
             if name not in skip:
                 results.append(replay(server, name, [body]))
                 results[-1].notes["upload_bytes"] = len(body)
         if "bombs_8" not in skip:
             results.append(replay(server, "bombs_8", [overflow, png] * 4))
-        for name, build in (("png16_8192", lambda: png16_of_zeros(8192, 8192)),
-                            ("rle16_4096", lambda: rle_dicom_of_zeros(4096, 4096))):
+        for name, build in (
+            ("png16_8192", lambda: png16_of_zeros(8192, 8192)),
+            ("rle16_4096", lambda: rle_dicom_of_zeros(4096, 4096)),
+        ):
             if name not in skip:
                 body = build()
                 results.append(replay(server, name, [body]))
@@ -386,8 +420,14 @@ def run(arguments: argparse.Namespace) -> dict[str, object]:
         if "uploads_32mb" not in skip:
             boundary = "attackreplayboundary"
             payload = b"\x89PNG\r\n\x1a\n" + os.urandom((32 << 20) - 4096)
-            form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n"
-                    f"Content-Type: image/png\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+            form = (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.png"\r\n'
+                    f"Content-Type: image/png\r\n\r\n"
+                ).encode()
+                + payload
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
             del payload
             results.append(replay(server, "uploads_32mb", [form] * 20, f"multipart/form-data; boundary={boundary}"))
             del form
@@ -400,10 +440,14 @@ def run(arguments: argparse.Namespace) -> dict[str, object]:
             results.append(idle_sockets(server, arguments.idle, arguments.header_timeout + 2.0))
     finally:
         server.stop()
-    return {"server_rss_mb_at_start": started_mb, "results": [asdict(result) for result in results],
-            "log_tracebacks": count_log_lines(arguments.log, "Traceback"),
-            "log_lines": len(arguments.log.read_text(errors="replace").splitlines()),
-            "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+    return {
+        "server_rss_mb_at_start": started_mb,
+        "results": [asdict(result) for result in results],
+        "log_tracebacks": count_log_lines(arguments.log, "Traceback"),
+        "log_lines": len(arguments.log.read_text(errors="replace").splitlines()),
+        "machine": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,8 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header-timeout", type=float, default=10.0)
     parser.add_argument("--body-timeout", type=float, default=60.0)
     parser.add_argument("--slow-limit", type=float, default=30.0)
-    parser.add_argument("--skip", default="", help="attacks to leave out, comma-separated (bombs_8, burst, slow, "
-                                                   "idle or a bomb's name): an unbounded server may need gigabytes")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="attacks to leave out, comma-separated (bombs_8, burst, slow, "
+        "idle or a bomb's name): an unbounded server may need gigabytes",
+    )
     parser.add_argument("--log", type=Path, default=Path("attack_replay_server.log"))
     parser.add_argument("--out", type=Path, default=None)
     arguments = parser.parse_args(argv)

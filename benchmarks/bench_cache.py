@@ -80,12 +80,14 @@ def single_core_rate(paths: list[str], data_config: DataConfig) -> SingleCoreRat
     started, cpu_started = time.perf_counter(), time.process_time()
     for path in paths:
         decode_file(path, data_config)
-    return SingleCoreRate(len(paths) / (time.perf_counter() - started),
-                          len(paths) / max(time.process_time() - cpu_started, 1e-9))
+    return SingleCoreRate(
+        len(paths) / (time.perf_counter() - started), len(paths) / max(time.process_time() - cpu_started, 1e-9)
+    )
 
 
-def run_benchmark(source: Path, copies: int, single_films: int, workers: int | None,
-                  work_dir: Path, image_size: int = 64) -> CacheBenchmarkResult:
+def run_benchmark(
+    source: Path, copies: int, single_films: int, workers: int | None, work_dir: Path, image_size: int = 64
+) -> CacheBenchmarkResult:
     """Copy the films, measure the single-core rate, build the cache, then reuse it."""
     originals = sorted(source.glob("*.png"))
     if not originals:
@@ -115,14 +117,25 @@ def run_benchmark(source: Path, copies: int, single_films: int, workers: int | N
     build_rate = len(paths) / build_seconds
     efficiency = build_rate / (cores * rate)
     return CacheBenchmarkResult(
-        films=len(paths), cores=cores, image_size=image_size,
-        single_core_rate_before=before.wall_rate, single_core_rate_after=after.wall_rate,
-        single_core_rate=rate, ceiling_rate=cores * rate, build_seconds=build_seconds,
-        build_rate=build_rate, efficiency=efficiency, meets_target=efficiency >= TARGET_EFFICIENCY,
-        reuse_seconds=reuse_seconds, reused_films=reports[1].reused,
-        decoded_on_reuse=reports[1].decoded, single_core_cpu_rate=cpu_rate,
-        build_cpu_seconds=build_cpu, cpu_efficiency=(len(paths) / build_cpu) / cpu_rate,
-        load_average_before=load_before, load_average_after=load_after,
+        films=len(paths),
+        cores=cores,
+        image_size=image_size,
+        single_core_rate_before=before.wall_rate,
+        single_core_rate_after=after.wall_rate,
+        single_core_rate=rate,
+        ceiling_rate=cores * rate,
+        build_seconds=build_seconds,
+        build_rate=build_rate,
+        efficiency=efficiency,
+        meets_target=efficiency >= TARGET_EFFICIENCY,
+        reuse_seconds=reuse_seconds,
+        reused_films=reports[1].reused,
+        decoded_on_reuse=reports[1].decoded,
+        single_core_cpu_rate=cpu_rate,
+        build_cpu_seconds=build_cpu,
+        cpu_efficiency=(len(paths) / build_cpu) / cpu_rate,
+        load_average_before=load_before,
+        load_average_after=load_after,
     )
 
 
@@ -145,9 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(
         "%d films, %d cores: single core %.1f/s, ceiling %.1f/s, build %.1f/s = %.1f%% of the "
         "ceiling (target %.0f%%); CPU efficiency %.1f%%; reuse %.2f s; load %s -> %s; written to %s",
-        result.films, result.cores, result.single_core_rate, result.ceiling_rate, result.build_rate,
-        100 * result.efficiency, 100 * TARGET_EFFICIENCY, 100 * result.cpu_efficiency, result.reuse_seconds,
-        result.load_average_before, result.load_average_after, arguments.output,
+        result.films,
+        result.cores,
+        result.single_core_rate,
+        result.ceiling_rate,
+        result.build_rate,
+        100 * result.efficiency,
+        100 * TARGET_EFFICIENCY,
+        100 * result.cpu_efficiency,
+        result.reuse_seconds,
+        result.load_average_before,
+        result.load_average_after,
+        arguments.output,
     )
     return 0
 

@@ -62,8 +62,9 @@ def time_call(paths: list[str], workers: int) -> float:
 def time_fresh_call(paths: list[str], workers: int, import_torch: bool = False) -> float:
     """:func:`time_call` in a new Python process (imports not counted, the pool's start is)."""
     command = [sys.executable, "-m", "benchmarks.bench_decode_pool", "--one-call", str(workers)]
-    result = subprocess.run([*command, *(["--import-torch"] if import_torch else []), *paths], check=True,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*command, *(["--import-torch"] if import_torch else []), *paths], check=True, capture_output=True, text=True
+    )
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -73,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[16, 64, 128, 256, 512])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--format", choices=("png", "dicom"), default="png")
-    parser.add_argument("--import-torch", action="store_true",
-                        help="the timed process's main module imports torch (see the module docstring)")
+    parser.add_argument(
+        "--import-torch",
+        action="store_true",
+        help="the timed process's main module imports torch (see the module docstring)",
+    )
     parser.add_argument("--warm", action="store_true", help="repeated calls in this process")
     parser.add_argument("--output", type=Path, default=None, help="JSON of the table")
     parser.add_argument("--one-call", type=int, default=None, help=argparse.SUPPRESS)  # WORKERS PATH...
@@ -92,11 +96,20 @@ def main(argv: list[str] | None = None) -> int:
             load_before = os.getloadavg()[0]
             for _ in range(args.repeats):
                 for way, way_workers in (("in_process", 1), ("pool", workers)):
-                    timings[way].append(time_call(paths[:count], way_workers) if args.warm
-                                        else time_fresh_call(paths[:count], way_workers, args.import_torch))
-            row = {"films": count, "format": args.format, "workers": workers, "fresh_process": not args.warm,
-                   "main_imports_torch": args.import_torch, "load_average": [load_before, os.getloadavg()[0]],
-                   **{f"{way}_ms_per_film": statistics.median(values) for way, values in timings.items()}}
+                    timings[way].append(
+                        time_call(paths[:count], way_workers)
+                        if args.warm
+                        else time_fresh_call(paths[:count], way_workers, args.import_torch)
+                    )
+            row = {
+                "films": count,
+                "format": args.format,
+                "workers": workers,
+                "fresh_process": not args.warm,
+                "main_imports_torch": args.import_torch,
+                "load_average": [load_before, os.getloadavg()[0]],
+                **{f"{way}_ms_per_film": statistics.median(values) for way, values in timings.items()},
+            }
             row["pool_speedup"] = row["in_process_ms_per_film"] / row["pool_ms_per_film"]
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -64,13 +64,15 @@ from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.inference import inference_autocast, native_bf16, resolve_precision, to_channels_last
-from cxr_anomaly.models.registry import build_detector, fit_detector
 from cxr_anomaly.models.base import DEFAULT_SCORING_BATCH_SIZE
+from cxr_anomaly.models.registry import build_detector, fit_detector
 from cxr_anomaly.scoring import score_films
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path(os.environ.get("CXR_ANOMALY_DATA", Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
+DEFAULT_DATA = Path(
+    os.environ.get("CXR_ANOMALY_DATA", Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+)
 GEMM_SIZE = 2048
 TARGET_FRACTION = 0.8  # issue 10: scoring within 80% of the backbone's convolution ceiling
 
@@ -93,8 +95,9 @@ class Settings:
         """The full run's sizes, or the smoke run's."""
         if smoke:
             return cls(True, fit_films or 12, 2, 2, repeats or 1, 2, 1, 2)
-        return cls(False, fit_films or 5000, 128, DEFAULT_SCORING_BATCH_SIZE, repeats or 3, DEFAULT_SCORING_BATCH_SIZE,
-                   2, 16)
+        return cls(
+            False, fit_films or 5000, 128, DEFAULT_SCORING_BATCH_SIZE, repeats or 3, DEFAULT_SCORING_BATCH_SIZE, 2, 16
+        )
 
 
 def benchmark_config(settings: Settings) -> Config:
@@ -132,8 +135,9 @@ def replicate(sources: list[Path], count: int, folder: Path, suffix: str) -> pd.
     return pd.DataFrame({"path": paths})
 
 
-def write_dicom(pixels: np.ndarray, path: Path, uid_suffix: int, *, view: str | None = None,
-                age: str | None = None) -> Path:
+def write_dicom(
+    pixels: np.ndarray, path: Path, uid_suffix: int, *, view: str | None = None, age: str | None = None
+) -> Path:
     """Save uint8 grey pixels (rows, columns) as an uncompressed 8-bit MONOCHROME2 DICOM film,
     with ``ViewPosition`` and ``PatientAge`` (``"042Y"``) when given.
 
@@ -155,8 +159,9 @@ def write_dicom(pixels: np.ndarray, path: Path, uid_suffix: int, *, view: str | 
         dataset.ViewPosition = view
     if age is not None:
         dataset.PatientAge = age
-    dataset.set_pixel_data(np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2",
-                           bits_stored=8)
+    dataset.set_pixel_data(
+        np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2", bits_stored=8
+    )
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = uid
     dataset.save_as(path, enforce_file_format=True)
     return path
@@ -202,11 +207,15 @@ def measure_fit(config: Config, rows: pd.DataFrame) -> tuple[Any, FitFigures]:
     pixels = load_images(rows, config.data).pixels  # (N, 224, 224) uint8
     decode_seconds = time.perf_counter() - started
     clock = StageClock()
-    with clock.watch({"fine-tuning (MSC; its preprocessing counted under preprocessing)": (fitting, "finetune_backbone"),
-                      "preprocessing": (FeatureDetector, "model_input"),
-                      "backbone pass": (FeatureDetector, "embed"),
-                      "coreset selection": (fitting, "greedy_coreset"),
-                      "Gaussian (Ledoit-Wolf)": (LedoitWolf, "fit")}):
+    with clock.watch(
+        {
+            "fine-tuning (MSC; its preprocessing counted under preprocessing)": (fitting, "finetune_backbone"),
+            "preprocessing": (FeatureDetector, "model_input"),
+            "backbone pass": (FeatureDetector, "embed"),
+            "coreset selection": (fitting, "greedy_coreset"),
+            "Gaussian (Ledoit-Wolf)": (LedoitWolf, "fit"),
+        }
+    ):
         fit_started = time.perf_counter()
         result = fit_detector(config, pixels, progress=False)
         fit_seconds = time.perf_counter() - fit_started
@@ -214,8 +223,14 @@ def measure_fit(config: Config, rows: pd.DataFrame) -> tuple[Any, FitFigures]:
     seconds["other (patch collection, projection, radius, weights)"] = fit_seconds - sum(clock.seconds.values())
     backbone = clock.seconds.get("backbone pass", float("nan"))
     record = result.record
-    figures = FitFigures(len(pixels), decode_seconds + fit_seconds, seconds, len(pixels) / backbone,
-                         int(record.get("memory_bank_size", 0)), int(record.get("num_patches_seen", 0)))
+    figures = FitFigures(
+        len(pixels),
+        decode_seconds + fit_seconds,
+        seconds,
+        len(pixels) / backbone,
+        int(record.get("memory_bank_size", 0)),
+        int(record.get("num_patches_seen", 0)),
+    )
     if clock.missing:
         figures.note += f"; stages not found in the library (not timed): {clock.missing}"
     return result.detector, figures
@@ -274,8 +289,9 @@ class CeilingRepeat:
     one_thread_films_per_second: float | None = None  # channels_last on one thread, for the 1-thread variant
 
 
-def measure_ceiling(calls: list[Any], batch: int, precision: str, backbone_flops_batch: float,
-                    gemm_size: int) -> CeilingRepeat:
+def measure_ceiling(
+    calls: list[Any], batch: int, precision: str, backbone_flops_batch: float, gemm_size: int
+) -> CeilingRepeat:
     """One measurement of the convolution ceilings (channels_last, best layout) and the GEMM rate."""
     same_layout = layer_seconds(calls, precision, torch.channels_last)
     best_gflops = conv_ceiling_gflops(calls, precision, 1)
@@ -290,8 +306,13 @@ def measure_ceiling(calls: list[Any], batch: int, precision: str, backbone_flops
             one_thread = batch / sum(layer_seconds(calls, precision, torch.channels_last))
         finally:
             torch.set_num_threads(previous)
-    return CeilingRepeat(batch / sum(same_layout), best_gflops * 1e9 / (backbone_flops_batch / batch),
-                         gemm_gflops(precision, 1, gemm_size), by_kind, one_thread)
+    return CeilingRepeat(
+        batch / sum(same_layout),
+        best_gflops * 1e9 / (backbone_flops_batch / batch),
+        gemm_gflops(precision, 1, gemm_size),
+        by_kind,
+        one_thread,
+    )
 
 
 # ---------------------------------------------------------------- scoring variants
@@ -340,8 +361,13 @@ def nearest_search_target() -> tuple[object, str]:
 def staged_score(detector: Any, pixels: np.ndarray, **options: Any) -> dict[str, float]:
     """score_films with its time split into preprocessing, backbone, nearest-neighbour search, rest."""
     clock = StageClock()
-    with clock.watch({"preprocessing": (detector, "model_input"), "backbone": (detector.backbone, "forward"),
-                      "nearest-neighbour search": nearest_search_target()}):
+    with clock.watch(
+        {
+            "preprocessing": (detector, "model_input"),
+            "backbone": (detector.backbone, "forward"),
+            "nearest-neighbour search": nearest_search_target(),
+        }
+    ):
         started = time.perf_counter()
         score_films(detector, pixels, **options)
         total = time.perf_counter() - started
@@ -361,14 +387,20 @@ def score_from_files(detector: Any, rows: pd.DataFrame, config: Config) -> tuple
     return len(pixels), seconds
 
 
-def manual_score(detector: Any, pixels: np.ndarray, batch: int, inference_mode: bool, precision: str,
-                 channels_last_input: bool = False) -> tuple[int, dict[str, float]]:
+def manual_score(
+    detector: Any,
+    pixels: np.ndarray,
+    batch: int,
+    inference_mode: bool,
+    precision: str,
+    channels_last_input: bool = False,
+) -> tuple[int, dict[str, float]]:
     """A hand loop over batches (no output handling), under no_grad or inference_mode, in ``precision``
     (bf16 autocast or fp32, as the library scores)."""
     started = time.perf_counter()
     context = torch.inference_mode if inference_mode else torch.no_grad
     for begin in range(0, len(pixels), batch):
-        images = detector.model_input(pixels[begin:begin + batch])
+        images = detector.model_input(pixels[begin : begin + batch])
         if channels_last_input:
             images = images.contiguous(memory_format=torch.channels_last)
         with context(), inference_autocast(torch.device("cpu"), precision):
@@ -401,8 +433,15 @@ def grid_variant(detector: Any, grid: int) -> Any:
     return variant.eval()
 
 
-def speed_variants(detector: Any, config: Config, pixels: np.ndarray, settings: Settings, precision: str,
-                   work_dir: Path, library_batch: int) -> list[Variant]:
+def speed_variants(
+    detector: Any,
+    config: Config,
+    pixels: np.ndarray,
+    settings: Settings,
+    precision: str,
+    work_dir: Path,
+    library_batch: int,
+) -> list[Variant]:
     """The speed-ups to compare on decoded films (decode excluded); ``library_batch`` is
     ``score_films``' own batch here, the detector's ``scoring_batch_size`` on the CPU."""
     batch = settings.score_batch
@@ -417,41 +456,86 @@ def speed_variants(detector: Any, config: Config, pixels: np.ndarray, settings: 
     def backbone_only() -> tuple[int, dict[str, float]]:
         started = time.perf_counter()
         for begin in range(0, len(pixels), batch):
-            images = fast.model_input(pixels[begin:begin + batch])
+            images = fast.model_input(pixels[begin : begin + batch])
             with torch.inference_mode(), inference_autocast(torch.device("cpu"), precision):
                 fast.backbone(images)
         return len(pixels), {"total": time.perf_counter() - started}
 
     variants = [
-        Variant("naive: contiguous weights, no_grad", precision,
-                lambda: manual_score(naive, pixels, batch, inference_mode=False, precision=precision)),
-        Variant("channels_last weights, no_grad", precision,
-                lambda: manual_score(fast, pixels, batch, inference_mode=False, precision=precision)),
-        Variant("channels_last weights + inference_mode", precision,
-                lambda: manual_score(fast, pixels, batch, inference_mode=True, precision=precision)),
-        Variant("channels_last weights and input + inference_mode", precision,
-                lambda: manual_score(fast, pixels, batch, inference_mode=True, precision=precision,
-                                     channels_last_input=True)),
-        Variant(f"score_films (library defaults, batch {library_batch})", precision, library(),
-                "channels_last, inference_mode, precision auto", batch=library_batch),
+        Variant(
+            "naive: contiguous weights, no_grad",
+            precision,
+            lambda: manual_score(naive, pixels, batch, inference_mode=False, precision=precision),
+        ),
+        Variant(
+            "channels_last weights, no_grad",
+            precision,
+            lambda: manual_score(fast, pixels, batch, inference_mode=False, precision=precision),
+        ),
+        Variant(
+            "channels_last weights + inference_mode",
+            precision,
+            lambda: manual_score(fast, pixels, batch, inference_mode=True, precision=precision),
+        ),
+        Variant(
+            "channels_last weights and input + inference_mode",
+            precision,
+            lambda: manual_score(
+                fast, pixels, batch, inference_mode=True, precision=precision, channels_last_input=True
+            ),
+        ),
+        Variant(
+            f"score_films (library defaults, batch {library_batch})",
+            precision,
+            library(),
+            "channels_last, inference_mode, precision auto",
+            batch=library_batch,
+        ),
     ]
     for size in sorted({min(size, batch) for size in (16, 32, 64)} - {library_batch}):
         variants.append(Variant(f"score_films, batch {size}", precision, library(batch_size=size), batch=size))
     if torch.get_num_threads() > 1:
-        variants.append(Variant("score_films, 1 thread", precision, lambda: with_threads(1, library()),
-                                "ratios to the ceiling measured on 1 thread", warm_up=False, one_thread=True))
+        variants.append(
+            Variant(
+                "score_films, 1 thread",
+                precision,
+                lambda: with_threads(1, library()),
+                "ratios to the ceiling measured on 1 thread",
+                warm_up=False,
+                one_thread=True,
+            )
+        )
     for size in sorted({bank // 4, bank // 16, 1} - {bank}, reverse=True):
         if size >= 1:
-            variants.append(Variant(f"memory bank {size} patches (default {bank})", precision,
-                                    library(bank_variant(detector, size)),
-                                    "speed only: an accuracy setting, not changed" + (
-                                        "; 1 patch = almost no search" if size == 1 else ""), warm_up=False))
+            variants.append(
+                Variant(
+                    f"memory bank {size} patches (default {bank})",
+                    precision,
+                    library(bank_variant(detector, size)),
+                    "speed only: an accuracy setting, not changed"
+                    + ("; 1 patch = almost no search" if size == 1 else ""),
+                    warm_up=False,
+                )
+            )
     for other_grid in sorted({grid // 2} - {grid}):
-        variants.append(Variant(f"patch grid {other_grid} (default {grid})", precision,
-                                library(grid_variant(detector, other_grid)),
-                                "speed only: an accuracy setting, not changed", warm_up=False))
-    variants.append(Variant("backbone only (preprocessing + convolutions, no heads)", precision, backbone_only,
-                            "what the ceiling bounds directly", warm_up=False))
+        variants.append(
+            Variant(
+                f"patch grid {other_grid} (default {grid})",
+                precision,
+                library(grid_variant(detector, other_grid)),
+                "speed only: an accuracy setting, not changed",
+                warm_up=False,
+            )
+        )
+    variants.append(
+        Variant(
+            "backbone only (preprocessing + convolutions, no heads)",
+            precision,
+            backbone_only,
+            "what the ceiling bounds directly",
+            warm_up=False,
+        )
+    )
     if native_bf16("cpu"):
         other = "fp32" if precision == "bf16" else "bf16"
         variants.append(Variant(f"score_films, precision {other}", other, library(precision=other)))
@@ -481,9 +565,15 @@ def onnx_variants(detector: Any, config: Config, pixels: np.ndarray, work_dir: P
         scorer.score_films(pixels, batch_size=batch)
         return len(pixels), {"total": time.perf_counter() - started}
 
-    return [Variant(f"onnxruntime fp32 (OnnxScorer, batch {batch})", "fp32", run,
-                    "CPUExecutionProvider, its default threads; compare with score_films at the same batch",
-                    batch=batch)]
+    return [
+        Variant(
+            f"onnxruntime fp32 (OnnxScorer, batch {batch})",
+            "fp32",
+            run,
+            "CPUExecutionProvider, its default threads; compare with score_films at the same batch",
+            batch=batch,
+        )
+    ]
 
 
 # ---------------------------------------------------------------- bf16 where emulated
@@ -512,9 +602,15 @@ def bf16_probe(detector: Any, pixels: np.ndarray) -> Bf16Probe:
         started = time.perf_counter()  # no warm-up: at emulated speed one call dwarfs oneDNN's set-up
         score_films(detector, pixels, batch_size=count, precision=precision)
         rates[precision] = count / (time.perf_counter() - started)
-    return Bf16Probe(count, rates["bf16"], rates["fp32"], bf16_ceiling, fp32_ceiling,
-                     f"this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 is emulated, timed once on "
-                     f"{count} film(s); precision 'auto' scores in fp32 here")
+    return Bf16Probe(
+        count,
+        rates["bf16"],
+        rates["fp32"],
+        bf16_ceiling,
+        fp32_ceiling,
+        f"this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 is emulated, timed once on "
+        f"{count} film(s); precision 'auto' scores in fp32 here",
+    )
 
 
 # ---------------------------------------------------------------- the run
@@ -552,8 +648,14 @@ class FeaturesBenchmarkResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run_features_benchmark(*, smoke: bool = False, repeats: int | None = None, fit_films: int | None = None,
-                           data_root: Path = DEFAULT_DATA, profile: bool = True) -> FeaturesBenchmarkResult:
+def run_features_benchmark(
+    *,
+    smoke: bool = False,
+    repeats: int | None = None,
+    fit_films: int | None = None,
+    data_root: Path = DEFAULT_DATA,
+    profile: bool = True,
+) -> FeaturesBenchmarkResult:
     """Fit, then score from files and from decoded films against the ceiling; see the module docstring.
 
     Raises:
@@ -563,15 +665,22 @@ def run_features_benchmark(*, smoke: bool = False, repeats: int | None = None, f
     settings = Settings.for_run(smoke, repeats, fit_films)
     for folder in ("rsna_normal224", "nih_fullres"):
         if not (data_root / folder / "manifest.csv").is_file():
-            raise FileNotFoundError(f"{data_root / folder / 'manifest.csv'} is missing: the features benchmark "
-                                    "reads real films (set CXR_ANOMALY_DATA)")
+            raise FileNotFoundError(
+                f"{data_root / folder / 'manifest.csv'} is missing: the features benchmark "
+                "reads real films (set CXR_ANOMALY_DATA)"
+            )
     commit, dirty = git_commit(), uncommitted_files()
     machine_before = machine_facts()
     config = benchmark_config(settings)
     precision = resolve_precision("auto", "cpu")
     notes: list[str] = []
-    logger.info("features benchmark: %s, %d threads, native bf16 %s, load %s", machine_before["cpu_model"],
-                torch.get_num_threads(), machine_before["native_bf16"], machine_before["load_average"])
+    logger.info(
+        "features benchmark: %s, %d threads, native bf16 %s, load %s",
+        machine_before["cpu_model"],
+        torch.get_num_threads(),
+        machine_before["native_bf16"],
+        machine_before["load_average"],
+    )
 
     logger.info("fitting on %d rsna_normal224 films", settings.fit_films)
     detector, fit = measure_fit(config, rsna_rows(data_root, settings.fit_films))
@@ -583,21 +692,32 @@ def run_features_benchmark(*, smoke: bool = False, repeats: int | None = None, f
         sources = fullres_paths(data_root)
         png_rows = replicate(sources, settings.file_films, work_dir / "png", ".png")
         dicom_rows = dicom_copies(sources, settings.file_films, work_dir / "dicom")
-        pixels = load_images(png_rows.iloc[:settings.variant_films], config.data).pixels  # (N, 224, 224)
-        calls = backbone_conv_calls(detector, pixels[:settings.score_batch])
+        pixels = load_images(png_rows.iloc[: settings.variant_films], config.data).pixels  # (N, 224, 224)
+        calls = backbone_conv_calls(detector, pixels[: settings.score_batch])
         batch = min(settings.score_batch, len(pixels))
         backbone_flops_batch = sum(call.flops for call in calls)
         library_batch = detector.scoring_batch_size(torch.device("cpu"))  # what score_films uses here
         file_variants = [
-            Variant("from 1024 px PNG: load_images + score_films", precision,
-                    lambda: score_from_files(detector, png_rows, config), "decode included", decode_included=True,
-                    batch=library_batch),
-            Variant("from DICOM: load_images + score_films", precision,
-                    lambda: score_from_files(detector, dicom_rows, config), "decode included", decode_included=True,
-                    batch=library_batch),
+            Variant(
+                "from 1024 px PNG: load_images + score_films",
+                precision,
+                lambda: score_from_files(detector, png_rows, config),
+                "decode included",
+                decode_included=True,
+                batch=library_batch,
+            ),
+            Variant(
+                "from DICOM: load_images + score_films",
+                precision,
+                lambda: score_from_files(detector, dicom_rows, config),
+                "decode included",
+                decode_included=True,
+                batch=library_batch,
+            ),
         ]
-        variants = file_variants + speed_variants(detector, config, pixels, settings, precision, work_dir,
-                                                  library_batch)
+        variants = file_variants + speed_variants(
+            detector, config, pixels, settings, precision, work_dir, library_batch
+        )
         for variant in variants:  # warm-up: oneDNN primitives (cached by shape), onnxruntime's arenas
             if variant.warm_up and not variant.decode_included:
                 variant.run()
@@ -609,80 +729,151 @@ def run_features_benchmark(*, smoke: bool = False, repeats: int | None = None, f
         for repeat in range(settings.repeats):
             ceiling = measure_ceiling(calls, batch, precision, backbone_flops_batch, 256 if smoke else GEMM_SIZE)
             ceilings.append(ceiling)
-            whole_graph = 1.0 / (1.0 / ceiling.channels_last_films_per_second + heads_flops / (ceiling.gemm_gflops * 1e9))
-            logger.info("repeat %d: ceiling %.1f films/s (best layout %.1f), GEMM %.1f GFLOP/s, whole graph %.1f",
-                        repeat + 1, ceiling.channels_last_films_per_second, ceiling.best_layout_films_per_second,
-                        ceiling.gemm_gflops, whole_graph)
+            whole_graph = 1.0 / (
+                1.0 / ceiling.channels_last_films_per_second + heads_flops / (ceiling.gemm_gflops * 1e9)
+            )
+            logger.info(
+                "repeat %d: ceiling %.1f films/s (best layout %.1f), GEMM %.1f GFLOP/s, whole graph %.1f",
+                repeat + 1,
+                ceiling.channels_last_films_per_second,
+                ceiling.best_layout_films_per_second,
+                ceiling.gemm_gflops,
+                whole_graph,
+            )
             for variant in variants:
                 films, seconds = variant.run()
                 rate = films / seconds["total"]
                 rates[variant.name].append(rate)
                 # the 1-thread variant against the 1-thread ceiling (whole graph: scaled alike)
-                scale = (ceiling.one_thread_films_per_second / ceiling.channels_last_films_per_second
-                         if variant.one_thread and ceiling.one_thread_films_per_second else 1.0)
-                ratios[variant.name].append((rate / (scale * ceiling.channels_last_films_per_second),
-                                             rate / (scale * ceiling.best_layout_films_per_second),
-                                             rate / (scale * whole_graph)))
+                scale = (
+                    ceiling.one_thread_films_per_second / ceiling.channels_last_films_per_second
+                    if variant.one_thread and ceiling.one_thread_films_per_second
+                    else 1.0
+                )
+                ratios[variant.name].append(
+                    (
+                        rate / (scale * ceiling.channels_last_films_per_second),
+                        rate / (scale * ceiling.best_layout_films_per_second),
+                        rate / (scale * whole_graph),
+                    )
+                )
                 stages[variant.name].append({stage: value / films for stage, value in seconds.items()})
-                logger.info("  %s: %.2f films/s (%.0f%% of the ceiling)", variant.name, rate,
-                            100 * rate / ceiling.channels_last_films_per_second)
+                logger.info(
+                    "  %s: %.2f films/s (%.0f%% of the ceiling)",
+                    variant.name,
+                    rate,
+                    100 * rate / ceiling.channels_last_films_per_second,
+                )
             logger.info("repeat %d/%d done (load %s)", repeat + 1, settings.repeats, os.getloadavg())
-        figures = [summarise(variant, len(pixels) if not variant.decode_included else settings.file_films,
-                             rates[variant.name], ratios[variant.name], stages[variant.name]) for variant in variants]
+        figures = [
+            summarise(
+                variant,
+                len(pixels) if not variant.decode_included else settings.file_films,
+                rates[variant.name],
+                ratios[variant.name],
+                stages[variant.name],
+            )
+            for variant in variants
+        ]
         bf16 = None
         if not native_bf16("cpu") and not smoke:
-            bf16 = bf16_probe(detector, pixels[:settings.bf16_films])
+            bf16 = bf16_probe(detector, pixels[: settings.bf16_films])
             notes.append(bf16.note)
         elif not native_bf16("cpu"):
             notes.append("bf16 is emulated on this CPU: left out of the smoke run (a minute per film)")
-        profile_table = profile_scoring(detector, pixels[:settings.profile_films]) if profile else ""
+        profile_table = profile_scoring(detector, pixels[: settings.profile_films]) if profile else ""
 
     ceiling_cl = [c.channels_last_films_per_second for c in ceilings]
     gemm = statistics.median(c.gemm_gflops for c in ceilings)
     ceiling_median = statistics.median(ceiling_cl)
     whole_graph_median = 1.0 / (1.0 / ceiling_median + (scoring_flops - backbone_flops) / (gemm * 1e9))
-    by_kind = {kind: statistics.median(c.seconds_by_kind[kind] for c in ceilings) for kind in ceilings[0].seconds_by_kind}
+    by_kind = {
+        kind: statistics.median(c.seconds_by_kind[kind] for c in ceilings) for kind in ceilings[0].seconds_by_kind
+    }
     machine_after = machine_facts()
     load = max(machine_before["load_average"][0], machine_after["load_average"][0])
     if load > 0.5 * (os.cpu_count() or 1) + 0.5:
-        notes.append(f"machine loaded by other processes (1-min load {machine_before['load_average'][0]:.1f} -> "
-                     f"{machine_after['load_average'][0]:.1f} on {os.cpu_count()} cores): absolute rates are low "
-                     "and noisy; the ratios to the ceiling measured in the same repeat are the figure")
+        notes.append(
+            f"machine loaded by other processes (1-min load {machine_before['load_average'][0]:.1f} -> "
+            f"{machine_after['load_average'][0]:.1f} on {os.cpu_count()} cores): absolute rates are low "
+            "and noisy; the ratios to the ceiling measured in the same repeat are the figure"
+        )
     library = next(item for item in figures if item.name.startswith("from 1024 px PNG"))
     if library.fraction_of_ceiling < TARGET_FRACTION:
-        notes.append(f"target not met: scoring from PNG runs at {100 * library.fraction_of_ceiling:.0f}% of the "
-                     f"backbone's convolution ceiling (target {100 * TARGET_FRACTION:.0f}%); the whole graph costs "
-                     f"{scoring_flops / backbone_flops:.1f}x the backbone's FLOPs")
+        notes.append(
+            f"target not met: scoring from PNG runs at {100 * library.fraction_of_ceiling:.0f}% of the "
+            f"backbone's convolution ceiling (target {100 * TARGET_FRACTION:.0f}%); the whole graph costs "
+            f"{scoring_flops / backbone_flops:.1f}x the backbone's FLOPs"
+        )
     return FeaturesBenchmarkResult(
-        smoke=smoke, commit=commit, uncommitted_files=dirty, machine_before=machine_before,
+        smoke=smoke,
+        commit=commit,
+        uncommitted_files=dirty,
+        machine_before=machine_before,
         machine_after=machine_after,
-        data={"fit": str(data_root / "rsna_normal224"), "scoring": str(data_root / "nih_fullres")
-              + f" ({len(sources)} films replicated to {settings.file_films}; DICOM copies written with pydicom)"},
+        data={
+            "fit": str(data_root / "rsna_normal224"),
+            "scoring": str(data_root / "nih_fullres")
+            + f" ({len(sources)} films replicated to {settings.file_films}; DICOM copies written with pydicom)",
+        },
         settings=asdict(settings),
-        config={**{key: getattr(config.data, key) for key in ("image_size", "intensity", "border_crop", "detail_size")},
-                **{key: getattr(config.features, key) for key in (
-            "backbone", "score", "patch_grid", "memory_bank_size", "pooled_bank_size", "batch_size")}},
-        precision_auto=precision, backbone_gflop_per_film=backbone_flops / 1e9,
-        scoring_gflop_per_film=scoring_flops / 1e9, fit=fit, ceiling_films_per_second=ceiling_median,
+        config={
+            **{key: getattr(config.data, key) for key in ("image_size", "intensity", "border_crop", "detail_size")},
+            **{
+                key: getattr(config.features, key)
+                for key in ("backbone", "score", "patch_grid", "memory_bank_size", "pooled_bank_size", "batch_size")
+            },
+        },
+        precision_auto=precision,
+        backbone_gflop_per_film=backbone_flops / 1e9,
+        scoring_gflop_per_film=scoring_flops / 1e9,
+        fit=fit,
+        ceiling_films_per_second=ceiling_median,
         ceiling_films_per_second_repeats=ceiling_cl,
-        one_thread_ceiling_films_per_second=(statistics.median(c.one_thread_films_per_second for c in ceilings)
-                                             if ceilings[0].one_thread_films_per_second else None),
+        one_thread_ceiling_films_per_second=(
+            statistics.median(c.one_thread_films_per_second for c in ceilings)
+            if ceilings[0].one_thread_films_per_second
+            else None
+        ),
         best_layout_ceiling_films_per_second=statistics.median(c.best_layout_films_per_second for c in ceilings),
-        gemm_gflops=gemm, whole_graph_ceiling_films_per_second=whole_graph_median,
-        ceiling_seconds_by_kind=by_kind, conv_layers=len(calls),
-        ceiling_gflops_by_kind={kind: sum(call.flops for call in calls if layer_kind(call) == kind) / seconds / 1e9
-                                for kind, seconds in by_kind.items()}, scoring=figures, bf16=bf16,
-        profile=profile_table, seconds=time.perf_counter() - started, notes=notes)
+        gemm_gflops=gemm,
+        whole_graph_ceiling_films_per_second=whole_graph_median,
+        ceiling_seconds_by_kind=by_kind,
+        conv_layers=len(calls),
+        ceiling_gflops_by_kind={
+            kind: sum(call.flops for call in calls if layer_kind(call) == kind) / seconds / 1e9
+            for kind, seconds in by_kind.items()
+        },
+        scoring=figures,
+        bf16=bf16,
+        profile=profile_table,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
 
 
-def summarise(variant: Variant, films: int, rates: list[float], ratios: list[tuple[float, float, float]],
-              stages: list[dict[str, float]]) -> VariantFigures:
+def summarise(
+    variant: Variant,
+    films: int,
+    rates: list[float],
+    ratios: list[tuple[float, float, float]],
+    stages: list[dict[str, float]],
+) -> VariantFigures:
     """Medians of one variant's repeats."""
     return VariantFigures(
-        variant.name, variant.precision, variant.batch, films, variant.decode_included, statistics.median(rates),
-        rates, statistics.median(r[0] for r in ratios), statistics.median(r[1] for r in ratios),
+        variant.name,
+        variant.precision,
+        variant.batch,
+        films,
+        variant.decode_included,
+        statistics.median(rates),
+        rates,
+        statistics.median(r[0] for r in ratios),
+        statistics.median(r[1] for r in ratios),
         statistics.median(r[2] for r in ratios),
-        {stage: statistics.median(s[stage] for s in stages) for stage in stages[0]}, variant.note)
+        {stage: statistics.median(s[stage] for s in stages) for stage in stages[0]},
+        variant.note,
+    )
 
 
 def profile_scoring(detector: Any, pixels: np.ndarray, rows: int = 15) -> str:
@@ -709,48 +900,64 @@ def summary_lines(result: FeaturesBenchmarkResult) -> list[str]:
         f"{result.machine_after['load_average'][0]:.2f}",
         f"FLOPs per film: backbone {result.backbone_gflop_per_film:.3f} GFLOP, whole scoring graph "
         f"{result.scoring_gflop_per_film:.3f} GFLOP ({result.scoring_gflop_per_film / result.backbone_gflop_per_film:.1f}x)",
-        f"fit on {fit.films} films: {fit.seconds_total:.1f} s = " + ", ".join(
-            f"{stage} {seconds:.1f} s" for stage, seconds in fit.seconds.items())
+        f"fit on {fit.films} films: {fit.seconds_total:.1f} s = "
+        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in fit.seconds.items())
         + f"; backbone pass {fit.backbone_films_per_second:.1f} films/s",
         f"ceiling (backbone convolutions alone, channels_last, batch {result.settings['score_batch']}): "
         f"{result.ceiling_films_per_second:.1f} films/s (best layout {result.best_layout_ceiling_films_per_second:.1f}"
-        + (f", one thread {result.one_thread_ceiling_films_per_second:.1f}"
-           if result.one_thread_ceiling_films_per_second else "") + ");"
+        + (
+            f", one thread {result.one_thread_ceiling_films_per_second:.1f}"
+            if result.one_thread_ceiling_films_per_second
+            else ""
+        )
+        + ");"
         f" GEMM {result.gemm_gflops:.1f} GFLOP/s; whole-graph ceiling {result.whole_graph_ceiling_films_per_second:.2f}"
         " films/s",
-        "ceiling by kind of convolution (seconds per batch, GFLOP/s): " + ", ".join(
+        "ceiling by kind of convolution (seconds per batch, GFLOP/s): "
+        + ", ".join(
             f"{kind} {seconds:.2f} s, {result.ceiling_gflops_by_kind[kind]:.1f}"
-            for kind, seconds in result.ceiling_seconds_by_kind.items()),
+            for kind, seconds in result.ceiling_seconds_by_kind.items()
+        ),
         "scoring: films/s | fraction of the ceiling | of the whole-graph ceiling | seconds per film by stage",
     ]
     for item in result.scoring:
         stages = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in item.seconds_per_film.items() if k != "total")
-        lines.append(f"  {item.name:<58} {item.films_per_second:7.2f} | {item.fraction_of_ceiling:5.2f} | "
-                     f"{item.fraction_of_whole_graph_ceiling:5.2f}" + (f" | {stages}" if stages else "")
-                     + (f"  ({item.note})" if item.note else ""))
+        lines.append(
+            f"  {item.name:<58} {item.films_per_second:7.2f} | {item.fraction_of_ceiling:5.2f} | "
+            f"{item.fraction_of_whole_graph_ceiling:5.2f}"
+            + (f" | {stages}" if stages else "")
+            + (f"  ({item.note})" if item.note else "")
+        )
     if result.bf16 is not None:
         probe = result.bf16
-        lines.append(f"bf16 (emulated, {probe.films} film(s), once): {probe.bf16_films_per_second:.3f} films/s "
-                     f"against fp32 {probe.fp32_films_per_second:.3f}; bf16 ceiling "
-                     f"{probe.bf16_ceiling_films_per_second:.3f}, fp32 ceiling {probe.fp32_ceiling_films_per_second:.3f}")
+        lines.append(
+            f"bf16 (emulated, {probe.films} film(s), once): {probe.bf16_films_per_second:.3f} films/s "
+            f"against fp32 {probe.fp32_films_per_second:.3f}; bf16 ceiling "
+            f"{probe.bf16_ceiling_films_per_second:.3f}, fp32 ceiling {probe.fp32_ceiling_films_per_second:.3f}"
+        )
     lines.extend(f"note: {note}" for note in result.notes)
     return lines
 
 
 def markdown_table(result: FeaturesBenchmarkResult) -> str:
     """The scoring figures as a Markdown table, for docs/results.md."""
-    rows = ["| variant | batch | films/s | of the conv ceiling | of the whole-graph ceiling | decode | preprocessing | "
-            "backbone | NN search | other | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| variant | batch | films/s | of the conv ceiling | of the whole-graph ceiling | decode | preprocessing | "
+        "backbone | NN search | other | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for item in result.scoring:
         stage = item.seconds_per_film
 
         def ms(name: str) -> str:
             return f"{1000 * stage[name]:.0f} ms" if name in stage else ""
 
-        rows.append(f"| {item.name} | {item.batch} | {item.films_per_second:.2f} | {100 * item.fraction_of_ceiling:.0f}% | "
-                    f"{100 * item.fraction_of_whole_graph_ceiling:.0f}% | {ms('decode')} | {ms('preprocessing')} | "
-                    f"{ms('backbone')} | {ms('nearest-neighbour search')} | {ms('other heads and copies')} | "
-                    f"{item.note} |")
+        rows.append(
+            f"| {item.name} | {item.batch} | {item.films_per_second:.2f} | {100 * item.fraction_of_ceiling:.0f}% | "
+            f"{100 * item.fraction_of_whole_graph_ceiling:.0f}% | {ms('decode')} | {ms('preprocessing')} | "
+            f"{ms('backbone')} | {ms('nearest-neighbour search')} | {ms('other heads and copies')} | "
+            f"{item.note} |"
+        )
     return "\n".join(rows)
 
 
@@ -764,8 +971,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("runs/bench_features.json"))
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = run_features_benchmark(smoke=arguments.smoke, repeats=arguments.repeats, fit_films=arguments.fit_films,
-                                    data_root=arguments.data)
+    result = run_features_benchmark(
+        smoke=arguments.smoke, repeats=arguments.repeats, fit_films=arguments.fit_films, data_root=arguments.data
+    )
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(asdict(result), indent=2) + "\n")
     for line in summary_lines(result):

@@ -74,8 +74,13 @@ def main() -> None:
     parser.add_argument("--films", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--batches", type=int, nargs="*", default=[16],
-                        help="scoring batch sizes timed beside the detector's own GPU batch")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="*",
+        default=[16],
+        help="scoring batch sizes timed beside the detector's own GPU batch",
+    )
     parser.add_argument("--device", default="cuda", help="cuda (the point), or cpu for a smoke test")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -98,10 +103,17 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     result: dict[str, object] = {
-        "commit": git_commit(), "uncommitted": uncommitted_files("src", "benchmarks"),
-        "device": torch.cuda.get_device_name() if on_gpu else "cpu", "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "cpu_native_bf16": native_bf16("cpu"),
-        "fit_films": args.fit_films, "fit_seconds": fit_seconds, "films": args.films, "repeats": args.repeats,
+        "commit": git_commit(),
+        "uncommitted": uncommitted_files("src", "benchmarks"),
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+        "torch": torch.__version__,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": native_bf16("cpu"),
+        "fit_films": args.fit_films,
+        "fit_seconds": fit_seconds,
+        "films": args.films,
+        "repeats": args.repeats,
         "decode_films_per_s": args.films / decode_seconds,
     }
     to_channels_last(detector)
@@ -111,7 +123,8 @@ def main() -> None:
     def preprocess(where: str) -> Callable[[], None]:
         def run() -> None:
             for start in range(0, len(pixels), library_batch):
-                detector.model_input(pixels[start:start + library_batch], where).to(device)
+                detector.model_input(pixels[start : start + library_batch], where).to(device)
+
         return run
 
     # the preprocessing alone, as the library runs it on the device and as it ran before on the CPU's threads
@@ -120,6 +133,7 @@ def main() -> None:
         result[f"preprocessing_on_{where}_films_per_s"] = args.films / seconds
         logger.info("preprocessing on the %s (and the copy to %s): %.0f films/s", where, device, args.films / seconds)
     for precision in ("fp32", "bf16"):
+
         def backbone_only() -> None:
             with torch.inference_mode(), inference_autocast(device, precision):
                 detector.backbone(batch)
@@ -128,12 +142,13 @@ def main() -> None:
         ceiling = len(batch) / ceiling_seconds
         figures: dict[str, object] = {"ceiling_films_per_s": ceiling}
         for batch_size in [library_batch] + sorted(set(args.batches) - {library_batch}):
+
             def scoring() -> None:
                 score_films(detector, pixels, device=device, precision=precision, batch_size=batch_size)
 
             def scoring_cpu_preprocessing() -> None:  # the library before commit f7b194b
                 for start in range(0, len(pixels), batch_size):
-                    images = to_device(detector.model_input(pixels[start:start + batch_size], "cpu"), device)
+                    images = to_device(detector.model_input(pixels[start : start + batch_size], "cpu"), device)
                     with torch.inference_mode(), inference_autocast(device, precision):
                         detector(images).score.float().cpu()
 
@@ -142,13 +157,23 @@ def main() -> None:
             scored, before = args.films / score_seconds, args.films / before_seconds
             from_files = args.films / (decode_seconds + score_seconds)
             figures[f"batch_{batch_size}"] = {
-                "scoring_films_per_s": scored, "scoring_share_of_ceiling": scored / ceiling,
+                "scoring_films_per_s": scored,
+                "scoring_share_of_ceiling": scored / ceiling,
                 "scoring_cpu_preprocessing_films_per_s": before,
-                "from_files_films_per_s": from_files, "from_files_share_of_ceiling": from_files / ceiling,
+                "from_files_films_per_s": from_files,
+                "from_files_share_of_ceiling": from_files / ceiling,
             }
-            logger.info("%s, batch %d: ceiling %.0f films/s, scoring %.0f (%.0f%%; %.0f with preprocessing on "
-                        "the CPU), from files %.0f films/s", precision, batch_size, ceiling, scored,
-                        100 * scored / ceiling, before, from_files)
+            logger.info(
+                "%s, batch %d: ceiling %.0f films/s, scoring %.0f (%.0f%%; %.0f with preprocessing on "
+                "the CPU), from files %.0f films/s",
+                precision,
+                batch_size,
+                ceiling,
+                scored,
+                100 * scored / ceiling,
+                before,
+                from_files,
+            )
         result[precision] = figures
     args.output.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -55,6 +55,7 @@ def score_pixels(detector: OneClassDetector, pixels: np.ndarray, config: Config,
     """The library's scoring path (uint8 films in) for the tang2019 networks, in fp32."""
     return score_films(Tang2019Detector(config, detector), pixels, precision="fp32", **options)
 
+
 SCORE_BATCH = 256
 TRAIN_BATCH = 64
 GEMM_SIZE = 2048
@@ -92,9 +93,14 @@ def scoring_flops_per_image(detector: OneClassDetector, image_size: int = 64) ->
     return counter.get_total_flops() / 2
 
 
-def training_step(detector: OneClassDetector, config: Config, generator_optimizer: torch.optim.Optimizer,
-                  discriminator_optimizer: torch.optim.Optimizer | None, images: torch.Tensor,
-                  precision: str) -> None:
+def training_step(
+    detector: OneClassDetector,
+    config: Config,
+    generator_optimizer: torch.optim.Optimizer,
+    discriminator_optimizer: torch.optim.Optimizer | None,
+    images: torch.Tensor,
+    precision: str,
+) -> None:
     """One generator and one discriminator update, as :func:`cxr_anomaly.models.tang2019.training.train_detector` does."""
     generator_loss = GeneratorLoss(config.loss)
     autocast = inference_autocast(images.device, precision)
@@ -127,12 +133,12 @@ def make_training_rig(config: Config, channels_last: bool) -> TrainingRig:
     if channels_last:
         to_channels_last(detector)
     betas = (config.train.beta1, config.train.beta2)
-    generator_optimizer = torch.optim.Adam(detector.generator_parameters(), lr=config.train.learning_rate,
-                                           betas=betas)
+    generator_optimizer = torch.optim.Adam(detector.generator_parameters(), lr=config.train.learning_rate, betas=betas)
     discriminator_optimizer = None
     if detector.discriminator is not None:
-        discriminator_optimizer = torch.optim.Adam(detector.discriminator.parameters(),
-                                                   lr=config.train.learning_rate, betas=betas)
+        discriminator_optimizer = torch.optim.Adam(
+            detector.discriminator.parameters(), lr=config.train.learning_rate, betas=betas
+        )
     return TrainingRig(detector, generator_optimizer, discriminator_optimizer)
 
 
@@ -161,8 +167,11 @@ def scoring_conv_calls(detector: OneClassDetector, batch_size: int) -> list[Conv
     def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         seen.append((layer, tuple(inputs[0].shape)))
 
-    hooks = [module.register_forward_hook(record) for module in detector.modules()
-             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))]
+    hooks = [
+        module.register_forward_hook(record)
+        for module in detector.modules()
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
+    ]
     try:
         with torch.no_grad():
             detector.eval().score_components(torch.zeros(batch_size, 1, 64, 64))
@@ -214,8 +223,14 @@ class ScoringVariant:
     note: str = ""
 
 
-def scoring_variants(detector: OneClassDetector, config: Config, images: torch.Tensor,
-                     include_compile: bool, include_bf16: bool, work_dir: Path) -> list[ScoringVariant]:
+def scoring_variants(
+    detector: OneClassDetector,
+    config: Config,
+    images: torch.Tensor,
+    include_compile: bool,
+    include_bf16: bool,
+    work_dir: Path,
+) -> list[ScoringVariant]:
     """Build the scoring variants to compare on one batch ``images`` (N, 1, 64, 64)."""
     eager = copy.deepcopy(detector).eval()
     channels_last = to_channels_last(copy.deepcopy(detector).eval())
@@ -246,13 +261,21 @@ def scoring_variants(detector: OneClassDetector, config: Config, images: torch.T
         ScoringVariant("fp32 eager (naive)", "fp32", eager_no_grad),
         ScoringVariant("fp32 channels_last", "fp32", channels_last_no_grad),
         ScoringVariant("fp32 channels_last + inference_mode", "fp32", channels_last_inference_mode),
-        ScoringVariant("fp32 channels_last + inference_mode, 1 thread", "fp32", one_thread,
-                       "against the ceiling measured with all threads"),
-        ScoringVariant("score_pixels default (uint8 in, fp32)", "fp32",
-                       lambda: score_pixels(detector, pixels, config, batch_size=len(pixels)),
-                       "the library path: includes uint8 -> tensor conversion"),
+        ScoringVariant(
+            "fp32 channels_last + inference_mode, 1 thread",
+            "fp32",
+            one_thread,
+            "against the ceiling measured with all threads",
+        ),
+        ScoringVariant(
+            "score_pixels default (uint8 in, fp32)",
+            "fp32",
+            lambda: score_pixels(detector, pixels, config, batch_size=len(pixels)),
+            "the library path: includes uint8 -> tensor conversion",
+        ),
     ]
     if include_bf16:
+
         def bf16_channels_last() -> object:
             with torch.inference_mode(), inference_autocast("cpu", "bf16"):
                 return channels_last.score_components(images)
@@ -265,8 +288,14 @@ def scoring_variants(detector: OneClassDetector, config: Config, images: torch.T
             with torch.no_grad():
                 return compiled.score_components(images)
 
-        variants.append(ScoringVariant("fp32 channels_last + torch.compile", "fp32", compiled_inference_mode,
-                                       "inductor; compile time excluded (warm-up call)"))
+        variants.append(
+            ScoringVariant(
+                "fp32 channels_last + torch.compile",
+                "fp32",
+                compiled_inference_mode,
+                "inductor; compile time excluded (warm-up call)",
+            )
+        )
     try:
         from cxr_anomaly.export import OnnxScorer, export_onnx
 
@@ -274,8 +303,11 @@ def scoring_variants(detector: OneClassDetector, config: Config, images: torch.T
         export_onnx(Tang2019Detector(config, copy.deepcopy(detector)), config, onnx_path)
         scorer = OnnxScorer(onnx_path)
         array = images.numpy()
-        variants.append(ScoringVariant("onnxruntime fp32", "fp32", lambda: scorer.score_tensor(array),
-                                       "CPUExecutionProvider, default threads"))
+        variants.append(
+            ScoringVariant(
+                "onnxruntime fp32", "fp32", lambda: scorer.score_tensor(array), "CPUExecutionProvider, default threads"
+            )
+        )
     except ImportError as error:  # onnx extras absent
         logger.warning("onnxruntime variant skipped: %s", error)
     return variants
@@ -325,20 +357,27 @@ def profile_tables(config: Config, score_batch: int, train_batch: int, rows: int
         detector.score_components(images)  # warm-up: oneDNN primitive creation
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
             detector.score_components(images)
-    tables.append(ProfileTable(f"scoring, fp32 channels_last, batch {score_batch}",
-                               profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)))
+    tables.append(
+        ProfileTable(
+            f"scoring, fp32 channels_last, batch {score_batch}",
+            profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows),
+        )
+    )
     rig = make_training_rig(config, channels_last=True)
     train_images = images[:train_batch].clone()
 
     def step() -> None:
-        training_step(rig.detector, config, rig.generator_optimizer, rig.discriminator_optimizer, train_images,
-                      "fp32")
+        training_step(rig.detector, config, rig.generator_optimizer, rig.discriminator_optimizer, train_images, "fp32")
 
     step()
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         step()
-    tables.append(ProfileTable(f"training step, fp32 channels_last, batch {train_batch}",
-                               profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)))
+    tables.append(
+        ProfileTable(
+            f"training step, fp32 channels_last, batch {train_batch}",
+            profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows),
+        )
+    )
     return tables
 
 
@@ -380,8 +419,9 @@ class Bf16Probe:
     gemm_gflops: float
 
 
-def bf16_probe(detector: OneClassDetector, config: Config, images: torch.Tensor,
-               train_images: torch.Tensor) -> Bf16Probe:
+def bf16_probe(
+    detector: OneClassDetector, config: Config, images: torch.Tensor, train_images: torch.Tensor
+) -> Bf16Probe:
     """Time bf16 autocast scoring and training once each, beside a bf16 ceiling on the same batch."""
     channels_last = to_channels_last(copy.deepcopy(detector).eval())
     scoring_flops = scoring_flops_per_image(detector)
@@ -396,21 +436,49 @@ def bf16_probe(detector: OneClassDetector, config: Config, images: torch.Tensor,
     # no warm-up calls: at emulated speed one call dwarfs oneDNN's set-up time
     score_rate = len(images) / time_call(score, 1, warmup=0).median
     rig = make_training_rig(config, channels_last=True)
-    train_rate = len(train_images) / time_call(
-        lambda: training_step(rig.detector, config, rig.generator_optimizer, rig.discriminator_optimizer,
-                              train_images, "bf16"), 1, warmup=0).median
+    train_rate = (
+        len(train_images)
+        / time_call(
+            lambda: training_step(
+                rig.detector, config, rig.generator_optimizer, rig.discriminator_optimizer, train_images, "bf16"
+            ),
+            1,
+            warmup=0,
+        ).median
+    )
     note = "emulated bf16, one timing on a batch of %d"
     score_ceiling = ceiling * 1e9 / scoring_flops
     train_ceiling = ceiling * 1e9 / training_flops
     score_gemm = gemm * 1e9 / scoring_flops
     train_gemm = gemm * 1e9 / training_flops
     return Bf16Probe(
-        VariantResult("bf16 autocast + channels_last", "bf16", score_rate, [score_rate], score_ceiling,
-                      score_rate / score_ceiling, score_gemm, score_rate / score_gemm, note % len(images)),
-        VariantResult("bf16 autocast + channels_last", "bf16", train_rate, [train_rate], train_ceiling,
-                      train_rate / train_ceiling, train_gemm, train_rate / train_gemm,
-                      note % len(train_images)),
-        len(images), len(train_images), ceiling, gemm)
+        VariantResult(
+            "bf16 autocast + channels_last",
+            "bf16",
+            score_rate,
+            [score_rate],
+            score_ceiling,
+            score_rate / score_ceiling,
+            score_gemm,
+            score_rate / score_gemm,
+            note % len(images),
+        ),
+        VariantResult(
+            "bf16 autocast + channels_last",
+            "bf16",
+            train_rate,
+            [train_rate],
+            train_ceiling,
+            train_rate / train_ceiling,
+            train_gemm,
+            train_rate / train_gemm,
+            note % len(train_images),
+        ),
+        len(images),
+        len(train_images),
+        ceiling,
+        gemm,
+    )
 
 
 def cpu_model_name() -> str:
@@ -432,13 +500,24 @@ def measure_latency(detector: OneClassDetector, config: Config, pixels: np.ndarr
         score_pixels(detector, film, config)
         seconds.append(time.perf_counter() - started)
     milliseconds = np.asarray(seconds) * 1000.0
-    return LatencyResult(calls, float(np.percentile(milliseconds, 50)), float(np.percentile(milliseconds, 99)),
-                         float(milliseconds.mean()))
+    return LatencyResult(
+        calls,
+        float(np.percentile(milliseconds, 50)),
+        float(np.percentile(milliseconds, 99)),
+        float(milliseconds.mean()),
+    )
 
 
-def run_model_benchmark(*, smoke: bool = False, repeats: int | None = None, include_compile: bool | None = None,
-                        include_bf16: bool | None = None, latency_calls: int | None = None,
-                        profile: bool | None = None, seed: int = 0) -> ModelBenchmarkResult:
+def run_model_benchmark(
+    *,
+    smoke: bool = False,
+    repeats: int | None = None,
+    include_compile: bool | None = None,
+    include_bf16: bool | None = None,
+    latency_calls: int | None = None,
+    profile: bool | None = None,
+    seed: int = 0,
+) -> ModelBenchmarkResult:
     """Measure ceilings, scoring, training and latency; see the module docstring.
 
     ``smoke`` shrinks everything (batches of 8, one repeat, no torch.compile) so that CI checks
@@ -455,7 +534,7 @@ def run_model_benchmark(*, smoke: bool = False, repeats: int | None = None, incl
     inner_repeats = 1  # one call per variant per repeat; the repeats give the median
     generator = torch.Generator().manual_seed(seed)
     detector = build_detector(config).eval()
-    images = (torch.rand(score_batch, 1, 64, 64, generator=generator) * 2.0 - 1.0)  # (N, 1, 64, 64) in [-1, 1]
+    images = torch.rand(score_batch, 1, 64, 64, generator=generator) * 2.0 - 1.0  # (N, 1, 64, 64) in [-1, 1]
     train_images = images[:train_batch].clone()
     load_before = os.getloadavg()
     notes: list[str] = []
@@ -468,8 +547,10 @@ def run_model_benchmark(*, smoke: bool = False, repeats: int | None = None, incl
 
     with tempfile.TemporaryDirectory(prefix="bench_model_") as work_dir:
         variants = scoring_variants(detector, config, images, include_compile, bf16_in_loop, Path(work_dir))
-        training_variants: list[tuple[str, str, bool]] = [("fp32 eager (naive)", "fp32", False),
-                                                          ("fp32 channels_last", "fp32", True)]
+        training_variants: list[tuple[str, str, bool]] = [
+            ("fp32 eager (naive)", "fp32", False),
+            ("fp32 channels_last", "fp32", True),
+        ]
         if bf16_in_loop:
             training_variants.append(("bf16 autocast + channels_last", "bf16", True))
         rigs = {name: make_training_rig(config, channels_last) for name, _, channels_last in training_variants}
@@ -477,8 +558,9 @@ def run_model_benchmark(*, smoke: bool = False, repeats: int | None = None, incl
             variant.run()
         for name, precision, _ in training_variants:
             rig = rigs[name]
-            training_step(rig.detector, config, rig.generator_optimizer, rig.discriminator_optimizer,
-                          train_images, precision)
+            training_step(
+                rig.detector, config, rig.generator_optimizer, rig.discriminator_optimizer, train_images, precision
+            )
 
         ceiling_repeats: dict[str, list[float]] = {precision: [] for precision in precisions}
         gemm_repeats: dict[str, list[float]] = {precision: [] for precision in precisions}
@@ -498,58 +580,112 @@ def run_model_benchmark(*, smoke: bool = False, repeats: int | None = None, incl
                 rate = score_batch / time_call(variant.run, inner_repeats, warmup=0).median
                 scoring_repeats[variant.name].append(rate)
                 scoring_ratio[variant.name].append(rate / (ceiling[variant.precision] * 1e9 / scoring_flops))
-                logger.info("  scoring %s: %.1f images/s (ceiling %.1f)", variant.name, rate,
-                            ceiling[variant.precision] * 1e9 / scoring_flops)
+                logger.info(
+                    "  scoring %s: %.1f images/s (ceiling %.1f)",
+                    variant.name,
+                    rate,
+                    ceiling[variant.precision] * 1e9 / scoring_flops,
+                )
             for name, precision, _ in training_variants:
                 rig = rigs[name]
-                rate = train_batch / time_call(
-                    lambda: training_step(rig.detector, config, rig.generator_optimizer,
-                                          rig.discriminator_optimizer, train_images, precision),
-                    inner_repeats, warmup=0).median
+                rate = (
+                    train_batch
+                    / time_call(
+                        lambda: training_step(
+                            rig.detector,
+                            config,
+                            rig.generator_optimizer,
+                            rig.discriminator_optimizer,
+                            train_images,
+                            precision,
+                        ),
+                        inner_repeats,
+                        warmup=0,
+                    ).median
+                )
                 training_repeats[name].append(rate)
                 training_ratio[name].append(rate / (ceiling[precision] * 1e9 / training_flops))
-                logger.info("  training %s: %.1f images/s (ceiling %.1f)", name, rate,
-                            ceiling[precision] * 1e9 / training_flops)
+                logger.info(
+                    "  training %s: %.1f images/s (ceiling %.1f)", name, rate, ceiling[precision] * 1e9 / training_flops
+                )
             logger.info("repeat %d/%d done (load %s)", repeat + 1, repeats, os.getloadavg())
 
     ceiling_median = {precision: statistics.median(values) for precision, values in ceiling_repeats.items()}
     gemm_median = {precision: statistics.median(values) for precision, values in gemm_repeats.items()}
 
-    def summarise(name: str, precision: str, rates: list[float], ratios: list[float], flops: float,
-                  note: str) -> VariantResult:
+    def summarise(
+        name: str, precision: str, rates: list[float], ratios: list[float], flops: float, note: str
+    ) -> VariantResult:
         rate = statistics.median(rates)
         gemm_ceiling = gemm_median[precision] * 1e9 / flops
-        return VariantResult(name, precision, rate, rates, ceiling_median[precision] * 1e9 / flops,
-                             statistics.median(ratios), gemm_ceiling, rate / gemm_ceiling, note)
+        return VariantResult(
+            name,
+            precision,
+            rate,
+            rates,
+            ceiling_median[precision] * 1e9 / flops,
+            statistics.median(ratios),
+            gemm_ceiling,
+            rate / gemm_ceiling,
+            note,
+        )
 
-    scoring = [summarise(variant.name, variant.precision, scoring_repeats[variant.name],
-                         scoring_ratio[variant.name], scoring_flops, variant.note) for variant in variants]
-    training = [summarise(name, precision, training_repeats[name], training_ratio[name], training_flops, "")
-                for name, precision, _ in training_variants]
+    scoring = [
+        summarise(
+            variant.name,
+            variant.precision,
+            scoring_repeats[variant.name],
+            scoring_ratio[variant.name],
+            scoring_flops,
+            variant.note,
+        )
+        for variant in variants
+    ]
+    training = [
+        summarise(name, precision, training_repeats[name], training_ratio[name], training_flops, "")
+        for name, precision, _ in training_variants
+    ]
     if include_bf16 and not bf16_in_loop:
-        probe = bf16_probe(detector, config, images[:4 if smoke else 16], train_images[:2 if smoke else 8])
+        probe = bf16_probe(detector, config, images[: 4 if smoke else 16], train_images[: 2 if smoke else 8])
         scoring.append(probe.scoring)
         training.append(probe.training)
         ceiling_median["bf16"] = probe.ceiling_gflops
         gemm_median["bf16"] = probe.gemm_gflops
-        notes.append("this CPU has no native bf16 (oneDNN reports no AVX512-BF16/AMX): bf16 is emulated, "
-                     f"timed once on small batches (scoring {probe.scoring_batch}, training {probe.training_batch}) "
-                     "against a bf16 ceiling measured on the same batches; 'auto' precision therefore scores in "
-                     "fp32 here")
+        notes.append(
+            "this CPU has no native bf16 (oneDNN reports no AVX512-BF16/AMX): bf16 is emulated, "
+            f"timed once on small batches (scoring {probe.scoring_batch}, training {probe.training_batch}) "
+            "against a bf16 ceiling measured on the same batches; 'auto' precision therefore scores in "
+            "fp32 here"
+        )
     latency = measure_latency(detector, config, images_to_pixels(images), latency_calls)
     profiles = profile_tables(config, score_batch, train_batch) if profile else []
     load_after = os.getloadavg()
     if max(load_before[0], load_after[0]) > 2.5:
-        notes.append(f"machine loaded by other processes (1-min load {load_before[0]:.1f} -> {load_after[0]:.1f} "
-                     f"on {os.cpu_count()} cores): absolute rates are low, ratios to the ceiling are the figure")
+        notes.append(
+            f"machine loaded by other processes (1-min load {load_before[0]:.1f} -> {load_after[0]:.1f} "
+            f"on {os.cpu_count()} cores): absolute rates are low, ratios to the ceiling are the figure"
+        )
     return ModelBenchmarkResult(
-        smoke=smoke, repeats=repeats, threads=torch.get_num_threads(), cpu_model=cpu_model_name(),
-        native_bf16=native_bf16("cpu"), scoring_batch=score_batch, training_batch=train_batch,
-        scoring_gflop_per_image=scoring_flops / 1e9, training_gflop_per_image=training_flops / 1e9,
-        conv_ceiling_gflops=ceiling_median, conv_ceiling_gflops_repeats=ceiling_repeats,
-        gemm_gflops=gemm_median, gemm_gflops_repeats=gemm_repeats,
-        scoring=scoring, training=training, latency=latency,
-        load_average_before=load_before, load_average_after=load_after, notes=notes, profiles=profiles,
+        smoke=smoke,
+        repeats=repeats,
+        threads=torch.get_num_threads(),
+        cpu_model=cpu_model_name(),
+        native_bf16=native_bf16("cpu"),
+        scoring_batch=score_batch,
+        training_batch=train_batch,
+        scoring_gflop_per_image=scoring_flops / 1e9,
+        training_gflop_per_image=training_flops / 1e9,
+        conv_ceiling_gflops=ceiling_median,
+        conv_ceiling_gflops_repeats=ceiling_repeats,
+        gemm_gflops=gemm_median,
+        gemm_gflops_repeats=gemm_repeats,
+        scoring=scoring,
+        training=training,
+        latency=latency,
+        load_average_before=load_before,
+        load_average_after=load_after,
+        notes=notes,
+        profiles=profiles,
     )
 
 
@@ -567,8 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("runs/bench_model.json"))
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = run_model_benchmark(smoke=arguments.smoke, repeats=arguments.repeats,
-                                 include_compile=False if arguments.no_compile else None)
+    result = run_model_benchmark(
+        smoke=arguments.smoke, repeats=arguments.repeats, include_compile=False if arguments.no_compile else None
+    )
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(asdict(result), indent=2) + "\n")
     logger.info("written to %s", arguments.output)

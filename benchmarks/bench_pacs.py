@@ -62,8 +62,9 @@ def write_films(data: Path, folder: Path, count: int) -> list[Path]:
     paths = [source / path for path in pd.read_csv(source / "manifest.csv")["path"]]
     films = []
     for index in range(count):
-        dataset = film_dataset_from_png(paths[index % len(paths)], patient_id=f"BENCH-{index:04d}", study_uid=None,
-                                        bits=12, patient_age="045Y")
+        dataset = film_dataset_from_png(
+            paths[index % len(paths)], patient_id=f"BENCH-{index:04d}", study_uid=None, bits=12, patient_age="045Y"
+        )
         films.append(folder / f"film{index:04d}.dcm")
         dataset.save_as(films[-1], enforce_file_format=True)
     return films
@@ -91,10 +92,26 @@ def listener_rate(model: Path, films: list[Path], folder: Path) -> float:
     state = folder / "state"
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT / "src")}
     listener = subprocess.Popen(
-        [sys.executable, "-m", "cxr_anomaly.cli", "listen", "--model", str(model), "--store", str(state),
-         "--port", str(orthanc.listener_port), "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
-         "--precision", "fp32"], stdout=(folder / "listener.log").open("wb"), stderr=subprocess.STDOUT,
-        env=environment)
+        [
+            sys.executable,
+            "-m",
+            "cxr_anomaly.cli",
+            "listen",
+            "--model",
+            str(model),
+            "--store",
+            str(state),
+            "--port",
+            str(orthanc.listener_port),
+            "--send-to",
+            f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+            "--precision",
+            "fp32",
+        ],
+        stdout=(folder / "listener.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        env=environment,
+    )
     try:
         ids = [orthanc.post("/instances", path.read_bytes())["ID"] for path in films]
         time.sleep(15.0)  # the listener loads its model
@@ -116,10 +133,28 @@ def score_seconds(model: Path, films: list[Path], folder: Path) -> float:
     manifest = folder / f"score{len(films)}.csv"
     pd.DataFrame({"path": [str(path) for path in films]}).to_csv(manifest, index=False)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cxr_anomaly.cli", "score", "--model", str(model), str(manifest),
-                    "--out", str(folder / f"scores{len(films)}.csv"), "--precision", "fp32", "--device", "cpu",
-                    "--no-progress"], check=True, env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT / "src")},
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr_anomaly.cli",
+            "score",
+            "--model",
+            str(model),
+            str(manifest),
+            "--out",
+            str(folder / f"scores{len(films)}.csv"),
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -138,11 +173,16 @@ def main() -> None:
         listen = listener_rate(model, films, folder)
         whole, one = score_seconds(model, films, folder), score_seconds(model, films[:1], folder)
     result = {
-        "commit": git_commit(), "machine": platform.processor() or platform.machine(),
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "films": args.films, "film_size": "1024x1024, 12-bit DX",
+        "commit": git_commit(),
+        "machine": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "films": args.films,
+        "film_size": "1024x1024, 12-bit DX",
         "listen_films_per_second": round(listen, 2),
         "score_films_per_second": round((args.films - 1) / max(whole - one, 1e-9), 2),
-        "score_seconds_all": round(whole, 1), "score_seconds_one": round(one, 1),
+        "score_seconds_all": round(whole, 1),
+        "score_seconds_one": round(one, 1),
         "model": "given" if args.model else "frozen features detector fitted on 300 RSNA normals",
     }
     print(json.dumps(result, indent=2))

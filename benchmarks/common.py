@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def git_commit() -> str:
     """Short hash of the checked-out commit, or 'unknown' outside a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=ROOT).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -40,8 +41,13 @@ def git_commit() -> str:
 def uncommitted_files(*folders: str) -> list[str]:
     """Files under ``folders`` (default: src and benchmarks) that differ from the commit or are untracked."""
     try:
-        lines = subprocess.run(["git", "status", "--porcelain", "--", *(folders or ("src", "benchmarks"))],
-                               capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()
+        lines = subprocess.run(
+            ["git", "status", "--porcelain", "--", *(folders or ("src", "benchmarks"))],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return []
     return [line[3:] for line in lines if line.strip()]
@@ -87,15 +93,24 @@ class _ConvRecorder(TorchFunctionMode):
         super().__init__()
         self.calls: list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor | None, Any, Any, Any, int]] = []
 
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func is torch.conv2d:
             names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
             values = dict(zip(names, args)) | kwargs
-            self.calls.append((tuple(values["input"].shape), values["weight"].detach(), values.get("bias"),
-                               values.get("stride", 1), values.get("padding", 0), values.get("dilation", 1),
-                               int(values.get("groups", 1))))
+            self.calls.append(
+                (
+                    tuple(values["input"].shape),
+                    values["weight"].detach(),
+                    values.get("bias"),
+                    values.get("stride", 1),
+                    values.get("padding", 0),
+                    values.get("dilation", 1),
+                    int(values.get("groups", 1)),
+                )
+            )
         return func(*args, **kwargs)
 
 
@@ -124,8 +139,16 @@ def record_conv_calls(run: Callable[[], object]) -> list[Any]:
     for shape, weight, bias, stride, padding, dilation, groups in recorder.calls:
         if isinstance(padding, str):  # 'same' / 'valid' spelt out by the module
             padding = 0 if padding == "valid" else tuple(k // 2 for k in weight.shape[2:])
-        layer = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
-                          padding=padding, dilation=dilation, groups=groups, bias=bias is not None)
+        layer = nn.Conv2d(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias is not None,
+        )
         with torch.no_grad():
             layer.weight.copy_(weight.float())
             if bias is not None:

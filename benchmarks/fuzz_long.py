@@ -25,18 +25,26 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     """Run the fuzz tests with ``--examples-per-test`` examples each and report the tally."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples-per-test", type=int, default=2500,
-                        help="hypothesis examples for each of the 5 fuzz properties (default 2500)")
+    parser.add_argument(
+        "--examples-per-test",
+        type=int,
+        default=2500,
+        help="hypothesis examples for each of the 5 fuzz properties (default 2500)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/fuzz_long.json"), help="tally JSON to write")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tally_path = args.out.with_suffix(".tally.json")
-    environment = {**os.environ, "CXR_ANOMALY_FUZZ_EXAMPLES": str(args.examples_per_test),
-                   "CXR_ANOMALY_FUZZ_TALLY": str(tally_path.resolve())}
+    environment = {
+        **os.environ,
+        "CXR_ANOMALY_FUZZ_EXAMPLES": str(args.examples_per_test),
+        "CXR_ANOMALY_FUZZ_TALLY": str(tally_path.resolve()),
+    }
     started = time.perf_counter()
     finished = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz.py"],
-        cwd=REPOSITORY_ROOT, env=environment,
+        cwd=REPOSITORY_ROOT,
+        env=environment,
     )
     seconds = time.perf_counter() - started
     tally = json.loads(tally_path.read_text()) if tally_path.is_file() else {}

@@ -138,8 +138,9 @@ def measure(path: Path) -> tuple[str, float, float]:
 def git_commit() -> str:
     """Short hash of the checked-out commit, or 'unknown'."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=REPOSITORY_ROOT).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=REPOSITORY_ROOT
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -170,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             outcome, peak_mb, seconds = measure(path)
             single_peak = peak_mb if case == "single" else single_peak
             ratio = round(peak_mb / single_peak, 2) if single_peak else None
-            results.append(CaseResult(case, CASES[case], path.stat().st_size, outcome, round(peak_mb, 2), ratio,
-                                      round(seconds, 3)))
+            results.append(
+                CaseResult(case, CASES[case], path.stat().st_size, outcome, round(peak_mb, 2), ratio, round(seconds, 3))
+            )
             logger.info("%s: %s", case, results[-1])
     summary = {
         "film": str(args.film),

@@ -50,8 +50,18 @@ def train_command(data: Path, config: Path, run_dir: Path, processes: int, resum
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = launcher + ["-m", "cxr_anomaly.cli", "train", "--data", str(data), "--out", str(run_dir),
-                          "--config", str(config), "--no-progress"]
+    command = launcher + [
+        "-m",
+        "cxr_anomaly.cli",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run_dir),
+        "--config",
+        str(config),
+        "--no-progress",
+    ]
     return command + (["--resume"] if resume else [])
 
 
@@ -85,8 +95,9 @@ def check_files(run_dir: Path) -> int:
 def kill_once(command: list[str], run_dir: Path, delay: float, environment: dict[str, str]) -> dict:
     """Start, wait for training to begin, wait ``delay`` s, SIGKILL the process group."""
     before = len(events(run_dir))
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while len(events(run_dir)) <= before and process.poll() is None:
         if time.monotonic() > deadline:
@@ -100,8 +111,12 @@ def kill_once(command: list[str], run_dir: Path, delay: float, environment: dict
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     last = (events(run_dir) or [{}])[-1]
-    return {"delay": round(delay, 2), "outcome": "killed", "last_event": last.get("event"),
-            "global_step": last.get("global_step")}
+    return {
+        "delay": round(delay, 2),
+        "outcome": "killed",
+        "last_event": last.get("event"),
+        "global_step": last.get("global_step"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_normals is not None:
         table = pd.read_csv(args.data)
         normals = table[table["label"] == 0]
-        rows = pd.concat([normals[normals["split"] == "train"].head(args.train_normals),
-                          normals[normals["split"] != "train"].head(8)]).copy()
+        rows = pd.concat(
+            [
+                normals[normals["split"] == "train"].head(args.train_normals),
+                normals[normals["split"] != "train"].head(8),
+            ]
+        ).copy()
         rows["path"] = [str((args.data.parent / path).resolve()) for path in rows["path"]]
         args.data = args.out / "manifest.csv"
         rows.to_csv(args.data, index=False)
@@ -133,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         args.config.write_text(SMALL_CONFIG.format(epochs=args.epochs))
     started = time.perf_counter()
     reference_dir = args.out / "reference"
-    subprocess.run(train_command(args.data, args.config, reference_dir, args.processes, False),
-                   env=environment, check=True, capture_output=True)
+    subprocess.run(
+        train_command(args.data, args.config, reference_dir, args.processes, False),
+        env=environment,
+        check=True,
+        capture_output=True,
+    )
     reference = load_checkpoint(reference_dir / "model.pt")
     rng = np.random.default_rng(args.seed)
     trials = []
@@ -143,22 +166,36 @@ def main(argv: list[str] | None = None) -> int:
         kills, temporaries = [], 0
         for kill in range(args.kills_per_trial):
             command = train_command(args.data, args.config, run_dir, args.processes, kill > 0)
-            kills.append(kill_once(command, run_dir, float(rng.uniform(0, args.latest_kill_seconds)),
-                                   environment))
+            kills.append(kill_once(command, run_dir, float(rng.uniform(0, args.latest_kill_seconds)), environment))
             temporaries += check_files(run_dir)
-        subprocess.run(train_command(args.data, args.config, run_dir, args.processes, True),
-                       env=environment, check=True, capture_output=True)
+        subprocess.run(
+            train_command(args.data, args.config, run_dir, args.processes, True),
+            env=environment,
+            check=True,
+            capture_output=True,
+        )
         left = check_files(run_dir)
         final = load_checkpoint(run_dir / "model.pt")
-        identical = all(torch.equal(value, final.detector.state_dict()[key])
-                        for key, value in reference.detector.state_dict().items())
-        trials.append({"kills": kills, "temporaries_after_kills": temporaries,
-                       "temporaries_at_end": left, "identical_to_uninterrupted": identical,
-                       "same_calibration": final.calibration == reference.calibration,
-                       "epochs": len(final.training["history"])})
-    summary = {"processes": args.processes, "trials": trials,
-               "all_identical": all(t["identical_to_uninterrupted"] and t["same_calibration"] for t in trials),
-               "seconds": round(time.perf_counter() - started, 1)}
+        identical = all(
+            torch.equal(value, final.detector.state_dict()[key])
+            for key, value in reference.detector.state_dict().items()
+        )
+        trials.append(
+            {
+                "kills": kills,
+                "temporaries_after_kills": temporaries,
+                "temporaries_at_end": left,
+                "identical_to_uninterrupted": identical,
+                "same_calibration": final.calibration == reference.calibration,
+                "epochs": len(final.training["history"]),
+            }
+        )
+    summary = {
+        "processes": args.processes,
+        "trials": trials,
+        "all_identical": all(t["identical_to_uninterrupted"] and t["same_calibration"] for t in trials),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0 if summary["all_identical"] and all(t["temporaries_at_end"] == 0 for t in trials) else 1

@@ -27,8 +27,15 @@ import httpx
 
 from cxr_anomaly.serve.loadtest import run_load_test
 
-DEFAULT_FILM = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nih1000" / "test"
-                / "1_abnormal" / "00000211_011.png")
+DEFAULT_FILM = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared"
+    / "data"
+    / "nih1000"
+    / "test"
+    / "1_abnormal"
+    / "00000211_011.png"
+)
 
 
 def free_port() -> int:
@@ -60,20 +67,36 @@ def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout_secon
 def main(argv: list[str] | None = None) -> int:
     """Start the service, run the load test, print and optionally save the result as JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, type=Path, help="checkpoint (model.pt) or exported graph (*.onnx) to serve")
+    parser.add_argument(
+        "--model", required=True, type=Path, help="checkpoint (model.pt) or exported graph (*.onnx) to serve"
+    )
     parser.add_argument("--film", type=Path, default=DEFAULT_FILM, help="film to post (PNG, JPEG or DICOM)")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=None, help="the server's threads, PyTorch's and onnxruntime's (serve --threads)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="the server's threads, PyTorch's and onnxruntime's (serve --threads)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the result")
     args = parser.parse_args(argv)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "cxr_anomaly.cli", "serve", "--model", str(args.model), "--port", str(port),
-               "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms)]
+    command = [
+        sys.executable,
+        "-m",
+        "cxr_anomaly.cli",
+        "serve",
+        "--model",
+        str(args.model),
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+    ]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
     environment = {key: value for key, value in os.environ.items() if key != "CXR_ANOMALY_TOKEN"}
@@ -81,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_healthy(url, server)
-        result = run_load_test(url, args.film.read_bytes(), filename=args.film.name,
-                               num_requests=args.requests, concurrency=args.concurrency)
+        result = run_load_test(
+            url,
+            args.film.read_bytes(),
+            filename=args.film.name,
+            num_requests=args.requests,
+            concurrency=args.concurrency,
+        )
         batching = httpx.get(f"{url}/healthz", timeout=5.0).json()
     finally:
         server.terminate()

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_model import ModelBenchmarkResult, run_model_benchmark
 from benchmarks import bench_features
 from benchmarks.bench_features import DEFAULT_DATA, FeaturesBenchmarkResult, run_features_benchmark
+from benchmarks.bench_model import ModelBenchmarkResult, run_model_benchmark
 from benchmarks.common import git_commit
 
 logger = logging.getLogger(__name__)
@@ -66,24 +66,35 @@ def summary_lines(model: ModelBenchmarkResult, cache: dict[str, Any]) -> list[st
         f"load {model.load_average_before[0]:.2f} -> {model.load_average_after[0]:.2f}",
         f"FLOPs per image: scoring {model.scoring_gflop_per_image:.3f} GFLOP, "
         f"training step {model.training_gflop_per_image:.3f} GFLOP",
-        "ceilings (median): conv " + ", ".join(f"{k} {v:.1f}" for k, v in model.conv_ceiling_gflops.items())
-        + " GFLOP/s; GEMM " + ", ".join(f"{k} {v:.1f}" for k, v in model.gemm_gflops.items()) + " GFLOP/s",
+        "ceilings (median): conv "
+        + ", ".join(f"{k} {v:.1f}" for k, v in model.conv_ceiling_gflops.items())
+        + " GFLOP/s; GEMM "
+        + ", ".join(f"{k} {v:.1f}" for k, v in model.gemm_gflops.items())
+        + " GFLOP/s",
     ]
-    for title, results, batch in (("scoring", model.scoring, model.scoring_batch),
-                                  ("training", model.training, model.training_batch)):
+    for title, results, batch in (
+        ("scoring", model.scoring, model.scoring_batch),
+        ("training", model.training, model.training_batch),
+    ):
         lines.append(f"{title} (batch {batch}): images/s | conv ceiling | fraction | GEMM ceiling | fraction")
         for item in results:
-            lines.append(f"  {item.name:<48} {item.images_per_second:8.1f} | {item.ceiling_images_per_second:8.1f}"
-                         f" | {item.fraction_of_ceiling:5.2f} | {item.gemm_ceiling_images_per_second:8.1f}"
-                         f" | {item.fraction_of_gemm_ceiling:5.2f}" + (f"  ({item.note})" if item.note else ""))
-    lines.append(f"single-film latency ({model.latency.calls} calls): p50 {model.latency.p50_ms:.1f} ms, "
-                 f"p99 {model.latency.p99_ms:.1f} ms")
+            lines.append(
+                f"  {item.name:<48} {item.images_per_second:8.1f} | {item.ceiling_images_per_second:8.1f}"
+                f" | {item.fraction_of_ceiling:5.2f} | {item.gemm_ceiling_images_per_second:8.1f}"
+                f" | {item.fraction_of_gemm_ceiling:5.2f}" + (f"  ({item.note})" if item.note else "")
+            )
+    lines.append(
+        f"single-film latency ({model.latency.calls} calls): p50 {model.latency.p50_ms:.1f} ms, "
+        f"p99 {model.latency.p99_ms:.1f} ms"
+    )
     if "skipped" in cache:
         lines.append(f"preprocessing: skipped ({cache['skipped']})")
     else:
-        lines.append(f"preprocessing of {cache['films']} full-size PNGs: {cache['build_rate']:.1f} films/s against "
-                     f"a decode ceiling of {cache['ceiling_rate']:.1f} ({cache['cores']} x "
-                     f"{cache['single_core_rate']:.1f} single-core) = {100 * cache['efficiency']:.0f}%")
+        lines.append(
+            f"preprocessing of {cache['films']} full-size PNGs: {cache['build_rate']:.1f} films/s against "
+            f"a decode ceiling of {cache['ceiling_rate']:.1f} ({cache['cores']} x "
+            f"{cache['single_core_rate']:.1f} single-core) = {100 * cache['efficiency']:.0f}%"
+        )
     lines.extend(f"note: {note}" for note in model.notes)
     return lines
 
@@ -92,15 +103,20 @@ def markdown_tables(model: ModelBenchmarkResult) -> str:
     """The throughput figures as Markdown tables, for docs/results.md."""
     rows = []
     for title, results, batch, flops in (
-            ("scoring", model.scoring, model.scoring_batch, model.scoring_gflop_per_image),
-            ("training", model.training, model.training_batch, model.training_gflop_per_image)):
+        ("scoring", model.scoring, model.scoring_batch, model.scoring_gflop_per_image),
+        ("training", model.training, model.training_batch, model.training_gflop_per_image),
+    ):
         rows.append(f"\n{title}, batch {batch}, {flops:.3f} GFLOP per image; medians of {model.repeats} repeats\n")
-        rows.append("| variant | images/s | conv ceiling, images/s | fraction | GEMM ceiling, images/s | fraction | note |")
+        rows.append(
+            "| variant | images/s | conv ceiling, images/s | fraction | GEMM ceiling, images/s | fraction | note |"
+        )
         rows.append("|---|---|---|---|---|---|---|")
         for item in results:
-            rows.append(f"| {item.name} | {item.images_per_second:.1f} | {item.ceiling_images_per_second:.1f} | "
-                        f"{item.fraction_of_ceiling:.2f} | {item.gemm_ceiling_images_per_second:.1f} | "
-                        f"{item.fraction_of_gemm_ceiling:.2f} | {item.note} |")
+            rows.append(
+                f"| {item.name} | {item.images_per_second:.1f} | {item.ceiling_images_per_second:.1f} | "
+                f"{item.fraction_of_ceiling:.2f} | {item.gemm_ceiling_images_per_second:.1f} | "
+                f"{item.fraction_of_gemm_ceiling:.2f} | {item.note} |"
+            )
     return "\n".join(rows)
 
 
@@ -131,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     commit = git_commit()  # before the run: others may commit while it lasts
-    model = run_model_benchmark(smoke=arguments.smoke, repeats=arguments.repeats,
-                                include_compile=False if arguments.no_compile else None)
+    model = run_model_benchmark(
+        smoke=arguments.smoke, repeats=arguments.repeats, include_compile=False if arguments.no_compile else None
+    )
     cache = {"skipped": "--no-cache"} if arguments.no_cache else run_cache_benchmark(arguments.smoke)
     features = {"skipped": "--no-features"} if arguments.no_features else run_features(arguments.smoke)
     results = {

@@ -52,16 +52,32 @@ def load_collection(folder: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 def measure_collection(manifest: pd.DataFrame, films: np.ndarray) -> dict[str, object]:
     """Rule counts on the films as they are (as PNG input: no header) and the rotation hit rates."""
-    ages = pd.to_numeric(manifest["age"], errors="coerce") if "age" in manifest else pd.Series(np.nan, index=manifest.index)
+    ages = (
+        pd.to_numeric(manifest["age"], errors="coerce")
+        if "age" in manifest
+        else pd.Series(np.nan, index=manifest.index)
+    )
     views = manifest["view"] if "view" in manifest else pd.Series(None, index=manifest.index, dtype=object)
     reasons = Counter(
-        decide_scope(None, film, fitted_on_adults=True, manifest_view=view if isinstance(view, str) else None,
-                     manifest_age=None if pd.isna(age) else float(age)).reason
-        for film, view, age in zip(films, views, ages))
-    turned = {name: np.array([rotation_evidence(transform(film)) for film in films])
-              for name, transform in {"upright": lambda f: f, "rot90": lambda f: np.rot90(f, 1),
-                                      "rot180": lambda f: np.rot90(f, 2), "rot270": lambda f: np.rot90(f, 3),
-                                      "mirrored": lambda f: f[:, ::-1]}.items()}
+        decide_scope(
+            None,
+            film,
+            fitted_on_adults=True,
+            manifest_view=view if isinstance(view, str) else None,
+            manifest_age=None if pd.isna(age) else float(age),
+        ).reason
+        for film, view, age in zip(films, views, ages)
+    )
+    turned = {
+        name: np.array([rotation_evidence(transform(film)) for film in films])
+        for name, transform in {
+            "upright": lambda f: f,
+            "rot90": lambda f: np.rot90(f, 1),
+            "rot180": lambda f: np.rot90(f, 2),
+            "rot270": lambda f: np.rot90(f, 3),
+            "mirrored": lambda f: f[:, ::-1],
+        }.items()
+    }
     rotated_share = {name: float((evidence < ROTATION_MARGIN).mean()) for name, evidence in turned.items()}
     labels = manifest["label"].astype(str) if "label" in manifest else pd.Series("", index=manifest.index)
     normal = labels.isin(["0", "NORMAL", "0.0"]).to_numpy()
@@ -129,7 +145,8 @@ def main() -> None:
     dev = pd.read_csv(arguments.data / "rsna_dev256" / "manifest.csv")
     with tempfile.TemporaryDirectory() as workdir:
         report["header_rules_on_rsna_dev256_as_dicom"] = measure_header_rules(
-            arguments.data / "rsna_dev256", dev["path"].head(arguments.header_films).tolist(), Path(workdir))
+            arguments.data / "rsna_dev256", dev["path"].head(arguments.header_films).tolist(), Path(workdir)
+        )
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     arguments.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

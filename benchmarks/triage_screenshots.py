@@ -19,10 +19,17 @@ from PIL import Image
 
 from cxr_anomaly.serve import ServiceSettings, create_app, start_background_server
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DEFAULT_FILM = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nih_fullres"
-                / "00000427_000.png")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DEFAULT_FILM = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nih_fullres" / "00000427_000.png"
 
 
 def shrink_png(path: Path, width: int) -> None:
@@ -50,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
-                profile, executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_FLAGS,
-                viewport={"width": 1280, "height": 900})
+                profile,
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport={"width": 1280, "height": 900},
+            )
             page = context.new_page()
             page.goto(args.report.resolve().as_uri())
             page.screenshot(path=str(args.out_dir / "report.png"))

@@ -86,8 +86,9 @@ def tiny_nih_model(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 PATIENT_IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "PID-93417", "PatientBirthDate": "19610203"}
 
 
-def write_dicom_film(pixels: object, path: Path, *, study_uid: str, sop_uid: str, view: str | None = None,
-                     age: str | None = None) -> Path:
+def write_dicom_film(
+    pixels: object, path: Path, *, study_uid: str, sop_uid: str, view: str | None = None, age: str | None = None
+) -> Path:
     """Save uint8 pixels (rows, columns) as a DICOM DX film carrying fake patient identifiers
     (and ``ViewPosition`` = ``view``, ``PatientAge`` = ``age`` when given)."""
     import numpy as np
@@ -110,8 +111,9 @@ def write_dicom_film(pixels: object, path: Path, *, study_uid: str, sop_uid: str
         dataset.PatientAge = age
     for keyword, value in PATIENT_IDENTIFIERS.items():
         setattr(dataset, keyword, value)
-    dataset.set_pixel_data(np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2",
-                           bits_stored=8)
+    dataset.set_pixel_data(
+        np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2", bits_stored=8
+    )
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = sop_uid  # set_pixel_data made a new one
     dataset.save_as(path, enforce_file_format=True)
     return path

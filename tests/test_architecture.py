@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cxr_anomaly"
 # config section); the other families' names are distinctive.
 NAME_PATTERNS = {
     "features": r"[\"']features[\"']|\bmodels\.features\b|\bconfig\.features\b|--method features|"
-                r"\bimport features\b|\bfeatures\.FAMILY\b",
+    r"\bimport features\b|\bfeatures\.FAMILY\b",
 }
 
 # Modules outside models/<family>/ allowed to name a family, and why. Keep this list short and

@@ -42,7 +42,8 @@ def test_knn_matches_a_direct_distance_computation(nih_pixels: tuple[np.ndarray,
 
 
 def test_pca_with_enough_components_reconstructs_its_training_films(
-        nih_pixels: tuple[np.ndarray, pd.DataFrame]) -> None:
+    nih_pixels: tuple[np.ndarray, pd.DataFrame],
+) -> None:
     pixels, _ = nih_pixels
     pca = PCABaseline(DataConfig(), components=19).fit(pixels[:20])
     training_error = pca.score(pixels[:20])

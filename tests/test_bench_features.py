@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks p
 
 from benchmarks import bench_features  # noqa: E402
 from benchmarks.common import StageClock, record_conv_calls  # noqa: E402
+
 from cxr_anomaly.models.features import torch_model  # noqa: E402
 from cxr_anomaly.models.features.backbone import build_backbone  # noqa: E402
 from cxr_anomaly.models.features.fitting import greedy_coreset  # noqa: E402
@@ -48,8 +49,10 @@ def test_the_speed_fixes_leave_distances_and_coresets_unchanged() -> None:
     squared_distances, nearest_distances = torch_model.squared_distances, torch_model.nearest_distances
     generator = torch.Generator().manual_seed(0)
     points = torch.randn(5000, 64, generator=generator) * 3.0 + 1.0
-    assert torch.equal(greedy_coreset(points, 200, torch.Generator().manual_seed(1)),
-                       reference_greedy_coreset(points, 200, torch.Generator().manual_seed(1)))
+    assert torch.equal(
+        greedy_coreset(points, 200, torch.Generator().manual_seed(1)),
+        reference_greedy_coreset(points, 200, torch.Generator().manual_seed(1)),
+    )
     queries, bank = torch.rand(3000, 152, generator=generator), torch.rand(700, 152, generator=generator)
     assert torch.equal(squared_distances(queries, bank), reference_squared_distances(queries, bank))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 product is widened as before
@@ -88,8 +91,14 @@ def test_stage_clock_times_classes_instances_and_modules_then_restores_them() ->
     module = types.SimpleNamespace(function=lambda: 2)
     instance = Worker()
     clock = StageClock()
-    with clock.watch({"class": (Worker, "helper"), "instance": (instance, "forward"), "module": (module, "function"),
-                      "absent": (module, "renamed")}):
+    with clock.watch(
+        {
+            "class": (Worker, "helper"),
+            "instance": (instance, "forward"),
+            "module": (module, "function"),
+            "absent": (module, "renamed"),
+        }
+    ):
         assert Worker().helper() == 1 and instance(torch.zeros(1)).item() == 1 and module.function() == 2
     assert clock.calls == {"class": 1, "instance": 1, "module": 1}
     assert all(seconds >= 0.0 for seconds in clock.seconds.values())
@@ -105,13 +114,19 @@ def test_smoke_run_writes_every_figure(shared_data: Path, tmp_path: Path, capsys
     result = json.loads(output.read_text())
     assert result["smoke"] is True and result["commit"] and result["machine_before"]["cpu_model"]
     fit = result["fit"]
-    assert {"decode", "preprocessing", "backbone pass", "coreset selection", "Gaussian (Ledoit-Wolf)"} <= set(fit["seconds"])
+    assert {"decode", "preprocessing", "backbone pass", "coreset selection", "Gaussian (Ledoit-Wolf)"} <= set(
+        fit["seconds"]
+    )
     assert "not timed" not in fit["note"], fit["note"]  # every stage was found in the library
     assert result["ceiling_films_per_second"] > 0 and result["conv_layers"] == 48
     assert result["scoring_gflop_per_film"] > result["backbone_gflop_per_film"] > 0.5
     names = {item["name"] for item in result["scoring"]}
-    assert {"from 1024 px PNG: load_images + score_films", "from DICOM: load_images + score_films",
-            "naive: contiguous weights, no_grad", "score_films, 1 thread"} <= names
+    assert {
+        "from 1024 px PNG: load_images + score_films",
+        "from DICOM: load_images + score_films",
+        "naive: contiguous weights, no_grad",
+        "score_films, 1 thread",
+    } <= names
     assert any(name.startswith("onnxruntime") for name in names)
     for item in result["scoring"]:
         for key in ("films_per_second", "fraction_of_ceiling", "fraction_of_whole_graph_ceiling"):

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxr_anomaly.jobs.benchmark import BenchmarkOptions, benchmark_configs, parse_method, parse_test_collections
 from cxr_anomaly.cli import main
 from cxr_anomaly.errors import ConfigError
+from cxr_anomaly.jobs.benchmark import BenchmarkOptions, benchmark_configs, parse_method, parse_test_collections
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,29 +52,62 @@ def manifests(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "small.toml"
-    path.write_text("[features]\nmemory_bank_size = 256\npooled_bank_size = 64\nbatch_size = 16\nfinetune_epochs = 0\n"
-                    "[model]\nbase_channels = 8\n[train]\nepochs = 1\nbatch_size = 16\n")
+    path.write_text(
+        "[features]\nmemory_bank_size = 256\npooled_bank_size = 64\nbatch_size = 16\nfinetune_epochs = 0\n"
+        "[model]\nbase_channels = 8\n[train]\nepochs = 1\nbatch_size = 16\n"
+    )
     return path
 
 
 def test_benchmark_writes_table_and_figures_and_reuses_cells(
-        manifests: dict[str, Path], small_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifests: dict[str, Path], small_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "bench"
-    arguments = ["benchmark", "--train", str(manifests["train"]),
-                 "--test", f"pneumonia={manifests['pneumonia']}", f"nih1000={manifests['nih1000']}",
-                 "--methods", "features,features:gaussian,tang2019:u", "--seeds", "1", "--out", str(out),
-                 "--config", str(small_config), "--bootstrap-resamples", "20", "--cache-dir", str(tmp_path / "cache"),
-                 "--no-progress"]
+    arguments = [
+        "benchmark",
+        "--train",
+        str(manifests["train"]),
+        "--test",
+        f"pneumonia={manifests['pneumonia']}",
+        f"nih1000={manifests['nih1000']}",
+        "--methods",
+        "features,features:gaussian,tang2019:u",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--config",
+        str(small_config),
+        "--bootstrap-resamples",
+        "20",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     assert main(arguments) == 0
     assert "2 cells run, 0 reused" in capsys.readouterr().out
 
-    for name in ("table.csv", "table.md", "roc_pneumonia.png", "roc_nih1000.png", "films_pneumonia_features-seed0.png",
-                 "films_nih1000_tang2019-u-seed0.png", "cells/features-seed0/scores_nih1000.npz",
-                 "cells/tang2019-u-seed0/calibration.npz", "cells/tang2019-u-seed0/result.json"):
+    for name in (
+        "table.csv",
+        "table.md",
+        "roc_pneumonia.png",
+        "roc_nih1000.png",
+        "films_pneumonia_features-seed0.png",
+        "films_nih1000_tang2019-u-seed0.png",
+        "cells/features-seed0/scores_nih1000.npz",
+        "cells/tang2019-u-seed0/calibration.npz",
+        "cells/tang2019-u-seed0/result.json",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "table.csv")
-    assert table["method"].tolist() == ["features", "features:gaussian", "tang2019:u", "pca5", "knn5",
-                                        "view only (AP = 1)"]
+    assert table["method"].tolist() == [
+        "features",
+        "features:gaussian",
+        "tang2019:u",
+        "pca5",
+        "knn5",
+        "view only (AP = 1)",
+    ]
     assert table["kind"].tolist() == ["model"] * 3 + ["baseline"] * 2 + ["view_only"]
     assert table["score"].tolist()[:3] == ["pooled_knn", "gaussian", "eq6"]
     for collection, adults in (("pneumonia", ("adults_auc_PA", "adults_auc_AP")), ("nih1000", ())):
@@ -130,8 +163,11 @@ def test_benchmark_writes_table_and_figures_and_reuses_cells(
 def test_methods_test_collections_and_config_are_checked(tmp_path: Path) -> None:
     assert parse_method("tang2019:u+d+e").kind == "tang2019-u+d+e"
     assert parse_method("features:patch_knn").kind == "features"
-    for bad, message in (("tang2019", "needs a variant"), ("features:mean", "unknown feature score"),
-                         ("ganomaly", "unknown family 'ganomaly'")):
+    for bad, message in (
+        ("tang2019", "needs a variant"),
+        ("features:mean", "unknown feature score"),
+        ("ganomaly", "unknown family 'ganomaly'"),
+    ):
         with pytest.raises(ConfigError, match=message):
             parse_method(bad)
     with pytest.raises(ConfigError, match="twice"):
@@ -139,8 +175,11 @@ def test_methods_test_collections_and_config_are_checked(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="seeds"):
         BenchmarkOptions(seeds=())
     assert parse_test_collections(["a=x.csv", "b.2=y"]) == {"a": Path("x.csv"), "b.2": Path("y")}
-    for bad, message in ((["nih1000"], "expected NAME=DATA"), (["a/b=x"], "must be letters"),
-                         (["a=x", "a=y"], "given twice")):
+    for bad, message in (
+        (["nih1000"], "expected NAME=DATA"),
+        (["a/b=x"], "must be letters"),
+        (["a=x", "a=y"], "given twice"),
+    ):
         with pytest.raises(ConfigError, match=message):
             parse_test_collections(bad)
     config_file = tmp_path / "bad.toml"

@@ -78,8 +78,12 @@ def test_smoke_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     names = {item["name"] for item in model["scoring"]}
     assert {"fp32 eager (naive)", "fp32 channels_last + inference_mode", "onnxruntime fp32"} <= names
     for item in model["scoring"] + model["training"]:
-        for key in ("images_per_second", "ceiling_images_per_second", "fraction_of_ceiling",
-                    "fraction_of_gemm_ceiling"):
+        for key in (
+            "images_per_second",
+            "ceiling_images_per_second",
+            "fraction_of_ceiling",
+            "fraction_of_gemm_ceiling",
+        ):
             assert math.isfinite(item[key]) and item[key] > 0, (item["name"], key)
     assert model["latency"]["p99_ms"] >= model["latency"]["p50_ms"] > 0
     assert model["conv_ceiling_gflops"]["fp32"] > 0 and model["gemm_gflops"]["fp32"] > 0
@@ -90,13 +94,18 @@ def test_smoke_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 @pytest.mark.parametrize("file_format", ["png", "dicom"])
-def test_decode_pool_benchmark_times_both_ways_on_real_films(file_format: str, shared_data: Path,
-                                                             tmp_path: Path) -> None:
+def test_decode_pool_benchmark_times_both_ways_on_real_films(
+    file_format: str, shared_data: Path, tmp_path: Path
+) -> None:
     from benchmarks import bench_decode_pool
 
     output = tmp_path / "decode_pool.json"
-    assert bench_decode_pool.main(["--counts", "2", "--repeats", "1", "--warm", "--format", file_format,
-                                   "--output", str(output)]) == 0
+    assert (
+        bench_decode_pool.main(
+            ["--counts", "2", "--repeats", "1", "--warm", "--format", file_format, "--output", str(output)]
+        )
+        == 0
+    )
     (row,) = json.loads(output.read_text())
     assert (row["films"], row["format"], row["fresh_process"]) == (2, file_format, False)
     assert row["in_process_ms_per_film"] > 0 and row["pool_ms_per_film"] > 0

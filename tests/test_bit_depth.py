@@ -25,15 +25,23 @@ from cxr_anomaly.io import read_image, resize_grey
 from cxr_anomaly.models.registry import fit_detector
 from cxr_anomaly.scoring import score_films
 
-SMALL = with_overrides(Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16,
-                       finetune_epochs=0)
+SMALL = with_overrides(
+    Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16, finetune_epochs=0
+)
 FILMS = 8
 RAW_TOLERANCE = 0.005  # relative
 PERCENTILE_TOLERANCE = 1.0  # points
 
 
-def _dicom(stored: np.ndarray, path: Path, *, bits_stored: int, photometric: str = "MONOCHROME2",
-           extra: Callable[[object], None] | None = None, compress: str | None = None) -> Path:
+def _dicom(
+    stored: np.ndarray,
+    path: Path,
+    *,
+    bits_stored: int,
+    photometric: str = "MONOCHROME2",
+    extra: Callable[[object], None] | None = None,
+    compress: str | None = None,
+) -> Path:
     """Write ``stored`` (rows, columns) as a DX film of ``bits_stored`` bits, optionally compressed."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
@@ -53,8 +61,9 @@ def _dicom(stored: np.ndarray, path: Path, *, bits_stored: int, photometric: str
     dataset.SOPClassUID = SecondaryCaptureImageStorage
     dataset.Modality = "DX"
     dtype = np.uint8 if bits_stored <= 8 else np.uint16
-    dataset.set_pixel_data(np.ascontiguousarray(stored, dtype=dtype), photometric_interpretation=photometric,
-                           bits_stored=bits_stored)
+    dataset.set_pixel_data(
+        np.ascontiguousarray(stored, dtype=dtype), photometric_interpretation=photometric, bits_stored=bits_stored
+    )
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = generate_uid()
     if extra is not None:
         extra(dataset)
@@ -123,19 +132,20 @@ ENCODINGS: dict[str, Callable[[np.ndarray, Path], Path]] = {
     "dicom_12bit_x16": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12),
     "dicom_16bit_x257": lambda film, path: _dicom(film * np.uint16(257), path, bits_stored=16),
     "dicom_16bit_full_range": lambda film, path: _dicom(_full_range(film), path, bits_stored=16),
-    "dicom_12bit_monochrome1": lambda film, path: _dicom((255 - film) * np.uint16(16), path, bits_stored=12,
-                                                         photometric="MONOCHROME1"),
-    "dicom_12bit_rescale": lambda film, path: _dicom(film * np.uint16(8) + 100, path, bits_stored=12,
-                                                     extra=_rescale),
+    "dicom_12bit_monochrome1": lambda film, path: _dicom(
+        (255 - film) * np.uint16(16), path, bits_stored=12, photometric="MONOCHROME1"
+    ),
+    "dicom_12bit_rescale": lambda film, path: _dicom(film * np.uint16(8) + 100, path, bits_stored=12, extra=_rescale),
     "dicom_12bit_window": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12, extra=_window),
     "dicom_12bit_voi_lut": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12, extra=_voi_lut),
     "dicom_12bit_rle": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12, compress="rle"),
-    "dicom_12bit_jpeg_ls": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12,
-                                                     compress="jpeg_ls"),
-    "dicom_12bit_jpeg_2000": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12,
-                                                       compress="jpeg_2000"),
-    "dicom_12bit_jpeg_lossless": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12,
-                                                           compress="jpeg_lossless"),
+    "dicom_12bit_jpeg_ls": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=12, compress="jpeg_ls"),
+    "dicom_12bit_jpeg_2000": lambda film, path: _dicom(
+        film * np.uint16(16), path, bits_stored=12, compress="jpeg_2000"
+    ),
+    "dicom_12bit_jpeg_lossless": lambda film, path: _dicom(
+        film * np.uint16(16), path, bits_stored=12, compress="jpeg_lossless"
+    ),
 }
 
 
@@ -143,7 +153,7 @@ def twelve_bit_film(film: np.ndarray) -> np.ndarray:
     """A 12-bit film of about 2,000 grey levels made from an 8-bit one (a 3x3 mean, x16)."""
     padded = np.pad(film.astype(np.float64), 1, mode="edge")
     rows, columns = film.shape
-    mean = sum(padded[r:r + rows, c:c + columns] for r in range(3) for c in range(3)) / 9.0
+    mean = sum(padded[r : r + rows, c : c + columns] for r in range(3) for c in range(3)) / 9.0
     return np.clip(np.rint(mean * 16.0), 0, 4095).astype(np.uint16)
 
 
@@ -165,10 +175,10 @@ TWELVE_BIT_ENCODINGS: dict[str, Callable[[np.ndarray, Path], Path]] = {
     "png_16bit_x16": _sixteen_bit_png,
     "dicom_16bit_x16": lambda film, path: _dicom(film * np.uint16(16), path, bits_stored=16),
     "dicom_16bit_full_range": lambda film, path: _dicom(_full_range(film), path, bits_stored=16),
-    "dicom_12bit_monochrome1": lambda film, path: _dicom(4095 - film, path, bits_stored=12,
-                                                         photometric="MONOCHROME1"),
-    "dicom_13bit_rescale": lambda film, path: _dicom(film + np.uint16(2048), path, bits_stored=13,
-                                                     extra=_offset_rescale),
+    "dicom_12bit_monochrome1": lambda film, path: _dicom(4095 - film, path, bits_stored=12, photometric="MONOCHROME1"),
+    "dicom_13bit_rescale": lambda film, path: _dicom(
+        film + np.uint16(2048), path, bits_stored=13, extra=_offset_rescale
+    ),
     "dicom_12bit_rle": lambda film, path: _dicom(film, path, bits_stored=12, compress="rle"),
     "dicom_12bit_jpeg_ls": lambda film, path: _dicom(film, path, bits_stored=12, compress="jpeg_ls"),
     "dicom_12bit_jpeg_2000": lambda film, path: _dicom(film, path, bits_stored=12, compress="jpeg_2000"),
@@ -206,15 +216,20 @@ def encoding_available(name: str) -> str | None:
         except ImportError:
             return "no encoder for JPEG Lossless (pip install python-gdcm)"
         return None
-    encoder = {"dicom_12bit_jpeg_ls": JPEGLSLosslessEncoder,
-               "dicom_12bit_jpeg_2000": JPEG2000LosslessEncoder}.get(name)
+    encoder = {"dicom_12bit_jpeg_ls": JPEGLSLosslessEncoder, "dicom_12bit_jpeg_2000": JPEG2000LosslessEncoder}.get(name)
     if encoder is not None and not encoder.is_available:
         return f"no encoder for {encoder.UID.name} (pip install pyjpegls / pylibjpeg-openjpeg)"
     return None
 
 
-def _write_all(film: np.ndarray, stem: Path, encodings: dict[str, Callable[[np.ndarray, Path], Path]],
-               prefix: str, paths: dict[str, list[str]], skipped: dict[str, str]) -> None:
+def _write_all(
+    film: np.ndarray,
+    stem: Path,
+    encodings: dict[str, Callable[[np.ndarray, Path], Path]],
+    prefix: str,
+    paths: dict[str, list[str]],
+    skipped: dict[str, str],
+) -> None:
     for name, write in encodings.items():
         reason = encoding_available(name)
         if reason is not None:
@@ -235,9 +250,10 @@ def score_encodings(shared_data: Path, folder: Path, films: int = FILMS) -> Enco
     detector = fit_detector(SMALL, load_images(train, SMALL.data, workers=1).pixels, progress=False).detector
     pneumonia = load_inputs(shared_data / "nih_pneumonia256" / "manifest.csv")
     normal_rows = pneumonia[pneumonia["label"] == 0]
-    normals = score_films(detector, load_images(normal_rows.head(100), SMALL.data, workers=1).pixels,
-                          precision="fp32").raw
-    sources = pd.concat([pneumonia[pneumonia["label"] == 1].head(films // 2), normal_rows.iloc[100:100 + films // 2]])
+    normals = score_films(
+        detector, load_images(normal_rows.head(100), SMALL.data, workers=1).pixels, precision="fp32"
+    ).raw
+    sources = pd.concat([pneumonia[pneumonia["label"] == 1].head(films // 2), normal_rows.iloc[100 : 100 + films // 2]])
     paths: dict[str, list[str]] = {"png": []}
     skipped: dict[str, str] = {}
     for index, source in enumerate(sources["path"]):
@@ -247,8 +263,9 @@ def score_encodings(shared_data: Path, folder: Path, films: int = FILMS) -> Enco
         paths["png"].append(str(png))
         _write_all(film, folder / f"film{index}", ENCODINGS, "", paths, skipped)
         _write_all(twelve_bit_film(film), folder / f"film{index}", TWELVE_BIT_ENCODINGS, "12bit:", paths, skipped)
-    pixels = {name: load_images(pd.DataFrame({"path": files}), SMALL.data, workers=1).pixels
-              for name, files in paths.items()}
+    pixels = {
+        name: load_images(pd.DataFrame({"path": files}), SMALL.data, workers=1).pixels for name, files in paths.items()
+    }
     raw = {}
     for name in ("png", "12bit:dicom_12bit", *paths):  # references first
         reference = "12bit:dicom_12bit" if name.startswith("12bit:") else "png"
@@ -310,10 +327,11 @@ def test_eight_bit_films_are_reduced_as_before(real_film: np.ndarray, tmp_path: 
     assert np.array_equal(reduce_film(inverted, 224), resize_grey(png.array, 224))
 
 
-@pytest.mark.parametrize("name", ["dicom_12bit_x16", "dicom_12bit_monochrome1", "dicom_12bit_rescale",
-                                  "dicom_12bit_window", "dicom_12bit_voi_lut"])
-def test_an_eight_bit_film_in_twelve_bits_gets_its_png_codes(real_film: np.ndarray, tmp_path: Path,
-                                                              name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    ["dicom_12bit_x16", "dicom_12bit_monochrome1", "dicom_12bit_rescale", "dicom_12bit_window", "dicom_12bit_voi_lut"],
+)
+def test_an_eight_bit_film_in_twelve_bits_gets_its_png_codes(real_film: np.ndarray, tmp_path: Path, name: str) -> None:
     from cxr_anomaly.image_base import as_eight_bit_film
     from cxr_anomaly.io import reduce_film
 
@@ -349,12 +367,18 @@ def test_films_that_are_not_eight_bit_films_are_left_alone() -> None:
     assert np.array_equal(film.array * np.float32(255), np.rint(ramp * 150).astype(np.float32))
 
 
-@pytest.mark.parametrize(("name", "syntax"), [("dicom_12bit_rle", "1.2.840.10008.1.2.5"),
-                                              ("dicom_12bit_jpeg_ls", "1.2.840.10008.1.2.4.80"),
-                                              ("dicom_12bit_jpeg_2000", "1.2.840.10008.1.2.4.90"),
-                                              ("dicom_12bit_jpeg_lossless", "1.2.840.10008.1.2.4.70")])
-def test_compressed_encodings_are_written_in_their_transfer_syntax(real_film: np.ndarray, tmp_path: Path,
-                                                                    name: str, syntax: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [
+        ("dicom_12bit_rle", "1.2.840.10008.1.2.5"),
+        ("dicom_12bit_jpeg_ls", "1.2.840.10008.1.2.4.80"),
+        ("dicom_12bit_jpeg_2000", "1.2.840.10008.1.2.4.90"),
+        ("dicom_12bit_jpeg_lossless", "1.2.840.10008.1.2.4.70"),
+    ],
+)
+def test_compressed_encodings_are_written_in_their_transfer_syntax(
+    real_film: np.ndarray, tmp_path: Path, name: str, syntax: str
+) -> None:
     reason = encoding_available(name)
     if reason is not None:
         pytest.skip(reason)
@@ -369,8 +393,9 @@ def test_a_wide_film_is_stretched_level_by_level() -> None:
     from cxr_anomaly.image_base import stretch_to_own_range
 
     generator = np.random.default_rng(1)
-    stored = np.clip(np.rint(np.linspace(300, 3300, 300 * 300).reshape(300, 300)
-                             + generator.normal(0, 20, (300, 300))), 0, 4095)
+    stored = np.clip(
+        np.rint(np.linspace(300, 3300, 300 * 300).reshape(300, 300) + generator.normal(0, 20, (300, 300))), 0, 4095
+    )
     twelve = (stored / 4095).astype(np.float32)
     low, high = stored.min(), stored.max()
     sixteen = (np.rint((stored - low) * 65535 / (high - low)) / 65535).astype(np.float32)

@@ -34,7 +34,8 @@ def test_specificity_threshold_from_normal_films_alone_holds_on_new_normals() ->
 
 
 def test_sensitivity_target_without_abnormal_films_falls_back_to_the_specificity_target(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     normals = np.random.default_rng(1).normal(10.0, 1.0, 300)
     calibration = fit_calibration(normals, 0.9, abnormal_raw_scores=np.zeros(0), target_sensitivity=0.95)
     assert calibration.operating_point == "specificity"
@@ -61,20 +62,26 @@ def test_sensitivity_threshold_is_the_highest_that_reaches_the_target() -> None:
 
 
 def test_few_abnormal_films_give_a_warning_note() -> None:
-    calibration = fit_calibration(np.arange(50.0), 0.95, abnormal_raw_scores=np.array([40.0, 60.0]),
-                                  target_sensitivity=0.5)
+    calibration = fit_calibration(
+        np.arange(50.0), 0.95, abnormal_raw_scores=np.array([40.0, 60.0]), target_sensitivity=0.5
+    )
     assert "only 2 abnormal films" in calibration.note
     assert calibration.flag(np.array([60.0]))[0]
 
 
 @settings(max_examples=60, deadline=None)
-@given(normals=st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=60),
-       abnormals=st.lists(st.floats(-1e6, 1e6), min_size=0, max_size=30),
-       specificity=st.floats(0.01, 0.99), sensitivity=st.one_of(st.none(), st.floats(0.01, 1.0)))
+@given(
+    normals=st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=60),
+    abnormals=st.lists(st.floats(-1e6, 1e6), min_size=0, max_size=30),
+    specificity=st.floats(0.01, 0.99),
+    sensitivity=st.one_of(st.none(), st.floats(0.01, 1.0)),
+)
 def test_thresholds_are_finite_and_inside_the_validation_scores(
-        normals: list[float], abnormals: list[float], specificity: float, sensitivity: float | None) -> None:
-    calibration = fit_calibration(np.array(normals), specificity, abnormal_raw_scores=np.array(abnormals),
-                                  target_sensitivity=sensitivity)
+    normals: list[float], abnormals: list[float], specificity: float, sensitivity: float | None
+) -> None:
+    calibration = fit_calibration(
+        np.array(normals), specificity, abnormal_raw_scores=np.array(abnormals), target_sensitivity=sensitivity
+    )
     everything = np.array(normals + abnormals)
     assert np.isfinite(calibration.threshold)
     assert np.nextafter(everything.min(), -np.inf) <= calibration.threshold <= everything.max()
@@ -104,8 +111,14 @@ def test_bad_inputs_are_refused_with_the_value() -> None:
 
 
 def test_calibrations_of_the_first_checkpoint_format_still_load() -> None:
-    old = {"normal_quantiles": [0.0, 1.0, 2.0], "median": 1.0, "scale": 0.5, "threshold": 1.9,
-           "target_specificity": 0.95, "num_normals": 3}
+    old = {
+        "normal_quantiles": [0.0, 1.0, 2.0],
+        "median": 1.0,
+        "scale": 0.5,
+        "threshold": 1.9,
+        "target_specificity": 0.95,
+        "num_normals": 3,
+    }
     calibration = Calibration.from_dict(old)
     assert calibration.operating_point == "specificity"
     assert calibration.specificity_threshold == 1.9
@@ -137,8 +150,23 @@ def test_calibrate_command_stores_a_sensitivity_operating_point(tiny_nih_model, 
     from cxr_anomaly.cli import main
 
     out = tmp_path / "sensitive.pt"
-    assert main(["calibrate", "--model", str(tiny_nih_model.checkpoint), "--data", str(tiny_nih_model.manifest),
-                 "--target-sensitivity", "0.8", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(tiny_nih_model.checkpoint),
+                "--data",
+                str(tiny_nih_model.manifest),
+                "--target-sensitivity",
+                "0.8",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     calibration = load_checkpoint(out).calibration
     assert calibration.operating_point == "sensitivity"
     assert calibration.num_normals == 24 and calibration.num_abnormals == 24
@@ -152,8 +180,13 @@ def test_calibrate_on_normal_films_only_never_picks_an_absurd_threshold(tiny_nih
     manifest = pd.read_csv(tiny_nih_model.manifest)
     normals_only = tmp_path / "normals.csv"
     manifest[manifest["label"] == 0].to_csv(normals_only, index=False)
-    outcome = calibrate_job(tiny_nih_model.checkpoint, [normals_only], target_sensitivity=0.9,
-                            out_path=tmp_path / "model.pt", progress=False)
+    outcome = calibrate_job(
+        tiny_nih_model.checkpoint,
+        [normals_only],
+        target_sensitivity=0.9,
+        out_path=tmp_path / "model.pt",
+        progress=False,
+    )
     calibration = load_checkpoint(outcome.checkpoint).calibration
     quantiles = np.array(calibration.normal_quantiles)
     assert calibration.operating_point == "specificity" and outcome.num_abnormal == 0
@@ -161,16 +194,16 @@ def test_calibrate_on_normal_films_only_never_picks_an_absurd_threshold(tiny_nih
     assert calibration.validation_specificity == pytest.approx(0.95, abs=1 / 24 + 1e-9)
 
 
-def test_evaluate_reports_sensitivity_and_specificity_with_bootstrap_intervals(
-        tiny_nih_model, tmp_path: Path) -> None:
+def test_evaluate_reports_sensitivity_and_specificity_with_bootstrap_intervals(tiny_nih_model, tmp_path: Path) -> None:
     from cxr_anomaly.jobs.evaluate import evaluate_job
 
     manifest = pd.read_csv(tiny_nih_model.nih1000 / "manifest.csv")
     manifest["path"] = [str(tiny_nih_model.nih1000 / path) for path in manifest["path"]]
     test_rows = tmp_path / "test.csv"
     manifest[manifest["split"] == "test"].groupby("label").head(30).to_csv(test_rows, index=False)
-    outcome = evaluate_job(tiny_nih_model.checkpoint, [test_rows], tmp_path / "eval", progress=False,
-                           bootstrap_resamples=300)
+    outcome = evaluate_job(
+        tiny_nih_model.checkpoint, [test_rows], tmp_path / "eval", progress=False, bootstrap_resamples=300
+    )
     metrics = json.loads(outcome.metrics_path.read_text())
     intervals = metrics["bootstrap_95ci"]
     assert intervals["auc"]["estimate"] == pytest.approx(metrics["auc"])
@@ -193,9 +226,12 @@ def real_darkness_scores(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
     folder = shared_data / "nih1000"
     manifest = pd.read_csv(folder / "manifest.csv")
     test = manifest[manifest["split"] == "test"]
-    scores = {label: np.array([1.0 - read_image(folder / path).array.mean()
-                               for path in test[test["label"] == label]["path"].head(30)])
-              for label in (0, 1)}
+    scores = {
+        label: np.array(
+            [1.0 - read_image(folder / path).array.mean() for path in test[test["label"] == label]["path"].head(30)]
+        )
+        for label in (0, 1)
+    }
     return scores[0], scores[1]
 
 
@@ -238,7 +274,7 @@ def test_auc_interval_is_bca_on_real_scores_and_reproducible(real_darkness_score
     auc = intervals.auc
     assert auc.method == "bca_bootstrap" and auc.low < auc.estimate < auc.high
     assert 0.1 < auc.high - auc.low < 0.5  # 30 films a class: about +-0.15
-    assert bootstrap_intervals(labels, scores, threshold=float(np.median(scores)), num_resamples=500,
-                               seed=3) == intervals
-    assert bootstrap_intervals(labels, scores, threshold=float(np.median(scores)), num_resamples=500,
-                               seed=4).auc != auc
+    assert (
+        bootstrap_intervals(labels, scores, threshold=float(np.median(scores)), num_resamples=500, seed=3) == intervals
+    )
+    assert bootstrap_intervals(labels, scores, threshold=float(np.median(scores)), num_resamples=500, seed=4).auc != auc

@@ -16,13 +16,18 @@ from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
 from cxr_anomaly.config import Config, config_to_dict, tang2019_config, with_overrides
 from cxr_anomaly.data.copies import film_signatures, matching_signatures
 from cxr_anomaly.errors import CheckpointError
-from cxr_anomaly.files import (CHECKPOINT_FORMAT, FORMAT_VERSION, atomic_torch_save, atomic_write, atomic_write_text,
-                               remove_stale_temporaries)
+from cxr_anomaly.files import (
+    CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
 from cxr_anomaly.models.tang2019 import OneClassDetector, Tang2019Detector
 from cxr_anomaly.models.tang2019.state import TrainingState, load_training_state, save_training_state
 from cxr_anomaly.models.tang2019.training import build_detector, train_detector
 from cxr_anomaly.scoring import fit_calibration, score_films
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,11 +46,11 @@ def tiny_detector(config: Config | None = None) -> Tang2019Detector:
 
 def non_default_config() -> Config:
     """A tang2019 configuration with a value changed in every section."""
-    config = with_overrides(tang2019_config(), "model", base_channels=8, latent_dim=12, variant="u+d+e",
-                            input_noise_std=0.03)
+    config = with_overrides(
+        tang2019_config(), "model", base_channels=8, latent_dim=12, variant="u+d+e", input_noise_std=0.03
+    )
     config = with_overrides(config, "loss", weight_adversarial=3.5)
-    config = with_overrides(config, "train", epochs=1, batch_size=8, seed=11, device="cpu",
-                            checkpoint_every_steps=2)
+    config = with_overrides(config, "train", epochs=1, batch_size=8, seed=11, device="cpu", checkpoint_every_steps=2)
     config = with_overrides(config, "data", intensity="per_image")
     return with_overrides(config, "score", target_specificity=0.9)
 
@@ -66,8 +71,14 @@ def test_round_trip_keeps_weights_config_calibration_and_version(films: np.ndarr
     detector = Tang2019Detector(config, result.detector).eval()
     calibration = fit_calibration(score_films(detector, films).raw, 0.9)
     signatures = film_signatures(films)
-    path = save_checkpoint(tmp_path / "model.pt", detector, config, calibration=calibration,
-                           training={"note": "round trip", "epochs": [1]}, training_signatures=signatures)
+    path = save_checkpoint(
+        tmp_path / "model.pt",
+        detector,
+        config,
+        calibration=calibration,
+        training={"note": "round trip", "epochs": [1]},
+        training_signatures=signatures,
+    )
 
     loaded = load_checkpoint(path)
     assert loaded.config == config
@@ -76,7 +87,8 @@ def test_round_trip_keeps_weights_config_calibration_and_version(films: np.ndarr
     assert loaded.training_signatures is not None and loaded.training_signatures.shape == signatures.shape
     assert np.abs(loaded.training_signatures - signatures).max() < 0.01
     assert [(copy.film, copy.source) for copy in matching_signatures(signatures, loaded.training_signatures)] == [
-        (index, index) for index in range(len(films))]
+        (index, index) for index in range(len(films))
+    ]
     assert load_checkpoint(save_checkpoint(tmp_path / "bare.pt", detector, config)).training_signatures is None
     assert loaded.package_version == __version__
     assert loaded.calibration == calibration
@@ -99,10 +111,14 @@ def test_a_version_1_checkpoint_still_loads(films: np.ndarray, tmp_path: Path) -
     values = config_to_dict(config)
     del values["method"], values["features"]
     legacy = {
-        "format": CHECKPOINT_FORMAT, "format_version": 1, "package_version": "0.9.0",
-        "created": "2024-01-01T00:00:00+00:00", "config": values,
+        "format": CHECKPOINT_FORMAT,
+        "format_version": 1,
+        "package_version": "0.9.0",
+        "created": "2024-01-01T00:00:00+00:00",
+        "config": values,
         "state_dict": {key: value.detach().cpu() for key, value in networks.state_dict().items()},
-        "calibration": None, "training": {"note": "version 1"},
+        "calibration": None,
+        "training": {"note": "version 1"},
     }
     path = tmp_path / "model_v1.pt"
     torch.save(legacy, path)
@@ -111,16 +127,21 @@ def test_a_version_1_checkpoint_still_loads(films: np.ndarray, tmp_path: Path) -
     assert isinstance(loaded.detector, Tang2019Detector) and loaded.training == {"note": "version 1"}
     for key, value in networks.state_dict().items():
         assert torch.equal(value, loaded.detector.networks.state_dict()[key]), key
-    np.testing.assert_array_equal(score_films(loaded.detector, films[:4]).raw,
-                                  score_films(Tang2019Detector(config, networks), films[:4]).raw)
+    np.testing.assert_array_equal(
+        score_films(loaded.detector, films[:4]).raw, score_films(Tang2019Detector(config, networks), films[:4]).raw
+    )
 
 
 def test_a_pickle_payload_is_refused_without_running_it(tmp_path: Path) -> None:
     marker = tmp_path / "payload_ran"
     detector = build_detector(with_overrides(tang2019_config(), "model", base_channels=8))
     malicious = {
-        "format": CHECKPOINT_FORMAT, "format_version": 1, "package_version": __version__,
-        "config": {}, "state_dict": detector.state_dict(), "calibration": None,
+        "format": CHECKPOINT_FORMAT,
+        "format_version": 1,
+        "package_version": __version__,
+        "config": {},
+        "state_dict": detector.state_dict(),
+        "calibration": None,
         "training": {"hook": CodeExecution(marker)},
     }
     zip_format = tmp_path / "evil.pt"
@@ -208,11 +229,24 @@ def test_training_state_round_trip_is_weights_only(films: np.ndarray, tmp_path: 
 
 def test_training_state_from_a_newer_version_names_both_versions(tmp_path: Path) -> None:
     state = TrainingState(
-        config=tang2019_config(), model_state={}, generator_optimizer={}, discriminator_optimizer=None,
-        scaler=None, epochs_done=0, next_step=0, global_step=0,
-        order_rng_state=torch.Generator().get_state(), noise_rng_states=[], epoch_sums={},
-        epoch_seconds=0.0, history=[], collapse_streak=0, world_size=1, data_fingerprint="x",
-        seconds=0.0, package_version="3.1.0",
+        config=tang2019_config(),
+        model_state={},
+        generator_optimizer={},
+        discriminator_optimizer=None,
+        scaler=None,
+        epochs_done=0,
+        next_step=0,
+        global_step=0,
+        order_rng_state=torch.Generator().get_state(),
+        noise_rng_states=[],
+        epoch_sums={},
+        epoch_seconds=0.0,
+        history=[],
+        collapse_streak=0,
+        world_size=1,
+        data_fingerprint="x",
+        seconds=0.0,
+        package_version="3.1.0",
     )
     path = save_training_state(tmp_path / "state.pt", state)
     payload = torch.load(path, weights_only=True)

@@ -10,7 +10,14 @@ from typing import Literal
 import pytest
 
 from cxr_anomaly.config import (
-    Config, LossConfig, ModelConfig, TrainConfig, config_from_dict, config_to_dict, load_config, with_overrides,
+    Config,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    with_overrides,
 )
 from cxr_anomaly.errors import ConfigError
 
@@ -18,7 +25,12 @@ from cxr_anomaly.errors import ConfigError
 def test_paper_hyperparameters_are_the_defaults() -> None:
     train, loss = TrainConfig(), LossConfig()
     assert (train.learning_rate, train.beta1, train.beta2, train.batch_size, train.epochs) == (5e-4, 0.5, 0.999, 64, 15)
-    assert (loss.weight_reconstruction, loss.weight_adversarial, loss.weight_latent, loss.weight_feature) == (20, 4, 8, 1)
+    assert (loss.weight_reconstruction, loss.weight_adversarial, loss.weight_latent, loss.weight_feature) == (
+        20,
+        4,
+        8,
+        1,
+    )
     assert ModelConfig().latent_dim == 100 and ModelConfig().image_size == 64
 
 
@@ -37,13 +49,16 @@ def test_toml_file(tmp_path: Path) -> None:
     assert config.model.variant == "u" and config.model.init == "standard_normal"
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"model": {"variant": "u+x"}}, "u\\+x"),
-    ({"train": {"epochs": 0}}, "epochs=0"),
-    ({"loss": {"weight_latent": -1}}, "weight_latent=-1"),
-    ({"model": {"latent": 5}}, "latent"),
-    ({"nonsense": {}}, "nonsense"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"model": {"variant": "u+x"}}, "u\\+x"),
+        ({"train": {"epochs": 0}}, "epochs=0"),
+        ({"loss": {"weight_latent": -1}}, "weight_latent=-1"),
+        ({"model": {"latent": 5}}, "latent"),
+        ({"nonsense": {}}, "nonsense"),
+    ],
+)
 def test_bad_values_are_named(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from_dict(values)
@@ -74,17 +89,23 @@ def test_paper_preset_and_config_files_applied_over_a_preset(tmp_path) -> None: 
     assert load_config(path).score.method == Config().score.method
 
 
-@pytest.mark.parametrize(("toml_text", "message"), [
-    ('[train]\nrecalibrate_batchnorm = "false"\n', r"train\.recalibrate_batchnorm='false' has type str; expected bool"),
-    ("[train]\nrecalibrate_batchnorm = 0\n", r"train\.recalibrate_batchnorm=0 has type int; expected bool"),
-    ("[train]\nepochs = 2.5\n", r"train\.epochs=2\.5 has type float; expected int"),
-    ('[train]\nepochs = "3"\n', r"train\.epochs='3' has type str; expected int"),
-    ("[train]\nepochs = true\n", r"train\.epochs=True has type bool; expected int"),
-    ('[loss]\nweight_latent = "8"\n', r"loss\.weight_latent='8' has type str; expected float"),
-    ("[loss]\nweight_latent = false\n", r"loss\.weight_latent=False has type bool; expected float"),
-    ("[model]\nvariant = 1\n", r"model\.variant=1 has type int; expected one of 'u', 'u\+e'"),
-    ("[train]\ndevice = 0\n", r"train\.device=0 has type int; expected str"),
-])
+@pytest.mark.parametrize(
+    ("toml_text", "message"),
+    [
+        (
+            '[train]\nrecalibrate_batchnorm = "false"\n',
+            r"train\.recalibrate_batchnorm='false' has type str; expected bool",
+        ),
+        ("[train]\nrecalibrate_batchnorm = 0\n", r"train\.recalibrate_batchnorm=0 has type int; expected bool"),
+        ("[train]\nepochs = 2.5\n", r"train\.epochs=2\.5 has type float; expected int"),
+        ('[train]\nepochs = "3"\n', r"train\.epochs='3' has type str; expected int"),
+        ("[train]\nepochs = true\n", r"train\.epochs=True has type bool; expected int"),
+        ('[loss]\nweight_latent = "8"\n', r"loss\.weight_latent='8' has type str; expected float"),
+        ("[loss]\nweight_latent = false\n", r"loss\.weight_latent=False has type bool; expected float"),
+        ("[model]\nvariant = 1\n", r"model\.variant=1 has type int; expected one of 'u', 'u\+e'"),
+        ("[train]\ndevice = 0\n", r"train\.device=0 has type int; expected str"),
+    ],
+)
 def test_config_files_with_wrong_types_name_key_value_and_type(tmp_path: Path, toml_text: str, message: str) -> None:
     path = tmp_path / "typed.toml"
     path.write_text(toml_text)
@@ -94,7 +115,9 @@ def test_config_files_with_wrong_types_name_key_value_and_type(tmp_path: Path, t
 
 def test_an_int_is_a_float_and_the_right_types_pass(tmp_path: Path) -> None:
     path = tmp_path / "fine.toml"
-    path.write_text("[loss]\nweight_latent = 8\n[train]\nepochs = 3\nrecalibrate_batchnorm = false\nlearning_rate = 1e-3\n")
+    path.write_text(
+        "[loss]\nweight_latent = 8\n[train]\nepochs = 3\nrecalibrate_batchnorm = false\nlearning_rate = 1e-3\n"
+    )
     config = load_config(path)
     assert config.loss.weight_latent == 8 and config.train.epochs == 3
     assert config.train.recalibrate_batchnorm is False and config.train.learning_rate == 1e-3
@@ -117,8 +140,11 @@ def test_the_type_check_follows_the_declared_fields() -> None:
     Future = FutureSection
     _check_field_types(Future, {"mode": "b", "sizes": [8, 16], "ratio": None}, "future")
     _check_field_types(Future, {"ratio": 2}, "future")
-    for values, message in (({"mode": "c"}, "future.mode='c'"), ({"sizes": [8, 2.5]}, r"future.sizes=\[8, 2.5\]"),
-                            ({"ratio": "0.5"}, "expected float \\(or int\\) or None")):
+    for values, message in (
+        ({"mode": "c"}, "future.mode='c'"),
+        ({"sizes": [8, 2.5]}, r"future.sizes=\[8, 2.5\]"),
+        ({"ratio": "0.5"}, "expected float \\(or int\\) or None"),
+    ):
         with pytest.raises(ConfigError, match=message):
             _check_field_types(Future, values, "future")
 
@@ -126,8 +152,7 @@ def test_the_type_check_follows_the_declared_fields() -> None:
 def test_top_level_scalar_keys_are_type_checked_too() -> None:
     import typing
 
-    scalars = {name: hint for name, hint in typing.get_type_hints(Config).items()
-               if typing.get_origin(hint) is Literal}
+    scalars = {name: hint for name, hint in typing.get_type_hints(Config).items() if typing.get_origin(hint) is Literal}
     if not scalars:
         pytest.skip("this configuration has no top-level scalar key (such as method) to check")
     for name, hint in scalars.items():

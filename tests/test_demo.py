@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from cxr_anomaly.baselines import BASELINE_NAMES
-from cxr_anomaly.jobs import demo  # the module, not its names: pytest would collect ``test_collections``
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.data.splits import split_patients_in_halves
 from cxr_anomaly.evaluation import compute_metrics
+from cxr_anomaly.jobs import demo  # the module, not its names: pytest would collect ``test_collections``
 
 
 def test_split_patients_in_halves_keeps_each_patient_in_one_half(shared_data: Path) -> None:
@@ -30,8 +30,13 @@ def test_split_patients_in_halves_keeps_each_patient_in_one_half(shared_data: Pa
 
 
 def test_films_without_a_patient_id_count_as_their_own_patient() -> None:
-    manifest = pd.DataFrame({"path": [f"f{index}.png" for index in range(6)], "label": [0, 1, 0, 1, 0, 1],
-                             "patient_id": ["a", "a", None, None, None, "b"]})
+    manifest = pd.DataFrame(
+        {
+            "path": [f"f{index}.png" for index in range(6)],
+            "label": [0, 1, 0, 1, 0, 1],
+            "patient_id": ["a", "a", None, None, None, "b"],
+        }
+    )
     for seed in range(6):
         halves = split_patients_in_halves(manifest, seed=seed)
         assert halves.loc[0, "split"] == halves.loc[1, "split"]  # patient a stays together
@@ -40,8 +45,9 @@ def test_films_without_a_patient_id_count_as_their_own_patient() -> None:
         assert len(val) - int(val["patient_id"].eq("a").sum() > 0) == 2
 
 
-def test_the_demo_tests_on_nih1000_test_and_the_test_half_of_nih_pneumonia256(shared_data: Path,
-                                                                              tmp_path: Path) -> None:
+def test_the_demo_tests_on_nih1000_test_and_the_test_half_of_nih_pneumonia256(
+    shared_data: Path, tmp_path: Path
+) -> None:
     collections = demo.test_collections(shared_data)
     assert [collection.name for collection in collections] == ["NIH1000 test", "nih_pneumonia256 test half"]
     nih, pneumonia = (collection.manifest for collection in collections)
@@ -87,8 +93,9 @@ def fake_metrics(strength_pa: float, strength_ap: float, seed: int = 0) -> dict[
     strength = np.where(views == "PA", strength_pa, strength_ap)
     scores = rng.normal(size=80) + labels * strength
     ages = np.where(np.arange(80) % 4 == 0, 10, 50)
-    return compute_metrics(labels, scores, views=views, ages=ages, num_resamples=50,
-                           components={"part": scores}).to_dict()
+    return compute_metrics(
+        labels, scores, views=views, ages=ages, num_resamples=50, components={"part": scores}
+    ).to_dict()
 
 
 def test_verdict_says_where_the_detector_beats_each_baseline() -> None:
@@ -112,13 +119,22 @@ def test_verdict_says_where_the_detector_beats_each_baseline() -> None:
 def test_report_has_a_table_and_a_verdict_per_collection(tmp_path: Path) -> None:
     detector = {**fake_metrics(2.0, 1.0), "detector": "features (pooled_knn)"}
     detector["sensitivity_at_threshold"] = 0.5
-    detector["bootstrap_95ci"] = {name: {"estimate": 0.5, "low": 0.3, "high": 0.7}
-                                  for name in ("sensitivity", "specificity")}
+    detector["bootstrap_95ci"] = {
+        name: {"estimate": 0.5, "low": 0.3, "high": 0.7} for name in ("sensitivity", "specificity")
+    }
     baselines = {name: fake_metrics(0.5, 0.5, seed=index) for index, name in enumerate(BASELINE_NAMES.values())}
-    facts = {"detector": "features (pooled_knn)", "train_data": "rsna_normal224", "num_train": 100,
-             "num_calibration": 10, "commit": "abc1234", "machine": "test machine", "seconds": 12.0,
-             "fit_seconds": 3.0, "folders": {"NIH1000 test": demo.folder_name("NIH1000 test")},
-             "copies": {"NIH1000 test": []}}
+    facts = {
+        "detector": "features (pooled_knn)",
+        "train_data": "rsna_normal224",
+        "num_train": 100,
+        "num_calibration": 10,
+        "commit": "abc1234",
+        "machine": "test machine",
+        "seconds": 12.0,
+        "fit_seconds": 3.0,
+        "folders": {"NIH1000 test": demo.folder_name("NIH1000 test")},
+        "copies": {"NIH1000 test": []},
+    }
     path = demo.write_report(tmp_path, {"NIH1000 test": detector}, {"NIH1000 test": baselines}, facts)
     assert path == tmp_path / "report.md"
     text = path.read_text()
@@ -136,15 +152,21 @@ def test_report_has_a_table_and_a_verdict_per_collection(tmp_path: Path) -> None
     assert "](eval/nih1000_test/roc" in text and "](eval/nih1000_test/films.png)" in text
     assert "Commit abc1234" in text and "fitted and scored in fp32 on every machine" in text
     assert "No film here is a copy of a training film" in text
-    copied = demo.write_report(tmp_path, {"NIH1000 test": detector}, {"NIH1000 test": baselines},
-                               {**facts, "copies": {"NIH1000 test": ["a.png (normal, 0.9990)"]}}).read_text()
+    copied = demo.write_report(
+        tmp_path,
+        {"NIH1000 test": detector},
+        {"NIH1000 test": baselines},
+        {**facts, "copies": {"NIH1000 test": ["a.png (normal, 0.9990)"]}},
+    ).read_text()
     assert "**1 film(s) here are copies of training films**" in copied and "a.png (normal, 0.9990)" in copied
 
 
 def test_small_helpers() -> None:
     assert demo.folder_name("nih_pneumonia256 test half") == "nih_pneumonia256_test_half"
-    metrics = {"intervals": {"auc": {"estimate": 0.61, "low": 0.5, "high": 0.7}},
-               "adults": {"intervals": {"auc": {"estimate": 0.7, "low": None, "high": None}}}}
+    metrics = {
+        "intervals": {"auc": {"estimate": 0.61, "low": 0.5, "high": 0.7}},
+        "adults": {"intervals": {"auc": {"estimate": 0.7, "low": None, "high": None}}},
+    }
     assert demo.cell(metrics, "auc") == "0.610 [0.500, 0.700]"
     assert demo.cell(metrics, "auc_view_PA") == "n/a" and demo.cell({}, "auc") == "n/a"
     assert demo.adult_cell(metrics, "auc") == "0.700" and demo.adult_cell({}, "auc") == "n/a"
@@ -174,8 +196,9 @@ def test_a_fit_is_reused_only_when_it_was_made_the_same_way(tiny_nih_model, tmp_
         demo.reuse_fit(tmp_path, loaded.config, data, used)
 
 
-def test_the_demo_fits_and_scores_in_fp32_even_where_bf16_is_native(shared_data: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_fits_and_scores_in_fp32_even_where_bf16_is_native(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One report on every machine: ``auto`` would pick bf16 on a CPU with native bf16."""
     from cxr_anomaly.jobs.train import TrainOutcome
 

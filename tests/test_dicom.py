@@ -43,8 +43,9 @@ def film(shared_data: Path) -> np.ndarray:
     return np.ascontiguousarray(grey[256:768, 256:768])  # (1024, 1024) -> (512, 512)
 
 
-def make_dataset(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 8,
-                 identifying: bool = True) -> Dataset:
+def make_dataset(
+    pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 8, identifying: bool = True
+) -> Dataset:
     """A minimal Digital X-Ray-like dataset holding ``pixels`` (rows, columns)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -92,8 +93,9 @@ def test_16bit_with_bits_stored_12_uses_the_12_bit_range(film: np.ndarray, tmp_p
     assert read.metadata["bits_stored"] == 12
 
 
-def test_twelve_bit_data_declared_as_sixteen_bits_is_stretched_without_a_window(film: np.ndarray,
-                                                                                 tmp_path: Path) -> None:
+def test_twelve_bit_data_declared_as_sixteen_bits_is_stretched_without_a_window(
+    film: np.ndarray, tmp_path: Path
+) -> None:
     # A writer that declares 16 stored bits for 12-bit data: against 65535 the film would span
     # 1/16 of the range and keep 17 grey levels in its 8-bit copy, so its own range is used.
     stored = np.rint(film.astype(np.float64) / 255.0 * 4095.0).astype(np.uint16)
@@ -123,8 +125,9 @@ def test_rescale_slope_and_intercept_keep_the_image(film: np.ndarray, tmp_path: 
 
 
 @pytest.mark.parametrize("slope, intercept", [("1", "0"), ("1", "-1024"), ("2", "100"), ("0.37", "11.5")])
-def test_rescale_gives_the_float64_reference_bit_for_bit(film: np.ndarray, tmp_path: Path, slope: str,
-                                                         intercept: str) -> None:
+def test_rescale_gives_the_float64_reference_bit_for_bit(
+    film: np.ndarray, tmp_path: Path, slope: str, intercept: str
+) -> None:
     """The rescale runs in place, in float32 where that is exact; the pixels equal the plain
     float64 computation, so films cached before the change need no new cache format."""
     stored = np.rint(film.astype(np.float64) / 255.0 * 4000.0 + 50).astype(np.uint16)
@@ -177,8 +180,7 @@ def test_jpeg_baseline_decodes_through_the_handler(film: np.ndarray, tmp_path: P
     assert np.abs(read.array - film / 255.0).mean() < 2.0 / 255.0
 
 
-def test_missing_handler_gives_a_clear_error(film: np.ndarray, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_handler_gives_a_clear_error(film: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pydicom.pixels import get_decoder
 
     dataset, _ = _jpeg_baseline_dataset(film)
@@ -334,8 +336,11 @@ def test_other_window_functions_follow_the_standard(film: np.ndarray, tmp_path: 
     dataset.WindowCenter, dataset.WindowWidth, dataset.VOILUTFunction = "1800", "900", function
     read = read_image(save(dataset, tmp_path / f"{function}.dcm"))
     values = stored.astype(np.float64)
-    expected = (np.clip((values - 1350.0) / 900.0, 0.0, 1.0) if function == "LINEAR_EXACT"
-                else 1.0 / (1.0 + np.exp(-4.0 * (values - 1800.0) / 900.0)))
+    expected = (
+        np.clip((values - 1350.0) / 900.0, 0.0, 1.0)
+        if function == "LINEAR_EXACT"
+        else 1.0 / (1.0 + np.exp(-4.0 * (values - 1800.0) / 900.0))
+    )
     np.testing.assert_allclose(read.array, expected, atol=1e-6)
     assert read.metadata["voi_lut"] == f"window_{function.lower()}"
 
@@ -389,13 +394,17 @@ def test_palette_color_goes_through_its_palette(film: np.ndarray, tmp_path: Path
     assert read.metadata["voi_lut"] == "palette_color"
 
 
-@pytest.mark.parametrize(("photometric", "shape", "stored_is_inverted"), [
-    ("MONOCHROME2", "INVERSE", True),  # an inverse presentation of a MONOCHROME2 film
-    ("MONOCHROME1", "INVERSE", True),  # DX's required pairing: one inversion, not two
-    ("MONOCHROME2", "IDENTITY", False),
-])
-def test_presentation_lut_shape_is_applied(film: np.ndarray, tmp_path: Path, photometric: str, shape: str,
-                                           stored_is_inverted: bool) -> None:
+@pytest.mark.parametrize(
+    ("photometric", "shape", "stored_is_inverted"),
+    [
+        ("MONOCHROME2", "INVERSE", True),  # an inverse presentation of a MONOCHROME2 film
+        ("MONOCHROME1", "INVERSE", True),  # DX's required pairing: one inversion, not two
+        ("MONOCHROME2", "IDENTITY", False),
+    ],
+)
+def test_presentation_lut_shape_is_applied(
+    film: np.ndarray, tmp_path: Path, photometric: str, shape: str, stored_is_inverted: bool
+) -> None:
     dataset = make_dataset(255 - film if stored_is_inverted else film, photometric=photometric)
     dataset.PresentationLUTShape = shape
     read = read_image(save(dataset, tmp_path / "presentation.dcm"))
@@ -403,8 +412,9 @@ def test_presentation_lut_shape_is_applied(film: np.ndarray, tmp_path: Path, pho
     assert read.metadata["presentation_lut_shape"] == shape
 
 
-def test_pydicom_older_than_3_is_named_not_a_misleading_error(film: np.ndarray, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pydicom_older_than_3_is_named_not_a_misleading_error(
+    film: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = save(make_dataset(film), tmp_path / "film.dcm")
     monkeypatch.setattr(pydicom, "__version__", "2.4.4")
     with pytest.raises(DicomError, match=r"pydicom >= 3\.0.*2\.4\.4") as caught:

@@ -14,9 +14,9 @@ import torch
 
 from cxr_anomaly import distributed
 from cxr_anomaly.checkpoint import load_checkpoint
-from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
+from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.models.tang2019.steps import EVENTS_NAME
 from cxr_anomaly.models.tang2019.training import build_detector
 
@@ -60,14 +60,13 @@ if __name__ == "__main__":  # the image decoder's process pool re-imports this f
 """
 
 
-def test_torchrun_trains_identical_ranks_and_writes_one_loadable_checkpoint(
-    shared_data: Path, tmp_path: Path
-) -> None:
+def test_torchrun_trains_identical_ranks_and_writes_one_loadable_checkpoint(shared_data: Path, tmp_path: Path) -> None:
     folder = shared_data / "nih1000"
     manifest = pd.read_csv(folder / "manifest.csv")
     normals = manifest[manifest["label"] == 0]
-    rows = pd.concat([normals[normals["split"] == "train"].head(64),
-                      normals[normals["split"] != "train"].head(8)]).copy()
+    rows = pd.concat(
+        [normals[normals["split"] == "train"].head(64), normals[normals["split"] != "train"].head(8)]
+    ).copy()
     rows["path"] = [str(folder / path) for path in rows["path"]]
     rows.to_csv(tmp_path / "manifest.csv", index=False)
     (tmp_path / "config.toml").write_text(
@@ -75,12 +74,28 @@ def test_torchrun_trains_identical_ranks_and_writes_one_loadable_checkpoint(
     )
     (tmp_path / "worker.py").write_text(WORKER)
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={WORLD_SIZE}", str(tmp_path / "worker.py"), str(tmp_path),
-               "train", "--method", "tang2019", "--data", str(tmp_path / "manifest.csv"), "--out", str(run_dir),
-               "--config", str(tmp_path / "config.toml"), "--no-progress"]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD_SIZE}",
+        str(tmp_path / "worker.py"),
+        str(tmp_path),
+        "train",
+        "--method",
+        "tang2019",
+        "--data",
+        str(tmp_path / "manifest.csv"),
+        "--out",
+        str(run_dir),
+        "--config",
+        str(tmp_path / "config.toml"),
+        "--no-progress",
+    ]
+    finished = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert finished.returncode == 0, finished.stderr[-4000:]
     assert finished.stdout.count("trained on") == 1  # rank 0 speaks for the job
 
@@ -97,7 +112,11 @@ def test_torchrun_trains_identical_ranks_and_writes_one_loadable_checkpoint(
 
     # Rank 0 alone wrote the run's files; the checkpoint loads and holds rank 0's weights.
     assert sorted(path.name for path in run_dir.iterdir()) == [
-        "config.json", "model.pt", "training_events.jsonl", "training_log.json", "training_state.pt",
+        "config.json",
+        "model.pt",
+        "training_events.jsonl",
+        "training_log.json",
+        "training_state.pt",
     ]
     model = load_checkpoint(run_dir / "model.pt")
     assert model.calibration is not None and len(model.training["history"]) == 1
@@ -137,15 +156,19 @@ def test_single_process_context_and_rank_seeds(monkeypatch: pytest.MonkeyPatch) 
 def test_train_options_reach_the_config() -> None:
     from cxr_anomaly.cli import build_parser, training_config
 
-    arguments = build_parser().parse_args(["train", "--data", "x.csv", "--out", "run", "--sync-batchnorm",
-                                           "--checkpoint-every-steps", "25", "--resume"])
+    arguments = build_parser().parse_args(
+        ["train", "--data", "x.csv", "--out", "run", "--sync-batchnorm", "--checkpoint-every-steps", "25", "--resume"]
+    )
     config = training_config(arguments)
     assert config.train.sync_batchnorm and config.train.checkpoint_every_steps == 25 and arguments.resume
     plain = training_config(build_parser().parse_args(["train", "--data", "x.csv", "--out", "run"]))
     assert not plain.train.sync_batchnorm and plain.train.checkpoint_every_steps == 0
     assert plain.method == "features" and config.method == "features"  # the default family
-    tang = training_config(build_parser().parse_args(["train", "--data", "x.csv", "--out", "run", "--method",
-                                                      "tang2019", "--variant", "u", "--sync-batchnorm"]))
+    tang = training_config(
+        build_parser().parse_args(
+            ["train", "--data", "x.csv", "--out", "run", "--method", "tang2019", "--variant", "u", "--sync-batchnorm"]
+        )
+    )
     assert tang.method == "tang2019" and tang.model.variant == "u" and tang.train.sync_batchnorm
     assert tang.data.image_size == 64
     with pytest.raises(ConfigError, match="--variant u applies to a family with network variants"):

@@ -12,8 +12,15 @@ from PIL import Image
 
 from cxr_anomaly.checkpoint import load_checkpoint
 from cxr_anomaly.config import tang2019_config, with_overrides
-from cxr_anomaly.explain import (DEFAULT_RESIDUAL_SCALE, colour_bar, explain_film, overlay_heatmap, png_bytes,
-                                 png_data_uri, shrink)
+from cxr_anomaly.explain import (
+    DEFAULT_RESIDUAL_SCALE,
+    colour_bar,
+    explain_film,
+    overlay_heatmap,
+    png_bytes,
+    png_data_uri,
+    shrink,
+)
 from cxr_anomaly.io import read_image, resize_grey
 from cxr_anomaly.models.tang2019 import Tang2019Detector
 from cxr_anomaly.models.tang2019.torch_model import ScoreComponents
@@ -80,8 +87,9 @@ def test_colour_bar_runs_from_the_colour_of_zero_to_the_colour_of_the_scale() ->
     bar = colour_bar(width=64, height=5)
     assert bar.shape == (5, 64, 3) and bar.dtype == np.uint8
     film = np.zeros((1, 1), dtype=np.uint8)
-    blank, full = (overlay_heatmap(film, np.full((1, 1), value, dtype=np.float32), scale=0.5)[0, 0]
-                   for value in (0.0, 0.5))
+    blank, full = (
+        overlay_heatmap(film, np.full((1, 1), value, dtype=np.float32), scale=0.5)[0, 0] for value in (0.0, 0.5)
+    )
     assert np.array_equal(blank, [0, 0, 0])
     assert bar[0, 0].sum() < 30 and bar[0, -1].sum() > 3 * 200  # inferno: black to pale yellow
     assert full.sum() > blank.sum()
@@ -101,8 +109,9 @@ def test_real_full_resolution_film_gets_a_heatmap_at_its_own_resolution(tiny_nih
     result = score_films(model.detector, model_input[None], keep_maps=True)
     assert result.anomaly_maps is not None and result.reconstructions is not None
     scale = model.detector.anomaly_map_scale
-    explanation = explain_film(film, model_input, result.anomaly_maps[0], scale,
-                               reconstruction=result.reconstructions[0])
+    explanation = explain_film(
+        film, model_input, result.anomaly_maps[0], scale, reconstruction=result.reconstructions[0]
+    )
     assert explanation.original.shape == film.shape
     assert explanation.overlay.shape == (*film.shape, 3)
     assert explanation.anomaly_map.shape == (64, 64) and explanation.scale == scale

@@ -37,8 +37,11 @@ def test_onnx_scores_match_pytorch_on_real_films(tiny_nih_model: object, tmp_pat
     pixels = real_test_films(tiny_nih_model.nih1000, 40)
     reference = score_films(loaded.detector, pixels, precision="fp32", keep_maps=True)
     scorer = OnnxScorer(onnx_path)
-    assert scorer.output_names == output_names(loaded.detector) == (
-        "score", "reconstruction", "adversarial", "latent", "code_distance", "anomaly_map")
+    assert (
+        scorer.output_names
+        == output_names(loaded.detector)
+        == ("score", "reconstruction", "adversarial", "latent", "code_distance", "anomaly_map")
+    )
     # batches of 16 exercise the dynamic batch dimension (the export traced a batch of 2)
     exported = scorer.score_films(pixels, batch_size=16)
     difference = np.max(np.abs(exported.raw - reference.raw))
@@ -57,8 +60,9 @@ def test_onnx_scores_match_pytorch_on_real_films(tiny_nih_model: object, tmp_pat
 
 @pytest.mark.parametrize("skips", [(32, 16, 8, 4), (8, 4)])
 def test_variant_without_discriminator_exports_nan_components(tmp_path: Path, skips: tuple[int, ...]) -> None:
-    config = with_overrides(tang2019_config(), "model", variant="u", base_channels=8, latent_dim=8,
-                            skip_connections=skips)
+    config = with_overrides(
+        tang2019_config(), "model", variant="u", base_channels=8, latent_dim=8, skip_connections=skips
+    )
     detector = Tang2019Detector(config, build_detector(config))
     result = export_onnx(detector, config, tmp_path / "u.onnx")
     assert result.detector == detector.description and "(u," in result.detector
@@ -100,17 +104,21 @@ def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ExportError, match="not a cxr-anomaly scoring graph"):
         OnnxScorer(path)
 
 
-def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_model: object, tmp_path: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(
+    tiny_nih_model: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """``score --model model.onnx`` (onnxruntime, fp32) writes the table and worklist that
     ``--model model.pt --precision fp32`` does (``auto`` would score the checkpoint in bf16 on a
     CPU that computes it natively)."""
@@ -122,8 +130,26 @@ def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_mod
     tables = {}
     for name, model in (("torch", tiny_nih_model.checkpoint), ("onnx", onnx_path)):
         out = tmp_path / f"{name}.csv"
-        assert main(["score", "--model", str(model), str(films), "--out", str(out), "--precision", "fp32",
-                     "--device", "cpu", "--report", str(tmp_path / f"{name}.html"), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "score",
+                    "--model",
+                    str(model),
+                    str(films),
+                    "--out",
+                    str(out),
+                    "--precision",
+                    "fp32",
+                    "--device",
+                    "cpu",
+                    "--report",
+                    str(tmp_path / f"{name}.html"),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         tables[name] = pd.read_csv(out).sort_values("path").reset_index(drop=True)
         assert (tmp_path / f"{name}.html").stat().st_size > 10_000  # thumbnails and heatmaps inline
     torch_table, onnx_table = tables["torch"], tables["onnx"]
@@ -131,15 +157,57 @@ def test_cli_scores_an_onnx_graph_like_its_checkpoint_with_a_report(tiny_nih_mod
     for column in ("score", "score_raw", "reconstruction", "latent", "percentile"):
         assert np.max(np.abs(onnx_table[column] - torch_table[column])) <= 1e-3, column
     assert list(onnx_table["decision"]) == list(torch_table["decision"])
-    assert main(["score", "--model", str(onnx_path), str(films), "--out", str(tmp_path / "bf16.csv"),
-                 "--precision", "bf16", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(onnx_path),
+                str(films),
+                "--out",
+                str(tmp_path / "bf16.csv"),
+                "--precision",
+                "bf16",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "model.onnx: an ONNX graph is scored in fp32, not precision='bf16'" in caplog.text
-    assert main(["score", "--model", str(onnx_path), str(films), "--out", str(tmp_path / "gpu.csv"),
-                 "--device", "cuda", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(onnx_path),
+                str(films),
+                "--out",
+                str(tmp_path / "gpu.csv"),
+                "--device",
+                "cuda",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "model.onnx: an ONNX graph is scored on the CPU" in caplog.text
     if not torch.cuda.is_available():  # a checkpoint asked for a GPU that is not there
-        assert main(["score", "--model", str(tiny_nih_model.checkpoint), str(films), "--out",
-                     str(tmp_path / "gpu.csv"), "--device", "cuda", "--no-progress"]) == 2
+        assert (
+            main(
+                [
+                    "score",
+                    "--model",
+                    str(tiny_nih_model.checkpoint),
+                    str(films),
+                    "--out",
+                    str(tmp_path / "gpu.csv"),
+                    "--device",
+                    "cuda",
+                    "--no-progress",
+                ]
+            )
+            == 2
+        )
         assert "device='cuda', but torch sees no CUDA device here" in caplog.text
     scorer = OnnxScorer(onnx_path)
     assert scorer.anomaly_map_scale == load_checkpoint(tiny_nih_model.checkpoint).anomaly_map_scale

@@ -48,13 +48,24 @@ FUZZ_SETTINGS = settings(
     deadline=None,  # a shared 2-core machine makes timings meaningless
     derandomize=not LONG_RUN,  # CI sees the same inputs every run; the long run explores
     database=None,  # nothing written into the repository
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 TALLY: Counter[str] = Counter()
 HEADER_BYTES = 512  # half of all mutations land here, where the formats keep their structure
-INTERESTING_VALUES = (b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00\x00\x00", b"\xff\xff\xff\xff",
-                      b"\x7f\xff\xff\xff", b"\x00\x00\xff\xff", b"\xff\xfe", b"-1", b"1e309", b"nan")
+INTERESTING_VALUES = (
+    b"\x00",
+    b"\xff",
+    b"\x7f",
+    b"\x80",
+    b"\x00\x00\x00\x00",
+    b"\xff\xff\xff\xff",
+    b"\x7f\xff\xff\xff",
+    b"\x00\x00\xff\xff",
+    b"\xff\xfe",
+    b"-1",
+    b"1e309",
+    b"nan",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,24 +87,23 @@ def mutations(draw: st.DrawFn, seed: bytes) -> bytes:
             continue
         limit = len(data) - 1
         position = draw(st.one_of(st.integers(0, min(HEADER_BYTES, limit)), st.integers(0, limit)))
-        kind = draw(st.sampled_from(("flip", "byte", "interesting", "insert", "delete", "truncate",
-                                     "duplicate")))
+        kind = draw(st.sampled_from(("flip", "byte", "interesting", "insert", "delete", "truncate", "duplicate")))
         if kind == "flip":
             data[position] ^= 1 << draw(st.integers(0, 7))
         elif kind == "byte":
             data[position] = draw(st.integers(0, 255))
         elif kind == "interesting":
             value = draw(st.sampled_from(INTERESTING_VALUES))
-            data[position:position + len(value)] = value
+            data[position : position + len(value)] = value
         elif kind == "insert":
             data[position:position] = draw(st.binary(min_size=1, max_size=64))
         elif kind == "delete":
-            del data[position:position + draw(st.integers(1, 64))]
+            del data[position : position + draw(st.integers(1, 64))]
         elif kind == "truncate":
             del data[position:]
         else:
             length = draw(st.integers(1, 256))
-            data[position:position] = data[position:position + length]
+            data[position:position] = data[position : position + length]
     return bytes(data)
 
 
@@ -133,8 +143,9 @@ def jpeg_seeds(shared_data: Path) -> list[bytes]:
     return real_files(shared_data / "kermany224", "data/test/NORMAL/*.jpeg", 2)
 
 
-def dicom_bytes(pixels: np.ndarray, *, bits_stored: int, photometric: str, compress: bool,
-                rescale: bool, window: bool) -> bytes:
+def dicom_bytes(
+    pixels: np.ndarray, *, bits_stored: int, photometric: str, compress: bool, rescale: bool, window: bool
+) -> bytes:
     """A DICOM file of a real film, encoded as asked."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray for presentation
@@ -176,19 +187,16 @@ def dicom_seeds(shared_data: Path) -> list[bytes]:
     with Image.open(film) as image:
         pixels = np.asarray(image.convert("L").resize((128, 128)), dtype=np.uint8)
     return [
-        dicom_bytes(pixels, bits_stored=8, photometric="MONOCHROME2", compress=False, rescale=False,
-                    window=False),
-        dicom_bytes(pixels, bits_stored=12, photometric="MONOCHROME2", compress=False, rescale=True,
-                    window=True),
-        dicom_bytes(pixels, bits_stored=12, photometric="MONOCHROME1", compress=False, rescale=False,
-                    window=False),
-        dicom_bytes(pixels, bits_stored=8, photometric="MONOCHROME2", compress=True, rescale=False,
-                    window=False),
+        dicom_bytes(pixels, bits_stored=8, photometric="MONOCHROME2", compress=False, rescale=False, window=False),
+        dicom_bytes(pixels, bits_stored=12, photometric="MONOCHROME2", compress=False, rescale=True, window=True),
+        dicom_bytes(pixels, bits_stored=12, photometric="MONOCHROME1", compress=False, rescale=False, window=False),
+        dicom_bytes(pixels, bits_stored=8, photometric="MONOCHROME2", compress=True, rescale=False, window=False),
     ]
 
 
-def test_seed_files_read_cleanly(png_seeds: list[bytes], jpeg_seeds: list[bytes],
-                                 dicom_seeds: list[bytes], tmp_path: Path) -> None:
+def test_seed_files_read_cleanly(
+    png_seeds: list[bytes], jpeg_seeds: list[bytes], dicom_seeds: list[bytes], tmp_path: Path
+) -> None:
     # Without this, a fuzz run over broken seeds would only ever exercise the error paths.
     for index, seed in enumerate(png_seeds + jpeg_seeds + dicom_seeds):
         path = tmp_path / f"seed_{index}"
@@ -203,12 +211,12 @@ def repair_png_checksums(data: bytes) -> bytes:
     repaired = bytearray(data)
     position = 8  # after the signature
     while position + 12 <= len(repaired):
-        length = int.from_bytes(repaired[position:position + 4], "big")
+        length = int.from_bytes(repaired[position : position + 4], "big")
         end = position + 8 + length
         if end + 4 > len(repaired):
             break
-        checksum = zlib.crc32(bytes(repaired[position + 4:end]))
-        repaired[end:end + 4] = checksum.to_bytes(4, "big")
+        checksum = zlib.crc32(bytes(repaired[position + 4 : end]))
+        repaired[end : end + 4] = checksum.to_bytes(4, "big")
         position = end + 4
     return bytes(repaired)
 
@@ -265,23 +273,57 @@ def manifest_seeds(shared_data: Path) -> list[bytes]:
 
 @FUZZ_SETTINGS
 @given(data=st.data())
-def test_manifest_parser_on_mutated_real_manifests(manifest_seeds: list[bytes], tmp_path: Path,
-                                                   data: st.DataObject) -> None:
+def test_manifest_parser_on_mutated_real_manifests(
+    manifest_seeds: list[bytes], tmp_path: Path, data: st.DataObject
+) -> None:
     seed = data.draw(st.sampled_from(manifest_seeds))
     check_manifest(data.draw(mutations(seed)), tmp_path / "manifest.csv", "manifest (mutated)")
 
 
 CELL_VALUES = st.one_of(
-    st.sampled_from(["", "0", "1", "2", "-1", "0.0", "1.0", "normal", "Normal", "ABNORMAL", "pneumonia",
-                     "No Finding", "train", "val", "valid", "Test", "training", "nan", "NaN", "NA",
-                     "None", " ", "PA", "AP", "a.png", "sub/b.png", "/abs/c.png", "x.npz#train/0",
-                     "#", "\"", ",", "\n"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "1",
+            "2",
+            "-1",
+            "0.0",
+            "1.0",
+            "normal",
+            "Normal",
+            "ABNORMAL",
+            "pneumonia",
+            "No Finding",
+            "train",
+            "val",
+            "valid",
+            "Test",
+            "training",
+            "nan",
+            "NaN",
+            "NA",
+            "None",
+            " ",
+            "PA",
+            "AP",
+            "a.png",
+            "sub/b.png",
+            "/abs/c.png",
+            "x.npz#train/0",
+            "#",
+            '"',
+            ",",
+            "\n",
+        ]
+    ),
     st.text(max_size=12),
     st.integers(-5, 5).map(str),
 )
 COLUMN_NAMES = st.one_of(
-    st.sampled_from(["path", "label", "split", "patient_id", "view", "patient_key", "PatientID",
-                     " path ", "Label", "path", ""]),
+    st.sampled_from(
+        ["path", "label", "split", "patient_id", "view", "patient_key", "PatientID", " path ", "Label", "path", ""]
+    ),
     st.text(max_size=8),
 )
 
@@ -292,8 +334,7 @@ def random_tables(draw: st.DrawFn) -> bytes:
     columns = draw(st.lists(COLUMN_NAMES, min_size=0, max_size=7))
     if draw(st.booleans()):
         columns = ["path", *columns]
-    rows = draw(st.lists(st.lists(CELL_VALUES, min_size=len(columns), max_size=len(columns)),
-                         max_size=8))
+    rows = draw(st.lists(st.lists(CELL_VALUES, min_size=len(columns), max_size=len(columns)), max_size=8))
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(columns)
@@ -328,8 +369,9 @@ def checkpoint_seed(tiny_nih_model) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def foreign_seeds(png_seeds: list[bytes], jpeg_seeds: list[bytes], dicom_seeds: list[bytes],
-                  manifest_seeds: list[bytes]) -> list[bytes]:
+def foreign_seeds(
+    png_seeds: list[bytes], jpeg_seeds: list[bytes], dicom_seeds: list[bytes], manifest_seeds: list[bytes]
+) -> list[bytes]:
     """Files that are not checkpoints but get passed as one: films, CSVs, other torch and zip files."""
     buffer = io.BytesIO()
     torch.save({"weights": torch.zeros(3)}, buffer)  # a torch file of someone else's
@@ -340,8 +382,18 @@ def foreign_seeds(png_seeds: list[bytes], jpeg_seeds: list[bytes], dicom_seeds: 
     zip_file = buffer.getvalue()
     buffer = io.BytesIO()
     np.savez(buffer, train_images=np.zeros((2, 4, 4), np.uint8))
-    return [png_seeds[0], jpeg_seeds[0], dicom_seeds[0], manifest_seeds[0], other_torch, zip_file,
-            buffer.getvalue(), b"", b"hello world\n", b"\x80\x04K\x01."]
+    return [
+        png_seeds[0],
+        jpeg_seeds[0],
+        dicom_seeds[0],
+        manifest_seeds[0],
+        other_torch,
+        zip_file,
+        buffer.getvalue(),
+        b"",
+        b"hello world\n",
+        b"\x80\x04K\x01.",
+    ]
 
 
 def test_checkpoint_seed_loads(checkpoint_seed: bytes, tmp_path: Path) -> None:
@@ -353,8 +405,9 @@ def test_checkpoint_seed_loads(checkpoint_seed: bytes, tmp_path: Path) -> None:
 
 @FUZZ_SETTINGS
 @given(data=st.data())
-def test_model_loader_on_mutated_and_truncated_real_checkpoints(checkpoint_seed: bytes, tmp_path: Path,
-                                                                data: st.DataObject) -> None:
+def test_model_loader_on_mutated_and_truncated_real_checkpoints(
+    checkpoint_seed: bytes, tmp_path: Path, data: st.DataObject
+) -> None:
     if data.draw(st.booleans()):
         damaged = checkpoint_seed[: data.draw(st.integers(0, len(checkpoint_seed) - 1))]
         check_checkpoint(damaged, tmp_path / "model.pt", "checkpoint (truncated)")
@@ -364,8 +417,9 @@ def test_model_loader_on_mutated_and_truncated_real_checkpoints(checkpoint_seed:
 
 @FUZZ_SETTINGS
 @given(data=st.data())
-def test_model_loader_on_random_bytes_and_other_file_types(foreign_seeds: list[bytes], tmp_path: Path,
-                                                           data: st.DataObject) -> None:
+def test_model_loader_on_random_bytes_and_other_file_types(
+    foreign_seeds: list[bytes], tmp_path: Path, data: st.DataObject
+) -> None:
     kind = data.draw(st.sampled_from(("random", "foreign", "mutated foreign")))
     if kind == "random":
         candidate = data.draw(st.binary(max_size=2048))
@@ -384,13 +438,34 @@ def test_model_loader_on_random_bytes_and_other_file_types(foreign_seeds: list[b
 # drawn from label, split and PACS series names, with real films and other files in them.
 
 WINDOW_VALUES = st.one_of(
-    st.sampled_from(["0", "1", "-1", "0.5", "1.5", "2048", "4095", "40\\400", "1e300", "-1e300",
-                     "nan", "inf", "-inf", "", "abc", "1e-300"]),
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "-1",
+            "0.5",
+            "1.5",
+            "2048",
+            "4095",
+            "40\\400",
+            "1e300",
+            "-1e300",
+            "nan",
+            "inf",
+            "-inf",
+            "",
+            "abc",
+            "1e-300",
+        ]
+    ),
     st.floats(-1e6, 1e6, allow_nan=False).map(lambda value: f"{value:.6g}"),
 )
-PHOTOMETRIC = st.one_of(st.sampled_from(["MONOCHROME2", "MONOCHROME1", "PALETTE COLOR"]),  # mostly valid
-                        st.sampled_from(["MONOCHROME2", "MONOCHROME1", "PALETTE COLOR", "RGB", "YBR_FULL",
-                                         "monochrome2", "", "HSV", "MONOCHROME3"]))
+PHOTOMETRIC = st.one_of(
+    st.sampled_from(["MONOCHROME2", "MONOCHROME1", "PALETTE COLOR"]),  # mostly valid
+    st.sampled_from(
+        ["MONOCHROME2", "MONOCHROME1", "PALETTE COLOR", "RGB", "YBR_FULL", "monochrome2", "", "HSV", "MONOCHROME3"]
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -466,8 +541,14 @@ def dicom_attribute_files(draw: st.DrawFn, film: np.ndarray) -> bytes:
             for colour in ("Red", "Green", "Blue"):
                 setattr(dataset, f"{colour}PaletteColorLookupTableDescriptor", [entries, 0, depth])
                 setattr(dataset, f"{colour}PaletteColorLookupTableData", table.tobytes())
-        frames_text = draw(st.one_of(st.none(), st.none(), st.sampled_from(["0", "-1", "abc", "", "1e9", "99999999"]),
-                                     st.integers(1, 12).map(str)))
+        frames_text = draw(
+            st.one_of(
+                st.none(),
+                st.none(),
+                st.sampled_from(["0", "-1", "abc", "", "1e9", "99999999"]),
+                st.integers(1, 12).map(str),
+            )
+        )
         if frames_text is not None:
             _text_element(dataset, "NumberOfFrames", frames_text)
         for keyword in ("BitsStored", "BitsAllocated", "HighBit", "PixelRepresentation"):
@@ -502,8 +583,9 @@ def dicom_attribute_files(draw: st.DrawFn, film: np.ndarray) -> bytes:
 
 @FUZZ_SETTINGS
 @given(data=st.data())
-def test_dicom_reader_on_drawn_attributes_of_a_real_film(attribute_film: np.ndarray, tmp_path: Path,
-                                                         data: st.DataObject) -> None:
+def test_dicom_reader_on_drawn_attributes_of_a_real_film(
+    attribute_film: np.ndarray, tmp_path: Path, data: st.DataObject
+) -> None:
     import warnings
 
     with warnings.catch_warnings():  # building the file warns about the odd values, by design
@@ -513,51 +595,93 @@ def test_dicom_reader_on_drawn_attributes_of_a_real_film(attribute_film: np.ndar
     check_image(dicom, path, "dicom attributes")
 
 
-FOLDER_NAMES = st.sampled_from([
-    "normal", "Normal", "NORMAL", "0_normal", "abnormal", "1_abnormal", "pneumonia", "Pneumonia",
-    "0", "1", "2", "positive", "negative", "no_finding", "train", "val", "valid", "Test", "series",
-    "1.2.840.113619.2.1", "study 2", "normal_old", "abnormalities", ".hidden",
-])
-FILE_KINDS = st.sampled_from(["png", "jpeg", "dicom", "dicom without suffix", "dicom without preamble",
-                              "text", "empty", "hidden png", "csv"])
+FOLDER_NAMES = st.sampled_from(
+    [
+        "normal",
+        "Normal",
+        "NORMAL",
+        "0_normal",
+        "abnormal",
+        "1_abnormal",
+        "pneumonia",
+        "Pneumonia",
+        "0",
+        "1",
+        "2",
+        "positive",
+        "negative",
+        "no_finding",
+        "train",
+        "val",
+        "valid",
+        "Test",
+        "series",
+        "1.2.840.113619.2.1",
+        "study 2",
+        "normal_old",
+        "abnormalities",
+        ".hidden",
+    ]
+)
+FILE_KINDS = st.sampled_from(
+    ["png", "jpeg", "dicom", "dicom without suffix", "dicom without preamble", "text", "empty", "hidden png", "csv"]
+)
 
 
 @st.composite
 def folder_layouts(draw: st.DrawFn) -> list[tuple[tuple[str, ...], str]]:
     """1-6 files as (folder names below the root, kind of file)."""
-    return draw(st.lists(st.tuples(st.lists(FOLDER_NAMES, max_size=3).map(tuple), FILE_KINDS),
-                         min_size=1, max_size=6))
+    return draw(st.lists(st.tuples(st.lists(FOLDER_NAMES, max_size=3).map(tuple), FILE_KINDS), min_size=1, max_size=6))
 
 
 @pytest.fixture(scope="module")
 def layout_files(png_seeds: list[bytes], jpeg_seeds: list[bytes], dicom_seeds: list[bytes]) -> dict[str, bytes]:
     """The bytes of each kind of file a drawn folder holds (real films, and some that are not)."""
-    return {"png": png_seeds[0], "jpeg": jpeg_seeds[0], "dicom": dicom_seeds[0],
-            "dicom without suffix": dicom_seeds[3], "dicom without preamble": dicom_seeds[1][132:],
-            "text": b"reading notes, not a film\n", "empty": b"", "hidden png": png_seeds[1],
-            "csv": b"path,label\nmissing.png,0\n"}
+    return {
+        "png": png_seeds[0],
+        "jpeg": jpeg_seeds[0],
+        "dicom": dicom_seeds[0],
+        "dicom without suffix": dicom_seeds[3],
+        "dicom without preamble": dicom_seeds[1][132:],
+        "text": b"reading notes, not a film\n",
+        "empty": b"",
+        "hidden png": png_seeds[1],
+        "csv": b"path,label\nmissing.png,0\n",
+    }
 
 
 def expected_folder_label(parts: tuple[str, ...]) -> int | None | str:
     """The label README promises for a file under ``parts``; "conflict" when two are named."""
-    labels = {0 if part.lower() in ("normal", "0_normal") else 1 for part in parts
-              if part.lower() in ("normal", "0_normal", "abnormal", "1_abnormal", "pneumonia")}
+    labels = {
+        0 if part.lower() in ("normal", "0_normal") else 1
+        for part in parts
+        if part.lower() in ("normal", "0_normal", "abnormal", "1_abnormal", "pneumonia")
+    }
     return "conflict" if len(labels) > 1 else (labels.pop() if labels else None)
 
 
 @FUZZ_SETTINGS
 @given(layout=folder_layouts())
-def test_folder_scan_on_drawn_layouts_of_real_films(layout_files: dict[str, bytes],
-                                                    layout: list[tuple[tuple[str, ...], str]]) -> None:
+def test_folder_scan_on_drawn_layouts_of_real_films(
+    layout_files: dict[str, bytes], layout: list[tuple[tuple[str, ...], str]]
+) -> None:
     import tempfile
 
     import pandas as pd
 
     from cxr_anomaly.data.manifest import scan_folder
 
-    suffixes = {"png": ".png", "jpeg": ".jpeg", "dicom": ".dcm", "dicom without suffix": "",
-                "dicom without preamble": "", "text": ".txt", "empty": ".png", "hidden png": ".png",
-                "csv": ".csv"}
+    suffixes = {
+        "png": ".png",
+        "jpeg": ".jpeg",
+        "dicom": ".dcm",
+        "dicom without suffix": "",
+        "dicom without preamble": "",
+        "text": ".txt",
+        "empty": ".png",
+        "hidden png": ".png",
+        "csv": ".csv",
+    }
     with tempfile.TemporaryDirectory() as scratch:  # a fresh tree per example
         root = Path(scratch) / "root"
         root.mkdir()

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from cxr_anomaly.config import tang2019_config, with_overrides
+from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.evaluation import safe_auc
 from cxr_anomaly.inference import (
@@ -21,8 +23,6 @@ from cxr_anomaly.inference import (
     to_channels_last,
     to_device,
 )
-from cxr_anomaly.data.dataset import load_images
-from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.models.tang2019 import Tang2019Detector
 from cxr_anomaly.models.tang2019.training import build_detector, train_detector
 from cxr_anomaly.scoring import score_films
@@ -86,8 +86,6 @@ def test_to_device_on_cpu_is_a_plain_copy() -> None:
     batch = torch.arange(6.0).reshape(1, 1, 2, 3)
     moved = to_device(batch, "cpu")
     assert moved.device.type == "cpu" and torch.equal(moved, batch)
-
-
 
 
 def test_fp32_scores_do_not_depend_on_the_layout() -> None:

@@ -21,11 +21,17 @@ def full_film(shared_data: Path) -> Path:
 
 def png_declaring(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width`` x ``height`` grey pixels but holds one row."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1))) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1)))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_real_rgb_png_becomes_grey_in_unit_range(shared_data: Path) -> None:
@@ -108,7 +114,8 @@ def test_pixel_limit_applies_to_real_films(full_film: Path) -> None:
 
 
 def test_pillows_bomb_warning_is_an_error_in_parallel_reads_and_leaves_the_filters_alone(
-        full_film: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full_film: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Above Pillow's own limit (but under ours) Pillow only warns; the read refuses the film,
     from several threads at once, and the process's warning filters are as they were."""
     import warnings
@@ -172,12 +179,16 @@ def test_sixteen_bit_png_of_twelve_bit_data_is_stretched_to_its_own_range(tmp_pa
     assert len(np.unique(resize_grey(read.array, 64))) == 64
 
 
-@pytest.mark.parametrize(("low", "high", "dtype", "top"), [
-    (1000, 60000, np.uint16, 65535.0),  # a 16-bit film over most of its range
-    (0, 40, np.uint8, 255.0),  # a dark 8-bit film: 8 bits gain no grey levels from a stretch
-])
-def test_films_that_keep_their_grey_levels_are_not_stretched(tmp_path: Path, low: int, high: int, dtype: type,
-                                                             top: float) -> None:
+@pytest.mark.parametrize(
+    ("low", "high", "dtype", "top"),
+    [
+        (1000, 60000, np.uint16, 65535.0),  # a 16-bit film over most of its range
+        (0, 40, np.uint8, 255.0),  # a dark 8-bit film: 8 bits gain no grey levels from a stretch
+    ],
+)
+def test_films_that_keep_their_grey_levels_are_not_stretched(
+    tmp_path: Path, low: int, high: int, dtype: type, top: float
+) -> None:
     # Exposure differences between ordinary films survive: only the narrow 16-bit case is stretched.
     ramp = np.tile(np.linspace(low, high, 64).astype(dtype), (64, 1))
     path = tmp_path / "film.png"

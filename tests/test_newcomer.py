@@ -28,13 +28,16 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 def run_cli_without(modules: list[str], arguments: list[str]) -> subprocess.CompletedProcess[str]:
     """Run ``cxr-anomaly ARGUMENTS`` in a fresh interpreter where ``modules`` cannot be imported,
     as after a plain ``pip install .``."""
-    code = ("import sys\n"
-            f"for name in {modules!r}:\n    sys.modules[name] = None  # import raises ModuleNotFoundError\n"
-            "from cxr_anomaly.cli import main\n"
-            f"sys.exit(main({arguments!r}))\n")
+    code = (
+        "import sys\n"
+        f"for name in {modules!r}:\n    sys.modules[name] = None  # import raises ModuleNotFoundError\n"
+        "from cxr_anomaly.cli import main\n"
+        f"sys.exit(main({arguments!r}))\n"
+    )
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT / "src")}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300, check=False
+    )
 
 
 def free_port() -> int:
@@ -44,8 +47,9 @@ def free_port() -> int:
 
 
 def test_serve_without_the_serve_extra_says_which_extra_in_one_line(tmp_path: Path) -> None:
-    result = run_cli_without(["fastapi", "uvicorn"], ["serve", "--model", str(tmp_path / "model.pt"),
-                                                      "--port", str(free_port())])
+    result = run_cli_without(
+        ["fastapi", "uvicorn"], ["serve", "--model", str(tmp_path / "model.pt"), "--port", str(free_port())]
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -53,8 +57,10 @@ def test_serve_without_the_serve_extra_says_which_extra_in_one_line(tmp_path: Pa
 
 
 def test_export_without_the_onnx_extra_says_which_extra_in_one_line(tiny_nih_model, tmp_path: Path) -> None:
-    result = run_cli_without(["onnx", "onnxruntime"], ["export", "--model", str(tiny_nih_model.checkpoint),
-                                                       "--out", str(tmp_path / "model.onnx")])
+    result = run_cli_without(
+        ["onnx", "onnxruntime"],
+        ["export", "--model", str(tiny_nih_model.checkpoint), "--out", str(tmp_path / "model.onnx")],
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
     assert "Traceback" not in result.stderr
@@ -99,9 +105,26 @@ def test_evaluate_help_names_exactly_the_files_evaluate_writes(tiny_nih_model, t
     films = pd.concat([films, pd.DataFrame({"path": [str(tmp_path / "absent.png")], "label": [1]})])
     films.to_csv(tmp_path / "films.csv", index=False)
     out = tmp_path / "evaluation"
-    assert main(["evaluate", "--model", str(tiny_nih_model.checkpoint), "--data", str(tmp_path / "films.csv"),
-                 "--split", "all", "--out", str(out), "--no-baselines", "--no-progress",
-                 "--on-bad-file", "skip"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_nih_model.checkpoint),
+                "--data",
+                str(tmp_path / "films.csv"),
+                "--split",
+                "all",
+                "--out",
+                str(out),
+                "--no-baselines",
+                "--no-progress",
+                "--on-bad-file",
+                "skip",
+            ]
+        )
+        == 0
+    )
     written = {path.name for path in out.iterdir()}
     parser = build_parser()
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
@@ -115,22 +138,29 @@ def test_evaluate_help_names_exactly_the_files_evaluate_writes(tiny_nih_model, t
 def test_training_log_does_not_claim_a_patient_hold_out_without_patient_ids() -> None:
     from cxr_anomaly.data.selection import select_training_rows
 
-    films = pd.DataFrame({"path": [f"film{index}.png" for index in range(40)], "label": 0, "split": pd.NA,
-                          "patient_id": pd.NA})
+    films = pd.DataFrame(
+        {"path": [f"film{index}.png" for index in range(40)], "label": 0, "split": pd.NA, "patient_id": pd.NA}
+    )
     assert "by patient" not in select_training_rows(films, Config(), "films").calibration_source
     films["patient_id"] = [f"p{index // 2}" for index in range(40)]
     assert "by patient" in select_training_rows(films, Config(), "films").calibration_source
 
 
-def test_film_figure_has_a_colour_bar_and_says_its_scores_are_raw(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_film_figure_has_a_colour_bar_and_says_its_scores_are_raw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cxr_anomaly import evaluation
 
     figures: list[matplotlib.figure.Figure] = []
     monkeypatch.setattr(evaluation, "save_figure", lambda figure, path, **_: figures.append(figure) or Path(path))
     rng = np.random.default_rng(0)
-    group = evaluation.FilmGroup("normal", rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
-                                 rng.random((3, 8, 8), dtype=np.float32), np.array([1.0, 2.0, 3.0]), None)
+    group = evaluation.FilmGroup(
+        "normal",
+        rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
+        rng.random((3, 8, 8), dtype=np.float32),
+        np.array([1.0, 2.0, 3.0]),
+        None,
+    )
     evaluation.explanation_grid([group], tmp_path / "films.png", scale=49.9, floor=36.3)
     axes_labels = [axis.get_xlabel() for axis in figures[0].axes]
     assert any("36.3" in label and "49.9" in label for label in axes_labels)  # the colour bar's label
@@ -146,11 +176,12 @@ def test_service_heatmap_png_carries_a_legend_with_the_raw_score() -> None:
     assert legend.shape == (300 + legend_height(200), 200, 3)
     assert np.array_equal(legend[:300], overlay)  # the film keeps its size and pixels
     assert np.array_equal(legend[302], colour_bar(width=200, height=1)[0])
-    assert (legend[300 + legend_height(200) // 2:] < 128).any()  # the text under the bar
+    assert (legend[300 + legend_height(200) // 2 :] < 128).any()  # the text under the bar
 
 
-def test_serve_on_a_busy_port_says_so_in_one_line_before_loading(caplog: pytest.LogCaptureFixture,
-                                                                 tmp_path: Path) -> None:
+def test_serve_on_a_busy_port_says_so_in_one_line_before_loading(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -166,9 +197,19 @@ def test_a_failed_command_leaves_no_empty_out_folder(command: str, tmp_path: Pat
     data = tmp_path / "films.csv"
     pd.DataFrame({"path": [str(tmp_path / "absent.png")], "label": [1]}).to_csv(data, index=False)
     out = tmp_path / "runs" / "first"
-    arguments = {"train": ["train", "--data", str(data), "--out", str(out), "--no-progress"],
-                 "evaluate": ["evaluate", "--model", str(tmp_path / "missing.pt"), "--data", str(data),
-                              "--out", str(out), "--no-progress"]}[command]
+    arguments = {
+        "train": ["train", "--data", str(data), "--out", str(out), "--no-progress"],
+        "evaluate": [
+            "evaluate",
+            "--model",
+            str(tmp_path / "missing.pt"),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    }[command]
     assert main(arguments) == 2
     assert not (tmp_path / "runs").exists()
 
@@ -176,8 +217,21 @@ def test_a_failed_command_leaves_no_empty_out_folder(command: str, tmp_path: Pat
 def test_a_failed_command_keeps_an_out_folder_that_existed(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    assert main(["evaluate", "--model", str(tmp_path / "missing.pt"), "--data", str(tmp_path),
-                 "--out", str(out), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "missing.pt"),
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert out.is_dir()
 
 

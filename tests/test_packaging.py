@@ -64,8 +64,11 @@ def test_installed_versions_meet_the_floors(package: str) -> None:
 
 
 def test_every_source_file_parses_as_python_3_11() -> None:
-    sources = [source for folder in ("src", "benchmarks", "docs/notebook/research")
-               for source in sorted((REPOSITORY_ROOT / folder).rglob("*.py"))]
+    sources = [
+        source
+        for folder in ("src", "benchmarks", "docs/notebook/research")
+        for source in sorted((REPOSITORY_ROOT / folder).rglob("*.py"))
+    ]
     assert len(sources) > 20
     for source in sources:
         ast.parse(source.read_text(encoding="utf-8"), filename=str(source), feature_version=(3, 11))

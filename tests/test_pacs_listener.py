@@ -72,8 +72,14 @@ def real_films(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> l
     paths = []
     for index, row in enumerate(manifest.itertuples()):
         view = str(row.view) if str(getattr(row, "view", "")) in ("PA", "AP") else "PA"
-        dataset = film_dataset_from_png(folder / row.path, patient_id=f"{PATIENT_PREFIX}{index:03d}",
-                                        study_uid=None, bits=12, view_position=view, patient_age="045Y")
+        dataset = film_dataset_from_png(
+            folder / row.path,
+            patient_id=f"{PATIENT_PREFIX}{index:03d}",
+            study_uid=None,
+            bits=12,
+            view_position=view,
+            patient_age="045Y",
+        )
         path = out / f"film{index:03d}.dcm"
         dataset.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -83,8 +89,19 @@ def real_films(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> l
 def start_listener(model: Path, state: Path, log_path: Path, *extra: str) -> subprocess.Popen:
     """``cxr-anomaly listen`` in a subprocess, its log (stdout and stderr) appended to ``log_path``."""
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "cxr_anomaly.cli", "listen", "--model", str(model), "--store", str(state),
-               "--precision", "fp32", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "cxr_anomaly.cli",
+        "listen",
+        "--model",
+        str(model),
+        "--store",
+        str(state),
+        "--precision",
+        "fp32",
+        *extra,
+    ]
     return subprocess.Popen(command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, env=environment)
 
 
@@ -174,8 +191,9 @@ def assert_no_phi(log_text: str) -> None:
     assert "TEST^" not in log_text, "a patient name reached the listener's log"
 
 
-def test_orthanc_round_trip_survives_kill_9(orthanc: Orthanc, real_films: list[Path], tiny_nih_model,
-                                             tmp_path: Path) -> None:
+def test_orthanc_round_trip_survives_kill_9(
+    orthanc: Orthanc, real_films: list[Path], tiny_nih_model, tmp_path: Path
+) -> None:
     """50 films from Orthanc by C-STORE, kill -9 mid-stream, restart: 50 SRs and 50 heatmaps, none lost or doubled."""
     state, log_path = tmp_path / "state", tmp_path / "listener.log"
     port = orthanc.listener_port
@@ -193,14 +211,21 @@ def test_orthanc_round_trip_survives_kill_9(orthanc: Orthanc, real_films: list[P
         assert unreturned, "every film was already returned at the kill: the test did not kill mid-stream"
 
         listener = start_listener(tiny_nih_model.checkpoint, state, log_path, *arguments)
-        wait_until(lambda: all(row["state"] == "returned" for row in store_rows(state)
-                               if row["sop_instance_uid"] in acknowledged), 120,
-                   "the films acknowledged before the kill to be returned without a resend")
+        wait_until(
+            lambda: all(
+                row["state"] == "returned" for row in store_rows(state) if row["sop_instance_uid"] in acknowledged
+            ),
+            120,
+            "the films acknowledged before the kill to be returned without a resend",
+        )
         wait_until(lambda: listener_ready(port), 60, "the restarted listener to answer C-ECHO")
         # Orthanc sends all 50 again: the acknowledged ones are resends and must give no second result
         orthanc.post_json("/modalities/cxr/store", {"Resources": list(ids.values()), "Synchronous": True})
-        wait_until(lambda: sum(row["state"] == "returned" for row in store_rows(state)) == NUM_FILMS, 180,
-                   "all 50 films to be returned")
+        wait_until(
+            lambda: sum(row["state"] == "returned" for row in store_rows(state)) == NUM_FILMS,
+            180,
+            "all 50 films to be returned",
+        )
     finally:
         listener.send_signal(signal.SIGTERM)
         listener.wait(30)
@@ -224,19 +249,22 @@ def save_screenshot(orthanc: Orthanc) -> None:
         SCREENSHOT.write_bytes(preview)
 
 
-def test_orthanc_change_feed_and_stow(orthanc: Orthanc, real_films: list[Path], tiny_nih_model,
-                                      tmp_path: Path) -> None:
+def test_orthanc_change_feed_and_stow(orthanc: Orthanc, real_films: list[Path], tiny_nih_model, tmp_path: Path) -> None:
     """Films stored in Orthanc are found on its change feed; results come back by STOW-RS, once each."""
     if not DICOMWEB_PLUGIN.exists():
         pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian: apt-get install orthanc-dicomweb)")
     state, log_path = tmp_path / "state", tmp_path / "listener.log"
     films = real_films[:10]
-    listener = start_listener(tiny_nih_model.checkpoint, state, log_path, "--orthanc", orthanc.url,
-                              "--poll-seconds", "0.5")
+    listener = start_listener(
+        tiny_nih_model.checkpoint, state, log_path, "--orthanc", orthanc.url, "--poll-seconds", "0.5"
+    )
     try:
         ids = upload(orthanc, films)
-        wait_until(lambda: sum(row["state"] == "returned" for row in store_rows(state)) == len(films), 180,
-                   "10 films from the change feed to be returned")
+        wait_until(
+            lambda: sum(row["state"] == "returned" for row in store_rows(state)) == len(films),
+            180,
+            "10 films from the change feed to be returned",
+        )
         time.sleep(2.0)  # the feed now shows the results themselves: they must not be taken as films
     finally:
         listener.send_signal(signal.SIGTERM)
@@ -249,8 +277,20 @@ def test_orthanc_change_feed_and_stow(orthanc: Orthanc, real_films: list[Path], 
     # the worklist reads the same store: every film on it, in scope ranked, the rest apart
     from cxr_anomaly.cli import main
 
-    assert main(["worklist", "--store", str(state), "--out", str(tmp_path / "worklist.html"),
-                 "--model", str(tiny_nih_model.checkpoint)]) == 0
+    assert (
+        main(
+            [
+                "worklist",
+                "--store",
+                str(state),
+                "--out",
+                str(tmp_path / "worklist.html"),
+                "--model",
+                str(tiny_nih_model.checkpoint),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(tmp_path / "worklist.csv")
     assert sorted(table["sop_instance_uid"]) == sorted(ids)
     ranked = table[table["scope"] == "in_scope"]

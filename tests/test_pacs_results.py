@@ -44,9 +44,14 @@ NIH_FILM = "nih_pneumonia256/normal/00001280_004.png"
 RSNA_FILM = "rsna_dev256/normal/00f87de5-5fe0-4921-93ea-914d7e683266.jpg"
 SCALE_FLOOR, SCALE_TOP = 0.125, 0.875
 RESULT = FilmResult(
-    raw_score=47.123456789, calibrated_score=1.2345, percentile=93.5, decision="flagged",
-    operating_point="threshold 47.3 (sensitivity 0.90 on validation)", scope="in_scope",
-    model_name="tang2019", model_version="tang2019 0.1.0 3f2a9c1",
+    raw_score=47.123456789,
+    calibrated_score=1.2345,
+    percentile=93.5,
+    decision="flagged",
+    operating_point="threshold 47.3 (sensitivity 0.90 on validation)",
+    scope="in_scope",
+    model_name="tang2019",
+    model_version="tang2019 0.1.0 3f2a9c1",
 )
 
 
@@ -66,8 +71,9 @@ def _overlay(source: pydicom.Dataset) -> np.ndarray:
     return overlay_heatmap(film, anomaly_map, scale=SCALE_TOP, floor=SCALE_FLOOR)
 
 
-@pytest.fixture(scope="module", params=[(NIH_FILM, 12, "DX", "PA"), (RSNA_FILM, 8, "CR", "AP")],
-                ids=["nih-dx12", "rsna-cr8"])
+@pytest.fixture(
+    scope="module", params=[(NIH_FILM, 12, "DX", "PA"), (RSNA_FILM, 8, "CR", "AP")], ids=["nih-dx12", "rsna-cr8"]
+)
 def film(request: pytest.FixtureRequest, shared_data: Path) -> pydicom.Dataset:
     relative, bits, modality, view = request.param
     return _film(shared_data, relative, bits=bits, modality=modality, view_position=view)
@@ -84,9 +90,17 @@ def written(film: pydicom.Dataset, tmp_path_factory: pytest.TempPathFactory) -> 
     objects = build_results(received, RESULT, overlay, scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
     paths = write_results(objects, folder / "out")
     by_modality = {pydicom.dcmread(path).Modality: path for path in paths}
-    return {"film": received, "film_path": film_path, "overlay": overlay, "objects": objects, "paths": paths,
-            "sr_path": by_modality["SR"], "sc_path": by_modality["OT"],
-            "sr": pydicom.dcmread(by_modality["SR"]), "sc": pydicom.dcmread(by_modality["OT"])}
+    return {
+        "film": received,
+        "film_path": film_path,
+        "overlay": overlay,
+        "objects": objects,
+        "paths": paths,
+        "sr_path": by_modality["SR"],
+        "sc_path": by_modality["OT"],
+        "sr": pydicom.dcmread(by_modality["SR"]),
+        "sc": pydicom.dcmread(by_modality["OT"]),
+    }
 
 
 def test_structured_report_reads_back_every_value(written: dict[str, object]) -> None:
@@ -133,7 +147,7 @@ def test_secondary_capture_is_the_overlay_above_its_colour_scale(written: dict[s
     inferno = _inferno_table().astype(np.int64)
     assert np.abs(bar_row[margin + 1] - inferno[0]).max() <= 12  # weakest colour at the left end
     assert np.abs(bar_row[width - margin - 2] - inferno[255]).max() <= 12  # strongest at the right end
-    assert (strip[strip.shape[0] // 2:] >= 250).all(axis=-1).any()  # white label text under the bar
+    assert (strip[strip.shape[0] // 2 :] >= 250).all(axis=-1).any()  # white label text under the bar
     assert "not for diagnosis" in capture.SeriesDescription
 
 
@@ -142,10 +156,10 @@ def test_a_given_colour_bar_is_the_one_drawn(film: pydicom.Dataset) -> None:
     green[..., 1] = 200
     overlay = _overlay(film)
     objects = build_results(film, RESULT, overlay, green, scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
-    strip = objects.secondary_capture.pixel_array[overlay.shape[0]:]
+    strip = objects.secondary_capture.pixel_array[overlay.shape[0] :]
     bar_row = strip[strip.shape[0] // 4]
     width = overlay.shape[1]
-    assert (bar_row[width // 4: 3 * width // 4] == [0, 200, 0]).all()
+    assert (bar_row[width // 4 : 3 * width // 4] == [0, 200, 0]).all()
     assert not np.array_equal(colour_bar(width=64, height=12), green)
 
 
@@ -153,8 +167,13 @@ def test_uids_are_deterministic_per_film_and_model_version(written: dict[str, ob
     film, objects = written["film"], written["objects"]
     again = build_results(film, RESULT, written["overlay"], scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
     assert _uids(again) == _uids(objects)
-    newer = build_results(film, replace(RESULT, model_version="tang2019 0.2.0"), written["overlay"],
-                          scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
+    newer = build_results(
+        film,
+        replace(RESULT, model_version="tang2019 0.2.0"),
+        written["overlay"],
+        scale_floor=SCALE_FLOOR,
+        scale_top=SCALE_TOP,
+    )
     assert not set(_uids(newer)) & set(_uids(objects))
     other_film = result_uids("1.2.3.4.5", RESULT.model_version)
     assert other_film != result_uids(film.SOPInstanceUID, RESULT.model_version)
@@ -162,14 +181,16 @@ def test_uids_are_deterministic_per_film_and_model_version(written: dict[str, ob
 
 
 def _uids(objects: ResultObjects) -> tuple[str, ...]:
-    return tuple(str(dataset[keyword].value) for dataset in (objects.structured_report, objects.secondary_capture)
-                 for keyword in ("SeriesInstanceUID", "SOPInstanceUID"))
+    return tuple(
+        str(dataset[keyword].value)
+        for dataset in (objects.structured_report, objects.secondary_capture)
+        for keyword in ("SeriesInstanceUID", "SOPInstanceUID")
+    )
 
 
 def test_a_resend_overwrites_the_same_files(written: dict[str, object]) -> None:
     folder = written["paths"][0].parent
-    again = build_results(written["film"], RESULT, written["overlay"], scale_floor=SCALE_FLOOR,
-                          scale_top=SCALE_TOP)
+    again = build_results(written["film"], RESULT, written["overlay"], scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
     assert write_results(again, folder) == written["paths"]
     assert sorted(folder.iterdir()) == sorted(written["paths"])  # no second result, no temporary file left
 
@@ -184,8 +205,16 @@ def test_out_of_scope_film_is_reported_not_assessed(film: pydicom.Dataset) -> No
     assert (reported.calibrated_score, reported.percentile, reported.operating_point) == (None, None, None)
 
 
-@pytest.mark.parametrize("field, value", [("decision", "maybe"), ("scope", "upside_down"), ("percentile", 150.0),
-                                          ("raw_score", float("nan")), ("model_version", " ")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("decision", "maybe"),
+        ("scope", "upside_down"),
+        ("percentile", 150.0),
+        ("raw_score", float("nan")),
+        ("model_version", " "),
+    ],
+)
 def test_invalid_result_values_are_refused_by_name(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         replace(RESULT, **{field: value})
@@ -196,8 +225,9 @@ def test_an_empty_colour_scale_is_refused(film: pydicom.Dataset) -> None:
         build_results(film, RESULT, _overlay(film), scale_floor=0.1, scale_top=0.1)
 
 
-def test_no_patient_identifier_in_log_records(film: pydicom.Dataset, tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_no_patient_identifier_in_log_records(
+    film: pydicom.Dataset, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.DEBUG, logger="cxr_anomaly"):
         objects = build_results(film, RESULT, _overlay(film), scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
         write_results(objects, tmp_path)
@@ -252,8 +282,11 @@ def test_film_keeps_the_images_grey_levels_and_a_chest_header(shared_data: Path,
     assert read.shape == original.shape == (256, 256)
     assert np.abs(read - original).max() <= 1.0 / 4095 + 1e-6
     header = pydicom.dcmread(path, stop_before_pixels=True)
-    assert (header.BodyPartExamined, header.ViewPosition, header.PresentationIntentType) == ("CHEST", "AP",
-                                                                                           "FOR PRESENTATION")
+    assert (header.BodyPartExamined, header.ViewPosition, header.PresentationIntentType) == (
+        "CHEST",
+        "AP",
+        "FOR PRESENTATION",
+    )
     assert (header.BitsStored, header.BitsAllocated, header.PatientID) == (12, 16, PATIENT_ID)
     assert header.SOPClassUID == pydicom.uid.DigitalXRayImageStorageForPresentation
     again = _film(shared_data, NIH_FILM, bits=12, view_position="AP")
@@ -269,19 +302,22 @@ def test_film_refuses_unsupported_options_by_name(shared_data: Path) -> None:
         _film(shared_data, NIH_FILM, bits=20)
 
 
-def test_a_sparse_film_header_still_gives_valid_results(shared_data: Path, tmp_path: Path,
-                                                        dicom_writer: Callable[..., Path]) -> None:
+def test_a_sparse_film_header_still_gives_valid_results(
+    shared_data: Path, tmp_path: Path, dicom_writer: Callable[..., Path]
+) -> None:
     # no patient sex, study date, accession number, body part, orientation or pixel spacing
     pixels = (read_image(shared_data / NIH_FILM).array * 255).astype(np.uint8)
-    path = dicom_writer(pixels, tmp_path / "sparse.dcm", study_uid="1.2.826.0.1.3680043.10.1",
-                        sop_uid="1.2.826.0.1.3680043.10.1.1")
+    path = dicom_writer(
+        pixels, tmp_path / "sparse.dcm", study_uid="1.2.826.0.1.3680043.10.1", sop_uid="1.2.826.0.1.3680043.10.1.1"
+    )
     sparse = pydicom.dcmread(path)
     with pytest.raises(ValueError, match="SeriesInstanceUID") as refused:
         build_results(sparse, RESULT, _overlay(sparse), scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
     assert "PID-93417" not in str(refused.value) and "Doe" not in str(refused.value)
     sparse.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1.2"
-    objects = build_results(sparse, replace(RESULT, scope="unknown_view"), _overlay(sparse),
-                            scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP)
+    objects = build_results(
+        sparse, replace(RESULT, scope="unknown_view"), _overlay(sparse), scale_floor=SCALE_FLOOR, scale_top=SCALE_TOP
+    )
     assert "PixelData" not in objects.structured_report
     assert objects.structured_report.PatientSex == "" and objects.structured_report.PatientID == sparse.PatientID
     reported = read_structured_report(objects.structured_report)
@@ -291,8 +327,9 @@ def test_a_sparse_film_header_still_gives_valid_results(shared_data: Path, tmp_p
         assert _dciodvfy_errors(written_path) == [], written_path.name
 
 
-def test_no_patient_name_in_warnings(film: pydicom.Dataset, recwarn: pytest.WarningsRecorder,
-                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_no_patient_name_in_warnings(
+    film: pydicom.Dataset, recwarn: pytest.WarningsRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
     # highdicom warns about a one-component person name, quoting it
     single = copy.deepcopy(film)
     single.PatientName = "JANEDOE"
@@ -317,9 +354,18 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
     if executable is None:
         pytest.skip("Orthanc not installed (Debian package orthanc); cannot check that a PACS stores the results")
     http_port, dicom_port = _free_port(), _free_port()
-    config = {"Name": "cxr-anomaly test", "StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db"),
-              "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-              "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": []}
+    config = {
+        "Name": "cxr-anomaly test",
+        "StorageDirectory": str(tmp_path / "db"),
+        "IndexDirectory": str(tmp_path / "db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "Plugins": [],
+    }
     (tmp_path / "orthanc.json").write_text(json.dumps(config))
     with (tmp_path / "orthanc.log").open("w") as log:
         process = subprocess.Popen([executable, str(tmp_path / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)

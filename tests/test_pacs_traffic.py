@@ -63,8 +63,12 @@ def real_film(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """One real NIH film as a 12-bit DX DICOM with fake patient identifiers."""
     from cxr_anomaly.pacs.testing import film_dataset_from_png
 
-    dataset = film_dataset_from_png(shared_data / "nih_fullres" / _first_png(shared_data / "nih_fullres"),
-                                    patient_id=PATIENT_ID, study_uid=None, bits=12)
+    dataset = film_dataset_from_png(
+        shared_data / "nih_fullres" / _first_png(shared_data / "nih_fullres"),
+        patient_id=PATIENT_ID,
+        study_uid=None,
+        bits=12,
+    )
     dataset.PatientName = PATIENT_NAME
     path = tmp_path_factory.mktemp("traffic") / "film.dcm"
     dataset.save_as(path, enforce_file_format=True)
@@ -116,7 +120,8 @@ def test_a_film_is_kept_then_a_resend_is_only_counted(scp: RunningScp, real_film
 
 
 def test_hostile_instances_are_refused_with_a_status_and_a_log_line(
-        scp: RunningScp, real_film: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scp: RunningScp, real_film: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from pydicom.uid import generate_uid
 
     port = scp.listener.port
@@ -166,7 +171,8 @@ def test_a_stalled_association_is_cut_and_the_listener_keeps_serving(scp: Runnin
 
 
 def test_sixteen_concurrent_associations_keep_patient_identifiers_out_of_the_logs(
-        scp: RunningScp, real_film: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scp: RunningScp, real_film: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from pydicom.uid import generate_uid
 
     caplog.set_level(logging.DEBUG)

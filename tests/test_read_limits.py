@@ -48,14 +48,18 @@ def traced_peak(action: Callable[[], object]) -> int:
     return peak
 
 
-@pytest.mark.parametrize("name, build", [
-    ("deflated_overflow", lambda: deflated_dicom(1024, 1024, 256 * MIB)),  # declares 1 MB, inflates to 256 MB
-    ("deflated_declared", lambda: deflated_dicom(65535, 65535, MIB)),
-    ("png16_long", lambda: png16_of_zeros(65535, 1024)),
-    ("rle_long", lambda: rle_dicom_of_zeros(65535, 1024)),
-])
-def test_bombs_in_files_are_refused_before_decoding_for_little_memory(tmp_path: Path, name: str,
-                                                                       build: Callable[[], bytes]) -> None:
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        ("deflated_overflow", lambda: deflated_dicom(1024, 1024, 256 * MIB)),  # declares 1 MB, inflates to 256 MB
+        ("deflated_declared", lambda: deflated_dicom(65535, 65535, MIB)),
+        ("png16_long", lambda: png16_of_zeros(65535, 1024)),
+        ("rle_long", lambda: rle_dicom_of_zeros(65535, 1024)),
+    ],
+)
+def test_bombs_in_files_are_refused_before_decoding_for_little_memory(
+    tmp_path: Path, name: str, build: Callable[[], bytes]
+) -> None:
     path = tmp_path / f"{name}.bin"
     path.write_bytes(build())
     with pytest.raises(DecompressionBombError) as caught:
@@ -64,8 +68,9 @@ def test_bombs_in_files_are_refused_before_decoding_for_little_memory(tmp_path: 
     assert traced_peak(lambda: read_image(path)) < 16 * MIB
 
 
-def test_a_deflated_film_reads_like_its_uncompressed_twin(shared_data: Path, tmp_path: Path,
-                                                           dicom_writer: Callable[..., Path]) -> None:
+def test_a_deflated_film_reads_like_its_uncompressed_twin(
+    shared_data: Path, tmp_path: Path, dicom_writer: Callable[..., Path]
+) -> None:
     import pydicom
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 

@@ -70,11 +70,26 @@ def test_rank_table_sorts_by_raw_score_and_keeps_ties_in_input_order() -> None:
 
 
 def test_score_report_on_nih1000_ranks_films_and_writes_a_self_contained_html(
-        tiny_nih_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_nih_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     manifest = nih_test_manifest(tiny_nih_model.nih1000, tmp_path / "test.csv", per_class=20)
     csv_path, html_path = tmp_path / "worklist.csv", tmp_path / "report.html"
-    assert main(["score", "--model", str(tiny_nih_model.checkpoint), str(manifest), "--out", str(csv_path),
-                 "--report", str(html_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_nih_model.checkpoint),
+                str(manifest),
+                "--out",
+                str(csv_path),
+                "--report",
+                str(html_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     worklist = pd.read_csv(csv_path)
     assert len(worklist) == 40
     assert worklist["rank"].tolist() == list(range(1, 41))
@@ -104,19 +119,40 @@ def test_score_report_on_nih1000_ranks_films_and_writes_a_self_contained_html(
 
 
 def test_dicom_worklist_keeps_uids_and_drops_patient_identifiers_unless_asked(
-        tiny_nih_model, tmp_path: Path, dicom_writer: Callable[..., Path]) -> None:
+    tiny_nih_model, tmp_path: Path, dicom_writer: Callable[..., Path]
+) -> None:
     folder = tmp_path / "series"
     folder.mkdir()
     films = sorted((tiny_nih_model.nih1000 / "test" / "1_abnormal").glob("*.png"))[:3]
     for index, film in enumerate(films):
         pixels = np.asarray(Image.open(film).convert("L"))
         # no .dcm suffix: the format must be recognised from the bytes
-        dicom_writer(pixels, folder / f"IM{index:04d}", study_uid="1.2.826.0.1.3680043.8.498.1",
-                     sop_uid=f"1.2.826.0.1.3680043.8.498.1.{index + 1}", view=("AP", "PA", None)[index], age="052Y")
+        dicom_writer(
+            pixels,
+            folder / f"IM{index:04d}",
+            study_uid="1.2.826.0.1.3680043.8.498.1",
+            sop_uid=f"1.2.826.0.1.3680043.8.498.1.{index + 1}",
+            view=("AP", "PA", None)[index],
+            age="052Y",
+        )
     series = [str(path) for path in sorted(folder.iterdir())]  # a series of files, as a PACS export gives
     out = tmp_path / "default"
-    assert main(["score", "--model", str(tiny_nih_model.checkpoint), *series, "--out", str(out / "w.csv"),
-                 "--report", str(out / "r.html"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_nih_model.checkpoint),
+                *series,
+                "--out",
+                str(out / "w.csv"),
+                "--report",
+                str(out / "r.html"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     worklist = pd.read_csv(out / "w.csv", dtype=str)
     assert set(worklist["sop_instance_uid"]) == {f"1.2.826.0.1.3680043.8.498.1.{i}" for i in (1, 2, 3)}
     assert set(worklist["study_instance_uid"]) == {"1.2.826.0.1.3680043.8.498.1"}
@@ -126,14 +162,29 @@ def test_dicom_worklist_keeps_uids_and_drops_patient_identifiers_unless_asked(
     assert pd.isna(views["1.2.826.0.1.3680043.8.498.1.3"])
     assert "age" not in worklist  # a patient attribute the worklist does not need
     for text in ((out / "w.csv").read_text(), (out / "r.html").read_text()):
-        text = re.sub(r'data:image/png;base64,[A-Za-z0-9+/=]+', "", text)  # base64 may spell anything
+        text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)  # base64 may spell anything
         for secret in ("Doe", "Jane", "PID-93417", "19610203"):
             assert secret not in text
         assert "1.2.826.0.1.3680043.8.498.1.2" in text
 
     kept = tmp_path / "kept"
-    assert main(["score", "--model", str(tiny_nih_model.checkpoint), *series, "--out", str(kept / "w.csv"),
-                 "--report", str(kept / "r.html"), "--keep-patient-identifiers", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_nih_model.checkpoint),
+                *series,
+                "--out",
+                str(kept / "w.csv"),
+                "--report",
+                str(kept / "r.html"),
+                "--keep-patient-identifiers",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     worklist = pd.read_csv(kept / "w.csv", dtype=str)
     assert set(worklist["patient_name"]) == {"Doe^Jane"}
     assert set(worklist["patient_id_dicom"]) == {"PID-93417"}
@@ -155,8 +206,7 @@ def test_report_without_calibration_says_so(tmp_path: Path) -> None:
     anomaly_map = np.full((8, 8), 0.1, dtype=np.float32)
     ranked = rank_table(pd.DataFrame({"path": ["x.png"], "score_raw": [2.5]})).table
     explanation = explain_film(pixels, pixels, anomaly_map, 0.4)
-    path = write_html_report(tmp_path / "r.html", ranked, [explanation], calibration=None,
-                             model_description="test")
+    path = write_html_report(tmp_path / "r.html", ranked, [explanation], calibration=None, model_description="test")
     document = path.read_text()
     assert "no operating point stored" in document
     assert re.search(r"would be flagged", document) is None
@@ -167,8 +217,9 @@ def test_report_without_calibration_says_so(tmp_path: Path) -> None:
     assert 'id="colour-scale"' in document and "to 0.4 and above" in document
     assert float(parser.rows[0][4]) == pytest.approx(2.5)  # rank, film, heatmap, score (z), raw score
     with_reconstruction = explain_film(pixels, pixels, anomaly_map, 0.4, reconstruction=pixels)
-    document = write_html_report(tmp_path / "t.html", ranked, [with_reconstruction], calibration=None,
-                                 model_description="test").read_text()
+    document = write_html_report(
+        tmp_path / "t.html", ranked, [with_reconstruction], calibration=None, model_description="test"
+    ).read_text()
     assert "<th>reconstruction</th>" in document and 'alt="reconstruction"' in document
     with pytest.raises(ValueError, match="1 rows but 0 explanations"):
         write_html_report(tmp_path / "s.html", ranked, [], calibration=None, model_description="test")

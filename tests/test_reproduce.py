@@ -16,7 +16,6 @@ from cxr_anomaly.config import tang2019_config, with_overrides
 from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.jobs.reproduce import ReproduceOptions, reproduce_job
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -39,12 +38,25 @@ def small_config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_reproduce_writes_table_and_figures_and_resumes(
-        small_manifest: Path, small_config_file: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    small_manifest: Path, small_config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
-    arguments = ["reproduce", "--data", str(small_manifest), "--out", str(out), "--seeds", "1",
-                 "--variants", "u,u+d+e", "--max-train-normals", "40", "--config", str(small_config_file),
-                 "--no-progress"]
+    arguments = [
+        "reproduce",
+        "--data",
+        str(small_manifest),
+        "--out",
+        str(out),
+        "--seeds",
+        "1",
+        "--variants",
+        "u,u+d+e",
+        "--max-train-normals",
+        "40",
+        "--config",
+        str(small_config_file),
+        "--no-progress",
+    ]
     assert main(arguments) == 0
     first = capsys.readouterr().out
     assert "2 cells run, 0 reused" in first
@@ -73,8 +85,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(
         assert set(metrics["component_auc"]) == {"reconstruction", "adversarial", "latent", "code_distance"}
     # The code kNN score is the code distance component itself; eq. 6 is not.
     assert cell["test"]["code_knn"]["auc"] == cell["test"]["code_knn"]["component_auc"]["code_distance"]
-    modified = {name: (out / "cells" / name / "result.json").stat().st_mtime_ns
-                for name in ("u-seed0", "u+d+e-seed0")}
+    modified = {name: (out / "cells" / name / "result.json").stat().st_mtime_ns for name in ("u-seed0", "u+d+e-seed0")}
 
     # Resume: the same command again reuses both finished cells and rewrites the table.
     assert main(arguments) == 0
@@ -86,7 +97,9 @@ def test_reproduce_writes_table_and_figures_and_resumes(
 
 
 def test_a_half_written_or_changed_cell_is_run_again(small_manifest: Path, tmp_path: Path) -> None:
-    config = with_overrides(with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
+    config = with_overrides(
+        with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16
+    )
     options = ReproduceOptions(variants=("u",), seeds=(0,), max_train_normals=24)
     first = reproduce_job([small_manifest], tmp_path, config, options, progress=False)
     assert first.cells_run == ["u-seed0"]
@@ -110,7 +123,9 @@ def test_options_are_validated() -> None:
 
 
 def test_several_seeds_add_a_seed_ensemble_row(small_manifest: Path, tmp_path: Path) -> None:
-    config = with_overrides(with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
+    config = with_overrides(
+        with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16
+    )
     options = ReproduceOptions(variants=("u",), seeds=(0, 1), max_train_normals=24)
     outcome = reproduce_job([small_manifest], tmp_path, config, options, progress=False)
     table = outcome.table.set_index(["method", "score"])
@@ -132,7 +147,9 @@ def test_view_filter_and_patient_disjoint_split(small_manifest: Path) -> None:
     split = prepare_split(manifest, pixels, ReproduceOptions(view="PA", split_seed=3))
     assert set(split.manifest["view"]) == {"PA"}
     assert (split.manifest.groupby("patient_id")["split"].nunique() == 1).all()
-    assert len(split.train_normals) == int(((split.manifest["split"] == "train") & (split.manifest["label"] == 0)).sum())
+    assert len(split.train_normals) == int(
+        ((split.manifest["split"] == "train") & (split.manifest["label"] == 0)).sum()
+    )
     assert split.test_views is not None and set(split.test_views) == {"PA"}
 
 
@@ -149,7 +166,9 @@ def test_cell_files_are_written_durably(small_manifest: Path, tmp_path: Path, mo
         real_fsync(descriptor)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    config = with_overrides(with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16)
+    config = with_overrides(
+        with_overrides(tang2019_config(), "model", base_channels=8), "train", epochs=1, batch_size=16
+    )
     options = ReproduceOptions(variants=("u",), seeds=(0,), max_train_normals=24)
     reproduce_job([small_manifest], tmp_path, config, options, progress=False)
     cell = tmp_path / "cells" / "u-seed0"

@@ -48,8 +48,9 @@ def run_inputs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     folder = shared_data / "nih1000"
     manifest = pd.read_csv(folder / "manifest.csv")
     normals = manifest[manifest["label"] == 0]
-    rows = pd.concat([normals[normals["split"] == "train"].head(48),
-                      normals[normals["split"] != "train"].head(8)]).copy()
+    rows = pd.concat(
+        [normals[normals["split"] == "train"].head(48), normals[normals["split"] != "train"].head(8)]
+    ).copy()
     rows["path"] = [str(folder / path) for path in rows["path"]]
     work = tmp_path_factory.mktemp("kill_resume")
     rows.to_csv(work / "manifest.csv", index=False)
@@ -59,8 +60,19 @@ def run_inputs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 def train_command(manifest: Path, config: Path, run_dir: Path, resume: bool) -> list[str]:
     """The real CLI, as a user would run it."""
-    command = [sys.executable, "-m", "cxr_anomaly.cli", "train", "--data", str(manifest),
-               "--out", str(run_dir), "--config", str(config), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "cxr_anomaly.cli",
+        "train",
+        "--data",
+        str(manifest),
+        "--out",
+        str(run_dir),
+        "--config",
+        str(config),
+        "--no-progress",
+    ]
     return command + (["--resume"] if resume else [])
 
 
@@ -102,8 +114,7 @@ def check_every_file(run_dir: Path, *, temporaries_allowed: bool) -> int:
 def start_and_kill(command: list[str], run_dir: Path, delay: float) -> str:
     """Start a run, wait until it trains, SIGKILL it ``delay`` seconds later; say where it stopped."""
     lines_before = len(event_lines(run_dir))
-    process = subprocess.Popen(command, env=subprocess_environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=subprocess_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(event_lines(run_dir)) <= lines_before and process.poll() is None:
         assert time.monotonic() < deadline, "the training run never started"
@@ -151,5 +162,12 @@ def test_sigkill_at_random_moments_then_resume(run_inputs: tuple[Path, Path], tm
         for key, value in reference.detector.state_dict().items():
             assert torch.equal(value, final.detector.state_dict()[key]), f"trial {trial}: {key} differs"
         assert final.calibration == reference.calibration
-    print("\n".join(report + [f"{TRIALS} trials, {TRIALS * KILLS_PER_TRIAL} kills; hidden temporaries "
-                               f"seen after kills: {temporaries_seen}"]))
+    print(
+        "\n".join(
+            report
+            + [
+                f"{TRIALS} trials, {TRIALS * KILLS_PER_TRIAL} kills; hidden temporaries "
+                f"seen after kills: {temporaries_seen}"
+            ]
+        )
+    )

@@ -48,8 +48,9 @@ def dicom_with(pixels: np.ndarray, path: Path, **tags: object) -> Path:
     dataset.Modality = "DX"
     for keyword, value in tags.items():
         setattr(dataset, keyword, value)
-    dataset.set_pixel_data(np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2",
-                           bits_stored=8)
+    dataset.set_pixel_data(
+        np.ascontiguousarray(pixels, dtype=np.uint8), photometric_interpretation="MONOCHROME2", bits_stored=8
+    )
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = generate_uid()
     dataset.save_as(path, enforce_file_format=True)
     return path
@@ -64,29 +65,36 @@ def real_films(shared_data: Path) -> list[np.ndarray]:
     return [np.clip(np.rint(read_image(folder / path).array * 255), 0, 255).astype(np.uint8) for path in rows["path"]]
 
 
-@pytest.mark.parametrize(("tags", "expected"), [
-    ({"ViewPosition": "PA", "BodyPartExamined": "CHEST"}, IN_SCOPE),
-    ({"ViewPosition": "AP", "PresentationIntentType": "FOR PRESENTATION"}, IN_SCOPE),
-    ({"ViewPosition": "LL", "BodyPartExamined": "CHEST"}, LATERAL_VIEW),
-    ({"ViewPosition": "RL"}, LATERAL_VIEW),
-    ({"ViewPosition": "LATERAL"}, LATERAL_VIEW),
-    ({"ViewPosition": "PA", "BodyPartExamined": "HAND"}, NOT_CHEST),
-    ({"ViewPosition": "PA", "PresentationIntentType": "FOR PROCESSING"}, FOR_PROCESSING),
-    ({"ViewPosition": "PA", "SOPClassUID": DX_FOR_PROCESSING}, FOR_PROCESSING),
-    ({"BodyPartExamined": "CHEST"}, UNKNOWN_VIEW),
-    ({"ViewPosition": "LLD"}, UNKNOWN_VIEW),
-    ({"ViewPosition": "PA", "PatientOrientation": ["F", "L"]}, ROTATED),
-    ({"ViewPosition": "PA", "PatientOrientation": ["L", "F"]}, IN_SCOPE),
-    ({"ViewPosition": "PA", "PatientAge": "009Y"}, PAEDIATRIC),
-    ({"ViewPosition": "PA", "PatientAge": "045Y"}, IN_SCOPE),
-])
-def test_header_rules_on_real_films_written_as_dicom(real_films: list[np.ndarray], tmp_path: Path,
-                                                      tags: dict[str, object], expected: str) -> None:
-    paths = [str(dicom_with(film, tmp_path / f"film{index}.dcm", **dict(tags)))
-             for index, film in enumerate(real_films)]
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({"ViewPosition": "PA", "BodyPartExamined": "CHEST"}, IN_SCOPE),
+        ({"ViewPosition": "AP", "PresentationIntentType": "FOR PRESENTATION"}, IN_SCOPE),
+        ({"ViewPosition": "LL", "BodyPartExamined": "CHEST"}, LATERAL_VIEW),
+        ({"ViewPosition": "RL"}, LATERAL_VIEW),
+        ({"ViewPosition": "LATERAL"}, LATERAL_VIEW),
+        ({"ViewPosition": "PA", "BodyPartExamined": "HAND"}, NOT_CHEST),
+        ({"ViewPosition": "PA", "PresentationIntentType": "FOR PROCESSING"}, FOR_PROCESSING),
+        ({"ViewPosition": "PA", "SOPClassUID": DX_FOR_PROCESSING}, FOR_PROCESSING),
+        ({"BodyPartExamined": "CHEST"}, UNKNOWN_VIEW),
+        ({"ViewPosition": "LLD"}, UNKNOWN_VIEW),
+        ({"ViewPosition": "PA", "PatientOrientation": ["F", "L"]}, ROTATED),
+        ({"ViewPosition": "PA", "PatientOrientation": ["L", "F"]}, IN_SCOPE),
+        ({"ViewPosition": "PA", "PatientAge": "009Y"}, PAEDIATRIC),
+        ({"ViewPosition": "PA", "PatientAge": "045Y"}, IN_SCOPE),
+    ],
+)
+def test_header_rules_on_real_films_written_as_dicom(
+    real_films: list[np.ndarray], tmp_path: Path, tags: dict[str, object], expected: str
+) -> None:
+    paths = [
+        str(dicom_with(film, tmp_path / f"film{index}.dcm", **dict(tags))) for index, film in enumerate(real_films)
+    ]
     headers = read_film_headers(paths)
-    reasons = [decide_scope(header, read_image(path).array, fitted_on_adults=True).reason
-               for header, path in zip(headers, paths)]
+    reasons = [
+        decide_scope(header, read_image(path).array, fitted_on_adults=True).reason
+        for header, path in zip(headers, paths)
+    ]
     assert reasons == [expected] * len(real_films)
 
 
@@ -100,6 +108,7 @@ def test_a_child_is_in_scope_for_a_model_not_fitted_on_adults(real_films: list[n
 
 def test_rotation_rule_on_real_films_turned_a_quarter_turn(nih_train_normals: np.ndarray) -> None:
     """40 NIH1000 normals as they are, and turned 90 and 270 degrees (the PNG case: no header)."""
+
     def rotated_count(films: list[np.ndarray]) -> int:
         return sum(decide_scope(None, film, fitted_on_adults=True).reason == ROTATED for film in films)
 
@@ -141,8 +150,13 @@ def test_scope_column_reads_dicom_headers_and_the_manifest(real_films: list[np.n
     from PIL import Image
 
     Image.fromarray(real_films[2]).save(png)
-    manifest = pd.DataFrame({"path": [str(lateral), str(frontal), str(png), str(png)],
-                             "view": [None, None, None, "RL"], "age": [None, None, 12, None]})
+    manifest = pd.DataFrame(
+        {
+            "path": [str(lateral), str(frontal), str(png), str(png)],
+            "view": [None, None, None, "RL"],
+            "age": [None, None, 12, None],
+        }
+    )
     pixels = np.stack([real_films[0], real_films[1], real_films[2], real_films[2]])
     assert scope_column(manifest, pixels, fitted_on_adults=True) == [LATERAL_VIEW, IN_SCOPE, PAEDIATRIC, LATERAL_VIEW]
 
@@ -178,8 +192,9 @@ class SectionParser(HTMLParser):
             self.cell_class = None
 
 
-def test_worklist_lists_out_of_scope_films_apart_unranked(tiny_nih_model, real_films: list[np.ndarray],
-                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_worklist_lists_out_of_scope_films_apart_unranked(
+    tiny_nih_model, real_films: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """score --report on four frontal PNGs, one lateral DICOM and one film turned a quarter turn."""
     from PIL import Image
 
@@ -195,8 +210,22 @@ def test_worklist_lists_out_of_scope_films_apart_unranked(tiny_nih_model, real_f
     manifest = tmp_path / "films.csv"
     pd.DataFrame({"path": [str(path) for path in paths]}).to_csv(manifest, index=False)
     out_csv, report = tmp_path / "worklist.csv", tmp_path / "worklist.html"
-    assert main(["score", "--model", str(tiny_nih_model.checkpoint), str(manifest),
-                 "--out", str(out_csv), "--report", str(report), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_nih_model.checkpoint),
+                str(manifest),
+                "--out",
+                str(out_csv),
+                "--report",
+                str(report),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "2 outside the model's scope" in printed and " of 4 flagged)" in printed
     worklist = pd.read_csv(out_csv)
@@ -218,8 +247,10 @@ def test_service_reply_carries_the_scope(tiny_nih_model, real_films: list[np.nda
     lateral = dicom_with(real_films[0], tmp_path / "lateral.dcm", ViewPosition="LL").read_bytes()
     frontal = dicom_with(real_films[1], tmp_path / "frontal.dcm", ViewPosition="PA").read_bytes()
     with TestClient(create_app(tiny_nih_model.checkpoint, ServiceSettings())) as client:
-        replies = [client.post("/v1/score", files={"file": ("film.dcm", data, "application/dicom")})
-                   for data in (lateral, frontal)]
+        replies = [
+            client.post("/v1/score", files={"file": ("film.dcm", data, "application/dicom")})
+            for data in (lateral, frontal)
+        ]
         png = client.post("/v1/score?format=png", files={"file": ("film.dcm", lateral, "application/dicom")})
     assert [reply.status_code for reply in replies] == [200, 200]
     assert [reply.json()["scope"] for reply in replies] == [LATERAL_VIEW, IN_SCOPE]

@@ -52,8 +52,13 @@ def test_absent_components_are_nan_and_left_out() -> None:
     total = weighted_score(tang2019_config().score, reconstruction, None, None, None)
     np.testing.assert_allclose(total, 20 * reconstruction)
     # A variant without D and E: its missing components are NaN and the score is λ1·L_R alone.
-    config = with_overrides(with_overrides(tang2019_config(), "model", variant="u", base_channels=8, latent_dim=16),
-                            "train", epochs=1, batch_size=8, seed=0)
+    config = with_overrides(
+        with_overrides(tang2019_config(), "model", variant="u", base_channels=8, latent_dim=16),
+        "train",
+        epochs=1,
+        batch_size=8,
+        seed=0,
+    )
     networks = train_detector(config, random_pixels(8, seed=0)).detector
     result = score_pixels(networks, random_pixels(3, seed=1), config)
     assert np.all(np.isnan(result.components["adversarial"])) and np.all(np.isnan(result.components["latent"]))
@@ -65,8 +70,9 @@ def test_a_film_scored_alone_gets_the_same_calibrated_score_as_in_a_batch(traine
     pixels = random_pixels(12, seed=2)
     calibration = fit_calibration(score_pixels(detector, random_pixels(20, seed=3), config).raw, 0.95)
     batch = calibration.standardise(score_pixels(detector, pixels, config, batch_size=12).raw)
-    alone = np.array([calibration.standardise(score_pixels(detector, pixels[i:i + 1], config).raw)[0]
-                      for i in range(len(pixels))])
+    alone = np.array(
+        [calibration.standardise(score_pixels(detector, pixels[i : i + 1], config).raw)[0] for i in range(len(pixels))]
+    )
     np.testing.assert_allclose(alone, batch, rtol=1e-5, atol=1e-6)
     # The paper's min-max normalisation, by contrast, depends on the rest of the set.
     minmax = min_max_normalise(score_pixels(detector, pixels, config).raw)
@@ -110,8 +116,9 @@ def test_training_stores_normal_codes_for_the_code_knn_score(trained: tuple[Conf
     # eq. 6 ignores the code distance.
     eq6 = score_pixels(detector, random_pixels(5, seed=5), with_overrides(config, "score", method="eq6"))
     parts = eq6.components
-    np.testing.assert_allclose(eq6.raw, 20 * parts["reconstruction"] + 4 * parts["adversarial"] + 8 * parts["latent"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        eq6.raw, 20 * parts["reconstruction"] + 4 * parts["adversarial"] + 8 * parts["latent"], rtol=1e-6
+    )
 
 
 def test_code_distance_of_a_stored_normal_to_itself_is_zero(trained: tuple[Config, object]) -> None:
@@ -129,16 +136,14 @@ def test_code_distance_of_a_stored_normal_to_itself_is_zero(trained: tuple[Confi
     assert np.all(score_pixels(detector, random_pixels(4, seed=9), config).components["code_distance"] > 1e-3)
 
 
-def test_normal_codes_travel_in_the_state_dict_and_old_state_dicts_still_load(
-        trained: tuple[Config, object]) -> None:
+def test_normal_codes_travel_in_the_state_dict_and_old_state_dicts_still_load(trained: tuple[Config, object]) -> None:
     from cxr_anomaly.models.tang2019 import OneClassDetector
 
     config, detector = trained
     copy_of = OneClassDetector(config.model)
     copy_of.load_state_dict(detector.state_dict())
     assert np.array_equal(copy_of.normal_codes.numpy(), detector.normal_codes.numpy())
-    old = {key: value for key, value in detector.state_dict().items()
-           if key not in ("normal_codes", "code_neighbours")}
+    old = {key: value for key, value in detector.state_dict().items() if key not in ("normal_codes", "code_neighbours")}
     restored = OneClassDetector(config.model)
     restored.load_state_dict(old)
     assert len(restored.normal_codes) == 0

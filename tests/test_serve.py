@@ -42,10 +42,13 @@ def offline_scores(checkpoint: Path, path: Path, precision: str = "auto") -> dic
     pixels = resize_grey(read_image(path).array, model.config.data.image_size)[None]  # (1, S, S)
     result = score_films(model.detector, pixels, precision=precision)
     raw = result.raw
-    return {"raw": float(raw[0]), "percentile": float(model.calibration.percentile(raw)[0]),
-            "z": float(model.calibration.standardise(raw)[0]),
-            "flag": bool(model.calibration.flag(raw)[0]),
-            "components": {name: float(values[0]) for name, values in result.components.items()}}
+    return {
+        "raw": float(raw[0]),
+        "percentile": float(model.calibration.percentile(raw)[0]),
+        "z": float(model.calibration.standardise(raw)[0]),
+        "flag": bool(model.calibration.flag(raw)[0]),
+        "components": {name: float(values[0]) for name, values in result.components.items()},
+    }
 
 
 def test_health_model_and_openapi(client: TestClient, tiny_nih_model) -> None:
@@ -63,8 +66,7 @@ def test_health_model_and_openapi(client: TestClient, tiny_nih_model) -> None:
     assert "ScoreResponse" in schema["components"]["schemas"]
 
 
-def test_score_png_matches_the_library_and_the_calibration(client: TestClient, tiny_nih_model,
-                                                           film_path: Path) -> None:
+def test_score_png_matches_the_library_and_the_calibration(client: TestClient, tiny_nih_model, film_path: Path) -> None:
     response = client.post("/v1/score", files={"file": ("x.png", film_path.read_bytes(), "image/png")})
     assert response.status_code == 200
     body = response.json()
@@ -107,8 +109,9 @@ def test_an_exported_onnx_graph_is_served_like_its_checkpoint(tiny_nih_model, fi
         create_app(onnx_path, ServiceSettings(), device="cuda")
 
 
-def test_serve_refuses_a_device_it_cannot_use_before_it_listens(tiny_nih_model,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_serve_refuses_a_device_it_cannot_use_before_it_listens(
+    tiny_nih_model, caplog: pytest.LogCaptureFixture
+) -> None:
     import torch
 
     from cxr_anomaly.cli import main
@@ -119,8 +122,9 @@ def test_serve_refuses_a_device_it_cannot_use_before_it_listens(tiny_nih_model,
     assert "device='cuda', but torch sees no CUDA device here" in caplog.text
 
 
-def test_raw_body_jpeg_and_dicom_are_sniffed_and_scored(client: TestClient, tmp_path: Path, shared_data: Path,
-                                                       dicom_writer: Callable[..., Path]) -> None:
+def test_raw_body_jpeg_and_dicom_are_sniffed_and_scored(
+    client: TestClient, tmp_path: Path, shared_data: Path, dicom_writer: Callable[..., Path]
+) -> None:
     full_resolution = shared_data / "nih_fullres" / "00000427_000.png"
     grey = np.asarray(Image.open(full_resolution).convert("L"))
     buffer = io.BytesIO()
@@ -129,8 +133,9 @@ def test_raw_body_jpeg_and_dicom_are_sniffed_and_scored(client: TestClient, tmp_
     jpeg = client.post("/v1/score", files={"file": ("film.dcm", buffer.getvalue(), "application/dicom")})
     assert jpeg.status_code == 200 and jpeg.json()["image"] == {"format": "jpeg", "width": 1024, "height": 1024}
     dicom = dicom_writer(grey, tmp_path / "film", study_uid="1.2.3", sop_uid="1.2.3.4")
-    response = client.post("/v1/score", content=dicom.read_bytes(),
-                           headers={"content-type": "application/octet-stream"})
+    response = client.post(
+        "/v1/score", content=dicom.read_bytes(), headers={"content-type": "application/octet-stream"}
+    )
     assert response.status_code == 200 and response.json()["image"]["format"] == "dicom"
     png = client.post("/v1/score", content=full_resolution.read_bytes(), headers={"content-type": "image/png"})
     assert response.json()["score_raw"] == pytest.approx(png.json()["score_raw"], rel=1e-6)
@@ -181,8 +186,10 @@ def test_upload_size_and_image_dimension_limits(tiny_nih_model, shared_data: Pat
     with TestClient(create_app(tiny_nih_model.checkpoint, settings)) as limited:
         big = (shared_data / "nih_fullres" / "00000427_000.png").read_bytes()
         assert len(big) > 200_000
-        for response in (limited.post("/v1/score", content=big),
-                         limited.post("/v1/score", files={"file": ("f.png", big)})):
+        for response in (
+            limited.post("/v1/score", content=big),
+            limited.post("/v1/score", files={"file": ("f.png", big)}),
+        ):
             assert response.status_code == 413 and error_of(response) == "upload_too_large"
         wide = io.BytesIO()
         Image.fromarray(np.zeros((64, 4000), dtype=np.uint8)).save(wide, format="PNG")  # small file, 4000 wide
@@ -190,8 +197,9 @@ def test_upload_size_and_image_dimension_limits(tiny_nih_model, shared_data: Pat
         assert response.status_code == 413 and error_of(response) == "image_too_large"
 
 
-def test_bearer_token_from_the_environment_guards_scoring(tiny_nih_model, film_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bearer_token_from_the_environment_guards_scoring(
+    tiny_nih_model, film_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CXR_ANOMALY_TOKEN", TOKEN)
     settings = ServiceSettings.from_environment()
     assert settings.token == TOKEN
@@ -238,8 +246,9 @@ def test_batch_scorer_reports_a_failure_to_every_waiting_request() -> None:
     scorer: BatchScorer[float] = BatchScorer(broken, max_batch_size=4, max_wait_seconds=0.01)
 
     async def many() -> list[object]:
-        return await asyncio.gather(*(scorer.score(np.zeros((4, 4), np.uint8)) for _ in range(3)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(scorer.score(np.zeros((4, 4), np.uint8)) for _ in range(3)), return_exceptions=True
+        )
 
     outcomes = asyncio.run(many())
     assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
@@ -260,17 +269,39 @@ def test_small_load_test_on_loopback_has_no_errors_and_batches(tiny_nih_model, f
     assert health["largest_batch"] > 1  # concurrent requests shared forward passes
 
 
-def test_serve_command_passes_its_options_and_the_environment_token(tiny_nih_model, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_command_passes_its_options_and_the_environment_token(
+    tiny_nih_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import cxr_anomaly.serve
     from cxr_anomaly.cli import main
 
     calls: list[dict[str, object]] = []
-    monkeypatch.setattr(cxr_anomaly.serve, "run_server",
-                        lambda model, settings, **options: calls.append({"model": model, "settings": settings,
-                                                                         **options}))
+    monkeypatch.setattr(
+        cxr_anomaly.serve,
+        "run_server",
+        lambda model, settings, **options: calls.append({"model": model, "settings": settings, **options}),
+    )
     monkeypatch.setenv("CXR_ANOMALY_TOKEN", TOKEN)
-    assert main(["serve", "--model", str(tiny_nih_model.checkpoint), "--port", "8123", "--max-upload-mb", "2",
-                 "--max-image-side", "4096", "--batch-wait-ms", "20", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "serve",
+                "--model",
+                str(tiny_nih_model.checkpoint),
+                "--port",
+                "8123",
+                "--max-upload-mb",
+                "2",
+                "--max-image-side",
+                "4096",
+                "--batch-wait-ms",
+                "20",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     (call,) = calls
     settings = call["settings"]
     assert call["port"] == 8123 and call["host"] == "127.0.0.1" and call["threads"] == 1

@@ -44,16 +44,31 @@ BURST_CEILING_MB = 400  # 16 films of 1024² in flight, decoded, scored and answ
 # A bomb is answered in milliseconds on an idle machine; CI's two shared cores get some slack.
 BOMB_SECONDS = 2.0
 
-pytestmark = pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
-                                reason="reads the server's peak memory from Linux's /proc (clear_refs, VmHWM)")
+pytestmark = pytest.mark.skipif(
+    not os.access("/proc/self/clear_refs", os.W_OK),
+    reason="reads the server's peak memory from Linux's /proc (clear_refs, VmHWM)",
+)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_nih_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("attacks") / "serve.log"
-    options = ["--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT), "--idle-timeout", "1",
-               "--max-connections", str(MAX_CONNECTIONS), "--max-in-flight", str(MAX_IN_FLIGHT),
-               "--max-queued-films", str(MAX_IN_FLIGHT), "--admission-wait", "2"]
+    options = [
+        "--header-timeout",
+        str(HEADER_TIMEOUT),
+        "--body-timeout",
+        str(BODY_TIMEOUT),
+        "--idle-timeout",
+        "1",
+        "--max-connections",
+        str(MAX_CONNECTIONS),
+        "--max-in-flight",
+        str(MAX_IN_FLIGHT),
+        "--max-queued-films",
+        str(MAX_IN_FLIGHT),
+        "--admission-wait",
+        "2",
+    ]
     process = start_server(tiny_nih_model.checkpoint, log, src=REPOSITORY_ROOT / "src", options=options)
     yield process
     process.stop()
@@ -62,10 +77,12 @@ def server(tiny_nih_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def bombs() -> dict[str, bytes]:
-    return {"deflated_overflow": deflated_dicom(1024, 1024, 256 << 20),
-            "deflated_declared": deflated_dicom(65535, 65535, 1 << 20),
-            "png16_long": png16_of_zeros(65535, 1024),
-            "rle_long": rle_dicom_of_zeros(65535, 1024)}
+    return {
+        "deflated_overflow": deflated_dicom(1024, 1024, 256 << 20),
+        "deflated_declared": deflated_dicom(65535, 65535, 1 << 20),
+        "png16_long": png16_of_zeros(65535, 1024),
+        "rle_long": rle_dicom_of_zeros(65535, 1024),
+    }
 
 
 def test_the_bombs_are_what_they_claim(bombs: dict[str, bytes]) -> None:
@@ -82,8 +99,9 @@ def test_the_bombs_are_what_they_claim(bombs: dict[str, bytes]) -> None:
 
     stream = io.BytesIO(bombs["deflated_overflow"])
     stream.seek(132)
-    meta = read_dataset(stream, is_implicit_VR=False, is_little_endian=True,
-                        stop_when=lambda tag, vr, length: tag.group != 2)
+    meta = read_dataset(
+        stream, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2
+    )
     assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
     inflater, pending, inflated = zlib.decompressobj(-zlib.MAX_WBITS), stream.read(), 0
     while pending:  # counted a MiB at a time: the test never holds the 256 MB
@@ -93,8 +111,9 @@ def test_the_bombs_are_what_they_claim(bombs: dict[str, bytes]) -> None:
 
 
 @pytest.mark.parametrize("name", ["deflated_overflow", "deflated_declared", "png16_long", "rle_long"])
-def test_each_bomb_is_refused_at_once_for_little_memory(server: ServerProcess, bombs: dict[str, bytes],
-                                                        name: str) -> None:
+def test_each_bomb_is_refused_at_once_for_little_memory(
+    server: ServerProcess, bombs: dict[str, bytes], name: str
+) -> None:
     result = replay(server, name, [bombs[name]])
     assert result.statuses == {"413": 1}
     assert result.max_request_seconds < BOMB_SECONDS
@@ -107,8 +126,9 @@ def test_eight_bombs_at_once_stay_under_300_mb(server: ServerProcess, bombs: dic
     assert result.added_peak_mb <= EIGHT_BOMBS_CEILING_MB, result
 
 
-def test_a_burst_of_200_gets_503s_with_retry_after_and_a_bounded_memory(server: ServerProcess,
-                                                                        shared_data: Path) -> None:
+def test_a_burst_of_200_gets_503s_with_retry_after_and_a_bounded_memory(
+    server: ServerProcess, shared_data: Path
+) -> None:
     film = (shared_data / "nih_fullres" / "00000427_000.png").read_bytes()
     replay(server, "warm_up", [film])  # first-request allocations are not the burst's
     result = replay(server, "burst", [film] * 200)
@@ -143,8 +163,10 @@ def test_a_client_leaving_mid_upload_is_one_log_line(server: ServerProcess) -> N
     host, port = server.url.removeprefix("http://").split(":")
     before = server.log.read_text(errors="replace").count("disconnected before its upload ended")
     with socket.create_connection((host, int(port))) as connection:
-        connection.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                           b"Content-Length: 100000\r\n\r\n" + b"\x89PNG\r\n\x1a\n" + b"\0" * 1000)
+        connection.sendall(
+            b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n" + b"\x89PNG\r\n\x1a\n" + b"\0" * 1000
+        )
         time.sleep(0.3)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

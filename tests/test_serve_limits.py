@@ -39,7 +39,7 @@ def test_no_docs_page_loads_a_third_party_script(client: TestClient) -> None:
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").status_code == 200
     page = client.get("/").text
-    assert "<script src=" not in page.replace(" ", "").replace("'", "\"") and "cdn" not in page.lower()
+    assert "<script src=" not in page.replace(" ", "").replace("'", '"') and "cdn" not in page.lower()
 
 
 def test_a_corrupt_upload_is_refused_without_a_path(client: TestClient) -> None:
@@ -54,8 +54,9 @@ def test_multipart_forms_keep_only_the_file_field(client: TestClient, shared_dat
     scored = client.post("/v1/score", files={"file": ("f.png", film)}, data={"note": "x" * 100})
     assert scored.status_code == 200
     form = b'--b0undary\r\nContent-Disposition: form-data; name="file"\r\n\r\nnot a file\r\n--b0undary--\r\n'
-    plain_field = client.post("/v1/score", content=form,
-                              headers={"content-type": "multipart/form-data; boundary=b0undary"})
+    plain_field = client.post(
+        "/v1/score", content=form, headers={"content-type": "multipart/form-data; boundary=b0undary"}
+    )
     assert plain_field.status_code == 400 and plain_field.json()["error"]["code"] == "missing_file"
     two_files = client.post("/v1/score", files=[("file", ("a.png", film)), ("file", ("b.png", film))])
     assert two_files.status_code == 400 and two_files.json()["error"]["code"] == "malformed_form"
@@ -111,8 +112,9 @@ def test_batch_scorer_refuses_films_beyond_its_queue() -> None:
     scorer: BatchScorer[float] = BatchScorer(slow, max_batch_size=2, max_wait_seconds=0.0, max_queued=3)
 
     async def many() -> list[object]:
-        return await asyncio.gather(*(scorer.score(np.zeros((4, 4), np.uint8)) for _ in range(5)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(scorer.score(np.zeros((4, 4), np.uint8)) for _ in range(5)), return_exceptions=True
+        )
 
     outcomes = asyncio.run(many())
     assert sum(isinstance(outcome, QueueFullError) for outcome in outcomes) == 2
@@ -120,8 +122,7 @@ def test_batch_scorer_refuses_films_beyond_its_queue() -> None:
     scorer.close()
 
 
-def test_an_open_non_loopback_bind_is_refused_unless_asked(tiny_nih_model,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_an_open_non_loopback_bind_is_refused_unless_asked(tiny_nih_model, caplog: pytest.LogCaptureFixture) -> None:
     from cxr_anomaly.cli import main
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
@@ -137,12 +138,42 @@ def test_serve_passes_its_limit_options(tiny_nih_model, monkeypatch: pytest.Monk
     from cxr_anomaly.cli import main
 
     calls: list[dict[str, object]] = []
-    monkeypatch.setattr(cxr_anomaly.serve, "run_server",
-                        lambda model, settings, **options: calls.append({"settings": settings, **options}))
-    assert main(["serve", "--model", str(tiny_nih_model.checkpoint), "--host", "0.0.0.0", "--allow-open",
-                 "--max-in-flight", "5", "--max-queued-films", "6", "--memory-budget-mb", "64",
-                 "--admission-wait", "0.5", "--decode-threads", "3", "--header-timeout", "4", "--body-timeout", "7",
-                 "--idle-timeout", "2", "--max-connections", "99"]) == 0
+    monkeypatch.setattr(
+        cxr_anomaly.serve,
+        "run_server",
+        lambda model, settings, **options: calls.append({"settings": settings, **options}),
+    )
+    assert (
+        main(
+            [
+                "serve",
+                "--model",
+                str(tiny_nih_model.checkpoint),
+                "--host",
+                "0.0.0.0",
+                "--allow-open",
+                "--max-in-flight",
+                "5",
+                "--max-queued-films",
+                "6",
+                "--memory-budget-mb",
+                "64",
+                "--admission-wait",
+                "0.5",
+                "--decode-threads",
+                "3",
+                "--header-timeout",
+                "4",
+                "--body-timeout",
+                "7",
+                "--idle-timeout",
+                "2",
+                "--max-connections",
+                "99",
+            ]
+        )
+        == 0
+    )
     (call,) = calls
     settings = call["settings"]
     assert call["allow_open"] is True and call["host"] == "0.0.0.0"

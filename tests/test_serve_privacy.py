@@ -69,8 +69,11 @@ def hostile_uploads(shared_data: Path) -> dict[bool, bytes]:
 
 
 def test_concurrent_dicom_uploads_never_log_the_patient_name(
-        tiny_nih_model, hostile_uploads: dict[bool, bytes], caplog: pytest.LogCaptureFixture,
-        capfd: pytest.CaptureFixture[str]) -> None:
+    tiny_nih_model,
+    hostile_uploads: dict[bool, bytes],
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     uploads = hostile_uploads
     caplog.set_level(logging.DEBUG)
     statuses: list[int] = []
@@ -89,8 +92,9 @@ def test_concurrent_dicom_uploads_never_log_the_patient_name(
                         start.wait()
                         for round_ in range(UPLOADS_PER_THREAD):
                             data = uploads[(index + round_) % 2 == 1]
-                            response = client.post("/v1/score", content=data,
-                                                   headers={"content-type": "application/dicom"})
+                            response = client.post(
+                                "/v1/score", content=data, headers={"content-type": "application/dicom"}
+                            )
                             statuses.append(response.status_code)
                             bodies.append(response.text)
                 except BaseException as error:  # reported below; a thread must not die silently

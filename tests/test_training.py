@@ -14,18 +14,15 @@ import pytest
 import torch
 
 from cxr_anomaly import inference
-from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.distributed import DistributedContext
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError
-from cxr_anomaly.models.tang2019 import DiscriminatorLoss, discriminator_loss_from_logits
-from cxr_anomaly.models.tang2019 import steps
-from cxr_anomaly.models.tang2019.torch_model import Discriminator
+from cxr_anomaly.models.tang2019 import DiscriminatorLoss, discriminator_loss_from_logits, steps
 from cxr_anomaly.models.tang2019.resume import resolve_config_for_resume
-from cxr_anomaly.models.tang2019.state import TRAINING_STATE_NAME
+from cxr_anomaly.models.tang2019.state import TRAINING_STATE_NAME, load_training_state
 from cxr_anomaly.models.tang2019.steps import EVENTS_NAME
+from cxr_anomaly.models.tang2019.torch_model import Discriminator
 from cxr_anomaly.models.tang2019.training import train_detector
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -132,8 +129,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(
     assert str(tmp_path / TRAINING_STATE_NAME) in str(caught.value)
     kept = load_training_state(tmp_path / TRAINING_STATE_NAME)
     assert kept.epochs_done == 1
-    assert all(bool(torch.isfinite(value).all()) for value in kept.model_state.values()
-               if value.is_floating_point())
+    assert all(bool(torch.isfinite(value).all()) for value in kept.model_state.values() if value.is_floating_point())
     last = events(tmp_path)[-1]
     assert last["event"] == "diverged" and last["epoch"] == 2
     assert all(math.isnan(value) for key, value in last["losses"].items() if key != "discriminator")
@@ -152,8 +148,9 @@ def test_non_finite_weights_are_never_checkpointed(nih_train_normals: np.ndarray
                 holder["detector"].unet.encoder.to_code.weight[0, 0, 0, 0] = float("inf")
 
     with pytest.raises(TrainingDivergedError, match="non-finite values in unet"):
-        train_detector(config, nih_train_normals, run_dir=tmp_path, on_epoch_end=remember,
-                       on_step_end=poison_after_step_four)
+        train_detector(
+            config, nih_train_normals, run_dir=tmp_path, on_epoch_end=remember, on_step_end=poison_after_step_four
+        )
     assert load_training_state(tmp_path / TRAINING_STATE_NAME).global_step == 3
     assert events(tmp_path)[-1]["event"] == "diverged"
 
@@ -177,8 +174,9 @@ def test_default_thresholds_leave_a_normal_run_alone(nih_train_normals: np.ndarr
     assert len(result.history) == 1 and math.isfinite(result.history[0].generator_total)
 
 
-def test_training_without_a_run_folder_writes_nothing(nih_train_normals: np.ndarray, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_without_a_run_folder_writes_nothing(
+    nih_train_normals: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     train_detector(tiny_config(epochs=1), nih_train_normals)
     assert list(tmp_path.iterdir()) == []
@@ -220,8 +218,9 @@ def test_batchnorm_statistics_are_re_estimated_after_a_short_run(nih_train_norma
     assert new_eval == pytest.approx(new_train, rel=0.05)
 
 
-def test_fit_detector_trains_tang2019_behind_the_common_interface(nih_train_normals: np.ndarray,
-                                                                   tmp_path: Path) -> None:
+def test_fit_detector_trains_tang2019_behind_the_common_interface(
+    nih_train_normals: np.ndarray, tmp_path: Path
+) -> None:
     from cxr_anomaly.models.registry import build_detector, fit_detector
     from cxr_anomaly.models.tang2019 import OneClassDetector, Tang2019Detector
 
@@ -242,8 +241,9 @@ def test_fit_detector_trains_tang2019_behind_the_common_interface(nih_train_norm
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_trains_in_bf16_exactly_where_it_is_native(nih_train_normals: np.ndarray, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+def test_auto_precision_trains_in_bf16_exactly_where_it_is_native(
+    nih_train_normals: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
     monkeypatch.setattr(inference, "native_bf16", lambda device: native)
     assert tang2019_config().train.precision == "auto"
     used: list[bool] = []

@@ -19,12 +19,22 @@ from PIL import Image
 from cxr_anomaly.serve import BackgroundServer, ServiceSettings, create_app, start_background_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TOKEN = "page-token-51e2"
-NO_BROWSER = ("no Chromium for the page test (looked for {system} and Playwright's own download): "
-              "run `make browser` to install one (Debian's chromium as root, else Playwright's download), "
-              "as .ci/run does")
+NO_BROWSER = (
+    "no Chromium for the page test (looked for {system} and Playwright's own download): "
+    "run `make browser` to install one (Debian's chromium as root, else Playwright's download), "
+    "as .ci/run does"
+)
 
 
 def playwright_chromium() -> Path | None:
@@ -36,8 +46,7 @@ def playwright_chromium() -> Path | None:
     return Path(location) if location else None
 
 
-def locate_chromium(system: Path = CHROMIUM,
-                    downloaded: Callable[[], Path | None] = playwright_chromium) -> Path:
+def locate_chromium(system: Path = CHROMIUM, downloaded: Callable[[], Path | None] = playwright_chromium) -> Path:
     """Debian's Chromium, else Playwright's download; skip naming `make browser` when neither is there."""
     if system.is_file():
         return system
@@ -69,7 +78,8 @@ def browser_context() -> Iterator[object]:
     profile = tempfile.mkdtemp(prefix="cxr-chromium-")
     with playwright_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS)
+            profile, executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS
+        )
         try:
             yield context
         finally:
@@ -84,11 +94,15 @@ def server(tiny_nih_model) -> Iterator[BackgroundServer]:
     running.stop()
 
 
-def test_dropping_a_real_film_shows_the_same_score_as_the_api(browser_context, server: BackgroundServer,
-                                                               shared_data: Path) -> None:
+def test_dropping_a_real_film_shows_the_same_score_as_the_api(
+    browser_context, server: BackgroundServer, shared_data: Path
+) -> None:
     film = shared_data / "nih1000" / "test" / "1_abnormal" / "00000211_011.png"
-    expected = httpx.post(f"{server.url}/v1/score", files={"file": (film.name, film.read_bytes())},
-                          headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    expected = httpx.post(
+        f"{server.url}/v1/score",
+        files={"file": (film.name, film.read_bytes())},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ).json()
     page = browser_context.new_page()
     page.goto(server.url + "/")
     page.wait_for_selector("#token-row", state="visible")  # /v1/model said a token is needed
@@ -108,8 +122,9 @@ def test_dropping_a_real_film_shows_the_same_score_as_the_api(browser_context, s
     page.close()
 
 
-def test_the_page_says_when_a_film_is_outside_the_models_scope(browser_context, server: BackgroundServer,
-                                                              shared_data: Path, tmp_path: Path) -> None:
+def test_the_page_says_when_a_film_is_outside_the_models_scope(
+    browser_context, server: BackgroundServer, shared_data: Path, tmp_path: Path
+) -> None:
     film = shared_data / "nih1000" / "test" / "0_normal" / "00000231_013.png"
     turned = tmp_path / "turned.png"
     Image.open(film).rotate(90, expand=True).save(turned)
@@ -127,7 +142,8 @@ def test_the_page_says_when_a_film_is_outside_the_models_scope(browser_context, 
 
 
 def test_the_page_shows_the_api_errors_for_a_bad_file_and_a_wrong_token(
-        browser_context, server: BackgroundServer, tmp_path: Path, shared_data: Path) -> None:
+    browser_context, server: BackgroundServer, tmp_path: Path, shared_data: Path
+) -> None:
     fake = tmp_path / "not-a-film.png"
     fake.write_bytes(b"GIF89a" + b"\x00" * 64)
     page = browser_context.new_page()

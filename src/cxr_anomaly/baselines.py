@@ -40,9 +40,7 @@ def flatten_pixels(pixels: np.ndarray, data_config: DataConfig) -> np.ndarray:
 
 def _check_training_set(train_pixels: np.ndarray, needed: int, what: str) -> None:
     if len(train_pixels) < needed:
-        raise NoNormalImagesError(
-            f"{what} needs at least {needed} normal training images, got {len(train_pixels)}"
-        )
+        raise NoNormalImagesError(f"{what} needs at least {needed} normal training images, got {len(train_pixels)}")
 
 
 class PCABaseline:
@@ -130,18 +128,19 @@ def fit_and_score_baselines(
     """
     pca = PCABaseline(data_config, pca_components).fit(train_pixels)
     knn = KNNBaseline(data_config, neighbours).fit(train_pixels)
-    logger.info("baselines fitted on %d normal images: PCA(%d), %d-NN",
-                len(train_pixels), pca_components, neighbours)
+    logger.info("baselines fitted on %d normal images: PCA(%d), %d-NN", len(train_pixels), pca_components, neighbours)
     return {
-        name: BaselineScores({f"pca{pca_components}": pca.score(pixels),
-                              f"knn{neighbours}": knn.score(pixels)})
+        name: BaselineScores({f"pca{pca_components}": pca.score(pixels), f"knn{neighbours}": knn.score(pixels)})
         for name, pixels in score_sets.items()
     }
 
 
-def named_baseline_scores(train_pixels: np.ndarray, score_sets: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+def named_baseline_scores(
+    train_pixels: np.ndarray, score_sets: dict[str, np.ndarray]
+) -> dict[str, dict[str, np.ndarray]]:
     """PCA(5) and 5-NN at 64 px (uint8 films decoded at :data:`BASELINE_IMAGE_SIZE`), fitted on
     the normal ``train_pixels``: set name -> {display name (:data:`BASELINE_NAMES`) -> scores (M,)}."""
     scored = fit_and_score_baselines(train_pixels, score_sets, DataConfig(image_size=BASELINE_IMAGE_SIZE))
-    return {name: {BASELINE_NAMES[key]: values for key, values in result.scores.items()}
-            for name, result in scored.items()}
+    return {
+        name: {BASELINE_NAMES[key]: values for key, values in result.scores.items()} for name, result in scored.items()
+    }

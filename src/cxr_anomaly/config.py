@@ -78,16 +78,15 @@ class ModelConfig:
         skips = tuple(self.skip_connections)  # TOML and JSON give lists
         object.__setattr__(self, "skip_connections", skips)
         if any(side not in SKIP_SIDES for side in skips) or len(set(skips)) != len(skips):
-            raise ConfigError(f"model.skip_connections={list(skips)}; expected distinct sides out of "
-                              f"{list(SKIP_SIDES)} (empty: no skips)")
-        if self.image_size != 64:
             raise ConfigError(
-                f"model.image_size={self.image_size}; the paper's 5-layer networks need 64"
+                f"model.skip_connections={list(skips)}; expected distinct sides out of "
+                f"{list(SKIP_SIDES)} (empty: no skips)"
             )
+        if self.image_size != 64:
+            raise ConfigError(f"model.image_size={self.image_size}; the paper's 5-layer networks need 64")
         if self.latent_dim < 1 or self.base_channels < 1:
             raise ConfigError(
-                f"model.latent_dim={self.latent_dim}, model.base_channels={self.base_channels}; "
-                "both must be positive"
+                f"model.latent_dim={self.latent_dim}, model.base_channels={self.base_channels}; both must be positive"
             )
         if self.init not in get_args(InitScheme):
             raise ConfigError(f"model.init={self.init!r}; expected one of {get_args(InitScheme)}")
@@ -165,9 +164,7 @@ class TrainConfig:
         if self.precision not in get_args(Precision):
             raise ConfigError(f"train.precision={self.precision!r}; expected {get_args(Precision)}")
         if not 0.0 <= self.calibration_fraction < 1.0:
-            raise ConfigError(
-                f"train.calibration_fraction={self.calibration_fraction}; must be in [0, 1)"
-            )
+            raise ConfigError(f"train.calibration_fraction={self.calibration_fraction}; must be in [0, 1)")
         if self.checkpoint_every_steps < 0 or self.collapse_patience_steps < 0:
             raise ConfigError(
                 f"train.checkpoint_every_steps={self.checkpoint_every_steps}, "
@@ -228,9 +225,7 @@ class ScoreConfig:
         if self.neighbours < 1:
             raise ConfigError(f"score.neighbours={self.neighbours}; must be >= 1")
         if not 0.0 < self.target_specificity < 1.0:
-            raise ConfigError(
-                f"score.target_specificity={self.target_specificity}; must be in (0, 1)"
-            )
+            raise ConfigError(f"score.target_specificity={self.target_specificity}; must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -292,8 +287,14 @@ class FeatureConfig:
                 raise ConfigError(f"features.{name}={list(value)}; expected a non-empty subset of [8, 16, 32]")
         if self.score not in FEATURE_SCORES:
             raise ConfigError(f"features.score={self.score!r}; expected one of {FEATURE_SCORES}")
-        for name in ("patch_grid", "memory_bank_size", "coreset_projection_dim", "neighbours",
-                     "pooled_bank_size", "batch_size"):
+        for name in (
+            "patch_grid",
+            "memory_bank_size",
+            "coreset_projection_dim",
+            "neighbours",
+            "pooled_bank_size",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"features.{name}={getattr(self, name)}; must be >= 1")
 
@@ -325,8 +326,10 @@ class Config:
                 f"model.image_size={self.model.image_size}; the tang2019 networks read 64 px films"
             )
         if self.method == "features" and (self.data.image_size < 64 or self.data.image_size % 32):
-            raise ConfigError(f"data.image_size={self.data.image_size}; the features method needs a "
-                              "multiple of 32, at least 64 (224 by default)")
+            raise ConfigError(
+                f"data.image_size={self.data.image_size}; the features method needs a "
+                "multiple of 32, at least 64 (224 by default)"
+            )
 
 
 _SECTIONS: dict[str, type] = {
@@ -345,6 +348,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     Tuples become lists, so the result is JSON- and TOML-serialisable and loads with
     ``torch.load(weights_only=True)`` inside a checkpoint.
     """
+
     def plain(value: Any) -> Any:
         if isinstance(value, (tuple, list)):
             return [plain(item) for item in value]
@@ -397,8 +401,10 @@ def _check_field_types(section_type: type, values: dict[str, Any], section_name:
                 return len(value) == len(arguments) and all(map(matches, value, arguments))
             return all(matches(item, arguments[0]) for item in value) if arguments else True
         if origin is dict:
-            return isinstance(value, dict) and (not arguments or all(
-                matches(key, arguments[0]) and matches(item, arguments[1]) for key, item in value.items()))
+            return isinstance(value, dict) and (
+                not arguments
+                or all(matches(key, arguments[0]) and matches(item, arguments[1]) for key, item in value.items())
+            )
         if isinstance(hint, type):
             return isinstance(value, hint)
         return True  # a typing construct not used in the config yet: accept rather than refuse
@@ -442,8 +448,9 @@ def drop_retired_keys(values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(values.get(section), dict) and set(retired) & set(values[section]):
             kept = dict(values[section])
             for key in set(retired) & set(kept):
-                logger.info("ignoring %s.%s=%r: it is no longer a setting (%s)", section, key, kept.pop(key),
-                            retired[key])
+                logger.info(
+                    "ignoring %s.%s=%r: it is no longer a setting (%s)", section, key, kept.pop(key), retired[key]
+                )
             values[section] = kept
     return values
 
@@ -476,8 +483,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         unknown = set(section_values) - known
         if unknown:
             raise ConfigError(
-                f"unknown key(s) {sorted(unknown)} in config section {section_name!r}; "
-                f"expected some of {sorted(known)}"
+                f"unknown key(s) {sorted(unknown)} in config section {section_name!r}; expected some of {sorted(known)}"
             )
         _check_field_types(section_type, section_values, section_name)
         sections[section_name] = section_type(**section_values)
@@ -504,8 +510,9 @@ def stored_config_from_dict(values: dict[str, Any]) -> Config:
     return config_from_dict(values)
 
 
-def config_differences(stored: Config, requested: Config, *,
-                       ignore: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
+def config_differences(
+    stored: Config, requested: Config, *, ignore: Collection[str] = ()
+) -> dict[str, tuple[Any, Any]]:
     """``section.key -> (stored, requested)`` for every setting that differs (``method`` by its
     own name), leaving out the ``section.key`` names in ``ignore``."""
     stored_values, requested_values = config_to_dict(stored), config_to_dict(requested)
@@ -540,8 +547,9 @@ def paper_config() -> Config:
     5e-4 with betas (0.5, 0.999), loss weights 20/4/8/1). The default ``Config()`` differs only
     where a run gave a reason to (see docs/notebook/2026-11-results-history.md#what-moves-the-auc-issue-4-research).
     """
-    return config_from_dict({"method": "tang2019", "score": {"method": "eq6"},
-                             "train": {"recalibrate_batchnorm": False}})
+    return config_from_dict(
+        {"method": "tang2019", "score": {"method": "eq6"}, "train": {"recalibrate_batchnorm": False}}
+    )
 
 
 def tang2019_config() -> Config:
@@ -549,8 +557,12 @@ def tang2019_config() -> Config:
     return config_from_dict({"method": "tang2019"})
 
 
-PRESETS: dict[str, Callable[[], Config]] = {"default": Config, "features": Config, "tang2019": tang2019_config,
-                                            "paper": paper_config}
+PRESETS: dict[str, Callable[[], Config]] = {
+    "default": Config,
+    "features": Config,
+    "tang2019": tang2019_config,
+    "paper": paper_config,
+}
 
 
 def preset_config(name: str) -> Config:

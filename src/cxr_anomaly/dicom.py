@@ -63,21 +63,42 @@ from .read_limits import ReadLimits, check_declared
 logger = logging.getLogger(__name__)
 
 DICOM_HANDLER_HINT = (
-    "install a pixel data handler: pip install 'cxr-anomaly[dicom]' "
-    "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
+    "install a pixel data handler: pip install 'cxr-anomaly[dicom]' (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
 )
 MIN_PYDICOM_VERSION: tuple[int, int] = (3, 0)
 
 # Header keywords whose values identify a patient, a visit or a person; their values are
 # removed from any text this module emits (DICOM PS3.15 Annex E basic profile, abridged).
 IDENTIFYING_KEYWORDS: tuple[str, ...] = (
-    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthDate",
-    "PatientBirthTime", "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName",
-    "IssuerOfPatientID", "MedicalRecordLocator", "AccessionNumber", "StudyID",
-    "InstitutionName", "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName",
-    "OperatorsName", "NameOfPhysiciansReadingStudy", "RequestingPhysician", "StationName",
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "DeviceSerialNumber",
-    "StudyDate", "StudyTime", "AcquisitionDateTime", "ContentDate",
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "IssuerOfPatientID",
+    "MedicalRecordLocator",
+    "AccessionNumber",
+    "StudyID",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician",
+    "StationName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "DeviceSerialNumber",
+    "StudyDate",
+    "StudyTime",
+    "AcquisitionDateTime",
+    "ContentDate",
 )
 WINDOW_FUNCTIONS: tuple[str, ...] = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
@@ -128,8 +149,9 @@ def check_pydicom_version(path: str | Path) -> None:
     if major_minor < MIN_PYDICOM_VERSION:
         needed = ".".join(str(part) for part in MIN_PYDICOM_VERSION)
         raise DicomError(
-            path, f"reading DICOM needs pydicom >= {needed}, but pydicom {installed} is installed; "
-                  f"pip install 'pydicom>={needed}'"
+            path,
+            f"reading DICOM needs pydicom >= {needed}, but pydicom {installed} is installed; "
+            f"pip install 'pydicom>={needed}'",
         )
 
 
@@ -158,8 +180,14 @@ class FilmHeader:
 
 
 # The tags of FilmHeader: read without pixel data, none of them identifies a patient.
-FILM_HEADER_TAGS: tuple[str, ...] = ("ViewPosition", "PatientAge", "BodyPartExamined", "PresentationIntentType",
-                                     "SOPClassUID", "PatientOrientation")
+FILM_HEADER_TAGS: tuple[str, ...] = (
+    "ViewPosition",
+    "PatientAge",
+    "BodyPartExamined",
+    "PresentationIntentType",
+    "SOPClassUID",
+    "PatientOrientation",
+)
 
 
 _AGE_UNITS_PER_YEAR = {"Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
@@ -231,8 +259,9 @@ def read_view_positions(paths: list[str]) -> list[str | None]:
     return [header.view for header in read_film_headers(paths)]
 
 
-def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               limits: ReadLimits | None = None) -> ImageRead:
+def read_dicom(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, limits: ReadLimits | None = None
+) -> ImageRead:
     """Read a DICOM file as a grey float32 image of shape (rows, columns) in [0, 1].
 
     Multi-frame files give their first frame, and only that frame is decoded; the metadata's
@@ -303,11 +332,15 @@ def _set_transfer_syntax_from_encoding(path: str | Path, dataset: Any) -> None:
     if "TransferSyntaxUID" in dataset.file_meta:
         return
     implicit, little = dataset.original_encoding
-    syntaxes = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
-                (False, False): ExplicitVRBigEndian}
+    syntaxes = {
+        (True, True): ImplicitVRLittleEndian,
+        (False, True): ExplicitVRLittleEndian,
+        (False, False): ExplicitVRBigEndian,
+    }
     if (implicit, little) not in syntaxes:
-        raise DicomError(path, "no file meta information and an implicit VR big endian encoding, "
-                               "which DICOM does not define")
+        raise DicomError(
+            path, "no file meta information and an implicit VR big endian encoding, which DICOM does not define"
+        )
     dataset.file_meta.TransferSyntaxUID = syntaxes[(implicit, little)]
 
 
@@ -372,9 +405,13 @@ def _decode(path: str | Path, dataset: Any, limits: ReadLimits) -> ImageRead:
     metadata = _metadata(dataset, transfer_syntax, frames, modality_step, voi_step)
     if used_fraction is not None:
         metadata["range_stretched_from"] = round(used_fraction, 4)
-        logger.info("%s: its values span %.1f%% of the range of %d stored bits and it has no window; "
-                    "stretched to its own minimum and maximum", path, 100 * used_fraction,
-                    metadata.get("bits_stored", 0))
+        logger.info(
+            "%s: its values span %.1f%% of the range of %d stored bits and it has no window; "
+            "stretched to its own minimum and maximum",
+            path,
+            100 * used_fraction,
+            metadata.get("bits_stored", 0),
+        )
     return ImageRead(array.astype(np.float32, copy=False), metadata)
 
 
@@ -431,8 +468,12 @@ def _modality(path: str | Path, stored: np.ndarray, dataset: Any) -> tuple[np.nd
     # in place, and in float32 where that is exact (integers below 2**24: 8- to 16-bit values
     # under an integer rescale, the usual case). A fractional rescale stays in float64, so the
     # pixels are the same as before either way.
-    exact_in_float32 = (stored.dtype.itemsize <= 2 and slope.is_integer() and intercept.is_integer()
-                        and max(abs(ends[0]), abs(ends[1])) < 2**24)
+    exact_in_float32 = (
+        stored.dtype.itemsize <= 2
+        and slope.is_integer()
+        and intercept.is_integer()
+        and max(abs(ends[0]), abs(ends[1])) < 2**24
+    )
     values = stored.astype(np.float32 if exact_in_float32 else np.float64)
     if slope != 1.0:
         values *= slope
@@ -459,8 +500,11 @@ def _voi(values: np.ndarray, low: float, high: float, dataset: Any) -> tuple[np.
         width = _first_number(dataset.WindowWidth)
         function = str(dataset.get("VOILUTFunction", "") or "LINEAR").strip().upper()
         if function not in WINDOW_FUNCTIONS:
-            logger.debug("VOILUTFunction %r is not one of %s; using LINEAR, the standard's default",
-                         function[:16], WINDOW_FUNCTIONS)
+            logger.debug(
+                "VOILUTFunction %r is not one of %s; using LINEAR, the standard's default",
+                function[:16],
+                WINDOW_FUNCTIONS,
+            )
             function = "LINEAR"
         if center is not None and width is not None and width > 0:
             return _window(values, center, width, function), 0.0, 1.0, f"window_{function.lower()}"

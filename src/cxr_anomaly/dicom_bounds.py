@@ -66,8 +66,13 @@ def declared_by_header(path: str | Path, header: Any) -> DeclaredImage:
         bits = int(header.get("BitsAllocated", 8) or 8)
     except (TypeError, ValueError):
         raise DicomError(path, "Rows, Columns, SamplesPerPixel or BitsAllocated is not an integer") from None
-    return DeclaredImage(width=max(columns, 0), height=max(rows, 0), frames=frame_count(path, header),
-                         samples=max(samples, 1), bytes_per_sample=max((bits + 7) // 8, 1))
+    return DeclaredImage(
+        width=max(columns, 0),
+        height=max(rows, 0),
+        frames=frame_count(path, header),
+        samples=max(samples, 1),
+        bytes_per_sample=max((bits + 7) // 8, 1),
+    )
 
 
 def _file_meta(stream: BinaryIO, head: bytes) -> Any | None:
@@ -79,8 +84,12 @@ def _file_meta(stream: BinaryIO, head: bytes) -> Any | None:
     if not has_preamble and int.from_bytes(head[0:2], "little") != _FILE_META_GROUP:
         return None
     stream.seek(132 if has_preamble else 0)
-    return read_dataset(stream, is_implicit_VR=False, is_little_endian=True,
-                        stop_when=lambda tag, vr, length: tag.group != _FILE_META_GROUP)
+    return read_dataset(
+        stream,
+        is_implicit_VR=False,
+        is_little_endian=True,
+        stop_when=lambda tag, vr, length: tag.group != _FILE_META_GROUP,
+    )
 
 
 def _is_deflated(file_meta: Any | None) -> bool:
@@ -94,16 +103,22 @@ def _deflated_header(path: str | Path, compressed: bytes) -> DeclaredImage:
     from pydicom.filereader import read_dataset
 
     probe = inflate_prefix(compressed, DEFLATED_HEADER_BYTES)
-    header = read_dataset(io.BytesIO(probe), is_implicit_VR=False, is_little_endian=True,
-                          stop_when=lambda tag, vr, length: tag.group > _IMAGE_PIXEL_GROUP)
+    header = read_dataset(
+        io.BytesIO(probe),
+        is_implicit_VR=False,
+        is_little_endian=True,
+        stop_when=lambda tag, vr, length: tag.group > _IMAGE_PIXEL_GROUP,
+    )
     if ("Rows" not in header or "Columns" not in header) and len(probe) >= DEFLATED_HEADER_BYTES:
-        raise DicomError(path, f"the deflated header is longer than {DEFLATED_HEADER_BYTES} bytes; refused "
-                               "before inflating the rest")
+        raise DicomError(
+            path, f"the deflated header is longer than {DEFLATED_HEADER_BYTES} bytes; refused before inflating the rest"
+        )
     return declared_by_header(path, header)
 
 
-def read_dicom_header(source: str | Path | BinaryIO, *, specific_tags: list[Any] | None = None,
-                      force: bool = False) -> Any:
+def read_dicom_header(
+    source: str | Path | BinaryIO, *, specific_tags: list[Any] | None = None, force: bool = False
+) -> Any:
     """The data set of a DICOM file or seekable stream without its pixel data, as
     ``dcmread(stop_before_pixels=True)`` gives it, but inflating at most
     :data:`DEFLATED_HEADER_BYTES` of a deflated one.
@@ -124,8 +139,13 @@ def read_dicom_header(source: str | Path | BinaryIO, *, specific_tags: list[Any]
     if _is_deflated(file_meta):
         probe = inflate_prefix(source.read(), DEFLATED_HEADER_BYTES)
         tags = None if specific_tags is None else [Tag(tag) for tag in specific_tags]  # keywords too
-        return read_dataset(io.BytesIO(probe), is_implicit_VR=False, is_little_endian=True,
-                            stop_when=lambda tag, vr, length: tag.group == _PIXEL_DATA_GROUP, specific_tags=tags)
+        return read_dataset(
+            io.BytesIO(probe),
+            is_implicit_VR=False,
+            is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag.group == _PIXEL_DATA_GROUP,
+            specific_tags=tags,
+        )
     source.seek(0)
     return pydicom.dcmread(source, stop_before_pixels=True, specific_tags=specific_tags, force=force)
 

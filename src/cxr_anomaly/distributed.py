@@ -102,9 +102,7 @@ def initialise_from_environment(device_name: str, *, timeout_minutes: float = 30
     backend = "nccl" if wants_cuda else "gloo"
     if wants_cuda:
         torch.cuda.set_device(local_rank)
-    torch_distributed.init_process_group(
-        backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes)
-    )
+    torch_distributed.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     context = current_context()
     quiet_other_ranks(context)
     logger.info("joined a %s process group as rank %d of %d", backend, context.rank, context.world_size)

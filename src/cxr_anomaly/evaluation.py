@@ -93,8 +93,15 @@ def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def balanced_auc_interval(labels: np.ndarray, scores: np.ndarray, balanced_over: np.ndarray, *,
-                          num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> Interval:
+def balanced_auc_interval(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    balanced_over: np.ndarray,
+    *,
+    num_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
     """The mean of the AUCs within each value of ``balanced_over`` (a view per film) that holds
     both classes, with a percentile interval from a bootstrap stratified by view and class.
 
@@ -110,8 +117,13 @@ def balanced_auc_interval(labels: np.ndarray, scores: np.ndarray, balanced_over:
         values = []
         for group in _defined_groups(labels[chosen], groups[chosen]):
             mask = groups[chosen] == group
-            values.append(float(auc_from_ranks(scores[chosen][mask][labels[chosen][mask] == 1],
-                                               scores[chosen][mask][labels[chosen][mask] == 0])))
+            values.append(
+                float(
+                    auc_from_ranks(
+                        scores[chosen][mask][labels[chosen][mask] == 1], scores[chosen][mask][labels[chosen][mask] == 0]
+                    )
+                )
+            )
         return float(np.mean(values)) if values else None
 
     everything = np.arange(len(labels))
@@ -138,8 +150,7 @@ def balanced_auc_interval(labels: np.ndarray, scores: np.ndarray, balanced_over:
 
 def _defined_groups(labels: np.ndarray, groups: np.ndarray) -> list[object]:
     """Groups that hold both classes."""
-    return [group for group in dict.fromkeys(groups.tolist())
-            if len(np.unique(labels[groups == group])) == 2]
+    return [group for group in dict.fromkeys(groups.tolist()) if len(np.unique(labels[groups == group])) == 2]
 
 
 def _known_views(views: np.ndarray | None, count: int) -> np.ndarray | None:
@@ -177,11 +188,13 @@ def compute_metrics(
     average_precision = float(average_precision_score(labels, scores)) if auc is not None else None
     view_values = _known_views(views, len(labels))
 
-    def with_interval(key: str, values_labels: np.ndarray, values: np.ndarray,
-                      balanced_over: np.ndarray | None = None) -> float | None:
+    def with_interval(
+        key: str, values_labels: np.ndarray, values: np.ndarray, balanced_over: np.ndarray | None = None
+    ) -> float | None:
         if balanced_over is not None:
-            interval = balanced_auc_interval(values_labels, values, balanced_over,
-                                             num_resamples=num_resamples, seed=seed)
+            interval = balanced_auc_interval(
+                values_labels, values, balanced_over, num_resamples=num_resamples, seed=seed
+            )
         elif num_resamples:
             interval = auc_interval(values_labels, values, num_resamples=num_resamples, seed=seed)
         else:
@@ -201,17 +214,15 @@ def compute_metrics(
             num_per_view[view] = {"normal": int((labels[mask] == 0).sum()), "abnormal": int((labels[mask] == 1).sum())}
             per_view[view] = with_interval(f"auc_view_{view}", labels[mask], scores[mask])
         known = view_values != ""
-        balanced = with_interval("auc_view_balanced", labels[known], scores[known],
-                                 balanced_over=view_values[known])
+        balanced = with_interval("auc_view_balanced", labels[known], scores[known], balanced_over=view_values[known])
         is_ap = (view_values == "AP").astype(np.float64)
         view_only = with_interval("auc_view_only", labels[known], is_ap[known])
         normal_known = known & (labels == 0)
-        view_from_score = with_interval("auc_score_predicts_ap_in_normals",
-                                        is_ap[normal_known].astype(int), scores[normal_known])
+        view_from_score = with_interval(
+            "auc_score_predicts_ap_in_normals", is_ap[normal_known].astype(int), scores[normal_known]
+        )
     component_auc = {
-        name: safe_auc(labels, values)
-        for name, values in (components or {}).items()
-        if not np.all(np.isnan(values))
+        name: safe_auc(labels, values) for name, values in (components or {}).items() if not np.all(np.isnan(values))
     }
     adults = None
     if ages is not None:
@@ -219,24 +230,46 @@ def compute_metrics(
         adult = age_values >= ADULT_AGE
         if adult.any():  # also when every film is an adult, so that tables have no hole
             adult_metrics = compute_metrics(
-                labels[adult], scores[adult], views=None if view_values is None else view_values[adult],
-                num_resamples=num_resamples, seed=seed)
-            adults = {key: value for key, value in adult_metrics.to_dict().items()
-                      if key not in ("adults", "component_auc", "average_precision", "note")}
+                labels[adult],
+                scores[adult],
+                views=None if view_values is None else view_values[adult],
+                num_resamples=num_resamples,
+                seed=seed,
+            )
+            adults = {
+                key: value
+                for key, value in adult_metrics.to_dict().items()
+                if key not in ("adults", "component_auc", "average_precision", "note")
+            }
             adults["num_excluded_minors_or_unknown_age"] = int((~adult).sum())
-    return Metrics(auc, average_precision, num_normal, num_abnormal, per_view, balanced, view_only,
-                   view_from_score, component_auc, adults, intervals, num_per_view, note)
+    return Metrics(
+        auc,
+        average_precision,
+        num_normal,
+        num_abnormal,
+        per_view,
+        balanced,
+        view_only,
+        view_from_score,
+        component_auc,
+        adults,
+        intervals,
+        num_per_view,
+        note,
+    )
 
 
-def metrics_by_name(labels: np.ndarray, named_scores: dict[str, np.ndarray], films: pd.DataFrame, *,
-                    num_resamples: int, seed: int = 0) -> dict[str, dict[str, object]]:
+def metrics_by_name(
+    labels: np.ndarray, named_scores: dict[str, np.ndarray], films: pd.DataFrame, *, num_resamples: int, seed: int = 0
+) -> dict[str, dict[str, object]]:
     """:meth:`Metrics.to_dict` of each named score of the same ``films`` (their ``view`` and, when
     present, ``age`` columns give the per-view and adult figures), as the detector's are computed."""
     views = films["view"].to_numpy()
     ages = films["age"].to_numpy() if "age" in films else None
-    return {name: compute_metrics(labels, scores, views=views, ages=ages, num_resamples=num_resamples,
-                                  seed=seed).to_dict()
-            for name, scores in named_scores.items()}
+    return {
+        name: compute_metrics(labels, scores, views=views, ages=ages, num_resamples=num_resamples, seed=seed).to_dict()
+        for name, scores in named_scores.items()
+    }
 
 
 def save_figure(figure: object, path: str | Path, *, layout: bool = True) -> Path:
@@ -258,8 +291,9 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     return plot_roc_panels({title: curves}, path)
 
 
-def plot_roc_panels(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: str | Path,
-                    title: str = "") -> Path:
+def plot_roc_panels(
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: str | Path, title: str = ""
+) -> Path:
     """Write ROC plots side by side, one panel per title (e.g. all films, PA films, AP films).
 
     ``panels`` maps a panel title -> curves, each curve name -> (labels, scores).
@@ -338,8 +372,16 @@ class FilmGroup:
     reconstructions: np.ndarray | None = None
 
 
-def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float, floor: float = 0.0,
-                     border_crop: float = 0.0, per_row: int = 6, title: str = "") -> Path:
+def explanation_grid(
+    groups: list[FilmGroup],
+    path: str | Path,
+    *,
+    scale: float,
+    floor: float = 0.0,
+    border_crop: float = 0.0,
+    per_row: int = 6,
+    title: str = "",
+) -> Path:
     """Write a figure of films per group, highest scores first: each film with its score above,
     its heatmap below it, and its reconstruction where the family makes one (the paper's Figure 2
     layout, with the residual map that the paper's figure leaves implicit).
@@ -353,12 +395,17 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
     if not groups:
         raise ValueError("explanation_grid: no films to show")
     rows_per_group = 3 if any(group.reconstructions is not None for group in groups) else 2
-    figure, axes = plt.subplots(rows_per_group * len(groups), per_row, squeeze=False,
-                                figsize=(1.5 * per_row, 1.65 * rows_per_group * len(groups)), dpi=100)
+    figure, axes = plt.subplots(
+        rows_per_group * len(groups),
+        per_row,
+        squeeze=False,
+        figsize=(1.5 * per_row, 1.65 * rows_per_group * len(groups)),
+        dpi=100,
+    )
     for group_index, group in enumerate(groups):
         order = np.argsort(-group.scores, kind="stable")[:per_row]
         for column in range(per_row):
-            cells = axes[group_index * rows_per_group:(group_index + 1) * rows_per_group, column]
+            cells = axes[group_index * rows_per_group : (group_index + 1) * rows_per_group, column]
             for axis in cells:
                 axis.axis("off")
             if column >= len(order):
@@ -366,17 +413,34 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
             index = order[column]
             cells[0].imshow(group.pixels[index], cmap="gray", vmin=0, vmax=255)
             cells[0].set_title(f"{group.title}\nraw score {group.scores[index]:.3g}", fontsize=7)
-            cells[1].imshow(overlay_heatmap(group.pixels[index], group.anomaly_maps[index], scale=scale,
-                                            floor=floor, border_crop=border_crop))
+            cells[1].imshow(
+                overlay_heatmap(
+                    group.pixels[index], group.anomaly_maps[index], scale=scale, floor=floor, border_crop=border_crop
+                )
+            )
             if group.reconstructions is not None:
                 cells[2].imshow(group.reconstructions[index], cmap="gray", vmin=0, vmax=255)
         axes[group_index * rows_per_group + 1, 0].text(
-            -0.1, 0.5, "heatmap", transform=axes[group_index * rows_per_group + 1, 0].transAxes,
-            rotation=90, va="center", ha="right", fontsize=7)
+            -0.1,
+            0.5,
+            "heatmap",
+            transform=axes[group_index * rows_per_group + 1, 0].transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=7,
+        )
         if group.reconstructions is not None:
             axes[group_index * rows_per_group + 2, 0].text(
-                -0.1, 0.5, "reconstruction", transform=axes[group_index * rows_per_group + 2, 0].transAxes,
-                rotation=90, va="center", ha="right", fontsize=7)
+                -0.1,
+                0.5,
+                "reconstruction",
+                transform=axes[group_index * rows_per_group + 2, 0].transAxes,
+                rotation=90,
+                va="center",
+                ha="right",
+                fontsize=7,
+            )
     figure.suptitle(title or "Highest-scoring films per group (raw scores: the detector's own scale)", fontsize=8)
     # the colour bar's own axes sit below the laid-out grid: tight_layout cannot place such axes
     bar_band = 0.75 / figure.get_figheight()  # three quarters of an inch, whatever the number of groups
@@ -384,7 +448,8 @@ def explanation_grid(groups: list[FilmGroup], path: str | Path, *, scale: float,
     mappable = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(vmin=floor, vmax=scale), cmap="inferno")
     bar_axis = figure.add_axes((0.1, bar_band * 0.62, 0.8, bar_band * 0.15))
     bar = figure.colorbar(mappable, cax=bar_axis, orientation="horizontal")
-    bar.set_label(f"heatmap: anomaly map value, clear at {floor:.3g} and below, full colour at {scale:.3g} "
-                  "and above", fontsize=7)
+    bar.set_label(
+        f"heatmap: anomaly map value, clear at {floor:.3g} and below, full colour at {scale:.3g} and above", fontsize=7
+    )
     bar.ax.tick_params(labelsize=6)
     return save_figure(figure, path, layout=False)

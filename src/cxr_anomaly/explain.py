@@ -103,10 +103,12 @@ def overlay_heatmap(
     height, width = grey.shape
     top, left = int(round(height * border_crop)), int(round(width * border_crop))
     inner = (max(1, width - 2 * left), max(1, height - 2 * top))
-    upsampled = np.asarray(Image.fromarray(np.asarray(anomaly_map, dtype=np.float32), mode="F").resize(
-        inner, Image.Resampling.BILINEAR), dtype=np.float32)  # (H0 - 2 top, W0 - 2 left)
+    upsampled = np.asarray(
+        Image.fromarray(np.asarray(anomaly_map, dtype=np.float32), mode="F").resize(inner, Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )  # (H0 - 2 top, W0 - 2 left)
     strength = np.zeros((height, width), dtype=np.float32)
-    strength[top:top + inner[1], left:left + inner[0]] = np.clip((upsampled - floor) / (scale - floor), 0.0, 1.0)
+    strength[top : top + inner[1], left : left + inner[0]] = np.clip((upsampled - floor) / (scale - floor), 0.0, 1.0)
     colours = _inferno_table()[np.rint(strength * 255.0).astype(np.int64)]  # (H0, W0, 3)
     opacity = (strength * MAX_OVERLAY_OPACITY)[..., None]  # (H0, W0, 1)
     base = np.repeat(grey[..., None].astype(np.float32), 3, axis=2)  # (H0, W0, 3)
@@ -192,7 +194,7 @@ def with_legend(overlay: np.ndarray, *, floor: float, scale: float, raw_score: f
     bar_height = max(6, band // 3)
     canvas = np.full((height + band, width, 3), 255, dtype=np.uint8)
     canvas[:height] = overlay
-    canvas[height + 2:height + 2 + bar_height] = colour_bar(width=width, height=bar_height)
+    canvas[height + 2 : height + 2 + bar_height] = colour_bar(width=width, height=bar_height)
     text = f"heatmap: clear at {floor:.3g}, full colour at {scale:.3g}"
     if raw_score is not None:
         text += f"; raw score {raw_score:.4g}"

@@ -85,9 +85,15 @@ class ExportResult:
     size_bytes: int
 
 
-def export_onnx(detector: AnomalyDetector, config: Config | None, out_path: str | Path, *,
-                calibration: Calibration | None = None, training: dict[str, object] | None = None,
-                opset_version: int = OPSET_VERSION) -> ExportResult:
+def export_onnx(
+    detector: AnomalyDetector,
+    config: Config | None,
+    out_path: str | Path,
+    *,
+    calibration: Calibration | None = None,
+    training: dict[str, object] | None = None,
+    opset_version: int = OPSET_VERSION,
+) -> ExportResult:
     """Export the scoring graph of ``detector`` to ``out_path`` (written atomically).
 
     The configuration written to the metadata is the detector's own (the graph computes with
@@ -104,8 +110,10 @@ def export_onnx(detector: AnomalyDetector, config: Config | None, out_path: str 
 
     out_path = Path(out_path)
     if config is not None and config != detector.config:
-        raise ExportError(f"{out_path}: the configuration given differs from the detector's own; the "
-                          "graph would compute with one and the metadata describe the other")
+        raise ExportError(
+            f"{out_path}: the configuration given differs from the detector's own; the "
+            "graph would compute with one and the metadata describe the other"
+        )
     config = detector.config
     detector = detector.to("cpu").eval()
     graph = ScoringGraph(detector).eval()
@@ -121,8 +129,13 @@ def export_onnx(detector: AnomalyDetector, config: Config | None, out_path: str 
             # k of a kNN is read from the config as a Python int: a constant of the model, as intended
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
-                graph, (example,), str(temporary), dynamo=False, opset_version=opset_version,
-                input_names=[INPUT_NAME], output_names=list(names),
+                graph,
+                (example,),
+                str(temporary),
+                dynamo=False,
+                opset_version=opset_version,
+                input_names=[INPUT_NAME],
+                output_names=list(names),
                 dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *names)},
             )
         model = onnx.load(str(temporary))
@@ -145,13 +158,19 @@ def export_onnx(detector: AnomalyDetector, config: Config | None, out_path: str 
         entry.key, entry.value = key, value
     payload = model.SerializeToString()
     atomic_write(out_path, lambda stream: stream.write(payload))
-    logger.info("exported the %s scoring graph to %s (%d bytes, opset %d)",
-                detector.description, out_path, len(payload), opset_version)
+    logger.info(
+        "exported the %s scoring graph to %s (%d bytes, opset %d)",
+        detector.description,
+        out_path,
+        len(payload),
+        opset_version,
+    )
     return ExportResult(out_path, opset_version, detector.description, names, len(payload))
 
 
-def export_checkpoint(model_path: str | Path, out_path: str | Path, *,
-                      opset_version: int = OPSET_VERSION) -> ExportResult:
+def export_checkpoint(
+    model_path: str | Path, out_path: str | Path, *, opset_version: int = OPSET_VERSION
+) -> ExportResult:
     """Export the scoring graph of a checkpoint (``cxr-anomaly export``).
 
     Raises:
@@ -159,8 +178,14 @@ def export_checkpoint(model_path: str | Path, out_path: str | Path, *,
         ExportError: the export failed.
     """
     loaded = load_checkpoint(model_path)
-    return export_onnx(loaded.detector, loaded.config, out_path, calibration=loaded.calibration,
-                       training=loaded.training, opset_version=opset_version)
+    return export_onnx(
+        loaded.detector,
+        loaded.config,
+        out_path,
+        calibration=loaded.calibration,
+        training=loaded.training,
+        opset_version=opset_version,
+    )
 
 
 class OnnxScorer:
@@ -175,8 +200,9 @@ class OnnxScorer:
         try:
             import onnxruntime
         except ImportError as error:
-            raise ExportError(f"{path}: scoring an ONNX graph needs onnxruntime: "
-                              "pip install 'cxr-anomaly[onnx]'") from error
+            raise ExportError(
+                f"{path}: scoring an ONNX graph needs onnxruntime: pip install 'cxr-anomaly[onnx]'"
+            ) from error
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -186,7 +212,8 @@ class OnnxScorer:
             options.intra_op_num_threads = num_threads
         try:
             self.session = onnxruntime.InferenceSession(
-                str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except Exception as error:  # onnxruntime raises its own unrelated types
             raise ExportError(f"{self.path}: onnxruntime cannot open it: {error}") from error
         metadata = self.session.get_modelmeta().custom_metadata_map
@@ -196,8 +223,11 @@ class OnnxScorer:
         # The graph holds the weights; the detector here only lends its preprocessing.
         self.preprocessor = build_detector(self.config, pretrained=False)
         self.output_names = tuple(output.name for output in self.session.get_outputs())
-        self.calibration = (Calibration.from_dict(json.loads(metadata[CALIBRATION_METADATA_KEY]))
-                            if CALIBRATION_METADATA_KEY in metadata else None)
+        self.calibration = (
+            Calibration.from_dict(json.loads(metadata[CALIBRATION_METADATA_KEY]))
+            if CALIBRATION_METADATA_KEY in metadata
+            else None
+        )
         self.package_version = metadata.get(VERSION_METADATA_KEY, "unknown")
         self.training: dict[str, object] = json.loads(metadata.get(TRAINING_METADATA_KEY, "{}"))
         self.description = f"{self.preprocessor.description}, onnxruntime"
@@ -205,23 +235,28 @@ class OnnxScorer:
             self.anomaly_map_scale = float(json.loads(metadata[ANOMALY_MAP_SCALE_METADATA_KEY]))
         else:  # exported before the key existed: the unfitted detector's default scale
             self.anomaly_map_scale = float(self.preprocessor.anomaly_map_scale)
-            logger.warning("%s has no %s; heatmaps of uncalibrated films use the default scale %g",
-                           self.path, ANOMALY_MAP_SCALE_METADATA_KEY, self.anomaly_map_scale)
+            logger.warning(
+                "%s has no %s; heatmaps of uncalibrated films use the default scale %g",
+                self.path,
+                ANOMALY_MAP_SCALE_METADATA_KEY,
+                self.anomaly_map_scale,
+            )
 
     def score_tensor(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on a model tensor (N, C, S, S) float32; outputs by name."""
         values = self.session.run(list(self.output_names), {INPUT_NAME: np.ascontiguousarray(images, np.float32)})
         return dict(zip(self.output_names, values))
 
-    def score_films(self, pixels: np.ndarray, *, batch_size: int = ONNX_BATCH_SIZE,
-                    keep_maps: bool = False) -> ScoreResult:
+    def score_films(
+        self, pixels: np.ndarray, *, batch_size: int = ONNX_BATCH_SIZE, keep_maps: bool = False
+    ) -> ScoreResult:
         """Score uint8 films (N, S, S) as :func:`cxr_anomaly.scoring.score_films` does.
 
         With ``keep_maps`` the anomaly maps come back too, float32 (N, h, w).
         """
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for start in range(0, len(pixels), batch_size):
-            batch = self.preprocessor.model_input(pixels[start:start + batch_size])  # (B, C, S, S)
+            batch = self.preprocessor.model_input(pixels[start : start + batch_size])  # (B, C, S, S)
             for name, value in self.score_tensor(batch.numpy()).items():
                 parts[name].append(value)
 
@@ -231,7 +266,9 @@ class OnnxScorer:
         components = [name for name in self.output_names if name not in ("score", "anomaly_map")]
         maps = None
         if keep_maps:
-            maps = (np.concatenate(parts["anomaly_map"])[:, 0].astype(np.float32) if parts["anomaly_map"]
-                    else np.zeros((0, 1, 1), np.float32))  # (N, 1, h, w) -> (N, h, w)
-        return ScoreResult(raw=join("score"), components={name: join(name) for name in components},
-                           anomaly_maps=maps)
+            maps = (
+                np.concatenate(parts["anomaly_map"])[:, 0].astype(np.float32)
+                if parts["anomaly_map"]
+                else np.zeros((0, 1, 1), np.float32)
+            )  # (N, 1, h, w) -> (N, h, w)
+        return ScoreResult(raw=join("score"), components={name: join(name) for name in components}, anomaly_maps=maps)

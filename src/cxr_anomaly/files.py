@@ -116,8 +116,9 @@ def read_checkpoint_payload(
     path = Path(path)
     if path.is_dir():
         inside = path / "model.pt"
-        raise CheckpointError(path, "is a folder, not a checkpoint file" +
-                              (f" (did you mean {inside}?)" if inside.is_file() else ""))
+        raise CheckpointError(
+            path, "is a folder, not a checkpoint file" + (f" (did you mean {inside}?)" if inside.is_file() else "")
+        )
     if not path.is_file():
         raise CheckpointError(path, "checkpoint file does not exist")
     try:
@@ -136,8 +137,8 @@ def read_checkpoint_payload(
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            path, "refused to load: the file holds objects other than tensors and plain values "
-                  f"({_unpickler_reason(error)})"
+            path,
+            f"refused to load: the file holds objects other than tensors and plain values ({_unpickler_reason(error)})",
         ) from error
     except Exception as error:
         # On damaged bytes torch.load fails with whatever its reader trips over (RuntimeError,
@@ -175,8 +176,10 @@ def _describe_foreign_file(head: bytes) -> str | None:
         return "the file is empty, not a checkpoint"
     image_format = sniff_format(head)
     if image_format is not None:
-        return (f"the file is a {image_format.upper()} image, not a checkpoint "
-                "(--model takes the model.pt that `cxr-anomaly train` writes)")
+        return (
+            f"the file is a {image_format.upper()} image, not a checkpoint "
+            "(--model takes the model.pt that `cxr-anomaly train` writes)"
+        )
     if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
         return "the file is text, not a checkpoint (--model takes the model.pt that `cxr-anomaly train` writes)"
     return "not a checkpoint: the file is neither a PyTorch zip archive nor a pickle"

@@ -66,8 +66,9 @@ def is_dicom_file(path: str | Path) -> bool:
 
 
 # Value representations of DICOM PS3.5 table 6.2-1, as they appear in explicit VR encodings.
-_DICOM_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV "
-                       b"TM UC UI UL UN UR US UT UV".split())
+_DICOM_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
 _FIRST_DICOM_GROUPS = (0x0002, 0x0008)
 
 
@@ -83,8 +84,9 @@ def _starts_with_dicom_element(head: bytes) -> bool:
     if head[4:6] in _DICOM_VRS:
         return True
     following = 8 + int.from_bytes(head[4:8], "little")
-    return following + 2 <= len(head) and int.from_bytes(head[following:following + 2], "little") \
-        in _FIRST_DICOM_GROUPS
+    return (
+        following + 2 <= len(head) and int.from_bytes(head[following : following + 2], "little") in _FIRST_DICOM_GROUPS
+    )
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,6 @@ def stretch_narrow_range(array: np.ndarray, levels: int) -> RangeStretch:
     if span <= 0.0 or span >= NARROW_RANGE_FRACTION:
         return RangeStretch(array, None)
     return RangeStretch((array - low) / span, span)
-
 
 
 # A film of at most this many evenly spaced grey levels, spanning at least MIN_GRID_SPAN of its level

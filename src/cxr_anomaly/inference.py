@@ -81,13 +81,15 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
     if requested == "auto":
         return "bf16" if native else "fp32"
     if requested == "bf16" and not native:
-        logger.warning("bf16 requested on %s, which has no native bf16 support: it is emulated "
-                       "and slower than fp32 there (use precision 'auto' to fall back)", device)
+        logger.warning(
+            "bf16 requested on %s, which has no native bf16 support: it is emulated "
+            "and slower than fp32 there (use precision 'auto' to fall back)",
+            device,
+        )
     return requested
 
 
-def inference_autocast(device: torch.device | str,
-                       precision: str) -> contextlib.AbstractContextManager[object]:
+def inference_autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager[object]:
     """bf16 autocast for ``precision == "bf16"``; for fp32 on CUDA, convolutions in full fp32;
     otherwise a context that changes nothing.
 

@@ -30,14 +30,36 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from .dicom import read_dicom_stream
 from .dicom_bounds import declared_dicom
 from .errors import DecompressionBombError, DicomError, MissingFileError, UnreadableImageError
-from .image_base import (DEFAULT_MAX_PIXELS, NARROW_RANGE_FRACTION, ImageRead, RangeStretch,
-                         as_eight_bit_film, sniff_format, stretch_narrow_range,
-                         stretch_to_own_range)
+from .image_base import (
+    DEFAULT_MAX_PIXELS,
+    NARROW_RANGE_FRACTION,
+    ImageRead,
+    RangeStretch,
+    as_eight_bit_film,
+    sniff_format,
+    stretch_narrow_range,
+    stretch_to_own_range,
+)
 from .read_limits import DeclaredImage, ReadLimits, check_declared
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "NARROW_RANGE_FRACTION", "ImageRead", "ProbedImage",
-           "RangeStretch", "ReadLimits", "declared_by_pillow", "pil_to_grey", "probe_image_bytes", "read_image",
-           "read_image_bytes", "reduce_film", "resize_grey", "sniff_format", "stretch_narrow_range"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "NARROW_RANGE_FRACTION",
+    "ImageRead",
+    "ProbedImage",
+    "RangeStretch",
+    "ReadLimits",
+    "declared_by_pillow",
+    "pil_to_grey",
+    "probe_image_bytes",
+    "read_image",
+    "read_image_bytes",
+    "reduce_film",
+    "resize_grey",
+    "sniff_format",
+    "stretch_narrow_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +69,9 @@ _WARNING_FILTERS_LOCK = threading.Lock()
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               limits: ReadLimits | None = None) -> ImageRead:
+def read_image(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, limits: ReadLimits | None = None
+) -> ImageRead:
     """Read a PNG, JPEG, BMP, TIFF or DICOM file as a grey float image in [0, 1].
 
     Args:
@@ -131,9 +154,7 @@ def _read_stream(stream: BinaryIO, label: str | Path, limits: ReadLimits) -> Ima
     if kind == "dicom":
         return read_dicom_stream(stream, label, limits=limits)
     if kind is None:
-        raise UnreadableImageError(
-            label, f"not a PNG, JPEG, BMP, TIFF or DICOM file (starts with {head[:8]!r})"
-        )
+        raise UnreadableImageError(label, f"not a PNG, JPEG, BMP, TIFF or DICOM file (starts with {head[:8]!r})")
     return _read_with_pillow(stream, label, kind, limits)
 
 
@@ -155,8 +176,7 @@ def declared_by_pillow(image: Image.Image) -> DeclaredImage:
     width, height = image.size
     mode = image.mode
     bytes_per_sample = 2 if ";16" in mode else 4 if mode in ("I", "F", "I;32") else 1
-    return DeclaredImage(width=width, height=height, samples=len(image.getbands()),
-                         bytes_per_sample=bytes_per_sample)
+    return DeclaredImage(width=width, height=height, samples=len(image.getbands()), bytes_per_sample=bytes_per_sample)
 
 
 def _read_with_pillow(stream: BinaryIO, label: str | Path, kind: str, limits: ReadLimits) -> ImageRead:
@@ -188,8 +208,11 @@ def _read_with_pillow(stream: BinaryIO, label: str | Path, kind: str, limits: Re
         metadata["exif_orientation"] = orientation
     if stretch.used_fraction is not None:
         metadata["range_stretched_from"] = round(stretch.used_fraction, 4)
-        logger.info("%s: a 16-bit image whose values span %.1f%% of the 16-bit range; stretched to its own "
-                    "minimum and maximum", label, 100 * stretch.used_fraction)
+        logger.info(
+            "%s: a 16-bit image whose values span %.1f%% of the 16-bit range; stretched to its own minimum and maximum",
+            label,
+            100 * stretch.used_fraction,
+        )
     return ImageRead(array, metadata)
 
 
@@ -267,8 +290,10 @@ def reduce_film(image: ImageRead, size: int) -> np.ndarray:
     else:
         wide = metadata.get("mode") in _WIDE_PILLOW_MODES
     # MONOCHROME1's inversion in float32 leaves an 8-bit film's values a rounding away from its PNG's
-    inverted = dicom and (metadata.get("photometric_interpretation", "").strip().upper() == "MONOCHROME1"
-                          or metadata.get("presentation_lut_shape") == "INVERSE")
+    inverted = dicom and (
+        metadata.get("photometric_interpretation", "").strip().upper() == "MONOCHROME1"
+        or metadata.get("presentation_lut_shape") == "INVERSE"
+    )
     eight_bit = as_eight_bit_film(image.array) if wide or inverted else None
     if eight_bit is not None:
         logger.debug("a film of %d evenly spaced grey levels: reduced one 8-bit code per level", eight_bit.levels)

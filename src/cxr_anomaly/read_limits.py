@@ -94,11 +94,14 @@ def check_declared(path: str | Path, declared: DeclaredImage, limits: ReadLimits
         raise DecompressionBombError(path, f"{size}: a side of more than {limits.max_side} pixels exceeds the limit")
     if declared.pixels > limits.max_pixels:
         raise DecompressionBombError(
-            path, f"{size} = {declared.pixels} pixels exceeds the limit of {limits.max_pixels}")
+            path, f"{size} = {declared.pixels} pixels exceeds the limit of {limits.max_pixels}"
+        )
     if declared.decoded_bytes > limits.max_decoded_bytes:
         raise DecompressionBombError(
-            path, f"{size} of {declared.samples} sample(s) at {8 * declared.bytes_per_sample} bits = "
-                  f"{declared.decoded_bytes} bytes decoded exceeds the limit of {limits.max_decoded_bytes}")
+            path,
+            f"{size} of {declared.samples} sample(s) at {8 * declared.bytes_per_sample} bits = "
+            f"{declared.decoded_bytes} bytes decoded exceeds the limit of {limits.max_decoded_bytes}",
+        )
 
 
 def bounded_inflate(path: str | Path, compressed: bytes, max_bytes: int) -> io.BytesIO:
@@ -122,12 +125,14 @@ def bounded_inflate(path: str | Path, compressed: bytes, max_bytes: int) -> io.B
         produced += len(piece)
         if produced > max_bytes:
             raise DecompressionBombError(
-                path, f"the deflated data inflates to more than {max_bytes} bytes, the most its header allows")
+                path, f"the deflated data inflates to more than {max_bytes} bytes, the most its header allows"
+            )
         inflated.write(piece)
     tail = decompressor.flush()
     if produced + len(tail) > max_bytes:
         raise DecompressionBombError(
-            path, f"the deflated data inflates to more than {max_bytes} bytes, the most its header allows")
+            path, f"the deflated data inflates to more than {max_bytes} bytes, the most its header allows"
+        )
     inflated.write(tail)
     inflated.seek(0)
     return inflated

@@ -34,8 +34,11 @@ logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 192  # pixels of the longer side of each image in the HTML report
 LINK_TAGS = {"study_instance_uid": "StudyInstanceUID", "sop_instance_uid": "SOPInstanceUID"}
-PATIENT_TAGS = {"patient_name": "PatientName", "patient_id_dicom": "PatientID",
-                "patient_birth_date": "PatientBirthDate"}
+PATIENT_TAGS = {
+    "patient_name": "PatientName",
+    "patient_id_dicom": "PatientID",
+    "patient_birth_date": "PatientBirthDate",
+}
 
 
 def dicom_link_fields(path: str | Path, *, keep_patient_identifiers: bool = False) -> dict[str, str | None]:
@@ -152,9 +155,18 @@ def explain_rows(
             film = read_image(path, max_pixels=max_image_pixels).array  # (H0, W0) float
         except InputFileError:
             film = pixels[index]
-        explanations.append(explain_film(
-            film, pixels[index], anomaly_maps[index], scale, floor=floor, border_crop=border_crop, max_side=max_side,
-            reconstruction=None if reconstructions is None else reconstructions[index]))
+        explanations.append(
+            explain_film(
+                film,
+                pixels[index],
+                anomaly_maps[index],
+                scale,
+                floor=floor,
+                border_crop=border_crop,
+                max_side=max_side,
+                reconstruction=None if reconstructions is None else reconstructions[index],
+            )
+        )
     return explanations
 
 
@@ -182,8 +194,10 @@ def summarise(table: pd.DataFrame, calibration: Calibration | None) -> ReportSum
         return ReportSummary(len(table), None, None, "none (the checkpoint has no calibration)")
     flagged = int((table["decision"] == "flag").sum())
     if calibration.operating_point == "sensitivity":
-        point = (f"target sensitivity {calibration.target_sensitivity:.0%} on validation abnormal films "
-                 f"(validation specificity {_format(calibration.validation_specificity)})")
+        point = (
+            f"target sensitivity {calibration.target_sensitivity:.0%} on validation abnormal films "
+            f"(validation specificity {_format(calibration.validation_specificity)})"
+        )
     else:
         point = f"target specificity {calibration.target_specificity:.0%} on {calibration.num_normals} normal validation films"
     return ReportSummary(len(table), flagged, calibration.threshold, point)
@@ -205,13 +219,19 @@ img{display:block;width:128px;height:auto;image-rendering:auto}
 def film_row(row: pd.Series, explanation: Explanation, show_reconstruction: bool, extra_columns: list[str]) -> str:
     """One film's row of the worklist table: its images, scores, decision, file and extra columns."""
     decision = row.get("decision")
-    decision_cell = (f'<span class="{html.escape(str(decision))}">{html.escape(str(decision))}</span>'
-                     if isinstance(decision, str) else "—")
+    decision_cell = (
+        f'<span class="{html.escape(str(decision))}">{html.escape(str(decision))}</span>'
+        if isinstance(decision, str)
+        else "—"
+    )
     cells = [
         f"<td>{int(row['rank'])}</td>",
         f'<td><img alt="film" src="{png_data_uri(explanation.original)}"></td>',
-        *((f'<td><img alt="reconstruction" src="{png_data_uri(explanation.reconstruction)}"></td>',)
-          if show_reconstruction and explanation.reconstruction is not None else ()),
+        *(
+            (f'<td><img alt="reconstruction" src="{png_data_uri(explanation.reconstruction)}"></td>',)
+            if show_reconstruction and explanation.reconstruction is not None
+            else ()
+        ),
         f'<td><img alt="heatmap" src="{png_data_uri(explanation.overlay)}"></td>',
         f"<td>{_format(row.get('score_calibrated'), 2)}</td>",
         f"<td>{_format(row['score_raw'], 4)}</td>",
@@ -238,8 +258,11 @@ def out_of_scope_section(ranked: pd.DataFrame, explanations: list[Explanation]) 
     """The report's section of films the model was not made for, listed apart and unranked ('' when none)."""
     if "scope" not in ranked:
         return ""
-    rows = [out_of_scope_row(row, explanation) for (_, row), explanation in zip(ranked.iterrows(), explanations)
-            if row["scope"] != "in_scope"]
+    rows = [
+        out_of_scope_row(row, explanation)
+        for (_, row), explanation in zip(ranked.iterrows(), explanations)
+        if row["scope"] != "in_scope"
+    ]
     if not rows:
         return ""
     return f"""<h2 id="out-of-scope-title">Outside the model's scope: {len(rows)} film(s), not ranked</h2>
@@ -276,22 +299,41 @@ def write_html_report(
         raise ValueError(f"{len(ranked)} rows but {len(explanations)} explanations")
     in_scope = (ranked["scope"] == "in_scope").to_numpy() if "scope" in ranked else np.ones(len(ranked), dtype=bool)
     summary = summarise(ranked[in_scope], calibration)
-    flagged_text = ("no operating point stored: scores only" if summary.num_flagged is None else
-                    f"<b>{summary.num_flagged}</b> of {summary.num_films} films would be flagged "
-                    f"({summary.num_flagged / max(summary.num_films, 1):.0%}); "
-                    f"{summary.num_films - summary.num_flagged} go to the back of the queue")
+    flagged_text = (
+        "no operating point stored: scores only"
+        if summary.num_flagged is None
+        else f"<b>{summary.num_flagged}</b> of {summary.num_films} films would be flagged "
+        f"({summary.num_flagged / max(summary.num_films, 1):.0%}); "
+        f"{summary.num_films - summary.num_flagged} go to the back of the queue"
+    )
     if not in_scope.all():
-        flagged_text += (f"; {int((~in_scope).sum())} film(s) outside the model's scope are listed apart "
-                         "at the end, unranked")
+        flagged_text += (
+            f"; {int((~in_scope).sum())} film(s) outside the model's scope are listed apart at the end, unranked"
+        )
     generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     extra_columns = [column for column in ("label", "view", *LINK_TAGS, *PATIENT_TAGS) if column in ranked]
     show_reconstruction = bool(explanations) and explanations[0].reconstruction is not None
-    header_cells = "".join(f"<th>{html.escape(column)}</th>" for column in (
-        "rank", "film", *(("reconstruction",) if show_reconstruction else ()), "heatmap", "score (z)",
-        "raw score", "percentile", "decision", "file", *extra_columns))
+    header_cells = "".join(
+        f"<th>{html.escape(column)}</th>"
+        for column in (
+            "rank",
+            "film",
+            *(("reconstruction",) if show_reconstruction else ()),
+            "heatmap",
+            "score (z)",
+            "raw score",
+            "percentile",
+            "decision",
+            "file",
+            *extra_columns,
+        )
+    )
     floor, scale = (explanations[0].floor, explanations[0].scale) if explanations else (0.0, 1.0)
-    rows = [film_row(row, explanation, show_reconstruction, extra_columns)
-            for (_, row), explanation, inside in zip(ranked.iterrows(), explanations, in_scope) if inside]
+    rows = [
+        film_row(row, explanation, show_reconstruction, extra_columns)
+        for (_, row), explanation, inside in zip(ranked.iterrows(), explanations, in_scope)
+        if inside
+    ]
     threshold_text = "—" if summary.threshold is None else f"{summary.threshold:.4g}"
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -58,11 +58,13 @@ FRONTAL_VIEWS = frozenset({"PA", "AP"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT", "LEFT LATERAL", "RIGHT LATERAL"})
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "CHEST PA", "CHEST AP"})
 # DICOM PS3.4 storage SOP classes whose images are raw detector data, not meant for display
-FOR_PROCESSING_SOP_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray Image Storage - For Processing
-})
+FOR_PROCESSING_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+        "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray Image Storage - For Processing
+        "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray Image Storage - For Processing
+    }
+)
 ADULT_AGE = 18.0
 # the share of known training ages under ADULT_AGE above which a model counts as fitted on children too
 CHILD_SHARE_FOR_MIXED_MODEL = 0.05
@@ -99,8 +101,9 @@ def rotation_evidence(image: np.ndarray) -> float:
     positive for an upright film, the same magnitude negative once it is turned a quarter turn
     (180-degree turns and mirror images keep its sign: this rule does not see them).
     """
-    small = resize_grey(np.asarray(image, dtype=np.float32) / (255.0 if image.dtype == np.uint8 else 1.0),
-                        ROTATION_SIDE).astype(np.float64)
+    small = resize_grey(
+        np.asarray(image, dtype=np.float32) / (255.0 if image.dtype == np.uint8 else 1.0), ROTATION_SIDE
+    ).astype(np.float64)
     spread = small.std()
     if not np.isfinite(spread) or spread == 0:
         return 0.0
@@ -111,8 +114,8 @@ def rotation_evidence(image: np.ndarray) -> float:
 def _central_peak(profile: np.ndarray) -> float:
     """The profile's mean over its central 16% less its mean over the two bands a quarter width out."""
     size = len(profile)
-    centre = profile[int(0.42 * size):int(0.58 * size)].mean()
-    sides = np.r_[profile[int(0.2 * size):int(0.35 * size)], profile[int(0.65 * size):int(0.8 * size)]].mean()
+    centre = profile[int(0.42 * size) : int(0.58 * size)].mean()
+    sides = np.r_[profile[int(0.2 * size) : int(0.35 * size)], profile[int(0.65 * size) : int(0.8 * size)]].mean()
     return float(centre - sides)
 
 
@@ -128,14 +131,21 @@ def _header_rule(header: FilmHeader) -> FilmScope | None:
         shown = "missing" if header.view is None else repr(header.view)
         return FilmScope(UNKNOWN_VIEW, f"DICOM ViewPosition is {shown}, neither frontal (PA, AP) nor lateral")
     if header.patient_orientation is not None and header.patient_orientation[0][:1] in ("H", "F"):
-        return FilmScope(ROTATED, f"DICOM PatientOrientation {'/'.join(header.patient_orientation)}: "
-                                  "the rows run head-to-feet")
+        return FilmScope(
+            ROTATED, f"DICOM PatientOrientation {'/'.join(header.patient_orientation)}: the rows run head-to-feet"
+        )
     return None
 
 
-def decide_scope(header: FilmHeader | None, image: np.ndarray, *, fitted_on_adults: bool,
-                 manifest_view: str | None = None, manifest_age: float | None = None,
-                 check_rotation: bool = True) -> FilmScope:
+def decide_scope(
+    header: FilmHeader | None,
+    image: np.ndarray,
+    *,
+    fitted_on_adults: bool,
+    manifest_view: str | None = None,
+    manifest_age: float | None = None,
+    check_rotation: bool = True,
+) -> FilmScope:
     """Whether a film is a frontal chest film of the population the model was fitted on.
 
     Args:
@@ -155,8 +165,10 @@ def decide_scope(header: FilmHeader | None, image: np.ndarray, *, fitted_on_adul
     if check_rotation and (header is None or header.patient_orientation is None):
         evidence = rotation_evidence(image)
         if evidence < ROTATION_MARGIN:
-            return FilmScope(ROTATED, f"pixels: the bright central band runs across the film "
-                                      f"(margin {evidence:.2f} < {ROTATION_MARGIN})")
+            return FilmScope(
+                ROTATED,
+                f"pixels: the bright central band runs across the film (margin {evidence:.2f} < {ROTATION_MARGIN})",
+            )
     age = header.age if header is not None and header.age is not None else manifest_age
     if fitted_on_adults and age is not None and np.isfinite(age) and age < ADULT_AGE:
         return FilmScope(PAEDIATRIC, f"age under {ADULT_AGE:g} and the model was fitted on adults")
@@ -197,12 +209,19 @@ def scope_column(manifest: pd.DataFrame, pixels: np.ndarray, *, fitted_on_adults
     for row in range(len(paths)):
         view = views[row] if isinstance(views[row], str) else None
         age = None if ages[row] is None or pd.isna(ages[row]) else float(ages[row])
-        reasons.append(decide_scope(headers.get(row), pixels[row], fitted_on_adults=fitted_on_adults,
-                                    manifest_view=view, manifest_age=age).reason)
+        reasons.append(
+            decide_scope(
+                headers.get(row), pixels[row], fitted_on_adults=fitted_on_adults, manifest_view=view, manifest_age=age
+            ).reason
+        )
     outside = len(reasons) - reasons.count(IN_SCOPE)
     if outside:
-        logger.warning("%d of %d film(s) are outside the model's scope (not a frontal adult chest film "
-                       "for display); they are listed apart, unranked", outside, len(reasons))
+        logger.warning(
+            "%d of %d film(s) are outside the model's scope (not a frontal adult chest film "
+            "for display); they are listed apart, unranked",
+            outside,
+            len(reasons),
+        )
     return reasons
 
 

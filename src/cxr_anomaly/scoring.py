@@ -28,8 +28,7 @@ from .models.base import AnomalyDetector
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Calibration", "ScoreResult", "fit_calibration", "min_max_normalise", "score_films",
-           "NUM_STORED_QUANTILES"]
+__all__ = ["Calibration", "ScoreResult", "fit_calibration", "min_max_normalise", "score_films", "NUM_STORED_QUANTILES"]
 
 
 @dataclass
@@ -99,7 +98,7 @@ def score_films(
     maps: list[np.ndarray] = []
     reconstructions: list[np.ndarray] = []
     for start in range(0, len(pixels), batch_size):
-        batch = detector.model_input(pixels[start:start + batch_size], device)  # (B, C, S, S)
+        batch = detector.model_input(pixels[start : start + batch_size], device)  # (B, C, S, S)
         with torch.inference_mode(), inference_autocast(device, precision):
             output = detector(batch)
         parts["raw"].append(output.score.float().cpu().numpy())

@@ -12,8 +12,14 @@ import pytest
 
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data import cache as cache_module
-from cxr_anomaly.data.cache import (SERIAL_BELOW, CacheParameters, CacheReport, PreprocessingCache, decode_file,
-                                     decode_many)
+from cxr_anomaly.data.cache import (
+    SERIAL_BELOW,
+    CacheParameters,
+    CacheReport,
+    PreprocessingCache,
+    decode_file,
+    decode_many,
+)
 from cxr_anomaly.errors import MissingFileError, UnreadableImageError
 
 CONFIG = DataConfig(image_size=32)
@@ -33,8 +39,9 @@ def films(shared_data: Path, tmp_path: Path) -> list[str]:
     return paths
 
 
-def run(paths: list[str], cache_dir: Path, *, workers: int = 1, config: DataConfig = CONFIG,
-        **options: object) -> tuple[list, CacheReport]:
+def run(
+    paths: list[str], cache_dir: Path, *, workers: int = 1, config: DataConfig = CONFIG, **options: object
+) -> tuple[list, CacheReport]:
     reports: list[CacheReport] = []
     results = decode_many(paths, config, cache_dir=cache_dir, workers=workers, report=reports, **options)
     return results, reports[0]
@@ -73,15 +80,15 @@ def test_parallel_decoding_works_from_a_script_on_stdin(films: list[str]) -> Non
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-", *films[:4]], input=STDIN_SCRIPT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-", *films[:4]], input=STDIN_SCRIPT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "4"
 
 
-def test_few_films_are_decoded_in_the_calling_thread_whatever_the_workers(films: list[str],
-                                                                          tmp_path: Path) -> None:
-    _, report = run(films[:SERIAL_BELOW - 1], tmp_path / "few", workers=2)
+def test_few_films_are_decoded_in_the_calling_thread_whatever_the_workers(films: list[str], tmp_path: Path) -> None:
+    _, report = run(films[: SERIAL_BELOW - 1], tmp_path / "few", workers=2)
     assert report.workers == 1
     _, report = run(films[:4], tmp_path / "forced", workers=2, serial_below=0)
     assert report.workers == 2
@@ -104,8 +111,9 @@ def test_changed_parameter_builds_a_new_store(films: list[str], tmp_path: Path) 
     assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2
 
 
-def test_interrupted_build_keeps_finished_films(films: list[str], tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_build_keeps_finished_films(
+    films: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = {"count": 0}
     real_decode = cache_module.decode_file
 
@@ -152,14 +160,19 @@ def test_bad_files_come_back_with_their_own_error_from_the_pool(films: list[str]
     assert (again.reused, again.failed) == (24, 3)  # failures are retried, never cached
 
 
-def test_benchmark_smoke_mode_writes_its_json(tmp_path: Path, shared_data: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_benchmark_smoke_mode_writes_its_json(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # the repository root
     from benchmarks import bench_cache
 
     output = tmp_path / "bench.json"
-    assert bench_cache.main(["--smoke", "--workers", "2", "--source", str(shared_data / "nih_fullres"),
-                             "--output", str(output)]) == 0
+    assert (
+        bench_cache.main(
+            ["--smoke", "--workers", "2", "--source", str(shared_data / "nih_fullres"), "--output", str(output)]
+        )
+        == 0
+    )
     result = json.loads(output.read_text())
     assert result["films"] == 20 and result["cores"] == 2
     assert result["reused_films"] == 20 and result["decoded_on_reuse"] == 0
@@ -190,8 +203,9 @@ def test_killed_build_leaves_only_whole_shards(films: list[str], tmp_path: Path)
     import time
 
     # 24 films at 30 ms each; the build is killed as soon as its first shard of 4 appears.
-    process = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(tmp_path / "cache"), *films],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_BUILD, str(tmp_path / "cache"), *films], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None and process.stdout.readline().strip() == "started"
     deadline = time.monotonic() + 60
     while not list((tmp_path / "cache").glob("*/shard-*.npz")) and time.monotonic() < deadline:
@@ -265,8 +279,9 @@ def test_a_store_of_an_older_format_is_never_read(films: list[str], tmp_path: Pa
     assert current.format_version == cache_module.CACHE_FORMAT_VERSION == 3
     older = CacheParameters(current.image_size, current.max_image_pixels, format_version=2)
     stale = np.full((32, 32), 7, dtype=np.uint8)  # what an older decoder might have stored
-    PreprocessingCache(tmp_path / "cache", older).add([cache_module.file_key(path) for path in films],
-                                                      [stale] * len(films))
+    PreprocessingCache(tmp_path / "cache", older).add(
+        [cache_module.file_key(path) for path in films], [stale] * len(films)
+    )
     results, report = run(films, tmp_path / "cache")
     assert (report.decoded, report.reused) == (24, 0)
     for path, pixels in zip(films, results):

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_anomaly.jobs.benchmark import FilmSet, warn_on_shared_films
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
+from cxr_anomaly.jobs.benchmark import FilmSet, warn_on_shared_films
 
 
 def another_pipeline(film: Image.Image, size: int) -> np.ndarray:
@@ -51,23 +51,34 @@ def test_the_copy_between_rsna_normals_and_nih_pneumonia_is_found(shared_data: P
     config = DataConfig(image_size=64)
     rsna = load_inputs(shared_data / "rsna_normal224" / "manifest.csv").iloc[:300]
     pneumonia = load_inputs(shared_data / "nih_pneumonia256" / "manifest.csv")
-    chosen = pneumonia[pneumonia["path"].str.endswith("00004808_003.png")
-                       | pneumonia.index.isin(range(40))].reset_index(drop=True)
+    chosen = pneumonia[
+        pneumonia["path"].str.endswith("00004808_003.png") | pneumonia.index.isin(range(40))
+    ].reset_index(drop=True)
     found = find_copies(load_images(chosen, config).pixels, load_images(rsna, config).pixels)
     assert [(Path(chosen["path"][item.film]).name, Path(rsna["path"].iloc[item.source]).name) for item in found] == [
-        ("00004808_003.png", "normal-5.png")]
+        ("00004808_003.png", "normal-5.png")
+    ]
 
 
-def test_the_benchmark_warns_of_a_test_film_that_copies_a_training_film(shared_data: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_the_benchmark_warns_of_a_test_film_that_copies_a_training_film(
+    shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = DataConfig(image_size=64)
     originals = sorted((shared_data / "nih_fullres").glob("*.png"))[:4]
     train_pixels = np.stack([np.asarray(Image.open(path).convert("L").resize((64, 64))) for path in originals[:3]])
     test_pixels = np.stack([another_pipeline(Image.open(path).convert("L"), 64) for path in originals[1:]])
-    train = FilmSet("train", pd.DataFrame({"path": [str(path) for path in originals[:3]], "patient_id": ["1", "2", "3"]}),
-                    {config: train_pixels}, "train")
-    test = FilmSet("site", pd.DataFrame({"path": ["b.png", "c.png", "d.png"], "patient_id": ["7", "8", "9"]}),
-                   {config: test_pixels}, "site")
+    train = FilmSet(
+        "train",
+        pd.DataFrame({"path": [str(path) for path in originals[:3]], "patient_id": ["1", "2", "3"]}),
+        {config: train_pixels},
+        "train",
+    )
+    test = FilmSet(
+        "site",
+        pd.DataFrame({"path": ["b.png", "c.png", "d.png"], "patient_id": ["7", "8", "9"]}),
+        {config: test_pixels},
+        "site",
+    )
     with caplog.at_level(logging.WARNING, logger="cxr_anomaly.jobs.benchmark_films"):
         warn_on_shared_films(train, test, config, film_signatures(train_pixels))
     assert "site: 2 film(s) are copies of training films" in caplog.text and "['b.png', 'c.png']" in caplog.text

@@ -43,7 +43,9 @@ def hostile_manifest(shared_data: Path, tmp_path: Path) -> tuple[pd.DataFrame, d
     add("bad.dcm", b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 10, DicomError)
     bad[str(tmp_path / "absent.png")] = MissingFileError
     paths = [str(path) for path in films] + list(bad)
-    manifest = pd.DataFrame({"path": paths, "label": [0] * len(paths), "patient_id": [str(i) for i in range(len(paths))]})
+    manifest = pd.DataFrame(
+        {"path": paths, "label": [0] * len(paths), "patient_id": [str(i) for i in range(len(paths))]}
+    )
     return manifest, bad
 
 

@@ -13,15 +13,18 @@ from cxr_anomaly.data.splits import summarise_split
 from cxr_anomaly.errors import ManifestError, MissingFileError
 
 
-@pytest.mark.parametrize(("name", "key"), [
-    ("person1000_bacteria_2931.jpeg", "person1000"),
-    ("person1_virus_6.jpeg", "person1"),
-    ("person1000_virus_1681_1.jpeg", "person1000"),
-    ("IM-0005-0001.jpeg", "N1-IM-0005"),
-    ("IM-0115-0001-0002.jpeg", "N1-IM-0115"),
-    ("NORMAL2-IM-0041-0001.jpeg", "N2-IM-0041"),
-    ("scan.jpeg", None),
-])
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("person1000_bacteria_2931.jpeg", "person1000"),
+        ("person1_virus_6.jpeg", "person1"),
+        ("person1000_virus_1681_1.jpeg", "person1000"),
+        ("IM-0005-0001.jpeg", "N1-IM-0005"),
+        ("IM-0115-0001-0002.jpeg", "N1-IM-0115"),
+        ("NORMAL2-IM-0041-0001.jpeg", "N2-IM-0041"),
+        ("scan.jpeg", None),
+    ],
+)
 def test_patient_keys_from_file_names(name: str, key: str | None) -> None:
     assert kermany_patient_key(name) == key
 
@@ -30,8 +33,14 @@ def test_real_copy(shared_data: Path) -> None:
     root = shared_data / "kermany224" / "data"
     assert is_kermany_folder(root)
     manifest = build_kermany_manifest(root)
-    assert summarise_split(manifest).films == {("train", 0): 1108, ("train", 1): 2991, ("val", 0): 237,
-                                               ("val", 1): 641, ("test", 0): 238, ("test", 1): 641}
+    assert summarise_split(manifest).films == {
+        ("train", 0): 1108,
+        ("train", 1): 2991,
+        ("val", 0): 237,
+        ("val", 1): 641,
+        ("test", 0): 238,
+        ("test", 1): 641,
+    }
     reference = pd.read_csv(shared_data / "kermany224" / "manifest.csv")
     reference["name"] = reference["path"].str.rsplit("/", n=1).str[-1]
     keys = manifest.assign(name=manifest["path"].str.rsplit("/", n=1).str[-1]).merge(reference, on="name")

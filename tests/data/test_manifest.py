@@ -9,8 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_anomaly.data.manifest import (fill_from_dicom_headers, load_inputs, normalise_manifest, read_manifest_csv,
-                                       scan_folder)
+from cxr_anomaly.data.manifest import (
+    fill_from_dicom_headers,
+    load_inputs,
+    normalise_manifest,
+    read_manifest_csv,
+    scan_folder,
+)
 from cxr_anomaly.dicom import parse_patient_age
 from cxr_anomaly.errors import ManifestError, MissingFileError
 
@@ -39,15 +44,18 @@ def write(tmp_path: Path, text: str | bytes, name: str = "manifest.csv") -> Path
     return path
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("file,label\na.png,0\n", "missing required column 'path'"),
-    ("path,label\na.png,maybe\n", "row 1: label 'maybe' is not 0, 1 or empty"),
-    ("path,label,split\na.png,0,holdout\n", "row 1: split 'holdout' is not train, val or test"),
-    ("path,label\na.png,0\n ,1\n", "row 2: empty path"),
-    ("path,label\na.png,2\n", "label '2'"),
-    (b"path,label\n\xff\xfe\x00\x81,0\n", "cannot parse CSV"),
-    ("", "cannot parse CSV"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("file,label\na.png,0\n", "missing required column 'path'"),
+        ("path,label\na.png,maybe\n", "row 1: label 'maybe' is not 0, 1 or empty"),
+        ("path,label,split\na.png,0,holdout\n", "row 1: split 'holdout' is not train, val or test"),
+        ("path,label\na.png,0\n ,1\n", "row 2: empty path"),
+        ("path,label\na.png,2\n", "label '2'"),
+        (b"path,label\n\xff\xfe\x00\x81,0\n", "cannot parse CSV"),
+        ("", "cannot parse CSV"),
+    ],
+)
 def test_malformed_csv_names_the_file_and_the_problem(tmp_path: Path, content: str | bytes, message: str) -> None:
     path = write(tmp_path, content)
     with pytest.raises(ManifestError) as caught:
@@ -78,9 +86,9 @@ def test_npz_without_images(tmp_path: Path) -> None:
         load_inputs(broken)
 
 
-def test_scan_folder_finds_dicom_files_without_a_suffix(tmp_path: Path, shared_data: Path,
-                                                          dicom_writer: Callable[..., Path],
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_scan_folder_finds_dicom_files_without_a_suffix(
+    tmp_path: Path, shared_data: Path, dicom_writer: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
     from PIL import Image
 
     film = np.asarray(Image.open(shared_data / "nih_fullres" / "00000427_000.png").convert("L"))
@@ -95,9 +103,9 @@ def test_scan_folder_finds_dicom_files_without_a_suffix(tmp_path: Path, shared_d
     assert "notes.bin" in caplog.text
 
 
-def test_a_pacs_series_folder_named_1_gives_no_label(tmp_path: Path, shared_data: Path,
-                                                      dicom_writer: Callable[..., Path],
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_pacs_series_folder_named_1_gives_no_label(
+    tmp_path: Path, shared_data: Path, dicom_writer: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
     # A PACS export: study/series folders numbered 0 and 1, beside a documented normal/ folder.
     from PIL import Image
 
@@ -111,15 +119,18 @@ def test_a_pacs_series_folder_named_1_gives_no_label(tmp_path: Path, shared_data
     (export / "Normal" / "test" / nih_normal.name).write_bytes(nih_normal.read_bytes())
     with caplog.at_level("INFO", logger="cxr_anomaly.data.manifest"):
         table = scan_folder(export)
-    labels = {Path(path).relative_to(export.resolve()).as_posix(): label
-              for path, label in zip(table["path"], table["label"])}
+    labels = {
+        Path(path).relative_to(export.resolve()).as_posix(): label for path, label in zip(table["path"], table["label"])
+    }
     assert labels.keys() == {"1.2.3/1/IM0001", "1.2.3/0/IM0001", "positive/IM0001", f"Normal/test/{nih_normal.name}"}
     assert all(labels[name] is pd.NA for name in ("1.2.3/1/IM0001", "1.2.3/0/IM0001", "positive/IM0001"))
     assert labels[f"Normal/test/{nih_normal.name}"] == 0
     assert list(table["split"].dropna()) == ["test"]
     messages = [record.getMessage() for record in caplog.records]
-    assert sum("1.2.3/1: 1 film(s) without a label" in text and "'1' is not read as a label" in text
-               for text in messages) == 1
+    assert (
+        sum("1.2.3/1: 1 film(s) without a label" in text and "'1' is not read as a label" in text for text in messages)
+        == 1
+    )
     assert sum("Normal/test: 1 film(s) labelled 0 from the folder name 'Normal'" in text for text in messages) == 1
 
 
@@ -133,17 +144,25 @@ def test_folders_naming_two_labels_are_refused(tmp_path: Path, shared_data: Path
 
 
 def test_views_and_ages_of_dicom_films_come_from_their_headers_where_the_manifest_has_none(
-        tmp_path: Path, shared_data: Path, dicom_writer: Callable[..., Path]) -> None:
+    tmp_path: Path, shared_data: Path, dicom_writer: Callable[..., Path]
+) -> None:
     film = np.zeros((8, 8), np.uint8)
     headers = [("pa ", "042Y"), ("AP", "006M"), (None, None), ("LL", "bad"), ("AP", "070Y")]
-    paths = [dicom_writer(film, tmp_path / f"{index}.dcm", study_uid="1.2.3", sop_uid=f"1.2.3.{index}", view=view,
-                          age=age) for index, (view, age) in enumerate(headers)]
+    paths = [
+        dicom_writer(film, tmp_path / f"{index}.dcm", study_uid="1.2.3", sop_uid=f"1.2.3.{index}", view=view, age=age)
+        for index, (view, age) in enumerate(headers)
+    ]
     png = next((shared_data / "nih1000" / "test" / "0_normal").glob("*.png"))
-    table = normalise_manifest(pd.DataFrame({
-        "path": [str(path) for path in paths] + [str(png), str(tmp_path / "absent.dcm")],
-        "label": [0, 1, 0, 1, 0, 0, 1],
-        "view": [None, None, None, None, "PA", None, None],  # the manifest names the fifth film's view
-    }), "test")
+    table = normalise_manifest(
+        pd.DataFrame(
+            {
+                "path": [str(path) for path in paths] + [str(png), str(tmp_path / "absent.dcm")],
+                "label": [0, 1, 0, 1, 0, 0, 1],
+                "view": [None, None, None, None, "PA", None, None],  # the manifest names the fifth film's view
+            }
+        ),
+        "test",
+    )
     filled = fill_from_dicom_headers(table)
     # upper-case and stripped; a manifest's own view wins over the header; PNG, missing file and
     # a header without the tag stay empty; the input table is left as it was
@@ -160,7 +179,18 @@ def test_views_and_ages_of_dicom_films_come_from_their_headers_where_the_manifes
     assert fill_from_dicom_headers(only_png) is only_png  # no DICOM film lacking a value: nothing read
 
 
-@pytest.mark.parametrize(("value", "years"), [("042Y", 42.0), ("018M", 1.5), ("026W", 0.5), ("365D", 1.0),
-                                               ("42Y", None), ("042", None), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    ("value", "years"),
+    [
+        ("042Y", 42.0),
+        ("018M", 1.5),
+        ("026W", 0.5),
+        ("365D", 1.0),
+        ("42Y", None),
+        ("042", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_dicom_age_strings(value: object, years: float | None) -> None:
     assert parse_patient_age(value) == years

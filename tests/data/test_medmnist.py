@@ -18,8 +18,13 @@ def test_local_pneumoniamnist_offline(shared_data: Path) -> None:
     manifest = build_medmnist_manifest(shared_data / "medmnist" / "pneumoniamnist.npz")
     assert len(manifest) == 5030
     assert manifest.groupby(["split", "label"]).size().to_dict() == {
-        ("test", 0): 234, ("test", 1): 390, ("train", 0): 388, ("train", 1): 3494,
-        ("val", 0): 135, ("val", 1): 389}
+        ("test", 0): 234,
+        ("test", 1): 390,
+        ("train", 0): 388,
+        ("train", 1): 3494,
+        ("val", 0): 135,
+        ("val", 1): 389,
+    }
     assert set(manifest["medmnist_flag"]) == {"pneumoniamnist"}
     loaded = load_images(manifest.iloc[[0, 1, 4000]], DataConfig(image_size=64))
     assert loaded.pixels.shape == (3, 64, 64) and loaded.pixels.std() > 10
@@ -36,8 +41,13 @@ def test_chestmnist_normal_means_no_finding(tmp_path: Path) -> None:
     labels[1, 3] = 1  # infiltration
     labels[2, [0, 13]] = 1  # atelectasis and hernia
     path = tmp_path / "chestmnist_64.npz"
-    np.savez(path, train_images=rng.integers(0, 255, (6, 64, 64), dtype=np.uint8), train_labels=labels,
-             test_images=rng.integers(0, 255, (2, 64, 64), dtype=np.uint8), test_labels=labels[:2])
+    np.savez(
+        path,
+        train_images=rng.integers(0, 255, (6, 64, 64), dtype=np.uint8),
+        train_labels=labels,
+        test_images=rng.integers(0, 255, (2, 64, 64), dtype=np.uint8),
+        test_labels=labels[:2],
+    )
     manifest = build_medmnist_manifest(path)
     assert manifest["label"].tolist() == [0, 1, 1, 0, 0, 0, 0, 1]
     assert manifest["finding_infiltration"].tolist()[:3] == [0, 1, 0]

@@ -33,11 +33,14 @@ def test_real_table_counts(nih_table: pd.DataFrame) -> None:
 
 
 def test_labels_are_matched_as_whole_tokens(tmp_path: Path) -> None:
-    table = write_table(tmp_path, [
-        "a_000.png,No Finding,0,1,50,M,PA",
-        "b_000.png,Pleural_Thickening|Hernia,0,2,50,F,AP",
-        "c_000.png,Pneumonia,0,3,50,F,PA",
-    ])
+    table = write_table(
+        tmp_path,
+        [
+            "a_000.png,No Finding,0,1,50,M,PA",
+            "b_000.png,Pleural_Thickening|Hernia,0,2,50,F,AP",
+            "c_000.png,Pneumonia,0,3,50,F,PA",
+        ],
+    )
     manifest = read_nih_table(table)
     assert manifest["label"].tolist() == [0, 1, 1]
     assert manifest["finding_pneumonia"].tolist() == [0, 0, 1]

@@ -34,20 +34,25 @@ def test_resizing_matches_pillow_bit_for_bit(real_films: np.ndarray, device: str
     cropped = resize(films, 224, "bilinear", margin, 224 - margin).to(torch.uint8).cpu().numpy()
     assert np.array_equal(cropped, crop_borders(real_films, 0.2))
     shrunk = resize(films, 64, "lanczos").to(torch.uint8).cpu().numpy()
-    expected = np.stack([np.asarray(Image.fromarray(film).resize((64, 64), Image.Resampling.LANCZOS))
-                         for film in real_films])
+    expected = np.stack(
+        [np.asarray(Image.fromarray(film).resize((64, 64), Image.Resampling.LANCZOS)) for film in real_films]
+    )
     assert np.array_equal(shrunk, expected)
     assert np.array_equal(resize(films, 224, "bilinear").cpu(), films.cpu())  # the identity stays one
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("settings", [
-    {},  # the features detector's default: border crop 0.2, detail 64 px, equalisation
-    {"border_crop": 0.1, "detail_size": 112, "intensity": "none"},
-    {"border_crop": 0.0, "detail_size": 0, "intensity": "equalize"},
-])
-def test_tensor_preprocessing_gives_the_pillow_pixels(real_films: np.ndarray, device: str,
-                                                      settings: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the features detector's default: border crop 0.2, detail 64 px, equalisation
+        {"border_crop": 0.1, "detail_size": 112, "intensity": "none"},
+        {"border_crop": 0.0, "detail_size": 0, "intensity": "equalize"},
+    ],
+)
+def test_tensor_preprocessing_gives_the_pillow_pixels(
+    real_films: np.ndarray, device: str, settings: dict[str, object]
+) -> None:
     config = replace(Config().data, **settings)
     expected = preprocess_films(real_films, config)
     got = preprocess_tensor(torch.from_numpy(real_films).to(device), config)
@@ -81,19 +86,27 @@ def test_features_model_input_is_the_same_on_every_device(real_films: np.ndarray
     on_cpu = detector.model_input(real_films[:16])  # Pillow's path
     for device in DEVICES:
         assert torch.equal(detector.model_input(real_films[:16], device).cpu(), on_cpu)
-    assert torch.equal(preprocess_tensor(torch.from_numpy(real_films[:16]), Config().data) * 2.0 - 1.0,
-                       on_cpu[:, 0])  # the tensor path on a CPU too
+    assert torch.equal(
+        preprocess_tensor(torch.from_numpy(real_films[:16]), Config().data) * 2.0 - 1.0, on_cpu[:, 0]
+    )  # the tensor path on a CPU too
 
 
-@pytest.mark.parametrize(("size", "out_size", "resample", "margin"), [
-    (100, 37, "lanczos", 0), (37, 100, "bilinear", 0), (97, 97, "bilinear", 11), (256, 224, "lanczos", 3),
-])
+@pytest.mark.parametrize(
+    ("size", "out_size", "resample", "margin"),
+    [
+        (100, 37, "lanczos", 0),
+        (37, 100, "bilinear", 0),
+        (97, 97, "bilinear", 11),
+        (256, 224, "lanczos", 3),
+    ],
+)
 def test_other_sizes_and_boxes_match_pillow(size: int, out_size: int, resample: str, margin: int) -> None:
     films = np.random.default_rng(size).integers(0, 256, (4, size, size), dtype=np.uint8)
     filters = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
     box = (margin, margin, size - margin, size - margin)
-    expected = np.stack([np.asarray(Image.fromarray(film).resize((out_size, out_size), filters[resample], box=box))
-                         for film in films])
+    expected = np.stack(
+        [np.asarray(Image.fromarray(film).resize((out_size, out_size), filters[resample], box=box)) for film in films]
+    )
     got = resize(torch.from_numpy(films).double(), out_size, resample, margin, size - margin)  # type: ignore[arg-type]
     assert np.array_equal(got.to(torch.uint8).numpy(), expected)
 

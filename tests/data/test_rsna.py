@@ -25,9 +25,12 @@ def labels_dir(shared_data: Path) -> Path:
 
 def test_real_tables_default_excludes_not_normal(shared_data: Path) -> None:
     folder = labels_dir(shared_data)
-    manifest = build_rsna_manifest(None, folder / "kaggle_stage_2_train_labels.csv.zip",
-                                   folder / "stage_2_detailed_class_info.csv",
-                                   headers_csv=folder / "kaggle_stage_2_train_images_dicom_headers.csv.gz")
+    manifest = build_rsna_manifest(
+        None,
+        folder / "kaggle_stage_2_train_labels.csv.zip",
+        folder / "stage_2_detailed_class_info.csv",
+        headers_csv=folder / "kaggle_stage_2_train_images_dicom_headers.csv.gz",
+    )
     assert manifest["label"].value_counts().to_dict() == {0: 8_818, 1: 6_012}
     assert set(manifest["rsna_class"]) == {"Normal", "Lung Opacity"}
     assert manifest["patient_id"].is_unique
@@ -38,8 +41,11 @@ def test_real_tables_default_excludes_not_normal(shared_data: Path) -> None:
 
 def test_real_tables_can_include_not_normal(shared_data: Path) -> None:
     folder = labels_dir(shared_data)
-    manifest = read_rsna_tables(folder / "kaggle_stage_2_train_labels.csv.zip",
-                                folder / "stage_2_detailed_class_info.csv", include_not_normal=True)
+    manifest = read_rsna_tables(
+        folder / "kaggle_stage_2_train_labels.csv.zip",
+        folder / "stage_2_detailed_class_info.csv",
+        include_not_normal=True,
+    )
     assert len(manifest) == 26_684 - 67  # 67 patients have neither a class row nor a box
     not_normal = manifest["rsna_class"] == "No Lung Opacity / Not Normal"
     assert int(not_normal.sum()) == 11_787 and (manifest.loc[not_normal, "label"] == 1).all()
@@ -97,8 +103,10 @@ def test_dicom_films_with_views_from_their_headers(shared_data: Path, tmp_path: 
         dataset.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=8)
         dataset.save_as(images / f"{patient}.dcm", enforce_file_format=True)
     labels = write(tmp_path / "labels.csv", LABELS_HEADER + "p-normal,,,,,0\np-opacity,1,2,3,4,1\np-other,,,,,0\n")
-    classes = write(tmp_path / "classes.csv", CLASS_HEADER
-                    + "p-normal,Normal\np-opacity,Lung Opacity\np-other,No Lung Opacity / Not Normal\n")
+    classes = write(
+        tmp_path / "classes.csv",
+        CLASS_HEADER + "p-normal,Normal\np-opacity,Lung Opacity\np-other,No Lung Opacity / Not Normal\n",
+    )
     manifest = build_rsna_manifest(images, labels, classes)
     assert manifest.set_index("patient_id")["view"].to_dict() == {"p-normal": "PA", "p-opacity": "AP"}
     loaded = load_images(manifest, DataConfig(image_size=64))

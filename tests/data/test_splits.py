@@ -28,9 +28,12 @@ RSNA_EXPECTED = {("train", 0): 6000, ("val", 0): 1025, ("val", 1): 1025, ("test"
 @pytest.fixture(scope="module")
 def rsna_table(shared_data: Path) -> pd.DataFrame:
     labels = shared_data / "labels"
-    return build_rsna_manifest(None, labels / "kaggle_stage_2_train_labels.csv.zip",
-                               labels / "stage_2_detailed_class_info.csv",
-                               headers_csv=labels / "kaggle_stage_2_train_images_dicom_headers.csv.gz")
+    return build_rsna_manifest(
+        None,
+        labels / "kaggle_stage_2_train_labels.csv.zip",
+        labels / "stage_2_detailed_class_info.csv",
+        headers_csv=labels / "kaggle_stage_2_train_images_dicom_headers.csv.gz",
+    )
 
 
 def assert_patient_disjoint(split: pd.DataFrame) -> None:
@@ -66,8 +69,13 @@ def test_nih_paper_split_is_deterministic_for_a_seed(nih_table: pd.DataFrame) ->
 def test_nih_sizes_can_be_changed(nih_table: pd.DataFrame) -> None:
     sizes = PaperSplitSizes(train_normal=100, val_normal=20, val_abnormal=30, test_normal=40, test_abnormal=50)
     split = nih_paper_split(nih_table, seed=0, view="PA", sizes=sizes)
-    assert summarise_split(split).films == {("train", 0): 100, ("val", 0): 20, ("val", 1): 30,
-                                             ("test", 0): 40, ("test", 1): 50}
+    assert summarise_split(split).films == {
+        ("train", 0): 100,
+        ("val", 0): 20,
+        ("val", 1): 30,
+        ("test", 0): 40,
+        ("test", 1): 50,
+    }
     assert_patient_disjoint(split)
 
 
@@ -114,8 +122,13 @@ def test_patient_disjoint_split_of_nih1000(shared_data: Path) -> None:
 
 
 def test_rows_without_patient_are_their_own_group() -> None:
-    manifest = pd.DataFrame({"path": [f"f{i}.png" for i in range(40)], "label": [0] * 30 + [1] * 10,
-                             "patient_id": ["A"] * 10 + [pd.NA] * 30})
+    manifest = pd.DataFrame(
+        {
+            "path": [f"f{i}.png" for i in range(40)],
+            "label": [0] * 30 + [1] * 10,
+            "patient_id": ["A"] * 10 + [pd.NA] * 30,
+        }
+    )
     result = patient_disjoint_split(manifest, seed=1, val_fraction=0.25, test_fraction=0.25)
     assert result.loc[:9, "split"].nunique() == 1  # patient A stays together
     assert result.loc[10:, "split"].nunique() == 3  # the others are spread
@@ -141,8 +154,13 @@ def test_resplit_command_writes_a_disjoint_manifest(shared_data: Path, tmp_path:
 
 def test_resplit_refuses_data_without_patient_ids(shared_data: Path, tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="patient"):
-        resplit_manifest(shared_data / "medmnist" / "pneumoniamnist.npz", tmp_path / "x.csv",
-                         seed=0, val_fraction=0.1, test_fraction=0.1)
+        resplit_manifest(
+            shared_data / "medmnist" / "pneumoniamnist.npz",
+            tmp_path / "x.csv",
+            seed=0,
+            val_fraction=0.1,
+            test_fraction=0.1,
+        )
 
 
 def test_split_command_builds_the_nih_paper_split(shared_data: Path, tmp_path: Path) -> None:
@@ -159,9 +177,15 @@ def test_paper_split_with_images_on_disk(shared_data: Path, tmp_path: Path) -> N
     from cxr_anomaly.data.splits import write_paper_split
 
     sizes = PaperSplitSizes(train_normal=4, val_normal=2, val_abnormal=2, test_normal=2, test_abnormal=2)
-    report = write_paper_split("nih", tmp_path / "small.csv", seed=0, sizes=sizes, on_missing="skip",
-                               labels_csv=shared_data / "labels" / "Data_Entry_2017_v2020.csv.gz",
-                               image_root=shared_data / "nih_fullres")
+    report = write_paper_split(
+        "nih",
+        tmp_path / "small.csv",
+        seed=0,
+        sizes=sizes,
+        on_missing="skip",
+        labels_csv=shared_data / "labels" / "Data_Entry_2017_v2020.csv.gz",
+        image_root=shared_data / "nih_fullres",
+    )
     written = read_manifest_csv(tmp_path / "small.csv")
     assert len(written) == 12 and report.summary.crossing_patients == []
     assert written["path"].map(lambda path: Path(path).is_file()).all()
@@ -169,7 +193,8 @@ def test_paper_split_with_images_on_disk(shared_data: Path, tmp_path: Path) -> N
 
 def test_rsna_view_filter_without_views_is_explained(shared_data: Path) -> None:
     labels = shared_data / "labels"
-    table = build_rsna_manifest(None, labels / "kaggle_stage_2_train_labels.csv.zip",
-                                labels / "stage_2_detailed_class_info.csv")
+    table = build_rsna_manifest(
+        None, labels / "kaggle_stage_2_train_labels.csv.zip", labels / "stage_2_detailed_class_info.csv"
+    )
     with pytest.raises(ManifestError, match="no view information"):
         rsna_paper_split(table, seed=0, view="PA")

@@ -22,14 +22,16 @@ from cxr_anomaly.models.tang2019 import weighted_score
 
 def combine(config, reconstruction, adversarial, latent, code_distance):  # type: ignore[no-untyped-def]
     """The raw score of ``config.score.method`` from stored components; all-NaN ones are absent."""
+
     def present(values: np.ndarray) -> np.ndarray | None:
         return None if np.all(np.isnan(values)) else values
 
     return weighted_score(config.score, reconstruction, present(adversarial), present(latent), present(code_distance))
 
 
-def view_standardised(scores: np.ndarray, views: np.ndarray, reference: np.ndarray,
-                      reference_views: np.ndarray) -> np.ndarray:
+def view_standardised(
+    scores: np.ndarray, views: np.ndarray, reference: np.ndarray, reference_views: np.ndarray
+) -> np.ndarray:
     """Robust z-score of each score against the reference scores of the same view."""
     result = np.empty_like(scores)
     for view in np.unique(views):
@@ -55,23 +57,39 @@ def main() -> None:
         stored = np.load(cell / "scores.npz")
         for method in ("eq6", "code_knn"):
             config = with_overrides(tang2019_config(), "score", method=method)
-            raw = {part: combine(config, stored[f"{part}_reconstruction"], stored[f"{part}_adversarial"],
-                                 stored[f"{part}_latent"], stored[f"{part}_code_distance"])
-                   for part in ("val", "test")}
+            raw = {
+                part: combine(
+                    config,
+                    stored[f"{part}_reconstruction"],
+                    stored[f"{part}_adversarial"],
+                    stored[f"{part}_latent"],
+                    stored[f"{part}_code_distance"],
+                )
+                for part in ("val", "test")
+            }
             normal = val_labels == 0
             adjusted_test = view_standardised(raw["test"], test_views, raw["val"][normal], val_views[normal])
             adjusted_val = view_standardised(raw["val"], val_views, raw["val"][normal], val_views[normal])
             entry = report.setdefault(f"{variant} {method}", {})
-            for name, value in (("test", safe_auc(test_labels, raw["test"])),
-                                ("val", safe_auc(val_labels, raw["val"])),
-                                ("test_view_standardised", safe_auc(test_labels, adjusted_test)),
-                                ("val_view_standardised", safe_auc(val_labels, adjusted_val)),
-                                *[(f"test@{view}", safe_auc(test_labels[test_views == view], raw["test"][test_views == view]))
-                                  for view in ("PA", "AP")]):
+            for name, value in (
+                ("test", safe_auc(test_labels, raw["test"])),
+                ("val", safe_auc(val_labels, raw["val"])),
+                ("test_view_standardised", safe_auc(test_labels, adjusted_test)),
+                ("val_view_standardised", safe_auc(val_labels, adjusted_val)),
+                *[
+                    (f"test@{view}", safe_auc(test_labels[test_views == view], raw["test"][test_views == view]))
+                    for view in ("PA", "AP")
+                ],
+            ):
                 entry.setdefault(name, []).append(value)
-    summary = {key: {name: f"{np.mean([v for v in values if v is not None]):.3f} ± "
-                           f"{np.std([v for v in values if v is not None], ddof=1):.3f}"
-                     for name, values in entry.items()} for key, entry in report.items()}
+    summary = {
+        key: {
+            name: f"{np.mean([v for v in values if v is not None]):.3f} ± "
+            f"{np.std([v for v in values if v is not None], ddof=1):.3f}"
+            for name, values in entry.items()
+        }
+        for key, entry in report.items()
+    }
     print(json.dumps(summary, indent=1))
 
 

@@ -41,22 +41,44 @@ def epoch_values(json_name: str, key: str, part: str = "val") -> str:
 
 def main() -> None:
     fields = json.loads((HERE / "results_fields.json").read_text())  # the prose around the tables
-    research = (HERE / "results_research.md").read_text().format(
-        table_short="\n\n".join(f"{title}\n\n{table(name, keep_ensembles=False)}" for title, name in (
-            ("NIH1000, all views:", "nih_all_short"), ("NIH1000, PA only:", "nih_pa_short"),
-            ("Kermany:", "kermany_short"))),
-        table_ablation="\n\n".join(f"{title}\n\n{table(name, keep_ensembles=False)}" for title, name in (
-            ("NIH1000, all views, without re-estimation:", "nih_all_no_recalibration"),
-            ("Kermany, without re-estimation:", "kermany_no_recalibration"))),
-        v3_code=epoch_values("kermany_all_u_none_e10_c16_n0.05_b16_v3.json", "code_knn"),
-        v3_nih_code=epoch_values("nih1000_all_u_none_e10_c16_n0.05_b16_v3.json", "code_knn"),
-        **{key: fields[key] for key in ("v4_l1", "v4_code", "k_ue_code", "k_u_code", "n_ue_code", "verdict")},
+    research = (
+        (HERE / "results_research.md")
+        .read_text()
+        .format(
+            table_short="\n\n".join(
+                f"{title}\n\n{table(name, keep_ensembles=False)}"
+                for title, name in (
+                    ("NIH1000, all views:", "nih_all_short"),
+                    ("NIH1000, PA only:", "nih_pa_short"),
+                    ("Kermany:", "kermany_short"),
+                )
+            ),
+            table_ablation="\n\n".join(
+                f"{title}\n\n{table(name, keep_ensembles=False)}"
+                for title, name in (
+                    ("NIH1000, all views, without re-estimation:", "nih_all_no_recalibration"),
+                    ("Kermany, without re-estimation:", "kermany_no_recalibration"),
+                )
+            ),
+            v3_code=epoch_values("kermany_all_u_none_e10_c16_n0.05_b16_v3.json", "code_knn"),
+            v3_nih_code=epoch_values("nih1000_all_u_none_e10_c16_n0.05_b16_v3.json", "code_knn"),
+            **{key: fields[key] for key in ("v4_l1", "v4_code", "k_ue_code", "k_u_code", "n_ue_code", "verdict")},
+        )
     )
-    text = (HERE / "results_template.md").read_text().format(
-        render_commit=fields["render_commit"],
-        time_nih_all=wall_time("nih_all"), time_nih_pa=wall_time("nih_pa"), time_kermany=wall_time("kermany"),
-        table_nih_all=table("nih_all"), table_nih_pa=table("nih_pa"), table_kermany=table("kermany"),
-        reading=fields["reading"], research=research,
+    text = (
+        (HERE / "results_template.md")
+        .read_text()
+        .format(
+            render_commit=fields["render_commit"],
+            time_nih_all=wall_time("nih_all"),
+            time_nih_pa=wall_time("nih_pa"),
+            time_kermany=wall_time("kermany"),
+            table_nih_all=table("nih_all"),
+            table_nih_pa=table("nih_pa"),
+            table_kermany=table("kermany"),
+            reading=fields["reading"],
+            research=research,
+        )
     )
     print(text)
 

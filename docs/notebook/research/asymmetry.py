@@ -106,17 +106,17 @@ def scores_for_stride(work: Path, backbone: str, stride: int) -> dict[str, dict[
         out.setdefault(f"asym_gauss (s{stride})", {})[name] = gaussian.mahalanobis(dmap)
         out.setdefault(f"asym_self_gauss (s{stride})", {})[name] = self_gaussian.mahalanobis(self_mirror_map(film))
         out.setdefault(f"asym_knn (s{stride})", {})[name] = knn(
-            train_pooled_diff, np.abs(film - mirror).mean(axis=(2, 3)), 5)
+            train_pooled_diff, np.abs(film - mirror).mean(axis=(2, 3)), 5
+        )
     return out
 
 
-def checkpoint_distance_maps(detector: FeatureDetector, pixels: np.ndarray, stride: int,
-                             batch: int = 32) -> np.ndarray:
+def checkpoint_distance_maps(detector: FeatureDetector, pixels: np.ndarray, stride: int, batch: int = 32) -> np.ndarray:
     """:func:`distance_map` of uint8 films (N, S, S) under a checkpoint's backbone: (N, H*W)."""
     parts = []
     with torch.inference_mode():
         for begin in range(0, len(pixels), batch):
-            chunk = pixels[begin:begin + batch]
+            chunk = pixels[begin : begin + batch]
             film = detector.backbone(detector.model_input(chunk))[stride].float().numpy()
             mirror = detector.backbone(detector.model_input(mirrored(chunk)))[stride].float().numpy()
             parts.append(distance_map(film, mirror))
@@ -136,14 +136,21 @@ def checkpoint_rows(model_path: Path, manifest: Path, normals: int, stride: int 
     for name in SETS:
         pixels = load_images(sets[name], model.config.data).pixels
         scores["default"][name] = model.score_films(pixels).raw
-        scores[f"asym_gauss (s{stride})"][name] = gaussian.mahalanobis(checkpoint_distance_maps(detector, pixels, stride))
+        scores[f"asym_gauss (s{stride})"][name] = gaussian.mahalanobis(
+            checkpoint_distance_maps(detector, pixels, stride)
+        )
     scores[f"rank(default, asym_gauss (s{stride}))"] = {
         name: (rankdata(scores["default"][name]) + rankdata(scores[f"asym_gauss (s{stride})"][name])) / 2
-        for name in SETS}
+        for name in SETS
+    }
     logger.info("scored in %.0f s", time.perf_counter() - started)
-    return {score_name: {**{f"val {key}": value for key, value in view_row(by_set, sets).items()},
-                         **{f"test {key}": value for key, value in view_row(by_set, sets, TEST).items()}}
-            for score_name, by_set in scores.items()}
+    return {
+        score_name: {
+            **{f"val {key}": value for key, value in view_row(by_set, sets).items()},
+            **{f"test {key}": value for key, value in view_row(by_set, sets, TEST).items()},
+        }
+        for score_name, by_set in scores.items()
+    }
 
 
 def main() -> None:
@@ -166,14 +173,15 @@ def main() -> None:
     scores: dict[str, dict[str, np.ndarray]] = {}
     train = pooled({"s32": load_maps(args.work, args.backbone, PREP, "rsna", 32)}, [32])
     scores["default: knn5 (s32)"] = {
-        name: knn(train, pooled({"s32": load_maps(args.work, args.backbone, PREP, name, 32)}, [32]), 5)
-        for name in SETS}
+        name: knn(train, pooled({"s32": load_maps(args.work, args.backbone, PREP, name, 32)}, [32]), 5) for name in SETS
+    }
     for stride in (32, 16, 8):
         scores.update(scores_for_stride(args.work, args.backbone, stride))
     for score_name in [key for key in scores if key.startswith("asym")]:
         scores[f"rank(default, {score_name})"] = {
             name: (rankdata(scores["default: knn5 (s32)"][name]) + rankdata(scores[score_name][name])) / 2
-            for name in SETS}
+            for name in SETS
+        }
     rows = []
     for score_name, by_set in scores.items():
         row: dict[str, object] = {"score": score_name}

@@ -21,12 +21,12 @@ from typing import cast
 
 import pandas as pd
 import torch
-
 from benchmarks.bench_features import DEFAULT_DATA
 from docs.notebook.research.features_probe import collections
 from docs.notebook.research.pooled_knn_variants import knn_distance, unit_pooled
 from docs.notebook.research.pooled_tta import rebuilt_bank_parser
 from docs.notebook.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
+
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.models.features.torch_model import FeatureDetector
@@ -50,15 +50,16 @@ def main() -> None:
     children = unit_pooled(detector, load_images(kermany_train_normals(args.data), model.config.data).pixels)
     sets = collections()
     queries = {name: unit_pooled(detector, load_images(sets[name], model.config.data).pixels) for name in VALIDATION}
-    print(f"features: {time.perf_counter() - started:.0f} s ({len(adults)} adult, {len(children)} paediatric normals)",
-          flush=True)
+    print(
+        f"features: {time.perf_counter() - started:.0f} s ({len(adults)} adult, {len(children)} paediatric normals)",
+        flush=True,
+    )
     generator = torch.Generator().manual_seed(0)
-    same_size = adults[torch.randperm(len(adults), generator=generator)[:len(adults) - len(children)]]
+    same_size = adults[torch.randperm(len(adults), generator=generator)[: len(adults) - len(children)]]
     banks = {
         f"RSNA {len(adults)} (the default's source)": adults,
         f"RSNA {len(adults)} + Kermany train normals {len(children)}": torch.cat([adults, children]),
-        f"RSNA {len(same_size)} + Kermany {len(children)} (same size as the default)":
-            torch.cat([same_size, children]),
+        f"RSNA {len(same_size)} + Kermany {len(children)} (same size as the default)": torch.cat([same_size, children]),
     }
     results: dict[str, dict[str, float]] = {}
     for name, bank in banks.items():

@@ -26,5 +26,6 @@ for intensity in ("none", "per_image", "equalize"):
     for name, values in scores["test"].scores.items():
         results[f"{intensity} {name}"] = {
             "all": round(roc_auc_score(labels, values), 3),
-            **{view: round(roc_auc_score(labels[views == view], values[views == view]), 3) for view in ("PA", "AP")}}
+            **{view: round(roc_auc_score(labels[views == view], values[views == view]), 3) for view in ("PA", "AP")},
+        }
 print(json.dumps(results, indent=1))

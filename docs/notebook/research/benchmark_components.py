@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_anomaly.jobs.benchmark import choose_test_films
 from cxr_anomaly.evaluation import safe_auc
+from cxr_anomaly.jobs.benchmark import choose_test_films
 
 COMPONENTS = ("raw", "reconstruction", "adversarial", "latent", "code_distance")
 
@@ -39,8 +39,12 @@ def main() -> None:
                     scores = stored[component]
                     if np.all(np.isnan(scores)):
                         continue
-                    row = {"collection": name, "cell": cell.name, "component": component,
-                           "all": safe_auc(labels, scores)}
+                    row = {
+                        "collection": name,
+                        "cell": cell.name,
+                        "component": component,
+                        "all": safe_auc(labels, scores),
+                    }
                     for view in ("PA", "AP"):
                         row[view] = safe_auc(labels[views == view], scores[views == view])
                     rows.append(row)

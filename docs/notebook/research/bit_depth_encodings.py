@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from benchmarks.common import git_commit, machine_facts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
@@ -50,6 +49,7 @@ def main() -> None:
         print(f"| {film} | {name.removeprefix('12bit:')} | {100 * relative:.2f}% | {moved:.0f} |")
     for name, reason in scores.skipped.items():
         print(f"| | {name} | skipped: {reason} | |")
+
 
 if __name__ == "__main__":
     main()

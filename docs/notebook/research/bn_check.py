@@ -19,9 +19,9 @@ from torch import nn
 from cxr_anomaly.config import tang2019_config, with_overrides
 from cxr_anomaly.data.dataset import to_model_tensor
 from cxr_anomaly.evaluation import safe_auc
+from cxr_anomaly.jobs.reproduce import ReproduceOptions, prepare_split
 from cxr_anomaly.models.tang2019 import Tang2019Detector
 from cxr_anomaly.models.tang2019.training import store_normal_codes, train_detector
-from cxr_anomaly.jobs.reproduce import ReproduceOptions, prepare_split
 from cxr_anomaly.scoring import score_films
 
 
@@ -34,7 +34,7 @@ def recalibrate_batchnorm(detector: nn.Module, images: torch.Tensor, batch_size:
     detector.train()
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            detector(images[start:start + batch_size])
+            detector(images[start : start + batch_size])
     detector.eval()
 
 
@@ -61,12 +61,14 @@ def main() -> None:
         scores = score_films(Tang2019Detector(config, detector), split.val_pixels, precision="fp32")
         test = score_films(Tang2019Detector(config, detector), split.test_pixels, precision="fp32")
         val_parts, test_parts = scores.components, test.components
-        result[name] = {"val_normal_l1": float(val_parts["reconstruction"][normal].mean()),
-                        "val_auc_l1": safe_auc(split.val_labels, val_parts["reconstruction"]),
-                        "val_auc_code_knn": safe_auc(split.val_labels, val_parts["code_distance"]),
-                        "test_auc_l1": safe_auc(split.test_labels, test_parts["reconstruction"]),
-                        "test_auc_code_knn": safe_auc(split.test_labels, test_parts["code_distance"]),
-                        "test_auc_eq6": safe_auc(split.test_labels, test.raw)}
+        result[name] = {
+            "val_normal_l1": float(val_parts["reconstruction"][normal].mean()),
+            "val_auc_l1": safe_auc(split.val_labels, val_parts["reconstruction"]),
+            "val_auc_code_knn": safe_auc(split.val_labels, val_parts["code_distance"]),
+            "test_auc_l1": safe_auc(split.test_labels, test_parts["reconstruction"]),
+            "test_auc_code_knn": safe_auc(split.test_labels, test_parts["code_distance"]),
+            "test_auc_eq6": safe_auc(split.test_labels, test.raw),
+        }
 
     measure("eval_running_stats")
     detector.train()

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from benchmarks.bench_features import fullres_paths, replicate, rsna_rows
 from benchmarks.common import git_commit, machine_facts
+
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.inference import inference_autocast, native_bf16, to_channels_last
@@ -46,6 +46,7 @@ logger = logging.getLogger("cpu_scoring_batch")
 
 def ceiling_films_per_second(detector: torch.nn.Module, inputs: torch.Tensor, precision: str) -> float:
     """Films/s of the backbone's forward pass alone on ``inputs`` (64, 3, S, S), median of five after a warm-up."""
+
     def forward() -> None:
         with torch.inference_mode(), inference_autocast(torch.device("cpu"), precision):
             detector.backbone(inputs)
@@ -68,8 +69,13 @@ def main() -> None:
     parser.add_argument("--films", type=int, default=128)
     parser.add_argument("--fit-films", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                        help="those timed (bf16 only where the CPU has it natively)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=["fp32", "bf16"],
+        help="those timed (bf16 only where the CPU has it natively)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = with_overrides(Config(), "features", finetune_epochs=0)
@@ -84,8 +90,9 @@ def main() -> None:
     inputs = detector.model_input(pixels[:64]).contiguous(memory_format=torch.channels_last)  # (64, 3, 224, 224)
     precisions = ["fp32", "bf16"] if native_bf16("cpu") else ["fp32"]  # emulated bf16 takes a minute a film
     precisions = [precision for precision in precisions if precision in args.precisions]
-    cells = [(threads, precision, batch) for threads in args.threads for precision in precisions
-             for batch in args.batches]
+    cells = [
+        (threads, precision, batch) for threads in args.threads for precision in precisions for batch in args.batches
+    ]
 
     def score(cell: tuple[int, str, int]) -> float:
         threads, precision, batch = cell
@@ -112,14 +119,37 @@ def main() -> None:
         median = statistics.median(rates[cell])
         best = max(statistics.median(rates[(threads, precision, other)]) for other in args.batches)
         ceiling = ceilings[f"{threads}/{precision}"]
-        table.append({"threads": threads, "precision": precision, "batch": batch, "films_per_s": median,
-                      "repeats": rates[cell], "share_of_ceiling": median / ceiling, "ceiling_films_per_s": ceiling,
-                      "share_of_best_batch": median / best})
-        logger.info("%2d threads %s batch %2d: %7.1f films/s (%3.0f%% of the ceiling %.0f; %3.0f%% of the best batch) %s",
-                    threads, precision, batch, median, 100 * median / ceiling, ceiling, 100 * median / best,
-                    [round(rate, 1) for rate in rates[cell]])
-    result = {"commit": git_commit(), "machine": machine_facts(), "films": args.films, "fit_films": args.fit_films,
-              "repeats": args.repeats, "table": table}
+        table.append(
+            {
+                "threads": threads,
+                "precision": precision,
+                "batch": batch,
+                "films_per_s": median,
+                "repeats": rates[cell],
+                "share_of_ceiling": median / ceiling,
+                "ceiling_films_per_s": ceiling,
+                "share_of_best_batch": median / best,
+            }
+        )
+        logger.info(
+            "%2d threads %s batch %2d: %7.1f films/s (%3.0f%% of the ceiling %.0f; %3.0f%% of the best batch) %s",
+            threads,
+            precision,
+            batch,
+            median,
+            100 * median / ceiling,
+            ceiling,
+            100 * median / best,
+            [round(rate, 1) for rate in rates[cell]],
+        )
+    result = {
+        "commit": git_commit(),
+        "machine": machine_facts(),
+        "films": args.films,
+        "fit_films": args.fit_films,
+        "repeats": args.repeats,
+        "table": table,
+    }
     args.output.write_text(json.dumps(result, indent=1))
 
 

@@ -23,13 +23,21 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bench_features import DEFAULT_DATA, dicom_copies
+
 from cxr_anomaly.config import preset_config
 from cxr_anomaly.data.cache import decode_file
 
 # C calls that release the GIL while they work (Pillow's ImagingSectionEnter, NumPy's
 # NPY_BEGIN_THREADS for large arrays, file reads).
-RELEASING = ("'decode' of 'ImagingDecoder'", "'resize' of 'ImagingCore'", "'astype'", "_clip", "'copy' of",
-             "PIL._imaging.fill", "'read' of")
+RELEASING = (
+    "'decode' of 'ImagingDecoder'",
+    "'resize' of 'ImagingCore'",
+    "'astype'",
+    "_clip",
+    "'copy' of",
+    "PIL._imaging.fill",
+    "'read' of",
+)
 
 
 def releasing_share(paths: list[str]) -> tuple[float, float]:
@@ -42,8 +50,11 @@ def releasing_share(paths: list[str]) -> tuple[float, float]:
         decode_file(path, data_config)
     profile.disable()
     stats = pstats.Stats(profile)
-    releasing = sum(row[2] for (filename, _, name), row in stats.stats.items()  # type: ignore[attr-defined]
-                    if filename == "~" and any(key in name for key in RELEASING))
+    releasing = sum(
+        row[2]
+        for (filename, _, name), row in stats.stats.items()  # type: ignore[attr-defined]
+        if filename == "~" and any(key in name for key in RELEASING)
+    )
     total = stats.total_tt  # type: ignore[attr-defined]
     return 1000 * total / len(paths), releasing / total
 
@@ -55,18 +66,23 @@ def main() -> None:
     parser.add_argument("--films", type=int, default=64)
     args = parser.parse_args()
     fullres = sorted((args.data / "nih_fullres").glob("*.png"))
-    small = sorted((args.data / "rsna_normal224" / "images").glob("*.png"))[:args.films]
+    small = sorted((args.data / "rsna_normal224" / "images").glob("*.png"))[: args.films]
     if not fullres or not small:
         raise FileNotFoundError(f"no nih_fullres or rsna_normal224 PNGs under {args.data}")
     with tempfile.TemporaryDirectory(prefix="decode_gil_share_") as folder:
         dicom = dicom_copies(fullres, args.films, Path(folder))["path"].tolist()
-        kinds = {"1024 px PNG": [str(fullres[i % len(fullres)]) for i in range(args.films)],
-                 "1024 px DICOM": dicom, "224 px PNG": [str(path) for path in small]}
+        kinds = {
+            "1024 px PNG": [str(fullres[i % len(fullres)]) for i in range(args.films)],
+            "1024 px DICOM": dicom,
+            "224 px PNG": [str(path) for path in small],
+        }
         for kind, paths in kinds.items():
             milliseconds, share = releasing_share(paths)
-            print(f"{kind}: {milliseconds:.1f} ms a film under the profiler, {100 * share:.0f}% in GIL-releasing "
-                  f"calls: GIL held at most {100 * (1 - share):.0f}%, so the GIL alone caps threads at no less "
-                  f"than {1 / max(1 - share, 1e-9):.1f} cores' worth")
+            print(
+                f"{kind}: {milliseconds:.1f} ms a film under the profiler, {100 * share:.0f}% in GIL-releasing "
+                f"calls: GIL held at most {100 * (1 - share):.0f}%, so the GIL alone caps threads at no less "
+                f"than {1 / max(1 - share, 1e-9):.1f} cores' worth"
+            )
 
 
 if __name__ == "__main__":

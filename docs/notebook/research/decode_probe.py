@@ -17,9 +17,9 @@ import statistics
 from pathlib import Path
 
 import torch
-
 from benchmarks.bench_features import DEFAULT_DATA
 from benchmarks.bench_model import time_call
+
 from cxr_anomaly.io import read_image, resize_grey
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="the resize target (the features detector's input)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    files = sorted((args.data / "nih_fullres").glob("*.png"))[:args.films]
+    files = sorted((args.data / "nih_fullres").glob("*.png"))[: args.films]
     if not files:
         raise FileNotFoundError(f"no PNG in {args.data / 'nih_fullres'}")
     read_ms, resize_ms = [], []
@@ -42,9 +42,11 @@ def main() -> None:
         read_ms.append(1000 * min(read.seconds))
         resize = time_call(lambda: resize_grey(image.array, args.size), args.repeats, warmup=0)
         resize_ms.append(1000 * min(resize.seconds))
-    print(f"{len(files)} films of {image.array.shape[1]}x{image.array.shape[0]} px, 1 thread, "
-          f"load {os.getloadavg()[0]:.2f}: read {statistics.median(read_ms):.1f} ms, "
-          f"resize to {args.size} px {statistics.median(resize_ms):.1f} ms (medians per film)")
+    print(
+        f"{len(files)} films of {image.array.shape[1]}x{image.array.shape[0]} px, 1 thread, "
+        f"load {os.getloadavg()[0]:.2f}: read {statistics.median(read_ms):.1f} ms, "
+        f"resize to {args.size} px {statistics.median(resize_ms):.1f} ms (medians per film)"
+    )
 
 
 if __name__ == "__main__":

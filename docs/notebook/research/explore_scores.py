@@ -31,22 +31,25 @@ from cxr_anomaly.baselines import fit_and_score_baselines
 from cxr_anomaly.config import Config, tang2019_config, with_overrides
 from cxr_anomaly.data.dataset import to_model_tensor
 from cxr_anomaly.evaluation import safe_auc
-from cxr_anomaly.models.tang2019 import OneClassDetector
 from cxr_anomaly.jobs.reproduce import ReproduceOptions, SplitData, prepare_split
+from cxr_anomaly.models.tang2019 import OneClassDetector
 from cxr_anomaly.models.tang2019.training import EpochLog, recalibrate_batchnorm, train_detector
 
 LOGS = Path(__file__).resolve().parent / "logs"
 
 
 @torch.no_grad()
-def candidate_scores(detector: OneClassDetector, pixels: np.ndarray,
-                     train_codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-                     config: Config) -> dict[str, np.ndarray]:
+def candidate_scores(
+    detector: OneClassDetector,
+    pixels: np.ndarray,
+    train_codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    config: Config,
+) -> dict[str, np.ndarray]:
     """Every candidate score for uint8 films (N, H, W)."""
     detector.eval()
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(pixels), 256):
-        images = to_model_tensor(pixels[start:start + 256], config.data)  # (B, 1, 64, 64)
+        images = to_model_tensor(pixels[start : start + 256], config.data)  # (B, 1, 64, 64)
         output = detector(images)
         error = images - output.reconstruction
         parts = {
@@ -59,9 +62,12 @@ def candidate_scores(detector: OneClassDetector, pixels: np.ndarray,
             "deep": output.encoder_features[-1].flatten(1),
         }
         reencoded = detector.unet.encoder(output.reconstruction)
-        parts["feature"] = torch.stack([
-            (a - b).abs().flatten(1).mean(1) / (a.abs().flatten(1).mean(1) + 1e-6)
-            for a, b in zip(output.encoder_features, reencoded.features)]).mean(0)
+        parts["feature"] = torch.stack(
+            [
+                (a - b).abs().flatten(1).mean(1) / (a.abs().flatten(1).mean(1) + 1e-6)
+                for a, b in zip(output.encoder_features, reencoded.features)
+            ]
+        ).mean(0)
         components = detector.score_components(images)
         if components.adversarial is not None:
             parts["adversarial"] = components.adversarial
@@ -81,7 +87,9 @@ def candidate_scores(detector: OneClassDetector, pixels: np.ndarray,
         scores["code_knn"] = distances.mean(1)
         # standardise each pooled channel on the training normals so no scale dominates
         mean, std = train_pooled.mean(0), train_pooled.std(0) + 1e-6
-        distances, _ = NearestNeighbors(n_neighbors=5).fit((train_pooled - mean) / std).kneighbors((pooled - mean) / std)
+        distances, _ = (
+            NearestNeighbors(n_neighbors=5).fit((train_pooled - mean) / std).kneighbors((pooled - mean) / std)
+        )
         scores["pooled_knn"] = distances.mean(1)
     else:
         scores["train_codes"] = (codes, pooled, deep)
@@ -93,8 +101,7 @@ def aucs(labels: np.ndarray, scores: dict[str, np.ndarray], views: np.ndarray | 
     if views is not None:
         for view in ("PA", "AP"):
             mask = views == view
-            result.update({f"{name}@{view}": safe_auc(labels[mask], values[mask])
-                           for name, values in scores.items()})
+            result.update({f"{name}@{view}": safe_auc(labels[mask], values[mask]) for name, values in scores.items()})
     return result
 
 
@@ -123,26 +130,41 @@ def main() -> None:
     pixels = np.load(f"/tmp/cxr_research/{args.data}.npz")["pixels"]
     manifest = pd.read_csv(f"/tmp/cxr_research/{args.data}_manifest_loaded.csv")
     manifest["label"] = manifest["label"].astype("Int64")
-    options = ReproduceOptions(view=args.view, val_fraction=args.val_fraction,
-                               test_fraction=args.test_fraction, max_train_normals=args.max_train_normals)
+    options = ReproduceOptions(
+        view=args.view,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        max_train_normals=args.max_train_normals,
+    )
     split: SplitData = prepare_split(manifest, pixels, options)
-    config = with_overrides(tang2019_config(), "model", variant=args.variant, base_channels=args.base_channels,
-                            input_noise_std=args.noise)
+    config = with_overrides(
+        tang2019_config(), "model", variant=args.variant, base_channels=args.base_channels, input_noise_std=args.noise
+    )
     config = with_overrides(config, "data", intensity=args.intensity)
-    baseline = fit_and_score_baselines(split.train_normals, {"val": split.val_pixels, "test": split.test_pixels},
-                                       config.data)
-    record: dict[str, object] = {"args": vars(args), "split": split.fingerprint,
-                                 "train_normals": len(split.train_normals),
-                                 "baselines": {name: {"val": aucs(split.val_labels, {"s": baseline["val"].scores[name]}, None)["s"],
-                                                      "test": aucs(split.test_labels, {"s": baseline["test"].scores[name]}, split.test_views)}
-                                               for name in baseline["test"].scores},
-                                 "runs": []}
+    baseline = fit_and_score_baselines(
+        split.train_normals, {"val": split.val_pixels, "test": split.test_pixels}, config.data
+    )
+    record: dict[str, object] = {
+        "args": vars(args),
+        "split": split.fingerprint,
+        "train_normals": len(split.train_normals),
+        "baselines": {
+            name: {
+                "val": aucs(split.val_labels, {"s": baseline["val"].scores[name]}, None)["s"],
+                "test": aucs(split.test_labels, {"s": baseline["test"].scores[name]}, split.test_views),
+            }
+            for name in baseline["test"].scores
+        },
+        "runs": [],
+    }
     name = f"{args.data}_{args.view or 'all'}_{args.variant}_{args.intensity}_e{args.epochs}_c{args.base_channels}_n{args.noise}_b{args.batch_size}{'_bnre' if args.recalibrate else ''}{args.tag}"
     LOGS.mkdir(exist_ok=True)
     for seed in args.seeds:
-        run_config = with_overrides(with_overrides(config, "train", seed=seed, epochs=args.epochs,
-                                                   batch_size=args.batch_size), "model",
-                                    variant=args.variant)
+        run_config = with_overrides(
+            with_overrides(config, "train", seed=seed, epochs=args.epochs, batch_size=args.batch_size),
+            "model",
+            variant=args.variant,
+        )
         epochs: list[dict[str, object]] = []
 
         def on_epoch_end(detector: OneClassDetector, log: EpochLog) -> None:
@@ -154,19 +176,30 @@ def main() -> None:
             train_codes = candidate_scores(detector, split.train_normals, None, run_config)["train_codes"]
             val = candidate_scores(detector, split.val_pixels, train_codes, run_config)
             test = candidate_scores(detector, split.test_pixels, train_codes, run_config)
-            entry = {"epoch": log.epoch, "loss_reconstruction": log.reconstruction, "seconds": log.seconds,
-                     "val_normal_l1": float(val["l1"][split.val_labels == 0].mean()),
-                     "val": aucs(split.val_labels, val, None),
-                     "test": aucs(split.test_labels, test, split.test_views)}
+            entry = {
+                "epoch": log.epoch,
+                "loss_reconstruction": log.reconstruction,
+                "seconds": log.seconds,
+                "val_normal_l1": float(val["l1"][split.val_labels == 0].mean()),
+                "val": aucs(split.val_labels, val, None),
+                "test": aucs(split.test_labels, test, split.test_views),
+            }
             epochs.append(entry)
-            print(name, seed, log.epoch, f"{log.seconds:.0f}s",
-                  {k: round(v, 3) for k, v in entry["val"].items() if v is not None},
-                  "TEST", {k: round(v, 3) for k, v in entry["test"].items() if v is not None and "@" not in k},
-                  flush=True)
+            print(
+                name,
+                seed,
+                log.epoch,
+                f"{log.seconds:.0f}s",
+                {k: round(v, 3) for k, v in entry["val"].items() if v is not None},
+                "TEST",
+                {k: round(v, 3) for k, v in entry["test"].items() if v is not None and "@" not in k},
+                flush=True,
+            )
 
         started = time.perf_counter()
         if args.epoch_zero:  # the untrained network: how much of the signal needs no learning
             from cxr_anomaly.models.tang2019.training import build_detector
+
             on_epoch_end(build_detector(run_config).eval(), EpochLog(0, *[0.0] * 7, 0))
         train_detector(run_config, split.train_normals, on_epoch_end=on_epoch_end)
         record["runs"].append({"seed": seed, "seconds": time.perf_counter() - started, "epochs": epochs})

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from docs.notebook.research.features_probe import per_view, pooled
 
 
@@ -42,8 +41,9 @@ def main() -> None:
         for size in args.sizes:
             for draw in range(args.draws if size < len(train) else 1):
                 chosen = np.random.default_rng(draw).choice(len(train), size=min(size, len(train)), replace=False)
-                rows.append({"set": name, "normals": size, "draw": draw,
-                             **per_view(pooled_knn(train[chosen], test), manifest)})
+                rows.append(
+                    {"set": name, "normals": size, "draw": draw, **per_view(pooled_knn(train[chosen], test), manifest)}
+                )
     table = pd.DataFrame(rows).groupby(["set", "normals"])[["all", "PA", "AP", "PA_adult"]].agg(["mean", "std"])
     print(table.round(3).to_string())
 

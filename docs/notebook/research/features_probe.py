@@ -96,7 +96,7 @@ def dump(args: argparse.Namespace) -> None:
         if name not in args.dump_sets:
             continue
         if name == "rsna":
-            manifest = manifest.iloc[:args.train_films]
+            manifest = manifest.iloc[: args.train_films]
         pixels = load_images(manifest, config, cache_dir=args.cache, workers=2).pixels
         for prep in args.prep:
             out = args.work / f"{args.backbone}_{args.size}_{prep}_{name}.npz"
@@ -106,7 +106,7 @@ def dump(args: argparse.Namespace) -> None:
             maps: dict[int, list[np.ndarray]] = {8: [], 16: [], 32: []}
             with torch.inference_mode():
                 for begin in range(0, len(pixels), 64):
-                    feats = backbone(preprocess(pixels[begin:begin + 64], prep, args.size))
+                    feats = backbone(preprocess(pixels[begin : begin + 64], prep, args.size))
                     for stride in maps:
                         maps[stride].append(feats[stride].numpy().astype(np.float16))
             np.savez(out, **{f"s{stride}": np.concatenate(v) for stride, v in maps.items()})
@@ -165,22 +165,36 @@ def score(args: argparse.Namespace) -> None:
                 yn = y / np.linalg.norm(y, axis=1, keepdims=True)
                 knn = 1 - np.sort(yn @ xn.T, axis=1)[:, -5:].mean(1)
                 for score_name, values in (("gauss", maha), ("knn5", knn)):
-                    rows.append({"tag": tag, "strides": str(strides), "score": score_name, "set": name,
-                                 **per_view(values, manifests[name])})
+                    rows.append(
+                        {
+                            "tag": tag,
+                            "strides": str(strides),
+                            "score": score_name,
+                            "set": name,
+                            **per_view(values, manifests[name]),
+                        }
+                    )
         if args.patch:
             for strides, grid in (([16, 32], 14),):
                 bank = patches(train, strides, grid)  # (N, P, C)
                 generator = torch.Generator().manual_seed(0)
                 flat = bank.reshape(-1, bank.shape[-1])
-                chosen = flat[torch.randperm(len(flat), generator=generator)[:args.bank]]
+                chosen = flat[torch.randperm(len(flat), generator=generator)[: args.bank]]
                 for name in args.sets:
                     query = patches(evals[name], strides, grid)
                     film_scores = []
                     for block in query.split(16):
                         d = torch.cdist(block.reshape(-1, block.shape[-1]), chosen).min(dim=1).values
                         film_scores += d.reshape(len(block), -1).max(dim=1).values.tolist()
-                    rows.append({"tag": tag, "strides": str(strides) + f"g{grid}", "score": "patch_max",
-                                 "set": name, **per_view(np.array(film_scores), manifests[name])})
+                    rows.append(
+                        {
+                            "tag": tag,
+                            "strides": str(strides) + f"g{grid}",
+                            "score": "patch_max",
+                            "set": name,
+                            **per_view(np.array(film_scores), manifests[name]),
+                        }
+                    )
         print(pd.DataFrame(rows).round(3).to_string(), flush=True)
     table = pd.DataFrame(rows).round(3)
     table.to_csv(args.work / "probe_scores.csv", index=False)
@@ -200,8 +214,12 @@ def main() -> None:
     parser.add_argument("--train-films", type=int, default=2000)
     parser.add_argument("--only", nargs="*", default=[])
     parser.add_argument("--patch", action="store_true")
-    parser.add_argument("--pooled", type=json.loads, default=[[8, 16, 32], [16, 32], [8, 16], [32]],
-                        help="JSON list of stride lists for the pooled scores")
+    parser.add_argument(
+        "--pooled",
+        type=json.loads,
+        default=[[8, 16, 32], [16, 32], [8, 16], [32]],
+        help="JSON list of stride lists for the pooled scores",
+    )
     parser.add_argument("--bank", type=int, default=50000)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
-
 from docs.notebook.research.features_probe import patches, per_view
+from scipy.stats import rankdata
 
 VALIDATION = ("nih1000_val", "pneu_val")
 
@@ -73,7 +72,7 @@ def variants(train: dict[str, np.ndarray], test: dict[str, np.ndarray], bank_siz
     """Every variant's scores of the test films."""
     result: dict[str, np.ndarray] = {}
     for how in ("mean", "gem3", "max", "mean+std"):
-        for neighbours in ((1, 5, 20) if how == "mean" else (5,)):
+        for neighbours in (1, 5, 20) if how == "mean" else (5,):
             result[f"knn{neighbours} {how} (32)"] = knn(pool(train, 32, how), pool(test, 32, how), neighbours)
     result["knn5 mean (32), standardised"] = knn(*standardised(pool(train, 32, "mean"), pool(test, 32, "mean")), 5)
     result["knn5 mean (16)"] = knn(pool(train, 16, "mean"), pool(test, 16, "mean"), 5)
@@ -92,8 +91,11 @@ def main() -> None:
     parser.add_argument("--tags", nargs="+", default=["efficientnet_lite0_224_crop20+detail64+equalize"])
     parser.add_argument("--sets", nargs="+", default=[*VALIDATION, "nih1000_test", "pneu_test"])
     parser.add_argument("--bank", type=int, default=10000, help="random bank patches of the patch score")
-    parser.add_argument("--ensemble", action="store_true",
-                        help="also the rank mean of the knn5 (32) scores over all --tags (backbones, sizes)")
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also the rank mean of the knn5 (32) scores over all --tags (backbones, sizes)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="CSV of the table")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -114,8 +116,14 @@ def main() -> None:
         for name, scores in members.items():
             if len(scores) == len(args.tags):
                 manifest = pd.read_csv(args.work / f"manifest_{name}.csv")
-                rows.append({"tag": " + ".join(args.tags), "variant": "rank mean of knn5 mean (32)", "set": name,
-                             **per_view(rank_mean(*scores), manifest)})
+                rows.append(
+                    {
+                        "tag": " + ".join(args.tags),
+                        "variant": "rank mean of knn5 mean (32)",
+                        "set": name,
+                        **per_view(rank_mean(*scores), manifest),
+                    }
+                )
     long = pd.DataFrame(rows)
     wide = long.pivot_table(index=["tag", "variant"], columns="set", values=["PA", "AP"], sort=False)
     wide.columns = [f"{name} {view}" for view, name in wide.columns]

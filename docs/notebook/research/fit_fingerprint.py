@@ -18,9 +18,9 @@ import hashlib
 from pathlib import Path
 
 import torch
-
 from benchmarks.bench_features import rsna_rows
 from benchmarks.common import git_commit, machine_facts
+
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.inference import resolve_precision

@@ -51,7 +51,7 @@ def pooled_features(manifest: pd.DataFrame, batch_size: int = 64) -> np.ndarray:
     parts = []
     with torch.inference_mode():
         for begin in range(0, len(pixels), batch_size):
-            maps = backbone(preprocess(pixels[begin:begin + batch_size], "plain", PROBE_SIZE))
+            maps = backbone(preprocess(pixels[begin : begin + batch_size], "plain", PROBE_SIZE))
             parts.append(torch.cat([maps[stride].mean(dim=(2, 3)) for stride in PROBE_STRIDES], dim=1).numpy())
     return np.concatenate(parts)
 
@@ -68,8 +68,9 @@ def probe_scores(train: np.ndarray, films: np.ndarray) -> dict[str, np.ndarray]:
     return {"probe_gaussian": mahalanobis, "probe_cosine_knn5": knn}
 
 
-def paired_difference(labels: np.ndarray, first: np.ndarray, second: np.ndarray, *, resamples: int = 1000,
-                      seed: int = 0) -> dict[str, float]:
+def paired_difference(
+    labels: np.ndarray, first: np.ndarray, second: np.ndarray, *, resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """AUC(first) - AUC(second) on the same films, with a 95% interval from resampling normals and
     abnormals separately (both scores see the same resample)."""
     rng = np.random.default_rng(seed)
@@ -93,7 +94,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
     start = time.time()
-    rsna = load_inputs(args.data / "rsna_normal224" / "manifest.csv").iloc[:args.train_films]
+    rsna = load_inputs(args.data / "rsna_normal224" / "manifest.csv").iloc[: args.train_films]
     train = pooled_features(rsna)
     logger.info("probe fitted on %d rsna_normal224 films (%.0f s)", len(train), time.time() - start)
     results: dict[str, dict[str, dict[str, object]]] = {}
@@ -106,16 +107,21 @@ def main() -> None:
             row: dict[str, object] = {"films": int(mask.sum()), "abnormal": int(labels[mask].sum())}
             row.update({score: float(roc_auc_score(labels[mask], values[mask])) for score, values in scores.items()})
             for probe in ("probe_gaussian", "probe_cosine_knn5"):
-                row[f"detector_minus_{probe}"] = paired_difference(labels[mask], scores["detector"][mask],
-                                                                   scores[probe][mask])
+                row[f"detector_minus_{probe}"] = paired_difference(
+                    labels[mask], scores["detector"][mask], scores[probe][mask]
+                )
             results[name][part] = row
             knn_gap = row["detector_minus_probe_cosine_knn5"]
-            print(f"{name} {part} ({row['films']} films): detector {row['detector']:.3f}, probe Gaussian "
-                  f"{row['probe_gaussian']:.3f}, probe cosine 5-NN {row['probe_cosine_knn5']:.3f}; detector - "
-                  f"5-NN {knn_gap['difference']:+.3f} [{knn_gap['low']:+.3f}, {knn_gap['high']:+.3f}]", flush=True)
+            print(
+                f"{name} {part} ({row['films']} films): detector {row['detector']:.3f}, probe Gaussian "
+                f"{row['probe_gaussian']:.3f}, probe cosine 5-NN {row['probe_cosine_knn5']:.3f}; detector - "
+                f"5-NN {knn_gap['difference']:+.3f} [{knn_gap['low']:+.3f}, {knn_gap['high']:+.3f}]",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"train_films": len(train), "seconds": time.time() - start, "results": results},
-                                   indent=2))
+    args.out.write_text(
+        json.dumps({"train_films": len(train), "seconds": time.time() - start, "results": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

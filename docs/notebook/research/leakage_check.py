@@ -26,8 +26,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-
 from benchmarks.common import git_commit
+
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.copies import film_signatures
 from cxr_anomaly.data.dataset import load_images
@@ -56,7 +56,9 @@ def main() -> None:
     np.fill_diagonal(within, -1.0)
     yardstick = within.max(axis=1)
     result: dict[str, object] = {
-        "commit": git_commit(), "size": args.size, "quantiles": QUANTILES,
+        "commit": git_commit(),
+        "size": args.size,
+        "quantiles": QUANTILES,
         "rsna_nearest_other_rsna": {"quantiles": np.quantile(yardstick, QUANTILES).round(4).tolist()},
     }
     ceiling = float(yardstick.max())
@@ -67,10 +69,17 @@ def main() -> None:
         nearest, partner = similarity.max(axis=1), similarity.argmax(axis=1)  # (N,)
         order = np.argsort(-nearest)[:5]
         result[name] = {
-            "films": len(paths), "quantiles": np.quantile(nearest, QUANTILES).round(4).tolist(),
+            "films": len(paths),
+            "quantiles": np.quantile(nearest, QUANTILES).round(4).tolist(),
             "above_rsna_internal_max": int((nearest > ceiling).sum()),
-            "most_similar": [{"path": "/".join(Path(paths[i]).parts[-3:]), "correlation": round(float(nearest[i]), 4),
-                              "rsna_film": Path(rsna_paths[partner[i]]).name} for i in order],
+            "most_similar": [
+                {
+                    "path": "/".join(Path(paths[i]).parts[-3:]),
+                    "correlation": round(float(nearest[i]), 4),
+                    "rsna_film": Path(rsna_paths[partner[i]]).name,
+                }
+                for i in order
+            ],
         }
         logger.info("%s: %s", name, result[name])
     args.output.write_text(json.dumps(result, indent=1))

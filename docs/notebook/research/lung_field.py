@@ -69,8 +69,7 @@ def _largest_dark_region_each_side(dark: np.ndarray) -> tuple[tuple[int, ...], .
 
 def lung_box(film: np.ndarray) -> LungBox:
     """The lung field of one uint8 film (S, S), or the fixed 20% crop when none is plausible."""
-    small = np.asarray(Image.fromarray(film).resize((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX),
-                       dtype=np.float32)
+    small = np.asarray(Image.fromarray(film).resize((WORK_SIZE, WORK_SIZE), Image.Resampling.BOX), dtype=np.float32)
     small = ndimage.gaussian_filter(small, 1.0)
     ranks = small.ravel().argsort().argsort().reshape(small.shape) / small.size  # equalised
     for quantile in DARK_QUANTILES:
@@ -83,8 +82,7 @@ def lung_box(film: np.ndarray) -> LungBox:
         bottom, right = min(max(b1, b2) + 4, WORK_SIZE), min(max(r1, r2) + 4, WORK_SIZE)
         height, width = (bottom - top) / WORK_SIZE, (right - left) / WORK_SIZE
         centre_row, centre_col = (top + bottom) / 2 / WORK_SIZE, (left + right) / 2 / WORK_SIZE
-        if (0.45 <= width <= 0.9 and 0.4 <= height <= 0.85
-                and 0.35 <= centre_col <= 0.65 and 0.3 <= centre_row <= 0.6):
+        if 0.45 <= width <= 0.9 and 0.4 <= height <= 0.85 and 0.35 <= centre_col <= 0.65 and 0.3 <= centre_row <= 0.6:
             return LungBox(top / WORK_SIZE, left / WORK_SIZE, bottom / WORK_SIZE, right / WORK_SIZE, True)
     return LungBox(*FALLBACK, found=False)
 
@@ -101,8 +99,7 @@ def crop_lung_fields(pixels: np.ndarray) -> np.ndarray:
     for film in pixels:
         box = lung_box(film)
         pil_box = (box.left * size, box.top * size, box.right * size, box.bottom * size)
-        out.append(np.asarray(Image.fromarray(film).resize((size, size), Image.Resampling.BILINEAR,
-                                                           box=pil_box)))
+        out.append(np.asarray(Image.fromarray(film).resize((size, size), Image.Resampling.BILINEAR, box=pil_box)))
     return np.stack(out) if out else pixels
 
 
@@ -119,8 +116,9 @@ def found_rates(sets: dict[str, pd.DataFrame], cache: Path) -> pd.DataFrame:
         for view in ("PA", "AP"):
             for label, word in ((0, "normal"), (1, "abnormal")):
                 chosen = (views == view) & (labels == label)
-                rows.append({"set": name, "group": f"{view} {word}", "films": int(chosen.sum()),
-                             "found": found[chosen].mean()})
+                rows.append(
+                    {"set": name, "group": f"{view} {word}", "films": int(chosen.sum()), "found": found[chosen].mean()}
+                )
     return pd.DataFrame(rows)
 
 
@@ -138,8 +136,9 @@ def box_figure(sets: dict[str, pd.DataFrame], cache: Path, out: Path, per_set: i
             box = lung_box(film)
             image = Image.fromarray(film).convert("RGB")
             colour = (255, 0, 0) if box.found else (255, 200, 0)
-            ImageDraw.Draw(image).rectangle([box.left * 223, box.top * 223, box.right * 223, box.bottom * 223],
-                                            outline=colour, width=3)
+            ImageDraw.Draw(image).rectangle(
+                [box.left * 223, box.top * 223, box.right * 223, box.bottom * 223], outline=colour, width=3
+            )
             tiles.append(np.asarray(image.resize((112, 112))))
         strips.append(np.concatenate(tiles, axis=1))
     Image.fromarray(np.concatenate(strips, axis=0)).save(out)

@@ -46,11 +46,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.covariance import LedoitWolf
-
 from docs.notebook.research.bank_sources import kermany_train_normals
 from docs.notebook.research.features_probe import DATA, collections, per_view, preprocess
 from docs.notebook.research.features_variants import knn
+from sklearn.covariance import LedoitWolf
+
 from cxr_anomaly.config import DataConfig
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.backbone import build_backbone
@@ -107,8 +107,12 @@ def embed(backbone: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 def embed_all(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     device = next(backbone.parameters()).device
     with torch.inference_mode():
-        return np.concatenate([embed(backbone, images[begin:begin + batch_size].to(device)).cpu().numpy()
-                               for begin in range(0, len(images), batch_size)])
+        return np.concatenate(
+            [
+                embed(backbone, images[begin : begin + batch_size].to(device)).cpu().numpy()
+                for begin in range(0, len(images), batch_size)
+            ]
+        )
 
 
 def evaluate(train: np.ndarray, sets: dict[str, np.ndarray], manifests: dict) -> dict[str, dict[str, float]]:
@@ -152,9 +156,12 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="Lite0 state_dict file (default: the package's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pack", type=Path, default=None, help="write the films this run reads to DIR and stop")
-    parser.add_argument("--save-embeddings", action="store_true",
-                        help="also write each epoch's pooled features to OUT/embeddings_epochN.npz "
-                             "(for ensembles over seeds: docs/notebook/research/msc_seed_ensemble.py)")
+    parser.add_argument(
+        "--save-embeddings",
+        action="store_true",
+        help="also write each epoch's pooled features to OUT/embeddings_epochN.npz "
+        "(for ensembles over seeds: docs/notebook/research/msc_seed_ensemble.py)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = MscSettings(**{name: getattr(args, name) for name in asdict(MscSettings())})
@@ -164,14 +171,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     manifests = collections(data=args.data)
-    manifests["rsna"] = manifests["rsna"].iloc[:settings.train_films].reset_index(drop=True)
+    manifests["rsna"] = manifests["rsna"].iloc[: settings.train_films].reset_index(drop=True)
     if args.pack is not None:
         pack(manifests, args.data, args.pack)
         return
     config = DataConfig(image_size=settings.size)
-    inputs = {name: preprocess(load_images(manifests[name], config, cache_dir=args.cache, workers=2).pixels,
-                               PREPROCESSING, settings.size)
-              for name in ("rsna", *VALIDATION)}  # (N, 3, S, S) each
+    inputs = {
+        name: preprocess(
+            load_images(manifests[name], config, cache_dir=args.cache, workers=2).pixels, PREPROCESSING, settings.size
+        )
+        for name in ("rsna", *VALIDATION)
+    }  # (N, 3, S, S) each
     backbone, _ = build_backbone("efficientnet_lite0", args.weights)
     backbone = backbone.to(args.device)
     device = torch.device(args.device)
@@ -185,8 +195,9 @@ def main() -> None:
         if args.save_embeddings:
             np.savez(args.out / f"embeddings_epoch{epoch}.npz", rsna=train, **validation)
         history.append({"epoch": epoch, "loss": loss, "train_seconds": seconds, **results})
-        logger.info("epoch %d loss %.4f: knn5 %s | gauss worst %.3f", epoch, loss, results["knn5"],
-                    results["gauss"]["worst"])
+        logger.info(
+            "epoch %d loss %.4f: knn5 %s | gauss worst %.3f", epoch, loss, results["knn5"], results["gauss"]["worst"]
+        )
         (args.out / "history.json").write_text(json.dumps({"settings": asdict(settings), "history": history}, indent=1))
 
     train_inputs = inputs["rsna"]
@@ -199,12 +210,11 @@ def main() -> None:
     blocks = list(backbone._blocks)  # EfficientNet-Lite: 16 inverted-residual blocks
     for parameter in backbone.parameters():
         parameter.requires_grad_(True)
-    for block in blocks[:settings.trainable_from]:
+    for block in blocks[: settings.trainable_from]:
         for parameter in block.parameters():
             parameter.requires_grad_(False)
     trainable = [parameter for parameter in backbone.parameters() if parameter.requires_grad]
-    optimiser = torch.optim.SGD(trainable, lr=settings.learning_rate, momentum=0.9,
-                                weight_decay=settings.weight_decay)
+    optimiser = torch.optim.SGD(trainable, lr=settings.learning_rate, momentum=0.9, weight_decay=settings.weight_decay)
     views = pipeline_augment if settings.augment == "pipeline" else augment
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
@@ -212,9 +222,13 @@ def main() -> None:
         losses = []
         backbone.train()
         for begin in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
-            batch = train_inputs[order[begin:begin + settings.batch_size]].to(device)
-            loss = mean_shifted_contrastive_loss(embed(backbone, views(batch, generator)),
-                                                 embed(backbone, views(batch, generator)), centre, settings.temperature)
+            batch = train_inputs[order[begin : begin + settings.batch_size]].to(device)
+            loss = mean_shifted_contrastive_loss(
+                embed(backbone, views(batch, generator)),
+                embed(backbone, views(batch, generator)),
+                centre,
+                settings.temperature,
+            )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from docs.notebook.research.features_probe import collections
 from docs.notebook.research.features_variants import knn
 from docs.notebook.research.validate_checkpoints import VALIDATION, view_row, write_rows
@@ -44,11 +43,14 @@ def main() -> None:
         member_scores.append(scores)
         rows[f"member {run.name}"] = view_row(scores, sets)
     rows["mean of the members' kNN distances"] = view_row(
-        {name: np.mean([scores[name] for scores in member_scores], axis=0) for name in VALIDATION}, sets)
-    concatenated = {key: np.concatenate([unit(member[key]) for member in members], axis=1)
-                    for key in ("rsna", *VALIDATION)}
+        {name: np.mean([scores[name] for scores in member_scores], axis=0) for name in VALIDATION}, sets
+    )
+    concatenated = {
+        key: np.concatenate([unit(member[key]) for member in members], axis=1) for key in ("rsna", *VALIDATION)
+    }
     rows["kNN of the concatenated unit features"] = view_row(
-        {name: knn(concatenated["rsna"], concatenated[name], 5) for name in VALIDATION}, sets)
+        {name: knn(concatenated["rsna"], concatenated[name], 5) for name in VALIDATION}, sets
+    )
     table = pd.DataFrame(rows).T.round(3)
     print(table.to_string())
     write_rows(rows, args.output)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from benchmarks.bench_features import fullres_paths, replicate, rsna_rows
 from benchmarks.common import git_commit, machine_facts
+
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.base import AnomalyDetector
@@ -46,7 +46,7 @@ def decode_then_score(detector: AnomalyDetector, rows: pd.DataFrame, config: Con
 
 def overlapped(detector: AnomalyDetector, rows: pd.DataFrame, config: Config, chunk: int) -> np.ndarray:
     """Decode chunk i+1 in a background thread while chunk i is scored."""
-    chunks = [rows.iloc[begin:begin + chunk] for begin in range(0, len(rows), chunk)]
+    chunks = [rows.iloc[begin : begin + chunk] for begin in range(0, len(rows), chunk)]
     scores = []
     with ThreadPoolExecutor(max_workers=1) as decoder:
         pending = decoder.submit(load_images, chunks[0], config.data)
@@ -73,7 +73,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="overlap_decode_"))
     try:
         rows = replicate(fullres_paths(args.data), args.films, work, ".png")
-        ways: dict[str, Callable[[], np.ndarray]] = {"decode, then score": lambda: decode_then_score(detector, rows, config)}
+        ways: dict[str, Callable[[], np.ndarray]] = {
+            "decode, then score": lambda: decode_then_score(detector, rows, config)
+        }
         for chunk in args.chunks:
             ways[f"overlapped, chunks of {chunk}"] = lambda chunk=chunk: overlapped(detector, rows, config, chunk)
         reference = ways["decode, then score"]()
@@ -89,13 +91,34 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     baseline = statistics.median(rates["decode, then score"])
-    table = {name: {"films_per_s": statistics.median(values), "repeats": values,
-                    "ratio_to_decode_then_score": statistics.median(values) / baseline} for name, values in rates.items()}
+    table = {
+        name: {
+            "films_per_s": statistics.median(values),
+            "repeats": values,
+            "ratio_to_decode_then_score": statistics.median(values) / baseline,
+        }
+        for name, values in rates.items()
+    }
     for name, row in table.items():
-        logger.info("%-28s %7.1f films/s (%.2fx) %s", name, row["films_per_s"], row["ratio_to_decode_then_score"],
-                    [round(value, 1) for value in row["repeats"]])
-    args.output.write_text(json.dumps({"commit": git_commit(), "machine": machine_facts(), "films": args.films,
-                                       "repeats": args.repeats, "table": table}, indent=1))
+        logger.info(
+            "%-28s %7.1f films/s (%.2fx) %s",
+            name,
+            row["films_per_s"],
+            row["ratio_to_decode_then_score"],
+            [round(value, 1) for value in row["repeats"]],
+        )
+    args.output.write_text(
+        json.dumps(
+            {
+                "commit": git_commit(),
+                "machine": machine_facts(),
+                "films": args.films,
+                "repeats": args.repeats,
+                "table": table,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

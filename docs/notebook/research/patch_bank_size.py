@@ -24,14 +24,14 @@ from typing import cast
 
 import numpy as np
 import torch
-
 from docs.notebook.research.features_probe import collections
 from docs.notebook.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
+
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
+from cxr_anomaly.data.selection import select_training_rows
 from cxr_anomaly.models.features.fitting import patch_memory_bank
 from cxr_anomaly.models.features.torch_model import FeatureDetector, nearest_distances
-from cxr_anomaly.data.selection import select_training_rows
 
 
 def bank_setting(text: str) -> tuple[int, int]:
@@ -42,13 +42,14 @@ def bank_setting(text: str) -> tuple[int, int]:
     return int(size), int(grid)
 
 
-def embed_patches(detector: FeatureDetector, pixels: np.ndarray, grids: list[int],
-                  batch_size: int = 32) -> dict[int, torch.Tensor]:
+def embed_patches(
+    detector: FeatureDetector, pixels: np.ndarray, grids: list[int], batch_size: int = 32
+) -> dict[int, torch.Tensor]:
     """uint8 films (N, S, S) -> {grid: (N, g*g, C) float16 patch features}, one backbone pass."""
     parts: dict[int, list[torch.Tensor]] = {grid: [] for grid in grids}
     with torch.inference_mode():
         for begin in range(0, len(pixels), batch_size):
-            maps = detector.backbone(detector.model_input(pixels[begin:begin + batch_size]))
+            maps = detector.backbone(detector.model_input(pixels[begin : begin + batch_size]))
             for grid in grids:
                 patches = detector.patch_features(maps, grid)  # (B, C, g, g)
                 parts[grid].append(patches.permute(0, 2, 3, 1).flatten(1, 2).half())  # (B, g*g, C)
@@ -59,8 +60,12 @@ def main() -> None:
     """Command-line entry point; prints one line per bank and writes them as JSON with ``--output``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--train-manifest", type=Path, required=True,
-                        help="the manifest the checkpoint was trained from (its training normals are re-selected)")
+    parser.add_argument(
+        "--train-manifest",
+        type=Path,
+        required=True,
+        help="the manifest the checkpoint was trained from (its training normals are re-selected)",
+    )
     parser.add_argument("--banks", type=bank_setting, nargs="+", required=True, metavar="SIZE:GRID")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
@@ -77,11 +82,14 @@ def main() -> None:
     print(f"embedded {len(train_pixels)} training normals in {time.perf_counter() - started:.0f} s")
 
     sets = collections()
-    validation = {name: embed_patches(detector, load_images(sets[name], model.config.data, workers=2).pixels, grids)
-                  for name in VALIDATION}
+    validation = {
+        name: embed_patches(detector, load_images(sets[name], model.config.data, workers=2).pixels, grids)
+        for name in VALIDATION
+    }
 
     banks: dict[str, tuple[torch.Tensor, int, float]] = {
-        f"stored {len(detector.patch_bank)}:{stored_grid}": (detector.patch_bank, stored_grid, float("nan"))}
+        f"stored {len(detector.patch_bank)}:{stored_grid}": (detector.patch_bank, stored_grid, float("nan"))
+    }
     for size, grid in args.banks:
         generator = torch.Generator().manual_seed(settings.seed)
         started = time.perf_counter()

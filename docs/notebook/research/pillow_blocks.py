@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from benchmarks.bench_features import dicom_copies, fullres_paths, replicate
 from benchmarks.common import git_commit, machine_facts
+from PIL import Image
+
 from cxr_anomaly.config import Config
 from cxr_anomaly.data.dataset import load_images
 
@@ -42,8 +42,10 @@ def main() -> None:
     config = Config().data
     sources = fullres_paths(args.data)
     with tempfile.TemporaryDirectory() as folder:
-        collections = {"PNG": replicate(sources, args.films, Path(folder) / "png", ".png"),
-                       "DICOM": dicom_copies(sources, args.films, Path(folder) / "dicom")}
+        collections = {
+            "PNG": replicate(sources, args.films, Path(folder) / "png", ".png"),
+            "DICOM": dicom_copies(sources, args.films, Path(folder) / "dicom"),
+        }
         saved = Image.core.get_blocks_max()
         seconds: dict[tuple[str, int], list[float]] = {}
         films: dict[tuple[str, int], np.ndarray] = {}
@@ -62,13 +64,14 @@ def main() -> None:
             Image.core.set_blocks_max(saved)
     for name in collections:
         same = np.array_equal(films[name, 0], films[name, args.blocks])
-        rows = {blocks: [1000 * value / args.films for value in seconds[name, blocks]]
-                for blocks in (0, args.blocks)}
+        rows = {blocks: [1000 * value / args.films for value in seconds[name, blocks]] for blocks in (0, args.blocks)}
         medians = {blocks: statistics.median(values) for blocks, values in rows.items()}
-        print(f"{name}: {medians[0]:.2f} ms a film with 0 blocks, {medians[args.blocks]:.2f} with "
-              f"{args.blocks} ({medians[0] / medians[args.blocks]:.2f}x); same films: {same}; "
-              f"rounds {[round(value, 2) for value in rows[0]]} and "
-              f"{[round(value, 2) for value in rows[args.blocks]]}")
+        print(
+            f"{name}: {medians[0]:.2f} ms a film with 0 blocks, {medians[args.blocks]:.2f} with "
+            f"{args.blocks} ({medians[0] / medians[args.blocks]:.2f}x); same films: {same}; "
+            f"rounds {[round(value, 2) for value in rows[0]]} and "
+            f"{[round(value, 2) for value in rows[args.blocks]]}"
+        )
 
 
 if __name__ == "__main__":

@@ -69,8 +69,10 @@ def main() -> None:
     # the package's own path from the file, for scale: Pillow's decode is most of it
     from cxr_anomaly.io import read_image, resize_grey
 
-    for name, run in (("read_image (from disk)", lambda path: read_image(path)),
-                      ("read_image + resize to 224", lambda path: resize_grey(read_image(path).array, 224))):
+    for name, run in (
+        ("read_image (from disk)", lambda path: read_image(path)),
+        ("read_image + resize to 224", lambda path: resize_grey(read_image(path).array, 224)),
+    ):
         best = float("inf")
         for _ in range(args.repeats):
             started = time.perf_counter()

@@ -38,11 +38,11 @@ from typing import cast
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
-
 from docs.notebook.research.features_probe import collections
 from docs.notebook.research.pooled_knn_variants import unit_pooled
 from docs.notebook.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
+from sklearn.metrics import roc_auc_score
+
 from cxr_anomaly.checkpoint import LoadedModel
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.torch_model import FeatureDetector

@@ -20,9 +20,9 @@ from typing import cast
 
 import numpy as np
 import torch
-
 from docs.notebook.research.features_probe import collections
 from docs.notebook.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
+
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.torch_model import FeatureDetector
 
@@ -39,7 +39,7 @@ def unit_pooled(detector: FeatureDetector, pixels: np.ndarray, batch: int = 32) 
     parts = []
     with torch.inference_mode():
         for begin in range(0, len(pixels), batch):
-            parts.append(detector.pooled_features(detector.model_input(pixels[begin:begin + batch])).double())
+            parts.append(detector.pooled_features(detector.model_input(pixels[begin : begin + batch])).double())
     pooled = torch.cat(parts)
     return pooled / pooled.norm(dim=1, keepdim=True)
 
@@ -61,12 +61,14 @@ def main() -> None:
     _, _, directions = torch.linalg.svd(bank - mean, full_matrices=False)  # (D, D) rows: principal axes
 
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        f"k={k}": (lambda queries, k=k: knn_distance(queries, bank, k)) for k in (1, 3, 5, 10, 20, 50)}
+        f"k={k}": (lambda queries, k=k: knn_distance(queries, bank, k)) for k in (1, 3, 5, 10, 20, 50)
+    }
     variants["k=5, centred on the normals' mean"] = lambda queries: knn_distance(queries - mean, bank - mean, 5)
     for dropped in (1, 2, 4, 8, 16):
         kept = directions[dropped:].T  # (D, D - dropped)
-        variants[f"k=5, centred, leading {dropped} principal components removed"] = (
-            lambda queries, kept=kept: knn_distance((queries - mean) @ kept, (bank - mean) @ kept, 5))
+        variants[f"k=5, centred, leading {dropped} principal components removed"] = lambda queries, kept=kept: (
+            knn_distance((queries - mean) @ kept, (bank - mean) @ kept, 5)
+        )
 
     results: dict[str, dict[str, float]] = {}
     for name, score in variants.items():

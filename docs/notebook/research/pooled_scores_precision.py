@@ -38,12 +38,12 @@ from unittest import mock
 
 import numpy as np
 import torch
-
 from benchmarks.common import git_commit, machine_facts
 from docs.notebook.research.features_probe import collections
 from docs.notebook.research.pooled_density import TEST
 from docs.notebook.research.scoring_overheads import report, time_rounds
 from docs.notebook.research.validate_checkpoints import VALIDATION, load_features_model, view_row
+
 from cxr_anomaly import inference
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.scoring import ScoreResult, score_films
@@ -82,18 +82,24 @@ def main() -> None:
 
     figures: dict[str, dict[str, object]] = {}
     for variant, by_set in scores.items():
-        distinct = {name: {column: len(np.unique(values)) for column, values in by_set[name].items()}
-                    for name in names}
-        aucs = {column: {**view_row({name: by_set[name][column] for name in VALIDATION}, sets),
-                         **{f"test: {key}": value for key, value in view_row(
-                             {name: by_set[name][column] for name in TEST}, sets, TEST).items()}}
-                for column in by_set[names[0]]}
+        distinct = {name: {column: len(np.unique(values)) for column, values in by_set[name].items()} for name in names}
+        aucs = {
+            column: {
+                **view_row({name: by_set[name][column] for name in VALIDATION}, sets),
+                **{
+                    f"test: {key}": value
+                    for key, value in view_row({name: by_set[name][column] for name in TEST}, sets, TEST).items()
+                },
+            }
+            for column in by_set[names[0]]
+        }
         figures[variant] = {"films": {name: len(pixels[name]) for name in names}, "distinct": distinct, "auc": aucs}
         print(variant, "distinct values:", json.dumps(distinct))
         for column, row in aucs.items():
             print(f"  {variant} {column}:", json.dumps({key: round(value, 3) for key, value in row.items()}))
-    same_patches = all(np.array_equal(scores["before"][name]["patch_knn"], scores["after"][name]["patch_knn"])
-                       for name in names)
+    same_patches = all(
+        np.array_equal(scores["before"][name]["patch_knn"], scores["after"][name]["patch_knn"]) for name in names
+    )
     print(f"patch component equal bit for bit: {same_patches}")
     # In fp32 autocast is off already, so the change must leave every number as it was.
     with pooled_scores_under_autocast():
@@ -112,9 +118,16 @@ def main() -> None:
     report(f"score_films on {len(films)} decoded test films (times for all of them)", seconds)
     rates = {variant: len(films) / statistics.median(values) for variant, values in seconds.items()}
     print(f"score_films films/s: before {rates['before']:.1f}, after {rates['after']:.1f}")
-    figures["timing"] = {"films": len(films), "seconds": seconds, "films_per_second": rates,
-                         "commit": git_commit(), "machine": machine_facts(), "precision": precision,
-                         "patch_component_bit_identical": same_patches, "fp32_bit_identical": same_in_fp32}
+    figures["timing"] = {
+        "films": len(films),
+        "seconds": seconds,
+        "films_per_second": rates,
+        "commit": git_commit(),
+        "machine": machine_facts(),
+        "precision": precision,
+        "patch_component_bit_identical": same_patches,
+        "fp32_bit_identical": same_in_fp32,
+    }
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(figures, indent=2) + "\n")

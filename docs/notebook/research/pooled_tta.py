@@ -26,11 +26,11 @@ from typing import cast
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-
 from docs.notebook.research.features_probe import collections
 from docs.notebook.research.pooled_knn_variants import knn_distance, unit_pooled
 from docs.notebook.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
+from PIL import Image
+
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.models.features.torch_model import FeatureDetector
 
@@ -45,12 +45,16 @@ def centre_crop(pixels: np.ndarray, keep: float = 0.9) -> np.ndarray:
     size = pixels.shape[-1]
     margin = int(round(size * (1.0 - keep) / 2))
     box = (margin, margin, size - margin, size - margin)
-    return np.stack([np.asarray(Image.fromarray(film).resize((size, size), Image.Resampling.BILINEAR, box=box))
-                     for film in pixels])
+    return np.stack(
+        [np.asarray(Image.fromarray(film).resize((size, size), Image.Resampling.BILINEAR, box=box)) for film in pixels]
+    )
 
 
 VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "plain": lambda pixels: pixels, "mirror": mirrored, "crop90": centre_crop}
+    "plain": lambda pixels: pixels,
+    "mirror": mirrored,
+    "crop90": centre_crop,
+}
 
 
 def rebuilt_bank_parser(description: str) -> argparse.ArgumentParser:
@@ -87,11 +91,16 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for views in (("plain",), ("plain", "mirror"), ("plain", "crop90"), ("plain", "mirror", "crop90")):
         reference = described(views, bank)
-        scores = {name: knn_distance(described(views, {view: queries[view][name] for view in views}),
-                                     reference, 5).numpy() for name in VALIDATION}
+        scores = {
+            name: knn_distance(described(views, {view: queries[view][name] for view in views}), reference, 5).numpy()
+            for name in VALIDATION
+        }
         results[" + ".join(views)] = view_row(scores, sets)
-        print(" + ".join(views), json.dumps({key: round(value, 3) for key, value in results[" + ".join(views)].items()}),
-              flush=True)
+        print(
+            " + ".join(views),
+            json.dumps({key: round(value, 3) for key, value in results[" + ".join(views)].items()}),
+            flush=True,
+        )
     write_rows(results, args.output)
 
 

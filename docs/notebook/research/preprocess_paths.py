@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from benchmarks.bench_features import rsna_rows
 from benchmarks.bench_model import time_call
 from benchmarks.common import git_commit, machine_facts
+
 from cxr_anomaly.config import Config
 from cxr_anomaly.data.dataset import load_images, preprocess_films
 from cxr_anomaly.data.resample import preprocess_tensor

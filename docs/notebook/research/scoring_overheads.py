@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from benchmarks.bench_features import rsna_rows
 from benchmarks.common import git_commit, machine_facts
+
 from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.inference import inference_autocast, resolve_precision, to_channels_last
@@ -78,9 +78,11 @@ def report(title: str, seconds: dict[str, list[float]]) -> None:
     """Median ms of each variant and before/after."""
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     before, after = medians["before"], medians["after"]
-    print(f"{title}: before {1000 * before:.1f} ms, after {1000 * after:.1f} ms a batch, "
-          f"{before / after:.2f}x (rounds before {[round(1000 * value, 1) for value in seconds['before']]}, "
-          f"after {[round(1000 * value, 1) for value in seconds['after']]})")
+    print(
+        f"{title}: before {1000 * before:.1f} ms, after {1000 * after:.1f} ms a batch, "
+        f"{before / after:.2f}x (rounds before {[round(1000 * value, 1) for value in seconds['before']]}, "
+        f"after {[round(1000 * value, 1) for value in seconds['after']]})"
+    )
 
 
 def main() -> None:
@@ -92,14 +94,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     precision = resolve_precision(args.precision, "cpu")
-    print(f"commit {git_commit()}; {machine_facts()}; precision {precision}, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"commit {git_commit()}; {machine_facts()}; precision {precision}, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads"
+    )
     generator = torch.Generator().manual_seed(0)
 
     backbone, _ = build_backbone("efficientnet_lite0")
     to_channels_last(backbone.eval())
     images = (torch.rand(args.batch, 3, 224, 224, generator=generator) * 2 - 1).contiguous(
-        memory_format=torch.channels_last)  # (B, 3, 224, 224)
+        memory_format=torch.channels_last
+    )  # (B, 3, 224, 224)
     windowed_forward = SamePadConv2d.forward
 
     def run_backbone(forward: Callable[[SamePadConv2d, torch.Tensor], torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -110,11 +115,18 @@ def main() -> None:
         finally:
             backbone_module.SamePadConv2d.forward = windowed_forward  # type: ignore[method-assign]
 
-    same = all(torch.equal(old, new) for old, new in zip(run_backbone(padded_forward).values(),
-                                                          run_backbone(windowed_forward).values()))
+    same = all(
+        torch.equal(old, new)
+        for old, new in zip(run_backbone(padded_forward).values(), run_backbone(windowed_forward).values())
+    )
     print(f"backbone features equal bit for bit: {same}")
-    report("backbone", time_rounds({"before": lambda: run_backbone(padded_forward),
-                                    "after": lambda: run_backbone(windowed_forward)}, args.rounds))
+    report(
+        "backbone",
+        time_rounds(
+            {"before": lambda: run_backbone(padded_forward), "after": lambda: run_backbone(windowed_forward)},
+            args.rounds,
+        ),
+    )
 
     queries = torch.randn(args.batch * 196, 432, generator=generator)  # (B*14*14, C)
     bank = torch.randn(4096, 432, generator=generator)  # (M, C)
@@ -126,9 +138,10 @@ def main() -> None:
             return squared_distances(queries, bank).min(dim=1).values.sqrt()
 
     print(f"patch distances equal bit for bit: {torch.equal(search(False), search(True))}")
-    report(f"patch search ({args.batch * 196} queries, bank 4,096)",
-           time_rounds({"before": lambda: search(False), "after": lambda: search(True)}, args.rounds))
-
+    report(
+        f"patch search ({args.batch * 196} queries, bank 4,096)",
+        time_rounds({"before": lambda: search(False), "after": lambda: search(True)}, args.rounds),
+    )
 
     config = with_overrides(Config(), "features", finetune_epochs=0)
     pixels = load_images(rsna_rows(args.data, 64 + args.films), config.data).pixels  # (N, 224, 224) uint8
@@ -149,8 +162,10 @@ def main() -> None:
     print(f"score_films raw scores equal bit for bit: {torch.equal(score(True), score(False))}")
     seconds = time_rounds({"before": lambda: score(True), "after": lambda: score(False)}, args.rounds)
     report(f"score_films on {len(films)} decoded films (times for all of them)", seconds)
-    print(f"score_films films/s: before {len(films) / statistics.median(seconds['before']):.1f}, "
-          f"after {len(films) / statistics.median(seconds['after']):.1f}")
+    print(
+        f"score_films films/s: before {len(films) / statistics.median(seconds['before']):.1f}, "
+        f"after {len(films) / statistics.median(seconds['after']):.1f}"
+    )
 
 
 if __name__ == "__main__":

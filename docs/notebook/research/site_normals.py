@@ -37,11 +37,11 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import torch
-
 from benchmarks.bench_features import DEFAULT_DATA
 from docs.notebook.research.features_probe import collections
 from docs.notebook.research.pooled_knn_variants import knn_distance, unit_pooled
 from docs.notebook.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
+
 from cxr_anomaly.baselines import KNNBaseline
 from cxr_anomaly.config import tang2019_config
 from cxr_anomaly.data.dataset import load_images
@@ -113,8 +113,12 @@ def main() -> None:
     """Command-line entry point; prints one line per setting and writes them as JSON with ``--output``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--rsna-films", type=int, default=4500,
-                        help="first RSNA films the pixel baseline is fitted on (the checkpoint's bank size)")
+    parser.add_argument(
+        "--rsna-films",
+        type=int,
+        default=4500,
+        help="first RSNA films the pixel baseline is fitted on (the checkpoint's bank size)",
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -123,18 +127,20 @@ def main() -> None:
     sets = collections()
     sets["nih1000_site"] = nih1000_site_normals()
     names = ("nih1000_site", "nih1000_val", "nih1000_test", "pneu_val", "pneu_test")
-    features = {name: unit_pooled(detector, load_images(sets[name], model.config.data, workers=2).pixels)
-                for name in names}
+    features = {
+        name: unit_pooled(detector, load_images(sets[name], model.config.data, workers=2).pixels) for name in names
+    }
     pixel_config = tang2019_config().data  # 64 px, as every pixel baseline in docs/notebook/2026-11-results-history.md
     pixels = {name: load_images(sets[name], pixel_config, workers=2).pixels for name in names}
-    rsna_pixels = load_images(sets["rsna"].iloc[:args.rsna_films], pixel_config, workers=2).pixels
+    rsna_pixels = load_images(sets["rsna"].iloc[: args.rsna_films], pixel_config, workers=2).pixels
     print(f"features and pixels: {time.perf_counter() - started:.0f} s", flush=True)
     rsna_bank = detector.pooled_bank.double()  # (4500, D) unit pooled features of the fit normals
     folds = site_folds(sets)
     neighbours = model.config.features.neighbours
 
-    def scores_with(count: int, seed: int, names: tuple[str, ...], *, rsna: bool = True,
-                    pixel: bool = False, align: str = "") -> dict[str, np.ndarray]:
+    def scores_with(
+        count: int, seed: int, names: tuple[str, ...], *, rsna: bool = True, pixel: bool = False, align: str = ""
+    ) -> dict[str, np.ndarray]:
         generator = np.random.default_rng(seed)
         result: dict[str, np.ndarray] = {}
         for name in names:
@@ -150,8 +156,9 @@ def main() -> None:
                     queries = features[name][fold.scored]
                     # "films": the scored films' own statistics, labels unused (no site normals)
                     reference = queries if align.endswith("films") else features[source][chosen]
-                    scores[fold.scored] = knn_distance(aligned(queries, reference, align), rsna_bank,
-                                                       neighbours).numpy()
+                    scores[fold.scored] = knn_distance(
+                        aligned(queries, reference, align), rsna_bank, neighbours
+                    ).numpy()
                 else:
                     site = features[source][chosen]
                     bank = torch.cat([rsna_bank, site]) if rsna else site
@@ -181,20 +188,28 @@ def main() -> None:
         "RSNA bank; site films shifted by the mean of all site normals": {"align": "mean"},
         "RSNA bank; site films shifted and scaled per channel (all site normals)": {"align": "scale"},
         "RSNA bank; scored films shifted by their own mean (labels unused)": {"align": "mean of films"},
-        "RSNA bank; scored films shifted and scaled by their own statistics": {"align": "scale of films"}}
+        "RSNA bank; scored films shifted and scaled by their own statistics": {"align": "scale of films"},
+    }
     for scored, part in ((VALIDATION, "validation"), (TEST, "test")):
         for count in SITE_COUNTS:
             seeds = range(1 if count in (0, -1) else DRAWS)
-            record(f"{part}: RSNA bank + {'all' if count < 0 else count} site normals",
-                   [view_row(scores_with(count, seed, scored), sets, scored) for seed in seeds])
+            record(
+                f"{part}: RSNA bank + {'all' if count < 0 else count} site normals",
+                [view_row(scores_with(count, seed, scored), sets, scored) for seed in seeds],
+            )
         for label, options in variants.items():
             record(f"{part}: {label}", [view_row(scores_with(-1, 0, scored, **options), sets, scored)])
         for count in (10, 25, 50, 100):
-            record(f"{part}: RSNA bank; site films shifted by the mean of {count} site normals",
-                   [view_row(scores_with(count, seed, scored, align="mean"), sets, scored) for seed in range(DRAWS)])
+            record(
+                f"{part}: RSNA bank; site films shifted by the mean of {count} site normals",
+                [view_row(scores_with(count, seed, scored, align="mean"), sets, scored) for seed in range(DRAWS)],
+            )
         for count in (0, -1):
-            record(f"{part}: 5-NN pixel distance, 64 px, RSNA {args.rsna_films} + {'all' if count < 0 else count} "
-                   "site normals", [view_row(scores_with(count, 0, scored, pixel=True), sets, scored)])
+            record(
+                f"{part}: 5-NN pixel distance, 64 px, RSNA {args.rsna_films} + {'all' if count < 0 else count} "
+                "site normals",
+                [view_row(scores_with(count, 0, scored, pixel=True), sets, scored)],
+            )
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
     write_rows(results, args.output)
 

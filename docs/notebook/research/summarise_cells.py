@@ -20,8 +20,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FIGURES = (("AUC", ("auc",)), ("PA", ("auc_per_view", "PA")), ("AP", ("auc_per_view", "AP")),
-           ("view-balanced", ("auc_view_balanced",)))
+FIGURES = (
+    ("AUC", ("auc",)),
+    ("PA", ("auc_per_view", "PA")),
+    ("AP", ("auc_per_view", "AP")),
+    ("view-balanced", ("auc_view_balanced",)),
+)
 
 
 @dataclass
@@ -80,13 +84,21 @@ def main() -> None:
     tests = sorted({test for group in groups.values() for test, _ in group.figures})
     for test in tests:
         print(f"\n{test}\n")
-        print("| variant | settings | normals | seeds | " + " | ".join(label for label, _ in FIGURES)
-              + " | fit s (median) |")
+        print(
+            "| variant | settings | normals | seeds | "
+            + " | ".join(label for label, _ in FIGURES)
+            + " | fit s (median) |"
+        )
         print("|---" * (5 + len(FIGURES)) + "|")
-        for (variant, settings, normals), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])):
+        for (variant, settings, normals), group in sorted(
+            groups.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])
+        ):
             cells = [mean_std(group.figures[(test, label)]) for label, _ in FIGURES]
-            print(f"| {variant} | {settings} | {normals} | {len(group.seeds)} ({','.join(map(str, sorted(group.seeds)))}) | "
-                  + " | ".join(cells) + f" | {statistics.median(group.fit_seconds):.0f} |")
+            print(
+                f"| {variant} | {settings} | {normals} | {len(group.seeds)} ({','.join(map(str, sorted(group.seeds)))}) | "
+                + " | ".join(cells)
+                + f" | {statistics.median(group.fit_seconds):.0f} |"
+            )
 
 
 if __name__ == "__main__":

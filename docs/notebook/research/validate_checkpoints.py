@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from docs.notebook.research.features_probe import collections, per_view
+
 from cxr_anomaly.checkpoint import LoadedModel, load_checkpoint
 from cxr_anomaly.config import DataConfig, with_overrides
 from cxr_anomaly.data.dataset import load_images
@@ -35,8 +35,9 @@ VALIDATION = ("nih1000_val", "pneu_val")
 VIEWS = ("PA", "AP")
 
 
-def view_row(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame],
-             names: tuple[str, ...] = VALIDATION) -> dict[str, float]:
+def view_row(
+    scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame], names: tuple[str, ...] = VALIDATION
+) -> dict[str, float]:
     """AUC within each view of each named collection (default: :data:`VALIDATION`), and the worst.
 
     ``scores`` maps each name to the scores (N,) of its films, in manifest order.
@@ -77,8 +78,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=named_path, nargs="+", required=True, metavar="NAME=CKPT")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the figures")
-    parser.add_argument("--neighbours", type=int, nargs="+", default=None, metavar="K",
-                        help="score each checkpoint with each k of the pooled kNN (features.neighbours)")
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="score each checkpoint with each k of the pooled kNN (features.neighbours)",
+    )
     args = parser.parse_args()
     sets = collections()
     decoded: dict[tuple[str, DataConfig], np.ndarray] = {}  # films decoded once per collection and input settings
@@ -97,11 +104,15 @@ def main() -> None:
                 decoded[key] = load_images(sets[collection], model.config.data, workers=2).pixels
             result = model.score_films(decoded[key])
             scored[collection] = {"score": result.raw, **result.components}
-        rows = {score_name: view_row({collection: scored[collection][score_name] for collection in VALIDATION}, sets)
-                for score_name in scored[VALIDATION[0]]}
+        rows = {
+            score_name: view_row({collection: scored[collection][score_name] for collection in VALIDATION}, sets)
+            for score_name in scored[VALIDATION[0]]
+        }
         for score_name, row in rows.items():
-            print(f"{name} ({model.description}), {score_name}: "
-                  + ", ".join(f"{key} {value:.3f}" for key, value in row.items()))
+            print(
+                f"{name} ({model.description}), {score_name}: "
+                + ", ".join(f"{key} {value:.3f}" for key, value in row.items())
+            )
         print(f"{name}: {time.perf_counter() - started:.0f} s")
         results[name] = rows
     write_rows(results, args.output)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+from docs.notebook.research.features_probe import collections, per_view
 from sklearn.metrics import roc_auc_score
 
-from docs.notebook.research.features_probe import collections, per_view
 from cxr_anomaly.baselines import fit_and_score_baselines
 from cxr_anomaly.config import tang2019_config
 from cxr_anomaly.data.dataset import load_images
@@ -39,8 +39,10 @@ def main() -> None:
         for name, result in fit_and_score_baselines(train, pixels, data_config).items():
             for baseline, scores in result.scores.items():
                 aucs = per_view(scores, sets[name])
-                print(f"{count} normals, {name}, {baseline}: "
-                      + ", ".join(f"{key} {value:.3f}" for key, value in aucs.items()))
+                print(
+                    f"{count} normals, {name}, {baseline}: "
+                    + ", ".join(f"{key} {value:.3f}" for key, value in aucs.items())
+                )
 
 
 if __name__ == "__main__":

@@ -25,20 +25,27 @@ import time
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-
 from docs.notebook.research.features_probe import DATA
-from docs.notebook.research.pooled_density import (TEST, checkpoint_arguments, nearest, open_features_checkpoint,
-                                                predicts_view)
+from docs.notebook.research.pooled_density import (
+    TEST,
+    checkpoint_arguments,
+    nearest,
+    open_features_checkpoint,
+    predicts_view,
+)
 from docs.notebook.research.pooled_knn_variants import unit_pooled
 from docs.notebook.research.validate_checkpoints import VALIDATION, view_row
+from sklearn.linear_model import LogisticRegression
+
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 
 NEIGHBOURS = 5
 
 
-def knn_within(queries: torch.Tensor, bank: torch.Tensor, query_is_ap: np.ndarray, bank_is_ap: np.ndarray) -> np.ndarray:
+def knn_within(
+    queries: torch.Tensor, bank: torch.Tensor, query_is_ap: np.ndarray, bank_is_ap: np.ndarray
+) -> np.ndarray:
     """Mean cosine distance (Q,) of each unit query to its nearest unit bank rows of the same view."""
     scores = np.empty(len(queries))
     for is_ap in (False, True):
@@ -58,21 +65,30 @@ def main() -> None:
     nih = load_inputs(DATA / "nih1000" / "manifest.csv")
     sets["view_train"] = nih[(nih["split"] == "train") & (nih["label"] == 0)].reset_index(drop=True)
     names = VALIDATION + (TEST if args.test else ())
-    features = {name: unit_pooled(detector, load_images(sets[name], model.config.data, workers=2).pixels, batch=16)
-                for name in ("view_train", *names)}
+    features = {
+        name: unit_pooled(detector, load_images(sets[name], model.config.data, workers=2).pixels, batch=16)
+        for name in ("view_train", *names)
+    }
     bank = detector.pooled_bank.double()
     bank = bank / bank.norm(dim=1, keepdim=True)  # (M, D)
 
     classifier = LogisticRegression(C=1.0, max_iter=2000)
     classifier.fit(features["view_train"].numpy(), (sets["view_train"]["view"] == "AP").to_numpy())
     bank_is_ap = classifier.predict(bank.numpy()).astype(bool)
-    accuracy = {name: float(np.mean(classifier.predict(features[name].numpy()) == (sets[name]["view"] == "AP")))
-                for name in names}
-    print(f"view classifier on {len(sets['view_train'])} NIH1000 train normals; accuracy {json.dumps(accuracy)}; "
-          f"bank labelled AP: {bank_is_ap.mean():.3f} of {len(bank)}")
+    accuracy = {
+        name: float(np.mean(classifier.predict(features[name].numpy()) == (sets[name]["view"] == "AP")))
+        for name in names
+    }
+    print(
+        f"view classifier on {len(sets['view_train'])} NIH1000 train normals; accuracy {json.dumps(accuracy)}; "
+        f"bank labelled AP: {bank_is_ap.mean():.3f} of {len(bank)}"
+    )
 
-    scores: dict[str, dict[str, np.ndarray]] = {"all normals (the default)": {}, "own view (given)": {},
-                                                "own view (predicted)": {}}
+    scores: dict[str, dict[str, np.ndarray]] = {
+        "all normals (the default)": {},
+        "own view (given)": {},
+        "own view (predicted)": {},
+    }
     for name in names:
         queries = features[name]
         given = (sets[name]["view"] == "AP").to_numpy()
@@ -91,8 +107,13 @@ def main() -> None:
     print(f"{time.perf_counter() - started:.0f} s")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"view_classifier_accuracy": accuracy,
-                                           "bank_ap_fraction": float(bank_is_ap.mean()), "rows": rows}, indent=2) + "\n")
+        args.output.write_text(
+            json.dumps(
+                {"view_classifier_accuracy": accuracy, "bank_ap_fraction": float(bank_is_ap.mean()), "rows": rows},
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

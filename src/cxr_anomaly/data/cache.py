@@ -40,9 +40,9 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -323,8 +323,14 @@ class DecodedFilms:
     so a killed run keeps most of what it decoded.
     """
 
-    def __init__(self, results: list[np.ndarray | InputFileError | None], groups: PathGroups,
-                 cache: PreprocessingCache | None, flush_every: int, flush_seconds: float) -> None:
+    def __init__(
+        self,
+        results: list[np.ndarray | InputFileError | None],
+        groups: PathGroups,
+        cache: PreprocessingCache | None,
+        flush_every: int,
+        flush_seconds: float,
+    ) -> None:
         self.results = results
         self.groups = groups
         self.cache = cache
@@ -344,8 +350,10 @@ class DecodedFilms:
             if self.cache is not None:
                 self.pending_keys.append(key)
                 self.pending_pixels.append(outcome)
-                if (len(self.pending_keys) >= self.flush_every
-                        or time.monotonic() - self.last_flush >= self.flush_seconds):
+                if (
+                    len(self.pending_keys) >= self.flush_every
+                    or time.monotonic() - self.last_flush >= self.flush_seconds
+                ):
                     self.flush()
 
     def flush(self) -> None:
@@ -428,11 +436,20 @@ def decode_many(
 
     failed = sum(isinstance(result, InputFileError) for result in results)
     if report is not None:
-        report.append(CacheReport(len(paths), reused, films.decoded, failed, worker_count,
-                                  time.perf_counter() - started,
-                                  time.process_time() - cpu_started))
-    logger.info("decoded %d films, reused %d from the cache, %d failed, %d workers",
-                films.decoded, reused, failed, worker_count)
+        report.append(
+            CacheReport(
+                len(paths),
+                reused,
+                films.decoded,
+                failed,
+                worker_count,
+                time.perf_counter() - started,
+                time.process_time() - cpu_started,
+            )
+        )
+    logger.info(
+        "decoded %d films, reused %d from the cache, %d failed, %d workers", films.decoded, reused, failed, worker_count
+    )
     if any(result is None for result in results):  # a bug here must not pass as a silent drop
         raise RuntimeError("decode_many: internal error, some paths got no result")
     return results  # type: ignore[return-value]
@@ -450,7 +467,7 @@ def _decode_in_threads(
     # Several chunks per thread keep the cores busy to the end; a chunk's results are stored
     # (and flushed to the cache) as soon as it is done.
     chunk_size = max(1, min(16, math.ceil(len(keys) / (worker_count * 8))))
-    chunks = [keys[start:start + chunk_size] for start in range(0, len(keys), chunk_size)]
+    chunks = [keys[start : start + chunk_size] for start in range(0, len(keys), chunk_size)]
     executor = ThreadPoolExecutor(max_workers=worker_count, thread_name_prefix="cxr-anomaly-decode")
     try:
         in_flight: dict[Future, list[str]] = {}

@@ -48,23 +48,28 @@ def film_signatures(pixels: np.ndarray) -> np.ndarray:
 
     if len(pixels) == 0:
         return np.zeros((0, SIGNATURE_SIZE * SIGNATURE_SIZE), np.float32)
-    small = np.stack([np.asarray(Image.fromarray(film).resize((SIGNATURE_SIZE, SIGNATURE_SIZE), Image.Resampling.BOX))
-                      for film in pixels]).reshape(len(pixels), -1)  # (N, 1024)
+    small = np.stack(
+        [
+            np.asarray(Image.fromarray(film).resize((SIGNATURE_SIZE, SIGNATURE_SIZE), Image.Resampling.BOX))
+            for film in pixels
+        ]
+    ).reshape(len(pixels), -1)  # (N, 1024)
     ranks = rankdata(small, axis=1)  # ties share their mean rank
     ranks -= ranks.mean(axis=1, keepdims=True)
     ranks /= np.linalg.norm(ranks, axis=1, keepdims=True) + 1e-9  # a uniform film stays all zero
     return ranks.astype(np.float32)
 
 
-def matching_signatures(signatures: np.ndarray, reference: np.ndarray, *,
-                        threshold: float = COPY_CORRELATION) -> list[FilmCopy]:
+def matching_signatures(
+    signatures: np.ndarray, reference: np.ndarray, *, threshold: float = COPY_CORRELATION
+) -> list[FilmCopy]:
     """The rows of ``signatures`` (N, 1024) that correlate at ``threshold`` or more with a row of
     ``reference`` (M, 1024), with their most similar reference row, in row order."""
     if len(signatures) == 0 or len(reference) == 0:
         return []
     copies = []
     for begin in range(0, len(signatures), CHUNK):
-        similarity = signatures[begin:begin + CHUNK] @ reference.T  # (chunk, M)
+        similarity = signatures[begin : begin + CHUNK] @ reference.T  # (chunk, M)
         best = similarity.argmax(axis=1)
         for row in np.flatnonzero(similarity[np.arange(len(best)), best] >= threshold):
             copies.append(FilmCopy(begin + int(row), int(best[row]), float(similarity[row, best[row]])))

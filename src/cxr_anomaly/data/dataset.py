@@ -92,8 +92,7 @@ def load_images(
         else:
             keep.append(index)
     size = data_config.image_size
-    pixels = (np.stack([decoded[i] for i in keep]) if keep
-              else np.zeros((0, size, size), dtype=np.uint8))
+    pixels = np.stack([decoded[i] for i in keep]) if keep else np.zeros((0, size, size), dtype=np.uint8)
     return LoadedImages(pixels, manifest.iloc[keep].reset_index(drop=True), skipped)
 
 
@@ -138,8 +137,9 @@ def crop_borders(pixels: np.ndarray, fraction: float) -> np.ndarray:
     if margin == 0:
         return pixels
     box = (margin, margin, size - margin, size - margin)
-    return np.stack([np.asarray(Image.fromarray(film).resize((size, size), Image.Resampling.BILINEAR, box=box))
-                     for film in pixels])
+    return np.stack(
+        [np.asarray(Image.fromarray(film).resize((size, size), Image.Resampling.BILINEAR, box=box)) for film in pixels]
+    )
 
 
 def limit_detail(pixels: np.ndarray, detail_size: int) -> np.ndarray:
@@ -153,8 +153,16 @@ def limit_detail(pixels: np.ndarray, detail_size: int) -> np.ndarray:
     from PIL import Image
 
     size = pixels.shape[-1]
-    return np.stack([np.asarray(Image.fromarray(film).resize((detail_size, detail_size), Image.Resampling.LANCZOS)
-                                .resize((size, size), Image.Resampling.BILINEAR)) for film in pixels])
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(film)
+                .resize((detail_size, detail_size), Image.Resampling.LANCZOS)
+                .resize((size, size), Image.Resampling.BILINEAR)
+            )
+            for film in pixels
+        ]
+    )
 
 
 def preprocess_films(pixels: np.ndarray, data_config: DataConfig, *, threads: int = 1) -> np.ndarray:
@@ -187,4 +195,3 @@ def to_model_tensor(pixels: np.ndarray, data_config: DataConfig) -> torch.Tensor
 
     images = preprocess_films(pixels, data_config)
     return torch.from_numpy(images * 2.0 - 1.0).unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
-

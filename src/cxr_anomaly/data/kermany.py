@@ -73,10 +73,18 @@ def is_kermany_folder(root: str | Path) -> bool:
     names = {path.name.upper() for path in directories}
     if not names & set(CLASS_FOLDERS) or names & OTHER_LABEL_FOLDERS:
         return False
-    files = [file for directory in directories if directory.name.upper() in CLASS_FOLDERS
-             for file in directory.rglob("*") if file.is_file() and not file.name.startswith(".")]
-    return (bool(files) and all(file.suffix.lower() in KERMANY_SUFFIXES for file in files)
-            and any(kermany_patient_key(file.name) is not None for file in files))
+    files = [
+        file
+        for directory in directories
+        if directory.name.upper() in CLASS_FOLDERS
+        for file in directory.rglob("*")
+        if file.is_file() and not file.name.startswith(".")
+    ]
+    return (
+        bool(files)
+        and all(file.suffix.lower() in KERMANY_SUFFIXES for file in files)
+        and any(kermany_patient_key(file.name) is not None for file in files)
+    )
 
 
 def build_kermany_manifest(root: str | Path) -> pd.DataFrame:
@@ -110,21 +118,30 @@ def build_kermany_manifest(root: str | Path) -> pd.DataFrame:
             unmatched.append(file.name)
             key = f"file:{file.name}"
         kind = _PERSON.match(file.name)
-        rows.append({
-            "path": str(file.resolve()),
-            "label": classes[-1],
-            "split": splits[-1] if splits else pd.NA,
-            "patient_id": key,
-            "view": "AP",  # the data set's description: anterior-posterior films
-            "pneumonia_type": kind.group(2).lower() if kind else pd.NA,
-            "original_split": splits[-1] if splits else pd.NA,
-        })
+        rows.append(
+            {
+                "path": str(file.resolve()),
+                "label": classes[-1],
+                "split": splits[-1] if splits else pd.NA,
+                "patient_id": key,
+                "view": "AP",  # the data set's description: anterior-posterior films
+                "pneumonia_type": kind.group(2).lower() if kind else pd.NA,
+                "original_split": splits[-1] if splits else pd.NA,
+            }
+        )
     if not rows:
         raise ManifestError(root, "no .jpeg/.jpg/.png image under a NORMAL or PNEUMONIA folder")
     if outside:
-        logger.warning("%d image file(s) of %s under neither a NORMAL nor a PNEUMONIA folder left out, e.g. %s",
-                       len(outside), root, outside[:5])
+        logger.warning(
+            "%d image file(s) of %s under neither a NORMAL nor a PNEUMONIA folder left out, e.g. %s",
+            len(outside),
+            root,
+            outside[:5],
+        )
     if unmatched:
-        logger.warning("%d Kermany file names give no patient key (each kept as its own patient), e.g. %s",
-                       len(unmatched), unmatched[:5])
+        logger.warning(
+            "%d Kermany file names give no patient key (each kept as its own patient), e.g. %s",
+            len(unmatched),
+            unmatched[:5],
+        )
     return normalise_manifest(pd.DataFrame(rows), root)

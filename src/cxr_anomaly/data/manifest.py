@@ -21,9 +21,21 @@ from ..io import IMAGE_SUFFIXES, sniff_format
 from .kermany import build_kermany_manifest, is_kermany_folder
 from .table import MANIFEST_COLUMNS, SPLIT_ALIASES, SPLITS, normalise_manifest
 
-__all__ = ["ABNORMAL_FOLDERS", "MANIFEST_COLUMNS", "NORMAL_FOLDERS", "NPZ_SEPARATOR", "SPLITS", "FolderLabel",
-           "folder_label", "load_inputs", "looks_like_image", "normalise_manifest",
-           "read_manifest_csv", "read_npz_manifest", "scan_folder"]
+__all__ = [
+    "ABNORMAL_FOLDERS",
+    "MANIFEST_COLUMNS",
+    "NORMAL_FOLDERS",
+    "NPZ_SEPARATOR",
+    "SPLITS",
+    "FolderLabel",
+    "folder_label",
+    "load_inputs",
+    "looks_like_image",
+    "normalise_manifest",
+    "read_manifest_csv",
+    "read_npz_manifest",
+    "scan_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +74,7 @@ def read_manifest_csv(csv_path: str | Path) -> pd.DataFrame:
     if duplicated:
         raise ManifestError(csv_path, f"duplicate column name(s) {duplicated}")
     if "path" not in table.columns:
-        raise ManifestError(
-            csv_path, f"missing required column 'path' (columns are {list(table.columns)})"
-        )
+        raise ManifestError(csv_path, f"missing required column 'path' (columns are {list(table.columns)})")
     if "label" not in table.columns:
         table["label"] = ""
     table["label"] = table["label"].map(lambda value: _LABEL_ALIASES.get(value.strip().lower(), value))
@@ -158,8 +168,9 @@ def scan_folder(folder: str | Path) -> pd.DataFrame:
             continue
         if file.suffix.lower() not in IMAGE_SUFFIXES and not looks_like_image(file):
             if file.suffix.lower() not in (".csv", ".txt", ".md", ".json"):
-                logger.warning("ignoring %s: neither its suffix %r nor its first bytes are those of an "
-                               "image", file, file.suffix)
+                logger.warning(
+                    "ignoring %s: neither its suffix %r nor its first bytes are those of an image", file, file.suffix
+                )
             continue
         parts = file.relative_to(folder).parts[:-1]
         if file.parent not in labels:
@@ -181,13 +192,20 @@ def _log_label_source(root: Path, parent: Path, found: FolderLabel, count: int) 
     """One INFO line per folder: which label its films got and from which folder name."""
     relative = parent.relative_to(root).as_posix()
     if found.label is not None:
-        logger.info("%s/%s: %d film(s) labelled %d from the folder name %r", root, relative, count,
-                    found.label, found.source)
+        logger.info(
+            "%s/%s: %d film(s) labelled %d from the folder name %r", root, relative, count, found.label, found.source
+        )
         return
     lookalikes = sorted({part for part in parent.relative_to(root).parts if part.lower() in _NOT_LABELS})
-    reason = (f"; {', '.join(map(repr, lookalikes))} is not read as a label" if lookalikes else "")
-    logger.info("%s/%s: %d film(s) without a label (no folder named %s)%s", root, relative, count,
-                "/".join(sorted(NORMAL_FOLDERS | ABNORMAL_FOLDERS)), reason)
+    reason = f"; {', '.join(map(repr, lookalikes))} is not read as a label" if lookalikes else ""
+    logger.info(
+        "%s/%s: %d film(s) without a label (no folder named %s)%s",
+        root,
+        relative,
+        count,
+        "/".join(sorted(NORMAL_FOLDERS | ABNORMAL_FOLDERS)),
+        reason,
+    )
 
 
 def read_npz_manifest(npz_path: str | Path) -> pd.DataFrame:
@@ -216,8 +234,9 @@ def read_npz_manifest(npz_path: str | Path) -> pd.DataFrame:
             split = SPLIT_ALIASES.get(split_name, pd.NA)
             for index in range(count):
                 label = pd.NA if labels is None else int(labels[index].any())
-                rows.append({"path": f"{npz_path.resolve()}{NPZ_SEPARATOR}{split_name}/{index}",
-                             "label": label, "split": split})
+                rows.append(
+                    {"path": f"{npz_path.resolve()}{NPZ_SEPARATOR}{split_name}/{index}", "label": label, "split": split}
+                )
     return normalise_manifest(pd.DataFrame(rows), npz_path)
 
 
@@ -283,8 +302,11 @@ def fill_from_dicom_headers(manifest: pd.DataFrame, *, ages: bool = True) -> pd.
     filled["view"] = views
     if ages and ("age" in filled or known_ages.notna().any()):
         filled["age"] = known_ages
-    logger.info("from the headers of %d DICOM film(s) lacking a view%s in the manifest: views %s%s",
-                len(dicom_rows), " or an age" if ages else "",
-                dict(Counter(header.view for header in headers if header.view is not None)),
-                f", {sum(header.age is not None for header in headers)} age(s)" if ages else "")
+    logger.info(
+        "from the headers of %d DICOM film(s) lacking a view%s in the manifest: views %s%s",
+        len(dicom_rows),
+        " or an age" if ages else "",
+        dict(Counter(header.view for header in headers if header.view is not None)),
+        f", {sum(header.age is not None for header in headers)} age(s)" if ages else "",
+    )
     return filled

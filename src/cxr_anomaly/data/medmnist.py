@@ -45,8 +45,20 @@ logger = logging.getLogger(__name__)
 MEDMNIST_FLAGS: tuple[str, ...] = ("pneumoniamnist", "chestmnist")
 MEDMNIST_SIZES: tuple[int, ...] = (28, 64, 128, 224)
 CHESTMNIST_FINDINGS: tuple[str, ...] = (
-    "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
-    "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia",
+    "atelectasis",
+    "cardiomegaly",
+    "effusion",
+    "infiltration",
+    "mass",
+    "nodule",
+    "pneumonia",
+    "pneumothorax",
+    "consolidation",
+    "edema",
+    "emphysema",
+    "fibrosis",
+    "pleural",
+    "hernia",
 )
 ZENODO_RECORD = "https://zenodo.org/records/10519652"
 
@@ -79,8 +91,9 @@ def download_medmnist(flag: str, *, root: str | Path, size: int = 28) -> Path:
         import medmnist
     except ImportError:
         raise MissingFileError(
-            target, "not present and the 'medmnist' package is not installed: pip install "
-            f"'cxr-anomaly[medmnist]', or download {target.name} from {ZENODO_RECORD} into {root}"
+            target,
+            "not present and the 'medmnist' package is not installed: pip install "
+            f"'cxr-anomaly[medmnist]', or download {target.name} from {ZENODO_RECORD} into {root}",
         ) from None
     dataset_class = getattr(medmnist, medmnist.INFO[flag]["python_class"])
     logger.info("downloading %s through medmnist into %s", target.name, root)
@@ -91,8 +104,9 @@ def download_medmnist(flag: str, *, root: str | Path, size: int = 28) -> Path:
     return target
 
 
-def build_medmnist_manifest(npz_or_flag: str | Path, *, download: bool = False,
-                            root: str | Path | None = None, size: int = 28) -> pd.DataFrame:
+def build_medmnist_manifest(
+    npz_or_flag: str | Path, *, download: bool = False, root: str | Path | None = None, size: int = 28
+) -> pd.DataFrame:
     """The manifest of a MedMNIST chest set, from a local npz or a flag.
 
     Args:

@@ -48,8 +48,19 @@ from .manifest import normalise_manifest
 logger = logging.getLogger(__name__)
 
 NIH_FINDINGS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
     "Hernia",
 )
 NO_FINDING = "No Finding"
@@ -77,8 +88,9 @@ def nih_label(finding_labels: str, origin: str | Path = "<nih table>", row: int 
     unknown = [token for token in tokens if token not in NIH_FINDINGS]
     if unknown:
         raise ManifestError(
-            origin, f"{where}Finding Labels {finding_labels!r} has unknown label(s) {unknown}; "
-            f"expected {NO_FINDING!r} or some of {list(NIH_FINDINGS)}"
+            origin,
+            f"{where}Finding Labels {finding_labels!r} has unknown label(s) {unknown}; "
+            f"expected {NO_FINDING!r} or some of {list(NIH_FINDINGS)}",
         )
     return 1
 
@@ -121,16 +133,20 @@ def read_nih_table(labels_csv: str | Path) -> pd.DataFrame:
         row = int(np.flatnonzero(bad.to_numpy())[0])
         value = findings.iloc[row]
         if value and not unknown_tokens and mixed is not None and mixed.iloc[row]:
-            raise ManifestError(labels_csv, f"row {row + 2}: Finding Labels {value!r} mixes {NO_FINDING!r} with findings")
+            raise ManifestError(
+                labels_csv, f"row {row + 2}: Finding Labels {value!r} mixes {NO_FINDING!r} with findings"
+            )
         nih_label(value, labels_csv, row + 2)  # raises with the row of the file
-    manifest = pd.DataFrame({
-        "path": table["Image Index"].str.strip(),
-        "label": (findings != NO_FINDING).astype(int),
-        "patient_id": table["Patient ID"].str.strip().str.lstrip("0").replace("", "0"),
-        "view": table["View Position"].str.strip().str.upper(),
-        "image_index": table["Image Index"].str.strip(),
-        "finding_labels": findings,
-    })
+    manifest = pd.DataFrame(
+        {
+            "path": table["Image Index"].str.strip(),
+            "label": (findings != NO_FINDING).astype(int),
+            "patient_id": table["Patient ID"].str.strip().str.lstrip("0").replace("", "0"),
+            "view": table["View Position"].str.strip().str.upper(),
+            "image_index": table["Image Index"].str.strip(),
+            "finding_labels": findings,
+        }
+    )
     for source, target in _OPTIONAL_COLUMNS.items():
         if source in table.columns:
             manifest[target] = table[source].str.strip()
@@ -155,8 +171,9 @@ def index_image_files(image_root: str | Path, suffixes: tuple[str, ...] = (".png
     return found
 
 
-def attach_image_paths(manifest: pd.DataFrame, files: dict[str, str], origin: str | Path,
-                       on_missing: Literal["error", "skip"]) -> pd.DataFrame:
+def attach_image_paths(
+    manifest: pd.DataFrame, files: dict[str, str], origin: str | Path, on_missing: Literal["error", "skip"]
+) -> pd.DataFrame:
     """Replace bare file names in ``path`` by the found files; missing ones error or are reported."""
     names = manifest["path"]
     present = names.isin(files.keys())
@@ -164,11 +181,13 @@ def attach_image_paths(manifest: pd.DataFrame, files: dict[str, str], origin: st
         absent = names[~present].tolist()
         if on_missing == "error":
             raise MissingFileError(
-                absent[0], f"{len(absent)} of {len(names)} films of {origin} are not under the "
-                "image folder (pass on_missing='skip' to build a manifest of the films present)"
+                absent[0],
+                f"{len(absent)} of {len(names)} films of {origin} are not under the "
+                "image folder (pass on_missing='skip' to build a manifest of the films present)",
             )
-        logger.warning("%d of %d films of %s are absent and left out, e.g. %s",
-                       len(absent), len(names), origin, absent[:5])
+        logger.warning(
+            "%d of %d films of %s are absent and left out, e.g. %s", len(absent), len(names), origin, absent[:5]
+        )
     result = manifest[present.to_numpy()].copy()
     result["path"] = result["path"].map(files)
     # attrs travel (deep-copied) with every derived frame, so they hold a count, not 100k names.
@@ -177,8 +196,9 @@ def attach_image_paths(manifest: pd.DataFrame, files: dict[str, str], origin: st
     return result.reset_index(drop=True)
 
 
-def build_nih_manifest(image_root: str | Path | None, labels_csv: str | Path, *,
-                       on_missing: Literal["error", "skip"] = "error") -> pd.DataFrame:
+def build_nih_manifest(
+    image_root: str | Path | None, labels_csv: str | Path, *, on_missing: Literal["error", "skip"] = "error"
+) -> pd.DataFrame:
     """The NIH manifest with absolute image paths.
 
     Args:

@@ -57,13 +57,13 @@ def _lanczos(x: float) -> float:
 
 
 # filter and its support in source pixels at scale 1, as Pillow defines them
-_FILTERS: dict[str, tuple[Callable[[float], float], float]] = {"bilinear": (_bilinear, 1.0),
-                                                               "lanczos": (_lanczos, 3.0)}
+_FILTERS: dict[str, tuple[Callable[[float], float], float]] = {"bilinear": (_bilinear, 1.0), "lanczos": (_lanczos, 3.0)}
 
 
 @lru_cache(maxsize=32)
-def resampling_matrix(in_size: int, out_size: int, resample: Resample, start: int = 0,
-                      end: int | None = None) -> np.ndarray:
+def resampling_matrix(
+    in_size: int, out_size: int, resample: Resample, start: int = 0, end: int | None = None
+) -> np.ndarray:
     """Pillow's integer resampling coefficients (out_size, in_size) for one axis, as float64.
 
     Resizes source pixels ``start:end`` (default: all) of an axis of ``in_size`` to
@@ -102,8 +102,7 @@ def resampling_matrix(in_size: int, out_size: int, resample: Resample, start: in
 
 
 @lru_cache(maxsize=64)
-def _device_matrix(in_size: int, out_size: int, resample: Resample, start: int, end: int,
-                   device: str) -> torch.Tensor:
+def _device_matrix(in_size: int, out_size: int, resample: Resample, start: int, end: int, device: str) -> torch.Tensor:
     return torch.from_numpy(resampling_matrix(in_size, out_size, resample, start, end)).to(device)
 
 
@@ -117,8 +116,9 @@ def _round_pass(sums: torch.Tensor) -> torch.Tensor:
     return torch.floor((sums + float(1 << (PRECISION_BITS - 1))) / float(1 << PRECISION_BITS)).clamp_(0.0, 255.0)
 
 
-def resize(films: torch.Tensor, out_size: int, resample: Resample, start: int = 0,
-           end: int | None = None) -> torch.Tensor:
+def resize(
+    films: torch.Tensor, out_size: int, resample: Resample, start: int = 0, end: int | None = None
+) -> torch.Tensor:
     """Resize square uint8-valued films (N, S, S), float64, as Pillow would; (N, out, out) float64.
 
     ``start:end`` is the square box of source pixels on both axes (Pillow's ``box``).
@@ -182,8 +182,9 @@ def preprocess_tensor(pixels: torch.Tensor, data_config: DataConfig) -> torch.Te
     return apply_intensity(films.to(torch.uint8), data_config.intensity)
 
 
-def preprocess_on(pixels: np.ndarray, data_config: DataConfig, device: torch.device | str = "cpu", *,
-                  threads: int = 1) -> torch.Tensor:
+def preprocess_on(
+    pixels: np.ndarray, data_config: DataConfig, device: torch.device | str = "cpu", *, threads: int = 1
+) -> torch.Tensor:
     """uint8 films (N, S, S) -> float32 (N, S, S) in [0, 1] on ``device``, preprocessed there.
 
     On a CPU by :func:`~cxr_anomaly.data.dataset.preprocess_films` in ``threads`` threads (the

@@ -62,8 +62,14 @@ def _read_table(path: str | Path, required: tuple[str, ...], what: str) -> pd.Da
         raise MissingFileError(path, f"{what} does not exist")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError,
-            ValueError) as error:
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        EOFError,
+        ValueError,
+    ) as error:
         raise ManifestError(path, f"cannot parse the {what}: {error}") from error
     table.columns = [str(column).strip() for column in table.columns]
     missing = [column for column in required if column not in table.columns]
@@ -74,8 +80,9 @@ def _read_table(path: str | Path, required: tuple[str, ...], what: str) -> pd.Da
     return table
 
 
-def read_rsna_tables(labels_csv: str | Path, class_info_csv: str | Path, *,
-                     include_not_normal: bool = False) -> pd.DataFrame:
+def read_rsna_tables(
+    labels_csv: str | Path, class_info_csv: str | Path, *, include_not_normal: bool = False
+) -> pd.DataFrame:
     """Join the labels and class tables into a manifest (``path`` = ``<patientId>.dcm``).
 
     Raises:
@@ -96,7 +103,9 @@ def read_rsna_tables(labels_csv: str | Path, class_info_csv: str | Path, *,
     unknown = ~classes["class"].isin(RSNA_CLASSES)
     if unknown.any():
         row = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise ManifestError(class_info_csv, f"row {row + 2}: class {classes['class'].iloc[row]!r} is not one of {RSNA_CLASSES}")
+        raise ManifestError(
+            class_info_csv, f"row {row + 2}: class {classes['class'].iloc[row]!r} is not one of {RSNA_CLASSES}"
+        )
     classes = classes.drop_duplicates()  # one row per box in the official file
     conflicting = classes["patientId"][classes["patientId"].duplicated()]
     if not conflicting.empty:
@@ -107,23 +116,31 @@ def read_rsna_tables(labels_csv: str | Path, class_info_csv: str | Path, *,
     table.loc[table["class"].isna() & (table["target"] == 1), "class"] = LUNG_OPACITY
     unknown_class = table["class"].isna()
     if unknown_class.any():
-        logger.warning("%d RSNA patients have no class row and no opacity box; left out, e.g. %s",
-                       int(unknown_class.sum()), table.index[unknown_class][:3].tolist())
+        logger.warning(
+            "%d RSNA patients have no class row and no opacity box; left out, e.g. %s",
+            int(unknown_class.sum()),
+            table.index[unknown_class][:3].tolist(),
+        )
         table = table[~unknown_class]
     disagree = (table["class"] == LUNG_OPACITY) != (table["target"] == 1)
     if disagree.any():
         patient = table.index[disagree][0]
-        raise ManifestError(class_info_csv, f"patient {patient!r}: class {table.loc[patient, 'class']!r} "
-                                            f"disagrees with Target {table.loc[patient, 'target']} of {labels_csv}")
+        raise ManifestError(
+            class_info_csv,
+            f"patient {patient!r}: class {table.loc[patient, 'class']!r} "
+            f"disagrees with Target {table.loc[patient, 'target']} of {labels_csv}",
+        )
     if not include_not_normal:
         table = table[table["class"] != NOT_NORMAL]
-    manifest = pd.DataFrame({
-        "path": [f"{patient}.dcm" for patient in table.index],
-        "label": (table["class"] != NORMAL).astype(int).to_numpy(),
-        "patient_id": table.index.to_numpy(),
-        "rsna_class": table["class"].to_numpy(),
-        "boxes": table["boxes"].astype(int).to_numpy(),
-    })
+    manifest = pd.DataFrame(
+        {
+            "path": [f"{patient}.dcm" for patient in table.index],
+            "label": (table["class"] != NORMAL).astype(int).to_numpy(),
+            "patient_id": table.index.to_numpy(),
+            "rsna_class": table["class"].to_numpy(),
+            "boxes": table["boxes"].astype(int).to_numpy(),
+        }
+    )
     return normalise_manifest(manifest, class_info_csv)
 
 
@@ -135,7 +152,9 @@ def read_rsna_headers(headers_csv: str | Path) -> pd.DataFrame:
     elif "Filename" in table.columns:
         keys = table["Filename"].str.strip().str.removesuffix(".dcm")
     else:
-        raise ManifestError(headers_csv, f"needs a 'PatientID' or 'Filename' column (columns are {list(table.columns)})")
+        raise ManifestError(
+            headers_csv, f"needs a 'PatientID' or 'Filename' column (columns are {list(table.columns)})"
+        )
     result = pd.DataFrame({"view": table["ViewPosition"].str.strip().str.upper().to_numpy()}, index=keys.to_numpy())
     if "PatientAge" in table.columns:
         result["age"] = table["PatientAge"].str.strip().to_numpy()

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from .dataset import SkippedFile
 from ..errors import ManifestError, NoNormalImagesError
+from .dataset import SkippedFile
 
 logger = logging.getLogger(__name__)
 
@@ -106,20 +106,26 @@ def warn_on_patient_overlap(manifest: pd.DataFrame) -> PatientOverlap:
         # sum() of an empty object Series is "", not 0: count explicitly
         return sum(1 for splits in splits_of if first in splits and second in splits)
 
-    overlap = PatientOverlap(patients=sum(1 for splits in splits_of if len(splits) > 1),
-                             train_test=both("train", "test"),
-                             val_test=both("val", "test"), train_val=both("train", "val"))
+    overlap = PatientOverlap(
+        patients=sum(1 for splits in splits_of if len(splits) > 1),
+        train_test=both("train", "test"),
+        val_test=both("val", "test"),
+        train_val=both("train", "val"),
+    )
     if overlap.train_test or overlap.val_test:
         logger.warning(
             "%s in both train and test and %d in both val and test: the test results will be optimistic "
             "(the model or its operating point has seen these patients). Use `cxr-anomaly split` for a "
-            "patient-disjoint split.", _patients(overlap.train_test), overlap.val_test,
+            "patient-disjoint split.",
+            _patients(overlap.train_test),
+            overlap.val_test,
         )
     if overlap.train_val:
         logger.warning(
             "%s in both train and val: this affects only the calibration (the operating point is fitted "
             "on normals of patients the model trained on, so it may flag more new films than intended); "
-            "the test results are not affected.", _patients(overlap.train_val),
+            "the test results are not affected.",
+            _patients(overlap.train_val),
         )
     return overlap
 
@@ -141,8 +147,11 @@ class ChosenRows:
 
 def columns_with_values(manifest: pd.DataFrame) -> list[str]:
     """The manifest's columns that hold at least one value (the standard ones are added empty)."""
-    return [str(column) for column in manifest.columns
-            if manifest[column].astype("string").str.strip().replace("", pd.NA).notna().any()]
+    return [
+        str(column)
+        for column in manifest.columns
+        if manifest[column].astype("string").str.strip().replace("", pd.NA).notna().any()
+    ]
 
 
 def read_label_column(manifest: pd.DataFrame, label_column: str, origin: str) -> pd.DataFrame:
@@ -155,16 +164,21 @@ def read_label_column(manifest: pd.DataFrame, label_column: str, origin: str) ->
     if label_column == "label":
         return manifest
     if label_column not in manifest.columns:
-        raise ManifestError(origin, f"no column {label_column!r} to read labels from (--label-column); "
-                                    f"columns found: {', '.join(columns_with_values(manifest))}")
+        raise ManifestError(
+            origin,
+            f"no column {label_column!r} to read labels from (--label-column); "
+            f"columns found: {', '.join(columns_with_values(manifest))}",
+        )
     text = manifest[label_column].astype("string").str.strip()
     text = text.mask(text == "")
     numbers = pd.to_numeric(text, errors="coerce")
     bad = (text.notna() & ~numbers.isin([0, 1])).to_numpy(dtype=bool)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ManifestError(origin, f"{manifest['path'].iloc[row]}: {label_column} {text.iloc[row]!r} is not "
-                                    "0 (normal), 1 (abnormal) or empty")
+        raise ManifestError(
+            origin,
+            f"{manifest['path'].iloc[row]}: {label_column} {text.iloc[row]!r} is not 0 (normal), 1 (abnormal) or empty",
+        )
     return manifest.assign(label=numbers.astype("Int64"))
 
 
@@ -179,15 +193,19 @@ def require_both_classes(manifest: pd.DataFrame, origin: str, label_column: str,
     where = "" if split == "all" else f" of the {split} split"
     if labels.isna().all():
         raise ManifestError(
-            origin, f"none of the {len(manifest)} films{where} has a label, so there is nothing to measure: "
-                    f"evaluate needs column {label_column!r} holding 0 (normal) or 1 (abnormal); columns "
-                    f"found: {', '.join(columns_with_values(manifest))} (--label-column NAME reads the "
-                    "labels from another column)")
+            origin,
+            f"none of the {len(manifest)} films{where} has a label, so there is nothing to measure: "
+            f"evaluate needs column {label_column!r} holding 0 (normal) or 1 (abnormal); columns "
+            f"found: {', '.join(columns_with_values(manifest))} (--label-column NAME reads the "
+            "labels from another column)",
+        )
     normal, abnormal = int((labels == 0).sum()), int((labels == 1).sum())
     if normal == 0 or abnormal == 0:
         raise ManifestError(
-            origin, f"AUC needs both classes, but the labelled films{where} are {normal} normal and "
-                    f"{abnormal} abnormal (column {label_column!r})")
+            origin,
+            f"AUC needs both classes, but the labelled films{where} are {normal} normal and "
+            f"{abnormal} abnormal (column {label_column!r})",
+        )
 
 
 def choose_evaluation_rows(manifest: pd.DataFrame, split: str) -> ChosenRows:

@@ -62,19 +62,26 @@ class PaperSplitSizes:
 
     def needs(self) -> dict[tuple[str, int], int]:
         """(split, label) -> films wanted."""
-        return {("test", 0): self.test_normal, ("test", 1): self.test_abnormal,
-                ("val", 0): self.val_normal, ("val", 1): self.val_abnormal,
-                ("train", 0): self.train_normal, ("train", 1): 0}
+        return {
+            ("test", 0): self.test_normal,
+            ("test", 1): self.test_abnormal,
+            ("val", 0): self.val_normal,
+            ("val", 1): self.val_abnormal,
+            ("train", 0): self.train_normal,
+            ("train", 1): 0,
+        }
 
     def scaled(self, factor: float) -> PaperSplitSizes:
         """Every size multiplied by ``factor`` and rounded (for quick runs on a subset)."""
         return PaperSplitSizes(**{name: int(round(value * factor)) for name, value in vars(self).items()})
 
 
-NIH_PAPER_SIZES = PaperSplitSizes(train_normal=4479, val_normal=849, val_abnormal=857,
-                                  test_normal=677, test_abnormal=667)
-RSNA_PAPER_SIZES = PaperSplitSizes(train_normal=6000, val_normal=1025, val_abnormal=1025,
-                                   test_normal=1000, test_abnormal=1000)
+NIH_PAPER_SIZES = PaperSplitSizes(
+    train_normal=4479, val_normal=849, val_abnormal=857, test_normal=677, test_abnormal=667
+)
+RSNA_PAPER_SIZES = PaperSplitSizes(
+    train_normal=6000, val_normal=1025, val_abnormal=1025, test_normal=1000, test_abnormal=1000
+)
 
 
 @dataclass(frozen=True)
@@ -116,8 +123,11 @@ def summarise_split(manifest: pd.DataFrame, group_column: str = "patient_id") ->
     """Count films per split and label, patients per split, and patients crossing splits."""
     labels = manifest["label"].astype("Int64").fillna(-1).astype(int)
     splits = manifest["split"].astype("string").fillna("<none>")
-    films = {(str(split), int(label)): int(count)
-             for (split, label), count in pd.crosstab(splits, labels).stack().items() if count}
+    films = {
+        (str(split), int(label)): int(count)
+        for (split, label), count in pd.crosstab(splits, labels).stack().items()
+        if count
+    }
     groups = patient_groups(manifest, group_column)
     per_patient = pd.DataFrame({"group": groups, "split": splits}).drop_duplicates()
     patients = {str(split): int(count) for split, count in per_patient["split"].value_counts().items()}
@@ -133,8 +143,9 @@ def _filter_view(manifest: pd.DataFrame, view: str) -> pd.DataFrame:
     return manifest[(manifest["view"].astype("string").str.upper() == view).fillna(False).to_numpy()]
 
 
-def _visiting_order(table: pd.DataFrame, groups: pd.Series, rng: np.random.Generator,
-                    max_images_per_patient: int | None) -> pd.DataFrame:
+def _visiting_order(
+    table: pd.DataFrame, groups: pd.Series, rng: np.random.Generator, max_images_per_patient: int | None
+) -> pd.DataFrame:
     """The films in the order :func:`paper_split` visits them: patients in a random order, each
     patient's films by label, then in a random order, at most ``max_images_per_patient`` a label.
 
@@ -144,11 +155,13 @@ def _visiting_order(table: pd.DataFrame, groups: pd.Series, rng: np.random.Gener
     patient_rank = pd.Series(rng.permutation(len(unique_groups)), index=unique_groups)
     # Sorting by a random draw first makes the sort (and so the choice) independent of the
     # table's own order; the path breaks no ties because draws are distinct.
-    order = pd.DataFrame({
-        "rank": groups.map(patient_rank).to_numpy(),
-        "label": table["label"].astype(int).to_numpy(),
-        "draw": rng.permutation(len(table)),
-    })
+    order = pd.DataFrame(
+        {
+            "rank": groups.map(patient_rank).to_numpy(),
+            "label": table["label"].astype(int).to_numpy(),
+            "draw": rng.permutation(len(table)),
+        }
+    )
     order = order.sort_values(["rank", "label", "draw"], kind="stable")
     if max_images_per_patient is not None:
         order = order[order.groupby(["rank", "label"]).cumcount() < max_images_per_patient]
@@ -173,10 +186,10 @@ def _assign_patients(order: pd.DataFrame, needs: dict[tuple[str, int], int]) -> 
             break
         patient_labels = order_labels[start:end]
         patient_rows = order_rows[start:end]
-        by_label = {label: patient_rows[patient_labels == label] for label in (0, 1)
-                    if (patient_labels == label).any()}
-        split = next((name for name in ("test", "val", "train")
-                      if any(needs[(name, label)] > 0 for label in by_label)), None)
+        by_label = {label: patient_rows[patient_labels == label] for label in (0, 1) if (patient_labels == label).any()}
+        split = next(
+            (name for name in ("test", "val", "train") if any(needs[(name, label)] > 0 for label in by_label)), None
+        )
         if split is None:
             continue
         for label, rows in by_label.items():
@@ -216,8 +229,11 @@ def paper_split(
     if max_images_per_patient is not None and max_images_per_patient < 1:
         raise ConfigError(f"max_images_per_patient={max_images_per_patient}; must be >= 1 or None")
     if view != "all" and manifest["view"].isna().all():
-        raise ManifestError(origin, f"view={view} asked for, but the table has no view information "
-                                    "(for RSNA pass the DICOM header table or the image folder)")
+        raise ManifestError(
+            origin,
+            f"view={view} asked for, but the table has no view information "
+            "(for RSNA pass the DICOM header table or the image folder)",
+        )
     table = _filter_view(manifest, view)
     table = table[table["label"].isin([0, 1]).fillna(False).to_numpy()]
     # A canonical row order makes the split depend on the table's content, not its order.
@@ -229,12 +245,14 @@ def paper_split(
     assigned = _assign_patients(order, needs)  # fills ``needs`` down, as far as the patients allow
     remaining = sum(needs.values())
     if remaining:
-        short = {f"{split}/{'abnormal' if label else 'normal'}": count
-                 for (split, label), count in needs.items() if count}
+        short = {
+            f"{split}/{'abnormal' if label else 'normal'}": count for (split, label), count in needs.items() if count
+        }
         raise ManifestError(
-            origin, f"view={view}: not enough patients to fill the split; still missing {short} "
+            origin,
+            f"view={view}: not enough patients to fill the split; still missing {short} "
             f"(from {len(table)} labelled films of {len(groups.unique())} patients, at most "
-            f"{max_images_per_patient} film(s) per patient and label)"
+            f"{max_images_per_patient} film(s) per patient and label)",
         )
     chosen = table.loc[sorted(assigned)].copy()
     chosen["split"] = [assigned[row] for row in chosen.index]
@@ -244,28 +262,40 @@ def paper_split(
     return normalise_manifest(chosen, origin)
 
 
-def nih_paper_split(table: pd.DataFrame, *, seed: int, view: View = "all",
-                    sizes: PaperSplitSizes = NIH_PAPER_SIZES,
-                    max_images_per_patient: int | None = 1) -> pd.DataFrame:
+def nih_paper_split(
+    table: pd.DataFrame,
+    *,
+    seed: int,
+    view: View = "all",
+    sizes: PaperSplitSizes = NIH_PAPER_SIZES,
+    max_images_per_patient: int | None = 1,
+) -> pd.DataFrame:
     """Experiment 1 of Tang et al.: NIH ChestX-ray14, see :func:`paper_split`.
 
     ``table`` is a manifest from :func:`cxr_anomaly.data.nih.read_nih_table` or
     :func:`~cxr_anomaly.data.nih.build_nih_manifest`.
     """
-    return paper_split(table, sizes, seed=seed, view=view,
-                       max_images_per_patient=max_images_per_patient, origin="NIH ChestX-ray14")
+    return paper_split(
+        table, sizes, seed=seed, view=view, max_images_per_patient=max_images_per_patient, origin="NIH ChestX-ray14"
+    )
 
 
-def rsna_paper_split(table: pd.DataFrame, *, seed: int, view: View = "all",
-                     sizes: PaperSplitSizes = RSNA_PAPER_SIZES,
-                     max_images_per_patient: int | None = 1) -> pd.DataFrame:
+def rsna_paper_split(
+    table: pd.DataFrame,
+    *,
+    seed: int,
+    view: View = "all",
+    sizes: PaperSplitSizes = RSNA_PAPER_SIZES,
+    max_images_per_patient: int | None = 1,
+) -> pd.DataFrame:
     """Experiment 2 of Tang et al.: RSNA pneumonia (Normal vs Lung Opacity), see :func:`paper_split`.
 
     ``table`` is a manifest from :func:`cxr_anomaly.data.rsna.build_rsna_manifest` (with the
     default exclusion of "No Lung Opacity / Not Normal").
     """
-    return paper_split(table, sizes, seed=seed, view=view,
-                       max_images_per_patient=max_images_per_patient, origin="RSNA pneumonia")
+    return paper_split(
+        table, sizes, seed=seed, view=view, max_images_per_patient=max_images_per_patient, origin="RSNA pneumonia"
+    )
 
 
 def patient_disjoint_split(
@@ -292,9 +322,7 @@ def patient_disjoint_split(
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name}={value}; must be in [0, 1)")
     if val_fraction + test_fraction >= 1.0:
-        raise ConfigError(
-            f"val_fraction={val_fraction} + test_fraction={test_fraction} leaves nothing to train on"
-        )
+        raise ConfigError(f"val_fraction={val_fraction} + test_fraction={test_fraction} leaves nothing to train on")
     result = manifest.copy()
     if "split" in result.columns and result["split"].notna().any() and "original_split" not in result.columns:
         result["original_split"] = result["split"]
@@ -342,9 +370,7 @@ def resplit_manifest(
     """
     manifest = load_inputs(input_path)
     if manifest["patient_id"].isna().all():
-        raise ManifestError(
-            input_path, "no patient ids (column 'patient_id'): a patient-disjoint split needs them"
-        )
+        raise ManifestError(input_path, "no patient ids (column 'patient_id'): a patient-disjoint split needs them")
     before = summarise_split(manifest) if manifest["split"].notna().any() else None
     result = patient_disjoint_split(manifest, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     summary = summarise_split(result)
@@ -354,8 +380,7 @@ def resplit_manifest(
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     result.to_csv(output_csv, index=False)
     crossing_before = len(before.crossing_patients) if before is not None else 0
-    logger.info("wrote %s: %s; %d patients crossed splits before, none now",
-                output_csv, summary.films, crossing_before)
+    logger.info("wrote %s: %s; %d patients crossed splits before, none now", output_csv, summary.films, crossing_before)
     return ResplitReport(str(input_path), str(output_csv), seed, summary, crossing_before)
 
 
@@ -409,8 +434,9 @@ def write_paper_split(
     elif experiment == "rsna":
         if class_info_csv is None:
             raise ConfigError("the RSNA split needs class_info_csv (stage_2_detailed_class_info.csv)")
-        table = build_rsna_manifest(image_root, labels_csv, class_info_csv, headers_csv=headers_csv,
-                                    on_missing=on_missing)
+        table = build_rsna_manifest(
+            image_root, labels_csv, class_info_csv, headers_csv=headers_csv, on_missing=on_missing
+        )
         result = rsna_paper_split(table, seed=seed, view=view, sizes=sizes or RSNA_PAPER_SIZES)
     else:
         raise ConfigError(f"experiment={experiment!r}; expected 'nih' or 'rsna'")
@@ -422,8 +448,9 @@ def write_paper_split(
     return PaperSplitReport(experiment, str(output_csv), seed, view, summary)
 
 
-def split_patients_in_halves(manifest: pd.DataFrame, *, seed: int = 0,
-                             group_column: str = "patient_id") -> pd.DataFrame:
+def split_patients_in_halves(
+    manifest: pd.DataFrame, *, seed: int = 0, group_column: str = "patient_id"
+) -> pd.DataFrame:
     """A copy of ``manifest`` whose ``split`` puts half of the patients in ``val``, the rest in ``test``.
 
     For collections that only test a detector fitted elsewhere: settings are chosen on the

@@ -25,8 +25,15 @@ from ..errors import ManifestError
 MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id", "view")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Names of the splits in shipped manifests, folders and npz files, and the split each one means.
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def normalise_manifest(table: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
@@ -43,18 +50,14 @@ def normalise_manifest(table: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
     bad = table["label"].notna() & (table["label"].astype(str).str.strip() != "") & ~labels.isin([0, 1])
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ManifestError(
-            origin, f"row {row + 1}: label {table['label'].iloc[row]!r} is not 0, 1 or empty"
-        )
+        raise ManifestError(origin, f"row {row + 1}: label {table['label'].iloc[row]!r} is not 0, 1 or empty")
     table["label"] = labels.astype("Int64")
     splits = table["split"].astype("string").str.strip().str.lower()
     mapped = splits.map(lambda value: SPLIT_ALIASES.get(value, "?") if isinstance(value, str) and value else pd.NA)
     invalid = (mapped == "?").fillna(False).to_numpy(dtype=bool)  # empty splits compare as NA
     if invalid.any():
         row = int(np.flatnonzero(invalid)[0])
-        raise ManifestError(
-            origin, f"row {row + 1}: split {table['split'].iloc[row]!r} is not train, val or test"
-        )
+        raise ManifestError(origin, f"row {row + 1}: split {table['split'].iloc[row]!r} is not train, val or test")
     table["split"] = mapped.astype("string")
     for column in ("patient_id", "view"):
         values = table[column].astype("string").str.strip()

@@ -48,21 +48,20 @@ import numpy as np
 import pandas as pd
 
 from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
-from .cells import describe_remaining, format_duration, read_finished_cell, settings_fingerprint, write_cell_result
 from ..config import DEFAULT_METHOD, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
 from ..data.copies import film_signatures
 from ..data.dataset import OnBadFile
+from ..data.selection import report_skipped, require_both_classes
 from ..errors import ConfigError
-from ..files import atomic_write, atomic_write_text
 from ..evaluation import FilmGroup, compute_metrics, explanation_grid, plot_roc_panels
+from ..files import atomic_write, atomic_write_text
 from ..inference import resolve_device
 from ..models.family import RAW_SCORE
 from ..models.registry import FAMILIES, family_of, fit_detector
-from ..data.selection import report_skipped, require_both_classes
 from ..scoring import ScoreResult, score_films
-from .benchmark_films import (FilmSet, choose_test_films, choose_training_films, load_film_set,
-                              warn_on_shared_films)
-from .benchmark_table import TableRow, format_value, describe_collection, describe_family, render_markdown, summarise
+from .benchmark_films import FilmSet, choose_test_films, choose_training_films, load_film_set, warn_on_shared_films
+from .benchmark_table import TableRow, describe_collection, describe_family, format_value, render_markdown, summarise
+from .cells import describe_remaining, format_duration, read_finished_cell, settings_fingerprint, write_cell_result
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +180,13 @@ class BenchmarkOptions:
         return tuple(parse_method(spec) for spec in self.methods)
 
 
-def benchmark_configs(config_path: str | Path | None = None, *, epochs: int | None = None,
-                      device: str | None = None, precision: str | None = None) -> dict[str, Config]:
+def benchmark_configs(
+    config_path: str | Path | None = None,
+    *,
+    epochs: int | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> dict[str, Config]:
     """Each family's configuration: its preset, the file's values over it, then the options.
 
     One file serves every family (each reads its own sections, :attr:`~cxr_anomaly.models.family.
@@ -196,10 +200,15 @@ def benchmark_configs(config_path: str | Path | None = None, *, epochs: int | No
     for family in FAMILIES:  # every family, whichever rows ask for it: plain_data reads them
         config = load_config(config_path, base=preset_config(family)) if config_path else preset_config(family)
         if config.method != family:
-            raise ConfigError(f"{config_path} sets method = {config.method!r}; benchmark takes the methods from "
-                              "--methods, so leave method out of the file")
-        changes = {key: value for key, value in (("epochs", epochs), ("device", device), ("precision", precision))
-                   if value is not None}
+            raise ConfigError(
+                f"{config_path} sets method = {config.method!r}; benchmark takes the methods from "
+                "--methods, so leave method out of the file"
+            )
+        changes = {
+            key: value
+            for key, value in (("epochs", epochs), ("device", device), ("precision", precision))
+            if value is not None
+        }
         configs[family] = with_overrides(config, "train", **changes) if changes else config
     return configs
 
@@ -219,8 +228,9 @@ def cell_config(configs: Mapping[str, Config], kind_row: MethodRow, seed: int) -
     return with_overrides(config, "train", seed=seed)
 
 
-def cell_fingerprint(config: Config, train: FilmSet, calibration: FilmSet, collections: Sequence[FilmSet],
-                     figure_films: int) -> str:
+def cell_fingerprint(
+    config: Config, train: FilmSet, calibration: FilmSet, collections: Sequence[FilmSet], figure_films: int
+) -> str:
     """Hash of everything that determines a cell's stored scores.
 
     Only the sections the family reads count, so that, say, more training epochs of one family do
@@ -228,16 +238,23 @@ def cell_fingerprint(config: Config, train: FilmSet, calibration: FilmSet, colle
     whose components are all stored).
     """
     family = family_of(config.method)
-    values = {section: value for section, value in config_to_dict(config).items()
-              if section in ("method", "data", *family.config_sections)}
+    values = {
+        section: value
+        for section, value in config_to_dict(config).items()
+        if section in ("method", "data", *family.config_sections)
+    }
     for name in family.benchmark.unfingerprinted:
         section, key = name.split(".")
         values[section].pop(key)
-    return settings_fingerprint({
-        "config": values, "train": train.fingerprint, "calibration": calibration.fingerprint,
-        "tests": {collection.name: collection.fingerprint for collection in collections},
-        "figure_films": figure_films,
-    })
+    return settings_fingerprint(
+        {
+            "config": values,
+            "train": train.fingerprint,
+            "calibration": calibration.fingerprint,
+            "tests": {collection.name: collection.fingerprint for collection in collections},
+            "figure_films": figure_films,
+        }
+    )
 
 
 def score_key(row: MethodRow, config: Config) -> str:
@@ -247,8 +264,14 @@ def score_key(row: MethodRow, config: Config) -> str:
 
 def metrics_of(scores: np.ndarray, collection: FilmSet, options: BenchmarkOptions) -> dict[str, Any]:
     """Plain-value metrics (overall, per view, view-balanced, adults, ...) of one score vector."""
-    return compute_metrics(collection.labels, scores, views=collection.views, ages=collection.ages,
-                           num_resamples=options.bootstrap_resamples, seed=0).to_dict()
+    return compute_metrics(
+        collection.labels,
+        scores,
+        views=collection.views,
+        ages=collection.ages,
+        num_resamples=options.bootstrap_resamples,
+        seed=0,
+    ).to_dict()
 
 
 def figure_indices(labels: np.ndarray, raw: np.ndarray, count: int) -> np.ndarray:
@@ -273,9 +296,19 @@ def save_scores(path: Path, scores: ScoreResult, index: np.ndarray | None = None
     atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
-def run_cell(name: str, config: Config, score_keys: Sequence[str], train: FilmSet, calibration: FilmSet,
-             collections: Sequence[FilmSet], cell_dir: Path, fingerprint: str, options: BenchmarkOptions, *,
-             progress: bool) -> dict[str, Any]:
+def run_cell(
+    name: str,
+    config: Config,
+    score_keys: Sequence[str],
+    train: FilmSet,
+    calibration: FilmSet,
+    collections: Sequence[FilmSet],
+    cell_dir: Path,
+    fingerprint: str,
+    options: BenchmarkOptions,
+    *,
+    progress: bool,
+) -> dict[str, Any]:
     """Fit one detector, score the calibration normals and each test collection, store the cell.
 
     ``cell_dir`` receives ``calibration.npz``, ``scores_<collection>.npz`` and, last,
@@ -284,25 +317,44 @@ def run_cell(name: str, config: Config, score_keys: Sequence[str], train: FilmSe
     started = time.perf_counter()
     device = resolve_device(config.train.device)
     fitted = fit_detector(config, train.pixels[config.data], device=device, progress=progress)
-    save_scores(cell_dir / "calibration.npz", score_films(fitted.detector, calibration.pixels[config.data], device=device))
+    save_scores(
+        cell_dir / "calibration.npz", score_films(fitted.detector, calibration.pixels[config.data], device=device)
+    )
     metrics: dict[str, dict[str, Any]] = {}
     for collection in collections:
         scores = score_films(fitted.detector, collection.pixels[config.data], device=device, keep_maps=True)
-        save_scores(cell_dir / f"scores_{collection.name}.npz", scores,
-                    figure_indices(collection.labels, scores.raw, options.figure_films))
+        save_scores(
+            cell_dir / f"scores_{collection.name}.npz",
+            scores,
+            figure_indices(collection.labels, scores.raw, options.figure_films),
+        )
         stored = {RAW: scores.raw, **scores.components}
         metrics[collection.name] = {key: metrics_of(stored[key], collection, options) for key in score_keys}
     result = {
-        "cell": name, "method": config.method, "variant": family_of(config.method).benchmark.variant(config),
-        "seed": config.train.seed, "fingerprint": fingerprint, "seconds": time.perf_counter() - started,
-        "description": fitted.detector.description, "anomaly_map_scale": fitted.detector.anomaly_map_scale,
-        "num_train_films": len(train.manifest), "num_calibration_films": len(calibration.manifest),
-        "fit": fitted.record, "bootstrap_resamples": options.bootstrap_resamples, "metrics": metrics,
+        "cell": name,
+        "method": config.method,
+        "variant": family_of(config.method).benchmark.variant(config),
+        "seed": config.train.seed,
+        "fingerprint": fingerprint,
+        "seconds": time.perf_counter() - started,
+        "description": fitted.detector.description,
+        "anomaly_map_scale": fitted.detector.anomaly_map_scale,
+        "num_train_films": len(train.manifest),
+        "num_calibration_films": len(calibration.manifest),
+        "fit": fitted.record,
+        "bootstrap_resamples": options.bootstrap_resamples,
+        "metrics": metrics,
     }
     write_cell_result(cell_dir, result)  # last: its presence marks the cell finished
-    logger.info("cell %s: %s score: %s (%s)", name, score_keys[0], ", ".join(
-        f"{collection} AUC {format_value(values[score_keys[0]]['auc'])}" for collection, values in metrics.items()),
-        format_duration(result["seconds"]))
+    logger.info(
+        "cell %s: %s score: %s (%s)",
+        name,
+        score_keys[0],
+        ", ".join(
+            f"{collection} AUC {format_value(values[score_keys[0]]['auc'])}" for collection, values in metrics.items()
+        ),
+        format_duration(result["seconds"]),
+    )
     return result
 
 
@@ -326,8 +378,9 @@ class FinishedCells:
         with np.load(self.folder / f"{kind}-seed{seed}" / f"scores_{collection.name}.npz") as stored:
             return {key: stored[key] for key in stored.files}
 
-    def metrics(self, row: MethodRow, seed: int, collection: FilmSet, key: str,
-                options: BenchmarkOptions) -> Mapping[str, Any]:
+    def metrics(
+        self, row: MethodRow, seed: int, collection: FilmSet, key: str, options: BenchmarkOptions
+    ) -> Mapping[str, Any]:
         """The row's metrics on a collection for one seed.
 
         A cell stores the metrics of the rows it was fitted for; another row of the same fit
@@ -347,21 +400,47 @@ def view_only_scores(collection: FilmSet) -> np.ndarray:
     return (views == "AP").to_numpy(dtype=np.float64)
 
 
-def table_rows(rows: Sequence[MethodRow], cells: FinishedCells, configs: Mapping[str, Config],
-               baseline_scores: Mapping[str, BaselineScores], collections: Sequence[FilmSet],
-               options: BenchmarkOptions) -> list[TableRow]:
+def table_rows(
+    rows: Sequence[MethodRow],
+    cells: FinishedCells,
+    configs: Mapping[str, Config],
+    baseline_scores: Mapping[str, BaselineScores],
+    collections: Sequence[FilmSet],
+    options: BenchmarkOptions,
+) -> list[TableRow]:
     """The model rows from the cells, then the pixel baselines and the view-only score."""
     result = []
     for row in rows:
         key = score_key(row, configs[row.family])
         score = family_of(row.family).benchmark.score_label(configs[row.family], row.setting)
-        result.append(TableRow(row.spec, "model", score, list(options.seeds), {
-            c.name: [cells.metrics(row, seed, c, key, options) for seed in options.seeds] for c in collections}))
+        result.append(
+            TableRow(
+                row.spec,
+                "model",
+                score,
+                list(options.seeds),
+                {c.name: [cells.metrics(row, seed, c, key, options) for seed in options.seeds] for c in collections},
+            )
+        )
     for baseline in baseline_scores[collections[0].name].scores:
-        result.append(TableRow(baseline, "baseline", f"pixels, {options.baseline_image_size} px", [], {
-            c.name: [metrics_of(baseline_scores[c.name].scores[baseline], c, options)] for c in collections}))
-    result.append(TableRow(VIEW_ONLY, "view_only", "view", [], {
-        c.name: [metrics_of(view_only_scores(c), c, options) if c.views is not None else {}] for c in collections}))
+        result.append(
+            TableRow(
+                baseline,
+                "baseline",
+                f"pixels, {options.baseline_image_size} px",
+                [],
+                {c.name: [metrics_of(baseline_scores[c.name].scores[baseline], c, options)] for c in collections},
+            )
+        )
+    result.append(
+        TableRow(
+            VIEW_ONLY,
+            "view_only",
+            "view",
+            [],
+            {c.name: [metrics_of(view_only_scores(c), c, options) if c.views is not None else {}] for c in collections},
+        )
+    )
     return result
 
 
@@ -372,7 +451,8 @@ def write_roc_figure(collection: FilmSet, curves: Mapping[str, np.ndarray], path
     """
     labels = collection.labels
     panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
-        "all films": {name: (labels, values) for name, values in curves.items()}}
+        "all films": {name: (labels, values) for name, values in curves.items()}
+    }
     if collection.views is not None:
         panels["all films"][VIEW_ONLY] = (labels, view_only_scores(collection))
         views = collection.manifest["view"].astype("string").fillna("").to_numpy()
@@ -382,8 +462,15 @@ def write_roc_figure(collection: FilmSet, curves: Mapping[str, np.ndarray], path
     return plot_roc_panels(panels, path, title=f"{collection.name}: ROC per view")
 
 
-def write_film_grid(collection: FilmSet, kind: str, seed: int, cells: FinishedCells, data_config: DataConfig,
-                    path: Path, options: BenchmarkOptions) -> Path:
+def write_film_grid(
+    collection: FilmSet,
+    kind: str,
+    seed: int,
+    cells: FinishedCells,
+    data_config: DataConfig,
+    path: Path,
+    options: BenchmarkOptions,
+) -> Path:
     """The highest-scoring normal and abnormal films of one fitted detector, with heatmaps (and
     reconstructions), as stored in its cell; kept when already drawn since the cell finished."""
     result_path = cells.folder / f"{kind}-seed{seed}" / "result.json"
@@ -395,12 +482,23 @@ def write_film_grid(collection: FilmSet, kind: str, seed: int, cells: FinishedCe
     index = stored["figure_index"]
     labels = collection.labels[index]
     reconstructions = stored.get("figure_reconstructions")
-    groups = [FilmGroup(title, pixels[index[mask]], stored["figure_maps"][mask], stored[RAW][index[mask]],
-                        None if reconstructions is None else reconstructions[mask])
-              for title, mask in (("normal", labels == 0), ("abnormal", labels == 1))]
-    return explanation_grid(groups, path, scale=float(result["anomaly_map_scale"]), per_row=options.figure_films,
-                            title=f"{collection.name}: {result['description']}, seed {seed}; "
-                                  "highest-scoring films per class")
+    groups = [
+        FilmGroup(
+            title,
+            pixels[index[mask]],
+            stored["figure_maps"][mask],
+            stored[RAW][index[mask]],
+            None if reconstructions is None else reconstructions[mask],
+        )
+        for title, mask in (("normal", labels == 0), ("abnormal", labels == 1))
+    ]
+    return explanation_grid(
+        groups,
+        path,
+        scale=float(result["anomaly_map_scale"]),
+        per_row=options.figure_films,
+        title=f"{collection.name}: {result['description']}, seed {seed}; highest-scoring films per class",
+    )
 
 
 @dataclass
@@ -424,9 +522,17 @@ class BenchmarkOutcome:
     seconds: float = 0.0
 
 
-def run_cells(configs: Mapping[str, Config], kinds: Mapping[str, MethodRow], train: FilmSet, calibration: FilmSet,
-              collections: list[FilmSet], folder: Path, options: BenchmarkOptions, *,
-              progress: bool) -> FinishedCells:
+def run_cells(
+    configs: Mapping[str, Config],
+    kinds: Mapping[str, MethodRow],
+    train: FilmSet,
+    calibration: FilmSet,
+    collections: list[FilmSet],
+    folder: Path,
+    options: BenchmarkOptions,
+    *,
+    progress: bool,
+) -> FinishedCells:
     """Fit and score one cell per kind and seed; a finished cell with the same fingerprint is reused."""
     plan = [(kind, seed) for kind in kinds for seed in options.seeds]
     cells = FinishedCells(folder)
@@ -443,11 +549,18 @@ def run_cells(configs: Mapping[str, Config], kinds: Mapping[str, MethodRow], tra
             cells.results[(kind, seed)] = finished
             cells.reused.append(name)
             continue
-        logger.info("cell %d/%d %s: fitting on %d normals (%s)", index, len(plan), name, len(train.manifest),
-                    describe_remaining(durations, [remaining for remaining, _ in plan[index - 1:]]))
+        logger.info(
+            "cell %d/%d %s: fitting on %d normals (%s)",
+            index,
+            len(plan),
+            name,
+            len(train.manifest),
+            describe_remaining(durations, [remaining for remaining, _ in plan[index - 1 :]]),
+        )
         keys = list(dict.fromkeys(score_key(row, config) for row in options.rows if row.kind == kind))
-        cells.results[(kind, seed)] = run_cell(name, config, keys, train, calibration, collections, cell_dir,
-                                               fingerprint, options, progress=progress)
+        cells.results[(kind, seed)] = run_cell(
+            name, config, keys, train, calibration, collections, cell_dir, fingerprint, options, progress=progress
+        )
         durations.setdefault(kind, []).append(cells.results[(kind, seed)]["seconds"])
         cells.run.append(name)
     return cells
@@ -461,21 +574,43 @@ class BenchmarkFigures:
     film_grids: list[Path]
 
 
-def write_figures(collections: list[FilmSet], kinds: Mapping[str, MethodRow], cells: FinishedCells,
-                  configs: Mapping[str, Config], baseline_scores: Mapping[str, BaselineScores], out_dir: Path,
-                  options: BenchmarkOptions) -> BenchmarkFigures:
+def write_figures(
+    collections: list[FilmSet],
+    kinds: Mapping[str, MethodRow],
+    cells: FinishedCells,
+    configs: Mapping[str, Config],
+    baseline_scores: Mapping[str, BaselineScores],
+    out_dir: Path,
+    options: BenchmarkOptions,
+) -> BenchmarkFigures:
     """ROC curves (every method row and baseline) and film grids of each collection, from the first seed."""
     first_seed = options.seeds[0]
     figures = BenchmarkFigures({}, [])
     for collection in collections:
-        curves = {f"{row.spec} (seed {first_seed})": cells.scores(row.kind, first_seed, collection)[score_key(row, configs[row.family])]
-                  for row in options.rows}
-        curves.update({f"{name} (baseline)": values for name, values in baseline_scores[collection.name].scores.items()})
-        figures.roc_paths[collection.name] = write_roc_figure(collection, curves, out_dir / f"roc_{collection.name}.png")
+        curves = {
+            f"{row.spec} (seed {first_seed})": cells.scores(row.kind, first_seed, collection)[
+                score_key(row, configs[row.family])
+            ]
+            for row in options.rows
+        }
+        curves.update(
+            {f"{name} (baseline)": values for name, values in baseline_scores[collection.name].scores.items()}
+        )
+        figures.roc_paths[collection.name] = write_roc_figure(
+            collection, curves, out_dir / f"roc_{collection.name}.png"
+        )
         for kind, kind_row in kinds.items():
-            figures.film_grids.append(write_film_grid(
-                collection, kind, first_seed, cells, configs[kind_row.family].data,
-                out_dir / f"films_{collection.name}_{kind}-seed{first_seed}.png", options))
+            figures.film_grids.append(
+                write_film_grid(
+                    collection,
+                    kind,
+                    first_seed,
+                    cells,
+                    configs[kind_row.family].data,
+                    out_dir / f"films_{collection.name}_{kind}-seed{first_seed}.png",
+                    options,
+                )
+            )
     return figures
 
 
@@ -519,12 +654,16 @@ def benchmark_job(
     data_configs = [*dict.fromkeys(configs[row.family].data for row in rows), baseline_data]
     # 1. The films: training and calibration normals, and each test collection's test films.
     train_rows, calibration_rows, calibration_source = choose_training_films(
-        train_data, configs[rows[0].family], max_train_normals=options.max_train_normals,
-        selection_seed=options.selection_seed)
+        train_data,
+        configs[rows[0].family],
+        max_train_normals=options.max_train_normals,
+        selection_seed=options.selection_seed,
+    )
 
     def load(name: str, manifest: pd.DataFrame) -> FilmSet:
-        return load_film_set(name, manifest, data_configs, on_bad_file=on_bad_file, cache_dir=cache_dir,
-                             progress=progress)
+        return load_film_set(
+            name, manifest, data_configs, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress
+        )
 
     train, calibration = load("train", train_rows), load("calibration", calibration_rows)
     train_signatures = film_signatures(train.pixels[baseline_data])  # for the copies check of each collection
@@ -536,26 +675,35 @@ def benchmark_job(
         require_both_classes(collections[-1].manifest, f"{name}={source}", "label", splits[name])  # after skips
         warn_on_shared_films(train, collections[-1], baseline_data, train_signatures)
         logger.info("test collection %s (%s)", name, describe_collection(collections[-1], splits[name]))
-    report_skipped([skip for films in (train, calibration, *collections) for skip in films.skipped],
-                   out_dir / "skipped_files.csv")
+    report_skipped(
+        [skip for films in (train, calibration, *collections) for skip in films.skipped], out_dir / "skipped_files.csv"
+    )
 
     # 2. The pixel baselines, fitted on the same training normals.
     baseline_scores = fit_and_score_baselines(
-        train.pixels[baseline_data], {c.name: c.pixels[baseline_data] for c in collections}, baseline_data,
-        pca_components=options.pca_components, neighbours=options.neighbours)
+        train.pixels[baseline_data],
+        {c.name: c.pixels[baseline_data] for c in collections},
+        baseline_data,
+        pca_components=options.pca_components,
+        neighbours=options.neighbours,
+    )
 
     # 3. The cells: one fit per kind and seed, reused when finished with the same settings.
-    cells = run_cells(configs, fits_needed(rows), train, calibration, collections, out_dir / "cells", options, progress=progress)
+    cells = run_cells(
+        configs, fits_needed(rows), train, calibration, collections, out_dir / "cells", options, progress=progress
+    )
 
     # 4. The table.
     table = summarise(table_rows(rows, cells, configs, baseline_scores, collections, options), collections)
     table_csv = out_dir / "table.csv"
     atomic_write_text(table_csv, table.to_csv(index=False))
-    header = (f"Fitted on {len(train.manifest)} normal films of {', '.join(map(str, train_data))} (films "
-              f"{train.fingerprint}; calibration: {calibration_source}); seeds {list(options.seeds)}; "
-              + "; ".join(describe_family(configs[family]) for family in dict.fromkeys(row.family for row in rows))
-              + f". Several runs: mean ± sample std over seeds; one run: the estimate [95% bootstrap interval, "
-              f"{options.bootstrap_resamples} resamples]. A method beats a baseline only when it does within every view.")
+    header = (
+        f"Fitted on {len(train.manifest)} normal films of {', '.join(map(str, train_data))} (films "
+        f"{train.fingerprint}; calibration: {calibration_source}); seeds {list(options.seeds)}; "
+        + "; ".join(describe_family(configs[family]) for family in dict.fromkeys(row.family for row in rows))
+        + f". Several runs: mean ± sample std over seeds; one run: the estimate [95% bootstrap interval, "
+        f"{options.bootstrap_resamples} resamples]. A method beats a baseline only when it does within every view."
+    )
     table_md = out_dir / "table.md"
     atomic_write_text(table_md, render_markdown(table, collections, splits, header))
 
@@ -563,7 +711,13 @@ def benchmark_job(
     figures = write_figures(collections, fits_needed(rows), cells, configs, baseline_scores, out_dir, options)
 
     seconds = time.perf_counter() - started
-    logger.info("benchmark finished in %s: %d cells run, %d reused; %s", format_duration(seconds),
-                len(cells.run), len(cells.reused), table_md)
-    return BenchmarkOutcome(table, table_csv, table_md, figures.roc_paths, figures.film_grids, cells.run,
-                            cells.reused, seconds)
+    logger.info(
+        "benchmark finished in %s: %d cells run, %d reused; %s",
+        format_duration(seconds),
+        len(cells.run),
+        len(cells.reused),
+        table_md,
+    )
+    return BenchmarkOutcome(
+        table, table_csv, table_md, figures.roc_paths, figures.film_grids, cells.run, cells.reused, seconds
+    )

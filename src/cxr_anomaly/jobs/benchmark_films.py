@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cells import paths_fingerprint
 from ..config import Config, DataConfig, with_overrides
 from ..data.copies import film_signatures, matching_signatures
 from ..data.dataset import OnBadFile, SkippedFile, load_images
 from ..data.manifest import fill_from_dicom_headers, load_inputs
+from ..data.selection import choose_evaluation_rows, require_both_classes, select_training_rows, warn_on_patient_overlap
 from ..errors import ManifestError
 from ..evaluation import VIEW_ORDER
-from ..data.selection import (choose_evaluation_rows, require_both_classes, select_training_rows,
-                              warn_on_patient_overlap)
+from .cells import paths_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +62,20 @@ class FilmSet:
     def view_names(self) -> list[str]:
         """The views present, PA and AP first."""
         present = {str(view) for view in self.manifest["view"].dropna() if str(view)}
-        return sorted(present, key=lambda view: (VIEW_ORDER.index(view) if view in VIEW_ORDER else len(VIEW_ORDER), view))
+        return sorted(
+            present, key=lambda view: (VIEW_ORDER.index(view) if view in VIEW_ORDER else len(VIEW_ORDER), view)
+        )
 
 
-def load_film_set(name: str, manifest: pd.DataFrame, data_configs: Sequence[DataConfig], *,
-                  on_bad_file: OnBadFile, cache_dir: str | Path | None, progress: bool) -> FilmSet:
+def load_film_set(
+    name: str,
+    manifest: pd.DataFrame,
+    data_configs: Sequence[DataConfig],
+    *,
+    on_bad_file: OnBadFile,
+    cache_dir: str | Path | None,
+    progress: bool,
+) -> FilmSet:
     """Decode a set's films at each data config (the preprocessing cache keys on each).
 
     Raises:
@@ -81,16 +89,21 @@ def load_film_set(name: str, manifest: pd.DataFrame, data_configs: Sequence[Data
         if kept is None:
             kept, skipped = images.manifest, images.skipped
         elif images.manifest["path"].tolist() != kept["path"].tolist():
-            raise ManifestError(name, f"the films readable at {data_config.image_size} px differ from those "
-                                      "read at another size; fix or remove the unreadable files")
+            raise ManifestError(
+                name,
+                f"the films readable at {data_config.image_size} px differ from those "
+                "read at another size; fix or remove the unreadable files",
+            )
         pixels[data_config] = images.pixels  # (N, S, S) uint8
     assert kept is not None  # data_configs is never empty
-    return FilmSet(name, kept.reset_index(drop=True), pixels, paths_fingerprint(kept["path"].astype(str).tolist()),
-                   skipped)
+    return FilmSet(
+        name, kept.reset_index(drop=True), pixels, paths_fingerprint(kept["path"].astype(str).tolist()), skipped
+    )
 
 
-def choose_training_films(data: Sequence[str | Path], config: Config, *, max_train_normals: int | None,
-                          selection_seed: int) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def choose_training_films(
+    data: Sequence[str | Path], config: Config, *, max_train_normals: int | None, selection_seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Training normals and calibration normals, as ``train`` chooses them; then at most
     ``max_train_normals`` training normals (a draw seeded by ``selection_seed``). Returns (train
     rows, calibration rows, source)."""
@@ -102,8 +115,14 @@ def choose_training_films(data: Sequence[str | Path], config: Config, *, max_tra
     if max_train_normals is not None and len(train) > max_train_normals:
         order = np.random.default_rng(selection_seed).permutation(len(train))
         train = train.iloc[np.sort(order[:max_train_normals])]
-    logger.info("training on %d normal films of %s (ignored: %s); calibrating on %d (%s)", len(train),
-                ", ".join(map(str, data)), chosen.ignored_counts, len(chosen.calibration), chosen.calibration_source)
+    logger.info(
+        "training on %d normal films of %s (ignored: %s); calibrating on %d (%s)",
+        len(train),
+        ", ".join(map(str, data)),
+        chosen.ignored_counts,
+        len(chosen.calibration),
+        chosen.calibration_source,
+    )
     return train, chosen.calibration, chosen.calibration_source
 
 
@@ -119,8 +138,9 @@ def choose_test_films(name: str, source: Path) -> tuple[pd.DataFrame, str]:
     return fill_from_dicom_headers(labelled), chosen.split  # per-view and adult AUCs for DICOM films
 
 
-def warn_on_shared_films(train: FilmSet, collection: FilmSet, data_config: DataConfig,
-                         train_signatures: np.ndarray) -> None:
+def warn_on_shared_films(
+    train: FilmSet, collection: FilmSet, data_config: DataConfig, train_signatures: np.ndarray
+) -> None:
     """Warn when a test collection holds training films (by path, or by content: the same film
     through another pipeline, :mod:`cxr_anomaly.data.copies`, from the ``data_config`` pixels;
     ``train_signatures`` are the training films' signatures, computed once for every collection)
@@ -129,10 +149,19 @@ def warn_on_shared_films(train: FilmSet, collection: FilmSet, data_config: DataC
     train_patients = set(train.manifest["patient_id"].dropna())
     shared_patients = train_patients & set(collection.manifest["patient_id"].dropna())
     if shared_paths or shared_patients:
-        logger.warning("test collection %s shares %d films and %d patients with the training films: its "
-                       "results will be optimistic", collection.name, len(shared_paths), len(shared_patients))
+        logger.warning(
+            "test collection %s shares %d films and %d patients with the training films: its "
+            "results will be optimistic",
+            collection.name,
+            len(shared_paths),
+            len(shared_patients),
+        )
     copies = matching_signatures(film_signatures(collection.pixels[data_config]), train_signatures)
     if copies:
-        logger.warning("test collection %s: %d film(s) are copies of training films (the same film through "
-                       "another pipeline; a normal one makes the results optimistic): %s", collection.name,
-                       len(copies), [Path(str(collection.manifest["path"].iloc[copy.film])).name for copy in copies])
+        logger.warning(
+            "test collection %s: %d film(s) are copies of training films (the same film through "
+            "another pipeline; a normal one makes the results optimistic): %s",
+            collection.name,
+            len(copies),
+            [Path(str(collection.manifest["path"].iloc[copy.film])).name for copy in copies],
+        )

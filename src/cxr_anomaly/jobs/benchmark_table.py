@@ -12,11 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from .cells import mean_std, plus_minus
 from ..config import Config
 from ..evaluation import ADULT_AGE, Interval
 from ..models.registry import family_of
 from .benchmark_films import FilmSet
+from .cells import mean_std, plus_minus
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ def metric_intervals(metrics: Mapping[str, Any], views: Sequence[str]) -> dict[s
     Keys: ``auc``, ``auc_<VIEW>``, ``auc_view_balanced``, ``adults_auc_<VIEW>`` (where ages are
     known), ``auc_score_predicts_ap_in_normals``.
     """
+
     def read(intervals: Mapping[str, Any] | None, key: str) -> Interval:
         value = (intervals or {}).get(key) or {}
         return Interval(value.get("estimate"), value.get("low"), value.get("high"))
@@ -41,8 +42,11 @@ def metric_intervals(metrics: Mapping[str, Any], views: Sequence[str]) -> dict[s
     return values
 
 
-METRIC_LABELS: dict[str, str] = {"auc": "AUC", "auc_view_balanced": "view-balanced",
-                                 "auc_score_predicts_ap_in_normals": "score predicts AP in normals"}
+METRIC_LABELS: dict[str, str] = {
+    "auc": "AUC",
+    "auc_view_balanced": "view-balanced",
+    "auc_score_predicts_ap_in_normals": "score predicts AP in normals",
+}
 
 
 def metric_label(key: str) -> str:
@@ -80,8 +84,12 @@ def summarise(rows: Sequence[TableRow], collections: Sequence[FilmSet]) -> pd.Da
     """
     records = []
     for row in rows:
-        record: dict[str, object] = {"method": row.method, "kind": row.kind, "score": row.score,
-                                     "runs": max(len(runs) for runs in row.runs.values())}
+        record: dict[str, object] = {
+            "method": row.method,
+            "kind": row.kind,
+            "score": row.score,
+            "runs": max(len(runs) for runs in row.runs.values()),
+        }
         for collection in collections:
             runs = [metric_intervals(metrics, collection.view_names) for metrics in row.runs[collection.name]]
             for key in runs[0]:
@@ -91,7 +99,10 @@ def summarise(rows: Sequence[TableRow], collections: Sequence[FilmSet]) -> pd.Da
                 for seed, run in zip(row.seeds, runs):
                     record[f"{prefix}_seed{seed}"] = _number(run[key].estimate)
                 if len(runs) == 1:
-                    record[f"{prefix}_low"], record[f"{prefix}_high"] = _number(runs[0][key].low), _number(runs[0][key].high)
+                    record[f"{prefix}_low"], record[f"{prefix}_high"] = (
+                        _number(runs[0][key].low),
+                        _number(runs[0][key].high),
+                    )
         records.append(record)
     table = pd.DataFrame(records)
     for collection in collections:
@@ -102,17 +113,23 @@ def summarise(rows: Sequence[TableRow], collections: Sequence[FilmSet]) -> pd.Da
 def beats_in_every_view(table: pd.DataFrame, collection: FilmSet) -> list[object]:
     """Per row: whether a model's mean AUC beats every baseline and the view-only score within each
     view that has both classes (None for other rows, or without views)."""
-    views = [view for view in collection.view_names
-             if f"{collection.name}:auc_{view}_mean" in table and table[f"{collection.name}:auc_{view}_mean"].notna().any()]
+    views = [
+        view
+        for view in collection.view_names
+        if f"{collection.name}:auc_{view}_mean" in table and table[f"{collection.name}:auc_{view}_mean"].notna().any()
+    ]
     others = table[table["kind"] != "model"]
     verdicts: list[object] = []
     for _, row in table.iterrows():
         if row["kind"] != "model" or not views:
             verdicts.append(None)
             continue
-        verdicts.append(all(
-            row[f"{collection.name}:auc_{view}_mean"] > others[f"{collection.name}:auc_{view}_mean"].max()
-            for view in views))
+        verdicts.append(
+            all(
+                row[f"{collection.name}:auc_{view}_mean"] > others[f"{collection.name}:auc_{view}_mean"].max()
+                for view in views
+            )
+        )
     return verdicts
 
 
@@ -124,11 +141,16 @@ def describe_family(config: Config) -> str:
 def describe_collection(collection: FilmSet, split: str) -> str:
     """``test split: 100 normal + 100 abnormal; PA 75 + 47, AP 25 + 53; ages known``."""
     labels = collection.labels
-    text = (f"{'test split' if split == 'test' else 'all rows'}: {int((labels == 0).sum())} normal + "
-            f"{int((labels == 1).sum())} abnormal")
+    text = (
+        f"{'test split' if split == 'test' else 'all rows'}: {int((labels == 0).sum())} normal + "
+        f"{int((labels == 1).sum())} abnormal"
+    )
     views = collection.manifest["view"].astype("string")
-    counts = [f"{view} {int(((views == view) & (collection.manifest['label'] == 0)).sum())} + "
-              f"{int(((views == view) & (collection.manifest['label'] == 1)).sum())}" for view in collection.view_names]
+    counts = [
+        f"{view} {int(((views == view) & (collection.manifest['label'] == 0)).sum())} + "
+        f"{int(((views == view) & (collection.manifest['label'] == 1)).sum())}"
+        for view in collection.view_names
+    ]
     if counts:
         text += "; " + ", ".join(counts)
     if collection.ages is not None:
@@ -137,8 +159,7 @@ def describe_collection(collection: FilmSet, split: str) -> str:
     return text
 
 
-def render_markdown(table: pd.DataFrame, collections: Sequence[FilmSet], splits: Mapping[str, str],
-                    header: str) -> str:
+def render_markdown(table: pd.DataFrame, collections: Sequence[FilmSet], splits: Mapping[str, str], header: str) -> str:
     """The table as Markdown, one section per test collection.
 
     A row of several runs shows mean ± sample std over seeds; a row of one run its 95%
@@ -147,25 +168,48 @@ def render_markdown(table: pd.DataFrame, collections: Sequence[FilmSet], splits:
     lines = [header, ""]
     for collection in collections:
         # adults' columns only where some films are of minors (else they repeat the columns of all films)
-        keys = [key for key in metric_intervals({}, collection.view_names)
-                if not key.startswith("adults_") or table[f"{collection.name}:{key}_mean"].notna().any()]
-        columns = ["method", "score", "runs", *[metric_label(key) for key in keys],
-                   "beats baselines and view only in every view"]
-        lines += [f"### {collection.name} ({describe_collection(collection, splits[collection.name])})", "",
-                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        keys = [
+            key
+            for key in metric_intervals({}, collection.view_names)
+            if not key.startswith("adults_") or table[f"{collection.name}:{key}_mean"].notna().any()
+        ]
+        columns = [
+            "method",
+            "score",
+            "runs",
+            *[metric_label(key) for key in keys],
+            "beats baselines and view only in every view",
+        ]
+        lines += [
+            f"### {collection.name} ({describe_collection(collection, splits[collection.name])})",
+            "",
+            "| " + " | ".join(columns) + " |",
+            "|" + "---|" * len(columns),
+        ]
         for record in table.to_dict("records"):
-            cells = [str(record["method"]) + (" (baseline)" if record["kind"] == "baseline" else ""),
-                     str(record["score"]), str(record["runs"])]
+            cells = [
+                str(record["method"]) + (" (baseline)" if record["kind"] == "baseline" else ""),
+                str(record["score"]),
+                str(record["runs"]),
+            ]
             for key in keys:
                 prefix = f"{collection.name}:{key}"
                 if record["runs"] == 1:
-                    cells.append(Interval(_number(record.get(f"{prefix}_mean")), _number(record.get(f"{prefix}_low")),
-                                          _number(record.get(f"{prefix}_high"))).describe())
+                    cells.append(
+                        Interval(
+                            _number(record.get(f"{prefix}_mean")),
+                            _number(record.get(f"{prefix}_low")),
+                            _number(record.get(f"{prefix}_high")),
+                        ).describe()
+                    )
                 else:
                     cells.append(plus_minus(record.get(f"{prefix}_mean"), record.get(f"{prefix}_std")))
             verdict = record.get(f"{collection.name}:beats_baselines_in_every_view")
-            cells.append("-" if verdict is None or (isinstance(verdict, float) and math.isnan(verdict))
-                         else ("yes" if verdict else "no"))
+            cells.append(
+                "-"
+                if verdict is None or (isinstance(verdict, float) and math.isnan(verdict))
+                else ("yes" if verdict else "no")
+            )
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -1,5 +1,4 @@
-"""``cxr-anomaly calibrate``: refit a checkpoint's operating point on chosen films.
-"""
+"""``cxr-anomaly calibrate``: refit a checkpoint's operating point on chosen films."""
 
 from __future__ import annotations
 
@@ -7,15 +6,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ..calibration import Calibration
 from ..checkpoint import load_checkpoint
 from ..data.dataset import OnBadFile, load_images
 from ..data.manifest import load_inputs
+from ..data.selection import choose_evaluation_rows
 from ..errors import NoNormalImagesError
 from ..files import atomic_torch_save, read_checkpoint_payload
 from ..scoring import fit_calibration
-from ..data.selection import choose_evaluation_rows
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +55,19 @@ def calibrate_job(
     model = load_checkpoint(model_path)
     chosen = choose_evaluation_rows(load_inputs(data), split)
     manifest, split = chosen.manifest, chosen.split
-    images = load_images(manifest[manifest["label"].notna()], model.config.data, on_bad_file=on_bad_file,
-                         cache_dir=cache_dir, progress=progress)
+    images = load_images(
+        manifest[manifest["label"].notna()],
+        model.config.data,
+        on_bad_file=on_bad_file,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
     labels = images.manifest["label"].to_numpy().astype(int)
     if int((labels == 0).sum()) < 2:
-        raise NoNormalImagesError(f"{', '.join(map(str, data))}: calibration needs at least 2 normal "
-                                  f"(label 0) films in split {split!r}, found {int((labels == 0).sum())}")
+        raise NoNormalImagesError(
+            f"{', '.join(map(str, data))}: calibration needs at least 2 normal "
+            f"(label 0) films in split {split!r}, found {int((labels == 0).sum())}"
+        )
     scored = model.score_films(images.pixels, keep_maps=True)
     raw = scored.raw
     calibration = fit_calibration(
@@ -74,9 +79,14 @@ def calibrate_job(
     payload = read_checkpoint_payload(model_path)
     payload["calibration"] = calibration.to_dict()
     payload.setdefault("training", {})["calibration_source"] = (
-        f"recalibrated on split {split!r} of {', '.join(map(str, data))}")
+        f"recalibrated on split {split!r} of {', '.join(map(str, data))}"
+    )
     destination = Path(out_path) if out_path is not None else Path(model_path)
     atomic_torch_save(payload, destination)
-    logger.info("stored operating point %s (threshold %.4g) in %s", calibration.operating_point,
-                calibration.threshold, destination)
+    logger.info(
+        "stored operating point %s (threshold %.4g) in %s",
+        calibration.operating_point,
+        calibration.threshold,
+        destination,
+    )
     return CalibrationOutcome(calibration, destination, split, int((labels == 0).sum()), int((labels == 1).sum()))

@@ -38,8 +38,8 @@ from ..data.dataset import load_images
 from ..data.manifest import load_inputs
 from ..data.splits import split_patients_in_halves
 from ..errors import CheckpointError
-from ..files import atomic_write_text
 from ..evaluation import Interval, metrics_by_name, plot_roc_panels
+from ..files import atomic_write_text
 from ..inference import native_bf16
 from ..models.registry import family_of
 from .evaluate import evaluate_job
@@ -90,8 +90,7 @@ class BaselineResults:
     copies: dict[str, list[FilmCopy]]
 
 
-def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
-                     num_resamples: int) -> BaselineResults:
+def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection], num_resamples: int) -> BaselineResults:
     """The pixel baselines, fitted on the training normals at 64 px, scored on every test collection;
     and, from the same pixels, the test films that are copies of training films."""
     data_config = DataConfig(image_size=BASELINE_IMAGE_SIZE)
@@ -100,21 +99,32 @@ def baseline_metrics(train_manifest: pd.DataFrame, tests: list[TestCollection],
     normal_signatures = film_signatures(normals)  # once, for every test collection
     copies = {name: matching_signatures(film_signatures(pixels), normal_signatures) for name, pixels in sets.items()}
     scores = named_baseline_scores(normals, sets)
-    metrics = {test.name: metrics_by_name(test.manifest["label"].to_numpy().astype(int), scores[test.name],
-                                          test.manifest, num_resamples=num_resamples)
-               for test in tests}
+    metrics = {
+        test.name: metrics_by_name(
+            test.manifest["label"].to_numpy().astype(int), scores[test.name], test.manifest, num_resamples=num_resamples
+        )
+        for test in tests
+    }
     return BaselineResults(scores, metrics, copies)
 
 
-def roc_panels(test: TestCollection, detector_name: str, detector_scores: np.ndarray,
-               baseline_scores: dict[str, np.ndarray], path: Path) -> Path:
+def roc_panels(
+    test: TestCollection,
+    detector_name: str,
+    detector_scores: np.ndarray,
+    baseline_scores: dict[str, np.ndarray],
+    path: Path,
+) -> Path:
     """ROC curves of the detector, the baselines and the view alone: all films, PA films, AP films."""
     labels = test.manifest["label"].to_numpy().astype(int)
     views = test.manifest["view"].to_numpy(dtype=object)
     curves = {detector_name: detector_scores, **baseline_scores}
     panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
-        "all films": {**{name: (labels, values) for name, values in curves.items()},
-                      "view only (AP = abnormal)": (labels, (views == "AP").astype(float))}}
+        "all films": {
+            **{name: (labels, values) for name, values in curves.items()},
+            "view only (AP = abnormal)": (labels, (views == "AP").astype(float)),
+        }
+    }
     for view in VIEWS:
         mask = views == view
         if mask.any():
@@ -125,8 +135,13 @@ def roc_panels(test: TestCollection, detector_name: str, detector_scores: np.nda
 def git_commit() -> str:
     """The current commit, or "unknown" outside a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -141,7 +156,7 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return (f"{model}, {os.cpu_count()} cores, bf16 {'native' if native_bf16('cpu') else 'not native'}")
+    return f"{model}, {os.cpu_count()} cores, bf16 {'native' if native_bf16('cpu') else 'not native'}"
 
 
 def cell(metrics: dict[str, object], key: str) -> str:
@@ -168,15 +183,19 @@ def verdict(detector: dict[str, object], baselines: dict[str, dict[str, object]]
     view_only = interval_of(detector, "auc_view_only").estimate
     overall = interval_of(detector, "auc").estimate
     if overall is not None and view_only is not None:
-        lines.append(f"- Against the view alone (AP = abnormal, AUC {view_only:.3f}): the detector's overall AUC "
-                     f"is {overall:.3f}, {'above' if overall > view_only else 'NOT above'} it.")
+        lines.append(
+            f"- Against the view alone (AP = abnormal, AUC {view_only:.3f}): the detector's overall AUC "
+            f"is {overall:.3f}, {'above' if overall > view_only else 'NOT above'} it."
+        )
     for view in VIEWS:
         inside = interval_of(detector, f"auc_view_{view}")
         if inside.estimate is None:
             continue
         certain = inside.low is not None and inside.low > 0.5
-        lines.append(f"- Within {view} films, where the view says nothing (0.5): {inside.describe()}, "
-                     f"{'above 0.5 with 95% confidence' if certain else 'not clearly above 0.5'}.")
+        lines.append(
+            f"- Within {view} films, where the view says nothing (0.5): {inside.describe()}, "
+            f"{'above 0.5 with 95% confidence' if certain else 'not clearly above 0.5'}."
+        )
     for name, values in baselines.items():
         wins = []
         beaten_views = 0
@@ -187,8 +206,10 @@ def verdict(detector: dict[str, object], baselines: dict[str, dict[str, object]]
             wins.append(f"{label} {ours:.3f} vs {theirs:.3f} ({'beats' if ours > theirs else 'does NOT beat'})")
             beaten_views += key != "auc" and ours > theirs
         per_view_wins = beaten_views == len(VIEWS)
-        lines.append(f"- Against {name}: {'; '.join(wins)}. "
-                     f"{'Beats it within each view.' if per_view_wins else 'Does not beat it within each view.'}")
+        lines.append(
+            f"- Against {name}: {'; '.join(wins)}. "
+            f"{'Beats it within each view.' if per_view_wins else 'Does not beat it within each view.'}"
+        )
     return lines
 
 
@@ -203,16 +224,25 @@ def copies_lines(copies: list[str] | None) -> list[str]:
     """The report's sentence on test films that are copies of training films (none without a check)."""
     if copies is None:
         return []
-    rule = (f"same film through another pipeline: signatures correlating at {COPY_CORRELATION} or more, "
-            "see cxr_anomaly.data.copies")
+    rule = (
+        f"same film through another pipeline: signatures correlating at {COPY_CORRELATION} or more, "
+        "see cxr_anomaly.data.copies"
+    )
     if not copies:
         return [f"No film here is a copy of a training film ({rule}).", ""]
-    return [f"**{len(copies)} film(s) here are copies of training films** ({rule}); a normal one makes the "
-            f"results optimistic: {', '.join(copies)}.", ""]
+    return [
+        f"**{len(copies)} film(s) here are copies of training films** ({rule}); a normal one makes the "
+        f"results optimistic: {', '.join(copies)}.",
+        "",
+    ]
 
 
-def write_report(out_dir: Path, results: dict[str, dict[str, object]],
-                 baselines: dict[str, dict[str, dict[str, object]]], facts: dict[str, object]) -> Path:
+def write_report(
+    out_dir: Path,
+    results: dict[str, dict[str, object]],
+    baselines: dict[str, dict[str, dict[str, object]]],
+    facts: dict[str, object],
+) -> Path:
     """Write ``report.md``: per test collection a table (detector, baselines, view only) and a verdict."""
     lines = [
         "# cxr-anomaly demo report",
@@ -220,9 +250,12 @@ def write_report(out_dir: Path, results: dict[str, dict[str, object]],
         f"Detector: {facts['detector']}, fitted on {facts['num_train']} normal films of {facts['train_data']} "
         f"({facts['num_calibration']} more held out for calibration). Commit {facts['commit']}; machine: "
         f"{facts['machine']}; fitted and scored in {facts.get('precision', DEMO_PRECISION)} on every machine; "
-        + (f"fit reused from an earlier run (it took {facts['fit_seconds']:.0f} s then), "
-           f"{facts['seconds']:.0f} s for the rest." if facts.get("fit_reused") else
-           f"{facts['seconds']:.0f} s in all (fit {facts['fit_seconds']:.0f} s)."),
+        + (
+            f"fit reused from an earlier run (it took {facts['fit_seconds']:.0f} s then), "
+            f"{facts['seconds']:.0f} s for the rest."
+            if facts.get("fit_reused")
+            else f"{facts['seconds']:.0f} s in all (fit {facts['fit_seconds']:.0f} s)."
+        ),
         "",
         "AUC with 95% stratified-bootstrap intervals. *View-balanced* is the mean of the PA and AP AUCs; "
         "*view only* scores a film 1 when it is AP; *score predicts AP* is the AUC of the score for AP "
@@ -231,8 +264,9 @@ def write_report(out_dir: Path, results: dict[str, dict[str, object]],
     ]
     for name, metrics in results.items():
         counts = metrics.get("num_per_view") or {}
-        count_text = ", ".join(f"{view} {values['normal']} normal + {values['abnormal']} abnormal"
-                               for view, values in counts.items())  # type: ignore[union-attr]
+        count_text = ", ".join(
+            f"{view} {values['normal']} normal + {values['abnormal']} abnormal" for view, values in counts.items()
+        )  # type: ignore[union-attr]
         lines += [
             f"## {name}",
             "",
@@ -244,23 +278,43 @@ def write_report(out_dir: Path, results: dict[str, dict[str, object]],
         ]
         rows = [(f"**detector** ({facts['detector']})", metrics)] + list(baselines[name].items())
         for row_name, values in rows:
-            lines.append(f"| {row_name} | {cell(values, 'auc')} | {cell(values, 'auc_view_PA')} | "
-                         f"{cell(values, 'auc_view_AP')} | {cell(values, 'auc_view_balanced')} | "
-                         f"{adult_cell(values, 'auc_view_PA')} | {adult_cell(values, 'auc_view_AP')} | "
-                         f"{cell(values, 'auc_score_predicts_ap_in_normals')} |")
+            lines.append(
+                f"| {row_name} | {cell(values, 'auc')} | {cell(values, 'auc_view_PA')} | "
+                f"{cell(values, 'auc_view_AP')} | {cell(values, 'auc_view_balanced')} | "
+                f"{adult_cell(values, 'auc_view_PA')} | {adult_cell(values, 'auc_view_AP')} | "
+                f"{cell(values, 'auc_score_predicts_ap_in_normals')} |"
+            )
         lines.append(f"| view only (AP = abnormal) | {cell(metrics, 'auc_view_only')} | 0.5 | 0.5 | 0.5 | | | |")
         components = metrics.get("component_auc") or {}
-        lines += ["", "Each component alone (overall AUC): " + ", ".join(
-            f"{component} {value:.3f}" for component, value in components.items()  # type: ignore[union-attr]
-            if value is not None) + ".", ""]
+        lines += [
+            "",
+            "Each component alone (overall AUC): "
+            + ", ".join(
+                f"{component} {value:.3f}"
+                for component, value in components.items()  # type: ignore[union-attr]
+                if value is not None
+            )
+            + ".",
+            "",
+        ]
         if metrics.get("sensitivity_at_threshold") is not None:
             ci = metrics["bootstrap_95ci"]
-            lines += [f"At the stored threshold (95% specificity on held-out training-collection normals): "
-                      f"sensitivity {Interval(**ci['sensitivity']).describe()}, specificity "  # type: ignore[index]
-                      f"{Interval(**ci['specificity']).describe()}.", ""]  # type: ignore[index]
-        lines += ["Verdict:", "", *verdict(metrics, baselines[name]), "",
-                  f"![ROC, {name}](eval/{facts['folders'][name]}/roc_with_baselines.png)",  # type: ignore[index]
-                  "", f"![Films and heatmaps, {name}](eval/{facts['folders'][name]}/films.png)", ""]  # type: ignore[index]
+            lines += [
+                f"At the stored threshold (95% specificity on held-out training-collection normals): "
+                f"sensitivity {Interval(**ci['sensitivity']).describe()}, specificity "  # type: ignore[index]
+                f"{Interval(**ci['specificity']).describe()}.",
+                "",
+            ]  # type: ignore[index]
+        lines += [
+            "Verdict:",
+            "",
+            *verdict(metrics, baselines[name]),
+            "",
+            f"![ROC, {name}](eval/{facts['folders'][name]}/roc_with_baselines.png)",  # type: ignore[index]
+            "",
+            f"![Films and heatmaps, {name}](eval/{facts['folders'][name]}/films.png)",
+            "",
+        ]  # type: ignore[index]
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
@@ -295,24 +349,37 @@ def reuse_fit(run_dir: Path, config: Config, train_path: Path, num_normals: int)
     record = loaded.training
     differences = config_differences(loaded.config, config)
     if differences:
-        raise CheckpointError(path, f"fitted with other settings {differences} (stored, now); "
-                                    "run the demo without --reuse-fit")
+        raise CheckpointError(
+            path, f"fitted with other settings {differences} (stored, now); run the demo without --reuse-fit"
+        )
     used = record.get("num_train_images", 0) + record.get("num_calibration_images", 0)
     # resolved on both sides: checkpoints record absolute paths now, relative ones before
     recorded = [str(Path(source).resolve()) for source in record.get("data") or []]
     if recorded != [str(train_path.resolve())] or used != num_normals:
-        raise CheckpointError(path, f"fitted on {used} films of {record.get('data')}, not on the {num_normals} "
-                                    f"of {train_path}; run the demo without --reuse-fit")
+        raise CheckpointError(
+            path,
+            f"fitted on {used} films of {record.get('data')}, not on the {num_normals} "
+            f"of {train_path}; run the demo without --reuse-fit",
+        )
     seconds = float(record.get("seconds", float("nan")))
-    logger.info("reusing the fit in %s (%d training films, fitted in %.0f s)", path,
-                record["num_train_images"], seconds)
+    logger.info(
+        "reusing the fit in %s (%d training films, fitted in %.0f s)", path, record["num_train_images"], seconds
+    )
     outcome = TrainOutcome(path, int(record["num_train_images"]), int(record["num_calibration_images"]), [])
     return ReusedFit(outcome, seconds)
 
 
-def run_demo(data_root: Path, out_dir: Path, *, method: str = DEFAULT_METHOD, seed: int = 0,
-             max_train_normals: int | None = None, num_resamples: int = 1000, progress: bool = True,
-             reuse: bool = False) -> Path:
+def run_demo(
+    data_root: Path,
+    out_dir: Path,
+    *,
+    method: str = DEFAULT_METHOD,
+    seed: int = 0,
+    max_train_normals: int | None = None,
+    num_resamples: int = 1000,
+    progress: bool = True,
+    reuse: bool = False,
+) -> Path:
     """Fit on ``rsna_normal224``, test on the NIH collections, and return the report's path.
 
     With ``reuse`` the checkpoint a previous run left in ``out_dir/run`` is scored instead of
@@ -343,9 +410,16 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = DEFAULT_METHOD, se
         test_path = out_dir / f"test_{folders[test.name]}.csv"
         test.manifest.to_csv(test_path, index=False)
         # baselines=False: the report's baselines below are fitted once, on every training normal
-        evaluation = evaluate_job(trained.checkpoint, [test_path], out_dir / "eval" / folders[test.name],
-                                  split="all", progress=progress, bootstrap_resamples=num_resamples, baselines=False,
-                                  precision=DEMO_PRECISION)
+        evaluation = evaluate_job(
+            trained.checkpoint,
+            [test_path],
+            out_dir / "eval" / folders[test.name],
+            split="all",
+            progress=progress,
+            bootstrap_resamples=num_resamples,
+            baselines=False,
+            precision=DEMO_PRECISION,
+        )
         results[test.name] = json.loads(evaluation.metrics_path.read_text())
         detector_scores[test.name] = pd.read_csv(evaluation.scores_path)["score_raw"].to_numpy()
     baselines = baseline_metrics(train_manifest, tests, num_resamples)
@@ -355,14 +429,25 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = DEFAULT_METHOD, se
         if found:
             logger.warning("%s: %d film(s) are copies of training films: %s", name, len(found), found)
     for test in tests:
-        roc_panels(test, "detector", detector_scores[test.name], baselines.scores[test.name],
-                   out_dir / "eval" / folders[test.name] / "roc_with_baselines.png")
+        roc_panels(
+            test,
+            "detector",
+            detector_scores[test.name],
+            baselines.scores[test.name],
+            out_dir / "eval" / folders[test.name] / "roc_with_baselines.png",
+        )
     facts = {
         "detector": results[tests[0].name]["detector"] if tests else method,
-        "train_data": str(data_root / "rsna_normal224"), "num_train": trained.num_train_images,
-        "num_calibration": trained.num_calibration_images, "commit": git_commit(),
-        "machine": machine_description(), "seconds": time.perf_counter() - started,
-        "fit_seconds": fit_seconds, "fit_reused": reuse, "folders": folders, "copies": copies,
+        "train_data": str(data_root / "rsna_normal224"),
+        "num_train": trained.num_train_images,
+        "num_calibration": trained.num_calibration_images,
+        "commit": git_commit(),
+        "machine": machine_description(),
+        "seconds": time.perf_counter() - started,
+        "fit_seconds": fit_seconds,
+        "fit_reused": reuse,
+        "folders": folders,
+        "copies": copies,
         "precision": DEMO_PRECISION,
     }
     return write_report(out_dir, results, baselines.metrics, facts)
@@ -371,25 +456,43 @@ def run_demo(data_root: Path, out_dir: Path, *, method: str = DEFAULT_METHOD, se
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cxr_anomaly.jobs.demo``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CXR_ANOMALY_DATA", "../shared/data")),
-                        help="folder holding rsna_normal224, nih1000 and nih_pneumonia256 "
-                             "(default $CXR_ANOMALY_DATA or ../shared/data)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("CXR_ANOMALY_DATA", "../shared/data")),
+        help="folder holding rsna_normal224, nih1000 and nih_pneumonia256 "
+        "(default $CXR_ANOMALY_DATA or ../shared/data)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
-                        help=f"detector family (default {DEFAULT_METHOD})")
-    parser.add_argument("--max-train-normals", type=int, default=None,
-                        help="fit on the first N normals of rsna_normal224 only (default: all 5,000)")
+    parser.add_argument(
+        "--method", choices=METHODS, default=DEFAULT_METHOD, help=f"detector family (default {DEFAULT_METHOD})"
+    )
+    parser.add_argument(
+        "--max-train-normals",
+        type=int,
+        default=None,
+        help="fit on the first N normals of rsna_normal224 only (default: all 5,000)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of training (families whose fit reads train.seed)")
-    parser.add_argument("--reuse-fit", action="store_true",
-                        help="score the model a previous run left in OUT/run instead of fitting again "
-                             "(refused unless it was fitted with the same settings on the same films)")
+    parser.add_argument(
+        "--reuse-fit",
+        action="store_true",
+        help="score the model a previous run left in OUT/run instead of fitting again "
+        "(refused unless it was fitted with the same settings on the same films)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not (args.data / "rsna_normal224" / "manifest.csv").is_file():
         logger.error("%s holds no rsna_normal224/manifest.csv; set CXR_ANOMALY_DATA or pass --data", args.data)
         return 2
-    report = run_demo(args.data, args.out, method=args.method, seed=args.seed,
-                      max_train_normals=args.max_train_normals, reuse=args.reuse_fit)
+    report = run_demo(
+        args.data,
+        args.out,
+        method=args.method,
+        seed=args.seed,
+        max_train_normals=args.max_train_normals,
+        reuse=args.reuse_fit,
+    )
     print(f"report: {report}")
     print(report.read_text())
     return 0

@@ -12,18 +12,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
 from ..calibration import BootstrapIntervals, Calibration, bootstrap_intervals
 from ..checkpoint import LoadedModel, load_checkpoint
-from ..baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
 from ..config import DataConfig
 from ..data.copies import film_signatures, matching_signatures
 from ..data.dataset import LoadedImages, OnBadFile, load_images
 from ..data.manifest import fill_from_dicom_headers, load_inputs
-from ..files import atomic_write_text
+from ..data.selection import (
+    choose_evaluation_rows,
+    read_label_column,
+    report_skipped,
+    require_both_classes,
+    select_training_rows,
+)
 from ..evaluation import FilmGroup, Metrics, compute_metrics, explanation_grid, metrics_by_name, plot_roc
 from ..explain import heatmap_range
-from ..data.selection import (choose_evaluation_rows, read_label_column, report_skipped, require_both_classes,
-                              select_training_rows)
+from ..files import atomic_write_text
 from .score import ScoredTable, score_table
 
 logger = logging.getLogger(__name__)
@@ -42,9 +47,16 @@ class EvaluationOutcome:
     intervals: BootstrapIntervals | None = None  # at the stored threshold; None without calibration
 
 
-def plot_evaluation_roc(description: str, labels: np.ndarray, raw: np.ndarray, views: np.ndarray | None,
-                        metrics: Metrics, split: str, path: Path,
-                        baseline_scores: dict[str, np.ndarray] | None = None) -> Path:
+def plot_evaluation_roc(
+    description: str,
+    labels: np.ndarray,
+    raw: np.ndarray,
+    views: np.ndarray | None,
+    metrics: Metrics,
+    split: str,
+    path: Path,
+    baseline_scores: dict[str, np.ndarray] | None = None,
+) -> Path:
     """``roc.png``: the detector over all films, within each view, the pixel baselines over all
     films (when given) and the view-only score."""
     curves = {description: (labels, raw)}
@@ -59,21 +71,30 @@ def plot_evaluation_roc(description: str, labels: np.ndarray, raw: np.ndarray, v
     return plot_roc(curves, path, title=f"ROC, {split} split")
 
 
-def plot_film_groups(model: LoadedModel, images: LoadedImages, raw: np.ndarray, scored: ScoredTable,
-                     path: Path) -> Path:
+def plot_film_groups(
+    model: LoadedModel, images: LoadedImages, raw: np.ndarray, scored: ScoredTable, path: Path
+) -> Path:
     """``films.png``: normal, abnormal and unlabelled films (all rows, labelled or not) with their heatmaps."""
     assert scored.anomaly_maps is not None  # the caller scored with keep_maps=True
     label_column = images.manifest["label"]
     groups = []
-    for name, mask in (("normal", (label_column == 0).fillna(False).to_numpy(bool)),
-                       ("abnormal", (label_column == 1).fillna(False).to_numpy(bool)),
-                       ("unlabelled", label_column.isna().to_numpy())):
+    for name, mask in (
+        ("normal", (label_column == 0).fillna(False).to_numpy(bool)),
+        ("abnormal", (label_column == 1).fillna(False).to_numpy(bool)),
+        ("unlabelled", label_column.isna().to_numpy()),
+    ):
         if mask.any():
-            groups.append(FilmGroup(name, images.pixels[mask], scored.anomaly_maps[mask], raw[mask],
-                                    None if scored.reconstructions is None else scored.reconstructions[mask]))
+            groups.append(
+                FilmGroup(
+                    name,
+                    images.pixels[mask],
+                    scored.anomaly_maps[mask],
+                    raw[mask],
+                    None if scored.reconstructions is None else scored.reconstructions[mask],
+                )
+            )
     heat = heatmap_range(model.calibration, model.detector.anomaly_map_scale)
-    return explanation_grid(groups, path, scale=heat.scale, floor=heat.floor,
-                            border_crop=model.config.data.border_crop)
+    return explanation_grid(groups, path, scale=heat.scale, floor=heat.floor, border_crop=model.config.data.border_crop)
 
 
 def copies_of_training_films(model: LoadedModel, images: LoadedImages) -> list[str] | None:
@@ -82,14 +103,20 @@ def copies_of_training_films(model: LoadedModel, images: LoadedImages) -> list[s
     None when the checkpoint holds no training signatures (written by an older version)."""
     training_signatures = model.training_signatures
     if training_signatures is None:
-        logger.info("the checkpoint holds no signatures of its training films: copies of them among the "
-                    "evaluated films are not checked (retrain with this version to check)")
+        logger.info(
+            "the checkpoint holds no signatures of its training films: copies of them among the "
+            "evaluated films are not checked (retrain with this version to check)"
+        )
         return None
     found = matching_signatures(film_signatures(images.pixels), training_signatures)
     paths = [str(images.manifest["path"].iloc[copy.film]) for copy in found]
     if paths:
-        logger.warning("%d evaluated film(s) are copies of training films (the same film through another "
-                       "pipeline); a normal one makes the results optimistic: %s", len(paths), paths)
+        logger.warning(
+            "%d evaluated film(s) are copies of training films (the same film through another "
+            "pipeline); a normal one makes the results optimistic: %s",
+            len(paths),
+            paths,
+        )
     return paths
 
 
@@ -99,13 +126,18 @@ def training_rows(model: LoadedModel, train_data: list[str | Path] | None) -> pd
     to supply them, when no source is known or a source is not here."""
     sources = list(train_data or model.training.get("data") or [])
     if not sources:
-        logger.warning("the checkpoint records no training data: no pixel baselines and no check for training "
-                       "patients among the evaluated films; pass --baseline-train DATA")
+        logger.warning(
+            "the checkpoint records no training data: no pixel baselines and no check for training "
+            "patients among the evaluated films; pass --baseline-train DATA"
+        )
         return None
     missing = [str(source) for source in sources if not Path(source).exists()]
     if missing:
-        logger.warning("the training data %s is not here (moved, or another machine?): no pixel baselines and no "
-                       "check for training patients among the evaluated films; pass --baseline-train DATA", missing)
+        logger.warning(
+            "the training data %s is not here (moved, or another machine?): no pixel baselines and no "
+            "check for training patients among the evaluated films; pass --baseline-train DATA",
+            missing,
+        )
         return None
     return select_training_rows(load_inputs(sources), model.config, ", ".join(map(str, sources))).train
 
@@ -116,13 +148,19 @@ def patients_shared_with_training(films: pd.DataFrame, training: pd.DataFrame) -
     film_patients = set(films["patient_id"].dropna().astype(str))
     training_patients = set(training["patient_id"].dropna().astype(str))
     if not film_patients or not training_patients:
-        logger.info("no check for training patients among the evaluated films: the %s carry no patient id",
-                    "evaluated films" if not film_patients else "training films")
+        logger.info(
+            "no check for training patients among the evaluated films: the %s carry no patient id",
+            "evaluated films" if not film_patients else "training films",
+        )
         return None
     shared = sorted(film_patients & training_patients)
     if shared:
-        logger.warning("%d patient(s) of the evaluated films also have training films (e.g. %s): the results "
-                       "will be optimistic; evaluate on patients the model never saw", len(shared), shared[:5])
+        logger.warning(
+            "%d patient(s) of the evaluated films also have training films (e.g. %s): the results "
+            "will be optimistic; evaluate on patients the model never saw",
+            len(shared),
+            shared[:5],
+        )
     return shared
 
 
@@ -139,8 +177,9 @@ class PixelBaselines:
     metrics: dict[str, dict[str, object]]
 
 
-def pixel_baselines(training: pd.DataFrame, films: pd.DataFrame, labels: np.ndarray, *, num_resamples: int,
-                    seed: int) -> PixelBaselines:
+def pixel_baselines(
+    training: pd.DataFrame, films: pd.DataFrame, labels: np.ndarray, *, num_resamples: int, seed: int
+) -> PixelBaselines:
     """The pixel baselines (PCA(5) reconstruction error and 5-NN distance at 64 px) fitted on the
     normal ``training`` films, scored on ``films`` (:func:`cxr_anomaly.evaluation.compute_metrics`)."""
     baseline_data = DataConfig(image_size=BASELINE_IMAGE_SIZE)
@@ -158,8 +197,17 @@ class EvaluatedFilms:
     num_unlabelled: int
 
 
-def load_evaluated_films(model: LoadedModel, data: list[str | Path], split: str, label_column: str, out_dir: Path, *,
-                         on_bad_file: OnBadFile, cache_dir: str | Path | None, progress: bool) -> EvaluatedFilms:
+def load_evaluated_films(
+    model: LoadedModel,
+    data: list[str | Path],
+    split: str,
+    label_column: str,
+    out_dir: Path,
+    *,
+    on_bad_file: OnBadFile,
+    cache_dir: str | Path | None,
+    progress: bool,
+) -> EvaluatedFilms:
     """The films of ``split`` (``auto``: :func:`choose_evaluation_rows`) with their labels from
     ``label_column``, decoded for ``model``; unreadable files listed in ``out_dir/skipped_files.csv``.
 
@@ -174,15 +222,15 @@ def load_evaluated_films(model: LoadedModel, data: list[str | Path], split: str,
     unlabelled = int(manifest["label"].isna().sum())
     if unlabelled:
         logger.warning("%d films have no label and are scored but left out of the metrics", unlabelled)
-    images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
-                         cache_dir=cache_dir, progress=progress)
+    images = load_images(manifest, model.config.data, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress)
     report_skipped(images.skipped, out_dir / "skipped_files.csv")
     require_both_classes(images.manifest, origin, label_column, split)  # skipped files may leave one class
     return EvaluatedFilms(images, split, unlabelled)
 
 
-def evaluation_facts(model: LoadedModel, films: EvaluatedFilms, num_images: int,
-                     training: pd.DataFrame | None) -> dict[str, object]:
+def evaluation_facts(
+    model: LoadedModel, films: EvaluatedFilms, num_images: int, training: pd.DataFrame | None
+) -> dict[str, object]:
     """metrics.json's record of what was evaluated, with what, and its overlap with the training films."""
     return {
         "method": model.config.method,
@@ -194,8 +242,9 @@ def evaluation_facts(model: LoadedModel, films: EvaluatedFilms, num_images: int,
         "num_unlabelled": films.num_unlabelled,
         "num_skipped": len(films.images.skipped),
         "copies_of_training_films": copies_of_training_films(model, films.images),
-        "patients_shared_with_training": (None if training is None
-                                          else patients_shared_with_training(films.images.manifest, training)),
+        "patients_shared_with_training": (
+            None if training is None else patients_shared_with_training(films.images.manifest, training)
+        ),
     }
 
 
@@ -254,8 +303,9 @@ def evaluate_job(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(model_path, device=device, precision=precision)
-    films = load_evaluated_films(model, data, split, label_column, out_dir, on_bad_file=on_bad_file,
-                                 cache_dir=cache_dir, progress=progress)
+    films = load_evaluated_films(
+        model, data, split, label_column, out_dir, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress
+    )
     images, split = films.images, films.split
     scored = score_table(model, images, keep_maps=True, normalisation="calibrated" if model.calibration else "raw")
     table = scored.table
@@ -268,25 +318,51 @@ def evaluate_job(
     ages = images.manifest["age"].to_numpy()[labelled] if "age" in images.manifest else None
     components = {name: table[name].to_numpy()[labelled] for name in model.detector.component_names}
     training = training_rows(model, baseline_train)  # for the baselines and the patient check
-    baseline_results = (pixel_baselines(training, images.manifest[labelled], labels, num_resamples=bootstrap_resamples,
-                                        seed=bootstrap_seed) if baselines and training is not None else None)
-    metrics = compute_metrics(labels, raw, views=views, components=components, ages=ages,
-                              num_resamples=bootstrap_resamples, seed=bootstrap_seed)
+    baseline_results = (
+        pixel_baselines(
+            training, images.manifest[labelled], labels, num_resamples=bootstrap_resamples, seed=bootstrap_seed
+        )
+        if baselines and training is not None
+        else None
+    )
+    metrics = compute_metrics(
+        labels,
+        raw,
+        views=views,
+        components=components,
+        ages=ages,
+        num_resamples=bootstrap_resamples,
+        seed=bootstrap_seed,
+    )
     summary = {
-        "model": str(model_path), **evaluation_facts(model, films, len(table), training),
+        "model": str(model_path),
+        **evaluation_facts(model, films, len(table), training),
         **metrics.to_dict(),
         "baselines": None if baseline_results is None else baseline_results.metrics,
     }
     intervals = None
     if model.calibration is not None and labelled.any():
-        intervals = bootstrap_intervals(labels, raw, model.calibration.threshold, seed=bootstrap_seed,
-                                        num_resamples=bootstrap_resamples)
+        intervals = bootstrap_intervals(
+            labels, raw, model.calibration.threshold, seed=bootstrap_seed, num_resamples=bootstrap_resamples
+        )
         summary.update(threshold_facts(model.calibration, intervals))
     metrics_path = out_dir / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(summary, indent=2))
-    roc_path = plot_evaluation_roc(model.detector.description, labels, raw, views, metrics, split,
-                                   out_dir / "roc.png", None if baseline_results is None else baseline_results.scores)
+    roc_path = plot_evaluation_roc(
+        model.detector.description,
+        labels,
+        raw,
+        views,
+        metrics,
+        split,
+        out_dir / "roc.png",
+        None if baseline_results is None else baseline_results.scores,
+    )
     grid_path = plot_film_groups(model, images, table["score_raw"].to_numpy(), scored, out_dir / "films.png")
-    logger.info("evaluated %d films on split %s: AUC %s", len(table), split,
-                "n/a" if metrics.auc is None else f"{metrics.auc:.3f}")
+    logger.info(
+        "evaluated %d films on split %s: AUC %s",
+        len(table),
+        split,
+        "n/a" if metrics.auc is None else f"{metrics.auc:.3f}",
+    )
     return EvaluationOutcome(metrics, split, metrics_path, roc_path, grid_path, scores_path, intervals)

@@ -32,19 +32,26 @@ import numpy as np
 import pandas as pd
 
 from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
-from .cells import (describe_remaining, format_duration, mean_std, plus_minus, read_finished_cell,
-                    settings_fingerprint, write_cell_result)
 from ..config import VARIANTS, Config, config_to_dict, with_overrides
 from ..data.dataset import OnBadFile, load_images
 from ..data.manifest import load_inputs
 from ..data.splits import patient_disjoint_split
 from ..errors import ConfigError, NoNormalImagesError
-from ..files import atomic_write
 from ..evaluation import compute_metrics, plot_roc, reconstruction_grid
-from ..models.tang2019 import Tang2019Detector, weighted_score
-from ..scoring import ScoreResult, fit_calibration, score_films
+from ..files import atomic_write
 from ..inference import resolve_device
+from ..models.tang2019 import Tang2019Detector, weighted_score
 from ..models.tang2019.training import train_detector
+from ..scoring import ScoreResult, fit_calibration, score_films
+from .cells import (
+    describe_remaining,
+    format_duration,
+    mean_std,
+    plus_minus,
+    read_finished_cell,
+    settings_fingerprint,
+    write_cell_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,15 +184,16 @@ def prepare_split(manifest: pd.DataFrame, pixels: np.ndarray, options: Reproduce
         keep = keep & (manifest["view"].astype("string").str.upper() == options.view.upper()).fillna(False).to_numpy()
     manifest, pixels = manifest[keep].reset_index(drop=True), pixels[keep]
     if options.split == "resplit":
-        manifest = patient_disjoint_split(manifest, seed=options.split_seed,
-                                          val_fraction=options.val_fraction,
-                                          test_fraction=options.test_fraction)
+        manifest = patient_disjoint_split(
+            manifest, seed=options.split_seed, val_fraction=options.val_fraction, test_fraction=options.test_fraction
+        )
     split = manifest["split"].astype("string").to_numpy()
     labels = manifest["label"].to_numpy().astype(int)
     train_mask = (split == "train") & (labels == 0)
     if options.max_train_normals is not None and train_mask.sum() > options.max_train_normals:
         chosen = np.random.default_rng(options.split_seed).choice(
-            np.flatnonzero(train_mask), size=options.max_train_normals, replace=False)
+            np.flatnonzero(train_mask), size=options.max_train_normals, replace=False
+        )
         train_mask = np.zeros_like(train_mask)
         train_mask[chosen] = True
     val_mask, test_mask = split == "val", split == "test"
@@ -193,7 +201,8 @@ def prepare_split(manifest: pd.DataFrame, pixels: np.ndarray, options: Reproduce
         if len(np.unique(labels[mask])) < 2:
             raise NoNormalImagesError(
                 f"the {name} split holds {int((labels[mask] == 0).sum())} normal and "
-                f"{int((labels[mask] == 1).sum())} abnormal films; AUC needs both")
+                f"{int((labels[mask] == 1).sum())} abnormal films; AUC needs both"
+            )
     if train_mask.sum() < 2:
         raise NoNormalImagesError(f"only {int(train_mask.sum())} normal training films")
     paths = manifest["path"].astype(str).to_numpy()
@@ -201,10 +210,19 @@ def prepare_split(manifest: pd.DataFrame, pixels: np.ndarray, options: Reproduce
     for name, mask in (("train", train_mask), ("val", val_mask), ("test", test_mask)):
         digest.update(name.encode() + "\n".join(sorted(paths[mask])).encode())
     views = manifest["view"].to_numpy()[test_mask] if manifest["view"].notna().any() else None
-    manifest = manifest.assign(used_for=np.select([train_mask, val_mask, test_mask],
-                                                  ["train_normal", "val", "test"], "unused"))
-    return SplitData(manifest, pixels[train_mask], pixels[val_mask], labels[val_mask],
-                     pixels[test_mask], labels[test_mask], views, digest.hexdigest()[:16])
+    manifest = manifest.assign(
+        used_for=np.select([train_mask, val_mask, test_mask], ["train_normal", "val", "test"], "unused")
+    )
+    return SplitData(
+        manifest,
+        pixels[train_mask],
+        pixels[val_mask],
+        labels[val_mask],
+        pixels[test_mask],
+        labels[test_mask],
+        views,
+        digest.hexdigest()[:16],
+    )
 
 
 def cell_name(variant: str, seed: int) -> str:
@@ -219,25 +237,28 @@ def cell_fingerprint(config: Config, split: SplitData) -> str:
     return settings_fingerprint({"config": values, "split": split.fingerprint})
 
 
-def combine(config: Config, components: dict[str, np.ndarray] | np.lib.npyio.NpzFile,
-            prefix: str = "") -> np.ndarray:
+def combine(config: Config, components: dict[str, np.ndarray] | np.lib.npyio.NpzFile, prefix: str = "") -> np.ndarray:
     """The raw score of ``config.score.method`` from stored components; all-NaN ones are absent."""
+
     def part(name: str) -> np.ndarray | None:
         values = np.asarray(components[prefix + name], dtype=np.float64)
         return None if values.size and np.all(np.isnan(values)) else values
 
-    return weighted_score(config.score, part("reconstruction"), part("adversarial"), part("latent"),
-                          part("code_distance"))
+    return weighted_score(
+        config.score, part("reconstruction"), part("adversarial"), part("latent"), part("code_distance")
+    )
 
 
-def _metrics_by_method(config: Config, labels: np.ndarray, scores: ScoreResult,
-                       views: np.ndarray | None) -> dict[str, dict[str, object]]:
+def _metrics_by_method(
+    config: Config, labels: np.ndarray, scores: ScoreResult, views: np.ndarray | None
+) -> dict[str, dict[str, object]]:
     """Metrics of each score method, with the AUC of each component."""
     results = {}
     for method in SCORE_METHODS:
         raw = combine(with_overrides(config, "score", method=method), scores.components)
-        results[method] = compute_metrics(labels, raw, views=views, components=scores.components,
-                                          num_resamples=0).to_dict()
+        results[method] = compute_metrics(
+            labels, raw, views=views, components=scores.components, num_resamples=0
+        ).to_dict()
     return results
 
 
@@ -260,10 +281,12 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
     normal_index = np.flatnonzero(split.test_labels == 0)[:FIGURE_FILMS_PER_ROW]
     abnormal_index = np.flatnonzero(split.test_labels == 1)[:FIGURE_FILMS_PER_ROW]
     arrays = {
-        "test_raw": test.raw, "val_raw": val.raw,
+        "test_raw": test.raw,
+        "val_raw": val.raw,
         **{f"test_{name}": test.components[name] for name in COMPONENTS},
         **{f"val_{name}": val.components[name] for name in COMPONENTS},
-        "figure_train": train_shown, "figure_train_reconstruction": train_reconstructed,
+        "figure_train": train_shown,
+        "figure_train_reconstruction": train_reconstructed,
         "figure_normal": split.test_pixels[normal_index],
         "figure_normal_reconstruction": test.reconstructions[normal_index],
         "figure_abnormal": split.test_pixels[abnormal_index],
@@ -296,8 +319,9 @@ def load_finished_cell(cell_dir: Path, fingerprint: str) -> CellResult | None:
         return None
 
 
-def seed_ensemble(config: Config, split: SplitData, out_dir: Path, variant: str, seeds: Sequence[int],
-                  method: str) -> dict[str, dict[str, object]]:
+def seed_ensemble(
+    config: Config, split: SplitData, out_dir: Path, variant: str, seeds: Sequence[int], method: str
+) -> dict[str, dict[str, object]]:
     """Metrics of the mean over seeds of each seed's score, standardised on validation normals.
 
     Each seed's raw scores are turned into robust z-scores against the validation *normal*
@@ -312,15 +336,19 @@ def seed_ensemble(config: Config, split: SplitData, out_dir: Path, variant: str,
         for part, raw in raws.items():
             standardised[part].append(calibration.standardise(raw))
     return {
-        "test": compute_metrics(split.test_labels, np.mean(standardised["test"], axis=0),
-                                views=split.test_views).to_dict(),
+        "test": compute_metrics(
+            split.test_labels, np.mean(standardised["test"], axis=0), views=split.test_views
+        ).to_dict(),
         "val": compute_metrics(split.val_labels, np.mean(standardised["val"], axis=0)).to_dict(),
     }
 
 
-def summarise(cells: dict[str, list[CellResult]], baselines: dict[str, dict[str, dict[str, object]]],
-              views: Sequence[str],
-              ensembles: dict[tuple[str, str], dict[str, dict[str, object]]] | None = None) -> pd.DataFrame:
+def summarise(
+    cells: dict[str, list[CellResult]],
+    baselines: dict[str, dict[str, dict[str, object]]],
+    views: Sequence[str],
+    ensembles: dict[tuple[str, str], dict[str, dict[str, object]]] | None = None,
+) -> pd.DataFrame:
     """One row per variant and score (mean and std over seeds), per seed ensemble and per baseline.
 
     Baselines are deterministic and ensembles are one model each: their std is 0.
@@ -344,8 +372,7 @@ def summarise(cells: dict[str, list[CellResult]], baselines: dict[str, dict[str,
 
     for variant, results in cells.items():
         for method in SCORE_METHODS:
-            add(variant, "model", [r.test[method] for r in results], [r.val[method] for r in results],
-                method)
+            add(variant, "model", [r.test[method] for r in results], [r.val[method] for r in results], method)
     for (variant, method), metrics in (ensembles or {}).items():
         add(f"{variant} ensemble", "ensemble", [metrics["test"]], [metrics["val"]], method)
     for name, metrics in baselines.items():
@@ -355,13 +382,23 @@ def summarise(cells: dict[str, list[CellResult]], baselines: dict[str, dict[str,
 
 def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str, seeds: Sequence[int] = ()) -> str:
     """The table as Markdown, AUC mean ± std per method, like the paper's Table 1."""
-    columns = ["method", "score", "runs", "test AUC", "test AP", *[f"AUC, {view} films" for view in views],
-               "val AUC", "AUC of L1 alone", "paper AUC (NIH)"]
+    columns = [
+        "method",
+        "score",
+        "runs",
+        "test AUC",
+        "test AP",
+        *[f"AUC, {view} films" for view in views],
+        "val AUC",
+        "AUC of L1 alone",
+        "paper AUC (NIH)",
+    ]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
         paper = row["paper_auc"]
         cells = [
-            f"{row['method']}" + (" (baseline)" if row["kind"] == "baseline" else "")
+            f"{row['method']}"
+            + (" (baseline)" if row["kind"] == "baseline" else "")
             + (f" of {len(seeds)} seeds" if row["kind"] == "ensemble" else ""),
             SCORE_LABELS.get(str(row["score"]), "pixels"),
             str(row["runs"]),
@@ -401,13 +438,18 @@ class BaselineRuns:
 def score_baselines(split: SplitData, config: Config, options: ReproduceOptions, out_dir: Path) -> BaselineRuns:
     """Fit the pixel baselines on the training normals, score both held-out parts, write ``baselines.json``."""
     baseline_scores = fit_and_score_baselines(
-        split.train_normals, {"val": split.val_pixels, "test": split.test_pixels}, config.data,
-        pca_components=options.pca_components, neighbours=options.neighbours)
+        split.train_normals,
+        {"val": split.val_pixels, "test": split.test_pixels},
+        config.data,
+        pca_components=options.pca_components,
+        neighbours=options.neighbours,
+    )
     metrics: dict[str, dict[str, dict[str, object]]] = {}
     for name in baseline_scores["test"].scores:
         metrics[name] = {
-            "test": compute_metrics(split.test_labels, baseline_scores["test"].scores[name],
-                                    views=split.test_views).to_dict(),
+            "test": compute_metrics(
+                split.test_labels, baseline_scores["test"].scores[name], views=split.test_views
+            ).to_dict(),
             "val": compute_metrics(split.val_labels, baseline_scores["val"].scores[name]).to_dict(),
         }
     (out_dir / "baselines.json").write_text(json.dumps(metrics, indent=2))
@@ -429,14 +471,21 @@ def run_cells(config: Config, split: SplitData, options: ReproduceOptions, out_d
             runs.cells[variant].append(finished)
             runs.skipped_names.append(name)
             continue
-        eta = describe_remaining(durations, [remaining for remaining, _ in plan[index - 1:]])
+        eta = describe_remaining(durations, [remaining for remaining, _ in plan[index - 1 :]])
         logger.info("cell %d/%d %s: training (%s)", index, len(plan), name, eta)
         result = run_cell(cell_config, split, cell_dir)
         durations.setdefault(variant, []).append(result.seconds)
         method = config.score.method
-        logger.info("cell %d/%d %s: %s score: test AUC %s, validation AUC %s (%s)", index, len(plan), name,
-                    method, _fmt(result.test[method]["auc"]), _fmt(result.val[method]["auc"]),
-                    format_duration(result.seconds))
+        logger.info(
+            "cell %d/%d %s: %s score: test AUC %s, validation AUC %s (%s)",
+            index,
+            len(plan),
+            name,
+            method,
+            _fmt(result.test[method]["auc"]),
+            _fmt(result.val[method]["auc"]),
+            format_duration(result.seconds),
+        )
         runs.cells[variant].append(result)
         runs.run_names.append(name)
     return runs
@@ -444,19 +493,26 @@ def run_cells(config: Config, split: SplitData, options: ReproduceOptions, out_d
 
 def table_header(config: Config, split: SplitData, options: ReproduceOptions) -> str:
     """The sentence above Table 1: the split, its counts and the settings every cell shares."""
-    return (f"Split {split.fingerprint} ({options.split}, view {options.view or 'all'}): "
-            f"{len(split.train_normals)} training normals, validation "
-            f"{int((split.val_labels == 0).sum())} N + {int((split.val_labels == 1).sum())} A, test "
-            f"{int((split.test_labels == 0).sum())} N + {int((split.test_labels == 1).sum())} A. "
-            f"{config.train.epochs} epochs, {config.model.describe()}, "
-            f"intensity {config.data.intensity}, default score {SCORE_LABELS[config.score.method]}. "
-            f"AUC mean ± sample std over seeds {list(options.seeds)}; each model row is the same "
-            f"trained networks scored by eq. 6 or by the code kNN distance; an ensemble row averages "
-            f"the seeds' scores, each standardised on the validation normals.")
+    return (
+        f"Split {split.fingerprint} ({options.split}, view {options.view or 'all'}): "
+        f"{len(split.train_normals)} training normals, validation "
+        f"{int((split.val_labels == 0).sum())} N + {int((split.val_labels == 1).sum())} A, test "
+        f"{int((split.test_labels == 0).sum())} N + {int((split.test_labels == 1).sum())} A. "
+        f"{config.train.epochs} epochs, {config.model.describe()}, "
+        f"intensity {config.data.intensity}, default score {SCORE_LABELS[config.score.method]}. "
+        f"AUC mean ± sample std over seeds {list(options.seeds)}; each model row is the same "
+        f"trained networks scored by eq. 6 or by the code kNN distance; an ensemble row averages "
+        f"the seeds' scores, each standardised on the validation normals."
+    )
 
 
-def plot_test_roc(config: Config, split: SplitData, options: ReproduceOptions, out_dir: Path,
-                  baseline_test_scores: dict[str, np.ndarray]) -> Path:
+def plot_test_roc(
+    config: Config,
+    split: SplitData,
+    options: ReproduceOptions,
+    out_dir: Path,
+    baseline_test_scores: dict[str, np.ndarray],
+) -> Path:
     """``roc.png``: each variant's first seed under both scores, and each baseline, on the test split."""
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     first_seed = options.seeds[0]
@@ -480,9 +536,12 @@ def plot_figure2(options: ReproduceOptions, out_dir: Path) -> Path:
         ("normal test films", stored["figure_normal"], stored["figure_normal_reconstruction"]),
         ("abnormal test films", stored["figure_abnormal"], stored["figure_abnormal_reconstruction"]),
     ]
-    return reconstruction_grid(figure_groups, out_dir / "figure2.png",
-                               per_row=max(len(group[1]) for group in figure_groups),
-                               title=f"{figure_variant}, seed {first_seed}")
+    return reconstruction_grid(
+        figure_groups,
+        out_dir / "figure2.png",
+        per_row=max(len(group[1]) for group in figure_groups),
+        title=f"{figure_variant}, seed {first_seed}",
+    )
 
 
 def reproduce_job(
@@ -510,15 +569,21 @@ def reproduce_job(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_inputs(data)
-    images = load_images(manifest, config.data, on_bad_file=on_bad_file, cache_dir=cache_dir,
-                         progress=progress)
+    images = load_images(manifest, config.data, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress)
     split = prepare_split(images.manifest, images.pixels, options)
     split.manifest.to_csv(out_dir / "split.csv", index=False)
-    views = sorted({str(v) for v in split.test_views if isinstance(v, str) and v}) if split.test_views is not None else []
-    logger.info("split %s: %d training normals; validation %d normal + %d abnormal; test %d normal + %d abnormal",
-                split.fingerprint, len(split.train_normals), int((split.val_labels == 0).sum()),
-                int((split.val_labels == 1).sum()), int((split.test_labels == 0).sum()),
-                int((split.test_labels == 1).sum()))
+    views = (
+        sorted({str(v) for v in split.test_views if isinstance(v, str) and v}) if split.test_views is not None else []
+    )
+    logger.info(
+        "split %s: %d training normals; validation %d normal + %d abnormal; test %d normal + %d abnormal",
+        split.fingerprint,
+        len(split.train_normals),
+        int((split.val_labels == 0).sum()),
+        int((split.val_labels == 1).sum()),
+        int((split.test_labels == 0).sum()),
+        int((split.test_labels == 1).sum()),
+    )
 
     baselines = score_baselines(split, config, options, out_dir)
     runs = run_cells(config, split, options, out_dir)
@@ -537,10 +602,16 @@ def reproduce_job(
     roc_path = plot_test_roc(config, split, options, out_dir, baselines.test_scores)
     figure2_path = plot_figure2(options, out_dir)
     seconds = time.perf_counter() - started
-    logger.info("reproduce finished in %s: %d cells run, %d reused; %s", format_duration(seconds),
-                len(runs.run_names), len(runs.skipped_names), table_md)
-    return ReproduceOutcome(table, table_md, table_csv, roc_path, figure2_path, runs.run_names,
-                            runs.skipped_names, seconds)
+    logger.info(
+        "reproduce finished in %s: %d cells run, %d reused; %s",
+        format_duration(seconds),
+        len(runs.run_names),
+        len(runs.skipped_names),
+        table_md,
+    )
+    return ReproduceOutcome(
+        table, table_md, table_csv, roc_path, figure2_path, runs.run_names, runs.skipped_names, seconds
+    )
 
 
 def _fmt(value: object) -> str:

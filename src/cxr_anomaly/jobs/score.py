@@ -1,5 +1,4 @@
-"""``cxr-anomaly score``: load a checkpoint or an ONNX graph and score films into a table.
-"""
+"""``cxr-anomaly score``: load a checkpoint or an ONNX graph and score films into a table."""
 
 from __future__ import annotations
 
@@ -14,11 +13,11 @@ import pandas as pd
 from ..checkpoint import LoadedModel, load_checkpoint
 from ..data.dataset import LoadedImages, OnBadFile, load_images
 from ..data.manifest import fill_from_dicom_headers, load_inputs
+from ..data.selection import report_skipped
 from ..explain import heatmap_range
 from ..report import add_dicom_links, explain_rows, rank_table, write_html_report
-from ..scoring import min_max_normalise
 from ..scope import fitted_on_adults, scope_column
-from ..data.selection import report_skipped
+from ..scoring import min_max_normalise
 
 if TYPE_CHECKING:  # onnxruntime is optional: imported only to score an .onnx model
     from ..export import OnnxScorer
@@ -41,8 +40,9 @@ class ScoredTable:
     reconstructions: np.ndarray | None = None
 
 
-def load_scoring_model(model_path: str | Path, *, device: str = "cpu", precision: str = "auto",
-                       onnx_threads: int | None = None) -> LoadedModel | OnnxScorer:
+def load_scoring_model(
+    model_path: str | Path, *, device: str = "cpu", precision: str = "auto", onnx_threads: int | None = None
+) -> LoadedModel | OnnxScorer:
     """A checkpoint (``model.pt``), or an exported graph (``*.onnx``) scored with onnxruntime.
 
     Both give the configuration, calibration, training record, description, heatmap scale and
@@ -63,17 +63,22 @@ def load_scoring_model(model_path: str | Path, *, device: str = "cpu", precision
         from ..export import OnnxScorer
 
         if device not in ("cpu", "auto"):
-            raise ValueError(f"{model_path}: an ONNX graph is scored on the CPU (onnxruntime's CPU "
-                             f"provider), not on device={device!r}; use the checkpoint (model.pt) instead")
+            raise ValueError(
+                f"{model_path}: an ONNX graph is scored on the CPU (onnxruntime's CPU "
+                f"provider), not on device={device!r}; use the checkpoint (model.pt) instead"
+            )
         if precision == "bf16":
-            raise ValueError(f"{model_path}: an ONNX graph is scored in fp32, not precision='bf16'; "
-                             "score the checkpoint (model.pt) for bf16")
+            raise ValueError(
+                f"{model_path}: an ONNX graph is scored in fp32, not precision='bf16'; "
+                "score the checkpoint (model.pt) for bf16"
+            )
         return OnnxScorer(model_path, num_threads=onnx_threads)
     return load_checkpoint(model_path, device=device, precision=precision)
 
 
-def score_table(model: LoadedModel | OnnxScorer, images: LoadedImages, *, normalisation: str = "calibrated",
-                keep_maps: bool = False) -> ScoredTable:
+def score_table(
+    model: LoadedModel | OnnxScorer, images: LoadedImages, *, normalisation: str = "calibrated", keep_maps: bool = False
+) -> ScoredTable:
     """Score loaded images into a table (path, score, components, ...) with maps when asked for.
 
     ``normalisation`` picks the ``score`` column: ``calibrated`` (robust z-score against normal
@@ -139,8 +144,7 @@ def score_job(
         logger.info("scoring with %s through onnxruntime on the CPU in fp32", model.description)
     # the worklist's view column; not the age, a patient attribute the worklist does not need
     manifest = fill_from_dicom_headers(load_inputs(inputs), ages=False)
-    images = load_images(manifest, model.config.data, on_bad_file=on_bad_file,
-                         cache_dir=cache_dir, progress=progress)
+    images = load_images(manifest, model.config.data, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress)
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     report_skipped(images.skipped, out_csv.with_name(out_csv.stem + "_skipped.csv"))
@@ -152,13 +156,22 @@ def score_job(
         order = ranked.order
         heat = heatmap_range(model.calibration, model.anomaly_map_scale)
         explanations = explain_rows(
-            ranked.table, images.pixels[order], scored.anomaly_maps[order], heat.scale, floor=heat.floor,
+            ranked.table,
+            images.pixels[order],
+            scored.anomaly_maps[order],
+            heat.scale,
+            floor=heat.floor,
             border_crop=model.config.data.border_crop,
             reconstructions=None if scored.reconstructions is None else scored.reconstructions[order],
-            max_image_pixels=model.config.data.max_image_pixels)
-        write_html_report(report, ranked.table, explanations, calibration=model.calibration,
-                          model_description=f"{Path(model_path).name} ({model.description}, "
-                                            f"cxr-anomaly {model.package_version})")
+            max_image_pixels=model.config.data.max_image_pixels,
+        )
+        write_html_report(
+            report,
+            ranked.table,
+            explanations,
+            calibration=model.calibration,
+            model_description=f"{Path(model_path).name} ({model.description}, cxr-anomaly {model.package_version})",
+        )
         table = ranked.table
     table.to_csv(out_csv, index=False)
     logger.info("scored %d images -> %s", len(table), out_csv)

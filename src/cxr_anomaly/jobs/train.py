@@ -1,5 +1,4 @@
-"""``cxr-anomaly train``: fit a detector on the normal films of a data set and write its checkpoint.
-"""
+"""``cxr-anomaly train``: fit a detector on the normal films of a data set and write its checkpoint."""
 
 from __future__ import annotations
 
@@ -8,19 +7,18 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .. import distributed
 from ..checkpoint import save_checkpoint
 from ..config import Config, config_to_dict
 from ..data.copies import film_signatures
 from ..data.dataset import OnBadFile, SkippedFile, load_images
 from ..data.manifest import load_inputs
+from ..data.selection import report_skipped, select_training_rows, warn_on_patient_overlap
 from ..files import atomic_write_text
 from ..inference import resolve_device
 from ..models.registry import family_of, fit_detector
-from ..scoring import fit_calibration, score_films
 from ..scope import training_age_record
-from ..data.selection import report_skipped, select_training_rows, warn_on_patient_overlap
+from ..scoring import fit_calibration, score_films
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +55,16 @@ def train_job(
     """
     context = distributed.initialise_from_environment(config.train.device)
     try:
-        outcome = _train_job(data, out_dir, config, on_bad_file=on_bad_file, cache_dir=cache_dir,
-                             progress=progress, resume=resume, context=context)
+        outcome = _train_job(
+            data,
+            out_dir,
+            config,
+            on_bad_file=on_bad_file,
+            cache_dir=cache_dir,
+            progress=progress,
+            resume=resume,
+            context=context,
+        )
     except BaseException:
         distributed.shutdown(context, wait=False)  # the other ranks may be gone already
         raise
@@ -88,10 +94,12 @@ def _train_job(
     chosen = select_training_rows(manifest, config, origin)
     if not context.is_main:
         distributed.barrier(context)  # rank 0 fills the preprocessing cache first
-    train_images = load_images(chosen.train, config.data, on_bad_file=on_bad_file,
-                               cache_dir=cache_dir, progress=progress)
-    calibration_images = load_images(chosen.calibration, config.data, on_bad_file=on_bad_file,
-                                     cache_dir=cache_dir, progress=progress)
+    train_images = load_images(
+        chosen.train, config.data, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress
+    )
+    calibration_images = load_images(
+        chosen.calibration, config.data, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress
+    )
     if context.is_main:
         distributed.barrier(context)
     skipped = train_images.skipped + calibration_images.skipped
@@ -99,12 +107,13 @@ def _train_job(
         report_skipped(skipped, out_dir / "skipped_files.csv")
     logger.info(
         "training on %d normal images (ignored: %s); calibrating on %d (%s)",
-        len(train_images.pixels), chosen.ignored_counts, len(calibration_images.pixels),
+        len(train_images.pixels),
+        chosen.ignored_counts,
+        len(calibration_images.pixels),
         chosen.calibration_source,
     )
     device = resolve_device(config.train.device)
-    result = fit_detector(config, train_images.pixels, device=device, progress=progress, run_dir=out_dir,
-                          resume=resume)
+    result = fit_detector(config, train_images.pixels, device=device, progress=progress, run_dir=out_dir, resume=resume)
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if not context.is_main:  # rank 0 alone calibrates and writes
         return TrainOutcome(checkpoint_path, len(train_images.pixels), len(calibration_images.pixels), skipped)
@@ -120,8 +129,14 @@ def _train_job(
         "training_ages": training_age_record(chosen.train),
         "data": [str(Path(source).resolve()) for source in data],  # absolute: evaluate reads it from anywhere
     }
-    checkpoint = save_checkpoint(checkpoint_path, result.detector, config, calibration=calibration, training=record,
-                                 training_signatures=film_signatures(train_images.pixels))
+    checkpoint = save_checkpoint(
+        checkpoint_path,
+        result.detector,
+        config,
+        calibration=calibration,
+        training=record,
+        training_signatures=film_signatures(train_images.pixels),
+    )
     # Written atomically too, so that a run killed at any moment leaves no truncated file.
     atomic_write_text(out_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
     atomic_write_text(out_dir / "training_log.json", json.dumps(record, indent=2))

@@ -72,8 +72,10 @@ class ListenerSettings:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port}: expected 0 to 65535")
         if self.network_timeout <= 0 or self.max_associations < 1:
-            raise ValueError(f"network_timeout={self.network_timeout}, max_associations={self.max_associations}: "
-                             "both must be positive")
+            raise ValueError(
+                f"network_timeout={self.network_timeout}, max_associations={self.max_associations}: "
+                "both must be positive"
+            )
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,9 @@ def check_received_header(path: Path, *, max_side: int, max_bytes: int) -> Heade
     except Exception as error:  # noqa: BLE001 - pydicom raises many types for damaged or hostile headers
         raise RefusedInstance(STATUS_CANNOT_UNDERSTAND, f"unreadable header ({type(error).__name__})") from None
     if sop_class not in FILM_SOP_CLASSES:
-        raise RefusedInstance(STATUS_SOP_CLASS_NOT_SUPPORTED,
-                              f"SOP class {sop_class or '(none)'} is not CR or DX image storage")
+        raise RefusedInstance(
+            STATUS_SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class or '(none)'} is not CR or DX image storage"
+        )
     if not sop_instance or not study:
         raise RefusedInstance(STATUS_DATASET_MISMATCH, "no SOPInstanceUID or StudyInstanceUID")
     if frames != 1:
@@ -139,8 +142,9 @@ def check_received_header(path: Path, *, max_side: int, max_bytes: int) -> Heade
     if not has_pixels:
         raise RefusedInstance(STATUS_DATASET_MISMATCH, "no pixel data")
     if native_bytes is not None and size < native_bytes:
-        raise RefusedInstance(STATUS_DATASET_MISMATCH,
-                              f"{size} bytes received; the uncompressed pixel data alone declares {native_bytes}")
+        raise RefusedInstance(
+            STATUS_DATASET_MISMATCH, f"{size} bytes received; the uncompressed pixel data alone declares {native_bytes}"
+        )
     return HeaderCheck(sop_instance, sop_class, study)
 
 
@@ -165,8 +169,15 @@ class FilmIntake:
         max_bytes: the largest accepted instance, in bytes as received.
     """
 
-    def __init__(self, store: FilmStore, spool: Spool, on_received: Callable[[], None], *,
-                 max_side: int = DEFAULT_MAX_SIDE, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        store: FilmStore,
+        spool: Spool,
+        on_received: Callable[[], None],
+        *,
+        max_side: int = DEFAULT_MAX_SIDE,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.store = store
         self.spool = spool
         self.on_received = on_received
@@ -180,13 +191,15 @@ class FilmIntake:
     def keep(self, received: Path, header: HeaderCheck, *, source: str) -> int:
         """Copy a checked instance into the spool and record it; a resend is only counted."""
         if self.store.knows(header.sop_instance_uid):
-            self.store.record_received(header.sop_instance_uid, header.sop_class_uid, header.study_instance_uid,
-                                       "", source)
+            self.store.record_received(
+                header.sop_instance_uid, header.sop_class_uid, header.study_instance_uid, "", source
+            )
             logger.info("film %s: received again, already kept; no second result", header.sop_instance_uid)
             return STATUS_SUCCESS
         kept = self.spool.keep(received, header.sop_instance_uid)
-        if self.store.record_received(header.sop_instance_uid, header.sop_class_uid, header.study_instance_uid,
-                                      kept, source):
+        if self.store.record_received(
+            header.sop_instance_uid, header.sop_class_uid, header.study_instance_uid, kept, source
+        ):
             logger.info("film %s: received and kept", header.sop_instance_uid)
         self.on_received()
         return STATUS_SUCCESS
@@ -217,8 +230,11 @@ class StorageListener:
         try:
             return self.intake.keep(received, header, source="c-store")
         except OSError as error:
-            logger.error("instance %s: cannot keep it (%s); answered out of resources",
-                         header.sop_instance_uid, type(error).__name__)
+            logger.error(
+                "instance %s: cannot keep it (%s); answered out of resources",
+                header.sop_instance_uid,
+                type(error).__name__,
+            )
             return STATUS_OUT_OF_RESOURCES
 
     def start(self) -> None:
@@ -248,13 +264,16 @@ class StorageListener:
         for context in AllStoragePresentationContexts:
             application.add_supported_context(context.abstract_syntax, syntaxes)
         application.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ABORTED, _log_abort),
-                    (evt.EVT_CONN_OPEN, _time_out_stalled_peers),
-                    (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
-        self._server = application.start_server((self.settings.host, self.settings.port), block=False,
-                                                evt_handlers=handlers)
-        logger.info("listening for DICOM as %s on %s:%d", self.settings.ae_title, self.settings.host,
-                    self.port)
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_ABORTED, _log_abort),
+            (evt.EVT_CONN_OPEN, _time_out_stalled_peers),
+            (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
+        ]
+        self._server = application.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        logger.info("listening for DICOM as %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
 
     @property
     def port(self) -> int:

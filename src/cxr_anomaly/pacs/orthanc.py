@@ -112,13 +112,21 @@ class OrthancFollower:
             refused += outcome == "refused"
         self.intake.store.set_cursor(CURSOR_NAME, int(feed.get("Last", since)))
         if changes:
-            logger.info("orthanc feed: %d new instances, %d films kept, %d refused, %d of other SOP classes skipped",
-                        len(changes), films, refused, skipped)
+            logger.info(
+                "orthanc feed: %d new instances, %d films kept, %d refused, %d of other SOP classes skipped",
+                len(changes),
+                films,
+                refused,
+                skipped,
+            )
         return FeedPage(len(changes), films, skipped, refused, bool(feed.get("Done", True)))
 
     def _take(self, orthanc_id: str) -> str:
-        sop_class = self.client.get(f"/instances/{orthanc_id}/metadata/SopClassUid", max_bytes=256).decode(
-            "ascii", "replace").strip()
+        sop_class = (
+            self.client.get(f"/instances/{orthanc_id}/metadata/SopClassUid", max_bytes=256)
+            .decode("ascii", "replace")
+            .strip()
+        )
         if sop_class not in FILM_SOP_CLASSES:
             return "skipped"
         data = self.client.get(f"/instances/{orthanc_id}/file", max_bytes=self.intake.max_bytes)

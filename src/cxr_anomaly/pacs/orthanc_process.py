@@ -55,8 +55,9 @@ class OrthancProcess:
 
     def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
         """POST to a REST path and parse the JSON reply."""
-        request = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": content_type},
-                                         method="POST")
+        request = urllib.request.Request(
+            self.url + path, data=body, headers={"Content-Type": content_type}, method="POST"
+        )
         with urllib.request.urlopen(request, timeout=300) as response:
             return json.loads(response.read() or b"null")
 
@@ -85,18 +86,28 @@ def start_orthanc(folder: Path, *, startup_timeout: float = 30.0) -> OrthancProc
     """
     binary = shutil.which("Orthanc")
     if binary is None:
-        raise OrthancUnavailableError("Orthanc is not installed (Debian: apt-get install orthanc orthanc-dicomweb; "
-                                      "make pacs-server)")
+        raise OrthancUnavailableError(
+            "Orthanc is not installed (Debian: apt-get install orthanc orthanc-dicomweb; make pacs-server)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port, listener_port = free_port(), free_port(), free_port()
     config = {
-        "Name": "cxr-anomaly-test", "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "storage"), "HttpPort": http_port, "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "Name": "cxr-anomaly-test",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "storage"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
         "DicomModalities": {"cxr": ["CXRANOMALY", "127.0.0.1", listener_port]},
-        "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False, "OverwriteInstances": True,
+        "DicomAlwaysAllowStore": True,
+        "DicomCheckCalledAet": False,
+        "OverwriteInstances": True,
         "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 2, "HttpTimeout": 60,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "StableAge": 2,
+        "HttpTimeout": 60,
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
     with (folder / "orthanc.log").open("wb") as log:
@@ -112,4 +123,6 @@ def start_orthanc(folder: Path, *, startup_timeout: float = 30.0) -> OrthancProc
                 break
             time.sleep(0.2)
     server.stop()
-    raise OrthancUnavailableError(f"Orthanc did not answer within {startup_timeout:.0f} s; see {folder / 'orthanc.log'}")
+    raise OrthancUnavailableError(
+        f"Orthanc did not answer within {startup_timeout:.0f} s; see {folder / 'orthanc.log'}"
+    )

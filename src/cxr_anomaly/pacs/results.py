@@ -98,8 +98,9 @@ class FilmResult:
         if self.scope not in SCOPES:
             raise ValueError(f"scope={self.scope!r}: expected one of {SCOPES}")
         if not self.model_name.strip() or not self.model_version.strip():
-            raise ValueError(f"model_name={self.model_name!r}, model_version={self.model_version!r}: "
-                             "both must be non-empty")
+            raise ValueError(
+                f"model_name={self.model_name!r}, model_version={self.model_version!r}: both must be non-empty"
+            )
 
     @property
     def reported_decision(self) -> str:
@@ -159,8 +160,10 @@ def silence_highdicom() -> None:
     several association threads.
     """
     with _silence_lock:
-        installed = any(action == "ignore" and module is not None and module.pattern == _HIGHDICOM_WARNING_MODULES
-                        for action, _, _, module, _ in warnings.filters)
+        installed = any(
+            action == "ignore" and module is not None and module.pattern == _HIGHDICOM_WARNING_MODULES
+            for action, _, _, module, _ in warnings.filters
+        )
         if not installed:
             warnings.filterwarnings("ignore", module=_HIGHDICOM_WARNING_MODULES)
         highdicom_logger = logging.getLogger("highdicom")
@@ -177,8 +180,10 @@ def result_uids(source_sop_instance_uid: str, model_version: str) -> ResultUids:
             two models sit side by side instead of overwriting each other.
     """
     if not source_sop_instance_uid or not model_version:
-        raise ValueError(f"source_sop_instance_uid={source_sop_instance_uid!r}, model_version={model_version!r}: "
-                         "both must be non-empty")
+        raise ValueError(
+            f"source_sop_instance_uid={source_sop_instance_uid!r}, model_version={model_version!r}: "
+            "both must be non-empty"
+        )
 
     return ResultUids(
         sr_series=derived_uid("sr series", source_sop_instance_uid, model_version),
@@ -191,8 +196,17 @@ def result_uids(source_sop_instance_uid: str, model_version: str) -> ResultUids:
 
 
 # Type 2 patient and study attributes that highdicom copies into the results; empty when the film lacks them
-_COPIED_TYPE_2: tuple[str, ...] = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
-                                   "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+_COPIED_TYPE_2: tuple[str, ...] = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 _REQUIRED: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -259,23 +273,34 @@ def _measurement_group(source: Dataset, result: FilmResult, uids: ResultUids) ->
     """The TID 1501 group of the whole film: algorithm, numbers, source image and text items."""
     hd = _highdicom()
     concepts = _concepts()
-    numbers = [("raw_score", result.raw_score, "unit_score"),
-               ("calibrated_score", result.calibrated_score, "unit_z"),
-               ("percentile", result.percentile, "unit_percent")]
-    measurements = [hd.sr.Measurement(name=concepts[name], value=float(value), unit=concepts[unit])
-                    for name, value, unit in numbers if value is not None]
+    numbers = [
+        ("raw_score", result.raw_score, "unit_score"),
+        ("calibrated_score", result.calibrated_score, "unit_z"),
+        ("percentile", result.percentile, "unit_percent"),
+    ]
+    measurements = [
+        hd.sr.Measurement(name=concepts[name], value=float(value), unit=concepts[unit])
+        for name, value, unit in numbers
+        if value is not None
+    ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking, identifier="whole film"),
         algorithm_id=hd.sr.AlgorithmIdentification(name=result.model_name, version=result.model_version),
         measurements=measurements,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
-    texts = [("decision", result.reported_decision), ("operating_point", result.operating_point),
-             ("scope", result.scope)]
+    texts = [
+        ("decision", result.reported_decision),
+        ("operating_point", result.operating_point),
+        ("scope", result.scope),
+    ]
     for name, value in texts:
         if value is not None:
-            group[0].ContentSequence.append(hd.sr.TextContentItem(
-                name=concepts[name], value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+            group[0].ContentSequence.append(
+                hd.sr.TextContentItem(
+                    name=concepts[name], value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+                )
+            )
     return group
 
 
@@ -292,10 +317,13 @@ def build_structured_report(source: Dataset, result: FilmResult, uids: ResultUid
     """
     hd = _highdicom()
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=uids.device, name=result.model_name, manufacturer_name=MANUFACTURER, model_name=result.model_version)
+        uid=uids.device, name=result.model_name, manufacturer_name=MANUFACTURER, model_name=result.model_version
+    )
     context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
-                                                      observer_identifying_attributes=device))
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device
+        )
+    )
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=_concepts()["procedure"],
@@ -303,7 +331,8 @@ def build_structured_report(source: Dataset, result: FilmResult, uids: ResultUid
         referenced_images=_image_library(source) or None,
     )
     scheme = hd.coding_schemes.CodingSchemeIdentificationItem(
-        designator=PRIVATE_SCHEME, name=PRIVATE_SCHEME_NAME, responsible_organization=MANUFACTURER)
+        designator=PRIVATE_SCHEME, name=PRIVATE_SCHEME_NAME, responsible_organization=MANUFACTURER
+    )
     return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report[0],
@@ -333,8 +362,9 @@ def _format_value(value: float) -> str:
     return f"{value:.3g}"
 
 
-def heatmap_with_scale(overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = None, *, scale_floor: float,
-                       scale_top: float) -> np.ndarray:
+def heatmap_with_scale(
+    overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = None, *, scale_floor: float, scale_top: float
+) -> np.ndarray:
     """The heatmap overlay with a legend strip below it: the colour bar, its end values and a caveat.
 
     Args:
@@ -349,8 +379,9 @@ def heatmap_with_scale(overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = 
     """
     overlay_rgb = np.asarray(overlay_rgb)
     if overlay_rgb.ndim != 3 or overlay_rgb.shape[2] != 3 or overlay_rgb.dtype != np.uint8:
-        raise ValueError(f"overlay_rgb has shape {overlay_rgb.shape} and dtype {overlay_rgb.dtype}; "
-                         "expected uint8 (H, W, 3)")
+        raise ValueError(
+            f"overlay_rgb has shape {overlay_rgb.shape} and dtype {overlay_rgb.dtype}; expected uint8 (H, W, 3)"
+        )
     if not (math.isfinite(scale_floor) and math.isfinite(scale_top) and scale_top > scale_floor):
         raise ValueError(f"scale_floor={scale_floor}, scale_top={scale_top}: the top must exceed the floor")
     width = overlay_rgb.shape[1]
@@ -358,8 +389,15 @@ def heatmap_with_scale(overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = 
     margin = max(4, round(width * 0.04))
     bar_box = (margin, round(strip_height * 0.12), width - margin, round(strip_height * 0.45))
     bar_size = (max(1, bar_box[2] - bar_box[0]), max(1, bar_box[3] - bar_box[1]))
-    legend = default_colour_bar(width=bar_size[0], height=bar_size[1]) if colour_bar is None else np.asarray(
-        Image.fromarray(np.ascontiguousarray(colour_bar, dtype=np.uint8)).resize(bar_size, Image.Resampling.BILINEAR))
+    legend = (
+        default_colour_bar(width=bar_size[0], height=bar_size[1])
+        if colour_bar is None
+        else np.asarray(
+            Image.fromarray(np.ascontiguousarray(colour_bar, dtype=np.uint8)).resize(
+                bar_size, Image.Resampling.BILINEAR
+            )
+        )
+    )
     strip = Image.new("RGB", (width, strip_height), (0, 0, 0))
     strip.paste(Image.fromarray(legend), bar_box[:2])
     draw = ImageDraw.Draw(strip)
@@ -371,8 +409,7 @@ def heatmap_with_scale(overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = 
     return np.concatenate([overlay_rgb, np.asarray(strip, dtype=np.uint8)], axis=0)
 
 
-def build_secondary_capture(source: Dataset, image_rgb: np.ndarray, result: FilmResult,
-                            uids: ResultUids) -> Dataset:
+def build_secondary_capture(source: Dataset, image_rgb: np.ndarray, result: FilmResult, uids: ResultUids) -> Dataset:
     """The Secondary Capture of the heatmap (with its scale) in the source's study.
 
     Args:
@@ -417,8 +454,15 @@ def build_secondary_capture(source: Dataset, image_rgb: np.ndarray, result: Film
     return image
 
 
-def build_results(source: Dataset, result: FilmResult, overlay_rgb: np.ndarray, colour_bar: np.ndarray | None = None,
-                  *, scale_floor: float, scale_top: float) -> ResultObjects:
+def build_results(
+    source: Dataset,
+    result: FilmResult,
+    overlay_rgb: np.ndarray,
+    colour_bar: np.ndarray | None = None,
+    *,
+    scale_floor: float,
+    scale_top: float,
+) -> ResultObjects:
     """The SR and the heatmap Secondary Capture for one scored film.
 
     Args:
@@ -443,8 +487,9 @@ def build_results(source: Dataset, result: FilmResult, overlay_rgb: np.ndarray, 
     report = build_structured_report(header, result, uids)
     image = heatmap_with_scale(overlay_rgb, colour_bar, scale_floor=scale_floor, scale_top=scale_top)
     capture = build_secondary_capture(header, image, result, uids)
-    logger.info("built results %s (SR) and %s (heatmap) of film %s", uids.sr_instance, uids.sc_instance,
-                source.SOPInstanceUID)
+    logger.info(
+        "built results %s (SR) and %s (heatmap) of film %s", uids.sr_instance, uids.sc_instance, source.SOPInstanceUID
+    )
     return ResultObjects(structured_report=report, secondary_capture=capture)
 
 

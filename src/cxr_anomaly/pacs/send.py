@@ -87,8 +87,10 @@ class CStoreSink:
                 status = association.send_c_store(dataset)
                 code = getattr(status, "Status", None)
                 if code is None or int(code) not in (0x0000, 0xB000, 0xB007, 0xB006):
-                    raise SendError(f"C-STORE of {dataset.SOPInstanceUID} answered "
-                                    f"{'no status' if code is None else f'0x{int(code):04X}'}")
+                    raise SendError(
+                        f"C-STORE of {dataset.SOPInstanceUID} answered "
+                        f"{'no status' if code is None else f'0x{int(code):04X}'}"
+                    )
         finally:
             association.release()
 
@@ -117,15 +119,19 @@ class StowSink:
             body.write(part.getvalue())
             body.write(b"\r\n")
         body.write(f"--{boundary}--\r\n".encode("ascii"))
-        headers = {**self.headers, "Accept": "application/dicom+json",
-                   "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+        headers = {
+            **self.headers,
+            "Accept": "application/dicom+json",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        }
         request = urllib.request.Request(self.url, data=body.getvalue(), headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 reply = response.read()
         except (urllib.error.URLError, OSError) as error:
-            raise SendError(f"STOW-RS to {self.url} failed: {getattr(error, 'code', '')} "
-                            f"{type(error).__name__}") from None
+            raise SendError(
+                f"STOW-RS to {self.url} failed: {getattr(error, 'code', '')} {type(error).__name__}"
+            ) from None
         failed = _failed_sop_count(reply)
         if failed:
             raise SendError(f"STOW-RS to {self.url}: the server refused {failed} of {len(datasets)} instances")
@@ -151,6 +157,7 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     if parts.port is not None:
         netloc += f":{parts.port}"
     clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    token = base64.b64encode(f"{urllib.parse.unquote(parts.username)}:"
-                             f"{urllib.parse.unquote(parts.password or '')}".encode()).decode("ascii")
+    token = base64.b64encode(
+        f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}".encode()
+    ).decode("ascii")
     return clean, {"Authorization": f"Basic {token}"}

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from ..dicom import silence_pydicom
+from ..files import model_version
 from .listener import FilmIntake, ListenerSettings, StorageListener
 from .orthanc import OrthancClient, OrthancFollower
 from .scope import scope_rule_for
 from .send import CStoreSink, RemoteEntity, ResultSink, StowSink
 from .spool import Spool
 from .store import FilmStore
-from ..files import model_version
 from .worker import ScoringWorker
 
 logger = logging.getLogger(__name__)
@@ -97,8 +97,14 @@ def start_listening(options: ListenOptions) -> RunningListener:
     model: Any = load_scoring_model(options.model, device=options.device, precision=options.precision)
     store = FilmStore(options.state_folder / "films.sqlite")
     calling_ae = options.listener.ae_title if options.listener is not None else "CXRANOMALY"
-    worker = ScoringWorker(model, model_version(options.model), store, result_sink(options, calling_ae),
-                           options.state_folder / "thumbnails", scope_rule_for(model))
+    worker = ScoringWorker(
+        model,
+        model_version(options.model),
+        store,
+        result_sink(options, calling_ae),
+        options.state_folder / "thumbnails",
+        scope_rule_for(model),
+    )
     intake = FilmIntake(store, Spool(options.state_folder / "spool"), worker.wake)
     pending = len(store.pending(limit=1_000_000))
     if pending:

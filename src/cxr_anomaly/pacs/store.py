@@ -122,34 +122,41 @@ class FilmStore:
                 raise
             self._connection.execute("COMMIT")
 
-    def record_received(self, sop_instance_uid: str, sop_class_uid: str, study_instance_uid: str,
-                        path: str | Path, source: str) -> bool:
+    def record_received(
+        self, sop_instance_uid: str, sop_class_uid: str, study_instance_uid: str, path: str | Path, source: str
+    ) -> bool:
         """Record a film whose file is on disk; True when it is new, False for a resend."""
         with self._transaction() as connection:
-            known = connection.execute("SELECT 1 FROM films WHERE sop_instance_uid = ?",
-                                       (sop_instance_uid,)).fetchone()
+            known = connection.execute("SELECT 1 FROM films WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
             if known is not None:
-                connection.execute("UPDATE films SET times_received = times_received + 1 WHERE sop_instance_uid = ?",
-                                   (sop_instance_uid,))
+                connection.execute(
+                    "UPDATE films SET times_received = times_received + 1 WHERE sop_instance_uid = ?",
+                    (sop_instance_uid,),
+                )
                 return False
             connection.execute(
                 "INSERT INTO films (sop_instance_uid, sop_class_uid, study_instance_uid, path, source, received_at,"
                 " state) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sop_instance_uid, sop_class_uid, study_instance_uid, str(path), source, time.time(), RECEIVED))
+                (sop_instance_uid, sop_class_uid, study_instance_uid, str(path), source, time.time(), RECEIVED),
+            )
             return True
 
     def knows(self, sop_instance_uid: str) -> bool:
         """Whether a film of this UID was received before."""
         with self._lock:
-            return self._connection.execute("SELECT 1 FROM films WHERE sop_instance_uid = ?",
-                                            (sop_instance_uid,)).fetchone() is not None
+            return (
+                self._connection.execute(
+                    "SELECT 1 FROM films WHERE sop_instance_uid = ?", (sop_instance_uid,)
+                ).fetchone()
+                is not None
+            )
 
     def pending(self, limit: int = 64) -> list[StoredFilm]:
         """Films received or scored whose results have not gone back yet, oldest first."""
         with self._lock:
             rows = self._connection.execute(
-                "SELECT * FROM films WHERE state IN (?, ?) ORDER BY received_at LIMIT ?",
-                (RECEIVED, SCORED, limit)).fetchall()
+                "SELECT * FROM films WHERE state IN (?, ?) ORDER BY received_at LIMIT ?", (RECEIVED, SCORED, limit)
+            ).fetchall()
         return [StoredFilm(**dict(row)) for row in rows]
 
     def record_scored(self, sop_instance_uid: str, record: FilmScoreRecord) -> None:
@@ -158,21 +165,33 @@ class FilmStore:
             connection.execute(
                 "UPDATE films SET state = ?, raw_score = ?, calibrated_score = ?, percentile = ?, decision = ?,"
                 " scope = ?, scored_at = ? WHERE sop_instance_uid = ?",
-                (SCORED, record.raw_score, record.calibrated_score, record.percentile, record.decision,
-                 record.scope, time.time(), sop_instance_uid))
+                (
+                    SCORED,
+                    record.raw_score,
+                    record.calibrated_score,
+                    record.percentile,
+                    record.decision,
+                    record.scope,
+                    time.time(),
+                    sop_instance_uid,
+                ),
+            )
 
     def record_returned(self, sop_instance_uid: str) -> None:
         """Mark a film's results as stored in the PACS."""
         with self._transaction() as connection:
             connection.execute(
                 "UPDATE films SET state = ?, returned_at = ?, times_returned = times_returned + 1"
-                " WHERE sop_instance_uid = ?", (RETURNED, time.time(), sop_instance_uid))
+                " WHERE sop_instance_uid = ?",
+                (RETURNED, time.time(), sop_instance_uid),
+            )
 
     def record_failed(self, sop_instance_uid: str, reason: str) -> None:
         """Mark a film that cannot be scored or returned; the reason must quote no header value."""
         with self._transaction() as connection:
-            connection.execute("UPDATE films SET state = ?, error = ? WHERE sop_instance_uid = ?",
-                               (FAILED, reason, sop_instance_uid))
+            connection.execute(
+                "UPDATE films SET state = ?, error = ? WHERE sop_instance_uid = ?", (FAILED, reason, sop_instance_uid)
+            )
 
     def films(self) -> list[StoredFilm]:
         """Every film, oldest first (the worklist's source)."""
@@ -189,8 +208,11 @@ class FilmStore:
     def set_cursor(self, name: str, value: int) -> None:
         """Store a position durably."""
         with self._transaction() as connection:
-            connection.execute("INSERT INTO cursors (name, value) VALUES (?, ?) "
-                               "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
+            connection.execute(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     def close(self) -> None:
         """Close the database connection."""

@@ -93,18 +93,27 @@ def film_dataset_from_png(
     dataset.SpecificCharacterSet = "ISO_IR 100"
     dataset.SOPClassUID = sop_class
     dataset.SOPInstanceUID = sop_uid
-    _patient_and_study(dataset, patient_id=patient_id, study_uid=study_uid, patient_age=patient_age,
-                       patient_sex=patient_sex, now=now)
+    _patient_and_study(
+        dataset, patient_id=patient_id, study_uid=study_uid, patient_age=patient_age, patient_sex=patient_sex, now=now
+    )
     _series_and_equipment(dataset, modality=modality, study_uid=study_uid, view_position=view_position)
     lossy_source = path.suffix.lower() in (".jpg", ".jpeg")
-    _image(dataset, pixels, bits=bits, modality=modality, view_position=view_position, now=now,
-           lossy_source=lossy_source)
+    _image(
+        dataset, pixels, bits=bits, modality=modality, view_position=view_position, now=now, lossy_source=lossy_source
+    )
     logger.debug("built a %s test film %s from %s", modality, sop_uid, path.name)
     return dataset
 
 
-def _patient_and_study(dataset: Dataset, *, patient_id: str, study_uid: str, patient_age: str | None,
-                       patient_sex: str, now: datetime.datetime) -> None:
+def _patient_and_study(
+    dataset: Dataset,
+    *,
+    patient_id: str,
+    study_uid: str,
+    patient_age: str | None,
+    patient_sex: str,
+    now: datetime.datetime,
+) -> None:
     """Patient and General Study modules, with fake identifiers."""
     dataset.PatientName = f"TEST^{patient_id}"
     dataset.PatientID = patient_id
@@ -135,8 +144,16 @@ def _series_and_equipment(dataset: Dataset, *, modality: str, study_uid: str, vi
         dataset.ViewPosition = view_position
 
 
-def _image(dataset: Dataset, pixels: np.ndarray, *, bits: int, modality: str, view_position: str,
-           now: datetime.datetime, lossy_source: bool) -> None:
+def _image(
+    dataset: Dataset,
+    pixels: np.ndarray,
+    *,
+    bits: int,
+    modality: str,
+    view_position: str,
+    now: datetime.datetime,
+    lossy_source: bool,
+) -> None:
     """General Image, Image Pixel, DX/CR Image, DX Anatomy, Detector and Positioning, VOI LUT."""
     from pydicom.dataset import Dataset
 
@@ -149,8 +166,12 @@ def _image(dataset: Dataset, pixels: np.ndarray, *, bits: int, modality: str, vi
     dataset.ImageType = ["ORIGINAL", "PRIMARY"]
     dataset.BurnedInAnnotation = "NO"
     dataset.LossyImageCompression = "01" if lossy_source else "00"
-    dataset.set_pixel_data(np.ascontiguousarray(pixels), photometric_interpretation="MONOCHROME2",
-                           bits_stored=bits, generate_instance_uid=False)
+    dataset.set_pixel_data(
+        np.ascontiguousarray(pixels),
+        photometric_interpretation="MONOCHROME2",
+        bits_stored=bits,
+        generate_instance_uid=False,
+    )
     dataset.RescaleIntercept = 0
     dataset.RescaleSlope = 1
     dataset.RescaleType = "US"

@@ -80,8 +80,18 @@ class ScoringWorker:
         retry_seconds: wait after the PACS could not be reached.
     """
 
-    def __init__(self, model: Any, version: str, store: FilmStore, sink: ResultSink, thumbnails: Path,
-                 scope_of: ScopeRule, *, batch_size: int = 8, retry_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        version: str,
+        store: FilmStore,
+        sink: ResultSink,
+        thumbnails: Path,
+        scope_of: ScopeRule,
+        *,
+        batch_size: int = 8,
+        retry_seconds: float = 5.0,
+    ) -> None:
         self.model = model
         self.version = version
         self.store = store
@@ -118,8 +128,9 @@ class ScoringWorker:
             try:
                 done = self.process_batch()
             except SendError as error:
-                logger.error("results could not be stored in the PACS (%s); retrying in %.0f s",
-                             error, self.retry_seconds)
+                logger.error(
+                    "results could not be stored in the PACS (%s); retrying in %.0f s", error, self.retry_seconds
+                )
                 self._stop.wait(self.retry_seconds)
                 continue
             if done == 0:
@@ -138,15 +149,22 @@ class ScoringWorker:
             return len(pending)
         inputs = np.stack([film.model_input for film in decoded])  # (B, S, S) uint8
         scores = self.model.score_films(inputs, keep_maps=True)
-        prepared = [self._prepare(film, float(scores.raw[index]), scores.anomaly_maps[index])
-                    for index, film in enumerate(decoded)]
+        prepared = [
+            self._prepare(film, float(scores.raw[index]), scores.anomaly_maps[index])
+            for index, film in enumerate(decoded)
+        ]
         started = time.perf_counter()
         self.sink.send([dataset for results in prepared for dataset in results.datasets])
         seconds = time.perf_counter() - started
         for results in prepared:
             self.store.record_returned(results.film.stored.sop_instance_uid)
-            logger.info("film %s: score %.4g, %s, scope %s; results stored", results.film.stored.sop_instance_uid,
-                        results.result.raw_score, results.result.decision, results.result.scope)
+            logger.info(
+                "film %s: score %.4g, %s, scope %s; results stored",
+                results.film.stored.sop_instance_uid,
+                results.result.raw_score,
+                results.result.decision,
+                results.result.scope,
+            )
         logger.debug("stored the results of %d films in %.2f s", len(prepared), seconds)
         return len(pending)
 
@@ -158,13 +176,13 @@ class ScoringWorker:
             header = pydicom.dcmread(stored.path, stop_before_pixels=True)
         except InputFileError as error:
             self.store.record_failed(stored.sop_instance_uid, error.reason)
-            logger.warning("film %s: cannot be decoded (%s); recorded as failed",
-                           stored.sop_instance_uid, error.reason)
+            logger.warning("film %s: cannot be decoded (%s); recorded as failed", stored.sop_instance_uid, error.reason)
             return None
         except Exception as error:  # noqa: BLE001 - the header parsed at receipt; anything now is damage on disk
             self.store.record_failed(stored.sop_instance_uid, type(error).__name__)
-            logger.warning("film %s: cannot be read back (%s); recorded as failed",
-                           stored.sop_instance_uid, type(error).__name__)
+            logger.warning(
+                "film %s: cannot be read back (%s); recorded as failed", stored.sop_instance_uid, type(error).__name__
+            )
             return None
         scope = self.scope_of(header, image.array)
         size = self.model.config.data.image_size
@@ -173,15 +191,30 @@ class ScoringWorker:
     def _prepare(self, film: DecodedFilm, raw: float, anomaly_map: np.ndarray) -> PreparedResults:
         """Record a film's score, write its worklist thumbnails and build its SR and heatmap."""
         result = self.film_result(raw, film.scope)
-        self.store.record_scored(film.stored.sop_instance_uid, FilmScoreRecord(
-            raw, result.calibrated_score, result.percentile, result.decision, result.scope))
-        explanation = explain_film(film.film, film.model_input, anomaly_map, self.heat.scale, floor=self.heat.floor,
-                                   border_crop=self.model.config.data.border_crop, max_side=HEATMAP_MAX_SIDE)
+        self.store.record_scored(
+            film.stored.sop_instance_uid,
+            FilmScoreRecord(raw, result.calibrated_score, result.percentile, result.decision, result.scope),
+        )
+        explanation = explain_film(
+            film.film,
+            film.model_input,
+            anomaly_map,
+            self.heat.scale,
+            floor=self.heat.floor,
+            border_crop=self.model.config.data.border_crop,
+            max_side=HEATMAP_MAX_SIDE,
+        )
         stem = Path(film.stored.path).stem
         (self.thumbnails / f"{stem}.heatmap.png").write_bytes(png_bytes(shrink(explanation.overlay, THUMBNAIL_SIDE)))
         (self.thumbnails / f"{stem}.film.png").write_bytes(png_bytes(shrink(explanation.original, THUMBNAIL_SIDE)))
-        objects = build_results(film.header, result, explanation.overlay, colour_bar(),
-                                scale_floor=self.heat.floor, scale_top=self.heat.scale)
+        objects = build_results(
+            film.header,
+            result,
+            explanation.overlay,
+            colour_bar(),
+            scale_floor=self.heat.floor,
+            scale_top=self.heat.scale,
+        )
         return PreparedResults(film, result, [objects.structured_report, objects.secondary_capture])
 
     def film_result(self, raw: float, scope: str) -> FilmResult:
@@ -197,9 +230,16 @@ class ScoringWorker:
             operating_point = describe_operating_point(calibration)
         if scope != IN_SCOPE:
             decision = "not assessed"
-        return FilmResult(raw_score=raw, calibrated_score=calibrated, percentile=percentile, decision=decision,
-                          operating_point=operating_point, scope=scope, model_name=self.model.description,
-                          model_version=self.version)
+        return FilmResult(
+            raw_score=raw,
+            calibrated_score=calibrated,
+            percentile=percentile,
+            decision=decision,
+            operating_point=operating_point,
+            scope=scope,
+            model_name=self.model.description,
+            model_version=self.version,
+        )
 
 
 def describe_operating_point(calibration: Any) -> str:

@@ -30,14 +30,33 @@ def store_table(store: FilmStore) -> pd.DataFrame:
     for film in store.films():
         scored = film.state in (SCORED, RETURNED)
         scope = film.scope if scored else (f"failed: {film.error}" if film.state == FAILED else "not yet scored")
-        rows.append({
-            "path": film.path, "score_raw": film.raw_score if scored else np.nan,
-            "score_calibrated": film.calibrated_score, "percentile": film.percentile,
-            "decision": film.decision, "scope": scope, "state": film.state,
-            "study_instance_uid": film.study_instance_uid, "sop_instance_uid": film.sop_instance_uid,
-        })
-    return pd.DataFrame(rows, columns=["path", "score_raw", "score_calibrated", "percentile", "decision", "scope",
-                                       "state", "study_instance_uid", "sop_instance_uid"])
+        rows.append(
+            {
+                "path": film.path,
+                "score_raw": film.raw_score if scored else np.nan,
+                "score_calibrated": film.calibrated_score,
+                "percentile": film.percentile,
+                "decision": film.decision,
+                "scope": scope,
+                "state": film.state,
+                "study_instance_uid": film.study_instance_uid,
+                "sop_instance_uid": film.sop_instance_uid,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "path",
+            "score_raw",
+            "score_calibrated",
+            "percentile",
+            "decision",
+            "scope",
+            "state",
+            "study_instance_uid",
+            "sop_instance_uid",
+        ],
+    )
 
 
 def _thumbnail(path: Path) -> np.ndarray:
@@ -53,18 +72,19 @@ def _explanation(thumbnails: Path, film: StoredFilm | None) -> Explanation:
     overlay = _thumbnail(thumbnails / f"{stem}.heatmap.png")
     if overlay.ndim == 2:
         overlay = np.repeat(overlay[..., None], 3, axis=2)
-    return Explanation(original=original, model_input=original, anomaly_map=np.zeros((1, 1), np.float32),
-                       scale=1.0, overlay=overlay)
+    return Explanation(
+        original=original, model_input=original, anomaly_map=np.zeros((1, 1), np.float32), scale=1.0, overlay=overlay
+    )
 
 
-def write_store_worklist(state_folder: str | Path, out: str | Path, *,
-                         calibration: Calibration | None = None) -> Path:
+def write_store_worklist(state_folder: str | Path, out: str | Path, *, calibration: Calibration | None = None) -> Path:
     """Write the HTML worklist (and a CSV beside it) of everything the listener received."""
     state_folder = Path(state_folder)
     database = state_folder / "films.sqlite"
     if not database.is_file():
-        raise FileNotFoundError(f"{database}: no listener store here (run 'cxr-anomaly listen --store "
-                                f"{state_folder}' first)")
+        raise FileNotFoundError(
+            f"{database}: no listener store here (run 'cxr-anomaly listen --store {state_folder}' first)"
+        )
     store = FilmStore(database)
     try:
         films = {film.path: film for film in store.films()}
@@ -75,6 +95,11 @@ def write_store_worklist(state_folder: str | Path, out: str | Path, *,
     explanations = [_explanation(state_folder / "thumbnails", films.get(path)) for path in ranked.table["path"]]
     out = Path(out)
     ranked.table.to_csv(out.with_suffix(".csv"), index=False)
-    return write_html_report(out, ranked.table, explanations, calibration=calibration,
-                             model_description=f"the listener's store {state_folder}",
-                             title="cxr-anomaly worklist (listener)")
+    return write_html_report(
+        out,
+        ranked.table,
+        explanations,
+        calibration=calibration,
+        model_description=f"the listener's store {state_folder}",
+        title="cxr-anomaly worklist (listener)",
+    )

@@ -5,5 +5,16 @@ from .app import ApiError, ServiceSettings, create_app, decode_upload, model_ver
 from .batching import BatchScorer, BatchStatistics, QueueFullError
 from .server import BackgroundServer, run_server, start_background_server
 
-__all__ = ["ApiError", "BackgroundServer", "BatchScorer", "BatchStatistics", "QueueFullError", "ServiceSettings",
-           "create_app", "decode_upload", "model_version", "run_server", "start_background_server"]
+__all__ = [
+    "ApiError",
+    "BackgroundServer",
+    "BatchScorer",
+    "BatchStatistics",
+    "QueueFullError",
+    "ServiceSettings",
+    "create_app",
+    "decode_upload",
+    "model_version",
+    "run_server",
+    "start_background_server",
+]

@@ -111,12 +111,14 @@ class MemoryBudget:
         changed = self._condition()
         async with changed:
             try:
-                await asyncio.wait_for(changed.wait_for(lambda: self.reserved_bytes + wanted <= self.total_bytes),
-                                       self.wait_seconds)
+                await asyncio.wait_for(
+                    changed.wait_for(lambda: self.reserved_bytes + wanted <= self.total_bytes), self.wait_seconds
+                )
             except TimeoutError:
                 self.statistics.refused_memory += 1
-                raise ServiceBusyError(f"the memory budget of {self.total_bytes} bytes stayed full for "
-                                       f"{self.wait_seconds:g} s") from None
+                raise ServiceBusyError(
+                    f"the memory budget of {self.total_bytes} bytes stayed full for {self.wait_seconds:g} s"
+                ) from None
             self.reserved_bytes += wanted
         return wanted
 

@@ -57,8 +57,8 @@ from ..calibration import Calibration
 from ..checkpoint import LoadedModel
 from ..dicom import silence_pydicom
 from ..explain import HeatmapRange, explain_film, heatmap_range, png_bytes, with_legend
-from ..jobs.score import load_scoring_model
 from ..files import model_version
+from ..jobs.score import load_scoring_model
 from ..scope import fitted_on_adults
 from .admission import ServiceBusyError
 from .batching import BatchScorer, QueueFullError
@@ -70,8 +70,6 @@ if TYPE_CHECKING:  # onnxruntime is optional: imported only to serve an .onnx gr
     from ..export import OnnxScorer
 
 logger = logging.getLogger(__name__)
-
-
 
 
 class ErrorDetail(BaseModel):
@@ -90,26 +88,31 @@ class ImageInfo(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    score: float = Field(description="robust z-score against normal validation films "
-                                     "(the raw score when the model has no calibration)")
+    score: float = Field(
+        description="robust z-score against normal validation films (the raw score when the model has no calibration)"
+    )
     score_kind: Literal["calibrated", "raw"]
-    score_raw: float = Field(description="the detector's raw score (features: the configured feature score; "
-                                         "tang2019: eq. 6)")
+    score_raw: float = Field(
+        description="the detector's raw score (features: the configured feature score; tang2019: eq. 6)"
+    )
     components: dict[str, float | None] = Field(
         description="the family's score components by name; null where the model lacks one "
-                    "(features: gaussian, pooled_knn, patch_knn; tang2019: reconstruction, adversarial, "
-                    "latent, code_distance)")
+        "(features: gaussian, pooled_knn, patch_knn; tang2019: reconstruction, adversarial, "
+        "latent, code_distance)"
+    )
     percentile: float | None = Field(description="percentile (0-100) among normal validation films")
     decision: Literal["flag", "normal"] | None = Field(description="at the stored operating point")
     threshold: float | None = Field(description="raw-score threshold of the stored operating point")
     model_version: str = Field(description="sha256 prefix of the checkpoint file")
     package_version: str = Field(description="cxr-anomaly version that wrote the checkpoint")
     image: ImageInfo
-    heatmap_png: str | None = Field(default=None, description="base64 PNG of the heatmap overlay "
-                                                              "(with ?heatmap=true)")
-    scope: str = Field(default="in_scope", description="in_scope, or why the model was not made for this film "
-                                                       "(lateral_view, not_chest, for_processing, rotated, paediatric, "
-                                                       "unknown_view): its score then means nothing")
+    heatmap_png: str | None = Field(default=None, description="base64 PNG of the heatmap overlay (with ?heatmap=true)")
+    scope: str = Field(
+        default="in_scope",
+        description="in_scope, or why the model was not made for this film "
+        "(lateral_view, not_chest, for_processing, rotated, paediatric, "
+        "unknown_view): its score then means nothing",
+    )
 
 
 class HealthResponse(BaseModel):
@@ -154,9 +157,14 @@ def make_batch_scorer(model: LoadedModel | OnnxScorer) -> Callable[[np.ndarray],
     def score_batch(films: np.ndarray) -> list[FilmScore]:
         result = model.score_films(films, keep_maps=True)
         assert result.anomaly_maps is not None  # asked for above
-        return [FilmScore(float(result.raw[index]),
-                          {name: _optional(values[index]) for name, values in result.components.items()},
-                          result.anomaly_maps[index]) for index in range(len(films))]
+        return [
+            FilmScore(
+                float(result.raw[index]),
+                {name: _optional(values[index]) for name, values in result.components.items()},
+                result.anomaly_maps[index],
+            )
+            for index in range(len(films))
+        ]
 
     return score_batch
 
@@ -172,8 +180,13 @@ SCORE_REQUEST_BODY: dict[str, Any] = {
         "required": True,
         "description": "a PNG, JPEG or DICOM file, as multipart field 'file' or as the raw body",
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
@@ -182,11 +195,15 @@ SCORE_REQUEST_BODY: dict[str, Any] = {
     }
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description} for status, description in (
-        (400, "no file, or a malformed form"), (401, "missing or wrong bearer token"),
-        (413, "upload or image dimensions over the limits"), (415, "not a PNG, JPEG or DICOM file"),
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "no file, or a malformed form"),
+        (401, "missing or wrong bearer token"),
+        (413, "upload or image dimensions over the limits"),
+        (415, "not a PNG, JPEG or DICOM file"),
         (422, "the file cannot be decoded, or the image is too small"),
-        (503, "the service is at a limit (requests in flight, queued films, memory): retry after Retry-After"))
+        (503, "the service is at a limit (requests in flight, queued films, memory): retry after Retry-After"),
+    )
 }
 
 
@@ -195,20 +212,27 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error_handler(_: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"error": {"code": error.code, "message": error.message}},
-                            status_code=error.status_code, headers=error.headers)
+        return JSONResponse(
+            {"error": {"code": error.code, "message": error.message}},
+            status_code=error.status_code,
+            headers=error.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg')}"
-                             for item in error.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg')}" for item in error.errors()
+        )
         return JSONResponse({"error": {"code": "invalid_request", "message": problems}}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error_handler(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return JSONResponse({"error": {"code": code, "message": str(error.detail)}},
-                            status_code=error.status_code, headers=getattr(error, "headers", None))
+        return JSONResponse(
+            {"error": {"code": code, "message": str(error.detail)}},
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),
+        )
 
 
 @dataclass(frozen=True)
@@ -235,30 +259,49 @@ def place_on_operating_point(raw_score: float, calibration: Calibration | None) 
     if calibration is None:
         return PlacedScore(raw_score, "raw")
     raw = np.asarray([raw_score])
-    return PlacedScore(float(calibration.standardise(raw)[0]), "calibrated",
-                       percentile=float(calibration.percentile(raw)[0]),
-                       decision="flag" if bool(calibration.flag(raw)[0]) else "normal",
-                       threshold=calibration.threshold)
+    return PlacedScore(
+        float(calibration.standardise(raw)[0]),
+        "calibrated",
+        percentile=float(calibration.percentile(raw)[0]),
+        decision="flag" if bool(calibration.flag(raw)[0]) else "normal",
+        threshold=calibration.threshold,
+    )
 
 
-def describe_model(model: LoadedModel | OnnxScorer, model_path: str | Path, version: str,
-                   settings: ServiceSettings) -> ModelResponse:
+def describe_model(
+    model: LoadedModel | OnnxScorer, model_path: str | Path, version: str, settings: ServiceSettings
+) -> ModelResponse:
     """The body of ``GET /v1/model``: method, detector, versions, operating point and limits."""
-    training = {key: model.training.get(key) for key in
-                ("num_train_images", "num_calibration_images", "calibration_source") if key in model.training}
+    training = {
+        key: model.training.get(key)
+        for key in ("num_train_images", "num_calibration_images", "calibration_source")
+        if key in model.training
+    }
     return ModelResponse(
-        model_version=version, package_version=model.package_version, server_version=__version__,
-        method=model.config.method, detector=model.description, image_size=model.config.data.image_size,
+        model_version=version,
+        package_version=model.package_version,
+        server_version=__version__,
+        method=model.config.method,
+        detector=model.description,
+        image_size=model.config.data.image_size,
         checkpoint=Path(model_path).name,
         calibration=None if model.calibration is None else model.calibration.summary(),
-        training=training, auth_required=settings.token is not None,
-        limits={"max_upload_bytes": settings.max_upload_bytes, "max_image_side": settings.max_image_side,
-                "min_image_side": MIN_IMAGE_SIDE, "accepted_formats": list(ACCEPTED_FORMATS),
-                "max_batch_size": settings.max_batch_size, "max_in_flight": settings.max_in_flight,
-                "max_queued_films": settings.max_queued_films, "memory_budget_bytes": settings.memory_budget_bytes,
-                "header_timeout_seconds": settings.header_timeout_seconds,
-                "body_timeout_seconds": settings.body_timeout_seconds,
-                "idle_timeout_seconds": settings.idle_timeout_seconds, "max_connections": settings.max_connections},
+        training=training,
+        auth_required=settings.token is not None,
+        limits={
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_image_side": settings.max_image_side,
+            "min_image_side": MIN_IMAGE_SIDE,
+            "accepted_formats": list(ACCEPTED_FORMATS),
+            "max_batch_size": settings.max_batch_size,
+            "max_in_flight": settings.max_in_flight,
+            "max_queued_films": settings.max_queued_films,
+            "memory_budget_bytes": settings.memory_budget_bytes,
+            "header_timeout_seconds": settings.header_timeout_seconds,
+            "body_timeout_seconds": settings.body_timeout_seconds,
+            "idle_timeout_seconds": settings.idle_timeout_seconds,
+            "max_connections": settings.max_connections,
+        },
     )
 
 
@@ -272,8 +315,13 @@ class ServedModel:
     version: str
 
 
-async def respond(served: ServedModel, decoded: DecodedUpload, result: FilmScore, heatmap: bool,
-                  response_format: Literal["json", "png"]) -> Any:
+async def respond(
+    served: ServedModel,
+    decoded: DecodedUpload,
+    result: FilmScore,
+    heatmap: bool,
+    response_format: Literal["json", "png"],
+) -> Any:
     """The score of a film as JSON, or its heatmap PNG."""
     model, settings, heat, version = served.model, served.settings, served.heat, served.version
     placed = place_on_operating_point(result.raw, model.calibration)
@@ -282,25 +330,44 @@ async def respond(served: ServedModel, decoded: DecodedUpload, result: FilmScore
     overlay_png = None
     if heatmap or response_format == "png":
         explanation = await asyncio.to_thread(
-            explain_film, decoded.film, decoded.model_input, result.anomaly_map, heat.scale,
-            floor=heat.floor, border_crop=model.config.data.border_crop, max_side=settings.heatmap_max_side)
-        overlay_png = await asyncio.to_thread(lambda: png_bytes(with_legend(
-            explanation.overlay, floor=heat.floor, scale=heat.scale, raw_score=result.raw)))
+            explain_film,
+            decoded.film,
+            decoded.model_input,
+            result.anomaly_map,
+            heat.scale,
+            floor=heat.floor,
+            border_crop=model.config.data.border_crop,
+            max_side=settings.heatmap_max_side,
+        )
+        overlay_png = await asyncio.to_thread(
+            lambda: png_bytes(
+                with_legend(explanation.overlay, floor=heat.floor, scale=heat.scale, raw_score=result.raw)
+            )
+        )
     height, width = decoded.film.shape
     if response_format == "png":
         assert overlay_png is not None  # made above
-        headers = {"X-Score": f"{placed.score:.6g}", "X-Score-Raw": f"{result.raw:.6g}",
-                   "X-Model-Version": version, "X-Scope": scope.reason}
+        headers = {
+            "X-Score": f"{placed.score:.6g}",
+            "X-Score-Raw": f"{result.raw:.6g}",
+            "X-Model-Version": version,
+            "X-Scope": scope.reason,
+        }
         if placed.decision is not None:
             headers["X-Decision"] = placed.decision
             headers["X-Percentile"] = f"{placed.percentile:.3f}"
         return Response(overlay_png, media_type="image/png", headers=headers)
     return ScoreResponse(
-        score=placed.score, score_kind=placed.kind, score_raw=result.raw,
+        score=placed.score,
+        score_kind=placed.kind,
+        score_raw=result.raw,
         components=result.components,
-        percentile=placed.percentile, decision=placed.decision, threshold=placed.threshold,
+        percentile=placed.percentile,
+        decision=placed.decision,
+        threshold=placed.threshold,
         model_version=version,
-        package_version=model.package_version, image=ImageInfo(format=decoded.format, width=width, height=height),
+        package_version=model.package_version,
+        image=ImageInfo(format=decoded.format, width=width, height=height),
         heatmap_png=None if overlay_png is None else base64.b64encode(overlay_png).decode("ascii"),
         scope=scope.reason,
     )
@@ -321,8 +388,14 @@ def check_token(token: str | None, credentials: HTTPAuthorizationCredentials | N
         raise ApiError(401, "invalid_token", "the bearer token is not valid", challenge)
 
 
-async def score_film(served: ServedModel, intake: FilmIntake, scorer: BatchScorer[FilmScore], request: Request,
-                     heatmap: bool, response_format: Literal["json", "png"]) -> Any:
+async def score_film(
+    served: ServedModel,
+    intake: FilmIntake,
+    scorer: BatchScorer[FilmScore],
+    request: Request,
+    heatmap: bool,
+    response_format: Literal["json", "png"],
+) -> Any:
     """``POST /v1/score``: admit, read and decode the upload, score it in a batch and respond.
 
     Raises:
@@ -339,15 +412,24 @@ async def score_film(served: ServedModel, intake: FilmIntake, scorer: BatchScore
                 raise ServiceBusyError(str(full)) from None
             return await respond(served, decoded, result, heatmap, response_format)
     except ServiceBusyError as busy:
-        raise ApiError(503, "service_busy", f"the service is busy ({busy.reason}); retry later",
-                       {"Retry-After": str(served.settings.retry_after_seconds)}) from None
+        raise ApiError(
+            503,
+            "service_busy",
+            f"the service is busy ({busy.reason}); retry later",
+            {"Retry-After": str(served.settings.retry_after_seconds)},
+        ) from None
     except ClientDisconnect:
         logger.info("a client disconnected before its upload ended")
         return Response(status_code=400)  # nobody is left to read it
 
 
-def create_app(model_path: str | Path, settings: ServiceSettings | None = None, *,
-               device: str = "cpu", onnx_threads: int | None = None) -> FastAPI:
+def create_app(
+    model_path: str | Path,
+    settings: ServiceSettings | None = None,
+    *,
+    device: str = "cpu",
+    onnx_threads: int | None = None,
+) -> FastAPI:
     """Build the service for a checkpoint (``model.pt``) or an exported graph (``*.onnx``).
 
     A checkpoint scores on ``device`` (``auto``: CUDA when available). An ONNX graph is scored
@@ -366,9 +448,12 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     version = model_version(model_path)
     image_size = model.config.data.image_size
     heat = heatmap_range(model.calibration, model.anomaly_map_scale)
-    scorer: BatchScorer[FilmScore] = BatchScorer(make_batch_scorer(model), max_batch_size=settings.max_batch_size,
-                                                 max_wait_seconds=settings.batch_wait_seconds,
-                                                 max_queued=settings.max_queued_films)
+    scorer: BatchScorer[FilmScore] = BatchScorer(
+        make_batch_scorer(model),
+        max_batch_size=settings.max_batch_size,
+        max_wait_seconds=settings.batch_wait_seconds,
+        max_queued=settings.max_queued_films,
+    )
     served = ServedModel(model, settings, heat, version)
     intake = FilmIntake(settings, image_size, fitted_on_adults=fitted_on_adults(model.training))
     bearer = HTTPBearer(auto_error=False, description="required when the service runs with a token")
@@ -380,9 +465,15 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
         intake.close()
 
     # No /docs or /redoc: FastAPI's pages load unpinned scripts from a CDN.
-    app = FastAPI(title="cxr-anomaly", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Triage of chest X-rays by a detector fitted on normal films only "
-                              f"({model.description}). A triage aid, not a diagnosis.")
+    app = FastAPI(
+        title="cxr-anomaly",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Triage of chest X-rays by a detector fitted on normal films only "
+        f"({model.description}). A triage aid, not a diagnosis.",
+    )
     app.state.scorer = scorer
     app.state.model = model
     app.state.settings = settings
@@ -402,24 +493,39 @@ def create_app(model_path: str | Path, settings: ServiceSettings | None = None, 
     async def healthz() -> HealthResponse:
         """Liveness and batching statistics."""
         statistics = scorer.statistics
-        return HealthResponse(status="ok", batches=statistics.batches, films_scored=statistics.films,
-                              largest_batch=statistics.largest_batch, in_flight=intake.in_flight.active,
-                              refused_busy=intake.statistics.refused)
+        return HealthResponse(
+            status="ok",
+            batches=statistics.batches,
+            films_scored=statistics.films,
+            largest_batch=statistics.largest_batch,
+            in_flight=intake.in_flight.active,
+            refused_busy=intake.statistics.refused,
+        )
 
     @app.get("/v1/model", response_model=ModelResponse)
     async def model_info() -> ModelResponse:
         """What is being served: method, detector, versions, operating point and limits."""
         return describe_model(model, model_path, version, settings)
 
-    @app.post("/v1/score", response_model=ScoreResponse, responses={
-        **ERROR_RESPONSES, 200: {"content": {"image/png": {}},
-                                 "description": "the score as JSON, or the heatmap PNG with ?format=png"}},
-        openapi_extra=SCORE_REQUEST_BODY, dependencies=[Depends(require_token)])
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        responses={
+            **ERROR_RESPONSES,
+            200: {
+                "content": {"image/png": {}},
+                "description": "the score as JSON, or the heatmap PNG with ?format=png",
+            },
+        },
+        openapi_extra=SCORE_REQUEST_BODY,
+        dependencies=[Depends(require_token)],
+    )
     async def score(
         request: Request,
         heatmap: bool = Query(False, description="add the heatmap overlay as a base64 PNG to the JSON"),
         response_format: Literal["json", "png"] = Query(
-            "json", alias="format", description="json (default), or png: the heatmap overlay image itself"),
+            "json", alias="format", description="json (default), or png: the heatmap overlay image itself"
+        ),
     ) -> Any:
         """Score one chest film (PNG, JPEG or DICOM)."""
         return await score_film(served, intake, scorer, request, heatmap, response_format)

@@ -54,8 +54,14 @@ class BatchScorer(Generic[ResultT]):
         max_queued: the most films waiting (queued or in the batch being scored); None: no bound.
     """
 
-    def __init__(self, score_batch: Callable[[np.ndarray], list[ResultT]], *, max_batch_size: int = 32,
-                 max_wait_seconds: float = 0.005, max_queued: int | None = None) -> None:
+    def __init__(
+        self,
+        score_batch: Callable[[np.ndarray], list[ResultT]],
+        *,
+        max_batch_size: int = 32,
+        max_wait_seconds: float = 0.005,
+        max_queued: int | None = None,
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}; expected at least 1")
         if max_queued is not None and max_queued < 1:
@@ -100,8 +106,9 @@ class BatchScorer(Generic[ResultT]):
         finally:
             self.waiting -= 1
 
-    async def _gather(self, queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[ResultT]]]
-                      ) -> list[tuple[np.ndarray, asyncio.Future[ResultT]]]:
+    async def _gather(
+        self, queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[ResultT]]]
+    ) -> list[tuple[np.ndarray, asyncio.Future[ResultT]]]:
         batch = [await queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_seconds

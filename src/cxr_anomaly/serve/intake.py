@@ -45,9 +45,12 @@ def _accepted_format(data: bytes) -> str:
     """The upload's format sniffed from its bytes; 415 unless PNG, JPEG or DICOM."""
     kind = sniff_format(data[:132])
     if kind not in ACCEPTED_FORMATS:
-        raise ApiError(415, "unsupported_format",
-                       f"the upload is not a PNG, JPEG or DICOM file (detected: {kind or 'unknown'}, "
-                       f"first bytes {data[:8]!r}); the file name and declared type are not trusted")
+        raise ApiError(
+            415,
+            "unsupported_format",
+            f"the upload is not a PNG, JPEG or DICOM file (detected: {kind or 'unknown'}, "
+            f"first bytes {data[:8]!r}); the file name and declared type are not trusted",
+        )
     return kind
 
 
@@ -92,11 +95,15 @@ def decode_upload(data: bytes, settings: ServiceSettings, image_size: int) -> De
         raise ApiError(422, "unreadable_image", f"cannot decode the {kind.upper()} upload: {error.reason}") from None
     height, width = image.array.shape
     if max(height, width) > settings.max_image_side:  # an EXIF rotation cannot grow it; a second line
-        raise ApiError(413, "image_too_large",
-                       f"image is {width}x{height}; the largest accepted side is {settings.max_image_side} pixels")
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"image is {width}x{height}; the largest accepted side is {settings.max_image_side} pixels",
+        )
     if min(height, width) < MIN_IMAGE_SIDE:
-        raise ApiError(422, "image_too_small",
-                       f"image is {width}x{height}; the smallest accepted side is {MIN_IMAGE_SIDE} pixels")
+        raise ApiError(
+            422, "image_too_small", f"image is {width}x{height}; the smallest accepted side is {MIN_IMAGE_SIDE} pixels"
+        )
     return DecodedUpload(image.array, reduce_film(image, image_size), kind)
 
 
@@ -131,8 +138,12 @@ class FilmIntake:
         async with self.memory.reserve(decode_bytes_needed(probed)):
             decoded = await loop.run_in_executor(self.pool, decode_upload, data, self.settings, self.image_size)
         # in the pool too: a DICOM header is parsed there, off the event loop
-        decoded.scope = await loop.run_in_executor(self.pool, functools.partial(
-            upload_scope, data, decoded.format, decoded.model_input, fitted_on_adults=self.fitted_on_adults))
+        decoded.scope = await loop.run_in_executor(
+            self.pool,
+            functools.partial(
+                upload_scope, data, decoded.format, decoded.model_input, fitted_on_adults=self.fitted_on_adults
+            ),
+        )
         return decoded
 
     def close(self) -> None:

@@ -48,8 +48,15 @@ class LoadTestResult:
         return asdict(self)
 
 
-async def _run(url: str, payload: bytes, filename: str, num_requests: int, concurrency: int,
-               token: str | None, timeout_seconds: float) -> LoadTestResult:
+async def _run(
+    url: str,
+    payload: bytes,
+    filename: str,
+    num_requests: int,
+    concurrency: int,
+    token: str | None,
+    timeout_seconds: float,
+) -> LoadTestResult:
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -63,8 +70,7 @@ async def _run(url: str, payload: bytes, filename: str, num_requests: int, concu
             next_request += 1  # no await between the check and the increment: no race in one loop
             started = time.perf_counter()
             try:
-                response = await client.post(f"{url}/v1/score", files={"file": (filename, payload)},
-                                             headers=headers)
+                response = await client.post(f"{url}/v1/score", files={"file": (filename, payload)}, headers=headers)
                 statuses[str(response.status_code)] += 1
             except httpx.HTTPError:
                 statuses["error"] += 1
@@ -77,16 +83,29 @@ async def _run(url: str, payload: bytes, filename: str, num_requests: int, concu
         seconds = time.perf_counter() - started
     values = np.asarray(latencies)
     return LoadTestResult(
-        requests=num_requests, concurrency=concurrency, errors=num_requests - statuses.get("200", 0),
-        status_counts=dict(statuses), seconds=seconds, throughput=num_requests / seconds,
-        p50_ms=float(np.percentile(values, 50)), p90_ms=float(np.percentile(values, 90)),
-        p99_ms=float(np.percentile(values, 99)), max_ms=float(values.max()),
+        requests=num_requests,
+        concurrency=concurrency,
+        errors=num_requests - statuses.get("200", 0),
+        status_counts=dict(statuses),
+        seconds=seconds,
+        throughput=num_requests / seconds,
+        p50_ms=float(np.percentile(values, 50)),
+        p90_ms=float(np.percentile(values, 90)),
+        p99_ms=float(np.percentile(values, 99)),
+        max_ms=float(values.max()),
     )
 
 
-def run_load_test(url: str, payload: bytes, *, filename: str = "film.png", num_requests: int = 1000,
-                  concurrency: int = 16, token: str | None = None,
-                  timeout_seconds: float = 60.0) -> LoadTestResult:
+def run_load_test(
+    url: str,
+    payload: bytes,
+    *,
+    filename: str = "film.png",
+    num_requests: int = 1000,
+    concurrency: int = 16,
+    token: str | None = None,
+    timeout_seconds: float = 60.0,
+) -> LoadTestResult:
     """Post ``payload`` to ``url``/v1/score ``num_requests`` times, ``concurrency`` at a time.
 
     Args:

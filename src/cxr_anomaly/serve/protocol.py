@@ -53,8 +53,10 @@ class ConnectionLimits:
 
     def __post_init__(self) -> None:
         if self.header_timeout <= 0 or self.body_timeout <= 0:
-            raise ValueError(f"header_timeout={self.header_timeout}, body_timeout={self.body_timeout}; "
-                             "expected positive numbers of seconds")
+            raise ValueError(
+                f"header_timeout={self.header_timeout}, body_timeout={self.body_timeout}; "
+                "expected positive numbers of seconds"
+            )
         if self.max_connections < 1:
             raise ValueError(f"max_connections={self.max_connections}; expected at least 1")
 
@@ -87,8 +89,14 @@ class GuardedH11Protocol(H11Protocol):
 
     def _evict_longest_idle(self) -> bool:
         """Close the connection that has waited longest without a request in progress; False if none."""
-        idle = [other for other in self.connections if isinstance(other, GuardedH11Protocol) and other is not self
-                and other._idle_since is not None and not other.transport.is_closing()]
+        idle = [
+            other
+            for other in self.connections
+            if isinstance(other, GuardedH11Protocol)
+            and other is not self
+            and other._idle_since is not None
+            and not other.transport.is_closing()
+        ]
         if not idle:
             return False
         victim = min(idle, key=lambda other: other._idle_since or 0.0)
@@ -141,8 +149,7 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self.limits.header_timeouts += 1
-            logger.debug("closed a connection without complete request headers after %g s",
-                         self.limits.header_timeout)
+            logger.debug("closed a connection without complete request headers after %g s", self.limits.header_timeout)
             self.transport.close()
 
     def _body_too_slow(self) -> None:

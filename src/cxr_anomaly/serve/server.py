@@ -48,8 +48,12 @@ def server_config(app: FastAPI, **options: Any) -> Any:
     import uvicorn
 
     settings: ServiceSettings = app.state.settings
-    return uvicorn.Config(app, http=guarded_protocol(app.state.connection_limits),
-                          timeout_keep_alive=settings.idle_timeout_seconds, **options)
+    return uvicorn.Config(
+        app,
+        http=guarded_protocol(app.state.connection_limits),
+        timeout_keep_alive=settings.idle_timeout_seconds,
+        **options,
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -73,11 +77,18 @@ def ensure_descriptors(max_connections: int) -> None:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         if target < needed:
-            logger.warning("open-file limit %d is below the %d that max_connections=%d needs; lower "
-                           "--max-connections or raise the limit (ulimit -n)", target, needed, max_connections)
+            logger.warning(
+                "open-file limit %d is below the %d that max_connections=%d needs; lower "
+                "--max-connections or raise the limit (ulimit -n)",
+                target,
+                needed,
+                max_connections,
+            )
 
 
-def start_background_server(app: FastAPI, *, host: str = "127.0.0.1", startup_timeout: float = 20.0) -> BackgroundServer:
+def start_background_server(
+    app: FastAPI, *, host: str = "127.0.0.1", startup_timeout: float = 20.0
+) -> BackgroundServer:
     """Serve ``app`` with uvicorn in a daemon thread on a free port; return when it accepts requests.
 
     Raises:
@@ -90,8 +101,7 @@ def start_background_server(app: FastAPI, *, host: str = "127.0.0.1", startup_ti
     listener.bind((host, 0))
     port = listener.getsockname()[1]
     server = uvicorn.Server(server_config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True,
-                              name=f"uvicorn:{port}")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True, name=f"uvicorn:{port}")
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:
@@ -102,9 +112,16 @@ def start_background_server(app: FastAPI, *, host: str = "127.0.0.1", startup_ti
     return BackgroundServer(f"http://{host}:{port}", server, thread)
 
 
-def run_server(model_path: str | Path, settings: ServiceSettings, *, host: str = "127.0.0.1",
-               port: int = 8000, threads: int | None = None, device: str = "auto",
-               allow_open: bool = False) -> None:
+def run_server(
+    model_path: str | Path,
+    settings: ServiceSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int | None = None,
+    device: str = "auto",
+    allow_open: bool = False,
+) -> None:
     """Load the checkpoint or ONNX graph and serve it with uvicorn until interrupted.
 
     Args:
@@ -126,10 +143,13 @@ def run_server(model_path: str | Path, settings: ServiceSettings, *, host: str =
         raise ValueError(f"threads={threads}; expected at least 1")
     if settings.token is None and not is_loopback(host):
         if not allow_open:
-            raise ConfigError(f"refusing to serve on {host} without a bearer token: anyone who can reach it "
-                              "could score films; pass --token (or set CXR_ANOMALY_TOKEN), or --allow-open")
-        logger.warning("serving on %s without a bearer token (--allow-open): anyone who can reach it can "
-                       "score films", host)
+            raise ConfigError(
+                f"refusing to serve on {host} without a bearer token: anyone who can reach it "
+                "could score films; pass --token (or set CXR_ANOMALY_TOKEN), or --allow-open"
+            )
+        logger.warning(
+            "serving on %s without a bearer token (--allow-open): anyone who can reach it can score films", host
+        )
     if threads is not None:
         torch.set_num_threads(threads)
     app = create_app(model_path, settings, device=device, onnx_threads=threads)
@@ -138,5 +158,11 @@ def run_server(model_path: str | Path, settings: ServiceSettings, *, host: str =
     uvicorn.Server(server_config(app, host=host, port=port, log_level="info")).run()
 
 
-__all__ = ["BackgroundServer", "ensure_descriptors", "is_loopback", "run_server", "server_config",
-           "start_background_server"]
+__all__ = [
+    "BackgroundServer",
+    "ensure_descriptors",
+    "is_loopback",
+    "run_server",
+    "server_config",
+    "start_background_server",
+]

@@ -55,16 +55,24 @@ class ServiceSettings:
     max_connections: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_in_flight", "max_queued_films", "memory_budget_bytes",
-                     "decode_threads", "max_connections"):
+        for name in (
+            "max_upload_bytes",
+            "max_in_flight",
+            "max_queued_films",
+            "memory_budget_bytes",
+            "decode_threads",
+            "max_connections",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; expected a positive number")
         for name in ("header_timeout_seconds", "body_timeout_seconds", "idle_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected a positive number of seconds")
         if self.admission_wait_seconds < 0 or self.retry_after_seconds < 0:
-            raise ValueError(f"admission_wait_seconds={self.admission_wait_seconds}, retry_after_seconds="
-                             f"{self.retry_after_seconds}; expected non-negative numbers")
+            raise ValueError(
+                f"admission_wait_seconds={self.admission_wait_seconds}, retry_after_seconds="
+                f"{self.retry_after_seconds}; expected non-negative numbers"
+            )
         if self.max_image_side < MIN_IMAGE_SIDE:
             raise ValueError(f"max_image_side={self.max_image_side}; expected at least {MIN_IMAGE_SIDE}")
         if self.token is not None and not self.token.strip():
@@ -73,8 +81,7 @@ class ServiceSettings:
     @classmethod
     def from_environment(cls, *, token: str | None = None, **values: Any) -> ServiceSettings:
         """Settings whose token defaults to the ``CXR_ANOMALY_TOKEN`` environment variable."""
-        return cls(token=token if token is not None else (os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None),
-                   **values)
+        return cls(token=token if token is not None else (os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None), **values)
 
     @property
     def read_limits(self) -> ReadLimits:
@@ -84,5 +91,8 @@ class ServiceSettings:
     @property
     def connection_limits(self) -> ConnectionLimits:
         """The protocol's timeouts and connection cap."""
-        return ConnectionLimits(header_timeout=self.header_timeout_seconds, body_timeout=self.body_timeout_seconds,
-                                max_connections=self.max_connections)
+        return ConnectionLimits(
+            header_timeout=self.header_timeout_seconds,
+            body_timeout=self.body_timeout_seconds,
+            max_connections=self.max_connections,
+        )

@@ -54,10 +54,15 @@ class _FormFile:
         self._headers: dict[bytes, bytes] = {}
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
-        return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
-                "on_header_value": self._header_value, "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-                "on_part_end": self._part_end}
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
 
     def _part_begin(self) -> None:
         self.parts += 1
@@ -91,8 +96,9 @@ class _FormFile:
         else:
             self.other_bytes += end - start
             if self.other_bytes > MULTIPART_OVERHEAD_BYTES:
-                raise ApiError(413, "upload_too_large", "the form's other fields exceed "
-                                                        f"{MULTIPART_OVERHEAD_BYTES} bytes")
+                raise ApiError(
+                    413, "upload_too_large", f"the form's other fields exceed {MULTIPART_OVERHEAD_BYTES} bytes"
+                )
 
     def _part_end(self) -> None:
         if self._in_file:
@@ -118,8 +124,11 @@ async def read_upload(request: Request, max_upload_bytes: int) -> bytes:
                 raise ApiError(413, "upload_too_large", f"upload exceeds the limit of {limit} bytes")
             body.write(chunk)
         if not body.tell():
-            raise ApiError(400, "empty_upload", "the request carries no file: send it as multipart field "
-                                                "'file' or as the raw request body")
+            raise ApiError(
+                400,
+                "empty_upload",
+                "the request carries no file: send it as multipart field 'file' or as the raw request body",
+            )
         return body.getvalue()  # CPython hands over the buffer itself, shrunk in place: no copy
     _, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")

@@ -24,8 +24,13 @@ from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import CheckpointError, ConfigError, NoNormalImagesError
 from cxr_anomaly.explain import legend_height
-from cxr_anomaly.models.features.backbone import (EfficientNetLite, SamePadConv2d, _load_weights, build_backbone,
-                                                  packaged_weights_path)
+from cxr_anomaly.models.features.backbone import (
+    EfficientNetLite,
+    SamePadConv2d,
+    _load_weights,
+    build_backbone,
+    packaged_weights_path,
+)
 from cxr_anomaly.models.features.fitting import greedy_coreset
 from cxr_anomaly.models.features.torch_model import GPU_SCORING_BATCH_SIZE
 from cxr_anomaly.models.registry import build_detector, fit_detector
@@ -33,8 +38,9 @@ from cxr_anomaly.scoring import fit_calibration, score_films
 
 # Frozen backbone: fine-tuning (on by default) has its own tests in test_finetune.py, and the CLI
 # test at the end of this file fits the default, fine-tuning included.
-SMALL = with_overrides(Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16,
-                       finetune_epochs=0)
+SMALL = with_overrides(
+    Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16, finetune_epochs=0
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,10 @@ def test_backbone_gives_three_scales_and_folding_keeps_outputs() -> None:
     with torch.inference_mode():
         ours, reference = folded(images), plain(images)
     assert {stride: tuple(value.shape) for stride, value in ours.items()} == {
-        8: (2, 40, 28, 28), 16: (2, 112, 14, 14), 32: (2, 320, 7, 7)}
+        8: (2, 40, 28, 28),
+        16: (2, 112, 14, 14),
+        32: (2, 320, 7, 7),
+    }
     for stride in ours:  # BatchNorm folded into the convolutions changes nothing but rounding
         assert torch.allclose(ours[stride], reference[stride], atol=1e-3, rtol=1e-4)
     assert not any(parameter.requires_grad for parameter in folded.parameters())
@@ -95,8 +104,9 @@ def test_same_padding_without_a_padded_copy_is_tensorflows_to_the_bit(kernel: in
     assert windowed.shape == reference.shape == (2, 6, math.ceil(size[0] / 2), math.ceil(size[1] / 2))
     assert torch.equal(windowed, reference)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(convolution(images), F.conv2d(F.pad(images, pads), convolution.weight, convolution.bias,
-                                                         2, 0, 1, 6))
+        assert torch.equal(
+            convolution(images), F.conv2d(F.pad(images, pads), convolution.weight, convolution.bias, 2, 0, 1, 6)
+        )
     # fine-tuning: the padded input, so the gradients of earlier commits to the bit
     (reference_grad,) = torch.autograd.grad(reference.square().sum(), images)
     (our_grad,) = torch.autograd.grad(convolution(images).square().sum(), images)
@@ -130,8 +140,10 @@ def test_greedy_coreset_covers_every_cluster() -> None:
     generator = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [50.0, 50.0]])
     # one big cluster and three small ones: random sampling of 4 would likely miss a small one
-    points = torch.cat([centres[0] + torch.randn(2000, 2, generator=generator)] +
-                       [centre + torch.randn(5, 2, generator=generator) for centre in centres[1:]])
+    points = torch.cat(
+        [centres[0] + torch.randn(2000, 2, generator=generator)]
+        + [centre + torch.randn(5, 2, generator=generator) for centre in centres[1:]]
+    )
     chosen = points[greedy_coreset(points, 4, generator)]
     nearest_centre = torch.cdist(chosen, centres).argmin(dim=1)
     assert sorted(nearest_centre.tolist()) == [0, 1, 2, 3]
@@ -169,8 +181,9 @@ def test_scoring_batch_is_the_detectors_for_the_device(fitted: FittedFeatures, m
     monkeypatch.setattr(inference, "native_bf16", lambda device: False)  # the batches below are the 16 of a CPU
     sizes: list[int] = []
     real_input = detector.model_input
-    monkeypatch.setattr(detector, "model_input",
-                        lambda pixels, device: (sizes.append(len(pixels)), real_input(pixels, device))[1])
+    monkeypatch.setattr(
+        detector, "model_input", lambda pixels, device: (sizes.append(len(pixels)), real_input(pixels, device))[1]
+    )
     films = np.concatenate([fitted.test_pixels, fitted.test_pixels[:4]])  # 20 films
     default = score_films(detector, films, precision="fp32").raw
     assert sizes == [16, 4]
@@ -226,8 +239,10 @@ def test_a_checkpoint_from_before_fine_tuning_loads_as_frozen(fitted: FittedFeat
     older = load_checkpoint(tmp_path / "older.pt")
     assert older.config.features.finetune_epochs == 0 and "fine-tuned" not in older.description
     assert older.config == fitted.config
-    assert np.array_equal(score_films(older.detector, fitted.test_pixels[:4], precision="fp32").raw,
-                          score_films(fitted.detector, fitted.test_pixels[:4], precision="fp32").raw)
+    assert np.array_equal(
+        score_films(older.detector, fitted.test_pixels[:4], precision="fp32").raw,
+        score_films(fitted.detector, fitted.test_pixels[:4], precision="fp32").raw,
+    )
     assert config_from_dict({"features": payload["config"]["features"]}).features.finetune_epochs == 2
 
 
@@ -244,8 +259,9 @@ def test_onnx_export_matches_torch_on_real_films(fitted: FittedFeatures, tmp_pat
         assert np.max(np.abs(onnx_scores.components[name] - values)) <= 1e-4 * scale, name
 
 
-def test_service_of_the_onnx_graph_answers_like_the_library(fitted: FittedFeatures, shared_data: Path,
-                                                            tmp_path: Path) -> None:
+def test_service_of_the_onnx_graph_answers_like_the_library(
+    fitted: FittedFeatures, shared_data: Path, tmp_path: Path
+) -> None:
     """``serve --model model.onnx`` for the features family: score, decision and a film-sized heatmap."""
     pytest.importorskip("onnxruntime")
     from fastapi.testclient import TestClient
@@ -300,8 +316,21 @@ def test_cli_fits_on_rsna_and_scores_nih_test_with_a_report(shared_data: Path, t
     train.to_csv(train_csv, index=False)
     config_file = tmp_path / "small.toml"
     config_file.write_text('method = "features"\n[features]\nmemory_bank_size = 512\n')
-    assert main(["train", "--data", str(train_csv), "--out", str(tmp_path / "run"), "--config", str(config_file),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(train_csv),
+                "--out",
+                str(tmp_path / "run"),
+                "--config",
+                str(config_file),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     model = tmp_path / "run" / "model.pt"
     record = load_checkpoint(model).training
     assert record["family"] == "features" and record["num_train_images"] + record["num_calibration_images"] == 200
@@ -311,14 +340,41 @@ def test_cli_fits_on_rsna_and_scores_nih_test_with_a_report(shared_data: Path, t
     test["path"] = [str(shared_data / "nih1000" / path) for path in test["path"]]
     test_csv = tmp_path / "test.csv"
     test.to_csv(test_csv, index=False)
-    assert main(["score", "--model", str(model), str(test_csv), "--out", str(tmp_path / "scores.csv"),
-                 "--report", str(tmp_path / "worklist.html"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(model),
+                str(test_csv),
+                "--out",
+                str(tmp_path / "scores.csv"),
+                "--report",
+                str(tmp_path / "worklist.html"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert len(scores) == 20 and {"gaussian", "pooled_knn", "patch_knn", "percentile", "decision"} <= set(scores)
     page = (tmp_path / "worklist.html").read_text()
     assert page.count('alt="heatmap"') == 20 and 'alt="reconstruction"' not in page and "colour-scale" in page
-    assert main(["evaluate", "--model", str(model), "--data", str(test_csv), "--out", str(tmp_path / "eval"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--data",
+                str(test_csv),
+                "--out",
+                str(tmp_path / "eval"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["method"] == "features" and set(metrics["auc_per_view"]) <= {"PA", "AP"}
     for key in ("auc_view_only", "auc_view_balanced", "auc_score_predicts_ap_in_normals", "adults", "intervals"):

@@ -23,8 +23,9 @@ from cxr_anomaly.scoring import score_films
 
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("make_config", [Config, tang2019_config], ids=["features", "tang2019"])
-def test_score_films_scores_in_bf16_exactly_where_it_is_native(monkeypatch: pytest.MonkeyPatch, native: bool,
-                                                               make_config: type) -> None:
+def test_score_films_scores_in_bf16_exactly_where_it_is_native(
+    monkeypatch: pytest.MonkeyPatch, native: bool, make_config: type
+) -> None:
     """The default precision of score_films is 'auto': bf16 autocast where the CPU has bf16, fp32 elsewhere."""
     config = make_config()
     detector = build_detector(config, pretrained=False)
@@ -33,8 +34,11 @@ def test_score_films_scores_in_bf16_exactly_where_it_is_native(monkeypatch: pyte
     def forward(images: torch.Tensor) -> AnomalyOutput:  # records the autocast state, computes nothing
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         count = len(images)
-        return AnomalyOutput(torch.zeros(count), {name: torch.zeros(count) for name in detector.component_names},
-                             torch.zeros(count, 1, 2, 2))
+        return AnomalyOutput(
+            torch.zeros(count),
+            {name: torch.zeros(count) for name in detector.component_names},
+            torch.zeros(count, 1, 2, 2),
+        )
 
     detector.forward = forward  # type: ignore[method-assign]
     monkeypatch.setattr(inference, "native_bf16", lambda device: native)
@@ -104,8 +108,9 @@ def test_bf16_changes_the_features_auc_little(shared_data: Path) -> None:
     On a CPU without native bf16 the bf16 pass is emulated (seconds per film), so 8 + 8 films are
     scored there and 50 + 50 where bf16 is native.
     """
-    config = with_overrides(Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16,
-                            finetune_epochs=0)  # the scoring precision is under test, not the fit
+    config = with_overrides(
+        Config(), "features", memory_bank_size=256, pooled_bank_size=64, batch_size=16, finetune_epochs=0
+    )  # the scoring precision is under test, not the fit
     per_class = 50 if inference.native_bf16("cpu") else 8
     train = load_inputs(shared_data / "rsna_normal224" / "manifest.csv").iloc[:64]
     nih = load_inputs(shared_data / "nih1000" / "manifest.csv")
@@ -117,7 +122,8 @@ def test_bf16_changes_the_features_auc_little(shared_data: Path) -> None:
     bf16 = score_films(detector, pixels, precision="bf16")
     pairs = per_class * per_class
     for name, full, half in [("raw", fp32.raw, bf16.raw)] + [
-            (name, fp32.components[name], bf16.components[name]) for name in fp32.components]:
+        (name, fp32.components[name], bf16.components[name]) for name in fp32.components
+    ]:
         assert np.all(np.isfinite(half)), name
         assert len(np.unique(half)) >= 0.95 * len(half), name  # no collapse into ties
         change = abs(roc_auc_score(labels, half) - roc_auc_score(labels, full))

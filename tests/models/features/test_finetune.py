@@ -18,16 +18,24 @@ from cxr_anomaly.models.features.finetune import augment, mean_shifted_contrasti
 from cxr_anomaly.models.registry import fit_detector
 from cxr_anomaly.scoring import score_films
 
-FINETUNED = with_overrides(Config(), "features", memory_bank_size=128, pooled_bank_size=32, batch_size=8,
-                           finetune_epochs=2, finetune_learning_rate=1e-3)
+FINETUNED = with_overrides(
+    Config(),
+    "features",
+    memory_bank_size=128,
+    pooled_bank_size=32,
+    batch_size=8,
+    finetune_epochs=2,
+    finetune_learning_rate=1e-3,
+)
 
 
 def test_loss_is_low_for_agreeing_views_and_high_for_unrelated_ones() -> None:
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(16, 32, generator=generator)
     centre = torch.nn.functional.normalize(torch.randn(32, generator=generator), dim=0) * 0.3
-    same = mean_shifted_contrastive_loss(embeddings, embeddings + 0.01 * torch.randn(16, 32, generator=generator),
-                                         centre, 0.25)
+    same = mean_shifted_contrastive_loss(
+        embeddings, embeddings + 0.01 * torch.randn(16, 32, generator=generator), centre, 0.25
+    )
     unrelated = mean_shifted_contrastive_loss(embeddings, torch.randn(16, 32, generator=generator), centre, 0.25)
     # every film's partner is one of 2N - 1 = 31 candidates: unrelated views sit near log(31) = 3.4;
     # agreeing ones at temperature 0.25 near log(1 + 30 / e^4) = 0.4

@@ -34,14 +34,17 @@ def manifest(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     val = rest[(rest.split == "valid") & (rest.label == 0)].head(8)
     path = tmp_path_factory.mktemp("nih") / "manifest.csv"
     pd.concat([train, val.assign(split="val"), test])[["path", "label", "split", "patient_id", "view"]].to_csv(
-        path, index=False)
+        path, index=False
+    )
     return path
 
 
 @pytest.fixture(scope="module")
 def checkpoint(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    assert main(["train", "--method", "pixel_knn", "--data", str(manifest), "--out", str(run_dir), "--no-progress"]) == 0
+    assert (
+        main(["train", "--method", "pixel_knn", "--data", str(manifest), "--out", str(run_dir), "--no-progress"]) == 0
+    )
     return run_dir / "model.pt"
 
 
@@ -66,18 +69,35 @@ def test_score_gives_the_5nn_pixel_distance(checkpoint: Path, manifest: Path, tm
     films = tmp_path / "films.csv"
     test.to_csv(films, index=False)
     out = tmp_path / "scores.csv"
-    assert main(["score", "--model", str(checkpoint), str(films), "--out", str(out), "--normalisation", "raw",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(checkpoint),
+                str(films),
+                "--out",
+                str(out),
+                "--normalisation",
+                "raw",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     scores = pd.read_csv(out).set_index("path").loc[test["path"]]
-    expected = KNNBaseline(DataConfig(image_size=64)).fit(pixels_of(manifest, "train", 0)).score(
-        pixels_of(manifest, "test"))
+    expected = (
+        KNNBaseline(DataConfig(image_size=64)).fit(pixels_of(manifest, "train", 0)).score(pixels_of(manifest, "test"))
+    )
     np.testing.assert_allclose(scores["pixel_distance"], expected, rtol=1e-5)
     np.testing.assert_allclose(scores["score"], expected, rtol=1e-5)
 
 
 def test_evaluate_agrees_with_the_pixel_baseline(checkpoint: Path, manifest: Path, tmp_path: Path) -> None:
-    assert main(["evaluate", "--model", str(checkpoint), "--data", str(manifest), "--out", str(tmp_path),
-                 "--no-progress"]) == 0
+    assert (
+        main(["evaluate", "--model", str(checkpoint), "--data", str(manifest), "--out", str(tmp_path), "--no-progress"])
+        == 0
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == "pixel_knn" and (metrics["num_normal"], metrics["num_abnormal"]) == (8, 8)
     # the same 5-NN distance on the same training normals: the same ranking of the test films
@@ -87,16 +107,52 @@ def test_evaluate_agrees_with_the_pixel_baseline(checkpoint: Path, manifest: Pat
 
 def test_calibrate_stores_an_operating_point(checkpoint: Path, manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "sensitive.pt"
-    assert main(["calibrate", "--model", str(checkpoint), "--data", str(manifest), "--split", "test",
-                 "--target-sensitivity", "0.75", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(checkpoint),
+                "--data",
+                str(manifest),
+                "--split",
+                "test",
+                "--target-sensitivity",
+                "0.75",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     calibration = load_checkpoint(out).calibration
     assert calibration.operating_point == "sensitivity" and calibration.validation_sensitivity >= 0.75
 
 
 def test_benchmark_runs_a_pixel_knn_row(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    assert main(["benchmark", "--train", str(manifest), "--test", f"nih={manifest}", "--methods", "pixel_knn",
-                 "--seeds", "1", "--out", str(out), "--bootstrap-resamples", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "--train",
+                str(manifest),
+                "--test",
+                f"nih={manifest}",
+                "--methods",
+                "pixel_knn",
+                "--seeds",
+                "1",
+                "--out",
+                str(out),
+                "--bootstrap-resamples",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "table.csv").set_index("method")
     assert table.loc["pixel_knn", "kind"] == "model" and table.loc["pixel_knn", "score"] == "raw"
     # fitted on the same training normals, the family and the 5-NN baseline rank the test films alike

@@ -31,8 +31,9 @@ def test_reconstruction_term_is_mean_absolute_error() -> None:
     assert result.reconstruction.item() == pytest.approx((images - output.reconstruction).abs().mean().item(), rel=1e-5)
 
 
-@pytest.mark.parametrize(("variant", "adversarial_zero", "latent_zero"),
-                         [("u", True, True), ("u+e", True, False), ("u+d", False, True)])
+@pytest.mark.parametrize(
+    ("variant", "adversarial_zero", "latent_zero"), [("u", True, True), ("u+e", True, False), ("u+d", False, True)]
+)
 def test_terms_of_absent_networks_are_zero(variant: str, adversarial_zero: bool, latent_zero: bool) -> None:
     detector = OneClassDetector(ModelConfig(variant=variant))
     images = batch()
@@ -57,5 +58,7 @@ def test_discriminator_loss_is_binary_cross_entropy_of_real_and_fake() -> None:
     value = DiscriminatorLoss()(detector.discriminator, images, fake)
     real_logit = detector.discriminator(images).logit
     fake_logit = detector.discriminator(fake).logit
-    expected = 0.5 * (torch.nn.functional.softplus(-real_logit).mean() + torch.nn.functional.softplus(fake_logit).mean())
+    expected = 0.5 * (
+        torch.nn.functional.softplus(-real_logit).mean() + torch.nn.functional.softplus(fake_logit).mean()
+    )
     assert value.item() == pytest.approx(expected.item(), rel=1e-4)

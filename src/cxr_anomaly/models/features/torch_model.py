@@ -49,8 +49,9 @@ NEAREST_CHUNK = 4096
 CPU_NEAREST_CHUNK = 1024
 
 
-def squared_distances(queries: torch.Tensor, bank: torch.Tensor,
-                      queries_squared: torch.Tensor | None = None) -> torch.Tensor:
+def squared_distances(
+    queries: torch.Tensor, bank: torch.Tensor, queries_squared: torch.Tensor | None = None
+) -> torch.Tensor:
     """Squared Euclidean distances (Q, M) between rows of queries (Q, C) and bank (M, C).
 
     ``queries_squared`` (Q, 1) may bring |q|² computed once for repeated calls with the same
@@ -128,8 +129,9 @@ class FeatureDetector(AnomalyDetector):
         self.register_buffer("patch_bank", torch.zeros(0, patch_dim))
         self.register_buffer("patch_radius", torch.tensor(1.0))
 
-    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object,
-                              **kwargs: object) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object, **kwargs: object
+    ) -> None:
         # The banks' sizes depend on the data they were fitted on: take the stored shapes.
         for name in ("pooled_bank", "patch_bank"):
             key = prefix + name
@@ -176,8 +178,9 @@ class FeatureDetector(AnomalyDetector):
 
     def _pool(self, maps: dict[int, torch.Tensor]) -> torch.Tensor:
         """{stride: (N, C_s, h, w)} -> (N, D): the average-pooled maps of ``pooled_strides``."""
-        return torch.cat([maps[stride].float().mean(dim=(2, 3)) for stride in self.config.features.pooled_strides],
-                         dim=1)
+        return torch.cat(
+            [maps[stride].float().mean(dim=(2, 3)) for stride in self.config.features.pooled_strides], dim=1
+        )
 
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features (N, D) of model inputs (N, 3, S, S): what the Gaussian and pooled kNN read."""
@@ -192,8 +195,13 @@ class FeatureDetector(AnomalyDetector):
         """{stride: (N, C_s, h, w)} -> (N, C, grid, grid): the patch features of ``patch_strides``."""
         # A patch sees its 3x3 neighbourhood (PatchCore's local aggregation); every stride is
         # brought to one grid so that a location's features line up.
-        return torch.cat([to_grid(F.avg_pool2d(maps[stride].float(), 3, 1, 1), grid)
-                          for stride in self.config.features.patch_strides], dim=1)  # (N, C, g, g)
+        return torch.cat(
+            [
+                to_grid(F.avg_pool2d(maps[stride].float(), 3, 1, 1), grid)
+                for stride in self.config.features.patch_strides
+            ],
+            dim=1,
+        )  # (N, C, g, g)
 
     def pooled_scores(self, pooled: torch.Tensor) -> PooledScores:
         """The ``gaussian`` and ``pooled_knn`` components of pooled features (N, D), in fp32.
@@ -223,7 +231,11 @@ class FeatureDetector(AnomalyDetector):
         nearest = nearest_distances(flat, self.patch_bank)  # (N*g*g,)
         anomaly_map = nearest.reshape(count, 1, grid, grid)
         patch_knn = anomaly_map.flatten(1).max(dim=1).values
-        components = {"gaussian": pooled_scores.gaussian, "pooled_knn": pooled_scores.pooled_knn,
-                      "patch_knn": patch_knn}
-        return AnomalyOutput(score=components[self.config.features.score], components=components,
-                             anomaly_map=anomaly_map)
+        components = {
+            "gaussian": pooled_scores.gaussian,
+            "pooled_knn": pooled_scores.pooled_knn,
+            "patch_knn": patch_knn,
+        }
+        return AnomalyOutput(
+            score=components[self.config.features.score], components=components, anomaly_map=anomaly_map
+        )

@@ -28,15 +28,19 @@ def fit(config: Config, train_pixels: np.ndarray, options: FitOptions) -> FitRes
         NoNormalImagesError: fewer normal films than :data:`NEIGHBOURS`.
     """
     if len(train_pixels) < NEIGHBOURS:
-        raise NoNormalImagesError(f"{NAME} needs at least {NEIGHBOURS} normal training films, "
-                                  f"got {len(train_pixels)}")
+        raise NoNormalImagesError(f"{NAME} needs at least {NEIGHBOURS} normal training films, got {len(train_pixels)}")
     started = time.perf_counter()
     detector = PixelKNNDetector(config)
     films = preprocess_films(train_pixels, config.data)  # (N, S, S) float32 in [0, 1]
     detector.bank = nn.Parameter(torch.from_numpy(films.reshape(len(films), -1)), requires_grad=False)
     seconds = time.perf_counter() - started
-    record = {"family": NAME, "num_train_images": len(train_pixels), "neighbours": NEIGHBOURS,
-              "seconds": seconds, "precision": "fp32"}
+    record = {
+        "family": NAME,
+        "num_train_images": len(train_pixels),
+        "neighbours": NEIGHBOURS,
+        "seconds": seconds,
+        "precision": "fp32",
+    }
     return FitResult(detector.to(options.device).eval(), record)
 
 

@@ -40,8 +40,9 @@ class PixelKNNDetector(AnomalyDetector):
         # A frozen parameter rather than a buffer: the package finds a detector's device from its parameters.
         self.bank = nn.Parameter(torch.zeros(0, side * side), requires_grad=False)
 
-    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object,
-                              **kwargs: object) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object, **kwargs: object
+    ) -> None:
         # The bank holds as many rows as the fit had films: take the stored shape.
         key = prefix + "bank"
         if key in state_dict:
@@ -62,10 +63,10 @@ class PixelKNNDetector(AnomalyDetector):
         # Distances of 4,096-pixel vectors lose their digits in bf16: always fp32.
         with without_autocast(images.device):
             flat = images.float().flatten(1)  # (N, S*S)
-            squared = ((flat * flat).sum(1, keepdim=True) - 2.0 * flat @ self.bank.T
-                       + (self.bank * self.bank).sum(1)[None, :])  # (N, M)
-            nearest_squared, nearest = torch.topk(squared, min(NEIGHBOURS, self.bank.shape[0]), dim=1,
-                                                  largest=False)
+            squared = (
+                (flat * flat).sum(1, keepdim=True) - 2.0 * flat @ self.bank.T + (self.bank * self.bank).sum(1)[None, :]
+            )  # (N, M)
+            nearest_squared, nearest = torch.topk(squared, min(NEIGHBOURS, self.bank.shape[0]), dim=1, largest=False)
             score = nearest_squared.clamp_min(0.0).sqrt().mean(1)  # (N,)
             neighbours = self.bank[nearest].mean(1).reshape(images.shape)  # (N, 1, S, S)
             anomaly_map = (images.float() - neighbours).abs()

@@ -2,8 +2,15 @@
 
 from .family import FAMILY
 from .loss import DiscriminatorLoss, GeneratorLoss, GeneratorLossOutput, discriminator_loss_from_logits
-from .torch_model import (DetectorOutput, Discriminator, Encoder, OneClassDetector, Tang2019Detector, UNet,
-                          weighted_score)
+from .torch_model import (
+    DetectorOutput,
+    Discriminator,
+    Encoder,
+    OneClassDetector,
+    Tang2019Detector,
+    UNet,
+    weighted_score,
+)
 
 __all__ = [
     "FAMILY",

@@ -8,8 +8,8 @@ from ...config import VARIANTS, Config, with_overrides
 from ...errors import ConfigError
 from ..base import AnomalyDetector
 from ..family import RAW_SCORE, BenchmarkCells, DetectorFamily, FitOptions, FitResult
-from .torch_model import Tang2019Detector
 from . import resume, training
+from .torch_model import Tang2019Detector
 
 NAME = "tang2019"
 
@@ -22,8 +22,9 @@ def build(config: Config, pretrained: bool = True) -> AnomalyDetector:
 def fit(config: Config, train_pixels: np.ndarray, options: FitOptions) -> FitResult:
     """Train the GAN, with training states in ``run_dir`` (resumable) and DistributedDataParallel
     under torchrun, in ``train.precision``."""
-    result = training.train_detector(config, train_pixels, progress=options.progress, run_dir=options.run_dir,
-                            resume=options.resume)
+    result = training.train_detector(
+        config, train_pixels, progress=options.progress, run_dir=options.run_dir, resume=options.resume
+    )
     record = {
         "family": NAME,
         "num_train_images": result.num_train_images,
@@ -39,8 +40,10 @@ def fit(config: Config, train_pixels: np.ndarray, options: FitOptions) -> FitRes
 
 def describe(config: Config) -> str:
     """``tang2019: 15 epochs, base_channels 64, ..., score eq6, 64 px, intensity none``."""
-    return (f"{NAME}: {config.train.epochs} epochs, {config.model.describe()}, score "
-            f"{config.score.method}, {config.data.image_size} px, intensity {config.data.intensity}")
+    return (
+        f"{NAME}: {config.train.epochs} epochs, {config.model.describe()}, score "
+        f"{config.score.method}, {config.data.image_size} px, intensity {config.data.intensity}"
+    )
 
 
 def check_setting(spec: str, setting: str) -> None:

@@ -62,8 +62,10 @@ class GeneratorLoss(nn.Module):
         if output.second_latent is not None and output.second_features is not None:
             latent = functional.mse_loss(output.second_latent.float(), output.latent.float())
             feature = sum(
-                (functional.mse_loss(second.float(), first.float())
-                 for first, second in zip(output.encoder_features, output.second_features)),
+                (
+                    functional.mse_loss(second.float(), first.float())
+                    for first, second in zip(output.encoder_features, output.second_features)
+                ),
                 zero,
             )
         total = (
@@ -72,8 +74,9 @@ class GeneratorLoss(nn.Module):
             + self.weight_latent * latent
             + self.weight_feature * feature
         )
-        return GeneratorLossOutput(total, reconstruction.detach(), adversarial.detach(),
-                                   latent.detach(), feature.detach())
+        return GeneratorLossOutput(
+            total, reconstruction.detach(), adversarial.detach(), latent.detach(), feature.detach()
+        )
 
 
 def discriminator_loss_from_logits(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
@@ -88,7 +91,6 @@ def discriminator_loss_from_logits(real_logit: torch.Tensor, fake_logit: torch.T
 class DiscriminatorLoss(nn.Module):
     """BCE of D on real images (target 1) and on reconstructions (target 0)."""
 
-    def forward(self, discriminator: Discriminator, images: torch.Tensor,
-                reconstruction: torch.Tensor) -> torch.Tensor:
+    def forward(self, discriminator: Discriminator, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """Loss of D; ``reconstruction`` should be detached from U's graph."""
         return discriminator_loss_from_logits(discriminator(images).logit, discriminator(reconstruction).logit)

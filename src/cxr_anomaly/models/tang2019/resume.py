@@ -14,8 +14,7 @@ import numpy as np
 from ... import distributed
 from ...config import Config, config_differences, config_from_dict, config_to_dict
 from ...errors import CheckpointError
-from .state import TrainingState, load_training_state
-from .state import TRAINING_STATE_NAME
+from .state import TRAINING_STATE_NAME, TrainingState, load_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,8 @@ def resolve_config_for_resume(run_dir: str | Path, config: Config) -> Config:
     differences = resumption_differences(stored, config)
     if differences:
         logger.warning(
-            "resuming %s with its stored settings; ignoring the requested changes %s", path,
+            "resuming %s with its stored settings; ignoring the requested changes %s",
+            path,
             differences,
         )
     values = config_to_dict(stored)
@@ -64,8 +64,9 @@ def resumption_differences(stored: Config, requested: Config) -> dict[str, tuple
     return config_differences(stored, requested, ignore={f"train.{name}" for name in RESUMABLE_CHANGES})
 
 
-def check_resumable(state: TrainingState, config: Config, fingerprint: str,
-                    context: distributed.DistributedContext, path: Path) -> None:
+def check_resumable(
+    state: TrainingState, config: Config, fingerprint: str, context: distributed.DistributedContext, path: Path
+) -> None:
     """Refuse a training state that belongs to other settings, other data or another world size.
 
     Raises:
@@ -74,16 +75,19 @@ def check_resumable(state: TrainingState, config: Config, fingerprint: str,
     differences = resumption_differences(state.config, config)
     if differences:
         raise CheckpointError(
-            path, f"the training state was written with other settings {differences} "
-                  "(stored, requested); resume with the stored settings (see resolve_config_for_resume)"
+            path,
+            f"the training state was written with other settings {differences} "
+            "(stored, requested); resume with the stored settings (see resolve_config_for_resume)",
         )
     if state.data_fingerprint != fingerprint:
         raise CheckpointError(
-            path, "the training films differ from those the interrupted run used; "
-                  "resume with the same data or start a new run folder"
+            path,
+            "the training films differ from those the interrupted run used; "
+            "resume with the same data or start a new run folder",
         )
     if state.world_size != context.world_size:
         raise CheckpointError(
-            path, f"the training state was written by {state.world_size} process(es); "
-                  f"resume with the same number, not {context.world_size}"
+            path,
+            f"the training state was written by {state.world_size} process(es); "
+            f"resume with the same number, not {context.world_size}",
         )

@@ -30,7 +30,12 @@ logger = logging.getLogger(__name__)
 
 EVENTS_NAME = "training_events.jsonl"
 LOSS_NAMES: tuple[str, ...] = (
-    "generator_total", "reconstruction", "adversarial", "latent", "feature", "discriminator",
+    "generator_total",
+    "reconstruction",
+    "adversarial",
+    "latent",
+    "feature",
+    "discriminator",
 )
 
 
@@ -108,8 +113,14 @@ def batch_plan(count: int, train_config: TrainConfig, context: distributed.Distr
         batch_size = min(train_config.batch_size, count)
         return BatchPlan(None, batch_size, math.ceil(count / batch_size))
     # The global batch is train.batch_size; each rank takes its share of it.
-    sampler = DistributedSampler(range(count), num_replicas=context.world_size, rank=context.rank,
-                                 shuffle=True, seed=train_config.seed + 1, drop_last=False)
+    sampler = DistributedSampler(
+        range(count),
+        num_replicas=context.world_size,
+        rank=context.rank,
+        shuffle=True,
+        seed=train_config.seed + 1,
+        drop_last=False,
+    )
     batch_size = min(train_config.batch_size // context.world_size, len(sampler))
     if batch_size < 2:
         raise ConfigError(
@@ -139,16 +150,21 @@ class TrainingParts:
     discriminator_optimizer: torch.optim.Optimizer | None
 
 
-def training_parts(detector: OneClassDetector, train_config: TrainConfig, state: TrainingState | None,
-                   context: distributed.DistributedContext, device: torch.device) -> TrainingParts:
+def training_parts(
+    detector: OneClassDetector,
+    train_config: TrainConfig,
+    state: TrainingState | None,
+    context: distributed.DistributedContext,
+    device: torch.device,
+) -> TrainingParts:
     """Optimisers (restored from ``state`` when resuming) and, under DDP, the wrapped networks."""
     betas = (train_config.beta1, train_config.beta2)
-    generator_optimizer = torch.optim.Adam(detector.generator_parameters(), lr=train_config.learning_rate,
-                                           betas=betas)
+    generator_optimizer = torch.optim.Adam(detector.generator_parameters(), lr=train_config.learning_rate, betas=betas)
     discriminator_optimizer = None
     if detector.discriminator is not None:
-        discriminator_optimizer = torch.optim.Adam(detector.discriminator.parameters(),
-                                                   lr=train_config.learning_rate, betas=betas)
+        discriminator_optimizer = torch.optim.Adam(
+            detector.discriminator.parameters(), lr=train_config.learning_rate, betas=betas
+        )
     if state is not None:
         generator_optimizer.load_state_dict(state.generator_optimizer)
         if discriminator_optimizer is not None and state.discriminator_optimizer is not None:
@@ -179,9 +195,17 @@ class StepResult:
     all_ranks_collapsed: bool
 
 
-def train_step(parts: TrainingParts, detector: OneClassDetector, generator_loss: GeneratorLoss,
-               clean: torch.Tensor, noisy: torch.Tensor, *, precision: str, collapse_threshold: float,
-               context: distributed.DistributedContext) -> StepResult:
+def train_step(
+    parts: TrainingParts,
+    detector: OneClassDetector,
+    generator_loss: GeneratorLoss,
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    *,
+    precision: str,
+    collapse_threshold: float,
+    context: distributed.DistributedContext,
+) -> StepResult:
     """One generator step (eq. 5) then one discriminator step on a batch (B, 1, S, S) of films."""
     device = clean.device
     with autocast_context(device, precision):
@@ -207,20 +231,38 @@ def train_step(parts: TrainingParts, detector: OneClassDetector, generator_loss:
     # One reduction per step: loss sums weighted by batch size, film count and how many ranks
     # saw D win outright. A NaN on any rank makes every rank's sum NaN, so all ranks stop together.
     batch = len(clean)
-    local = torch.stack([
-        losses.total.detach().double().cpu(), losses.reconstruction.double().cpu(),
-        losses.adversarial.double().cpu(), losses.latent.double().cpu(),
-        losses.feature.double().cpu(), discriminator_value,
-    ]) * batch
+    local = (
+        torch.stack(
+            [
+                losses.total.detach().double().cpu(),
+                losses.reconstruction.double().cpu(),
+                losses.adversarial.double().cpu(),
+                losses.latent.double().cpu(),
+                losses.feature.double().cpu(),
+                discriminator_value,
+            ]
+        )
+        * batch
+    )
     reduced = distributed.all_reduce_sum(
-        torch.cat([local, torch.tensor([float(batch), collapsed], dtype=torch.float64)]), context)
+        torch.cat([local, torch.tensor([float(batch), collapsed], dtype=torch.float64)]), context
+    )
     films = float(reduced[len(LOSS_NAMES)])
     values = {name: float(reduced[index]) / films for index, name in enumerate(LOSS_NAMES)}
     return StepResult(values, films, bool(reduced[-1] >= context.world_size - 0.5))
 
 
-def guard_step(result: StepResult, collapse_streak: int, epoch: int, step: int, *, train_config: TrainConfig,
-               has_discriminator: bool, run_log: RunLog, state_path: Path | None) -> int:
+def guard_step(
+    result: StepResult,
+    collapse_streak: int,
+    epoch: int,
+    step: int,
+    *,
+    train_config: TrainConfig,
+    has_discriminator: bool,
+    run_log: RunLog,
+    state_path: Path | None,
+) -> int:
     """The GAN guard after step ``step`` of ``epoch``; returns the updated count of consecutive
     steps in which D won outright.
 
@@ -230,32 +272,55 @@ def guard_step(result: StepResult, collapse_streak: int, epoch: int, step: int, 
     """
     values = result.losses
     if not all(math.isfinite(value) for value in values.values()):
-        stop_run(run_log, "diverged", state_path, f"non-finite loss at epoch {epoch}, step {step}: {values}",
-                 epoch=epoch, step=step, losses=values)
+        stop_run(
+            run_log,
+            "diverged",
+            state_path,
+            f"non-finite loss at epoch {epoch}, step {step}: {values}",
+            epoch=epoch,
+            step=step,
+            losses=values,
+        )
     collapse_streak = collapse_streak + 1 if result.all_ranks_collapsed else 0
     if has_discriminator and 0 < train_config.collapse_patience_steps <= collapse_streak:
-        stop_run(run_log, "collapsed", state_path,
-                 f"the discriminator won outright: D(x') < {train_config.collapse_threshold} "
-                 f"for every film of {collapse_streak} consecutive batches (epoch {epoch}, "
-                 f"step {step}); lower the learning rate or the adversarial weight",
-                 epoch=epoch, step=step, streak=collapse_streak)
+        stop_run(
+            run_log,
+            "collapsed",
+            state_path,
+            f"the discriminator won outright: D(x') < {train_config.collapse_threshold} "
+            f"for every film of {collapse_streak} consecutive batches (epoch {epoch}, "
+            f"step {step}); lower the learning rate or the adversarial weight",
+            epoch=epoch,
+            step=step,
+            streak=collapse_streak,
+        )
     return collapse_streak
 
 
-def check_weights_finite(detector: nn.Module, epochs_done: int, next_step: int,
-                         state_path: Path, run_log: RunLog) -> None:
+def check_weights_finite(
+    detector: nn.Module, epochs_done: int, next_step: int, state_path: Path, run_log: RunLog
+) -> None:
     """Stop before a checkpoint would store NaN or infinite weights over the last good one."""
     for name, tensor in detector.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            stop_run(run_log, "diverged", state_path,
-                     f"non-finite values in {name} after epoch {epochs_done}, step {next_step}",
-                     tensor=name, epochs_done=epochs_done, next_step=next_step)
+            stop_run(
+                run_log,
+                "diverged",
+                state_path,
+                f"non-finite values in {name} after epoch {epochs_done}, step {next_step}",
+                tensor=name,
+                epochs_done=epochs_done,
+                next_step=next_step,
+            )
 
 
 def stop_run(run_log: RunLog, event: str, state_path: Path | None, message: str, **details: Any) -> None:
     """Record the failure in the run's event log and raise :class:`TrainingDivergedError`."""
-    kept = (f"; the last good training state is kept in {state_path}"
-            if state_path is not None and state_path.is_file() else "")
+    kept = (
+        f"; the last good training state is kept in {state_path}"
+        if state_path is not None and state_path.is_file()
+        else ""
+    )
     logger.error("training stopped: %s%s", message, kept)
     run_log.record(event, message=message, **details)
     raise TrainingDivergedError(f"training stopped: {message}{kept}")

@@ -88,8 +88,7 @@ class Decoder(nn.Module):
     before the convolution that reads that side; the others are not passed on.
     """
 
-    def __init__(self, latent_dim: int, base_channels: int = 64,
-                 skip_sides: tuple[int, ...] = SKIP_SIDES) -> None:
+    def __init__(self, latent_dim: int, base_channels: int = 64, skip_sides: tuple[int, ...] = SKIP_SIDES) -> None:
         super().__init__()
         widths = [base_channels * 8, base_channels * 4, base_channels * 2, base_channels]
         self.skip_sides = tuple(skip_sides)
@@ -142,8 +141,7 @@ class UNetOutput:
 class UNet(nn.Module):
     """U = UD(UE(x)), the U-Net-like autoencoder."""
 
-    def __init__(self, latent_dim: int, base_channels: int = 64,
-                 skip_sides: tuple[int, ...] = SKIP_SIDES) -> None:
+    def __init__(self, latent_dim: int, base_channels: int = 64, skip_sides: tuple[int, ...] = SKIP_SIDES) -> None:
         super().__init__()
         self.encoder = Encoder(latent_dim, base_channels)
         self.decoder = Decoder(latent_dim, base_channels, skip_sides)
@@ -217,9 +215,7 @@ class OneClassDetector(nn.Module):
         self.config = config
         self.unet = UNet(config.latent_dim, config.base_channels, config.skip_connections)
         self.discriminator = Discriminator(config.base_channels) if config.has_discriminator else None
-        self.second_encoder = (
-            Encoder(config.latent_dim, config.base_channels) if config.has_second_encoder else None
-        )
+        self.second_encoder = Encoder(config.latent_dim, config.base_channels) if config.has_second_encoder else None
         # Codes z of the training normals and the k of the kNN code distance; buffers, so they
         # travel in the state_dict (and an exported graph) with the weights. Empty until stored.
         self.register_buffer("normal_codes", torch.zeros(0, config.latent_dim))
@@ -228,20 +224,23 @@ class OneClassDetector(nn.Module):
     def store_normal_codes(self, codes: torch.Tensor, neighbours: int) -> None:
         """Keep the codes (M, latent_dim) of training normals for the kNN code distance."""
         if codes.ndim != 2 or codes.shape[1] != self.config.latent_dim or len(codes) == 0:
-            raise ValueError(f"normal codes of shape {tuple(codes.shape)}; expected (M>0, "
-                             f"{self.config.latent_dim})")
+            raise ValueError(f"normal codes of shape {tuple(codes.shape)}; expected (M>0, {self.config.latent_dim})")
         if neighbours < 1:
             raise ValueError(f"neighbours={neighbours}; must be >= 1")
         self.normal_codes = codes.detach().float().to(self.normal_codes.device)
-        self.code_neighbours = torch.tensor(min(neighbours, len(codes)), dtype=torch.long,
-                                            device=self.normal_codes.device)
+        self.code_neighbours = torch.tensor(
+            min(neighbours, len(codes)), dtype=torch.long, device=self.normal_codes.device
+        )
 
-    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object,
-                              **kwargs: object) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object, **kwargs: object
+    ) -> None:
         # The number of stored codes varies between checkpoints: take the stored shape, and
         # accept checkpoints written before codes were stored (no code distance then).
-        for name, empty in (("normal_codes", torch.zeros(0, self.config.latent_dim)),
-                            ("code_neighbours", torch.tensor(0, dtype=torch.long))):
+        for name, empty in (
+            ("normal_codes", torch.zeros(0, self.config.latent_dim)),
+            ("code_neighbours", torch.tensor(0, dtype=torch.long)),
+        ):
             key = prefix + name
             if key not in state_dict:
                 state_dict[key] = empty
@@ -300,8 +299,13 @@ class OneClassDetector(nn.Module):
 Array = TypeVar("Array", torch.Tensor, np.ndarray)
 
 
-def weighted_score(score_config: ScoreConfig, reconstruction: Array, adversarial: Array | None,
-                   latent: Array | None, code_distance: Array | None) -> Array:
+def weighted_score(
+    score_config: ScoreConfig,
+    reconstruction: Array,
+    adversarial: Array | None,
+    latent: Array | None,
+    code_distance: Array | None,
+) -> Array:
     """The raw score of ``score_config.method`` from the unweighted components (tensors or arrays).
 
     ``eq6``: λ1·reconstruction + λ2·adversarial + λ3·latent (eq. 6); a component the variant
@@ -312,8 +316,10 @@ def weighted_score(score_config: ScoreConfig, reconstruction: Array, adversarial
     """
     if score_config.method == "code_knn":
         if code_distance is None:
-            raise ValueError("score.method='code_knn' but the detector stores no codes of training normals "
-                             "(a checkpoint from an older version?); retrain, or set score.method='eq6'")
+            raise ValueError(
+                "score.method='code_knn' but the detector stores no codes of training normals "
+                "(a checkpoint from an older version?); retrain, or set score.method='eq6'"
+            )
         return code_distance
     total = score_config.weight_reconstruction * reconstruction
     if adversarial is not None:
@@ -352,8 +358,9 @@ class Tang2019Detector(AnomalyDetector):
         """Score images (N, 1, 64, 64) without input noise."""
         parts = self.networks.score_components(images)
         missing = torch.full_like(parts.reconstruction, float("nan"))
-        score = weighted_score(self.config.score, parts.reconstruction, parts.adversarial, parts.latent,
-                               parts.code_distance)
+        score = weighted_score(
+            self.config.score, parts.reconstruction, parts.adversarial, parts.latent, parts.code_distance
+        )
         components = {
             "reconstruction": parts.reconstruction,
             "adversarial": missing if parts.adversarial is None else parts.adversarial,
@@ -361,8 +368,12 @@ class Tang2019Detector(AnomalyDetector):
             "code_distance": missing if parts.code_distance is None else parts.code_distance,
         }
         anomaly_map = (images - parts.reconstruction_image).abs() / 2.0  # (N, 1, 64, 64) in [0, 1]
-        return AnomalyOutput(score=score.float(), components=components, anomaly_map=anomaly_map,
-                             reconstruction=parts.reconstruction_image)
+        return AnomalyOutput(
+            score=score.float(),
+            components=components,
+            anomaly_map=anomaly_map,
+            reconstruction=parts.reconstruction_image,
+        )
 
 
 def initialise_weights(module: nn.Module, scheme: str, generator: torch.Generator) -> None:

@@ -42,11 +42,20 @@ from ...errors import ConfigError, NoNormalImagesError
 from ...files import remove_stale_temporaries
 from ...inference import resolve_precision
 from .loss import GeneratorLoss
-from .state import TRAINING_STATE_NAME, TrainingState, load_training_state, save_training_state
 from .resume import check_resumable, data_fingerprint
+from .state import TRAINING_STATE_NAME, TrainingState, load_training_state, save_training_state
+from .steps import (
+    LOSS_NAMES,
+    BatchPlan,
+    RunLog,
+    TrainingParts,
+    batch_plan,
+    check_weights_finite,
+    guard_step,
+    train_step,
+    training_parts,
+)
 from .torch_model import OneClassDetector, initialise_weights
-from .steps import (LOSS_NAMES, BatchPlan, RunLog, TrainingParts, batch_plan, check_weights_finite, guard_step,
-                    train_step, training_parts)
 
 logger = logging.getLogger(__name__)
 
@@ -118,14 +127,15 @@ def store_normal_codes(
     detector.eval()
     codes = []
     for start in range(0, len(train_pixels), batch_size):
-        batch = to_model_tensor(train_pixels[start:start + batch_size], config.data).to(device)  # (B, 1, H, W)
+        batch = to_model_tensor(train_pixels[start : start + batch_size], config.data).to(device)  # (B, 1, H, W)
         codes.append(detector.unet.encoder(batch).code.flatten(1).float())  # (B, latent_dim)
     detector.store_normal_codes(torch.cat(codes), config.score.neighbours)
     logger.info("stored the codes of %d training normals for the code-space kNN score", len(train_pixels))
 
 
-def recalibrate_batchnorm(detector: OneClassDetector, train_pixels: np.ndarray, config: Config,
-                          device: torch.device, batch_size: int = 64) -> None:
+def recalibrate_batchnorm(
+    detector: OneClassDetector, train_pixels: np.ndarray, config: Config, device: torch.device, batch_size: int = 64
+) -> None:
     """Re-estimate every BatchNorm's running mean and variance over the training normals.
 
     One pass without input noise and without weight updates, averaging the batch statistics
@@ -139,7 +149,7 @@ def recalibrate_batchnorm(detector: OneClassDetector, train_pixels: np.ndarray, 
         layer.momentum = None
     detector.train()
     for start in range(0, len(train_pixels), batch_size):
-        batch = to_model_tensor(train_pixels[start:start + batch_size], config.data).to(device)  # (B, 1, H, W)
+        batch = to_model_tensor(train_pixels[start : start + batch_size], config.data).to(device)  # (B, 1, H, W)
         if len(batch) < 2:  # a lone film has no batch variance
             continue
         output = detector(batch)
@@ -148,8 +158,9 @@ def recalibrate_batchnorm(detector: OneClassDetector, train_pixels: np.ndarray, 
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     detector.eval()
-    logger.info("re-estimated BatchNorm statistics of %d layers over %d training normals",
-                len(layers), len(train_pixels))
+    logger.info(
+        "re-estimated BatchNorm statistics of %d layers over %d training normals", len(layers), len(train_pixels)
+    )
 
 
 def empty_epoch_sums() -> dict[str, float]:
@@ -182,16 +193,21 @@ class LoopPosition:
     epoch_seconds_before: float = 0.0
 
 
-def restore_position(state: TrainingState, order_generator: torch.Generator, noise_generator: torch.Generator,
-                     rank: int) -> LoopPosition:
+def restore_position(
+    state: TrainingState, order_generator: torch.Generator, noise_generator: torch.Generator, rank: int
+) -> LoopPosition:
     """The loop position of a stored training state; sets both generators to their stored states."""
     order_generator.set_state(state.order_rng_state)
     noise_generator.set_state(state.noise_rng_states[rank])
     mid_epoch = state.next_step > 0
     return LoopPosition(
-        history=[EpochLog(**log) for log in state.history], first_epoch=state.epochs_done + 1,
-        first_step=state.next_step, global_step=state.global_step, collapse_streak=state.collapse_streak,
-        seconds_before=state.seconds, epoch_sums=dict(state.epoch_sums) if mid_epoch else empty_epoch_sums(),
+        history=[EpochLog(**log) for log in state.history],
+        first_epoch=state.epochs_done + 1,
+        first_step=state.next_step,
+        global_step=state.global_step,
+        collapse_streak=state.collapse_streak,
+        seconds_before=state.seconds,
+        epoch_sums=dict(state.epoch_sums) if mid_epoch else empty_epoch_sums(),
         epoch_seconds_before=state.epoch_seconds if mid_epoch else 0.0,
     )
 
@@ -213,8 +229,17 @@ class StateWriter:
     run_log: RunLog
     fingerprint: str
 
-    def write(self, position: LoopPosition, *, epochs_done: int, next_step: int, epoch_order_state: torch.Tensor,
-              epoch_sums: dict[str, float], epoch_seconds: float, seconds: float) -> None:
+    def write(
+        self,
+        position: LoopPosition,
+        *,
+        epochs_done: int,
+        next_step: int,
+        epoch_order_state: torch.Tensor,
+        epoch_sums: dict[str, float],
+        epoch_seconds: float,
+        seconds: float,
+    ) -> None:
         """Save the state after ``epochs_done`` epochs and ``next_step`` steps of the next one."""
         if self.path is None:
             return
@@ -222,48 +247,54 @@ class StateWriter:
         noise_states = distributed.all_gather_bytes(self.noise_generator.get_state(), self.context)
         if self.context.is_main:
             discriminator_optimizer = self.parts.discriminator_optimizer
-            save_training_state(self.path, TrainingState(
-                config=self.config,
-                model_state=self.detector.state_dict(),
-                generator_optimizer=self.parts.generator_optimizer.state_dict(),
-                discriminator_optimizer=(None if discriminator_optimizer is None
-                                         else discriminator_optimizer.state_dict()),
-                scaler=None,
-                epochs_done=epochs_done,
-                next_step=next_step,
-                global_step=position.global_step,
-                order_rng_state=epoch_order_state,
-                noise_rng_states=noise_states,
-                epoch_sums=epoch_sums,
-                epoch_seconds=epoch_seconds,
-                history=[asdict(log) for log in position.history],
-                collapse_streak=position.collapse_streak,
-                world_size=self.context.world_size,
-                data_fingerprint=self.fingerprint,
-                seconds=seconds,
-            ))
-            self.run_log.record("checkpoint", epochs_done=epochs_done, next_step=next_step,
-                                global_step=position.global_step)
+            save_training_state(
+                self.path,
+                TrainingState(
+                    config=self.config,
+                    model_state=self.detector.state_dict(),
+                    generator_optimizer=self.parts.generator_optimizer.state_dict(),
+                    discriminator_optimizer=(
+                        None if discriminator_optimizer is None else discriminator_optimizer.state_dict()
+                    ),
+                    scaler=None,
+                    epochs_done=epochs_done,
+                    next_step=next_step,
+                    global_step=position.global_step,
+                    order_rng_state=epoch_order_state,
+                    noise_rng_states=noise_states,
+                    epoch_sums=epoch_sums,
+                    epoch_seconds=epoch_seconds,
+                    history=[asdict(log) for log in position.history],
+                    collapse_streak=position.collapse_streak,
+                    world_size=self.context.world_size,
+                    data_fingerprint=self.fingerprint,
+                    seconds=seconds,
+                ),
+            )
+            self.run_log.record(
+                "checkpoint", epochs_done=epochs_done, next_step=next_step, global_step=position.global_step
+            )
         distributed.barrier(self.context)
 
 
 def check_training_inputs(config: Config, train_pixels: np.ndarray, resume: bool, run_dir: str | Path | None) -> None:
     """Refuse what :func:`train_detector` cannot train on (see its Raises)."""
     if config.method != "tang2019":
-        raise ConfigError(f"method={config.method!r}: this loop trains the tang2019 networks; "
-                          "use models.registry.fit_detector, which picks each family's fitting")
+        raise ConfigError(
+            f"method={config.method!r}: this loop trains the tang2019 networks; "
+            "use models.registry.fit_detector, which picks each family's fitting"
+        )
     if len(train_pixels) == 0:
         raise NoNormalImagesError("no normal (label 0) training images: nothing to learn from")
     if len(train_pixels) < 2:
-        raise NoNormalImagesError(
-            f"only {len(train_pixels)} normal training image; BatchNorm needs at least 2"
-        )
+        raise NoNormalImagesError(f"only {len(train_pixels)} normal training image; BatchNorm needs at least 2")
     if resume and run_dir is None:
         raise ConfigError("resume=True needs run_dir, the folder holding training_state.pt")
 
 
-def prepared_detector(config: Config, state: TrainingState | None, device: torch.device,
-                      context: distributed.DistributedContext) -> OneClassDetector:
+def prepared_detector(
+    config: Config, state: TrainingState | None, device: torch.device, context: distributed.DistributedContext
+) -> OneClassDetector:
     """The networks to train: freshly initialised or the stored state's, on ``device``."""
     detector = build_detector(config)
     if state is not None:
@@ -285,8 +316,13 @@ class FinishedDetector:
     rank_weight_difference: float
 
 
-def finished_detector(detector: OneClassDetector, config: Config, train_pixels: np.ndarray,
-                      device: torch.device, context: distributed.DistributedContext) -> FinishedDetector:
+def finished_detector(
+    detector: OneClassDetector,
+    config: Config,
+    train_pixels: np.ndarray,
+    device: torch.device,
+    context: distributed.DistributedContext,
+) -> FinishedDetector:
     """After the last epoch: plain BatchNorm layers again, recalibrated statistics, the normals' codes."""
     difference = distributed.max_parameter_difference(detector, context)
     if difference > 0:
@@ -336,8 +372,7 @@ def train_detector(
         CheckpointError: the stored training state is unreadable or belongs to other settings,
             other data or another number of processes.
     """
-    run = start_run(config, train_pixels, run_dir=run_dir, resume=resume, progress=progress,
-                    on_step_end=on_step_end)
+    run = start_run(config, train_pixels, run_dir=run_dir, resume=resume, progress=progress, on_step_end=on_step_end)
     position, train_config = run.position, config.train
     for epoch in range(position.first_epoch, train_config.epochs + 1):
         run.detector.train()
@@ -353,10 +388,23 @@ def train_detector(
     run.bar.close()
     finished = finished_detector(run.detector, config, train_pixels, run.device, run.context)
     total_seconds = position.seconds_before + time.perf_counter() - run.started
-    run.run_log.record("finished", epochs=train_config.epochs, global_step=position.global_step,
-                       seconds=total_seconds, rank_weight_difference=finished.rank_weight_difference)
-    return TrainingResult(finished.detector, position.history, run.count, total_seconds, run.context.world_size,
-                          run.resumed_from, finished.rank_weight_difference, run.precision)
+    run.run_log.record(
+        "finished",
+        epochs=train_config.epochs,
+        global_step=position.global_step,
+        seconds=total_seconds,
+        rank_weight_difference=finished.rank_weight_difference,
+    )
+    return TrainingResult(
+        finished.detector,
+        position.history,
+        run.count,
+        total_seconds,
+        run.context.world_size,
+        run.resumed_from,
+        finished.rank_weight_difference,
+        run.precision,
+    )
 
 
 @dataclass
@@ -389,8 +437,15 @@ class TrainingRun:
         return len(self.images)
 
 
-def start_run(config: Config, train_pixels: np.ndarray, *, run_dir: str | Path | None, resume: bool,
-              progress: bool, on_step_end: Callable[[int], None] | None) -> TrainingRun:
+def start_run(
+    config: Config,
+    train_pixels: np.ndarray,
+    *,
+    run_dir: str | Path | None,
+    resume: bool,
+    progress: bool,
+    on_step_end: Callable[[int], None] | None,
+) -> TrainingRun:
     """Check the inputs, prepare the run folder, the networks, optimisers and generators, and
     restore them from the training state when resuming (see :func:`train_detector`)."""
     check_training_inputs(config, train_pixels, resume, run_dir)
@@ -424,9 +479,7 @@ def start_run(config: Config, train_pixels: np.ndarray, *, run_dir: str | Path |
     # Separate streams so that changing the noise level does not change the batch order; each
     # rank draws its own noise.
     order_generator = torch.Generator().manual_seed(train_config.seed + 1)
-    noise_generator = torch.Generator().manual_seed(
-        distributed.rank_seed(train_config.seed + 2, context.rank)
-    )
+    noise_generator = torch.Generator().manual_seed(distributed.rank_seed(train_config.seed + 2, context.rank))
     count = len(images)
     plan = batch_plan(count, train_config, context)
     steps_per_epoch = plan.steps_per_epoch
@@ -437,25 +490,65 @@ def start_run(config: Config, train_pixels: np.ndarray, *, run_dir: str | Path |
     if state is not None:
         position = restore_position(state, order_generator, noise_generator, context.rank)
         resumed_from = (state.epochs_done, state.next_step)
-        logger.info("resuming %s after epoch %d, step %d of the next (%d steps done)",
-                    state_path, state.epochs_done, state.next_step, position.global_step)
-        run_log.record("resume", epochs_done=state.epochs_done, next_step=state.next_step,
-                       global_step=position.global_step)
+        logger.info(
+            "resuming %s after epoch %d, step %d of the next (%d steps done)",
+            state_path,
+            state.epochs_done,
+            state.next_step,
+            position.global_step,
+        )
+        run_log.record(
+            "resume", epochs_done=state.epochs_done, next_step=state.next_step, global_step=position.global_step
+        )
     else:
-        run_log.record("start", epochs=train_config.epochs, images=count, world_size=context.world_size,
-                       precision=precision, steps_per_epoch=steps_per_epoch)
+        run_log.record(
+            "start",
+            epochs=train_config.epochs,
+            images=count,
+            world_size=context.world_size,
+            precision=precision,
+            steps_per_epoch=steps_per_epoch,
+        )
     logger.info(
         "training %s on %d normal images, %d epochs of %d steps, on %s (%s), %d process(es)",
-        config.model.variant, count, train_config.epochs, steps_per_epoch, device,
-        precision, context.world_size,
+        config.model.variant,
+        count,
+        train_config.epochs,
+        steps_per_epoch,
+        device,
+        precision,
+        context.world_size,
     )
 
     started = time.perf_counter()
-    bar = tqdm(total=train_config.epochs * steps_per_epoch, initial=position.global_step, desc="training",
-               unit="step", disable=not (progress and context.is_main))
-    return TrainingRun(config, context, device, precision, run_log, state_path, detector, images, generator_loss,
-                       parts, order_generator, noise_generator, plan, writer, position, resumed_from, bar, started,
-                       on_step_end)
+    bar = tqdm(
+        total=train_config.epochs * steps_per_epoch,
+        initial=position.global_step,
+        desc="training",
+        unit="step",
+        disable=not (progress and context.is_main),
+    )
+    return TrainingRun(
+        config,
+        context,
+        device,
+        precision,
+        run_log,
+        state_path,
+        detector,
+        images,
+        generator_loss,
+        parts,
+        order_generator,
+        noise_generator,
+        plan,
+        writer,
+        position,
+        resumed_from,
+        bar,
+        started,
+        on_step_end,
+    )
 
 
 def train_epoch_steps(run: TrainingRun, epoch: int, start_step: int, epoch_started: float) -> None:
@@ -469,19 +562,35 @@ def train_epoch_steps(run: TrainingRun, epoch: int, start_step: int, epoch_start
     else:
         order = torch.randperm(run.count, generator=run.order_generator)
     for step in range(start_step, plan.steps_per_epoch):
-        indices = order[step * plan.batch_size:(step + 1) * plan.batch_size]
+        indices = order[step * plan.batch_size : (step + 1) * plan.batch_size]
         # Every rank holds as many films as the others, so all ranks skip the same steps.
         if len(indices) < 2:  # a lone last image would break BatchNorm's batch statistics
             continue
         clean = run.images[indices].to(run.device, non_blocking=True)  # (B, 1, 64, 64)
-        noise = torch.randn(clean.shape, generator=run.noise_generator).to(run.device) * run.config.model.input_noise_std
-        result = train_step(run.parts, run.detector, run.generator_loss, clean, clean + noise, precision=run.precision,
-                            collapse_threshold=train_config.collapse_threshold, context=run.context)
+        noise = (
+            torch.randn(clean.shape, generator=run.noise_generator).to(run.device) * run.config.model.input_noise_std
+        )
+        result = train_step(
+            run.parts,
+            run.detector,
+            run.generator_loss,
+            clean,
+            clean + noise,
+            precision=run.precision,
+            collapse_threshold=train_config.collapse_threshold,
+            context=run.context,
+        )
         position.global_step += 1
         position.collapse_streak = guard_step(
-            result, position.collapse_streak, epoch, step + 1, train_config=train_config,
-            has_discriminator=run.parts.discriminator_module is not None, run_log=run.run_log,
-            state_path=run.state_path)
+            result,
+            position.collapse_streak,
+            epoch,
+            step + 1,
+            train_config=train_config,
+            has_discriminator=run.parts.discriminator_module is not None,
+            run_log=run.run_log,
+            state_path=run.state_path,
+        )
         for name, value in result.losses.items():
             position.epoch_sums[name] += value * result.films
         position.epoch_sums["films"] += result.films
@@ -492,10 +601,15 @@ def train_epoch_steps(run: TrainingRun, epoch: int, start_step: int, epoch_start
         every = train_config.checkpoint_every_steps
         if every > 0 and position.global_step % every == 0 and step + 1 < plan.steps_per_epoch:
             now = time.perf_counter()
-            run.writer.write(position, epochs_done=epoch - 1, next_step=step + 1, epoch_order_state=epoch_order_state,
-                             epoch_sums=position.epoch_sums,
-                             epoch_seconds=position.epoch_seconds_before + now - epoch_started,
-                             seconds=position.seconds_before + now - run.started)
+            run.writer.write(
+                position,
+                epochs_done=epoch - 1,
+                next_step=step + 1,
+                epoch_order_state=epoch_order_state,
+                epoch_sums=position.epoch_sums,
+                epoch_seconds=position.epoch_seconds_before + now - epoch_started,
+                seconds=position.seconds_before + now - run.started,
+            )
 
 
 def finish_epoch(run: TrainingRun, epoch: int, epoch_started: float) -> EpochLog:
@@ -513,12 +627,23 @@ def finish_epoch(run: TrainingRun, epoch: int, epoch_started: float) -> EpochLog
     position.history.append(log)
     logger.info(
         "epoch %d/%d: L=%.4f L_R=%.4f L_A=%.4f L_E=%.4f L_F=%.4f L_D=%.4f (%.1fs)",
-        epoch, run.config.train.epochs, log.generator_total, log.reconstruction, log.adversarial,
-        log.latent, log.feature, log.discriminator, log.seconds,
+        epoch,
+        run.config.train.epochs,
+        log.generator_total,
+        log.reconstruction,
+        log.adversarial,
+        log.latent,
+        log.feature,
+        log.discriminator,
+        log.seconds,
     )
-    run.writer.write(position, epochs_done=epoch, next_step=0, epoch_order_state=run.order_generator.get_state(),
-                     epoch_sums=empty_epoch_sums(), epoch_seconds=0.0,
-                     seconds=position.seconds_before + time.perf_counter() - run.started)
+    run.writer.write(
+        position,
+        epochs_done=epoch,
+        next_step=0,
+        epoch_order_state=run.order_generator.get_state(),
+        epoch_sums=empty_epoch_sums(),
+        epoch_seconds=0.0,
+        seconds=position.seconds_before + time.perf_counter() - run.started,
+    )
     return log
-
-
