@@ -86,7 +86,6 @@ class RunLog:
             os.close(descriptor)
 
 
-@torch.no_grad()
 @dataclass
 class BatchPlan:
     """How this rank cuts the training films into steps.

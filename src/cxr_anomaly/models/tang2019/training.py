@@ -133,6 +133,7 @@ def store_normal_codes(
     logger.info("stored the codes of %d training normals for the code-space kNN score", len(train_pixels))
 
 
+@torch.no_grad()
 def recalibrate_batchnorm(
     detector: OneClassDetector, train_pixels: np.ndarray, config: Config, device: torch.device, batch_size: int = 64
 ) -> None:
