@@ -456,7 +456,15 @@ def create_app(
     )
     served = ServedModel(model, settings, heat, version)
     intake = FilmIntake(settings, image_size, fitted_on_adults=fitted_on_adults(model.training))
-    bearer = HTTPBearer(auto_error=False, description="required when the service runs with a token")
+    app = new_app(model, settings, scorer, intake)
+    add_routes(app, served, intake, scorer, model_path)
+    return app
+
+
+def new_app(
+    model: LoadedModel | OnnxScorer, settings: ServiceSettings, scorer: BatchScorer[FilmScore], intake: FilmIntake
+) -> FastAPI:
+    """The FastAPI application with its state and error handlers, closing the scorer and intake at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -479,8 +487,16 @@ def create_app(
     app.state.settings = settings
     app.state.connection_limits = settings.connection_limits  # the protocol's, bound when served
     app.state.memory_budget = intake.memory
-
     add_error_handlers(app)
+    return app
+
+
+def add_routes(
+    app: FastAPI, served: ServedModel, intake: FilmIntake, scorer: BatchScorer[FilmScore], model_path: str | Path
+) -> None:
+    """``/``, ``/healthz``, ``/v1/model`` and ``/v1/score``."""
+    settings = served.settings
+    bearer = HTTPBearer(auto_error=False, description="required when the service runs with a token")
 
     async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         check_token(settings.token, credentials)
@@ -505,7 +521,7 @@ def create_app(
     @app.get("/v1/model", response_model=ModelResponse)
     async def model_info() -> ModelResponse:
         """What is being served: method, detector, versions, operating point and limits."""
-        return describe_model(model, model_path, version, settings)
+        return describe_model(served.model, model_path, served.version, settings)
 
     @app.post(
         "/v1/score",
@@ -529,8 +545,6 @@ def create_app(
     ) -> Any:
         """Score one chest film (PNG, JPEG or DICOM)."""
         return await score_film(served, intake, scorer, request, heatmap, response_format)
-
-    return app
 
 
 __all__ = ["ApiError", "ServiceSettings", "create_app", "decode_upload", "model_version", "probe_upload"]
