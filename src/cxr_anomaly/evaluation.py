@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .calibration import Interval, auc_from_ranks, auc_interval
 from .explain import overlay_heatmap
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +167,52 @@ def _known_views(views: np.ndarray | None, count: int) -> np.ndarray | None:
     return values
 
 
+def _interval_of(
+    labels: np.ndarray,
+    values: np.ndarray,
+    balanced_over: np.ndarray | None,
+    *,
+    num_resamples: int,
+    seed: int,
+) -> Interval:
+    """AUC of ``values`` with its bootstrap interval (view-balanced when ``balanced_over`` is given)."""
+    if balanced_over is not None:
+        return balanced_auc_interval(labels, values, balanced_over, num_resamples=num_resamples, seed=seed)
+    if num_resamples:
+        return auc_interval(labels, values, num_resamples=num_resamples, seed=seed)
+    return Interval(safe_auc(labels, values), None, None)
+
+
+def _adult_figures(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    view_values: np.ndarray | None,
+    ages: np.ndarray,
+    *,
+    num_resamples: int,
+    seed: int,
+) -> dict[str, object] | None:
+    """The metrics of adult films only (``None`` when there is none), with the count left out."""
+    age_values = np.asarray(pd.to_numeric(pd.Series(ages), errors="coerce"), dtype=np.float64)
+    adult = age_values >= ADULT_AGE
+    if not adult.any():  # computed also when every film is an adult, so that tables have no hole
+        return None
+    adult_metrics = compute_metrics(
+        labels[adult],
+        scores[adult],
+        views=None if view_values is None else view_values[adult],
+        num_resamples=num_resamples,
+        seed=seed,
+    )
+    adults = {
+        key: value
+        for key, value in adult_metrics.to_dict().items()
+        if key not in ("adults", "component_auc", "average_precision", "note")
+    }
+    adults["num_excluded_minors_or_unknown_age"] = int((~adult).sum())
+    return adults
+
+
 def compute_metrics(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -191,16 +241,8 @@ def compute_metrics(
     def with_interval(
         key: str, values_labels: np.ndarray, values: np.ndarray, balanced_over: np.ndarray | None = None
     ) -> float | None:
-        if balanced_over is not None:
-            interval = balanced_auc_interval(
-                values_labels, values, balanced_over, num_resamples=num_resamples, seed=seed
-            )
-        elif num_resamples:
-            interval = auc_interval(values_labels, values, num_resamples=num_resamples, seed=seed)
-        else:
-            interval = Interval(safe_auc(values_labels, values), None, None)
-        intervals[key] = interval
-        return interval.estimate
+        intervals[key] = _interval_of(values_labels, values, balanced_over, num_resamples=num_resamples, seed=seed)
+        return intervals[key].estimate
 
     intervals: dict[str, Interval] = {}
     with_interval("auc", labels, scores)
@@ -226,22 +268,7 @@ def compute_metrics(
     }
     adults = None
     if ages is not None:
-        age_values = np.asarray(pd.to_numeric(pd.Series(ages), errors="coerce"), dtype=np.float64)
-        adult = age_values >= ADULT_AGE
-        if adult.any():  # also when every film is an adult, so that tables have no hole
-            adult_metrics = compute_metrics(
-                labels[adult],
-                scores[adult],
-                views=None if view_values is None else view_values[adult],
-                num_resamples=num_resamples,
-                seed=seed,
-            )
-            adults = {
-                key: value
-                for key, value in adult_metrics.to_dict().items()
-                if key not in ("adults", "component_auc", "average_precision", "note")
-            }
-            adults["num_excluded_minors_or_unknown_age"] = int((~adult).sum())
+        adults = _adult_figures(labels, scores, view_values, ages, num_resamples=num_resamples, seed=seed)
     return Metrics(
         auc,
         average_precision,
@@ -372,6 +399,11 @@ class FilmGroup:
     reconstructions: np.ndarray | None = None
 
 
+def _label_row(axis: Axes, text: str) -> None:
+    """Write ``text`` sideways to the left of ``axis``, naming the row of the grid it starts."""
+    axis.text(-0.1, 0.5, text, transform=axis.transAxes, rotation=90, va="center", ha="right", fontsize=7)
+
+
 def explanation_grid(
     groups: list[FilmGroup],
     path: str | Path,
@@ -420,27 +452,9 @@ def explanation_grid(
             )
             if group.reconstructions is not None:
                 cells[2].imshow(group.reconstructions[index], cmap="gray", vmin=0, vmax=255)
-        axes[group_index * rows_per_group + 1, 0].text(
-            -0.1,
-            0.5,
-            "heatmap",
-            transform=axes[group_index * rows_per_group + 1, 0].transAxes,
-            rotation=90,
-            va="center",
-            ha="right",
-            fontsize=7,
-        )
+        _label_row(axes[group_index * rows_per_group + 1, 0], "heatmap")
         if group.reconstructions is not None:
-            axes[group_index * rows_per_group + 2, 0].text(
-                -0.1,
-                0.5,
-                "reconstruction",
-                transform=axes[group_index * rows_per_group + 2, 0].transAxes,
-                rotation=90,
-                va="center",
-                ha="right",
-                fontsize=7,
-            )
+            _label_row(axes[group_index * rows_per_group + 2, 0], "reconstruction")
     figure.suptitle(title or "Highest-scoring films per group (raw scores: the detector's own scale)", fontsize=8)
     # the colour bar's own axes sit below the laid-out grid: tight_layout cannot place such axes
     bar_band = 0.75 / figure.get_figheight()  # three quarters of an inch, whatever the number of groups

@@ -85,6 +85,22 @@ class ExportResult:
     size_bytes: int
 
 
+def _graph_metadata(
+    detector: AnomalyDetector, calibration: Calibration | None, training: dict[str, object] | None
+) -> dict[str, str]:
+    """The graph's metadata: configuration, version, map scale, and calibration and training where given."""
+    metadata = {
+        CONFIG_METADATA_KEY: json.dumps(config_to_dict(detector.config)),
+        VERSION_METADATA_KEY: __version__,
+        ANOMALY_MAP_SCALE_METADATA_KEY: json.dumps(float(detector.anomaly_map_scale)),
+    }
+    if calibration is not None:
+        metadata[CALIBRATION_METADATA_KEY] = json.dumps(calibration.to_dict())
+    if training is not None:
+        metadata[TRAINING_METADATA_KEY] = json.dumps(training, default=str)
+    return metadata
+
+
 def export_onnx(
     detector: AnomalyDetector,
     config: Config | None,
@@ -144,16 +160,7 @@ def export_onnx(
         raise ExportError(f"{out_path}: ONNX export failed: {error}") from error
     finally:
         temporary.unlink(missing_ok=True)
-    metadata = {
-        CONFIG_METADATA_KEY: json.dumps(config_to_dict(config)),
-        VERSION_METADATA_KEY: __version__,
-        ANOMALY_MAP_SCALE_METADATA_KEY: json.dumps(float(detector.anomaly_map_scale)),
-    }
-    if calibration is not None:
-        metadata[CALIBRATION_METADATA_KEY] = json.dumps(calibration.to_dict())
-    if training is not None:
-        metadata[TRAINING_METADATA_KEY] = json.dumps(training, default=str)
-    for key, value in metadata.items():
+    for key, value in _graph_metadata(detector, calibration, training).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     payload = model.SerializeToString()

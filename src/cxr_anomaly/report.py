@@ -276,6 +276,41 @@ for a model fitted on adults, or a DICOM film without a usable view). Read them 
 """
 
 
+def _flagged_text(summary: ReportSummary, in_scope: np.ndarray) -> str:
+    """The summary's sentence on how many films would be flagged, and how many are out of scope."""
+    flagged_text = (
+        "no operating point stored: scores only"
+        if summary.num_flagged is None
+        else f"<b>{summary.num_flagged}</b> of {summary.num_films} films would be flagged "
+        f"({summary.num_flagged / max(summary.num_films, 1):.0%}); "
+        f"{summary.num_films - summary.num_flagged} go to the back of the queue"
+    )
+    if not in_scope.all():
+        flagged_text += (
+            f"; {int((~in_scope).sum())} film(s) outside the model's scope are listed apart at the end, unranked"
+        )
+    return flagged_text
+
+
+def _header_cells(show_reconstruction: bool, extra_columns: list[str]) -> str:
+    """The ``<th>`` cells of the worklist table's header row."""
+    return "".join(
+        f"<th>{html.escape(column)}</th>"
+        for column in (
+            "rank",
+            "film",
+            *(("reconstruction",) if show_reconstruction else ()),
+            "heatmap",
+            "score (z)",
+            "raw score",
+            "percentile",
+            "decision",
+            "file",
+            *extra_columns,
+        )
+    )
+
+
 def write_html_report(
     path: str | Path,
     ranked: pd.DataFrame,
@@ -299,35 +334,11 @@ def write_html_report(
         raise ValueError(f"{len(ranked)} rows but {len(explanations)} explanations")
     in_scope = (ranked["scope"] == "in_scope").to_numpy() if "scope" in ranked else np.ones(len(ranked), dtype=bool)
     summary = summarise(ranked[in_scope], calibration)
-    flagged_text = (
-        "no operating point stored: scores only"
-        if summary.num_flagged is None
-        else f"<b>{summary.num_flagged}</b> of {summary.num_films} films would be flagged "
-        f"({summary.num_flagged / max(summary.num_films, 1):.0%}); "
-        f"{summary.num_films - summary.num_flagged} go to the back of the queue"
-    )
-    if not in_scope.all():
-        flagged_text += (
-            f"; {int((~in_scope).sum())} film(s) outside the model's scope are listed apart at the end, unranked"
-        )
+    flagged_text = _flagged_text(summary, in_scope)
     generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     extra_columns = [column for column in ("label", "view", *LINK_TAGS, *PATIENT_TAGS) if column in ranked]
     show_reconstruction = bool(explanations) and explanations[0].reconstruction is not None
-    header_cells = "".join(
-        f"<th>{html.escape(column)}</th>"
-        for column in (
-            "rank",
-            "film",
-            *(("reconstruction",) if show_reconstruction else ()),
-            "heatmap",
-            "score (z)",
-            "raw score",
-            "percentile",
-            "decision",
-            "file",
-            *extra_columns,
-        )
-    )
+    header_cells = _header_cells(show_reconstruction, extra_columns)
     floor, scale = (explanations[0].floor, explanations[0].scale) if explanations else (0.0, 1.0)
     rows = [
         film_row(row, explanation, show_reconstruction, extra_columns)

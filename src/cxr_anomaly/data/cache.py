@@ -404,12 +404,7 @@ def decode_many(
     groups = group_paths(paths, results)
 
     cache = PreprocessingCache(cache_dir, CacheParameters.from_config(data_config)) if cache_dir else None
-    reused = 0
-    if cache is not None:
-        for key, pixels in cache.get_many(list(groups.rows_by_key)).items():
-            for row in groups.rows_by_key[key]:
-                results[row] = pixels
-            reused += len(groups.rows_by_key[key])
+    reused = _reuse_cached(cache, groups, results) if cache is not None else 0
     missing_keys = [key for key, rows in groups.rows_by_key.items() if results[rows[0]] is None]
     worker_count = default_workers() if workers is None else max(1, int(workers))
     if len(missing_keys) < serial_below:
@@ -419,12 +414,7 @@ def decode_many(
     bar = tqdm(total=len(missing_keys), desc="decoding", disable=not progress, unit="img")
     try:
         if worker_count == 1:
-            for key in missing_keys:
-                try:
-                    films.accept(key, decode_file(groups.path_of_key[key], data_config))
-                except InputFileError as error:
-                    films.accept(key, error)
-                bar.update(1)
+            _decode_serially(missing_keys, groups.path_of_key, data_config, films.accept, bar)
         else:
             _decode_in_threads(missing_keys, groups.path_of_key, data_config, worker_count, films.accept, bar)
     finally:
@@ -453,6 +443,34 @@ def decode_many(
     if any(result is None for result in results):  # a bug here must not pass as a silent drop
         raise RuntimeError("decode_many: internal error, some paths got no result")
     return results  # type: ignore[return-value]
+
+
+def _reuse_cached(
+    cache: PreprocessingCache, groups: PathGroups, results: list[np.ndarray | InputFileError | None]
+) -> int:
+    """Fill ``results`` with the films the cache holds; the number of rows so filled."""
+    reused = 0
+    for key, pixels in cache.get_many(list(groups.rows_by_key)).items():
+        for row in groups.rows_by_key[key]:
+            results[row] = pixels
+        reused += len(groups.rows_by_key[key])
+    return reused
+
+
+def _decode_serially(
+    keys: list[str],
+    path_of_key: dict[str, str],
+    data_config: DataConfig,
+    accept: Callable[[str, np.ndarray | InputFileError], None],
+    bar: tqdm,
+) -> None:
+    """Decode ``keys`` one after the other in this thread, passing each outcome to ``accept``."""
+    for key in keys:
+        try:
+            accept(key, decode_file(path_of_key[key], data_config))
+        except InputFileError as error:
+            accept(key, error)
+        bar.update(1)
 
 
 def _decode_in_threads(

@@ -36,10 +36,11 @@ Written into the output folder:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,27 +48,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, BaselineScores, fit_and_score_baselines
+from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
 from ..config import DEFAULT_METHOD, Config, DataConfig, config_to_dict, load_config, preset_config, with_overrides
 from ..data.copies import film_signatures
 from ..data.dataset import OnBadFile
 from ..data.selection import report_skipped, require_both_classes
 from ..errors import ConfigError
-from ..evaluation import FilmGroup, compute_metrics, explanation_grid, plot_roc_panels
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write
 from ..inference import resolve_device
 from ..models.family import RAW_SCORE
 from ..models.registry import FAMILIES, family_of, fit_detector
 from ..scoring import ScoreResult, score_films
 from .benchmark_films import FilmSet, choose_test_films, choose_training_films, load_film_set, warn_on_shared_films
-from .benchmark_table import TableRow, describe_collection, describe_family, format_value, render_markdown, summarise
+from .benchmark_report import metrics_of, score_key, table_header, table_rows, write_figures, write_tables
+from .benchmark_table import describe_collection, format_value
 from .cells import describe_remaining, format_duration, read_finished_cell, settings_fingerprint, write_cell_result
 
 logger = logging.getLogger(__name__)
 
 # The stored array of a detector's own score (its configured one).
 RAW = RAW_SCORE
-VIEW_ONLY = "view only (AP = 1)"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -257,23 +257,6 @@ def cell_fingerprint(
     )
 
 
-def score_key(row: MethodRow, config: Config) -> str:
-    """Which stored array holds the row's scores: a component, or the detector's raw score."""
-    return family_of(row.family).benchmark.score_key(config, row.setting)
-
-
-def metrics_of(scores: np.ndarray, collection: FilmSet, options: BenchmarkOptions) -> dict[str, Any]:
-    """Plain-value metrics (overall, per view, view-balanced, adults, ...) of one score vector."""
-    return compute_metrics(
-        collection.labels,
-        scores,
-        views=collection.views,
-        ages=collection.ages,
-        num_resamples=options.bootstrap_resamples,
-        seed=0,
-    ).to_dict()
-
-
 def figure_indices(labels: np.ndarray, raw: np.ndarray, count: int) -> np.ndarray:
     """Indices of the ``count`` highest-scoring normal films, then of the abnormal ones."""
     chosen = []
@@ -394,113 +377,6 @@ class FinishedCells:
         return metrics_of(self.scores(row.kind, seed, collection)[key], collection, options)
 
 
-def view_only_scores(collection: FilmSet) -> np.ndarray:
-    """The view as the score: 1 for AP films, 0 for the others (N,)."""
-    views = collection.manifest["view"].astype("string").fillna("")
-    return (views == "AP").to_numpy(dtype=np.float64)
-
-
-def table_rows(
-    rows: Sequence[MethodRow],
-    cells: FinishedCells,
-    configs: Mapping[str, Config],
-    baseline_scores: Mapping[str, BaselineScores],
-    collections: Sequence[FilmSet],
-    options: BenchmarkOptions,
-) -> list[TableRow]:
-    """The model rows from the cells, then the pixel baselines and the view-only score."""
-    result = []
-    for row in rows:
-        key = score_key(row, configs[row.family])
-        score = family_of(row.family).benchmark.score_label(configs[row.family], row.setting)
-        result.append(
-            TableRow(
-                row.spec,
-                "model",
-                score,
-                list(options.seeds),
-                {c.name: [cells.metrics(row, seed, c, key, options) for seed in options.seeds] for c in collections},
-            )
-        )
-    for baseline in baseline_scores[collections[0].name].scores:
-        result.append(
-            TableRow(
-                baseline,
-                "baseline",
-                f"pixels, {options.baseline_image_size} px",
-                [],
-                {c.name: [metrics_of(baseline_scores[c.name].scores[baseline], c, options)] for c in collections},
-            )
-        )
-    result.append(
-        TableRow(
-            VIEW_ONLY,
-            "view_only",
-            "view",
-            [],
-            {c.name: [metrics_of(view_only_scores(c), c, options) if c.views is not None else {}] for c in collections},
-        )
-    )
-    return result
-
-
-def write_roc_figure(collection: FilmSet, curves: Mapping[str, np.ndarray], path: Path) -> Path:
-    """ROC curves of each named score (N,) on a collection: all films, then one panel per view.
-
-    The view-only curve is drawn on all films only: within one view it is the diagonal.
-    """
-    labels = collection.labels
-    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
-        "all films": {name: (labels, values) for name, values in curves.items()}
-    }
-    if collection.views is not None:
-        panels["all films"][VIEW_ONLY] = (labels, view_only_scores(collection))
-        views = collection.manifest["view"].astype("string").fillna("").to_numpy()
-        for view in collection.view_names:
-            mask = views == view
-            panels[f"{view} films"] = {name: (labels[mask], values[mask]) for name, values in curves.items()}
-    return plot_roc_panels(panels, path, title=f"{collection.name}: ROC per view")
-
-
-def write_film_grid(
-    collection: FilmSet,
-    kind: str,
-    seed: int,
-    cells: FinishedCells,
-    data_config: DataConfig,
-    path: Path,
-    options: BenchmarkOptions,
-) -> Path:
-    """The highest-scoring normal and abnormal films of one fitted detector, with heatmaps (and
-    reconstructions), as stored in its cell; kept when already drawn since the cell finished."""
-    result_path = cells.folder / f"{kind}-seed{seed}" / "result.json"
-    if path.is_file() and path.stat().st_mtime_ns >= result_path.stat().st_mtime_ns:
-        return path  # drawing costs seconds per figure; the cell has not changed since
-    result = cells.results[(kind, seed)]
-    stored = cells.scores(kind, seed, collection)
-    pixels = collection.pixels[data_config]  # (N, S, S) as the detector read them
-    index = stored["figure_index"]
-    labels = collection.labels[index]
-    reconstructions = stored.get("figure_reconstructions")
-    groups = [
-        FilmGroup(
-            title,
-            pixels[index[mask]],
-            stored["figure_maps"][mask],
-            stored[RAW][index[mask]],
-            None if reconstructions is None else reconstructions[mask],
-        )
-        for title, mask in (("normal", labels == 0), ("abnormal", labels == 1))
-    ]
-    return explanation_grid(
-        groups,
-        path,
-        scale=float(result["anomaly_map_scale"]),
-        per_row=options.figure_films,
-        title=f"{collection.name}: {result['description']}, seed {seed}; highest-scoring films per class",
-    )
-
-
 @dataclass
 class BenchmarkOutcome:
     """What :func:`benchmark_job` wrote and measured.
@@ -566,60 +442,73 @@ def run_cells(
     return cells
 
 
-@dataclass(frozen=True)
-class BenchmarkFigures:
-    """The figures of a run: ``roc_<name>.png`` by test collection, and the film grids."""
-
-    roc_paths: dict[str, Path]
-    film_grids: list[Path]
-
-
-def write_figures(
-    collections: list[FilmSet],
-    kinds: Mapping[str, MethodRow],
-    cells: FinishedCells,
-    configs: Mapping[str, Config],
-    baseline_scores: Mapping[str, BaselineScores],
-    out_dir: Path,
-    options: BenchmarkOptions,
-) -> BenchmarkFigures:
-    """ROC curves (every method row and baseline) and film grids of each collection, from the first seed."""
-    first_seed = options.seeds[0]
-    figures = BenchmarkFigures({}, [])
-    for collection in collections:
-        curves = {
-            f"{row.spec} (seed {first_seed})": cells.scores(row.kind, first_seed, collection)[
-                score_key(row, configs[row.family])
-            ]
-            for row in options.rows
-        }
-        curves.update(
-            {f"{name} (baseline)": values for name, values in baseline_scores[collection.name].scores.items()}
-        )
-        figures.roc_paths[collection.name] = write_roc_figure(
-            collection, curves, out_dir / f"roc_{collection.name}.png"
-        )
-        for kind, kind_row in kinds.items():
-            figures.film_grids.append(
-                write_film_grid(
-                    collection,
-                    kind,
-                    first_seed,
-                    cells,
-                    configs[kind_row.family].data,
-                    out_dir / f"films_{collection.name}_{kind}-seed{first_seed}.png",
-                    options,
-                )
-            )
-    return figures
-
-
 def fits_needed(rows: Sequence[MethodRow]) -> dict[str, MethodRow]:
     """The first row of each kind, in table order: one fit per kind and seed serves them all."""
     kinds: dict[str, MethodRow] = {}
     for row in rows:
         kinds.setdefault(row.kind, row)
     return kinds
+
+
+@dataclass(frozen=True)
+class TestCollections:
+    """The loaded test collections, in ``--test`` order, and the split each one's films came from."""
+
+    collections: list[FilmSet]
+    splits: dict[str, str]
+
+
+def load_test_collections(
+    test_data: Mapping[str, str | Path],
+    load: Callable[[str, pd.DataFrame], FilmSet],
+    train: FilmSet,
+    baseline_data: DataConfig,
+) -> TestCollections:
+    """Choose and ``load`` each test collection's films, checking both classes and copies of training films."""
+    train_signatures = film_signatures(train.pixels[baseline_data])  # for the copies check of each collection
+    collections: list[FilmSet] = []
+    splits: dict[str, str] = {}
+    for name, source in test_data.items():
+        manifest, splits[name] = choose_test_films(name, Path(source))
+        collections.append(load(name, manifest))
+        require_both_classes(collections[-1].manifest, f"{name}={source}", "label", splits[name])  # after skips
+        warn_on_shared_films(train, collections[-1], baseline_data, train_signatures)
+        logger.info("test collection %s (%s)", name, describe_collection(collections[-1], splits[name]))
+    return TestCollections(collections, splits)
+
+
+@dataclass(frozen=True)
+class BenchmarkFilms:
+    """The films of a run: training and calibration normals, and the test collections with their splits."""
+
+    train: FilmSet
+    calibration: FilmSet
+    calibration_source: str
+    collections: list[FilmSet]
+    splits: dict[str, str]
+
+
+def load_benchmark_films(
+    train_data: Sequence[str | Path],
+    test_data: Mapping[str, str | Path],
+    config: Config,
+    options: BenchmarkOptions,
+    load: Callable[[str, pd.DataFrame], FilmSet],
+    baseline_data: DataConfig,
+    skipped_path: Path,
+) -> BenchmarkFilms:
+    """Choose and ``load`` the training and calibration normals (as ``config`` reads them), then each test
+    collection; list the films skipped in ``skipped_path``."""
+    train_rows, calibration_rows, calibration_source = choose_training_films(
+        train_data,
+        config,
+        max_train_normals=options.max_train_normals,
+        selection_seed=options.selection_seed,
+    )
+    train, calibration = load("train", train_rows), load("calibration", calibration_rows)
+    tests = load_test_collections(test_data, load, train, baseline_data)
+    report_skipped([skip for films in (train, calibration, *tests.collections) for skip in films.skipped], skipped_path)
+    return BenchmarkFilms(train, calibration, calibration_source, tests.collections, tests.splits)
 
 
 def benchmark_job(
@@ -653,31 +542,13 @@ def benchmark_job(
     # Each family reads films at its own size; the pixel baselines at 64 px.
     data_configs = [*dict.fromkeys(configs[row.family].data for row in rows), baseline_data]
     # 1. The films: training and calibration normals, and each test collection's test films.
-    train_rows, calibration_rows, calibration_source = choose_training_films(
-        train_data,
-        configs[rows[0].family],
-        max_train_normals=options.max_train_normals,
-        selection_seed=options.selection_seed,
+    load = functools.partial(
+        load_film_set, data_configs=data_configs, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress
     )
-
-    def load(name: str, manifest: pd.DataFrame) -> FilmSet:
-        return load_film_set(
-            name, manifest, data_configs, on_bad_file=on_bad_file, cache_dir=cache_dir, progress=progress
-        )
-
-    train, calibration = load("train", train_rows), load("calibration", calibration_rows)
-    train_signatures = film_signatures(train.pixels[baseline_data])  # for the copies check of each collection
-    collections: list[FilmSet] = []
-    splits: dict[str, str] = {}
-    for name, source in test_data.items():
-        manifest, splits[name] = choose_test_films(name, Path(source))
-        collections.append(load(name, manifest))
-        require_both_classes(collections[-1].manifest, f"{name}={source}", "label", splits[name])  # after skips
-        warn_on_shared_films(train, collections[-1], baseline_data, train_signatures)
-        logger.info("test collection %s (%s)", name, describe_collection(collections[-1], splits[name]))
-    report_skipped(
-        [skip for films in (train, calibration, *collections) for skip in films.skipped], out_dir / "skipped_files.csv"
+    films = load_benchmark_films(
+        train_data, test_data, configs[rows[0].family], options, load, baseline_data, out_dir / "skipped_files.csv"
     )
+    train, calibration, collections, splits = films.train, films.calibration, films.collections, films.splits
 
     # 2. The pixel baselines, fitted on the same training normals.
     baseline_scores = fit_and_score_baselines(
@@ -694,18 +565,10 @@ def benchmark_job(
     )
 
     # 4. The table.
-    table = summarise(table_rows(rows, cells, configs, baseline_scores, collections, options), collections)
-    table_csv = out_dir / "table.csv"
-    atomic_write_text(table_csv, table.to_csv(index=False))
-    header = (
-        f"Fitted on {len(train.manifest)} normal films of {', '.join(map(str, train_data))} (films "
-        f"{train.fingerprint}; calibration: {calibration_source}); seeds {list(options.seeds)}; "
-        + "; ".join(describe_family(configs[family]) for family in dict.fromkeys(row.family for row in rows))
-        + f". Several runs: mean ± sample std over seeds; one run: the estimate [95% bootstrap interval, "
-        f"{options.bootstrap_resamples} resamples]. A method beats a baseline only when it does within every view."
+    header = table_header(train, train_data, films.calibration_source, configs, options)
+    tables = write_tables(
+        table_rows(rows, cells, configs, baseline_scores, collections, options), collections, splits, header, out_dir
     )
-    table_md = out_dir / "table.md"
-    atomic_write_text(table_md, render_markdown(table, collections, splits, header))
 
     # 5. The figures, from the first seed: ROC curves per view and the film grids.
     figures = write_figures(collections, fits_needed(rows), cells, configs, baseline_scores, out_dir, options)
@@ -716,8 +579,15 @@ def benchmark_job(
         format_duration(seconds),
         len(cells.run),
         len(cells.reused),
-        table_md,
+        tables.markdown,
     )
     return BenchmarkOutcome(
-        table, table_csv, table_md, figures.roc_paths, figures.film_grids, cells.run, cells.reused, seconds
+        tables.table,
+        tables.csv,
+        tables.markdown,
+        figures.roc_paths,
+        figures.film_grids,
+        cells.run,
+        cells.reused,
+        seconds,
     )

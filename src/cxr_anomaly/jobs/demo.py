@@ -237,14 +237,9 @@ def copies_lines(copies: list[str] | None) -> list[str]:
     ]
 
 
-def write_report(
-    out_dir: Path,
-    results: dict[str, dict[str, object]],
-    baselines: dict[str, dict[str, dict[str, object]]],
-    facts: dict[str, object],
-) -> Path:
-    """Write ``report.md``: per test collection a table (detector, baselines, view only) and a verdict."""
-    lines = [
+def _report_preamble(facts: dict[str, object]) -> list[str]:
+    """The lines of ``report.md`` above the collections' sections: the run's facts and how to read the tables."""
+    return [
         "# cxr-anomaly demo report",
         "",
         f"Detector: {facts['detector']}, fitted on {facts['num_train']} normal films of {facts['train_data']} "
@@ -262,6 +257,16 @@ def write_report(
         "against PA among normal films (0.5: the score ignores the view). Adults: age 18 or more.",
         "",
     ]
+
+
+def write_report(
+    out_dir: Path,
+    results: dict[str, dict[str, object]],
+    baselines: dict[str, dict[str, dict[str, object]]],
+    facts: dict[str, object],
+) -> Path:
+    """Write ``report.md``: per test collection a table (detector, baselines, view only) and a verdict."""
+    lines = _report_preamble(facts)
     for name, metrics in results.items():
         counts = metrics.get("num_per_view") or {}
         count_text = ", ".join(
@@ -369,6 +374,23 @@ def reuse_fit(run_dir: Path, config: Config, train_path: Path, num_normals: int)
     return ReusedFit(outcome, seconds)
 
 
+def demo_config(method: str, seed: int) -> Config:
+    """The family's preset at the demo's precision, with ``seed`` where the fit reads ``train.seed``."""
+    config = with_overrides(preset_config(method), "train", precision=DEMO_PRECISION)
+    if "train" in family_of(method).config_sections:  # a fit that reads train.seed (not a one-pass fit)
+        config = with_overrides(config, "train", seed=seed)
+    return config
+
+
+def described_copies(tests: list[TestCollection], baselines: BaselineResults) -> dict[str, list[str]]:
+    """Per test collection, its films that copy training films (:func:`describe_copy`), each found one logged."""
+    copies = {test.name: [describe_copy(test.manifest, copy) for copy in baselines.copies[test.name]] for test in tests}
+    for name, found in copies.items():
+        if found:
+            logger.warning("%s: %d film(s) are copies of training films: %s", name, len(found), found)
+    return copies
+
+
 def run_demo(
     data_root: Path,
     out_dir: Path,
@@ -392,9 +414,7 @@ def run_demo(
         train_manifest = train_manifest.iloc[:max_train_normals]
     train_path = out_dir / "train_manifest.csv"
     train_manifest.to_csv(train_path, index=False)
-    config = with_overrides(preset_config(method), "train", precision=DEMO_PRECISION)
-    if "train" in family_of(method).config_sections:  # a fit that reads train.seed (not a one-pass fit)
-        config = with_overrides(config, "train", seed=seed)
+    config = demo_config(method, seed)
     if reuse:
         reused = reuse_fit(out_dir / "run", config, train_path, len(train_manifest))
         trained, fit_seconds = reused.outcome, reused.seconds
@@ -424,10 +444,7 @@ def run_demo(
         detector_scores[test.name] = pd.read_csv(evaluation.scores_path)["score_raw"].to_numpy()
     baselines = baseline_metrics(train_manifest, tests, num_resamples)
     atomic_write_text(out_dir / "baselines.json", json.dumps(baselines.metrics, indent=2))
-    copies = {test.name: [describe_copy(test.manifest, copy) for copy in baselines.copies[test.name]] for test in tests}
-    for name, found in copies.items():
-        if found:
-            logger.warning("%s: %d film(s) are copies of training films: %s", name, len(found), found)
+    copies = described_copies(tests, baselines)
     for test in tests:
         roc_panels(
             test,

@@ -1,11 +1,24 @@
 """``cxr-anomaly evaluate``: score labelled films, compute metrics beside the pixel baselines, draw
 the figures and write the worklist.
+
+metrics.json holds the overall AUC beside the AUC within each view, the view-balanced AUC, the
+view-only AUC and how well the score predicts AP among normal films (and the same for adults
+where ages are known), each with a 95% stratified-bootstrap interval (see
+:func:`cxr_anomaly.evaluation.compute_metrics`). With a calibrated checkpoint it also holds
+sensitivity and specificity at the stored threshold with their intervals.
+
+With baselines, metrics.json also holds the pixel baselines' metrics on the same films
+(``baselines``: name -> metrics), fitted on the checkpoint's training normals (:func:`training_rows`).
+With those films at hand it also lists the patients that evaluated and training films share
+(``patients_shared_with_training``; null when the training films are not at hand or either side
+has no patient ids), and, from the checkpoint's signatures, the evaluated films that copy one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,6 +272,72 @@ def threshold_facts(calibration: Calibration, intervals: BootstrapIntervals) -> 
     }
 
 
+@dataclass(frozen=True)
+class LabelledScores:
+    """The labelled films' labels and scores (raw and per component), with their views and ages where known."""
+
+    mask: np.ndarray  # (N,) bool: which films of the score table carry a label
+    labels: np.ndarray
+    raw: np.ndarray
+    views: np.ndarray | None
+    ages: np.ndarray | None
+    components: dict[str, np.ndarray]
+
+    def metrics(self, *, num_resamples: int, seed: int) -> Metrics:
+        """:func:`compute_metrics` of the raw score, with the views, ages and components."""
+        return compute_metrics(
+            self.labels,
+            self.raw,
+            views=self.views,
+            components=self.components,
+            ages=self.ages,
+            num_resamples=num_resamples,
+            seed=seed,
+        )
+
+
+def labelled_scores(manifest: pd.DataFrame, table: pd.DataFrame, component_names: Sequence[str]) -> LabelledScores:
+    """The rows of ``table`` (scores of ``manifest``'s films) whose film has a label."""
+    labelled = manifest["label"].notna().to_numpy()
+    return LabelledScores(
+        labelled,
+        manifest["label"].to_numpy()[labelled].astype(int),
+        table["score_raw"].to_numpy()[labelled],
+        manifest["view"].to_numpy()[labelled] if manifest["view"].notna().any() else None,
+        manifest["age"].to_numpy()[labelled] if "age" in manifest else None,
+        {name: table[name].to_numpy()[labelled] for name in component_names},
+    )
+
+
+def metrics_summary(
+    model_path: str | Path,
+    model: LoadedModel,
+    films: EvaluatedFilms,
+    num_images: int,
+    training: pd.DataFrame | None,
+    metrics: Metrics,
+    baseline_results: PixelBaselines | None,
+) -> dict[str, object]:
+    """metrics.json's values before the operating point: what was evaluated, the metrics, the baselines'."""
+    return {
+        "model": str(model_path),
+        **evaluation_facts(model, films, num_images, training),
+        **metrics.to_dict(),
+        "baselines": None if baseline_results is None else baseline_results.metrics,
+    }
+
+
+def calibrated_intervals(
+    calibration: Calibration | None, labelled: LabelledScores, *, num_resamples: int, seed: int
+) -> BootstrapIntervals | None:
+    """Sensitivity and specificity at the stored threshold with their intervals; None without calibration or labels."""
+    if calibration is None or not labelled.mask.any():
+        return None
+    return bootstrap_intervals(
+        labelled.labels, labelled.raw, calibration.threshold, seed=seed, num_resamples=num_resamples
+    )
+
+
 def evaluate_job(
     model_path: str | Path,
     data: list[str | Path],
@@ -276,25 +355,15 @@ def evaluate_job(
     device: str = "auto",
     precision: str = "auto",
 ) -> EvaluationOutcome:
-    """Score labelled films and write metrics.json, roc.png, films.png and scores.csv.
+    """Score labelled films and write metrics.json, roc.png, films.png and scores.csv; see the module
+    docstring for what metrics.json holds.
 
-    metrics.json holds the overall AUC beside the AUC within each view, the view-balanced AUC,
-    the view-only AUC and how well the score predicts AP among normal films (and the same for
-    adults where ages are known), each with a 95% stratified-bootstrap interval
-    (``bootstrap_resamples`` resamples seeded by ``bootstrap_seed``; see
-    :func:`cxr_anomaly.evaluation.compute_metrics`). With a calibrated checkpoint it also holds
-    sensitivity and specificity at the stored threshold with their intervals.
-
+    ``bootstrap_resamples`` resamples seeded by ``bootstrap_seed`` give the 95% intervals.
     ``label_column`` names the column that holds the labels (0 normal, 1 abnormal, empty unknown).
     The detector scores on ``device`` (``auto``: CUDA where there is one) in ``precision``
-    (:func:`load_scoring_model`); metrics.json records both.
-
-    With ``baselines``, metrics.json also holds the pixel baselines' metrics on the same films
-    (``baselines``: name -> metrics), fitted on the checkpoint's training normals, which are read
-    from ``baseline_train`` or from the sources the checkpoint recorded (:func:`training_rows`).
-    With those films at hand it also lists the patients that evaluated and training films share
-    (``patients_shared_with_training``; null when the training films are not at hand or either side
-    has no patient ids), and, from the checkpoint's signatures, the evaluated films that copy one.
+    (:func:`load_scoring_model`); metrics.json records both. With ``baselines``, the pixel
+    baselines are fitted on the training normals read from ``baseline_train`` or from the sources
+    the checkpoint recorded (:func:`training_rows`).
 
     Raises:
         ManifestError: no film of the chosen split has a label, or the labelled films are all of
@@ -311,48 +380,31 @@ def evaluate_job(
     table = scored.table
     scores_path = out_dir / "scores.csv"
     table.to_csv(scores_path, index=False)
-    labelled = images.manifest["label"].notna().to_numpy()
-    labels = images.manifest["label"].to_numpy()[labelled].astype(int)
-    raw = table["score_raw"].to_numpy()[labelled]
-    views = images.manifest["view"].to_numpy()[labelled] if images.manifest["view"].notna().any() else None
-    ages = images.manifest["age"].to_numpy()[labelled] if "age" in images.manifest else None
-    components = {name: table[name].to_numpy()[labelled] for name in model.detector.component_names}
+    labelled = labelled_scores(images.manifest, table, model.detector.component_names)
     training = training_rows(model, baseline_train)  # for the baselines and the patient check
-    baseline_results = (
-        pixel_baselines(
-            training, images.manifest[labelled], labels, num_resamples=bootstrap_resamples, seed=bootstrap_seed
+    baseline_results = None
+    if baselines and training is not None:
+        baseline_results = pixel_baselines(
+            training,
+            images.manifest[labelled.mask],
+            labelled.labels,
+            num_resamples=bootstrap_resamples,
+            seed=bootstrap_seed,
         )
-        if baselines and training is not None
-        else None
+    metrics = labelled.metrics(num_resamples=bootstrap_resamples, seed=bootstrap_seed)
+    summary = metrics_summary(model_path, model, films, len(table), training, metrics, baseline_results)
+    intervals = calibrated_intervals(
+        model.calibration, labelled, num_resamples=bootstrap_resamples, seed=bootstrap_seed
     )
-    metrics = compute_metrics(
-        labels,
-        raw,
-        views=views,
-        components=components,
-        ages=ages,
-        num_resamples=bootstrap_resamples,
-        seed=bootstrap_seed,
-    )
-    summary = {
-        "model": str(model_path),
-        **evaluation_facts(model, films, len(table), training),
-        **metrics.to_dict(),
-        "baselines": None if baseline_results is None else baseline_results.metrics,
-    }
-    intervals = None
-    if model.calibration is not None and labelled.any():
-        intervals = bootstrap_intervals(
-            labels, raw, model.calibration.threshold, seed=bootstrap_seed, num_resamples=bootstrap_resamples
-        )
+    if intervals is not None and model.calibration is not None:
         summary.update(threshold_facts(model.calibration, intervals))
     metrics_path = out_dir / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(summary, indent=2))
     roc_path = plot_evaluation_roc(
         model.detector.description,
-        labels,
-        raw,
-        views,
+        labelled.labels,
+        labelled.raw,
+        labelled.views,
         metrics,
         split,
         out_dir / "roc.png",

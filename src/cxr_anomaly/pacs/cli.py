@@ -28,6 +28,12 @@ def require_pacs_packages(command: str) -> None:
 
 def add_pacs_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``listen`` and ``worklist`` to the CLI's subcommands."""
+    add_listen_command(commands)
+    add_worklist_command(commands)
+
+
+def add_listen_command(commands: argparse._SubParsersAction) -> None:
+    """Add ``listen`` (the DICOM storage SCP and Orthanc follower) to the CLI's subcommands."""
     listen = commands.add_parser(
         "listen",
         help="receive films over DICOM (C-STORE, or an Orthanc's feed), score them, send results back",
@@ -85,6 +91,9 @@ def add_pacs_commands(commands: argparse._SubParsersAction) -> None:
     )
     listen.set_defaults(handler=run_listen)
 
+
+def add_worklist_command(commands: argparse._SubParsersAction) -> None:
+    """Add ``worklist`` (the ranked worklist of a listener's store) to the CLI's subcommands."""
     worklist = commands.add_parser(
         "worklist",
         help="write the ranked worklist (HTML and CSV) of the films a listener received",

@@ -27,52 +27,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ... import distributed
 from ...config import Config
 from ...data.dataset import to_model_tensor
-from ...errors import ConfigError, NoNormalImagesError
-from ...files import remove_stale_temporaries
-from ...inference import resolve_precision
-from .loss import GeneratorLoss
-from .resume import check_resumable, data_fingerprint
-from .state import TRAINING_STATE_NAME, TrainingState, load_training_state, save_training_state
-from .steps import (
-    LOSS_NAMES,
-    BatchPlan,
-    RunLog,
-    TrainingParts,
-    batch_plan,
-    check_weights_finite,
-    guard_step,
-    train_step,
-    training_parts,
-)
-from .torch_model import OneClassDetector, initialise_weights
+from .run_start import TrainingRun, start_run
+from .run_start import build_detector as build_detector  # re-exported: tests and benchmarks import it from here
+from .run_state import EpochLog, empty_epoch_sums
+from .steps import LOSS_NAMES, guard_step, train_step
+from .torch_model import OneClassDetector
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EpochLog:
-    """Mean losses of one epoch (unweighted terms) and its wall time."""
-
-    epoch: int
-    generator_total: float
-    reconstruction: float
-    adversarial: float
-    latent: float
-    feature: float
-    discriminator: float
-    seconds: float
-    images: int
 
 
 @dataclass
@@ -100,14 +71,6 @@ class TrainingResult:
     resumed_from: tuple[int, int] | None = None
     rank_weight_difference: float = 0.0
     precision: str = "fp32"
-
-
-def build_detector(config: Config) -> OneClassDetector:
-    """Build the variant's networks and initialise them from ``config.train.seed``."""
-    detector = OneClassDetector(config.model)
-    generator = torch.Generator().manual_seed(config.train.seed)
-    initialise_weights(detector, config.model.init, generator)
-    return detector
 
 
 @torch.no_grad()
@@ -162,151 +125,6 @@ def recalibrate_batchnorm(
     logger.info(
         "re-estimated BatchNorm statistics of %d layers over %d training normals", len(layers), len(train_pixels)
     )
-
-
-def empty_epoch_sums() -> dict[str, float]:
-    """The loss sums (weighted by films) and the film count of an epoch not yet begun."""
-    return dict.fromkeys((*LOSS_NAMES, "films"), 0.0)
-
-
-@dataclass
-class LoopPosition:
-    """Where the training loop stands: what a training state stores and a resumed run restores.
-
-    Attributes:
-        history: the logs of completed epochs.
-        first_epoch: the epoch the loop starts (or restarts) in, from 1.
-        first_step: the step within ``first_epoch`` it starts at (0 unless resumed mid-epoch).
-        global_step: optimisation steps taken so far.
-        collapse_streak: consecutive steps in which D won outright (the GAN guard's count).
-        seconds_before: training wall time spent by the processes before this one.
-        epoch_sums: the current epoch's loss sums so far (see :func:`empty_epoch_sums`).
-        epoch_seconds_before: the current epoch's wall time before this process took it up.
-    """
-
-    history: list[EpochLog] = field(default_factory=list)
-    first_epoch: int = 1
-    first_step: int = 0
-    global_step: int = 0
-    collapse_streak: int = 0
-    seconds_before: float = 0.0
-    epoch_sums: dict[str, float] = field(default_factory=empty_epoch_sums)
-    epoch_seconds_before: float = 0.0
-
-
-def restore_position(
-    state: TrainingState, order_generator: torch.Generator, noise_generator: torch.Generator, rank: int
-) -> LoopPosition:
-    """The loop position of a stored training state; sets both generators to their stored states."""
-    order_generator.set_state(state.order_rng_state)
-    noise_generator.set_state(state.noise_rng_states[rank])
-    mid_epoch = state.next_step > 0
-    return LoopPosition(
-        history=[EpochLog(**log) for log in state.history],
-        first_epoch=state.epochs_done + 1,
-        first_step=state.next_step,
-        global_step=state.global_step,
-        collapse_streak=state.collapse_streak,
-        seconds_before=state.seconds,
-        epoch_sums=dict(state.epoch_sums) if mid_epoch else empty_epoch_sums(),
-        epoch_seconds_before=state.epoch_seconds if mid_epoch else 0.0,
-    )
-
-
-@dataclass
-class StateWriter:
-    """Writes the training state at checkpoints; None as ``path`` keeps nothing on disk.
-
-    Every rank calls :meth:`write`, since the ranks' noise-generator states are gathered; rank 0
-    alone writes the file.
-    """
-
-    path: Path | None
-    config: Config
-    detector: OneClassDetector
-    parts: TrainingParts
-    noise_generator: torch.Generator
-    context: distributed.DistributedContext
-    run_log: RunLog
-    fingerprint: str
-
-    def write(
-        self,
-        position: LoopPosition,
-        *,
-        epochs_done: int,
-        next_step: int,
-        epoch_order_state: torch.Tensor,
-        epoch_sums: dict[str, float],
-        epoch_seconds: float,
-        seconds: float,
-    ) -> None:
-        """Save the state after ``epochs_done`` epochs and ``next_step`` steps of the next one."""
-        if self.path is None:
-            return
-        check_weights_finite(self.detector, epochs_done, next_step, self.path, self.run_log)
-        noise_states = distributed.all_gather_bytes(self.noise_generator.get_state(), self.context)
-        if self.context.is_main:
-            discriminator_optimizer = self.parts.discriminator_optimizer
-            save_training_state(
-                self.path,
-                TrainingState(
-                    config=self.config,
-                    model_state=self.detector.state_dict(),
-                    generator_optimizer=self.parts.generator_optimizer.state_dict(),
-                    discriminator_optimizer=(
-                        None if discriminator_optimizer is None else discriminator_optimizer.state_dict()
-                    ),
-                    scaler=None,
-                    epochs_done=epochs_done,
-                    next_step=next_step,
-                    global_step=position.global_step,
-                    order_rng_state=epoch_order_state,
-                    noise_rng_states=noise_states,
-                    epoch_sums=epoch_sums,
-                    epoch_seconds=epoch_seconds,
-                    history=[asdict(log) for log in position.history],
-                    collapse_streak=position.collapse_streak,
-                    world_size=self.context.world_size,
-                    data_fingerprint=self.fingerprint,
-                    seconds=seconds,
-                ),
-            )
-            self.run_log.record(
-                "checkpoint", epochs_done=epochs_done, next_step=next_step, global_step=position.global_step
-            )
-        distributed.barrier(self.context)
-
-
-def check_training_inputs(config: Config, train_pixels: np.ndarray, resume: bool, run_dir: str | Path | None) -> None:
-    """Refuse what :func:`train_detector` cannot train on (see its Raises)."""
-    if config.method != "tang2019":
-        raise ConfigError(
-            f"method={config.method!r}: this loop trains the tang2019 networks; "
-            "use models.registry.fit_detector, which picks each family's fitting"
-        )
-    if len(train_pixels) == 0:
-        raise NoNormalImagesError("no normal (label 0) training images: nothing to learn from")
-    if len(train_pixels) < 2:
-        raise NoNormalImagesError(f"only {len(train_pixels)} normal training image; BatchNorm needs at least 2")
-    if resume and run_dir is None:
-        raise ConfigError("resume=True needs run_dir, the folder holding training_state.pt")
-
-
-def prepared_detector(
-    config: Config, state: TrainingState | None, device: torch.device, context: distributed.DistributedContext
-) -> OneClassDetector:
-    """The networks to train: freshly initialised or the stored state's, on ``device``."""
-    detector = build_detector(config)
-    if state is not None:
-        detector.load_state_dict(state.model_state)
-    detector.to(device, memory_format=torch.channels_last)  # the faster conv layout of oneDNN and cuDNN
-    if config.train.sync_batchnorm:
-        if context.is_distributed:
-            distributed.convert_sync_batchnorm(detector, device)
-        else:
-            logger.info("train.sync_batchnorm has no effect in a single process")
-    return detector
 
 
 @dataclass
@@ -405,150 +223,6 @@ def train_detector(
         run.resumed_from,
         finished.rank_weight_difference,
         run.precision,
-    )
-
-
-@dataclass
-class TrainingRun:
-    """Everything the training loop of :func:`train_detector` reads and advances."""
-
-    config: Config
-    context: distributed.DistributedContext
-    device: torch.device
-    precision: str
-    run_log: RunLog
-    state_path: Path | None
-    detector: OneClassDetector
-    images: torch.Tensor  # (N, 1, H, W) in [-1, 1]
-    generator_loss: GeneratorLoss
-    parts: TrainingParts
-    order_generator: torch.Generator
-    noise_generator: torch.Generator
-    plan: BatchPlan
-    writer: StateWriter
-    position: LoopPosition
-    resumed_from: tuple[int, int] | None
-    bar: tqdm
-    started: float
-    on_step_end: Callable[[int], None] | None
-
-    @property
-    def count(self) -> int:
-        """Training films."""
-        return len(self.images)
-
-
-def start_run(
-    config: Config,
-    train_pixels: np.ndarray,
-    *,
-    run_dir: str | Path | None,
-    resume: bool,
-    progress: bool,
-    on_step_end: Callable[[int], None] | None,
-) -> TrainingRun:
-    """Check the inputs, prepare the run folder, the networks, optimisers and generators, and
-    restore them from the training state when resuming (see :func:`train_detector`)."""
-    check_training_inputs(config, train_pixels, resume, run_dir)
-    train_config = config.train
-    context = distributed.current_context()
-    device = distributed.training_device(train_config.device, context)
-    precision = resolve_precision(train_config.precision, device)  # "auto": bf16 where native
-    run_path = None if run_dir is None else Path(run_dir)
-    state_path = None if run_path is None else run_path / TRAINING_STATE_NAME
-    if run_path is not None and context.is_main:
-        run_path.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_path)
-    distributed.barrier(context)
-    run_log = RunLog(run_path, context.is_main)
-    fingerprint = data_fingerprint(train_pixels)
-
-    state: TrainingState | None = None
-    if resume and state_path is not None and state_path.is_file():
-        state = load_training_state(state_path)
-        check_resumable(state, config, fingerprint, context, state_path)
-    elif resume:
-        logger.info("no training state in %s yet: starting from the beginning", run_path)
-
-    detector = prepared_detector(config, state, device, context)
-    images = to_model_tensor(train_pixels, config.data)  # (N, H, W) uint8 -> (N, 1, H, W) in [-1, 1]
-    if device.type == "cuda":  # the films fit in GPU memory: no host-to-device copy per step
-        images = images.to(device)
-    generator_loss = GeneratorLoss(config.loss)
-    parts = training_parts(detector, train_config, state, context, device)
-
-    # Separate streams so that changing the noise level does not change the batch order; each
-    # rank draws its own noise.
-    order_generator = torch.Generator().manual_seed(train_config.seed + 1)
-    noise_generator = torch.Generator().manual_seed(distributed.rank_seed(train_config.seed + 2, context.rank))
-    count = len(images)
-    plan = batch_plan(count, train_config, context)
-    steps_per_epoch = plan.steps_per_epoch
-    writer = StateWriter(state_path, config, detector, parts, noise_generator, context, run_log, fingerprint)
-
-    position = LoopPosition()
-    resumed_from = None
-    if state is not None:
-        position = restore_position(state, order_generator, noise_generator, context.rank)
-        resumed_from = (state.epochs_done, state.next_step)
-        logger.info(
-            "resuming %s after epoch %d, step %d of the next (%d steps done)",
-            state_path,
-            state.epochs_done,
-            state.next_step,
-            position.global_step,
-        )
-        run_log.record(
-            "resume", epochs_done=state.epochs_done, next_step=state.next_step, global_step=position.global_step
-        )
-    else:
-        run_log.record(
-            "start",
-            epochs=train_config.epochs,
-            images=count,
-            world_size=context.world_size,
-            precision=precision,
-            steps_per_epoch=steps_per_epoch,
-        )
-    logger.info(
-        "training %s on %d normal images, %d epochs of %d steps, on %s (%s), %d process(es)",
-        config.model.variant,
-        count,
-        train_config.epochs,
-        steps_per_epoch,
-        device,
-        precision,
-        context.world_size,
-    )
-
-    started = time.perf_counter()
-    bar = tqdm(
-        total=train_config.epochs * steps_per_epoch,
-        initial=position.global_step,
-        desc="training",
-        unit="step",
-        disable=not (progress and context.is_main),
-    )
-    return TrainingRun(
-        config,
-        context,
-        device,
-        precision,
-        run_log,
-        state_path,
-        detector,
-        images,
-        generator_loss,
-        parts,
-        order_generator,
-        noise_generator,
-        plan,
-        writer,
-        position,
-        resumed_from,
-        bar,
-        started,
-        on_step_end,
     )
 
 
