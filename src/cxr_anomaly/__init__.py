@@ -6,4 +6,8 @@ one-class learning", ICASSP 2019, with its ablations, pixel baselines and deploy
 
 __version__ = "0.1.0"
 
+# The registry registers the families' configuration sections with `config` (which, at the bottom
+# layer, may not import them), so that any import of the package sees every family.
+from .models import registry as _registry  # noqa: E402, F401
+
 __all__ = ["__version__"]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,17 +25,24 @@ from .cli_checks import (
     output_paths,
     remove_if_empty,
 )
-from .config import DEFAULT_METHOD, METHODS, VARIANTS, Config, load_config, preset_config, with_overrides
+from .config import (
+    DEFAULT_METHOD,
+    Config,
+    FamilySettings,
+    family_settings,
+    load_config,
+    methods,
+    paper_method,
+    preset_config,
+    with_overrides,
+)
 from .errors import ConfigError, CxrAnomalyError
 from .pacs.cli import add_pacs_commands
 
 logger = logging.getLogger("cxr_anomaly")
 
 DESCRIPTION = """\
-Find abnormal chest X-rays with a detector fitted on normal films only. The default method,
-features, fine-tunes an ImageNet CNN on the normals (2 epochs) and models their features;
---method tang2019 trains the paper's GAN (Tang et al., ICASSP 2019: a U-Net autoencoder, a
-discriminator, a second encoder).
+{methods}
 
 Typical use:
   cxr-anomaly train --data normals/ --out runs/first
@@ -45,6 +53,31 @@ Data can be a folder of PNG/JPEG/DICOM files (subfolders named normal/abnormal g
 train/val/test give splits), a manifest CSV (columns path, label [0 normal, 1 abnormal, empty
 unknown], and optionally split, patient_id, view) or a MedMNIST-style .npz file.
 """
+
+
+def method_list(text: Callable[[str, FamilySettings], str], default: str = " (default)") -> str:
+    """``text(name, settings)`` for each registered family, the default's name followed by
+    ``default``, joined by "; "; families without a text are left out."""
+    parts = []
+    for name in methods():
+        part = text(name, family_settings(name))
+        if part:
+            parts.append(part.replace(name, name + default, 1) if name == DEFAULT_METHOD else part)
+    return "; ".join(parts)
+
+
+def introduction() -> str:
+    """The first paragraph of ``cxr-anomaly --help``: what it does, with which methods."""
+    return (
+        "Find abnormal chest X-rays with a detector fitted on normal films only. The methods (--method): "
+        + method_list(lambda name, settings: f"{name}, {settings.help}")
+        + "."
+    )
+
+
+def variant_families() -> list[str]:
+    """The families with network variants (``model.variant``)."""
+    return [name for name in methods() if family_settings(name).variants]
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -89,16 +122,20 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output folder")
     train.add_argument(
         "--method",
-        choices=METHODS,
+        choices=methods(),
         default=None,
-        help="detector family: features (default: an ImageNet CNN fine-tuned on the normals, "
-        "with one-class models of its features) or tang2019 (the paper's GAN)",
+        help="detector family: " + method_list(lambda name, settings: f"{name}: {settings.help}"),
     )
     train.add_argument(
         "--variant",
-        choices=VARIANTS,
+        choices=list(
+            dict.fromkeys(variant for name in variant_families() for variant in family_settings(name).variants)
+        ),
         default=None,
-        help="with --method tang2019: ablation variant u, u+e, u+d or u+d+e (the paper's full model)",
+        help="ablation variant of a family with network variants: "
+        + method_list(
+            lambda name, settings: settings.variants and f"with --method {name}: {', '.join(settings.variants)}", ""
+        ),
     )
     train.add_argument("--epochs", type=int, default=None, help="training epochs (paper: 15)")
     train.add_argument("--seed", type=int, default=None, help="seed of initialisation, order and noise")
@@ -145,9 +182,15 @@ def add_score_command(commands: argparse._SubParsersAction) -> None:
         "score",
         help="score films with a trained detector",
         description="Score every film of each INPUT (a file, a folder or a manifest) and write a CSV "
-        "with path, score, the detector's score components (the default features detector: "
-        "gaussian, pooled_knn, patch_knn; tang2019: reconstruction, adversarial, latent, "
-        "code_distance) and scope (in_scope, or why the model was not made for the film: "
+        "with path, score, the detector's score components ("
+        + method_list(
+            lambda name, settings: (
+                f"{'the default ' + name + ' detector' if name == DEFAULT_METHOD else name}: "
+                + ", ".join(settings.components)
+            ),
+            "",
+        )
+        + ") and scope (in_scope, or why the model was not made for the film: "
         "lateral_view, not_chest, for_processing, rotated, paediatric, unknown_view).",
     )
     score.add_argument(
@@ -347,8 +390,13 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint's scoring graph to ONNX",
         description="Write the whole scoring graph (model tensor (N, 1, S, S) in [-1, 1], S the "
-        f"checkpoint's image size: {Config().data.image_size} for the default features detector, "
-        "64 for tang2019 -> raw score and its components) as an ONNX file for onnxruntime, "
+        "checkpoint's image size: "
+        + ", ".join(
+            f"{preset_config(name).data.image_size} for "
+            + (f"the default {name} detector" if name == DEFAULT_METHOD else name)
+            for name in methods()
+        )
+        + " -> raw score and its components) as an ONNX file for onnxruntime, "
         "with the config and calibration in its metadata.",
     )
     export.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")
@@ -410,8 +458,9 @@ def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
     )
     reproduce.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     reproduce.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default 5)")
+    variants = family_settings(paper_method()).variants
     reproduce.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated variants (default {','.join(VARIANTS)})"
+        "--variants", default=",".join(variants), help=f"comma-separated variants (default {','.join(variants)})"
     )
     reproduce.add_argument(
         "--split",
@@ -433,10 +482,10 @@ def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
     reproduce.add_argument("--epochs", type=int, default=None, help="training epochs per cell")
     reproduce.add_argument(
         "--preset",
-        choices=("tang2019", "paper"),
-        default="tang2019",
-        help="base configuration of the tang2019 networks: this package's defaults "
-        "(tang2019), or paper (eq. 6 score, BatchNorm running statistics from training)",
+        choices=(paper_method(), *family_settings(paper_method()).presets),
+        default=paper_method(),
+        help=f"base configuration of the {paper_method()} networks: this package's defaults "
+        f"({paper_method()}), or paper (eq. 6 score, BatchNorm running statistics from training)",
     )
     reproduce.add_argument(
         "--config",
@@ -472,12 +521,18 @@ val films, else 10% of the normals held out by patient, calibrate) and score eac
                        predicts AP among normals: mean ± std over seeds, each seed in the CSV
   roc_NAME.png         ROC curves per test collection, a panel per view
   films_NAME_CELL.png  highest-scoring normal and abnormal films with heatmaps (and reconstructions
-                       for tang2019), per test collection and fitted detector (first seed)
+                       where the detector reconstructs), per test collection and fitted detector (first seed)
   cells/KIND-seedN/    one finished fit each; a rerun with the same settings reuses it
 
-Methods (comma-separated): features (the configured feature score), features:gaussian,
-features:pooled_knn, features:patch_knn (the three come from one fit), tang2019:u, tang2019:u+e,
-tang2019:u+d, tang2019:u+d+e.""",
+{rows}""".replace(
+            "{rows}",
+            textwrap.fill(
+                "Methods (comma-separated): "
+                + ", ".join(row for name in methods() for row in family_settings(name).benchmark_rows)
+                + ".",
+                width=96,
+            ),
+        ),
     )
     benchmark.add_argument(
         "--train",
@@ -496,9 +551,9 @@ tang2019:u+d, tang2019:u+d+e.""",
     )
     benchmark.add_argument(
         "--methods",
-        default="features",
-        help="comma-separated method rows (default features), e.g. "
-        "features:gaussian,features:patch_knn,tang2019:u,tang2019:u+d+e",
+        default=DEFAULT_METHOD,
+        help=f"comma-separated method rows (default {DEFAULT_METHOD}), e.g. "
+        + ",".join(row.split(" (")[0] for name in methods() for row in family_settings(name).benchmark_rows[-2:]),
     )
     benchmark.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
     benchmark.add_argument(
@@ -516,22 +571,29 @@ tang2019:u+d, tang2019:u+d+e.""",
         metavar="K",
         help="fit on at most K training normals (a seeded draw; smaller K gives a subset of a larger one's films)",
     )
-    benchmark.add_argument("--epochs", type=int, default=None, help="tang2019 training epochs (paper: 15)")
+    benchmark.add_argument(
+        "--epochs", type=int, default=None, help="training epochs of the families that train (paper: 15)"
+    )
     benchmark.add_argument(
         "--config",
         type=Path,
         default=None,
         metavar="FILE",
-        help="TOML or JSON config applied over each family's preset ([features] for "
-        "features, [model]/[loss] for tang2019, [data]/[train]/[score] for both); "
-        "must not set method",
+        help="TOML or JSON config applied over each family's preset ("
+        + method_list(
+            lambda name, settings: (
+                settings.sections and f"{'/'.join(f'[{section}]' for section in settings.sections)} for {name}"
+            ),
+            "",
+        )
+        + "; [data]/[train]/[score] for all); must not set method",
     )
     benchmark.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     benchmark.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default=None,
-        help="tang2019 training precision: auto (default: bf16 where native), fp32 or bf16",
+        help="training precision of the families that train: auto (default: bf16 where native), fp32 or bf16",
     )
     benchmark.add_argument(
         "--bootstrap-resamples",
@@ -546,7 +608,9 @@ tang2019:u+d, tang2019:u+d+e.""",
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cxr-anomaly``."""
     parser = argparse.ArgumentParser(
-        prog="cxr-anomaly", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="cxr-anomaly",
+        description=DESCRIPTION.replace("{methods}", textwrap.fill(introduction(), width=96)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cxr-anomaly {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
-from ..config import VARIANTS, Config, config_to_dict, with_overrides
+from ..config import Config, config_to_dict, family_settings, paper_method, with_overrides
 from ..data.dataset import OnBadFile, load_images
 from ..data.manifest import load_inputs
 from ..data.splits import patient_disjoint_split
@@ -40,8 +40,7 @@ from ..errors import ConfigError, NoNormalImagesError
 from ..evaluation import compute_metrics, plot_roc, reconstruction_grid
 from ..files import atomic_write
 from ..inference import resolve_device
-from ..models.tang2019 import Tang2019Detector, weighted_score
-from ..models.tang2019.training import train_detector
+from ..models.registry import family_of, fit_detector
 from ..scoring import ScoreResult, fit_calibration, score_films
 from .cells import (
     describe_remaining,
@@ -84,7 +83,7 @@ class ReproduceOptions:
         max_train_normals: keep at most this many training normals (seeded draw), for short runs.
     """
 
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = field(default_factory=lambda: family_settings(paper_method()).variants)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     split: str = "resplit"
     split_seed: int = 0
@@ -96,9 +95,10 @@ class ReproduceOptions:
     max_train_normals: int | None = None
 
     def __post_init__(self) -> None:
-        unknown = [variant for variant in self.variants if variant not in VARIANTS]
+        known = family_settings(paper_method()).variants
+        unknown = [variant for variant in self.variants if variant not in known]
         if unknown or not self.variants:
-            raise ConfigError(f"variants={list(self.variants)}; expected some of {VARIANTS}")
+            raise ConfigError(f"variants={list(self.variants)}; expected some of {known}")
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError(f"variants={list(self.variants)} lists a variant twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -244,9 +244,10 @@ def combine(config: Config, components: dict[str, np.ndarray] | np.lib.npyio.Npz
         values = np.asarray(components[prefix + name], dtype=np.float64)
         return None if values.size and np.all(np.isnan(values)) else values
 
-    return weighted_score(
-        config.score, part("reconstruction"), part("adversarial"), part("latent"), part("code_distance")
-    )
+    combine_parts = family_of(config.method).score_from_components
+    if combine_parts is None:
+        raise ConfigError(f"method={config.method!r} cannot recompute its score from stored components")
+    return combine_parts(config, {name: part(name) for name in COMPONENTS})
 
 
 def _metrics_by_method(
@@ -271,8 +272,8 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
     """
     started = time.perf_counter()
     device = resolve_device(config.train.device)
-    training = train_detector(config, split.train_normals)
-    detector = Tang2019Detector(config, training.detector)
+    fitted = fit_detector(config, split.train_normals, progress=False)
+    detector = fitted.detector
     test = score_films(detector, split.test_pixels, device=device, keep_maps=True)
     val = score_films(detector, split.val_pixels, device=device)
     train_shown = split.train_normals[:FIGURE_FILMS_PER_ROW]
@@ -300,7 +301,7 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
         seconds=time.perf_counter() - started,
         test=_metrics_by_method(config, split.test_labels, test, split.test_views),
         val=_metrics_by_method(config, split.val_labels, val, None),
-        final_reconstruction_loss=training.history[-1].reconstruction,
+        final_reconstruction_loss=fitted.record["history"][-1]["reconstruction"],
         fingerprint=cell_fingerprint(config, split),
     )
     write_cell_result(cell_dir, result.__dict__)  # last: its presence marks the cell finished
