@@ -240,4 +240,6 @@ def test_a_family_section_must_keep_the_shared_fields() -> None:
 
     with pytest.raises(ConfigError, match="target_specificity"):
         register_families({"narrow": FamilySettings(sections={"score": NarrowScore})})
+    with pytest.raises(ConfigError, match="DEFAULT_METHOD"):
+        register_families({"narrow": FamilySettings()})
     assert Config().score.target_specificity == 0.95  # a refused registration leaves the registered ones

@@ -182,7 +182,8 @@ def register_families(families: Mapping[str, FamilySettings], section_order: Seq
     stored configuration (others follow in registration order), so that files keep their layout.
 
     Raises:
-        ConfigError: two families declare one section, or a family's section drops shared fields.
+        ConfigError: two families declare one section, a family's section drops shared fields,
+            or no family is :data:`DEFAULT_METHOD`.
     """
     sections: dict[str, type] = dict(SHARED_SECTIONS)
     owners: dict[str, str] = {}
@@ -200,6 +201,8 @@ def register_families(families: Mapping[str, FamilySettings], section_order: Seq
                 raise ConfigError(f"family {name!r}: section {section!r} lacks the shared field(s) {sorted(missing)}")
             owners[section] = name
             sections[section] = section_type
+    if DEFAULT_METHOD not in families:
+        raise ConfigError(f"DEFAULT_METHOD={DEFAULT_METHOD!r} is not among the families {list(families)}")
     ordered = {name: sections[name] for name in section_order if name in sections}
     _REGISTERED.sections = {**ordered, **sections}
     _REGISTERED.families = dict(families)
