@@ -42,9 +42,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cxr_anomaly.config import Config, tang2019_config
+from cxr_anomaly.config import Config
 from cxr_anomaly.inference import inference_autocast, native_bf16, to_channels_last
 from cxr_anomaly.models.tang2019 import DiscriminatorLoss, GeneratorLoss, OneClassDetector, Tang2019Detector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.training import build_detector
 from cxr_anomaly.scoring import ScoreResult, score_films
 

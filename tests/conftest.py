@@ -66,8 +66,9 @@ def tiny_nih_model(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     """Train a small real tang2019 detector once per test session (1 epoch, 64 normals, 16 base channels)."""
     import pandas as pd
 
-    from cxr_anomaly.config import tang2019_config, with_overrides
+    from cxr_anomaly.config import with_overrides
     from cxr_anomaly.jobs.train import train_job
+    from cxr_anomaly.models.tang2019.config import tang2019_config
 
     nih1000 = shared_data / "nih1000"
     manifest = pd.read_csv(nih1000 / "manifest.csv")

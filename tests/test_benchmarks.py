@@ -47,7 +47,7 @@ def test_stage_clock_charges_nested_calls_to_the_inner_stage_only() -> None:
 
 def test_flop_count_matches_the_layer_arithmetic() -> None:
     """torch's FLOP counter agrees with a hand count of the 20 convolutions of U+D+E."""
-    from cxr_anomaly.config import tang2019_config
+    from cxr_anomaly.models.tang2019.config import tang2019_config
     from cxr_anomaly.models.tang2019.training import build_detector
 
     detector = build_detector(tang2019_config())

@@ -13,7 +13,7 @@ import torch
 
 from cxr_anomaly import __version__
 from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
-from cxr_anomaly.config import Config, config_to_dict, tang2019_config, with_overrides
+from cxr_anomaly.config import Config, config_to_dict, with_overrides
 from cxr_anomaly.data.copies import film_signatures, matching_signatures
 from cxr_anomaly.errors import CheckpointError
 from cxr_anomaly.files import (
@@ -25,6 +25,7 @@ from cxr_anomaly.files import (
     remove_stale_temporaries,
 )
 from cxr_anomaly.models.tang2019 import OneClassDetector, Tang2019Detector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.state import TrainingState, load_training_state, save_training_state
 from cxr_anomaly.models.tang2019.training import build_detector, train_detector
 from cxr_anomaly.scoring import fit_calibration, score_films

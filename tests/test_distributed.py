@@ -14,8 +14,9 @@ import torch
 
 from cxr_anomaly import distributed
 from cxr_anomaly.checkpoint import load_checkpoint
-from cxr_anomaly.config import Config, tang2019_config, with_overrides
+from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.errors import ConfigError
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.state import load_training_state
 from cxr_anomaly.models.tang2019.steps import EVENTS_NAME
 from cxr_anomaly.models.tang2019.training import build_detector

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cxr_anomaly.checkpoint import load_checkpoint
-from cxr_anomaly.config import tang2019_config, with_overrides
+from cxr_anomaly.config import with_overrides
 from cxr_anomaly.explain import (
     DEFAULT_RESIDUAL_SCALE,
     colour_bar,
@@ -23,6 +23,7 @@ from cxr_anomaly.explain import (
 )
 from cxr_anomaly.io import read_image, resize_grey
 from cxr_anomaly.models.tang2019 import Tang2019Detector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.torch_model import ScoreComponents
 from cxr_anomaly.scoring import score_films
 

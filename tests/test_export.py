@@ -10,12 +10,13 @@ import torch
 
 from cxr_anomaly.checkpoint import load_checkpoint
 from cxr_anomaly.cli import main
-from cxr_anomaly.config import tang2019_config, with_overrides
+from cxr_anomaly.config import with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.export import ExportError, OnnxScorer, export_checkpoint, export_onnx
 from cxr_anomaly.models.base import output_names
 from cxr_anomaly.models.tang2019 import Tang2019Detector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.training import build_detector
 from cxr_anomaly.scoring import score_films
 

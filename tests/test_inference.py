@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_anomaly.config import tang2019_config, with_overrides
+from cxr_anomaly.config import with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import ConfigError
@@ -24,6 +24,7 @@ from cxr_anomaly.inference import (
     to_device,
 )
 from cxr_anomaly.models.tang2019 import Tang2019Detector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.training import build_detector, train_detector
 from cxr_anomaly.scoring import score_films
 

@@ -20,7 +20,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from cxr_anomaly.cli import build_parser, main
-from cxr_anomaly.config import Config, tang2019_config
+from cxr_anomaly.config import Config
+from cxr_anomaly.models.tang2019.config import tang2019_config
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from cxr_anomaly.cli import main
-from cxr_anomaly.config import tang2019_config, with_overrides
+from cxr_anomaly.config import with_overrides
 from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.jobs.reproduce import ReproduceOptions, reproduce_job
+from cxr_anomaly.models.tang2019.config import tang2019_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

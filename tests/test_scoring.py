@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_anomaly.config import Config, tang2019_config, with_overrides
+from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.models.base import DEFAULT_SCORING_BATCH_SIZE
 from cxr_anomaly.models.tang2019 import Tang2019Detector, weighted_score
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.training import train_detector
 from cxr_anomaly.scoring import ScoreResult, fit_calibration, min_max_normalise, score_films
 

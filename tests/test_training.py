@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from cxr_anomaly import inference
-from cxr_anomaly.config import Config, tang2019_config, with_overrides
+from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.distributed import DistributedContext
 from cxr_anomaly.errors import CheckpointError, ConfigError, TrainingDivergedError
 from cxr_anomaly.models.tang2019 import DiscriminatorLoss, discriminator_loss_from_logits, steps
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.resume import resolve_config_for_resume
 from cxr_anomaly.models.tang2019.state import TRAINING_STATE_NAME, load_training_state
 from cxr_anomaly.models.tang2019.steps import EVENTS_NAME

@@ -4,6 +4,9 @@ Implements Tang et al., "Abnormal chest X-ray identification with generative adv
 one-class learning", ICASSP 2019, with its ablations, pixel baselines and deployment tooling.
 """
 
-__version__ = "0.1.0"
+# The registry registers the families' configuration sections with `config` (which, at the bottom
+# layer, may not import them), so that any import of the package sees every family.
+from .models import registry as _registry  # noqa: E402, F401
+from .version import __version__
 
 __all__ = ["__version__"]

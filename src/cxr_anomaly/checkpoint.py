@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .config import Config, config_to_dict, stored_config_from_dict
+from .config import Config, config_to_dict, paper_method, stored_config_from_dict
 from .data.copies import pack_signatures, unpack_signatures
 from .errors import CheckpointError, ConfigError
 from .files import CHECKPOINT_FORMAT, FORMAT_VERSION, atomic_torch_save, read_checkpoint_payload, version_note
@@ -27,6 +26,7 @@ from .inference import resolve_device, resolve_precision
 from .models.base import AnomalyDetector
 from .models.registry import build_detector
 from .scoring import Calibration, ScoreResult, score_films
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", pre
     try:
         stored_config = payload.get("config")
         if payload.get("format_version") == 1 and isinstance(stored_config, dict):
-            stored_config = {**stored_config, "method": "tang2019"}  # version 1 knew one family
+            # version 1 predates the families: it knew only the paper's
+            stored_config = {**stored_config, "method": paper_method()}
         config = stored_config_from_dict(stored_config)
     except (ConfigError, KeyError, TypeError) as error:
         raise CheckpointError(path, f"invalid stored configuration: {error}{version_note(payload)}") from error
@@ -129,7 +130,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", pre
     if not isinstance(state_dict, dict):
         raise CheckpointError(path, f"no weights in the checkpoint (state_dict is {type(state_dict).__name__})")
     if payload.get("format_version") == 1:
-        # Version 1 held only the tang2019 networks, at the top level of the state_dict.
+        # Version 1 held only the paper's networks, at the top level of the state_dict.
         state_dict = {f"networks.{key}": value for key, value in state_dict.items()}
     try:
         detector = build_detector(config, pretrained=False)

@@ -4,8 +4,10 @@ A configuration is a tree of frozen dataclasses. It round-trips through plain di
 (:func:`config_to_dict` / :func:`config_from_dict`) so that it can live in a JSON or TOML file
 (``--config FILE``) and inside a checkpoint without pickling any code.
 
-Symbols of the paper (Tang et al., ICASSP 2019) appear only in comments next to the field that
-holds them: λ1, λ2 and λ3 are the weights of eq. 5 and eq. 6.
+This module holds the sections every family shares (``train``, ``data``, ``score``'s operating
+point). Each detector family declares its own sections in its folder (a :class:`FamilySettings`);
+:mod:`cxr_anomaly.models.registry` registers them here when it is imported (the package's
+``__init__`` imports it), since this bottom layer may not import the families.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dataclasses
 import json
 import logging
 import tomllib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -23,105 +25,10 @@ from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-Variant = Literal["u", "u+e", "u+d", "u+d+e"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
-# Sides (px) of the encoder maps of the 64 px networks, each a possible skip into the decoder.
-SKIP_SIDES: tuple[int, ...] = (32, 16, 8, 4)
-
-InitScheme = Literal["dcgan", "standard_normal"]
 Intensity = Literal["none", "per_image", "equalize"]
 Precision = Literal["auto", "fp32", "bf16"]
-ScoreMethod = Literal["eq6", "code_knn"]
-Method = Literal["features", "tang2019", "pixel_knn"]
-METHODS: tuple[str, ...] = get_args(Method)
-DEFAULT_METHOD: Method = "features"  # the family of Config() and of `--method` left out
-FeatureScore = Literal["gaussian", "patch_knn", "pooled_knn"]
-FEATURE_SCORES: tuple[str, ...] = get_args(FeatureScore)
-# Preprocessing of each family when the data section does not say: the features family's makes
-# the backbone see the chest rather than the exporter (see docs/results.md#preprocessing-and-score);
-# tang2019 keeps the paper's plain films.
-METHOD_DATA_DEFAULTS: dict[str, dict[str, Any]] = {
-    "features": {"image_size": 224, "intensity": "equalize", "border_crop": 0.2, "detail_size": 64},
-    "tang2019": {"image_size": 64},
-}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Network shapes and the ablation switch.
-
-    ``variant`` selects which networks exist: ``u`` (the U-Net alone), ``u+e`` (plus the second
-    encoder E), ``u+d`` (plus the discriminator D) and ``u+d+e`` (the full model of the paper).
-
-    ``init`` chooses the weight initialisation. The paper says "standard normal"; we default to
-    DCGAN practice, N(0, 0.02) for convolutions and N(1, 0.02) for BatchNorm scales, because
-    N(0, 1) weights in a 5-layer network without fan-in scaling saturate the Tanh output and the
-    LeakyReLUs at the first step. ``standard_normal`` is available to reproduce the text literally.
-
-    ``skip_connections`` lists the sides (in pixels) of the encoder maps that U's decoder
-    concatenates: the paper's U-Net has all four, 32, 16, 8 and 4. Leaving out 32 keeps the
-    decoder from copying the film's fine detail around the code; an empty tuple makes U a plain
-    autoencoder, whose only path from input to output is the ``latent_dim``-dimensional code.
-    """
-
-    variant: Variant = "u+d+e"
-    image_size: int = 64
-    latent_dim: int = 100
-    base_channels: int = 64
-    skip_connections: tuple[int, ...] = SKIP_SIDES
-    init: InitScheme = "dcgan"
-    input_noise_std: float = 0.05  # std of the Gaussian noise added to U's input while training
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"model.variant={self.variant!r}; expected one of {VARIANTS}")
-        skips = tuple(self.skip_connections)  # TOML and JSON give lists
-        object.__setattr__(self, "skip_connections", skips)
-        if any(side not in SKIP_SIDES for side in skips) or len(set(skips)) != len(skips):
-            raise ConfigError(
-                f"model.skip_connections={list(skips)}; expected distinct sides out of "
-                f"{list(SKIP_SIDES)} (empty: no skips)"
-            )
-        if self.image_size != 64:
-            raise ConfigError(f"model.image_size={self.image_size}; the paper's 5-layer networks need 64")
-        if self.latent_dim < 1 or self.base_channels < 1:
-            raise ConfigError(
-                f"model.latent_dim={self.latent_dim}, model.base_channels={self.base_channels}; both must be positive"
-            )
-        if self.init not in get_args(InitScheme):
-            raise ConfigError(f"model.init={self.init!r}; expected one of {get_args(InitScheme)}")
-        if self.input_noise_std < 0:
-            raise ConfigError(f"model.input_noise_std={self.input_noise_std}; must be >= 0")
-
-    def describe(self) -> str:
-        """The network shape in a few words, for table headers: ``base_channels 64, latent 100, skips 32/16/8/4``."""
-        skips = "/".join(map(str, self.skip_connections)) or "none"
-        return f"base_channels {self.base_channels}, latent {self.latent_dim}, skips {skips}"
-
-    @property
-    def has_discriminator(self) -> bool:
-        """Whether the variant builds D."""
-        return "d" in self.variant.split("+")
-
-    @property
-    def has_second_encoder(self) -> bool:
-        """Whether the variant builds E."""
-        return "e" in self.variant.split("+")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Weights of the training objective L = λ1·L_R + λ2·L_A + λ3·L_E + L_F (eq. 5)."""
-
-    weight_reconstruction: float = 20.0  # λ1 in eq. 5
-    weight_adversarial: float = 4.0  # λ2 in eq. 5
-    weight_latent: float = 8.0  # λ3 in eq. 5
-    weight_feature: float = 1.0  # weight of L_F, 1 in the paper
-
-    def __post_init__(self) -> None:
-        for name in ("weight_reconstruction", "weight_adversarial", "weight_latent", "weight_feature"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"loss.{name}={getattr(self, name)}; weights must be >= 0")
+# The family of Config() and of `--method` left out: the one name of a family this module holds.
+DEFAULT_METHOD = "features"
 
 
 @dataclass(frozen=True)
@@ -199,151 +106,181 @@ class DataConfig:
             raise ConfigError(f"data.detail_size={self.detail_size}; must be 0 (off) or >= 8")
 
 
+def check_target_specificity(target_specificity: float) -> None:
+    """Raise :class:`ConfigError` unless the operating point is in (0, 1)."""
+    if not 0.0 < target_specificity < 1.0:
+        raise ConfigError(f"score.target_specificity={target_specificity}; must be in (0, 1)")
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Which anomaly score a film gets.
+    """The operating point every family's calibration reads; a family may extend the section
+    with settings of its own score (a dataclass with these fields and more)."""
 
-    ``method="eq6"`` is the paper's A(x) = λ1·|x - x'|_1 + λ2·(1 - D(x')) + λ3·||z - z'||_2 (eq. 6);
-    components of networks the variant lacks are left out of the sum.
-    ``method="code_knn"`` is the mean Euclidean distance from the code z = UE(x) to the
-    ``neighbours`` nearest codes of the training normals, stored with the model after training.
-    It is a one-class score too (only normal films are stored). It exists because reconstruction
-    error can rank abnormal films as *easier* to reconstruct, while the learnt code separates them
-    on some collections (see docs/notebook/2026-11-results-history.md#what-moves-the-auc-issue-4-research).
-    """
-
-    method: ScoreMethod = "eq6"
-    neighbours: int = 5  # k of the code-space kNN distance
-    weight_reconstruction: float = 20.0  # λ1 in eq. 6
-    weight_adversarial: float = 4.0  # λ2 in eq. 6
-    weight_latent: float = 8.0  # λ3 in eq. 6
     target_specificity: float = 0.95  # operating point fitted on normal validation films
 
     def __post_init__(self) -> None:
-        if self.method not in get_args(ScoreMethod):
-            raise ConfigError(f"score.method={self.method!r}; expected one of {get_args(ScoreMethod)}")
-        if self.neighbours < 1:
-            raise ConfigError(f"score.neighbours={self.neighbours}; must be >= 1")
-        if not 0.0 < self.target_specificity < 1.0:
-            raise ConfigError(f"score.target_specificity={self.target_specificity}; must be in (0, 1)")
+        check_target_specificity(self.target_specificity)
 
 
 @dataclass(frozen=True)
-class FeatureConfig:
-    """The pretrained-feature detector (``method = "features"``, :mod:`cxr_anomaly.models.features`).
+class FamilySettings:
+    """What a detector family adds to the configuration, declared in its folder.
 
-    An ImageNet CNN, fine-tuned on the normals for ``finetune_epochs`` (0: left frozen), turns
-    each film into feature maps at strides 8, 16 and 32. Three one-class models are fitted on the
-    normals' features in one pass:
-
-    - a bank of the normals' pooled ``pooled_strides`` features for a k-nearest-neighbour cosine
-      distance (``neighbours``, at most ``pooled_bank_size`` normals);
-    - a Gaussian on the globally average-pooled maps of ``pooled_strides`` (mean and a
-      Ledoit-Wolf shrinkage covariance); its score is the Mahalanobis distance;
-    - a PatchCore-style memory bank of local patch features (maps of ``patch_strides``, each
-      averaged over 3x3 neighbours and resized to a ``patch_grid`` x ``patch_grid`` grid),
-      subsampled to ``memory_bank_size`` patches by greedy coreset selection; a patch's score is
-      the distance to its nearest bank patch, the film's is its worst patch, and the map of
-      patch scores is the heatmap.
-
-    ``score`` picks the film's raw score: ``gaussian``, ``patch_knn`` or ``pooled_knn`` (mean
-    cosine distance of the pooled features to the ``neighbours`` nearest training normals).
-    All three are computed and reported as components.
+    Attributes:
+        sections: section name -> its frozen dataclass. A name shared with :data:`SHARED_SECTIONS`
+            (``score``) extends that section: its dataclass has the shared fields and more.
+        data_defaults: ``data`` keys the family's configurations take when a file does not say.
+        stored_key_defaults: ``section -> {key: value}`` for keys added after files were written:
+            a stored configuration lacking one was made with that value, not today's default.
+        presets: named configurations besides the family's own name, as values for
+            :func:`config_from_dict`.
+        check: ``config`` -> raise :class:`ConfigError` for settings the family cannot run.
+        linked_keys: groups of ``section.key`` that :func:`with_overrides` changes together.
+        help: the family in a few words, for help texts.
+        raw_score: what its detector's raw score is, in a few words, for help texts.
+        components: the names of its detector's score components, for help texts.
+        variants: the network variants of its ``model.variant`` (``--variant``), if it has any.
+        benchmark_rows: the ``--methods`` rows of ``cxr-anomaly benchmark``, each with a note in
+            parentheses where it needs one, for help texts.
+        paper: whether it is the paper's method, whose Table 1 ``cxr-anomaly reproduce`` reproduces.
     """
 
-    backbone: str = "efficientnet_lite0"  # efficientnet_lite0/1/2 (pip packages), or "timm:NAME"
-    weights_path: str = ""  # a local state_dict file; empty: the packaged ImageNet weights
-    # Deep (stride-32) pooled features: shallower maps see how a film was exported more than what
-    # it shows (see docs/results.md#preprocessing-and-score).
-    score: FeatureScore = "pooled_knn"
-    pooled_strides: tuple[int, ...] = (32,)
-    patch_strides: tuple[int, ...] = (16, 32)
-    patch_grid: int = 14
-    # Patches kept by the coreset: a smaller bank searches faster for little loss in the patch
-    # component, which the raw score does not read (see docs/results.md#the-patch-memory-bank).
-    memory_bank_size: int = 4096
-    coreset_projection_dim: int = 128  # random projection that speeds up coreset selection
-    neighbours: int = 5  # k of the pooled-feature kNN
-    pooled_bank_size: int = 8192  # normals kept for the pooled kNN (all when fewer)
-    batch_size: int = 32
-    seed: int = 0  # coreset start and projection; fine-tuning's batch order and augmentations
-    # Mean-shifted contrastive fine-tuning of the backbone on the normals before the fit
-    # (models/features/finetune.py); it raises the worst validation view, and 0 keeps the ImageNet
-    # backbone frozen (see docs/results.md#fine-tuning-the-backbone).
-    finetune_epochs: int = 2
-    finetune_learning_rate: float = 3e-5
-    finetune_temperature: float = 0.25
+    sections: Mapping[str, type] = field(default_factory=dict)
+    data_defaults: Mapping[str, Any] = field(default_factory=dict)
+    stored_key_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    check: Callable[[Config], None] = lambda config: None
+    linked_keys: tuple[tuple[str, ...], ...] = ()
+    help: str = ""
+    raw_score: str = ""
+    components: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+    benchmark_rows: tuple[str, ...] = ()
+    paper: bool = False
 
-    def __post_init__(self) -> None:
-        if self.finetune_epochs < 0:
-            raise ConfigError(f"features.finetune_epochs={self.finetune_epochs}; must be >= 0")
-        for name in ("finetune_learning_rate", "finetune_temperature"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"features.{name}={getattr(self, name)}; must be > 0")
-        for name in ("pooled_strides", "patch_strides"):
-            value = tuple(getattr(self, name))  # TOML and JSON give lists
-            object.__setattr__(self, name, value)
-            if not value or any(stride not in (8, 16, 32) for stride in value):
-                raise ConfigError(f"features.{name}={list(value)}; expected a non-empty subset of [8, 16, 32]")
-        if self.score not in FEATURE_SCORES:
-            raise ConfigError(f"features.score={self.score!r}; expected one of {FEATURE_SCORES}")
-        for name in (
-            "patch_grid",
-            "memory_bank_size",
-            "coreset_projection_dim",
-            "neighbours",
-            "pooled_bank_size",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"features.{name}={getattr(self, name)}; must be >= 1")
+
+# Sections every configuration has, whatever its family.
+SHARED_SECTIONS: dict[str, type] = {"train": TrainConfig, "data": DataConfig, "score": ScoreConfig}
+
+
+@dataclass
+class _Registered:
+    """The families' settings, filled by :func:`register_families`."""
+
+    families: dict[str, FamilySettings] = field(default_factory=dict)
+    sections: dict[str, type] = field(default_factory=lambda: dict(SHARED_SECTIONS))
+
+
+_REGISTERED = _Registered()
+
+
+def register_families(families: Mapping[str, FamilySettings], section_order: Sequence[str] = ()) -> None:
+    """Make the families' sections, defaults and presets known to the configuration.
+
+    Called by :mod:`cxr_anomaly.models.registry`. ``section_order`` orders the sections of a
+    stored configuration (others follow in registration order), so that files keep their layout.
+
+    Raises:
+        ConfigError: two families declare one section, a family's section drops shared fields,
+            or no family is :data:`DEFAULT_METHOD`.
+    """
+    sections: dict[str, type] = dict(SHARED_SECTIONS)
+    owners: dict[str, str] = {}
+    for name, settings in families.items():
+        for section, section_type in settings.sections.items():
+            if section in owners:
+                raise ConfigError(f"config section {section!r} is declared by {owners[section]!r} and {name!r}")
+            if section in ("method", "train", "data"):
+                raise ConfigError(f"family {name!r} declares section {section!r}, which is not a family's")
+            shared = SHARED_SECTIONS.get(section)
+            missing = shared and {f.name for f in dataclasses.fields(shared)} - {
+                f.name for f in dataclasses.fields(section_type)
+            }
+            if missing:
+                raise ConfigError(f"family {name!r}: section {section!r} lacks the shared field(s) {sorted(missing)}")
+            owners[section] = name
+            sections[section] = section_type
+    if DEFAULT_METHOD not in families:
+        raise ConfigError(f"DEFAULT_METHOD={DEFAULT_METHOD!r} is not among the families {list(families)}")
+    ordered = {name: sections[name] for name in section_order if name in sections}
+    _REGISTERED.sections = {**ordered, **sections}
+    _REGISTERED.families = dict(families)
+
+
+def methods() -> tuple[str, ...]:
+    """The registered families' names (``method`` values), in the registry's order."""
+    return tuple(_REGISTERED.families)
+
+
+def family_settings(method: str) -> FamilySettings:
+    """The registered settings of family ``method``.
+
+    Raises:
+        ConfigError: no family of that name is registered.
+    """
+    if method not in _REGISTERED.families:
+        raise ConfigError(f"method={method!r}; expected one of {methods()}")
+    return _REGISTERED.families[method]
+
+
+def paper_method() -> str:
+    """The name of the paper's family (:attr:`FamilySettings.paper`).
+
+    Raises:
+        ConfigError: no registered family, or more than one, is the paper's.
+    """
+    papers = [name for name, settings in _REGISTERED.families.items() if settings.paper]
+    if len(papers) != 1:
+        raise ConfigError(f"expected one registered family to be the paper's method, found {papers}")
+    return papers[0]
+
+
+def _default_sections() -> dict[str, Any]:
+    return {
+        name: section_type() for name, section_type in _REGISTERED.sections.items() if name not in ("train", "data")
+    }
+
+
+def _default_data() -> DataConfig:
+    return DataConfig(**family_settings(DEFAULT_METHOD).data_defaults)
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole configuration of one run.
 
-    ``method`` names the detector family: ``features`` (the default, a pretrained CNN fine-tuned on
-    the normals, with one-class models of its features; section ``features``) or ``tang2019``
-    (the paper's GAN; sections ``model``, ``loss`` and ``train``). ``data`` and ``score`` apply
-    to both, and so do ``train.device`` and ``train.precision``, where either family fits.
+    ``method`` names the detector family (one of :func:`methods`). ``train`` and ``data`` apply
+    to every family; ``sections`` holds ``score`` and every registered family's sections (all of
+    them, whatever the method, so that a stored configuration keeps one layout), read as
+    attributes: ``config.score``, ``config.model``.
     """
 
-    method: Method = "features"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    method: str = DEFAULT_METHOD
     train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(**METHOD_DATA_DEFAULTS["features"]))
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
+    data: DataConfig = field(default_factory=_default_data)
+    sections: Mapping[str, Any] = field(default_factory=_default_sections, hash=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method={self.method!r}; expected one of {METHODS}")
-        if self.method == "tang2019" and self.data.image_size != self.model.image_size:
-            raise ConfigError(
-                f"data.image_size={self.data.image_size} differs from "
-                f"model.image_size={self.model.image_size}; the tang2019 networks read 64 px films"
-            )
-        if self.method == "features" and (self.data.image_size < 64 or self.data.image_size % 32):
-            raise ConfigError(
-                f"data.image_size={self.data.image_size}; the features method needs a "
-                "multiple of 32, at least 64 (224 by default)"
-            )
+        settings = family_settings(self.method)
+        sections = _default_sections()
+        for name, section in self.sections.items():
+            if name not in sections or not isinstance(section, _REGISTERED.sections[name]):
+                raise ConfigError(f"config section {name!r} is not a registered section or has the wrong type")
+            sections[name] = section
+        object.__setattr__(self, "sections", sections)
+        settings.check(self)
 
-
-_SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "loss": LossConfig,
-    "train": TrainConfig,
-    "data": DataConfig,
-    "score": ScoreConfig,
-    "features": FeatureConfig,
-}
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__!r} has no attribute or config section {name!r}")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
-    """Return the configuration as plain values: ``method`` and one dictionary per section.
+    """Return the configuration as plain values: ``method`` and one dictionary per section, in the
+    registered order.
 
     Tuples become lists, so the result is JSON- and TOML-serialisable and loads with
     ``torch.load(weights_only=True)`` inside a checkpoint.
@@ -356,7 +293,10 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             return {key: plain(item) for key, item in value.items()}
         return value
 
-    return plain(dataclasses.asdict(config))
+    values: dict[str, Any] = {"method": config.method}
+    for name in _REGISTERED.sections:
+        values[name] = plain(dataclasses.asdict(getattr(config, name)))
+    return values
 
 
 def _check_field_types(section_type: type, values: dict[str, Any], section_name: str) -> None:
@@ -460,25 +400,25 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
     The top-level ``method`` picks the family; without it the configuration is the default
     family's. Keys missing from the ``data`` section take the family's defaults
-    (:data:`METHOD_DATA_DEFAULTS`: input size and preprocessing).
+    (:attr:`FamilySettings.data_defaults`: input size and preprocessing).
     """
     values = drop_retired_keys(values)
-    _check_field_types(Config, {key: value for key, value in values.items() if key not in _SECTIONS}, "")
     method = values.pop("method", DEFAULT_METHOD)
-    if method not in METHODS:
-        raise ConfigError(f"method={method!r}; expected one of {METHODS}")
+    if not isinstance(method, str):
+        raise ConfigError(f"method={method!r} has type {type(method).__name__}; expected one of {methods()}")
+    settings = family_settings(method)
     data_values = dict(values.get("data") or {}) if isinstance(values.get("data", {}), dict) else values["data"]
     if isinstance(data_values, dict):
-        for key, value in METHOD_DATA_DEFAULTS.get(method, {}).items():
+        for key, value in settings.data_defaults.items():
             data_values.setdefault(key, value)
         values["data"] = data_values
-    sections: dict[str, Any] = {"method": method}
+    sections: dict[str, Any] = {}
     for section_name, section_values in values.items():
-        if section_name not in _SECTIONS:
-            raise ConfigError(f"unknown config section {section_name!r}; expected {list(_SECTIONS)}")
+        if section_name not in _REGISTERED.sections:
+            raise ConfigError(f"unknown config section {section_name!r}; expected {list(_REGISTERED.sections)}")
         if not isinstance(section_values, dict):
             raise ConfigError(f"config section {section_name!r} must be a table, got {section_values!r}")
-        section_type = _SECTIONS[section_name]
+        section_type = _REGISTERED.sections[section_name]
         known = {f.name for f in dataclasses.fields(section_type)}
         unknown = set(section_values) - known
         if unknown:
@@ -487,26 +427,26 @@ def config_from_dict(values: dict[str, Any]) -> Config:
             )
         _check_field_types(section_type, section_values, section_name)
         sections[section_name] = section_type(**section_values)
-    return Config(**sections)
+    shared = {name: sections.pop(name) for name in ("train", "data") if name in sections}
+    return Config(method=method, **shared, sections=sections)
 
 
 # Keys added to a section after files were already being written, with the value every file
 # written before them was made with. A stored configuration (checkpoint, exported graph,
 # training state) lacking one of them gets that value, not today's default: a checkpoint
 # fitted before fine-tuning existed holds ImageNet's weights, whatever the default is now.
-STORED_KEY_DEFAULTS: dict[str, dict[str, Any]] = {"features": {"finetune_epochs": 0}}
-
-
 def stored_config_from_dict(values: dict[str, Any]) -> Config:
     """:func:`config_from_dict` for a configuration written by the package, possibly an older one.
 
-    Keys of :data:`STORED_KEY_DEFAULTS` missing from a stored section take the value they had
+    Keys of the families' :attr:`FamilySettings.stored_key_defaults` missing from a stored
+    section take the value they had
     before they existed; anything else as :func:`config_from_dict`.
     """
     values = dict(values)
-    for section, defaults in STORED_KEY_DEFAULTS.items():
-        if isinstance(values.get(section), dict):
-            values[section] = {**defaults, **values[section]}
+    for settings in _REGISTERED.families.values():
+        for section, defaults in settings.stored_key_defaults.items():
+            if isinstance(values.get(section), dict):
+                values[section] = {**defaults, **values[section]}
     return config_from_dict(values)
 
 
@@ -529,50 +469,38 @@ def config_differences(
 
 
 def with_overrides(config: Config, section: str, **changes: Any) -> Config:
-    """Return a copy of ``config`` with fields of one section replaced (validated again)."""
-    if section not in _SECTIONS:
+    """Return a copy of ``config`` with fields of one section replaced (validated again); keys
+    the family links (:attr:`FamilySettings.linked_keys`) change together."""
+    if section not in _REGISTERED.sections:
         raise ConfigError(f"unknown config section {section!r}")
     values = config_to_dict(config)
     values[section].update(changes)
-    if section in ("model", "data") and "image_size" in changes and config.method == "tang2019":
-        values["model"]["image_size"] = values["data"]["image_size"] = changes["image_size"]
+    for group in family_settings(config.method).linked_keys:
+        for key, value in changes.items():
+            if f"{section}.{key}" in group:
+                for linked in group:
+                    linked_section, linked_key = linked.split(".", 1)
+                    values[linked_section][linked_key] = value
     return config_from_dict(values)
 
 
-def paper_config() -> Config:
-    """The paper's method (``method = "tang2019"``) as literally as this package can run it.
-
-    The score is eq. 6 and BatchNorm keeps the running statistics gathered during training;
-    everything else is the default (which follows the paper: 15 epochs, batches of 64, Adam
-    5e-4 with betas (0.5, 0.999), loss weights 20/4/8/1). The default ``Config()`` differs only
-    where a run gave a reason to (see docs/notebook/2026-11-results-history.md#what-moves-the-auc-issue-4-research).
-    """
-    return config_from_dict(
-        {"method": "tang2019", "score": {"method": "eq6"}, "train": {"recalibrate_batchnorm": False}}
-    )
-
-
-def tang2019_config() -> Config:
-    """The tang2019 family with this package's defaults (64 px films, eq. 6, BatchNorm re-estimated)."""
-    return config_from_dict({"method": "tang2019"})
-
-
-PRESETS: dict[str, Callable[[], Config]] = {
-    "default": Config,
-    "features": Config,
-    "tang2019": tang2019_config,
-    "paper": paper_config,
-}
+def presets() -> dict[str, dict[str, Any]]:
+    """Every named configuration: ``default``, each family's name, and the families' own presets,
+    as values for :func:`config_from_dict`."""
+    named: dict[str, dict[str, Any]] = {"default": {}}
+    for method, settings in _REGISTERED.families.items():
+        named[method] = {"method": method}
+        named.update({name: dict(values) for name, values in settings.presets.items()})
+    return named
 
 
 def preset_config(name: str) -> Config:
-    """The configuration of a named preset (``default``, ``paper``, or a family's name: its
-    defaults)."""
-    if name in PRESETS:
-        return PRESETS[name]()
-    if name in METHODS:
-        return config_from_dict({"method": name})
-    raise ConfigError(f"unknown preset {name!r}; expected one of {sorted({*PRESETS, *METHODS})}")
+    """The configuration of a named preset (``default``, a family's name: its defaults, or a
+    family's own preset)."""
+    named = presets()
+    if name not in named:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(named)}")
+    return config_from_dict(named[name])
 
 
 def load_config(path: str | Path, base: Config | None = None) -> Config:
@@ -595,7 +523,7 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
         raise ConfigError(f"config file {path} is not valid: {error}") from error
     if base is not None:
         if values.get("method", base.method) != base.method:
-            base = preset_config(values["method"]) if values["method"] in METHODS else base
+            base = preset_config(values["method"]) if values["method"] in methods() else base
         merged = config_to_dict(base)
         for section, section_values in values.items():
             if section in merged and isinstance(section_values, dict):

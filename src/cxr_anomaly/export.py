@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .checkpoint import load_checkpoint
 from .config import Config, config_to_dict, stored_config_from_dict
 from .errors import CxrAnomalyError
@@ -39,6 +38,7 @@ from .files import atomic_write
 from .models.base import AnomalyDetector, flat_outputs, output_names
 from .models.registry import build_detector
 from .scoring import Calibration, ScoreResult
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 

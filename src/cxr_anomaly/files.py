@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__
 from .errors import CheckpointError
 from .image_base import sniff_format
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 

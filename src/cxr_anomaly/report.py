@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
 from .calibration import Calibration
 from .errors import InputFileError
 from .explain import Explanation, colour_bar, explain_film, png_data_uri
 from .image_base import is_dicom_file
 from .io import read_image
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_anomaly.config import tang2019_config, with_overrides
+from cxr_anomaly.config import with_overrides
 from cxr_anomaly.evaluation import safe_auc
 from cxr_anomaly.models.tang2019 import weighted_score
+from cxr_anomaly.models.tang2019.config import tang2019_config
 
 
 def combine(config, reconstruction, adversarial, latent, code_distance):  # type: ignore[no-untyped-def]

@@ -16,11 +16,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxr_anomaly.config import tang2019_config, with_overrides
+from cxr_anomaly.config import with_overrides
 from cxr_anomaly.data.dataset import to_model_tensor
 from cxr_anomaly.evaluation import safe_auc
 from cxr_anomaly.jobs.reproduce import ReproduceOptions, prepare_split
 from cxr_anomaly.models.tang2019 import Tang2019Detector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.training import store_normal_codes, train_detector
 from cxr_anomaly.scoring import score_films
 

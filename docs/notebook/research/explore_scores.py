@@ -28,11 +28,12 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from cxr_anomaly.baselines import fit_and_score_baselines
-from cxr_anomaly.config import Config, tang2019_config, with_overrides
+from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import to_model_tensor
 from cxr_anomaly.evaluation import safe_auc
 from cxr_anomaly.jobs.reproduce import ReproduceOptions, SplitData, prepare_split
 from cxr_anomaly.models.tang2019 import OneClassDetector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.models.tang2019.training import EpochLog, recalibrate_batchnorm, train_detector
 
 LOGS = Path(__file__).resolve().parent / "logs"

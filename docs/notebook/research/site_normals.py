@@ -43,10 +43,10 @@ from docs.notebook.research.pooled_knn_variants import knn_distance, unit_pooled
 from docs.notebook.research.validate_checkpoints import VALIDATION, load_features_model, view_row, write_rows
 
 from cxr_anomaly.baselines import KNNBaseline
-from cxr_anomaly.config import tang2019_config
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.models.features.torch_model import FeatureDetector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 
 FOLDS = 5
 DRAWS = 3

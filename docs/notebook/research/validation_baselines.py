@@ -17,8 +17,8 @@ from docs.notebook.research.features_probe import collections, per_view
 from sklearn.metrics import roc_auc_score
 
 from cxr_anomaly.baselines import fit_and_score_baselines
-from cxr_anomaly.config import tang2019_config
 from cxr_anomaly.data.dataset import load_images
+from cxr_anomaly.models.tang2019.config import tang2019_config
 
 VALIDATION = ("nih1000_val", "pneu_val")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import textwrap
 from collections.abc import Callable, Sequence
 
-from .. import __version__
 from ..cli_checks import (
     check_output_path,
     describe_os_error,
@@ -21,7 +21,8 @@ from ..cli_checks import (
 )
 from ..errors import CxrAnomalyError
 from ..pacs.cli import add_pacs_commands
-from .common import add_data_options, training_config
+from ..version import __version__
+from .common import add_data_options, introduction, training_config
 from .fitting import (
     add_calibrate_command,
     add_evaluate_command,
@@ -39,10 +40,7 @@ logger = logging.getLogger("cxr_anomaly")
 
 
 DESCRIPTION = """\
-Find abnormal chest X-rays with a detector fitted on normal films only. The default method,
-features, fine-tunes an ImageNet CNN on the normals (2 epochs) and models their features;
---method tang2019 trains the paper's GAN (Tang et al., ICASSP 2019: a U-Net autoencoder, a
-discriminator, a second encoder).
+{methods}
 
 Typical use:
   cxr-anomaly train --data normals/ --out runs/first
@@ -58,7 +56,9 @@ unknown], and optionally split, patient_id, view) or a MedMNIST-style .npz file.
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cxr-anomaly``."""
     parser = argparse.ArgumentParser(
-        prog="cxr-anomaly", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="cxr-anomaly",
+        description=DESCRIPTION.replace("{methods}", textwrap.fill(introduction(), width=96)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cxr-anomaly {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -4,12 +4,47 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from ..config import DEFAULT_METHOD, Config, load_config, preset_config, with_overrides
+from ..config import (
+    DEFAULT_METHOD,
+    Config,
+    FamilySettings,
+    family_settings,
+    load_config,
+    methods,
+    preset_config,
+    with_overrides,
+)
 from ..errors import ConfigError
 
 logger = logging.getLogger("cxr_anomaly")
+
+
+def method_list(text: Callable[[str, FamilySettings], str], default: str = " (default)") -> str:
+    """``text(name, settings)`` for each registered family, the default's name followed by
+    ``default``, joined by "; "; families without a text are left out."""
+    parts = []
+    for name in methods():
+        part = text(name, family_settings(name))
+        if part:
+            parts.append(part.replace(name, name + default, 1) if name == DEFAULT_METHOD else part)
+    return "; ".join(parts)
+
+
+def introduction() -> str:
+    """The first paragraph of ``cxr-anomaly --help``: what it does, with which methods."""
+    return (
+        "Find abnormal chest X-rays with a detector fitted on normal films only. The methods (--method): "
+        + method_list(lambda name, settings: f"{name}, {settings.help}")
+        + "."
+    )
+
+
+def variant_families() -> list[str]:
+    """The families with network variants (``model.variant``)."""
+    return [name for name in methods() if family_settings(name).variants]
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,12 @@ import logging
 import os
 from pathlib import Path
 
-from ..config import METHODS, VARIANTS, Config
-from .common import add_data_options, training_config
+from ..config import (
+    Config,
+    family_settings,
+    methods,
+)
+from .common import add_data_options, method_list, training_config, variant_families
 
 logger = logging.getLogger("cxr_anomaly")
 
@@ -36,16 +40,20 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output folder")
     train.add_argument(
         "--method",
-        choices=METHODS,
+        choices=methods(),
         default=None,
-        help="detector family: features (default: an ImageNet CNN fine-tuned on the normals, "
-        "with one-class models of its features) or tang2019 (the paper's GAN)",
+        help="detector family: " + method_list(lambda name, settings: f"{name}: {settings.help}"),
     )
     train.add_argument(
         "--variant",
-        choices=VARIANTS,
+        choices=list(
+            dict.fromkeys(variant for name in variant_families() for variant in family_settings(name).variants)
+        ),
         default=None,
-        help="with --method tang2019: ablation variant u, u+e, u+d or u+d+e (the paper's full model)",
+        help="ablation variant of a family with network variants: "
+        + method_list(
+            lambda name, settings: settings.variants and f"with --method {name}: {', '.join(settings.variants)}", ""
+        ),
     )
     train.add_argument("--epochs", type=int, default=None, help="training epochs (paper: 15)")
     train.add_argument("--seed", type=int, default=None, help="seed of initialisation, order and noise")

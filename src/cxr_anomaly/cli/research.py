@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import textwrap
 from pathlib import Path
 
-from ..config import VARIANTS, load_config, preset_config, with_overrides
-from .common import add_data_options
+from ..config import (
+    DEFAULT_METHOD,
+    family_settings,
+    load_config,
+    methods,
+    paper_method,
+    preset_config,
+    with_overrides,
+)
+from .common import add_data_options, method_list
 
 logger = logging.getLogger("cxr_anomaly")
 
@@ -32,8 +41,9 @@ def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
     )
     reproduce.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     reproduce.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default 5)")
+    variants = family_settings(paper_method()).variants
     reproduce.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated variants (default {','.join(VARIANTS)})"
+        "--variants", default=",".join(variants), help=f"comma-separated variants (default {','.join(variants)})"
     )
     reproduce.add_argument(
         "--split",
@@ -55,10 +65,10 @@ def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
     reproduce.add_argument("--epochs", type=int, default=None, help="training epochs per cell")
     reproduce.add_argument(
         "--preset",
-        choices=("tang2019", "paper"),
-        default="tang2019",
-        help="base configuration of the tang2019 networks: this package's defaults "
-        "(tang2019), or paper (eq. 6 score, BatchNorm running statistics from training)",
+        choices=(paper_method(), *family_settings(paper_method()).presets),
+        default=paper_method(),
+        help=f"base configuration of the {paper_method()} networks: this package's defaults "
+        f"({paper_method()}), or paper (eq. 6 score, BatchNorm running statistics from training)",
     )
     reproduce.add_argument(
         "--config",
@@ -77,7 +87,9 @@ def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
     add_data_options(reproduce)
 
 
-BENCHMARK_DESCRIPTION = """\
+def benchmark_description() -> str:
+    """The long description of ``cxr-anomaly benchmark --help``: what it writes, and the method rows."""
+    return """\
 Fit every method and seed on the normal films of --train (its train split when it has one; normal
 val films, else 10% of the normals held out by patient, calibrate) and score each --test collection
 (its test split when it has one, else every labelled film). Writes into DIR:
@@ -88,12 +100,18 @@ val films, else 10% of the normals held out by patient, calibrate) and score eac
                        predicts AP among normals: mean ± std over seeds, each seed in the CSV
   roc_NAME.png         ROC curves per test collection, a panel per view
   films_NAME_CELL.png  highest-scoring normal and abnormal films with heatmaps (and reconstructions
-                       for tang2019), per test collection and fitted detector (first seed)
+                       where the detector reconstructs), per test collection and fitted detector (first seed)
   cells/KIND-seedN/    one finished fit each; a rerun with the same settings reuses it
 
-Methods (comma-separated): features (the configured feature score), features:gaussian,
-features:pooled_knn, features:patch_knn (the three come from one fit), tang2019:u, tang2019:u+e,
-tang2019:u+d, tang2019:u+d+e."""
+{rows}""".replace(
+        "{rows}",
+        textwrap.fill(
+            "Methods (comma-separated): "
+            + ", ".join(row for name in methods() for row in family_settings(name).benchmark_rows)
+            + ".",
+            width=96,
+        ),
+    )
 
 
 def add_benchmark_command(commands: argparse._SubParsersAction) -> None:
@@ -102,7 +120,7 @@ def add_benchmark_command(commands: argparse._SubParsersAction) -> None:
         "benchmark",
         help="fit methods on one collection's normals and test them on several, per view",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=BENCHMARK_DESCRIPTION,
+        description=benchmark_description(),
     )
     benchmark.add_argument(
         "--train",
@@ -121,9 +139,9 @@ def add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     )
     benchmark.add_argument(
         "--methods",
-        default="features",
-        help="comma-separated method rows (default features), e.g. "
-        "features:gaussian,features:patch_knn,tang2019:u,tang2019:u+d+e",
+        default=DEFAULT_METHOD,
+        help=f"comma-separated method rows (default {DEFAULT_METHOD}), e.g. "
+        + ",".join(row.split(" (")[0] for name in methods() for row in family_settings(name).benchmark_rows[-2:]),
     )
     benchmark.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
     benchmark.add_argument(
@@ -141,22 +159,29 @@ def add_benchmark_command(commands: argparse._SubParsersAction) -> None:
         metavar="K",
         help="fit on at most K training normals (a seeded draw; smaller K gives a subset of a larger one's films)",
     )
-    benchmark.add_argument("--epochs", type=int, default=None, help="tang2019 training epochs (paper: 15)")
+    benchmark.add_argument(
+        "--epochs", type=int, default=None, help="training epochs of the families that train (paper: 15)"
+    )
     benchmark.add_argument(
         "--config",
         type=Path,
         default=None,
         metavar="FILE",
-        help="TOML or JSON config applied over each family's preset ([features] for "
-        "features, [model]/[loss] for tang2019, [data]/[train]/[score] for both); "
-        "must not set method",
+        help="TOML or JSON config applied over each family's preset ("
+        + method_list(
+            lambda name, settings: (
+                settings.sections and f"{'/'.join(f'[{section}]' for section in settings.sections)} for {name}"
+            ),
+            "",
+        )
+        + "; [data]/[train]/[score] for all); must not set method",
     )
     benchmark.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     benchmark.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default=None,
-        help="tang2019 training precision: auto (default: bf16 where native), fp32 or bf16",
+        help="training precision of the families that train: auto (default: bf16 where native), fp32 or bf16",
     )
     benchmark.add_argument(
         "--bootstrap-resamples",

@@ -9,8 +9,12 @@ from pathlib import Path
 from ..cli_checks import (
     check_port_free,
 )
-from ..config import Config
-from .common import add_data_options
+from ..config import (
+    DEFAULT_METHOD,
+    methods,
+    preset_config,
+)
+from .common import add_data_options, method_list
 
 logger = logging.getLogger("cxr_anomaly")
 
@@ -21,9 +25,15 @@ def add_score_command(commands: argparse._SubParsersAction) -> None:
         "score",
         help="score films with a trained detector",
         description="Score every film of each INPUT (a file, a folder or a manifest) and write a CSV "
-        "with path, score, the detector's score components (the default features detector: "
-        "gaussian, pooled_knn, patch_knn; tang2019: reconstruction, adversarial, latent, "
-        "code_distance) and scope (in_scope, or why the model was not made for the film: "
+        "with path, score, the detector's score components ("
+        + method_list(
+            lambda name, settings: (
+                f"{'the default ' + name + ' detector' if name == DEFAULT_METHOD else name}: "
+                + ", ".join(settings.components)
+            ),
+            "",
+        )
+        + ") and scope (in_scope, or why the model was not made for the film: "
         "lateral_view, not_chest, for_processing, rotated, paediatric, unknown_view).",
     )
     score.add_argument(
@@ -134,8 +144,13 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint's scoring graph to ONNX",
         description="Write the whole scoring graph (model tensor (N, 1, S, S) in [-1, 1], S the "
-        f"checkpoint's image size: {Config().data.image_size} for the default features detector, "
-        "64 for tang2019 -> raw score and its components) as an ONNX file for onnxruntime, "
+        "checkpoint's image size: "
+        + ", ".join(
+            f"{preset_config(name).data.image_size} for "
+            + (f"the default {name} detector" if name == DEFAULT_METHOD else name)
+            for name in methods()
+        )
+        + " -> raw score and its components) as an ONNX file for onnxruntime, "
         "with the config and calibration in its metadata.",
     )
     export.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint (model.pt)")

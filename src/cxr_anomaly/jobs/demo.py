@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
 from ..checkpoint import load_checkpoint
-from ..config import DEFAULT_METHOD, METHODS, Config, DataConfig, config_differences, preset_config, with_overrides
+from ..config import DEFAULT_METHOD, Config, DataConfig, config_differences, methods, preset_config, with_overrides
 from ..data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
 from ..data.dataset import load_images
 from ..data.manifest import load_inputs
@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     parser.add_argument(
-        "--method", choices=METHODS, default=DEFAULT_METHOD, help=f"detector family (default {DEFAULT_METHOD})"
+        "--method", choices=methods(), default=DEFAULT_METHOD, help=f"detector family (default {DEFAULT_METHOD})"
     )
     parser.add_argument(
         "--max-train-normals",

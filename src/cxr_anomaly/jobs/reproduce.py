@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..baselines import DEFAULT_NEIGHBOURS, DEFAULT_PCA_COMPONENTS, fit_and_score_baselines
-from ..config import VARIANTS, Config, config_to_dict, with_overrides
+from ..config import Config, config_to_dict, family_settings, paper_method, with_overrides
 from ..data.dataset import OnBadFile, load_images
 from ..data.manifest import load_inputs
 from ..data.splits import patient_disjoint_split
@@ -40,18 +40,17 @@ from ..errors import ConfigError, NoNormalImagesError
 from ..evaluation import compute_metrics, plot_roc, reconstruction_grid
 from ..files import atomic_write
 from ..inference import resolve_device
-from ..models.tang2019 import Tang2019Detector, weighted_score
-from ..models.tang2019.training import train_detector
+from ..models.registry import family_of, fit_detector
 from ..scoring import ScoreResult, fit_calibration, score_films
 from .cells import (
     describe_remaining,
     format_duration,
     mean_std,
-    plus_minus,
     read_finished_cell,
     settings_fingerprint,
     write_cell_result,
 )
+from .reproduce_table import SCORE_LABELS, render_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,6 @@ COMPONENTS: tuple[str, ...] = ("reconstruction", "adversarial", "latent", "code_
 # Every cell is scored both ways: the training does not depend on the score, so the table shows
 # what the score choice alone changes, on the same trained networks.
 SCORE_METHODS: tuple[str, ...] = ("eq6", "code_knn")
-SCORE_LABELS: dict[str, str] = {"eq6": "eq. 6", "code_knn": "code kNN"}
 FIGURE_FILMS_PER_ROW = 8
 
 
@@ -84,7 +82,7 @@ class ReproduceOptions:
         max_train_normals: keep at most this many training normals (seeded draw), for short runs.
     """
 
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = field(default_factory=lambda: family_settings(paper_method()).variants)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     split: str = "resplit"
     split_seed: int = 0
@@ -96,9 +94,10 @@ class ReproduceOptions:
     max_train_normals: int | None = None
 
     def __post_init__(self) -> None:
-        unknown = [variant for variant in self.variants if variant not in VARIANTS]
+        known = family_settings(paper_method()).variants
+        unknown = [variant for variant in self.variants if variant not in known]
         if unknown or not self.variants:
-            raise ConfigError(f"variants={list(self.variants)}; expected some of {VARIANTS}")
+            raise ConfigError(f"variants={list(self.variants)}; expected some of {known}")
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError(f"variants={list(self.variants)} lists a variant twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -244,9 +243,10 @@ def combine(config: Config, components: dict[str, np.ndarray] | np.lib.npyio.Npz
         values = np.asarray(components[prefix + name], dtype=np.float64)
         return None if values.size and np.all(np.isnan(values)) else values
 
-    return weighted_score(
-        config.score, part("reconstruction"), part("adversarial"), part("latent"), part("code_distance")
-    )
+    combine_parts = family_of(config.method).score_from_components
+    if combine_parts is None:
+        raise ConfigError(f"method={config.method!r} cannot recompute its score from stored components")
+    return combine_parts(config, {name: part(name) for name in COMPONENTS})
 
 
 def _metrics_by_method(
@@ -271,8 +271,8 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
     """
     started = time.perf_counter()
     device = resolve_device(config.train.device)
-    training = train_detector(config, split.train_normals)
-    detector = Tang2019Detector(config, training.detector)
+    fitted = fit_detector(config, split.train_normals, progress=False)
+    detector = fitted.detector
     test = score_films(detector, split.test_pixels, device=device, keep_maps=True)
     val = score_films(detector, split.val_pixels, device=device)
     train_shown = split.train_normals[:FIGURE_FILMS_PER_ROW]
@@ -300,7 +300,7 @@ def run_cell(config: Config, split: SplitData, cell_dir: Path) -> CellResult:
         seconds=time.perf_counter() - started,
         test=_metrics_by_method(config, split.test_labels, test, split.test_views),
         val=_metrics_by_method(config, split.val_labels, val, None),
-        final_reconstruction_loss=training.history[-1].reconstruction,
+        final_reconstruction_loss=fitted.record["history"][-1]["reconstruction"],
         fingerprint=cell_fingerprint(config, split),
     )
     write_cell_result(cell_dir, result.__dict__)  # last: its presence marks the cell finished
@@ -378,39 +378,6 @@ def summarise(
     for name, metrics in baselines.items():
         add(name, "baseline", [metrics["test"]], [metrics["val"]])
     return pd.DataFrame(rows)
-
-
-def render_markdown(table: pd.DataFrame, views: Sequence[str], header: str, seeds: Sequence[int] = ()) -> str:
-    """The table as Markdown, AUC mean ± std per method, like the paper's Table 1."""
-    columns = [
-        "method",
-        "score",
-        "runs",
-        "test AUC",
-        "test AP",
-        *[f"AUC, {view} films" for view in views],
-        "val AUC",
-        "AUC of L1 alone",
-        "paper AUC (NIH)",
-    ]
-    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table.to_dict("records"):
-        paper = row["paper_auc"]
-        cells = [
-            f"{row['method']}"
-            + (" (baseline)" if row["kind"] == "baseline" else "")
-            + (f" of {len(seeds)} seeds" if row["kind"] == "ensemble" else ""),
-            SCORE_LABELS.get(str(row["score"]), "pixels"),
-            str(row["runs"]),
-            plus_minus(row["auc_mean"], row["auc_std"]),
-            plus_minus(row["average_precision_mean"], row["average_precision_std"]),
-            *[plus_minus(row[f"auc_{view}_mean"], row[f"auc_{view}_std"]) for view in views],
-            plus_minus(row["val_auc_mean"], row["val_auc_std"]),
-            "-" if math.isnan(row["auc_reconstruction_only"]) else f"{row['auc_reconstruction_only']:.3f}",
-            "-" if math.isnan(paper) else f"{paper:.3f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 @dataclass

@@ -8,7 +8,7 @@ of them names a family.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, FamilySettings
 from ..errors import ConfigError
 from .base import AnomalyDetector
 
@@ -112,6 +112,10 @@ class DetectorFamily:
         describe: ``config`` -> its settings in a few words, for table headers.
         benchmark: its rows of ``cxr-anomaly benchmark``.
         resume_config: ``(run_dir, config)`` -> the configuration a resumed fit must use.
+        score_from_components: ``(config, {component: scores or None})`` -> the raw score, for
+            families whose score can be recomputed from stored components (absent: None).
+        settings: its configuration sections (name -> dataclass), data defaults, presets and
+            checks, registered with :mod:`cxr_anomaly.config` by the registry.
     """
 
     name: str
@@ -122,3 +126,5 @@ class DetectorFamily:
     describe: Callable[[Config], str]
     benchmark: BenchmarkCells
     resume_config: Callable[[str | Path, Config], Config] = no_resume
+    score_from_components: Callable[[Config, Mapping[str, np.ndarray | None]], np.ndarray] | None = None
+    settings: FamilySettings = field(default_factory=FamilySettings)

@@ -3,27 +3,57 @@
 ``config.method`` names the family. Checkpoints, the jobs, the service and the export build and
 fit detectors only through :func:`build_detector` and :func:`fit_detector`, and read anything
 else about a family from its record (:func:`family_of`), so adding a family means adding a
-folder that exports a :class:`~cxr_anomaly.models.family.DetectorFamily` as ``FAMILY`` and one
-entry in :data:`FAMILIES` (docs/architecture.md).
+folder that exports a :class:`~cxr_anomaly.models.family.DetectorFamily` as ``FAMILY`` (and its
+configuration, ``NAME`` and ``SETTINGS``) and one entry in :data:`PACKAGES`
+(docs/architecture.md).
+
+Importing this module registers every family's configuration sections with
+:mod:`cxr_anomaly.config` (the package's ``__init__`` does it), without importing the detectors:
+``FAMILIES`` is built on first use, since the detectors import torch and ``--help`` should not.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from ..config import Config
+from ..config import Config, register_families
 from ..errors import ConfigError
 from . import features, pixel_knn, tang2019
-from .base import AnomalyDetector
-from .family import DetectorFamily, FitOptions, FitResult
 
-# Every family, in the order help texts list them.
-FAMILIES: dict[str, DetectorFamily] = {
-    family.name: family for family in (features.FAMILY, tang2019.FAMILY, pixel_knn.FAMILY)
-}
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .base import AnomalyDetector
+    from .family import DetectorFamily, FitResult
+
+# Every family's package, in the order help texts list them.
+PACKAGES = (features, tang2019, pixel_knn)
+
+# The sections of a stored configuration in the order files have always had them.
+STORED_SECTION_ORDER = ("model", "loss", "train", "data", "score", "features")
+
+register_families({package.NAME: package.SETTINGS for package in PACKAGES}, STORED_SECTION_ORDER)
+
+
+@cache
+def families() -> dict[str, DetectorFamily]:
+    """Every family's record by name (``FAMILIES``), importing the detectors on first use."""
+    records: dict[str, DetectorFamily] = {}
+    for package in PACKAGES:
+        if package.FAMILY.name != package.NAME or package.FAMILY.settings is not package.SETTINGS:
+            raise ConfigError(f"family {package.NAME!r}: its record's name or settings differ from its package's")
+        records[package.NAME] = package.FAMILY
+    return records
+
+
+def __getattr__(name: str) -> Any:
+    # FAMILIES, the records by name, built on first use (PEP 562)
+    if name == "FAMILIES":
+        return families()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def family_of(name: str) -> DetectorFamily:
@@ -32,9 +62,10 @@ def family_of(name: str) -> DetectorFamily:
     Raises:
         ConfigError: no family has that name.
     """
-    if name not in FAMILIES:
-        raise ConfigError(f"method={name!r}; expected one of {tuple(FAMILIES)}")
-    return FAMILIES[name]
+    records = families()
+    if name not in records:
+        raise ConfigError(f"method={name!r}; expected one of {tuple(records)}")
+    return records[name]
 
 
 def build_detector(config: Config, *, pretrained: bool = True) -> AnomalyDetector:
@@ -59,8 +90,10 @@ def fit_detector(
 
     ``run_dir`` and ``resume`` reach families that keep resumable training states.
     """
+    from .family import FitOptions
+
     options = FitOptions(device=device, progress=progress, run_dir=run_dir, resume=resume)
     return family_of(config.method).fit(config, train_pixels, options)
 
 
-__all__ = ["FAMILIES", "DetectorFamily", "FitOptions", "FitResult", "build_detector", "family_of", "fit_detector"]
+__all__ = ["PACKAGES", "build_detector", "families", "family_of", "fit_detector"]

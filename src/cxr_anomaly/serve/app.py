@@ -52,14 +52,15 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
 from ..calibration import Calibration
 from ..checkpoint import LoadedModel
+from ..config import family_settings, methods
 from ..dicom import silence_pydicom
 from ..explain import HeatmapRange, explain_film, heatmap_range, png_bytes, with_legend
 from ..files import model_version
 from ..jobs.score import load_scoring_model
 from ..scope import fitted_on_adults
+from ..version import __version__
 from .admission import ServiceBusyError
 from .batching import BatchScorer, QueueFullError
 from .errors import ApiError
@@ -93,12 +94,13 @@ class ScoreResponse(BaseModel):
     )
     score_kind: Literal["calibrated", "raw"]
     score_raw: float = Field(
-        description="the detector's raw score (features: the configured feature score; tang2019: eq. 6)"
+        description="the detector's raw score ("
+        + "; ".join(f"{name}: {family_settings(name).raw_score}" for name in methods())
+        + ")"
     )
     components: dict[str, float | None] = Field(
         description="the family's score components by name; null where the model lacks one "
-        "(features: gaussian, pooled_knn, patch_knn; tang2019: reconstruction, adversarial, "
-        "latent, code_distance)"
+        "(" + "; ".join(f"{name}: {', '.join(family_settings(name).components)}" for name in methods()) + ")"
     )
     percentile: float | None = Field(description="percentile (0-100) among normal validation films")
     decision: Literal["flag", "normal"] | None = Field(description="at the stored operating point")

@@ -13,11 +13,12 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from cxr_anomaly import inference
-from cxr_anomaly.config import Config, tang2019_config, with_overrides
+from cxr_anomaly.config import Config, with_overrides
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.models.base import AnomalyOutput
 from cxr_anomaly.models.registry import build_detector, fit_detector
+from cxr_anomaly.models.tang2019.config import tang2019_config
 from cxr_anomaly.scoring import score_films
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxr_anomaly.config import LossConfig, ModelConfig
 from cxr_anomaly.models.tang2019 import DiscriminatorLoss, GeneratorLoss, OneClassDetector
+from cxr_anomaly.models.tang2019.config import LossConfig, ModelConfig
 
 
 def batch() -> torch.Tensor:

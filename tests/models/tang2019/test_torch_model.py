@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxr_anomaly.config import VARIANTS, ModelConfig
 from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.models.tang2019 import Discriminator, Encoder, OneClassDetector, UNet
+from cxr_anomaly.models.tang2019.config import VARIANTS, ModelConfig
 from cxr_anomaly.models.tang2019.torch_model import initialise_weights
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...config import FEATURE_SCORES, Config, with_overrides
+from ...config import Config, with_overrides
 from ...errors import ConfigError
 from ..base import AnomalyDetector
 from ..family import BenchmarkCells, DetectorFamily, FitOptions, FitResult
+from .config import FEATURE_SCORES, NAME, SETTINGS
 from .fitting import fit_features
 from .torch_model import FeatureDetector
-
-NAME = "features"
 
 
 def build(config: Config, pretrained: bool = True) -> AnomalyDetector:
@@ -56,4 +55,5 @@ FAMILY = DetectorFamily(
         # all three feature scores are stored as components, whichever is the raw score
         unfingerprinted=("features.score",),
     ),
+    settings=SETTINGS,
 )

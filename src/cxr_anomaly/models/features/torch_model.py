@@ -3,7 +3,7 @@
 :class:`FeatureDetector` holds the backbone (:mod:`.backbone`; fine-tuned on the normals by
 :mod:`.finetune` when ``features.finetune_epochs`` > 0, frozen from then on) and three fitted
 models of the normal films' features, each giving one score component (see
-:class:`~cxr_anomaly.config.FeatureConfig` for the settings):
+:class:`~cxr_anomaly.models.features.config.FeatureConfig` for the settings):
 
 - ``gaussian``: Mahalanobis distance of the pooled multi-scale features to a Gaussian of the
   normals (mean and Ledoit-Wolf shrinkage covariance), as in PaDiM but per film;
@@ -29,10 +29,9 @@ from ...config import Config
 from ...data.resample import preprocess_on
 from ..base import AnomalyDetector, AnomalyOutput
 from .backbone import build_backbone
+from .config import COMPONENTS
 
 logger = logging.getLogger(__name__)
-
-COMPONENTS: tuple[str, ...] = ("gaussian", "pooled_knn", "patch_knn")
 
 
 # Scoring batches: the fastest per device, thread count and precision; either gives the same

@@ -13,6 +13,7 @@ from ...data.dataset import preprocess_films
 from ...errors import NoNormalImagesError
 from ..base import AnomalyDetector
 from ..family import BenchmarkCells, DetectorFamily, FitOptions, FitResult
+from .config import SETTINGS
 from .torch_model import NAME, NEIGHBOURS, PixelKNNDetector
 
 
@@ -57,4 +58,5 @@ FAMILY = DetectorFamily(
     config_sections=(),
     describe=describe,
     benchmark=BenchmarkCells(spec_help=NAME),
+    settings=SETTINGS,
 )

@@ -18,10 +18,9 @@ from ...config import Config
 from ...data.dataset import preprocess_films
 from ...inference import to_device, without_autocast
 from ..base import AnomalyDetector, AnomalyOutput
+from .config import COMPONENTS, NAME
 
-NAME = "pixel_knn"
 NEIGHBOURS = 5  # k of the distance, the baselines' 5-NN
-COMPONENTS: tuple[str, ...] = ("pixel_distance",)
 
 
 class PixelKNNDetector(AnomalyDetector):

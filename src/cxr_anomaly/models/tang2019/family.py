@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...config import VARIANTS, Config, with_overrides
+from ...config import Config, with_overrides
 from ...errors import ConfigError
 from ..base import AnomalyDetector
 from ..family import RAW_SCORE, BenchmarkCells, DetectorFamily, FitOptions, FitResult
 from . import resume, training
-from .torch_model import Tang2019Detector
-
-NAME = "tang2019"
+from .config import COMPONENTS, NAME, SETTINGS, VARIANTS
+from .torch_model import Tang2019Detector, weighted_score
 
 
 def build(config: Config, pretrained: bool = True) -> AnomalyDetector:
@@ -69,4 +68,6 @@ FAMILY = DetectorFamily(
         variant=lambda config: config.model.variant,
     ),
     resume_config=resume.resolve_config_for_resume,
+    score_from_components=lambda config, parts: weighted_score(config.score, *(parts[name] for name in COMPONENTS)),
+    settings=SETTINGS,
 )

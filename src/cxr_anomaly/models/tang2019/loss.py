@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from ...config import LossConfig
+from .config import LossConfig
 from .torch_model import DetectorOutput, Discriminator
 
 

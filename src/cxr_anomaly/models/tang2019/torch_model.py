@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...config import SKIP_SIDES, Config, ModelConfig, ScoreConfig
+from ...config import Config
 from ...data.dataset import to_model_tensor
 from ...inference import to_device
 from ..base import AnomalyDetector, AnomalyOutput
+from .config import COMPONENTS, SKIP_SIDES, ModelConfig, ScoreConfig
 
 LEAKY_SLOPE = 0.2
 # Sides of the maps U's decoder reads, in order: three blocks (4, 8, 16) and the output layer (32).
@@ -339,7 +340,7 @@ class Tang2019Detector(AnomalyDetector):
     """
 
     family = "tang2019"
-    component_names = ("reconstruction", "adversarial", "latent", "code_distance")
+    component_names = COMPONENTS
 
     def __init__(self, config: Config, networks: OneClassDetector | None = None) -> None:
         super().__init__(config)
