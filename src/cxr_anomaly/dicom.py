@@ -31,7 +31,7 @@ a frame index); an older one is reported as a :class:`DicomError` naming both ve
 pydicom is a required dependency of the package, yet it is imported inside the functions that
 use it, on purpose: an older pydicom then fails the read of a DICOM file with that error instead
 of failing ``import cxr_anomaly`` for everyone, and runs without DICOM input skip its import
-(0.6 s on a 2-core AMD EPYC).
+time.
 
 Privacy: no patient-identifying header value (name, id, birth date, accession number,
 institution, physicians...) is put in the returned metadata, in a log record or in an error

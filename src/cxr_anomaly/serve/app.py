@@ -13,8 +13,8 @@ Endpoints:
   ``/docs`` page: FastAPI's loads its script from a CDN, and the page serves no third-party script.
 
 The model is a checkpoint (``model.pt``, scored with PyTorch) or its exported graph (``*.onnx``,
-scored with onnxruntime on the CPU, 1.4-1.7x as fast for the features family on a 2-core CPU);
-both answer the same.
+scored with onnxruntime on the CPU, faster on a CPU: see docs/results.md, "Serving"); both
+answer the same.
 
 Inputs are checked before any decoding the service can avoid: the upload size while it streams
 in, the format from the file's first bytes (the name and the declared type are not trusted), the
