@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.bench_model import cpu_model_name
 from benchmarks.common import git_commit
 
 logger = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def main() -> None:
     result = {
         "commit": git_commit(),
         "machine": platform.processor() or platform.machine(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model_name(),
         "cores": os.cpu_count(),
         "films": args.films,
         "film_size": "1024x1024, 12-bit DX",
@@ -186,16 +187,6 @@ def main() -> None:
         "model": "given" if args.model else "frozen features detector fitted on 300 RSNA normals",
     }
     print(json.dumps(result, indent=2))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.stats import bootstrap as stats_bootstrap
@@ -448,4 +449,37 @@ def bootstrap_intervals(
         confidence=confidence,
         num_resamples=num_resamples,
         seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class PlacedScore:
+    """A raw score read against the model's operating point (all but ``score`` None without one).
+
+    Attributes:
+        score: the calibrated score (standardised on the calibration normals), or the raw one.
+        kind: ``calibrated`` or ``raw``.
+        percentile: the share of calibration normals scoring below the film.
+        decision: ``flag`` above the stored threshold, else ``normal``.
+        threshold: the stored threshold on the calibrated scale.
+    """
+
+    score: float
+    kind: Literal["calibrated", "raw"]
+    percentile: float | None = None
+    decision: Literal["flag", "normal"] | None = None
+    threshold: float | None = None
+
+
+def place_on_operating_point(raw_score: float, calibration: Calibration | None) -> PlacedScore:
+    """Calibrate one raw score, or pass it through when the model has no operating point."""
+    if calibration is None:
+        return PlacedScore(raw_score, "raw")
+    raw = np.asarray([raw_score])
+    return PlacedScore(
+        float(calibration.standardise(raw)[0]),
+        "calibrated",
+        percentile=float(calibration.percentile(raw)[0]),
+        decision="flag" if bool(calibration.flag(raw)[0]) else "normal",
+        threshold=calibration.threshold,
     )

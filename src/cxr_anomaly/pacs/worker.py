@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration import place_on_operating_point
 from ..errors import InputFileError
 from ..explain import colour_bar, explain_film, heatmap_range, png_bytes, shrink
 from ..io import read_image, reduce_film
@@ -220,22 +221,16 @@ class ScoringWorker:
     def film_result(self, raw: float, scope: str) -> FilmResult:
         """The film's score read against the model's operating point."""
         calibration = self.model.calibration
-        calibrated = percentile = None
-        operating_point = None
-        decision = "not flagged"
-        if calibration is not None:
-            calibrated = float(calibration.standardise(np.asarray([raw]))[0])
-            percentile = float(calibration.percentile(np.asarray([raw]))[0])
-            decision = "flagged" if bool(calibration.flag(np.asarray([raw]))[0]) else "not flagged"
-            operating_point = describe_operating_point(calibration)
+        placed = place_on_operating_point(raw, calibration)
+        decision = "flagged" if placed.decision == "flag" else "not flagged"
         if scope != IN_SCOPE:
             decision = "not assessed"
         return FilmResult(
             raw_score=raw,
-            calibrated_score=calibrated,
-            percentile=percentile,
+            calibrated_score=placed.score if placed.kind == "calibrated" else None,
+            percentile=placed.percentile,
             decision=decision,
-            operating_point=operating_point,
+            operating_point=None if calibration is None else describe_operating_point(calibration),
             scope=scope,
             model_name=self.model.description,
             model_version=self.version,

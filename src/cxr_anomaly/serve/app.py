@@ -52,7 +52,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..calibration import Calibration
+from ..calibration import place_on_operating_point
 from ..checkpoint import LoadedModel
 from ..config import family_settings, methods
 from ..dicom import silence_pydicom
@@ -235,39 +235,6 @@ def add_error_handlers(app: FastAPI) -> None:
             status_code=error.status_code,
             headers=getattr(error, "headers", None),
         )
-
-
-@dataclass(frozen=True)
-class PlacedScore:
-    """A raw score read against the model's operating point (all but ``score`` None without one).
-
-    Attributes:
-        score: the calibrated score (standardised on the calibration normals), or the raw one.
-        kind: ``calibrated`` or ``raw``.
-        percentile: the share of calibration normals scoring below the film.
-        decision: ``flag`` above the stored threshold, else ``normal``.
-        threshold: the stored threshold on the calibrated scale.
-    """
-
-    score: float
-    kind: Literal["calibrated", "raw"]
-    percentile: float | None = None
-    decision: Literal["flag", "normal"] | None = None
-    threshold: float | None = None
-
-
-def place_on_operating_point(raw_score: float, calibration: Calibration | None) -> PlacedScore:
-    """Calibrate one raw score, or pass it through when the model has no operating point."""
-    if calibration is None:
-        return PlacedScore(raw_score, "raw")
-    raw = np.asarray([raw_score])
-    return PlacedScore(
-        float(calibration.standardise(raw)[0]),
-        "calibrated",
-        percentile=float(calibration.percentile(raw)[0]),
-        decision="flag" if bool(calibration.flag(raw)[0]) else "normal",
-        threshold=calibration.threshold,
-    )
 
 
 def describe_model(
