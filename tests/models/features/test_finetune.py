@@ -14,7 +14,7 @@ from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import ConfigError
 from cxr_anomaly.models.features.backbone import build_backbone
-from cxr_anomaly.models.features.finetune import augment, mean_shifted_contrastive_loss
+from cxr_anomaly.models.features.finetune import augment, augment_maps, mean_shifted_contrastive_loss
 from cxr_anomaly.models.registry import fit_detector
 from cxr_anomaly.scoring import score_films
 
@@ -78,3 +78,50 @@ def test_finetuned_fit_changes_the_backbone_records_losses_and_round_trips(share
     assert loaded.config.features.finetune_epochs == 2
     assert loaded.description == "features (efficientnet_lite0 fine-tuned 2 epochs (MSC), pooled_knn)"
     assert np.array_equal(score_films(loaded.detector, pixels[:6], precision="fp32").raw, scores)
+
+
+def test_trunk_and_head_together_are_the_whole_backbone() -> None:
+    backbone, _ = build_backbone("efficientnet_lite0")
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    whole = backbone(images)
+    trunk = backbone.forward_trunk(images, 16)
+    assert set(trunk) == {8, 16}
+    head = backbone.forward_head(trunk, 16)
+    assert set(head) == {32} and torch.equal(head[32], whole[32]) and torch.equal(trunk[16], whole[16])
+    tuned = {id(parameter) for parameter in backbone.head_parameters(16)}
+    stem_and_trunk = [p for name, p in backbone.named_parameters() if name.startswith(("_conv_stem", "_blocks.0."))]
+    assert tuned and not tuned & {id(parameter) for parameter in stem_and_trunk}
+
+
+def test_augment_maps_is_seeded_and_changes_the_maps() -> None:
+    maps = torch.randn(3, 16, 14, 14)
+    first = augment_maps(maps, torch.Generator().manual_seed(1), 0.1)
+    assert torch.equal(first, augment_maps(maps, torch.Generator().manual_seed(1), 0.1))
+    assert first.shape == maps.shape and float((first - maps).abs().mean()) > 0.01
+
+
+def test_config_refuses_a_cached_trunk_for_a_timm_backbone() -> None:
+    with pytest.raises(ConfigError, match="finetune_trunk_stride=16 needs an EfficientNet-Lite"):
+        with_overrides(Config(), "features", backbone="timm:resnet18", finetune_trunk_stride=16)
+    with pytest.raises(ConfigError, match="finetune_trunk_stride=4"):
+        with_overrides(Config(), "features", finetune_trunk_stride=4)
+
+
+def test_cached_trunk_fine_tuning_moves_only_the_later_stages_and_fits_what_it_scores(shared_data: Path) -> None:
+    config = with_overrides(FINETUNED, "features", finetune_trunk_stride=16)
+    train = load_inputs(shared_data / "rsna_normal224" / "manifest.csv").iloc[:24]
+    pixels = load_images(train, config.data, workers=1).pixels
+    result = fit_detector(config, pixels, progress=False)
+    assert len(result.record["finetune_losses"]) == 2
+    pretrained, _ = build_backbone("efficientnet_lite0")
+    tuned = result.detector.backbone.state_dict()
+    changed = {name for name, value in pretrained.state_dict().items() if not torch.equal(value, tuned[name])}
+    head = {f"_blocks.{index}." for index in range(result.detector.backbone.stage_ends[4] + 1, 16)}
+    assert changed and all(name.startswith(tuple(head)) for name in changed)
+    # the banks were fitted on the features the tuned backbone gives the films themselves
+    detector = result.detector
+    with torch.inference_mode():
+        pooled, _ = detector.embed(detector.model_input(pixels, "cpu"))
+    unit = pooled / pooled.norm(dim=1, keepdim=True)  # 24 films, fewer than the bank's 32: all kept, in order
+    assert torch.allclose(detector.pooled_bank, unit, atol=1e-5)
+    assert torch.allclose(detector.gaussian_mean, pooled.mean(dim=0), atol=1e-4)

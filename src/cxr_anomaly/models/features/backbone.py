@@ -236,11 +236,30 @@ class EfficientNetLite(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """(N, 3, S, S) in [-1, 1] -> {stride: (N, C, S/stride, S/stride)} for strides 8, 16, 32."""
-        wanted = {self.stage_ends[stage]: stride for stride, stage in STAGES_AT_STRIDE.items()}
+        return self.forward_trunk(images, 32)
+
+    def forward_trunk(self, images: torch.Tensor, stride: int) -> dict[int, torch.Tensor]:
+        """(N, 3, S, S) -> the maps of the strides up to ``stride`` (8, 16 or 32) only: the blocks
+        after it are not run."""
         hidden = F.relu6(self._bn0(self._conv_stem(images)), inplace=True)  # (N, 32, S/2, S/2)
+        return self._run_blocks(hidden, 0, self.stage_ends[STAGES_AT_STRIDE[stride]])
+
+    def forward_head(self, maps: dict[int, torch.Tensor], stride: int) -> dict[int, torch.Tensor]:
+        """Continue :meth:`forward_trunk` from the map at ``stride``: the maps of the larger strides."""
+        first = self.stage_ends[STAGES_AT_STRIDE[stride]] + 1
+        return self._run_blocks(maps[stride], first, len(self._blocks) - 1)
+
+    def head_parameters(self, stride: int) -> list[nn.Parameter]:
+        """The parameters of the blocks after the map at ``stride``, the ones :meth:`forward_head` runs."""
+        first = self.stage_ends[STAGES_AT_STRIDE[stride]] + 1
+        return [parameter for block in self._blocks[first:] for parameter in block.parameters()]
+
+    def _run_blocks(self, hidden: torch.Tensor, first: int, last: int) -> dict[int, torch.Tensor]:
+        """Blocks ``first`` to ``last`` on ``hidden``; {stride: map} of the stages ending among them."""
+        wanted = {self.stage_ends[stage]: stride for stride, stage in STAGES_AT_STRIDE.items()}
         features: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(self._blocks):
-            hidden = block(hidden)
+        for index in range(first, last + 1):
+            hidden = self._blocks[index](hidden)
             if index in wanted:
                 features[wanted[index]] = hidden
         return features

@@ -61,6 +61,11 @@ class FeatureConfig:
     finetune_epochs: int = 2
     finetune_learning_rate: float = 3e-5
     finetune_temperature: float = 0.25
+    # 0 fine-tunes the whole backbone on augmented films. 8 or 16 keeps the backbone up to that
+    # stride frozen, passes the films through it once and fine-tunes the later stages on its
+    # cached maps, augmented there: a fraction of the fit's time (see docs/results.md#fitting-in-minutes).
+    finetune_trunk_stride: int = 0
+    finetune_map_jitter: float = 0.1  # per-channel gain noise of the cached maps' augmentation
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0:
@@ -68,6 +73,15 @@ class FeatureConfig:
         for name in ("finetune_learning_rate", "finetune_temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"features.{name}={getattr(self, name)}; must be > 0")
+        if self.finetune_trunk_stride not in (0, 8, 16):
+            raise ConfigError(f"features.finetune_trunk_stride={self.finetune_trunk_stride}; expected 0, 8 or 16")
+        if self.finetune_trunk_stride and self.backbone.startswith("timm:"):
+            raise ConfigError(
+                f"features.finetune_trunk_stride={self.finetune_trunk_stride} needs an EfficientNet-Lite "
+                f"backbone, not {self.backbone!r}; set it to 0"
+            )
+        if self.finetune_map_jitter < 0:
+            raise ConfigError(f"features.finetune_map_jitter={self.finetune_map_jitter}; must be >= 0")
         for name in ("pooled_strides", "patch_strides"):
             value = tuple(getattr(self, name))  # TOML and JSON give lists
             object.__setattr__(self, name, value)
@@ -105,7 +119,7 @@ SETTINGS = FamilySettings(
     # makes the backbone see the chest rather than the exporter (see docs/results.md#preprocessing-and-score)
     data_defaults={"image_size": 224, "intensity": "equalize", "border_crop": 0.2, "detail_size": 64},
     # a checkpoint fitted before fine-tuning existed holds ImageNet's weights, whatever the default is now
-    stored_key_defaults={NAME: {"finetune_epochs": 0}},
+    stored_key_defaults={NAME: {"finetune_epochs": 0, "finetune_trunk_stride": 0}},
     check=check_config,
     help="an ImageNet CNN fine-tuned on the normals (2 epochs), with one-class models of its features",
     raw_score="the configured feature score",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,34 @@ class FinetuneResult:
     seconds: float
 
 
+def _uniform(count: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """``count`` draws (N,) from U(low, high) on the CPU generator."""
+    return low + (high - low) * torch.rand(count, generator=generator)
+
+
+def random_warp(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each of maps (N, C, H, W) under its own random affine warp: rotation up to 10 degrees,
+    scale 0.8-1, shift up to 8% of the side; borders are repeated."""
+    count = maps.shape[0]
+    angle = _uniform(count, -10.0, 10.0, generator) * math.pi / 180.0
+    scale = _uniform(count, 0.8, 1.0, generator)
+    shift_x, shift_y = _uniform(count, -0.08, 0.08, generator), _uniform(count, -0.08, 0.08, generator)
+    theta = torch.zeros(count, 2, 3)  # (N, 2, 3) affine maps of the output grid to the input
+    theta[:, 0, 0], theta[:, 0, 1] = scale * torch.cos(angle), -scale * torch.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = scale * torch.sin(angle), scale * torch.cos(angle)
+    theta[:, 0, 2], theta[:, 1, 2] = shift_x, shift_y
+    grid = F.affine_grid(theta.to(maps.device, maps.dtype), list(maps.shape), align_corners=False)  # (N, H, W, 2)
+    return F.grid_sample(maps, grid, padding_mode="border", align_corners=False)  # (N, C, H, W)
+
+
+def augment_maps(maps: torch.Tensor, generator: torch.Generator, jitter: float) -> torch.Tensor:
+    """A random view of cached backbone maps (N, C, h, w): the films' affine warp applied to the
+    maps (the convolutions commute with it up to their receptive fields), and a per-channel gain
+    of 1 + ``jitter`` x N(0, 1) in place of the films' gamma and contrast."""
+    gain = 1.0 + jitter * torch.randn(maps.shape[0], maps.shape[1], 1, 1, generator=generator)  # (N, C, 1, 1)
+    return random_warp(maps, generator) * gain.to(maps.device, maps.dtype)
+
+
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random view of each model input (N, 3, S, S) in [-1, 1]: affine warp, gamma, contrast.
 
@@ -52,21 +81,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     images' device, so a seed gives the same views on every device.
     """
     count = images.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(count, generator=generator)
-
-    angle = uniform(-10.0, 10.0) * math.pi / 180.0
-    scale = uniform(0.8, 1.0)
-    shift_x, shift_y = uniform(-0.08, 0.08), uniform(-0.08, 0.08)
-    gamma = uniform(0.7, 1.4).view(-1, 1, 1, 1).to(images.device)
-    contrast = uniform(0.8, 1.2).view(-1, 1, 1, 1).to(images.device)
-    theta = torch.zeros(count, 2, 3)  # (N, 2, 3) affine maps of the output grid to the input
-    theta[:, 0, 0], theta[:, 0, 1] = scale * torch.cos(angle), -scale * torch.sin(angle)
-    theta[:, 1, 0], theta[:, 1, 1] = scale * torch.sin(angle), scale * torch.cos(angle)
-    theta[:, 0, 2], theta[:, 1, 2] = shift_x, shift_y
-    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)  # (N, S, S, 2)
-    warped = F.grid_sample(images, grid, padding_mode="border", align_corners=False)  # (N, 3, S, S)
+    warped = random_warp(images, generator)  # (N, 3, S, S)
+    gamma = _uniform(count, 0.7, 1.4, generator).view(-1, 1, 1, 1).to(images.device)
+    contrast = _uniform(count, 0.8, 1.2, generator).view(-1, 1, 1, 1).to(images.device)
     unit = ((warped + 1.0) / 2.0).clamp(0.0, 1.0) ** gamma
     mean = unit.mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
     unit = ((unit - mean) * contrast + mean).clamp(0.0, 1.0)
@@ -96,16 +113,16 @@ def finetune_backbone(
     precision: str,
     progress: bool = True,
 ) -> FinetuneResult:
-    """Fine-tune ``detector.backbone`` in place on uint8 normal films (N, S, S) with the MSC loss.
+    """Fine-tune the whole of ``detector.backbone`` in place on uint8 normal films (N, S, S) with
+    the MSC loss, each step on two augmented views of a batch of films.
 
     Runs ``features.finetune_epochs`` epochs of shuffled batches of ``features.batch_size``
     films (the last incomplete batch is skipped: the loss needs other films as negatives), SGD
     with momentum 0.9 and weight decay 5e-5 as in the MSC paper, seeded by ``features.seed``.
     The backbone is left frozen and in eval mode again afterwards.
     """
-    settings = detector.config.features
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(settings.seed)
+    settings = detector.config.features
     batch_size = min(settings.batch_size, len(train_pixels))
     with torch.no_grad():  # not inference_mode: the centre takes part in the loss's graph
         parts = [
@@ -117,15 +134,86 @@ def finetune_backbone(
                 disable=not progress,
             )
         ]  # (B, D) each
-        centre = F.normalize(torch.cat(parts), dim=1).mean(dim=0)  # (D,)
+
+    def two_views(rows: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images = detector.model_input(train_pixels[rows], device)  # (B, 3, S, S)
+        with inference_autocast(device, precision):  # bf16 where native, as for scoring
+            first = detector.pooled_features(augment(images, generator))  # (B, D)
+            second = detector.pooled_features(augment(images, generator))
+        return first, second
+
     parameters = list(detector.backbone.parameters())
+    return _contrastive_epochs(detector, len(train_pixels), torch.cat(parts), parameters, two_views, progress, started)
+
+
+def finetune_head(
+    detector: FeatureDetector,
+    trunk_maps: dict[int, torch.Tensor],
+    *,
+    device: torch.device,
+    precision: str,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune the backbone's stages after ``features.finetune_trunk_stride`` in place, on the
+    frozen trunk's maps of the normal films ({stride: (N, C, h, w)}, from one pass), with the MSC
+    loss on two views of each map made by :func:`augment_maps`.
+
+    The schedule, optimiser and seed are those of :func:`finetune_backbone`; only the later
+    stages run, forward and backward, so a step costs a fraction of a whole-backbone step.
+    """
+    started = time.perf_counter()
+    settings = detector.config.features
+    stride = settings.finetune_trunk_stride
+    count = len(trunk_maps[stride])
+    batch_size = min(settings.batch_size, count)
+    with torch.no_grad():
+        parts = [
+            detector.pooled_features_of_head(
+                {key: value[begin : begin + batch_size] for key, value in trunk_maps.items()}, stride
+            ).float()
+            for begin in range(0, count, batch_size)
+        ]  # (B, D) each
+
+    def two_views(rows: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.from_numpy(rows).to(device)
+        views = []
+        for _ in range(2):
+            maps = {
+                key: augment_maps(value[index], generator, settings.finetune_map_jitter)
+                for key, value in trunk_maps.items()
+            }
+            with inference_autocast(device, precision):
+                views.append(detector.pooled_features_of_head(maps, stride))  # (B, D)
+        return views[0], views[1]
+
+    parameters = detector.backbone.head_parameters(stride)
+    return _contrastive_epochs(detector, count, torch.cat(parts), parameters, two_views, progress, started)
+
+
+def _contrastive_epochs(
+    detector: FeatureDetector,
+    count: int,
+    centre_features: torch.Tensor,
+    parameters: list[torch.nn.Parameter],
+    two_views: Callable[[np.ndarray, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    progress: bool,
+    started: float,
+) -> FinetuneResult:
+    """The MSC epochs shared by both ways of fine-tuning: ``two_views(rows, generator)`` gives the
+    pooled features (B, D) of two views of the films ``rows``; ``centre_features`` (N, D) are the
+    films' features before fine-tuning, whose normalised mean is the fixed centre; ``started``:
+    when the fine-tuning began (``perf_counter``)."""
+    settings = detector.config.features
+    generator = torch.Generator().manual_seed(settings.seed)
+    batch_size = min(settings.batch_size, count)
+    centre = F.normalize(centre_features, dim=1).mean(dim=0)  # (D,)
     for parameter in parameters:
         parameter.requires_grad_(True)
     optimiser = torch.optim.SGD(parameters, lr=settings.finetune_learning_rate, momentum=0.9, weight_decay=5e-5)
     epoch_losses: list[float] = []
     try:
         for epoch in range(1, settings.finetune_epochs + 1):
-            order = torch.randperm(len(train_pixels), generator=generator).numpy()
+            order = torch.randperm(count, generator=generator).numpy()
             starts = range(0, len(order) - batch_size + 1, batch_size)
             losses = []
             for begin in tqdm(
@@ -134,11 +222,7 @@ def finetune_backbone(
                 unit="batch",
                 disable=not progress,
             ):
-                films = train_pixels[np.sort(order[begin : begin + batch_size])]
-                images = detector.model_input(films, device)  # (B, 3, S, S)
-                with inference_autocast(device, precision):  # bf16 where native, as for scoring
-                    first = detector.pooled_features(augment(images, generator))  # (B, D)
-                    second = detector.pooled_features(augment(images, generator))
+                first, second = two_views(np.sort(order[begin : begin + batch_size]), generator)
                 loss = mean_shifted_contrastive_loss(
                     first.float(), second.float(), centre, settings.finetune_temperature
                 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from ...config import Config
 from ...errors import NoNormalImagesError
 from ...inference import inference_autocast, resolve_precision
-from .finetune import FinetuneResult, finetune_backbone
+from .finetune import FinetuneResult, finetune_backbone, finetune_head
 from .torch_model import FeatureDetector, squared_distances
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,58 @@ def normal_patch_radius(patches: torch.Tensor, bank: torch.Tensor, generator: to
     return max(float(nearest.quantile(0.999)), 1e-6)
 
 
+@dataclass
+class NormalFeatures:
+    """The normal films' pooled features (N, D), fp32, and patch features (N*g*g, C), fp16, on the CPU."""
+
+    pooled: torch.Tensor
+    patches: torch.Tensor
+
+
+def normal_features(
+    detector: FeatureDetector, maps: Iterable[dict[int, torch.Tensor]], device: torch.device, precision: str
+) -> NormalFeatures:
+    """Pooled and patch features of batches of backbone maps ({stride: (B, C_s, h, w)}, computed
+    lazily under inference mode and ``precision``)."""
+    pooled_parts: list[torch.Tensor] = []
+    patch_parts: list[torch.Tensor] = []
+    iterator = iter(maps)
+    while True:
+        with torch.inference_mode(), inference_autocast(device, precision):
+            batch = next(iterator, None)
+            if batch is None:
+                break
+            pooled, patches = detector.embed_maps(batch)  # (B, D), (B, C, g, g)
+        pooled_parts.append(pooled.float().cpu())
+        # float16 halves the memory of millions of patches; distances need no more precision
+        patch_parts.append(patches.float().permute(0, 2, 3, 1).reshape(-1, patches.shape[1]).half().cpu())
+    return NormalFeatures(torch.cat(pooled_parts), torch.cat(patch_parts))
+
+
+def trunk_pass(
+    detector: FeatureDetector,
+    train_pixels: np.ndarray,
+    stride: int,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+) -> dict[int, torch.Tensor]:
+    """The frozen trunk's maps up to ``stride`` of every film, {stride: (N, C_s, h, w)} fp32 on
+    ``device``: the map at ``stride`` and those of smaller strides that the scores read."""
+    settings = detector.config.features
+    kept = {stride} | {read for read in (*settings.pooled_strides, *settings.patch_strides) if read < stride}
+    parts: dict[int, list[torch.Tensor]] = {key: [] for key in kept}
+    batches = range(0, len(train_pixels), settings.batch_size)
+    for begin in tqdm(batches, desc="frozen trunk of the normals", unit="batch", disable=not progress):
+        images = detector.model_input(train_pixels[begin : begin + settings.batch_size], device)
+        # no_grad, not inference_mode: the fine-tuned stages back-propagate through these maps
+        with torch.no_grad(), inference_autocast(device, precision):
+            maps = detector.backbone.forward_trunk(images, stride)
+        for key in kept:
+            parts[key].append(maps[key].float())
+    return {key: torch.cat(value) for key, value in parts.items()}
+
+
 def fit_features(
     config: Config,
     train_pixels: np.ndarray,
@@ -133,20 +186,31 @@ def fit_features(
     precision = resolve_precision(precision, device)
     detector = FeatureDetector(config).to(device).eval()
     finetuned = FinetuneResult([], 0.0)
-    if settings.finetune_epochs > 0:
-        finetuned = finetune_backbone(detector, train_pixels, device=device, precision=precision, progress=progress)
-    pooled_parts: list[torch.Tensor] = []
-    patch_parts: list[torch.Tensor] = []
-    batches = range(0, len(train_pixels), settings.batch_size)
-    for begin in tqdm(batches, desc="features of the normals", unit="batch", disable=not progress):
-        images = detector.model_input(train_pixels[begin : begin + settings.batch_size], device)
-        with torch.inference_mode(), inference_autocast(device, precision):
-            pooled, patches = detector.embed(images)  # (B, D), (B, C, g, g)
-        pooled_parts.append(pooled.float().cpu())
-        # float16 halves the memory of millions of patches; distances need no more precision
-        patch_parts.append(patches.float().permute(0, 2, 3, 1).reshape(-1, patches.shape[1]).half().cpu())
-    pooled_all = torch.cat(pooled_parts)  # (N, D)
-    patches_all = torch.cat(patch_parts)  # (N*g*g, C)
+    trunk_stride = settings.finetune_trunk_stride if settings.finetune_epochs > 0 else 0
+    if trunk_stride:
+        trunk_maps = trunk_pass(detector, train_pixels, trunk_stride, device, precision, progress)
+        finetuned = finetune_head(detector, trunk_maps, device=device, precision=precision, progress=progress)
+        batches = [
+            {key: value[begin : begin + settings.batch_size] for key, value in trunk_maps.items()}
+            for begin in range(0, len(train_pixels), settings.batch_size)
+        ]
+        features = normal_features(
+            detector, (detector.head_maps(maps, trunk_stride) for maps in batches), device, precision
+        )
+    else:
+        if settings.finetune_epochs > 0:
+            finetuned = finetune_backbone(detector, train_pixels, device=device, precision=precision, progress=progress)
+        images = (
+            detector.model_input(train_pixels[begin : begin + settings.batch_size], device)
+            for begin in tqdm(
+                range(0, len(train_pixels), settings.batch_size),
+                desc="features of the normals",
+                unit="batch",
+                disable=not progress,
+            )
+        )
+        features = normal_features(detector, (detector.backbone(batch) for batch in images), device, precision)
+    pooled_all, patches_all = features.pooled, features.patches
 
     covariance = LedoitWolf().fit(pooled_all.double().numpy())
     generator = torch.Generator().manual_seed(settings.seed)

@@ -185,9 +185,21 @@ class FeatureDetector(AnomalyDetector):
         """Pooled features (N, D) of model inputs (N, 3, S, S): what the Gaussian and pooled kNN read."""
         return self._pool(self.backbone(images))
 
+    def head_maps(self, trunk_maps: dict[int, torch.Tensor], stride: int) -> dict[int, torch.Tensor]:
+        """The trunk's maps up to ``stride`` ({stride: (N, C_s, h, w)}) with the maps of the later
+        stages computed from them: what :meth:`backbone` returns for the films."""
+        return {**trunk_maps, **self.backbone.forward_head(trunk_maps, stride)}
+
+    def pooled_features_of_head(self, trunk_maps: dict[int, torch.Tensor], stride: int) -> torch.Tensor:
+        """Pooled features (N, D) from the trunk's maps up to ``stride``, through the later stages."""
+        return self._pool(self.head_maps(trunk_maps, stride))
+
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled features (N, D) and patch features (N, C, g, g) of model inputs (N, 3, S, S)."""
-        maps = self.backbone(images)  # {stride: (N, C_s, S/s, S/s)}
+        return self.embed_maps(self.backbone(images))  # maps: {stride: (N, C_s, S/s, S/s)}
+
+    def embed_maps(self, maps: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features (N, D) and patch features (N, C, g, g) of the backbone's maps {stride: map}."""
         return self._pool(maps), self.patch_features(maps, self.config.features.patch_grid)
 
     def patch_features(self, maps: dict[int, torch.Tensor], grid: int) -> torch.Tensor:
