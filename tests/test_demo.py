@@ -11,6 +11,7 @@ import pytest
 
 from cxr_anomaly.baselines import BASELINE_NAMES
 from cxr_anomaly.data.manifest import load_inputs
+from cxr_anomaly.data.rsna_dev import validation_and_test_halves
 from cxr_anomaly.data.splits import split_patients_in_halves
 from cxr_anomaly.evaluation import compute_metrics
 from cxr_anomaly.jobs import demo  # the module, not its names: pytest would collect ``test_collections``
@@ -45,12 +46,24 @@ def test_films_without_a_patient_id_count_as_their_own_patient() -> None:
         assert len(val) - int(val["patient_id"].eq("a").sum() > 0) == 2
 
 
-def test_the_demo_tests_on_nih1000_test_and_the_test_half_of_nih_pneumonia256(
+def test_the_demo_tests_on_nih1000_test_and_the_test_halves_of_nih_pneumonia256_and_rsna_dev256(
     shared_data: Path, tmp_path: Path
 ) -> None:
     collections = demo.test_collections(shared_data)
-    assert [collection.name for collection in collections] == ["NIH1000 test", "nih_pneumonia256 test half"]
-    nih, pneumonia = (collection.manifest for collection in collections)
+    assert [collection.name for collection in collections] == [
+        "NIH1000 test",
+        "nih_pneumonia256 test half",
+        "rsna_dev256 test half, normal vs lung opacity",
+        "rsna_dev256 test half, normal vs any abnormality",
+    ]
+    nih, pneumonia, opacity, any_abnormality = (collection.manifest for collection in collections)
+    # rsna_dev256: the test half only, one task's films each; Not Normal films are not in the opacity task
+    halves = validation_and_test_halves(load_inputs(shared_data / "rsna_dev256" / "manifest.csv"))
+    test_paths = set(halves.loc[halves["split"] == "test", "path"])
+    assert set(any_abnormality["path"]) == test_paths and len(test_paths) == 369
+    assert set(opacity["path"]) < test_paths and set(opacity["class"]) == {"Normal", "Lung Opacity"}
+    assert opacity["label"].eq(opacity["class"].eq("Lung Opacity").astype(int)).all()
+    assert any_abnormality["label"].eq(any_abnormality["class"].ne("Normal").astype(int)).all()
     assert (nih["split"] == "test").all() and len(nih) == 200
     assert set(nih["label"]) == {0, 1}
     full = load_inputs(shared_data / "nih_pneumonia256" / "manifest.csv")

@@ -1,9 +1,11 @@
 """``make demo``: fit the default detector on one collection, test it on others, write a verdict.
 
 The detector is fitted on the normal films of ``rsna_normal224`` (RSNA challenge "Normal" films,
-exported by another pipeline than the NIH PNGs) and tested on NIH collections it never saw:
-NIH1000's test split and the test half of ``nih_pneumonia256`` (half of its patients; the other
-half is the validation half on which settings were chosen, see docs/results.md). Pixel
+exported by another pipeline than the NIH PNGs) and tested on collections it never saw: NIH1000's
+test split, the test half of ``nih_pneumonia256`` (half of its patients; the other half is a
+validation half on which settings were chosen, see docs/results.md) and the test half of
+``rsna_dev256`` (radiologists' labels; normal vs lung opacity and normal vs any abnormality,
+:mod:`cxr_anomaly.data.rsna_dev`). Pixel
 baselines (PCA(5) reconstruction error and 5-NN distance on 64 px films), fitted on the same
 normals, and the view alone (AP = abnormal) are scored on the same films. The report gives AUC
 overall, within each view, view-balanced and for adults, with 95% bootstrap intervals, and says
@@ -36,6 +38,8 @@ from ..config import DEFAULT_METHOD, Config, DataConfig, config_differences, met
 from ..data.copies import COPY_CORRELATION, FilmCopy, film_signatures, matching_signatures
 from ..data.dataset import load_images
 from ..data.manifest import load_inputs
+from ..data.rsna_dev import TASKS, validation_and_test_halves
+from ..data.selection import read_label_column
 from ..data.splits import split_patients_in_halves
 from ..errors import CheckpointError
 from ..evaluation import Interval, metrics_by_name, plot_roc_panels
@@ -62,7 +66,8 @@ class TestCollection:
 
 
 def test_collections(data_root: Path) -> list[TestCollection]:
-    """NIH1000's given test split and the test half (by patient) of nih_pneumonia256."""
+    """NIH1000's given test split, the test half (by patient) of nih_pneumonia256 and the test half
+    of rsna_dev256 for each of its two tasks (:data:`cxr_anomaly.data.rsna_dev.TASKS`)."""
     collections = []
     nih1000 = data_root / "nih1000" / "manifest.csv"
     if nih1000.is_file():
@@ -72,6 +77,16 @@ def test_collections(data_root: Path) -> list[TestCollection]:
     if pneumonia.is_file():
         halves = split_patients_in_halves(load_inputs(pneumonia), seed=0)
         collections.append(TestCollection("nih_pneumonia256 test half", halves[halves["split"] == "test"]))
+    rsna = data_root / "rsna_dev256" / "manifest.csv"
+    if rsna.is_file():
+        halves = validation_and_test_halves(load_inputs(rsna))
+        test = halves[halves["split"] == "test"]
+        for task in TASKS:
+            # the task's column becomes the label; films it does not judge (empty) are left out
+            labelled = read_label_column(test, task.label_column, str(rsna))
+            collections.append(
+                TestCollection(f"rsna_dev256 test half, {task.description}", labelled[labelled["label"].notna()])
+            )
     return collections
 
 
@@ -477,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data",
         type=Path,
         default=Path(os.environ.get("CXR_ANOMALY_DATA", "../shared/data")),
-        help="folder holding rsna_normal224, nih1000 and nih_pneumonia256 "
+        help="folder holding rsna_normal224, nih1000, nih_pneumonia256 and rsna_dev256 "
         "(default $CXR_ANOMALY_DATA or ../shared/data)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
