@@ -24,6 +24,7 @@ Data from ``$CXR_ANOMALY_DATA`` or ``../shared/data``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cxr_anomaly.baselines import BASELINE_IMAGE_SIZE, named_baseline_scores
 from cxr_anomaly.checkpoint import load_checkpoint
@@ -46,6 +48,7 @@ from cxr_anomaly.data.splits import split_patients_in_halves
 from cxr_anomaly.evaluation import compute_metrics
 from cxr_anomaly.files import atomic_write_text
 from cxr_anomaly.inference import resolve_device
+from cxr_anomaly.models.features import fitting
 from cxr_anomaly.models.registry import fit_detector
 from cxr_anomaly.scoring import score_films
 
@@ -64,6 +67,12 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "default-frozen": {"features": FROZEN},
     "trunk16": {"features": {"finetune_trunk_stride": 16}},
     "trunk8": {"features": {"finetune_trunk_stride": 8}},
+    "trunk16-1epoch": {"features": {"finetune_trunk_stride": 16, "finetune_epochs": 1}},
+    "trunk16-1epoch-lr1e-4": {
+        "features": {"finetune_trunk_stride": 16, "finetune_epochs": 1, "finetune_learning_rate": 1e-4}
+    },
+    "trunk16-4epochs": {"features": {"finetune_trunk_stride": 16, "finetune_epochs": 4}},
+    "trunk16-nojitter": {"features": {"finetune_trunk_stride": 16, "finetune_map_jitter": 0.0}},
     "frozen-plain": {"features": FROZEN, "data": NO_NIH_PREPROCESSING},
     "frozen-equalize": {"features": FROZEN, "data": {**NO_NIH_PREPROCESSING, "intensity": "equalize"}},
     "frozen-equalize-crop10": {
@@ -146,6 +155,36 @@ def judged(row: dict[str, float | None], part: str) -> dict[str, float]:
         f"rsna worst view {part}": min(v for v in rsna if v is not None),
         f"nih worst view {part}": min(v for v in nih if v is not None),
     }
+
+
+class TrunkMapsMemo:
+    """Settings that differ only after the frozen trunk (fine-tuning length, learning rate, jitter)
+    share its maps: the sweep wraps :func:`fitting.trunk_pass` with this memo of the last call."""
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.maps: dict[int, torch.Tensor] = {}
+        self.compute = fitting.trunk_pass
+
+    def __call__(
+        self, detector: Any, train_pixels: np.ndarray, stride: int, device: Any, precision: str, progress: bool
+    ) -> dict[int, torch.Tensor]:
+        settings = detector.config.features
+        key = (
+            hashlib.sha1(train_pixels.tobytes()).hexdigest(),
+            detector.config.data,
+            settings.backbone,
+            settings.pooled_strides,
+            settings.patch_strides,
+            stride,
+            str(device),
+            precision,
+        )
+        if key != self.key:
+            self.key, self.maps = None, {}  # free the old maps before computing the new ones
+            self.maps = self.compute(detector, train_pixels, stride, device, precision, progress)
+            self.key = key
+        return self.maps
 
 
 def score_setting(
@@ -258,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [name for name in names if name not in SETTINGS]
         if unknown:
             parser.error(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
+        fitting.trunk_pass = TrunkMapsMemo()  # type: ignore[assignment]
         jobs = [(name, setting_config(name, args.device), None) for name in names]
         for text in args.model:
             name, _, path = text.partition("=")
