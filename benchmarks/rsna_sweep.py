@@ -62,7 +62,7 @@ FROZEN = {"finetune_epochs": 0}
 NO_NIH_PREPROCESSING = {"intensity": "none", "border_crop": 0.0, "detail_size": 0}
 
 # name -> {config section: {key: value}} on top of the default configuration
-SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
     "default-frozen": {"features": FROZEN},
     "trunk16": {"features": {"finetune_trunk_stride": 16}},
@@ -87,6 +87,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "frozen-320": {"features": FROZEN, "data": {"image_size": 320, "detail_size": 0}},
     "frozen-lite1": {"features": {**FROZEN, "backbone": "efficientnet_lite1"}},
     "frozen-lite2": {"features": {**FROZEN, "backbone": "efficientnet_lite2"}},
+    # the paper's model (U-Net autoencoder + discriminator + encoder) at its preset: hours on a CPU
+    "paper-tang2019": {"method": "tang2019"},
 }
 
 
@@ -116,12 +118,14 @@ def collections(data_root: Path) -> list[Collection]:
 
 
 def setting_config(name: str, device: str) -> Config:
-    """The default configuration with the setting's changes, fitted and scored in fp32 on a CPU."""
-    config = with_overrides(
-        preset_config("default"), "train", device=device, precision="fp32" if device == "cpu" else "auto"
-    )
-    for section, changes in SETTINGS[name].items():
-        config = with_overrides(config, section, **changes)
+    """The preset's configuration (``method``: another family's preset) with the setting's changes,
+    fitted and scored in fp32 on a CPU."""
+    changes = dict(SETTINGS[name])
+    preset = str(changes.pop("method", "default"))
+    precision = "fp32" if device == "cpu" else "auto"
+    config = with_overrides(preset_config(preset), "train", device=device, precision=precision)
+    for section, values in changes.items():
+        config = with_overrides(config, section, **values)
     return config
 
 
