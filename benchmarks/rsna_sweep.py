@@ -72,6 +72,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "features": {"finetune_trunk_stride": 16, "finetune_epochs": 1, "finetune_learning_rate": 1e-4}
     },
     "trunk16-4epochs": {"features": {"finetune_trunk_stride": 16, "finetune_epochs": 4}},
+    "trunk16-1000films": {"features": {"finetune_trunk_stride": 16, "finetune_films": 1000}},
+    "trunk16-2000films-1epoch": {
+        "features": {"finetune_trunk_stride": 16, "finetune_films": 2000, "finetune_epochs": 1}
+    },
     "trunk16-nojitter": {"features": {"finetune_trunk_stride": 16, "finetune_map_jitter": 0.0}},
     "frozen-plain": {"features": FROZEN, "data": NO_NIH_PREPROCESSING},
     "frozen-equalize": {"features": FROZEN, "data": {**NO_NIH_PREPROCESSING, "intensity": "equalize"}},

@@ -103,12 +103,14 @@ def test_augment_maps_is_seeded_and_changes_the_maps() -> None:
 def test_config_refuses_a_cached_trunk_for_a_timm_backbone() -> None:
     with pytest.raises(ConfigError, match="finetune_trunk_stride=16 needs an EfficientNet-Lite"):
         with_overrides(Config(), "features", backbone="timm:resnet18", finetune_trunk_stride=16)
+    with pytest.raises(ConfigError, match="features.finetune_films=-1"):
+        with_overrides(Config(), "features", finetune_films=-1)
     with pytest.raises(ConfigError, match="finetune_trunk_stride=4"):
         with_overrides(Config(), "features", finetune_trunk_stride=4)
 
 
 def test_cached_trunk_fine_tuning_moves_only_the_later_stages_and_fits_what_it_scores(shared_data: Path) -> None:
-    config = with_overrides(FINETUNED, "features", finetune_trunk_stride=16)
+    config = with_overrides(FINETUNED, "features", finetune_trunk_stride=16, finetune_films=16)
     train = load_inputs(shared_data / "rsna_normal224" / "manifest.csv").iloc[:24]
     pixels = load_images(train, config.data, workers=1).pixels
     result = fit_detector(config, pixels, progress=False)

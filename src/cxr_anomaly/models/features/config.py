@@ -66,6 +66,7 @@ class FeatureConfig:
     # cached maps, augmented there: a fraction of the fit's time (see docs/results.md#fitting-in-minutes).
     finetune_trunk_stride: int = 0
     finetune_map_jitter: float = 0.1  # per-channel gain noise of the cached maps' augmentation
+    finetune_films: int = 0  # films fine-tuning sees: 0 every normal, N a seeded N of them (the banks hold all)
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0:
@@ -80,6 +81,8 @@ class FeatureConfig:
                 f"features.finetune_trunk_stride={self.finetune_trunk_stride} needs an EfficientNet-Lite "
                 f"backbone, not {self.backbone!r}; set it to 0"
             )
+        if self.finetune_films < 0:
+            raise ConfigError(f"features.finetune_films={self.finetune_films}; must be >= 0 (0: every normal)")
         if self.finetune_map_jitter < 0:
             raise ConfigError(f"features.finetune_map_jitter={self.finetune_map_jitter}; must be >= 0")
         for name in ("pooled_strides", "patch_strides"):

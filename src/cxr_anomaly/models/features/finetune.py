@@ -205,7 +205,10 @@ def _contrastive_epochs(
     when the fine-tuning began (``perf_counter``)."""
     settings = detector.config.features
     generator = torch.Generator().manual_seed(settings.seed)
-    batch_size = min(settings.batch_size, count)
+    films = np.arange(count)
+    if 0 < settings.finetune_films < count:  # its own generator: the default's batches stay as they were
+        films = np.sort(np.random.default_rng(settings.seed).choice(count, settings.finetune_films, replace=False))
+    batch_size = min(settings.batch_size, len(films))
     centre = F.normalize(centre_features, dim=1).mean(dim=0)  # (D,)
     for parameter in parameters:
         parameter.requires_grad_(True)
@@ -213,7 +216,7 @@ def _contrastive_epochs(
     epoch_losses: list[float] = []
     try:
         for epoch in range(1, settings.finetune_epochs + 1):
-            order = torch.randperm(count, generator=generator).numpy()
+            order = films[torch.randperm(len(films), generator=generator).numpy()]
             starts = range(0, len(order) - batch_size + 1, batch_size)
             losses = []
             for begin in tqdm(
