@@ -14,6 +14,7 @@ import torch
 
 from cxr_anomaly.checkpoint import load_checkpoint, save_checkpoint
 from cxr_anomaly.config import Config, with_overrides
+from cxr_anomaly.data.copies import film_signatures
 from cxr_anomaly.data.dataset import load_images
 from cxr_anomaly.data.manifest import load_inputs
 from cxr_anomaly.errors import RefitError
@@ -113,9 +114,15 @@ def test_refit_patch_bank_is_chosen_from_the_old_bank_and_the_added_patches(film
     assert np.isfinite(scores.raw).all() and len(scores.raw) == len(films.scored)
 
 
-def manifest_of(shared_data: Path, rows: slice, path: Path) -> Path:
-    """A manifest CSV of rsna_normal224's normal films ``rows``, with absolute paths."""
-    table = pd.read_csv(shared_data / "rsna_normal224" / "manifest.csv").iloc[rows]
+def manifest_of(shared_data: Path, rows: slice, path: Path, validation: slice | None = None) -> Path:
+    """A manifest CSV of rsna_normal224's normal films ``rows``, with absolute paths; with
+    ``validation``, those are the train split and these films the val split."""
+    table = pd.read_csv(shared_data / "rsna_normal224" / "manifest.csv")
+    if validation is not None:
+        table["split"] = ["val" if row in range(*validation.indices(len(table))) else "train" for row in table.index]
+        table = pd.concat([table.iloc[rows], table.iloc[validation]])
+    else:
+        table = table.iloc[rows]
     table["path"] = [str(shared_data / "rsna_normal224" / name) for name in table["path"]]
     table.to_csv(path, index=False)
     return path
@@ -164,6 +171,19 @@ def test_cli_adds_normals_to_a_fitted_model(shared_data: Path, tmp_path: Path) -
     scored = second.score_films(pixels)
     assert np.isfinite(scored.raw).all()
     assert not np.allclose(scored.raw, first.score_films(pixels).raw)
+
+
+def test_adding_films_the_model_holds_warns_that_they_count_twice(
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    films = load_images(load_inputs(manifest_of(shared_data, slice(0, 24), tmp_path / "all.csv")), TINY.data).pixels
+    detector = fit_detector(TINY, films[:16], progress=False).detector
+    path = save_checkpoint(tmp_path / "model.pt", detector, TINY, training_signatures=film_signatures(films[:16]))
+    again = manifest_of(shared_data, slice(10, 24), tmp_path / "again.csv", slice(24, 27))  # 6 held, 8 new
+    outcome = add_normals_job(path, [again], tmp_path / "run", progress=False)
+    assert outcome.films_added == 14 and outcome.previous_num_train_images == 16
+    assert "6 of the 14 films added are copies of films the model already trained on" in caplog.text
+    assert len(load_checkpoint(outcome.checkpoint).training_signatures) == 30
 
 
 def test_families_without_an_incremental_refit_say_so(tmp_path: Path, shared_data: Path) -> None:
