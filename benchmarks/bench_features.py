@@ -217,7 +217,7 @@ def measure_fit(config: Config, rows: pd.DataFrame, device: str = "cpu") -> tupl
             "fine-tuning the later stages on the trunk's cached maps (MSC)": (fitting, "finetune_head"),
             "frozen trunk pass (its preprocessing counted under preprocessing)": (fitting, "trunk_pass"),
             "preprocessing": (FeatureDetector, "model_input"),
-            "features pass": (fitting, "normal_features"),
+            "features pass": (fitting, "features_of_maps"),
             "coreset selection": (fitting, "greedy_coreset"),
             "Gaussian (Ledoit-Wolf)": (LedoitWolf, "fit"),
         }

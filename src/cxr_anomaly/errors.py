@@ -61,6 +61,11 @@ class NoNormalImagesError(CxrAnomalyError, ValueError):
     """Training was asked for, but the data holds no image labelled normal (label 0)."""
 
 
+class RefitError(CxrAnomalyError, ValueError):
+    """Normal films cannot be added to a fitted model: its family has no incremental refit, or the
+    model was fitted before it could; the message says so and how to train again."""
+
+
 class CheckpointError(CxrAnomalyError):
     """A checkpoint cannot be loaded: unsafe content, wrong format or an incompatible version."""
 

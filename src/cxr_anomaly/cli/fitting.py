@@ -13,6 +13,7 @@ from ..config import (
     family_settings,
     methods,
 )
+from ..errors import ConfigError
 from .common import add_data_options, method_list, training_config, variant_families
 
 logger = logging.getLogger("cxr_anomaly")
@@ -77,6 +78,16 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue an interrupted run from RUN_DIR/training_state.pt (with its stored "
         "settings; a fresh start when there is none yet)",
+    )
+    train.add_argument(
+        "--resume-from",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="add the normal films of DATA to the fitted model MODEL (a features checkpoint) "
+        "instead of fitting from scratch: its backbone and stored settings are kept, the one-class "
+        "models are refitted on its normals and these, in time proportional to the new films, and "
+        "the score is calibrated on DATA's calibration normals; only --device and --precision apply",
     )
     train.add_argument(
         "--checkpoint-every-steps",
@@ -218,10 +229,27 @@ def add_split_command(commands: argparse._SubParsersAction) -> None:
     )
 
 
+# train's options that set the configuration, which --resume-from takes from the model instead
+CONFIGURATION_OPTIONS = (
+    "method",
+    "variant",
+    "epochs",
+    "seed",
+    "config",
+    "resume",
+    "checkpoint_every_steps",
+    "sync_batchnorm",
+)
+
+
 def run_train(args: argparse.Namespace, progress: bool) -> None:
-    """``train``: fit a detector on the normal films of ``--data`` and write RUN_DIR/model.pt."""
+    """``train``: fit a detector on the normal films of ``--data`` and write RUN_DIR/model.pt
+    (with ``--resume-from``, add them to a fitted model)."""
     from ..jobs import train  # after parsing, so --help stays fast
 
+    if args.resume_from is not None:
+        run_add_normals(args, progress)
+        return
     outcome = train.train_job(
         args.data,
         args.out,
@@ -233,6 +261,37 @@ def run_train(args: argparse.Namespace, progress: bool) -> None:
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         print(f"trained on {outcome.num_train_images} normal images; checkpoint: {outcome.checkpoint}")
+
+
+def run_add_normals(args: argparse.Namespace, progress: bool) -> None:
+    """``train --resume-from MODEL``: add the normal films of ``--data`` to a fitted model.
+
+    Raises:
+        ConfigError: an option that would change the stored configuration was given.
+    """
+    from ..jobs import train  # after parsing, so --help stays fast
+
+    given = [name for name in CONFIGURATION_OPTIONS if getattr(args, name) not in (None, False)]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(
+            f"--resume-from keeps the configuration stored in {args.resume_from}: {options} cannot change "
+            "it (only --device and --precision apply); train from scratch to change it"
+        )
+    outcome = train.add_normals_job(
+        args.resume_from,
+        args.data,
+        args.out,
+        device=args.device,
+        precision=args.precision,
+        on_bad_file=args.on_bad_file,
+        cache_dir=args.cache_dir,
+        progress=progress,
+    )
+    print(
+        f"added {outcome.films_added} normal images to a model trained on {outcome.previous_num_train_images} "
+        f"in {outcome.seconds:.1f} s; calibrated on {outcome.num_calibration_images}; checkpoint: {outcome.checkpoint}"
+    )
 
 
 def run_calibrate(args: argparse.Namespace, progress: bool) -> None:

@@ -22,6 +22,9 @@ from .base import AnomalyDetector
 
 # The score key of a family whose benchmark rows read the detector's own score (``raw``).
 RAW_SCORE = "raw"
+# What the record of an ``add_normals`` refit says about the refit itself: films added, films the
+# model held before, seconds.
+REFIT_RECORD_KEYS = ("films_added", "previous_num_train_images", "seconds")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,10 @@ class DetectorFamily:
         resume_config: ``(run_dir, config)`` -> the configuration a resumed fit must use.
         score_from_components: ``(config, {component: scores or None})`` -> the raw score, for
             families whose score can be recomputed from stored components (absent: None).
+        add_normals: ``(fitted detector, its config, uint8 normal films (N, S, S), options)`` ->
+            the detector refitted on its normals and these, in time proportional to them, for
+            families that can (absent: None). The record holds the union's facts and
+            :data:`REFIT_RECORD_KEYS`, this refit's.
         settings: its configuration sections (name -> dataclass), data defaults, presets and
             checks, registered with :mod:`cxr_anomaly.config` by the registry.
     """
@@ -127,4 +134,5 @@ class DetectorFamily:
     benchmark: BenchmarkCells
     resume_config: Callable[[str | Path, Config], Config] = no_resume
     score_from_components: Callable[[Config, Mapping[str, np.ndarray | None]], np.ndarray] | None = None
+    add_normals: Callable[[AnomalyDetector, Config, np.ndarray, FitOptions], FitResult] | None = None
     settings: FamilySettings = field(default_factory=FamilySettings)

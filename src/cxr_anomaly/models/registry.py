@@ -14,12 +14,13 @@ Importing this module registers every family's configuration sections with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, register_families
-from ..errors import ConfigError
+from ..errors import ConfigError, RefitError
 from . import features, pixel_knn, tang2019
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from .base import AnomalyDetector
-    from .family import DetectorFamily, FitResult
+    from .family import DetectorFamily, FitOptions, FitResult
 
 # Every family's package, in the order help texts list them.
 PACKAGES = (features, tang2019, pixel_knn)
@@ -96,4 +97,39 @@ def fit_detector(
     return family_of(config.method).fit(config, train_pixels, options)
 
 
-__all__ = ["PACKAGES", "build_detector", "families", "family_of", "fit_detector"]
+def refit_of(method: str) -> Callable[[AnomalyDetector, Config, np.ndarray, FitOptions], FitResult]:
+    """The ``add_normals`` of ``method``'s family: how normal films are added to a fitted detector.
+
+    Raises:
+        RefitError: its family has no incremental refit.
+    """
+    refit = family_of(method).add_normals
+    if refit is None:
+        raise RefitError(
+            f"a {method} model cannot take more normal films without fitting it again (the method has "
+            "no incremental refit): train it on all its films with `cxr-anomaly train`"
+        )
+    return refit
+
+
+def add_normals(
+    detector: AnomalyDetector,
+    config: Config,
+    train_pixels: np.ndarray,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> FitResult:
+    """Refit a fitted ``config.method`` detector on its normals and uint8 normal films (N, S, S)
+    more, as its family's ``add_normals`` does (in ``train.precision``).
+
+    Raises:
+        RefitError: see :func:`refit_of`, or the family's own refusals.
+    """
+    from .family import FitOptions
+
+    refit = refit_of(config.method)
+    return refit(detector, config, train_pixels, FitOptions(device=device, progress=progress))
+
+
+__all__ = ["PACKAGES", "add_normals", "build_detector", "refit_of", "families", "family_of", "fit_detector"]

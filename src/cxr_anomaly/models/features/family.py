@@ -10,6 +10,7 @@ from ..base import AnomalyDetector
 from ..family import BenchmarkCells, DetectorFamily, FitOptions, FitResult
 from .config import FEATURE_SCORES, NAME, SETTINGS
 from .fitting import fit_features
+from .refit import add_normals
 from .torch_model import FeatureDetector
 
 
@@ -55,5 +56,6 @@ FAMILY = DetectorFamily(
         # all three feature scores are stored as components, whichever is the raw score
         unfingerprinted=("features.score",),
     ),
+    add_normals=add_normals,
     settings=SETTINGS,
 )

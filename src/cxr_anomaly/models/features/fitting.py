@@ -4,7 +4,8 @@ Nothing is trained, unless ``features.finetune_epochs`` asks for the backbone to
 on the normals first (:mod:`.finetune`). The pass collects every normal film's pooled features
 and patch features; then the Gaussian (mean, Ledoit-Wolf shrinkage covariance), the
 pooled-feature bank and the patch memory bank (greedy k-centre coreset, as PatchCore) are
-computed and stored as buffers.
+computed and stored as buffers, with the pooled features themselves, from which a refit on more
+normals (:mod:`.refit`) fits the Gaussian and the pooled bank on the union.
 
 Coreset selection is exact greedy k-centre on a random projection of a random candidate subset
 of at most ``16 x memory_bank_size`` patches: the full greedy pass over millions of patches of
@@ -84,14 +85,23 @@ def greedy_coreset(points: torch.Tensor, size: int, generator: torch.Generator) 
     return chosen
 
 
+def bank_candidates(patches: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random subset (fp32) of at most ``CANDIDATES_PER_BANK_ENTRY x size`` of the patches (P, C)."""
+    candidate_count = min(len(patches), CANDIDATES_PER_BANK_ENTRY * size)
+    return patches[torch.randperm(len(patches), generator=generator)[:candidate_count]].float()
+
+
+def coreset_bank(candidates: torch.Tensor, size: int, projection_dim: int, generator: torch.Generator) -> torch.Tensor:
+    """The ``size`` candidates (P, C) that greedy k-centre selection keeps, on a random projection."""
+    projection = torch.randn(candidates.shape[1], projection_dim, generator=generator)
+    return candidates[greedy_coreset(candidates @ projection, size, generator)]  # (M, C)
+
+
 def patch_memory_bank(
     patches: torch.Tensor, size: int, projection_dim: int, generator: torch.Generator
 ) -> torch.Tensor:
     """The coreset memory bank (M, C) of normal patches (P, C): see the module docstring."""
-    candidate_count = min(len(patches), CANDIDATES_PER_BANK_ENTRY * size)
-    candidates = patches[torch.randperm(len(patches), generator=generator)[:candidate_count]].float()
-    projection = torch.randn(candidates.shape[1], projection_dim, generator=generator)
-    return candidates[greedy_coreset(candidates @ projection, size, generator)]  # (M, C)
+    return coreset_bank(bank_candidates(patches, size, generator), size, projection_dim, generator)
 
 
 def normal_patch_radius(patches: torch.Tensor, bank: torch.Tensor, generator: torch.Generator) -> float:
@@ -112,17 +122,18 @@ def normal_patch_radius(patches: torch.Tensor, bank: torch.Tensor, generator: to
 
 @dataclass
 class NormalFeatures:
-    """The normal films' pooled features (N, D), fp32, and patch features (N*g*g, C), fp16, on the CPU."""
+    """What the fitted heads read of the normal films: pooled features (N, D) in fp32 and patch
+    features (N*g*g, C) in fp16, both on the CPU."""
 
     pooled: torch.Tensor
     patches: torch.Tensor
 
 
-def normal_features(
+def features_of_maps(
     detector: FeatureDetector, maps: Iterable[dict[int, torch.Tensor]], device: torch.device, precision: str
 ) -> NormalFeatures:
-    """Pooled and patch features of batches of backbone maps ({stride: (B, C_s, h, w)}, computed
-    lazily under inference mode and ``precision``)."""
+    """Pooled and patch features of batches of backbone maps ({stride: (B, C_s, h, w)}), each batch
+    computed lazily, by ``next``, inside inference mode and ``precision``."""
     pooled_parts: list[torch.Tensor] = []
     patch_parts: list[torch.Tensor] = []
     iterator = iter(maps)
@@ -162,6 +173,55 @@ def trunk_pass(
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
+def normal_features(
+    detector: FeatureDetector,
+    pixels: np.ndarray,
+    *,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+) -> NormalFeatures:
+    """One pass of the detector's whole backbone over uint8 normal films (N, S, S), in ``precision``."""
+    batch_size = detector.config.features.batch_size
+    images = (
+        detector.model_input(pixels[begin : begin + batch_size], device)
+        for begin in tqdm(
+            range(0, len(pixels), batch_size), desc="features of the normals", unit="batch", disable=not progress
+        )
+    )
+    return features_of_maps(detector, (detector.backbone(batch) for batch in images), device, precision)
+
+
+def fit_pooled_heads(detector: FeatureDetector, pooled: torch.Tensor) -> torch.Generator:
+    """Fit the Gaussian and the pooled bank on every training normal's pooled features (N, D),
+    and keep those features (``train_pooled``) for a later refit on more normals.
+
+    Returns the fit's random generator (seeded by ``features.seed``), for the patch bank to go
+    on drawing from: a fit and a refit on the same normals draw the same numbers.
+    """
+    settings = detector.config.features
+    device = detector.gaussian_mean.device
+    covariance = LedoitWolf().fit(pooled.double().numpy())
+    generator = torch.Generator().manual_seed(settings.seed)
+    unit = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if len(unit) > settings.pooled_bank_size:
+        unit = unit[torch.randperm(len(unit), generator=generator)[: settings.pooled_bank_size]]
+    with torch.no_grad():
+        detector.gaussian_mean = torch.from_numpy(covariance.location_).float().to(device)
+        detector.gaussian_precision = torch.from_numpy(covariance.precision_).float().to(device)
+        detector.pooled_bank = unit.to(device)
+        detector.train_pooled = pooled.float().to(device)
+    return generator
+
+
+def store_patch_heads(detector: FeatureDetector, bank: torch.Tensor, radius: float) -> None:
+    """Put the patch memory bank (M, C) and the normal patch radius into the detector."""
+    device = detector.gaussian_mean.device
+    with torch.no_grad():
+        detector.patch_bank = bank.to(device)
+        detector.patch_radius = torch.tensor(radius, device=device)
+
+
 def fit_features(
     config: Config,
     train_pixels: np.ndarray,
@@ -194,39 +254,18 @@ def fit_features(
             {key: value[begin : begin + settings.batch_size] for key, value in trunk_maps.items()}
             for begin in range(0, len(train_pixels), settings.batch_size)
         ]
-        features = normal_features(
+        features = features_of_maps(
             detector, (detector.head_maps(maps, trunk_stride) for maps in batches), device, precision
         )
     else:
         if settings.finetune_epochs > 0:
             finetuned = finetune_backbone(detector, train_pixels, device=device, precision=precision, progress=progress)
-        images = (
-            detector.model_input(train_pixels[begin : begin + settings.batch_size], device)
-            for begin in tqdm(
-                range(0, len(train_pixels), settings.batch_size),
-                desc="features of the normals",
-                unit="batch",
-                disable=not progress,
-            )
-        )
-        features = normal_features(detector, (detector.backbone(batch) for batch in images), device, precision)
-    pooled_all, patches_all = features.pooled, features.patches
-
-    covariance = LedoitWolf().fit(pooled_all.double().numpy())
-    generator = torch.Generator().manual_seed(settings.seed)
-    unit = pooled_all / pooled_all.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    if len(unit) > settings.pooled_bank_size:
-        unit = unit[torch.randperm(len(unit), generator=generator)[: settings.pooled_bank_size]]
-
+        features = normal_features(detector, train_pixels, device=device, precision=precision, progress=progress)
+    patches_all = features.patches
+    generator = fit_pooled_heads(detector, features.pooled)
     bank = patch_memory_bank(patches_all, settings.memory_bank_size, settings.coreset_projection_dim, generator)
     radius = normal_patch_radius(patches_all, bank, generator)
-
-    with torch.no_grad():
-        detector.gaussian_mean = torch.from_numpy(covariance.location_).float().to(device)
-        detector.gaussian_precision = torch.from_numpy(covariance.precision_).float().to(device)
-        detector.pooled_bank = unit.to(device)
-        detector.patch_bank = bank.to(device)
-        detector.patch_radius = torch.tensor(radius, device=device)
+    store_patch_heads(detector, bank, radius)
     seconds = time.perf_counter() - start
     logger.info(
         "fitted the features detector on %d normal films in %.1f s: %d patches seen, memory bank "

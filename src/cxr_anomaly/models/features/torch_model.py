@@ -108,7 +108,10 @@ class FeatureDetector(AnomalyDetector):
     Buffers filled by :func:`cxr_anomaly.models.features.fitting.fit_features` (empty before):
     ``gaussian_mean`` (D,), ``gaussian_precision`` (D, D), ``pooled_bank`` (K, D) of unit
     vectors, ``patch_bank`` (M, C), and ``patch_radius`` (), the largest distance of a training
-    patch to the bank, which scales the heatmap.
+    patch to the bank, which scales the heatmap. ``train_pooled`` (N, D) keeps every training
+    normal's pooled features, which scoring does not read: a refit on more normals
+    (:mod:`.refit`) fits the Gaussian and the pooled bank on the union from them. Checkpoints
+    written before it existed load with it empty (0, D).
     """
 
     family = "features"
@@ -127,12 +130,15 @@ class FeatureDetector(AnomalyDetector):
         self.register_buffer("pooled_bank", torch.zeros(0, pooled_dim))
         self.register_buffer("patch_bank", torch.zeros(0, patch_dim))
         self.register_buffer("patch_radius", torch.tensor(1.0))
+        self.register_buffer("train_pooled", torch.zeros(0, pooled_dim))
 
     def _load_from_state_dict(
         self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object, **kwargs: object
     ) -> None:
+        # load_state_dict hands each module its own copy of the mapping: adding a key changes no caller's
+        state_dict.setdefault(prefix + "train_pooled", torch.zeros(0, self.train_pooled.shape[1]))
         # The banks' sizes depend on the data they were fitted on: take the stored shapes.
-        for name in ("pooled_bank", "patch_bank"):
+        for name in ("pooled_bank", "patch_bank", "train_pooled"):
             key = prefix + name
             if key in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
