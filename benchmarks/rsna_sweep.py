@@ -196,9 +196,10 @@ class TrunkMapsMemo:
 
 
 def score_setting(
-    name: str, config: Config, model_path: Path | None, sets: list[Collection], data_root: Path
+    config: Config, model_path: Path | None, sets: list[Collection], data_root: Path, normals: int | None = None
 ) -> dict[str, Any]:
-    """Fit the setting (or load ``model_path``), score every collection; scores by score name."""
+    """Fit the setting on the training normals (the first ``normals`` of them when given) or load
+    ``model_path``, and score every collection; scores by score name."""
     started = time.perf_counter()
     if model_path is not None:
         model = load_checkpoint(model_path)
@@ -206,7 +207,7 @@ def score_setting(
     else:
         manifest = load_inputs(data_root / "rsna_normal224" / "manifest.csv")
         chosen = select_training_rows(manifest, config, "rsna_normal224")
-        pixels = load_images(chosen.train, config.data, workers=2).pixels
+        pixels = load_images(chosen.train.iloc[:normals], config.data, workers=2).pixels
         fit = fit_detector(config, pixels, device=resolve_device(config.train.device))
         detector, fit_seconds = fit.detector, float(fit.record.get("seconds", 0.0))
     scores: dict[str, dict[str, np.ndarray]] = {}
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--references", action="store_true", help="score the pixel baselines and the view alone")
     parser.add_argument("--device", default="cpu", help="cpu (fp32) or cuda (auto precision)")
+    parser.add_argument("--normals", type=int, default=None, help="fit on the first N training normals only")
     parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--table", action="store_true", help="only print the table of what is there")
     args = parser.parse_args(argv)
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("%s: already scored, skipped", name)
                 continue
             logger.info("%s: fitting and scoring", name)
-            write_setting(args.out / name, score_setting(name, config, model_path, sets, args.data), sets)
+            write_setting(args.out / name, score_setting(config, model_path, sets, args.data, args.normals), sets)
         if args.references and not (args.out / "references" / "result.json").is_file():
             write_setting(
                 args.out / "references", {"scores": reference_rows(sets, args.data), "fit_seconds": 0.0}, sets
