@@ -26,6 +26,7 @@ FINETUNED = with_overrides(
     batch_size=8,
     finetune_epochs=2,
     finetune_learning_rate=1e-3,
+    finetune_trunk_stride=0,  # the whole backbone; the default's cached trunk is tested below
 )
 
 
@@ -57,7 +58,9 @@ def test_config_rejects_bad_finetune_settings() -> None:
         with_overrides(Config(), "features", finetune_epochs=-1)
     with pytest.raises(ConfigError, match="features.finetune_learning_rate=0"):
         with_overrides(Config(), "features", finetune_learning_rate=0)
-    assert Config().features.finetune_epochs == 2  # the default, chosen on validation films
+    # the default, chosen on validation films: 2 epochs of the stages after stride 16, on 1,000 normals
+    defaults = Config().features
+    assert (defaults.finetune_epochs, defaults.finetune_trunk_stride, defaults.finetune_films) == (2, 16, 1000)
 
 
 def test_finetuned_fit_changes_the_backbone_records_losses_and_round_trips(shared_data: Path, tmp_path: Path) -> None:

@@ -13,10 +13,16 @@ are geometric (scale 0.8-1, shift up to 8%, rotation up to 10 degrees; no flips:
 is not a normal chest) and photometric (gamma 0.7-1.4, contrast 0.8-1.2), the latter because
 the intensity curve is what differs between hospitals' pipelines and should not count.
 
-On by default (``features.finetune_epochs = 2``), because it raised the worst validation view;
-it is most of a fit's time on a CPU and seconds on a GPU (see
-docs/results.md#fine-tuning-the-backbone). ``features.finetune_epochs = 0`` keeps the ImageNet
-backbone frozen.
+Two ways, by ``features.finetune_trunk_stride``. 0 (:func:`finetune_backbone`): every step sends
+two augmented views of each film forward and backward through the whole backbone, as the MSC
+paper does. 16 (the default) or 8 (:func:`finetune_head`): the stages up to that stride stay
+frozen, the films pass through them once (the fit's features pass needs that pass anyway), and
+only the later stages are fine-tuned, on the cached maps, with the films' warps applied to the
+maps and a per-channel gain in place of gamma and contrast. On by default, 2 epochs over 1,000
+of the normals (``features.finetune_films``), because that raised the worst validation view on
+films radiologists labelled and on the NIH validation sets, in a fraction of the whole
+backbone's time (see docs/results.md#fitting-in-minutes). ``features.finetune_epochs = 0``
+keeps the ImageNet backbone frozen.
 """
 
 from __future__ import annotations

@@ -169,7 +169,10 @@ class FeatureDetector(AnomalyDetector):
     def description(self) -> str:
         """Backbone, whether it was fine-tuned on the normals, and score."""
         settings = self.config.features
-        tuned = f" fine-tuned {settings.finetune_epochs} epochs (MSC)" if settings.finetune_epochs else ""
+        tuned = ""
+        if settings.finetune_epochs:
+            where = f", stages after stride {settings.finetune_trunk_stride}" if settings.finetune_trunk_stride else ""
+            tuned = f" fine-tuned {settings.finetune_epochs} epochs (MSC{where})"
         return f"features ({settings.backbone}{tuned}, {settings.score})"
 
     def model_input(self, pixels: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
