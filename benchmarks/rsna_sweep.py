@@ -64,6 +64,8 @@ NO_NIH_PREPROCESSING = {"intensity": "none", "border_crop": 0.0, "detail_size": 
 # name -> {config section: {key: value}} on top of the default configuration
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
+    # the default before the sweep: the whole backbone fine-tuned on every normal
+    "whole-backbone": {"features": {"finetune_trunk_stride": 0, "finetune_films": 0}},
     "default-frozen": {"features": FROZEN},
     "trunk16": {"features": {"finetune_trunk_stride": 16}},
     "trunk8": {"features": {"finetune_trunk_stride": 8}},
