@@ -266,8 +266,9 @@ def write_setting(folder: Path, scored: dict[str, Any], sets: list[Collection]) 
     return result
 
 
-def table(out_dir: Path) -> str:
-    """Markdown of every finished setting's rows: the rule's figures on val, then test, then each view."""
+def table(out_dir: Path, scores: tuple[str, ...] = ()) -> str:
+    """Markdown of every finished setting's rows (only the score names in ``scores`` when given;
+    the reference rows always): the rule's figures on val, then test, then each view."""
     lines = [
         "| setting | score | RSNA worst view val | NIH worst view val | opacity PA / AP val | any PA / AP val "
         "| RSNA worst view test | NIH worst view test | opacity all / PA / AP test | any all / PA / AP test | fit s |",
@@ -280,6 +281,8 @@ def table(out_dir: Path) -> str:
     for path in sorted(out_dir.glob("*/result.json")):
         result = json.loads(path.read_text())
         for score_name, row in result["rows"].items():
+            if scores and score_name not in scores and path.parent.name != "references":
+                continue
             lines.append(
                 f"| {path.parent.name} | {score_name} | {cell(row, 'rsna worst view val')} | {cell(row, 'nih worst view val')} "
                 f"| {cell(row, 'rsna_dev256 val|lung_opacity|PA', 'rsna_dev256 val|lung_opacity|AP')} "
@@ -305,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normals", type=int, default=None, help="fit on the first N training normals only")
     parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--table", action="store_true", help="only print the table of what is there")
+    parser.add_argument("--scores", nargs="*", default=[], help="table rows of these scores only (e.g. raw)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.table:
@@ -328,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             write_setting(
                 args.out / "references", {"scores": reference_rows(sets, args.data), "fit_seconds": 0.0}, sets
             )
-    print(table(args.out))
+    print(table(args.out, tuple(args.scores)))
     return 0
 
 
