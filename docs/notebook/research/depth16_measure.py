@@ -5,7 +5,10 @@ Usage::
     python -m docs.notebook.research.depth16_measure --data ../shared/data --before-src SRC
 
 ``SRC`` is the ``src`` folder of a checkout from before films of more than 256 grey levels kept 16
-bits (e.g. ``git archive ec208af src | tar -x -C /tmp/before``, then ``/tmp/before/src``). The 20
+bits (``git archive ec208af src | tar -x -C /tmp/before``, then ``/tmp/before/src``), with the fix
+of ``_grid_step`` in ``image_base.py`` from the same change applied: without it that commit never
+finishes decoding some of these films (an endless loop when a film's lowest grey level lies far
+below the next). The 20
 ``nih_fullres`` films (1024², 8-bit) are made into 12-bit films two ways, each with thousands of grey
 levels: ``smoothed`` (a 3x3 mean, x16, as ``tests/test_bit_depth.py`` does) and ``resampled``
 (shrunk to 512² with Lanczos and enlarged back bicubically, in float, to 12 bits). Each is written as
@@ -62,7 +65,7 @@ def decode_before(before_src: Path, paths: list[str], folder: Path) -> dict[str,
     out = folder / "before.npz"
     tests = Path(__file__).resolve().parents[3] / "tests"
     environment = {**os.environ, "PYTHONPATH": f"{before_src}{os.pathsep}{tests}", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", BEFORE_SCRIPT, str(out), *paths], check=True, env=environment)
+    subprocess.run([sys.executable, "-c", BEFORE_SCRIPT, str(out), *paths], check=True, env=environment, timeout=900)
     with np.load(out) as archive:
         return {"pixels": archive["pixels"], "inputs": archive["inputs"]}
 
