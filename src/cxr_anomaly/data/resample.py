@@ -8,14 +8,17 @@ where the model runs, as batched matrix products, and gives the same pixels bit 
 - Pillow resizes a uint8 film in two separable passes, horizontal then vertical. Each pass
   multiplies by a matrix of fixed-point coefficients (:data:`PRECISION_BITS` fraction bits,
   computed in double precision and rounded) and rounds the result to uint8.
-  :func:`resampling_matrix` computes those integer coefficients as Pillow's ``Resample.c``
-  does, and :func:`resize` applies them in float64. Every product and partial sum there is an
-  integer below 2^53, so float64 holds it exactly in any order of summation: the same uint8
-  film on any device.
+  :func:`resampling_matrix` (in :mod:`cxr_anomaly.data.wide`) computes those integer
+  coefficients as Pillow's ``Resample.c`` does, and :func:`resize` applies them in float64.
+  Every product and partial sum there is an integer below 2^53, so float64 holds it exactly in
+  any order of summation: the same uint8 film on any device.
 - Histogram equalisation is the float32 arithmetic of
   :func:`~cxr_anomaly.data.dataset.apply_intensity`, operation for operation.
 - ``per_image`` standardisation sums in another order than NumPy, so it agrees to float32
   rounding (about 1e-6), not bit for bit.
+- Films of more than 256 grey levels (uint16 codes, :mod:`cxr_anomaly.data.wide`) go through
+  :func:`preprocess_wide_tensor`: the same matrices rounded to 16 bits after each pass, and
+  equalisation on the 65536-bin histogram, as the NumPy path computes them.
 
 On a CPU Pillow is faster (``docs/notebook/research/preprocess_paths.py``), so
 :func:`preprocess_on` keeps :func:`~cxr_anomaly.data.dataset.preprocess_films` there.
