@@ -32,7 +32,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .calibration import Interval, auc_from_ranks, auc_interval
-from .explain import overlay_heatmap
+from .explain import overlay_heatmap, to_uint8_grey
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -355,7 +355,7 @@ def reconstruction_grid(
     """Write a grid like the paper's Figure 2: for each titled group, inputs above reconstructions.
 
     Args:
-        rows: (title, inputs uint8 (N, H, W), reconstructions uint8 (N, H, W)) per group.
+        rows: (title, inputs uint8 or uint16 (N, H, W), reconstructions uint8 (N, H, W)) per group.
         path: PNG to write.
         per_row: films shown per group.
         title: a line above the whole figure.
@@ -371,7 +371,8 @@ def reconstruction_grid(
     figure, axes = plt.subplots(len(groups), 1, figsize=(8, 2.3 * len(groups)), dpi=100, squeeze=False)
     for axis, (name, inputs, outputs) in zip(axes[:, 0], groups):
         # (N, H, W) films side by side: (H, N*W); inputs stacked above outputs: (2H, N*W)
-        mosaic = np.concatenate([np.concatenate(list(inputs), axis=1), np.concatenate(list(outputs), axis=1)])
+        shown = [to_uint8_grey(film) for film in inputs]  # 16-bit codes rounded to 8 bits for the picture
+        mosaic = np.concatenate([np.concatenate(shown, axis=1), np.concatenate(list(outputs), axis=1)])
         axis.imshow(mosaic, cmap="gray", vmin=0, vmax=255)
         axis.set_title(f"{name}: input (top), reconstruction (bottom)", fontsize=9, loc="left")
         axis.axis("off")
@@ -386,7 +387,7 @@ class FilmGroup:
 
     Attributes:
         title: e.g. "normal" or "abnormal".
-        pixels: uint8 (N, S, S) films as the detector read them.
+        pixels: (N, S, S) codes of the films as the detector read them (uint8, or uint16).
         anomaly_maps: float (N, h, w) maps of the detector.
         scores: raw scores (N,).
         reconstructions: uint8 (N, S, S) for families that reconstruct, else None.
@@ -443,7 +444,7 @@ def explanation_grid(
             if column >= len(order):
                 continue
             index = order[column]
-            cells[0].imshow(group.pixels[index], cmap="gray", vmin=0, vmax=255)
+            cells[0].imshow(to_uint8_grey(group.pixels[index]), cmap="gray", vmin=0, vmax=255)
             cells[0].set_title(f"{group.title}\nraw score {group.scores[index]:.3g}", fontsize=7)
             cells[1].imshow(
                 overlay_heatmap(

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .image_base import display_codes
+
 DEFAULT_RESIDUAL_SCALE = 0.5  # map value that gets the full colour when a model states none
 MAX_OVERLAY_OPACITY = 0.65  # the film stays visible under the strongest colour
 
@@ -33,7 +35,8 @@ class Explanation:
 
     Attributes:
         original: grey uint8 film (H0, W0), at the original resolution or shrunk to ``max_side``.
-        model_input: grey uint8 (S, S) image as the detector read it.
+        model_input: the (S, S) codes the detector read: uint8, or uint16 for a film of more than
+            256 grey levels.
         anomaly_map: the detector's map, float32 (h, w).
         floor: the map value painted transparent (and everything below it).
         scale: the map value painted at full colour (and everything above it).
@@ -51,9 +54,9 @@ class Explanation:
 
 
 def to_uint8_grey(image: np.ndarray) -> np.ndarray:
-    """A grey float image in [0, 1] (or uint8 already) as uint8."""
-    if image.dtype == np.uint8:
-        return image
+    """A grey float image in [0, 1], or uint8 or uint16 codes, as uint8 for a picture."""
+    if image.dtype in (np.uint8, np.uint16):
+        return display_codes(image)
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -87,7 +90,7 @@ def overlay_heatmap(
     """Blend a heatmap, upsampled to the film's size, over the film.
 
     Args:
-        film: grey uint8 (H0, W0) or float in [0, 1], at any resolution.
+        film: grey uint8 or uint16 codes (H0, W0) or float in [0, 1], at any resolution.
         anomaly_map: float (h, w), any resolution up to the film's.
         scale: map value that gets the full colour and opacity.
         floor: map value (and below) that stays transparent.
@@ -131,7 +134,7 @@ def explain_film(
 
     Args:
         film: the film at its original resolution, grey float in [0, 1] or uint8 (H0, W0).
-        model_input: the uint8 (S, S) image the detector scored.
+        model_input: the (S, S) codes the detector scored (uint8, or uint16).
         anomaly_map: the detector's float (h, w) map of the film.
         scale: the map value painted at full colour (see :func:`heatmap_range`).
         floor: the map value painted transparent.

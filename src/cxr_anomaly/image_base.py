@@ -209,7 +209,9 @@ def _grid_step(offsets: np.ndarray) -> float | None:
     while True:
         used = offsets[offsets <= limit * step]
         indices = np.rint(used / step)
-        step = float(used @ indices / (indices @ indices))
+        weight = float(indices @ indices)
+        if weight > 0.0:  # 0 when no level but the lowest lies this close: widen, never divide by it
+            step = float(used @ indices) / weight
         if limit * step >= offsets[-1]:
             return step
         limit *= 4.0
@@ -267,3 +269,71 @@ def stretch_to_own_range(array: np.ndarray) -> RangeStretch:
         return RangeStretch(array, None)
     stretched = (array.astype(np.float32) - np.float32(low)) / np.float32(span)
     return RangeStretch(np.clip(stretched, 0.0, 1.0, out=stretched), span)
+
+
+# A film of more than 8 bits that holds more than 256 grey levels keeps 16 bits through resizing and
+# the cache: 16-bit code = rint(65535 x) of its [0, 1] value. An 8-bit code v is the 16-bit value 257 v.
+SIXTEEN_BIT_TOP = 65_535
+EIGHT_TO_SIXTEEN = 257
+FILM_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+def has_more_than_eight_bit_levels(array: np.ndarray) -> bool:
+    """Whether a grey film holds more than :data:`EIGHT_BIT_LEVELS` distinct values.
+
+    Decided on a sample first (a real 10- to 16-bit film has thousands of levels there); only a film
+    of few levels in the sample is counted in full.
+    """
+    flat = array.reshape(-1)
+    if flat.size <= EIGHT_BIT_LEVELS:
+        return False
+    if np.unique(flat[:: max(1, flat.size // _GRID_SAMPLE)]).size > EIGHT_BIT_LEVELS:
+        return True
+    return np.unique(flat).size > EIGHT_BIT_LEVELS
+
+
+def _check_film_dtype(films: np.ndarray) -> None:
+    if films.dtype not in FILM_DTYPES:
+        raise TypeError(f"films of dtype {films.dtype}; expected uint8 (8-bit codes) or uint16 (16-bit codes)")
+
+
+def eight_bit_rows(films: np.ndarray) -> np.ndarray:
+    """Which films of a stack (N, S, S) are 8-bit films: bool (N,).
+
+    Every film of a uint8 stack is; a film of a uint16 stack is when every value is a multiple of
+    :data:`EIGHT_TO_SIXTEEN` (an 8-bit film promoted by :func:`stack_films`).
+    """
+    _check_film_dtype(films)
+    if films.dtype == np.uint8:
+        return np.ones(len(films), dtype=bool)
+    return ~np.any(films.reshape(len(films), -1) % EIGHT_TO_SIXTEEN, axis=1)
+
+
+def canonical_film(film: np.ndarray) -> np.ndarray:
+    """One film's codes in their one form: uint8 for an 8-bit film (also one stored as 16-bit
+    multiples of 257), uint16 only for a film of more levels."""
+    _check_film_dtype(film)
+    if film.dtype == np.uint8 or np.any(film % EIGHT_TO_SIXTEEN):
+        return film
+    return (film // EIGHT_TO_SIXTEEN).astype(np.uint8)
+
+
+def stack_films(films: list[np.ndarray]) -> np.ndarray:
+    """Stack films of equal shape into (N, S, S): uint8 when every film is 8-bit, else uint16 with
+    each 8-bit code v stored as 257 v (a plain ``np.stack`` would keep v and darken those films)."""
+    for film in films:
+        _check_film_dtype(film)
+    if all(film.dtype == np.uint8 for film in films):
+        return np.stack(films)
+    return np.stack(
+        [film.astype(np.uint16) * np.uint16(EIGHT_TO_SIXTEEN) if film.dtype == np.uint8 else film for film in films]
+    )
+
+
+def display_codes(film: np.ndarray) -> np.ndarray:
+    """A film's codes as uint8 for a picture: 16-bit codes rounded to 8 bits (display only; the
+    detector reads the 16-bit codes)."""
+    _check_film_dtype(film)
+    if film.dtype == np.uint8:
+        return film
+    return np.rint(film.astype(np.float32) / np.float32(EIGHT_TO_SIXTEEN)).astype(np.uint8)

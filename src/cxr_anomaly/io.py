@@ -10,8 +10,8 @@ EXIF Orientation tag (photographed or scanned films) is applied, so the film is 
 A 16-bit image is read against the 16-bit range, unless its values span less than a quarter of
 it (12-bit data in a 16-bit PNG): then against its own range (:func:`stretch_narrow_range`).
 The format is sniffed from the file's bytes, never trusted from its extension.
-:func:`reduce_film` is the one step from a decoded film to the model's 8-bit codes
-(docs/usage.md, "Bit depth and encodings").
+:func:`reduce_film` is the one step from a decoded film to the codes the cache keeps: 8-bit, or
+16-bit for a film of more than 256 grey levels (docs/usage.md, "Bit depth and encodings").
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ from .errors import DecompressionBombError, DicomError, MissingFileError, Unread
 from .image_base import (
     DEFAULT_MAX_PIXELS,
     NARROW_RANGE_FRACTION,
+    SIXTEEN_BIT_TOP,
     ImageRead,
     RangeStretch,
     as_eight_bit_film,
+    canonical_film,
+    has_more_than_eight_bit_levels,
     sniff_format,
     stretch_narrow_range,
     stretch_to_own_range,
@@ -253,18 +256,23 @@ def pil_to_grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def resize_grey(array: np.ndarray, size: int) -> np.ndarray:
-    """Resize a grey [0, 1] float image to ``size`` x ``size`` uint8, with antialiasing.
+def resize_grey(array: np.ndarray, size: int, *, bits: int = 8) -> np.ndarray:
+    """Resize a grey [0, 1] float image to ``size`` x ``size`` codes, with antialiasing.
 
     Pillow's bicubic filter widens its support by the reduction factor when shrinking, so a
-    1024² film reduced to 64² is low-pass filtered rather than aliased.
+    1024² film reduced to 64² is low-pass filtered rather than aliased. ``bits`` 8 gives uint8
+    codes ``rint(255 x)``; 16 gives uint16 codes ``rint(65535 x)``.
     """
     if array.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {array.shape}")
+    if bits not in (8, 16):
+        raise ValueError(f"bits={bits}; expected 8 or 16")
     image = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
     resized = np.asarray(image, dtype=np.float32)
+    if bits == 16:
+        return np.clip(np.rint(resized * float(SIXTEEN_BIT_TOP)), 0, SIXTEEN_BIT_TOP).astype(np.uint16)
     return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -272,7 +280,8 @@ _WIDE_PILLOW_MODES = frozenset({"I;16", "I;16B", "I;16L", "I", "F"})
 
 
 def reduce_film(image: ImageRead, size: int) -> np.ndarray:
-    """A decoded film as the model's ``size`` x ``size`` uint8 codes: the one reduction to 8 bits.
+    """A decoded film as the model's ``size`` x ``size`` codes: uint8, or uint16 for a film of more
+    than 256 grey levels.
 
     Films read from more than 8 bits (DICOM, 16-bit PNG or TIFF) are first made independent of how
     they were encoded: one that holds an 8-bit film's levels gets that film's codes, as its 8-bit PNG
@@ -280,7 +289,9 @@ def reduce_film(image: ImageRead, size: int) -> np.ndarray:
     says how to show it, is mapped onto [0, 1] by its own minimum and maximum
     (:func:`~cxr_anomaly.image_base.stretch_to_own_range`), so the range its container declares
     does not decide which of its grey levels share a code. Every film is then resized by
-    :func:`resize_grey`; 8-bit films give the codes they always gave.
+    :func:`resize_grey`: to 16-bit codes when it holds more than 256 grey levels (a real 10- to
+    16-bit film keeps its depth until it is equalised, in :mod:`cxr_anomaly.data.dataset`), to
+    8-bit codes otherwise; 8-bit films give the codes they always gave.
     """
     metadata = image.metadata
     dicom = metadata.get("format") == "dicom"
@@ -298,6 +309,10 @@ def reduce_film(image: ImageRead, size: int) -> np.ndarray:
     if eight_bit is not None:
         logger.debug("a film of %d evenly spaced grey levels: reduced one 8-bit code per level", eight_bit.levels)
         return resize_grey(eight_bit.array, size)
-    if not wide or windowed:
+    if not wide:
         return resize_grey(image.array, size)
-    return resize_grey(stretch_to_own_range(image.array).array, size)
+    source = image.array if windowed else stretch_to_own_range(image.array).array
+    if has_more_than_eight_bit_levels(image.array):
+        # uint8 again in the rare case that resizing leaves only multiples of 257: one form per film
+        return canonical_film(resize_grey(source, size, bits=16))
+    return resize_grey(source, size)

@@ -40,7 +40,7 @@ from .dicom import (
     silence_pydicom,
 )
 from .dicom_bounds import read_dicom_header
-from .image_base import is_dicom_file
+from .image_base import SIXTEEN_BIT_TOP, is_dicom_file
 from .io import resize_grey
 
 logger = logging.getLogger(__name__)
@@ -101,9 +101,8 @@ def rotation_evidence(image: np.ndarray) -> float:
     positive for an upright film, the same magnitude negative once it is turned a quarter turn
     (180-degree turns and mirror images keep its sign: this rule does not see them).
     """
-    small = resize_grey(
-        np.asarray(image, dtype=np.float32) / (255.0 if image.dtype == np.uint8 else 1.0), ROTATION_SIDE
-    ).astype(np.float64)
+    top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): float(SIXTEEN_BIT_TOP)}.get(image.dtype, 1.0)
+    small = resize_grey(np.asarray(image, dtype=np.float32) / top, ROTATION_SIDE).astype(np.float64)
     spread = small.std()
     if not np.isfinite(spread) or spread == 0:
         return 0.0
@@ -151,7 +150,7 @@ def decide_scope(
     Args:
         header: the film's DICOM header (:func:`cxr_anomaly.dicom.read_film_headers` or
             :func:`cxr_anomaly.dicom.film_header_from_dataset`); None for PNG/JPEG input.
-        image: the film, grey (H, W): float in [0, 1] or uint8.
+        image: the film, grey (H, W): float in [0, 1], or uint8 or uint16 codes.
         fitted_on_adults: whether the model learnt from adults' films (:func:`fitted_on_adults`).
         manifest_view, manifest_age: what a manifest says, used where the header is silent.
         check_rotation: run the pixel rule for rotation where the header gives no orientation.

@@ -74,7 +74,7 @@ def score_films(
     keep_maps: bool = False,
     precision: str = "auto",
 ) -> ScoreResult:
-    """Score uint8 films (N, S, S), decoded at the detector's input size, in eval mode.
+    """Score films (N, S, S) of uint8 or uint16 codes, decoded at the detector's input size, in eval mode.
 
     A film's score does not depend on its batch (BatchNorm uses running statistics; feature
     banks are fixed). ``precision`` is ``"auto"`` (bf16 autocast where the device computes bf16

@@ -274,10 +274,10 @@ def test_a_failed_shard_write_leaves_nothing(films: list[str], tmp_path: Path, m
 
 
 def test_a_store_of_an_older_format_is_never_read(films: list[str], tmp_path: Path) -> None:
-    """Format 3 reduces 8-bit films in wider containers one code per level: format 2's pixels are stale."""
+    """Format 4 keeps films of more than 256 grey levels at 16 bits: format 3's 8-bit copies are stale."""
     current = CacheParameters.from_config(CONFIG)
-    assert current.format_version == cache_module.CACHE_FORMAT_VERSION == 3
-    older = CacheParameters(current.image_size, current.max_image_pixels, format_version=2)
+    assert current.format_version == cache_module.CACHE_FORMAT_VERSION == 4
+    older = CacheParameters(current.image_size, current.max_image_pixels, format_version=3)
     stale = np.full((32, 32), 7, dtype=np.uint8)  # what an older decoder might have stored
     PreprocessingCache(tmp_path / "cache", older).add(
         [cache_module.file_key(path) for path in films], [stale] * len(films)
@@ -286,3 +286,27 @@ def test_a_store_of_an_older_format_is_never_read(films: list[str], tmp_path: Pa
     assert (report.decoded, report.reused) == (24, 0)
     for path, pixels in zip(films, results):
         np.testing.assert_array_equal(pixels, decode_file(path, CONFIG))
+
+
+def test_sixteen_bit_films_keep_their_depth_through_the_cache(films: list[str], tmp_path: Path) -> None:
+    """A film of more than 256 grey levels is stored and read back as its uint16 codes; the 8-bit
+    films stored in the same (uint16) shard come back as their uint8 codes."""
+    from PIL import Image
+
+    # a 16-bit PNG of a smooth ramp plus the film: thousands of grey levels
+    film = np.asarray(Image.open(films[0]).convert("L"), dtype=np.float64)
+    ramp = np.linspace(0.0, 1.0, film.size).reshape(film.shape)
+    sixteen = np.rint((0.7 * film / 255.0 + 0.3 * ramp) * 40000 + 1000).astype(np.uint16)
+    wide_path = str(tmp_path / "films" / "wide.png")
+    Image.fromarray(sixteen).save(wide_path)
+    paths = [wide_path, *films[:3]]
+    first, _ = run(paths, tmp_path / "cache")
+    second, report = run(paths, tmp_path / "cache")
+    assert report.reused == 4
+    assert first[0].dtype == np.uint16 and len(np.unique(first[0])) > 256
+    for decoded, cached, path in zip(first, second, paths):
+        assert cached.dtype == decoded.dtype and np.array_equal(cached, decoded)
+        np.testing.assert_array_equal(cached, decode_file(path, CONFIG))
+    shard = PreprocessingCache(tmp_path / "cache", CacheParameters.from_config(CONFIG)).shards()[0]
+    with np.load(shard) as archive:
+        assert archive["pixels"].dtype == np.uint16

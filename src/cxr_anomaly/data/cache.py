@@ -1,6 +1,6 @@
 """Decoding of many files on all cores, with a persistent preprocessing cache.
 
-Decoding a full-size film costs far more than keeping its small uint8 copy, and a collection such
+Decoding a full-size film costs far more than keeping its small copy, and a collection such
 as ChestX-ray14's 112,120 films takes long to decode on one core. :func:`decode_many` therefore
 
 - decodes in a pool of threads (one per core by default), in chunks of files. Threads, not
@@ -8,12 +8,15 @@ as ChestX-ray14's 112,120 films takes long to decode on one core. :func:`decode_
   threads run side by side; and a thread costs nothing to start, where a worker process
   re-imports the caller's ``__main__`` module (with torch, longer than decoding a batch takes;
   ``benchmarks/bench_decode_pool.py``);
-- with a ``cache_dir``, keeps every decoded film in a compact uint8 store and decodes next
-  time only the files that are new or changed.
+- with a ``cache_dir``, keeps every decoded film in a compact store of its codes (uint8, or uint16
+  for a film of more than 256 grey levels) and decodes next time only the files that are new or
+  changed.
 
 Store layout: ``cache_dir/<parameters digest>/`` holds ``parameters.json`` (for people) and
-shards ``shard-*.npz``, each an uncompressed npz of ``keys`` (N,) and ``pixels`` (N, S, S)
-uint8. A film's key is a digest of its absolute path, size and modification time (ns), so an
+shards ``shard-*.npz``, each an uncompressed npz of ``keys`` (N,) and ``pixels`` (N, S, S):
+uint8 when all its films are 8-bit, else uint16 with each 8-bit film v stored as 257 v
+(:func:`~cxr_anomaly.image_base.stack_films`; read back as uint8 by
+:func:`~cxr_anomaly.image_base.canonical_film`). A film's key is a digest of its absolute path, size and modification time (ns), so an
 edited file gets a new key and is decoded again; the parameters digest covers everything that
 changes the pixels (image size, pixel limit, the decoder version), so changing a parameter
 builds a new store beside the old one.
@@ -52,14 +55,16 @@ from .. import errors
 from ..config import DataConfig
 from ..errors import InputFileError, MissingFileError
 from ..files import atomic_write
+from ..image_base import canonical_film, stack_films
 from ..io import read_image, reduce_film, resize_grey
 
 logger = logging.getLogger(__name__)
 
 NPZ_SEPARATOR = "#"
 # Bump when decoding or resizing changes the pixels it produces (2: narrow 16-bit films stretched;
-# 3: 8-bit films in 12- or 16-bit containers reduced one code per level).
-CACHE_FORMAT_VERSION = 3
+# 3: 8-bit films in 12- or 16-bit containers reduced one code per level; 4: films of more than 256
+# grey levels kept as 16-bit codes).
+CACHE_FORMAT_VERSION = 4
 DEFAULT_FLUSH_EVERY = 1024
 DEFAULT_FLUSH_SECONDS = 10.0
 COMPACT_ABOVE_SHARDS = 32
@@ -116,9 +121,10 @@ def is_npz_member(path: str) -> bool:
 
 
 def decode_file(path: str, data_config: DataConfig) -> np.ndarray:
-    """Decode one image file to a uint8 array of shape (image_size, image_size)."""
+    """Decode one image file to codes of shape (image_size, image_size): uint8, or uint16 for a film
+    of more than 256 grey levels (:func:`~cxr_anomaly.io.reduce_film`)."""
     image = read_image(path, max_pixels=data_config.max_image_pixels)
-    return reduce_film(image, data_config.image_size)  # (H, W) float -> (S, S) uint8
+    return reduce_film(image, data_config.image_size)  # (H, W) float -> (S, S) uint8 or uint16
 
 
 def decode_npz_members(paths: list[str], data_config: DataConfig) -> list[np.ndarray | InputFileError]:
@@ -185,7 +191,7 @@ def default_workers() -> int:
 
 
 class PreprocessingCache:
-    """The uint8 store of one set of :class:`CacheParameters` under ``cache_dir``."""
+    """The store of films' codes of one set of :class:`CacheParameters` under ``cache_dir``."""
 
     def __init__(self, cache_dir: str | Path, parameters: CacheParameters) -> None:
         self.parameters = parameters
@@ -238,14 +244,14 @@ class PreprocessingCache:
         for shard, wanted in by_shard.items():
             try:
                 with np.load(shard, allow_pickle=False) as archive:
-                    pixels = archive["pixels"]  # (rows in shard, S, S) uint8
+                    pixels = archive["pixels"]  # (rows in shard, S, S) uint8 or uint16
             except _UNREADABLE_SHARD as error:
                 self._set_aside(shard, error)
                 for key, _ in wanted:
                     self._index.pop(key, None)
                 continue
             for key, row in wanted:
-                found[key] = pixels[row]
+                found[key] = canonical_film(pixels[row])
         return found
 
     def add(self, keys: list[str], pixels: list[np.ndarray]) -> Path | None:
@@ -253,7 +259,7 @@ class PreprocessingCache:
         if not keys:
             return None
         size = self.parameters.image_size
-        stacked = np.stack(pixels).astype(np.uint8, copy=False).reshape(len(keys), size, size)
+        stacked = stack_films(pixels).reshape(len(keys), size, size)
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         shard = self.folder / name
         # Readers see the whole shard or none, and it survives a power cut once add() returns.
@@ -377,7 +383,8 @@ def decode_many(
     report: list[CacheReport] | None = None,
     serial_below: int = SERIAL_BELOW,
 ) -> list[np.ndarray | InputFileError]:
-    """Decode every path to a uint8 (image_size, image_size) image, or to the error that stopped it.
+    """Decode every path to its (image_size, image_size) codes (:func:`decode_file`), or to the error
+    that stopped it.
 
     Args:
         paths: image files, or ``FILE.npz#SPLIT/INDEX`` members (decoded in-process, not cached).

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..image_base import canonical_film
+
 SIGNATURE_SIZE = 32
 COPY_CORRELATION = 0.99
 CHUNK = 1024  # films compared at once: a (1024, reference) block of correlations
@@ -43,7 +45,10 @@ class FilmCopy:
 
 
 def film_signatures(pixels: np.ndarray) -> np.ndarray:
-    """uint8 films (N, S, S) -> float32 signatures (N, 32²): resized, ranked within each film, centred, unit length."""
+    """Films (N, S, S) -> float32 signatures (N, 32²): resized, ranked within each film, centred, unit length.
+
+    uint8 or uint16 codes; an 8-bit film held as 16-bit (257 v) gets its uint8 film's signature.
+    """
     from scipy.stats import rankdata  # here: scipy.stats is slow to import, and checkpoints import this module
 
     if len(pixels) == 0:
@@ -51,7 +56,7 @@ def film_signatures(pixels: np.ndarray) -> np.ndarray:
     small = np.stack(
         [
             np.asarray(Image.fromarray(film).resize((SIGNATURE_SIZE, SIGNATURE_SIZE), Image.Resampling.BOX))
-            for film in pixels
+            for film in map(canonical_film, pixels)
         ]
     ).reshape(len(pixels), -1)  # (N, 1024)
     ranks = rankdata(small, axis=1)  # ties share their mean rank

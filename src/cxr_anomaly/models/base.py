@@ -3,8 +3,10 @@
 A family is a folder under :mod:`cxr_anomaly.models` with a ``torch_model.py`` (an
 :class:`AnomalyDetector`) and a fitting routine, registered in :mod:`cxr_anomaly.models.registry`.
 
-- **Input.** :meth:`AnomalyDetector.model_input` turns uint8 films (N, S, S), decoded at the
-  family's input size (``config.data.image_size``), into the tensor its ``forward`` takes.
+- **Input.** :meth:`AnomalyDetector.model_input` turns films' codes (N, S, S), decoded at the
+  family's input size (``config.data.image_size``), into the tensor its ``forward`` takes: uint8,
+  or uint16 when a film has more than 256 grey levels (a family that preprocesses with
+  :func:`~cxr_anomaly.data.dataset.preprocess_films` takes both).
 - **Output.** ``forward(images)`` returns an :class:`AnomalyOutput`: the raw score (higher means
   more abnormal), named components, and an anomaly map for heatmaps. Pipelines, calibration,
   the worklist, the service and the ONNX export read only these fields.
@@ -71,7 +73,8 @@ class AnomalyDetector(nn.Module):
         return DEFAULT_SCORING_BATCH_SIZE
 
     def model_input(self, pixels: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-        """uint8 films (N, S, S) -> the float tensor ``forward`` takes, on ``device``.
+        """Films' codes (N, S, S), uint8 or uint16 (:func:`~cxr_anomaly.image_base.stack_films`) ->
+        the float tensor ``forward`` takes, on ``device``.
 
         A family may preprocess on the device itself (the features family does, bit for bit as
         on the CPU: :func:`~cxr_anomaly.data.resample.preprocess_on`).

@@ -24,6 +24,7 @@ import numpy as np
 from ..calibration import place_on_operating_point
 from ..errors import InputFileError
 from ..explain import colour_bar, explain_film, heatmap_range, png_bytes, shrink
+from ..image_base import stack_films
 from ..io import read_image, reduce_film
 from ..scope import IN_SCOPE
 from .results import FilmResult, build_results
@@ -46,7 +47,8 @@ class DecodedFilm:
         stored: its row in the store.
         header: its data set without pixel data (for the results' patient and study modules).
         film: grey float32 (H0, W0) in [0, 1] at its own resolution.
-        model_input: uint8 (S, S) as the detector reads it.
+        model_input: (S, S) codes as the detector reads them: uint8, or uint16 for a film of more
+            than 256 grey levels (:func:`~cxr_anomaly.io.reduce_film`).
         scope: ``in_scope`` or why the detector should not judge it.
     """
 
@@ -148,7 +150,7 @@ class ScoringWorker:
         decoded = [film for film in (self._decode(stored) for stored in pending) if film is not None]
         if not decoded:
             return len(pending)
-        inputs = np.stack([film.model_input for film in decoded])  # (B, S, S) uint8
+        inputs = stack_films([film.model_input for film in decoded])  # (B, S, S) uint8, or uint16
         scores = self.model.score_films(inputs, keep_maps=True)
         prepared = [
             self._prepare(film, float(scores.raw[index]), scores.anomaly_maps[index])

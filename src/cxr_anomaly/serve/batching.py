@@ -20,6 +20,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from ..image_base import stack_films
+
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT")
@@ -132,7 +134,7 @@ class BatchScorer(Generic[ResultT]):
             live = [(film, future) for film, future in batch if not future.done()]  # drop cancelled
             if not live:
                 continue
-            films = np.stack([film for film, _ in live])  # (B, S, S)
+            films = stack_films([film for film, _ in live])  # (B, S, S); uint16 once one film is 16-bit
             try:
                 results = await loop.run_in_executor(self._executor, self.score_batch, films)
             except Exception as error:  # every waiting request must hear about the failure

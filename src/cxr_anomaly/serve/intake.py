@@ -36,7 +36,7 @@ class DecodedUpload:
     """An uploaded film, decoded."""
 
     film: np.ndarray  # float32 (H0, W0) in [0, 1], original resolution
-    model_input: np.ndarray  # uint8 (S, S)
+    model_input: np.ndarray  # (S, S) codes: uint8, or uint16 for a film of more than 256 grey levels
     format: str
     scope: FilmScope | None = None  # set once decoded, from the header and the pixels
 
