@@ -65,7 +65,7 @@ def median_seconds(run: Callable[[], object], repeats: int, synchronise: bool) -
     return statistics.median(times), times
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--weights", default="", help="Lite0 state_dict file (default: the package's)")
@@ -81,7 +81,8 @@ def main() -> None:
         help="scoring batch sizes timed beside the detector's own GPU batch",
     )
     parser.add_argument("--device", default="cuda", help="cuda (the point), or cpu for a smoke test")
-    args = parser.parse_args()
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -129,7 +130,7 @@ def main() -> None:
         seconds, _ = median_seconds(preprocess(where), args.repeats, on_gpu)
         result[f"preprocessing_on_{where}_films_per_s"] = args.films / seconds
         logger.info("preprocessing on the %s (and the copy to %s): %.0f films/s", where, device, args.films / seconds)
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions:
 
         def backbone_only() -> None:
             with torch.inference_mode(), inference_autocast(device, precision):

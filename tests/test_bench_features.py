@@ -135,3 +135,19 @@ def test_smoke_run_writes_every_figure(shared_data: Path, tmp_path: Path, capsys
     assert {"decode", "preprocessing", "backbone", "nearest-neighbour search"} <= set(from_png["seconds_per_film"])
     out = capsys.readouterr().out
     assert "| variant |" in out and "ceiling (backbone convolutions alone" in out
+
+
+def test_the_gpu_script_runs_on_a_cpu_and_times_the_fit_by_stage(shared_data: Path, tmp_path: Path) -> None:
+    from benchmarks import bench_features_gpu
+
+    output = tmp_path / "gpu.json"
+    bench_features_gpu.main(
+        ["--device", "cpu", "--data", str(shared_data), "--fit-films", "12", "--films", "4", "--repeats", "1"]
+        + ["--batches", "--precisions", "fp32", "--output", str(output)]
+    )
+    result = json.loads(output.read_text())
+    assert result["device"] == "cpu" and result["fit_films"] == 12 and result["fit_seconds"] > 0
+    stages = result["fit_stages_seconds"]
+    assert stages["frozen trunk pass (its preprocessing counted under preprocessing)"] > 0
+    assert stages["fine-tuning the later stages on the trunk's cached maps (MSC)"] > 0
+    assert result["fp32"]["ceiling_films_per_s"] > 0
