@@ -58,7 +58,7 @@ class FeatureConfig:
     seed: int = 0  # coreset start and projection; fine-tuning's batch order and augmentations
     # Mean-shifted contrastive fine-tuning of the backbone on the normals before the fit
     # (models/features/finetune.py); it raises the worst validation view, and 0 keeps the ImageNet
-    # backbone frozen (see docs/results.md#fine-tuning-the-backbone).
+    # backbone frozen (see docs/results.md#fitting-in-minutes).
     finetune_epochs: int = 2
     finetune_learning_rate: float = 3e-5
     finetune_temperature: float = 0.25
