@@ -5,7 +5,9 @@ GEMM ceilings measured in the same run, single-film latency, bf16, torch.compile
 profiles), :mod:`benchmarks.bench_cache` (full-size PNG preprocessing rate against the
 decode rate) and :mod:`benchmarks.bench_features` (the features detector: fit time for 5,000
 normals, scoring throughput from 1024 px PNG and DICOM against the backbone's convolution
-ceiling, the speed-ups tried), prints a summary and writes everything to
+ceiling, the speed-ups tried) and :mod:`benchmarks.bench_score_bound` (``cxr-anomaly score`` from
+1024 px PNG, 12-bit DICOM and JPEG 2000 DICOM files against the bound of its slower stage, on the
+CPU and, where there is one, on the GPU), prints a summary and writes everything to
 ``benchmarks/results.json``.
 
 ``--smoke`` is the tiny mode CI runs: it checks that every benchmark works, not how fast.
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import bench_features
+from benchmarks import bench_features, bench_score_bound
 from benchmarks.bench_features import DEFAULT_DATA, FeaturesBenchmarkResult, run_features_benchmark
 from benchmarks.bench_model import ModelBenchmarkResult, run_model_benchmark
 from benchmarks.common import git_commit
@@ -43,6 +45,29 @@ def run_features(smoke: bool) -> FeaturesBenchmarkResult | dict[str, str]:
     if missing:
         return {"skipped": f"no {', '.join(missing)} under {DEFAULT_DATA}"}
     return run_features_benchmark(smoke=smoke)
+
+
+def run_score_bound(smoke: bool) -> dict[str, bench_score_bound.ScoreBoundResult | dict[str, str]]:
+    """Scoring from files against its bound (:mod:`benchmarks.bench_score_bound`) on the CPU and,
+    where torch sees one, on the GPU; by device, or why it could not run."""
+    missing = [name for name in ("rsna_normal224", "nih_fullres") if not (DEFAULT_DATA / name).is_dir()]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if missing:
+        return {device: {"skipped": f"no {', '.join(missing)} under {DEFAULT_DATA}"} for device in devices}
+    return {device: bench_score_bound.run_score_bound_benchmark(smoke=smoke, device=device) for device in devices}
+
+
+def print_score_bound(results: dict[str, bench_score_bound.ScoreBoundResult | dict[str, str]]) -> None:
+    """Each device's scoring ratios beside their bounds, or why they were not measured."""
+    for device, result in results.items():
+        print()
+        if isinstance(result, dict):
+            print(f"scoring from files against its bound on {device}: skipped ({result['skipped']})")
+            continue
+        for line in bench_score_bound.summary_lines(result):
+            print(line)
+    if "cpu" in results and "cuda" not in results:
+        print("scoring from files against its bound on a GPU: not measured (torch sees no CUDA device)")
 
 
 def run_cache_benchmark(smoke: bool) -> dict[str, Any]:
@@ -141,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument("--no-cache", action="store_true", help="leave the preprocessing benchmark out")
     parser.add_argument("--no-features", action="store_true", help="leave the features-detector benchmark out")
+    parser.add_argument("--no-score-bound", action="store_true", help="leave scoring from files against its bound out")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file to write")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -152,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cache = {"skipped": "--no-cache"} if arguments.no_cache else run_cache_benchmark(arguments.smoke)
     features = {"skipped": "--no-features"} if arguments.no_features else run_features(arguments.smoke)
+    bound = {"all": {"skipped": "--no-score-bound"}} if arguments.no_score_bound else run_score_bound(arguments.smoke)
     results = {
         "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
@@ -164,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": asdict(model),
         "preprocessing": cache,
         "features": features if isinstance(features, dict) else asdict(features),
+        "score_bound": {device: item if isinstance(item, dict) else asdict(item) for device, item in bound.items()},
     }
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2) + "\n")
@@ -173,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nprofile: {profile.what}\n{profile.table}")
     print(markdown_tables(model))
     print_features(features)
+    print_score_bound(bound)
     print(f"written to {arguments.output} in {results['seconds']:.0f} s")
     return 0
 

@@ -90,7 +90,13 @@ def test_smoke_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     cache = results["preprocessing"]
     if "skipped" not in cache:
         assert cache["build_rate"] > 0 and cache["ceiling_rate"] > 0
-    assert "scoring (batch" in capsys.readouterr().out
+    bound = results["score_bound"]["cpu"]
+    if "skipped" not in bound:  # issue 31: each kind of source file against its bound
+        assert bound["bound_formula"] == "1 / (decode + model)" and len(bound["sources"]) >= 2
+        for item in bound["sources"]:
+            assert math.isfinite(item["ratio"]) and item["ratio"] > 0 and item["bound_films_per_second"] > 0
+    out = capsys.readouterr().out
+    assert "scoring (batch" in out and "scoring from files against its bound" in out
 
 
 @pytest.mark.parametrize("file_format", ["png", "dicom"])
