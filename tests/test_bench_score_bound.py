@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package
@@ -25,6 +26,22 @@ def test_the_bound_adds_the_stages_on_a_cpu_and_takes_the_slower_on_a_gpu() -> N
     assert bound_films_per_second(0.050, 0.001, "cuda") == pytest.approx(20.0)  # decoding bounds a GPU
     with pytest.raises(ValueError, match="decode 0.0 s"):
         bound_films_per_second(0.0, 0.030, "cpu")
+
+
+def test_a_kinds_row_is_its_median_repeat_by_ratio(tmp_path: Path) -> None:
+    """Decode, model, bound, rate and ratio all come from one repeat, so the row adds up."""
+
+    def repeat(decode: float, model: float, score: float) -> bench_score_bound.BoundRepeat:
+        bound = bound_films_per_second(decode, model, "cpu")
+        return bench_score_bound.BoundRepeat(decode, model, score, bound, 1 / score / bound, {"decode": decode}, 0.0)
+
+    repeats = [repeat(0.01, 0.03, 0.05), repeat(0.02, 0.03, 0.05), repeat(0.01, 0.02, 0.031), repeat(0.01, 0.03, 0.1)]
+    files = bench_score_bound.SourceFiles("PNG", tmp_path / "manifest.csv", pd.DataFrame({"path": ["a"] * 3}), 1.0)
+    row = bench_score_bound.summarise(files, repeats)  # ratios 0.8, 1.0, 0.97, 0.4: the lower middle is 0.8
+    assert row.ratio == pytest.approx(0.8) and row.ratio_range == pytest.approx((0.4, 1.0))
+    assert row.bound_films_per_second == pytest.approx(25.0) and row.score_films_per_second == pytest.approx(20.0)
+    assert row.decode_films_per_second == pytest.approx(100.0) and row.job_milliseconds_per_film == {"decode": 10.0}
+    assert row.meets_target and row.films == 3 and row.repeats == repeats
 
 
 def test_the_dicom_sources_are_twelve_bit_films_and_jpeg_2000_is_lossless(shared_data: Path, tmp_path: Path) -> None:
@@ -62,6 +79,8 @@ def test_smoke_run_measures_each_source_against_its_bound(
             assert repeat["bound_films_per_second"] == pytest.approx(1.0 / (decode + model))
             assert repeat["ratio"] == pytest.approx(1.0 / repeat["score_seconds_per_film"] / (1.0 / (decode + model)))
             assert math.isfinite(repeat["ratio"]) and repeat["ratio"] > 0
+        low, high = item["ratio_range"]
+        assert low <= item["ratio"] <= high
         stages = item["job_milliseconds_per_film"]
         assert stages["decode"] > 0 and stages["model"] > 0 and stages["checkpoint load"] > 0
         assert item["meets_target"] == (item["ratio"] >= bench_score_bound.TARGET_RATIO)
