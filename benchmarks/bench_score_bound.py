@@ -200,10 +200,10 @@ def first_files(files: SourceFiles, count: int, folder: Path) -> SourceFiles:
 # ---------------------------------------------------------------- the detector
 
 
-def scoring_checkpoint(data_root: Path, settings: Settings, folder: Path) -> Path:
+def scoring_checkpoint(data_root: Path, settings: Settings, folder: Path, weights: str = "") -> Path:
     """The default detector (frozen fit, the default banks; the pooled bank tiled to a 5,000-normal
     fit's size) with a calibration, saved as a checkpoint the score job loads."""
-    config = with_overrides(Config(), "features", finetune_epochs=0)
+    config = with_overrides(Config(), "features", finetune_epochs=0, weights_path=weights)
     if settings.smoke:
         config = with_overrides(config, "features", memory_bank_size=64, pooled_bank_size=16, batch_size=8)
     pixels = load_images(rsna_rows(data_root, settings.fit_films), config.data).pixels
@@ -316,6 +316,33 @@ def summarise(files: SourceFiles, repeats: list[BoundRepeat]) -> SourceFigures:
     )
 
 
+def measure_kinds(
+    kinds: list[SourceFiles], model_path: Path, device: torch.device, repeats: int, work_dir: Path
+) -> list[SourceFigures]:
+    """A warm-up on two scoring batches of each kind, then ``repeats`` rounds over the kinds."""
+    warm_films = 2 * load_checkpoint(model_path, device=device).detector.scoring_batch_size(device)
+    for files in kinds:  # oneDNN's primitives or CUDA's context and kernels, the imports
+        measure_repeat(first_files(files, warm_films, work_dir), model_path, device, work_dir)
+    by_kind: dict[str, list[BoundRepeat]] = {files.name: [] for files in kinds}
+    for repeat in range(repeats):
+        for files in kinds:  # the kinds alternate, so a change of load reaches each alike
+            item = measure_repeat(files, model_path, device, work_dir)
+            by_kind[files.name].append(item)
+            logger.info(
+                "repeat %d, %s: decode %.1f ms, model %.1f ms a film -> bound %.2f films/s; score %.2f "
+                "films/s = %.2f of the bound (load %.2f)",
+                repeat + 1,
+                files.name,
+                1000 * item.decode_seconds_per_film,
+                1000 * item.model_seconds_per_film,
+                item.bound_films_per_second,
+                1.0 / item.score_seconds_per_film,
+                item.ratio,
+                item.load_average,
+            )
+    return [summarise(files, by_kind[files.name]) for files in kinds]
+
+
 @dataclass
 class ScoreBoundResult:
     """Everything :func:`run_score_bound_benchmark` measured."""
@@ -347,6 +374,7 @@ def run_score_bound_benchmark(
     repeats: int | None = None,
     films: int | None = None,
     data_root: Path = DEFAULT_DATA,
+    weights: str = "",
 ) -> ScoreBoundResult:
     """Score each kind of source file against its bound; see the module docstring.
 
@@ -367,31 +395,11 @@ def run_score_bound_benchmark(
     logger.info("score bound: %s, load %s", machine_before["cpu_model"], machine_before["load_average"])
     with tempfile.TemporaryDirectory(prefix="bench_score_bound_") as work:
         work_dir = Path(work)
-        model_path = scoring_checkpoint(data_root, settings, work_dir)
+        model_path = scoring_checkpoint(data_root, settings, work_dir, weights)
         sources = fullres_paths(data_root)
         kinds, skipped = write_sources(sources, settings.films, work_dir / "files")
         model = load_checkpoint(model_path, device=torch_device)
-        warm_films = 2 * model.detector.scoring_batch_size(torch_device)
-        for files in kinds:  # warm-up: oneDNN's primitives or CUDA's context and kernels, the imports
-            measure_repeat(first_files(files, warm_films, work_dir), model_path, torch_device, work_dir)
-        by_kind: dict[str, list[BoundRepeat]] = {files.name: [] for files in kinds}
-        for repeat in range(settings.repeats):
-            for files in kinds:
-                item = measure_repeat(files, model_path, torch_device, work_dir)
-                by_kind[files.name].append(item)
-                logger.info(
-                    "repeat %d, %s: decode %.1f ms, model %.1f ms a film -> bound %.2f films/s; score %.2f "
-                    "films/s = %.2f of the bound (load %.2f)",
-                    repeat + 1,
-                    files.name,
-                    1000 * item.decode_seconds_per_film,
-                    1000 * item.model_seconds_per_film,
-                    item.bound_films_per_second,
-                    1.0 / item.score_seconds_per_film,
-                    item.ratio,
-                    item.load_average,
-                )
-        figures = [summarise(files, by_kind[files.name]) for files in kinds]
+        figures = measure_kinds(kinds, model_path, torch_device, settings.repeats, work_dir)
     machine_after = machine_facts()
     notes = [f"{name}: not measured ({why})" for name, why in skipped.items()]
     notes += [
@@ -460,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="repeats (default 5; 3 on a GPU)")
     parser.add_argument("--films", type=int, default=None, help="files of each kind (default 128; 1024 on a GPU)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--weights", default="", help="the backbone's weight file (default: the package's)")
     parser.add_argument("--output", type=Path, default=Path("runs/bench_score_bound.json"))
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -469,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=arguments.repeats,
         films=arguments.films,
         data_root=arguments.data,
+        weights=arguments.weights,
     )
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(asdict(result), indent=2) + "\n")
