@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Fit the default detector on rsna_normal224, test on NIH1000 test and nih_pneumonia256, write the report.
+# Fit the default detector on rsna_normal224, test on NIH1000, nih_pneumonia256 and rsna_dev256, write the report.
 demo: setup
 	$(PY) -m cxr_anomaly.jobs.demo --data $(DATA) --out $(DEMO_OUT)
 
