@@ -132,20 +132,16 @@ class NormalFeatures:
 def features_of_maps(
     detector: FeatureDetector, maps: Iterable[dict[int, torch.Tensor]], device: torch.device, precision: str
 ) -> NormalFeatures:
-    """Pooled and patch features of batches of backbone maps ({stride: (B, C_s, h, w)}), each batch
-    computed lazily, by ``next``, inside inference mode and ``precision``."""
+    """Pooled and patch features of batches of backbone maps ({stride: (B, C_s, h, w)}); a lazy
+    iterable's batches are computed here, in inference mode and ``precision``."""
     pooled_parts: list[torch.Tensor] = []
     patch_parts: list[torch.Tensor] = []
-    iterator = iter(maps)
-    while True:
-        with torch.inference_mode(), inference_autocast(device, precision):
-            batch = next(iterator, None)
-            if batch is None:
-                break
+    with torch.inference_mode(), inference_autocast(device, precision):
+        for batch in maps:
             pooled, patches = detector.embed_maps(batch)  # (B, D), (B, C, g, g)
-        pooled_parts.append(pooled.float().cpu())
-        # float16 halves the memory of millions of patches; distances need no more precision
-        patch_parts.append(patches.float().permute(0, 2, 3, 1).reshape(-1, patches.shape[1]).half().cpu())
+            pooled_parts.append(pooled.float().cpu())
+            # float16 halves the memory of millions of patches; distances need no more precision
+            patch_parts.append(patches.float().permute(0, 2, 3, 1).reshape(-1, patches.shape[1]).half().cpu())
     return NormalFeatures(torch.cat(pooled_parts), torch.cat(patch_parts))
 
 
