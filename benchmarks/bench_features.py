@@ -9,10 +9,10 @@ What it measures (figures are medians over ``repeats`` unless said otherwise):
 
 - **fit**: :func:`cxr_anomaly.models.registry.fit_detector` on N normals of ``rsna_normal224``
   (5,000 in the full run), split into decode (:func:`~cxr_anomaly.data.dataset.load_images`),
-  preprocessing, the backbone pass, coreset selection, the Ledoit-Wolf Gaussian and the rest
-  (patch collection, candidate projection, the heatmap radius). The stages are timed inside the
-  real call (:class:`benchmarks.common.StageClock`). Fitting 5,000 films takes tens of minutes
-  here, so it runs once: its figures are one measurement, not a median.
+  preprocessing, the frozen trunk pass, the fine-tuning, the features pass, coreset selection,
+  the Ledoit-Wolf Gaussian and the rest (patch collection, candidate projection, the heatmap
+  radius). The stages are timed inside the real call (:class:`benchmarks.common.StageClock`).
+  The fit runs once: its figures are one measurement, not a median. ``--fit-only`` runs it alone.
 - **scoring from files**: films/s of the package's own path, decode included:
   ``load_images`` (its decoding threads, no cache) then :func:`cxr_anomaly.scoring.score_films`
   (the detector's scoring batch for the device and precision ``auto``), from 1024 px PNG (``nih_fullres``,
@@ -189,7 +189,7 @@ class FitFigures:
 
     films: int
     seconds_total: float  # decode + fit_detector
-    seconds: dict[str, float]  # decode, preprocessing, backbone pass, coreset selection, Gaussian, other
+    seconds: dict[str, float]  # decode, each stage of the fit (see the module docstring), other
     backbone_films_per_second: float
     memory_bank_size: int
     patches_seen: int
